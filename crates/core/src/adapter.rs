@@ -1,0 +1,343 @@
+//! The contract between the engine and every external system.
+//!
+//! The engine drives a stage attempt through these calls:
+//!
+//! 1. Before any run, [`Adapter::validate_stage`] checks each stage's `with:` block.
+//! 2. The engine records the attempt (status `starting`) in the store, then calls
+//!    [`Adapter::start`] with a stable [`AttemptKey`]. The returned [`ExternalRef`] is stored.
+//! 3. If the process died between 2's record and storing the reference, the next engine calls
+//!    [`Adapter::find`] with the same key; a `Some` is adopted, so the work is never started
+//!    twice silently. Adapters must therefore carry the key into the external system.
+//! 4. [`Adapter::poll`] reports an [`ExternalState`] and a hint for when to look again. An
+//!    unknown status is [`ExternalState::Unknown`], never terminal, never a panic. A poll
+//!    may also replace the reference (a Jenkins queue item that became a build).
+//! 5. On a terminal state the engine calls [`Adapter::outputs`] once.
+//! 6. [`Adapter::cancel`] stops the external work (on a run cancel, a `halt`, or a timeout).
+//! 7. [`Adapter::logs`] points to the logs or returns their text.
+//! 8. [`Adapter::attach`] hands the adapter a [`Waker`]: when it learns of a completion
+//!    early (a child process exiting, a completion webhook), it wakes the engine, which
+//!    then polls at once instead of at the next hint. Polling stays the safety net.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::state::ExternalState;
+
+/// Identifies one attempt of one stage of one run: `<run>/<stage>/<attempt>`.
+///
+/// Stable across restarts and unique per attempt, so an adapter can plant it in the external
+/// system and find the work again.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct AttemptKey(String);
+
+impl AttemptKey {
+    /// Builds the key of `attempt` (1-based) of `stage` in `run`.
+    pub fn new(run: &str, stage: &str, attempt: u32) -> Self {
+        Self(format!("{run}/{stage}/{attempt}"))
+    }
+
+    /// Wraps a key read back from an external system; `None` if it has not the key's shape.
+    pub fn parse(text: &str) -> Option<Self> {
+        let mut parts = text.split('/');
+        let (run, stage, attempt) = (parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() || run.is_empty() || stage.is_empty() || attempt.parse::<u32>().is_err() {
+            return None;
+        }
+        Some(Self(text.to_owned()))
+    }
+
+    /// The key as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The run id part.
+    pub fn run_id(&self) -> &str {
+        self.0.split('/').next().unwrap_or_default()
+    }
+
+    /// The stage id part.
+    pub fn stage_id(&self) -> &str {
+        self.0.split('/').nth(1).unwrap_or_default()
+    }
+
+    /// The attempt number part.
+    pub fn attempt(&self) -> u32 {
+        self.0.rsplit('/').next().and_then(|a| a.parse().ok()).unwrap_or_default()
+    }
+
+    /// A form safe for file names and external systems that reject `/`.
+    pub fn slug(&self) -> String {
+        self.0.replace('/', "-")
+    }
+}
+
+impl fmt::Display for AttemptKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What an adapter returns for work it started: enough to find it again after a restart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExternalRef {
+    /// The system's id for the work (queue item, build id, pipeline id, process id).
+    pub id: String,
+    /// A link a person can open, when the system has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Whatever else the adapter needs to poll, cancel and read outputs; stored as is.
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub data: Value,
+}
+
+impl ExternalRef {
+    /// A reference with an id only.
+    pub fn new(id: impl Into<String>) -> Self {
+        Self {
+            id: id.into(),
+            url: None,
+            data: Value::Null,
+        }
+    }
+}
+
+/// Everything an adapter gets to start one attempt.
+#[derive(Debug, Clone)]
+pub struct StartRequest {
+    /// The stable key of this attempt.
+    pub key: AttemptKey,
+    /// The workflow's name.
+    pub workflow: String,
+    /// The stage's `with:` block with every template rendered.
+    pub input: Value,
+    /// How long the stage may take in all; adapters may pass it on to the external system.
+    pub timeout: Duration,
+}
+
+/// Everything an adapter gets to poll.
+#[derive(Debug, Clone)]
+pub struct PollRequest<'a> {
+    /// The attempt being polled.
+    pub key: &'a AttemptKey,
+    /// The reference returned by `start`, `find` or an earlier poll.
+    pub external: &'a ExternalRef,
+    /// The last signal sent to this attempt (an approval decision), if any.
+    pub signal: Option<&'a Value>,
+}
+
+/// The answer to a poll.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PollOutcome {
+    /// The mapped state.
+    pub state: ExternalState,
+    /// The system's own word for the state, for display and debugging.
+    pub raw: Option<String>,
+    /// When to poll next if not terminal; the engine clamps it to its own bounds.
+    pub next_poll: Option<Duration>,
+    /// A replacement reference (the queue item became a build), to be stored.
+    pub external: Option<ExternalRef>,
+    /// A short explanation for people (a failure reason, what is being waited for).
+    pub message: Option<String>,
+}
+
+impl PollOutcome {
+    /// An outcome with just a state.
+    pub fn state(state: ExternalState) -> Self {
+        Self {
+            state,
+            raw: None,
+            next_poll: None,
+            external: None,
+            message: None,
+        }
+    }
+
+    /// Sets the explanation.
+    pub fn with_message(mut self, message: impl Into<String>) -> Self {
+        self.message = Some(message.into());
+        self
+    }
+
+    /// Sets the next-poll hint.
+    pub fn next_poll(mut self, after: Duration) -> Self {
+        self.next_poll = Some(after);
+        self
+    }
+}
+
+/// A place logs can be read from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogLink {
+    /// What the log is (a step name, `stdout`).
+    pub name: String,
+    /// Where to read it.
+    pub url: String,
+}
+
+/// An attempt's logs: links, and text when the adapter can read it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Logs {
+    /// Places to read logs.
+    pub links: Vec<LogLink>,
+    /// The log text (possibly only its tail).
+    pub text: Option<String>,
+}
+
+/// A problem in an adapter's instance config or a stage's `with:` block.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldError {
+    /// Key path inside the checked block (`parameters.SHA`); empty for the block itself.
+    pub path: String,
+    /// What was expected.
+    pub message: String,
+}
+
+impl FieldError {
+    /// A field error at `path`.
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Why an adapter call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AdapterError {
+    /// The input or config is wrong; retrying the same call cannot help.
+    #[error("{0}")]
+    Invalid(String),
+    /// The system refused the credentials or the permission; says what to fix.
+    #[error("{0}")]
+    Auth(String),
+    /// The thing named does not exist (a job, a builder, a reference).
+    #[error("{0}")]
+    NotFound(String),
+    /// A passing problem (a timeout, 429, 5xx, a refused connection); the engine tries again
+    /// later, within the stage's timeout.
+    #[error("{0}")]
+    Transient(String),
+    /// The system answered something the adapter cannot read.
+    #[error("{0}")]
+    Protocol(String),
+}
+
+impl AdapterError {
+    /// True when the same call may succeed later.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Transient(_))
+    }
+}
+
+/// Lets an adapter ask the engine to poll an attempt now.
+#[derive(Clone)]
+pub struct Waker(Arc<dyn Fn(&AttemptKey) + Send + Sync>);
+
+impl Waker {
+    /// Wraps a wake function.
+    pub fn new(wake: impl Fn(&AttemptKey) + Send + Sync + 'static) -> Self {
+        Self(Arc::new(wake))
+    }
+
+    /// A waker that does nothing (for tests and tools that only poll).
+    pub fn noop() -> Self {
+        Self::new(|_| {})
+    }
+
+    /// Asks for `key` to be polled now.
+    pub fn wake(&self, key: &AttemptKey) {
+        (self.0)(key)
+    }
+}
+
+impl fmt::Debug for Waker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Waker")
+    }
+}
+
+/// One external system (or a built-in such as `exec`) behind the engine.
+///
+/// See the module documentation for the order of calls. Every call must be bounded in time:
+/// an adapter that talks over the network sets its own request timeouts.
+#[async_trait]
+pub trait Adapter: Send + Sync + 'static {
+    /// The kind, as written in `kind = "…"` (`exec`, `jenkins`).
+    fn kind(&self) -> &'static str;
+
+    /// Checks a stage's `with:` block before any run. Template strings (`${{ … }}`) stand
+    /// where the rendered value will be; adapters accept a string wherever a template may
+    /// render to the expected type.
+    fn validate_stage(&self, with: &Value) -> Vec<FieldError>;
+
+    /// Starts the work of one attempt and returns its reference.
+    async fn start(&self, request: &StartRequest) -> Result<ExternalRef, AdapterError>;
+
+    /// Finds work already started for `key`, if the system has any.
+    async fn find(&self, key: &AttemptKey, input: &Value) -> Result<Option<ExternalRef>, AdapterError>;
+
+    /// Reads the state of the work.
+    async fn poll(&self, request: &PollRequest<'_>) -> Result<PollOutcome, AdapterError>;
+
+    /// Reads the outputs of finished work as a JSON object.
+    async fn outputs(&self, key: &AttemptKey, external: &ExternalRef) -> Result<Map<String, Value>, AdapterError>;
+
+    /// Stops the work. Stopping work that already finished is not an error.
+    async fn cancel(&self, key: &AttemptKey, external: &ExternalRef) -> Result<(), AdapterError>;
+
+    /// Points to or reads the logs.
+    async fn logs(&self, key: &AttemptKey, external: &ExternalRef) -> Result<Logs, AdapterError>;
+
+    /// Receives the engine's waker; adapters that learn of completions early keep it.
+    fn attach(&self, waker: Waker) {
+        let _ = waker;
+    }
+}
+
+/// Builds adapter instances of one kind from `[adapters.<name>]` blocks.
+pub trait AdapterKind: Send + Sync + 'static {
+    /// The kind, as written in `kind = "…"`.
+    fn kind(&self) -> &'static str;
+
+    /// Checks an instance block (without the `kind` key) and returns every problem.
+    fn validate_instance(&self, config: &Value) -> Vec<FieldError>;
+
+    /// Builds the adapter; `secrets` resolves `{ env }` / `{ file }` references.
+    fn build(&self, name: &str, config: &Value, secrets: &dyn crate::secret::SecretResolver) -> Result<Arc<dyn Adapter>, AdapterError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attempt_key_parts() {
+        let key = AttemptKey::new("r1", "build", 3);
+        assert_eq!(key.as_str(), "r1/build/3");
+        assert_eq!((key.run_id(), key.stage_id(), key.attempt()), ("r1", "build", 3));
+        assert_eq!(AttemptKey::parse("r1/build/3"), Some(key.clone()));
+        assert_eq!(key.slug(), "r1-build-3");
+        for bad in ["", "r1/build", "r1/build/x", "a/b/1/2", "/b/1"] {
+            assert_eq!(AttemptKey::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn external_ref_round_trips() {
+        let ext = ExternalRef {
+            id: "42".into(),
+            url: Some("http://ci/42".into()),
+            data: serde_json::json!({"queue": 7}),
+        };
+        let text = serde_json::to_string(&ext).unwrap();
+        assert_eq!(serde_json::from_str::<ExternalRef>(&text).unwrap(), ext);
+    }
+}

@@ -1,0 +1,426 @@
+//! jq expressions (through the jaq crates) and `${{ … }}` templates.
+//!
+//! Everything is compiled once, when a workflow loads; evaluation never re-parses.
+
+use std::fmt;
+use std::sync::Arc;
+
+use jaq_core::load::{Arena, File, Loader};
+use jaq_core::{Compiler, Ctx, Vars, data, unwrap_valr};
+use jaq_json::Val;
+use serde_json::Value;
+
+type Data = data::JustLut<Val>;
+
+/// A jq expression could not be compiled.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid jq expression `{source_text}`: {message}")]
+pub struct CompileError {
+    /// The expression as written.
+    pub source_text: String,
+    /// What the parser or compiler reported, with the position.
+    pub message: String,
+}
+
+/// Evaluating a jq expression failed at run time.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("jq expression `{source_text}` failed: {message}")]
+pub struct EvalError {
+    /// The expression as written.
+    pub source_text: String,
+    /// jq's error text.
+    pub message: String,
+}
+
+/// A compiled jq expression. Cheap to clone and shareable across threads.
+#[derive(Clone)]
+pub struct Expr {
+    source: Arc<str>,
+    filter: Arc<jaq_core::Filter<Data>>,
+}
+
+impl fmt::Debug for Expr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Expr").field(&self.source).finish()
+    }
+}
+
+impl PartialEq for Expr {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
+    }
+}
+
+impl Expr {
+    /// Parses and compiles `code`, with jq's standard library.
+    pub fn compile(code: &str) -> Result<Self, CompileError> {
+        let fail = |message: String| CompileError {
+            source_text: code.to_owned(),
+            message,
+        };
+        let defs = jaq_core::defs()
+            .chain(jaq_std::defs())
+            .chain(jaq_json::defs());
+        let funs = jaq_core::funs()
+            .chain(jaq_std::funs())
+            .chain(jaq_json::funs());
+        let arena = Arena::default();
+        let modules = Loader::new(defs)
+            .load(&arena, File { code, path: () })
+            .map_err(|errors| fail(describe_load_errors(code, errors)))?;
+        let filter = Compiler::default()
+            .with_funs(funs)
+            .compile(modules)
+            .map_err(|errors| {
+                let names: Vec<String> = errors
+                    .into_iter()
+                    .flat_map(|(_, errs)| errs)
+                    .map(|(name, kind)| format!("undefined {} `{name}`", kind.as_str()))
+                    .collect();
+                fail(names.join(", "))
+            })?;
+        Ok(Self {
+            source: code.into(),
+            filter: Arc::new(filter),
+        })
+    }
+
+    /// The expression as written.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Runs the expression on `input` and returns every output.
+    pub fn eval_all(&self, input: &Value) -> Result<Vec<Value>, EvalError> {
+        self.eval_val(to_val(input))
+    }
+
+    /// Runs the expression on an input already converted with [`to_val`].
+    pub fn eval_val(&self, input: Val) -> Result<Vec<Value>, EvalError> {
+        let ctx = Ctx::<Data>::new(&self.filter.lut, Vars::new([]));
+        let mut outputs = Vec::new();
+        for result in self.filter.id.run((ctx, input)).map(unwrap_valr) {
+            match result {
+                Ok(val) => outputs.push(from_val(&val)),
+                Err(e) => {
+                    return Err(EvalError {
+                        source_text: self.source.to_string(),
+                        message: e.to_string(),
+                    });
+                }
+            }
+        }
+        Ok(outputs)
+    }
+
+    /// The first output, or `null` when the expression yields nothing (jq's `empty`).
+    pub fn eval_first(&self, input: &Value) -> Result<Value, EvalError> {
+        Ok(self.eval_all(input)?.into_iter().next().unwrap_or(Value::Null))
+    }
+
+    /// jq truthiness of the first output: `false`, `null` and no output at all are false.
+    pub fn is_true(&self, input: &Value) -> Result<bool, EvalError> {
+        Ok(truthy(&self.eval_first(input)?))
+    }
+}
+
+/// jq truthiness: everything but `false` and `null` is true.
+pub fn truthy(value: &Value) -> bool {
+    !matches!(value, Value::Null | Value::Bool(false))
+}
+
+/// Converts a JSON value into jaq's value type.
+pub fn to_val(value: &Value) -> Val {
+    serde_json::from_value(value.clone()).unwrap_or(Val::Null)
+}
+
+fn from_val(val: &Val) -> Value {
+    // jaq writes its values as JSON text; byte strings and non-finite numbers come out as
+    // text that is not JSON, which we keep as a string rather than lose.
+    let text = val.to_string();
+    serde_json::from_str(&text).unwrap_or(Value::String(text))
+}
+
+fn describe_load_errors(code: &str, errors: jaq_core::load::Errors<&str, ()>) -> String {
+    use jaq_core::load::Error;
+    let at = |rest: &str| {
+        let offset = code.len().saturating_sub(rest.len());
+        let found: String = rest.chars().take(12).collect();
+        if found.is_empty() {
+            format!("at the end (column {})", offset + 1)
+        } else {
+            format!("at column {}, found `{found}`", offset + 1)
+        }
+    };
+    let mut parts = Vec::new();
+    for (_, error) in errors {
+        match error {
+            Error::Io(items) => parts.extend(items.into_iter().map(|(path, msg)| format!("cannot load `{path}`: {msg}"))),
+            Error::Lex(items) => {
+                for (expect, rest) in items {
+                    let what = match expect {
+                        jaq_core::load::lex::Expect::Delim(open) => format!("a match for `{open}`"),
+                        other => other.as_str().to_owned(),
+                    };
+                    parts.push(format!("expected {what} {}", at(rest)));
+                }
+            }
+            Error::Parse(items) => {
+                for (expect, rest) in items {
+                    parts.push(format!("expected {} {}", expect.as_str(), at(rest)));
+                }
+            }
+        }
+    }
+    parts.join("; ")
+}
+
+/// One piece of a template string.
+#[derive(Debug, Clone, PartialEq)]
+enum Piece {
+    Text(String),
+    Expr(Expr),
+}
+
+/// A string that may hold `${{ jq }}` templates.
+///
+/// A string that is exactly one template keeps the JSON type of the result; otherwise each
+/// result is written into the text (strings without quotes, other values as JSON).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Template {
+    pieces: Vec<Piece>,
+}
+
+impl Template {
+    /// Splits `text` into literal text and compiled expressions.
+    pub fn parse(text: &str) -> Result<Self, CompileError> {
+        let mut pieces = Vec::new();
+        let mut rest = text;
+        while let Some(open) = rest.find("${{") {
+            let after = &rest[open + 3..];
+            let close = after.find("}}").ok_or_else(|| CompileError {
+                source_text: text.to_owned(),
+                message: "a `${{` is never closed with `}}`".to_owned(),
+            })?;
+            if open > 0 {
+                pieces.push(Piece::Text(rest[..open].to_owned()));
+            }
+            let code = after[..close].trim();
+            if code.is_empty() {
+                return Err(CompileError {
+                    source_text: text.to_owned(),
+                    message: "empty `${{ }}`: write a jq expression inside".to_owned(),
+                });
+            }
+            pieces.push(Piece::Expr(Expr::compile(code)?));
+            rest = &after[close + 2..];
+        }
+        if !rest.is_empty() || pieces.is_empty() {
+            pieces.push(Piece::Text(rest.to_owned()));
+        }
+        Ok(Self { pieces })
+    }
+
+    /// True when the text holds at least one expression.
+    pub fn has_expressions(&self) -> bool {
+        self.pieces.iter().any(|p| matches!(p, Piece::Expr(_)))
+    }
+
+    /// The expressions in this template, in order.
+    pub fn expressions(&self) -> impl Iterator<Item = &Expr> {
+        self.pieces.iter().filter_map(|p| match p {
+            Piece::Expr(e) => Some(e),
+            Piece::Text(_) => None,
+        })
+    }
+
+    /// Renders against a context already converted with [`to_val`].
+    pub fn render(&self, context: &Val) -> Result<Value, EvalError> {
+        if let [Piece::Expr(expr)] = self.pieces.as_slice() {
+            let mut outputs = expr.eval_val(context.clone())?;
+            return Ok(if outputs.len() == 1 { outputs.pop().unwrap_or(Value::Null) } else if outputs.is_empty() { Value::Null } else { Value::Array(outputs) });
+        }
+        let mut out = String::new();
+        for piece in &self.pieces {
+            match piece {
+                Piece::Text(text) => out.push_str(text),
+                Piece::Expr(expr) => {
+                    for value in expr.eval_val(context.clone())? {
+                        match value {
+                            Value::String(s) => out.push_str(&s),
+                            Value::Null => {}
+                            other => out.push_str(&other.to_string()),
+                        }
+                    }
+                }
+            }
+        }
+        Ok(Value::String(out))
+    }
+}
+
+/// A JSON value whose strings may hold templates (a stage's `with:` block).
+#[derive(Debug, Clone, PartialEq)]
+pub enum TemplatedValue {
+    /// A value with no template anywhere inside: used as is.
+    Literal(Value),
+    /// A string with templates.
+    Template(Template),
+    /// An array with a template somewhere inside.
+    Array(Vec<TemplatedValue>),
+    /// An object with a template somewhere inside.
+    Object(Vec<(String, TemplatedValue)>),
+}
+
+/// A template that failed to compile, with the key path inside the value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateError {
+    /// Path inside the value, such as `parameters.SHA` or `items[2]`.
+    pub path: String,
+    /// The compile error.
+    pub error: CompileError,
+}
+
+impl TemplatedValue {
+    /// Compiles every template inside `value`, collecting every error.
+    pub fn compile(value: &Value) -> Result<Self, Vec<TemplateError>> {
+        let mut errors = Vec::new();
+        let compiled = Self::compile_at(value, String::new(), &mut errors);
+        if errors.is_empty() { Ok(compiled) } else { Err(errors) }
+    }
+
+    fn compile_at(value: &Value, path: String, errors: &mut Vec<TemplateError>) -> Self {
+        match value {
+            Value::String(s) if s.contains("${{") => match Template::parse(s) {
+                Ok(t) => Self::Template(t),
+                Err(error) => {
+                    errors.push(TemplateError { path, error });
+                    Self::Literal(value.clone())
+                }
+            },
+            Value::Array(items) => {
+                let compiled: Vec<_> = items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| Self::compile_at(v, format!("{path}[{i}]"), errors))
+                    .collect();
+                if compiled.iter().all(|c| matches!(c, Self::Literal(_))) {
+                    Self::Literal(value.clone())
+                } else {
+                    Self::Array(compiled)
+                }
+            }
+            Value::Object(map) => {
+                let compiled: Vec<_> = map
+                    .iter()
+                    .map(|(k, v)| {
+                        let child = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                        (k.clone(), Self::compile_at(v, child, errors))
+                    })
+                    .collect();
+                if compiled.iter().all(|(_, c)| matches!(c, Self::Literal(_))) {
+                    Self::Literal(value.clone())
+                } else {
+                    Self::Object(compiled)
+                }
+            }
+            other => Self::Literal(other.clone()),
+        }
+    }
+
+    /// Every expression inside, in document order.
+    pub fn expressions(&self) -> Vec<&Expr> {
+        let mut out = Vec::new();
+        self.collect_expressions(&mut out);
+        out
+    }
+
+    fn collect_expressions<'a>(&'a self, out: &mut Vec<&'a Expr>) {
+        match self {
+            Self::Literal(_) => {}
+            Self::Template(t) => out.extend(t.expressions()),
+            Self::Array(items) => items.iter().for_each(|i| i.collect_expressions(out)),
+            Self::Object(entries) => entries.iter().for_each(|(_, v)| v.collect_expressions(out)),
+        }
+    }
+
+    /// Renders against `context` (converted once by the caller with [`to_val`]).
+    pub fn render(&self, context: &Val) -> Result<Value, EvalError> {
+        Ok(match self {
+            Self::Literal(v) => v.clone(),
+            Self::Template(t) => t.render(context)?,
+            Self::Array(items) => Value::Array(items.iter().map(|i| i.render(context)).collect::<Result<_, _>>()?),
+            Self::Object(entries) => {
+                let mut map = serde_json::Map::with_capacity(entries.len());
+                for (k, v) in entries {
+                    map.insert(k.clone(), v.render(context)?);
+                }
+                Value::Object(map)
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn render(text: &str, ctx: Value) -> Value {
+        Template::parse(text).unwrap().render(&to_val(&ctx)).unwrap()
+    }
+
+    #[test]
+    fn whole_string_template_keeps_json_type() {
+        let ctx = json!({"n": 42, "o": {"a": [1, 2]}, "s": "x"});
+        assert_eq!(render("${{ .n }}", ctx.clone()), json!(42));
+        assert_eq!(render("${{.o}}", ctx.clone()), json!({"a": [1, 2]}));
+        assert_eq!(render("${{ .s }}", ctx.clone()), json!("x"));
+        assert_eq!(render("${{ .missing }}", ctx), Value::Null);
+    }
+
+    #[test]
+    fn embedded_templates_interpolate_text() {
+        let ctx = json!({"n": 42, "s": "main", "o": {"a": 1}});
+        assert_eq!(render("build ${{ .n }} of ${{ .s }}", ctx.clone()), json!("build 42 of main"));
+        assert_eq!(render("obj=${{ .o }}", ctx.clone()), json!("obj={\"a\":1}"));
+        assert_eq!(render("no templates here", ctx), json!("no templates here"));
+    }
+
+    #[test]
+    fn syntax_errors_are_reported_at_compile_time() {
+        let err = Template::parse("x ${{ .a | ][ }}").unwrap_err();
+        assert!(err.message.contains("expected"), "{}", err.message);
+        assert!(Template::parse("x ${{ .a").unwrap_err().message.contains("never closed"));
+        assert!(Template::parse("${{ }}").unwrap_err().message.contains("empty"));
+        let err = Expr::compile("nosuch(1)").unwrap_err();
+        assert!(err.message.contains("undefined filter `nosuch`"), "{}", err.message);
+    }
+
+    #[test]
+    fn runtime_errors_carry_jq_text() {
+        let err = Expr::compile(".a.b").unwrap().eval_all(&json!({"a": "text"})).unwrap_err();
+        assert!(err.message.contains("cannot index"), "{}", err.message);
+    }
+
+    #[test]
+    fn truthiness_follows_jq() {
+        let check = |code: &str| Expr::compile(code).unwrap().is_true(&json!({})).unwrap();
+        assert!(!check("false"));
+        assert!(!check("null"));
+        assert!(!check("empty"));
+        assert!(check("0"));
+        assert!(check("\"\""));
+        assert!(check("[]"));
+    }
+
+    #[test]
+    fn templated_value_renders_nested_and_reports_paths() {
+        let with = json!({"a": {"b": ["${{ .x }}", 2]}, "c": "lit"});
+        let tv = TemplatedValue::compile(&with).unwrap();
+        assert_eq!(tv.render(&to_val(&json!({"x": true}))).unwrap(), json!({"a": {"b": [true, 2]}, "c": "lit"}));
+        let errs = TemplatedValue::compile(&json!({"p": {"q": ["ok", "${{ ][ }}"]}, "r": "${{ ( }}"})).unwrap_err();
+        let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["p.q[1]", "r"]);
+    }
+}

@@ -1,0 +1,18 @@
+//! baton's core model, with no I/O: workflows and their compiled form, run and stage
+//! states, the [`Adapter`](adapter::Adapter) contract, jq expressions and templates, secret
+//! references and durations.
+
+pub mod adapter;
+pub mod context;
+pub mod duration;
+pub mod expr;
+pub mod secret;
+pub mod state;
+pub mod workflow;
+
+pub use adapter::{Adapter, AdapterError, AdapterKind, AttemptKey, ExternalRef, FieldError, Logs, PollOutcome, PollRequest, StartRequest, Waker};
+pub use duration::HumanDuration;
+pub use expr::{Expr, Template, TemplatedValue};
+pub use secret::{Secret, SecretRef, SecretResolver};
+pub use state::{ExternalState, RunStatus, StageStatus};
+pub use workflow::{OnFailure, Stage, StageDefaults, StageSpec, Workflow, WorkflowSpec};
