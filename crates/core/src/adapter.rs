@@ -2,7 +2,7 @@
 //!
 //! The engine drives a stage attempt through these calls:
 //!
-//! 1. Before any run, [`Adapter::validate_stage`] checks each stage's `with:` block.
+//! 1. Before any run, [`AdapterKind::validate_stage`] checks each stage's `with:` block.
 //! 2. The engine records the attempt (status `starting`) in the store, then calls
 //!    [`Adapter::start`] with a stable [`AttemptKey`]. The returned [`ExternalRef`] is stored.
 //! 3. If the process died between 2's record and storing the reference, the next engine calls
@@ -46,7 +46,11 @@ impl AttemptKey {
     pub fn parse(text: &str) -> Option<Self> {
         let mut parts = text.split('/');
         let (run, stage, attempt) = (parts.next()?, parts.next()?, parts.next()?);
-        if parts.next().is_some() || run.is_empty() || stage.is_empty() || attempt.parse::<u32>().is_err() {
+        if parts.next().is_some()
+            || run.is_empty()
+            || stage.is_empty()
+            || attempt.parse::<u32>().is_err()
+        {
             return None;
         }
         Some(Self(text.to_owned()))
@@ -69,7 +73,11 @@ impl AttemptKey {
 
     /// The attempt number part.
     pub fn attempt(&self) -> u32 {
-        self.0.rsplit('/').next().and_then(|a| a.parse().ok()).unwrap_or_default()
+        self.0
+            .rsplit('/')
+            .next()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_default()
     }
 
     /// A form safe for file names and external systems that reject `/`.
@@ -273,22 +281,25 @@ pub trait Adapter: Send + Sync + 'static {
     /// The kind, as written in `kind = "…"` (`exec`, `jenkins`).
     fn kind(&self) -> &'static str;
 
-    /// Checks a stage's `with:` block before any run. Template strings (`${{ … }}`) stand
-    /// where the rendered value will be; adapters accept a string wherever a template may
-    /// render to the expected type.
-    fn validate_stage(&self, with: &Value) -> Vec<FieldError>;
-
     /// Starts the work of one attempt and returns its reference.
     async fn start(&self, request: &StartRequest) -> Result<ExternalRef, AdapterError>;
 
     /// Finds work already started for `key`, if the system has any.
-    async fn find(&self, key: &AttemptKey, input: &Value) -> Result<Option<ExternalRef>, AdapterError>;
+    async fn find(
+        &self,
+        key: &AttemptKey,
+        input: &Value,
+    ) -> Result<Option<ExternalRef>, AdapterError>;
 
     /// Reads the state of the work.
     async fn poll(&self, request: &PollRequest<'_>) -> Result<PollOutcome, AdapterError>;
 
     /// Reads the outputs of finished work as a JSON object.
-    async fn outputs(&self, key: &AttemptKey, external: &ExternalRef) -> Result<Map<String, Value>, AdapterError>;
+    async fn outputs(
+        &self,
+        key: &AttemptKey,
+        external: &ExternalRef,
+    ) -> Result<Map<String, Value>, AdapterError>;
 
     /// Stops the work. Stopping work that already finished is not an error.
     async fn cancel(&self, key: &AttemptKey, external: &ExternalRef) -> Result<(), AdapterError>;
@@ -310,9 +321,58 @@ pub trait AdapterKind: Send + Sync + 'static {
     /// Checks an instance block (without the `kind` key) and returns every problem.
     fn validate_instance(&self, config: &Value) -> Vec<FieldError>;
 
+    /// Checks a stage's `with:` block before any run. Template strings (`${{ … }}`) stand
+    /// where the rendered value will be; a kind accepts a string wherever a template may
+    /// render to the expected type.
+    fn validate_stage(&self, with: &Value) -> Vec<FieldError>;
+
     /// Builds the adapter; `secrets` resolves `{ env }` / `{ file }` references.
-    fn build(&self, name: &str, config: &Value, secrets: &dyn crate::secret::SecretResolver) -> Result<Arc<dyn Adapter>, AdapterError>;
+    fn build(
+        &self,
+        name: &str,
+        config: &Value,
+        secrets: &dyn crate::secret::SecretResolver,
+    ) -> Result<Arc<dyn Adapter>, AdapterError>;
 }
+
+/// The adapter kinds a build of baton knows, by `kind` name.
+#[derive(Clone, Default)]
+pub struct Kinds {
+    kinds: std::collections::BTreeMap<&'static str, Arc<dyn AdapterKind>>,
+}
+
+impl Kinds {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a kind (replacing one of the same name).
+    pub fn register(&mut self, kind: Arc<dyn AdapterKind>) -> &mut Self {
+        self.kinds.insert(kind.kind(), kind);
+        self
+    }
+
+    /// The kind named `name`.
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn AdapterKind>> {
+        self.kinds.get(name)
+    }
+
+    /// Every kind name, sorted.
+    pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.kinds.keys().copied()
+    }
+}
+
+impl fmt::Debug for Kinds {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.kinds.keys()).finish()
+    }
+}
+
+/// Instance names that need no `[adapters.*]` block: `uses: exec` and `uses: approval` name
+/// the kind of the same name with an empty instance config.
+pub const BUILTIN_INSTANCES: [&str; 2] = ["exec", "approval"];
 
 #[cfg(test)]
 mod tests {
@@ -322,7 +382,10 @@ mod tests {
     fn attempt_key_parts() {
         let key = AttemptKey::new("r1", "build", 3);
         assert_eq!(key.as_str(), "r1/build/3");
-        assert_eq!((key.run_id(), key.stage_id(), key.attempt()), ("r1", "build", 3));
+        assert_eq!(
+            (key.run_id(), key.stage_id(), key.attempt()),
+            ("r1", "build", 3)
+        );
         assert_eq!(AttemptKey::parse("r1/build/3"), Some(key.clone()));
         assert_eq!(key.slug(), "r1-build-3");
         for bad in ["", "r1/build", "r1/build/x", "a/b/1/2", "/b/1"] {

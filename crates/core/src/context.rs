@@ -47,8 +47,15 @@ pub fn stage_context<'a>(
             Some(ext) => json!({"id": ext.id, "url": ext.url}),
             None => Value::Null,
         };
-        let outputs = if view.outputs.is_null() { Value::Object(Map::new()) } else { view.outputs.clone() };
-        views.insert(id.to_owned(), json!({"status": view.status.as_str(), "outputs": outputs, "external": external}));
+        let outputs = if view.outputs.is_null() {
+            Value::Object(Map::new())
+        } else {
+            view.outputs.clone()
+        };
+        views.insert(
+            id.to_owned(),
+            json!({"status": view.status.as_str(), "outputs": outputs, "external": external}),
+        );
     }
     json!({
         "event": event,
@@ -68,15 +75,32 @@ mod tests {
         let ext = ExternalRef::new("42");
         let ctx = stage_context(
             &json!({"ref": "main"}),
-            &TriggerInfo { source: "github".into(), event: "push".into(), delivery_id: Some("d1".into()) },
+            &TriggerInfo {
+                source: "github".into(),
+                event: "push".into(),
+                delivery_id: Some("d1".into()),
+            },
             "r1",
             "wf",
             1,
-            [("a", StageView { status: StageStatus::Succeeded, outputs: &outputs, external: Some(&ext) })],
+            [(
+                "a",
+                StageView {
+                    status: StageStatus::Succeeded,
+                    outputs: &outputs,
+                    external: Some(&ext),
+                },
+            )],
         );
         assert_eq!(ctx["event"]["ref"], "main");
         assert_eq!(ctx["trigger"]["delivery_id"], "d1");
-        assert_eq!(ctx["run"], json!({"id": "r1", "workflow": "wf", "attempt": 1}));
-        assert_eq!(ctx["stages"]["a"], json!({"status": "succeeded", "outputs": {"n": 1}, "external": {"id": "42", "url": null}}));
+        assert_eq!(
+            ctx["run"],
+            json!({"id": "r1", "workflow": "wf", "attempt": 1})
+        );
+        assert_eq!(
+            ctx["stages"]["a"],
+            json!({"status": "succeeded", "outputs": {"n": 1}, "external": {"id": "42", "url": null}})
+        );
     }
 }

@@ -11,7 +11,9 @@ pub struct HumanDuration(pub Duration);
 
 /// Why a duration string was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("`{input}` is not a duration: expected a number and a unit (ms, s, m, h, d), like `30s`, `5m`, `2h` or `1h30m`")]
+#[error(
+    "`{input}` is not a duration: expected a number and a unit (ms, s, m, h, d), like `30s`, `5m`, `2h` or `1h30m`"
+)]
 pub struct DurationError {
     /// The text that was rejected.
     pub input: String,
@@ -36,7 +38,9 @@ impl HumanDuration {
             }
             let value: u64 = rest[..digits].parse().map_err(|_| err())?;
             rest = &rest[digits..];
-            let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+            let unit_len = rest
+                .find(|c: char| c.is_ascii_digit())
+                .unwrap_or(rest.len());
             let unit = &rest[..unit_len];
             rest = &rest[unit_len..];
             let part = match unit {
@@ -103,8 +107,20 @@ mod tests {
 
     #[test]
     fn rejects_bad_input() {
-        for bad in ["", "5", "m", "5x", "-5s", "5 s", "1.5h", "99999999999999999999d"] {
-            assert!(HumanDuration::parse(bad).is_err(), "{bad} should be rejected");
+        for bad in [
+            "",
+            "5",
+            "m",
+            "5x",
+            "-5s",
+            "5 s",
+            "1.5h",
+            "99999999999999999999d",
+        ] {
+            assert!(
+                HumanDuration::parse(bad).is_err(),
+                "{bad} should be rejected"
+            );
         }
     }
 

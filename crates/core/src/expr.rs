@@ -115,7 +115,11 @@ impl Expr {
 
     /// The first output, or `null` when the expression yields nothing (jq's `empty`).
     pub fn eval_first(&self, input: &Value) -> Result<Value, EvalError> {
-        Ok(self.eval_all(input)?.into_iter().next().unwrap_or(Value::Null))
+        Ok(self
+            .eval_all(input)?
+            .into_iter()
+            .next()
+            .unwrap_or(Value::Null))
     }
 
     /// jq truthiness of the first output: `false`, `null` and no output at all are false.
@@ -155,7 +159,11 @@ fn describe_load_errors(code: &str, errors: jaq_core::load::Errors<&str, ()>) ->
     let mut parts = Vec::new();
     for (_, error) in errors {
         match error {
-            Error::Io(items) => parts.extend(items.into_iter().map(|(path, msg)| format!("cannot load `{path}`: {msg}"))),
+            Error::Io(items) => parts.extend(
+                items
+                    .into_iter()
+                    .map(|(path, msg)| format!("cannot load `{path}`: {msg}")),
+            ),
             Error::Lex(items) => {
                 for (expect, rest) in items {
                     let what = match expect {
@@ -238,7 +246,13 @@ impl Template {
     pub fn render(&self, context: &Val) -> Result<Value, EvalError> {
         if let [Piece::Expr(expr)] = self.pieces.as_slice() {
             let mut outputs = expr.eval_val(context.clone())?;
-            return Ok(if outputs.len() == 1 { outputs.pop().unwrap_or(Value::Null) } else if outputs.is_empty() { Value::Null } else { Value::Array(outputs) });
+            return Ok(if outputs.len() == 1 {
+                outputs.pop().unwrap_or(Value::Null)
+            } else if outputs.is_empty() {
+                Value::Null
+            } else {
+                Value::Array(outputs)
+            });
         }
         let mut out = String::new();
         for piece in &self.pieces {
@@ -286,7 +300,11 @@ impl TemplatedValue {
     pub fn compile(value: &Value) -> Result<Self, Vec<TemplateError>> {
         let mut errors = Vec::new();
         let compiled = Self::compile_at(value, String::new(), &mut errors);
-        if errors.is_empty() { Ok(compiled) } else { Err(errors) }
+        if errors.is_empty() {
+            Ok(compiled)
+        } else {
+            Err(errors)
+        }
     }
 
     fn compile_at(value: &Value, path: String, errors: &mut Vec<TemplateError>) -> Self {
@@ -314,7 +332,11 @@ impl TemplatedValue {
                 let compiled: Vec<_> = map
                     .iter()
                     .map(|(k, v)| {
-                        let child = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                        let child = if path.is_empty() {
+                            k.clone()
+                        } else {
+                            format!("{path}.{k}")
+                        };
                         (k.clone(), Self::compile_at(v, child, errors))
                     })
                     .collect();
@@ -349,7 +371,12 @@ impl TemplatedValue {
         Ok(match self {
             Self::Literal(v) => v.clone(),
             Self::Template(t) => t.render(context)?,
-            Self::Array(items) => Value::Array(items.iter().map(|i| i.render(context)).collect::<Result<_, _>>()?),
+            Self::Array(items) => Value::Array(
+                items
+                    .iter()
+                    .map(|i| i.render(context))
+                    .collect::<Result<_, _>>()?,
+            ),
             Self::Object(entries) => {
                 let mut map = serde_json::Map::with_capacity(entries.len());
                 for (k, v) in entries {
@@ -367,7 +394,10 @@ mod tests {
     use serde_json::json;
 
     fn render(text: &str, ctx: Value) -> Value {
-        Template::parse(text).unwrap().render(&to_val(&ctx)).unwrap()
+        Template::parse(text)
+            .unwrap()
+            .render(&to_val(&ctx))
+            .unwrap()
     }
 
     #[test]
@@ -382,7 +412,10 @@ mod tests {
     #[test]
     fn embedded_templates_interpolate_text() {
         let ctx = json!({"n": 42, "s": "main", "o": {"a": 1}});
-        assert_eq!(render("build ${{ .n }} of ${{ .s }}", ctx.clone()), json!("build 42 of main"));
+        assert_eq!(
+            render("build ${{ .n }} of ${{ .s }}", ctx.clone()),
+            json!("build 42 of main")
+        );
         assert_eq!(render("obj=${{ .o }}", ctx.clone()), json!("obj={\"a\":1}"));
         assert_eq!(render("no templates here", ctx), json!("no templates here"));
     }
@@ -391,15 +424,32 @@ mod tests {
     fn syntax_errors_are_reported_at_compile_time() {
         let err = Template::parse("x ${{ .a | ][ }}").unwrap_err();
         assert!(err.message.contains("expected"), "{}", err.message);
-        assert!(Template::parse("x ${{ .a").unwrap_err().message.contains("never closed"));
-        assert!(Template::parse("${{ }}").unwrap_err().message.contains("empty"));
+        assert!(
+            Template::parse("x ${{ .a")
+                .unwrap_err()
+                .message
+                .contains("never closed")
+        );
+        assert!(
+            Template::parse("${{ }}")
+                .unwrap_err()
+                .message
+                .contains("empty")
+        );
         let err = Expr::compile("nosuch(1)").unwrap_err();
-        assert!(err.message.contains("undefined filter `nosuch`"), "{}", err.message);
+        assert!(
+            err.message.contains("undefined filter `nosuch`"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]
     fn runtime_errors_carry_jq_text() {
-        let err = Expr::compile(".a.b").unwrap().eval_all(&json!({"a": "text"})).unwrap_err();
+        let err = Expr::compile(".a.b")
+            .unwrap()
+            .eval_all(&json!({"a": "text"}))
+            .unwrap_err();
         assert!(err.message.contains("cannot index"), "{}", err.message);
     }
 
@@ -418,8 +468,13 @@ mod tests {
     fn templated_value_renders_nested_and_reports_paths() {
         let with = json!({"a": {"b": ["${{ .x }}", 2]}, "c": "lit"});
         let tv = TemplatedValue::compile(&with).unwrap();
-        assert_eq!(tv.render(&to_val(&json!({"x": true}))).unwrap(), json!({"a": {"b": [true, 2]}, "c": "lit"}));
-        let errs = TemplatedValue::compile(&json!({"p": {"q": ["ok", "${{ ][ }}"]}, "r": "${{ ( }}"})).unwrap_err();
+        assert_eq!(
+            tv.render(&to_val(&json!({"x": true}))).unwrap(),
+            json!({"a": {"b": [true, 2]}, "c": "lit"})
+        );
+        let errs =
+            TemplatedValue::compile(&json!({"p": {"q": ["ok", "${{ ][ }}"]}, "r": "${{ ( }}"}))
+                .unwrap_err();
         let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(paths, ["p.q[1]", "r"]);
     }

@@ -10,7 +10,10 @@ pub mod secret;
 pub mod state;
 pub mod workflow;
 
-pub use adapter::{Adapter, AdapterError, AdapterKind, AttemptKey, ExternalRef, FieldError, Logs, PollOutcome, PollRequest, StartRequest, Waker};
+pub use adapter::{
+    Adapter, AdapterError, AdapterKind, AttemptKey, BUILTIN_INSTANCES, ExternalRef, FieldError,
+    Kinds, Logs, PollOutcome, PollRequest, StartRequest, Waker,
+};
 pub use duration::HumanDuration;
 pub use expr::{Expr, Template, TemplatedValue};
 pub use secret::{Secret, SecretRef, SecretResolver};

@@ -95,9 +95,19 @@ mod tests {
 
     #[test]
     fn references_parse_and_literals_are_refused() {
-        assert_eq!(check_secret_value(&json!({"env": "X"})), Ok(SecretRef::Env("X".into())));
-        assert_eq!(check_secret_value(&json!({"file": "/p"})), Ok(SecretRef::File("/p".into())));
-        assert!(check_secret_value(&json!("hunter2")).unwrap_err().contains("literal secret"));
+        assert_eq!(
+            check_secret_value(&json!({"env": "X"})),
+            Ok(SecretRef::Env("X".into()))
+        );
+        assert_eq!(
+            check_secret_value(&json!({"file": "/p"})),
+            Ok(SecretRef::File("/p".into()))
+        );
+        assert!(
+            check_secret_value(&json!("hunter2"))
+                .unwrap_err()
+                .contains("literal secret")
+        );
         assert!(check_secret_value(&json!({"env": "X", "x": 1})).is_err());
         assert!(check_secret_value(&json!(5)).is_err());
     }

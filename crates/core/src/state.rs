@@ -79,7 +79,10 @@ pub enum StageStatus {
 impl StageStatus {
     /// True once the stage can no longer change (short of a manual retry).
     pub fn is_terminal(self) -> bool {
-        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled | Self::Skipped)
+        matches!(
+            self,
+            Self::Succeeded | Self::Failed | Self::Cancelled | Self::Skipped
+        )
     }
 
     /// True while external work may exist.
@@ -198,7 +201,13 @@ mod tests {
         ] {
             assert_eq!(StageStatus::parse(s.as_str()), Some(s));
         }
-        for r in [RunStatus::Queued, RunStatus::Running, RunStatus::Succeeded, RunStatus::Failed, RunStatus::Cancelled] {
+        for r in [
+            RunStatus::Queued,
+            RunStatus::Running,
+            RunStatus::Succeeded,
+            RunStatus::Failed,
+            RunStatus::Cancelled,
+        ] {
             assert_eq!(RunStatus::parse(r.as_str()), Some(r));
         }
     }

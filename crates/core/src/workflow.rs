@@ -51,7 +51,11 @@ pub struct TriggerSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StageSpec {
     /// Stage ids this stage waits for.
-    #[serde(default, skip_serializing_if = "Vec::is_empty", deserialize_with = "one_or_many")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "one_or_many"
+    )]
     pub needs: Vec<String>,
     /// An `[adapters.*]` instance name, or the built-in `exec` / `approval`.
     pub uses: String,
@@ -166,7 +170,12 @@ pub struct Trigger {
 
 impl Trigger {
     /// True when a delivery of `source`/`event` with `payload` starts a run.
-    pub fn matches(&self, source: &str, event: &str, payload: &Value) -> Result<bool, crate::expr::EvalError> {
+    pub fn matches(
+        &self,
+        source: &str,
+        event: &str,
+        payload: &Value,
+    ) -> Result<bool, crate::expr::EvalError> {
         if self.source != source || self.event.as_deref().is_some_and(|e| e != event) {
             return Ok(false);
         }
@@ -190,7 +199,9 @@ impl Retry {
     /// The wait before attempt `next` (2 is the first retry); doubles each time, capped at a day.
     pub fn delay_before(&self, next: u32) -> Duration {
         let doublings = next.saturating_sub(2).min(16);
-        self.backoff.saturating_mul(1 << doublings).min(Duration::from_secs(86_400))
+        self.backoff
+            .saturating_mul(1 << doublings)
+            .min(Duration::from_secs(86_400))
     }
 }
 
@@ -246,21 +257,34 @@ impl Workflow {
     }
 
     /// Compiles `spec`, collecting every problem.
-    pub fn compile(spec: WorkflowSpec, defaults: StageDefaults) -> Result<Self, Vec<WorkflowError>> {
+    pub fn compile(
+        spec: WorkflowSpec,
+        defaults: StageDefaults,
+    ) -> Result<Self, Vec<WorkflowError>> {
         let mut errors = Vec::new();
         if !valid_name(&spec.name) {
             errors.push(WorkflowError::new(
                 "name",
-                format!("`{}` is not a valid workflow name: use letters, digits, `_`, `-` and `.`", spec.name),
+                format!(
+                    "`{}` is not a valid workflow name: use letters, digits, `_`, `-` and `.`",
+                    spec.name
+                ),
             ));
         }
         if spec.stages.is_empty() {
-            errors.push(WorkflowError::new("stages", "a workflow needs at least one stage"));
+            errors.push(WorkflowError::new(
+                "stages",
+                "a workflow needs at least one stage",
+            ));
         }
 
         let triggers = compile_triggers(&spec, &mut errors);
         let order = stage_order(&spec, &mut errors);
-        let position: HashMap<&str, usize> = order.iter().enumerate().map(|(i, id)| (id.as_str(), i)).collect();
+        let position: HashMap<&str, usize> = order
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (id.as_str(), i))
+            .collect();
         let upstream = upstream_closures(&spec);
 
         // Checked in file order, so problems read top to bottom; stored in `order`.
@@ -271,28 +295,42 @@ impl Workflow {
                 Ok(with) => with,
                 Err(errs) => {
                     for e in errs {
-                        let at = if e.path.is_empty() { format!("{path}.with") } else { format!("{path}.with.{}", e.path) };
+                        let at = if e.path.is_empty() {
+                            format!("{path}.with")
+                        } else {
+                            format!("{path}.with.{}", e.path)
+                        };
                         errors.push(WorkflowError::new(at, e.error.to_string()));
                     }
                     TemplatedValue::Literal(Value::Null)
                 }
             };
-            let condition = stage.condition.as_deref().and_then(|code| match Expr::compile(code) {
-                Ok(e) => Some(e),
-                Err(e) => {
-                    errors.push(WorkflowError::new(format!("{path}.if"), e.to_string()));
-                    None
-                }
-            });
+            let condition = stage
+                .condition
+                .as_deref()
+                .and_then(|code| match Expr::compile(code) {
+                    Ok(e) => Some(e),
+                    Err(e) => {
+                        errors.push(WorkflowError::new(format!("{path}.if"), e.to_string()));
+                        None
+                    }
+                });
             let empty = BTreeSet::new();
             let reachable = upstream.get(id.as_str()).unwrap_or(&empty);
-            let sources = with.expressions().into_iter().map(|e| ("with", e)).chain(condition.iter().map(|e| ("if", e)));
+            let sources = with
+                .expressions()
+                .into_iter()
+                .map(|e| ("with", e))
+                .chain(condition.iter().map(|e| ("if", e)));
             for (key, expr) in sources {
                 for read in stage_references(expr.source()) {
                     if !spec.stages.contains_key(read.as_str()) {
                         errors.push(WorkflowError::new(
                             format!("{path}.{key}"),
-                            format!("`{}` reads `.stages.{read}`, but there is no stage `{read}`", expr.source()),
+                            format!(
+                                "`{}` reads `.stages.{read}`, but there is no stage `{read}`",
+                                expr.source()
+                            ),
                         ));
                     } else if !reachable.contains(read.as_str()) {
                         errors.push(WorkflowError::new(
@@ -307,19 +345,40 @@ impl Workflow {
             }
             let timeout = stage.timeout.map(|t| t.0).unwrap_or(defaults.timeout);
             if timeout.is_zero() {
-                errors.push(WorkflowError::new(format!("{path}.timeout"), "a timeout must be longer than 0s"));
+                errors.push(WorkflowError::new(
+                    format!("{path}.timeout"),
+                    "a timeout must be longer than 0s",
+                ));
             }
             let retry = match stage.retry {
                 Some(r) if r.attempts == 0 => {
-                    errors.push(WorkflowError::new(format!("{path}.retry.attempts"), "expected at least 1 (the first attempt counts)"));
-                    Retry { attempts: 1, backoff: r.backoff.0 }
+                    errors.push(WorkflowError::new(
+                        format!("{path}.retry.attempts"),
+                        "expected at least 1 (the first attempt counts)",
+                    ));
+                    Retry {
+                        attempts: 1,
+                        backoff: r.backoff.0,
+                    }
                 }
                 Some(r) if r.attempts > 100 => {
-                    errors.push(WorkflowError::new(format!("{path}.retry.attempts"), "expected at most 100 attempts"));
-                    Retry { attempts: 100, backoff: r.backoff.0 }
+                    errors.push(WorkflowError::new(
+                        format!("{path}.retry.attempts"),
+                        "expected at most 100 attempts",
+                    ));
+                    Retry {
+                        attempts: 100,
+                        backoff: r.backoff.0,
+                    }
                 }
-                Some(r) => Retry { attempts: r.attempts, backoff: r.backoff.0 },
-                None => Retry { attempts: 1, backoff: default_backoff().0 },
+                Some(r) => Retry {
+                    attempts: r.attempts,
+                    backoff: r.backoff.0,
+                },
+                None => Retry {
+                    attempts: 1,
+                    backoff: default_backoff().0,
+                },
             };
             slots[position[id.as_str()]] = Some(Stage {
                 id: id.clone(),
@@ -329,7 +388,11 @@ impl Workflow {
                 timeout,
                 retry,
                 on_failure: stage.on_failure,
-                needs: stage.needs.iter().filter_map(|n| position.get(n.as_str()).copied()).collect(),
+                needs: stage
+                    .needs
+                    .iter()
+                    .filter_map(|n| position.get(n.as_str()).copied())
+                    .collect(),
                 dependents: Vec::new(),
             });
         }
@@ -342,18 +405,33 @@ impl Workflow {
         if !errors.is_empty() {
             return Err(errors);
         }
-        let index = stages.iter().enumerate().map(|(i, s)| (s.id.clone(), i)).collect();
-        Ok(Self { spec, triggers, stages, index })
+        let index = stages
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.id.clone(), i))
+            .collect();
+        Ok(Self {
+            spec,
+            triggers,
+            stages,
+            index,
+        })
     }
 }
 
 fn valid_name(name: &str) -> bool {
-    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
 /// True for stage ids as the format allows them: `[a-z0-9_-]+`.
 pub fn valid_stage_id(id: &str) -> bool {
-    !id.is_empty() && id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-'))
+    !id.is_empty()
+        && id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-'))
 }
 
 fn compile_triggers(spec: &WorkflowSpec, errors: &mut Vec<WorkflowError>) -> Vec<Trigger> {
@@ -363,13 +441,16 @@ fn compile_triggers(spec: &WorkflowSpec, errors: &mut Vec<WorkflowError>) -> Vec
         .map(|(i, t)| Trigger {
             source: t.source.clone(),
             event: t.event.clone(),
-            condition: t.condition.as_deref().and_then(|code| match Expr::compile(code) {
-                Ok(e) => Some(e),
-                Err(e) => {
-                    errors.push(WorkflowError::new(format!("on[{i}].if"), e.to_string()));
-                    None
-                }
-            }),
+            condition: t
+                .condition
+                .as_deref()
+                .and_then(|code| match Expr::compile(code) {
+                    Ok(e) => Some(e),
+                    Err(e) => {
+                        errors.push(WorkflowError::new(format!("on[{i}].if"), e.to_string()));
+                        None
+                    }
+                }),
         })
         .collect()
 }
@@ -383,19 +464,33 @@ fn stage_order(spec: &WorkflowSpec, errors: &mut Vec<WorkflowError>) -> Vec<Stri
         if !valid_stage_id(id) {
             errors.push(WorkflowError::new(
                 format!("stages.{id}"),
-                format!("`{id}` is not a valid stage id: use lowercase letters, digits, `_` and `-`"),
+                format!(
+                    "`{id}` is not a valid stage id: use lowercase letters, digits, `_` and `-`"
+                ),
             ));
         }
         let mut seen = BTreeSet::new();
         for (i, need) in stage.needs.iter().enumerate() {
             let path = format!("stages.{id}.needs[{i}]");
             if need == id {
-                errors.push(WorkflowError::new(path, format!("stage `{id}` cannot need itself")));
+                errors.push(WorkflowError::new(
+                    path,
+                    format!("stage `{id}` cannot need itself"),
+                ));
             } else if !spec.stages.contains_key(need.as_str()) {
                 let known: Vec<&str> = spec.stages.keys().map(String::as_str).collect();
-                errors.push(WorkflowError::new(path, format!("no stage `{need}` in this workflow (stages: {})", known.join(", "))));
+                errors.push(WorkflowError::new(
+                    path,
+                    format!(
+                        "no stage `{need}` in this workflow (stages: {})",
+                        known.join(", ")
+                    ),
+                ));
             } else if !seen.insert(need.as_str()) {
-                errors.push(WorkflowError::new(path, format!("`{need}` is listed twice")));
+                errors.push(WorkflowError::new(
+                    path,
+                    format!("`{need}` is listed twice"),
+                ));
             } else {
                 graph.add_edge(need.as_str(), id.as_str(), ());
             }
@@ -453,11 +548,17 @@ pub fn stage_references(source: &str) -> Vec<String> {
         let mut i = start + ".stages".len();
         from = i;
         // `.stagesfoo` is another key, not `.stages`.
-        if bytes.get(i).is_some_and(|b| b.is_ascii_alphanumeric() || *b == b'_') {
+        if bytes
+            .get(i)
+            .is_some_and(|b| b.is_ascii_alphanumeric() || *b == b'_')
+        {
             continue;
         }
         // `$x.stages`, `.a.stages` and the like are not the context's stages.
-        if start > 0 && (bytes[start - 1].is_ascii_alphanumeric() || matches!(bytes[start - 1], b'_' | b']' | b')' | b'"' | b'$')) {
+        if start > 0
+            && (bytes[start - 1].is_ascii_alphanumeric()
+                || matches!(bytes[start - 1], b'_' | b']' | b')' | b'"' | b'$'))
+        {
             continue;
         }
         while bytes.get(i).is_some_and(u8::is_ascii_whitespace) {
@@ -473,7 +574,9 @@ pub fn stage_references(source: &str) -> Vec<String> {
                 inner.strip_prefix('"').and_then(quoted)
             }
             Some(b) if b.is_ascii_alphabetic() || *b == b'_' => {
-                let end = source[i..].find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).map_or(source.len(), |e| i + e);
+                let end = source[i..]
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .map_or(source.len(), |e| i + e);
                 Some(source[i..end].to_owned())
             }
             _ => None,
@@ -529,7 +632,14 @@ mod tests {
             "b": {"uses": "exec", "needs": ["a", "a"]}
         }}));
         let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
-        assert_eq!(paths, ["stages.a.needs[0]", "stages.a.needs[1]", "stages.b.needs[1]"]);
+        assert_eq!(
+            paths,
+            [
+                "stages.a.needs[0]",
+                "stages.a.needs[1]",
+                "stages.b.needs[1]"
+            ]
+        );
         assert!(errs[1].message.contains("no stage `nope`"));
     }
 
@@ -542,7 +652,13 @@ mod tests {
             "d": {"uses": "exec"}
         }}));
         assert_eq!(errs.len(), 1);
-        assert!(errs[0].message.contains("a, b, c need each other in a cycle"), "{}", errs[0].message);
+        assert!(
+            errs[0]
+                .message
+                .contains("a, b, c need each other in a cycle"),
+            "{}",
+            errs[0].message
+        );
     }
 
     #[test]
@@ -553,36 +669,72 @@ mod tests {
             "c": {"uses": "exec", "needs": ["b"], "if": ".stages[\"a\"].status == \"succeeded\"",
                   "with": {"y": "${{ .stages.zz.outputs }}", "z": "${{ .stages.b.outputs }}"}}
         }}));
-        let got: Vec<_> = errs.iter().map(|e| (e.path.as_str(), e.message.contains("not upstream"))).collect();
-        assert_eq!(got, [("stages.b.with", true), ("stages.c.with", false), ("stages.c.if", true)]);
-        assert!(errs[1].message.contains("no stage `zz`"), "{}", errs[1].message);
+        let got: Vec<_> = errs
+            .iter()
+            .map(|e| (e.path.as_str(), e.message.contains("not upstream")))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("stages.b.with", true),
+                ("stages.c.with", false),
+                ("stages.c.if", true)
+            ]
+        );
+        assert!(
+            errs[1].message.contains("no stage `zz`"),
+            "{}",
+            errs[1].message
+        );
     }
 
     #[test]
     fn reports_jq_errors_ids_timeouts_and_retries_at_once() {
-        let errs = errors(json!({"name": "bad name", "on": [{"source": "gh", "if": ".a |"}], "stages": {
-            "Bad": {"uses": "exec", "if": "(((", "timeout": "0s", "retry": {"attempts": 0}},
-            "ok": {"uses": "exec", "with": {"a": ["${{ ][ }}"]}}
-        }}));
+        let errs = errors(
+            json!({"name": "bad name", "on": [{"source": "gh", "if": ".a |"}], "stages": {
+                "Bad": {"uses": "exec", "if": "(((", "timeout": "0s", "retry": {"attempts": 0}},
+                "ok": {"uses": "exec", "with": {"a": ["${{ ][ }}"]}}
+            }}),
+        );
         let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(
             paths,
-            ["name", "on[0].if", "stages.Bad", "stages.Bad.if", "stages.Bad.timeout", "stages.Bad.retry.attempts", "stages.ok.with.a[0]"]
+            [
+                "name",
+                "on[0].if",
+                "stages.Bad",
+                "stages.Bad.if",
+                "stages.Bad.timeout",
+                "stages.Bad.retry.attempts",
+                "stages.ok.with.a[0]"
+            ]
         );
     }
 
     #[test]
     fn finds_stage_references_in_every_form() {
         assert_eq!(stage_references(".stages.a.outputs"), ["a"]);
-        assert_eq!(stage_references(".stages.\"my-stage\".outputs"), ["my-stage"]);
-        assert_eq!(stage_references(".stages[\"x-y\"] | .stages.[\"z\"]"), ["x-y", "z"]);
-        assert_eq!(stage_references(".event.stages.a, $v.stages.b, .stagesx"), Vec::<String>::new());
+        assert_eq!(
+            stage_references(".stages.\"my-stage\".outputs"),
+            ["my-stage"]
+        );
+        assert_eq!(
+            stage_references(".stages[\"x-y\"] | .stages.[\"z\"]"),
+            ["x-y", "z"]
+        );
+        assert_eq!(
+            stage_references(".event.stages.a, $v.stages.b, .stagesx"),
+            Vec::<String>::new()
+        );
         assert_eq!(stage_references(".stages.a + .stages.a"), ["a"]);
     }
 
     #[test]
     fn retry_delay_doubles() {
-        let r = Retry { attempts: 5, backoff: Duration::from_secs(10) };
+        let r = Retry {
+            attempts: 5,
+            backoff: Duration::from_secs(10),
+        };
         assert_eq!(r.delay_before(2), Duration::from_secs(10));
         assert_eq!(r.delay_before(3), Duration::from_secs(20));
         assert_eq!(r.delay_before(4), Duration::from_secs(40));
@@ -597,9 +749,21 @@ mod tests {
         )
         .unwrap();
         let t = &wf.triggers[0];
-        assert!(t.matches("gh", "push", &json!({"ref": "refs/heads/main"})).unwrap());
-        assert!(!t.matches("gh", "push", &json!({"ref": "refs/heads/dev"})).unwrap());
-        assert!(!t.matches("gh", "pull_request", &json!({"ref": "refs/heads/main"})).unwrap());
-        assert!(!t.matches("gl", "push", &json!({"ref": "refs/heads/main"})).unwrap());
+        assert!(
+            t.matches("gh", "push", &json!({"ref": "refs/heads/main"}))
+                .unwrap()
+        );
+        assert!(
+            !t.matches("gh", "push", &json!({"ref": "refs/heads/dev"}))
+                .unwrap()
+        );
+        assert!(
+            !t.matches("gh", "pull_request", &json!({"ref": "refs/heads/main"}))
+                .unwrap()
+        );
+        assert!(
+            !t.matches("gl", "push", &json!({"ref": "refs/heads/main"}))
+                .unwrap()
+        );
     }
 }
