@@ -1,0 +1,382 @@
+//! baton's durable store.
+//!
+//! Everything the engine knows about a run lives here, never only in memory: the run, its
+//! stages and attempts, and the queue of due work ("tasks": advance the run, start, poll,
+//! time out or cancel a stage). The engine changes state only through [`Store::commit`],
+//! which applies a batch of [`Change`]s atomically, so a process killed at any instant
+//! leaves either the whole step or none of it.
+//!
+//! [`sqlite::SqliteStore`] is the embedded default (one file, WAL, `synchronous=FULL`, group
+//! commit). The trait leaves room for PostgreSQL.
+
+use async_trait::async_trait;
+use baton_core::context::TriggerInfo;
+use baton_core::{ExternalRef, RunStatus, StageStatus};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+/// Milliseconds since the Unix epoch.
+pub type Millis = i64;
+
+/// The wall clock in [`Millis`].
+pub fn now_millis() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as Millis)
+        .unwrap_or_default()
+}
+
+/// A store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database reported an error.
+    #[error("store: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The schema could not be brought up to date.
+    #[error("store migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A stored value could not be read back.
+    #[error("store: corrupt value in {what}: {detail}")]
+    Corrupt {
+        /// Which column or row.
+        what: String,
+        /// The decode error.
+        detail: String,
+    },
+    /// Another process holds this store.
+    #[error("{0}")]
+    Locked(String),
+    /// The URL names a backend this build does not have, or is malformed.
+    #[error("{0}")]
+    Url(String),
+    /// The store's writer has stopped (the process is shutting down).
+    #[error("store writer has stopped")]
+    Closed,
+}
+
+/// Short alias.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// The mutable part of a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunHeader {
+    /// The run id.
+    pub id: String,
+    /// The workflow's name.
+    pub workflow: String,
+    /// Where the run is.
+    pub status: RunStatus,
+    /// Someone asked to cancel the run.
+    pub cancel_requested: bool,
+    /// Why the run ended as it did, for people.
+    pub message: Option<String>,
+    /// When the run was created.
+    pub created_at: Millis,
+    /// When the first stage started.
+    pub started_at: Option<Millis>,
+    /// When the run reached a terminal status.
+    pub finished_at: Option<Millis>,
+}
+
+/// The parts of a run fixed at creation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunPayload {
+    /// The workflow as written (`WorkflowSpec` as JSON), so a resumed run runs the same graph.
+    pub spec: Value,
+    /// The event that started the run (`.event`).
+    pub event: Value,
+    /// What started it (`.trigger`).
+    pub trigger: TriggerInfo,
+}
+
+/// How far the current attempt's start has got; the write-ahead record of a trigger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Recorded before the adapter's `start` is called. Found on recovery, it means the
+    /// start may or may not have reached the system: ask the adapter's `find` first.
+    Starting,
+    /// The adapter returned a reference and it is stored.
+    Started,
+}
+
+impl Phase {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Starting => "starting",
+            Self::Started => "started",
+        }
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        match text {
+            "starting" => Some(Self::Starting),
+            "started" => Some(Self::Started),
+            _ => None,
+        }
+    }
+}
+
+/// One stage of one run, as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageRecord {
+    /// The run.
+    pub run_id: String,
+    /// The stage id.
+    pub stage_id: String,
+    /// Its place in the workflow's topological order.
+    pub position: u32,
+    /// Its status.
+    pub status: StageStatus,
+    /// A machine-readable why (`timed_out`, `condition`, `upstream_failed`, …).
+    pub reason: Option<String>,
+    /// A sentence for people.
+    pub message: Option<String>,
+    /// The current attempt number; 0 before the first.
+    pub attempt: u32,
+    /// The current attempt's start phase.
+    pub phase: Option<Phase>,
+    /// The current attempt's rendered input.
+    pub input: Option<Value>,
+    /// The current attempt's external reference.
+    pub external: Option<ExternalRef>,
+    /// Outputs of the finished attempt (a JSON object).
+    pub outputs: Option<Value>,
+    /// The last signal (an approval decision) sent to the current attempt.
+    pub signal: Option<Value>,
+    /// When the first attempt started.
+    pub started_at: Option<Millis>,
+    /// When the stage reached a terminal status.
+    pub finished_at: Option<Millis>,
+}
+
+impl StageRecord {
+    /// A fresh pending stage.
+    pub fn pending(run_id: &str, stage_id: &str, position: u32) -> Self {
+        Self {
+            run_id: run_id.to_owned(),
+            stage_id: stage_id.to_owned(),
+            position,
+            status: StageStatus::Pending,
+            reason: None,
+            message: None,
+            attempt: 0,
+            phase: None,
+            input: None,
+            external: None,
+            outputs: None,
+            signal: None,
+            started_at: None,
+            finished_at: None,
+        }
+    }
+}
+
+/// One attempt of one stage, kept for history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    /// The run.
+    pub run_id: String,
+    /// The stage.
+    pub stage_id: String,
+    /// The attempt number (1-based).
+    pub attempt: u32,
+    /// The attempt's status.
+    pub status: StageStatus,
+    /// A machine-readable why.
+    pub reason: Option<String>,
+    /// A sentence for people.
+    pub message: Option<String>,
+    /// The external reference.
+    pub external: Option<ExternalRef>,
+    /// When it started.
+    pub started_at: Option<Millis>,
+    /// When it ended.
+    pub finished_at: Option<Millis>,
+}
+
+/// Kinds of due work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskKind {
+    /// Look at the run's graph: skip, start or finish what is ready.
+    Advance,
+    /// Start (or adopt) a stage attempt.
+    Start,
+    /// Poll a stage attempt's external work.
+    Poll,
+    /// A stage attempt's timeout.
+    Timeout,
+    /// Cancel a stage attempt's external work.
+    Cancel,
+}
+
+impl TaskKind {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Advance => "advance",
+            Self::Start => "start",
+            Self::Poll => "poll",
+            Self::Timeout => "timeout",
+            Self::Cancel => "cancel",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "advance" => Self::Advance,
+            "start" => Self::Start,
+            "poll" => Self::Poll,
+            "timeout" => Self::Timeout,
+            "cancel" => Self::Cancel,
+            _ => return None,
+        })
+    }
+}
+
+/// Work to schedule. There is at most one task per (run, stage, kind); scheduling again
+/// replaces it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskSpec {
+    /// The run.
+    pub run_id: String,
+    /// The stage, or empty for run-level work.
+    pub stage_id: String,
+    /// What to do.
+    pub kind: TaskKind,
+    /// The stage attempt the work belongs to.
+    pub attempt: u32,
+    /// When it is due.
+    pub due_at: Millis,
+    /// Lease it to the committing engine until this time, so that engine can run it at once
+    /// without a separate claim. `None` leaves it for [`Store::claim_due`].
+    pub claim_until: Option<Millis>,
+}
+
+/// A scheduled task as read back from the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Task {
+    /// Row id.
+    pub id: i64,
+    /// Bumped each time the task is rescheduled; [`Change::Done`] only removes the version
+    /// it names, so a task rescheduled while it ran is not lost.
+    pub version: i64,
+    /// The run.
+    pub run_id: String,
+    /// The stage, or empty.
+    pub stage_id: String,
+    /// What to do.
+    pub kind: TaskKind,
+    /// The stage attempt.
+    pub attempt: u32,
+    /// When it was due.
+    pub due_at: Millis,
+}
+
+/// One atomic piece of a state change.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// Create a run.
+    InsertRun(RunHeader, RunPayload),
+    /// Write a run's mutable part.
+    PutRun(RunHeader),
+    /// Write a stage.
+    PutStage(StageRecord),
+    /// Write an attempt.
+    PutAttempt(AttemptRecord),
+    /// Schedule (or reschedule) a task.
+    Schedule(TaskSpec),
+    /// Remove a task that was handled, if it still has this version.
+    Done {
+        /// Row id.
+        id: i64,
+        /// The version that was handled.
+        version: i64,
+    },
+    /// Remove a task of a stage whatever its version (a poll after the stage finished).
+    Unschedule {
+        /// The run.
+        run_id: String,
+        /// The stage, or empty.
+        stage_id: String,
+        /// Which task.
+        kind: TaskKind,
+    },
+}
+
+/// A run with everything stored about it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunSnapshot {
+    /// The mutable part.
+    pub header: RunHeader,
+    /// The fixed part.
+    pub payload: RunPayload,
+    /// Stages in topological order.
+    pub stages: Vec<StageRecord>,
+    /// Every attempt, by stage then number.
+    pub attempts: Vec<AttemptRecord>,
+}
+
+/// Which runs to list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunFilter {
+    /// Only this workflow.
+    pub workflow: Option<String>,
+    /// Only this status.
+    pub status: Option<RunStatus>,
+    /// At most this many (newest first).
+    pub limit: u32,
+    /// Skip this many.
+    pub offset: u32,
+}
+
+/// The durable state behind the engine.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Applies `changes` atomically and durably; returns the scheduled tasks that were
+    /// claimed by the caller (`claim_until`), with their ids and versions.
+    async fn commit(&self, changes: Vec<Change>) -> Result<Vec<Task>>;
+
+    /// Leases up to `limit` due, unleased tasks until `lease_until`, oldest first.
+    async fn claim_due(&self, now: Millis, limit: u32, lease_until: Millis) -> Result<Vec<Task>>;
+
+    /// The earliest due time of an unleased task.
+    async fn next_due(&self) -> Result<Option<Millis>>;
+
+    /// Clears every lease: used by an engine that owns the store alone, at start.
+    async fn release_leases(&self) -> Result<()>;
+
+    /// Everything about one run.
+    async fn load_run(&self, run_id: &str) -> Result<Option<RunSnapshot>>;
+
+    /// Ids of runs that are not finished, oldest first.
+    async fn unfinished_runs(&self) -> Result<Vec<String>>;
+
+    /// Runs, newest first.
+    async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunHeader>>;
+
+    /// Checks that the store answers.
+    async fn ping(&self) -> Result<()>;
+}
+
+/// Opens the store named by `url` (`sqlite://path`, `sqlite::memory:` is refused because a
+/// durable engine needs a file).
+pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>> {
+    if url.starts_with("sqlite:") {
+        Ok(std::sync::Arc::new(SqliteStore::open(url).await?))
+    } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        Err(StoreError::Url(format!(
+            "store url `{url}`: PostgreSQL is not in this build yet; use `sqlite://PATH`"
+        )))
+    } else {
+        Err(StoreError::Url(format!(
+            "store url `{url}`: expected `sqlite://PATH`"
+        )))
+    }
+}
