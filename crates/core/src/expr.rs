@@ -58,6 +58,14 @@ impl Expr {
             source_text: code.to_owned(),
             message,
         };
+        // jaq parses and compiles recursively: a few hundred nested brackets or chained
+        // operators overflow a 2 MiB thread stack, which aborts the process.
+        let depth = nesting_estimate(code);
+        if depth > MAX_NESTING {
+            return Err(fail(format!(
+                "too complex: {depth} nested brackets and chained operators, at most {MAX_NESTING}; split it or move the logic into a script"
+            )));
+        }
         let defs = jaq_core::defs()
             .chain(jaq_std::defs())
             .chain(jaq_json::defs());
@@ -126,6 +134,110 @@ impl Expr {
     pub fn is_true(&self, input: &Value) -> Result<bool, EvalError> {
         Ok(truthy(&self.eval_first(input)?))
     }
+}
+
+/// The largest [`nesting_estimate`] [`Expr::compile`] accepts.
+pub const MAX_NESTING: usize = 100;
+
+/// An upper bound on how deep jaq recurses to parse and run `code`: the deepest bracket
+/// nesting plus every chaining operator and keyword (`|`, `,`, `+`, `==`, `and`, `if`, …).
+/// Object fields, path steps and string interpolations do not nest, so they do not count.
+pub fn nesting_estimate(code: &str) -> usize {
+    #[derive(PartialEq)]
+    enum Open {
+        Bracket(u8),
+        Interpolation,
+    }
+    let bytes = code.as_bytes();
+    let mut stack: Vec<Open> = Vec::new();
+    let (mut deepest, mut operators) = (0usize, 0usize);
+    let mut in_string = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if in_string {
+            match b {
+                b'\\' if bytes.get(i + 1) == Some(&b'(') => {
+                    in_string = false;
+                    stack.push(Open::Interpolation);
+                    deepest = deepest.max(stack.len());
+                    i += 1;
+                }
+                b'\\' => i += 1,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            i += 1;
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'#' => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'(' | b'[' | b'{' => {
+                stack.push(Open::Bracket(b));
+                deepest = deepest.max(stack.len());
+            }
+            b')' if stack.last() == Some(&Open::Interpolation) => {
+                stack.pop();
+                in_string = true;
+            }
+            b')' | b']' | b'}' => {
+                stack.pop();
+            }
+            // Commas between object fields do not chain.
+            b',' if stack.last() == Some(&Open::Bracket(b'{')) => {}
+            b'|' | b',' | b'+' | b'-' | b'*' | b'/' | b'%' | b'=' | b'<' | b'>' | b'?' => {
+                operators += 1;
+                // `//`, `==`, `|=`, `<=`, `?//` and the like are one operator.
+                while bytes
+                    .get(i + 1)
+                    .is_some_and(|n| matches!(n, b'/' | b'=' | b'|'))
+                {
+                    i += 1;
+                }
+            }
+            b'$' | b'.' => {
+                // `$if`, `.and`: names, not keywords.
+                while bytes
+                    .get(i + 1)
+                    .is_some_and(|n| n.is_ascii_alphanumeric() || *n == b'_')
+                {
+                    i += 1;
+                }
+            }
+            b if b.is_ascii_alphabetic() || b == b'_' => {
+                let start = i;
+                while bytes
+                    .get(i + 1)
+                    .is_some_and(|n| n.is_ascii_alphanumeric() || *n == b'_')
+                {
+                    i += 1;
+                }
+                if matches!(
+                    &code[start..=i],
+                    "and"
+                        | "or"
+                        | "if"
+                        | "elif"
+                        | "try"
+                        | "reduce"
+                        | "foreach"
+                        | "as"
+                        | "def"
+                        | "label"
+                ) {
+                    operators += 1;
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    deepest + operators
 }
 
 /// jq truthiness: everything but `false` and `null` is true.
@@ -442,6 +554,30 @@ mod tests {
             "{}",
             err.message
         );
+    }
+
+    #[test]
+    fn deep_or_long_expressions_are_refused_not_overflowed() {
+        let cases = [
+            format!("{}.{}", "(".repeat(10_000), ")".repeat(10_000)),
+            format!("1{}", "+1".repeat(10_000)),
+            format!(".{}", "|.".repeat(10_000)),
+            format!("[{}]", vec!["1"; 10_000].join(",")),
+            format!("{}1", "-".repeat(10_000)),
+            format!("{}1", "try ".repeat(10_000)),
+            format!("\"{}\"", "\\(".repeat(10_000)),
+        ];
+        for code in &cases {
+            let err = Expr::compile(code).unwrap_err();
+            assert!(err.message.contains("too complex"), "{}", err.message);
+        }
+        // Wide but flat expressions stay allowed.
+        let fields: Vec<String> = (0..300).map(|i| format!("f{i}: .a.b.c")).collect();
+        assert!(Expr::compile(&format!("{{{}}}", fields.join(", "))).is_ok());
+        assert!(Expr::compile(&format!("\"{}\"", "\\(.a) ".repeat(300))).is_ok());
+        assert_eq!(nesting_estimate(r#".a == "x|y(" and $if.or # a | b"#), 2);
+        let at_limit = format!("{}.{}", "(".repeat(MAX_NESTING), ")".repeat(MAX_NESTING));
+        assert!(Expr::compile(&at_limit).is_ok());
     }
 
     #[test]
