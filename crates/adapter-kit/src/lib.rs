@@ -31,6 +31,8 @@
 //! Adapters whose `start` touches nothing outside baton (the approval adapter) set
 //! [`Scenario::side_effect_free`]: rules 2 and 6 are relaxed for them, as explained there.
 
+#![warn(missing_docs)]
+
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
