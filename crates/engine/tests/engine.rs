@@ -1,0 +1,608 @@
+//! The engine against a real SQLite store and a scriptable in-process adapter.
+//!
+//! Each stage's `with` tells the test adapter what to do: `{"result": "succeed" | "fail" |
+//! "hang" | "blocked", "polls": N, "outputs": {...}, "fail_times": N}`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use baton_core::context::TriggerInfo;
+use baton_core::{
+    Adapter, AdapterError, AttemptKey, ExternalRef, ExternalState, Logs, PollOutcome, PollRequest,
+    RunStatus, StageDefaults, StageStatus, StartRequest, Workflow, WorkflowSpec,
+};
+use baton_engine::{Engine, EngineConfig};
+use baton_store::{
+    Change, Millis, RunFilter, RunHeader, RunSnapshot, SqliteStore, Store, StoreError, Task,
+};
+use serde_json::{Map, Value, json};
+
+#[derive(Default)]
+struct Script {
+    starts: Mutex<HashMap<String, u32>>,
+    polls: Mutex<HashMap<String, u32>>,
+    cancels: Mutex<Vec<String>>,
+    started: Mutex<HashMap<String, ExternalRef>>,
+    inputs: Mutex<HashMap<String, Value>>,
+}
+
+impl Script {
+    fn starts_of(&self, stage: &str) -> u32 {
+        self.starts
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| k.split('/').nth(1) == Some(stage))
+            .map(|(_, n)| n)
+            .sum()
+    }
+    fn input_of(&self, stage: &str) -> Value {
+        self.inputs
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(k, _)| k.split('/').nth(1) == Some(stage))
+            .map(|(_, v)| v.clone())
+            .unwrap_or(Value::Null)
+    }
+}
+
+#[derive(Clone, Default)]
+struct ScriptAdapter(Arc<Script>);
+
+impl std::ops::Deref for ScriptAdapter {
+    type Target = Script;
+    fn deref(&self) -> &Script {
+        &self.0
+    }
+}
+
+#[async_trait]
+impl Adapter for ScriptAdapter {
+    fn kind(&self) -> &'static str {
+        "script"
+    }
+    async fn start(&self, request: &StartRequest) -> Result<ExternalRef, AdapterError> {
+        *self
+            .0
+            .starts
+            .lock()
+            .unwrap()
+            .entry(request.key.to_string())
+            .or_default() += 1;
+        self.0
+            .inputs
+            .lock()
+            .unwrap()
+            .insert(request.key.to_string(), request.input.clone());
+        let ext = ExternalRef {
+            id: format!("ext-{}", request.key),
+            url: None,
+            data: request.input.clone(),
+        };
+        self.0
+            .started
+            .lock()
+            .unwrap()
+            .insert(request.key.to_string(), ext.clone());
+        Ok(ext)
+    }
+    async fn find(
+        &self,
+        key: &AttemptKey,
+        _input: &Value,
+    ) -> Result<Option<ExternalRef>, AdapterError> {
+        Ok(self.0.started.lock().unwrap().get(key.as_str()).cloned())
+    }
+    async fn poll(&self, request: &PollRequest<'_>) -> Result<PollOutcome, AdapterError> {
+        let n = {
+            let mut polls = self.0.polls.lock().unwrap();
+            let n = polls.entry(request.key.to_string()).or_default();
+            *n += 1;
+            *n
+        };
+        let with = &request.external.data;
+        if self
+            .0
+            .cancels
+            .lock()
+            .unwrap()
+            .contains(&request.key.to_string())
+        {
+            return Ok(PollOutcome::state(ExternalState::Cancelled));
+        }
+        if n <= with["polls"].as_u64().unwrap_or(0) as u32 {
+            return Ok(
+                PollOutcome::state(ExternalState::Running).next_poll(Duration::from_millis(10))
+            );
+        }
+        let fail_times = with["fail_times"].as_u64().unwrap_or(0) as u32;
+        let state = match with["result"].as_str().unwrap_or("succeed") {
+            "succeed" if request.key.attempt() <= fail_times => ExternalState::Failed,
+            "succeed" => ExternalState::Succeeded { warnings: false },
+            "fail" => ExternalState::Failed,
+            "blocked" => match request.signal.and_then(|s| s["decision"].as_str()) {
+                Some("approved") => ExternalState::Succeeded { warnings: false },
+                Some(_) => ExternalState::Failed,
+                None => ExternalState::Blocked,
+            },
+            "weird" => ExternalState::Unknown("sparkling".into()),
+            _ => ExternalState::Running,
+        };
+        Ok(PollOutcome::state(state).next_poll(Duration::from_millis(20)))
+    }
+    async fn outputs(
+        &self,
+        _key: &AttemptKey,
+        external: &ExternalRef,
+    ) -> Result<Map<String, Value>, AdapterError> {
+        Ok(external.data["outputs"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default())
+    }
+    async fn cancel(&self, key: &AttemptKey, _external: &ExternalRef) -> Result<(), AdapterError> {
+        self.0.cancels.lock().unwrap().push(key.to_string());
+        Ok(())
+    }
+    async fn logs(&self, _key: &AttemptKey, _external: &ExternalRef) -> Result<Logs, AdapterError> {
+        Ok(Logs::default())
+    }
+}
+
+/// A store that can be made to fail every commit, as if the process died at that instant.
+struct DyingStore {
+    inner: Arc<SqliteStore>,
+    dead: AtomicBool,
+    commits_left: Mutex<Option<u32>>,
+}
+
+#[async_trait]
+impl Store for DyingStore {
+    async fn commit(&self, changes: Vec<Change>) -> Result<Vec<Task>, StoreError> {
+        {
+            let mut left = self.commits_left.lock().unwrap();
+            if let Some(n) = left.as_mut() {
+                if *n == 0 {
+                    self.dead.store(true, Ordering::SeqCst);
+                } else {
+                    *n -= 1;
+                }
+            }
+        }
+        if self.dead.load(Ordering::SeqCst) {
+            return Err(StoreError::Closed);
+        }
+        self.inner.commit(changes).await
+    }
+    async fn claim_due(
+        &self,
+        now: Millis,
+        limit: u32,
+        lease_until: Millis,
+    ) -> Result<Vec<Task>, StoreError> {
+        if self.dead.load(Ordering::SeqCst) {
+            return Err(StoreError::Closed);
+        }
+        self.inner.claim_due(now, limit, lease_until).await
+    }
+    async fn next_due(&self) -> Result<Option<Millis>, StoreError> {
+        self.inner.next_due().await
+    }
+    async fn release_leases(&self) -> Result<(), StoreError> {
+        self.inner.release_leases().await
+    }
+    async fn load_run(&self, run_id: &str) -> Result<Option<RunSnapshot>, StoreError> {
+        self.inner.load_run(run_id).await
+    }
+    async fn unfinished_runs(&self) -> Result<Vec<String>, StoreError> {
+        self.inner.unfinished_runs().await
+    }
+    async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunHeader>, StoreError> {
+        self.inner.list_runs(filter).await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+}
+
+struct Harness {
+    _dir: tempfile::TempDir,
+    script: ScriptAdapter,
+    engine: Engine,
+}
+
+fn config() -> EngineConfig {
+    EngineConfig {
+        poll_min: Duration::from_millis(20),
+        poll_max: Duration::from_millis(200),
+        call_timeout: Duration::from_secs(5),
+        ..EngineConfig::default()
+    }
+}
+
+fn engine_over(store: Arc<dyn Store>, script: &ScriptAdapter) -> Engine {
+    let mut adapters: HashMap<String, Arc<dyn Adapter>> = HashMap::new();
+    adapters.insert("script".into(), Arc::new(script.clone()));
+    Engine::new(store, adapters, config())
+}
+
+async fn harness() -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(
+        SqliteStore::open(&format!("sqlite://{}", dir.path().join("e.db").display()))
+            .await
+            .unwrap(),
+    );
+    let script = ScriptAdapter::default();
+    let engine = engine_over(store.clone(), &script);
+    engine.start().await.unwrap();
+    Harness {
+        _dir: dir,
+        script,
+        engine,
+    }
+}
+
+fn workflow(stages: Value) -> Arc<Workflow> {
+    let spec: WorkflowSpec =
+        serde_json::from_value(json!({"name": "t", "stages": stages})).unwrap();
+    Arc::new(Workflow::compile(spec, StageDefaults::default()).unwrap())
+}
+
+fn manual() -> TriggerInfo {
+    TriggerInfo {
+        source: "manual".into(),
+        event: "manual".into(),
+        delivery_id: None,
+    }
+}
+
+impl Harness {
+    async fn run(&self, stages: Value, event: Value) -> RunSnapshot {
+        let id = self
+            .engine
+            .create_run(workflow(stages), event, manual())
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(20), self.engine.wait(&id))
+            .await
+            .expect("run finished in time")
+            .unwrap();
+        self.engine.snapshot(&id).await.unwrap()
+    }
+}
+
+fn stage<'a>(run: &'a RunSnapshot, id: &str) -> &'a baton_store::StageRecord {
+    run.stages.iter().find(|s| s.stage_id == id).unwrap()
+}
+
+#[tokio::test]
+async fn diamond_runs_in_order_and_passes_outputs_downstream() {
+    let h = harness().await;
+    let run = h
+        .run(
+            json!({
+                "build": {"uses": "script", "with": {"polls": 2, "outputs": {"number": 7, "tag": "v1"}}},
+                "test-a": {"uses": "script", "needs": ["build"], "with": {"n": "${{ .stages.build.outputs.number }}"}},
+                "test-b": {"uses": "script", "needs": ["build"], "with": {"label": "tag=${{ .stages.build.outputs.tag }} ref=${{ .event.ref }}"}},
+                "deploy": {"uses": "script", "needs": ["test-a", "test-b"]}
+            }),
+            json!({"ref": "main"}),
+        )
+        .await;
+    assert_eq!(run.header.status, RunStatus::Succeeded, "{run:#?}");
+    for s in &run.stages {
+        assert_eq!(s.status, StageStatus::Succeeded, "{}", s.stage_id);
+        assert_eq!(
+            h.script.starts_of(&s.stage_id),
+            1,
+            "{} started once",
+            s.stage_id
+        );
+    }
+    assert_eq!(h.script.input_of("test-a"), json!({"n": 7}));
+    assert_eq!(
+        h.script.input_of("test-b"),
+        json!({"label": "tag=v1 ref=main"})
+    );
+    assert_eq!(
+        stage(&run, "build").outputs,
+        Some(json!({"number": 7, "tag": "v1"}))
+    );
+    // deploy started only after both tests finished.
+    assert!(stage(&run, "deploy").started_at >= stage(&run, "test-a").finished_at);
+    assert!(stage(&run, "deploy").started_at >= stage(&run, "test-b").finished_at);
+}
+
+#[tokio::test]
+async fn if_false_skips_and_skips_propagate() {
+    let h = harness().await;
+    let run = h
+        .run(
+            json!({
+                "a": {"uses": "script"},
+                "b": {"uses": "script", "needs": ["a"], "if": ".event.deploy == true"},
+                "c": {"uses": "script", "needs": ["b"]},
+                "d": {"uses": "script", "needs": ["a"], "if": ".stages.a.status == \"succeeded\""}
+            }),
+            json!({"deploy": false}),
+        )
+        .await;
+    assert_eq!(run.header.status, RunStatus::Succeeded);
+    assert_eq!(stage(&run, "b").status, StageStatus::Skipped);
+    assert_eq!(stage(&run, "b").reason.as_deref(), Some("condition"));
+    assert_eq!(stage(&run, "c").status, StageStatus::Skipped);
+    assert_eq!(stage(&run, "c").reason.as_deref(), Some("needs_skipped"));
+    assert_eq!(stage(&run, "d").status, StageStatus::Succeeded);
+    assert_eq!(h.script.starts_of("b") + h.script.starts_of("c"), 0);
+}
+
+#[tokio::test]
+async fn retries_make_new_attempts_until_one_succeeds() {
+    let h = harness().await;
+    let run = h.run(json!({"flaky": {"uses": "script", "with": {"fail_times": 2}, "retry": {"attempts": 3, "backoff": "10ms"}}}), json!({})).await;
+    assert_eq!(run.header.status, RunStatus::Succeeded);
+    let s = stage(&run, "flaky");
+    assert_eq!(s.attempt, 3);
+    let statuses: Vec<_> = run.attempts.iter().map(|a| (a.attempt, a.status)).collect();
+    assert_eq!(
+        statuses,
+        [
+            (1, StageStatus::Failed),
+            (2, StageStatus::Failed),
+            (3, StageStatus::Succeeded)
+        ]
+    );
+    // Each attempt had its own key.
+    assert_eq!(h.script.starts.lock().unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn retries_run_out_and_halt_cancels_the_other_branch() {
+    let h = harness().await;
+    let run = h
+        .run(
+            json!({
+                "broken": {"uses": "script", "with": {"result": "fail"}, "retry": {"attempts": 2, "backoff": "10ms"}},
+                "slow": {"uses": "script", "with": {"result": "hang"}},
+                "after": {"uses": "script", "needs": ["broken"]}
+            }),
+            json!({}),
+        )
+        .await;
+    assert_eq!(run.header.status, RunStatus::Failed);
+    assert_eq!(run.header.message.as_deref(), Some("stage `broken` failed"));
+    assert_eq!(stage(&run, "broken").attempt, 2);
+    assert_eq!(stage(&run, "slow").status, StageStatus::Cancelled);
+    assert_eq!(stage(&run, "after").status, StageStatus::Cancelled);
+    assert!(
+        h.script
+            .cancels
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|k| k.contains("/slow/")),
+        "the running stage was cancelled through its adapter"
+    );
+}
+
+#[tokio::test]
+async fn continue_and_ignore_policies() {
+    let h = harness().await;
+    let run = h
+        .run(
+            json!({
+                "lint": {"uses": "script", "with": {"result": "fail"}, "on_failure": "ignore"},
+                "unit": {"uses": "script", "with": {"result": "fail"}, "on_failure": "continue"},
+                "docs": {"uses": "script", "with": {"polls": 3}},
+                "package": {"uses": "script", "needs": ["lint"]},
+                "publish": {"uses": "script", "needs": ["unit"]}
+            }),
+            json!({}),
+        )
+        .await;
+    assert_eq!(run.header.status, RunStatus::Failed);
+    assert_eq!(stage(&run, "lint").status, StageStatus::Failed);
+    assert_eq!(
+        stage(&run, "package").status,
+        StageStatus::Succeeded,
+        "ignore counts as success for needs"
+    );
+    assert_eq!(
+        stage(&run, "docs").status,
+        StageStatus::Succeeded,
+        "continue lets other branches finish"
+    );
+    assert_eq!(stage(&run, "publish").status, StageStatus::Skipped);
+    assert_eq!(
+        stage(&run, "publish").reason.as_deref(),
+        Some("upstream_failed")
+    );
+}
+
+#[tokio::test]
+async fn timeout_fails_the_stage_and_cancels_the_work() {
+    let h = harness().await;
+    let run = h
+        .run(
+            json!({"stuck": {"uses": "script", "with": {"result": "weird"}, "timeout": "300ms"}}),
+            json!({}),
+        )
+        .await;
+    let s = stage(&run, "stuck");
+    assert_eq!(s.status, StageStatus::Failed);
+    assert_eq!(s.reason.as_deref(), Some("timed_out"));
+    assert!(
+        s.message
+            .as_deref()
+            .unwrap()
+            .contains("timed out after 300ms")
+    );
+    assert_eq!(h.script.cancels.lock().unwrap().len(), 1);
+    assert!(
+        *h.script.polls.lock().unwrap().values().next().unwrap() > 1,
+        "an unknown state is not terminal: polling went on"
+    );
+}
+
+#[tokio::test]
+async fn runtime_jq_error_fails_the_stage_with_the_jq_message() {
+    let h = harness().await;
+    let run = h
+        .run(
+            json!({"a": {"uses": "script", "with": {"x": "${{ .event.n + 1 }}"}}}),
+            json!({"n": "text"}),
+        )
+        .await;
+    let s = stage(&run, "a");
+    assert_eq!(s.status, StageStatus::Failed);
+    assert_eq!(s.reason.as_deref(), Some("expression"));
+    assert!(
+        s.message.as_deref().unwrap().contains("cannot"),
+        "{:?}",
+        s.message
+    );
+    assert_eq!(h.script.starts_of("a"), 0);
+}
+
+#[tokio::test]
+async fn cancelling_a_run_cancels_running_stages_through_the_adapter() {
+    let h = harness().await;
+    let id = h.engine.create_run(workflow(json!({"a": {"uses": "script", "with": {"result": "hang"}}, "b": {"uses": "script", "needs": ["a"]}})), json!({}), manual()).await.unwrap();
+    wait_for(|| h.script.starts_of("a") == 1).await;
+    h.engine.cancel_run(&id).await.unwrap();
+    let header = tokio::time::timeout(Duration::from_secs(10), h.engine.wait(&id))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(header.status, RunStatus::Cancelled);
+    let run = h.engine.snapshot(&id).await.unwrap();
+    assert_eq!(stage(&run, "a").status, StageStatus::Cancelled);
+    assert_eq!(stage(&run, "b").status, StageStatus::Cancelled);
+    assert_eq!(
+        h.script.cancels.lock().unwrap().as_slice(),
+        [format!("{id}/a/1")]
+    );
+}
+
+#[tokio::test]
+async fn approvals_wait_for_a_signal() {
+    let h = harness().await;
+    let id = h
+        .engine
+        .create_run(
+            workflow(json!({"gate": {"uses": "script", "with": {"result": "blocked"}}})),
+            json!({}),
+            manual(),
+        )
+        .await
+        .unwrap();
+    wait_for_async(|| async {
+        h.engine.snapshot(&id).await.unwrap().stages[0].status == StageStatus::Waiting
+    })
+    .await;
+    h.engine
+        .signal(&id, "gate", json!({"decision": "approved", "by": "ana"}))
+        .await
+        .unwrap();
+    let header = tokio::time::timeout(Duration::from_secs(10), h.engine.wait(&id))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(header.status, RunStatus::Succeeded);
+    assert!(
+        h.engine.signal(&id, "gate", json!({})).await.is_err(),
+        "a finished stage takes no signal"
+    );
+}
+
+/// Kill the engine (every commit fails from a chosen instant on) at each point of a run,
+/// then start a fresh engine on the same database: the run finishes and no attempt starts
+/// twice.
+#[tokio::test]
+async fn a_new_engine_finishes_a_run_interrupted_at_any_commit() {
+    let mut interrupted = 0;
+    for deaths_after in 0..40 {
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite = Arc::new(
+            SqliteStore::open(&format!("sqlite://{}", dir.path().join("e.db").display()))
+                .await
+                .unwrap(),
+        );
+        let dying = Arc::new(DyingStore {
+            inner: sqlite.clone(),
+            dead: AtomicBool::new(false),
+            commits_left: Mutex::new(Some(deaths_after)),
+        });
+        let script = ScriptAdapter::default();
+        let first = engine_over(dying.clone(), &script);
+        first.start().await.unwrap();
+        let wf = workflow(json!({
+            "a": {"uses": "script", "with": {"polls": 1, "outputs": {"v": 1}}},
+            "b": {"uses": "script", "needs": ["a"], "with": {"v": "${{ .stages.a.outputs.v }}"}}
+        }));
+        let Ok(id) = first.create_run(wf, json!({}), manual()).await else {
+            interrupted += 1;
+            continue;
+        };
+        let finished = tokio::select! {
+            r = tokio::time::timeout(Duration::from_secs(10), first.wait(&id)) => r.is_ok_and(|r| r.is_ok()),
+            () = async { while !dying.dead.load(Ordering::SeqCst) { tokio::time::sleep(Duration::from_millis(5)).await } } => false,
+        };
+        if !dying.dead.load(Ordering::SeqCst) {
+            assert!(finished, "the first engine neither died nor finished");
+            // Every commit of a whole run has now been a point of death.
+            assert!(interrupted >= 8, "only {interrupted} interruption points");
+            return;
+        }
+        interrupted += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        first.shutdown(Duration::from_secs(1)).await;
+
+        let second = engine_over(sqlite.clone(), &script);
+        second.start().await.unwrap();
+        let header = tokio::time::timeout(Duration::from_secs(20), second.wait(&id))
+            .await
+            .expect("resumed run finished")
+            .unwrap();
+        assert_eq!(
+            header.status,
+            RunStatus::Succeeded,
+            "died after {deaths_after} commits"
+        );
+        for (key, n) in script.starts.lock().unwrap().iter() {
+            assert_eq!(
+                *n, 1,
+                "{key} was started {n} times (died after {deaths_after} commits)"
+            );
+        }
+        assert_eq!(script.starts_of("b"), 1);
+        assert_eq!(script.input_of("b"), json!({"v": 1}));
+        second.shutdown(Duration::from_secs(1)).await;
+    }
+    panic!("a run took more than 40 commits");
+}
+
+async fn wait_for(mut check: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("condition not reached in 5 s");
+}
+
+async fn wait_for_async<F: std::future::Future<Output = bool>>(mut check: impl FnMut() -> F) {
+    for _ in 0..500 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("condition not reached in 5 s");
+}
