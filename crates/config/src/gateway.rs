@@ -1,0 +1,427 @@
+//! The gateway config (`baton.toml` or `baton.yaml`) as baton uses it, after loading and
+//! checking.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use baton_core::{Expr, HumanDuration, SecretRef, StageDefaults};
+use indexmap::IndexMap;
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{Map, Value};
+
+/// The top-level keys of a gateway config, in the order the docs list them.
+pub const TOP_LEVEL_KEYS: [&str; 7] = [
+    "workflows",
+    "server",
+    "store",
+    "api",
+    "sources",
+    "adapters",
+    "engine",
+];
+
+/// The whole gateway config.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// `workflows = ["workflows/*.yaml"]`: globs, relative to the config file's directory,
+    /// that find the workflow files.
+    pub workflows: Vec<String>,
+    /// `[server]`: the HTTP listener.
+    pub server: ServerConfig,
+    /// `[store]`: where runs and deliveries are kept.
+    pub store: StoreConfig,
+    /// `[api]`: tokens for the REST API.
+    pub api: ApiConfig,
+    /// `[sources.<name>]`: inbound webhook sources, each at `POST /hooks/<name>`.
+    pub sources: IndexMap<String, SourceConfig>,
+    /// `[adapters.<name>]`: adapter instances that workflow stages name in `uses:`.
+    pub adapters: IndexMap<String, AdapterInstance>,
+    /// `[engine]`: scheduling defaults and bounds.
+    pub engine: EngineConfig,
+    /// The directory relative paths are resolved against: the config file's directory, or the
+    /// current directory when there is no config file. Always absolute after a load.
+    pub base_dir: PathBuf,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            workflows: Vec::new(),
+            server: ServerConfig::default(),
+            store: StoreConfig::default(),
+            api: ApiConfig::default(),
+            sources: IndexMap::new(),
+            adapters: IndexMap::new(),
+            engine: EngineConfig::default(),
+            base_dir: PathBuf::from("."),
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// The store URL with a relative SQLite path made relative to [`Self::base_dir`]
+    /// (`sqlite://baton.db` → `sqlite:///etc/baton/baton.db`); other URLs as written.
+    pub fn store_url(&self) -> String {
+        match sqlite_path(&self.store.url) {
+            Some((path, query)) if !path.is_absolute() => {
+                format!("sqlite://{}{query}", self.base_dir.join(path).display())
+            }
+            _ => self.store.url.clone(),
+        }
+    }
+
+    /// Where the `exec` adapter keeps the state of its child processes: `engine.exec_state_dir`
+    /// (relative to [`Self::base_dir`]), else `<db file>.exec` next to a SQLite database, else
+    /// `baton.exec` in [`Self::base_dir`].
+    pub fn exec_state_dir(&self) -> PathBuf {
+        if let Some(dir) = &self.engine.exec_state_dir {
+            return self.base_dir.join(dir);
+        }
+        match sqlite_path(&self.store_url()) {
+            Some((path, _)) => {
+                let mut name = path.as_os_str().to_owned();
+                name.push(".exec");
+                PathBuf::from(name)
+            }
+            None => self.base_dir.join("baton.exec"),
+        }
+    }
+
+    /// Every adapter instance a stage may name: the `[adapters]` blocks, plus `exec` and
+    /// `approval` with an empty config unless a block of that name replaces them.
+    pub fn instances(&self) -> IndexMap<String, AdapterInstance> {
+        let mut all = self.adapters.clone();
+        for name in baton_core::BUILTIN_INSTANCES {
+            all.entry(name.to_owned())
+                .or_insert_with(|| AdapterInstance {
+                    kind: name.to_owned(),
+                    config: Value::Object(Map::new()),
+                });
+        }
+        all
+    }
+
+    /// The settings stages inherit: `engine.default_timeout`.
+    pub fn stage_defaults(&self) -> StageDefaults {
+        StageDefaults {
+            timeout: self.engine.default_timeout.0,
+        }
+    }
+}
+
+/// The file path and `?query` of a SQLite URL with a file; `None` for other URLs and for
+/// in-memory databases.
+fn sqlite_path(url: &str) -> Option<(&Path, &str)> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let (path, query) = match rest.find('?') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    if path.is_empty() || path == ":memory:" {
+        return None;
+    }
+    Some((Path::new(path), query))
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ServerConfig {
+    /// Address and port to listen on, `host:port`. Default `127.0.0.1:8080`.
+    pub listen: String,
+    /// The URL people and external systems reach baton at, used in links baton sends out
+    /// (commit status targets, approval links). Default: none (links are left out).
+    pub public_url: Option<String>,
+    /// The largest request body accepted, in bytes. Default 26214400 (25 MiB, GitHub's cap).
+    pub max_body_bytes: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".to_owned(),
+            public_url: None,
+            max_body_bytes: 26_214_400,
+        }
+    }
+}
+
+/// `[store]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StoreConfig {
+    /// `sqlite://PATH` (a relative path is relative to the config file's directory) or
+    /// `postgres://user@host/db`. Default `sqlite://baton.db`. Use
+    /// [`GatewayConfig::store_url`] for the resolved URL.
+    pub url: String,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://baton.db".to_owned(),
+        }
+    }
+}
+
+/// `[api]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiConfig {
+    /// Bearer tokens for the REST API. Default: none.
+    #[serde(default)]
+    pub tokens: Vec<ApiToken>,
+}
+
+/// One `[api] tokens` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiToken {
+    /// A name for the token's holder, shown in logs and audit records; unique.
+    pub name: String,
+    /// The token, as a secret reference.
+    #[serde(deserialize_with = "secret_ref")]
+    pub token: SecretRef,
+    /// What the holder may do.
+    pub role: Role,
+}
+
+/// What an API token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Read runs, stages, deliveries and logs.
+    Viewer,
+    /// Also start, cancel, retry and replay.
+    Operator,
+    /// Also answer approval stages.
+    Approver,
+}
+
+/// `[sources.<name>]`: an inbound webhook source, at `POST /hooks/<name>`.
+#[derive(Debug, Clone)]
+pub enum SourceConfig {
+    /// `kind = "github"`.
+    Github(GithubSource),
+    /// `kind = "gitlab"`.
+    Gitlab(GitlabSource),
+    /// `kind = "generic"`: any sender of JSON.
+    Generic(GenericSource),
+}
+
+impl SourceConfig {
+    /// The source kinds, as written in `kind = "…"`.
+    pub const KINDS: [&'static str; 3] = ["github", "gitlab", "generic"];
+
+    /// This source's kind, as written in `kind = "…"`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Github(_) => "github",
+            Self::Gitlab(_) => "gitlab",
+            Self::Generic(_) => "generic",
+        }
+    }
+}
+
+/// A GitHub webhook source: deliveries are checked against `X-Hub-Signature-256`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GithubSource {
+    /// The webhook secrets: `secret`, then every `secrets` entry. A delivery signed with any
+    /// of them is accepted, so a secret can be rotated without downtime. At least one.
+    pub secrets: Vec<SecretRef>,
+}
+
+/// A GitLab webhook source: deliveries are checked against `X-Gitlab-Token`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GitlabSource {
+    /// The webhook tokens: `token`, then every `tokens` entry; any matches. At least one.
+    pub tokens: Vec<SecretRef>,
+}
+
+/// A generic JSON webhook source.
+#[derive(Debug, Clone)]
+pub struct GenericSource {
+    /// How deliveries prove where they come from: `hmac = {…}` or `bearer = {…}`.
+    pub auth: GenericAuth,
+    /// Where a delivery's event type comes from. `None`: the event type is empty, so only
+    /// `on:` entries without `event:` match.
+    pub event: Option<EventSelector>,
+    /// Where a delivery's id (for de-duplication) comes from.
+    pub delivery_id: DeliveryId,
+}
+
+/// How a generic source authenticates deliveries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GenericAuth {
+    /// `hmac = { secret, header, prefix, algorithm }`: the body's HMAC, in hex, in a header.
+    Hmac(HmacAuth),
+    /// `bearer = { token }`: `Authorization: Bearer <token>`.
+    Bearer(BearerAuth),
+}
+
+/// `hmac = { … }` of a generic source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HmacAuth {
+    /// The shared secret.
+    #[serde(deserialize_with = "secret_ref")]
+    pub secret: SecretRef,
+    /// The header that carries the signature (`X-Signature-256`).
+    pub header: String,
+    /// Text before the hex digest in the header (`sha256=`). Default: empty.
+    #[serde(default)]
+    pub prefix: String,
+    /// The hash. Default `sha256`.
+    #[serde(default)]
+    pub algorithm: HmacAlgorithm,
+}
+
+/// The hash of an HMAC signature.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HmacAlgorithm {
+    /// HMAC-SHA-256.
+    #[default]
+    Sha256,
+    /// HMAC-SHA-512.
+    Sha512,
+}
+
+/// `bearer = { … }` of a generic source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BearerAuth {
+    /// The expected bearer token.
+    #[serde(deserialize_with = "secret_ref")]
+    pub token: SecretRef,
+}
+
+/// Where a generic delivery's event type comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EventSelector {
+    /// `event = { header = "X-Event" }`: a request header.
+    Header(String),
+    /// `event = { expr = ".type" }`: a jq expression on the JSON body.
+    Expr(Expr),
+}
+
+/// Where a generic delivery's id comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum DeliveryId {
+    /// No `delivery_id`: a hash of the body, so identical bodies are one delivery.
+    #[default]
+    BodyHash,
+    /// `delivery_id = { header = "X-Request-Id" }`: a request header.
+    Header(String),
+}
+
+/// `[adapters.<name>]`: one adapter instance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdapterInstance {
+    /// The adapter kind (`jenkins`, `buildbot`, `exec`).
+    pub kind: String,
+    /// The rest of the block (everything but `kind`), as the kind checked it.
+    pub config: Value,
+}
+
+/// `[engine]`: baton's own scheduling settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EngineConfig {
+    /// The timeout of a stage without `timeout:`. Default `1h`.
+    pub default_timeout: HumanDuration,
+    /// The shortest wait between two polls of one external job, whatever the adapter hints.
+    /// Default `2s`.
+    pub poll_min: HumanDuration,
+    /// The longest wait between two polls of one external job. Default `60s`.
+    pub poll_max: HumanDuration,
+    /// How many stage attempts may be in flight at once, across all runs. Default 256.
+    pub max_concurrency: usize,
+    /// Where the `exec` adapter keeps its child processes' state, relative to the config
+    /// file's directory. Default: `<db>.exec` next to a SQLite database (see
+    /// [`GatewayConfig::exec_state_dir`]).
+    pub exec_state_dir: Option<PathBuf>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            default_timeout: HumanDuration(Duration::from_secs(3600)),
+            poll_min: HumanDuration(Duration::from_secs(2)),
+            poll_max: HumanDuration(Duration::from_secs(60)),
+            max_concurrency: 256,
+            exec_state_dir: None,
+        }
+    }
+}
+
+/// Reads a secret reference, refusing a literal secret with a hint.
+fn secret_ref<'de, D: Deserializer<'de>>(d: D) -> Result<SecretRef, D::Error> {
+    let value = Value::deserialize(d)?;
+    baton_core::secret::check_secret_value(&value).map_err(serde::de::Error::custom)
+}
+
+/// A secret reference inside a list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SecretField(pub(crate) SecretRef);
+
+impl<'de> Deserialize<'de> for SecretField {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        secret_ref(d).map(Self)
+    }
+}
+
+/// The file form of `[sources.<name>]` with `kind = "github"`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct GithubRaw {
+    /// One webhook secret.
+    #[serde(default)]
+    pub(crate) secret: Option<SecretField>,
+    /// More webhook secrets, for rotation.
+    #[serde(default)]
+    pub(crate) secrets: Vec<SecretField>,
+}
+
+/// The file form of `[sources.<name>]` with `kind = "gitlab"`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct GitlabRaw {
+    /// One webhook token.
+    #[serde(default)]
+    pub(crate) token: Option<SecretField>,
+    /// More webhook tokens, for rotation.
+    #[serde(default)]
+    pub(crate) tokens: Vec<SecretField>,
+}
+
+/// The file form of `[sources.<name>]` with `kind = "generic"`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct GenericRaw {
+    /// HMAC authentication.
+    #[serde(default)]
+    pub(crate) hmac: Option<HmacAuth>,
+    /// Bearer authentication.
+    #[serde(default)]
+    pub(crate) bearer: Option<BearerAuth>,
+    /// Event type selector.
+    #[serde(default)]
+    pub(crate) event: Option<EventRaw>,
+    /// Delivery id selector.
+    #[serde(default)]
+    pub(crate) delivery_id: Option<HeaderRaw>,
+}
+
+/// `event = { header }` or `{ expr }`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct EventRaw {
+    /// A header name.
+    #[serde(default)]
+    pub(crate) header: Option<String>,
+    /// A jq expression.
+    #[serde(default)]
+    pub(crate) expr: Option<String>,
+}
+
+/// `{ header = "…" }`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct HeaderRaw {
+    /// A header name.
+    pub(crate) header: String,
+}

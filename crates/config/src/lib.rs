@@ -1,0 +1,44 @@
+//! baton's configuration: the gateway config (`baton.toml` or `baton.yaml`) and the workflow
+//! files, loaded and checked in one pass.
+//!
+//! [`load`] reads the config file (TOML or YAML by extension), applies `BATON_*` environment
+//! overrides, finds the workflow files through the config's `workflows` globs (plus files
+//! given directly), compiles every workflow, and checks everything that can be checked
+//! before a run: unknown keys, types, durations, jq expressions, secret references, adapter
+//! instance blocks, each stage's `with:` (by its adapter kind), and every name one file uses
+//! from another. It never stops at the first problem: a failed load returns
+//! [`Diagnostics`], every problem with its file and key path.
+//!
+//! # Environment overrides
+//!
+//! `BATON_SERVER__LISTEN=0.0.0.0:8080` sets `server.listen`: the name after `BATON_` is split
+//! on `__` and lowercased. Only variables whose first segment is a top-level key
+//! ([`TOP_LEVEL_KEYS`]) count, so `BATON_INPUT`, `BATON_RUN_ID` and the like are ignored.
+//! Values `true`/`false` are booleans, integers are numbers, a value starting with `[` or
+//! `{` is JSON, anything else is text.
+//!
+//! # Secrets
+//!
+//! A secret is always a reference, `{ env = "NAME" }` or `{ file = "PATH" }`; a literal
+//! secret is a load error. [`EnvFileResolver`] reads references.
+
+mod check;
+mod diagnostic;
+mod document;
+mod env;
+mod gateway;
+mod load;
+mod secrets;
+
+#[cfg(test)]
+mod tests;
+
+pub use diagnostic::{Diagnostic, Diagnostics};
+pub use document::MAX_FILE_BYTES;
+pub use gateway::{
+    AdapterInstance, ApiConfig, ApiToken, BearerAuth, DeliveryId, EngineConfig, EventSelector,
+    GatewayConfig, GenericAuth, GenericSource, GithubSource, GitlabSource, HmacAlgorithm, HmacAuth,
+    Role, ServerConfig, SourceConfig, StoreConfig, TOP_LEVEL_KEYS,
+};
+pub use load::{ENVIRONMENT, Loaded, LoadedWorkflow, load};
+pub use secrets::EnvFileResolver;
