@@ -1,0 +1,425 @@
+//! One attempt's directory: the durable record of a command, readable by any baton process.
+//!
+//! ```text
+//! <state_dir>/<attempt>/
+//!   input.json    the resolved input; the command's stdin and $BATON_INPUT
+//!   output.json   $BATON_OUTPUT: a JSON object the command may write
+//!   stdout        the command's stdout ([COUT] lines are outputs)
+//!   stderr        the command's stderr
+//!   pid           {"pid": …, "start_time": …} of the wrapper, the process group leader
+//!   exit          the exit status, written by the wrapper with tmp + rename
+//!   cancelled     present once a cancel was asked for
+//! ```
+//!
+//! Nothing is fsynced: the files only need to survive baton's death, not the machine's, and
+//! a machine restart ends the commands too (poll then reports them as disappeared).
+
+use std::fs::{self, DirBuilder, File};
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use baton_core::AttemptKey;
+use serde_json::{Map, Value};
+
+/// A directory without a pid file this old belongs to a start that died before launching
+/// the command. A start takes milliseconds between creating the directory and writing the
+/// pid file, so this only delays the retry of a crashed start.
+pub const STALE_START: Duration = Duration::from_secs(30);
+
+/// Where retired directories of interrupted starts go, inside the state directory. The
+/// leading dot keeps it apart from attempt directories, whose names never start with one.
+const ABORTED_DIR: &str = ".aborted";
+
+/// The wrapper's pid and start time; the pid is also the process group id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PidRecord {
+    /// Process id of the wrapper, leader of the command's process group.
+    pub pid: i32,
+    /// Field 22 of `/proc/<pid>/stat` when it was spawned.
+    pub start_time: u64,
+}
+
+impl PidRecord {
+    fn to_json(self) -> String {
+        serde_json::json!({"pid": self.pid, "start_time": self.start_time}).to_string()
+    }
+
+    fn from_json(text: &str) -> Option<Self> {
+        let value: Value = serde_json::from_str(text).ok()?;
+        Some(Self {
+            pid: i32::try_from(value.get("pid")?.as_i64()?).ok()?,
+            start_time: value.get("start_time")?.as_u64()?,
+        })
+    }
+}
+
+/// What [`AttemptDir::claim`] found.
+#[derive(Debug)]
+pub enum Claim {
+    /// The directory is new: this caller launches the command.
+    Fresh,
+    /// The command was launched already: adopt it.
+    Adopt(PidRecord),
+    /// Another start holds the directory and has not launched yet.
+    Busy,
+}
+
+/// Turns a key into a directory name, one to one.
+///
+/// [`AttemptKey::slug`] is not used because it is not one to one (`a-b/c/1` and `a/b-c/1`
+/// both give `a-b-c-1`), and two attempts sharing a directory would adopt each other's work.
+/// Here `/` becomes `+`, bytes outside `[A-Za-z0-9._-]` and a leading `.` become `%XX`.
+pub fn dir_name(key: &AttemptKey) -> String {
+    let mut name = String::with_capacity(key.as_str().len());
+    for (i, b) in key.as_str().bytes().enumerate() {
+        match b {
+            b'/' => name.push('+'),
+            b'.' if i == 0 => name.push_str("%2E"),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-' => name.push(b as char),
+            _ => name.push_str(&format!("%{b:02X}")),
+        }
+    }
+    name
+}
+
+/// An attempt's directory and the files in it.
+#[derive(Debug, Clone)]
+pub struct AttemptDir {
+    state_dir: PathBuf,
+    path: PathBuf,
+}
+
+impl AttemptDir {
+    /// The directory of `key` under `state_dir`.
+    pub fn new(state_dir: &Path, key: &AttemptKey) -> Self {
+        Self {
+            state_dir: state_dir.to_owned(),
+            path: state_dir.join(dir_name(key)),
+        }
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A file inside the directory.
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    /// True when an attempt was ever begun here.
+    pub fn exists(&self) -> bool {
+        self.path.is_dir()
+    }
+
+    /// Takes the directory for a new start, or tells why not.
+    ///
+    /// The leaf is made with a plain `mkdir`, which fails if it exists: of two starts of the
+    /// same attempt, only one can ever launch the command.
+    pub fn claim(&self) -> io::Result<Claim> {
+        // The directories may hold inputs with secrets in them: owner only.
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.state_dir)?;
+        if self.create_leaf()? {
+            return Ok(Claim::Fresh);
+        }
+        if let Some(record) = self.read_pid()? {
+            return Ok(Claim::Adopt(record));
+        }
+        if !self.start_is_stale() {
+            return Ok(Claim::Busy);
+        }
+        self.retire()?;
+        Ok(if self.create_leaf()? {
+            Claim::Fresh
+        } else {
+            Claim::Busy
+        })
+    }
+
+    fn create_leaf(&self) -> io::Result<bool> {
+        match DirBuilder::new().mode(0o700).create(&self.path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// True when the directory has no pid file and has not changed for [`STALE_START`]:
+    /// its start died before launching, and the wrapper (if any) gave up with it.
+    pub fn start_is_stale(&self) -> bool {
+        let age = fs::metadata(&self.path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| SystemTime::now().duration_since(t).ok());
+        age.is_some_and(|age| age >= STALE_START) && !self.file("pid").exists()
+    }
+
+    /// Moves an interrupted start's directory out of the way, keeping it for inspection.
+    /// A rename is atomic, so of two processes retiring it, one wins and the other fails.
+    fn retire(&self) -> io::Result<()> {
+        let aborted = self.state_dir.join(ABORTED_DIR);
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&aborted)?;
+        let millis = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or_default();
+        let name = self.path.file_name().unwrap_or_default().to_string_lossy();
+        match fs::rename(&self.path, aborted.join(format!("{name}.{millis}"))) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Removes the directory of a start that could not launch, so it can be tried again.
+    pub fn remove(&self) {
+        let _ = fs::remove_dir_all(&self.path);
+    }
+
+    /// Writes `input` as JSON to `input.json`.
+    pub fn write_input(&self, input: &Value) -> io::Result<()> {
+        let text = serde_json::to_vec(input).map_err(io::Error::other)?;
+        fs::write(self.file("input.json"), text)
+    }
+
+    /// Creates the files that receive stdout and stderr.
+    pub fn create_logs(&self) -> io::Result<(File, File)> {
+        Ok((
+            File::create(self.file("stdout"))?,
+            File::create(self.file("stderr"))?,
+        ))
+    }
+
+    /// Reads the pid file; `None` before the command is launched.
+    pub fn read_pid(&self) -> io::Result<Option<PidRecord>> {
+        match fs::read_to_string(self.file("pid")) {
+            Ok(text) => PidRecord::from_json(&text).map(Some).ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("the pid file holds {text:?}"),
+                )
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes the pid file with tmp + rename, so readers never see half of it.
+    pub fn write_pid(&self, record: PidRecord) -> io::Result<()> {
+        let tmp = self.file("pid.tmp");
+        fs::write(&tmp, record.to_json())?;
+        fs::rename(tmp, self.file("pid"))
+    }
+
+    /// The text of the exit file, once the wrapper wrote it.
+    pub fn read_exit(&self) -> io::Result<Option<String>> {
+        match fs::read_to_string(self.file("exit")) {
+            Ok(text) => Ok(Some(text)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The exit code, when the exit file exists and holds one.
+    pub fn exit_code(&self) -> Option<i32> {
+        self.read_exit().ok()??.trim().parse().ok()
+    }
+
+    /// True once a cancel was asked for.
+    pub fn is_cancelled(&self) -> bool {
+        self.file("cancelled").exists()
+    }
+
+    /// Records that a cancel was asked for, before anything is killed, so that a poll can
+    /// tell a cancel from a crash.
+    pub fn mark_cancelled(&self) -> io::Result<()> {
+        let mut file = File::create(self.file("cancelled"))?;
+        let secs = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default();
+        writeln!(file, "{secs}")
+    }
+
+    /// The object the command wrote to `$BATON_OUTPUT`; `None` if it wrote nothing.
+    pub fn output_file(&self) -> Result<Option<Map<String, Value>>, String> {
+        let text = match fs::read(self.file("output.json")) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("cannot read $BATON_OUTPUT: {e}")),
+        };
+        if text.iter().all(u8::is_ascii_whitespace) {
+            return Ok(None);
+        }
+        match serde_json::from_slice(&text) {
+            Ok(Value::Object(map)) => Ok(Some(map)),
+            Ok(other) => Err(format!(
+                "$BATON_OUTPUT must hold a JSON object, but it holds {}",
+                kind_of(&other)
+            )),
+            Err(e) => Err(format!("$BATON_OUTPUT does not hold valid JSON: {e}")),
+        }
+    }
+
+    /// Every `[COUT] KEY = value` line of stdout, later lines winning.
+    pub fn cout(&self) -> Map<String, Value> {
+        let mut outputs = Map::new();
+        let Ok(file) = File::open(self.file("stdout")) else {
+            return outputs;
+        };
+        // Read by bytes: a command may print anything, and one bad line must not hide the rest.
+        let mut reader = BufReader::new(file);
+        let mut line = Vec::new();
+        while reader.read_until(b'\n', &mut line).unwrap_or(0) > 0 {
+            if let Some((key, value)) = parse_cout(&String::from_utf8_lossy(&line)) {
+                outputs.insert(key, value);
+            }
+            line.clear();
+        }
+        outputs
+    }
+
+    /// The outputs: `[COUT]` lines, then the `$BATON_OUTPUT` object over them (it is written
+    /// on purpose, as a whole), then `exit_code` (`null` if the command never recorded one).
+    /// An unreadable `$BATON_OUTPUT` is left out here; poll reports it as the failure.
+    pub fn outputs(&self) -> Map<String, Value> {
+        let mut outputs = self.cout();
+        if let Ok(Some(file)) = self.output_file() {
+            outputs.extend(file);
+        }
+        outputs.insert(
+            "exit_code".into(),
+            self.exit_code().map_or(Value::Null, Value::from),
+        );
+        outputs
+    }
+
+    /// The end of a log file, at most `max_bytes` and `max_lines`, as text.
+    pub fn tail(&self, name: &str, max_bytes: u64, max_lines: usize) -> String {
+        tail_file(&self.file(name), max_bytes, max_lines).unwrap_or_default()
+    }
+}
+
+fn kind_of(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Parses a ContainerOps output line, `[COUT] KEY = value`. The value is JSON when it parses
+/// as JSON, text otherwise.
+pub fn parse_cout(line: &str) -> Option<(String, Value)> {
+    let rest = line.trim_start().strip_prefix("[COUT]")?;
+    let (key, value) = rest.split_once('=')?;
+    let key = key.trim();
+    if key.is_empty() {
+        return None;
+    }
+    let value = value.trim();
+    let value = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_owned()));
+    Some((key.to_owned(), value))
+}
+
+fn tail_file(path: &Path, max_bytes: u64, max_lines: usize) -> io::Result<String> {
+    let mut file = File::open(path)?;
+    let len = file.metadata()?.len();
+    let from = len.saturating_sub(max_bytes);
+    file.seek(SeekFrom::Start(from))?;
+    let mut bytes = Vec::new();
+    file.take(max_bytes).read_to_end(&mut bytes)?;
+    let text = String::from_utf8_lossy(&bytes);
+    // A cut in the middle of a line would show a fragment: start at the next whole line.
+    let text = match (from > 0, text.find('\n')) {
+        (true, Some(nl)) if nl + 1 < text.len() => &text[nl + 1..],
+        _ => &text[..],
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    let keep = &lines[lines.len().saturating_sub(max_lines)..];
+    Ok(keep.join("\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn dir_names_are_one_to_one_and_safe() {
+        let a = dir_name(&AttemptKey::new("a-b", "c", 1));
+        let b = dir_name(&AttemptKey::new("a", "b-c", 1));
+        assert_ne!(a, b);
+        assert_eq!(a, "a-b+c+1");
+        assert_eq!(dir_name(&AttemptKey::new("..", "x y", 2)), "%2E.+x%20y+2");
+        assert_eq!(dir_name(&AttemptKey::new("r", "s/t", 1)), "r+s+t+1");
+        assert!(!dir_name(&AttemptKey::new(".aborted", "s", 1)).starts_with('.'));
+    }
+
+    #[test]
+    fn cout_lines() {
+        assert_eq!(
+            parse_cout("[COUT] IMAGE = registry/app:1\n"),
+            Some(("IMAGE".into(), json!("registry/app:1")))
+        );
+        assert_eq!(
+            parse_cout("  [COUT]count=3"),
+            Some(("count".into(), json!(3)))
+        );
+        assert_eq!(
+            parse_cout("[COUT] obj = {\"a\": [1, 2]}"),
+            Some(("obj".into(), json!({"a": [1, 2]})))
+        );
+        assert_eq!(
+            parse_cout("[COUT] url = http://x/?a=b"),
+            Some(("url".into(), json!("http://x/?a=b")))
+        );
+        assert_eq!(
+            parse_cout("[COUT] flag = true"),
+            Some(("flag".into(), json!(true)))
+        );
+        assert_eq!(
+            parse_cout("[COUT] empty ="),
+            Some(("empty".into(), json!("")))
+        );
+        assert_eq!(parse_cout("[COUT] = 1"), None);
+        assert_eq!(parse_cout("[COUT] no equals"), None);
+        assert_eq!(parse_cout("echo [COUT] x = 1"), None);
+    }
+
+    #[test]
+    fn tails_keep_whole_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let text: String = (1..=100).map(|i| format!("line {i}\n")).collect();
+        fs::write(&path, text).unwrap();
+        assert_eq!(
+            tail_file(&path, 4096, 3).unwrap(),
+            "line 98\nline 99\nline 100"
+        );
+        assert_eq!(tail_file(&path, 12, 20).unwrap(), "line 100");
+        fs::write(&path, "").unwrap();
+        assert_eq!(tail_file(&path, 100, 20).unwrap(), "");
+    }
+
+    #[test]
+    fn pid_records_round_trip() {
+        let r = PidRecord {
+            pid: 42,
+            start_time: 123_456,
+        };
+        assert_eq!(PidRecord::from_json(&r.to_json()), Some(r));
+        assert_eq!(PidRecord::from_json("{\"pid\": \"x\"}"), None);
+    }
+}

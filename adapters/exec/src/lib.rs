@@ -1,0 +1,675 @@
+//! The `exec` adapter: local commands and ContainerOps-style components.
+//!
+//! ```yaml
+//!   lint:
+//!     uses: exec
+//!     with:
+//!       run: ./scripts/lint.sh        # a shell script for `sh -c`, or
+//!       # command: [cargo, clippy]    # an argv, without a shell
+//!       env: { RUST_LOG: info }
+//!       input: { files: '${{ .event.commits }}' }
+//!       workdir: ./service            # optional; baton's working directory by default
+//! ```
+//!
+//! The command gets the resolved `input` as JSON on stdin and in the file named by
+//! `$BATON_INPUT`, may write a JSON object of outputs to the file named by `$BATON_OUTPUT`,
+//! and may print ContainerOps output lines, `[COUT] KEY = value`. `$BATON_RUN_ID`,
+//! `$BATON_STAGE` and `$BATON_ATTEMPT` name the attempt. It inherits baton's environment, as
+//! a CI runner's steps do: do not run baton with secrets in its environment that workflow
+//! authors must not see. Exit code 0 is success; anything else fails the stage with the code
+//! (or the signal) and the tail of stderr. Outputs are the `[COUT]` values, then the
+//! `$BATON_OUTPUT` object over them, and always `exit_code`.
+//!
+//! # Durability
+//!
+//! baton may be killed while a command runs, and the next baton process must adopt the
+//! command, never start it twice. So nothing depends on memory: each attempt has a
+//! directory (see [`attempt`]) and the command runs under a small `sh` wrapper, leader of
+//! its own process group, which outlives baton and records the exit status in a file.
+//!
+//! - `start` claims the directory with a plain `mkdir`: a second start of the same attempt
+//!   finds it and adopts the command instead of running it again.
+//! - The wrapper waits for a "go" line on its stdin, which baton writes only after the pid
+//!   file is in place. If baton dies before that, the wrapper reads end-of-file and exits
+//!   without running anything, so a command never runs without a pid file to find it by.
+//! - `find` answers the reference whenever the pid file exists.
+//! - `poll` reads the exit file; without one, a live wrapper (same pid *and* start time) is
+//!   running, and a vanished one means the command died unrecorded.
+//! - While the starting process lives, a task waits on the wrapper and wakes the engine the
+//!   moment it exits, so completion does not wait for the next poll. An adopted command is
+//!   only polled (every second).
+//! - `cancel` records a `cancelled` marker, then stops the whole process group: `SIGTERM`,
+//!   and `SIGKILL` after a grace period (5 s by default). A stage timeout is a cancel too.
+//!
+//! Linux only: liveness and group membership are read from `/proc`.
+
+#![warn(missing_docs)]
+
+pub mod attempt;
+pub mod process;
+pub mod spec;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use baton_core::{
+    Adapter, AdapterError, AdapterKind, AttemptKey, ExternalRef, ExternalState, FieldError,
+    HumanDuration, Logs, PollOutcome, PollRequest, SecretResolver, StartRequest, Waker,
+    adapter::LogLink,
+};
+use serde_json::{Map, Value, json};
+use tokio::io::AsyncWriteExt;
+
+use crate::attempt::{AttemptDir, Claim, PidRecord};
+use crate::spec::{ExecSpec, Mode};
+
+/// The kind name, as in `uses: exec`.
+pub const KIND: &str = "exec";
+
+/// Where attempts live when neither the instance nor the program says otherwise, relative
+/// to baton's working directory (like the default SQLite file).
+pub const DEFAULT_STATE_DIR: &str = ".baton/exec";
+
+/// How long a cancelled command has between `SIGTERM` and `SIGKILL` by default.
+pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(5);
+
+/// The poll hint while a command runs. The wake-up on exit makes completion immediate in
+/// practice; this bounds the delay for adopted commands, which have no waiter.
+pub const POLL_HINT: Duration = Duration::from_secs(1);
+
+/// How much of stderr a failure message quotes.
+const FAILURE_TAIL_BYTES: u64 = 2048;
+const FAILURE_TAIL_LINES: usize = 20;
+
+/// How much of each log `logs` returns as text.
+const LOG_TAIL_BYTES: u64 = 64 * 1024;
+const LOG_TAIL_LINES: usize = 2000;
+
+/// The wrapper, run by `/bin/sh -c` with the attempt directory and the command as arguments.
+///
+/// It runs the command as its child rather than `exec`ing it, so that it can record `$?`
+/// (128 + N when the command was killed by signal N). `command -p` finds `mv` on the
+/// standard path even when the stage's `env` replaced `PATH`.
+const WRAPPER: &str = r#"IFS= read -r go || exit 0
+[ "$go" = go ] || exit 0
+dir=$1
+shift
+"$@" <"$dir/input.json"
+code=$?
+printf '%s\n' "$code" >"$dir/exit.tmp" && command -p mv -f "$dir/exit.tmp" "$dir/exit"
+exit "$code"
+"#;
+
+/// The `exec` kind. Instance settings, all optional: `state_dir` (a path) and `kill_grace`
+/// (a duration such as `10s`).
+#[derive(Debug, Clone)]
+pub struct ExecKind {
+    default_state_dir: PathBuf,
+}
+
+impl Default for ExecKind {
+    fn default() -> Self {
+        Self::new(DEFAULT_STATE_DIR)
+    }
+}
+
+impl ExecKind {
+    /// A kind whose instances keep attempts under `default_state_dir` unless their settings
+    /// name another directory.
+    pub fn new(default_state_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            default_state_dir: default_state_dir.into(),
+        }
+    }
+
+    fn settings(&self, config: &Value) -> Result<(PathBuf, Duration), Vec<FieldError>> {
+        let empty = Map::new();
+        let map = match config {
+            Value::Null => &empty,
+            Value::Object(map) => map,
+            _ => {
+                return Err(vec![FieldError::new(
+                    "",
+                    "expected a table with optional `state_dir` and `kill_grace`",
+                )]);
+            }
+        };
+        let mut errors = Vec::new();
+        let mut state_dir = self.default_state_dir.clone();
+        let mut grace = DEFAULT_KILL_GRACE;
+        for (key, value) in map {
+            match (key.as_str(), value) {
+                ("state_dir", Value::String(dir)) if !dir.is_empty() => {
+                    state_dir = PathBuf::from(dir)
+                }
+                ("state_dir", _) => errors.push(FieldError::new(
+                    "state_dir",
+                    "expected a directory path as a non-empty string",
+                )),
+                ("kill_grace", Value::String(text)) => match HumanDuration::parse(text) {
+                    Ok(d) => grace = d.0,
+                    Err(e) => errors.push(FieldError::new("kill_grace", e.to_string())),
+                },
+                ("kill_grace", _) => errors.push(FieldError::new(
+                    "kill_grace",
+                    "expected a duration such as `5s`",
+                )),
+                _ => errors.push(FieldError::new(
+                    key,
+                    "unknown key: exec takes `state_dir` and `kill_grace`",
+                )),
+            }
+        }
+        if errors.is_empty() {
+            Ok((state_dir, grace))
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+impl AdapterKind for ExecKind {
+    fn kind(&self) -> &'static str {
+        KIND
+    }
+
+    fn validate_instance(&self, config: &Value) -> Vec<FieldError> {
+        self.settings(config).err().unwrap_or_default()
+    }
+
+    fn validate_stage(&self, with: &Value) -> Vec<FieldError> {
+        spec::parse(with, Mode::Templates).err().unwrap_or_default()
+    }
+
+    fn build(
+        &self,
+        name: &str,
+        config: &Value,
+        _secrets: &dyn SecretResolver,
+    ) -> Result<Arc<dyn Adapter>, AdapterError> {
+        let (state_dir, grace) = self.settings(config).map_err(|errors| {
+            AdapterError::Invalid(format!("adapter `{name}`: {}", describe(&errors)))
+        })?;
+        Ok(Arc::new(ExecAdapter::new(state_dir).with_kill_grace(grace)))
+    }
+}
+
+fn describe(errors: &[FieldError]) -> String {
+    errors
+        .iter()
+        .map(|e| {
+            if e.path.is_empty() {
+                e.message.clone()
+            } else {
+                format!("{}: {}", e.path, e.message)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Runs stage commands as local processes that survive baton's own death.
+#[derive(Debug)]
+pub struct ExecAdapter {
+    state_dir: PathBuf,
+    grace: Duration,
+    waker: Arc<Mutex<Option<Waker>>>,
+}
+
+impl ExecAdapter {
+    /// An adapter keeping attempts under `state_dir` (made absolute now, so that a later
+    /// change of working directory does not lose them).
+    pub fn new(state_dir: impl Into<PathBuf>) -> Self {
+        let state_dir = state_dir.into();
+        let state_dir = std::path::absolute(&state_dir).unwrap_or(state_dir);
+        Self {
+            state_dir,
+            grace: DEFAULT_KILL_GRACE,
+            waker: Arc::default(),
+        }
+    }
+
+    /// Sets how long a cancelled command has between `SIGTERM` and `SIGKILL`.
+    pub fn with_kill_grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    /// The directory holding the attempts.
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    /// The directory of one attempt (which may not exist).
+    pub fn attempt_dir(&self, key: &AttemptKey) -> PathBuf {
+        AttemptDir::new(&self.state_dir, key).path().to_owned()
+    }
+
+    fn dir(&self, key: &AttemptKey) -> AttemptDir {
+        AttemptDir::new(&self.state_dir, key)
+    }
+
+    fn reference(dir: &AttemptDir, record: PidRecord) -> ExternalRef {
+        ExternalRef {
+            id: record.pid.to_string(),
+            url: Some(file_url(dir.path())),
+            data: json!({
+                "dir": dir.path().to_string_lossy(),
+                "pid": record.pid,
+                "start_time": record.start_time,
+            }),
+        }
+    }
+
+    /// Launches the wrapper in the claimed directory and returns its pid record.
+    async fn launch(
+        &self,
+        dir: &AttemptDir,
+        key: &AttemptKey,
+        spec: ExecSpec,
+    ) -> Result<PidRecord, AdapterError> {
+        let io = |what: &str, e: std::io::Error| {
+            AdapterError::Transient(format!("exec {key}: cannot {what}: {e}"))
+        };
+        let (stdout, stderr) = {
+            let dir = dir.clone();
+            let input = spec.input.clone();
+            blocking(move || {
+                dir.write_input(&input)?;
+                dir.create_logs()
+            })
+            .await?
+            .map_err(|e| io("prepare the attempt directory", e))?
+        };
+
+        let mut command = tokio::process::Command::new("/bin/sh");
+        command
+            .arg("-c")
+            .arg(WRAPPER)
+            .arg("baton-exec")
+            .arg(dir.path())
+            .args(spec.program.argv())
+            .envs(spec.env.iter().map(|(k, v)| (k, v)))
+            .env("BATON_INPUT", dir.file("input.json"))
+            .env("BATON_OUTPUT", dir.file("output.json"))
+            .env("BATON_RUN_ID", key.run_id())
+            .env("BATON_STAGE", key.stage_id())
+            .env("BATON_ATTEMPT", key.attempt().to_string())
+            .stdin(std::process::Stdio::piped())
+            .stdout(stdout)
+            .stderr(stderr)
+            // Its own group: it survives a signal to baton's group (a Ctrl-C), and a cancel
+            // reaches every process the command started.
+            .process_group(0)
+            .kill_on_drop(false);
+        if let Some(workdir) = &spec.workdir {
+            command.current_dir(workdir);
+        }
+        let mut child = command.spawn().map_err(|e| match &spec.workdir {
+            // A missing workdir will not appear by retrying; a failed fork may pass.
+            Some(w) if e.kind() == std::io::ErrorKind::NotFound => AdapterError::Invalid(format!(
+                "exec {key}: cannot start in `{}`: {e}",
+                w.display()
+            )),
+            _ => AdapterError::Transient(format!("exec {key}: cannot start /bin/sh: {e}")),
+        })?;
+        let mut go = child.stdin.take();
+
+        // Until the wrapper reads "go" it runs nothing, so on any failure here dropping its
+        // stdin (end-of-file) is enough to make it exit.
+        let pid = child.id().and_then(|p| i32::try_from(p).ok());
+        let record = pid
+            .and_then(|pid| {
+                process::stat(pid).map(|s| PidRecord {
+                    pid,
+                    start_time: s.start_time,
+                })
+            })
+            .ok_or_else(|| {
+                AdapterError::Transient(format!("exec {key}: the wrapper vanished at once"))
+            })?;
+        dir.write_pid(record)
+            .map_err(|e| io("write the pid file", e))?;
+
+        // A cancel that raced this start left its marker: never let the command begin then.
+        if !dir.is_cancelled()
+            && let Some(stdin) = go.as_mut()
+            && let Err(e) = stdin.write_all(b"go\n").await
+        {
+            tracing::warn!(%key, error = %e, "the exec wrapper did not take its go signal");
+        }
+        drop(go);
+
+        let waker = self.waker.clone();
+        let key = key.clone();
+        tokio::spawn(async move {
+            if let Err(e) = child.wait().await {
+                tracing::warn!(%key, error = %e, "cannot wait for the exec wrapper");
+            }
+            let waker = waker.lock().unwrap_or_else(PoisonError::into_inner).clone();
+            if let Some(waker) = waker {
+                waker.wake(&key);
+            }
+        });
+        Ok(record)
+    }
+}
+
+/// Runs file work off the async threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, AdapterError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| AdapterError::Transient(format!("exec: a file task failed: {e}")))
+}
+
+fn io_error(key: &AttemptKey, e: std::io::Error) -> AdapterError {
+    AdapterError::Transient(format!("exec {key}: {e}"))
+}
+
+fn not_found(key: &AttemptKey, dir: &AttemptDir) -> AdapterError {
+    AdapterError::NotFound(format!(
+        "exec {key}: no attempt directory at {}",
+        dir.path().display()
+    ))
+}
+
+fn outcome(state: ExternalState, raw: &str, message: impl Into<String>) -> PollOutcome {
+    let mut outcome = PollOutcome::state(state).with_message(message);
+    outcome.raw = Some(raw.to_owned());
+    outcome
+}
+
+/// "exited with code 3", or "was killed by SIGKILL (exit status 137)".
+///
+/// `sh` reports a death by signal N as 128 + N, as does a command that exits with such a
+/// code itself; the two cannot be told apart, and the signal is the likelier reading.
+fn describe_exit(code: i32) -> String {
+    if (129..=128 + 64).contains(&code) {
+        format!(
+            "the command was killed by {} (exit status {code})",
+            process::signal_name(code - 128)
+        )
+    } else {
+        format!("the command exited with code {code}")
+    }
+}
+
+/// The outcome of a command whose wrapper recorded `exit_text`.
+fn finished(dir: &AttemptDir, exit_text: &str) -> PollOutcome {
+    let Ok(code) = exit_text.trim().parse::<i32>() else {
+        return outcome(
+            ExternalState::Errored,
+            "exit ?",
+            format!("the exit file holds {exit_text:?}, not an exit status"),
+        );
+    };
+    let raw = format!("exit {code}");
+    if code == 0 {
+        // A clean exit with unreadable outputs would hand the next stages garbage: fail.
+        return match dir.output_file() {
+            Ok(_) => outcome(
+                ExternalState::Succeeded { warnings: false },
+                &raw,
+                "the command exited with code 0",
+            ),
+            Err(problem) => outcome(
+                ExternalState::Failed,
+                &raw,
+                format!("the command exited with code 0, but {problem}"),
+            ),
+        };
+    }
+    if dir.is_cancelled() {
+        return outcome(
+            ExternalState::Cancelled,
+            &raw,
+            format!("cancelled: {}", describe_exit(code)),
+        );
+    }
+    let mut message = describe_exit(code);
+    let tail = dir.tail("stderr", FAILURE_TAIL_BYTES, FAILURE_TAIL_LINES);
+    if !tail.trim().is_empty() {
+        message.push_str("; the end of stderr:\n");
+        message.push_str(&tail);
+    }
+    outcome(ExternalState::Failed, &raw, message)
+}
+
+fn poll_dir(dir: &AttemptDir, key: &AttemptKey) -> Result<PollOutcome, AdapterError> {
+    if !dir.exists() {
+        return Err(not_found(key, dir));
+    }
+    if let Some(exit) = dir.read_exit().map_err(|e| io_error(key, e))? {
+        return Ok(finished(dir, &exit));
+    }
+    let Some(record) = dir.read_pid().map_err(|e| io_error(key, e))? else {
+        return Ok(if !dir.start_is_stale() {
+            outcome(
+                ExternalState::Queued,
+                "starting",
+                "the command is being started",
+            )
+            .next_poll(POLL_HINT)
+        } else if dir.is_cancelled() {
+            outcome(
+                ExternalState::Cancelled,
+                "cancelled",
+                "cancelled before the command ran",
+            )
+        } else {
+            outcome(
+                ExternalState::Failed,
+                "gone",
+                "the start of this attempt was interrupted before the command ran",
+            )
+        });
+    };
+    if process::is_alive(record.pid, record.start_time) {
+        return Ok(outcome(
+            ExternalState::Running,
+            "running",
+            format!("running as process group {}", record.pid),
+        )
+        .next_poll(POLL_HINT));
+    }
+    // The wrapper may have written its exit file between the first look and its death.
+    if let Some(exit) = dir.read_exit().map_err(|e| io_error(key, e))? {
+        return Ok(finished(dir, &exit));
+    }
+    Ok(if dir.is_cancelled() {
+        outcome(
+            ExternalState::Cancelled,
+            "cancelled",
+            "cancelled: the process group was stopped",
+        )
+    } else {
+        outcome(
+            ExternalState::Failed,
+            "gone",
+            "the process disappeared without recording an exit code (its wrapper was killed, or the machine restarted)",
+        )
+    })
+}
+
+/// A `file://` URL for a local path, with the bytes a URL cannot hold escaped.
+fn file_url(path: &Path) -> String {
+    let mut url = String::from("file://");
+    for b in path.to_string_lossy().bytes() {
+        match b {
+            // Unreserved characters, and `/` and `+`, which a URL path may hold as they are.
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'/' | b'.' | b'_' | b'-' | b'~' | b'+' => {
+                url.push(b as char)
+            }
+            _ => url.push_str(&format!("%{b:02X}")),
+        }
+    }
+    url
+}
+
+#[async_trait]
+impl Adapter for ExecAdapter {
+    fn kind(&self) -> &'static str {
+        KIND
+    }
+
+    async fn start(&self, request: &StartRequest) -> Result<ExternalRef, AdapterError> {
+        let key = &request.key;
+        let spec = spec::parse(&request.input, Mode::Rendered).map_err(|errors| {
+            AdapterError::Invalid(format!("exec {key}: {}", describe(&errors)))
+        })?;
+        let dir = self.dir(key);
+        let claim = {
+            let dir = dir.clone();
+            blocking(move || dir.claim()).await?
+        };
+        match claim.map_err(|e| io_error(key, e))? {
+            Claim::Fresh => {}
+            Claim::Adopt(record) => return Ok(Self::reference(&dir, record)),
+            Claim::Busy => {
+                return Err(AdapterError::Transient(format!(
+                    "exec {key}: another start of this attempt is under way, or died less than {}s ago",
+                    attempt::STALE_START.as_secs()
+                )));
+            }
+        }
+        match self.launch(&dir, key, spec).await {
+            Ok(record) => Ok(Self::reference(&dir, record)),
+            Err(e) => {
+                // Nothing ran (the wrapper never got its go): free the attempt for a retry.
+                dir.remove();
+                Err(e)
+            }
+        }
+    }
+
+    async fn find(
+        &self,
+        key: &AttemptKey,
+        _input: &Value,
+    ) -> Result<Option<ExternalRef>, AdapterError> {
+        let dir = self.dir(key);
+        let record = {
+            let dir = dir.clone();
+            blocking(move || dir.read_pid()).await?
+        };
+        Ok(record
+            .map_err(|e| io_error(key, e))?
+            .map(|record| Self::reference(&dir, record)))
+    }
+
+    async fn poll(&self, request: &PollRequest<'_>) -> Result<PollOutcome, AdapterError> {
+        // The reference's data is informational: everything is read from the directory the
+        // key names, so a damaged reference cannot point this at another process.
+        let dir = self.dir(request.key);
+        let key = request.key.clone();
+        blocking(move || poll_dir(&dir, &key)).await?
+    }
+
+    async fn outputs(
+        &self,
+        key: &AttemptKey,
+        _external: &ExternalRef,
+    ) -> Result<Map<String, Value>, AdapterError> {
+        let dir = self.dir(key);
+        if !dir.exists() {
+            return Err(not_found(key, &dir));
+        }
+        blocking(move || dir.outputs()).await
+    }
+
+    async fn cancel(&self, key: &AttemptKey, _external: &ExternalRef) -> Result<(), AdapterError> {
+        let dir = self.dir(key);
+        let target = blocking(move || -> std::io::Result<Option<i32>> {
+            // Never started, or finished: nothing to stop, and a late marker must not turn a
+            // recorded result into a cancel.
+            if !dir.exists() || dir.read_exit()?.is_some() {
+                return Ok(None);
+            }
+            dir.mark_cancelled()?;
+            Ok(dir
+                .read_pid()?
+                .filter(|r| process::is_alive(r.pid, r.start_time))
+                .map(|r| r.pid))
+        })
+        .await?
+        .map_err(|e| io_error(key, e))?;
+        if let Some(pgid) = target {
+            process::stop_group(pgid, self.grace).await;
+        }
+        Ok(())
+    }
+
+    async fn logs(&self, key: &AttemptKey, _external: &ExternalRef) -> Result<Logs, AdapterError> {
+        let dir = self.dir(key);
+        if !dir.exists() {
+            return Err(not_found(key, &dir));
+        }
+        blocking(move || {
+            let stdout = dir.tail("stdout", LOG_TAIL_BYTES, LOG_TAIL_LINES);
+            let stderr = dir.tail("stderr", LOG_TAIL_BYTES, LOG_TAIL_LINES);
+            Logs {
+                links: ["stdout", "stderr"]
+                    .into_iter()
+                    .map(|name| LogLink {
+                        name: name.to_owned(),
+                        url: file_url(&dir.file(name)),
+                    })
+                    .collect(),
+                text: Some(format!(
+                    "--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}\n"
+                )),
+            }
+        })
+        .await
+    }
+
+    fn attach(&self, waker: Waker) {
+        *self.waker.lock().unwrap_or_else(PoisonError::into_inner) = Some(waker);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exits_are_described() {
+        assert_eq!(describe_exit(3), "the command exited with code 3");
+        assert_eq!(
+            describe_exit(137),
+            "the command was killed by SIGKILL (exit status 137)"
+        );
+        assert_eq!(describe_exit(255), "the command exited with code 255");
+    }
+
+    #[test]
+    fn file_urls_escape() {
+        assert_eq!(
+            file_url(Path::new("/tmp/a b/+x%")),
+            "file:///tmp/a%20b/+x%25"
+        );
+    }
+
+    #[test]
+    fn instance_settings() {
+        let kind = ExecKind::default();
+        assert!(kind.validate_instance(&json!({})).is_empty());
+        assert!(kind.validate_instance(&Value::Null).is_empty());
+        assert!(
+            kind.validate_instance(
+                &json!({"state_dir": "/var/lib/baton/exec", "kill_grace": "10s"})
+            )
+            .is_empty()
+        );
+        let paths: Vec<_> = kind
+            .validate_instance(&json!({"state_dir": 1, "kill_grace": "soon", "x": 1}))
+            .into_iter()
+            .map(|e| e.path)
+            .collect();
+        assert_eq!(paths, ["state_dir", "kill_grace", "x"]);
+    }
+}
