@@ -1,15 +1,5 @@
 //! One attempt's directory: the durable record of a command, readable by any baton process.
-//!
-//! ```text
-//! <state_dir>/<attempt>/
-//!   input.json    the resolved input; the command's stdin and $BATON_INPUT
-//!   output.json   $BATON_OUTPUT: a JSON object the command may write
-//!   stdout        the command's stdout ([COUT] lines are outputs)
-//!   stderr        the command's stderr
-//!   pid           {"pid": …, "start_time": …} of the wrapper, the process group leader
-//!   exit          the exit status, written by the wrapper with tmp + rename
-//!   cancelled     present once a cancel was asked for
-//! ```
+//! The layout is in the crate documentation.
 //!
 //! Nothing is fsynced: the files only need to survive baton's death, not the machine's, and
 //! a machine restart ends the commands too (poll then reports them as disappeared).

@@ -24,14 +24,26 @@
 //!
 //! baton may be killed while a command runs, and the next baton process must adopt the
 //! command, never start it twice. So nothing depends on memory: each attempt has a
-//! directory (see [`attempt`]) and the command runs under a small `sh` wrapper, leader of
-//! its own process group, which outlives baton and records the exit status in a file.
+//! directory, and the command runs under a small `sh` wrapper, leader of its own process
+//! group, which outlives baton and records the exit status in a file.
+//!
+//! ```text
+//! <state_dir>/<run>+<stage>+<attempt>/
+//!   input.json    the resolved input; the command's stdin and $BATON_INPUT
+//!   output.json   $BATON_OUTPUT: a JSON object the command may write
+//!   stdout        the command's stdout ([COUT] lines are outputs)
+//!   stderr        the command's stderr
+//!   pid           {"pid": …, "start_time": …} of the wrapper, the process group leader
+//!   exit          the exit status, or `not-started`, written by the wrapper (tmp + rename)
+//!   cancelled     present once a cancel was asked for
+//! ```
 //!
 //! - `start` claims the directory with a plain `mkdir`: a second start of the same attempt
 //!   finds it and adopts the command instead of running it again.
 //! - The wrapper waits for a "go" line on its stdin, which baton writes only after the pid
-//!   file is in place. If baton dies before that, the wrapper reads end-of-file and exits
-//!   without running anything, so a command never runs without a pid file to find it by.
+//!   file is in place. If baton dies before that, the wrapper reads end-of-file, records
+//!   `not-started` and exits without running anything, so a command never runs without a
+//!   pid file to find it by (and poll reports such an attempt as `Errored`).
 //! - `find` answers the reference whenever the pid file exists.
 //! - `poll` reads the exit file; without one, a live wrapper (same pid *and* start time) is
 //!   running, and a vanished one means the command died unrecorded.
@@ -45,9 +57,12 @@
 
 #![warn(missing_docs)]
 
-pub mod attempt;
-pub mod process;
-pub mod spec;
+mod attempt;
+mod process;
+mod spec;
+
+pub use attempt::STALE_START;
+pub use spec::RESERVED_ENV;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -92,15 +107,23 @@ const LOG_TAIL_LINES: usize = 2000;
 /// It runs the command as its child rather than `exec`ing it, so that it can record `$?`
 /// (128 + N when the command was killed by signal N). `command -p` finds `mv` on the
 /// standard path even when the stage's `env` replaced `PATH`.
-const WRAPPER: &str = r#"IFS= read -r go || exit 0
-[ "$go" = go ] || exit 0
-dir=$1
+const WRAPPER: &str = r#"dir=$1
 shift
+record() {
+    printf '%s\n' "$1" >"$dir/exit.tmp" && command -p mv -f "$dir/exit.tmp" "$dir/exit"
+}
+if ! IFS= read -r go || [ "$go" != go ]; then
+    record not-started
+    exit 0
+fi
 "$@" <"$dir/input.json"
 code=$?
-printf '%s\n' "$code" >"$dir/exit.tmp" && command -p mv -f "$dir/exit.tmp" "$dir/exit"
+record "$code"
 exit "$code"
 "#;
+
+/// What the wrapper records when baton never let the command run.
+const NOT_STARTED: &str = "not-started";
 
 /// The `exec` kind. Instance settings, all optional: `state_dir` (a path) and `kill_grace`
 /// (a duration such as `10s`).
@@ -400,6 +423,21 @@ fn describe_exit(code: i32) -> String {
 
 /// The outcome of a command whose wrapper recorded `exit_text`.
 fn finished(dir: &AttemptDir, exit_text: &str) -> PollOutcome {
+    if exit_text.trim() == NOT_STARTED {
+        return if dir.is_cancelled() {
+            outcome(
+                ExternalState::Cancelled,
+                NOT_STARTED,
+                "cancelled before the command ran",
+            )
+        } else {
+            outcome(
+                ExternalState::Errored,
+                NOT_STARTED,
+                "the command never ran: the baton process starting it stopped before letting it go",
+            )
+        };
+    }
     let Ok(code) = exit_text.trim().parse::<i32>() else {
         return outcome(
             ExternalState::Errored,
@@ -635,6 +673,38 @@ impl Adapter for ExecAdapter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_wrapper_never_told_to_go_runs_nothing() {
+        let state = tempfile::tempdir().unwrap();
+        let key = AttemptKey::new("r", "s", 1);
+        let dir = AttemptDir::new(state.path(), &key);
+        assert!(matches!(dir.claim().unwrap(), Claim::Fresh));
+        dir.write_input(&Value::Null).unwrap();
+        let marker = state.path().join("ran");
+        // A closed stdin is what the wrapper sees when baton dies before sending "go".
+        let status = tokio::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(WRAPPER)
+            .arg("baton-exec")
+            .arg(dir.path())
+            .arg("touch")
+            .arg(&marker)
+            .stdin(std::process::Stdio::null())
+            .status()
+            .await
+            .unwrap();
+        assert!(status.success());
+        assert!(!marker.exists(), "the command must not run");
+        let outcome = poll_dir(&dir, &key).unwrap();
+        assert_eq!(outcome.state, ExternalState::Errored);
+        assert!(outcome.message.unwrap().contains("never ran"));
+        dir.mark_cancelled().unwrap();
+        assert_eq!(
+            poll_dir(&dir, &key).unwrap().state,
+            ExternalState::Cancelled
+        );
+    }
 
     #[test]
     fn exits_are_described() {
