@@ -441,6 +441,26 @@ async fn a_new_adapter_adopts_a_running_command() {
 }
 
 #[tokio::test]
+async fn an_adopted_command_can_be_cancelled() {
+    let state = tempfile::tempdir().unwrap();
+    let key = fresh_key("adopt-cancel");
+    let external = {
+        let first = ExecAdapter::new(state.path());
+        start(&first, &key, json!({"run": "sleep 300 & wait"})).await
+    };
+    let pgid = pgid(&external);
+    wait_for_group(pgid, 3).await;
+    let second = ExecAdapter::new(state.path());
+    let found = second.find(&key, &Value::Null).await.unwrap().unwrap();
+    second.cancel(&key, &found).await.unwrap();
+    assert_eq!(group(pgid), Vec::<i32>::new());
+    assert_eq!(
+        wait(&second, &key, &found).await.state,
+        ExternalState::Cancelled
+    );
+}
+
+#[tokio::test]
 async fn a_second_start_adopts_instead_of_running_twice() {
     let state = tempfile::tempdir().unwrap();
     let runs = state.path().join("runs");
