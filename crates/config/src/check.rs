@@ -148,11 +148,17 @@ pub(crate) fn typed<T: DeserializeOwned>(
                     .strip_prefix("missing field `")
                     .and_then(|rest| rest.strip_suffix('`'))
                 {
-                    // A required key we removed ourselves was already reported.
                     if !removed.contains(&join(&path, field)) {
                         sink.err(join(at, &path), format!("missing required key `{field}`"));
+                        return None;
                     }
-                    return None;
+                    // A required key we removed ourselves was already reported: drop the
+                    // object that needs it too, and read on.
+                    if segments.is_empty() || !remove(&mut value, &segments) {
+                        return None;
+                    }
+                    removed.push(path);
+                    continue;
                 }
                 sink.err(join(at, &path), message);
                 if segments.is_empty() || !remove(&mut value, &segments) {

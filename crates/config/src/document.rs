@@ -102,6 +102,16 @@ fn parse_document(text: &str, toml: bool, sink: &mut Sink) -> Option<Value> {
             }
         }
     } else {
+        // libyaml's scanner takes time quadratic in the nesting of `[` and `{`; the parser
+        // refuses more than 128 levels anyway, but only after that time.
+        let depth = flow_depth(text);
+        if depth > MAX_FLOW_DEPTH {
+            sink.err(
+                "",
+                format!("invalid YAML: `[` and `{{` nested {depth} deep; at most {MAX_FLOW_DEPTH} levels are read"),
+            );
+            return None;
+        }
         let mut value = match serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text) {
             Ok(value) => value,
             Err(e) => {
@@ -117,6 +127,26 @@ fn parse_document(text: &str, toml: bool, sink: &mut Sink) -> Option<Value> {
         let value = yaml_to_json(value, "", sink);
         (sink.count() == before).then_some(value)
     }
+}
+
+/// The deepest flow nesting [`parse_document`] lets the YAML parser see.
+const MAX_FLOW_DEPTH: usize = 512;
+
+/// An upper bound of the nesting of `[` and `{` in YAML text. Brackets inside quotes and
+/// comments count too, so it never underestimates (a quote cannot hide a bracket).
+fn flow_depth(text: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    for b in text.bytes() {
+        match b {
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 fn line_column(text: &str, offset: usize) -> (usize, usize) {

@@ -500,11 +500,11 @@ fn read_generic(rest: &Value, at: &str, sink: &mut Sink) -> Option<GenericSource
         sink,
     )?;
     let before = sink.count();
+    if let Some(hmac) = &raw.hmac {
+        check_header(&hmac.header, &join(at, "hmac.header"), sink);
+    }
     let auth = match (raw.hmac, raw.bearer) {
-        (Some(hmac), None) => {
-            check_header(&hmac.header, &join(at, "hmac.header"), sink);
-            Some(GenericAuth::Hmac(hmac))
-        }
+        (Some(hmac), None) => Some(GenericAuth::Hmac(hmac)),
         (None, Some(bearer)) => Some(GenericAuth::Bearer(bearer)),
         (Some(_), Some(_)) => {
             sink.err(at, "set either `hmac` or `bearer`, not both");
