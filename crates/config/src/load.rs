@@ -746,7 +746,7 @@ fn read_workflow(
     }
 
     let mut stages = IndexMap::new();
-    let mut good_stages = Vec::new();
+    let mut checkable_stages = Vec::new();
     match map.get("stages") {
         None => {
             sink.err(
@@ -773,13 +773,17 @@ fn read_workflow(
                 };
                 let stage = match stage {
                     Some(stage) => {
-                        good_stages.push(id.clone());
+                        checkable_stages.push(id.clone());
                         stage
                     }
                     None => {
                         let (stage, needs_ok) = stand_in_stage(item);
                         if !needs_ok {
                             reported.push(format!("{at}.needs"));
+                        }
+                        // Its `uses` and `with` can still be checked when `uses` is readable.
+                        if !stage.uses.is_empty() {
+                            checkable_stages.push(id.clone());
                         }
                         stage
                     }
@@ -810,7 +814,7 @@ fn read_workflow(
         stages,
         report,
     };
-    check_references(&spec, &good_triggers, &good_stages, context, sink);
+    check_references(&spec, &good_triggers, &checkable_stages, context, sink);
     let compiled = match Workflow::compile(spec, context.defaults) {
         Ok(workflow) => Some(workflow),
         Err(errors) => {
@@ -835,8 +839,9 @@ fn read_workflow(
     (name, workflow)
 }
 
-/// A stage that could not be read, rebuilt from its readable parts so that the rest of the
-/// workflow can still be checked against it. The flag is false when `needs` was unreadable.
+/// A stage that could not be read, rebuilt from its readable parts so that they and the rest
+/// of the workflow can still be checked. `uses` is empty when unreadable; the flag is false
+/// when `needs` was unreadable.
 fn stand_in_stage(value: &Value) -> (StageSpec, bool) {
     let (needs, needs_ok) = match value.get("needs") {
         None => (Vec::new(), true),
@@ -852,7 +857,11 @@ fn stand_in_stage(value: &Value) -> (StageSpec, bool) {
     };
     let stage = StageSpec {
         needs,
-        uses: String::new(),
+        uses: value
+            .get("uses")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned(),
         with: value
             .get("with")
             .cloned()
@@ -870,7 +879,7 @@ fn stand_in_stage(value: &Value) -> (StageSpec, bool) {
 fn check_references(
     spec: &WorkflowSpec,
     good_triggers: &[usize],
-    good_stages: &[String],
+    checkable_stages: &[String],
     context: &Context,
     sink: &mut Sink,
 ) {
@@ -917,7 +926,7 @@ fn check_references(
         }
     }
     let adapters = &context.declared.adapters;
-    for id in good_stages {
+    for id in checkable_stages {
         let Some(stage) = spec.stages.get(id) else {
             continue;
         };

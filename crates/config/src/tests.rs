@@ -1063,3 +1063,49 @@ max_concurrency = 0
         ])
     );
 }
+
+/// The example of `baton validate` output in docs/config.md.
+#[test]
+fn the_documented_validate_output() {
+    let config = r#"
+workflows = ["workflows/*.yaml"]
+[server]
+listen = "0.0.0.0:8080"
+[sources.github]
+kind = "github"
+secret = "hunter2"
+[adapters.ci]
+kind = "jenkins"
+url = "https://jenkins.example.com"
+"#;
+    let wf = r#"
+name: tidb-pr
+on:
+  - source: gitlab
+stages:
+  unit:
+    uses: exec
+    with: { run: make test }
+    timout: 45m
+  mysql-tests:
+    uses: ci
+    with:
+      parameters: { SHA: '${{ .stages.unit.outputs.sha }}' }
+    retry: { attempts: 3, backoff: 30 }
+"#;
+    let dir = fixture(&[("baton.toml", config), ("workflows/tidb.yaml", wf)]);
+    let err = load_in(dir.path(), Some("baton.toml"), &[], no_env()).unwrap_err();
+    let text = err
+        .to_string()
+        .replace(&dir.path().display().to_string(), ".");
+    assert_eq!(
+        text,
+        r#"./baton.toml: sources.github.secret: a literal secret is not allowed here: write a reference, `{ env = "NAME" }` or `{ file = "/path" }`
+./workflows/tidb.yaml: stages.unit.timout: unknown key `timout` (did you mean `timeout`?); expected one of: needs, uses, with, if, timeout, retry, on_failure
+./workflows/tidb.yaml: stages.mysql-tests.retry.backoff: invalid type: integer `30`, expected a string
+./workflows/tidb.yaml: on[0].source: unknown source `gitlab`: expected `manual` or a [sources] name: github
+./workflows/tidb.yaml: stages.mysql-tests.with.job: missing the job name
+./workflows/tidb.yaml: stages.mysql-tests.with: `.stages.unit.outputs.sha` reads stage `unit`, which is not upstream of `mysql-tests`: add `unit` to `needs` (directly or through a stage it needs)
+6 problems"#
+    );
+}
