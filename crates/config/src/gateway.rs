@@ -21,7 +21,7 @@ pub const TOP_LEVEL_KEYS: [&str; 7] = [
 ];
 
 /// The whole gateway config.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct GatewayConfig {
     /// `workflows = ["workflows/*.yaml"]`: globs, relative to the config file's directory,
     /// that find the workflow files.
@@ -199,7 +199,7 @@ pub enum Role {
 }
 
 /// `[sources.<name>]`: an inbound webhook source, at `POST /hooks/<name>`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum SourceConfig {
     /// `kind = "github"`.
     Github(GithubSource),
@@ -239,7 +239,7 @@ pub struct GitlabSource {
 }
 
 /// A generic JSON webhook source.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct GenericSource {
     /// How deliveries prove where they come from: `hmac = {…}` or `bearer = {…}`.
     pub auth: GenericAuth,
