@@ -143,10 +143,13 @@ struct Inner {
     workflows: Mutex<HashMap<String, Arc<Workflow>>>,
     runs: Mutex<HashMap<String, RunSlot>>,
     starting: Mutex<HashSet<AttemptKey>>,
+    /// Attempts this process wrote ahead and has not started yet (see `start_inner`).
+    fresh: Mutex<HashSet<AttemptKey>>,
     woken: Mutex<HashSet<AttemptKey>>,
     notify: Notify,
     permits: Arc<Semaphore>,
     events: broadcast::Sender<Event>,
+    waiters: Mutex<HashMap<String, Vec<tokio::sync::oneshot::Sender<RunHeader>>>>,
     stopping: std::sync::atomic::AtomicBool,
 }
 
@@ -176,9 +179,11 @@ impl Engine {
             workflows: Mutex::default(),
             runs: Mutex::default(),
             starting: Mutex::default(),
+            fresh: Mutex::default(),
             woken: Mutex::default(),
             notify: Notify::new(),
             events,
+            waiters: Mutex::default(),
             stopping: Default::default(),
         });
         let weak = Arc::downgrade(&inner);
@@ -346,21 +351,23 @@ impl Engine {
 
     /// Waits until the run is finished and returns its final header.
     pub async fn wait(&self, run_id: &str) -> Result<RunHeader, EngineError> {
-        let mut events = self.subscribe();
         loop {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            self.inner
+                .waiters
+                .lock()
+                .unwrap()
+                .entry(run_id.to_owned())
+                .or_default()
+                .push(tx);
+            // Registered first, then looked: a run that finished in between is seen here.
             let header = self.snapshot(run_id).await?.header;
             if header.status.is_terminal() {
                 return Ok(header);
             }
-            loop {
-                match tokio::time::timeout(Duration::from_secs(5), events.recv()).await {
-                    Ok(Ok(Event::Run {
-                        run_id: id, status, ..
-                    })) if id == run_id && status.is_terminal() => break,
-                    Ok(Ok(_)) => continue,
-                    // Lagged, closed or quiet for a while: look at the store again.
-                    _ => break,
-                }
+            // Another engine process (PostgreSQL replicas) may finish it: look again now and then.
+            if let Ok(Ok(header)) = tokio::time::timeout(Duration::from_secs(5), rx).await {
+                return Ok(header);
             }
         }
     }
@@ -541,6 +548,10 @@ impl Inner {
                 }
                 if finished && let Some(state) = guard.as_ref() {
                     self.runs.lock().unwrap().remove(&state.header.id);
+                    let waiters = self.waiters.lock().unwrap().remove(&state.header.id);
+                    for waiter in waiters.into_iter().flatten() {
+                        let _ = waiter.send(state.header.clone());
+                    }
                 }
                 if wakes_loop {
                     self.notify.notify_one();
@@ -664,113 +675,200 @@ impl Inner {
         if state.header.status.is_terminal() {
             return self.commit(&mut guard, changes, events).await;
         }
-        let mut views: Vec<plan::StageView> = state
-            .stages
-            .iter()
-            .map(|s| plan::StageView {
-                status: s.status,
-                reason: s.reason.clone(),
-                scheduled: s.status == StageStatus::Pending && s.attempt > 0,
-            })
-            .collect();
-        let context = Self::context(state);
-        let workflow = state.workflow.clone();
-        let decisions = plan::plan(
-            &workflow,
-            &mut views,
-            state.header.cancel_requested,
-            |i, _| match &workflow.stages[i].condition {
-                None => Ok(true),
-                Some(expr) => expr.is_true(&context).map_err(|e| e.to_string()),
-            },
-        );
-        let now = now_millis();
-        for decision in decisions {
-            match decision {
-                Decision::Skip {
-                    stage,
-                    reason,
-                    message,
-                } => {
-                    self.finish_stage(
-                        state,
+        self.progress(state, now_millis(), &mut changes, &mut events);
+        self.commit(&mut guard, changes, events).await
+    }
+
+    /// Applies the graph rules (see [`plan`]) until nothing more happens: skips, cancels,
+    /// writes ahead the attempts of stages that are ready (their start tasks are claimed by
+    /// this engine and run right after the commit), and ends the run when all is done.
+    fn progress(
+        &self,
+        state: &mut RunState,
+        now: Millis,
+        changes: &mut Vec<Change>,
+        events: &mut Vec<Event>,
+    ) {
+        if state.header.status.is_terminal() {
+            return;
+        }
+        let before = (state.header.status, state.header.message.clone());
+        loop {
+            let mut views: Vec<plan::StageView> = state
+                .stages
+                .iter()
+                .map(|s| plan::StageView {
+                    status: s.status,
+                    reason: s.reason.clone(),
+                    scheduled: s.status == StageStatus::Pending && s.attempt > 0,
+                })
+                .collect();
+            let workflow = state.workflow.clone();
+            let mut context = None;
+            let decisions = plan::plan(
+                &workflow,
+                &mut views,
+                state.header.cancel_requested,
+                |i, _| match &workflow.stages[i].condition {
+                    None => Ok(true),
+                    Some(expr) => {
+                        let context = context.get_or_insert_with(|| Self::context(state));
+                        expr.is_true(context).map_err(|e| e.to_string())
+                    }
+                },
+            );
+            let mut again = false;
+            for decision in decisions {
+                match decision {
+                    Decision::Skip {
                         stage,
-                        StageStatus::Skipped,
                         reason,
                         message,
-                        now,
-                        &mut changes,
-                    );
-                    events.push(Self::stage_event(state, stage));
+                    } => {
+                        self.finish_stage(
+                            state,
+                            stage,
+                            StageStatus::Skipped,
+                            reason,
+                            message,
+                            now,
+                            changes,
+                        );
+                        events.push(Self::stage_event(state, stage));
+                    }
+                    Decision::Fail { stage, message } => {
+                        self.finish_stage(
+                            state,
+                            stage,
+                            StageStatus::Failed,
+                            reason::EXPRESSION,
+                            message,
+                            now,
+                            changes,
+                        );
+                        events.push(Self::stage_event(state, stage));
+                    }
+                    Decision::CancelPending { stage, message } => {
+                        changes.push(Self::unschedule(&state.stages[stage], TaskKind::Start));
+                        self.finish_stage(
+                            state,
+                            stage,
+                            StageStatus::Cancelled,
+                            reason::CANCELLED,
+                            message,
+                            now,
+                            changes,
+                        );
+                        events.push(Self::stage_event(state, stage));
+                    }
+                    Decision::CancelActive(stage) => {
+                        let record = &mut state.stages[stage];
+                        record.reason = Some(reason::CANCELLING.into());
+                        record.message = Some("cancelling".into());
+                        changes.push(Change::PutStage(record.clone()));
+                        changes.push(self.task(
+                            &record.run_id,
+                            &record.stage_id,
+                            TaskKind::Cancel,
+                            record.attempt,
+                            now,
+                            true,
+                        ));
+                        events.push(Self::stage_event(state, stage));
+                    }
+                    Decision::Start(stage) => {
+                        state.stages[stage].attempt = 1;
+                        // A stage that fails before it starts may decide others: plan again.
+                        again |= !self.prepare_attempt(state, stage, now, true, changes, events);
+                    }
+                    Decision::Finish { status, message } => {
+                        state.header.status = status;
+                        state.header.message = message;
+                        state.header.finished_at = Some(now);
+                    }
                 }
-                Decision::Fail { stage, message } => {
-                    self.finish_stage(
-                        state,
-                        stage,
-                        StageStatus::Failed,
-                        reason::EXPRESSION,
-                        message,
-                        now,
-                        &mut changes,
-                    );
-                    events.push(Self::stage_event(state, stage));
-                }
-                Decision::CancelPending { stage, message } => {
-                    let record = &state.stages[stage];
-                    changes.push(Self::unschedule(record, TaskKind::Start));
-                    self.finish_stage(
-                        state,
-                        stage,
-                        StageStatus::Cancelled,
-                        reason::CANCELLED,
-                        message,
-                        now,
-                        &mut changes,
-                    );
-                    events.push(Self::stage_event(state, stage));
-                }
-                Decision::CancelActive(stage) => {
-                    let record = &mut state.stages[stage];
-                    record.reason = Some(reason::CANCELLING.into());
-                    record.message = Some("cancelling".into());
-                    changes.push(Change::PutStage(record.clone()));
-                    changes.push(self.task(
-                        &record.run_id,
-                        &record.stage_id,
-                        TaskKind::Cancel,
-                        record.attempt,
-                        now,
-                        true,
-                    ));
-                    events.push(Self::stage_event(state, stage));
-                }
-                Decision::Start(stage) => {
-                    let record = &mut state.stages[stage];
-                    record.attempt = 1;
-                    changes.push(Change::PutStage(record.clone()));
-                    changes.push(self.task(
-                        &record.run_id,
-                        &record.stage_id,
-                        TaskKind::Start,
-                        1,
-                        now,
-                        true,
-                    ));
-                }
-                Decision::Finish { status, message } => {
-                    state.header.status = status;
-                    state.header.message = message;
-                    state.header.finished_at = Some(now);
-                }
+            }
+            if !again {
+                break;
             }
         }
         if state.header.status == RunStatus::Queued && state.stages.iter().any(|s| s.attempt > 0) {
             state.header.status = RunStatus::Running;
             state.header.started_at = Some(now);
         }
-        changes.push(Change::PutRun(state.header.clone()));
-        events.push(Self::run_event(state));
-        self.commit(&mut guard, changes, events).await
+        if (state.header.status, &state.header.message) != (before.0, &before.1) {
+            changes.push(Change::PutRun(state.header.clone()));
+            events.push(Self::run_event(state));
+        }
+    }
+
+    /// Writes ahead the current attempt of stage `i`: renders its input, records it as
+    /// `starting`, schedules its timeout and (with `schedule_start`) its start. Returns false
+    /// when the stage failed instead (no such adapter, a jq error in its input).
+    fn prepare_attempt(
+        &self,
+        state: &mut RunState,
+        i: usize,
+        now: Millis,
+        schedule_start: bool,
+        changes: &mut Vec<Change>,
+        events: &mut Vec<Event>,
+    ) -> bool {
+        let stage = &state.workflow.stages[i];
+        let failure = if !self.adapters.contains_key(&stage.uses) {
+            Some((
+                reason::FAILED,
+                format!("adapter `{}` is not configured in this gateway", stage.uses),
+            ))
+        } else {
+            match stage
+                .with
+                .render(&baton_core::expr::to_val(&Self::context(state)))
+            {
+                Ok(input) => {
+                    let (timeout, attempt) = (stage.timeout, state.stages[i].attempt);
+                    self.begin_attempt(state, i, input, now, changes);
+                    let record = &state.stages[i];
+                    changes.push(self.task(
+                        &record.run_id,
+                        &record.stage_id,
+                        TaskKind::Timeout,
+                        attempt,
+                        now + millis(timeout),
+                        false,
+                    ));
+                    if schedule_start {
+                        changes.push(self.task(
+                            &record.run_id,
+                            &record.stage_id,
+                            TaskKind::Start,
+                            attempt,
+                            now,
+                            true,
+                        ));
+                        self.fresh.lock().unwrap().insert(AttemptKey::new(
+                            &record.run_id,
+                            &record.stage_id,
+                            attempt,
+                        ));
+                    }
+                    None
+                }
+                Err(e) => Some((reason::EXPRESSION, e.to_string())),
+            }
+        };
+        if let Some((why, message)) = failure {
+            self.begin_attempt(state, i, Value::Null, now, changes);
+            self.fail_attempt(state, i, why, message, false, now, changes);
+        }
+        if state.header.status == RunStatus::Queued {
+            state.header.status = RunStatus::Running;
+            state.header.started_at = Some(now);
+            changes.push(Change::PutRun(state.header.clone()));
+            events.push(Self::run_event(state));
+        }
+        events.push(Self::stage_event(state, i));
+        state.stages[i].status != StageStatus::Failed
     }
 
     /// Marks a stage (and its current attempt, if any) finished.
@@ -806,7 +904,8 @@ impl Inner {
         }
     }
 
-    /// Ends a failed attempt: retries when the policy allows, else fails the stage.
+    /// Ends a failed attempt: retries when the policy allows, else fails the stage (the
+    /// caller then calls [`Inner::progress`]).
     #[allow(clippy::too_many_arguments)]
     fn fail_attempt(
         &self,
@@ -857,7 +956,6 @@ impl Inner {
             state.attempts[i] = None;
         } else {
             self.finish_stage(state, i, StageStatus::Failed, why, message, now, changes);
-            changes.push(self.task(&state.header.id, "", TaskKind::Advance, 0, now, true));
         }
     }
 
@@ -888,69 +986,38 @@ impl Inner {
                 .await;
         };
         let record = &state.stages[i];
-        let fresh = record.status == StageStatus::Pending && record.phase.is_none();
-        let recovering = record.status == StageStatus::Running
+        let pending = record.status == StageStatus::Pending && record.phase.is_none();
+        let written_ahead = record.status == StageStatus::Running
             && record.phase == Some(Phase::Starting)
             && record.reason.is_none();
         if record.attempt != task.attempt
             || state.header.status.is_terminal()
-            || !(fresh || recovering)
+            || !(pending || written_ahead)
         {
             return self
                 .commit(&mut guard, vec![Self::done(task)], Vec::new())
                 .await;
         }
-        let now = now_millis();
+        // Written ahead by this process, which has not called `start` since: no need to ask
+        // `find`. Written ahead by a process that died: the start may have happened.
+        let recovering = written_ahead && !self.fresh.lock().unwrap().remove(key);
         let stage = state.workflow.stages[i].clone();
-        let Some(adapter) = self.adapters.get(&stage.uses).cloned() else {
-            let mut changes = vec![Self::done(task)];
-            let message = format!("adapter `{}` is not configured in this gateway", stage.uses);
-            self.begin_attempt(state, i, Value::Null, now, &mut changes);
-            self.fail_attempt(state, i, reason::FAILED, message, false, now, &mut changes);
-            let event = Self::stage_event(state, i);
-            return self.commit(&mut guard, changes, vec![event]).await;
-        };
-        if fresh {
+        if pending {
+            // A retry whose backoff is over: write its attempt ahead now.
+            let now = now_millis();
             let mut changes = Vec::new();
-            let input = match stage
-                .with
-                .render(&baton_core::expr::to_val(&Self::context(state)))
-            {
-                Ok(input) => input,
-                Err(e) => {
-                    changes.push(Self::done(task));
-                    self.begin_attempt(state, i, Value::Null, now, &mut changes);
-                    self.fail_attempt(
-                        state,
-                        i,
-                        reason::EXPRESSION,
-                        e.to_string(),
-                        false,
-                        now,
-                        &mut changes,
-                    );
-                    let event = Self::stage_event(state, i);
-                    return self.commit(&mut guard, changes, vec![event]).await;
-                }
-            };
-            self.begin_attempt(state, i, input, now, &mut changes);
-            changes.push(self.task(
-                &task.run_id,
-                &task.stage_id,
-                TaskKind::Timeout,
-                task.attempt,
-                now + millis(stage.timeout),
-                false,
-            ));
-            if state.header.status == RunStatus::Queued {
-                state.header.status = RunStatus::Running;
-                state.header.started_at = Some(now);
-                changes.push(Change::PutRun(state.header.clone()));
+            let mut events = Vec::new();
+            if !self.prepare_attempt(state, i, now, false, &mut changes, &mut events) {
+                changes.push(Self::done(task));
+                self.progress(state, now, &mut changes, &mut events);
+                return self.commit(&mut guard, changes, events).await;
             }
-            let events = vec![Self::stage_event(state, i), Self::run_event(state)];
             // The write-ahead record: from here on a restart asks `find` before starting.
             self.commit(&mut guard, changes, events).await?;
         }
+        let Some(adapter) = self.adapters.get(&stage.uses).cloned() else {
+            return self.finish_task(task).await;
+        };
         let state = guard
             .as_ref()
             .ok_or_else(|| EngineError::NoSuchRun(task.run_id.clone()))?;
@@ -1051,8 +1118,9 @@ impl Inner {
                 );
             }
         }
-        let event = Self::stage_event(state, i);
-        self.commit(&mut guard, changes, vec![event]).await
+        let mut events = vec![Self::stage_event(state, i)];
+        self.progress(state, now, &mut changes, &mut events);
+        self.commit(&mut guard, changes, events).await
     }
 
     fn begin_attempt(
@@ -1177,8 +1245,9 @@ impl Inner {
                     now,
                     &mut changes,
                 );
-                let event = Self::stage_event(state, i);
-                return self.commit(&mut guard, changes, vec![event]).await;
+                let mut events = vec![Self::stage_event(state, i)];
+                self.progress(state, now, &mut changes, &mut events);
+                return self.commit(&mut guard, changes, events).await;
             }
         };
         if let Some(external) = outcome.external.clone() {
@@ -1204,7 +1273,6 @@ impl Inner {
                             now,
                             &mut changes,
                         );
-                        changes.push(self.task(&task.run_id, "", TaskKind::Advance, 0, now, true));
                     }
                     Err(e) => self.fail_attempt(
                         state,
@@ -1246,7 +1314,6 @@ impl Inner {
                     now,
                     &mut changes,
                 );
-                changes.push(self.task(&task.run_id, "", TaskKind::Advance, 0, now, true));
             }
             other => {
                 let record = &mut state.stages[i];
@@ -1274,8 +1341,9 @@ impl Inner {
                 ));
             }
         }
-        let event = Self::stage_event(state, i);
-        self.commit(&mut guard, changes, vec![event]).await
+        let mut events = vec![Self::stage_event(state, i)];
+        self.progress(state, now, &mut changes, &mut events);
+        self.commit(&mut guard, changes, events).await
     }
 
     /// The wait before the next poll: the adapter's hint if it gave one (at least 50 ms),
@@ -1425,10 +1493,10 @@ impl Inner {
                 now,
                 &mut changes,
             );
-            changes.push(self.task(&task.run_id, "", TaskKind::Advance, 0, now, true));
         }
-        let event = Self::stage_event(state, i);
-        self.commit(&mut guard, changes, vec![event]).await
+        let mut events = vec![Self::stage_event(state, i)];
+        self.progress(state, now, &mut changes, &mut events);
+        self.commit(&mut guard, changes, events).await
     }
 }
 

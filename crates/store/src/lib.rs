@@ -35,10 +35,10 @@ pub fn now_millis() -> Millis {
 pub enum StoreError {
     /// The database reported an error.
     #[error("store: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(#[from] rusqlite::Error),
     /// The schema could not be brought up to date.
     #[error("store migration failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    Migrate(String),
     /// A stored value could not be read back.
     #[error("store: corrupt value in {what}: {detail}")]
     Corrupt {
