@@ -6,6 +6,7 @@ pub mod adapter;
 pub mod context;
 pub mod duration;
 pub mod expr;
+pub mod graph;
 pub mod secret;
 pub mod state;
 pub mod workflow;
