@@ -132,7 +132,7 @@ pub fn plan(
         if let Some(why) = &halt {
             decisions.push(Decision::CancelPending {
                 stage: i,
-                message: format!("not run: {why}"),
+                message: why.clone(),
             });
             views[i].status = StageStatus::Cancelled;
             views[i].reason = Some(reason::CANCELLED.into());
@@ -150,7 +150,7 @@ pub fn plan(
             decisions.push(Decision::Skip {
                 stage: i,
                 reason: reason::UPSTREAM_FAILED,
-                message: format!("skipped: `{need}` {}", views[n].status),
+                message: format!("`{need}` {}", views[n].status),
             });
             (StageStatus::Skipped, Some(reason::UPSTREAM_FAILED))
         } else if !stage.needs.is_empty()
@@ -162,7 +162,7 @@ pub fn plan(
             decisions.push(Decision::Skip {
                 stage: i,
                 reason: reason::NEEDS_SKIPPED,
-                message: "skipped: every stage it needs was skipped".into(),
+                message: "every stage it needs was skipped".into(),
             });
             (StageStatus::Skipped, Some(reason::NEEDS_SKIPPED))
         } else {
@@ -176,7 +176,7 @@ pub fn plan(
                     decisions.push(Decision::Skip {
                         stage: i,
                         reason: reason::CONDITION,
-                        message: "skipped: its `if` is false".into(),
+                        message: "its `if` is false".into(),
                     });
                     (StageStatus::Skipped, Some(reason::CONDITION))
                 }
@@ -200,7 +200,7 @@ pub fn plan(
                 decisions.retain(|d| *d != Decision::Start(i));
                 decisions.push(Decision::CancelPending {
                     stage: i,
-                    message: format!("not run: {why}"),
+                    message: why.clone(),
                 });
                 v.status = StageStatus::Cancelled;
                 v.reason = Some(reason::CANCELLED.into());
@@ -319,7 +319,7 @@ mod tests {
         assert!(decisions.contains(&Decision::Skip {
             stage: b,
             reason: reason::CONDITION,
-            message: "skipped: its `if` is false".into()
+            message: "its `if` is false".into()
         }));
         assert!(decisions.contains(&Decision::Start(c)));
         // d needs b (skipped) and c: it runs once c succeeds.
@@ -357,7 +357,7 @@ mod tests {
         let decisions = plan(&wf, &mut v, false, |_, _| Ok(true));
         assert!(decisions.contains(&Decision::CancelPending {
             stage: d,
-            message: "not run: stage `b` failed".into()
+            message: "stage `b` failed".into()
         }));
         assert!(decisions.contains(&Decision::CancelActive(c)));
         // Once c is cancelled, the run fails.
@@ -390,7 +390,7 @@ mod tests {
             vec![Decision::Skip {
                 stage: c,
                 reason: reason::UPSTREAM_FAILED,
-                message: "skipped: `a` failed".into()
+                message: "`a` failed".into()
             }]
         );
         v[b].status = StageStatus::Succeeded;
@@ -478,7 +478,7 @@ mod tests {
         }));
         assert!(decisions.contains(&Decision::CancelPending {
             stage: b,
-            message: "not run: stage `a` failed".into()
+            message: "stage `a` failed".into()
         }));
         assert!(!decisions.contains(&Decision::Start(b)));
     }

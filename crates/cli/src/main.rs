@@ -1,0 +1,177 @@
+//! `baton`: validate, run, resume and draw workflows.
+//!
+//! Exit codes: 0 success; 1 a run failed or was cancelled, or `validate` found problems;
+//! 2 a usage, config or environment error (nothing ran).
+
+mod progress;
+mod run;
+mod setup;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// baton coordinates the CI/CD systems you already run: it takes events, runs workflow
+/// graphs of stages through adapters (local commands, approvals, CI servers), passes JSON
+/// outputs from stage to stage, and keeps every step in a durable store.
+#[derive(Parser, Debug)]
+#[command(name = "baton", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Check the gateway config and every workflow; print every problem found.
+    Validate(ValidateArgs),
+    /// Run one workflow to its end in this process, with live progress.
+    Run(run::RunArgs),
+    /// Finish runs that a killed `baton` left unfinished in the store.
+    Resume(run::ResumeArgs),
+    /// Draw a workflow's stage graph as Graphviz DOT or as an SVG picture.
+    Graph(GraphArgs),
+}
+
+/// Where the config comes from.
+#[derive(Args, Debug, Clone)]
+pub struct ConfigArgs {
+    /// The gateway config (TOML or YAML). Default: ./baton.toml or ./baton.yaml if present.
+    #[arg(short, long, env = "BATON_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct ValidateArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Extra workflow files to check (besides those the config's `workflows` globs find).
+    files: Vec<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct GraphArgs {
+    /// A workflow name from the config, or a path to a workflow file.
+    workflow: String,
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "dot")]
+    format: GraphFormat,
+    /// Write to this file instead of standard output.
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum GraphFormat {
+    /// Graphviz DOT text (render with `dot -Tpng`).
+    Dot,
+    /// A standalone SVG picture (needs no Graphviz).
+    Svg,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BATON_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Validate(args) => validate(args),
+        Command::Graph(args) => graph(args),
+        Command::Run(args) => run::block_on(run::run(args)),
+        Command::Resume(args) => run::block_on(run::resume(args)),
+    }
+}
+
+fn validate(args: ValidateArgs) -> ExitCode {
+    let config = setup::config_file(args.config.config.as_deref(), None);
+    if config.is_none() && args.files.is_empty() {
+        eprintln!(
+            "baton validate: no config given (-c FILE), no ./baton.toml, and no workflow files to check"
+        );
+        return ExitCode::from(2);
+    }
+    match setup::load(config.as_deref(), &args.files, None) {
+        Ok(loaded) => {
+            let adapters = loaded.gateway.adapters.len();
+            let sources = loaded.gateway.sources.len();
+            let stages: usize = loaded
+                .workflows
+                .iter()
+                .map(|w| w.workflow.stages.len())
+                .sum();
+            println!(
+                "ok: {} workflow{} ({stages} stages), {adapters} adapter instance{}, {sources} source{}",
+                loaded.workflows.len(),
+                plural(loaded.workflows.len()),
+                plural(adapters),
+                plural(sources)
+            );
+            for w in &loaded.workflows {
+                println!(
+                    "  {} ({}): {} stages",
+                    w.workflow.name(),
+                    w.file.display(),
+                    w.workflow.stages.len()
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(problems) => {
+            print!("{problems}");
+            if !problems.to_string().ends_with('\n') {
+                println!();
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+fn graph(args: GraphArgs) -> ExitCode {
+    let lone = std::path::Path::new(&args.workflow);
+    let lone = lone.is_file().then_some(lone);
+    let config = setup::config_file(args.config.config.as_deref(), lone);
+    let files: Vec<PathBuf> = lone.map(|p| vec![p.to_path_buf()]).unwrap_or_default();
+    let loaded = match setup::load(config.as_deref(), &files, None) {
+        Ok(loaded) => loaded,
+        Err(problems) => {
+            eprint!("{problems}");
+            return ExitCode::from(2);
+        }
+    };
+    let Some(found) = loaded.workflow(&args.workflow) else {
+        eprintln!(
+            "baton graph: no workflow `{}` (known: {})",
+            args.workflow,
+            run::names(&loaded)
+        );
+        return ExitCode::from(2);
+    };
+    let text = match args.format {
+        GraphFormat::Dot => baton_core::graph::to_dot(&found.workflow),
+        GraphFormat::Svg => baton_core::graph::to_svg(&found.workflow),
+    };
+    match args.output {
+        Some(path) => match std::fs::write(&path, text) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("baton graph: cannot write {}: {e}", path.display());
+                ExitCode::from(2)
+            }
+        },
+        None => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+    }
+}

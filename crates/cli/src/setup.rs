@@ -1,0 +1,93 @@
+//! What every command needs: the loaded config, the adapters, the store and the engine.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use baton_config::{Diagnostics, EnvFileResolver, Loaded};
+use baton_core::{Adapter, Kinds};
+use baton_engine::{Engine, EngineConfig};
+
+/// Every adapter kind this build of baton has.
+pub fn kinds(exec_state_dir: &Path) -> Kinds {
+    let mut kinds = Kinds::new();
+    kinds.register(Arc::new(baton_adapter_exec::ExecKind::new(exec_state_dir)));
+    kinds.register(Arc::new(baton_adapter_approval::ApprovalKind));
+    kinds
+}
+
+/// The store of a lone workflow file run without a gateway config.
+pub const LONE_STORE: &str = "sqlite://.baton/baton.db";
+
+/// The config file to use: `-c`, else `baton.toml` / `baton.yaml` in the current folder
+/// when one exists and the workflow is not given as a file.
+pub fn config_file(flag: Option<&Path>, lone_workflow: Option<&Path>) -> Option<PathBuf> {
+    if let Some(file) = flag {
+        return Some(file.to_path_buf());
+    }
+    if lone_workflow.is_some() {
+        return None;
+    }
+    ["baton.toml", "baton.yaml", "baton.yml"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+}
+
+/// Loads the config and workflows; `store` (a `--store` flag) replaces the store url.
+pub fn load(
+    config: Option<&Path>,
+    workflow_files: &[PathBuf],
+    store: Option<&str>,
+) -> Result<Loaded, Diagnostics> {
+    // Kinds are needed to check instance blocks; the exec state folder they carry matters
+    // only when adapters are built, which `build_engine` does with the final folder.
+    let mut loaded = baton_config::load(
+        config,
+        workflow_files,
+        &kinds(Path::new(".")),
+        std::env::vars(),
+    )?;
+    let store_overridden = std::env::vars().any(|(k, _)| k == "BATON_STORE__URL");
+    if let Some(url) = store {
+        loaded.gateway.store.url = url.to_owned();
+    } else if config.is_none() && !store_overridden {
+        loaded.gateway.store.url = LONE_STORE.to_owned();
+    }
+    Ok(loaded)
+}
+
+/// Builds every adapter instance, opens the store and creates the engine (not started).
+pub async fn build_engine(loaded: &Loaded) -> Result<Engine> {
+    let gateway = &loaded.gateway;
+    let kinds = kinds(&gateway.exec_state_dir());
+    let resolver = EnvFileResolver::new(gateway.base_dir.clone());
+    let mut adapters: HashMap<String, Arc<dyn Adapter>> = HashMap::new();
+    for (name, instance) in gateway.instances() {
+        let kind = kinds
+            .get(&instance.kind)
+            .with_context(|| format!("adapter `{name}`: unknown kind `{}`", instance.kind))?;
+        let adapter = kind
+            .build(&name, &instance.config, &resolver)
+            .with_context(|| format!("adapter `{name}`"))?;
+        adapters.insert(name, adapter);
+    }
+    let url = gateway.store_url();
+    let store = baton_store::open(&url)
+        .await
+        .with_context(|| format!("opening the store {url}"))?;
+    let config = EngineConfig {
+        poll_min: gateway.engine.poll_min.0,
+        poll_max: gateway.engine.poll_max.0,
+        max_concurrency: gateway.engine.max_concurrency,
+        defaults: gateway.stage_defaults(),
+        ..EngineConfig::default()
+    };
+    Ok(Engine::new(store, adapters, config))
+}
+
+/// The kind of the adapter instance `uses`.
+pub fn kind_of(loaded: &Loaded, uses: &str) -> Option<String> {
+    loaded.gateway.instances().get(uses).map(|i| i.kind.clone())
+}
