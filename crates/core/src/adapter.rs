@@ -311,6 +311,37 @@ pub trait Adapter: Send + Sync + 'static {
     fn attach(&self, waker: Waker) {
         let _ = waker;
     }
+
+    /// Reads a completion webhook the system sent to `POST /hooks/adapters/<instance>`
+    /// (the Jenkins Notification plugin, Buildbot's HTTP status push) and returns the
+    /// attempts it concerns; the engine then polls them at once. A webhook is only a hint:
+    /// the state is always read back through `poll`. Adapters without one return `Ok(vec![])`.
+    fn completion_webhook(
+        &self,
+        request: &WebhookRequest<'_>,
+    ) -> Result<Vec<AttemptKey>, AdapterError> {
+        let _ = request;
+        Ok(Vec::new())
+    }
+}
+
+/// A webhook as received, before any parsing.
+#[derive(Debug, Clone, Copy)]
+pub struct WebhookRequest<'a> {
+    /// Header names (lowercase) and values.
+    pub headers: &'a [(String, String)],
+    /// The raw body.
+    pub body: &'a [u8],
+}
+
+impl WebhookRequest<'_> {
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 /// Builds adapter instances of one kind from `[adapters.<name>]` blocks.

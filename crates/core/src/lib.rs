@@ -13,7 +13,7 @@ pub mod workflow;
 
 pub use adapter::{
     Adapter, AdapterError, AdapterKind, AttemptKey, BUILTIN_INSTANCES, ExternalRef, FieldError,
-    Kinds, Logs, PollOutcome, PollRequest, StartRequest, Waker,
+    Kinds, Logs, PollOutcome, PollRequest, StartRequest, Waker, WebhookRequest,
 };
 pub use duration::HumanDuration;
 pub use expr::{Expr, Template, TemplatedValue};

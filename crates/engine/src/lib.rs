@@ -335,6 +335,17 @@ impl Engine {
         Ok(())
     }
 
+    /// Polls an attempt now (a completion webhook arrived for it). Unknown or finished
+    /// attempts are ignored.
+    pub async fn wake(&self, key: AttemptKey) {
+        self.inner.wake(key).await;
+    }
+
+    /// The adapter instance named `name` (for its completion webhook).
+    pub fn adapter(&self, name: &str) -> Option<Arc<dyn Adapter>> {
+        self.inner.adapters.get(name).cloned()
+    }
+
     /// Everything stored about a run.
     pub async fn snapshot(&self, run_id: &str) -> Result<RunSnapshot, EngineError> {
         self.inner
