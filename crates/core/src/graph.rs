@@ -14,7 +14,7 @@ use crate::workflow::{OnFailure, Stage, Workflow};
 /// stays in the box's tooltip.
 const MAX_BOX_CHARS: usize = 40;
 /// Conditions are shown shorter than ids.
-const MAX_CONDITION_CHARS: usize = 32;
+const MAX_CONDITION_CHARS: usize = 44;
 
 /// The workflow as a Graphviz digraph, left to right: one node per stage, labelled with its
 /// id, its `uses` and (smaller) its own timeout, retry and failure policy; an edge from each
@@ -376,6 +376,7 @@ impl Layers {
 const MARGIN: f64 = 24.0;
 const TITLE_HEIGHT: f64 = 36.0;
 const COLUMN_GAP: f64 = 72.0;
+const MAX_COLUMN_GAP: f64 = 160.0;
 const ROW_GAP: f64 = 18.0;
 const DUMMY_HEIGHT: f64 = 8.0;
 const PAD_X: f64 = 12.0;
@@ -460,6 +461,8 @@ struct Drawing<'a> {
     boxes: Vec<(f64, f64, f64, f64)>,
     /// Left edge and width of each column.
     column_x: Vec<(f64, f64)>,
+    /// The legend's entries: only the kinds of things drawn.
+    legend: Vec<(LegendKind, &'static str)>,
     width: f64,
     graph_bottom: f64,
 }
@@ -481,15 +484,7 @@ impl<'a> Drawing<'a> {
             }
         };
 
-        let mut column_x = Vec::with_capacity(layers.columns.len());
-        let mut x = MARGIN;
-        for slots in &layers.columns {
-            let w = slots.iter().map(|&v| size(v).0).fold(0.0, f64::max);
-            column_x.push((x, w));
-            x += w + COLUMN_GAP;
-        }
-        let graph_width = x - COLUMN_GAP - MARGIN;
-
+        // Rows first: each column's slots stacked, the column centred on the tallest one.
         let column_height = |slots: &[usize]| -> f64 {
             slots.iter().map(|&v| size(v).1).sum::<f64>()
                 + ROW_GAP * slots.len().saturating_sub(1) as f64
@@ -501,22 +496,45 @@ impl<'a> Drawing<'a> {
             .fold(0.0, f64::max);
         let top = MARGIN + TITLE_HEIGHT;
         let mut boxes = vec![(0.0, 0.0, 0.0, 0.0); layers.column.len()];
-        for (c, slots) in layers.columns.iter().enumerate() {
-            let (cx, cw) = column_x[c];
+        for slots in &layers.columns {
             let mut y = top + ((tallest - column_height(slots)) / 2.0).floor();
             for &v in slots {
                 let (w, h) = size(v);
-                let bx = if v < n {
-                    cx + ((cw - w) / 2.0).floor()
-                } else {
-                    cx
-                };
-                boxes[v] = (bx, y, if v < n { w } else { cw }, h);
+                boxes[v] = (0.0, y, w, h);
                 y += h + ROW_GAP;
             }
         }
 
-        let legend_width = legend_items()
+        // Then columns, with room for the curves: the farther an edge climbs or falls
+        // between two columns, the wider the gap, so that it does not run nearly upright.
+        let mid = |v: usize| boxes[v].1 + boxes[v].3 / 2.0;
+        let mut column_x = Vec::with_capacity(layers.columns.len());
+        let mut x = MARGIN;
+        for slots in &layers.columns {
+            let w = slots.iter().map(|&v| size(v).0).fold(0.0, f64::max);
+            column_x.push((x, w));
+            let climb = slots
+                .iter()
+                .flat_map(|&u| layers.succs[u].iter().map(move |&t| (u, t)))
+                .map(|(u, t)| (mid(u) - mid(t)).abs())
+                .fold(0.0, f64::max);
+            x += w + (climb * 0.2).clamp(COLUMN_GAP, MAX_COLUMN_GAP).round();
+        }
+        let graph_width = column_x.last().map_or(0.0, |&(x, w)| x + w) - MARGIN;
+        for (c, slots) in layers.columns.iter().enumerate() {
+            let (cx, cw) = column_x[c];
+            for &v in slots {
+                let b = &mut boxes[v];
+                if v < n {
+                    b.0 = cx + ((cw - b.2) / 2.0).floor();
+                } else {
+                    (b.0, b.2) = (cx, cw);
+                }
+            }
+        }
+
+        let legend = legend_items(workflow);
+        let legend_width = legend
             .iter()
             .map(|(_, text)| 30.0 + text_width(text, NOTE_SIZE) + 24.0)
             .sum::<f64>();
@@ -528,6 +546,7 @@ impl<'a> Drawing<'a> {
             labels,
             boxes,
             column_x,
+            legend,
             width: width.ceil(),
             graph_bottom: top + tallest,
         }
@@ -586,18 +605,19 @@ impl<'a> Drawing<'a> {
     }
 
     /// The attachment heights of a vertex's edges on one side, spread over the middle of
-    /// the box in the order of the other ends, so arrowheads do not pile up.
-    fn ports(&self, v: usize, others: &[usize]) -> Vec<(usize, f64)> {
+    /// the box in the order of the other ends, so arrowheads do not pile up. Arrowheads too
+    /// many to spread apart all meet at the middle instead, where they draw as one.
+    fn ports(&self, v: usize, others: &[usize], arrows: bool) -> Vec<(usize, f64)> {
         let (_, y, _, h) = self.boxes[v];
         let mid = |u: usize| self.boxes[u].1 + self.boxes[u].3 / 2.0;
         let mut sorted: Vec<usize> = others.to_vec();
         sorted.sort_by(|&a, &b| mid(a).total_cmp(&mid(b)).then(a.cmp(&b)));
         let k = sorted.len();
-        let step = if k > 1 {
-            (h * 0.6 / (k - 1) as f64).min(8.0)
-        } else {
-            0.0
+        let step = match k {
+            0 | 1 => 0.0,
+            _ => (h * 0.6 / (k - 1) as f64).min(8.0),
         };
+        let step = if arrows && step < 5.0 { 0.0 } else { step };
         sorted
             .into_iter()
             .enumerate()
@@ -614,12 +634,12 @@ impl<'a> Drawing<'a> {
             let first = chain[1];
             let last = chain[chain.len() - 2];
             let start_y = self
-                .ports(from, &self.layers.succs[from])
+                .ports(from, &self.layers.succs[from], false)
                 .into_iter()
                 .find(|&(u, _)| u == first)
                 .map_or(0.0, |(_, y)| y);
             let end_y = self
-                .ports(to, &self.layers.preds[to])
+                .ports(to, &self.layers.preds[to], true)
                 .into_iter()
                 .find(|&(u, _)| u == last)
                 .map_or(0.0, |(_, y)| y);
@@ -719,7 +739,7 @@ impl<'a> Drawing<'a> {
         out.push_str("<g class=\"legend\">\n");
         let mut x = MARGIN;
         let y = top;
-        for (kind, text) in legend_items() {
+        for (kind, text) in &self.legend {
             match kind {
                 LegendKind::Arrow => {
                     let _ = writeln!(
@@ -758,19 +778,26 @@ enum LegendKind {
     Arrow,
 }
 
-fn legend_items() -> [(LegendKind, &'static str); 4] {
-    [
-        (LegendKind::Box("stage"), "stage"),
-        (
+/// The legend: boxes always; dashed boxes, approvals and arrows when the picture has them.
+fn legend_items(workflow: &Workflow) -> Vec<(LegendKind, &'static str)> {
+    let stages = &workflow.stages;
+    let mut items = vec![(LegendKind::Box("stage"), "stage")];
+    if stages.iter().any(|s| s.condition.is_some()) {
+        items.push((
             LegendKind::Box("stage conditional"),
-            "runs only if `if` holds",
-        ),
-        (
+            "has an if: (may be skipped)",
+        ));
+    }
+    if stages.iter().any(|s| s.uses == "approval") {
+        items.push((
             LegendKind::Box("stage approval"),
             "approval (waits for a person)",
-        ),
-        (LegendKind::Arrow, "needs → dependent"),
-    ]
+        ));
+    }
+    if stages.iter().any(|s| !s.needs.is_empty()) {
+        items.push((LegendKind::Arrow, "needs → dependent"));
+    }
+    items
 }
 
 fn title(workflow: &Workflow) -> String {
