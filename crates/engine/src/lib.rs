@@ -96,6 +96,17 @@ pub enum EngineError {
     },
 }
 
+/// A run to create.
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    /// The compiled workflow.
+    pub workflow: Arc<Workflow>,
+    /// The event (`.event`).
+    pub event: Value,
+    /// What started it.
+    pub trigger: TriggerInfo,
+}
+
 /// Something that changed, for live progress displays.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
@@ -234,43 +245,166 @@ impl Engine {
         event: Value,
         trigger: TriggerInfo,
     ) -> Result<String, EngineError> {
-        let id = uuid::Uuid::now_v7().simple().to_string();
-        let spec = serde_json::to_value(&workflow.spec).unwrap_or(Value::Null);
-        self.inner
-            .workflows
-            .lock()
-            .unwrap()
-            .insert(spec.to_string(), workflow.clone());
+        let mut ids = self
+            .create_runs(
+                vec![NewRun {
+                    workflow,
+                    event,
+                    trigger,
+                }],
+                Vec::new(),
+            )
+            .await?;
+        Ok(ids.pop().unwrap_or_default())
+    }
+
+    /// Creates several runs and applies `extra` changes in the same commit (a delivery marked
+    /// processed together with the runs it started, so a crash cannot start them twice).
+    pub async fn create_runs(
+        &self,
+        runs: Vec<NewRun>,
+        extra: Vec<Change>,
+    ) -> Result<Vec<String>, EngineError> {
         let now = now_millis();
-        let header = RunHeader {
-            id: id.clone(),
-            workflow: workflow.name().to_owned(),
-            status: RunStatus::Queued,
-            cancel_requested: false,
-            message: None,
-            created_at: now,
-            started_at: None,
-            finished_at: None,
-        };
-        let mut changes = vec![Change::InsertRun(
-            header,
-            RunPayload {
-                spec,
-                event,
-                trigger,
-            },
-        )];
-        changes.extend(
-            workflow
-                .stages
-                .iter()
-                .enumerate()
-                .map(|(i, s)| Change::PutStage(StageRecord::pending(&id, &s.id, i as u32))),
-        );
-        changes.push(self.inner.task(&id, "", TaskKind::Advance, 0, now, true));
+        let mut ids = Vec::with_capacity(runs.len());
+        let mut changes = Vec::new();
+        for NewRun {
+            workflow,
+            event,
+            trigger,
+        } in runs
+        {
+            let id = uuid::Uuid::now_v7().simple().to_string();
+            let spec = serde_json::to_value(&workflow.spec).unwrap_or(Value::Null);
+            self.inner
+                .workflows
+                .lock()
+                .unwrap()
+                .insert(spec.to_string(), workflow.clone());
+            let header = RunHeader {
+                id: id.clone(),
+                workflow: workflow.name().to_owned(),
+                status: RunStatus::Queued,
+                cancel_requested: false,
+                message: None,
+                created_at: now,
+                started_at: None,
+                finished_at: None,
+            };
+            changes.push(Change::InsertRun(
+                header,
+                RunPayload {
+                    spec,
+                    event,
+                    trigger,
+                },
+            ));
+            changes.extend(
+                workflow
+                    .stages
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| Change::PutStage(StageRecord::pending(&id, &s.id, i as u32))),
+            );
+            changes.push(self.inner.task(&id, "", TaskKind::Advance, 0, now, true));
+            ids.push(id);
+        }
+        changes.extend(extra);
         let claimed = self.inner.store.commit(changes).await?;
         self.inner.dispatch_all(claimed);
-        Ok(id)
+        Ok(ids)
+    }
+
+    /// Runs a failed or cancelled stage again (a new attempt), and after it every stage
+    /// downstream of it. A finished run is reopened.
+    pub async fn retry_stage(&self, run_id: &str, stage_id: &str) -> Result<u32, EngineError> {
+        let mut guard = self.inner.lock_run(run_id).await?;
+        let state = guard
+            .as_mut()
+            .ok_or_else(|| EngineError::NoSuchRun(run_id.to_owned()))?;
+        let i = state
+            .workflow
+            .stage_index(stage_id)
+            .ok_or_else(|| EngineError::NoSuchStage {
+                run: run_id.into(),
+                stage: stage_id.into(),
+            })?;
+        let status = state.stages[i].status;
+        if !matches!(status, StageStatus::Failed | StageStatus::Cancelled) {
+            return Err(EngineError::Conflict(format!(
+                "stage `{stage_id}` is {status}: only a failed or cancelled stage can be retried"
+            )));
+        }
+        if state.header.cancel_requested && !state.header.status.is_terminal() {
+            return Err(EngineError::Conflict(format!(
+                "run `{run_id}` is being cancelled"
+            )));
+        }
+        let mut downstream = Vec::new();
+        let mut queue = state.workflow.stages[i].dependents.clone();
+        while let Some(d) = queue.pop() {
+            if !downstream.contains(&d) {
+                downstream.push(d);
+                queue.extend(state.workflow.stages[d].dependents.iter().copied());
+            }
+        }
+        if let Some(&busy) = downstream
+            .iter()
+            .find(|&&d| state.stages[d].status.is_active())
+        {
+            return Err(EngineError::Conflict(format!(
+                "stage `{}`, downstream of `{stage_id}`, is still {}; wait for it or cancel the run",
+                state.workflow.stages[busy].id, state.stages[busy].status
+            )));
+        }
+        let now = now_millis();
+        let mut changes = Vec::new();
+        let mut events = Vec::new();
+        for &d in &downstream {
+            if state.stages[d].status == StageStatus::Pending {
+                continue;
+            }
+            let record = &mut state.stages[d];
+            record.status = StageStatus::Pending;
+            record.phase = None;
+            record.reason = None;
+            record.message = Some(format!("will run again after `{stage_id}`"));
+            record.external = None;
+            record.outputs = None;
+            record.signal = None;
+            record.finished_at = None;
+            state.attempts[d] = None;
+            changes.push(Change::PutStage(record.clone()));
+            events.push(Inner::stage_event(state, d));
+        }
+        let record = &mut state.stages[i];
+        let next = record.attempt + 1;
+        record.status = StageStatus::Pending;
+        record.attempt = next;
+        record.phase = Some(Phase::Scheduled);
+        record.reason = Some(reason::RETRYING.into());
+        record.message = Some(format!("retried by hand (attempt {next})"));
+        record.external = None;
+        record.outputs = None;
+        record.signal = None;
+        record.finished_at = None;
+        state.attempts[i] = None;
+        changes.push(Change::PutStage(record.clone()));
+        changes.push(
+            self.inner
+                .task(run_id, stage_id, TaskKind::Start, next, now, true),
+        );
+        events.push(Inner::stage_event(state, i));
+        if state.header.status.is_terminal() {
+            state.header.status = RunStatus::Running;
+            state.header.cancel_requested = false;
+            state.header.message = None;
+            state.header.finished_at = None;
+            changes.push(Change::PutRun(state.header.clone()));
+            events.push(Inner::run_event(state));
+        }
+        self.inner.commit(&mut guard, changes, events).await?;
+        Ok(next)
     }
 
     /// Asks to cancel a run: pending stages are cancelled, running ones through their adapters.
@@ -711,7 +845,8 @@ impl Inner {
                 .map(|s| plan::StageView {
                     status: s.status,
                     reason: s.reason.clone(),
-                    scheduled: s.status == StageStatus::Pending && s.attempt > 0,
+                    scheduled: s.status == StageStatus::Pending
+                        && s.phase == Some(Phase::Scheduled),
                 })
                 .collect();
             let workflow = state.workflow.clone();
@@ -788,7 +923,7 @@ impl Inner {
                         events.push(Self::stage_event(state, stage));
                     }
                     Decision::Start(stage) => {
-                        state.stages[stage].attempt = 1;
+                        state.stages[stage].attempt += 1;
                         // A stage that fails before it starts may decide others: plan again.
                         again |= !self.prepare_attempt(state, stage, now, true, changes, events);
                     }
@@ -944,7 +1079,7 @@ impl Inner {
             let record = &mut state.stages[i];
             record.status = StageStatus::Pending;
             record.attempt = next;
-            record.phase = None;
+            record.phase = Some(Phase::Scheduled);
             record.external = None;
             record.signal = None;
             record.reason = Some(reason::RETRYING.into());
@@ -997,7 +1132,8 @@ impl Inner {
                 .await;
         };
         let record = &state.stages[i];
-        let pending = record.status == StageStatus::Pending && record.phase.is_none();
+        let pending = record.status == StageStatus::Pending
+            && matches!(record.phase, None | Some(Phase::Scheduled));
         let written_ahead = record.status == StageStatus::Running
             && record.phase == Some(Phase::Starting)
             && record.reason.is_none();

@@ -16,7 +16,8 @@ use baton_core::{
 };
 use baton_engine::{Engine, EngineConfig};
 use baton_store::{
-    Change, Millis, RunFilter, RunHeader, RunSnapshot, SqliteStore, Store, StoreError, Task,
+    Change, DeliveryFilter, DeliveryRecord, Intake, Millis, NewDelivery, RunFilter, RunHeader,
+    RunSnapshot, SqliteStore, Store, StoreError, Task,
 };
 use serde_json::{Map, Value, json};
 
@@ -206,6 +207,21 @@ impl Store for DyingStore {
     }
     async fn ping(&self) -> Result<(), StoreError> {
         self.inner.ping().await
+    }
+    async fn insert_delivery(&self, delivery: NewDelivery) -> Result<Intake, StoreError> {
+        self.inner.insert_delivery(delivery).await
+    }
+    async fn pending_deliveries(&self, limit: u32) -> Result<Vec<DeliveryRecord>, StoreError> {
+        self.inner.pending_deliveries(limit).await
+    }
+    async fn load_delivery(&self, id: i64) -> Result<Option<DeliveryRecord>, StoreError> {
+        self.inner.load_delivery(id).await
+    }
+    async fn list_deliveries(
+        &self,
+        filter: &DeliveryFilter,
+    ) -> Result<Vec<DeliveryRecord>, StoreError> {
+        self.inner.list_deliveries(filter).await
     }
 }
 
@@ -518,6 +534,51 @@ async fn approvals_wait_for_a_signal() {
         h.engine.signal(&id, "gate", json!({})).await.is_err(),
         "a finished stage takes no signal"
     );
+}
+
+#[tokio::test]
+async fn a_failed_stage_retried_by_hand_runs_again_with_everything_downstream() {
+    let h = harness().await;
+    // b's first attempt fails; a later attempt succeeds.
+    let wf = workflow(json!({
+        "a": {"uses": "script"},
+        "b": {"uses": "script", "needs": ["a"], "with": {"fail_times": 1}, "on_failure": "continue"},
+        "c": {"uses": "script", "needs": ["b"]}
+    }));
+    let id = h.engine.create_run(wf, json!({}), manual()).await.unwrap();
+    assert_eq!(h.engine.wait(&id).await.unwrap().status, RunStatus::Failed);
+    assert_eq!(
+        stage(&h.engine.snapshot(&id).await.unwrap(), "c").status,
+        StageStatus::Skipped
+    );
+
+    assert!(
+        h.engine.retry_stage(&id, "a").await.is_err(),
+        "a succeeded: nothing to retry"
+    );
+    assert_eq!(h.engine.retry_stage(&id, "b").await.unwrap(), 2);
+    let header = tokio::time::timeout(Duration::from_secs(10), h.engine.wait(&id))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        header.status,
+        RunStatus::Succeeded,
+        "the run was reopened and finished"
+    );
+    let run = h.engine.snapshot(&id).await.unwrap();
+    assert_eq!(stage(&run, "b").attempt, 2);
+    assert_eq!(
+        stage(&run, "c").status,
+        StageStatus::Succeeded,
+        "downstream ran again"
+    );
+    assert_eq!(
+        h.script.starts_of("a"),
+        1,
+        "upstream stages do not run again"
+    );
+    assert_eq!(h.script.starts_of("b"), 2);
 }
 
 /// Kill the engine (every commit fails from a chosen instant on) at each point of a run,

@@ -97,6 +97,9 @@ pub struct RunPayload {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
+    /// A start is scheduled (a retry waiting for its backoff, or a stage retried by hand);
+    /// nothing has been sent yet.
+    Scheduled,
     /// Recorded before the adapter's `start` is called. Found on recovery, it means the
     /// start may or may not have reached the system: ask the adapter's `find` first.
     Starting,
@@ -107,6 +110,7 @@ pub enum Phase {
 impl Phase {
     fn as_str(self) -> &'static str {
         match self {
+            Self::Scheduled => "scheduled",
             Self::Starting => "starting",
             Self::Started => "started",
         }
@@ -114,6 +118,7 @@ impl Phase {
 
     fn parse(text: &str) -> Option<Self> {
         match text {
+            "scheduled" => Some(Self::Scheduled),
             "starting" => Some(Self::Starting),
             "started" => Some(Self::Started),
             _ => None,
@@ -299,6 +304,23 @@ pub enum Change {
         /// The version that was handled.
         version: i64,
     },
+    /// Record that a delivery was matched: the runs it started (appended to earlier ones),
+    /// or why it could not be processed.
+    DeliveryProcessed {
+        /// The delivery's public id.
+        seq: i64,
+        /// Runs created from it in this pass.
+        runs: Vec<String>,
+        /// A problem, for people; the delivery is then `failed`.
+        message: Option<String>,
+        /// When.
+        now: Millis,
+    },
+    /// Mark a delivery for processing again (a replay).
+    ReplayDelivery {
+        /// The delivery's public id.
+        seq: i64,
+    },
     /// Remove a task of a stage whatever its version (a poll after the stage finished).
     Unschedule {
         /// The run.
@@ -336,6 +358,70 @@ pub struct RunFilter {
     pub offset: u32,
 }
 
+/// A webhook delivery to store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewDelivery {
+    /// The `[sources.*]` name it came to.
+    pub source: String,
+    /// The sender's delivery id (or the body's hash): duplicates are recognised by it.
+    pub delivery_id: String,
+    /// The event type.
+    pub event: String,
+    /// Request headers, secrets removed, as a JSON object.
+    pub headers: Value,
+    /// The raw body (JSON text).
+    pub body: String,
+    /// When it arrived.
+    pub received_at: Millis,
+}
+
+/// Where an incoming delivery went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Intake {
+    /// Stored now, with this public id.
+    Stored(i64),
+    /// Seen before, under this public id; not stored again.
+    Duplicate(i64),
+}
+
+/// A stored delivery.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeliveryRecord {
+    /// Public id.
+    pub id: i64,
+    /// Source name.
+    pub source: String,
+    /// The sender's delivery id.
+    pub delivery_id: String,
+    /// Event type.
+    pub event: String,
+    /// Headers (secrets removed).
+    pub headers: Value,
+    /// The body, parsed.
+    pub body: Value,
+    /// When it arrived.
+    pub received_at: Millis,
+    /// `received` (to be processed), `processed` or `failed`.
+    pub status: String,
+    /// Runs it started.
+    pub runs: Vec<String>,
+    /// Why processing failed.
+    pub message: Option<String>,
+    /// When it was processed last.
+    pub processed_at: Option<Millis>,
+}
+
+/// Which deliveries to list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeliveryFilter {
+    /// Only this source.
+    pub source: Option<String>,
+    /// At most this many (newest first).
+    pub limit: u32,
+    /// Skip this many.
+    pub offset: u32,
+}
+
 /// The durable state behind the engine.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -363,6 +449,18 @@ pub trait Store: Send + Sync + 'static {
 
     /// Checks that the store answers.
     async fn ping(&self) -> Result<()>;
+
+    /// Stores a delivery durably, unless one with the same source and delivery id exists.
+    async fn insert_delivery(&self, delivery: NewDelivery) -> Result<Intake>;
+
+    /// Deliveries waiting to be processed, oldest first.
+    async fn pending_deliveries(&self, limit: u32) -> Result<Vec<DeliveryRecord>>;
+
+    /// One delivery by public id.
+    async fn load_delivery(&self, id: i64) -> Result<Option<DeliveryRecord>>;
+
+    /// Deliveries, newest first.
+    async fn list_deliveries(&self, filter: &DeliveryFilter) -> Result<Vec<DeliveryRecord>>;
 }
 
 /// Opens the store named by `url` (`sqlite://path`, `sqlite::memory:` is refused because a

@@ -25,7 +25,10 @@ use tokio::sync::oneshot;
 use crate::*;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/sqlite/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/sqlite/0001_init.sql"),
+    include_str!("../migrations/sqlite/0002_deliveries.sql"),
+];
 
 /// The most batches folded into one transaction.
 const MAX_GROUP: usize = 512;
@@ -35,6 +38,7 @@ const READERS: usize = 3;
 
 enum Op {
     Commit(Vec<Change>),
+    InsertDelivery(NewDelivery),
     Claim {
         now: Millis,
         limit: u32,
@@ -43,7 +47,13 @@ enum Op {
     ReleaseLeases,
 }
 
-type Reply = oneshot::Sender<Result<Vec<Task>>>;
+/// What the writer answers: the tasks a commit claimed, or where a delivery went.
+enum Answer {
+    Tasks(Vec<Task>),
+    Delivery(Intake),
+}
+
+type Reply = oneshot::Sender<Result<Answer>>;
 
 /// The SQLite store.
 pub struct SqliteStore {
@@ -158,12 +168,19 @@ impl SqliteStore {
         &self.path
     }
 
-    async fn send(&self, op: Op) -> Result<Vec<Task>> {
+    async fn send(&self, op: Op) -> Result<Answer> {
         let (reply, answer) = oneshot::channel();
         self.writer
             .send((op, reply))
             .map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn send_for_tasks(&self, op: Op) -> Result<Vec<Task>> {
+        match self.send(op).await? {
+            Answer::Tasks(tasks) => Ok(tasks),
+            Answer::Delivery(_) => Ok(Vec::new()),
+        }
     }
 
     /// Runs a read on a pooled read connection, off the async threads.
@@ -259,7 +276,7 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<(Op, Reply)>) {
 /// Applies a group of operations in one transaction. If any operation fails, the group is
 /// rolled back and each operation is applied again in a transaction of its own, so one bad
 /// batch fails alone (a rare path; the common one costs nothing extra).
-fn run_group(conn: &mut Connection, group: &[(Op, Reply)]) -> Result<Vec<Result<Vec<Task>>>> {
+fn run_group(conn: &mut Connection, group: &[(Op, Reply)]) -> Result<Vec<Result<Answer>>> {
     let tx = conn.transaction()?;
     let mut results = Vec::with_capacity(group.len());
     for (op, _) in group {
@@ -279,7 +296,7 @@ fn run_group(conn: &mut Connection, group: &[(Op, Reply)]) -> Result<Vec<Result<
     Ok(results)
 }
 
-fn run_one_by_one(conn: &mut Connection, group: &[(Op, Reply)]) -> Result<Vec<Result<Vec<Task>>>> {
+fn run_one_by_one(conn: &mut Connection, group: &[(Op, Reply)]) -> Result<Vec<Result<Answer>>> {
     let mut results = Vec::with_capacity(group.len());
     for (op, _) in group {
         let tx = conn.transaction()?;
@@ -299,7 +316,7 @@ fn run_one_by_one(conn: &mut Connection, group: &[(Op, Reply)]) -> Result<Vec<Re
 
 const TASK_COLUMNS: &str = "id, version, run_id, stage_id, kind, attempt, due_at";
 
-fn apply(tx: &Transaction<'_>, op: &Op) -> Result<Vec<Task>> {
+fn apply(tx: &Transaction<'_>, op: &Op) -> Result<Answer> {
     match op {
         Op::Commit(changes) => {
             let mut claimed = Vec::new();
@@ -308,7 +325,30 @@ fn apply(tx: &Transaction<'_>, op: &Op) -> Result<Vec<Task>> {
                     claimed.push(task);
                 }
             }
-            Ok(claimed)
+            Ok(Answer::Tasks(claimed))
+        }
+        Op::InsertDelivery(d) => {
+            let inserted = tx
+                .prepare_cached(
+                    "INSERT INTO deliveries (source, delivery_id, event, headers, body, received_at, status)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'received')
+                     ON CONFLICT (source, delivery_id) DO NOTHING RETURNING seq",
+                )?
+                .query_row(
+                    params![d.source, d.delivery_id, d.event, d.headers.to_string(), d.body, d.received_at],
+                    |r| r.get::<_, i64>(0),
+                )
+                .optional()?;
+            let intake = match inserted {
+                Some(seq) => Intake::Stored(seq),
+                None => Intake::Duplicate(
+                    tx.prepare_cached(
+                        "SELECT seq FROM deliveries WHERE source = ?1 AND delivery_id = ?2",
+                    )?
+                    .query_row(params![d.source, d.delivery_id], |r| r.get(0))?,
+                ),
+            };
+            Ok(Answer::Delivery(intake))
         }
         Op::Claim {
             now,
@@ -323,14 +363,15 @@ fn apply(tx: &Transaction<'_>, op: &Op) -> Result<Vec<Task>> {
             ))?;
             let rows = stmt.query_map(params![lease_until, now, *limit as i64], task_from_row)?;
             rows.map(|r| r.map_err(StoreError::from).and_then(|t| t))
-                .collect()
+                .collect::<Result<_>>()
+                .map(Answer::Tasks)
         }
         Op::ReleaseLeases => {
             tx.execute(
                 "UPDATE tasks SET lease_until = NULL WHERE lease_until IS NOT NULL",
                 [],
             )?;
-            Ok(Vec::new())
+            Ok(Answer::Tasks(Vec::new()))
         }
     }
 }
@@ -426,6 +467,31 @@ fn apply_change(tx: &Transaction<'_>, change: &Change) -> Result<Option<Task>> {
         Change::Done { id, version } => {
             tx.prepare_cached("DELETE FROM tasks WHERE id = ?1 AND version = ?2")?
                 .execute(params![id, version])?;
+        }
+        Change::DeliveryProcessed {
+            seq,
+            runs,
+            message,
+            now,
+        } => {
+            // Runs of a replay are appended to those of earlier passes.
+            tx.prepare_cached(
+                "UPDATE deliveries SET status = ?2, processed_at = ?3, message = ?4,
+                     runs = (SELECT json_group_array(value) FROM (
+                         SELECT value FROM json_each(deliveries.runs) UNION ALL SELECT value FROM json_each(?5)))
+                 WHERE seq = ?1",
+            )?
+            .execute(params![
+                seq,
+                if message.is_some() { "failed" } else { "processed" },
+                now,
+                message,
+                serde_json::to_string(runs).unwrap_or_else(|_| "[]".into())
+            ])?;
+        }
+        Change::ReplayDelivery { seq } => {
+            tx.prepare_cached("UPDATE deliveries SET status = 'received' WHERE seq = ?1")?
+                .execute([seq])?;
         }
         Change::Unschedule {
             run_id,
@@ -550,11 +616,11 @@ impl Store for SqliteStore {
         if changes.is_empty() {
             return Ok(Vec::new());
         }
-        self.send(Op::Commit(changes)).await
+        self.send_for_tasks(Op::Commit(changes)).await
     }
 
     async fn claim_due(&self, now: Millis, limit: u32, lease_until: Millis) -> Result<Vec<Task>> {
-        self.send(Op::Claim {
+        self.send_for_tasks(Op::Claim {
             now,
             limit,
             lease_until,
@@ -574,7 +640,7 @@ impl Store for SqliteStore {
     }
 
     async fn release_leases(&self) -> Result<()> {
-        self.send(Op::ReleaseLeases).await.map(|_| ())
+        self.send_for_tasks(Op::ReleaseLeases).await.map(|_| ())
     }
 
     async fn load_run(&self, run_id: &str) -> Result<Option<RunSnapshot>> {
@@ -658,6 +724,77 @@ impl Store for SqliteStore {
         self.read(|conn| Ok(conn.query_row("SELECT 1", [], |_| Ok(()))?))
             .await
     }
+
+    async fn insert_delivery(&self, delivery: NewDelivery) -> Result<Intake> {
+        match self.send(Op::InsertDelivery(delivery)).await? {
+            Answer::Delivery(intake) => Ok(intake),
+            Answer::Tasks(_) => Err(corrupt(
+                "deliveries",
+                "the writer answered a delivery with tasks",
+            )),
+        }
+    }
+
+    async fn pending_deliveries(&self, limit: u32) -> Result<Vec<DeliveryRecord>> {
+        self.read(move |conn| {
+            rows(
+                conn,
+                "SELECT * FROM deliveries WHERE status = 'received' ORDER BY seq LIMIT ?1",
+                [limit],
+                delivery_from_row,
+            )
+        })
+        .await
+    }
+
+    async fn load_delivery(&self, id: i64) -> Result<Option<DeliveryRecord>> {
+        self.read(move |conn| {
+            Ok(rows(
+                conn,
+                "SELECT * FROM deliveries WHERE seq = ?1",
+                [id],
+                delivery_from_row,
+            )?
+            .pop())
+        })
+        .await
+    }
+
+    async fn list_deliveries(&self, filter: &DeliveryFilter) -> Result<Vec<DeliveryRecord>> {
+        let limit = if filter.limit == 0 {
+            50
+        } else {
+            filter.limit.min(1000)
+        };
+        let filter = filter.clone();
+        self.read(move |conn| {
+            rows(
+                conn,
+                "SELECT * FROM deliveries WHERE (?1 IS NULL OR source = ?1) ORDER BY seq DESC LIMIT ?2 OFFSET ?3",
+                params![filter.source, limit, filter.offset],
+                delivery_from_row,
+            )
+        })
+        .await
+    }
+}
+
+fn delivery_from_row(row: &Row<'_>) -> Result<DeliveryRecord> {
+    let body: String = row.get("body")?;
+    Ok(DeliveryRecord {
+        id: row.get("seq")?,
+        source: row.get("source")?,
+        delivery_id: row.get("delivery_id")?,
+        event: row.get("event")?,
+        headers: json_col(row, "headers")?.unwrap_or(Value::Null),
+        // Bodies were checked to be JSON before they were stored; keep text that is not.
+        body: serde_json::from_str(&body).unwrap_or(Value::String(body)),
+        received_at: row.get("received_at")?,
+        status: row.get("status")?,
+        runs: json_col(row, "runs")?.unwrap_or_default(),
+        message: row.get("message")?,
+        processed_at: row.get("processed_at")?,
+    })
 }
 
 #[cfg(test)]
@@ -828,6 +965,75 @@ mod tests {
         assert!(bad.is_err());
         good.unwrap();
         assert!(store.load_run("r2").await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn deliveries_are_stored_once_and_processed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir).await;
+        let delivery = |id: &str| NewDelivery {
+            source: "github".into(),
+            delivery_id: id.into(),
+            event: "push".into(),
+            headers: json!({"x-github-event": "push"}),
+            body: r#"{"ref": "main"}"#.into(),
+            received_at: 5,
+        };
+        let Intake::Stored(first) = store.insert_delivery(delivery("d1")).await.unwrap() else {
+            panic!("stored")
+        };
+        assert_eq!(
+            store.insert_delivery(delivery("d1")).await.unwrap(),
+            Intake::Duplicate(first)
+        );
+        let Intake::Stored(second) = store.insert_delivery(delivery("d2")).await.unwrap() else {
+            panic!("stored")
+        };
+        let pending = store.pending_deliveries(10).await.unwrap();
+        assert_eq!(
+            pending.iter().map(|d| d.id).collect::<Vec<_>>(),
+            [first, second]
+        );
+        assert_eq!(pending[0].body, json!({"ref": "main"}));
+        store
+            .commit(vec![Change::DeliveryProcessed {
+                seq: first,
+                runs: vec!["r1".into()],
+                message: None,
+                now: 9,
+            }])
+            .await
+            .unwrap();
+        store
+            .commit(vec![Change::ReplayDelivery { seq: first }])
+            .await
+            .unwrap();
+        store
+            .commit(vec![Change::DeliveryProcessed {
+                seq: first,
+                runs: vec!["r2".into()],
+                message: None,
+                now: 10,
+            }])
+            .await
+            .unwrap();
+        let d = store.load_delivery(first).await.unwrap().unwrap();
+        assert_eq!(
+            (d.status.as_str(), d.runs.clone()),
+            ("processed", vec!["r1".to_string(), "r2".to_string()])
+        );
+        assert_eq!(store.pending_deliveries(10).await.unwrap().len(), 1);
+        let listed = store
+            .list_deliveries(&DeliveryFilter {
+                source: Some("github".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            listed.iter().map(|d| d.id).collect::<Vec<_>>(),
+            [second, first]
+        );
     }
 
     #[tokio::test]
