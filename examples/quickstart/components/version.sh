@@ -6,9 +6,9 @@
 #   printf '{"base":"1.2.0","commits":5,"sha":"abc1234","branch":"main"}' \
 #     | sh examples/quickstart/components/version.sh
 #
-# Input:  {"base": "0.4.0", "commits": 3, "sha": "3f4a2c1", "branch": "main"}
-# Output: [COUT] VERSION = 0.4.3        (0.4.3-my-branch.3f4a2c1 off main/master)
-#         [COUT] TAG = v0.4.3
+# Input:  {"base": "0.4.0", "commits": 3, "sha": "3f4a2c1", "branch": "main", "tag": ""}
+# Output: [COUT] VERSION = 0.4.3        (0.4.3-my-branch.3f4a2c1 off main/master;
+#         [COUT] TAG = v0.4.3            the tag itself, without its `v`, when "tag" is set)
 #         [COUT] PRERELEASE = false     (a JSON value: baton keeps it a boolean)
 set -eu
 
@@ -31,6 +31,7 @@ base=$(field base)
 commits=$(field commits)
 sha=$(field sha)
 branch=$(field branch)
+tag=$(field tag)
 
 case $base in
     *[!0-9.]* | *..* | .* | *. | '') base_ok=no ;;
@@ -50,7 +51,11 @@ case $commits in
 esac
 
 version="${base%.*}.$((${base##*.} + commits))"
-if [ "$branch" = main ] || [ "$branch" = master ]; then
+if [ -n "$tag" ]; then
+    # A pushed tag names the release.
+    version=${tag#v}
+    prerelease=false
+elif [ "$branch" = main ] || [ "$branch" = master ]; then
     prerelease=false
 else
     prerelease=true
@@ -58,7 +63,11 @@ else
     version="$version-$suffix${sha:+.$sha}"
 fi
 
-echo "version $version: $base plus $commits commits on ${branch:-an unknown branch}"
+if [ -n "$tag" ]; then
+    echo "version $version: the pushed tag $tag"
+else
+    echo "version $version: $base plus $commits commits on ${branch:-an unknown branch}"
+fi
 printf '[COUT] VERSION = %s\n' "$version"
 printf '[COUT] TAG = v%s\n' "$version"
 printf '[COUT] PRERELEASE = %s\n' "$prerelease"
