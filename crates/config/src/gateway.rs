@@ -221,21 +221,95 @@ impl SourceConfig {
             Self::Generic(_) => "generic",
         }
     }
+
+    /// True when baton can report status to this source (`report:` may name it): a github
+    /// source with `token` or a GitHub App, a gitlab source with `api_token`.
+    pub fn can_report(&self) -> bool {
+        match self {
+            Self::Github(github) => github.api_auth.is_some(),
+            Self::Gitlab(gitlab) => gitlab.api_token.is_some(),
+            Self::Generic(_) => false,
+        }
+    }
 }
 
-/// A GitHub webhook source: deliveries are checked against `X-Hub-Signature-256`.
+/// The default `api_url` of a github source.
+pub const GITHUB_API_URL: &str = "https://api.github.com";
+
+/// The default `api_url` of a gitlab source.
+pub const GITLAB_API_URL: &str = "https://gitlab.com/api/v4";
+
+/// A GitHub webhook source: deliveries are checked against `X-Hub-Signature-256`. With API
+/// credentials, workflows can also report status back to it (`report:`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GithubSource {
     /// The webhook secrets: `secret`, then every `secrets` entry. A delivery signed with any
     /// of them is accepted, so a secret can be rotated without downtime. At least one.
     pub secrets: Vec<SecretRef>,
+    /// `api_url`: the REST API root, without a trailing `/`. Default [`GITHUB_API_URL`];
+    /// GitHub Enterprise Server is `https://HOST/api/v3`.
+    pub api_url: String,
+    /// How baton authenticates to the API to post commit statuses: `token = {…}`, or a
+    /// GitHub App (`app_id`, `private_key`, `installation_id`). `None`: webhooks only.
+    pub api_auth: Option<GithubAuth>,
 }
 
-/// A GitLab webhook source: deliveries are checked against `X-Gitlab-Token`.
+impl Default for GithubSource {
+    /// No secrets, the public API, no credentials.
+    fn default() -> Self {
+        Self {
+            secrets: Vec::new(),
+            api_url: GITHUB_API_URL.to_owned(),
+            api_auth: None,
+        }
+    }
+}
+
+/// Credentials for the GitHub API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GithubAuth {
+    /// `token = { env = "…" }`: a fine-grained or classic access token, or any other bearer
+    /// token GitHub accepts.
+    Token(SecretRef),
+    /// `app_id` + `private_key` (+ `installation_id`): a GitHub App.
+    App(GithubApp),
+}
+
+/// A GitHub App: baton signs a JWT with the private key and trades it for an installation
+/// token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GithubApp {
+    /// `app_id`: the App's id (a number, shown on the App's settings page).
+    pub app_id: u64,
+    /// `private_key`: the App's private key (PEM), usually `{ file = "app.pem" }`.
+    pub private_key: SecretRef,
+    /// `installation_id`: the installation to act as. `None`: the installation named in each
+    /// event (`.installation.id`, which GitHub sends to an App's webhooks).
+    pub installation_id: Option<u64>,
+}
+
+/// A GitLab webhook source: deliveries are checked against `X-Gitlab-Token`. With an API
+/// token, workflows can also report status back to it (`report:`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GitlabSource {
     /// The webhook tokens: `token`, then every `tokens` entry; any matches. At least one.
     pub tokens: Vec<SecretRef>,
+    /// `api_url`: the REST API root, without a trailing `/`. Default [`GITLAB_API_URL`].
+    pub api_url: String,
+    /// `api_token`: a token for the API (sent as `PRIVATE-TOKEN`) to post commit statuses;
+    /// not the webhook `token`. `None`: webhooks only.
+    pub api_token: Option<SecretRef>,
+}
+
+impl Default for GitlabSource {
+    /// No tokens, GitLab.com's API, no API token.
+    fn default() -> Self {
+        Self {
+            tokens: Vec::new(),
+            api_url: GITLAB_API_URL.to_owned(),
+            api_token: None,
+        }
+    }
 }
 
 /// A generic JSON webhook source.
@@ -378,6 +452,21 @@ pub(crate) struct GithubRaw {
     /// More webhook secrets, for rotation.
     #[serde(default)]
     pub(crate) secrets: Vec<SecretField>,
+    /// The API root.
+    #[serde(default)]
+    pub(crate) api_url: Option<String>,
+    /// An API token, for reports.
+    #[serde(default)]
+    pub(crate) token: Option<SecretField>,
+    /// A GitHub App's id, for reports.
+    #[serde(default)]
+    pub(crate) app_id: Option<u64>,
+    /// The App's private key.
+    #[serde(default)]
+    pub(crate) private_key: Option<SecretField>,
+    /// The App installation to act as.
+    #[serde(default)]
+    pub(crate) installation_id: Option<u64>,
 }
 
 /// The file form of `[sources.<name>]` with `kind = "gitlab"`.
@@ -389,6 +478,12 @@ pub(crate) struct GitlabRaw {
     /// More webhook tokens, for rotation.
     #[serde(default)]
     pub(crate) tokens: Vec<SecretField>,
+    /// The API root.
+    #[serde(default)]
+    pub(crate) api_url: Option<String>,
+    /// An API token, for reports.
+    #[serde(default)]
+    pub(crate) api_token: Option<SecretField>,
 }
 
 /// The file form of `[sources.<name>]` with `kind = "generic"`.

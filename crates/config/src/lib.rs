@@ -39,8 +39,9 @@ pub use diagnostic::{Diagnostic, Diagnostics};
 pub use document::MAX_FILE_BYTES;
 pub use gateway::{
     AdapterInstance, ApiConfig, ApiToken, BearerAuth, DeliveryId, EngineConfig, EventSelector,
-    GatewayConfig, GenericAuth, GenericSource, GithubSource, GitlabSource, HmacAlgorithm, HmacAuth,
-    Role, ServerConfig, SourceConfig, StoreConfig, TOP_LEVEL_KEYS,
+    GITHUB_API_URL, GITLAB_API_URL, GatewayConfig, GenericAuth, GenericSource, GithubApp,
+    GithubAuth, GithubSource, GitlabSource, HmacAlgorithm, HmacAuth, Role, ServerConfig,
+    SourceConfig, StoreConfig, TOP_LEVEL_KEYS,
 };
 pub use load::{ENVIRONMENT, Loaded, LoadedWorkflow, load};
 pub use secrets::EnvFileResolver;

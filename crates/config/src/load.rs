@@ -181,8 +181,8 @@ fn valid_name(name: &str) -> bool {
 /// entry get no second, misleading problem.
 #[derive(Debug, Default)]
 struct Declared {
-    /// Source names, with the kind when it is known.
-    sources: IndexMap<String, Option<&'static str>>,
+    /// Source names, with the source when it is valid.
+    sources: IndexMap<String, Option<SourceConfig>>,
     /// Adapter instance names, with the kind when this baton knows it.
     adapters: IndexMap<String, Option<String>>,
 }
@@ -257,9 +257,7 @@ fn read_gateway(
     {
         for (name, v) in sources {
             let source = read_source(name, v, sink);
-            declared
-                .sources
-                .insert(name.clone(), source.as_ref().map(SourceConfig::kind));
+            declared.sources.insert(name.clone(), source.clone());
             if let Some(source) = source {
                 config.sources.insert(name.clone(), source);
             }
@@ -301,18 +299,13 @@ fn check_server(server: &ServerConfig, sink: &mut Sink) {
             ),
         );
     }
-    if let Some(url) = &server.public_url {
-        let rest = url
-            .strip_prefix("http://")
-            .or_else(|| url.strip_prefix("https://"));
-        if rest.is_none_or(|r| r.is_empty() || r.starts_with('/')) {
-            sink.err(
-                "server.public_url",
-                format!(
-                    "`{url}` is not a URL: expected `http://host[:port][/path]` or `https://…`"
-                ),
-            );
-        }
+    if let Some(url) = &server.public_url
+        && !is_http_url(url)
+    {
+        sink.err(
+            "server.public_url",
+            format!("`{url}` is not a URL: expected `http://host[:port][/path]` or `https://…`"),
+        );
     }
     if server.max_body_bytes == 0 {
         sink.err("server.max_body_bytes", "expected at least 1 byte");
@@ -456,7 +449,20 @@ fn read_source(name: &str, value: &Value, sink: &mut Sink) -> Option<SourceConfi
                     "missing required key `secret`: a github source needs the webhook secret, `secret = { env = \"NAME\" }` (or `secrets = [...]` to rotate)",
                 );
             }
-            SourceConfig::Github(GithubSource { secrets })
+            let api_url = read_api_url(raw.api_url, GITHUB_API_URL, &at, sink);
+            let api_auth = read_github_auth(
+                raw.token.map(|s| s.0),
+                raw.app_id,
+                raw.private_key.map(|s| s.0),
+                raw.installation_id,
+                &at,
+                sink,
+            );
+            SourceConfig::Github(GithubSource {
+                secrets,
+                api_url,
+                api_auth,
+            })
         }
         "gitlab" => {
             let raw: GitlabRaw = typed(&rest, &at, &[("", fields_of::<GitlabRaw>())], sink)?;
@@ -472,7 +478,11 @@ fn read_source(name: &str, value: &Value, sink: &mut Sink) -> Option<SourceConfi
                     "missing required key `token`: a gitlab source needs the webhook token, `token = { env = \"NAME\" }` (or `tokens = [...]` to rotate)",
                 );
             }
-            SourceConfig::Gitlab(GitlabSource { tokens })
+            SourceConfig::Gitlab(GitlabSource {
+                tokens,
+                api_url: read_api_url(raw.api_url, GITLAB_API_URL, &at, sink),
+                api_token: raw.api_token.map(|s| s.0),
+            })
         }
         "generic" => SourceConfig::Generic(read_generic(&rest, &at, sink)?),
         other => {
@@ -484,6 +494,89 @@ fn read_source(name: &str, value: &Value, sink: &mut Sink) -> Option<SourceConfi
         }
     };
     (sink.count() == before).then_some(source)
+}
+
+/// True for `http://host…` and `https://host…`.
+fn is_http_url(url: &str) -> bool {
+    url.strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/'))
+}
+
+/// A source's `api_url`, checked, without a trailing `/`; `default` when absent.
+fn read_api_url(url: Option<String>, default: &str, at: &str, sink: &mut Sink) -> String {
+    let Some(url) = url else {
+        return default.to_owned();
+    };
+    if !is_http_url(&url) {
+        sink.err(
+            join(at, "api_url"),
+            format!("`{url}` is not a URL: expected the API root, like `{default}`"),
+        );
+    }
+    url.trim_end_matches('/').to_owned()
+}
+
+/// A github source's API credentials: `token`, or `app_id` + `private_key` (+
+/// `installation_id`), or none.
+fn read_github_auth(
+    token: Option<baton_core::SecretRef>,
+    app_id: Option<u64>,
+    private_key: Option<baton_core::SecretRef>,
+    installation_id: Option<u64>,
+    at: &str,
+    sink: &mut Sink,
+) -> Option<GithubAuth> {
+    let app_keys = app_id.is_some() || private_key.is_some() || installation_id.is_some();
+    if token.is_some() && app_keys {
+        sink.err(
+            at,
+            "set either `token` (an access token) or `app_id` and `private_key` (a GitHub App) for the API, not both",
+        );
+        return None;
+    }
+    if let Some(token) = token {
+        return Some(GithubAuth::Token(token));
+    }
+    if !app_keys {
+        return None;
+    }
+    let before = sink.count();
+    if app_id == Some(0) {
+        sink.err(
+            join(at, "app_id"),
+            "expected the GitHub App's id, a number above 0",
+        );
+    }
+    if installation_id == Some(0) {
+        sink.err(
+            join(at, "installation_id"),
+            "expected an installation id, a number above 0",
+        );
+    }
+    match (app_id, private_key) {
+        (Some(app_id), Some(private_key)) => {
+            (sink.count() == before).then_some(GithubAuth::App(GithubApp {
+                app_id,
+                private_key,
+                installation_id,
+            }))
+        }
+        (Some(_), None) => {
+            sink.err(
+                join(at, "private_key"),
+                "missing required key `private_key`: a GitHub App needs its private key (PEM), `private_key = { file = \"app.pem\" }`",
+            );
+            None
+        }
+        (None, _) => {
+            sink.err(
+                join(at, "app_id"),
+                "missing required key `app_id`: a GitHub App (`private_key`, `installation_id`) needs its id, `app_id = 123456`",
+            );
+            None
+        }
+    }
 }
 
 fn read_generic(rest: &Value, at: &str, sink: &mut Sink) -> Option<GenericSource> {
@@ -906,10 +999,28 @@ fn check_references(
         }
     }
     for (i, source) in spec.report.iter().enumerate() {
+        if let Some(first) = spec.report[..i].iter().position(|s| s == source) {
+            sink.err(
+                format!("report[{i}]"),
+                format!("source `{source}` is already listed at report[{first}]"),
+            );
+            continue;
+        }
         match sources.get(source) {
-            Some(Some(kind)) if *kind == "generic" => sink.err(
+            Some(Some(SourceConfig::Generic(_))) => sink.err(
                 format!("report[{i}]"),
                 format!("source `{source}` is generic: only github and gitlab sources can receive status reports"),
+            ),
+            Some(Some(config)) if !config.can_report() => sink.err(
+                format!("report[{i}]"),
+                match config {
+                    SourceConfig::Github(_) => format!(
+                        "source `{source}` has no API credentials to report with: add `token = {{ env = \"GITHUB_TOKEN\" }}` (an access token with commit status write access), or `app_id` and `private_key = {{ file = \"app.pem\" }}` (a GitHub App), to [sources.{source}]"
+                    ),
+                    _ => format!(
+                        "source `{source}` has no API credentials to report with: add `api_token = {{ env = \"GITLAB_API_TOKEN\" }}` (a token with the `api` scope; the webhook `token` cannot post statuses) to [sources.{source}]"
+                    ),
+                },
             ),
             Some(_) => {}
             None => {

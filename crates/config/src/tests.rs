@@ -149,6 +149,7 @@ tokens = [ { name = "ops", token = { env = "BATON_OPS_TOKEN" }, role = "operator
 [sources.github]
 kind = "github"
 secret = { env = "GITHUB_WEBHOOK_SECRET" }
+token = { env = "GITHUB_TOKEN" }
 
 [sources.gitlab]
 kind = "gitlab"
@@ -232,8 +233,25 @@ fn the_documented_example_loads() {
         g.api.tokens[0].token,
         baton_core::SecretRef::Env("BATON_OPS_TOKEN".into())
     );
-    assert!(matches!(&g.sources["github"], SourceConfig::Github(s) if s.secrets.len() == 1));
-    assert!(matches!(&g.sources["gitlab"], SourceConfig::Gitlab(s) if s.tokens.len() == 1));
+    let SourceConfig::Github(github) = &g.sources["github"] else {
+        panic!("github is github")
+    };
+    assert_eq!(github.secrets.len(), 1);
+    assert_eq!(github.api_url, "https://api.github.com");
+    assert_eq!(
+        github.api_auth,
+        Some(GithubAuth::Token(baton_core::SecretRef::Env(
+            "GITHUB_TOKEN".into()
+        )))
+    );
+    assert!(g.sources["github"].can_report());
+    let SourceConfig::Gitlab(gitlab) = &g.sources["gitlab"] else {
+        panic!("gitlab is gitlab")
+    };
+    assert_eq!(gitlab.tokens.len(), 1);
+    assert_eq!(gitlab.api_url, "https://gitlab.com/api/v4");
+    assert_eq!(gitlab.api_token, None);
+    assert!(!g.sources["gitlab"].can_report());
     let SourceConfig::Generic(deploy) = &g.sources["deploy"] else {
         panic!("deploy is generic")
     };
@@ -469,6 +487,7 @@ fn references_between_files_are_checked() {
 [sources.gh]
 kind = "github"
 secret = { env = "S" }
+token = { env = "GH" }
 [sources.hook]
 kind = "generic"
 bearer = { token = { env = "T" } }
@@ -1062,6 +1081,230 @@ max_concurrency = 0
             ("baton.toml", "engine.max_concurrency"),
         ])
     );
+}
+
+#[test]
+fn reporting_credentials_are_read() {
+    let config = r#"
+[sources.token]
+kind = "github"
+secret = { env = "S" }
+api_url = "https://ghe.example.com/api/v3/"
+token = { env = "GH_TOKEN" }
+[sources.app]
+kind = "github"
+secret = { env = "S" }
+app_id = 12345
+private_key = { file = "app.pem" }
+[sources.pinned]
+kind = "github"
+secret = { env = "S" }
+app_id = 7
+private_key = { env = "APP_KEY" }
+installation_id = 99
+[sources.gl]
+kind = "gitlab"
+token = { env = "T" }
+api_url = "https://gitlab.example.com/api/v4"
+api_token = { env = "GL_API" }
+"#;
+    let workflow = "name: w\nstages: { a: { uses: exec, with: { run: x } } }\nreport: [token, app, pinned, gl]\n";
+    let dir = fixture(&[("baton.toml", config), ("w.yaml", workflow)]);
+    let loaded = load_in(dir.path(), Some("baton.toml"), &["w.yaml"], no_env()).unwrap();
+    let sources = &loaded.gateway.sources;
+    let SourceConfig::Github(token) = &sources["token"] else {
+        panic!("github")
+    };
+    assert_eq!(token.api_url, "https://ghe.example.com/api/v3");
+    assert_eq!(
+        token.api_auth,
+        Some(GithubAuth::Token(baton_core::SecretRef::Env(
+            "GH_TOKEN".into()
+        )))
+    );
+    let SourceConfig::Github(app) = &sources["app"] else {
+        panic!("github")
+    };
+    assert_eq!(app.api_url, GITHUB_API_URL);
+    assert_eq!(
+        app.api_auth,
+        Some(GithubAuth::App(GithubApp {
+            app_id: 12345,
+            private_key: baton_core::SecretRef::File("app.pem".into()),
+            installation_id: None,
+        }))
+    );
+    let SourceConfig::Github(pinned) = &sources["pinned"] else {
+        panic!("github")
+    };
+    assert!(matches!(
+        &pinned.api_auth,
+        Some(GithubAuth::App(GithubApp {
+            app_id: 7,
+            installation_id: Some(99),
+            ..
+        }))
+    ));
+    let SourceConfig::Gitlab(gl) = &sources["gl"] else {
+        panic!("gitlab")
+    };
+    assert_eq!(gl.api_url, "https://gitlab.example.com/api/v4");
+    assert_eq!(
+        gl.api_token,
+        Some(baton_core::SecretRef::Env("GL_API".into()))
+    );
+    assert!(sources.values().all(SourceConfig::can_report));
+    assert_eq!(
+        loaded.workflows[0].workflow.spec.report,
+        ["token", "app", "pinned", "gl"]
+    );
+
+    // Credentials can come from the environment too.
+    let dir = fixture(&[
+        (
+            "baton.toml",
+            "[sources.gh]\nkind = \"github\"\nsecret = { env = \"S\" }\n",
+        ),
+        (
+            "w.yaml",
+            "name: w\nstages: { a: { uses: exec, with: { run: x } } }\nreport: [gh]\n",
+        ),
+    ]);
+    let vars = env(&[
+        ("BATON_SOURCES__GH__APP_ID", "42"),
+        ("BATON_SOURCES__GH__PRIVATE_KEY", r#"{"file":"k.pem"}"#),
+    ]);
+    let loaded = load_in(dir.path(), Some("baton.toml"), &["w.yaml"], vars).unwrap();
+    assert!(matches!(
+        &loaded.gateway.sources["gh"],
+        SourceConfig::Github(GithubSource {
+            api_auth: Some(GithubAuth::App(GithubApp { app_id: 42, .. })),
+            ..
+        })
+    ));
+}
+
+#[test]
+fn reporting_credentials_are_checked() {
+    let config = r#"
+[sources.both]
+kind = "github"
+secret = { env = "S" }
+token = { env = "T" }
+app_id = 1
+private_key = { file = "k.pem" }
+[sources.nokey]
+kind = "github"
+secret = { env = "S" }
+app_id = 1
+[sources.noid]
+kind = "github"
+secret = { env = "S" }
+private_key = { file = "k.pem" }
+installation_id = 5
+[sources.zero]
+kind = "github"
+secret = { env = "S" }
+app_id = 0
+private_key = { file = "k.pem" }
+installation_id = 0
+[sources.negative]
+kind = "github"
+secret = { env = "S" }
+app_id = -3
+private_key = { file = "k.pem" }
+[sources.literal]
+kind = "github"
+secret = { env = "S" }
+token = "ghp_abc"
+[sources.url]
+kind = "github"
+secret = { env = "S" }
+api_url = "api.github.com"
+token = { env = "T" }
+[sources.gl]
+kind = "gitlab"
+token = { env = "T" }
+api_token = "glpat-abc"
+private_token = { env = "X" }
+[sources.glurl]
+kind = "gitlab"
+token = { env = "T" }
+api_url = "ftp://gitlab"
+"#;
+    let dir = fixture(&[("baton.toml", config)]);
+    let err = load_in(dir.path(), Some("baton.toml"), &[], no_env()).unwrap_err();
+    assert_eq!(
+        pairs(dir.path(), &err),
+        set(&[
+            ("baton.toml", "sources.both"),
+            ("baton.toml", "sources.nokey.private_key"),
+            ("baton.toml", "sources.noid.app_id"),
+            ("baton.toml", "sources.zero.app_id"),
+            ("baton.toml", "sources.zero.installation_id"),
+            ("baton.toml", "sources.negative.app_id"),
+            ("baton.toml", "sources.literal.token"),
+            ("baton.toml", "sources.url.api_url"),
+            ("baton.toml", "sources.gl.api_token"),
+            ("baton.toml", "sources.glurl.api_url"),
+            ("baton.toml", "sources.gl.private_token"),
+        ])
+    );
+    assert!(message_at(&err, "sources.both").contains("not both"));
+    assert!(message_at(&err, "sources.nokey.private_key").contains("private_key = { file"));
+    assert!(message_at(&err, "sources.noid.app_id").contains("app_id = "));
+    assert!(message_at(&err, "sources.literal.token").contains("literal secret"));
+    assert!(message_at(&err, "sources.gl.api_token").contains("literal secret"));
+    assert!(message_at(&err, "sources.url.api_url").contains("https://api.github.com"));
+    assert!(message_at(&err, "sources.glurl.api_url").contains("https://gitlab.com/api/v4"));
+    assert!(message_at(&err, "sources.gl.private_token").contains("api_token"));
+}
+
+#[test]
+fn report_needs_a_source_with_credentials() {
+    let config = r#"
+[sources.gh]
+kind = "github"
+secret = { env = "S" }
+[sources.gl]
+kind = "gitlab"
+token = { env = "T" }
+[sources.ok]
+kind = "github"
+secret = { env = "S" }
+token = { env = "GH" }
+[sources.broken]
+kind = "gitlab"
+token = { env = "T" }
+api_token = "literal"
+"#;
+    let workflow = "name: w\nstages: { a: { uses: exec, with: { run: x } } }\nreport: [gh, gl, ok, ok, broken]\n";
+    let dir = fixture(&[("baton.toml", config), ("w.yaml", workflow)]);
+    let err = load_in(dir.path(), Some("baton.toml"), &["w.yaml"], no_env()).unwrap_err();
+    assert_eq!(
+        pairs(dir.path(), &err),
+        set(&[
+            ("baton.toml", "sources.broken.api_token"),
+            // `broken` is already reported in the config: no second problem here.
+            ("w.yaml", "report[0]"),
+            ("w.yaml", "report[1]"),
+            ("w.yaml", "report[3]"),
+        ])
+    );
+    let m = message_at(&err, "report[0]");
+    assert!(
+        m.contains("`gh` has no API credentials")
+            && m.contains("token = { env = \"GITHUB_TOKEN\" }")
+            && m.contains("app_id")
+            && m.contains("[sources.gh]"),
+        "{m}"
+    );
+    let m = message_at(&err, "report[1]");
+    assert!(
+        m.contains("api_token = { env = \"GITLAB_API_TOKEN\" }") && m.contains("[sources.gl]"),
+        "{m}"
+    );
+    assert!(message_at(&err, "report[3]").contains("already listed at report[2]"));
 }
 
 /// The example of `baton validate` output in docs/config.md.
