@@ -5,6 +5,7 @@
 
 mod progress;
 mod run;
+mod serve;
 mod setup;
 
 use std::path::PathBuf;
@@ -32,6 +33,17 @@ enum Command {
     Resume(run::ResumeArgs),
     /// Draw a workflow's stage graph as Graphviz DOT or as an SVG picture.
     Graph(GraphArgs),
+    /// Run the gateway: webhook intake, the REST API, health and metrics.
+    Serve(serve::ServeArgs),
+}
+
+/// How logs are written.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// Where the config comes from.
@@ -86,6 +98,7 @@ fn main() -> ExitCode {
         Command::Graph(args) => graph(args),
         Command::Run(args) => run::block_on(run::run(args)),
         Command::Resume(args) => run::block_on(run::resume(args)),
+        Command::Serve(args) => run::block_on(serve::serve(args)),
     }
 }
 

@@ -252,18 +252,19 @@ impl Engine {
                     event,
                     trigger,
                 }],
-                Vec::new(),
+                |_| Vec::new(),
             )
             .await?;
         Ok(ids.pop().unwrap_or_default())
     }
 
-    /// Creates several runs and applies `extra` changes in the same commit (a delivery marked
-    /// processed together with the runs it started, so a crash cannot start them twice).
+    /// Creates several runs and applies the changes `extra` makes from their ids in the same
+    /// commit (a delivery marked processed together with the runs it started, so a crash
+    /// cannot start them twice).
     pub async fn create_runs(
         &self,
         runs: Vec<NewRun>,
-        extra: Vec<Change>,
+        extra: impl FnOnce(&[String]) -> Vec<Change>,
     ) -> Result<Vec<String>, EngineError> {
         let now = now_millis();
         let mut ids = Vec::with_capacity(runs.len());
@@ -309,7 +310,7 @@ impl Engine {
             changes.push(self.inner.task(&id, "", TaskKind::Advance, 0, now, true));
             ids.push(id);
         }
-        changes.extend(extra);
+        changes.extend(extra(&ids));
         let claimed = self.inner.store.commit(changes).await?;
         self.inner.dispatch_all(claimed);
         Ok(ids)
@@ -928,6 +929,8 @@ impl Inner {
                         again |= !self.prepare_attempt(state, stage, now, true, changes, events);
                     }
                     Decision::Finish { status, message } => {
+                        metrics::counter!("baton_runs_total", "workflow" => state.header.workflow.clone(), "status" => status.as_str())
+                            .increment(1);
                         state.header.status = status;
                         state.header.message = message;
                         state.header.finished_at = Some(now);
@@ -1034,6 +1037,12 @@ impl Inner {
         record.reason = Some(why.to_owned());
         record.message = Some(message);
         record.finished_at = Some(now);
+        // Counted when decided; a failed commit is retried from the store, which may count twice.
+        metrics::counter!("baton_stages_total", "status" => status.as_str()).increment(1);
+        if let Some(started) = record.started_at {
+            metrics::histogram!("baton_stage_duration_seconds", "status" => status.as_str())
+                .record((now - started).max(0) as f64 / 1000.0);
+        }
         record.phase = record.phase.filter(|_| status.is_active());
         changes.push(Change::PutStage(record.clone()));
         changes.push(Self::unschedule(record, TaskKind::Poll));
@@ -1177,7 +1186,7 @@ impl Inner {
         drop(guard);
 
         let call = self.config.call_timeout;
-        let outcome = bounded(call, async {
+        let outcome = bounded(call, adapter.kind(), "start", async {
             if recovering {
                 match adapter.find(key, &request.input).await? {
                     Some(found) => {
@@ -1207,7 +1216,14 @@ impl Inner {
                 let adapter = adapter.clone();
                 let key = key.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = bounded(call, adapter.cancel(&key, &external)).await {
+                    if let Err(e) = bounded(
+                        call,
+                        adapter.kind(),
+                        "cancel",
+                        adapter.cancel(&key, &external),
+                    )
+                    .await
+                    {
                         tracing::warn!(attempt = %key, error = %e, "could not cancel work started after its stage ended");
                     }
                 });
@@ -1343,11 +1359,19 @@ impl Inner {
             external: &external,
             signal: signal.as_ref(),
         };
-        let polled = bounded(call, adapter.poll(&request)).await;
+        let polled = bounded(call, adapter.kind(), "poll", adapter.poll(&request)).await;
         let outputs = match &polled {
             Ok(outcome) if outcome.state.is_terminal() => {
                 let latest = outcome.external.as_ref().unwrap_or(&external);
-                Some(bounded(call, adapter.outputs(&key, latest)).await)
+                Some(
+                    bounded(
+                        call,
+                        adapter.kind(),
+                        "outputs",
+                        adapter.outputs(&key, latest),
+                    )
+                    .await,
+                )
             }
             _ => None,
         };
@@ -1572,6 +1596,8 @@ impl Inner {
                 // The start may have reached the system before the stage was stopped.
                 (None, Some(Phase::Starting)) => bounded(
                     call,
+                    adapter.kind(),
+                    "find",
                     adapter.find(&key, input.as_ref().unwrap_or(&Value::Null)),
                 )
                 .await
@@ -1583,7 +1609,14 @@ impl Inner {
                 // Transient failures are retried a few times here, then given up on (and
                 // said in the stage's message) so that a run always ends.
                 for pause in [1, 2, 4, 0] {
-                    match bounded(call, adapter.cancel(&key, &external)).await {
+                    match bounded(
+                        call,
+                        adapter.kind(),
+                        "cancel",
+                        adapter.cancel(&key, &external),
+                    )
+                    .await
+                    {
                         Ok(()) => {
                             failure = None;
                             break;
@@ -1648,15 +1681,27 @@ impl Inner {
 }
 
 /// Bounds an adapter call; a call that overruns is a transient error.
+/// Also records `baton_adapter_call_seconds{adapter, call}` and, on failure,
+/// `baton_adapter_errors_total{adapter, call}`.
 async fn bounded<T>(
     limit: Duration,
+    adapter: &'static str,
+    name: &'static str,
     call: impl std::future::Future<Output = Result<T, AdapterError>>,
 ) -> Result<T, AdapterError> {
-    match tokio::time::timeout(limit, call).await {
+    let begun = std::time::Instant::now();
+    let result = match tokio::time::timeout(limit, call).await {
         Ok(result) => result,
         Err(_) => Err(AdapterError::Transient(format!(
             "the adapter call took longer than {}",
             baton_core::HumanDuration(limit)
         ))),
+    };
+    metrics::histogram!("baton_adapter_call_seconds", "adapter" => adapter, "call" => name)
+        .record(begun.elapsed().as_secs_f64());
+    if result.is_err() {
+        metrics::counter!("baton_adapter_errors_total", "adapter" => adapter, "call" => name)
+            .increment(1);
     }
+    result
 }

@@ -1,0 +1,197 @@
+//! `POST /hooks/<source>`: verify, store, answer. Matching runs later, from the store.
+//!
+//! The [`Delivery`] extractor does all the checking (source, size, signature, JSON, event
+//! type, delivery id), so the handler only stores and answers: a 2xx means the delivery is
+//! durably stored.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::{Body, to_bytes};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use baton_store::{Intake, NewDelivery, now_millis};
+use serde_json::{Map, Value, json};
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::sources::{Refusal, SECRET_HEADERS, Source};
+
+/// A genuine, parsed delivery, ready to be stored.
+pub struct Delivery {
+    source: Arc<Source>,
+    event: String,
+    delivery_id: String,
+    ping: bool,
+    headers: Value,
+    body: String,
+}
+
+fn rejected(source: &str, why: &'static str) {
+    metrics::counter!("baton_deliveries_total", "source" => source.to_owned(), "result" => why)
+        .increment(1);
+}
+
+fn stored_headers(headers: &HeaderMap, source: &Source) -> Value {
+    let mut map = Map::with_capacity(headers.len());
+    for (name, value) in headers {
+        let name = name.as_str();
+        if SECRET_HEADERS.contains(&name) || source.signature_header() == Some(name) {
+            continue;
+        }
+        if let Ok(text) = value.to_str() {
+            map.insert(name.to_owned(), Value::String(text.to_owned()));
+        }
+    }
+    Value::Object(map)
+}
+
+impl FromRequest<Arc<AppState>> for Delivery {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &Arc<AppState>) -> Result<Self, ApiError> {
+        let (mut parts, body) = request.into_parts();
+        let Path(name) = Path::<String>::from_request_parts(&mut parts, state)
+            .await
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let Some(source) = state.sources.get(&name).cloned() else {
+            rejected("(unknown)", "unknown_source");
+            let known: Vec<&str> = state.sources.keys().map(String::as_str).collect();
+            return Err(ApiError::not_found(format!(
+                "no webhook source `{name}` (configured: {})",
+                known.join(", ")
+            )));
+        };
+        let limit = state.max_body_bytes;
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit) {
+            rejected(&name, "too_large");
+            return Err(ApiError::too_large(limit));
+        }
+        let bytes = match to_bytes(Body::new(body), limit as usize).await {
+            Ok(bytes) => bytes,
+            Err(_) => {
+                rejected(&name, "too_large");
+                return Err(ApiError::too_large(limit));
+            }
+        };
+        if let Err(Refusal::Unauthenticated(why) | Refusal::Malformed(why)) =
+            source.authenticate(&parts.headers, &bytes)
+        {
+            rejected(&name, "unauthenticated");
+            tracing::warn!(source = %name, reason = %why, "webhook refused");
+            return Err(ApiError::unauthorized(why));
+        }
+        let json: Value = match serde_json::from_slice(&bytes) {
+            Ok(v) => v,
+            Err(e) => {
+                rejected(&name, "bad_json");
+                return Err(ApiError::bad_request(format!("the body is not JSON: {e}")));
+            }
+        };
+        let identified = match source.identify(&parts.headers, &bytes, &json) {
+            Ok(i) => i,
+            Err(Refusal::Malformed(why) | Refusal::Unauthenticated(why)) => {
+                rejected(&name, "malformed");
+                return Err(ApiError::bad_request(why));
+            }
+        };
+        let body = match String::from_utf8(bytes.into()) {
+            Ok(text) => text,
+            Err(_) => return Err(ApiError::bad_request("the body is not UTF-8")),
+        };
+        Ok(Self {
+            headers: stored_headers(&parts.headers, &source),
+            source,
+            event: identified.event,
+            delivery_id: identified.delivery_id,
+            ping: identified.ping,
+            body,
+        })
+    }
+}
+
+/// Stores the delivery, then answers 202 (stored) or 200 (seen before).
+pub async fn receive(
+    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
+    delivery: Delivery,
+) -> Result<Response, ApiError> {
+    let source = delivery.source.name.clone();
+    if delivery.ping {
+        rejected(&source, "ping");
+        return Ok((
+            StatusCode::OK,
+            Json(json!({"status": "pong", "source": source})),
+        )
+            .into_response());
+    }
+    let new = NewDelivery {
+        source: source.clone(),
+        delivery_id: delivery.delivery_id,
+        event: delivery.event,
+        headers: delivery.headers,
+        body: delivery.body,
+        received_at: now_millis(),
+    };
+    match state.engine.store().insert_delivery(new).await? {
+        Intake::Stored(id) => {
+            metrics::counter!("baton_deliveries_total", "source" => source, "result" => "accepted")
+                .increment(1);
+            state.matcher.notify_one();
+            Ok((
+                StatusCode::ACCEPTED,
+                Json(json!({"delivery": id, "status": "accepted"})),
+            )
+                .into_response())
+        }
+        Intake::Duplicate(id) => {
+            metrics::counter!("baton_deliveries_total", "source" => source, "result" => "duplicate").increment(1);
+            Ok((
+                StatusCode::OK,
+                Json(json!({"delivery": id, "status": "duplicate"})),
+            )
+                .into_response())
+        }
+    }
+}
+
+/// `POST /hooks/adapters/<instance>`: an adapter's completion webhook, a hint to poll now.
+///
+/// Not authenticated: it only makes baton look sooner at work it already follows, and
+/// what baton then believes comes from the adapter's authenticated poll.
+pub async fn adapter_webhook(
+    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
+    Path(instance): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let Some(adapter) = state.engine.adapter(&instance) else {
+        return Err(ApiError::not_found(format!(
+            "no adapter instance `{instance}`"
+        )));
+    };
+    let bytes = to_bytes(body, state.max_body_bytes as usize)
+        .await
+        .map_err(|_| ApiError::too_large(state.max_body_bytes))?;
+    let pairs: Vec<(String, String)> = headers
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+        .collect();
+    let request = baton_core::WebhookRequest {
+        headers: &pairs,
+        body: &bytes,
+    };
+    let keys = adapter
+        .completion_webhook(&request)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let count = keys.len();
+    for key in keys {
+        state.engine.wake(key).await;
+    }
+    Ok((StatusCode::ACCEPTED, Json(json!({"woken": count}))).into_response())
+}

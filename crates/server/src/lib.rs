@@ -1,0 +1,203 @@
+//! `baton serve`: webhook intake, trigger matching, the REST API, health and metrics.
+//!
+//! | route | does |
+//! |---|---|
+//! | `POST /hooks/<source>` | verifies, stores and answers a webhook delivery ([`intake`]) |
+//! | `POST /hooks/adapters/<instance>` | an adapter's completion webhook (a hint to poll) |
+//! | `/api/v1/…` | the REST API ([`api`]); `GET /api/v1/openapi.json` describes it |
+//! | `GET /healthz`, `GET /readyz` | alive; store reachable |
+//! | `GET /metrics` | Prometheus metrics |
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::{HeaderName, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use baton_config::Loaded;
+use baton_core::{SecretResolver, Workflow};
+use baton_engine::Engine;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::Notify;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+pub mod api;
+pub mod error;
+pub mod intake;
+mod matcher;
+pub mod sources;
+
+/// The OpenAPI description of the REST API, served at `/api/v1/openapi.json`.
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+/// Everything the handlers share.
+pub struct AppState {
+    /// The engine (and through it the store).
+    pub engine: Engine,
+    /// Webhook sources by name.
+    pub sources: HashMap<String, Arc<sources::Source>>,
+    /// Every workflow of the config.
+    pub workflows: Vec<Arc<Workflow>>,
+    /// API tokens.
+    pub tokens: Vec<api::Token>,
+    /// Adapter instance names of kind `approval`.
+    pub approval_instances: Vec<String>,
+    /// `server.max_body_bytes`.
+    pub max_body_bytes: u64,
+    /// Wakes the delivery matcher.
+    pub matcher: Notify,
+    metrics: Option<PrometheusHandle>,
+}
+
+/// A server could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A secret could not be read.
+    #[error("{0}")]
+    Secret(String),
+    /// The listener failed.
+    #[error("listening failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl AppState {
+    /// Resolves secrets and prepares the state. `metrics` is the Prometheus handle when a
+    /// recorder was installed.
+    pub fn new(
+        loaded: &Loaded,
+        engine: Engine,
+        secrets: &dyn SecretResolver,
+        metrics: Option<PrometheusHandle>,
+    ) -> Result<Self, ServeError> {
+        let gateway = &loaded.gateway;
+        let mut sources = HashMap::new();
+        for (name, config) in &gateway.sources {
+            let source = sources::Source::new(name, config, secrets).map_err(ServeError::Secret)?;
+            sources.insert(name.clone(), Arc::new(source));
+        }
+        let tokens = gateway
+            .api
+            .tokens
+            .iter()
+            .map(|t| {
+                let secret = secrets
+                    .resolve(&t.token)
+                    .map_err(|e| ServeError::Secret(format!("api token `{}`: {e}", t.name)))?;
+                Ok(api::Token {
+                    name: t.name.clone(),
+                    secret: secret.expose().as_bytes().to_vec(),
+                    role: t.role,
+                })
+            })
+            .collect::<Result<_, ServeError>>()?;
+        let approval_instances = gateway
+            .instances()
+            .into_iter()
+            .filter(|(_, i)| i.kind == "approval")
+            .map(|(n, _)| n)
+            .collect();
+        Ok(Self {
+            engine,
+            sources,
+            workflows: loaded
+                .workflows
+                .iter()
+                .map(|w| Arc::new(w.workflow.clone()))
+                .collect(),
+            tokens,
+            approval_instances,
+            max_body_bytes: gateway.server.max_body_bytes,
+            matcher: Notify::new(),
+            metrics,
+        })
+    }
+}
+
+async fn healthz() -> impl IntoResponse {
+    (StatusCode::OK, "ok\n")
+}
+
+async fn readyz(
+    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
+) -> impl IntoResponse {
+    match state.engine.store().ping().await {
+        Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("store unreachable: {e}\n"),
+        ),
+    }
+}
+
+async fn metrics_page(
+    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
+) -> impl IntoResponse {
+    match &state.metrics {
+        Some(handle) => (
+            StatusCode::OK,
+            [("content-type", "text/plain; version=0.0.4")],
+            handle.render(),
+        )
+            .into_response(),
+        None => (StatusCode::NOT_FOUND, "metrics are not enabled\n").into_response(),
+    }
+}
+
+async fn openapi() -> impl IntoResponse {
+    ([("content-type", "application/json")], OPENAPI)
+}
+
+async fn not_found() -> error::ApiError {
+    error::ApiError::not_found("no such route; the API is described at /api/v1/openapi.json")
+}
+
+/// The router with every route.
+pub fn router(state: Arc<AppState>) -> Router {
+    let request_id = HeaderName::from_static("x-request-id");
+    Router::new()
+        .route("/hooks/adapters/{instance}", post(intake::adapter_webhook))
+        .route("/hooks/{source}", post(intake::receive))
+        .route("/api/v1/openapi.json", get(openapi))
+        .route("/api/v1/runs", get(api::list_runs))
+        .route("/api/v1/runs/{id}", get(api::get_run))
+        .route("/api/v1/workflows/{name}/runs", post(api::start_run))
+        .route("/api/v1/runs/{id}/cancel", post(api::cancel_run))
+        .route("/api/v1/runs/{id}/stages/{stage}/retry", post(api::retry_stage))
+        .route("/api/v1/runs/{id}/stages/{stage}/approve", post(api::approve))
+        .route("/api/v1/runs/{id}/stages/{stage}/reject", post(api::reject))
+        .route("/api/v1/deliveries", get(api::list_deliveries))
+        .route("/api/v1/deliveries/{id}", get(api::get_delivery))
+        .route("/api/v1/deliveries/{id}/replay", post(api::replay_delivery))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_page))
+        .fallback(not_found)
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {
+            let id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
+            tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %id)
+        }))
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .with_state(state)
+}
+
+/// Serves until `shutdown` resolves: stops accepting, lets requests under way finish, then
+/// stops the engine (every state change is already committed).
+pub async fn serve(
+    state: Arc<AppState>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let engine = state.engine.clone();
+    let matcher = tokio::spawn(matcher::run(state.clone()));
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    matcher.abort();
+    engine.shutdown(Duration::from_secs(10)).await;
+    Ok(())
+}
