@@ -600,3 +600,122 @@ fn deliveries_acknowledged_before_a_sigkill_survive_it() {
         },
     );
 }
+
+#[test]
+fn the_cli_talks_to_a_running_server() {
+    let sb = Sandbox::new();
+    let config = gateway(&sb);
+    let server = sb.serve(&config, ENV);
+    let url = server.url.clone();
+    let started = server
+        .post(
+            "/api/v1/workflows/gated/runs",
+            OPERATOR,
+            r#"{"version": "3"}"#,
+        )
+        .json();
+    let run = started["run"].as_str().unwrap().to_owned();
+    server.wait_for(&format!("/api/v1/runs/{run}"), VIEWER, "waiting", |r| {
+        r["stages"][0]["status"] == "waiting"
+    });
+
+    let list = sb.run(&["runs", "list", "--url", &url, "--token", VIEWER]);
+    assert_eq!(list.code, Some(0), "{}", list.stderr);
+    assert!(
+        list.stdout.contains(&run) && list.stdout.contains("gated"),
+        "{}",
+        list.stdout
+    );
+
+    let denied = sb.run(&[
+        "runs", "approve", &run, "ok", "--url", &url, "--token", OPERATOR,
+    ]);
+    assert_eq!(denied.code, Some(1));
+    assert!(
+        denied.stderr.contains("403") && denied.stderr.contains("approver"),
+        "{}",
+        denied.stderr
+    );
+    let no_token = sb.run(&["runs", "list", "--url", &url]);
+    assert_eq!(no_token.code, Some(1));
+    assert!(
+        no_token.stderr.contains("BATON_TOKEN"),
+        "{}",
+        no_token.stderr
+    );
+
+    let approved = sb.run(&[
+        "runs",
+        "approve",
+        &run,
+        "ok",
+        "--comment",
+        "lgtm",
+        "--url",
+        &url,
+        "--token",
+        APPROVER,
+    ]);
+    assert_eq!(approved.code, Some(0), "{}", approved.stderr);
+    wait_run_finished(&server, &run);
+    let show = sb.run(&[
+        "runs", "show", &run, "--json", "--url", &url, "--token", VIEWER,
+    ]);
+    assert_eq!(show.code, Some(0));
+    assert_eq!(show.json()["stages"][0]["outputs"]["comment"], "lgtm");
+
+    let delivery = server
+        .github(
+            "github",
+            "new-secret",
+            "push",
+            "c-1",
+            r#"{"ref": "refs/heads/main"}"#,
+        )
+        .json()["delivery"]
+        .as_i64()
+        .unwrap();
+    let id = delivery.to_string();
+    let deliveries = sb.run(&["deliveries", "list", "--url", &url, "--token", VIEWER]);
+    assert!(
+        deliveries.stdout.contains("github") && deliveries.stdout.contains("push"),
+        "{}",
+        deliveries.stdout
+    );
+    let replay = sb.run(&[
+        "deliveries",
+        "replay",
+        &id,
+        "--url",
+        &url,
+        "--token",
+        OPERATOR,
+    ]);
+    assert_eq!(replay.code, Some(0), "{}", replay.stderr);
+    server.wait_for(
+        &format!("/api/v1/deliveries/{id}"),
+        VIEWER,
+        "the replay",
+        |d| d["runs"].as_array().is_some_and(|r| r.len() == 2),
+    );
+    let shown = sb.run(&["deliveries", "show", &id, "--url", &url, "--token", VIEWER]);
+    assert!(
+        shown.stdout.contains("refs/heads/main") && !shown.stdout.contains("x-hub-signature"),
+        "{}",
+        shown.stdout
+    );
+    let unreachable = sb.run(&[
+        "runs",
+        "list",
+        "--url",
+        "http://127.0.0.1:9",
+        "--token",
+        VIEWER,
+    ]);
+    assert_eq!(
+        unreachable.code,
+        Some(2),
+        "cannot reach: {}",
+        unreachable.stderr
+    );
+}

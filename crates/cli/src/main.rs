@@ -3,6 +3,7 @@
 //! Exit codes: 0 success; 1 a run failed or was cancelled, or `validate` found problems;
 //! 2 a usage, config or environment error (nothing ran).
 
+mod client;
 mod progress;
 mod run;
 mod serve;
@@ -35,6 +36,10 @@ enum Command {
     Graph(GraphArgs),
     /// Run the gateway: webhook intake, the REST API, health and metrics.
     Serve(serve::ServeArgs),
+    /// List, show, cancel, retry and approve runs on a running `baton serve`.
+    Runs(client::RunsArgs),
+    /// List, show and replay webhook deliveries stored by a running `baton serve`.
+    Deliveries(client::DeliveriesArgs),
 }
 
 /// How logs are written.
@@ -99,6 +104,8 @@ fn main() -> ExitCode {
         Command::Run(args) => run::block_on(run::run(args)),
         Command::Resume(args) => run::block_on(run::resume(args)),
         Command::Serve(args) => run::block_on(serve::serve(args)),
+        Command::Runs(args) => run::block_on(client::runs(args)),
+        Command::Deliveries(args) => run::block_on(client::deliveries(args)),
     }
 }
 
