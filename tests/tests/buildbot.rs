@@ -42,9 +42,7 @@ fn get(host: &str, path: &str) -> Result<Value, String> {
         .map_err(|e| e.to_string())?;
     write!(stream, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").map_err(|e| e.to_string())?;
     let mut answer = Vec::new();
-    stream
-        .read_to_end(&mut answer)
-        .map_err(|e| e.to_string())?;
+    stream.read_to_end(&mut answer).map_err(|e| e.to_string())?;
     let text = String::from_utf8_lossy(&answer);
     let (head, body) = text
         .split_once("\r\n\r\n")
@@ -443,4 +441,27 @@ fn kills_around_the_force_never_start_a_second_build() {
             );
         }
     }
+}
+
+/// The example a newcomer runs after `scripts/buildbot.sh` validates and succeeds as is
+/// (copied into a sandbox, its store with it, and pointed at the test Buildbot).
+#[test]
+fn the_buildbot_example_validates_and_runs() {
+    let (url, _) = buildbot();
+    let example = baton_tests::repo_root().join("examples/buildbot");
+    let sb = Sandbox::new();
+    for file in ["baton.toml", "workflow.yaml"] {
+        let text = std::fs::read_to_string(example.join(file)).unwrap();
+        sb.write(file, &text.replace("http://127.0.0.1:8010", &url));
+    }
+    let valid = sb.run(&["validate", "-c", "baton.toml"]);
+    assert_eq!(valid.code, Some(0), "{}", explain(&valid));
+    let run = sb.run(&["run", "-c", "baton.toml", "buildbot-hello", "--json"]);
+    assert_eq!(run.code, Some(0), "{}", explain(&run));
+    let report = stage(&run.json(), "report");
+    let summary = report["outputs"]["summary"].as_str().unwrap_or_default();
+    assert!(
+        summary.starts_with("HELLO FROM BATON, version 1.0."),
+        "{report:#}"
+    );
 }
