@@ -5,9 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# A real Buildbot master and workers; the tests that need it fail without it.
+# A real Buildbot (a master with workers, and one behind a login); the tests that need it
+# fail without it.
 scripts/buildbot.sh
 export BATON_BUILDBOT_URL=http://127.0.0.1:${BUILDBOT_WEB_PORT:-8010}
+export BATON_BUILDBOT_AUTH_URL=http://127.0.0.1:${BUILDBOT_AUTH_WEB_PORT:-8011}
 
 # The end-to-end tests in tests/ run the real `baton` binary: build it first.
 cargo build --locked -p baton-cli

@@ -470,3 +470,99 @@ async fn accept_post(listener: &tokio::net::TcpListener) -> (Vec<(String, String
         .unwrap();
     (headers, buf[head_end..].to_vec())
 }
+
+/// The second master `scripts/buildbot.sh` starts: the same builders behind a login
+/// (`BATON_BUILDBOT_AUTH_URL`, or the main URL's port + 1).
+fn auth_url() -> String {
+    std::env::var("BATON_BUILDBOT_AUTH_URL").unwrap_or_else(|_| {
+        let url = buildbot_url();
+        let port = reqwest_port(&url);
+        format!("http://127.0.0.1:{}", port + 1)
+    })
+}
+
+fn auth_adapter(user: Option<(&str, &str)>) -> Arc<dyn Adapter> {
+    struct Password(String);
+    impl SecretResolver for Password {
+        fn resolve(&self, _: &SecretRef) -> Result<Secret, SecretError> {
+            Ok(Secret::new(self.0.clone()))
+        }
+    }
+    let mut config = json!({"url": auth_url(), "poll_initial": "200ms", "poll_max": "1s"});
+    let mut password = String::new();
+    if let Some((name, secret)) = user {
+        config["user"] = json!(name);
+        config["password"] = json!({"env": "PASSWORD"});
+        password = secret.to_owned();
+    }
+    BuildbotKind
+        .build("secure", &config, &Password(password))
+        .expect("adapter")
+}
+
+/// A master with `www.auth` and `authz`: anonymous control calls are refused with what to
+/// do, the right user logs in through /auth/login and its session cookie carries the
+/// force and the cancel, a wrong password and a user without the role are named.
+#[tokio::test]
+async fn a_master_behind_a_login() {
+    let input = json!({"builder": "queued", "properties": {"greeting": "secure"}});
+    let url = auth_url();
+    let e = auth_adapter(None)
+        .start(&StartRequest {
+            key: fresh_key("anon"),
+            workflow: "w".into(),
+            input: input.clone(),
+            timeout: DEADLINE,
+        })
+        .await
+        .expect_err(&format!(
+            "the master at {url} (BATON_BUILDBOT_AUTH_URL) must refuse anonymous forces: run `scripts/buildbot.sh`"
+        ));
+    assert!(
+        matches!(&e, AdapterError::Auth(m) if m.contains("log in: set `user` and `password` in [adapters.secure]") && m.contains("role 'admins'")),
+        "{e:?}"
+    );
+
+    let a = auth_adapter(Some(("baton", "baton-secret")));
+    let key = fresh_key("login");
+    let external = start(a.as_ref(), &key, input.clone()).await;
+    let first = a
+        .poll(&PollRequest {
+            key: &key,
+            external: &external,
+            signal: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(first.state, ExternalState::Queued);
+    a.cancel(&key, &external).await.unwrap();
+    let (_, outcome) = poll_until_terminal(a.as_ref(), &key, external, None, DEADLINE).await;
+    assert_eq!(outcome.state, ExternalState::Cancelled);
+
+    let e = auth_adapter(Some(("baton", "wrong")))
+        .start(&StartRequest {
+            key: fresh_key("wrong"),
+            workflow: "w".into(),
+            input: input.clone(),
+            timeout: DEADLINE,
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, AdapterError::Auth(m) if m.contains("rejected the login of user `baton`")),
+        "{e:?}"
+    );
+    let e = auth_adapter(Some(("viewer", "viewer-secret")))
+        .start(&StartRequest {
+            key: fresh_key("viewer"),
+            workflow: "w".into(),
+            input,
+            timeout: DEADLINE,
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, AdapterError::Auth(m) if m.contains("for user `viewer`") && m.contains("authz")),
+        "{e:?}"
+    );
+}
