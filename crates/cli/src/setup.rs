@@ -14,6 +14,7 @@ pub fn kinds(exec_state_dir: &Path) -> Kinds {
     let mut kinds = Kinds::new();
     kinds.register(Arc::new(baton_adapter_exec::ExecKind::new(exec_state_dir)));
     kinds.register(Arc::new(baton_adapter_approval::ApprovalKind));
+    kinds.register(Arc::new(baton_adapter_jenkins::JenkinsKind::default()));
     kinds.register(Arc::new(baton_adapter_buildbot::BuildbotKind));
     kinds
 }
