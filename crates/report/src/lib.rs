@@ -1,0 +1,568 @@
+//! Status back to the commit: a workflow with `report: [<source>]` gets a commit status on
+//! the commit that started each run, for the run (`baton/<workflow>`) and for each stage
+//! (`baton/<workflow>/<stage>`), on GitHub (through octocrab, with a token or as a GitHub
+//! App) or GitLab (its commit status API), linking to the run.
+//!
+//! A [`Reporter`] follows the engine's events. For a run whose workflow has `report:`, it
+//! reads the stored run whenever the run changes and wants each context to show the run's
+//! or stage's current status; one delivery task per commit and context posts the latest
+//! wanted status, retries failures with backoff, and drops a status that a newer one
+//! replaces. Reporting never touches the run: a failure is logged (with the server's reason,
+//! never a credential) and counted in `baton_reports_total{result="ok"|"retry"|"dropped"}`.
+//!
+//! See `docs/reporting.md` for setup and for exactly what is posted when.
+
+#![warn(missing_docs)]
+
+mod commit;
+mod github;
+mod gitlab;
+mod outbox;
+mod status;
+mod target;
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use baton_config::{GatewayConfig, GithubAuth, SourceConfig};
+use baton_core::{SecretRef, SecretResolver};
+use baton_engine::{Engine, Event};
+use baton_store::{RunSnapshot, Store};
+use serde_json::Value;
+use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
+
+use crate::outbox::Outbox;
+use crate::status::statuses_of;
+use crate::target::{Commit, Target};
+
+/// How failed posts are retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// The wait before the first retry; each later one waits twice as long. Default 1 s.
+    pub first_retry: Duration,
+    /// The longest wait between two tries (a `Retry-After` is honoured up to this).
+    /// Default 5 min.
+    pub max_backoff: Duration,
+    /// A status not posted this long after its first try is dropped (a newer status for
+    /// the same context starts afresh). Default 30 min.
+    pub give_up_after: Duration,
+    /// The bound on one request, connecting included. Default 30 s.
+    pub request_timeout: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            first_retry: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(300),
+            give_up_after: Duration::from_secs(1800),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The reporter cannot start: a source's credentials cannot be read or used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("[sources.{name}] {key}: {message}")]
+pub struct ReportError {
+    /// The source.
+    pub name: String,
+    /// The key whose value is at fault (`token`, `private_key`, `api_token`, `api_url`).
+    pub key: &'static str,
+    /// What is wrong. Never the secret.
+    pub message: String,
+}
+
+/// Which payload shape a source's events have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Github,
+    Gitlab,
+}
+
+/// One source baton can report to.
+#[derive(Clone)]
+struct Entry {
+    target: Arc<dyn Target>,
+    kind: Kind,
+    /// A GitHub App without `installation_id`: the event must name the installation.
+    needs_installation: bool,
+}
+
+/// Posts run and stage status to the commits that started runs. Build it with
+/// [`Reporter::new`] and spawn [`Reporter::run`].
+pub struct Reporter {
+    entries: HashMap<String, Entry>,
+    public_url: Option<String>,
+    policy: RetryPolicy,
+}
+
+impl std::fmt::Debug for Reporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reporter")
+            .field("sources", &self.sources())
+            .field("public_url", &self.public_url)
+            .field("policy", &self.policy)
+            .finish()
+    }
+}
+
+impl Reporter {
+    /// A reporter for every source of `gateway` with API credentials, which it reads now
+    /// through `secrets`. `public_url` (usually `server.public_url`) makes each status link
+    /// to `<public_url>/api/v1/runs/<id>`; without it statuses carry no link.
+    ///
+    /// `None` when no source has reporting credentials. An error when one has credentials
+    /// that cannot be read (a missing variable or file) or used (a token that cannot go in
+    /// an HTTP header, a private key that is not an RSA key in PEM form).
+    pub fn new(
+        gateway: &GatewayConfig,
+        secrets: &dyn SecretResolver,
+        public_url: Option<String>,
+    ) -> Result<Option<Self>, ReportError> {
+        let policy = RetryPolicy::default();
+        let mut entries = HashMap::new();
+        for (name, source) in &gateway.sources {
+            let fail = |key: &'static str, message: String| ReportError {
+                name: name.clone(),
+                key,
+                message,
+            };
+            let resolve = |key: &'static str, reference: &SecretRef| {
+                secrets
+                    .resolve(reference)
+                    .map_err(|e| fail(key, e.to_string()))
+            };
+            let entry = match source {
+                SourceConfig::Github(github) => {
+                    let (credentials, needs_installation) = match &github.api_auth {
+                        None => continue,
+                        Some(GithubAuth::Token(reference)) => {
+                            let token = resolve("token", reference)?;
+                            header_value(&format!("Bearer {}", token.expose()))
+                                .map_err(|m| fail("token", m))?;
+                            (github::Credentials::Token(token), false)
+                        }
+                        Some(GithubAuth::App(app)) => {
+                            let pem = resolve("private_key", &app.private_key)?;
+                            let key = octocrab::EncodingKey::from_rsa_pem(pem.expose().as_bytes())
+                                .map_err(|e| {
+                                    fail(
+                                        "private_key",
+                                        format!("not an RSA private key in PEM form (the .pem file GitHub gives for the App): {e}"),
+                                    )
+                                })?;
+                            (
+                                github::Credentials::App {
+                                    app_id: app.app_id,
+                                    key,
+                                    installation_id: app.installation_id,
+                                },
+                                app.installation_id.is_none(),
+                            )
+                        }
+                    };
+                    Entry {
+                        target: Arc::new(github::GithubTarget::new(
+                            name,
+                            &github.api_url,
+                            credentials,
+                            policy.request_timeout,
+                        )),
+                        kind: Kind::Github,
+                        needs_installation,
+                    }
+                }
+                SourceConfig::Gitlab(gitlab) => {
+                    let Some(reference) = &gitlab.api_token else {
+                        continue;
+                    };
+                    let token = resolve("api_token", reference)?;
+                    let token = header_value(token.expose()).map_err(|m| fail("api_token", m))?;
+                    let target = gitlab::GitlabTarget::new(
+                        name,
+                        &gitlab.api_url,
+                        token,
+                        policy.request_timeout,
+                    )
+                    .map_err(|m| fail("api_url", m))?;
+                    Entry {
+                        target: Arc::new(target),
+                        kind: Kind::Gitlab,
+                        needs_installation: false,
+                    }
+                }
+                SourceConfig::Generic(_) => continue,
+            };
+            entries.insert(name.clone(), entry);
+        }
+        if entries.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Self {
+            entries,
+            public_url: public_url.map(|u| u.trim_end_matches('/').to_owned()),
+            policy,
+        }))
+    }
+
+    /// Replaces the retry policy (tests use short waits).
+    pub fn with_retry(mut self, policy: RetryPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// The sources this reporter can post to, sorted.
+    pub fn sources(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.entries.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// Follows `engine`'s events until the engine is gone (every clone dropped), posting
+    /// statuses in the background; then gives requests under way a moment to finish.
+    ///
+    /// It subscribes when called, not when first polled: call it before
+    /// [`Engine::start`] (then `tokio::spawn` the future) so no run's first events are
+    /// missed. Events it misses anyway (a lagging receiver) are made up for by re-reading the
+    /// runs from the store. It holds the engine's store, not the engine.
+    pub fn run(self, engine: Engine) -> impl Future<Output = ()> + Send + 'static {
+        let events = engine.subscribe();
+        let store = engine.store().clone();
+        drop(engine);
+        Follower {
+            outbox: Outbox::new(self.policy),
+            reporter: self,
+            store,
+            runs: HashMap::new(),
+            ignored: HashSet::new(),
+        }
+        .follow(events)
+    }
+}
+
+/// `text` as an HTTP header value, or why it cannot be one.
+fn header_value(text: &str) -> Result<reqwest::header::HeaderValue, String> {
+    reqwest::header::HeaderValue::from_str(text)
+        .ok()
+        .filter(|_| !text.trim().is_empty())
+        .ok_or_else(|| {
+            "the value is empty or has characters an HTTP header cannot carry (a line break?)"
+                .to_owned()
+        })
+}
+
+/// The state of [`Reporter::run`].
+struct Follower {
+    reporter: Reporter,
+    store: Arc<dyn Store>,
+    outbox: Outbox,
+    /// Runs being reported, with where each reports to.
+    runs: HashMap<String, Vec<(Entry, Commit)>>,
+    /// Unfinished runs known to report nowhere, so their events cost no store read.
+    ignored: HashSet<String>,
+}
+
+/// What one round of events asks for.
+#[derive(Default)]
+struct Round {
+    dirty: Vec<String>,
+    lagged: u64,
+    closed: bool,
+}
+
+impl Follower {
+    async fn follow(mut self, mut events: broadcast::Receiver<Event>) {
+        tracing::info!(sources = ?self.reporter.sources(), "reporting run status to commits");
+        let mut prune = tokio::time::interval(Duration::from_secs(30));
+        prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let mut round = Round::default();
+            tokio::select! {
+                received = events.recv() => match received {
+                    Ok(event) => self.take(event, &mut round),
+                    Err(RecvError::Lagged(n)) => round.lagged += n,
+                    Err(RecvError::Closed) => round.closed = true,
+                },
+                _ = prune.tick() => {
+                    self.outbox.prune();
+                    continue;
+                }
+            }
+            // Everything already queued is taken in the same round: a run that changed
+            // several times is read once.
+            while !round.closed {
+                match events.try_recv() {
+                    Ok(event) => self.take(event, &mut round),
+                    Err(TryRecvError::Lagged(n)) => round.lagged += n,
+                    Err(TryRecvError::Closed) => round.closed = true,
+                    Err(TryRecvError::Empty) => break,
+                }
+            }
+            if round.lagged > 0 {
+                self.catch_up(round.lagged, &mut round.dirty).await;
+            }
+            for run_id in std::mem::take(&mut round.dirty) {
+                self.refresh(&run_id).await;
+            }
+            if round.closed {
+                break;
+            }
+        }
+        tracing::debug!("the engine is gone; finishing the reports under way");
+        self.outbox
+            .close(self.reporter.policy.request_timeout)
+            .await;
+    }
+
+    fn take(&mut self, event: Event, round: &mut Round) {
+        let (run_id, finished) = match &event {
+            Event::Stage { run_id, .. } => (run_id, false),
+            Event::Run { run_id, status, .. } => (run_id, status.is_terminal()),
+        };
+        if self.ignored.contains(run_id) {
+            if finished {
+                self.ignored.remove(run_id);
+            }
+            return;
+        }
+        if !round.dirty.contains(run_id) {
+            round.dirty.push(run_id.clone());
+        }
+    }
+
+    /// Some events were lost: every run that may have changed is read again.
+    async fn catch_up(&mut self, missed: u64, dirty: &mut Vec<String>) {
+        tracing::warn!(
+            missed,
+            "the reporter fell behind the engine's events; re-reading the runs in progress"
+        );
+        self.ignored.clear();
+        let mut all: Vec<String> = self.runs.keys().cloned().collect();
+        match self.store.unfinished_runs().await {
+            Ok(ids) => all.extend(ids),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list the runs in progress; some statuses may be reported late")
+            }
+        }
+        for id in all {
+            if !dirty.contains(&id) {
+                dirty.push(id);
+            }
+        }
+    }
+
+    /// Reads a run and wants its current statuses on its commits.
+    async fn refresh(&mut self, run_id: &str) {
+        let run = match self.store.load_run(run_id).await {
+            Ok(Some(run)) => run,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(run = run_id, error = %e, "cannot read the run to report its status; it is reported at its next change");
+                return;
+            }
+        };
+        let finished = run.header.status.is_terminal();
+        if !self.runs.contains_key(run_id) {
+            let destinations = self.destinations(&run);
+            if destinations.is_empty() {
+                if !finished {
+                    self.ignored.insert(run_id.to_owned());
+                }
+                return;
+            }
+            self.runs.insert(run_id.to_owned(), destinations);
+        }
+        let statuses = statuses_of(&run, self.reporter.public_url.as_deref());
+        for (entry, commit) in &self.runs[run_id] {
+            for status in &statuses {
+                self.outbox
+                    .put(&entry.target, commit, run_id, status.clone());
+            }
+        }
+        if finished {
+            self.runs.remove(run_id);
+        }
+    }
+
+    /// Where a run reports to: each `report:` source with credentials, and the commit its
+    /// event names there.
+    fn destinations(&self, run: &RunSnapshot) -> Vec<(Entry, Commit)> {
+        let run_id = run.header.id.as_str();
+        let mut out = Vec::new();
+        let Some(report) = run.payload.spec.get("report").and_then(Value::as_array) else {
+            return out;
+        };
+        let mut seen = HashSet::new();
+        for name in report.iter().filter_map(Value::as_str) {
+            if !seen.insert(name) {
+                continue;
+            }
+            let Some(entry) = self.reporter.entries.get(name) else {
+                tracing::warn!(run = run_id, workflow = %run.header.workflow, source = name,
+                    "the workflow reports to a source that has no API credentials in this config; not reported there");
+                continue;
+            };
+            let event = &run.payload.event;
+            let commit = match entry.kind {
+                Kind::Github => commit::github_commit(event).map(Commit::Github),
+                Kind::Gitlab => commit::gitlab_commit(event).map(Commit::Gitlab),
+            };
+            let Some(commit) = commit else {
+                tracing::debug!(run = run_id, workflow = %run.header.workflow, source = name,
+                    trigger = %run.payload.trigger.source,
+                    "the run's event names no commit; its status is not reported");
+                continue;
+            };
+            if entry.needs_installation
+                && matches!(&commit, Commit::Github(c) if c.installation.is_none())
+            {
+                tracing::warn!(run = run_id, workflow = %run.header.workflow, source = name,
+                    "the event names no GitHub App installation (`.installation.id`); set `installation_id` on the source to report this run");
+                continue;
+            }
+            tracing::debug!(run = run_id, workflow = %run.header.workflow, source = name, %commit,
+                "reporting the run's status");
+            out.push((entry.clone(), commit));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use baton_config::{GithubApp, GithubSource, GitlabSource};
+    use baton_core::Secret;
+
+    use super::*;
+
+    /// Secrets from a map.
+    struct Fixed(HashMap<String, String>);
+
+    impl SecretResolver for Fixed {
+        fn resolve(
+            &self,
+            reference: &SecretRef,
+        ) -> Result<Secret, baton_core::secret::SecretError> {
+            let key = match reference {
+                SecretRef::Env(name) | SecretRef::File(name) => name,
+            };
+            self.0
+                .get(key)
+                .map(|v| Secret::new(v.clone()))
+                .ok_or_else(|| baton_core::secret::SecretError::MissingEnv(key.clone()))
+        }
+    }
+
+    fn gateway(sources: Vec<(&str, SourceConfig)>) -> GatewayConfig {
+        GatewayConfig {
+            sources: sources
+                .into_iter()
+                .map(|(n, s)| (n.to_owned(), s))
+                .collect(),
+            ..GatewayConfig::default()
+        }
+    }
+
+    fn secrets(pairs: &[(&str, &str)]) -> Fixed {
+        Fixed(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    fn github(auth: Option<GithubAuth>) -> SourceConfig {
+        SourceConfig::Github(GithubSource {
+            secrets: vec![SecretRef::Env("S".into())],
+            api_auth: auth,
+            ..GithubSource::default()
+        })
+    }
+
+    fn gitlab(token: Option<&str>) -> SourceConfig {
+        SourceConfig::Gitlab(GitlabSource {
+            tokens: vec![SecretRef::Env("T".into())],
+            api_token: token.map(|t| SecretRef::Env(t.into())),
+            ..GitlabSource::default()
+        })
+    }
+
+    #[test]
+    fn none_without_credentials() {
+        let g = gateway(vec![("gh", github(None)), ("gl", gitlab(None))]);
+        assert!(Reporter::new(&g, &secrets(&[]), None).unwrap().is_none());
+    }
+
+    #[test]
+    fn sources_with_credentials_are_read_at_once() {
+        let g = gateway(vec![
+            (
+                "gh",
+                github(Some(GithubAuth::Token(SecretRef::Env("GH".into())))),
+            ),
+            ("gl", gitlab(Some("GL"))),
+            ("hooks-only", github(None)),
+        ]);
+        let reporter = Reporter::new(
+            &g,
+            &secrets(&[("GH", "ghp_x"), ("GL", "glpat-x")]),
+            Some("https://baton.example.com/".into()),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(reporter.sources(), ["gh", "gl"]);
+        assert_eq!(
+            reporter.public_url.as_deref(),
+            Some("https://baton.example.com")
+        );
+        let shown = format!("{reporter:?}");
+        assert!(
+            !shown.contains("ghp_x") && !shown.contains("glpat-x"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn unusable_credentials_are_errors_that_never_show_the_secret() {
+        let token = |name: &str| github(Some(GithubAuth::Token(SecretRef::Env(name.into()))));
+        let app = SourceConfig::Github(GithubSource {
+            api_auth: Some(GithubAuth::App(GithubApp {
+                app_id: 1,
+                private_key: SecretRef::File("KEY".into()),
+                installation_id: None,
+            })),
+            ..GithubSource::default()
+        });
+        let cases = [
+            (token("MISSING"), "token", "MISSING"),
+            (token("NEWLINE"), "token", "line break"),
+            (gitlab(Some("NEWLINE")), "api_token", "line break"),
+            (app, "private_key", "not an RSA private key"),
+        ];
+        let s = secrets(&[
+            ("NEWLINE", "abc\ndef-secret"),
+            (
+                "KEY",
+                "-----BEGIN RSA PRIVATE KEY-----\nc2VjcmV0\n-----END RSA PRIVATE KEY-----",
+            ),
+        ]);
+        for (source, key, says) in cases {
+            let err = Reporter::new(&gateway(vec![("src", source)]), &s, None).unwrap_err();
+            assert_eq!(err.key, key);
+            let text = err.to_string();
+            assert!(
+                text.starts_with(&format!("[sources.src] {key}: ")),
+                "{text}"
+            );
+            assert!(text.contains(says), "{text}");
+            assert!(
+                !text.contains("def-secret") && !text.contains("c2Vj"),
+                "{text}"
+            );
+        }
+    }
+}

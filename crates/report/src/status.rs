@@ -1,0 +1,219 @@
+//! What a run and its stages should show on the commit: one [`Status`] per context.
+
+use baton_core::{RunStatus, StageStatus};
+use baton_store::RunSnapshot;
+
+/// The longest description GitHub accepts (characters); GitLab gets the same.
+pub const MAX_DESCRIPTION: usize = 140;
+
+/// Where a run or stage is, in the words both GitHub and GitLab can be given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Phase {
+    /// Not started: a queued run, a pending stage.
+    Pending,
+    /// Started and not finished: a running run, a running or waiting stage.
+    Running,
+    /// Finished well.
+    Succeeded,
+    /// Finished badly.
+    Failed,
+    /// Cancelled.
+    Cancelled,
+    /// Not run (a stage whose `if` was false or whose needs did not succeed).
+    Skipped,
+}
+
+impl Phase {
+    /// True once nothing more will happen.
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, Self::Pending | Self::Running)
+    }
+
+    /// GitHub's commit status `state`: `pending`, `success`, `failure` or `error`.
+    ///
+    /// A cancelled run or stage is `error` (GitHub's word for "did not complete"), and a
+    /// skipped stage is `success` with the description `skipped…`: a stage left out on
+    /// purpose must not block a merge that requires the context.
+    pub fn github_state(self) -> &'static str {
+        match self {
+            Self::Pending | Self::Running => "pending",
+            Self::Succeeded | Self::Skipped => "success",
+            Self::Failed => "failure",
+            Self::Cancelled => "error",
+        }
+    }
+
+    /// GitLab's commit status `state`: `pending`, `running`, `success`, `failed` or
+    /// `canceled`.
+    ///
+    /// A skipped stage is `success` with the description `skipped…`, as on GitHub: GitLab
+    /// accepts `skipped` only on recent versions, and `canceled` would mark the whole
+    /// external pipeline cancelled.
+    pub fn gitlab_state(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Running => "running",
+            Self::Succeeded | Self::Skipped => "success",
+            Self::Failed => "failed",
+            Self::Cancelled => "canceled",
+        }
+    }
+}
+
+impl From<RunStatus> for Phase {
+    fn from(status: RunStatus) -> Self {
+        match status {
+            RunStatus::Queued => Self::Pending,
+            RunStatus::Running => Self::Running,
+            RunStatus::Succeeded => Self::Succeeded,
+            RunStatus::Failed => Self::Failed,
+            RunStatus::Cancelled => Self::Cancelled,
+        }
+    }
+}
+
+impl From<StageStatus> for Phase {
+    fn from(status: StageStatus) -> Self {
+        match status {
+            StageStatus::Pending => Self::Pending,
+            StageStatus::Running | StageStatus::Waiting => Self::Running,
+            StageStatus::Succeeded => Self::Succeeded,
+            StageStatus::Failed => Self::Failed,
+            StageStatus::Cancelled => Self::Cancelled,
+            StageStatus::Skipped => Self::Skipped,
+        }
+    }
+}
+
+/// One commit status as baton wants it to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// `baton/<workflow>` for the run, `baton/<workflow>/<stage>` for a stage (GitLab's
+    /// `name`).
+    pub context: String,
+    /// Where the run or stage is.
+    pub phase: Phase,
+    /// A line for people, at most [`MAX_DESCRIPTION`] characters.
+    pub description: String,
+    /// A link to the run, when baton knows its public URL.
+    pub target_url: Option<String>,
+}
+
+/// The context of a run: `baton/<workflow>`.
+pub fn run_context(workflow: &str) -> String {
+    format!("baton/{workflow}")
+}
+
+/// The context of a stage: `baton/<workflow>/<stage>`.
+pub fn stage_context(workflow: &str, stage: &str) -> String {
+    format!("baton/{workflow}/{stage}")
+}
+
+/// The link to a run: `<public_url>/api/v1/runs/<id>`.
+pub fn run_url(public_url: Option<&str>, run_id: &str) -> Option<String> {
+    public_url.map(|base| format!("{}/api/v1/runs/{run_id}", base.trim_end_matches('/')))
+}
+
+/// The statuses of a stored run: the run's own first, then each stage's in workflow order.
+pub fn statuses_of(run: &RunSnapshot, public_url: Option<&str>) -> Vec<Status> {
+    let workflow = &run.header.workflow;
+    let target_url = run_url(public_url, &run.header.id);
+    let mut out = Vec::with_capacity(run.stages.len() + 1);
+    out.push(Status {
+        context: run_context(workflow),
+        phase: run.header.status.into(),
+        description: describe(run.header.status.as_str(), run.header.message.as_deref(), 0),
+        target_url: target_url.clone(),
+    });
+    for stage in &run.stages {
+        out.push(Status {
+            context: stage_context(workflow, &stage.stage_id),
+            phase: stage.status.into(),
+            description: describe(
+                stage.status.as_str(),
+                stage.message.as_deref(),
+                stage.attempt,
+            ),
+            target_url: target_url.clone(),
+        });
+    }
+    out
+}
+
+/// `running`, `running (attempt 2)`, `failed: exit code 2`: the status word, the attempt
+/// after the first, and the message with its whitespace folded, cut to [`MAX_DESCRIPTION`].
+pub fn describe(status: &str, message: Option<&str>, attempt: u32) -> String {
+    let mut text = status.to_owned();
+    if attempt > 1 && matches!(status, "running" | "waiting" | "pending") {
+        text.push_str(&format!(" (attempt {attempt})"));
+    }
+    if let Some(message) = message {
+        let folded = message.split_whitespace().collect::<Vec<_>>().join(" ");
+        if !folded.is_empty() {
+            text.push_str(": ");
+            text.push_str(&folded);
+        }
+    }
+    truncate(&text, MAX_DESCRIPTION)
+}
+
+/// `text` cut to at most `max` characters, ending in `…` when cut.
+pub fn truncate(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_owned();
+    }
+    let mut out: String = text.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_map_for_both_systems() {
+        let table = [
+            (Phase::Pending, "pending", "pending"),
+            (Phase::Running, "pending", "running"),
+            (Phase::Succeeded, "success", "success"),
+            (Phase::Failed, "failure", "failed"),
+            (Phase::Cancelled, "error", "canceled"),
+            (Phase::Skipped, "success", "success"),
+        ];
+        for (phase, github, gitlab) in table {
+            assert_eq!(phase.github_state(), github, "{phase:?}");
+            assert_eq!(phase.gitlab_state(), gitlab, "{phase:?}");
+        }
+        assert_eq!(Phase::from(StageStatus::Waiting), Phase::Running);
+        assert_eq!(Phase::from(RunStatus::Queued), Phase::Pending);
+        assert!(!Phase::Running.is_terminal() && Phase::Skipped.is_terminal());
+    }
+
+    #[test]
+    fn descriptions_fold_and_fit() {
+        assert_eq!(describe("succeeded", None, 1), "succeeded");
+        assert_eq!(describe("running", None, 2), "running (attempt 2)");
+        assert_eq!(
+            describe("failed", Some("exit code 2:\n  boom\n"), 3),
+            "failed: exit code 2: boom"
+        );
+        assert_eq!(describe("skipped", Some("  "), 0), "skipped");
+        let long = describe("failed", Some(&"é".repeat(500)), 1);
+        assert_eq!(long.chars().count(), MAX_DESCRIPTION);
+        assert!(long.ends_with('…') && long.starts_with("failed: éé"));
+        assert_eq!(truncate("abc", 3), "abc");
+        assert_eq!(truncate("abcd", 3), "ab…");
+    }
+
+    #[test]
+    fn links_and_contexts() {
+        assert_eq!(run_context("ci"), "baton/ci");
+        assert_eq!(stage_context("ci", "build"), "baton/ci/build");
+        assert_eq!(
+            run_url(Some("https://baton.example.com/"), "r1").as_deref(),
+            Some("https://baton.example.com/api/v1/runs/r1")
+        );
+        assert_eq!(run_url(None, "r1"), None);
+    }
+}

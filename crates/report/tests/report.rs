@@ -1,0 +1,777 @@
+//! Status reports from a real engine (SQLite store, in-process adapter) to mock GitHub and
+//! GitLab APIs, checking the exact requests: URL, body and credentials.
+//!
+//! Each stage's `with` tells the test adapter what to do: `{"result": "succeed" | "fail" |
+//! "wait", "polls": N}`; `wait` waits for a signal `{"decision": "approved"}`.
+//!
+//! `fixtures/github-app-test-key.pem` is an RSA key made for these tests only (`openssl
+//! genrsa -traditional 2048`), with its public half beside it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use baton_config::{
+    EnvFileResolver, GatewayConfig, GithubApp, GithubAuth, GithubSource, GitlabSource, SourceConfig,
+};
+use baton_core::context::TriggerInfo;
+use baton_core::{
+    Adapter, AdapterError, AttemptKey, ExternalRef, ExternalState, Logs, PollOutcome, PollRequest,
+    RunStatus, SecretRef, StageDefaults, StartRequest, Workflow, WorkflowSpec,
+};
+use baton_engine::{Engine, EngineConfig};
+use baton_report::{Reporter, RetryPolicy};
+use baton_store::SqliteStore;
+use serde_json::{Map, Value, json};
+use wiremock::matchers::{method, path, path_regex};
+use wiremock::{Mock, MockServer, Request, ResponseTemplate};
+
+const SHA: &str = "6dcb09b5b57875f334f61aebed695e2e4193db5e";
+const PUBLIC_URL: &str = "https://baton.example.com";
+const GITHUB_TOKEN: &str = "ghp_testtoken0123456789";
+const GITLAB_TOKEN: &str = "glpat-testtoken0123456789";
+
+/// Succeeds, fails or waits for a signal, as the stage's `with` says.
+struct Script;
+
+#[async_trait]
+impl Adapter for Script {
+    fn kind(&self) -> &'static str {
+        "script"
+    }
+    async fn start(&self, request: &StartRequest) -> Result<ExternalRef, AdapterError> {
+        Ok(ExternalRef {
+            id: request.key.to_string(),
+            url: None,
+            data: json!({"with": request.input, "polls": 0}),
+        })
+    }
+    async fn find(&self, _: &AttemptKey, _: &Value) -> Result<Option<ExternalRef>, AdapterError> {
+        Ok(None)
+    }
+    async fn poll(&self, request: &PollRequest<'_>) -> Result<PollOutcome, AdapterError> {
+        let with = &request.external.data["with"];
+        let state = match with["result"].as_str().unwrap_or("succeed") {
+            "fail" => ExternalState::Failed,
+            "wait" => match request.signal.and_then(|s| s["decision"].as_str()) {
+                Some("approved") => ExternalState::Succeeded { warnings: false },
+                Some(_) => ExternalState::Failed,
+                None => ExternalState::Blocked,
+            },
+            _ => ExternalState::Succeeded { warnings: false },
+        };
+        Ok(PollOutcome::state(state)
+            .with_message("the script said so")
+            .next_poll(Duration::from_millis(20)))
+    }
+    async fn outputs(
+        &self,
+        _: &AttemptKey,
+        _: &ExternalRef,
+    ) -> Result<Map<String, Value>, AdapterError> {
+        Ok(Map::new())
+    }
+    async fn cancel(&self, _: &AttemptKey, _: &ExternalRef) -> Result<(), AdapterError> {
+        Ok(())
+    }
+    async fn logs(&self, _: &AttemptKey, _: &ExternalRef) -> Result<Logs, AdapterError> {
+        Ok(Logs::default())
+    }
+}
+
+/// What the tracing subscriber wrote.
+#[derive(Clone, Default)]
+struct LogBuffer(Arc<Mutex<Vec<u8>>>);
+
+impl LogBuffer {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// An engine on a temporary store, a reporter following it, and the captured log. The
+/// tests run on one thread (`#[tokio::test]`), so the log subscriber sees every task.
+struct Harness {
+    dir: tempfile::TempDir,
+    engine: Engine,
+    log: LogBuffer,
+    _log_guard: tracing::subscriber::DefaultGuard,
+}
+
+fn fast_retries() -> RetryPolicy {
+    RetryPolicy {
+        first_retry: Duration::from_millis(50),
+        max_backoff: Duration::from_millis(200),
+        give_up_after: Duration::from_secs(20),
+        request_timeout: Duration::from_secs(5),
+    }
+}
+
+fn github_source(api_url: String, auth: GithubAuth) -> SourceConfig {
+    SourceConfig::Github(GithubSource {
+        secrets: vec![SecretRef::Env("GITHUB_WEBHOOK_SECRET".into())],
+        api_url,
+        api_auth: Some(auth),
+    })
+}
+
+fn gitlab_source(api_url: String) -> SourceConfig {
+    SourceConfig::Gitlab(GitlabSource {
+        tokens: vec![SecretRef::Env("GITLAB_WEBHOOK_TOKEN".into())],
+        api_url,
+        api_token: Some(SecretRef::Env("GITLAB_API_TOKEN".into())),
+    })
+}
+
+impl Harness {
+    async fn new(sources: Vec<(&str, SourceConfig)>, policy: RetryPolicy) -> Self {
+        let log = LogBuffer::default();
+        let writer = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_env_filter("baton_report=debug")
+            .with_ansi(false)
+            .finish();
+        let log_guard = tracing::subscriber::set_default(subscriber);
+
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/github-app-test-key.pem"
+            ),
+            dir.path().join("app.pem"),
+        )
+        .unwrap();
+        let store = Arc::new(
+            SqliteStore::open(&format!(
+                "sqlite://{}",
+                dir.path().join("runs.db").display()
+            ))
+            .await
+            .unwrap(),
+        );
+        let mut adapters: HashMap<String, Arc<dyn Adapter>> = HashMap::new();
+        adapters.insert("script".into(), Arc::new(Script));
+        let engine = Engine::new(
+            store,
+            adapters,
+            EngineConfig {
+                poll_min: Duration::from_millis(10),
+                poll_max: Duration::from_millis(100),
+                ..EngineConfig::default()
+            },
+        );
+
+        let gateway = GatewayConfig {
+            sources: sources
+                .into_iter()
+                .map(|(name, source)| (name.to_owned(), source))
+                .collect(),
+            base_dir: dir.path().to_owned(),
+            ..GatewayConfig::default()
+        };
+        let secrets = EnvFileResolver::with_vars(
+            dir.path(),
+            [
+                ("GITHUB_TOKEN".to_owned(), GITHUB_TOKEN.to_owned()),
+                ("GITLAB_API_TOKEN".to_owned(), GITLAB_TOKEN.to_owned()),
+            ],
+        );
+        let reporter = Reporter::new(&gateway, &secrets, Some(PUBLIC_URL.to_owned()))
+            .unwrap()
+            .expect("sources with credentials");
+        // As `baton serve` does it: subscribe, then start the engine.
+        tokio::spawn(reporter.with_retry(policy).run(engine.clone()));
+        engine.start().await.unwrap();
+        Self {
+            dir,
+            engine,
+            log,
+            _log_guard: log_guard,
+        }
+    }
+
+    async fn start(&self, stages: Value, report: &[&str], event: Value, source: &str) -> String {
+        let spec: WorkflowSpec =
+            serde_json::from_value(json!({"name": "ci", "stages": stages, "report": report}))
+                .unwrap();
+        let workflow = Arc::new(Workflow::compile(spec, StageDefaults::default()).unwrap());
+        let trigger = TriggerInfo {
+            source: source.into(),
+            event: "push".into(),
+            delivery_id: Some("d-1".into()),
+        };
+        self.engine
+            .create_run(workflow, event, trigger)
+            .await
+            .unwrap()
+    }
+
+    async fn finish(&self, run_id: &str) -> RunStatus {
+        tokio::time::timeout(Duration::from_secs(20), self.engine.wait(run_id))
+            .await
+            .expect("the run finishes in time")
+            .unwrap()
+            .status
+    }
+}
+
+/// Echoes the posted status back, as GitHub does (octocrab reads the answer as a status).
+fn echo(request: &Request) -> ResponseTemplate {
+    let body: Value = request.body_json().unwrap_or(Value::Null);
+    ResponseTemplate::new(201).set_body_json(body)
+}
+
+/// Waits until `done` holds for the requests the server received.
+async fn until(server: &MockServer, what: &str, done: impl Fn(&[Request]) -> bool) -> Vec<Request> {
+    for _ in 0..500 {
+        let received = server.received_requests().await.unwrap();
+        if done(&received) {
+            return received;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let received = server.received_requests().await.unwrap();
+    panic!("{what}: not seen in 10 s; received:\n{}", show(&received));
+}
+
+fn show(requests: &[Request]) -> String {
+    requests
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {} {}",
+                r.method,
+                r.url.path(),
+                String::from_utf8_lossy(&r.body)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn header<'a>(request: &'a Request, name: &str) -> Option<&'a str> {
+    request.headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The status requests' bodies, by context (`context` on GitHub, `name` on GitLab), in the
+/// order they arrived.
+fn by_context(requests: &[Request], key: &str) -> BTreeMap<String, Vec<Value>> {
+    let mut out: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for r in requests
+        .iter()
+        .filter(|r| r.url.path().contains("/statuses/"))
+    {
+        let body: Value = r.body_json().unwrap();
+        out.entry(body[key].as_str().unwrap().to_owned())
+            .or_default()
+            .push(body);
+    }
+    out
+}
+
+/// True when every context in `want` has `state` as its latest status.
+fn latest_states(requests: &[Request], key: &str, want: &[(&str, &str)]) -> bool {
+    let seen = by_context(requests, key);
+    want.iter().all(|(context, state)| {
+        seen.get(*context)
+            .and_then(|bodies| bodies.last())
+            .is_some_and(|b| b["state"] == *state)
+    })
+}
+
+#[tokio::test]
+async fn github_token_reports_the_run_and_each_stage_to_the_pushed_commit() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(format!("/repos/octo/hello/statuses/{SHA}")))
+        .respond_with(echo)
+        .mount(&server)
+        .await;
+    let h = Harness::new(
+        vec![(
+            "github",
+            github_source(
+                server.uri(),
+                GithubAuth::Token(SecretRef::Env("GITHUB_TOKEN".into())),
+            ),
+        )],
+        fast_retries(),
+    )
+    .await;
+    let event = json!({
+        "ref": "refs/heads/main", "before": "0".repeat(40), "after": SHA,
+        "head_commit": {"id": SHA}, "repository": {"full_name": "octo/hello"}
+    });
+    let id = h
+        .start(
+            json!({
+                "build": {"uses": "script"},
+                "gate": {"uses": "script", "needs": ["build"], "with": {"result": "wait"}},
+                "docs": {"uses": "script", "needs": ["build"], "if": ".event.deploy == true"}
+            }),
+            &["github"],
+            event,
+            "github",
+        )
+        .await;
+
+    // While the gate waits, the run and the gate show as pending on the commit.
+    until(&server, "the gate waiting", |r| {
+        let seen = by_context(r, "context");
+        seen.get("baton/ci/gate")
+            .and_then(|b| b.last())
+            .is_some_and(|b| {
+                b["state"] == "pending" && b["description"] == "waiting: the script said so"
+            })
+            && seen
+                .get("baton/ci")
+                .and_then(|b| b.last())
+                .is_some_and(|b| b["state"] == "pending" && b["description"] == "running")
+    })
+    .await;
+    h.engine
+        .signal(&id, "gate", json!({"decision": "approved"}))
+        .await
+        .unwrap();
+    assert_eq!(h.finish(&id).await, RunStatus::Succeeded);
+
+    let received = until(&server, "the final statuses", |r| {
+        latest_states(
+            r,
+            "context",
+            &[
+                ("baton/ci", "success"),
+                ("baton/ci/build", "success"),
+                ("baton/ci/gate", "success"),
+                ("baton/ci/docs", "success"),
+            ],
+        )
+    })
+    .await;
+    let link = format!("{PUBLIC_URL}/api/v1/runs/{id}");
+    for r in &received {
+        assert_eq!(r.method.as_str(), "POST");
+        assert_eq!(r.url.path(), format!("/repos/octo/hello/statuses/{SHA}"));
+        assert_eq!(
+            header(r, "authorization"),
+            Some(format!("Bearer {GITHUB_TOKEN}").as_str())
+        );
+        assert_eq!(header(r, "x-github-api-version"), Some("2022-11-28"));
+        assert_eq!(header(r, "accept"), Some("application/vnd.github+json"));
+        let body: Value = r.body_json().unwrap();
+        let keys: Vec<&str> = body
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut keys = keys;
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            ["context", "description", "state", "target_url"],
+            "{body}"
+        );
+        assert_eq!(body["target_url"], link.as_str());
+    }
+    let seen = by_context(&received, "context");
+    assert_eq!(
+        seen["baton/ci/build"].last().unwrap(),
+        &json!({"state": "success", "context": "baton/ci/build", "description": "succeeded: the script said so", "target_url": link})
+    );
+    assert_eq!(
+        seen["baton/ci"].last().unwrap(),
+        &json!({"state": "success", "context": "baton/ci", "description": "succeeded", "target_url": link})
+    );
+    let docs = seen["baton/ci/docs"].last().unwrap();
+    assert!(
+        docs["description"].as_str().unwrap().starts_with("skipped"),
+        "{docs}"
+    );
+    // Each context goes forward only: once final, no pending after it; and no status twice.
+    for (context, bodies) in &seen {
+        let finals = bodies.iter().position(|b| b["state"] != "pending");
+        if let Some(i) = finals {
+            assert!(
+                bodies[i..].iter().all(|b| b["state"] != "pending"),
+                "{context}: {bodies:?}"
+            );
+        }
+        for pair in bodies.windows(2) {
+            assert_ne!(pair[0], pair[1], "{context} posted twice");
+        }
+    }
+    let log = h.log.text();
+    assert!(
+        !log.contains(GITHUB_TOKEN),
+        "the token is never logged:\n{log}"
+    );
+}
+
+#[tokio::test]
+async fn a_github_app_trades_its_jwt_for_an_installation_token_once_and_uses_it() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/api/v3/app/installations/77/access_tokens"))
+        .respond_with(ResponseTemplate::new(201).set_body_json(json!({
+            "token": "ghs_installationtoken",
+            "expires_at": "2099-01-01T00:00:00Z",
+            "permissions": {"statuses": "write"},
+            "repository_selection": "all"
+        })))
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path_regex(
+            "^/api/v3/repos/octo/hello/statuses/[0-9a-f]{40}$",
+        ))
+        .respond_with(echo)
+        .mount(&server)
+        .await;
+    let h = Harness::new(
+        vec![(
+            "gh-app",
+            github_source(
+                format!("{}/api/v3", server.uri()),
+                GithubAuth::App(GithubApp {
+                    app_id: 4242,
+                    private_key: SecretRef::File("app.pem".into()),
+                    installation_id: None,
+                }),
+            ),
+        )],
+        fast_retries(),
+    )
+    .await;
+    let head = "89abcdef0123456789abcdef0123456789abcdef";
+    let event = json!({
+        "action": "opened",
+        "pull_request": {"number": 5, "head": {"sha": head, "ref": "feature"}},
+        "repository": {"full_name": "octo/hello"},
+        "installation": {"id": 77}
+    });
+    let id = h
+        .start(
+            json!({"build": {"uses": "script"}, "test": {"uses": "script", "needs": ["build"]}}),
+            &["gh-app"],
+            event,
+            "gh-app",
+        )
+        .await;
+    assert_eq!(h.finish(&id).await, RunStatus::Succeeded);
+    let received = until(&server, "the final statuses", |r| {
+        latest_states(
+            r,
+            "context",
+            &[
+                ("baton/ci", "success"),
+                ("baton/ci/build", "success"),
+                ("baton/ci/test", "success"),
+            ],
+        )
+    })
+    .await;
+
+    let (tokens, statuses): (Vec<&Request>, Vec<&Request>) = received
+        .iter()
+        .partition(|r| r.url.path().ends_with("/access_tokens"));
+    assert_eq!(
+        tokens.len(),
+        1,
+        "the installation token is cached:\n{}",
+        show(&received)
+    );
+    assert!(statuses.len() >= 3);
+    // The token request carries a JWT for app 4242, signed with the App's key.
+    let jwt = header(tokens[0], "authorization")
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .expect("a bearer JWT");
+    let public = include_bytes!("fixtures/github-app-test-key.pub.pem");
+    let mut validation =
+        octocrab::jsonwebtoken::Validation::new(octocrab::jsonwebtoken::Algorithm::RS256);
+    // GitHub wants `iss` as the App id, a number; the library only checks a text `iss`.
+    validation.set_required_spec_claims(&["exp", "iat"]);
+    let claims = octocrab::jsonwebtoken::decode::<Value>(
+        jwt,
+        &octocrab::jsonwebtoken::DecodingKey::from_rsa_pem(public).unwrap(),
+        &validation,
+    )
+    .expect("a JWT signed with the App's private key")
+    .claims;
+    assert_eq!(claims["iss"], 4242);
+    let lifetime = claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap();
+    assert!(
+        lifetime <= 11 * 60,
+        "GitHub takes JWTs of at most 10 minutes: {claims}"
+    );
+    // Every status is posted with the installation token, to the pull request's head.
+    for r in statuses {
+        assert_eq!(
+            r.url.path(),
+            format!("/api/v3/repos/octo/hello/statuses/{head}")
+        );
+        assert_eq!(
+            header(r, "authorization"),
+            Some("Bearer ghs_installationtoken")
+        );
+    }
+}
+
+#[tokio::test]
+async fn gitlab_gets_the_same_through_its_commit_status_api() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(format!("/api/v4/projects/42/statuses/{SHA}")))
+        .respond_with(ResponseTemplate::new(201).set_body_json(json!({"id": 1})))
+        .mount(&server)
+        .await;
+    let h = Harness::new(
+        vec![("gitlab", gitlab_source(format!("{}/api/v4", server.uri())))],
+        fast_retries(),
+    )
+    .await;
+    let event = json!({
+        "object_kind": "push", "ref": "refs/heads/main", "before": "0".repeat(40), "after": SHA,
+        "checkout_sha": SHA, "project_id": 42,
+        "project": {"id": 42, "path_with_namespace": "group/hello"}
+    });
+    let id = h
+        .start(
+            json!({
+                "build": {"uses": "script"},
+                "test": {"uses": "script", "needs": ["build"], "with": {"result": "fail"}}
+            }),
+            &["gitlab"],
+            event,
+            "gitlab",
+        )
+        .await;
+    assert_eq!(h.finish(&id).await, RunStatus::Failed);
+    let received = until(&server, "the final statuses", |r| {
+        latest_states(
+            r,
+            "name",
+            &[
+                ("baton/ci", "failed"),
+                ("baton/ci/build", "success"),
+                ("baton/ci/test", "failed"),
+            ],
+        )
+    })
+    .await;
+    let link = format!("{PUBLIC_URL}/api/v1/runs/{id}");
+    for r in &received {
+        assert_eq!(r.method.as_str(), "POST");
+        assert_eq!(r.url.path(), format!("/api/v4/projects/42/statuses/{SHA}"));
+        assert_eq!(header(r, "private-token"), Some(GITLAB_TOKEN));
+        assert_eq!(header(r, "authorization"), None);
+        let body: Value = r.body_json().unwrap();
+        let mut keys: Vec<&str> = body
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            ["description", "name", "ref", "state", "target_url"],
+            "{body}"
+        );
+        assert_eq!(body["ref"], "main");
+        assert_eq!(body["target_url"], link.as_str());
+    }
+    let seen = by_context(&received, "name");
+    assert_eq!(
+        seen["baton/ci/build"].last().unwrap(),
+        &json!({"state": "success", "name": "baton/ci/build", "description": "succeeded: the script said so", "target_url": link, "ref": "main"})
+    );
+    let test = seen["baton/ci/test"].last().unwrap();
+    assert!(
+        test["description"].as_str().unwrap().starts_with("failed"),
+        "{test}"
+    );
+    // GitLab refuses a move to the state a status is already in: never posted.
+    for (context, bodies) in &seen {
+        for pair in bodies.windows(2) {
+            assert_ne!(pair[0]["state"], pair[1]["state"], "{context}: {bodies:?}");
+        }
+    }
+    assert!(!h.log.text().contains(GITLAB_TOKEN));
+}
+
+#[tokio::test]
+async fn a_server_error_is_retried_until_the_status_lands() {
+    let server = MockServer::start().await;
+    // The first two posts meet a GitHub outage.
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(500).set_body_json(json!({"message": "Server Error"})))
+        .up_to_n_times(2)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(format!("/repos/octo/hello/statuses/{SHA}")))
+        .respond_with(echo)
+        .mount(&server)
+        .await;
+    let h = Harness::new(
+        vec![(
+            "github",
+            github_source(
+                server.uri(),
+                GithubAuth::Token(SecretRef::Env("GITHUB_TOKEN".into())),
+            ),
+        )],
+        fast_retries(),
+    )
+    .await;
+    let id = h
+        .start(
+            json!({"build": {"uses": "script"}}),
+            &["github"],
+            json!({"after": SHA, "repository": {"full_name": "octo/hello"}}),
+            "github",
+        )
+        .await;
+    assert_eq!(h.finish(&id).await, RunStatus::Succeeded);
+    let received = until(&server, "the final statuses", |r| {
+        latest_states(
+            r,
+            "context",
+            &[("baton/ci", "success"), ("baton/ci/build", "success")],
+        )
+    })
+    .await;
+    assert!(received.len() >= 4, "{}", show(&received));
+    let log = h.log.text();
+    assert!(
+        log.contains("will try again") && log.contains("HTTP 500: Server Error"),
+        "{log}"
+    );
+    assert!(!log.contains("giving up"), "{log}");
+}
+
+#[tokio::test]
+async fn a_forbidden_answer_is_logged_with_its_reason_and_never_fails_the_run() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(403).set_body_json(
+                json!({"message": "Resource not accessible by personal access token"}),
+            ),
+        )
+        .mount(&server)
+        .await;
+    let h = Harness::new(
+        vec![(
+            "github",
+            github_source(
+                server.uri(),
+                GithubAuth::Token(SecretRef::Env("GITHUB_TOKEN".into())),
+            ),
+        )],
+        RetryPolicy {
+            first_retry: Duration::from_millis(20),
+            max_backoff: Duration::from_millis(50),
+            give_up_after: Duration::from_millis(300),
+            request_timeout: Duration::from_secs(5),
+        },
+    )
+    .await;
+    let id = h
+        .start(
+            json!({"build": {"uses": "script"}}),
+            &["github"],
+            json!({"after": SHA, "repository": {"full_name": "octo/hello"}}),
+            "github",
+        )
+        .await;
+    assert_eq!(h.finish(&id).await, RunStatus::Succeeded);
+    assert_eq!(
+        h.engine.snapshot(&id).await.unwrap().stages[0].status,
+        baton_core::StageStatus::Succeeded
+    );
+    // Retried for a while (a 403 can be a rate limit), then dropped with the reason.
+    for _ in 0..250 {
+        if h.log.text().contains("giving up") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let log = h.log.text();
+    assert!(log.contains("giving up"), "{log}");
+    assert!(
+        log.contains("HTTP 403: Resource not accessible by personal access token"),
+        "{log}"
+    );
+    assert!(
+        log.contains("context=baton/ci/build") || log.contains("context=baton/ci"),
+        "{log}"
+    );
+    assert!(!log.contains(GITHUB_TOKEN), "{log}");
+    let received = server.received_requests().await.unwrap();
+    assert!(received.len() >= 2, "retried: {}", show(&received));
+}
+
+#[tokio::test]
+async fn a_run_without_a_commit_is_not_reported() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(echo)
+        .mount(&server)
+        .await;
+    let h = Harness::new(
+        vec![
+            (
+                "github",
+                github_source(
+                    server.uri(),
+                    GithubAuth::Token(SecretRef::Env("GITHUB_TOKEN".into())),
+                ),
+            ),
+            ("gitlab", gitlab_source(format!("{}/api/v4", server.uri()))),
+        ],
+        fast_retries(),
+    )
+    .await;
+    // A manual run: no commit in its event.
+    let manual = h
+        .start(
+            json!({"build": {"uses": "script"}}),
+            &["github", "gitlab"],
+            json!({"note": "by hand"}),
+            "manual",
+        )
+        .await;
+    // A workflow without `report:` is never reported, whatever its event.
+    let unreported = h
+        .start(
+            json!({"build": {"uses": "script"}}),
+            &[],
+            json!({"after": SHA, "repository": {"full_name": "octo/hello"}}),
+            "github",
+        )
+        .await;
+    assert_eq!(h.finish(&manual).await, RunStatus::Succeeded);
+    assert_eq!(h.finish(&unreported).await, RunStatus::Succeeded);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let received = server.received_requests().await.unwrap();
+    assert!(received.is_empty(), "{}", show(&received));
+    assert!(h.log.text().contains("names no commit"), "{}", h.log.text());
+    let _ = &h.dir;
+}
