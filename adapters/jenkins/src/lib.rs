@@ -168,7 +168,6 @@ enum Phase {
 /// The reference's `data`: everything `poll`, `outputs`, `cancel` and `logs` need, since
 /// they get no stage input.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct Tracked {
     phase: Phase,
     /// The job's path below the root (`job/a/job/b/`), as Jenkins spells it.

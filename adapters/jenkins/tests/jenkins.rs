@@ -765,7 +765,7 @@ async fn a_build_that_ignores_stop_is_terminated_then_killed() {
         .forever()
         .stubborn(Stubborn::UntilKill)
         .create();
-    let ci = adapter(&jenkins, json!({"stop_grace": "300ms"}));
+    let ci = adapter(&jenkins, json!({"stop_grace": "1s"}));
     let mut stage = Stage::start(&ci, key("p"), json!({"job": "pipeline"}))
         .await
         .unwrap();
@@ -773,11 +773,11 @@ async fn a_build_that_ignores_stop_is_terminated_then_killed() {
     let began = Instant::now();
     stage.cancel().await.unwrap();
     assert!(
-        began.elapsed() < Duration::from_millis(250),
+        began.elapsed() < Duration::from_millis(900),
         "cancel returns after the stop"
     );
     assert_eq!(stage.poll().await.unwrap().state, ExternalState::Running);
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(15);
     while jenkins.builds("pipeline")[0].building {
         assert!(Instant::now() < deadline, "never killed");
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -787,7 +787,7 @@ async fn a_build_that_ignores_stop_is_terminated_then_killed() {
         jenkins.builds("pipeline")[0].steps,
         ["stop", "term", "kill"]
     );
-    assert!(elapsed >= Duration::from_millis(600), "{elapsed:?}");
+    assert!(elapsed >= Duration::from_secs(2), "{elapsed:?}");
     assert_eq!(stage.poll().await.unwrap().state, ExternalState::Cancelled);
 }
 
