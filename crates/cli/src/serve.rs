@@ -80,6 +80,17 @@ pub async fn serve(args: ServeArgs) -> Result<ExitCode> {
         .await
         .with_context(|| format!("listening on {listen}"))?;
     let address = listener.local_addr()?;
+    // Subscribed before the engine starts, so no early status change is missed.
+    let reports = baton_report::Reporter::new(
+        &loaded.gateway,
+        &resolver,
+        loaded.gateway.server.public_url.clone(),
+    )
+    .context("setting up commit status reports")?
+    .map(|reporter| {
+        tracing::info!(sources = ?reporter.sources(), "reporting commit statuses");
+        tokio::spawn(reporter.run(engine.clone()))
+    });
     engine.start().await?;
     // Tests and scripts read this line to find the port.
     eprintln!(
@@ -89,6 +100,9 @@ pub async fn serve(args: ServeArgs) -> Result<ExitCode> {
     );
     tracing::info!(%address, "listening");
     baton_server::serve(state, listener, stop_signal()).await?;
+    if let Some(reports) = reports {
+        reports.abort();
+    }
     eprintln!("baton serve: stopped");
     Ok(ExitCode::SUCCESS)
 }

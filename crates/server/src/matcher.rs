@@ -43,6 +43,9 @@ async fn process(
         let first = runs.len();
         for workflow in &state.workflows {
             for (i, trigger) in workflow.triggers.iter().enumerate() {
+                if trigger.source != delivery.source {
+                    continue;
+                }
                 match trigger.matches(&delivery.source, &delivery.event, &delivery.body) {
                     Ok(true) => {
                         runs.push(NewRun {
@@ -71,10 +74,15 @@ async fn process(
     }
     let now = now_millis();
     let created = runs.len();
+    // Deliveries that started nothing and had no problem are marked in one statement.
+    let (quiet, marks): (Vec<_>, Vec<_>) = marks
+        .into_iter()
+        .partition(|(_, range, message)| range.is_empty() && message.is_none());
+    let ignored: Vec<i64> = quiet.into_iter().map(|(seq, _, _)| seq).collect();
     state
         .engine
         .create_runs(runs, |ids| {
-            marks
+            let mut changes: Vec<Change> = marks
                 .into_iter()
                 .map(|(seq, range, message)| Change::DeliveryProcessed {
                     seq,
@@ -82,7 +90,11 @@ async fn process(
                     message,
                     now,
                 })
-                .collect()
+                .collect();
+            if !ignored.is_empty() {
+                changes.push(Change::DeliveriesIgnored { seqs: ignored, now });
+            }
+            changes
         })
         .await?;
     tracing::debug!(

@@ -33,6 +33,10 @@ pub struct Source {
     check: Check,
     event: Option<EventSelector>,
     delivery_id: DeliveryId,
+    /// `baton_deliveries_total{source, result="accepted"}`, registered once.
+    pub accepted: metrics::Counter,
+    /// `baton_deliveries_total{source, result="duplicate"}`, registered once.
+    pub duplicate: metrics::Counter,
 }
 
 /// Why a delivery was refused before it was stored.
@@ -97,6 +101,11 @@ pub const SECRET_HEADERS: [&str; 5] = [
 ];
 
 impl Source {
+    /// True when identifying a delivery needs the parsed body (a jq event expression).
+    pub fn needs_json(&self) -> bool {
+        matches!(self.event, Some(EventSelector::Expr(_)))
+    }
+
     /// Resolves the secrets of `config`.
     pub fn new(
         name: &str,
@@ -133,12 +142,15 @@ impl Source {
                 (check, g.event.clone(), g.delivery_id.clone())
             }
         };
+        let counter = |result: &'static str| metrics::counter!("baton_deliveries_total", "source" => name.to_owned(), "result" => result);
         Ok(Self {
             name: name.to_owned(),
             kind: config.kind(),
             check,
             event,
             delivery_id,
+            accepted: counter("accepted"),
+            duplicate: counter("duplicate"),
         })
     }
 

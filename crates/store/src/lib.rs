@@ -316,6 +316,13 @@ pub enum Change {
         /// When.
         now: Millis,
     },
+    /// Record that deliveries were matched and started nothing (one statement for many).
+    DeliveriesIgnored {
+        /// Their public ids.
+        seqs: Vec<i64>,
+        /// When.
+        now: Millis,
+    },
     /// Mark a delivery for processing again (a replay).
     ReplayDelivery {
         /// The delivery's public id.
