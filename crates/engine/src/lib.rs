@@ -1387,6 +1387,12 @@ impl Inner {
         }
         let now = now_millis();
         let mut changes = Vec::new();
+        // Finished work whose outputs could not be read for a passing reason is polled again
+        // (outputs included) rather than failed.
+        let polled = match (polled, &outputs) {
+            (Ok(o), Some(Err(e))) if o.state.is_terminal() && e.is_transient() => Err(e.clone()),
+            (polled, _) => polled,
+        };
         let outcome = match polled {
             Ok(outcome) => outcome,
             Err(e) if e.is_transient() => {

@@ -28,6 +28,7 @@ struct Script {
     cancels: Mutex<Vec<String>>,
     started: Mutex<HashMap<String, ExternalRef>>,
     inputs: Mutex<HashMap<String, Value>>,
+    output_reads: Mutex<HashMap<String, u32>>,
 }
 
 impl Script {
@@ -137,9 +138,21 @@ impl Adapter for ScriptAdapter {
     }
     async fn outputs(
         &self,
-        _key: &AttemptKey,
+        key: &AttemptKey,
         external: &ExternalRef,
     ) -> Result<Map<String, Value>, AdapterError> {
+        let flaky = external.data["flaky_outputs"].as_u64().unwrap_or(0) as u32;
+        let n = {
+            let mut reads = self.0.output_reads.lock().unwrap();
+            let n = reads.entry(key.to_string()).or_default();
+            *n += 1;
+            *n
+        };
+        if n <= flaky {
+            return Err(AdapterError::Transient(
+                "503 while reading the artifact".into(),
+            ));
+        }
         Ok(external.data["outputs"]
             .as_object()
             .cloned()
@@ -332,6 +345,30 @@ async fn diamond_runs_in_order_and_passes_outputs_downstream() {
     // deploy started only after both tests finished.
     assert!(stage(&run, "deploy").started_at >= stage(&run, "test-a").finished_at);
     assert!(stage(&run, "deploy").started_at >= stage(&run, "test-b").finished_at);
+}
+
+#[tokio::test]
+async fn outputs_that_fail_transiently_are_read_again_not_failed() {
+    let h = harness().await;
+    let run = h
+        .run(
+            json!({"a": {"uses": "script", "with": {"flaky_outputs": 2, "outputs": {"v": 1}}}}),
+            json!({}),
+        )
+        .await;
+    assert_eq!(run.header.status, RunStatus::Succeeded, "{run:#?}");
+    assert_eq!(stage(&run, "a").outputs, Some(json!({"v": 1})));
+    assert_eq!(stage(&run, "a").attempt, 1, "no new attempt was needed");
+    assert_eq!(
+        *h.script
+            .output_reads
+            .lock()
+            .unwrap()
+            .values()
+            .next()
+            .unwrap(),
+        3
+    );
 }
 
 #[tokio::test]
