@@ -210,7 +210,13 @@ impl Sandbox {
     /// Starts `baton serve -c CONFIG --listen 127.0.0.1:0` with extra environment variables,
     /// and waits until it listens.
     pub fn serve(&self, config: &str, env: &[(&str, &str)]) -> Server {
-        let mut cmd = self.baton(&["serve", "-c", config, "--listen", "127.0.0.1:0"]);
+        self.serve_at(config, "127.0.0.1:0", env)
+    }
+
+    /// [`Sandbox::serve`] on a given address, for a system that calls back a fixed URL (a
+    /// Buildbot master whose status push is configured once, at its start).
+    pub fn serve_at(&self, config: &str, listen: &str, env: &[(&str, &str)]) -> Server {
+        let mut cmd = self.baton(&["serve", "-c", config, "--listen", listen]);
         for (k, v) in env {
             cmd.env(k, v);
         }
