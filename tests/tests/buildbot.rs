@@ -465,3 +465,223 @@ fn the_buildbot_example_validates_and_runs() {
         "{report:#}"
     );
 }
+
+// ---- `baton serve`: a webhook starts the build -----------------------------------------------
+
+const SECRET: &str = "bb-serve-secret";
+const VIEWER: &str = "bb-serve-viewer";
+/// The token master.cfg's status push sends (`Authorization: Bearer baton-test-hook`).
+const HOOK_TOKEN: &str = "baton-test-hook";
+const SERVE_ENV: &[(&str, &str)] = &[
+    ("GH_SECRET", SECRET),
+    ("T_VIEWER", VIEWER),
+    ("HOOK", HOOK_TOKEN),
+];
+
+/// A sandbox for `baton serve`: a github source, a viewer token, and a Buildbot adapter
+/// instance named `instance` polling at `poll` (`poll_initial`, `poll_max`); a push to
+/// `main` runs a `sleep` build of `seconds` tagged `tag`. Returns it and its config's path.
+fn served(instance: &str, poll: (&str, &str), seconds: u32, tag: &str) -> (Sandbox, String) {
+    let (url, _) = buildbot();
+    let sb = Sandbox::new();
+    sb.write(
+        "baton.toml",
+        &format!(
+            r#"workflows = ["wf.yaml"]
+
+[store]
+url = "sqlite://baton.db"
+
+[api]
+tokens = [{{ name = "vera", token = {{ env = "T_VIEWER" }}, role = "viewer" }}]
+
+[sources.github]
+kind = "github"
+secret = {{ env = "GH_SECRET" }}
+
+[adapters.{instance}]
+kind = "buildbot"
+url = "{url}"
+poll_initial = "{initial}"
+poll_max = "{max}"
+webhook_token = {{ env = "HOOK" }}
+"#,
+            initial = poll.0,
+            max = poll.1,
+        ),
+    );
+    sb.write(
+        "wf.yaml",
+        &format!(
+            r#"
+name: bb-served
+on: [{{ source: github, event: push, if: '.ref == "refs/heads/main"' }}]
+stages:
+  long:
+    uses: {instance}
+    with: {{ builder: sleep, properties: {{ sleep: "{seconds}", tag: {tag} }} }}
+"#
+        ),
+    );
+    let config = sb.path().join("baton.toml").display().to_string();
+    (sb, config)
+}
+
+/// Sends a signed push to `main` (delivery id `delivery`); returns the stored delivery's id.
+fn push(server: &baton_tests::Server, delivery: &str) -> i64 {
+    let reply = server.github(
+        "github",
+        SECRET,
+        "push",
+        delivery,
+        r#"{"ref": "refs/heads/main", "after": "0123abc"}"#,
+    );
+    assert_eq!(reply.status, 202, "{reply:?}\n{}", server.log());
+    reply.json()["delivery"].as_i64().expect("a delivery id")
+}
+
+/// The id of the one run delivery `id` started.
+fn run_of(server: &baton_tests::Server, delivery: i64) -> String {
+    let stored = server.wait_for(
+        &format!("/api/v1/deliveries/{delivery}"),
+        VIEWER,
+        "the delivery to start its run",
+        |d| d["status"] == "processed",
+    );
+    let runs = stored["runs"].as_array().cloned().unwrap_or_default();
+    assert_eq!(runs.len(), 1, "one run: {stored:#}");
+    runs[0].as_str().expect("a run id").to_owned()
+}
+
+fn finished(server: &baton_tests::Server, run: &str) -> Value {
+    server.wait_for(
+        &format!("/api/v1/runs/{run}"),
+        VIEWER,
+        "the run to finish",
+        |r| {
+            matches!(
+                r["status"].as_str(),
+                Some("succeeded" | "failed" | "cancelled")
+            )
+        },
+    )
+}
+
+/// The buildsets baton forced for `run` (their reason holds `[baton <run>/…]`).
+fn buildsets_of(run: &str) -> Vec<Value> {
+    api(&format!("buildsets?reason__contains=[baton%20{run}/"))["buildsets"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// A `baton serve` SIGKILLed while its build runs, then started again on the same config and
+/// store, follows that build to its end: Buildbot's builds (this test's, by its tag) grew by
+/// exactly one and no second build was requested.
+#[test]
+fn a_killed_baton_serve_follows_the_same_build_after_a_restart() {
+    let tag = unique("serve-crash");
+    let (sb, config) = served("bb", ("200ms", "1s"), 6, &tag);
+    assert_eq!(tagged_builds("sleep", &tag).len(), 0);
+    let server = sb.serve(&config, SERVE_ENV);
+    let delivery = push(&server, &tag);
+    let build = running_build("sleep", &tag);
+    let pid = server.pid() as i32;
+    server.kill(); // SIGKILL, mid-build
+    assert!(!baton_tests::alive(pid));
+    assert!(
+        !completed_build_now(&build["buildid"]),
+        "the build still runs after the kill, so the new server has to follow it"
+    );
+
+    let begun = Instant::now();
+    let server = sb.serve(&config, SERVE_ENV);
+    let run_id = run_of(&server, delivery);
+    let run = finished(&server, &run_id);
+    eprintln!(
+        "restarted baton serve → run finished in {:?}",
+        begun.elapsed()
+    );
+    assert_eq!(run["status"], "succeeded", "{run:#}\n{}", server.log());
+    let long = stage(&run, "long");
+    assert_eq!(long["attempt"], 1, "{long:#}");
+    assert_eq!(
+        long["attempts"].as_array().map(Vec::len),
+        Some(1),
+        "{long:#}"
+    );
+    // The stage's external reference is that build's request, and the build is recorded in it.
+    let external = &long["external"];
+    assert_eq!(
+        external["id"],
+        build["buildrequestid"].to_string(),
+        "{long:#}"
+    );
+    assert_eq!(external["data"]["build"], build["buildid"], "{long:#}");
+    assert_eq!(long["outputs"]["build_id"], build["buildid"], "{long:#}");
+    assert_eq!(long["outputs"]["results"], "SUCCESS", "{long:#}");
+
+    // Nothing was forced twice: one build, one buildset, and nothing left to start another.
+    std::thread::sleep(Duration::from_secs(1));
+    let builds = tagged_builds("sleep", &tag);
+    assert_eq!(builds.len(), 1, "exactly one more build: {builds:#?}");
+    assert_eq!(builds[0]["buildid"], build["buildid"]);
+    let buildsets = buildsets_of(&run_id);
+    assert_eq!(buildsets.len(), 1, "one force: {buildsets:#?}");
+}
+
+/// Whether build `id` is complete, as Buildbot says now.
+fn completed_build_now(id: &Value) -> bool {
+    api(&format!("builds/{id}"))["builds"][0]["complete"] == true
+}
+
+/// Buildbot's HTTP status push (master.cfg: to the web port + 9, path
+/// `/hooks/adapters/buildbot`) reaching `baton serve` ends the wait: with polls a minute
+/// apart, the stage still finishes within seconds of the build.
+#[test]
+fn buildbots_status_push_to_baton_serve_ends_the_wait_early() {
+    let (url, _) = buildbot();
+    let port: u16 = url
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("BATON_BUILDBOT_URL has a port");
+    let listen = format!("127.0.0.1:{}", port + 9);
+    let tag = unique("serve-push");
+    // The instance is named `buildbot`: master.cfg pushes to /hooks/adapters/buildbot.
+    let (sb, config) = served("buildbot", ("60s", "60s"), 3, &tag);
+    let server = sb.serve_at(&config, &listen, SERVE_ENV);
+    let sent = Instant::now();
+    let delivery = push(&server, &tag);
+    let run_id = run_of(&server, delivery);
+    let build = running_build("sleep", &tag);
+    let mut done = Value::Null;
+    eventually(Duration::from_secs(30), "the build to complete", || {
+        done = api(&format!("builds/{}", build["buildid"]))["builds"][0].clone();
+        done["complete"] == true
+    });
+    let ended = Instant::now();
+    let run = finished(&server, &run_id);
+    let lag = ended.elapsed();
+    eprintln!(
+        "status push: build complete → run finished seen {lag:?} later; delivery → run finished {:?}",
+        sent.elapsed()
+    );
+    assert_eq!(run["status"], "succeeded", "{run:#}\n{}", server.log());
+    let long = stage(&run, "long");
+    assert_eq!(long["outputs"]["build_id"], build["buildid"], "{long:#}");
+    // Without the push the first poll would come 48 to 60 s after the start.
+    assert!(
+        lag < Duration::from_secs(3),
+        "the run finished {lag:?} after the build: the status push did not end the wait\n{}",
+        server.log()
+    );
+    // Baton's own clock agrees with Buildbot's (whole seconds) on the same point.
+    let finished_at = long["finished_at"].as_i64().expect("finished_at") as f64 / 1000.0;
+    let complete_at = done["complete_at"].as_f64().expect("complete_at");
+    assert!(
+        finished_at - complete_at < 3.0,
+        "stage finished at {finished_at}, build complete at {complete_at}"
+    );
+    assert_eq!(tagged_builds("sleep", &tag).len(), 1);
+}
