@@ -109,7 +109,12 @@ impl AttemptDir {
     ///
     /// The leaf is made with a plain `mkdir`, which fails if it exists: of two starts of the
     /// same attempt, only one can ever launch the command.
-    pub fn claim(&self) -> io::Result<Claim> {
+    ///
+    /// `alone` says that no other start of this attempt can be under way (the caller holds
+    /// the only start of it in this process, and baton's store lock keeps other processes
+    /// off this state directory): an unfinished directory is then known to be left by a
+    /// process that died, and is retired at once instead of after [`STALE_START`].
+    pub fn claim(&self, alone: bool) -> io::Result<Claim> {
         // The directories may hold inputs with secrets in them: owner only.
         DirBuilder::new()
             .recursive(true)
@@ -119,9 +124,12 @@ impl AttemptDir {
             return Ok(Claim::Fresh);
         }
         if let Some(record) = self.read_pid()? {
-            return Ok(Claim::Adopt(record));
-        }
-        if !self.start_is_stale() {
+            // A wrapper that recorded `not-started` ran nothing: start afresh rather than
+            // adopt a command that never was.
+            if !(alone && self.never_ran()) {
+                return Ok(Claim::Adopt(record));
+            }
+        } else if !(alone || self.start_is_stale()) {
             return Ok(Claim::Busy);
         }
         self.retire()?;
@@ -216,6 +224,14 @@ impl AttemptDir {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// True when the wrapper recorded that it never let the command run.
+    pub fn never_ran(&self) -> bool {
+        self.read_exit()
+            .ok()
+            .flatten()
+            .is_some_and(|text| text.trim() == crate::NOT_STARTED)
     }
 
     /// The exit code, when the exit file exists and holds one.

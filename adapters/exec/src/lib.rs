@@ -44,7 +44,12 @@
 //!   file is in place. If baton dies before that, the wrapper reads end-of-file, records
 //!   `not-started` and exits without running anything, so a command never runs without a
 //!   pid file to find it by (and poll reports such an attempt as `Errored`).
-//! - `find` answers the reference whenever the pid file exists.
+//! - `find` answers the reference whenever the pid file exists, unless the wrapper recorded
+//!   `not-started` (nothing ran: the attempt is started afresh).
+//! - A directory left without a pid file, or with `not-started`, by a baton that died is
+//!   retired to `.aborted/` at the next start of that attempt (one baton owns a state
+//!   directory, through its store lock); only a start racing another one in the same
+//!   process waits for it.
 //! - `poll` reads the exit file; without one, a live wrapper (same pid *and* start time) is
 //!   running, and a vanished one means the command died unrecorded.
 //! - While the starting process lives, a task waits on the wrapper and wakes the engine the
@@ -239,6 +244,8 @@ pub struct ExecAdapter {
     state_dir: PathBuf,
     grace: Duration,
     waker: Arc<Mutex<Option<Waker>>>,
+    /// Attempts this adapter is starting right now.
+    starting: Arc<Mutex<std::collections::HashSet<PathBuf>>>,
 }
 
 impl ExecAdapter {
@@ -251,6 +258,7 @@ impl ExecAdapter {
             state_dir,
             grace: DEFAULT_KILL_GRACE,
             waker: Arc::default(),
+            starting: Arc::default(),
         }
     }
 
@@ -548,21 +556,18 @@ fn file_url(path: &Path) -> String {
     url
 }
 
-#[async_trait]
-impl Adapter for ExecAdapter {
-    fn kind(&self) -> &'static str {
-        KIND
-    }
-
-    async fn start(&self, request: &StartRequest) -> Result<ExternalRef, AdapterError> {
-        let key = &request.key;
-        let spec = spec::parse(&request.input, Mode::Rendered).map_err(|errors| {
-            AdapterError::Invalid(format!("exec {key}: {}", describe(&errors)))
-        })?;
-        let dir = self.dir(key);
+impl ExecAdapter {
+    /// Claims the attempt's directory and launches the command (see [`AttemptDir::claim`]).
+    async fn start_claimed(
+        &self,
+        dir: &AttemptDir,
+        key: &AttemptKey,
+        spec: spec::ExecSpec,
+        alone: bool,
+    ) -> Result<ExternalRef, AdapterError> {
         let claim = {
             let dir = dir.clone();
-            blocking(move || dir.claim()).await?
+            blocking(move || dir.claim(alone)).await?
         };
         match claim.map_err(|e| io_error(key, e))? {
             Claim::Fresh => {}
@@ -583,6 +588,31 @@ impl Adapter for ExecAdapter {
             }
         }
     }
+}
+
+#[async_trait]
+impl Adapter for ExecAdapter {
+    fn kind(&self) -> &'static str {
+        KIND
+    }
+
+    async fn start(&self, request: &StartRequest) -> Result<ExternalRef, AdapterError> {
+        let key = &request.key;
+        let spec = spec::parse(&request.input, Mode::Rendered).map_err(|errors| {
+            AdapterError::Invalid(format!("exec {key}: {}", describe(&errors)))
+        })?;
+        let dir = self.dir(key);
+        let alone = self
+            .starting
+            .lock()
+            .unwrap()
+            .insert(dir.path().to_path_buf());
+        let result = self.start_claimed(&dir, key, spec, alone).await;
+        if alone {
+            self.starting.lock().unwrap().remove(dir.path());
+        }
+        result
+    }
 
     async fn find(
         &self,
@@ -592,7 +622,14 @@ impl Adapter for ExecAdapter {
         let dir = self.dir(key);
         let record = {
             let dir = dir.clone();
-            blocking(move || dir.read_pid()).await?
+            blocking(move || {
+                if dir.never_ran() {
+                    Ok(None)
+                } else {
+                    dir.read_pid()
+                }
+            })
+            .await?
         };
         Ok(record
             .map_err(|e| io_error(key, e))?
@@ -679,7 +716,7 @@ mod tests {
         let state = tempfile::tempdir().unwrap();
         let key = AttemptKey::new("r", "s", 1);
         let dir = AttemptDir::new(state.path(), &key);
-        assert!(matches!(dir.claim().unwrap(), Claim::Fresh));
+        assert!(matches!(dir.claim(false).unwrap(), Claim::Fresh));
         dir.write_input(&Value::Null).unwrap();
         let marker = state.path().join("ran");
         // A closed stdin is what the wrapper sees when baton dies before sending "go".
@@ -704,6 +741,12 @@ mod tests {
             poll_dir(&dir, &key).unwrap().state,
             ExternalState::Cancelled
         );
+        // Nothing ran, so the next start of the attempt (alone, after a restart) begins
+        // afresh instead of waiting for the directory to look stale.
+        assert!(dir.never_ran());
+        assert!(matches!(dir.claim(false).unwrap(), Claim::Busy));
+        assert!(matches!(dir.claim(true).unwrap(), Claim::Fresh));
+        assert!(!dir.never_ran());
     }
 
     #[test]

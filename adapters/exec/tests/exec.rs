@@ -520,22 +520,17 @@ async fn a_vanished_process_is_a_failure() {
 }
 
 #[tokio::test]
-async fn an_interrupted_start_is_retried_only_once_stale() {
+async fn an_interrupted_start_is_started_afresh_at_once_and_runs_once() {
     let state = tempfile::tempdir().unwrap();
     let runs = state.path().join("runs");
     let adapter = ExecAdapter::new(state.path().join("exec"));
     let key = fresh_key("interrupted");
     let input = json!({"run": "echo ran >> \"$RUNS\"", "env": {"RUNS": runs}});
     let dir = adapter.attempt_dir(&key);
-    // What a baton killed between mkdir and the pid file leaves behind.
+    // What a baton killed between mkdir and the pid file leaves behind: nothing ran, and the
+    // wrapper (if launched) gave up when its starter died.
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("input.json"), "null").unwrap();
-
-    let err = adapter
-        .start(&request(&key, input.clone()))
-        .await
-        .unwrap_err();
-    assert!(err.is_transient(), "{err:?}");
     assert_eq!(adapter.find(&key, &input).await.unwrap(), None);
     let placeholder = ExternalRef::new("0");
     assert_eq!(
@@ -543,25 +538,18 @@ async fn an_interrupted_start_is_retried_only_once_stale() {
         ExternalState::Queued
     );
 
-    let status = std::process::Command::new("touch")
-        .args(["-d", "2 minutes ago"])
-        .arg(&dir)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let outcome = poll(&adapter, &key, &placeholder).await;
-    assert_eq!(outcome.state, ExternalState::Failed);
-    assert!(
-        outcome
-            .message
-            .unwrap()
-            .contains("interrupted before the command ran")
-    );
-
-    let external = start(&adapter, &key, input).await;
+    // A new baton owns the state directory alone: it starts the attempt at once.
+    let external = start(&adapter, &key, input.clone()).await;
     succeeded(&wait(&adapter, &key, &external).await);
     assert_eq!(count_lines(&runs), 1);
-    assert!(adapter.state_dir().join(".aborted").is_dir());
+    assert!(
+        adapter.state_dir().join(".aborted").is_dir(),
+        "the interrupted directory is kept for inspection"
+    );
+    // Starting it again adopts the finished command; it does not run twice.
+    let again = start(&adapter, &key, input).await;
+    assert_eq!(again.id, external.id);
+    assert_eq!(count_lines(&runs), 1);
 }
 
 #[tokio::test]
