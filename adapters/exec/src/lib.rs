@@ -571,7 +571,7 @@ impl ExecAdapter {
         };
         match claim.map_err(|e| io_error(key, e))? {
             Claim::Fresh => {}
-            Claim::Adopt(record) => return Ok(Self::reference(&dir, record)),
+            Claim::Adopt(record) => return Ok(Self::reference(dir, record)),
             Claim::Busy => {
                 return Err(AdapterError::Transient(format!(
                     "exec {key}: another start of this attempt is under way, or died less than {}s ago",
@@ -579,8 +579,8 @@ impl ExecAdapter {
                 )));
             }
         }
-        match self.launch(&dir, key, spec).await {
-            Ok(record) => Ok(Self::reference(&dir, record)),
+        match self.launch(dir, key, spec).await {
+            Ok(record) => Ok(Self::reference(dir, record)),
             Err(e) => {
                 // Nothing ran (the wrapper never got its go): free the attempt for a retry.
                 dir.remove();
