@@ -22,7 +22,9 @@ use baton_core::{SecretResolver, Workflow};
 use baton_engine::Engine;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::Notify;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
 use tower_http::trace::TraceLayer;
 
 pub mod api;
@@ -155,6 +157,33 @@ async fn not_found() -> error::ApiError {
     error::ApiError::not_found("no such route; the API is described at /api/v1/openapi.json")
 }
 
+/// Request ids for requests that come without one: a per-process prefix and a counter.
+/// (A random UUID per request costs a `getrandom` system call on the intake's hot path.)
+#[derive(Clone)]
+struct SequentialIds {
+    prefix: Arc<str>,
+    next: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl SequentialIds {
+    fn new() -> Self {
+        let prefix = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+        Self {
+            prefix: prefix.into(),
+            next: Arc::default(),
+        }
+    }
+}
+
+impl MakeRequestId for SequentialIds {
+    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        axum::http::HeaderValue::from_str(&format!("{}-{n}", self.prefix))
+            .ok()
+            .map(RequestId::new)
+    }
+}
+
 /// The router with every route.
 pub fn router(state: Arc<AppState>) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
@@ -181,7 +210,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             let id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
             tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %id)
         }))
-        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .layer(SetRequestIdLayer::new(request_id, SequentialIds::new()))
         .with_state(state)
 }
 
