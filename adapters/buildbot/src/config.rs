@@ -322,21 +322,6 @@ pub fn parse_stage(with: &Value, mode: Mode) -> Result<StageSpec, Vec<FieldError
     }
 }
 
-/// Joins field errors into one line for an error message.
-pub fn describe(errors: &[FieldError]) -> String {
-    errors
-        .iter()
-        .map(|e| {
-            if e.path.is_empty() {
-                e.message.clone()
-            } else {
-                format!("{}: {}", e.path, e.message)
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -79,7 +79,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::client::{Client, backoff, may_retry};
-use crate::config::{Mode, describe, parse_instance, parse_stage};
+use crate::config::{Mode, parse_instance, parse_stage};
 use crate::model::{
     Build, BuildRequest, CANCELLED, RETRY, RefData, SKIPPED, all, first, key_in_reason,
     keys_in_push, map_results, property_values,
@@ -124,7 +124,7 @@ impl AdapterKind for BuildbotKind {
         secrets: &dyn SecretResolver,
     ) -> Result<Arc<dyn Adapter>, AdapterError> {
         let settings = parse_instance(config).map_err(|errors| {
-            AdapterError::Invalid(format!("adapter `{name}`: {}", describe(&errors)))
+            AdapterError::Invalid(format!("adapter `{name}`: {}", FieldError::join(&errors)))
         })?;
         let resolve = |key: &str, reference| {
             secrets
@@ -705,7 +705,7 @@ impl Adapter for BuildbotAdapter {
 
     async fn start(&self, request: &StartRequest) -> Result<ExternalRef, AdapterError> {
         let spec = parse_stage(&request.input, Mode::Rendered)
-            .map_err(|errors| AdapterError::Invalid(describe(&errors)))?;
+            .map_err(|errors| AdapterError::Invalid(FieldError::join(&errors)))?;
         let builderid = self.builder_id(&spec.builder).await?;
         let scheduler = self.scheduler(&spec.scheduler).await?;
         let params = self.force_params(&spec, &scheduler, &request.key, &request.workflow)?;

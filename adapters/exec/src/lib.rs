@@ -218,24 +218,10 @@ impl AdapterKind for ExecKind {
         _secrets: &dyn SecretResolver,
     ) -> Result<Arc<dyn Adapter>, AdapterError> {
         let (state_dir, grace) = self.settings(config).map_err(|errors| {
-            AdapterError::Invalid(format!("adapter `{name}`: {}", describe(&errors)))
+            AdapterError::Invalid(format!("adapter `{name}`: {}", FieldError::join(&errors)))
         })?;
         Ok(Arc::new(ExecAdapter::new(state_dir).with_kill_grace(grace)))
     }
-}
-
-fn describe(errors: &[FieldError]) -> String {
-    errors
-        .iter()
-        .map(|e| {
-            if e.path.is_empty() {
-                e.message.clone()
-            } else {
-                format!("{}: {}", e.path, e.message)
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("; ")
 }
 
 /// Runs stage commands as local processes that survive baton's own death.
@@ -599,7 +585,7 @@ impl Adapter for ExecAdapter {
     async fn start(&self, request: &StartRequest) -> Result<ExternalRef, AdapterError> {
         let key = &request.key;
         let spec = spec::parse(&request.input, Mode::Rendered).map_err(|errors| {
-            AdapterError::Invalid(format!("exec {key}: {}", describe(&errors)))
+            AdapterError::Invalid(format!("exec {key}: {}", FieldError::join(&errors)))
         })?;
         let dir = self.dir(key);
         let alone = self

@@ -123,7 +123,7 @@ impl AdapterKind for JenkinsKind {
         secrets: &dyn SecretResolver,
     ) -> Result<Arc<dyn Adapter>, AdapterError> {
         let config = config::parse_instance(config).map_err(|errors| {
-            AdapterError::Invalid(format!("adapter `{name}`: {}", describe(&errors)))
+            AdapterError::Invalid(format!("adapter `{name}`: {}", FieldError::join(&errors)))
         })?;
         let credentials = config.credentials.clone().map(|reference| {
             secrets
@@ -137,20 +137,6 @@ impl AdapterKind for JenkinsKind {
             self.retry,
         )?))
     }
-}
-
-fn describe(errors: &[FieldError]) -> String {
-    errors
-        .iter()
-        .map(|e| {
-            if e.path.is_empty() {
-                e.message.clone()
-            } else {
-                format!("{}: {}", e.path, e.message)
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("; ")
 }
 
 /// Where an attempt is, as kept in its reference's `data`.
@@ -1203,7 +1189,7 @@ impl Adapter for JenkinsAdapter {
     async fn start(&self, request: &StartRequest) -> Result<ExternalRef, AdapterError> {
         let key = &request.key;
         let spec = config::parse_stage(&request.input, Mode::Rendered).map_err(|errors| {
-            AdapterError::Invalid(format!("the stage's `with`: {}", describe(&errors)))
+            AdapterError::Invalid(format!("the stage's `with`: {}", FieldError::join(&errors)))
         })?;
         let job = self.job(&spec).await?;
         let defined = job.parameter_names();
@@ -1315,7 +1301,7 @@ impl Adapter for JenkinsAdapter {
             return Ok(Some(self.reference(tracked, None)));
         }
         let spec = config::parse_stage(input, Mode::Rendered).map_err(|errors| {
-            AdapterError::Invalid(format!("the stage's `with`: {}", describe(&errors)))
+            AdapterError::Invalid(format!("the stage's `with`: {}", FieldError::join(&errors)))
         })?;
         let job = self.job(&spec).await?;
         let since = remembered

@@ -207,7 +207,26 @@ pub struct FieldError {
     pub message: String,
 }
 
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
 impl FieldError {
+    /// Every error on one line, `path: message; path: message`, for an error message.
+    pub fn join(errors: &[FieldError]) -> String {
+        errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
     /// A field error at `path`.
     pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
