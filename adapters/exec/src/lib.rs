@@ -230,9 +230,12 @@ pub struct ExecAdapter {
     state_dir: PathBuf,
     grace: Duration,
     waker: Arc<Mutex<Option<Waker>>>,
-    /// Attempts this adapter is starting right now.
-    starting: Arc<Mutex<std::collections::HashSet<PathBuf>>>,
 }
+
+/// Attempt folders being started right now, by any exec adapter of this process (several
+/// instances may share a state folder).
+static STARTING: std::sync::LazyLock<Mutex<std::collections::HashSet<PathBuf>>> =
+    std::sync::LazyLock::new(Mutex::default);
 
 impl ExecAdapter {
     /// An adapter keeping attempts under `state_dir` (made absolute now, so that a later
@@ -244,7 +247,6 @@ impl ExecAdapter {
             state_dir,
             grace: DEFAULT_KILL_GRACE,
             waker: Arc::default(),
-            starting: Arc::default(),
         }
     }
 
@@ -549,11 +551,12 @@ impl ExecAdapter {
         dir: &AttemptDir,
         key: &AttemptKey,
         spec: spec::ExecSpec,
-        alone: bool,
     ) -> Result<ExternalRef, AdapterError> {
         let claim = {
             let dir = dir.clone();
-            blocking(move || dir.claim(alone)).await?
+            // This process holds the only start of the attempt (`STARTING`), and baton's store
+            // lock keeps other processes off the state folder.
+            blocking(move || dir.claim(true)).await?
         };
         match claim.map_err(|e| io_error(key, e))? {
             Claim::Fresh => {}
@@ -588,15 +591,15 @@ impl Adapter for ExecAdapter {
             AdapterError::Invalid(format!("exec {key}: {}", FieldError::join(&errors)))
         })?;
         let dir = self.dir(key);
-        let alone = self
-            .starting
-            .lock()
-            .unwrap()
-            .insert(dir.path().to_path_buf());
-        let result = self.start_claimed(&dir, key, spec, alone).await;
-        if alone {
-            self.starting.lock().unwrap().remove(dir.path());
+        // Only one start of an attempt at a time in this process: a second one must not touch
+        // the folder the first is filling (it could take it for one a dead process left).
+        if !STARTING.lock().unwrap().insert(dir.path().to_path_buf()) {
+            return Err(AdapterError::Transient(format!(
+                "exec {key}: another start of this attempt is under way"
+            )));
         }
+        let result = self.start_claimed(&dir, key, spec).await;
+        STARTING.lock().unwrap().remove(dir.path());
         result
     }
 
