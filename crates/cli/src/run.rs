@@ -66,7 +66,20 @@ pub struct ResumeArgs {
 
 /// Runs a command's future on a runtime; maps errors to exit code 2.
 pub fn block_on(future: impl std::future::Future<Output = Result<ExitCode>>) -> ExitCode {
-    let runtime = match tokio::runtime::Runtime::new() {
+    block_on_with(None, future)
+}
+
+/// [`block_on`] with `workers` runtime threads (tokio's default when `None`).
+pub fn block_on_with(
+    workers: Option<usize>,
+    future: impl std::future::Future<Output = Result<ExitCode>>,
+) -> ExitCode {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(n) = workers {
+        builder.worker_threads(n.max(1));
+    }
+    let runtime = match builder.build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("baton: cannot start the async runtime: {e}");
