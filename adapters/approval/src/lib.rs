@@ -207,7 +207,7 @@ impl AdapterKind for ApprovalKind {
 }
 
 fn is_template(text: &str) -> bool {
-    text.contains("${{")
+    baton_core::adapter::InputMode::Templates.is_template(text)
 }
 
 fn is_role(text: &str) -> bool {

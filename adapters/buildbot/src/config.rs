@@ -200,13 +200,7 @@ fn parse_duration(value: &Value, longest: Duration) -> Result<Duration, String> 
 }
 
 /// Whether template strings may stand where another type is expected.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// At load time: `${{ … }}` may render to any type.
-    Templates,
-    /// At start: the input is rendered and must have its final shape.
-    Rendered,
-}
+pub use baton_core::adapter::InputMode as Mode;
 
 /// The default force scheduler.
 pub const DEFAULT_SCHEDULER: &str = "force";
@@ -232,7 +226,7 @@ pub struct StageSpec {
 }
 
 fn is_template(mode: Mode, value: &Value) -> bool {
-    mode == Mode::Templates && value.as_str().is_some_and(|s| s.contains("${{"))
+    value.as_str().is_some_and(|s| mode.is_template(s))
 }
 
 /// Checks a `with:` block, returning the spec or every problem.

@@ -49,16 +49,10 @@ pub struct ExecSpec {
 }
 
 /// Whether template strings may stand where another type is expected.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// At load time: `${{ … }}` may render to any type.
-    Templates,
-    /// At start: the input is rendered and must have its final shape.
-    Rendered,
-}
+pub use baton_core::adapter::InputMode as Mode;
 
 fn is_template(mode: Mode, text: &str) -> bool {
-    mode == Mode::Templates && text.contains("${{")
+    mode.is_template(text)
 }
 
 /// Checks a `with:` block, returning the spec or every problem.

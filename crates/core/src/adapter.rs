@@ -198,6 +198,23 @@ pub struct Logs {
     pub text: Option<String>,
 }
 
+/// When a stage's `with:` block is checked, which tells whether a `${{ … }}` template may
+/// stand where another type is expected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputMode {
+    /// At load time: a template may render to any type.
+    Templates,
+    /// At start: the input is rendered and must have its final shape.
+    Rendered,
+}
+
+impl InputMode {
+    /// True when `text` is a template that stands for a value not yet known.
+    pub fn is_template(self, text: &str) -> bool {
+        self == Self::Templates && text.contains("${{")
+    }
+}
+
 /// A problem in an adapter's instance config or a stage's `with:` block.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FieldError {

@@ -11,7 +11,7 @@ use baton_adapter_approval::Decision;
 use baton_config::Role;
 use baton_core::RunStatus;
 use baton_core::context::TriggerInfo;
-use baton_engine::{NewRun, RunView};
+use baton_engine::RunView;
 use baton_store::{Change, DeliveryFilter, RunFilter, now_millis};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -180,19 +180,9 @@ pub async fn start_run(
         event: "manual".into(),
         delivery_id: None,
     };
-    let ids = state
-        .engine
-        .create_runs(
-            vec![NewRun {
-                workflow,
-                event,
-                trigger,
-            }],
-            |_| Vec::new(),
-        )
-        .await?;
-    tracing::info!(workflow = %name, run = %ids[0], by = %caller.name, "run started by hand");
-    Ok((StatusCode::CREATED, Json(json!({"run": ids[0]}))).into_response())
+    let run = state.engine.create_run(workflow, event, trigger).await?;
+    tracing::info!(workflow = %name, run = %run, by = %caller.name, "run started by hand");
+    Ok((StatusCode::CREATED, Json(json!({"run": run}))).into_response())
 }
 
 /// `POST /api/v1/runs/{id}/cancel`.

@@ -746,11 +746,7 @@ impl Store for SqliteStore {
     }
 
     async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunHeader>> {
-        let limit = if filter.limit == 0 {
-            50
-        } else {
-            filter.limit.min(1000)
-        };
+        let limit = page_limit(filter.limit);
         let filter = filter.clone();
         self.read(move |conn| {
             rows(
@@ -808,11 +804,7 @@ impl Store for SqliteStore {
     }
 
     async fn list_deliveries(&self, filter: &DeliveryFilter) -> Result<Vec<DeliveryRecord>> {
-        let limit = if filter.limit == 0 {
-            50
-        } else {
-            filter.limit.min(1000)
-        };
+        let limit = page_limit(filter.limit);
         let filter = filter.clone();
         self.read(move |conn| {
             rows(
@@ -824,6 +816,11 @@ impl Store for SqliteStore {
         })
         .await
     }
+}
+
+/// A page size: 50 when unset, at most 1000.
+fn page_limit(asked: u32) -> u32 {
+    if asked == 0 { 50 } else { asked.min(1000) }
 }
 
 fn delivery_from_row(row: &Row<'_>) -> Result<DeliveryRecord> {
