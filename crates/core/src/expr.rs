@@ -134,6 +134,25 @@ impl Expr {
     pub fn is_true(&self, input: &Value) -> Result<bool, EvalError> {
         Ok(truthy(&self.eval_first(input)?))
     }
+
+    /// [`Expr::is_true`] on an input already in jaq's form, without converting the output
+    /// back to JSON: the trigger filter every delivery goes through.
+    pub fn is_true_val(&self, input: Val) -> Result<bool, EvalError> {
+        let ctx = Ctx::<Data>::new(&self.filter.lut, Vars::new([]));
+        match self.filter.id.run((ctx, input)).map(unwrap_valr).next() {
+            None => Ok(false),
+            Some(Ok(val)) => Ok(jaq_core::ValT::as_bool(&val)),
+            Some(Err(e)) => Err(EvalError {
+                source_text: self.source.to_string(),
+                message: e.to_string(),
+            }),
+        }
+    }
+}
+
+/// Parses JSON text straight into jaq's value type, with no `serde_json::Value` between.
+pub fn parse_val(text: &str) -> Result<Val, serde_json::Error> {
+    serde_json::from_str(text)
 }
 
 /// The largest [`nesting_estimate`] [`Expr::compile`] accepts.

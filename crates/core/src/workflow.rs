@@ -169,18 +169,24 @@ pub struct Trigger {
 }
 
 impl Trigger {
-    /// True when a delivery of `source`/`event` with `payload` starts a run.
+    /// True when this entry names `source` and `event` (its `if` aside).
+    pub fn names(&self, source: &str, event: &str) -> bool {
+        self.source == source && self.event.as_deref().is_none_or(|e| e == event)
+    }
+
+    /// True when a delivery of `source`/`event` with `payload` (parsed with
+    /// [`parse_val`](crate::expr::parse_val)) starts a run.
     pub fn matches(
         &self,
         source: &str,
         event: &str,
-        payload: &Value,
+        payload: &jaq_json::Val,
     ) -> Result<bool, crate::expr::EvalError> {
-        if self.source != source || self.event.as_deref().is_some_and(|e| e != event) {
+        if !self.names(source, event) {
             return Ok(false);
         }
         match &self.condition {
-            Some(condition) => condition.is_true(payload),
+            Some(condition) => condition.is_true_val(payload.clone()),
             None => Ok(true),
         }
     }
@@ -749,21 +755,27 @@ mod tests {
         )
         .unwrap();
         let t = &wf.triggers[0];
-        assert!(
-            t.matches("gh", "push", &json!({"ref": "refs/heads/main"}))
+        let check = |source: &str, event: &str, body: &str| {
+            t.matches(source, event, &crate::expr::parse_val(body).unwrap())
                 .unwrap()
-        );
-        assert!(
-            !t.matches("gh", "push", &json!({"ref": "refs/heads/dev"}))
+        };
+        assert!(check("gh", "push", r#"{"ref": "refs/heads/main"}"#));
+        assert!(!check("gh", "push", r#"{"ref": "refs/heads/dev"}"#));
+        assert!(!check(
+            "gh",
+            "pull_request",
+            r#"{"ref": "refs/heads/main"}"#
+        ));
+        assert!(!check("gl", "push", r#"{"ref": "refs/heads/main"}"#));
+        // No output (`empty`) and `null` are false; an error is an error.
+        let only = |code: &str| {
+            crate::Expr::compile(code)
                 .unwrap()
-        );
-        assert!(
-            !t.matches("gh", "pull_request", &json!({"ref": "refs/heads/main"}))
-                .unwrap()
-        );
-        assert!(
-            !t.matches("gl", "push", &json!({"ref": "refs/heads/main"}))
-                .unwrap()
-        );
+                .is_true_val(crate::expr::parse_val("{}").unwrap())
+        };
+        assert!(!only("empty").unwrap());
+        assert!(!only(".missing").unwrap());
+        assert!(only("1, false").unwrap());
+        assert!(only("error(\"no\")").is_err());
     }
 }

@@ -16,8 +16,8 @@ use baton_core::{
 };
 use baton_engine::{Engine, EngineConfig};
 use baton_store::{
-    Change, DeliveryFilter, DeliveryRecord, Intake, Millis, NewDelivery, RunFilter, RunHeader,
-    RunSnapshot, SqliteStore, Store, StoreError, Task,
+    Change, DeliveryFilter, DeliveryRecord, Intake, Millis, NewDelivery, PendingDelivery,
+    RunFilter, RunHeader, RunSnapshot, SqliteStore, Store, StoreError, Task,
 };
 use serde_json::{Map, Value, json};
 
@@ -224,7 +224,7 @@ impl Store for DyingStore {
     async fn insert_delivery(&self, delivery: NewDelivery) -> Result<Intake, StoreError> {
         self.inner.insert_delivery(delivery).await
     }
-    async fn pending_deliveries(&self, limit: u32) -> Result<Vec<DeliveryRecord>, StoreError> {
+    async fn pending_deliveries(&self, limit: u32) -> Result<Vec<PendingDelivery>, StoreError> {
         self.inner.pending_deliveries(limit).await
     }
     async fn load_delivery(&self, id: i64) -> Result<Option<DeliveryRecord>, StoreError> {

@@ -1,98 +1,173 @@
 //! Turns stored deliveries into runs, after the sender got its answer.
 //!
 //! Every workflow with an `on:` entry that names the delivery's source and event, and whose
-//! `if` holds for the payload, gets one run. The runs and the "processed" mark are one
-//! commit, so a crash in between cannot start a run twice; a restarted server picks up the
-//! deliveries still marked `received`.
+//! `if` holds for the payload, gets one run. The runs and the record that the delivery was
+//! matched are one commit, so a crash in between cannot start a run twice; a restarted
+//! server picks up the deliveries past the last matched mark.
+//!
+//! Deliveries come from the store's in-memory feed in commit order, so matching does not
+//! read back what the intake just wrote; the store is read at start, after a replay, when
+//! the feed fell behind, and every few seconds as a safety net. A pass that starts nothing
+//! is recorded with one small write ([`Change::DeliveriesMatched`]), not one per delivery.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use baton_core::context::TriggerInfo;
+use baton_core::expr::parse_val;
 use baton_engine::NewRun;
-use baton_store::{Change, DeliveryRecord, now_millis};
+use baton_store::{Change, PendingDelivery, now_millis};
+use serde_json::Value;
 
 use crate::AppState;
 
-/// Processes pending deliveries until the process stops.
+/// Deliveries matched in one pass (and one commit) at most.
+const PASS: usize = 256;
+
+/// How often the store is read even when nothing asked for it.
+const SAFETY_SCAN: Duration = Duration::from_secs(5);
+
+/// How long a pass waits for more deliveries once the first arrived. A pass that starts
+/// nothing is one small commit of its own; under load, waiting a little folds a hundred
+/// deliveries into it instead of a handful, and a few milliseconds are nothing beside the
+/// time a run takes.
+const GATHER: Duration = Duration::from_millis(5);
+
+/// Processes deliveries until the process stops.
 pub async fn run(state: Arc<AppState>) {
+    let store = state.engine.store();
+    let mut feed = store.delivery_feed();
+    // The highest delivery this process matched or read from the store: feed deliveries
+    // at or below it were in a store read already.
+    let mut through = 0_i64;
+    let mut scan = true;
+    let mut batch = Vec::with_capacity(PASS);
     loop {
-        match state.engine.store().pending_deliveries(256).await {
-            Ok(batch) if !batch.is_empty() => {
-                if let Err(e) = process(&state, batch).await {
-                    tracing::error!(error = %e, "matching deliveries failed; retrying");
+        if feed.as_ref().is_some_and(|f| f.take_lagged()) {
+            scan = true;
+        }
+        if scan {
+            // The feed's lag mark was cleared above or is clear: read after clearing, never
+            // before (see baton_store::feed).
+            if let Some(f) = &feed {
+                f.take_lagged();
+            }
+            match store.pending_deliveries(PASS as u32).await {
+                Ok(pending) => {
+                    // A full page means more may wait.
+                    scan = pending.len() == PASS;
+                    if !pending.is_empty() && !pass(&state, pending, &mut through).await {
+                        scan = true;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "reading pending deliveries failed; retrying");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
-                continue;
             }
-            Ok(_) => {}
-            Err(e) => tracing::error!(error = %e, "reading pending deliveries failed"),
+            continue;
         }
-        let _ = tokio::time::timeout(Duration::from_secs(1), state.matcher.notified()).await;
+        let Some(f) = feed.as_mut() else {
+            // No feed: read the store when asked, or every so often.
+            let _ =
+                tokio::time::timeout(Duration::from_millis(250), state.matcher.notified()).await;
+            scan = true;
+            continue;
+        };
+        tokio::select! {
+            received = f.recv_many(&mut batch, PASS) => {
+                if received == 0 {
+                    tracing::warn!("the delivery feed closed; reading the store instead");
+                    feed = None;
+                    scan = true;
+                    continue;
+                }
+            }
+            () = state.matcher.notified() => { scan = true; continue; }
+            () = tokio::time::sleep(SAFETY_SCAN) => { scan = true; continue; }
+        }
+        if batch.len() < PASS {
+            tokio::time::sleep(GATHER).await;
+            let room = PASS - batch.len();
+            f.try_recv_many(&mut batch, room);
+        }
+        if !pass(&state, std::mem::take(&mut batch), &mut through).await {
+            scan = true;
+        }
+        batch = Vec::with_capacity(PASS);
     }
 }
 
+/// Matches `batch` and commits the result; false (after a pause) if the commit failed, so
+/// the caller reads the store again, which still has every delivery of the batch pending.
+async fn pass(state: &AppState, batch: Vec<PendingDelivery>, through: &mut i64) -> bool {
+    match process(state, batch, *through).await {
+        Ok(Some(highest)) => {
+            *through = highest;
+            true
+        }
+        Ok(None) => true,
+        Err(e) => {
+            tracing::error!(error = %e, "matching deliveries failed; retrying");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            false
+        }
+    }
+}
+
+/// What one delivery started, unless it started nothing and had no problem.
+struct Outcome {
+    id: i64,
+    runs: std::ops::Range<usize>,
+    message: Option<String>,
+}
+
+/// Matches every delivery of `batch` above `through` (and every replay); returns the new
+/// matched-through mark if it moved.
 async fn process(
     state: &AppState,
-    batch: Vec<DeliveryRecord>,
-) -> Result<(), baton_engine::EngineError> {
+    batch: Vec<PendingDelivery>,
+    through: i64,
+) -> Result<Option<i64>, baton_engine::EngineError> {
     let mut runs = Vec::new();
-    let mut marks = Vec::new();
+    let mut outcomes = Vec::new();
+    let mut highest = None;
     for delivery in &batch {
-        let mut problems = Vec::new();
-        let first = runs.len();
-        for workflow in &state.workflows {
-            for (i, trigger) in workflow.triggers.iter().enumerate() {
-                if trigger.source != delivery.source {
-                    continue;
-                }
-                match trigger.matches(&delivery.source, &delivery.event, &delivery.body) {
-                    Ok(true) => {
-                        runs.push(NewRun {
-                            workflow: workflow.clone(),
-                            event: delivery.body.clone(),
-                            trigger: TriggerInfo {
-                                source: delivery.source.clone(),
-                                event: delivery.event.clone(),
-                                delivery_id: Some(delivery.delivery_id.clone()),
-                            },
-                        });
-                        break; // one run per workflow per delivery
-                    }
-                    Ok(false) => {}
-                    Err(e) => {
-                        problems.push(format!("workflow `{}` on[{i}].if: {e}", workflow.name()))
-                    }
-                }
-            }
+        if !delivery.replay && delivery.id <= through {
+            continue; // read from the store already
         }
-        marks.push((
-            delivery.id,
-            first..runs.len(),
-            (!problems.is_empty()).then(|| problems.join("; ")),
-        ));
+        let first = runs.len();
+        let problems = match_one(state, delivery, &mut runs);
+        if !delivery.replay {
+            highest = Some(delivery.id);
+        }
+        if delivery.replay || first < runs.len() || !problems.is_empty() {
+            outcomes.push(Outcome {
+                id: delivery.id,
+                runs: first..runs.len(),
+                message: (!problems.is_empty()).then(|| problems.join("; ")),
+            });
+        }
+    }
+    if highest.is_none() && outcomes.is_empty() {
+        return Ok(None);
     }
     let now = now_millis();
     let created = runs.len();
-    // Deliveries that started nothing and had no problem are marked in one statement.
-    let (quiet, marks): (Vec<_>, Vec<_>) = marks
-        .into_iter()
-        .partition(|(_, range, message)| range.is_empty() && message.is_none());
-    let ignored: Vec<i64> = quiet.into_iter().map(|(seq, _, _)| seq).collect();
     state
         .engine
         .create_runs(runs, |ids| {
-            let mut changes: Vec<Change> = marks
+            let mut changes: Vec<Change> = outcomes
                 .into_iter()
-                .map(|(seq, range, message)| Change::DeliveryProcessed {
-                    seq,
-                    runs: ids[range].to_vec(),
-                    message,
+                .map(|o| Change::DeliveryProcessed {
+                    seq: o.id,
+                    runs: ids[o.runs].to_vec(),
+                    message: o.message,
                     now,
                 })
                 .collect();
-            if !ignored.is_empty() {
-                changes.push(Change::DeliveriesIgnored { seqs: ignored, now });
+            if let Some(through) = highest {
+                changes.push(Change::DeliveriesMatched { through, now });
             }
             changes
         })
@@ -102,5 +177,50 @@ async fn process(
         runs = created,
         "deliveries matched"
     );
-    Ok(())
+    Ok(highest)
+}
+
+/// Adds a run to `runs` for every workflow `delivery` starts; returns the problems met.
+fn match_one(state: &AppState, delivery: &PendingDelivery, runs: &mut Vec<NewRun>) -> Vec<String> {
+    let mut problems = Vec::new();
+    // Parsed once, and only if some entry names this source and event.
+    let mut payload = None;
+    let mut event: Option<Value> = None;
+    for workflow in &state.workflows {
+        for (i, trigger) in workflow.triggers.iter().enumerate() {
+            if !trigger.names(&delivery.source, &delivery.event) {
+                continue;
+            }
+            let parsed = match payload.get_or_insert_with(|| parse_val(&delivery.body)) {
+                Ok(parsed) => parsed,
+                Err(e) => {
+                    // The intake checked the body; a store edited by hand could still differ.
+                    problems.push(format!("the stored body is not JSON: {e}"));
+                    return problems;
+                }
+            };
+            match trigger.matches(&delivery.source, &delivery.event, parsed) {
+                Ok(true) => {
+                    let event = event
+                        .get_or_insert_with(|| {
+                            serde_json::from_str(&delivery.body).unwrap_or(Value::Null)
+                        })
+                        .clone();
+                    runs.push(NewRun {
+                        workflow: workflow.clone(),
+                        event,
+                        trigger: TriggerInfo {
+                            source: delivery.source.clone(),
+                            event: delivery.event.clone(),
+                            delivery_id: Some(delivery.delivery_id.clone()),
+                        },
+                    });
+                    break; // one run per workflow per delivery
+                }
+                Ok(false) => {}
+                Err(e) => problems.push(format!("workflow `{}` on[{i}].if: {e}", workflow.name())),
+            }
+        }
+    }
+    problems
 }

@@ -13,7 +13,7 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -28,6 +28,7 @@ use crate::*;
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0001_init.sql"),
     include_str!("../migrations/sqlite/0002_deliveries.sql"),
+    include_str!("../migrations/sqlite/0003_delivery_passes.sql"),
 ];
 
 /// The most batches folded into one transaction.
@@ -35,6 +36,9 @@ const MAX_GROUP: usize = 512;
 
 /// Read connections kept open.
 const READERS: usize = 3;
+
+/// Stored deliveries the feed holds for a matcher that is behind; past this it lags.
+const FEED_CAPACITY: usize = 4096;
 
 enum Op {
     Commit(Vec<Change>),
@@ -59,6 +63,7 @@ type Reply = oneshot::Sender<Result<Answer>>;
 pub struct SqliteStore {
     closed: Arc<std::sync::atomic::AtomicBool>,
     writer: mpsc::Sender<(Op, Reply)>,
+    feed: Arc<OnceLock<feed::FeedSender>>,
     readers: Arc<Mutex<Vec<Connection>>>,
     path: PathBuf,
     _lock: File,
@@ -160,9 +165,11 @@ impl SqliteStore {
         let (tx, rx) = mpsc::channel();
         let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
         spawn_checkpointer(path.clone(), closed.clone())?;
+        let feed = Arc::new(OnceLock::new());
+        let writer_feed = feed.clone();
         std::thread::Builder::new()
             .name("baton-store-writer".into())
-            .spawn(move || writer_loop(writer_conn, rx))
+            .spawn(move || writer_loop(writer_conn, rx, &writer_feed))
             .map_err(|e| StoreError::Corrupt {
                 what: "writer thread".into(),
                 detail: e.to_string(),
@@ -170,6 +177,7 @@ impl SqliteStore {
         Ok(Self {
             closed,
             writer: tx,
+            feed,
             readers: Arc::new(Mutex::new(readers)),
             path,
             _lock: lock,
@@ -277,7 +285,11 @@ fn take_lock(db: &Path) -> Result<File> {
     }
 }
 
-fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<(Op, Reply)>) {
+fn writer_loop(
+    mut conn: Connection,
+    rx: mpsc::Receiver<(Op, Reply)>,
+    feed: &OnceLock<feed::FeedSender>,
+) {
     let mut group: Vec<(Op, Reply)> = Vec::with_capacity(64);
     while let Ok(first) = rx.recv() {
         group.push(first);
@@ -289,7 +301,23 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<(Op, Reply)>) {
         }
         match run_group(&mut conn, &group) {
             Ok(results) => {
-                for ((_, reply), result) in group.drain(..).zip(results) {
+                for ((op, reply), result) in group.drain(..).zip(results) {
+                    if let (
+                        Some(feed),
+                        Op::InsertDelivery(d),
+                        Ok(Answer::Delivery(Intake::Stored(id))),
+                    ) = (feed.get(), op, &result)
+                    {
+                        // After the commit and in seq order, as the feed's protocol needs.
+                        feed.publish(PendingDelivery {
+                            id: *id,
+                            source: d.source,
+                            delivery_id: d.delivery_id,
+                            event: d.event,
+                            body: d.body,
+                            replay: false,
+                        });
+                    }
                     let _ = reply.send(result);
                 }
             }
@@ -369,7 +397,7 @@ fn apply(tx: &Transaction<'_>, op: &Op) -> Result<Answer> {
                      ON CONFLICT (source, delivery_id) DO NOTHING RETURNING seq",
                 )?
                 .query_row(
-                    params![d.source, d.delivery_id, d.event, d.headers.to_string(), d.body, d.received_at],
+                    params![d.source, d.delivery_id, d.event, d.headers, d.body, d.received_at],
                     |r| r.get::<_, i64>(0),
                 )
                 .optional()?;
@@ -528,14 +556,16 @@ fn apply_change(tx: &Transaction<'_>, change: &Change) -> Result<Option<Task>> {
                 .execute(params![seq, status, now, message, serde_json::to_string(runs).unwrap_or_else(|_| "[]".into())])?;
             }
         }
-        Change::DeliveriesIgnored { seqs, now } => {
+        Change::DeliveriesMatched { through, now } => {
+            // The mark only moves forward.
             tx.prepare_cached(
-                "UPDATE deliveries SET status = 'processed', processed_at = ?2 WHERE seq IN (SELECT value FROM json_each(?1))",
+                "INSERT INTO delivery_passes (through_seq, at) SELECT ?1, ?2
+                 WHERE ?1 > (SELECT COALESCE(MAX(through_seq), 0) FROM delivery_passes)",
             )?
-            .execute(params![serde_json::to_string(seqs).unwrap_or_else(|_| "[]".into()), now])?;
+            .execute(params![through, now])?;
         }
         Change::ReplayDelivery { seq } => {
-            tx.prepare_cached("UPDATE deliveries SET status = 'received' WHERE seq = ?1")?
+            tx.prepare_cached("UPDATE deliveries SET status = 'replay' WHERE seq = ?1")?
                 .execute([seq])?;
         }
         Change::Unschedule {
@@ -776,25 +806,48 @@ impl Store for SqliteStore {
         }
     }
 
-    async fn pending_deliveries(&self, limit: u32) -> Result<Vec<DeliveryRecord>> {
+    async fn pending_deliveries(&self, limit: u32) -> Result<Vec<PendingDelivery>> {
         self.read(move |conn| {
+            let pending = |row: &Row<'_>| {
+                Ok(PendingDelivery {
+                    id: row.get(0)?,
+                    source: row.get(1)?,
+                    delivery_id: row.get(2)?,
+                    event: row.get(3)?,
+                    body: row.get(4)?,
+                    replay: row.get::<_, String>(5)? == "replay",
+                })
+            };
+            // Replays first (few, indexed), then the deliveries past the last pass: a range
+            // of the table's own key, so no index has to be kept up on every insert.
             rows(
                 conn,
-                // Matching needs no headers: leave them out of the hot path.
-                "SELECT seq, source, delivery_id, event, '{}' AS headers, body, received_at, status, runs, message, processed_at
-                 FROM deliveries WHERE status = 'received' ORDER BY seq LIMIT ?1",
+                "SELECT * FROM (
+                     SELECT seq, source, delivery_id, event, body, status FROM deliveries
+                     WHERE status = 'replay' ORDER BY seq LIMIT ?1)
+                 UNION ALL
+                 SELECT * FROM (
+                     SELECT seq, source, delivery_id, event, body, status FROM deliveries
+                     WHERE seq > (SELECT COALESCE(MAX(through_seq), 0) FROM delivery_passes)
+                       AND status = 'received' ORDER BY seq LIMIT ?1)
+                 LIMIT ?1",
                 [limit],
-                delivery_from_row,
+                pending,
             )
         })
         .await
+    }
+
+    fn delivery_feed(&self) -> Option<DeliveryFeed> {
+        let (sender, feed) = feed::channel(FEED_CAPACITY);
+        self.feed.set(sender).ok().map(|()| feed)
     }
 
     async fn load_delivery(&self, id: i64) -> Result<Option<DeliveryRecord>> {
         self.read(move |conn| {
             Ok(rows(
                 conn,
-                "SELECT * FROM deliveries WHERE seq = ?1",
+                "SELECT * FROM deliveries_seen WHERE seq = ?1",
                 [id],
                 delivery_from_row,
             )?
@@ -809,7 +862,7 @@ impl Store for SqliteStore {
         self.read(move |conn| {
             rows(
                 conn,
-                "SELECT * FROM deliveries WHERE (?1 IS NULL OR source = ?1) ORDER BY seq DESC LIMIT ?2 OFFSET ?3",
+                "SELECT * FROM deliveries_seen WHERE (?1 IS NULL OR source = ?1) ORDER BY seq DESC LIMIT ?2 OFFSET ?3",
                 params![filter.source, limit, filter.offset],
                 delivery_from_row,
             )
@@ -1015,14 +1068,6 @@ mod tests {
     async fn deliveries_are_stored_once_and_processed() {
         let dir = tempfile::tempdir().unwrap();
         let store = store(&dir).await;
-        let delivery = |id: &str| NewDelivery {
-            source: "github".into(),
-            delivery_id: id.into(),
-            event: "push".into(),
-            headers: json!({"x-github-event": "push"}),
-            body: r#"{"ref": "main"}"#.into(),
-            received_at: 5,
-        };
         let Intake::Stored(first) = store.insert_delivery(delivery("d1")).await.unwrap() else {
             panic!("stored")
         };
@@ -1033,40 +1078,86 @@ mod tests {
         let Intake::Stored(second) = store.insert_delivery(delivery("d2")).await.unwrap() else {
             panic!("stored")
         };
+        let Intake::Stored(third) = store.insert_delivery(delivery("d3")).await.unwrap() else {
+            panic!("stored")
+        };
         let pending = store.pending_deliveries(10).await.unwrap();
         assert_eq!(
             pending.iter().map(|d| d.id).collect::<Vec<_>>(),
-            [first, second]
+            [first, second, third]
         );
-        assert_eq!(pending[0].body, json!({"ref": "main"}));
+        assert_eq!(pending[0].body, r#"{"ref": "main"}"#);
+        assert!(!pending[0].replay);
+        // A pass over the first two: the first started a run, the second nothing.
         store
-            .commit(vec![Change::DeliveryProcessed {
-                seq: first,
-                runs: vec!["r1".into()],
-                message: None,
-                now: 9,
+            .commit(vec![
+                Change::DeliveryProcessed {
+                    seq: first,
+                    runs: vec!["r1".into()],
+                    message: None,
+                    now: 9,
+                },
+                Change::DeliveriesMatched {
+                    through: second,
+                    now: 9,
+                },
+            ])
+            .await
+            .unwrap();
+        let ids = |p: Vec<PendingDelivery>| p.iter().map(|d| d.id).collect::<Vec<_>>();
+        assert_eq!(ids(store.pending_deliveries(10).await.unwrap()), [third]);
+        let seen = store.load_delivery(second).await.unwrap().unwrap();
+        assert_eq!(
+            (seen.status.as_str(), seen.processed_at, seen.runs.len()),
+            ("processed", Some(9), 0)
+        );
+        assert_eq!(seen.headers, json!({"x-github-event": "push"}));
+        let waiting = store.load_delivery(third).await.unwrap().unwrap();
+        assert_eq!(
+            (waiting.status.as_str(), waiting.processed_at),
+            ("received", None)
+        );
+        // The mark never moves back.
+        store
+            .commit(vec![Change::DeliveriesMatched {
+                through: first,
+                now: 10,
             }])
             .await
             .unwrap();
+        assert_eq!(ids(store.pending_deliveries(10).await.unwrap()), [third]);
+        // A replay comes first, and says so; its runs add to the earlier ones.
         store
             .commit(vec![Change::ReplayDelivery { seq: first }])
             .await
             .unwrap();
+        let pending = store.pending_deliveries(10).await.unwrap();
+        assert_eq!(ids(pending.clone()), [first, third]);
+        assert!(pending[0].replay && !pending[1].replay);
+        assert_eq!(
+            store.load_delivery(first).await.unwrap().unwrap().status,
+            "received"
+        );
+        assert_eq!(ids(store.pending_deliveries(1).await.unwrap()), [first]);
         store
             .commit(vec![Change::DeliveryProcessed {
                 seq: first,
                 runs: vec!["r2".into()],
                 message: None,
-                now: 10,
+                now: 11,
             }])
             .await
             .unwrap();
         let d = store.load_delivery(first).await.unwrap().unwrap();
         assert_eq!(
-            (d.status.as_str(), d.runs.clone()),
-            ("processed", vec!["r1".to_string(), "r2".to_string()])
+            (d.status.as_str(), d.runs.clone(), d.processed_at),
+            (
+                "processed",
+                vec!["r1".to_string(), "r2".to_string()],
+                Some(11)
+            )
         );
-        assert_eq!(store.pending_deliveries(10).await.unwrap().len(), 1);
+        assert_eq!(ids(store.pending_deliveries(10).await.unwrap()), [third]);
         let listed = store
             .list_deliveries(&DeliveryFilter {
                 source: Some("github".into()),
@@ -1076,7 +1167,97 @@ mod tests {
             .unwrap();
         assert_eq!(
             listed.iter().map(|d| d.id).collect::<Vec<_>>(),
-            [second, first]
+            [third, second, first]
+        );
+    }
+
+    fn delivery(id: &str) -> NewDelivery {
+        NewDelivery {
+            source: "github".into(),
+            delivery_id: id.into(),
+            event: "push".into(),
+            headers: r#"{"x-github-event":"push"}"#.into(),
+            body: r#"{"ref": "main"}"#.into(),
+            received_at: 5,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_feed_carries_stored_deliveries_in_order_once_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir).await;
+        // Nothing is kept for a feed nobody took.
+        store.insert_delivery(delivery("before")).await.unwrap();
+        let mut feed = store.delivery_feed().expect("the first feed");
+        assert!(store.delivery_feed().is_none(), "one feed per store");
+        let mut ids = Vec::new();
+        for name in ["a", "b", "a", "c"] {
+            if let Intake::Stored(id) = store.insert_delivery(delivery(name)).await.unwrap() {
+                ids.push(id);
+            }
+        }
+        let mut got = Vec::new();
+        feed.try_recv_many(&mut got, 100);
+        assert_eq!(got.iter().map(|d| d.id).collect::<Vec<_>>(), ids);
+        assert_eq!(
+            got.iter()
+                .map(|d| d.delivery_id.as_str())
+                .collect::<Vec<_>>(),
+            ["a", "b", "c"]
+        );
+        assert_eq!(got[0].body, r#"{"ref": "main"}"#);
+        assert!(!feed.take_lagged());
+    }
+
+    #[test]
+    fn the_pass_migration_starts_after_deliveries_already_handled() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        let mut conn = Connection::open(&path).unwrap();
+        let tx = conn.transaction().unwrap();
+        for sql in &MIGRATIONS[..2] {
+            tx.execute_batch(sql).unwrap();
+        }
+        for (seq, status) in [
+            (1, "processed"),
+            (2, "failed"),
+            (3, "received"),
+            (4, "processed"),
+        ] {
+            tx.execute(
+                "INSERT INTO deliveries (seq, source, delivery_id, event, headers, body, received_at, status, processed_at)
+                 VALUES (?1, 'gh', ?1, 'push', '{}', '{}', 1, ?2, CASE WHEN ?2 = 'received' THEN NULL ELSE 7 END)",
+                params![seq, status],
+            )
+            .unwrap();
+        }
+        tx.pragma_update(None, "user_version", 2).unwrap();
+        tx.commit().unwrap();
+        migrate(&mut conn).unwrap();
+        let through: i64 = conn
+            .query_row("SELECT MAX(through_seq) FROM delivery_passes", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(
+            through, 2,
+            "the first delivery still received bounds the pass"
+        );
+        let statuses: Vec<(String, Option<i64>)> = conn
+            .prepare("SELECT status, processed_at FROM deliveries_seen ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(
+            statuses,
+            [
+                ("processed".into(), Some(7)),
+                ("failed".into(), Some(7)),
+                ("received".into(), None),
+                ("processed".into(), Some(7)),
+            ]
         );
     }
 
