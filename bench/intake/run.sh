@@ -3,17 +3,18 @@
 # beside adnanh/webhook (a hook that verifies the same GitHub HMAC and runs nothing), under
 # the same load tools with the same signed payload, on 127.0.0.1.
 #
-#   bench/intake/run.sh            # DUR=10s CONNS=32 by default
+#   bench/intake/run.sh            # DUR=10s CONNS=32 ROUNDS=3 by default
 #
 # Prints, for both: peak requests/s and p99 at peak (wrk), then p99 at half of baton's peak
-# rate, the ratios, and checks that every 2xx baton gave is a
-# stored delivery. Peak: wrk (closed loop, CONNS connections). Half rate: bench's own
+# rate, the ratios, and checks that every 2xx baton gave is a stored delivery. The peak is
+# measured ROUNDS times, alternating which server goes first, and the medians are compared:
+# on a shared 2-core VM one pair of runs can differ by 30% from the next. Peak: wrk (closed loop, CONNS connections). Half rate: bench's own
 # intake-load (open loop at a fixed rate, a fresh delivery id per request, latency from each
 # request's scheduled time), because neither wrk nor oha can give each request its own id at
 # a fixed rate. Needs the apt packages webhook and wrk (installed when missing).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-DUR=${DUR:-10s}; CONNS=${CONNS:-32}; THREADS=${THREADS:-1}
+DUR=${DUR:-10s}; CONNS=${CONNS:-32}; THREADS=${THREADS:-1}; ROUNDS=${ROUNDS:-3}
 BATON_PORT=${BATON_PORT:-9101}; PEER_PORT=${PEER_PORT:-9102}
 SECRET=bench-secret
 BODY='{"ref":"refs/heads/main","after":"abc123","repository":{"full_name":"acme/app"}}'
@@ -62,10 +63,12 @@ for url in http://127.0.0.1:$BATON_PORT/healthz http://127.0.0.1:$PEER_PORT/; do
   for _ in $(seq 100); do curl -s -o /dev/null "$url" && break; sleep 0.05; done
 done
 
-# Each wrk thread numbers its requests; the delivery id makes every request a new delivery.
+# Each wrk thread numbers its requests and each wrk run has its own prefix (BENCH_PREFIX), so
+# every request is a new delivery: a repeated id would get the cheaper duplicate answer.
 cat > signed.lua <<LUA
 local counter = 0
 local threads = 0
+local prefix = os.getenv("BENCH_PREFIX") or "b"
 function setup(thread) threads = threads + 1; thread:set("tid", threads) end
 wrk.method = "POST"
 wrk.body = '$BODY'
@@ -74,13 +77,18 @@ wrk.headers["X-GitHub-Event"] = "push"
 wrk.headers["X-Hub-Signature-256"] = "$SIG"
 function request()
   counter = counter + 1
-  wrk.headers["X-GitHub-Delivery"] = "b-" .. tostring(tid) .. "-" .. counter
+  wrk.headers["X-GitHub-Delivery"] = prefix .. "-" .. tostring(tid) .. "-" .. counter
   return wrk.format(nil, nil, nil, nil)
 end
 LUA
 
-peak() { # url -> "rps p99_ms non2xx total"
-  wrk -t"$THREADS" -c"$CONNS" -d"$DUR" --latency -s signed.lua "$1" > wrk.out
+# GitHub's delivery ids are GUIDs: random keys land on random pages of baton's duplicate
+# index, where counters land on a few. baton is measured with both.
+sed -e 's|^  wrk.headers\["X-GitHub-Delivery"\] = .*|  wrk.headers["X-GitHub-Delivery"] = string.format("%08x-%04x-4%03x-%04x-%08x%04x", math.random(0, 0x7fffffff), math.random(0, 0xffff), math.random(0, 0xfff), math.random(0x8000, 0xbfff), math.random(0, 0x7fffffff), math.random(0, 0xffff))|' \
+    -e 's|^function setup(thread)|math.randomseed(os.time())\nfunction setup(thread)|' signed.lua > guid.lua
+
+peak() { # url prefix script -> "rps p99_ms non2xx total"
+  BENCH_PREFIX="$2" wrk -t"$THREADS" -c"$CONNS" -d"$DUR" --latency -s "${3:-signed.lua}" "$1" > wrk.out
   python3 - <<'PY'
 import re
 t = open("wrk.out").read()
@@ -98,22 +106,45 @@ paced() { # url rate -> "p99_ms achieved_rate"
   python3 -c "import json; r=json.load(open('load.json')); print(f\"{r['p99_ms']:.2f} {r['rate']:.0f} {r['non_2xx'] + r['errors']}\")"
 }
 
-echo "warming up..."; wrk -t1 -c8 -d2s -s signed.lua http://127.0.0.1:$BATON_PORT/hooks/github >/dev/null
-read -r B_RPS B_P99 B_NON B_TOTAL < <(peak http://127.0.0.1:$BATON_PORT/hooks/github)
-read -r W_RPS W_P99 W_NON W_TOTAL < <(peak http://127.0.0.1:$PEER_PORT/hooks/github)
+median() { python3 -c "import statistics,sys; print(statistics.median(map(float, sys.argv[1:])))" "$@"; }
+
+echo "warming up..."; BENCH_PREFIX=warm wrk -t1 -c8 -d2s -s signed.lua http://127.0.0.1:$BATON_PORT/hooks/github >/dev/null
+B_RPS_ALL=(); B_P99_ALL=(); G_RPS_ALL=(); G_P99_ALL=(); W_RPS_ALL=(); W_P99_ALL=()
+B_NON=0; B_OK=0; W_NON=0
+for round in $(seq "$ROUNDS"); do
+  # Each round starts with a different one of the three.
+  case $(( round % 3 )) in
+    1) order=(baton guid webhook) ;; 2) order=(guid webhook baton) ;; 0) order=(webhook baton guid) ;;
+  esac
+  for who in "${order[@]}"; do
+    case $who in
+      baton) read -r rps p99 non total < <(peak http://127.0.0.1:$BATON_PORT/hooks/github "b$round")
+             B_RPS_ALL+=("$rps"); B_P99_ALL+=("$p99") ;;
+      guid)  read -r rps p99 non total < <(peak http://127.0.0.1:$BATON_PORT/hooks/github "g$round" guid.lua)
+             G_RPS_ALL+=("$rps"); G_P99_ALL+=("$p99") ;;
+      webhook) read -r rps p99 non total < <(peak http://127.0.0.1:$PEER_PORT/hooks/github "w$round")
+             W_RPS_ALL+=("$rps"); W_P99_ALL+=("$p99"); W_NON=$((W_NON + non)); continue ;;
+    esac
+    B_NON=$((B_NON + non)); B_OK=$((B_OK + total - non))
+  done
+  echo "round $round: baton ${B_RPS_ALL[-1]}/s (p99 ${B_P99_ALL[-1]} ms), baton with GUID ids ${G_RPS_ALL[-1]}/s (p99 ${G_P99_ALL[-1]} ms), webhook ${W_RPS_ALL[-1]}/s (p99 ${W_P99_ALL[-1]} ms)"
+done
+B_RPS=$(median "${B_RPS_ALL[@]}"); B_P99=$(median "${B_P99_ALL[@]}")
+G_RPS=$(median "${G_RPS_ALL[@]}"); G_P99=$(median "${G_P99_ALL[@]}")
+W_RPS=$(median "${W_RPS_ALL[@]}"); W_P99=$(median "${W_P99_ALL[@]}")
 HALF=$(( ${B_RPS%.*} / 2 ))
 read -r B_HALF_P99 B_HALF_RPS B_HALF_BAD < <(paced http://127.0.0.1:$BATON_PORT/hooks/github $HALF)
 read -r W_HALF_P99 W_HALF_RPS W_HALF_BAD < <(paced http://127.0.0.1:$PEER_PORT/hooks/github $HALF)
 sleep 1
-STORED=$(python3 -c "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute(\"select count(*) from deliveries where delivery_id like 'b-%'\").fetchone()[0])" "$D/baton.db")
-OK=$(( B_TOTAL - B_NON ))
+# Every delivery of the peak runs (not the warm-up's, not the paced run's).
+STORED=$(python3 -c "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute(\"select count(*) from deliveries where delivery_id not like 'warm-%' and delivery_id not like 'load-%'\").fetchone()[0])" "$D/baton.db")
 
-printf '\nwebhook intake, %s connections, %s per run, signed GitHub push (%d bytes)\n' "$CONNS" "$DUR" "${#BODY}"
-printf '%-34s %12s %12s\n' "" "baton" "webhook"
-printf '%-34s %12s %12s\n' "peak verified deliveries/s (wrk)" "$B_RPS" "$W_RPS"
-printf '%-34s %12s %12s\n' "p99 at peak, ms" "$B_P99" "$W_P99"
-printf '%-34s %12s %12s\n' "non-2xx answers" "$B_NON" "$W_NON"
-printf '%-34s %12s %12s\n' "p99 at $HALF/s offered, ms" "$B_HALF_P99" "$W_HALF_P99"
-printf '%-34s %12s %12s\n' "  achieved rate; failed requests" "$B_HALF_RPS; $B_HALF_BAD" "$W_HALF_RPS; $W_HALF_BAD"
-python3 -c "import sys; b,w=map(float,sys.argv[1:]); print(f'ratio baton/webhook, peak rate: {b/w:.2f}')" "$B_RPS" "$W_RPS"
-echo "baton 2xx answers: $OK; deliveries stored: $STORED (every 2xx stored: $([ "$STORED" -ge "$OK" ] && echo yes || echo NO))"
+printf '\nwebhook intake, %s connections, %s per run, %s alternated rounds, signed GitHub push (%d bytes)\n' "$CONNS" "$DUR" "$ROUNDS" "${#BODY}"
+printf '%-36s %12s %16s %12s\n' "" "baton" "baton, GUID ids" "webhook"
+printf '%-36s %12.0f %16.0f %12.0f\n' "peak verified deliveries/s, median" "$B_RPS" "$G_RPS" "$W_RPS"
+printf '%-36s %12.2f %16.2f %12.2f\n' "p99 at peak, ms, median" "$B_P99" "$G_P99" "$W_P99"
+printf '%-36s %12s %16s %12s\n' "non-2xx answers" "$B_NON" "" "$W_NON"
+printf '%-36s %12s %16s %12s\n' "p99 at $HALF/s offered, ms" "$B_HALF_P99" "" "$W_HALF_P99"
+printf '%-36s %12s %16s %12s\n' "  achieved rate; failed requests" "$B_HALF_RPS; $B_HALF_BAD" "" "$W_HALF_RPS; $W_HALF_BAD"
+python3 -c "import sys; b,g,w=map(float,sys.argv[1:]); print(f'ratio baton/webhook, median peak rate: {b/w:.2f} (GUID ids: {g/w:.2f})')" "$B_RPS" "$G_RPS" "$W_RPS"
+echo "baton 2xx answers: $B_OK; deliveries stored: $STORED (every 2xx stored: $([ "$STORED" -ge "$B_OK" ] && echo yes || echo NO))"
