@@ -225,3 +225,41 @@ pub async fn adapter_webhook(
     }
     Ok((StatusCode::ACCEPTED, Json(json!({"woken": count}))).into_response())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use baton_core::secret::SecretError;
+    use baton_core::{Secret, SecretRef, SecretResolver};
+
+    struct Named;
+    impl SecretResolver for Named {
+        fn resolve(&self, r: &SecretRef) -> Result<Secret, SecretError> {
+            Ok(Secret::new(match r {
+                SecretRef::Env(n) | SecretRef::File(n) => n.clone(),
+            }))
+        }
+    }
+
+    #[test]
+    fn stored_headers_are_json_without_secrets_and_join_repeats() {
+        let config = baton_config::SourceConfig::Github(baton_config::GithubSource {
+            secrets: vec![SecretRef::Env("s".into())],
+            ..Default::default()
+        });
+        let source = Source::new("gh", &config, &Named).unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert("x-github-event", "push".parse().unwrap());
+        headers.insert("x-hub-signature-256", "sha256=00".parse().unwrap());
+        headers.insert("authorization", "Bearer t".parse().unwrap());
+        headers.append("x-note", "say \"hi\"".parse().unwrap());
+        headers.append("x-note", "again".parse().unwrap());
+        let text = stored_headers(&headers, &source);
+        let parsed: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            parsed,
+            json!({"x-github-event": "push", "x-note": "say \"hi\", again"})
+        );
+        assert_eq!(stored_headers(&HeaderMap::new(), &source), "{}");
+    }
+}
