@@ -43,20 +43,17 @@ pub async fn run(state: Arc<AppState>) {
     let mut scan = true;
     let mut batch = Vec::with_capacity(PASS);
     loop {
+        // Clearing the feed's lag mark comes before any read of the store, never after
+        // (see baton_store::feed): this is the only place it is cleared.
         if feed.as_ref().is_some_and(|f| f.take_lagged()) {
             scan = true;
         }
         if scan {
-            // The feed's lag mark was cleared above or is clear: read after clearing, never
-            // before (see baton_store::feed).
-            if let Some(f) = &feed {
-                f.take_lagged();
-            }
             match store.pending_deliveries(PASS as u32).await {
                 Ok(pending) => {
                     // A full page means more may wait.
                     scan = pending.len() == PASS;
-                    if !pending.is_empty() && !pass(&state, pending, &mut through).await {
+                    if !pending.is_empty() && !pass(&state, &pending, &mut through).await {
                         scan = true;
                     }
                 }
@@ -91,16 +88,16 @@ pub async fn run(state: Arc<AppState>) {
             let room = PASS - batch.len();
             f.try_recv_many(&mut batch, room);
         }
-        if !pass(&state, std::mem::take(&mut batch), &mut through).await {
+        if !pass(&state, &batch, &mut through).await {
             scan = true;
         }
-        batch = Vec::with_capacity(PASS);
+        batch.clear();
     }
 }
 
 /// Matches `batch` and commits the result; false (after a pause) if the commit failed, so
 /// the caller reads the store again, which still has every delivery of the batch pending.
-async fn pass(state: &AppState, batch: Vec<PendingDelivery>, through: &mut i64) -> bool {
+async fn pass(state: &AppState, batch: &[PendingDelivery], through: &mut i64) -> bool {
     match process(state, batch, *through).await {
         Ok(Some(highest)) => {
             *through = highest;
@@ -126,13 +123,13 @@ struct Outcome {
 /// matched-through mark if it moved.
 async fn process(
     state: &AppState,
-    batch: Vec<PendingDelivery>,
+    batch: &[PendingDelivery],
     through: i64,
 ) -> Result<Option<i64>, baton_engine::EngineError> {
     let mut runs = Vec::new();
     let mut outcomes = Vec::new();
     let mut highest = None;
-    for delivery in &batch {
+    for delivery in batch {
         if !delivery.replay && delivery.id <= through {
             continue; // read from the store already
         }
