@@ -480,20 +480,25 @@ fn apply(tx: &Transaction<'_>, op: &Op) -> Result<Answer> {
             Ok(Answer::Tasks(claimed))
         }
         Op::InsertDelivery(d) => {
+            // Not `RETURNING seq`: SQLite collects returned rows in a temporary table built
+            // for every execution, and the new row's id is at hand anyway.
             let inserted = tx
                 .prepare_cached(
                     "INSERT INTO deliveries (source, delivery_id, event, headers, body, received_at, status)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'received')
-                     ON CONFLICT (source, delivery_id) DO NOTHING RETURNING seq",
+                     ON CONFLICT (source, delivery_id) DO NOTHING",
                 )?
-                .query_row(
-                    params![d.source, d.delivery_id, d.event, d.headers, d.body, d.received_at],
-                    |r| r.get::<_, i64>(0),
-                )
-                .optional()?;
+                .execute(params![
+                    d.source,
+                    d.delivery_id,
+                    d.event,
+                    d.headers,
+                    d.body,
+                    d.received_at
+                ])?;
             let intake = match inserted {
-                Some(seq) => Intake::Stored(seq),
-                None => Intake::Duplicate(
+                1 => Intake::Stored(tx.last_insert_rowid()),
+                _ => Intake::Duplicate(
                     tx.prepare_cached(
                         "SELECT seq FROM deliveries WHERE source = ?1 AND delivery_id = ?2",
                     )?
