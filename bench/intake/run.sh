@@ -5,13 +5,14 @@
 #
 #   bench/intake/run.sh            # DUR=10s CONNS=32 ROUNDS=3 by default
 #
-# Prints, for both: peak requests/s and p99 at peak (wrk), then p99 at half of baton's peak
-# rate, the ratios, and checks that every 2xx baton gave is a stored delivery. The peak is
-# measured ROUNDS times, alternating which server goes first, and the medians are compared:
-# on a shared 2-core VM one pair of runs can differ by 30% from the next. Peak: wrk (closed loop, CONNS connections). Half rate: bench's own
-# intake-load (open loop at a fixed rate, a fresh delivery id per request, latency from each
-# request's scheduled time), because neither wrk nor oha can give each request its own id at
-# a fixed rate. Needs the apt packages webhook and wrk (installed when missing).
+# Peak: wrk (closed loop, CONNS connections), for baton with three kinds of delivery id (see
+# below) and for the peer, ROUNDS times with the order rotated; medians are compared, since on
+# a shared 2-core VM one run can differ by 30% from the next. Then p99 at half of baton's peak
+# (GitHub ids) for both, from bench's own intake-load: open loop at a fixed rate, a fresh
+# GitHub-style delivery id per request, latency from each request's scheduled time (neither
+# wrk nor oha can give each request its own id at a fixed rate). Last, a check that every 2xx
+# baton gave at peak is a stored delivery. Needs the apt packages webhook and wrk (installed
+# when missing).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 DUR=${DUR:-10s}; CONNS=${CONNS:-32}; THREADS=${THREADS:-1}; ROUNDS=${ROUNDS:-3}
@@ -82,10 +83,19 @@ function request()
 end
 LUA
 
-# GitHub's delivery ids are GUIDs: random keys land on random pages of baton's duplicate
-# index, where counters land on a few. baton is measured with both.
+# Delivery ids decide how much of baton's duplicate index each commit rewrites, so baton is
+# measured with three kinds (the peer keeps no index):
+# - counters (above): "<run>-<thread>-<n>", next to each other in the index;
+# - GitHub's: UUID version 1, the clock's low 32 bits first, so ids sent together sort
+#   together (github.com's own example, 58474f00-b361-11eb-..., decodes to the second its
+#   delivery was made); here the clock is a counter stepping ~100 us per request;
+# - random UUIDs (version 4, as GitLab's X-Gitlab-Event-UUID): each lands on its own page.
+# Each run seeds from the clock and its prefix, so no two runs send the same ids.
+SEED='math.randomseed(os.time() * 1000 + #prefix * 7 + (tonumber(prefix:match("%d+")) or 0))'
+sed -e 's|^  wrk.headers\["X-GitHub-Delivery"\] = .*|  wrk.headers["X-GitHub-Delivery"] = string.format("%08x-%04x-1%03x-%04x-%08x%04x", (low + counter * 1013) % 4294967296, mid, hi, clock, node_a, node_b)|' \
+    -e "s|^function setup(thread)|$SEED\nlocal low, mid, hi, clock, node_a, node_b = math.random(0, 0x7fffffff), math.random(0, 0xffff), math.random(0, 0xfff), math.random(0x8000, 0xbfff), math.random(0, 0x7fffffff), math.random(0, 0xffff)\nfunction setup(thread)|" signed.lua > uuid1.lua
 sed -e 's|^  wrk.headers\["X-GitHub-Delivery"\] = .*|  wrk.headers["X-GitHub-Delivery"] = string.format("%08x-%04x-4%03x-%04x-%08x%04x", math.random(0, 0x7fffffff), math.random(0, 0xffff), math.random(0, 0xfff), math.random(0x8000, 0xbfff), math.random(0, 0x7fffffff), math.random(0, 0xffff))|' \
-    -e 's|^function setup(thread)|math.randomseed(os.time())\nfunction setup(thread)|' signed.lua > guid.lua
+    -e "s|^function setup(thread)|$SEED\nfunction setup(thread)|" signed.lua > uuid4.lua
 
 peak() { # url prefix script -> "rps p99_ms non2xx total"
   BENCH_PREFIX="$2" wrk -t"$THREADS" -c"$CONNS" -d"$DUR" --latency -s "${3:-signed.lua}" "$1" > wrk.out
@@ -109,42 +119,45 @@ paced() { # url rate -> "p99_ms achieved_rate"
 median() { python3 -c "import statistics,sys; print(statistics.median(map(float, sys.argv[1:])))" "$@"; }
 
 echo "warming up..."; BENCH_PREFIX=warm wrk -t1 -c8 -d2s -s signed.lua http://127.0.0.1:$BATON_PORT/hooks/github >/dev/null
-B_RPS_ALL=(); B_P99_ALL=(); G_RPS_ALL=(); G_P99_ALL=(); W_RPS_ALL=(); W_P99_ALL=()
+KINDS=(counter uuid1 uuid4 webhook)
+declare -A RPS P99
 B_NON=0; B_OK=0; W_NON=0
 for round in $(seq "$ROUNDS"); do
-  # Each round starts with a different one of the three.
-  case $(( round % 3 )) in
-    1) order=(baton guid webhook) ;; 2) order=(guid webhook baton) ;; 0) order=(webhook baton guid) ;;
-  esac
-  for who in "${order[@]}"; do
+  line="round $round:"
+  for k in $(seq 0 3); do # each round starts with a different one of the four
+    who=${KINDS[$(( (k + round - 1) % 4 ))]}
     case $who in
-      baton) read -r rps p99 non total < <(peak http://127.0.0.1:$BATON_PORT/hooks/github "b$round")
-             B_RPS_ALL+=("$rps"); B_P99_ALL+=("$p99") ;;
-      guid)  read -r rps p99 non total < <(peak http://127.0.0.1:$BATON_PORT/hooks/github "g$round" guid.lua)
-             G_RPS_ALL+=("$rps"); G_P99_ALL+=("$p99") ;;
-      webhook) read -r rps p99 non total < <(peak http://127.0.0.1:$PEER_PORT/hooks/github "w$round")
-             W_RPS_ALL+=("$rps"); W_P99_ALL+=("$p99"); W_NON=$((W_NON + non)); continue ;;
+      counter) read -r rps p99 non total < <(peak http://127.0.0.1:$BATON_PORT/hooks/github "c$round") ;;
+      uuid1) read -r rps p99 non total < <(peak http://127.0.0.1:$BATON_PORT/hooks/github "v$round" uuid1.lua) ;;
+      uuid4) read -r rps p99 non total < <(peak http://127.0.0.1:$BATON_PORT/hooks/github "r$round" uuid4.lua) ;;
+      webhook) read -r rps p99 non total < <(peak http://127.0.0.1:$PEER_PORT/hooks/github "w$round") ;;
     esac
-    B_NON=$((B_NON + non)); B_OK=$((B_OK + total - non))
+    RPS[$who]+="$rps "; P99[$who]+="$p99 "
+    if [ "$who" = webhook ]; then W_NON=$((W_NON + non)); else B_NON=$((B_NON + non)); B_OK=$((B_OK + total - non)); fi
+    line+=" $who ${rps}/s (p99 $p99 ms)"
   done
-  echo "round $round: baton ${B_RPS_ALL[-1]}/s (p99 ${B_P99_ALL[-1]} ms), baton with GUID ids ${G_RPS_ALL[-1]}/s (p99 ${G_P99_ALL[-1]} ms), webhook ${W_RPS_ALL[-1]}/s (p99 ${W_P99_ALL[-1]} ms)"
+  echo "$line"
 done
-B_RPS=$(median "${B_RPS_ALL[@]}"); B_P99=$(median "${B_P99_ALL[@]}")
-G_RPS=$(median "${G_RPS_ALL[@]}"); G_P99=$(median "${G_P99_ALL[@]}")
-W_RPS=$(median "${W_RPS_ALL[@]}"); W_P99=$(median "${W_P99_ALL[@]}")
-HALF=$(( ${B_RPS%.*} / 2 ))
+# Every delivery of the peak runs (not the warm-up's), counted before the paced runs add more.
+sleep 1
+STORED=$(python3 -c "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute(\"select count(*) from deliveries where delivery_id not like 'warm-%'\").fetchone()[0])" "$D/baton.db")
+for who in "${KINDS[@]}"; do
+  # shellcheck disable=SC2086
+  RPS[$who]=$(median ${RPS[$who]}); P99[$who]=$(median ${P99[$who]})
+done
+HALF=$(( ${RPS[uuid1]%.*} / 2 ))
 read -r B_HALF_P99 B_HALF_RPS B_HALF_BAD < <(paced http://127.0.0.1:$BATON_PORT/hooks/github $HALF)
 read -r W_HALF_P99 W_HALF_RPS W_HALF_BAD < <(paced http://127.0.0.1:$PEER_PORT/hooks/github $HALF)
-sleep 1
-# Every delivery of the peak runs (not the warm-up's, not the paced run's).
-STORED=$(python3 -c "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute(\"select count(*) from deliveries where delivery_id not like 'warm-%' and delivery_id not like 'load-%'\").fetchone()[0])" "$D/baton.db")
 
 printf '\nwebhook intake, %s connections, %s per run, %s alternated rounds, signed GitHub push (%d bytes)\n' "$CONNS" "$DUR" "$ROUNDS" "${#BODY}"
-printf '%-36s %12s %16s %12s\n' "" "baton" "baton, GUID ids" "webhook"
-printf '%-36s %12.0f %16.0f %12.0f\n' "peak verified deliveries/s, median" "$B_RPS" "$G_RPS" "$W_RPS"
-printf '%-36s %12.2f %16.2f %12.2f\n' "p99 at peak, ms, median" "$B_P99" "$G_P99" "$W_P99"
-printf '%-36s %12s %16s %12s\n' "non-2xx answers" "$B_NON" "" "$W_NON"
-printf '%-36s %12s %16s %12s\n' "p99 at $HALF/s offered, ms" "$B_HALF_P99" "" "$W_HALF_P99"
-printf '%-36s %12s %16s %12s\n' "  achieved rate; failed requests" "$B_HALF_RPS; $B_HALF_BAD" "" "$W_HALF_RPS; $W_HALF_BAD"
-python3 -c "import sys; b,g,w=map(float,sys.argv[1:]); print(f'ratio baton/webhook, median peak rate: {b/w:.2f} (GUID ids: {g/w:.2f})')" "$B_RPS" "$G_RPS" "$W_RPS"
-echo "baton 2xx answers: $B_OK; deliveries stored: $STORED (every 2xx stored: $([ "$STORED" -ge "$B_OK" ] && echo yes || echo NO))"
+printf '%-40s %14s %14s %14s %10s\n' "" "baton, GitHub" "baton, counter" "baton, random" "webhook"
+printf '%-40s %14s %14s %14s %10s\n' "delivery ids" "(UUIDv1)" "ids" "(UUIDv4)" ""
+printf '%-40s %14.0f %14.0f %14.0f %10.0f\n' "peak verified deliveries/s, median" "${RPS[uuid1]}" "${RPS[counter]}" "${RPS[uuid4]}" "${RPS[webhook]}"
+printf '%-40s %14.2f %14.2f %14.2f %10.2f\n' "p99 at peak, ms, median" "${P99[uuid1]}" "${P99[counter]}" "${P99[uuid4]}" "${P99[webhook]}"
+python3 -c "import sys; g,c,r,w=map(float,sys.argv[1:]); print(f'{\"ratio to webhook\":40s} {g/w:14.2f} {c/w:14.2f} {r/w:14.2f}')" "${RPS[uuid1]}" "${RPS[counter]}" "${RPS[uuid4]}" "${RPS[webhook]}"
+printf '%-40s %14s %14s %14s %10s\n' "non-2xx answers" "$B_NON" "" "" "$W_NON"
+printf '\nat half of baton'"'"'s peak with GitHub ids (%s/s offered, open loop, GitHub-style ids)\n' "$HALF"
+printf '%-40s %14s %10s\n' "" "baton" "webhook"
+printf '%-40s %14s %10s\n' "p99, ms (target < 5 for baton)" "$B_HALF_P99" "$W_HALF_P99"
+printf '%-40s %14s %10s\n' "achieved rate/s; failed requests" "$B_HALF_RPS; $B_HALF_BAD" "$W_HALF_RPS; $W_HALF_BAD"
+echo "baton 2xx answers at peak: $B_OK; deliveries stored: $STORED (every 2xx stored: $([ "$STORED" -ge "$B_OK" ] && echo yes || echo NO))"
