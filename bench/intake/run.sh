@@ -3,19 +3,21 @@
 # beside adnanh/webhook (a hook that verifies the same GitHub HMAC and runs nothing), under
 # the same load tools with the same signed payload, on 127.0.0.1.
 #
-#   bench/intake/run.sh            # DUR=10s CONNS=32 ROUNDS=3 by default
+#   bench/intake/run.sh            # DUR=10s CONNS="32 128" ROUNDS=3 by default
 #
-# Peak: wrk (closed loop, CONNS connections), for baton with three kinds of delivery id (see
-# below) and for the peer, ROUNDS times with the order rotated; medians are compared, since on
-# a shared 2-core VM one run can differ by 30% from the next. Then p99 at half of baton's peak
-# (GitHub ids) for both, from bench's own intake-load: open loop at a fixed rate, a fresh
+# Peak: wrk (closed loop) at each number of connections in CONNS, for baton with three kinds
+# of delivery id (see below) and for the peer, ROUNDS times with the order rotated; medians
+# are compared, since on a shared 2-core VM one run can differ by 30% from the next. With few
+# connections, each waiting for its answer, baton is bound by the sync every answer waits for;
+# with many, by CPU. Then, for each peak, p99 at half of baton's (GitHub ids) for both, from
+# bench's own intake-load (32 connections): open loop at a fixed rate, a fresh
 # GitHub-style delivery id per request, latency from each request's scheduled time (neither
 # wrk nor oha can give each request its own id at a fixed rate). Last, a check that every 2xx
 # baton gave at peak is a stored delivery. Needs the apt packages webhook and wrk (installed
 # when missing).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-DUR=${DUR:-10s}; CONNS=${CONNS:-32}; THREADS=${THREADS:-1}; ROUNDS=${ROUNDS:-3}
+DUR=${DUR:-10s}; CONNS=${CONNS:-32 128}; THREADS=${THREADS:-1}; ROUNDS=${ROUNDS:-3}
 BATON_PORT=${BATON_PORT:-9101}; PEER_PORT=${PEER_PORT:-9102}
 SECRET=bench-secret
 BODY='{"ref":"refs/heads/main","after":"abc123","repository":{"full_name":"acme/app"}}'
@@ -97,8 +99,8 @@ sed -e 's|^  wrk.headers\["X-GitHub-Delivery"\] = .*|  wrk.headers["X-GitHub-Del
 sed -e 's|^  wrk.headers\["X-GitHub-Delivery"\] = .*|  wrk.headers["X-GitHub-Delivery"] = string.format("%08x-%04x-4%03x-%04x-%08x%04x", math.random(0, 0x7fffffff), math.random(0, 0xffff), math.random(0, 0xfff), math.random(0x8000, 0xbfff), math.random(0, 0x7fffffff), math.random(0, 0xffff))|' \
     -e "s|^function setup(thread)|$SEED\nfunction setup(thread)|" signed.lua > uuid4.lua
 
-peak() { # url prefix script -> "rps p99_ms non2xx total"
-  BENCH_PREFIX="$2" wrk -t"$THREADS" -c"$CONNS" -d"$DUR" --latency -s "${3:-signed.lua}" "$1" > wrk.out
+peak() { # connections url prefix script -> "rps p99_ms non2xx total"
+  BENCH_PREFIX="$3" wrk -t"$THREADS" -c"$1" -d"$DUR" --latency -s "${4:-signed.lua}" "$2" > wrk.out
   python3 - <<'PY'
 import re
 t = open("wrk.out").read()
@@ -112,7 +114,7 @@ PY
 }
 
 paced() { # url rate -> "p99_ms achieved_rate"
-  "$LOAD" "$1" "$2" "${DUR%s}" "$CONNS" "$SECRET" "$BODY" > load.json
+  "$LOAD" "$1" "$2" "${DUR%s}" 32 "$SECRET" "$BODY" > load.json
   python3 -c "import json; r=json.load(open('load.json')); print(f\"{r['p99_ms']:.2f} {r['rate']:.0f} {r['non_2xx'] + r['errors']}\")"
 }
 
@@ -120,44 +122,56 @@ median() { python3 -c "import statistics,sys; print(statistics.median(map(float,
 
 echo "warming up..."; BENCH_PREFIX=warm wrk -t1 -c8 -d2s -s signed.lua http://127.0.0.1:$BATON_PORT/hooks/github >/dev/null
 KINDS=(counter uuid1 uuid4 webhook)
-declare -A RPS P99
+declare -A RPS P99 HALF
 B_NON=0; B_OK=0; W_NON=0
-for round in $(seq "$ROUNDS"); do
-  line="round $round:"
-  for k in $(seq 0 3); do # each round starts with a different one of the four
-    who=${KINDS[$(( (k + round - 1) % 4 ))]}
-    case $who in
-      counter) read -r rps p99 non total < <(peak http://127.0.0.1:$BATON_PORT/hooks/github "c$round") ;;
-      uuid1) read -r rps p99 non total < <(peak http://127.0.0.1:$BATON_PORT/hooks/github "v$round" uuid1.lua) ;;
-      uuid4) read -r rps p99 non total < <(peak http://127.0.0.1:$BATON_PORT/hooks/github "r$round" uuid4.lua) ;;
-      webhook) read -r rps p99 non total < <(peak http://127.0.0.1:$PEER_PORT/hooks/github "w$round") ;;
-    esac
-    RPS[$who]+="$rps "; P99[$who]+="$p99 "
-    if [ "$who" = webhook ]; then W_NON=$((W_NON + non)); else B_NON=$((B_NON + non)); B_OK=$((B_OK + total - non)); fi
-    line+=" $who ${rps}/s (p99 $p99 ms)"
+for conns in $CONNS; do
+  for round in $(seq "$ROUNDS"); do
+    line="$conns connections, round $round:"
+    for k in $(seq 0 3); do # each round starts with a different one of the four
+      who=${KINDS[$(( (k + round - 1) % 4 ))]}
+      url=http://127.0.0.1:$BATON_PORT/hooks/github
+      case $who in
+        counter) read -r rps p99 non total < <(peak "$conns" "$url" "c$conns-$round") ;;
+        uuid1) read -r rps p99 non total < <(peak "$conns" "$url" "v$conns-$round" uuid1.lua) ;;
+        uuid4) read -r rps p99 non total < <(peak "$conns" "$url" "r$conns-$round" uuid4.lua) ;;
+        webhook) read -r rps p99 non total < <(peak "$conns" http://127.0.0.1:$PEER_PORT/hooks/github "w$conns-$round") ;;
+      esac
+      RPS[$conns,$who]+="$rps "; P99[$conns,$who]+="$p99 "
+      if [ "$who" = webhook ]; then W_NON=$((W_NON + non)); else B_NON=$((B_NON + non)); B_OK=$((B_OK + total - non)); fi
+      line+=" $who ${rps}/s (p99 $p99 ms)"
+    done
+    echo "$line"
   done
-  echo "$line"
+  for who in "${KINDS[@]}"; do
+    # shellcheck disable=SC2086
+    RPS[$conns,$who]=$(median ${RPS[$conns,$who]}); P99[$conns,$who]=$(median ${P99[$conns,$who]})
+  done
 done
 # Every delivery of the peak runs (not the warm-up's), counted before the paced runs add more.
 sleep 1
 STORED=$(python3 -c "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute(\"select count(*) from deliveries where delivery_id not like 'warm-%'\").fetchone()[0])" "$D/baton.db")
-for who in "${KINDS[@]}"; do
-  # shellcheck disable=SC2086
-  RPS[$who]=$(median ${RPS[$who]}); P99[$who]=$(median ${P99[$who]})
+# The peaks leave the checkpointer behind (random ids dirty pages all over the index): the
+# paced runs measure the steady state, so give it a few seconds first.
+for conns in $CONNS; do
+  sleep 5
+  rate=$(( ${RPS[$conns,uuid1]%.*} / 2 ))
+  read -r p99 achieved bad < <(paced http://127.0.0.1:$BATON_PORT/hooks/github "$rate")
+  HALF[$conns,baton]="$rate $p99 $achieved $bad"
+  read -r p99 achieved bad < <(paced http://127.0.0.1:$PEER_PORT/hooks/github "$rate")
+  HALF[$conns,webhook]="$rate $p99 $achieved $bad"
 done
-HALF=$(( ${RPS[uuid1]%.*} / 2 ))
-read -r B_HALF_P99 B_HALF_RPS B_HALF_BAD < <(paced http://127.0.0.1:$BATON_PORT/hooks/github $HALF)
-read -r W_HALF_P99 W_HALF_RPS W_HALF_BAD < <(paced http://127.0.0.1:$PEER_PORT/hooks/github $HALF)
 
-printf '\nwebhook intake, %s connections, %s per run, %s alternated rounds, signed GitHub push (%d bytes)\n' "$CONNS" "$DUR" "$ROUNDS" "${#BODY}"
-printf '%-40s %14s %14s %14s %10s\n' "" "baton, GitHub" "baton, counter" "baton, random" "webhook"
-printf '%-40s %14s %14s %14s %10s\n' "delivery ids" "(UUIDv1)" "ids" "(UUIDv4)" ""
-printf '%-40s %14.0f %14.0f %14.0f %10.0f\n' "peak verified deliveries/s, median" "${RPS[uuid1]}" "${RPS[counter]}" "${RPS[uuid4]}" "${RPS[webhook]}"
-printf '%-40s %14.2f %14.2f %14.2f %10.2f\n' "p99 at peak, ms, median" "${P99[uuid1]}" "${P99[counter]}" "${P99[uuid4]}" "${P99[webhook]}"
-python3 -c "import sys; g,c,r,w=map(float,sys.argv[1:]); print(f'{\"ratio to webhook\":40s} {g/w:14.2f} {c/w:14.2f} {r/w:14.2f}')" "${RPS[uuid1]}" "${RPS[counter]}" "${RPS[uuid4]}" "${RPS[webhook]}"
-printf '%-40s %14s %14s %14s %10s\n' "non-2xx answers" "$B_NON" "" "" "$W_NON"
-printf '\nat half of baton'"'"'s peak with GitHub ids (%s/s offered, open loop, GitHub-style ids)\n' "$HALF"
-printf '%-40s %14s %10s\n' "" "baton" "webhook"
-printf '%-40s %14s %10s\n' "p99, ms (target < 5 for baton)" "$B_HALF_P99" "$W_HALF_P99"
-printf '%-40s %14s %10s\n' "achieved rate/s; failed requests" "$B_HALF_RPS; $B_HALF_BAD" "$W_HALF_RPS; $W_HALF_BAD"
+printf '\nwebhook intake, %s per run, %s alternated rounds, signed GitHub push (%d bytes)\n' "$DUR" "$ROUNDS" "${#BODY}"
+for conns in $CONNS; do
+  printf '\n%-40s %14s %14s %14s %10s\n' "$conns connections (wrk)" "baton, GitHub" "baton, counter" "baton, random" "webhook"
+  printf '%-40s %14s %14s %14s %10s\n' "delivery ids" "(UUIDv1)" "ids" "(UUIDv4)" ""
+  printf '%-40s %14.0f %14.0f %14.0f %10.0f\n' "peak verified deliveries/s, median" "${RPS[$conns,uuid1]}" "${RPS[$conns,counter]}" "${RPS[$conns,uuid4]}" "${RPS[$conns,webhook]}"
+  printf '%-40s %14.2f %14.2f %14.2f %10.2f\n' "p99 at peak, ms, median" "${P99[$conns,uuid1]}" "${P99[$conns,counter]}" "${P99[$conns,uuid4]}" "${P99[$conns,webhook]}"
+  python3 -c "import sys; g,c,r,w=map(float,sys.argv[1:]); print(f'{\"ratio to webhook\":40s} {g/w:14.2f} {c/w:14.2f} {r/w:14.2f}')" "${RPS[$conns,uuid1]}" "${RPS[$conns,counter]}" "${RPS[$conns,uuid4]}" "${RPS[$conns,webhook]}"
+  read -r rate b_p99 b_rate b_bad <<< "${HALF[$conns,baton]}"
+  read -r _ w_p99 w_rate w_bad <<< "${HALF[$conns,webhook]}"
+  printf '%-40s %14s %44s\n' "p99 at $rate/s (half), open loop, ms" "$b_p99" "$w_p99"
+  printf '%-40s %14s %44s\n' "  achieved rate/s; failed requests" "$b_rate; $b_bad" "$w_rate; $w_bad"
+done
+printf '\nnon-2xx answers: baton %s, webhook %s\n' "$B_NON" "$W_NON"
 echo "baton 2xx answers at peak: $B_OK; deliveries stored: $STORED (every 2xx stored: $([ "$STORED" -ge "$B_OK" ] && echo yes || echo NO))"
