@@ -315,9 +315,8 @@ fn spawn_checkpointer(
         .spawn(move || {
             while !closed.load(Ordering::Relaxed) {
                 std::thread::sleep(limits.interval);
-                if restart.load(Ordering::Relaxed) {
-                    continue; // the writer has not got to it yet
-                }
+                // Copying goes on while a restart is pending: a reader that holds up the
+                // restart must not hold up the copying too.
                 match copy() {
                     Ok(wanted) => restart.store(wanted, Ordering::Relaxed),
                     Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed; retrying"),
