@@ -6,7 +6,23 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # A real Buildbot (a master with workers, and one behind a login); the tests that need it
-# fail without it.
+# fail without it. Another checkout's Buildbot, or anything else, may hold the default
+# ports: then this run takes free ones (its own Buildbot, left running, keeps its ports).
+taken() { ! python3 -c 'import socket, sys; socket.socket().bind(("127.0.0.1", int(sys.argv[1])))' "$1" 2>/dev/null; }
+own_pid=$(cat .buildbot/master/twistd.pid 2>/dev/null || true)
+if [ -z "$own_pid" ] || ! kill -0 "$own_pid" 2>/dev/null; then
+    for setting in BUILDBOT_WEB_PORT=8010 BUILDBOT_PB_PORT=9989 BUILDBOT_AUTH_WEB_PORT=8011 BUILDBOT_AUTH_PB_PORT=9990; do
+        name=${setting%%=*}
+        port=${!name:-${setting#*=}}
+        if taken "$port"; then
+            free=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+            echo "test.sh: port $port ($name) is taken; using $free" >&2
+            export "$name=$free"
+        fi
+    done
+fi
+# On CI, leave nothing running behind.
+if [ -n "${CI:-}" ]; then trap 'scripts/buildbot.sh stop' EXIT; fi
 scripts/buildbot.sh
 export BATON_BUILDBOT_URL=http://127.0.0.1:${BUILDBOT_WEB_PORT:-8010}
 export BATON_BUILDBOT_AUTH_URL=http://127.0.0.1:${BUILDBOT_AUTH_WEB_PORT:-8011}
