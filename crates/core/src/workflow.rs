@@ -185,6 +185,12 @@ impl Trigger {
         if !self.names(source, event) {
             return Ok(false);
         }
+        self.holds(payload)
+    }
+
+    /// True when this entry's `if` holds for `payload` (or it has none): [`Trigger::matches`]
+    /// for a caller that checked [`Trigger::names`] already.
+    pub fn holds(&self, payload: &jaq_json::Val) -> Result<bool, crate::expr::EvalError> {
         match &self.condition {
             Some(condition) => condition.is_true_val(payload.clone()),
             None => Ok(true),

@@ -229,17 +229,8 @@ pub async fn adapter_webhook(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use baton_core::secret::SecretError;
-    use baton_core::{Secret, SecretRef, SecretResolver};
-
-    struct Named;
-    impl SecretResolver for Named {
-        fn resolve(&self, r: &SecretRef) -> Result<Secret, SecretError> {
-            Ok(Secret::new(match r {
-                SecretRef::Env(n) | SecretRef::File(n) => n.clone(),
-            }))
-        }
-    }
+    use crate::sources::tests::Fixed;
+    use baton_core::SecretRef;
 
     #[test]
     fn stored_headers_are_json_without_secrets_and_join_repeats() {
@@ -247,7 +238,7 @@ mod tests {
             secrets: vec![SecretRef::Env("s".into())],
             ..Default::default()
         });
-        let source = Source::new("gh", &config, &Named).unwrap();
+        let source = Source::new("gh", &config, &Fixed).unwrap();
         let mut headers = HeaderMap::new();
         headers.insert("x-github-event", "push".parse().unwrap());
         headers.insert("x-hub-signature-256", "sha256=00".parse().unwrap());

@@ -196,7 +196,7 @@ fn match_one(state: &AppState, delivery: &PendingDelivery, runs: &mut Vec<NewRun
                     return problems;
                 }
             };
-            match trigger.matches(&delivery.source, &delivery.event, parsed) {
+            match trigger.holds(parsed) {
                 Ok(true) => {
                     let event = event
                         .get_or_insert_with(|| {

@@ -303,12 +303,13 @@ fn event_from_expr(expr: &Expr, json: &serde_json::Value) -> Result<String, Refu
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use baton_core::secret::SecretError;
     use baton_core::{Secret, SecretRef};
 
-    struct Fixed;
+    /// Resolves every reference to its own name: a test's secrets are the names it gives.
+    pub(crate) struct Fixed;
     impl SecretResolver for Fixed {
         fn resolve(&self, r: &SecretRef) -> Result<Secret, SecretError> {
             Ok(Secret::new(match r {
