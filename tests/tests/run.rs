@@ -156,6 +156,52 @@ stages:
 }
 
 #[test]
+fn ctrl_c_cancels_the_run_and_kills_its_processes() {
+    let sb = Sandbox::new();
+    // Two branches, so that events keep the run loop busy while the signal arrives.
+    sb.write(
+        "wf.yaml",
+        r#"
+name: interrupted
+stages:
+  chatty:
+    uses: exec
+    with:
+      run: |
+        for i in $(seq 200); do echo "[COUT] step = $i"; sleep 0.01; done
+  slow:
+    uses: exec
+    with:
+      run: |
+        echo $$ > "$SANDBOX/slow.pid"
+        sleep 300
+"#,
+    );
+    let child = sb
+        .baton(&["run", "wf.yaml", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn baton");
+    eventually(Duration::from_secs(30), "the slow stage starts", || {
+        !sb.read("slow.pid").trim().is_empty()
+    });
+    let slow: i32 = sb.read("slow.pid").trim().parse().expect("a pid");
+    // SAFETY: signalling the child this test spawned, as Ctrl-C in its terminal would.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let out = baton_tests::wait_with_deadline(child, Duration::from_secs(30));
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(out.stderr.contains("cancelling run"), "{}", out.stderr);
+    assert_eq!(out.json()["status"], "cancelled");
+    assert_eq!(out.stage("slow")["status"], "cancelled");
+    eventually(
+        Duration::from_secs(10),
+        "the slow stage's shell is killed",
+        || !alive(slow),
+    );
+}
+
+#[test]
 fn an_approval_stage_passes_with_approve_and_times_out_without() {
     let sb = Sandbox::new();
     sb.write(

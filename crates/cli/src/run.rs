@@ -239,6 +239,7 @@ async fn drive(
     ask: bool,
 ) -> Result<RunStatus> {
     let mut ticker = tokio::time::interval(Duration::from_millis(100));
+    let mut interrupts = Interrupts::listen()?;
     let mut interrupted = false;
     let mut hinted = HashSet::new();
     let mut asked = HashSet::new();
@@ -275,7 +276,7 @@ async fn drive(
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => bail!("the engine stopped"),
             },
             _ = ticker.tick() => progress.tick(),
-            _ = tokio::signal::ctrl_c() => {
+            _ = interrupts.next() => {
                 if interrupted {
                     eprintln!("\ninterrupted again: leaving; `baton resume` finishes the run from the store");
                     std::process::exit(130);
@@ -285,6 +286,31 @@ async fn drive(
                 engine.cancel_run(run_id).await.ok();
             }
         }
+    }
+}
+
+/// Ctrl-C presses, from one listener for the whole run. A `ctrl_c()` future made anew on each
+/// turn of the loop listens only while that turn waits: a press that landed while the loop
+/// was handling an event was lost, and the run went on.
+struct Interrupts {
+    #[cfg(unix)]
+    signals: tokio::signal::unix::Signal,
+}
+
+impl Interrupts {
+    fn listen() -> Result<Self> {
+        Ok(Self {
+            #[cfg(unix)]
+            signals: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+                .context("cannot listen for Ctrl-C")?,
+        })
+    }
+
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        self.signals.recv().await;
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
 
