@@ -37,13 +37,22 @@ running() { # basedir → true when its twistd is alive
         kill -0 "$pid" 2>/dev/null
 }
 
+stop_one() { # basedir stop-command: stops one twistd, killing it if it will not go
+    local dir=$1 tool=$2
+    running "$dir" || return 0
+    "$tool" stop "$dir" >/dev/null 2>&1 || true
+    if running "$dir"; then
+        # `buildbot stop` gives up after a while (seen with a build still running): a
+        # master left behind keeps its ports and outlives a CI run.
+        say "$(basename "$dir") did not stop: killing it"
+        kill -9 "$(cat "$dir/twistd.pid")" 2>/dev/null || true
+        rm -f "$dir/twistd.pid"
+    fi
+}
+
 stop() {
-    for n in $WORKERS; do
-        if running "$BB/worker$n"; then "$VENV/bin/buildbot-worker" stop "$BB/worker$n" >/dev/null || true; fi
-    done
-    for m in master master-auth; do
-        if running "$BB/$m"; then "$VENV/bin/buildbot" stop "$BB/$m" >/dev/null || true; fi
-    done
+    for n in $WORKERS; do stop_one "$BB/worker$n" "$VENV/bin/buildbot-worker"; done
+    for m in master master-auth; do stop_one "$BB/$m" "$VENV/bin/buildbot"; done
     say "stopped"
 }
 
