@@ -187,11 +187,9 @@ for conns in $CONNS; do
 done
 # Each side's best peak over the connection counts, the target's terms: baton (GitHub ids)
 # against the peer.
-b_best=0; w_best=0
-for conns in $CONNS; do
-  b_best=$(python3 -c "import sys; print(max(map(float, sys.argv[1:])))" "$b_best" "${RPS[$conns,uuid1]}")
-  w_best=$(python3 -c "import sys; print(max(map(float, sys.argv[1:])))" "$w_best" "${RPS[$conns,webhook]}")
-done
-python3 -c "import sys; b,w=map(float,sys.argv[1:]); print(f'\nbest peak: baton {b:.0f}/s, webhook {w:.0f}/s, ratio {b/w:.2f}')" "$b_best" "$w_best"
+pairs=""
+for conns in $CONNS; do pairs+="${RPS[$conns,uuid1]}:${RPS[$conns,webhook]} "; done
+# shellcheck disable=SC2086
+python3 -c "import sys; b,w=(max(float(p.split(':')[i]) for p in sys.argv[1:]) for i in (0,1)); print(f'\nbest peak: baton {b:.0f}/s, webhook {w:.0f}/s, ratio {b/w:.2f}')" $pairs
 printf '\nnon-2xx answers: baton %s, webhook %s\n' "$B_NON" "$W_NON"
 echo "baton 2xx answers at peak: $B_OK; deliveries stored: $STORED (every 2xx stored: $([ "$STORED" -ge "$B_OK" ] && echo yes || echo NO))"
