@@ -9,10 +9,10 @@
 # of delivery id (see below) and for the peer, ROUNDS times with the order rotated; medians
 # are compared, since on a shared 2-core VM one run can differ by 30% from the next. With few
 # connections, each waiting for its answer, baton is bound by the sync every answer waits for;
-# with many, by CPU. Then, for each peak, p99 at half of baton's (GitHub ids) for both, from
-# bench's own intake-load (32 connections): open loop at a fixed rate, a fresh
-# GitHub-style delivery id per request, latency from each request's scheduled time (neither
-# wrk nor oha can give each request its own id at a fixed rate). Last, a check that every 2xx
+# with many, by CPU. Then, for each peak, p99 at half of baton's (GitHub ids) for both, with
+# as many connections as that peak, from bench's own intake-load: open loop at a fixed rate,
+# a fresh GitHub-style delivery id per request, latency from each request's scheduled time
+# (neither wrk nor oha can give each request its own id at a fixed rate). Last, a check that every 2xx
 # baton gave at peak is a stored delivery. Needs the apt packages webhook and wrk (installed
 # when missing).
 set -euo pipefail
@@ -113,8 +113,8 @@ print(f"{rps:.0f} {p99:.2f} {int(non.group(1)) if non else 0} {total}")
 PY
 }
 
-paced() { # url rate -> "p99_ms achieved_rate"
-  "$LOAD" "$1" "$2" "${DUR%s}" 32 "$SECRET" "$BODY" > load.json
+paced() { # url rate connections -> "p99_ms achieved_rate failed"
+  "$LOAD" "$1" "$2" "${DUR%s}" "$3" "$SECRET" "$BODY" > load.json
   python3 -c "import json; r=json.load(open('load.json')); print(f\"{r['p99_ms']:.2f} {r['rate']:.0f} {r['non_2xx'] + r['errors']}\")"
 }
 
@@ -161,7 +161,7 @@ for conns in $CONNS; do
     order="baton webhook"; [ $((round % 2)) = 0 ] && order="webhook baton"
     for who in $order; do
       port=$BATON_PORT; [ "$who" = webhook ] && port=$PEER_PORT
-      read -r p99 achieved bad < <(paced http://127.0.0.1:$port/hooks/github "$rate")
+      read -r p99 achieved bad < <(paced http://127.0.0.1:$port/hooks/github "$rate" "$conns")
       if [ "$who" = baton ]; then b_runs+="$p99 "; b_rates+="$achieved "; b_bad=$((b_bad + bad))
       else w_runs+="$p99 "; w_rates+="$achieved "; w_bad=$((w_bad + bad)); fi
     done

@@ -2,35 +2,47 @@
 //! fixed rate, each with its own delivery id, and reports latency percentiles measured from
 //! each request's *scheduled* time (so a stalled server cannot hide its queueing).
 //!
-//! `intake-load URL RATE SECONDS CONNECTIONS SECRET BODY`
+//! `intake-load URL RATE SECONDS CONNECTIONS SECRET BODY [THREADS]`
 //!
 //! Prints one line of JSON: `{"sent", "ok", "non_2xx", "errors", "rate", "p50_ms", "p99_ms", "max_ms"}`.
+//! With `INTAKE_LOAD_TRACE=FILE` it also writes each answered request's scheduled time from the
+//! start and its latency, in microseconds, one request per line: to see *when* a run was slow.
 //!
-//! Delivery ids are shaped like GitHub's (UUID version 1: the clock first, then a clock
-//! sequence and a node), taken from the clock when each request is sent: ids sent close in
-//! time sort close together, as GitHub's do, and each is new.
+//! Request `k` is due at `k / RATE` seconds and goes out on a keep-alive connection that has
+//! no request in flight; when every connection is busy it waits, and the wait counts in its
+//! latency. Delivery ids are shaped like GitHub's (UUID version 1: the clock first, then a
+//! clock sequence and a node), taken from the clock when each request is sent: ids sent close
+//! in time sort close together, as GitHub's do, and each is new.
 //!
-//! It shares two cores with the server it measures, so it is kept lean: one thread per
-//! keep-alive connection with blocking sockets (a thread sleeps to its next slot with the
-//! kernel's high-resolution timer, where an async timer would round to a millisecond), one
-//! request buffer per connection whose delivery id is rewritten in place, and a response
-//! reader that only looks for the status and `Content-Length`.
+//! It shares two cores with the server it measures, so it is kept lean: THREADS event loops
+//! (2 by default) share the connections, each waiting in epoll on its sockets and on a timer
+//! with nanosecond resolution (an async runtime's timer rounds to a millisecond, and a thread
+//! per connection costs two context switches per request); one request buffer per connection
+//! whose delivery id is rewritten in place; a response reader that only looks for the status
+//! and `Content-Length`.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use hmac::Mac;
+use mio::net::TcpStream;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
 
 /// Length of a delivery id (a UUID in its text form).
 const ID_LEN: usize = 36;
 /// 100 ns intervals from the UUID epoch (1582-10-15) to the Unix epoch.
 const UUID_EPOCH_OFFSET: u64 = 0x01B2_1DD2_1381_4000;
+/// Event loops when THREADS is not given: one per core of the 2-core machines we measure on.
+const DEFAULT_THREADS: usize = 2;
+/// The poll token of a loop's timer; connections use their index.
+const TIMER: Token = Token(usize::MAX);
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.len() != 6 {
-        eprintln!("usage: intake-load URL RATE SECONDS CONNECTIONS SECRET BODY");
+    if !(6..=7).contains(&args.len()) {
+        eprintln!("usage: intake-load URL RATE SECONDS CONNECTIONS SECRET BODY [THREADS]");
         std::process::exit(2);
     }
     let (address, path) = split_url(&args[0]);
@@ -38,42 +50,58 @@ fn main() {
     let seconds: f64 = args[2].parse().expect("SECONDS");
     let connections: usize = args[3].parse().expect("CONNECTIONS");
     let body = &args[5];
+    let threads = args
+        .get(6)
+        .map_or(DEFAULT_THREADS, |t| t.parse().expect("THREADS"))
+        .clamp(1, connections.max(1));
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(args[4].as_bytes()).expect("key");
     mac.update(body.as_bytes());
     let signature = hex::encode(mac.finalize().into_bytes());
+    let prefix = format!(
+        "POST {path} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\n\
+         X-GitHub-Event: push\r\nX-Hub-Signature-256: sha256={signature}\r\n\
+         Content-Length: {}\r\nX-GitHub-Delivery: ",
+        body.len()
+    );
+    let request = format!("{prefix}{:ID_LEN$}\r\n\r\n{body}", "");
 
     let total = (rate * seconds) as u64;
     let begun = Instant::now() + Duration::from_millis(50);
-    let pid = std::process::id();
-    let workers: Vec<_> = (0..connections)
-        .map(|c| {
-            // Connection c sends requests c, c + connections, c + 2 * connections, ...
-            let count = (total + (connections - 1 - c) as u64) / connections as u64;
-            let prefix = format!(
-                "POST {path} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\n\
-                 X-GitHub-Event: push\r\nX-Hub-Signature-256: sha256={signature}\r\n\
-                 Content-Length: {}\r\nX-GitHub-Delivery: ",
-                body.len()
-            );
-            let request = format!("{prefix}{:ID_LEN$}\r\n\r\n{body}", "");
-            let id_at = prefix.len();
-            // The clock sequence and node tell connections (and runs) apart.
-            let node = (u64::from(pid) << 16) | c as u64;
+    let pid = u64::from(std::process::id());
+    let workers: Vec<_> = (0..threads)
+        .map(|t| {
+            // Loop t owns connections t, t + threads, ... and requests t, t + threads, ...
+            let conns: Vec<Conn> = (t..connections)
+                .step_by(threads)
+                .map(|c| Conn::new(request.as_bytes(), prefix.len(), (pid << 16) | c as u64))
+                .collect();
+            let schedule = Schedule {
+                begun,
+                rate,
+                first: t as u64,
+                step: threads as u64,
+                count: (total + (threads - 1 - t) as u64) / threads as u64,
+            };
             let address = address.clone();
             std::thread::spawn(move || {
-                let slot = |i: u64| {
-                    begun
-                        + Duration::from_secs_f64((i * connections as u64 + c as u64) as f64 / rate)
-                };
-                connection(&address, request.into_bytes(), id_at, node, count, slot)
+                EventLoop::new(address, conns)
+                    .and_then(|l| l.run(&schedule))
+                    .expect("event loop")
             })
         })
         .collect();
     let mut tally = Tally::default();
     for w in workers {
-        tally.merge(w.join().expect("connection thread"));
+        tally.merge(w.join().expect("event loop thread"));
     }
     let elapsed = begun.elapsed().as_secs_f64();
+    if let Ok(file) = std::env::var("INTAKE_LOAD_TRACE") {
+        let mut out = String::new();
+        for (at, latency) in tally.scheduled_us.iter().zip(&tally.latencies_us) {
+            out.push_str(&format!("{at} {latency}\n"));
+        }
+        std::fs::write(&file, out).expect("INTAKE_LOAD_TRACE file");
+    }
     tally.latencies_us.sort_unstable();
     let l = &tally.latencies_us;
     let pct = |p: f64| {
@@ -102,6 +130,22 @@ fn split_url(url: &str) -> (String, String) {
     (address.to_string(), path.to_string())
 }
 
+/// One event loop's share of the requests: `first`, `first + step`, ..., `count` of them.
+struct Schedule {
+    begun: Instant,
+    rate: f64,
+    first: u64,
+    step: u64,
+    count: u64,
+}
+
+impl Schedule {
+    /// When the loop's `n`th request is due.
+    fn due(&self, n: u64) -> Instant {
+        self.begun + Duration::from_secs_f64((self.first + n * self.step) as f64 / self.rate)
+    }
+}
+
 #[derive(Default)]
 struct Tally {
     ok: u64,
@@ -109,6 +153,8 @@ struct Tally {
     errors: u64,
     /// Each answered request's latency from its scheduled time, in microseconds.
     latencies_us: Vec<u32>,
+    /// Each answered request's scheduled time from the start, in microseconds (same order).
+    scheduled_us: Vec<u32>,
 }
 
 impl Tally {
@@ -117,61 +163,323 @@ impl Tally {
         self.non_2xx += other.non_2xx;
         self.errors += other.errors;
         self.latencies_us.extend(other.latencies_us);
+        self.scheduled_us.extend(other.scheduled_us);
     }
 }
 
-/// Sends `count` requests on one keep-alive connection, request `i` at `slot(i)` (or at once
-/// if the connection is behind), reconnecting after an error.
-fn connection(
-    address: &str,
-    mut request: Vec<u8>,
+/// A keep-alive connection and the one request it may have in flight.
+struct Conn {
+    stream: Option<TcpStream>,
+    request: Vec<u8>,
+    /// Where the delivery id sits in `request`.
     id_at: usize,
+    /// The UUID node: tells connections (and runs) apart.
     node: u64,
-    count: u64,
-    slot: impl Fn(u64) -> Instant,
-) -> Tally {
-    let mut tally = Tally {
-        latencies_us: Vec::with_capacity(count as usize),
-        ..Tally::default()
-    };
-    let mut stream: Option<TcpStream> = None;
-    let mut response = vec![0u8; 4096];
-    for i in 0..count {
-        let scheduled = slot(i);
-        if let Some(wait) = scheduled.checked_duration_since(Instant::now()) {
-            std::thread::sleep(wait);
+    /// Requests sent on this connection: the UUID clock sequence.
+    sent: u64,
+    /// Bytes of `request` written so far.
+    written: usize,
+    /// When the request in flight was due.
+    in_flight: Option<Instant>,
+    response: Vec<u8>,
+}
+
+impl Conn {
+    fn new(request: &[u8], id_at: usize, node: u64) -> Self {
+        Self {
+            stream: None,
+            request: request.to_vec(),
+            id_at,
+            node,
+            sent: 0,
+            written: 0,
+            in_flight: None,
+            response: Vec::with_capacity(4096),
         }
-        write_uuid_v1(&mut request[id_at..id_at + ID_LEN], node, i);
-        let s = match stream.take().map_or_else(|| connect(address), Ok) {
-            Ok(s) => s,
-            Err(_) => {
-                tally.errors += 1;
-                continue;
+    }
+
+    /// Writes what is left of the request; `Ok` also when the socket is full for now.
+    fn write_some(&mut self) -> std::io::Result<()> {
+        let stream = self.stream.as_mut().ok_or(ErrorKind::NotConnected)?;
+        while self.written < self.request.len() {
+            match stream.write(&self.request[self.written..]) {
+                Ok(0) => return Err(ErrorKind::WriteZero.into()),
+                Ok(n) => self.written += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads what the socket has; once the whole response is in, its status and whether the
+    /// server closes the connection after it.
+    fn read_some(&mut self) -> std::io::Result<Option<(u16, bool)>> {
+        let stream = self.stream.as_mut().ok_or(ErrorKind::NotConnected)?;
+        let mut chunk = [0u8; 4096];
+        // A server may close right after its answer: the answer still counts.
+        let mut closed = false;
+        loop {
+            match stream.read(&mut chunk) {
+                Ok(0) => {
+                    closed = true;
+                    break;
+                }
+                Ok(n) => self.response.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let incomplete = || {
+            if closed {
+                Err(ErrorKind::UnexpectedEof.into())
+            } else {
+                Ok(None)
             }
         };
-        match exchange(&s, &request, &mut response) {
-            Ok(status) => {
-                if (200..300).contains(&status) {
-                    tally.ok += 1;
-                } else {
-                    tally.non_2xx += 1;
-                }
-                tally
-                    .latencies_us
-                    .push(scheduled.elapsed().as_micros().min(u32::MAX as u128) as u32);
-                stream = Some(s);
-            }
-            Err(_) => tally.errors += 1,
+        let Some(end) = self.response.windows(4).position(|w| w == b"\r\n\r\n") else {
+            return incomplete();
+        };
+        let head =
+            std::str::from_utf8(&self.response[..end]).map_err(|_| ErrorKind::InvalidData)?;
+        let status = head
+            .get(9..12)
+            .and_then(|c| c.parse().ok())
+            .ok_or(ErrorKind::InvalidData)?;
+        let header = |wanted: &str| {
+            head.lines().find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.eq_ignore_ascii_case(wanted).then(|| value.trim())
+            })
+        };
+        let length: usize = header("content-length").map_or(Ok(0), |v| {
+            v.parse()
+                .map_err(|_| std::io::Error::from(ErrorKind::InvalidData))
+        })?;
+        let closes =
+            closed || header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
+        if self.response.len() < end + 4 + length {
+            return incomplete();
         }
+        self.response.clear();
+        Ok(Some((status, closes)))
     }
-    tally
 }
 
-fn connect(address: &str) -> std::io::Result<TcpStream> {
-    let s = TcpStream::connect(address)?;
-    s.set_nodelay(true)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    Ok(s)
+/// One thread's connections, polled together with a timer for the next due request.
+struct EventLoop {
+    address: String,
+    poll: Poll,
+    timer: OwnedFd,
+    /// The due time the timer is set for, if any.
+    timer_set_for: Option<Instant>,
+    conns: Vec<Conn>,
+    /// Connections with no request in flight.
+    idle: Vec<usize>,
+    tally: Tally,
+}
+
+impl EventLoop {
+    fn new(address: String, conns: Vec<Conn>) -> std::io::Result<Self> {
+        let poll = Poll::new()?;
+        // SAFETY: timerfd_create has no preconditions; a non-negative result is a new fd we own.
+        let fd = unsafe {
+            libc::timerfd_create(
+                libc::CLOCK_MONOTONIC,
+                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: fd was just created and is owned by nothing else.
+        let timer = unsafe { OwnedFd::from_raw_fd(fd) };
+        poll.registry()
+            .register(&mut SourceFd(&timer.as_raw_fd()), TIMER, Interest::READABLE)?;
+        let idle = (0..conns.len()).rev().collect();
+        Ok(Self {
+            address,
+            poll,
+            timer,
+            timer_set_for: None,
+            conns,
+            idle,
+            tally: Tally::default(),
+        })
+    }
+
+    fn run(mut self, schedule: &Schedule) -> std::io::Result<Tally> {
+        self.tally.latencies_us.reserve(schedule.count as usize);
+        self.tally.scheduled_us.reserve(schedule.count as usize);
+        let mut events = Events::with_capacity(256);
+        let mut next = 0;
+        loop {
+            let now = Instant::now();
+            while next < schedule.count && !self.idle.is_empty() {
+                let due = schedule.due(next);
+                if due > now {
+                    break;
+                }
+                let c = self.idle.pop().expect("an idle connection");
+                self.send(c, due);
+                next += 1;
+            }
+            let busy = self.conns.len() - self.idle.len();
+            if next == schedule.count && busy == 0 {
+                return Ok(self.tally);
+            }
+            // Wake for the next request only if a connection is free to take it; otherwise
+            // an answer wakes the loop first.
+            if next < schedule.count && !self.idle.is_empty() {
+                self.set_timer(schedule.due(next), now)?;
+            }
+            match self.poll.poll(&mut events, None) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            for event in &events {
+                if event.token() == TIMER {
+                    self.timer_fired();
+                } else {
+                    self.on_ready(event.token().0, schedule.begun);
+                }
+            }
+        }
+    }
+
+    /// Sends a new request on idle connection `c`, connecting first if needed.
+    fn send(&mut self, c: usize, due: Instant) {
+        if self.conns[c].stream.is_none()
+            && let Err(_) = self.connect(c)
+        {
+            self.tally.errors += 1;
+            self.idle.push(c);
+            return;
+        }
+        let conn = &mut self.conns[c];
+        let id_at = conn.id_at;
+        write_uuid_v1(
+            &mut conn.request[id_at..id_at + ID_LEN],
+            conn.node,
+            conn.sent,
+        );
+        conn.sent += 1;
+        conn.written = 0;
+        conn.response.clear();
+        conn.in_flight = Some(due);
+        if conn.write_some().is_err() {
+            self.fail(c);
+        }
+    }
+
+    fn connect(&mut self, c: usize) -> std::io::Result<()> {
+        let std_stream = std::net::TcpStream::connect(&self.address)?;
+        std_stream.set_nodelay(true)?;
+        std_stream.set_nonblocking(true)?;
+        let mut stream = TcpStream::from_std(std_stream);
+        self.poll.registry().register(
+            &mut stream,
+            Token(c),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        self.conns[c].stream = Some(stream);
+        Ok(())
+    }
+
+    /// Drops connection `c` (its next request reconnects); a request in flight on it failed:
+    /// count it and free the connection.
+    fn fail(&mut self, c: usize) {
+        let conn = &mut self.conns[c];
+        if let Some(mut stream) = conn.stream.take() {
+            let _ = self.poll.registry().deregister(&mut stream);
+        }
+        if conn.in_flight.take().is_some() {
+            self.tally.errors += 1;
+            self.idle.push(c);
+        }
+    }
+
+    fn on_ready(&mut self, c: usize, begun: Instant) {
+        let conn = &mut self.conns[c];
+        let Some(due) = conn.in_flight else {
+            // Readiness with nothing in flight: only an unexpected close or stray bytes.
+            let mut probe = [0u8; 512];
+            if let Some(stream) = conn.stream.as_mut()
+                && matches!(stream.read(&mut probe), Ok(0))
+            {
+                self.fail(c);
+            }
+            return;
+        };
+        let outcome = conn.write_some().and_then(|()| conn.read_some());
+        match outcome {
+            Ok(None) => {}
+            Ok(Some((status, closes))) => {
+                conn.in_flight = None;
+                if closes {
+                    self.fail(c); // nothing in flight any more: only drops the connection
+                }
+                if (200..300).contains(&status) {
+                    self.tally.ok += 1;
+                } else {
+                    self.tally.non_2xx += 1;
+                }
+                let micros = |d: Duration| d.as_micros().min(u128::from(u32::MAX)) as u32;
+                self.tally.latencies_us.push(micros(due.elapsed()));
+                self.tally
+                    .scheduled_us
+                    .push(micros(due.saturating_duration_since(begun)));
+                self.idle.push(c);
+            }
+            Err(_) => self.fail(c),
+        }
+    }
+
+    /// Sets the timer to fire at `due` (at once if it is past), unless it already is.
+    fn set_timer(&mut self, due: Instant, now: Instant) -> std::io::Result<()> {
+        if self.timer_set_for == Some(due) {
+            return Ok(());
+        }
+        // A zero value would disarm the timer: a due time already past fires after 1 ns.
+        let wait = due
+            .saturating_duration_since(now)
+            .max(Duration::from_nanos(1));
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: libc::timespec {
+                tv_sec: wait.as_secs() as libc::time_t,
+                tv_nsec: wait.subsec_nanos() as libc::c_long,
+            },
+        };
+        // SAFETY: the fd is our open timerfd and `spec` is a valid itimerspec.
+        if unsafe { libc::timerfd_settime(self.timer.as_raw_fd(), 0, &spec, std::ptr::null_mut()) }
+            < 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        self.timer_set_for = Some(due);
+        Ok(())
+    }
+
+    /// Clears a fired timer (its expiry count is of no use: the loop reads the clock).
+    fn timer_fired(&mut self) {
+        let mut expirations = [0u8; 8];
+        // SAFETY: reads at most 8 bytes into an 8-byte buffer from our own timerfd.
+        unsafe {
+            libc::read(
+                self.timer.as_raw_fd(),
+                expirations.as_mut_ptr().cast(),
+                expirations.len(),
+            )
+        };
+        self.timer_set_for = None;
+    }
 }
 
 /// A version 1 UUID from the current time, `node` and a clock sequence from `i` (so two
@@ -199,47 +507,5 @@ fn write_uuid_v1(out: &mut [u8], node: u64, i: u64) {
             out[at + k] = b"0123456789abcdef"[nibble as usize];
         }
         at += digits;
-    }
-}
-
-/// Writes one request and reads its whole response; returns the status code.
-fn exchange(mut s: &TcpStream, request: &[u8], buf: &mut [u8]) -> std::io::Result<u16> {
-    s.write_all(request)?;
-    let mut filled = 0;
-    loop {
-        let n = s.read(&mut buf[filled..])?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        filled += n;
-        let Some(end) = buf[..filled].windows(4).position(|w| w == b"\r\n\r\n") else {
-            if filled == buf.len() {
-                return Err(std::io::ErrorKind::InvalidData.into());
-            }
-            continue;
-        };
-        let head = std::str::from_utf8(&buf[..end]).map_err(|_| std::io::ErrorKind::InvalidData)?;
-        let status = head
-            .get(9..12)
-            .and_then(|c| c.parse().ok())
-            .ok_or(std::io::ErrorKind::InvalidData)?;
-        let length: usize = head
-            .lines()
-            .find_map(|l| {
-                let (name, value) = l.split_once(':')?;
-                name.eq_ignore_ascii_case("content-length")
-                    .then(|| value.trim().parse().ok())?
-            })
-            .unwrap_or(0);
-        let mut left = (end + 4 + length).saturating_sub(filled);
-        while left > 0 {
-            let room = left.min(buf.len());
-            let n = s.read(&mut buf[..room])?;
-            if n == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-            left -= n;
-        }
-        return Ok(status);
     }
 }
