@@ -423,15 +423,12 @@ impl BuildbotAdapter {
             .or_else(|| requests.values().next())
             .and_then(Value::as_u64)
             .ok_or_else(bad)?;
-        Ok(RefData {
-            builder: builder.to_owned(),
+        Ok(RefData::forced(
+            builder.to_owned(),
             builderid,
             buildset,
             buildrequest,
-            build: None,
-            number: None,
-            polls: 0,
-        })
+        ))
     }
 
     /// The build request forced for `key`, if any: the newest buildset whose reason holds
@@ -486,15 +483,12 @@ impl BuildbotAdapter {
             Some(name) if Some(request.builderid) == builderid => name.to_owned(),
             _ => self.builder_name(request.builderid).await?,
         };
-        Ok(Some(RefData {
-            builder: name,
-            builderid: request.builderid,
-            buildset: set.bsid,
-            buildrequest: request.buildrequestid,
-            build: None,
-            number: None,
-            polls: 0,
-        }))
+        Ok(Some(RefData::forced(
+            name,
+            request.builderid,
+            set.bsid,
+            request.buildrequestid,
+        )))
     }
 
     async fn request(&self, brid: u64) -> Result<BuildRequest, AdapterError> {
@@ -565,8 +559,22 @@ impl BuildbotAdapter {
                 return Ok(self.finished(data, &build));
             }
         }
+        // The builds first: once one runs or has ended, that is the answer, in one request.
+        let latest = self.latest_build(data).await?;
+        match &latest {
+            Some(build) if !build.complete => return Ok(self.running(data, build)),
+            Some(build) if build.results != Some(RETRY) => return Ok(self.finished(data, build)),
+            _ => {}
+        }
         let request = self.request(data.buildrequest).await?;
-        match self.latest_build(data).await? {
+        // A build may have started and ended between the two reads: a complete request's
+        // builds are read again, so it is never taken for one that ended without a build.
+        let latest = if request.complete {
+            self.latest_build(data).await?
+        } else {
+            latest
+        };
+        match latest {
             Some(build) if !build.complete => Ok(self.running(data, &build)),
             Some(build) if build.results == Some(RETRY) && !request.complete => Ok((
                 ExternalState::Queued,
@@ -633,7 +641,16 @@ impl BuildbotAdapter {
         (ExternalState::Running, state, Some(message))
     }
 
-    fn finished(&self, data: &RefData, build: &Build) -> (ExternalState, String, Option<String>) {
+    /// A finished build's state; remembers its results in `data` for the outputs.
+    fn finished(
+        &self,
+        data: &mut RefData,
+        build: &Build,
+    ) -> (ExternalState, String, Option<String>) {
+        data.build = Some(build.buildid);
+        data.number = Some(build.number);
+        data.results = build.results;
+        data.state_string = build.state_string.clone();
         let code = build.results.unwrap_or(-1);
         let raw = results_name(code);
         let state = build.state_string.as_deref().unwrap_or_default();
@@ -781,9 +798,10 @@ impl Adapter for BuildbotAdapter {
         external: &ExternalRef,
     ) -> Result<Map<String, Value>, AdapterError> {
         let mut data = RefData::read(&external.id, &external.data)?;
-        let build = match data.build {
-            Some(id) => Some(self.build(id).await?),
-            None => self.latest_build(&mut data).await?,
+        let build = match (data.finished_build(), data.build) {
+            (Some(build), _) => Some(build),
+            (None, Some(id)) => Some(self.build(id).await?),
+            (None, None) => self.latest_build(&mut data).await?,
         };
         let mut out = Map::new();
         match build {
@@ -879,9 +897,10 @@ impl Adapter for BuildbotAdapter {
 
     async fn logs(&self, _key: &AttemptKey, external: &ExternalRef) -> Result<Logs, AdapterError> {
         let mut data = RefData::read(&external.id, &external.data)?;
-        let build = match data.build {
-            Some(id) => Some(self.build(id).await?),
-            None => self.latest_build(&mut data).await?,
+        let build = match (data.finished_build(), data.build) {
+            (Some(build), _) => Some(build),
+            (None, Some(id)) => Some(self.build(id).await?),
+            (None, None) => self.latest_build(&mut data).await?,
         };
         let Some(build) = build else {
             return Ok(Logs {

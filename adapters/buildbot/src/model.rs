@@ -154,9 +154,44 @@ pub struct RefData {
     /// Polls so far, which set the next wait.
     #[serde(default)]
     pub polls: u32,
+    /// The build's `results` once it completed: a finished build never changes, so the
+    /// outputs need not read it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub results: Option<i64>,
+    /// The finished build's `state_string`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_string: Option<String>,
 }
 
 impl RefData {
+    /// A build request just forced (or found), before any poll.
+    pub fn forced(builder: String, builderid: u64, buildset: u64, buildrequest: u64) -> Self {
+        Self {
+            builder,
+            builderid,
+            buildset,
+            buildrequest,
+            build: None,
+            number: None,
+            polls: 0,
+            results: None,
+            state_string: None,
+        }
+    }
+
+    /// The build as the last poll saw it finish, if it did; `None` means read it.
+    pub fn finished_build(&self) -> Option<Build> {
+        Some(Build {
+            buildid: self.build?,
+            number: self.number?,
+            builderid: self.builderid,
+            buildrequestid: Some(self.buildrequest),
+            complete: true,
+            results: Some(self.results?),
+            state_string: self.state_string.clone(),
+        })
+    }
+
     /// Reads the data of a stored reference; `id` must be the build request's id.
     pub fn read(id: &str, data: &Value) -> Result<Self, AdapterError> {
         let parsed: Self = serde_json::from_value(data.clone()).map_err(|e| {
@@ -313,16 +348,24 @@ mod tests {
 
     #[test]
     fn ref_data_is_checked() {
-        let data = RefData {
-            builder: "b".into(),
-            builderid: 2,
-            buildset: 5,
-            buildrequest: 7,
-            build: None,
-            number: None,
-            polls: 0,
-        };
+        let mut data = RefData::forced("b".into(), 2, 5, 7);
         assert_eq!(RefData::read("7", &data.to_value()).unwrap(), data);
+        assert!(data.finished_build().is_none(), "not finished yet");
+        // A reference stored before `results` was kept still reads, and asks for the build.
+        data.build = Some(11);
+        data.number = Some(3);
+        assert_eq!(RefData::read("7", &data.to_value()).unwrap(), data);
+        assert!(data.finished_build().is_none());
+        data.results = Some(2);
+        data.state_string = Some("failed 'exit 3' (failure)".into());
+        let read = RefData::read("7", &data.to_value()).unwrap();
+        let build = read.finished_build().expect("finished");
+        assert_eq!((build.buildid, build.number, build.builderid), (11, 3, 2));
+        assert_eq!((build.results, build.complete), (Some(2), true));
+        assert_eq!(
+            build.state_string.as_deref(),
+            Some("failed 'exit 3' (failure)")
+        );
         assert!(RefData::read("8", &data.to_value()).is_err());
         for garbage in [
             json!(null),

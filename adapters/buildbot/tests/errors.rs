@@ -281,6 +281,12 @@ async fn garbage_answers_are_protocol_errors() {
         .respond_with(ResponseTemplate::new(200).set_body_string("<html>proxy login</html>"))
         .mount(&server)
         .await;
+    // No build yet, so the poll goes on to the request, whose answer is garbage.
+    Mock::given(method("GET"))
+        .and(path("/api/v2/builds"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"builds": []})))
+        .mount(&server)
+        .await;
     Mock::given(method("GET"))
         .and(path("/api/v2/buildrequests/9"))
         .respond_with(ResponseTemplate::new(200).set_body_json(json!({"weird": true})))
@@ -518,6 +524,26 @@ fn reference(brid: u64, build: Option<u64>) -> ExternalRef {
     }
 }
 
+/// Answers `GET /api/v2/buildrequests/<brid>` with a request of builder 1 in the given state.
+async fn build_request(
+    server: &MockServer,
+    brid: u64,
+    claimed: bool,
+    complete: bool,
+    results: i64,
+) {
+    Mock::given(method("GET"))
+        .and(path(format!("/api/v2/buildrequests/{brid}")))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({"buildrequests": [{
+                "buildrequestid": brid, "buildsetid": 5, "builderid": 1,
+                "claimed": claimed, "complete": complete, "results": results
+            }]})),
+        )
+        .mount(server)
+        .await;
+}
+
 async fn poll(a: &dyn Adapter, external: &ExternalRef) -> baton_core::PollOutcome {
     a.poll(&PollRequest {
         key: &key(),
@@ -538,13 +564,7 @@ async fn retry_waits_for_the_next_build_and_unknown_codes_are_not_terminal() {
         ]})))
         .mount(&server)
         .await;
-    Mock::given(method("GET"))
-        .and(path("/api/v2/buildrequests/9"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"buildrequests": [
-            {"buildrequestid": 9, "buildsetid": 5, "builderid": 1, "claimed": false, "complete": false, "results": -1}
-        ]})))
-        .mount(&server)
-        .await;
+    build_request(&server, 9, false, false, -1).await;
     Mock::given(method("GET"))
         .and(path("/api/v2/builds"))
         .and(query_param("buildrequestid", "9"))
@@ -579,13 +599,7 @@ async fn retry_waits_for_the_next_build_and_unknown_codes_are_not_terminal() {
 #[tokio::test]
 async fn a_merged_request_is_skipped_with_the_fix_named() {
     let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path("/api/v2/buildrequests/9"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"buildrequests": [
-            {"buildrequestid": 9, "buildsetid": 5, "builderid": 1, "claimed": true, "complete": true, "results": 3}
-        ]})))
-        .mount(&server)
-        .await;
+    build_request(&server, 9, true, true, 3).await;
     Mock::given(method("GET"))
         .and(path("/api/v2/builds"))
         .respond_with(ResponseTemplate::new(200).set_body_json(json!({"builds": []})))
@@ -608,13 +622,7 @@ async fn a_merged_request_is_skipped_with_the_fix_named() {
 #[tokio::test]
 async fn polls_back_off_to_the_cap_through_the_stored_count() {
     let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path("/api/v2/buildrequests/9"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"buildrequests": [
-            {"buildrequestid": 9, "buildsetid": 5, "builderid": 1, "claimed": false, "complete": false, "results": -1}
-        ]})))
-        .mount(&server)
-        .await;
+    build_request(&server, 9, false, false, -1).await;
     Mock::given(method("GET"))
         .and(path("/api/v2/builds"))
         .respond_with(ResponseTemplate::new(200).set_body_json(json!({"builds": []})))
@@ -697,4 +705,80 @@ async fn status_push_bodies_never_panic_and_the_token_is_checked() {
             "{body}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_build_that_ends_between_two_reads_is_still_found_and_outputs_reuse_the_last_poll() {
+    let server = MockServer::start().await;
+    // First read of the request's builds: none yet. By the time the request is read it is
+    // complete, because its build started and ended in between; the second read finds it.
+    Mock::given(method("GET"))
+        .and(path("/api/v2/builds"))
+        .and(query_param("buildrequestid", "9"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"builds": []})))
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/api/v2/builds"))
+        .and(query_param("buildrequestid", "9"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"builds": [
+            {"buildid": 4, "number": 2, "builderid": 1, "complete": true, "results": 0, "state_string": "build successful"}
+        ]})))
+        .mount(&server)
+        .await;
+    build_request(&server, 9, true, true, 0).await;
+    Mock::given(method("GET"))
+        .and(path("/api/v2/builds/4/properties"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({"properties": [
+                {"version": ["1.2.3", "SetProperty"]}
+            ]})),
+        )
+        .mount(&server)
+        .await;
+    let a = adapter(&server, json!({}));
+    let outcome = poll(a.as_ref(), &reference(9, None)).await;
+    assert_eq!(
+        outcome.state,
+        ExternalState::Succeeded { warnings: false },
+        "{outcome:?}"
+    );
+    assert_eq!(outcome.raw.as_deref(), Some("SUCCESS"));
+    let message = outcome.message.unwrap();
+    assert!(
+        message.starts_with("build #2 of `b` ended SUCCESS"),
+        "{message}"
+    );
+
+    // The outputs come from what that poll saw, and the properties: no build is read again.
+    let latest = outcome.external.expect("the reference with the build");
+    let out = a.outputs(&key(), &latest).await.unwrap();
+    assert_eq!(out["build_id"], 4);
+    assert_eq!(out["number"], 2);
+    assert_eq!(out["results"], "SUCCESS");
+    assert_eq!(out["state_string"], "build successful");
+    assert_eq!(out["properties"]["version"], "1.2.3");
+    assert_eq!(count(&server, "GET", "/api/v2/builds/4").await, 0);
+    assert_eq!(count(&server, "GET", "/api/v2/builds").await, 2);
+    assert_eq!(count(&server, "GET", "/api/v2/buildrequests/9").await, 1);
+}
+
+#[tokio::test]
+async fn a_running_build_is_found_with_one_request() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/api/v2/builds"))
+        .and(query_param("buildrequestid", "9"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"builds": [
+            {"buildid": 4, "number": 2, "builderid": 1, "complete": false, "state_string": "building"}
+        ]})))
+        .mount(&server)
+        .await;
+    let a = adapter(&server, json!({}));
+    let outcome = poll(a.as_ref(), &reference(9, None)).await;
+    assert_eq!(outcome.state, ExternalState::Running);
+    assert_eq!(outcome.external.unwrap().data["build"], 4);
+    let received = server.received_requests().await.unwrap_or_default();
+    assert_eq!(received.len(), 1, "{received:?}");
 }
