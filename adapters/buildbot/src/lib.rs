@@ -545,6 +545,15 @@ impl BuildbotAdapter {
         Ok(latest)
     }
 
+    /// The request's build for the outputs and logs: as the last poll saw it finish, else read.
+    async fn known_build(&self, data: &mut RefData) -> Result<Option<Build>, AdapterError> {
+        match (data.finished_build(), data.build) {
+            (Some(build), _) => Ok(Some(build)),
+            (None, Some(id)) => Ok(Some(self.build(id).await?)),
+            (None, None) => self.latest_build(data).await,
+        }
+    }
+
     /// Where the work is: the state, Buildbot's word for it, and a message.
     async fn observe(
         &self,
@@ -798,11 +807,7 @@ impl Adapter for BuildbotAdapter {
         external: &ExternalRef,
     ) -> Result<Map<String, Value>, AdapterError> {
         let mut data = RefData::read(&external.id, &external.data)?;
-        let build = match (data.finished_build(), data.build) {
-            (Some(build), _) => Some(build),
-            (None, Some(id)) => Some(self.build(id).await?),
-            (None, None) => self.latest_build(&mut data).await?,
-        };
+        let build = self.known_build(&mut data).await?;
         let mut out = Map::new();
         match build {
             Some(build) => {
@@ -897,11 +902,7 @@ impl Adapter for BuildbotAdapter {
 
     async fn logs(&self, _key: &AttemptKey, external: &ExternalRef) -> Result<Logs, AdapterError> {
         let mut data = RefData::read(&external.id, &external.data)?;
-        let build = match (data.finished_build(), data.build) {
-            (Some(build), _) => Some(build),
-            (None, Some(id)) => Some(self.build(id).await?),
-            (None, None) => self.latest_build(&mut data).await?,
-        };
+        let build = self.known_build(&mut data).await?;
         let Some(build) = build else {
             return Ok(Logs {
                 links: vec![LogLink {
