@@ -25,6 +25,11 @@ pub struct GitlabCommit {
     /// The branch or tag (without `refs/heads/`), when the event names one; GitLab picks a
     /// branch that holds the commit otherwise.
     pub git_ref: Option<String>,
+    /// The pipeline the event came from (a pipeline hook's `object_attributes.id`, a job
+    /// hook's `pipeline_id`): the status joins that pipeline. Without one GitLab puts it on
+    /// the commit's newest pipeline, which with several pipelines on one commit may be
+    /// another.
+    pub pipeline_id: Option<u64>,
 }
 
 /// A full commit SHA: 40 hex digits (SHA-1), or 64 (SHA-256 repositories). Anything else
@@ -114,8 +119,8 @@ fn short_ref(git_ref: &str) -> &str {
 /// The commit of a GitLab event: merge requests' `object_attributes.last_commit.id` in the
 /// source project on the source branch; pushes' `checkout_sha` (or `after`) on `ref`;
 /// pipelines' `object_attributes.sha` on `object_attributes.ref`; jobs' `sha`. The project is
-/// `project.id` (or `project_id`, or `project.path_with_namespace`). `None` when the event
-/// has no commit or no project.
+/// `project.id` (or `project_id`, or `project.path_with_namespace`); pipeline and job events
+/// also name their pipeline. `None` when the event has no commit or no project.
 pub fn gitlab_commit(event: &Value) -> Option<GitlabCommit> {
     let merge_request = event.pointer("/object_kind").and_then(Value::as_str)
         == Some("merge_request")
@@ -165,6 +170,12 @@ pub fn gitlab_commit(event: &Value) -> Option<GitlabCommit> {
                 .filter(|p| !p.is_empty())
                 .map(str::to_owned)
         })?;
+    let pipeline_id = match event.pointer("/object_kind").and_then(Value::as_str) {
+        Some("pipeline") => event.pointer("/object_attributes/id"),
+        Some("build") => event.pointer("/pipeline_id"),
+        _ => None,
+    }
+    .and_then(Value::as_u64);
     Some(GitlabCommit {
         project,
         sha,
@@ -172,6 +183,7 @@ pub fn gitlab_commit(event: &Value) -> Option<GitlabCommit> {
             .map(short_ref)
             .filter(|r| !r.is_empty())
             .map(str::to_owned),
+        pipeline_id,
     })
 }
 
@@ -242,6 +254,14 @@ mod tests {
             project: project.into(),
             sha: sha.into(),
             git_ref: git_ref.map(Into::into),
+            pipeline_id: None,
+        })
+    }
+
+    fn in_pipeline(commit: Option<GitlabCommit>, pipeline_id: u64) -> Option<GitlabCommit> {
+        commit.map(|c| GitlabCommit {
+            pipeline_id: Some(pipeline_id),
+            ..c
         })
     }
 
@@ -274,9 +294,18 @@ mod tests {
             "object_kind": "pipeline", "object_attributes": {"id": 31, "ref": "main", "sha": SHA},
             "project": {"id": 7}
         });
-        assert_eq!(gitlab_commit(&pipeline), gl("7", SHA, Some("main")));
-        let job = json!({"object_kind": "build", "ref": "dev", "sha": SHA, "project_id": 8});
-        assert_eq!(gitlab_commit(&job), gl("8", SHA, Some("dev")));
+        assert_eq!(
+            gitlab_commit(&pipeline),
+            in_pipeline(gl("7", SHA, Some("main")), 31)
+        );
+        let job = json!({"object_kind": "build", "ref": "dev", "sha": SHA, "project_id": 8, "pipeline_id": 12});
+        assert_eq!(
+            gitlab_commit(&job),
+            in_pipeline(gl("8", SHA, Some("dev")), 12)
+        );
+        // A pipeline id elsewhere than where the event's kind puts it is not taken.
+        let push_with_id = json!({"object_kind": "push", "ref": "main", "checkout_sha": SHA, "project_id": 8, "pipeline_id": 12});
+        assert_eq!(gitlab_commit(&push_with_id), gl("8", SHA, Some("main")));
         let by_path =
             json!({"checkout_sha": SHA, "project": {"path_with_namespace": "group/sub/app"}});
         assert_eq!(gitlab_commit(&by_path), gl("group/sub/app", SHA, None));

@@ -89,6 +89,9 @@ impl Target for GitlabTarget {
         if let Some(git_ref) = &commit.git_ref {
             body.insert("ref".into(), json!(git_ref));
         }
+        if let Some(pipeline) = commit.pipeline_id {
+            body.insert("pipeline_id".into(), json!(pipeline));
+        }
         let response = self
             .client
             .post(self.url(&commit.project, &commit.sha))

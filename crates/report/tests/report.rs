@@ -531,8 +531,9 @@ async fn a_github_app_trades_its_jwt_for_an_installation_token_once_and_uses_it(
     }
 }
 
-#[tokio::test]
-async fn gitlab_gets_the_same_through_its_commit_status_api() {
+/// A mock GitLab that accepts every status for project 42's commit, and a harness with the
+/// source `gitlab` pointing at it.
+async fn gitlab_accepting_statuses() -> (MockServer, Harness) {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
         .and(path(format!("/api/v4/projects/42/statuses/{SHA}")))
@@ -544,6 +545,12 @@ async fn gitlab_gets_the_same_through_its_commit_status_api() {
         fast_retries(),
     )
     .await;
+    (server, h)
+}
+
+#[tokio::test]
+async fn gitlab_gets_the_same_through_its_commit_status_api() {
+    let (server, h) = gitlab_accepting_statuses().await;
     let event = json!({
         "object_kind": "push", "ref": "refs/heads/main", "before": "0".repeat(40), "after": SHA,
         "checkout_sha": SHA, "project_id": 42,
@@ -612,6 +619,40 @@ async fn gitlab_gets_the_same_through_its_commit_status_api() {
         }
     }
     assert!(!h.log.text().contains(GITLAB_TOKEN));
+}
+
+#[tokio::test]
+async fn a_run_started_by_a_gitlab_pipeline_reports_into_that_pipeline() {
+    let (server, h) = gitlab_accepting_statuses().await;
+    // A Pipeline Hook: the commit has (or may get) other pipelines, and without the id GitLab
+    // would put the status on the newest of them.
+    let event = json!({
+        "object_kind": "pipeline",
+        "object_attributes": {"id": 3071, "ref": "main", "sha": SHA, "status": "success"},
+        "project": {"id": 42, "path_with_namespace": "group/hello"}
+    });
+    let id = h
+        .start(
+            json!({"deploy": {"uses": "script"}}),
+            &["gitlab"],
+            event,
+            "gitlab",
+        )
+        .await;
+    assert_eq!(h.finish(&id).await, RunStatus::Succeeded);
+    let received = until(&server, "the final statuses", |r| {
+        latest_states(
+            r,
+            "name",
+            &[("baton/ci", "success"), ("baton/ci/deploy", "success")],
+        )
+    })
+    .await;
+    for r in &received {
+        let body: Value = r.body_json().unwrap();
+        assert_eq!(body["pipeline_id"], 3071, "{body}");
+        assert_eq!(body["ref"], "main", "{body}");
+    }
 }
 
 #[tokio::test]
