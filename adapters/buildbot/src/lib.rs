@@ -656,8 +656,6 @@ impl BuildbotAdapter {
         data: &mut RefData,
         build: &Build,
     ) -> (ExternalState, String, Option<String>) {
-        data.build = Some(build.buildid);
-        data.number = Some(build.number);
         data.results = build.results;
         data.state_string = build.state_string.clone();
         let code = build.results.unwrap_or(-1);

@@ -389,14 +389,18 @@ impl EventLoop {
         Ok(())
     }
 
-    /// Drops connection `c` (its next request reconnects); a request in flight on it failed:
-    /// count it and free the connection.
-    fn fail(&mut self, c: usize) {
-        let conn = &mut self.conns[c];
-        if let Some(mut stream) = conn.stream.take() {
+    /// Closes connection `c`: its next request reconnects.
+    fn disconnect(&mut self, c: usize) {
+        if let Some(mut stream) = self.conns[c].stream.take() {
             let _ = self.poll.registry().deregister(&mut stream);
         }
-        if conn.in_flight.take().is_some() {
+    }
+
+    /// Connection `c` broke: a request in flight on it failed, so count it and free the
+    /// connection for the next one.
+    fn fail(&mut self, c: usize) {
+        self.disconnect(c);
+        if self.conns[c].in_flight.take().is_some() {
             self.tally.errors += 1;
             self.idle.push(c);
         }
@@ -420,7 +424,7 @@ impl EventLoop {
             Ok(Some((status, closes))) => {
                 conn.in_flight = None;
                 if closes {
-                    self.fail(c); // nothing in flight any more: only drops the connection
+                    self.disconnect(c);
                 }
                 if (200..300).contains(&status) {
                     self.tally.ok += 1;
