@@ -12,8 +12,9 @@
 # with many, by CPU. Then, for each peak, p99 at half of baton's (GitHub ids) for both, with
 # as many connections as that peak, from bench's own intake-load: open loop at a fixed rate,
 # a fresh GitHub-style delivery id per request, latency from each request's scheduled time
-# (neither wrk nor oha can give each request its own id at a fixed rate). Last, a check that every 2xx
-# baton gave at peak is a stored delivery. Needs the apt packages webhook and wrk (installed
+# (neither wrk nor oha can give each request its own id at a fixed rate), with the VM's steal
+# time over each run (on a VM the host can pause it: then no server meets a low p99). Last, a
+# check that every 2xx baton gave at peak is a stored delivery. Needs the apt packages webhook and wrk (installed
 # when missing).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -113,9 +114,21 @@ print(f"{rps:.0f} {p99:.2f} {int(non.group(1)) if non else 0} {total}")
 PY
 }
 
-paced() { # url rate connections -> "p99_ms achieved_rate failed"
+# The machine's CPU time counters (/proc/stat's first line): on a VM, "steal" is time the host
+# ran something else while the VM wanted to run.
+cpu_times() { head -1 /proc/stat; }
+
+paced() { # url rate connections -> "p99_ms achieved_rate failed steal_%"
+  local before; before=$(cpu_times)
   "$LOAD" "$1" "$2" "${DUR%s}" "$3" "$SECRET" "$BODY" > load.json
-  python3 -c "import json; r=json.load(open('load.json')); print(f\"{r['p99_ms']:.2f} {r['rate']:.0f} {r['non_2xx'] + r['errors']}\")"
+  python3 - "$before" "$(cpu_times)" <<'PY'
+import json, sys
+r = json.load(open("load.json"))
+a, b = ([int(x) for x in line.split()[1:]] for line in sys.argv[1:3])
+d = [y - x for x, y in zip(a, b)]
+steal = 100 * d[7] / max(sum(d), 1) if len(d) > 7 else 0
+print(f"{r['p99_ms']:.2f} {r['rate']:.0f} {r['non_2xx'] + r['errors']} {steal:.1f}")
+PY
 }
 
 median() { python3 -c "import statistics,sys; print(statistics.median(map(float, sys.argv[1:])))" "$@"; }
@@ -156,20 +169,20 @@ STORED=$(python3 -c "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).exec
 for conns in $CONNS; do
   sleep 5
   rate=$(( ${RPS[$conns,uuid1]%.*} / 2 ))
-  b_runs=""; w_runs=""; b_rates=""; w_rates=""; b_bad=0; w_bad=0
+  b_runs=""; w_runs=""; b_rates=""; w_rates=""; b_steal=""; w_steal=""; b_bad=0; w_bad=0
   for round in $(seq "$ROUNDS"); do
     order="baton webhook"; [ $((round % 2)) = 0 ] && order="webhook baton"
     for who in $order; do
       port=$BATON_PORT; [ "$who" = webhook ] && port=$PEER_PORT
-      read -r p99 achieved bad < <(paced http://127.0.0.1:$port/hooks/github "$rate" "$conns")
-      if [ "$who" = baton ]; then b_runs+="$p99 "; b_rates+="$achieved "; b_bad=$((b_bad + bad))
-      else w_runs+="$p99 "; w_rates+="$achieved "; w_bad=$((w_bad + bad)); fi
+      read -r p99 achieved bad steal < <(paced http://127.0.0.1:$port/hooks/github "$rate" "$conns")
+      if [ "$who" = baton ]; then b_runs+="$p99 "; b_rates+="$achieved "; b_steal+="$steal "; b_bad=$((b_bad + bad))
+      else w_runs+="$p99 "; w_rates+="$achieved "; w_steal+="$steal "; w_bad=$((w_bad + bad)); fi
     done
   done
   # shellcheck disable=SC2086
-  HALF[$conns,baton]="$rate $(median $b_runs) $(median $b_rates) $b_bad ${b_runs% }"
+  HALF[$conns,baton]="$rate $(median $b_runs) $(median $b_rates) $b_bad $(median $b_steal) ${b_runs% }"
   # shellcheck disable=SC2086
-  HALF[$conns,webhook]="$rate $(median $w_runs) $(median $w_rates) $w_bad ${w_runs% }"
+  HALF[$conns,webhook]="$rate $(median $w_runs) $(median $w_rates) $w_bad $(median $w_steal) ${w_runs% }"
 done
 
 printf '\nwebhook intake, %s per run, %s alternated rounds, signed GitHub push (%d bytes)\n' "$DUR" "$ROUNDS" "${#BODY}"
@@ -179,11 +192,12 @@ for conns in $CONNS; do
   printf '%-40s %14.0f %14.0f %14.0f %10.0f\n' "peak verified deliveries/s, median" "${RPS[$conns,uuid1]}" "${RPS[$conns,counter]}" "${RPS[$conns,uuid4]}" "${RPS[$conns,webhook]}"
   printf '%-40s %14.2f %14.2f %14.2f %10.2f\n' "p99 at peak, ms, median" "${P99[$conns,uuid1]}" "${P99[$conns,counter]}" "${P99[$conns,uuid4]}" "${P99[$conns,webhook]}"
   python3 -c "import sys; g,c,r,w=map(float,sys.argv[1:]); print(f'{\"ratio to webhook\":40s} {g/w:14.2f} {c/w:14.2f} {r/w:14.2f}')" "${RPS[$conns,uuid1]}" "${RPS[$conns,counter]}" "${RPS[$conns,uuid4]}" "${RPS[$conns,webhook]}"
-  read -r rate b_p99 b_rate b_bad b_all <<< "${HALF[$conns,baton]}"
-  read -r _ w_p99 w_rate w_bad w_all <<< "${HALF[$conns,webhook]}"
+  read -r rate b_p99 b_rate b_bad b_steal b_all <<< "${HALF[$conns,baton]}"
+  read -r _ w_p99 w_rate w_bad w_steal w_all <<< "${HALF[$conns,webhook]}"
   printf '%-40s %14s %44s\n' "p99 at $rate/s (half), open loop, median" "$b_p99" "$w_p99"
   printf '%-40s %14s %44s\n' "  each run's p99, ms" "$b_all" "$w_all"
   printf '%-40s %14s %44s\n' "  achieved rate/s; failed requests" "${b_rate%.*}; $b_bad" "${w_rate%.*}; $w_bad"
+  printf '%-40s %14s %44s\n' "  VM steal time, % of CPU time, median" "$b_steal" "$w_steal"
 done
 # Each side's best peak over the connection counts, the target's terms: baton (GitHub ids)
 # against the peer.
