@@ -14,8 +14,8 @@
 # a fresh GitHub-style delivery id per request, latency from each request's scheduled time
 # (neither wrk nor oha can give each request its own id at a fixed rate), with the VM's steal
 # time over each run (on a VM the host can pause it: then no server meets a low p99). Last, a
-# check that every 2xx baton gave at peak is a stored delivery. Needs the apt packages webhook and wrk (installed
-# when missing).
+# check that every 2xx baton gave at peak is a stored delivery. Needs the apt packages
+# webhook and wrk (installed when missing).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 DUR=${DUR:-10s}; CONNS=${CONNS:-32 128}; THREADS=${THREADS:-1}; ROUNDS=${ROUNDS:-3}
