@@ -36,8 +36,11 @@ fn main() {
     let (mut wakeups, mut late) = (0u64, 0u64);
     let (mut late_total, mut worst) = (Duration::ZERO, Duration::ZERO);
     let mut by_phase = [0u64; BUCKETS];
-    while Instant::now() < end {
+    loop {
         let asleep = Instant::now();
+        if asleep >= end {
+            break;
+        }
         std::thread::sleep(NAP);
         let over = asleep.elapsed().saturating_sub(NAP);
         wakeups += 1;
