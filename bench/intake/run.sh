@@ -13,8 +13,9 @@
 # as many connections as that peak, from bench's own intake-load: open loop at a fixed rate,
 # a fresh GitHub-style delivery id per request, latency from each request's scheduled time
 # (neither wrk nor oha can give each request its own id at a fixed rate), with the VM's steal
-# time over each run (on a VM the host can pause it: then no server meets a low p99). Last, a
-# check that every 2xx baton gave at peak is a stored delivery. Needs the apt packages
+# time over each run (on a VM the host can pause it: then no server meets a low p99). Then the
+# disk's own flush latency (flush-probe), which bounds any durable server's p99 from below.
+# Last, a check that every 2xx baton gave at peak is a stored delivery. Needs the apt packages
 # webhook and wrk (installed when missing).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -185,6 +186,12 @@ for conns in $CONNS; do
   HALF[$conns,webhook]="$rate $(median $w_runs) $(median $w_rates) $w_bad $(median $w_steal) ${w_runs% }"
 done
 
+# The disk's own flush latency, with both servers idle: every 2xx of baton's waits for a flush,
+# so a flush that stalls (on a VM the host's disk can take tens of ms now and then) stalls
+# every delivery behind it, and no durable server on this disk gets a p99 below that tail.
+sleep 2
+FLUSH=$("$ROOT/target/release/flush-probe" "$D" 5 1000 | python3 -c "import json,sys; r=json.load(sys.stdin); print(f\"p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms, max {r['max_ms']:.1f} ms, {r['over_5ms']} of {r['flushes']} over 5 ms\")")
+
 printf '\nwebhook intake, %s per run, %s alternated rounds, signed GitHub push (%d bytes)\n' "$DUR" "$ROUNDS" "${#BODY}"
 for conns in $CONNS; do
   printf '\n%-40s %14s %14s %14s %10s\n' "$conns connections (wrk)" "baton, GitHub" "baton, counter" "baton, random" "webhook"
@@ -205,5 +212,6 @@ pairs=""
 for conns in $CONNS; do pairs+="${RPS[$conns,uuid1]}:${RPS[$conns,webhook]} "; done
 # shellcheck disable=SC2086
 python3 -c "import sys; b,w=(max(float(p.split(':')[i]) for p in sys.argv[1:]) for i in (0,1)); print(f'\nbest peak: baton {b:.0f}/s, webhook {w:.0f}/s, ratio {b/w:.2f}')" $pairs
+echo "the disk's own flushes (flush-probe, 5 s at 1,000/s, servers idle): $FLUSH"
 printf '\nnon-2xx answers: baton %s, webhook %s\n' "$B_NON" "$W_NON"
 echo "baton 2xx answers at peak: $B_OK; deliveries stored: $STORED (every 2xx stored: $([ "$STORED" -ge "$B_OK" ] && echo yes || echo NO))"
