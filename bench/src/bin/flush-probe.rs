@@ -59,7 +59,9 @@ fn main() {
 
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(seconds);
-    let mut took: Vec<Duration> = Vec::with_capacity((seconds * rate.max(1000.0)) as usize);
+    // Room for the flushes expected, within reason (a long run grows it as it goes).
+    let expected = (seconds * rate.max(1000.0)).min(1e7) as usize;
+    let mut took: Vec<Duration> = Vec::with_capacity(expected);
     let mut n: u64 = 0;
     while Instant::now() < end {
         if rate > 0.0 {
