@@ -42,7 +42,8 @@ const MAX_GROUP: usize = 512;
 /// measure on they cost the VM host time, which it pays back in pauses of the whole VM (see
 /// docs/server.md, "What limits baton"). At 9,000 deliveries/s on 128 connections the writer
 /// flushed 1,570-1,810 times a second without a gap, 860-890 with 1 ms; in alternated runs the
-/// VM's steal time fell by a third and p99 from 17-40 ms to 11-17 ms, with peaks no lower.
+/// VM's steal time fell by a third and p99 from 17-40 ms to 11-17 ms, with peaks no lower on
+/// that VM (on a faster one the 32-connection peak was lower: see [`COMMIT_AT_ONCE`]).
 /// An idle writer commits at once: the gap only holds back, by at most 1 ms, a commit that
 /// would follow the last one within it.
 const MIN_COMMIT_GAP: Duration = Duration::from_millis(1);
