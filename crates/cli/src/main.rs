@@ -109,7 +109,7 @@ fn main() -> ExitCode {
         Command::Graph(args) => graph(args),
         Command::Run(args) => run::block_on(run::run(args)),
         Command::Resume(args) => run::block_on(run::resume(args)),
-        Command::Serve(args) => run::block_on_with(Some(args.worker_threads()), serve::serve(args)),
+        Command::Serve(args) => run::block_on_with(args.workers, serve::serve(args)),
         Command::Runs(args) => run::block_on(client::runs(args)),
         Command::Deliveries(args) => run::block_on(client::deliveries(args)),
     }

@@ -24,22 +24,12 @@ pub struct ServeArgs {
     /// Log format on standard error.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: crate::LogFormat,
-    /// Threads for HTTP and the engine. Default: one per CPU core but one, which is left
-    /// to the store's writer thread (on 2 cores, 1 worker measured a p99 of about 6 ms at
-    /// half the peak intake rate, against 11–48 ms with 2).
+    /// Threads for HTTP and the engine. Default: one per CPU core (tokio's). The store's writer
+    /// thread shares the cores; it sleeps in its flushes most of the time. With one worker
+    /// on 2 cores, a moment's slowdown left the worker behind for up to a second (p99 of
+    /// 100–250 ms in some runs at 30,000 deliveries/s), which two workers absorb.
     #[arg(long, env = "BATON_WORKERS")]
     pub workers: Option<usize>,
-}
-
-impl ServeArgs {
-    /// The runtime's worker threads.
-    pub fn worker_threads(&self) -> usize {
-        self.workers.unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map_or(1, |n| n.get().saturating_sub(1))
-                .max(1)
-        })
-    }
 }
 
 /// Resolves when SIGTERM or Ctrl-C arrives.
