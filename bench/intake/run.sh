@@ -16,7 +16,8 @@
 # time over each run (on a VM the host can pause it: then no server meets a low p99). Then the
 # disk's own flush latency (flush-probe), which bounds any durable server's p99 from below.
 # Last, a check that every 2xx baton gave at peak is a stored delivery. Needs the apt packages
-# webhook and wrk (installed when missing).
+# webhook and wrk (installed when missing). BATON_BIN=path runs that baton binary instead of
+# this checkout's (to compare two builds under the same load).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 DUR=${DUR:-10s}; CONNS=${CONNS:-32 128}; THREADS=${THREADS:-1}; ROUNDS=${ROUNDS:-3}
@@ -31,7 +32,7 @@ fi
 need python3 || { echo "python3 is needed to read the results"; exit 1; }
 
 cargo build -q --release -p baton-cli -p baton-bench --manifest-path "$ROOT/Cargo.toml"
-BATON=$ROOT/target/release/baton
+BATON=${BATON_BIN:-$ROOT/target/release/baton}
 LOAD=$ROOT/target/release/intake-load
 
 D=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$D"' EXIT
