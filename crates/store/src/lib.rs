@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub mod feed;
+mod inbox;
 pub mod sqlite;
 
 pub use feed::{DeliveryFeed, PendingDelivery};

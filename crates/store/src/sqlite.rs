@@ -14,7 +14,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, mpsc};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -23,6 +23,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, Transaction, param
 use serde_json::Value;
 use tokio::sync::oneshot;
 
+use crate::inbox;
 use crate::*;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
@@ -87,7 +88,7 @@ type Reply = oneshot::Sender<Result<Answer>>;
 /// The SQLite store.
 pub struct SqliteStore {
     closed: Arc<AtomicBool>,
-    writer: mpsc::Sender<(Op, Reply)>,
+    writer: inbox::Sender<(Op, Reply)>,
     feed: Arc<OnceLock<feed::FeedSender>>,
     readers: Arc<Mutex<Vec<Connection>>>,
     path: PathBuf,
@@ -196,7 +197,7 @@ impl SqliteStore {
             what: "open".into(),
             detail: e.to_string(),
         })??;
-        let (tx, rx) = mpsc::channel();
+        let (tx, rx) = inbox::inbox();
         let closed = Arc::new(AtomicBool::new(false));
         let restart = Arc::new(AtomicBool::new(false));
         spawn_checkpointer(path.clone(), wal, closed.clone(), restart.clone())?;
@@ -440,15 +441,18 @@ fn take_lock(db: &Path) -> Result<File> {
 
 fn writer_loop(
     mut conn: Connection,
-    rx: mpsc::Receiver<(Op, Reply)>,
+    rx: inbox::Receiver<(Op, Reply)>,
     feed: &OnceLock<feed::FeedSender>,
     restart_wal_wanted: &AtomicBool,
 ) {
     let mut group: Vec<(Op, Reply)> = Vec::with_capacity(64);
     let mut last_commit = Instant::now();
-    while let Ok(first) = rx.recv() {
-        group.push(first);
-        gather(&rx, &mut group, last_commit + MIN_COMMIT_GAP);
+    while rx.gather(
+        &mut group,
+        COMMIT_AT_ONCE,
+        MAX_GROUP,
+        last_commit + MIN_COMMIT_GAP,
+    ) {
         last_commit = Instant::now();
         match run_group(&mut conn, &group) {
             Ok(results) => {
@@ -486,29 +490,6 @@ fn writer_loop(
                 }
             }
         }
-    }
-}
-
-/// Adds to `group` what is queued, then waits for more until `not_before`, unless the group
-/// is [`COMMIT_AT_ONCE`] long by then; never past [`MAX_GROUP`]. Returns early if every
-/// sender is gone (the store is closing: what was gathered still commits).
-fn gather<T>(rx: &mpsc::Receiver<T>, group: &mut Vec<T>, not_before: Instant) {
-    while group.len() < MAX_GROUP {
-        let next = match rx.try_recv() {
-            Ok(next) => next,
-            Err(mpsc::TryRecvError::Disconnected) => return,
-            Err(mpsc::TryRecvError::Empty) => {
-                let now = Instant::now();
-                if group.len() >= COMMIT_AT_ONCE || now >= not_before {
-                    return;
-                }
-                match rx.recv_timeout(not_before - now) {
-                    Ok(next) => next,
-                    Err(_) => return,
-                }
-            }
-        };
-        group.push(next);
     }
 }
 
@@ -1081,79 +1062,6 @@ mod tests {
     use super::*;
     use baton_core::context::TriggerInfo;
     use serde_json::json;
-
-    /// A deadline no test reaches: a `gather` that waited for it would hang the test.
-    fn far_off() -> Instant {
-        Instant::now() + Duration::from_secs(3600)
-    }
-
-    #[test]
-    fn gather_takes_what_is_queued_and_commits_once_the_gap_has_passed() {
-        let (tx, rx) = mpsc::channel();
-        for i in 0..5 {
-            tx.send(i).unwrap();
-        }
-        let mut group = vec![-1];
-        gather(&rx, &mut group, Instant::now());
-        assert_eq!(group, [-1, 0, 1, 2, 3, 4]);
-    }
-
-    #[test]
-    fn gather_waits_within_the_gap_for_a_group_worth_committing_at_once() {
-        let (tx, rx) = mpsc::channel();
-        tx.send(0).unwrap();
-        // A steady trickle until the receiver is gone: each send is long after the last look.
-        let sender = std::thread::spawn(move || {
-            for i in 1.. {
-                std::thread::sleep(Duration::from_micros(200));
-                if tx.send(i).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut group = Vec::new();
-        gather(&rx, &mut group, far_off());
-        // It returned long before the deadline, with a group just long enough (a little more
-        // if sends landed between its last look and its return), not one cut at the limit.
-        assert!(group.len() >= COMMIT_AT_ONCE, "{}", group.len());
-        assert!(group.len() < MAX_GROUP, "{}", group.len());
-        assert!(
-            group.windows(2).all(|w| w[1] == w[0] + 1),
-            "in order: {group:?}"
-        );
-        drop(rx);
-        sender.join().unwrap();
-    }
-
-    #[test]
-    fn gather_never_passes_the_group_limit() {
-        let (tx, rx) = mpsc::channel();
-        for i in 0..MAX_GROUP + 7 {
-            tx.send(i).unwrap();
-        }
-        let mut group = Vec::new();
-        gather(&rx, &mut group, far_off());
-        assert_eq!(group.len(), MAX_GROUP);
-        assert_eq!(
-            rx.try_iter().count(),
-            7,
-            "the rest waits for the next group"
-        );
-    }
-
-    #[test]
-    fn gather_returns_what_it_has_when_the_store_closes() {
-        let (tx, rx) = mpsc::channel();
-        tx.send(1).unwrap();
-        let closer = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(20));
-            drop(tx);
-        });
-        let mut group = Vec::new();
-        gather(&rx, &mut group, far_off());
-        assert_eq!(group, [1]);
-        closer.join().unwrap();
-    }
 
     async fn store(dir: &tempfile::TempDir) -> SqliteStore {
         SqliteStore::open(&format!("sqlite://{}", dir.path().join("t.db").display()))
