@@ -12,15 +12,18 @@
 # with many, by CPU. Then, for each peak, p99 at half of baton's (GitHub ids) for both, with
 # as many connections as that peak, from bench's own intake-load: open loop at a fixed rate,
 # a fresh GitHub-style delivery id per request, latency from each request's scheduled time
-# (neither wrk nor oha can give each request its own id at a fixed rate), with the VM's steal
-# time over each run (on a VM the host can pause it: then no server meets a low p99). Then the
-# disk's own flush latency (flush-probe), which bounds any durable server's p99 from below.
+# (neither wrk nor oha can give each request its own id at a fixed rate), after a lead-in of
+# LEAD_IN seconds (1 by default) at the same rate whose latencies are not counted (the first
+# second after an idle machine is slower for both servers, and only baton's first paced run
+# follows the pause below), with the VM's steal time over each run (on a VM the host can
+# pause it: then no server meets a low p99). Then the disk's own flush latency
+# (flush-probe), which bounds any durable server's p99 from below.
 # Last, a check that every 2xx baton gave at peak is a stored delivery. Needs the apt packages
 # webhook and wrk (installed when missing). BATON_BIN=path runs that baton binary instead of
 # this checkout's (to compare two builds under the same load).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-DUR=${DUR:-10s}; CONNS=${CONNS:-32 128}; THREADS=${THREADS:-1}; ROUNDS=${ROUNDS:-3}
+DUR=${DUR:-10s}; CONNS=${CONNS:-32 128}; THREADS=${THREADS:-1}; ROUNDS=${ROUNDS:-3}; LEAD_IN=${LEAD_IN:-1}
 BATON_PORT=${BATON_PORT:-9101}; PEER_PORT=${PEER_PORT:-9102}
 SECRET=bench-secret
 BODY='{"ref":"refs/heads/main","after":"abc123","repository":{"full_name":"acme/app"}}'
@@ -122,7 +125,7 @@ cpu_times() { head -1 /proc/stat; }
 
 paced() { # url rate connections -> "p99_ms achieved_rate failed steal_%"
   local before; before=$(cpu_times)
-  "$LOAD" "$1" "$2" "${DUR%s}" "$3" "$SECRET" "$BODY" > load.json
+  INTAKE_LOAD_LEAD_IN=$LEAD_IN "$LOAD" "$1" "$2" "${DUR%s}" "$3" "$SECRET" "$BODY" > load.json
   python3 - "$before" "$(cpu_times)" <<'PY'
 import json, sys
 r = json.load(open("load.json"))
@@ -193,7 +196,7 @@ done
 sleep 2
 FLUSH=$("$ROOT/target/release/flush-probe" "$D" 5 1000 | python3 -c "import json,sys; r=json.load(sys.stdin); print(f\"p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms, max {r['max_ms']:.1f} ms, {r['over_5ms']} of {r['flushes']} over 5 ms\")")
 
-printf '\nwebhook intake, %s per run, %s alternated rounds, signed GitHub push (%d bytes)\n' "$DUR" "$ROUNDS" "${#BODY}"
+printf '\nwebhook intake, %s per run (paced runs after a %s s lead-in), %s alternated rounds, signed GitHub push (%d bytes)\n' "$DUR" "$LEAD_IN" "$ROUNDS" "${#BODY}"
 for conns in $CONNS; do
   printf '\n%-40s %14s %14s %14s %10s\n' "$conns connections (wrk)" "baton, GitHub" "baton, counter" "baton, random" "webhook"
   printf '%-40s %14s %14s %14s %10s\n' "delivery ids" "(UUIDv1)" "ids" "(UUIDv4)" ""

@@ -119,3 +119,77 @@ fn sends_every_request_once_at_its_rate_with_its_own_id() {
     let spread = last.duration_since(*first).as_secs_f64();
     assert!((0.9..1.5).contains(&spread), "sent over {spread:.3} s");
 }
+
+/// Serves keep-alive connections whose first answer each comes `delay` late.
+fn serve_slow_first_answers(listener: TcpListener, delay: std::time::Duration) {
+    for stream in listener.incoming() {
+        let Ok(stream) = stream else { return };
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let mut writer = stream;
+            for answered in 0.. {
+                let mut length = 0;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let line = line.trim_end().to_ascii_lowercase();
+                    if line.is_empty() {
+                        break;
+                    }
+                    if let Some(value) = line.strip_prefix("content-length:") {
+                        length = value.trim().parse().expect("length");
+                    }
+                }
+                let mut body = vec![0; length];
+                reader.read_exact(&mut body).expect("body");
+                if answered == 0 {
+                    std::thread::sleep(delay);
+                }
+                let answer = b"HTTP/1.1 202 Accepted\r\nContent-Length: 2\r\n\r\nok";
+                if writer.write_all(answer).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+/// Runs intake-load at 400/s for 1 s on 4 connections, with `lead_in` if given.
+fn report_with_lead_in(url: &str, lead_in: Option<&str>) -> serde_json::Value {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_intake-load"));
+    command.args([url, "400", "1", "4", "secret", "{}", "2"]);
+    if let Some(seconds) = lead_in {
+        command.env("INTAKE_LOAD_LEAD_IN", seconds);
+    }
+    let output = command.output().expect("run intake-load");
+    assert!(output.status.success(), "{output:?}");
+    serde_json::from_slice(&output.stdout).expect("JSON")
+}
+
+#[test]
+fn a_lead_in_is_sent_and_answered_but_left_out_of_the_percentiles() {
+    // Each connection's first answer is 300 ms late: the requests queued behind them are late
+    // too, all of them due in the first ~0.3 s.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hooks/github", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        serve_slow_first_answers(listener, std::time::Duration::from_millis(300))
+    });
+
+    let plain = report_with_lead_in(&url, None);
+    assert_eq!(plain["sent"], 400);
+    assert_eq!(plain["measured"], 400);
+    assert!(plain["max_ms"].as_f64().unwrap() >= 300.0, "{plain}");
+
+    let led_in = report_with_lead_in(&url, Some("1"));
+    assert_eq!(led_in["sent"], 800, "the lead-in's second is sent too");
+    assert_eq!(led_in["ok"], 800, "and its answers are counted");
+    let measured = led_in["measured"].as_u64().unwrap();
+    assert!((395..=400).contains(&measured), "{led_in}");
+    assert!(
+        led_in["max_ms"].as_f64().unwrap() < 150.0,
+        "the slow start is left out: {led_in}"
+    );
+}
