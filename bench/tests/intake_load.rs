@@ -25,31 +25,40 @@ fn serve(listener: TcpListener, seen: Arc<Mutex<Seen>>) {
     }
 }
 
+/// Reads one request (headers and body) and returns its delivery id, if it has one; `None`
+/// once the client has closed the connection.
+fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Option<String>> {
+    let mut id = None;
+    let mut length = 0;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return None;
+        }
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            match name.to_ascii_lowercase().as_str() {
+                "x-github-delivery" => id = Some(value.trim().to_string()),
+                "content-length" => length = value.trim().parse().expect("length"),
+                _ => {}
+            }
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).expect("body");
+    Some(id)
+}
+
 fn serve_connection(stream: TcpStream, seen: &Mutex<Seen>) {
     let mut reader = BufReader::new(stream.try_clone().expect("clone"));
     let mut writer = stream;
     for answered in 1.. {
-        let mut id = None;
-        let mut length = 0;
-        loop {
-            let mut line = String::new();
-            if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                return;
-            }
-            let line = line.trim_end();
-            if line.is_empty() {
-                break;
-            }
-            if let Some((name, value)) = line.split_once(':') {
-                match name.to_ascii_lowercase().as_str() {
-                    "x-github-delivery" => id = Some(value.trim().to_string()),
-                    "content-length" => length = value.trim().parse().expect("length"),
-                    _ => {}
-                }
-            }
-        }
-        let mut body = vec![0; length];
-        reader.read_exact(&mut body).expect("body");
+        let Some(id) = read_request(&mut reader) else {
+            return;
+        };
         let number = {
             let mut seen = seen.lock().unwrap();
             seen.ids.push(id.expect("a delivery id"));
@@ -128,22 +137,9 @@ fn serve_slow_first_answers(listener: TcpListener, delay: std::time::Duration) {
             let mut reader = BufReader::new(stream.try_clone().expect("clone"));
             let mut writer = stream;
             for answered in 0.. {
-                let mut length = 0;
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    let line = line.trim_end().to_ascii_lowercase();
-                    if line.is_empty() {
-                        break;
-                    }
-                    if let Some(value) = line.strip_prefix("content-length:") {
-                        length = value.trim().parse().expect("length");
-                    }
+                if read_request(&mut reader).is_none() {
+                    return;
                 }
-                let mut body = vec![0; length];
-                reader.read_exact(&mut body).expect("body");
                 if answered == 0 {
                     std::thread::sleep(delay);
                 }
