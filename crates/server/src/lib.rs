@@ -13,24 +13,22 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
-use axum::http::{HeaderName, StatusCode};
+use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
+use axum::{Router, ServiceExt};
 use baton_config::Loaded;
 use baton_core::{SecretResolver, Workflow};
 use baton_engine::Engine;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::Notify;
-use tower_http::request_id::{
-    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
-};
-use tower_http::trace::TraceLayer;
+use tower::Layer;
 
 pub mod api;
 pub mod error;
 pub mod intake;
 mod matcher;
+pub mod request_id;
 pub mod sources;
 
 /// The OpenAPI description of the REST API, served at `/api/v1/openapi.json`.
@@ -157,36 +155,8 @@ async fn not_found() -> error::ApiError {
     error::ApiError::not_found("no such route; the API is described at /api/v1/openapi.json")
 }
 
-/// Request ids for requests that come without one: a per-process prefix and a counter.
-/// (A random UUID per request costs a `getrandom` system call on the intake's hot path.)
-#[derive(Clone)]
-struct SequentialIds {
-    prefix: Arc<str>,
-    next: Arc<std::sync::atomic::AtomicU64>,
-}
-
-impl SequentialIds {
-    fn new() -> Self {
-        let prefix = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
-        Self {
-            prefix: prefix.into(),
-            next: Arc::default(),
-        }
-    }
-}
-
-impl MakeRequestId for SequentialIds {
-    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
-        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        axum::http::HeaderValue::from_str(&format!("{}-{n}", self.prefix))
-            .ok()
-            .map(RequestId::new)
-    }
-}
-
 /// The router with every route.
 pub fn router(state: Arc<AppState>) -> Router {
-    let request_id = HeaderName::from_static("x-request-id");
     Router::new()
         .route("/hooks/adapters/{instance}", post(intake::adapter_webhook))
         .route("/hooks/{source}", post(intake::receive))
@@ -195,8 +165,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/runs/{id}", get(api::get_run))
         .route("/api/v1/workflows/{name}/runs", post(api::start_run))
         .route("/api/v1/runs/{id}/cancel", post(api::cancel_run))
-        .route("/api/v1/runs/{id}/stages/{stage}/retry", post(api::retry_stage))
-        .route("/api/v1/runs/{id}/stages/{stage}/approve", post(api::approve))
+        .route(
+            "/api/v1/runs/{id}/stages/{stage}/retry",
+            post(api::retry_stage),
+        )
+        .route(
+            "/api/v1/runs/{id}/stages/{stage}/approve",
+            post(api::approve),
+        )
         .route("/api/v1/runs/{id}/stages/{stage}/reject", post(api::reject))
         .route("/api/v1/deliveries", get(api::list_deliveries))
         .route("/api/v1/deliveries/{id}", get(api::get_delivery))
@@ -205,12 +181,6 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_page))
         .fallback(not_found)
-        .layer(PropagateRequestIdLayer::new(request_id.clone()))
-        .layer(TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {
-            let id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
-            tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %id)
-        }))
-        .layer(SetRequestIdLayer::new(request_id, SequentialIds::new()))
         .with_state(state)
 }
 
@@ -223,9 +193,15 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let engine = state.engine.clone();
     let matcher = tokio::spawn(matcher::run(state.clone()));
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    // Around the router, not inside it: a layer inside wraps each route (and a route's service
+    // is cloned per request), which cost as much as the layer's own work.
+    let app = request_id::RequestIds::new().layer(router(state));
+    axum::serve(
+        listener,
+        ServiceExt::<axum::extract::Request>::into_make_service(app),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await?;
     matcher.abort();
     engine.shutdown(Duration::from_secs(10)).await;
     Ok(())
