@@ -197,12 +197,22 @@ pub struct Reply {
     pub status: u16,
     /// Body text.
     pub body: String,
+    /// Header names (lower case) and values, in order.
+    pub headers: Vec<(String, String)>,
 }
 
 impl Reply {
     /// The body as JSON.
     pub fn json(&self) -> Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    /// The first value of header `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -216,7 +226,12 @@ impl Sandbox {
     /// [`Sandbox::serve`] on a given address, for a system that calls back a fixed URL (a
     /// Buildbot master whose status push is configured once, at its start).
     pub fn serve_at(&self, config: &str, listen: &str, env: &[(&str, &str)]) -> Server {
-        let mut cmd = self.baton(&["serve", "-c", config, "--listen", listen]);
+        self.serve_with(&["-c", config, "--listen", listen], env)
+    }
+
+    /// `baton serve ARGS` with extra environment variables, once it listens.
+    pub fn serve_with(&self, args: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut cmd = self.baton(&[&["serve"], args].concat());
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -299,17 +314,27 @@ impl Server {
         match self.agent.run(request) {
             Ok(mut response) => {
                 let status = response.status().as_u16();
+                let headers = response
+                    .headers()
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_owned()))
+                    .collect();
                 let body = response
                     .body_mut()
                     .with_config()
                     .limit(64 << 20)
                     .read_to_string()
                     .unwrap_or_default();
-                Reply { status, body }
+                Reply {
+                    status,
+                    body,
+                    headers,
+                }
             }
             Err(e) => Reply {
                 status: 0,
                 body: e.to_string(),
+                headers: Vec::new(),
             },
         }
     }

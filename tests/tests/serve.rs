@@ -277,6 +277,66 @@ fn bad_requests_are_refused_and_nothing_is_stored() {
 }
 
 #[test]
+fn json_logs_carry_each_request_id_and_answers_return_it() {
+    let sb = Sandbox::new();
+    let config = gateway(&sb);
+    let env = [ENV, &[("BATON_LOG", "info")]].concat();
+    let server = sb.serve_with(
+        &[
+            "-c",
+            &config,
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ],
+        &env,
+    );
+    // A refused delivery is logged inside its request's span; its id is made up here.
+    let refused = server.github("github", "not-the-secret", "push", "j-1", "{}");
+    assert_eq!(refused.status, 401, "{refused:?}");
+    let made_up = refused.header("x-request-id").expect("an id").to_owned();
+    // A caller's own id is kept and returned.
+    let mine = server.request(
+        "POST",
+        "/hooks/github",
+        &[("x-github-event", "push"), ("x-request-id", "caller-42")],
+        Some(b"{}"),
+    );
+    assert_eq!(mine.status, 401);
+    assert_eq!(mine.header("x-request-id"), Some("caller-42"));
+    let second = server.request("GET", "/healthz", &[], None);
+    let next = second.header("x-request-id").expect("an id");
+    assert_ne!(next, made_up, "each request gets its own id");
+
+    let mut refusals = Vec::new();
+    baton_tests::eventually(Duration::from_secs(10), "two refusals logged", || {
+        refusals = server
+            .log()
+            .lines()
+            .filter(|l| l.starts_with('{'))
+            .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .filter(|v| v["fields"]["message"] == "webhook refused")
+            .collect();
+        refusals.len() == 2
+    });
+    for (line, id) in refusals.iter().zip([made_up.as_str(), "caller-42"]) {
+        assert_eq!(line["level"], "WARN", "{line}");
+        assert_eq!(line["span"]["name"], "request", "{line}");
+        assert_eq!(line["span"]["request_id"], id, "{line}");
+        assert_eq!(line["span"]["path"], "/hooks/github", "{line}");
+    }
+    // Text lines are only the start-up line scripts read for the port.
+    let log = server.log();
+    let text: Vec<&str> = log.lines().filter(|l| !l.starts_with('{')).collect();
+    assert!(
+        text.iter()
+            .all(|l| l.starts_with("baton serve: listening on")),
+        "{text:?}"
+    );
+}
+
+#[test]
 fn every_api_call_checks_the_token_and_its_role() {
     let sb = Sandbox::new();
     let config = gateway(&sb);

@@ -57,6 +57,25 @@ pub enum LogFormat {
     Json,
 }
 
+/// Logs go to standard error, filtered by `BATON_LOG`. A server logs what it does (`info`
+/// unless `BATON_LOG` says otherwise), in the format `--log-format` asks for; the other
+/// commands print their own progress and log only warnings and errors.
+fn init_logs(command: &Command) {
+    let (format, default_filter) = match command {
+        Command::Serve(args) => (args.log_format, "info"),
+        _ => (LogFormat::Text, "warn"),
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BATON_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
+}
+
 /// Where the config comes from.
 #[derive(Args, Debug, Clone)]
 pub struct ConfigArgs {
@@ -97,13 +116,7 @@ enum GraphFormat {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("BATON_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logs(&cli.command);
     match cli.command {
         Command::Validate(args) => validate(args),
         Command::Graph(args) => graph(args),
