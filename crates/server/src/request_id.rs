@@ -4,10 +4,11 @@
 //! a `request` span that carries the id, and the answer returns the id. A 5xx answer is logged
 //! as an error with its latency, any other at debug level.
 //!
-//! This was three tower-http layers (set the id, trace, propagate the id). Each wrapped the
-//! request's future and the trace layer also wrapped the answer's body. At 15,000 webhooks a
-//! second that cost about 5 µs of CPU per request, nearly a tenth of baton's CPU, on a path
-//! where every delivery pays it.
+//! This was three tower-http layers (set the id, trace, propagate the id), added inside the
+//! router: there each wrapped every route, whose boxed service axum clones per request, and
+//! the trace layer also wrapped the answer's body. Around the router, as one layer, a webhook
+//! costs about 5,000 instructions less (callgrind: 130,000-134,000 against 135,000-140,000
+//! per request), on a path every delivery takes.
 
 use std::future::Future;
 use std::pin::Pin;
