@@ -155,7 +155,7 @@ async fn not_found() -> error::ApiError {
     error::ApiError::not_found("no such route; the API is described at /api/v1/openapi.json")
 }
 
-/// The router with every route.
+/// The router with every route. [`serve`] wraps it in [`request_id::RequestIds`].
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/hooks/adapters/{instance}", post(intake::adapter_webhook))
