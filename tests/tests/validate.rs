@@ -12,6 +12,45 @@ fn the_shipped_config_validates() {
 }
 
 #[test]
+fn the_summary_counts_in_words_that_agree_with_the_numbers() {
+    let sb = Sandbox::new();
+    let one = sb.write(
+        "one.yaml",
+        "name: one\nstages:\n  only: { uses: exec, with: { run: 'true' } }\n",
+    );
+    let two = sb.write(
+        "two.yaml",
+        "name: two\nstages:\n  a: { uses: exec, with: { run: 'true' } }\n  b: { uses: exec, needs: [a], with: { run: 'true' } }\n",
+    );
+    let out = sb.run(&["validate", one.to_str().unwrap()]);
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    let mut lines = out.stdout.lines();
+    assert_eq!(
+        lines.next(),
+        Some("ok: 1 workflow (1 stage), 0 adapter instances, 0 sources")
+    );
+    assert!(
+        lines.next().unwrap().ends_with("one.yaml): 1 stage"),
+        "{}",
+        out.stdout
+    );
+
+    let out = sb.run(&["validate", one.to_str().unwrap(), two.to_str().unwrap()]);
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout
+            .starts_with("ok: 2 workflows (3 stages), 0 adapter instances, 0 sources\n"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("two.yaml): 2 stages\n"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
 fn every_example_workflow_validates() {
     let sb = Sandbox::new();
     let mut checked = 0;

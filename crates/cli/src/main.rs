@@ -146,18 +146,20 @@ fn validate(args: ValidateArgs) -> ExitCode {
                 .map(|w| w.workflow.stages.len())
                 .sum();
             println!(
-                "ok: {} workflow{} ({stages} stages), {adapters} adapter instance{}, {sources} source{}",
+                "ok: {} workflow{} ({stages} stage{}), {adapters} adapter instance{}, {sources} source{}",
                 loaded.workflows.len(),
                 plural(loaded.workflows.len()),
+                plural(stages),
                 plural(adapters),
                 plural(sources)
             );
             for w in &loaded.workflows {
+                let n = w.workflow.stages.len();
                 println!(
-                    "  {} ({}): {} stages",
+                    "  {} ({}): {n} stage{}",
                     w.workflow.name(),
                     w.file.display(),
-                    w.workflow.stages.len()
+                    plural(n)
                 );
             }
             ExitCode::SUCCESS
