@@ -139,6 +139,15 @@ fn signed_deliveries_start_matching_workflows_once() {
         stored["headers"].get("x-hub-signature-256").is_none(),
         "signatures are not stored"
     );
+    // The request id the answer carried is kept with the delivery, to find its log lines.
+    let request_id = first
+        .header("x-request-id")
+        .expect("the answer carries its id");
+    assert_eq!(
+        stored["headers"]["x-request-id"].as_str(),
+        Some(request_id),
+        "{stored}"
+    );
 
     // The same delivery again: 200, not processed again.
     let again = server.github("github", "new-secret", "push", "d-1", push);
