@@ -346,6 +346,31 @@ fn json_logs_carry_each_request_id_and_answers_return_it() {
 }
 
 #[test]
+fn text_logs_to_a_pipe_are_plain_text() {
+    let sb = Sandbox::new();
+    let config = gateway(&sb);
+    // An empty NO_COLOR asks for nothing: only the pipe should turn the colours off.
+    let env = [ENV, &[("NO_COLOR", "")]].concat();
+    let server = sb.serve(&config, &env);
+    let refused = server.github("github", "not-the-secret", "push", "p-1", "{}");
+    assert_eq!(refused.status, 401, "{refused:?}");
+    let id = refused.header("x-request-id").expect("an id").to_owned();
+    let mut line = String::new();
+    baton_tests::eventually(Duration::from_secs(10), "the refusal logged", || {
+        line = server
+            .log()
+            .lines()
+            .find(|l| l.contains("webhook refused"))
+            .unwrap_or_default()
+            .to_owned();
+        !line.is_empty()
+    });
+    assert!(!line.contains('\u{1b}'), "escape codes in {line:?}");
+    assert!(line.contains(" WARN "), "{line}");
+    assert!(line.contains(&format!("request_id={id}")), "{line}");
+}
+
+#[test]
 fn every_api_call_checks_the_token_and_its_role() {
     let sb = Sandbox::new();
     let config = gateway(&sb);

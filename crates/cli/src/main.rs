@@ -69,11 +69,20 @@ fn init_logs(command: &Command) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(escapes_on_stderr())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().init(),
     }
+}
+
+/// Whether standard error may carry terminal escape codes (colours, redrawn lines): only for
+/// a person at a terminal who has not set `NO_COLOR`. A file, a pipe or a log collector gets
+/// plain text.
+fn escapes_on_stderr() -> bool {
+    std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 /// Where the config comes from.

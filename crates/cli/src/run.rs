@@ -191,7 +191,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
     };
     let run_id = engine.create_run(workflow.clone(), event, trigger).await?;
 
-    let live = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let live = crate::escapes_on_stderr();
     let out: Box<dyn Write + Send> = if args.json || live {
         Box::new(std::io::stderr())
     } else {
