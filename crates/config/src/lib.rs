@@ -1,7 +1,7 @@
 //! baton's configuration: the gateway config (`baton.toml` or `baton.yaml`) and the workflow
 //! files, loaded and checked in one pass.
 //!
-//! [`load`] reads the config file (TOML or YAML by extension), applies `BATON_*` environment
+//! [`load()`] reads the config file (TOML or YAML by extension), applies `BATON_*` environment
 //! overrides, finds the workflow files through the config's `workflows` globs (plus files
 //! given directly), compiles every workflow, and checks everything that can be checked
 //! before a run: unknown keys, types, durations, jq expressions, secret references, adapter

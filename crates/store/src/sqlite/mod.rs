@@ -2,9 +2,9 @@
 //!
 //! All writes go through one writer thread that drains every queued batch into a single
 //! transaction (group commit): one fsync serves many engine steps. The writer uses rusqlite
-//! directly on its own OS thread with cached prepared statements. (sqlx's SQLite driver,
-//! tried first, hands every statement to a worker thread and back; with ~10 statements per
-//! engine step, two thirds of the engine's CPU went to context switches.) Reads run on a
+//! directly on its own OS thread with cached prepared statements, because an engine step is
+//! about ten statements: a driver that hands each statement to a worker thread and back
+//! spends two thirds of the engine's CPU on context switches. Reads run on a
 //! small pool of read connections through `spawn_blocking`; WAL lets them run beside the
 //! writer.
 //!
