@@ -24,23 +24,33 @@ fn the_binary_under_test_is_the_one_cargo_built() {
 }
 
 #[test]
-fn the_binary_under_test_is_newer_than_every_source_file_it_is_built_from() {
+fn the_binary_under_test_is_newer_than_every_source_file_it_was_built_from() {
     if std::env::var_os("BATON_BIN").is_some() {
         return; // another build, chosen on purpose
     }
-    let built = modified(&baton_bin());
-    let mut sources = Vec::new();
-    for group in ["crates", "adapters"] {
-        for package in std::fs::read_dir(repo_root().join(group)).unwrap() {
-            rust_files(&package.unwrap().path().join("src"), &mut sources);
-        }
-    }
-    assert!(sources.len() > 20, "found only {sources:?}");
-    let newer: Vec<_> = sources.iter().filter(|f| modified(f) > built).collect();
+    let binary = baton_bin();
+    let built = modified(&binary);
+    // Cargo lists every file a binary was built from in `<binary>.d` beside it.
+    let dep_info = PathBuf::from(format!("{}.d", binary.display()));
+    let text = std::fs::read_to_string(&dep_info)
+        .unwrap_or_else(|e| panic!("{}: {e}", dep_info.display()));
+    let sources = sources_in(&text);
+    assert!(
+        sources
+            .iter()
+            .filter(|s| s.starts_with(repo_root()))
+            .count()
+            > 20,
+        "{text}"
+    );
+    let newer: Vec<&PathBuf> = sources
+        .iter()
+        .filter(|f| f.symlink_metadata().is_err() || modified(f) > built)
+        .collect();
     assert!(
         newer.is_empty(),
-        "{} is older than {newer:?}: it was not built from the current source",
-        baton_bin().display()
+        "{} was not built from the current source: changed or gone since: {newer:?}",
+        binary.display()
     );
 }
 
@@ -50,17 +60,29 @@ fn modified(path: &Path) -> SystemTime {
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// Every `.rs` file under `dir` (none when it does not exist).
-fn rust_files(dir: &Path, found: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
+/// The prerequisites of the first rule of a Makefile-style dependency file: the paths after
+/// `target:`, separated by spaces (a space inside a path is written `\ `).
+fn sources_in(dep_info: &str) -> Vec<PathBuf> {
+    let line = dep_info.lines().next().unwrap_or_default();
+    let Some((_, prerequisites)) = line.split_once(": ") else {
+        return Vec::new();
     };
-    for entry in entries {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            rust_files(&path, found);
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            found.push(path);
+    let mut paths = Vec::new();
+    let mut current = String::new();
+    let mut chars = prerequisites.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if chars.peek() == Some(&' ') => current.push(chars.next().unwrap()),
+            ' ' => {
+                if !current.is_empty() {
+                    paths.push(PathBuf::from(std::mem::take(&mut current)));
+                }
+            }
+            _ => current.push(c),
         }
     }
+    if !current.is_empty() {
+        paths.push(PathBuf::from(current));
+    }
+    paths
 }
