@@ -1,5 +1,6 @@
 //! The binary under test is the one cargo built from the current source for this test run, so
-//! no end-to-end test passes on a build that predates the code it claims to test.
+//! no end-to-end test passes on a build that predates the code it claims to test; and every
+//! file of `tests/tests/` runs as a test of baton-cli, so none is silently left out.
 
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -51,6 +52,27 @@ fn the_binary_under_test_is_newer_than_every_source_file_it_was_built_from() {
         newer.is_empty(),
         "{} was not built from the current source: changed or gone since: {newer:?}",
         binary.display()
+    );
+}
+
+#[test]
+fn every_end_to_end_file_is_a_test_target_of_baton_cli() {
+    let manifest = std::fs::read_to_string(repo_root().join("crates/cli/Cargo.toml")).unwrap();
+    let mut missing = Vec::new();
+    for entry in std::fs::read_dir(repo_root().join("tests/tests")).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        let Some(stem) = name.strip_suffix(".rs") else {
+            continue;
+        };
+        let line = format!("{{ name = \"{stem}\", path = \"../../tests/tests/{name}\" }},");
+        if !manifest.contains(&line) {
+            missing.push(line);
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "add to the `test` list of crates/cli/Cargo.toml:\n    {}",
+        missing.join("\n    ")
     );
 }
 
