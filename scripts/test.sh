@@ -27,6 +27,6 @@ scripts/buildbot.sh
 export BATON_BUILDBOT_URL=http://127.0.0.1:${BUILDBOT_WEB_PORT:-8010}
 export BATON_BUILDBOT_AUTH_URL=http://127.0.0.1:${BUILDBOT_AUTH_WEB_PORT:-8011}
 
-# The end-to-end tests in tests/ run the real `baton` binary: build it first.
-cargo build --locked -p baton-cli
+# The end-to-end tests in tests/tests/ are baton-cli's integration tests: cargo builds the
+# `baton` binary they run from the current source first.
 cargo test --locked --workspace

@@ -1,8 +1,9 @@
 //! A small harness for end-to-end tests of the `baton` binary, so each test reads as a story:
 //! write a workflow, run baton on it, look at what it printed and what it left behind.
 //!
-//! The binary is the one `cargo build -p baton-cli` put next to the test executables
-//! (`target/<profile>/baton`), or `$BATON_BIN`. `scripts/test.sh` builds it first.
+//! The test files in `tests/tests/` are integration tests of `baton-cli` (each has a line in
+//! `crates/cli/Cargo.toml`), so `cargo test` builds `baton` from the current source before
+//! it runs them. `$BATON_BIN` runs another binary instead.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -18,9 +19,14 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// The `baton` binary under test.
+/// The `baton` binary under test: `$BATON_BIN` if set, else the one cargo built for this
+/// test run. Cargo names it in `CARGO_BIN_EXE_baton` while the test runs (newer cargo) and
+/// puts it next to the test executables' folder (`target/<profile>/baton`).
 pub fn baton_bin() -> PathBuf {
     if let Some(bin) = std::env::var_os("BATON_BIN") {
+        return PathBuf::from(bin);
+    }
+    if let Some(bin) = std::env::var_os("CARGO_BIN_EXE_baton") {
         return PathBuf::from(bin);
     }
     // target/<profile>/deps/<test-exe> → target/<profile>/baton
@@ -32,7 +38,7 @@ pub fn baton_bin() -> PathBuf {
     let bin = profile_dir.join("baton");
     assert!(
         bin.is_file(),
-        "{} is missing: build it first with `cargo build -p baton-cli` (scripts/test.sh does)",
+        "{} is missing: run the end-to-end tests through `cargo test -p baton-cli`, which builds it",
         bin.display()
     );
     bin

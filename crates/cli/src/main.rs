@@ -4,6 +4,9 @@
 //! 2 a usage, config or environment error (nothing ran).
 
 mod client;
+mod completions;
+mod init;
+mod man;
 mod progress;
 mod run;
 mod serve;
@@ -46,6 +49,12 @@ enum Command {
     Runs(client::RunsArgs),
     /// List, show and replay webhook deliveries stored by a running `baton serve`.
     Deliveries(client::DeliveriesArgs),
+    /// Write a commented starter `baton.toml` and workflow into a folder.
+    Init(init::InitArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(completions::CompletionsArgs),
+    /// Print the manual page, or write every page into a folder.
+    Man(man::ManArgs),
 }
 
 /// How logs are written.
@@ -134,6 +143,9 @@ fn main() -> ExitCode {
         Command::Serve(args) => run::block_on_with(args.workers, serve::serve(args)),
         Command::Runs(args) => run::block_on(client::runs(args)),
         Command::Deliveries(args) => run::block_on(client::deliveries(args)),
+        Command::Init(args) => init::init(args),
+        Command::Completions(args) => completions::completions(args),
+        Command::Man(args) => man::man(args),
     }
 }
 

@@ -24,10 +24,10 @@ pub struct ServeArgs {
     /// Log format on standard error.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: crate::LogFormat,
-    /// Threads for HTTP and the engine. Default: one per CPU core (tokio's). The store's writer
-    /// thread shares the cores; it sleeps in its flushes most of the time. With one worker
-    /// on 2 cores, a moment's slowdown left the worker behind for up to a second (p99 of
-    /// 121–253 ms in three runs of eleven at 30,000 deliveries/s; with two, 17.9 ms at worst).
+    // The store's writer thread shares the cores but mostly sleeps in its flushes, so one
+    // worker per core leaves none idle; a single worker on two cores fell behind under load
+    // for up to a second at a time.
+    /// Worker threads that serve HTTP and run the engine. Default: one per CPU core.
     #[arg(long, env = "BATON_WORKERS")]
     pub workers: Option<usize>,
 }
