@@ -207,9 +207,11 @@ fn graph(args: GraphArgs) -> ExitCode {
         );
         return ExitCode::from(2);
     };
+    let deciding = setup::decision_instances(&loaded);
+    let waits_for_person = |stage: &baton_core::Stage| deciding.contains(&stage.uses);
     let text = match args.format {
-        GraphFormat::Dot => baton_core::graph::to_dot(&found.workflow),
-        GraphFormat::Svg => baton_core::graph::to_svg(&found.workflow),
+        GraphFormat::Dot => baton_core::graph::to_dot(&found.workflow, waits_for_person),
+        GraphFormat::Svg => baton_core::graph::to_svg(&found.workflow, waits_for_person),
     };
     match args.output {
         Some(path) => match std::fs::write(&path, text) {

@@ -4,6 +4,7 @@
 
 pub mod adapter;
 pub mod context;
+pub mod decision;
 pub mod duration;
 pub mod expr;
 pub mod graph;
@@ -12,9 +13,10 @@ pub mod state;
 pub mod workflow;
 
 pub use adapter::{
-    Adapter, AdapterError, AdapterKind, AttemptKey, BUILTIN_INSTANCES, ExternalRef, FieldError,
-    Kinds, Logs, PollOutcome, PollRequest, StartRequest, Waker, WebhookRequest,
+    Adapter, AdapterError, AdapterKind, AttemptKey, ExternalRef, FieldError, Kinds, Logs,
+    PollOutcome, PollRequest, StartRequest, Waker, WebhookRequest,
 };
+pub use decision::{Decision, Verdict};
 pub use duration::HumanDuration;
 pub use expr::{Expr, Template, TemplatedValue};
 pub use secret::{Secret, SecretRef, SecretResolver};

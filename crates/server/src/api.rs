@@ -7,10 +7,9 @@ use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
-use baton_adapter_approval::Decision;
 use baton_config::Role;
-use baton_core::RunStatus;
 use baton_core::context::TriggerInfo;
+use baton_core::{Decision, RunStatus};
 use baton_engine::RunView;
 use baton_store::{Change, DeliveryFilter, RunFilter, now_millis};
 use serde::Deserialize;
@@ -248,7 +247,7 @@ async fn decide(
             "run `{id}` has no stage `{stage}`"
         )));
     };
-    if state.approval_instances.iter().all(|a| *a != uses) {
+    if !state.decision_instances.contains(&uses) {
         return Err(ApiError::conflict(format!(
             "stage `{stage}` is not an approval stage (it uses `{uses}`)"
         )));
