@@ -3,6 +3,7 @@
 //! Exit codes: 0 success; 1 a run failed or was cancelled, or `validate` found problems;
 //! 2 a usage, config or environment error (nothing ran).
 
+mod adapters;
 mod client;
 mod progress;
 mod run;
@@ -46,6 +47,9 @@ enum Command {
     Runs(client::RunsArgs),
     /// List, show and replay webhook deliveries stored by a running `baton serve`.
     Deliveries(client::DeliveriesArgs),
+    /// List the adapter kinds built into this baton: what each does and where it is
+    /// documented.
+    Adapters(adapters::AdaptersArgs),
 }
 
 /// How logs are written.
@@ -134,6 +138,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => run::block_on_with(args.workers, serve::serve(args)),
         Command::Runs(args) => run::block_on(client::runs(args)),
         Command::Deliveries(args) => run::block_on(client::deliveries(args)),
+        Command::Adapters(args) => adapters::adapters(args),
     }
 }
 
