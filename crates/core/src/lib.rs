@@ -1,6 +1,6 @@
 //! baton's core model, with no I/O: workflows and their compiled form, run and stage
-//! states, the [`Adapter`](adapter::Adapter) contract, jq expressions and templates, secret
-//! references and durations.
+//! states, the [`Adapter`](adapter::Adapter) contract and what adapter kinds declare, a
+//! person's [`Decision`], jq expressions and templates, secret references and durations.
 
 pub mod adapter;
 pub mod context;

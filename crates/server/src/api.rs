@@ -262,7 +262,7 @@ async fn decide(
     }
     state.engine.signal(id, stage, decision.to_signal()).await?;
     let word = if approve { "approved" } else { "rejected" };
-    tracing::info!(run = %id, stage = %stage, by = %caller.name, decision = word, "approval answered");
+    tracing::info!(run = %id, stage = %stage, by = %caller.name, decision = word, "decision sent to the stage");
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({"run": id, "stage": stage, "decision": word})),
