@@ -25,6 +25,7 @@ const LEGEND_GAP: f64 = 28.0;
 pub(super) const CHAR_WIDTH: f64 = 0.6;
 const FONT: &str = "ui-monospace, SFMono-Regular, Menlo, Consolas, 'DejaVu Sans Mono', monospace";
 
+/// About how wide `text` is at font size `size`, in px.
 pub(super) fn text_width(text: &str, size: f64) -> f64 {
     text.chars().count() as f64 * size * CHAR_WIDTH
 }
@@ -267,6 +268,7 @@ impl<'a> Drawing<'a> {
     }
 }
 
+/// The picture's heading: the workflow's name and how many stages it has.
 fn title(workflow: &Workflow) -> String {
     let n = workflow.stages.len();
     format!(
