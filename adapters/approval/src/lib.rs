@@ -9,8 +9,9 @@
 //!
 //! There is no external system. The decision reaches the attempt as the engine's *signal*
 //! ([`PollRequest::signal`]), sent by the CLI (`--approve`), the REST API or the UI, which
-//! also check that the person holds `role`. The signal's shape is [`Decision`]:
-//! `{"decision": "approved" | "rejected", "by": "…", "comment": "…"}`.
+//! also check that the person holds `role`. The signal's shape is the core's [`Decision`]:
+//! `{"decision": "approved" | "rejected", "by": "…", "comment": "…"}`. The kind declares that
+//! it takes decisions and that `uses: approval` needs no `[adapters]` block.
 //!
 //! - `start` returns a reference whose id is the attempt key and whose data holds the
 //!   message and role. It creates nothing, so it is idempotent, and `find` answers the same
@@ -35,7 +36,7 @@ use baton_core::{
     Adapter, AdapterError, AdapterKind, AttemptKey, ExternalRef, ExternalState, FieldError, Logs,
     PollOutcome, PollRequest, SecretResolver, StartRequest,
 };
-use serde::{Deserialize, Serialize};
+pub use baton_core::{Decision, Verdict};
 use serde_json::{Map, Value, json};
 
 /// The kind name, as in `uses: approval`.
@@ -51,92 +52,6 @@ pub const WAIT_HINT: Duration = Duration::from_secs(30);
 /// The longest part of an unreadable signal quoted back in a message.
 const QUOTE_LIMIT: usize = 200;
 
-/// What a person decided.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Verdict {
-    /// The stage may go on: it succeeds.
-    Approved,
-    /// The stage fails.
-    Rejected,
-}
-
-impl Verdict {
-    /// The word used in signals and outputs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Approved => "approved",
-            Self::Rejected => "rejected",
-        }
-    }
-}
-
-/// The signal that answers an approval stage:
-/// `{"decision": "approved" | "rejected", "by": "…", "comment": "…"}`.
-///
-/// Other keys are ignored, so senders may add their own (a timestamp, a request id).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Decision {
-    /// Approved or rejected.
-    pub decision: Verdict,
-    /// Who decided (a token name or user name).
-    #[serde(default)]
-    pub by: Option<String>,
-    /// Why, in the person's words.
-    #[serde(default)]
-    pub comment: Option<String>,
-}
-
-impl Decision {
-    /// An approval by `by`.
-    pub fn approved(by: impl Into<String>) -> Self {
-        Self {
-            decision: Verdict::Approved,
-            by: Some(by.into()),
-            comment: None,
-        }
-    }
-
-    /// A rejection by `by`.
-    pub fn rejected(by: impl Into<String>) -> Self {
-        Self {
-            decision: Verdict::Rejected,
-            by: Some(by.into()),
-            comment: None,
-        }
-    }
-
-    /// Adds a comment.
-    pub fn with_comment(mut self, comment: impl Into<String>) -> Self {
-        self.comment = Some(comment.into());
-        self
-    }
-
-    /// The signal to send to the attempt.
-    pub fn to_signal(&self) -> Value {
-        json!({"decision": self.decision, "by": self.by, "comment": self.comment})
-    }
-
-    /// Reads a signal; `None` when it has not this shape.
-    pub fn from_signal(signal: &Value) -> Option<Self> {
-        serde_json::from_value(signal.clone()).ok()
-    }
-
-    /// "approved by alice: looks good", for people.
-    fn describe(&self) -> String {
-        let mut text = format!(
-            "{} by {}",
-            self.decision.as_str(),
-            self.by.as_deref().unwrap_or("an unnamed approver")
-        );
-        if let Some(comment) = self.comment.as_deref().filter(|c| !c.is_empty()) {
-            text.push_str(": ");
-            text.push_str(comment);
-        }
-        text
-    }
-}
-
 /// The `approval` kind: needs no instance settings.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ApprovalKind;
@@ -144,6 +59,22 @@ pub struct ApprovalKind;
 impl AdapterKind for ApprovalKind {
     fn kind(&self) -> &'static str {
         KIND
+    }
+
+    fn summary(&self) -> &'static str {
+        "waits for a person to approve or reject the stage"
+    }
+
+    fn docs(&self) -> &'static str {
+        "docs/adapters.md#approval"
+    }
+
+    fn builtin_instance(&self) -> bool {
+        true
+    }
+
+    fn takes_decisions(&self) -> bool {
+        true
     }
 
     fn validate_instance(&self, config: &Value) -> Vec<FieldError> {
@@ -452,6 +383,12 @@ mod tests {
     }
 
     #[test]
+    fn the_kind_takes_decisions_without_a_config_block() {
+        let kind = ApprovalKind;
+        assert!(kind.takes_decisions() && kind.builtin_instance());
+    }
+
+    #[test]
     fn instance_takes_no_settings() {
         let kind = ApprovalKind;
         assert!(kind.validate_instance(&json!({})).is_empty());
@@ -566,19 +503,5 @@ mod tests {
             Some("waiting for approval (role: approver)")
         );
         ApprovalAdapter.cancel(&key(), &ext).await.unwrap();
-    }
-
-    #[test]
-    fn decisions_round_trip_as_signals() {
-        let d = Decision::rejected("carol").with_comment("no");
-        assert_eq!(Decision::from_signal(&d.to_signal()), Some(d));
-        assert_eq!(
-            Decision::from_signal(&json!({"decision": "approved"})),
-            Some(Decision {
-                decision: Verdict::Approved,
-                by: None,
-                comment: None
-            })
-        );
     }
 }

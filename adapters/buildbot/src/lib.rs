@@ -109,6 +109,14 @@ impl AdapterKind for BuildbotKind {
         KIND
     }
 
+    fn summary(&self) -> &'static str {
+        "forces a build through a Buildbot master's REST API and follows it to the end"
+    }
+
+    fn docs(&self) -> &'static str {
+        "docs/adapters/buildbot.md"
+    }
+
     fn validate_instance(&self, config: &Value) -> Vec<FieldError> {
         parse_instance(config).err().unwrap_or_default()
     }

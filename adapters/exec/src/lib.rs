@@ -203,6 +203,18 @@ impl AdapterKind for ExecKind {
         KIND
     }
 
+    fn summary(&self) -> &'static str {
+        "runs a local command or a ContainerOps-style component"
+    }
+
+    fn docs(&self) -> &'static str {
+        "docs/adapters.md#exec"
+    }
+
+    fn builtin_instance(&self) -> bool {
+        true
+    }
+
     fn validate_instance(&self, config: &Value) -> Vec<FieldError> {
         self.settings(config).err().unwrap_or_default()
     }

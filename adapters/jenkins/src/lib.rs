@@ -106,6 +106,14 @@ impl AdapterKind for JenkinsKind {
         KIND
     }
 
+    fn summary(&self) -> &'static str {
+        "triggers a Jenkins job and follows its queue item to the build and its result"
+    }
+
+    fn docs(&self) -> &'static str {
+        "docs/adapters/jenkins.md"
+    }
+
     fn validate_instance(&self, config: &Value) -> Vec<FieldError> {
         config::parse_instance(config).err().unwrap_or_default()
     }

@@ -3,6 +3,7 @@
 //! Exit codes: 0 success; 1 a run failed or was cancelled, or `validate` found problems;
 //! 2 a usage, config or environment error (nothing ran).
 
+mod adapters;
 mod client;
 mod completions;
 mod init;
@@ -49,6 +50,9 @@ enum Command {
     Runs(client::RunsArgs),
     /// List, show and replay webhook deliveries stored by a running `baton serve`.
     Deliveries(client::DeliveriesArgs),
+    /// List the adapter kinds built into this baton: what each does and where it is
+    /// documented.
+    Adapters(adapters::AdaptersArgs),
     /// Write a commented starter `baton.toml` and workflow into a folder.
     Init(init::InitArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
@@ -143,6 +147,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => run::block_on_with(args.workers, serve::serve(args)),
         Command::Runs(args) => run::block_on(client::runs(args)),
         Command::Deliveries(args) => run::block_on(client::deliveries(args)),
+        Command::Adapters(args) => adapters::adapters(args),
         Command::Init(args) => init::init(args),
         Command::Completions(args) => completions::completions(args),
         Command::Man(args) => man::man(args),
@@ -219,9 +224,11 @@ fn graph(args: GraphArgs) -> ExitCode {
         );
         return ExitCode::from(2);
     };
+    let deciding = setup::decision_instances(&loaded);
+    let waits_for_person = |stage: &baton_core::Stage| deciding.contains(&stage.uses);
     let text = match args.format {
-        GraphFormat::Dot => baton_core::graph::to_dot(&found.workflow),
-        GraphFormat::Svg => baton_core::graph::to_svg(&found.workflow),
+        GraphFormat::Dot => baton_core::graph::to_dot(&found.workflow, waits_for_person),
+        GraphFormat::Svg => baton_core::graph::to_svg(&found.workflow, waits_for_person),
     };
     match args.output {
         Some(path) => match std::fs::write(&path, text) {

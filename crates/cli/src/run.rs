@@ -1,6 +1,6 @@
 //! `baton run` and `baton resume`.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -8,10 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use baton_adapter_approval::Decision;
 use baton_config::Loaded;
-use baton_core::RunStatus;
 use baton_core::context::TriggerInfo;
+use baton_core::{Decision, RunStatus};
 use baton_engine::{Engine, Event, RunView};
 use baton_store::now_millis;
 use clap::Args;
@@ -165,13 +164,14 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         return Ok(ExitCode::from(2));
     };
     let workflow = Arc::new(found.workflow.clone());
+    let deciding = setup::decision_instances(&loaded);
     for stage in &args.approve {
         match workflow.stage(stage) {
             None => bail!(
                 "--approve {stage}: workflow `{}` has no stage `{stage}`",
                 workflow.name()
             ),
-            Some(s) if setup::kind_of(&loaded, &s.uses).as_deref() != Some("approval") => {
+            Some(s) if !deciding.contains(&s.uses) => {
                 bail!(
                     "--approve {stage}: stage `{stage}` is not an approval stage (it uses `{}`)",
                     s.uses
@@ -210,7 +210,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
 
     let finished = drive(
         &engine,
-        &loaded,
+        &deciding,
         &run_id,
         &mut events,
         &mut progress,
@@ -228,10 +228,11 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
     Ok(exit_for(finished))
 }
 
-/// Follows one run until it ends: progress, approvals, Ctrl-C.
+/// Follows one run until it ends: progress, approvals, Ctrl-C. `deciding` names the adapter
+/// instances whose stages wait for a person's decision.
 async fn drive(
     engine: &Engine,
-    loaded: &Loaded,
+    deciding: &BTreeSet<String>,
     run_id: &str,
     events: &mut tokio::sync::broadcast::Receiver<Event>,
     progress: &mut Progress,
@@ -253,8 +254,7 @@ async fn drive(
                         continue;
                     }
                     progress.on_event(&event);
-                    let is_approval = setup::kind_of(loaded, uses).as_deref() == Some("approval");
-                    if *status == baton_core::StageStatus::Waiting && is_approval && asked.insert(stage_id.clone()) {
+                    if *status == baton_core::StageStatus::Waiting && deciding.contains(uses) && asked.insert(stage_id.clone()) {
                         if approve.contains(stage_id) {
                             let decision = Decision::approved("baton run --approve").to_signal();
                             engine.signal(run_id, stage_id, decision).await?;

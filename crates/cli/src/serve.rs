@@ -75,6 +75,7 @@ pub async fn serve(args: ServeArgs) -> Result<ExitCode> {
     let resolver = EnvFileResolver::new(loaded.gateway.base_dir.clone());
     let state = Arc::new(baton_server::AppState::new(
         &loaded,
+        &setup::configured_kinds(&loaded),
         engine.clone(),
         &resolver,
         metrics,

@@ -1,6 +1,6 @@
 //! What every command needs: the loaded config, the adapters, the store and the engine.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -9,7 +9,8 @@ use baton_config::{Diagnostics, EnvFileResolver, Loaded};
 use baton_core::{Adapter, Kinds};
 use baton_engine::{Engine, EngineConfig};
 
-/// Every adapter kind this build of baton has.
+/// Every adapter kind this build of baton has. Adding a kind is one line here: what the kind
+/// is (an instance without a block, whether it takes decisions) it declares itself.
 pub fn kinds(exec_state_dir: &Path) -> Kinds {
     let mut kinds = Kinds::new();
     kinds.register(Arc::new(baton_adapter_exec::ExecKind::new(exec_state_dir)));
@@ -60,13 +61,18 @@ pub fn load(
     Ok(loaded)
 }
 
+/// The kinds, with the state folder the config gives `exec`: the kinds that build adapters.
+pub fn configured_kinds(loaded: &Loaded) -> Kinds {
+    kinds(&loaded.gateway.exec_state_dir())
+}
+
 /// Builds every adapter instance, opens the store and creates the engine (not started).
 pub async fn build_engine(loaded: &Loaded) -> Result<Engine> {
     let gateway = &loaded.gateway;
-    let kinds = kinds(&gateway.exec_state_dir());
+    let kinds = configured_kinds(loaded);
     let resolver = EnvFileResolver::new(gateway.base_dir.clone());
     let mut adapters: HashMap<String, Arc<dyn Adapter>> = HashMap::new();
-    for (name, instance) in gateway.instances() {
+    for (name, instance) in gateway.instances(&kinds) {
         let kind = kinds
             .get(&instance.kind)
             .with_context(|| format!("adapter `{name}`: unknown kind `{}`", instance.kind))?;
@@ -89,7 +95,7 @@ pub async fn build_engine(loaded: &Loaded) -> Result<Engine> {
     Ok(Engine::new(store, adapters, config))
 }
 
-/// The kind of the adapter instance `uses`.
-pub fn kind_of(loaded: &Loaded, uses: &str) -> Option<String> {
-    loaded.gateway.instances().get(uses).map(|i| i.kind.clone())
+/// The instance names whose stages wait for a person's decision.
+pub fn decision_instances(loaded: &Loaded) -> BTreeSet<String> {
+    loaded.gateway.decision_instances(&configured_kinds(loaded))
 }

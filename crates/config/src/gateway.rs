@@ -1,10 +1,11 @@
 //! The gateway config (`baton.toml` or `baton.yaml`) as baton uses it, after loading and
 //! checking.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use baton_core::{Expr, HumanDuration, SecretRef, StageDefaults};
+use baton_core::{Expr, HumanDuration, Kinds, SecretRef, StageDefaults};
 use indexmap::IndexMap;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
@@ -87,11 +88,12 @@ impl GatewayConfig {
         }
     }
 
-    /// Every adapter instance a stage may name: the `[adapters]` blocks, plus `exec` and
-    /// `approval` with an empty config unless a block of that name replaces them.
-    pub fn instances(&self) -> IndexMap<String, AdapterInstance> {
+    /// Every adapter instance a stage may name: the `[adapters]` blocks, plus each kind of
+    /// `kinds` that is an instance without a block (`exec`), with an empty config unless a
+    /// block of that name replaces it.
+    pub fn instances(&self, kinds: &Kinds) -> IndexMap<String, AdapterInstance> {
         let mut all = self.adapters.clone();
-        for name in baton_core::BUILTIN_INSTANCES {
+        for name in kinds.builtin_instances() {
             all.entry(name.to_owned())
                 .or_insert_with(|| AdapterInstance {
                     kind: name.to_owned(),
@@ -99,6 +101,16 @@ impl GatewayConfig {
                 });
         }
         all
+    }
+
+    /// The instance names whose kind takes decisions: the stages that name them wait for a
+    /// person to approve or reject them.
+    pub fn decision_instances(&self, kinds: &Kinds) -> BTreeSet<String> {
+        self.instances(kinds)
+            .into_iter()
+            .filter(|(_, instance)| kinds.takes_decisions(&instance.kind))
+            .map(|(name, _)| name)
+            .collect()
     }
 
     /// The settings stages inherit: `engine.default_timeout`.

@@ -12,12 +12,21 @@ use serde_json::Value;
 use crate::*;
 
 /// A fake adapter kind: `jenkins` needs `url` and a `token` reference and a stage `job`;
-/// `exec` needs `run` or `command`; `approval` needs `message`.
+/// `exec` needs `run` or `command`; `approval` needs `message`. `exec` and `approval` are
+/// instances without a block, and `approval` takes decisions.
 struct FakeKind(&'static str);
 
 impl AdapterKind for FakeKind {
     fn kind(&self) -> &'static str {
         self.0
+    }
+
+    fn builtin_instance(&self) -> bool {
+        matches!(self.0, "exec" | "approval")
+    }
+
+    fn takes_decisions(&self) -> bool {
+        self.0 == "approval"
     }
 
     fn validate_instance(&self, config: &Value) -> Vec<FieldError> {
@@ -269,10 +278,16 @@ fn the_documented_example_loads() {
         g.adapters["ci"].config,
         serde_json::json!({"url": "https://jenkins.example.com", "user": "baton", "token": {"env": "JENKINS_TOKEN"}})
     );
-    let instances = g.instances();
+    let instances = g.instances(&kinds());
     assert_eq!(
         instances.keys().collect::<Vec<_>>(),
-        ["ci", "bb", "exec", "approval"]
+        ["ci", "bb", "approval", "exec"]
+    );
+    assert_eq!(
+        g.decision_instances(&kinds())
+            .into_iter()
+            .collect::<Vec<_>>(),
+        ["approval"]
     );
     assert_eq!(g.engine, EngineConfig::default());
     assert_eq!(g.engine.default_timeout.0, Duration::from_secs(3600));
@@ -524,7 +539,7 @@ report: [gh, hook, nope]
     );
     let m = message_at(&err, "stages.b.uses");
     assert!(
-        m.contains("unknown adapter `cii`") && m.contains("(ci)") && m.contains("exec, approval"),
+        m.contains("unknown adapter `cii`") && m.contains("(ci)") && m.contains("(approval, exec)"),
         "{m}"
     );
     assert!(message_at(&err, "on[1].source").contains("`manual` or a [sources] name: gh, hook"));
@@ -845,7 +860,7 @@ fn a_lone_workflow_file_needs_no_config() {
     assert!(loaded.config_file.is_none());
     assert_eq!(loaded.workflows[0].workflow.name(), "solo");
     assert!(loaded.gateway.sources.is_empty());
-    assert_eq!(loaded.gateway.instances().len(), 2);
+    assert_eq!(loaded.gateway.instances(&kinds()).len(), 2);
 
     let err = load_in(dir.path(), None, &["needs-config.yaml"], no_env()).unwrap_err();
     assert_eq!(
@@ -857,7 +872,7 @@ fn a_lone_workflow_file_needs_no_config() {
     );
     assert!(message_at(&err, "on[0].source").contains("no gateway config"));
 
-    // Without the built-in kinds registered, `uses: exec` cannot work.
+    // Without the kinds registered, `exec` is no instance: `uses: exec` cannot work.
     let err = load(
         None,
         &[dir.path().join("solo.yaml")],
@@ -865,7 +880,7 @@ fn a_lone_workflow_file_needs_no_config() {
         no_env(),
     )
     .unwrap_err();
-    assert!(message_at(&err, "stages.a.uses").contains("not part of this baton build"));
+    assert!(message_at(&err, "stages.a.uses").contains("unknown adapter `exec`"));
 }
 
 #[test]

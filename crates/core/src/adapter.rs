@@ -136,7 +136,8 @@ pub struct PollRequest<'a> {
     pub key: &'a AttemptKey,
     /// The reference returned by `start`, `find` or an earlier poll.
     pub external: &'a ExternalRef,
-    /// The last signal sent to this attempt (an approval decision), if any.
+    /// The last signal sent to this attempt (a [`Decision`](crate::Decision) for kinds that
+    /// take decisions), if any.
     pub signal: Option<&'a Value>,
 }
 
@@ -380,10 +381,36 @@ impl WebhookRequest<'_> {
     }
 }
 
-/// Builds adapter instances of one kind from `[adapters.<name>]` blocks.
+/// Builds adapter instances of one kind from `[adapters.<name>]` blocks, and declares what
+/// the kind is, so that the engine, the server and the CLI never need to know it by name.
 pub trait AdapterKind: Send + Sync + 'static {
     /// The kind, as written in `kind = "…"`.
     fn kind(&self) -> &'static str;
+
+    /// What the kind drives, in one line (`baton adapters` lists it). Default: empty.
+    fn summary(&self) -> &'static str {
+        ""
+    }
+
+    /// Where the kind is documented: a path from the repository root, with an anchor where
+    /// the kind shares a page (`docs/adapters/jenkins.md`, `docs/adapters.md#exec`).
+    /// Default: empty.
+    fn docs(&self) -> &'static str {
+        ""
+    }
+
+    /// Whether `uses: <kind>` works with no `[adapters.<kind>]` block: the instance of the
+    /// kind's own name then exists with an empty config, and a block of that name must be of
+    /// this kind. Default: false.
+    fn builtin_instance(&self) -> bool {
+        false
+    }
+
+    /// Whether the kind's stages wait for a person's [`Decision`](crate::Decision), sent as
+    /// the attempt's signal; only such stages may be approved or rejected. Default: false.
+    fn takes_decisions(&self) -> bool {
+        false
+    }
 
     /// Checks an instance block (without the `kind` key) and returns every problem.
     fn validate_instance(&self, config: &Value) -> Vec<FieldError>;
@@ -429,6 +456,29 @@ impl Kinds {
     pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
         self.kinds.keys().copied()
     }
+
+    /// Every kind, sorted by name.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn AdapterKind>> + '_ {
+        self.kinds.values()
+    }
+
+    /// The names that are instances without a config block (see
+    /// [`AdapterKind::builtin_instance`]), sorted.
+    pub fn builtin_instances(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.iter()
+            .filter(|k| k.builtin_instance())
+            .map(|k| k.kind())
+    }
+
+    /// Whether `name` is an instance without a config block.
+    pub fn is_builtin_instance(&self, name: &str) -> bool {
+        self.get(name).is_some_and(|k| k.builtin_instance())
+    }
+
+    /// Whether stages of kind `kind` wait for a person's decision; false for an unknown kind.
+    pub fn takes_decisions(&self, kind: &str) -> bool {
+        self.get(kind).is_some_and(|k| k.takes_decisions())
+    }
 }
 
 impl fmt::Debug for Kinds {
@@ -436,10 +486,6 @@ impl fmt::Debug for Kinds {
         f.debug_list().entries(self.kinds.keys()).finish()
     }
 }
-
-/// Instance names that need no `[adapters.*]` block: `uses: exec` and `uses: approval` name
-/// the kind of the same name with an empty instance config.
-pub const BUILTIN_INSTANCES: [&str; 2] = ["exec", "approval"];
 
 #[cfg(test)]
 mod tests {
@@ -458,6 +504,70 @@ mod tests {
         for bad in ["", "r1/build", "r1/build/x", "a/b/1/2", "/b/1"] {
             assert_eq!(AttemptKey::parse(bad), None, "{bad}");
         }
+    }
+
+    /// A kind that builds nothing; `builtin` and `decides` set its declarations.
+    struct Declared {
+        name: &'static str,
+        builtin: bool,
+        decides: bool,
+    }
+
+    impl AdapterKind for Declared {
+        fn kind(&self) -> &'static str {
+            self.name
+        }
+        fn builtin_instance(&self) -> bool {
+            self.builtin
+        }
+        fn takes_decisions(&self) -> bool {
+            self.decides
+        }
+        fn validate_instance(&self, _: &Value) -> Vec<FieldError> {
+            Vec::new()
+        }
+        fn validate_stage(&self, _: &Value) -> Vec<FieldError> {
+            Vec::new()
+        }
+        fn build(
+            &self,
+            name: &str,
+            _: &Value,
+            _: &dyn crate::secret::SecretResolver,
+        ) -> Result<Arc<dyn Adapter>, AdapterError> {
+            Err(AdapterError::Invalid(format!("{name}: builds nothing")))
+        }
+    }
+
+    #[test]
+    fn kinds_answer_from_their_declarations() {
+        let mut kinds = Kinds::new();
+        for (name, builtin, decides) in [
+            ("run", true, false),
+            ("gate", true, true),
+            ("ci", false, false),
+        ] {
+            kinds.register(Arc::new(Declared {
+                name,
+                builtin,
+                decides,
+            }));
+        }
+        assert_eq!(
+            kinds.builtin_instances().collect::<Vec<_>>(),
+            ["gate", "run"]
+        );
+        assert!(kinds.is_builtin_instance("run"));
+        assert!(!kinds.is_builtin_instance("ci"));
+        assert!(!kinds.is_builtin_instance("missing"));
+        assert!(kinds.takes_decisions("gate"));
+        assert!(!kinds.takes_decisions("run"));
+        assert!(!kinds.takes_decisions("missing"));
+        let names: Vec<_> = kinds.iter().map(|k| k.kind()).collect();
+        assert_eq!(names, kinds.names().collect::<Vec<_>>());
+        // Undeclared, a kind is neither built in nor deciding, and says nothing about itself.
+        let plain = kinds.get("ci").unwrap();
+        assert_eq!((plain.summary(), plain.docs()), ("", ""));
     }
 
     #[test]

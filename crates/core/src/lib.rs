@@ -1,9 +1,10 @@
 //! baton's core model, with no I/O: workflows and their compiled form, run and stage
-//! states, the [`Adapter`](adapter::Adapter) contract, jq expressions and templates, secret
-//! references and durations.
+//! states, the [`Adapter`](adapter::Adapter) contract and what adapter kinds declare, a
+//! person's [`Decision`], jq expressions and templates, secret references and durations.
 
 pub mod adapter;
 pub mod context;
+pub mod decision;
 pub mod duration;
 pub mod expr;
 pub mod graph;
@@ -12,9 +13,10 @@ pub mod state;
 pub mod workflow;
 
 pub use adapter::{
-    Adapter, AdapterError, AdapterKind, AttemptKey, BUILTIN_INSTANCES, ExternalRef, FieldError,
-    Kinds, Logs, PollOutcome, PollRequest, StartRequest, Waker, WebhookRequest,
+    Adapter, AdapterError, AdapterKind, AttemptKey, ExternalRef, FieldError, Kinds, Logs,
+    PollOutcome, PollRequest, StartRequest, Waker, WebhookRequest,
 };
+pub use decision::{Decision, Verdict};
 pub use duration::HumanDuration;
 pub use expr::{Expr, Template, TemplatedValue};
 pub use secret::{Secret, SecretRef, SecretResolver};

@@ -7,10 +7,9 @@ use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
-use baton_adapter_approval::Decision;
 use baton_config::Role;
-use baton_core::RunStatus;
 use baton_core::context::TriggerInfo;
+use baton_core::{Decision, RunStatus};
 use baton_engine::RunView;
 use baton_store::{DeliveryFilter, RunFilter, now_millis};
 use serde::Deserialize;
@@ -248,7 +247,7 @@ async fn decide(
             "run `{id}` has no stage `{stage}`"
         )));
     };
-    if state.approval_instances.iter().all(|a| *a != uses) {
+    if !state.decision_instances.contains(&uses) {
         return Err(ApiError::conflict(format!(
             "stage `{stage}` is not an approval stage (it uses `{uses}`)"
         )));
@@ -263,7 +262,7 @@ async fn decide(
     }
     state.engine.signal(id, stage, decision.to_signal()).await?;
     let word = if approve { "approved" } else { "rejected" };
-    tracing::info!(run = %id, stage = %stage, by = %caller.name, decision = word, "approval answered");
+    tracing::info!(run = %id, stage = %stage, by = %caller.name, decision = word, "decision sent to the stage");
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({"run": id, "stage": stage, "decision": word})),

@@ -8,7 +8,7 @@
 //! | `GET /healthz`, `GET /readyz` | alive; store reachable |
 //! | `GET /metrics` | Prometheus metrics |
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +18,7 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Router, ServiceExt};
 use baton_config::Loaded;
-use baton_core::{SecretResolver, Workflow};
+use baton_core::{Kinds, SecretResolver, Workflow};
 use baton_engine::Engine;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::Notify;
@@ -44,8 +44,9 @@ pub struct AppState {
     pub workflows: Vec<Arc<Workflow>>,
     /// API tokens.
     pub tokens: Vec<api::Token>,
-    /// Adapter instance names of kind `approval`.
-    pub approval_instances: Vec<String>,
+    /// Adapter instance names whose kind takes decisions: only their stages may be approved
+    /// or rejected.
+    pub decision_instances: BTreeSet<String>,
     /// `server.max_body_bytes`.
     pub max_body_bytes: u64,
     /// Wakes the delivery matcher.
@@ -65,10 +66,11 @@ pub enum ServeError {
 }
 
 impl AppState {
-    /// Resolves secrets and prepares the state. `metrics` is the Prometheus handle when a
-    /// recorder was installed.
+    /// Resolves secrets and prepares the state. `kinds` are the adapter kinds the config was
+    /// loaded with; `metrics` is the Prometheus handle when a recorder was installed.
     pub fn new(
         loaded: &Loaded,
+        kinds: &Kinds,
         engine: Engine,
         secrets: &dyn SecretResolver,
         metrics: Option<PrometheusHandle>,
@@ -94,12 +96,6 @@ impl AppState {
                 })
             })
             .collect::<Result<_, ServeError>>()?;
-        let approval_instances = gateway
-            .instances()
-            .into_iter()
-            .filter(|(_, i)| i.kind == "approval")
-            .map(|(n, _)| n)
-            .collect();
         Ok(Self {
             engine,
             sources,
@@ -109,7 +105,7 @@ impl AppState {
                 .map(|w| Arc::new(w.workflow.clone()))
                 .collect(),
             tokens,
-            approval_instances,
+            decision_instances: gateway.decision_instances(kinds),
             max_body_bytes: gateway.server.max_body_bytes,
             matcher: Notify::new(),
             metrics,

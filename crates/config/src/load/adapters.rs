@@ -1,6 +1,6 @@
 //! An `[adapters.*]` block: an instance of an adapter kind this baton knows.
 
-use baton_core::{BUILTIN_INSTANCES, Kinds};
+use baton_core::Kinds;
 use serde_json::Value;
 
 use super::{kind_and_rest, valid_name};
@@ -28,7 +28,7 @@ pub(super) fn read_adapter(
     let Some((kind, rest)) = kind_and_rest(value, &at, &known.join(", "), sink) else {
         return (None, None);
     };
-    if BUILTIN_INSTANCES.contains(&name) && kind != name {
+    if kinds.is_builtin_instance(name) && kind != name {
         sink.err(
             join(&at, "kind"),
             format!(

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use baton_core::workflow::{RetrySpec, TriggerSpec};
-use baton_core::{BUILTIN_INSTANCES, Kinds, StageDefaults, StageSpec, Workflow, WorkflowSpec};
+use baton_core::{Kinds, StageDefaults, StageSpec, Workflow, WorkflowSpec};
 use indexmap::IndexMap;
 use serde_json::{Map, Value};
 
@@ -361,23 +361,14 @@ pub(super) fn check_references(
         let at = format!("stages.{id}");
         let kind = match adapters.get(&stage.uses) {
             Some(kind) => kind.clone(),
-            None if BUILTIN_INSTANCES.contains(&stage.uses.as_str()) => {
-                if context.kinds.get(&stage.uses).is_none() {
-                    sink.err(
-                        join(&at, "uses"),
-                        format!(
-                            "the built-in adapter `{}` is not part of this baton build",
-                            stage.uses
-                        ),
-                    );
-                    None
-                } else {
-                    Some(stage.uses.clone())
-                }
-            }
+            None if context.kinds.is_builtin_instance(&stage.uses) => Some(stage.uses.clone()),
             None => {
                 let mut known: Vec<&str> = adapters.keys().map(String::as_str).collect();
-                let builtins = BUILTIN_INSTANCES.join(", ");
+                let builtins = context
+                    .kinds
+                    .builtin_instances()
+                    .collect::<Vec<_>>()
+                    .join(", ");
                 sink.err(
                     join(&at, "uses"),
                     if known.is_empty() {
