@@ -1,9 +1,10 @@
-//! The binary under test is the one cargo built from the current source for this test run, so
-//! no end-to-end test passes on a build that predates the code it claims to test; and every
+//! The binary under test is the one cargo built from the current source for this test run
+//! (cargo builds a package's binaries before its integration tests and names them in
+//! `CARGO_BIN_EXE_<name>`), so no end-to-end test passes on a build that predates the code
+//! it claims to test; and every
 //! file of `tests/tests/` runs as a test of baton-cli, so none is silently left out.
 
-use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::path::Path;
 
 use baton_tests::{baton_bin, repo_root};
 
@@ -21,37 +22,6 @@ fn the_binary_under_test_is_the_one_cargo_built() {
         "the tests run {} but cargo built {}",
         under_test.display(),
         built.display()
-    );
-}
-
-#[test]
-fn the_binary_under_test_is_newer_than_every_source_file_it_was_built_from() {
-    if std::env::var_os("BATON_BIN").is_some() {
-        return; // another build, chosen on purpose
-    }
-    let binary = baton_bin();
-    let built = modified(&binary);
-    // Cargo lists every file a binary was built from in `<binary>.d` beside it.
-    let dep_info = PathBuf::from(format!("{}.d", binary.display()));
-    let text = std::fs::read_to_string(&dep_info)
-        .unwrap_or_else(|e| panic!("{}: {e}", dep_info.display()));
-    let sources = sources_in(&text);
-    assert!(
-        sources
-            .iter()
-            .filter(|s| s.starts_with(repo_root()))
-            .count()
-            > 20,
-        "{text}"
-    );
-    let newer: Vec<&PathBuf> = sources
-        .iter()
-        .filter(|f| f.symlink_metadata().is_err() || modified(f) > built)
-        .collect();
-    assert!(
-        newer.is_empty(),
-        "{} was not built from the current source: changed or gone since: {newer:?}",
-        binary.display()
     );
 }
 
@@ -74,37 +44,4 @@ fn every_end_to_end_file_is_a_test_target_of_baton_cli() {
         "add to the `test` list of crates/cli/Cargo.toml:\n    {}",
         missing.join("\n    ")
     );
-}
-
-fn modified(path: &Path) -> SystemTime {
-    std::fs::metadata(path)
-        .and_then(|m| m.modified())
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-/// The prerequisites of the first rule of a Makefile-style dependency file: the paths after
-/// `target:`, separated by spaces (a space inside a path is written `\ `).
-fn sources_in(dep_info: &str) -> Vec<PathBuf> {
-    let line = dep_info.lines().next().unwrap_or_default();
-    let Some((_, prerequisites)) = line.split_once(": ") else {
-        return Vec::new();
-    };
-    let mut paths = Vec::new();
-    let mut current = String::new();
-    let mut chars = prerequisites.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' if chars.peek() == Some(&' ') => current.push(chars.next().unwrap()),
-            ' ' => {
-                if !current.is_empty() {
-                    paths.push(PathBuf::from(std::mem::take(&mut current)));
-                }
-            }
-            _ => current.push(c),
-        }
-    }
-    if !current.is_empty() {
-        paths.push(PathBuf::from(current));
-    }
-    paths
 }
