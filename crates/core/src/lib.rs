@@ -1,6 +1,6 @@
 //! baton's core model, with no I/O: workflows and their compiled form, run and stage
 //! states, the [`Adapter`](adapter::Adapter) contract, jq expressions and templates, secret
-//! references and durations.
+//! references and durations, and the typed reading of config blocks.
 
 pub mod adapter;
 pub mod context;
@@ -9,6 +9,7 @@ pub mod expr;
 pub mod graph;
 pub mod secret;
 pub mod state;
+pub mod typed;
 pub mod workflow;
 
 pub use adapter::{
@@ -19,4 +20,5 @@ pub use duration::HumanDuration;
 pub use expr::{Expr, Template, TemplatedValue};
 pub use secret::{Secret, SecretRef, SecretResolver};
 pub use state::{ExternalState, RunStatus, StageStatus};
+pub use typed::{Partial, fields_of, read_config, read_table};
 pub use workflow::{OnFailure, Stage, StageDefaults, StageSpec, Workflow, WorkflowSpec};
