@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use baton_core::secret::deserialize_optional_reference;
+use baton_core::typed::{checked, duration_in_range, reported};
 use baton_core::{FieldError, HumanDuration, SecretRef, read_table};
 use reqwest::Url;
 use serde::{Deserialize, Deserializer};
@@ -144,35 +145,19 @@ pub struct InstanceKeys {
     #[serde(default)]
     pub unstable: Unstable,
     /// The first poll hint; over 0 s, at most 1 h. Default: `2s`.
-    #[serde(default = "default_poll_initial")]
-    pub poll_initial: HumanDuration,
+    #[serde(default)]
+    pub poll_initial: Option<HumanDuration>,
     /// The longest poll hint; over 0 s, at most 1 h, not shorter than `poll_initial`.
     /// Default: `30s`.
-    #[serde(default = "default_poll_max")]
-    pub poll_max: HumanDuration,
+    #[serde(default)]
+    pub poll_max: Option<HumanDuration>,
     /// The bound on one HTTP request; over 0 s, at most 5 m. Default: `30s`.
-    #[serde(default = "default_request_timeout")]
-    pub request_timeout: HumanDuration,
+    #[serde(default)]
+    pub request_timeout: Option<HumanDuration>,
     /// How long a stopped build has before `term`, and then before `kill`; over 0 s, at
     /// most 1 h. Default: `30s`.
-    #[serde(default = "default_stop_grace")]
-    pub stop_grace: HumanDuration,
-}
-
-fn default_poll_initial() -> HumanDuration {
-    HumanDuration(DEFAULT_POLL_INITIAL)
-}
-
-fn default_poll_max() -> HumanDuration {
-    HumanDuration(DEFAULT_POLL_MAX)
-}
-
-fn default_request_timeout() -> HumanDuration {
-    HumanDuration(DEFAULT_REQUEST_TIMEOUT)
-}
-
-fn default_stop_grace() -> HumanDuration {
-    HumanDuration(DEFAULT_STOP_GRACE)
+    #[serde(default)]
+    pub stop_grace: Option<HumanDuration>,
 }
 
 /// Checks an instance block, returning the config or every problem.
@@ -183,19 +168,11 @@ pub fn parse_instance(config: &Value) -> Result<InstanceConfig, Vec<FieldError>>
 /// The checks serde cannot make. A key that already failed to read was dropped (its default
 /// stands in) and counts as given, so it causes no second problem here.
 fn check_instance(keys: InstanceKeys, errors: &mut Vec<FieldError>) -> Option<InstanceConfig> {
-    let failed: Vec<String> = errors.iter().map(|e| e.path.clone()).collect();
-    let given = |key: &str, value: bool| value || failed.iter().any(|path| path == key);
-    let has_user = given("user", keys.user.is_some());
-    let has_token = given("token", keys.token.is_some());
-    let has_password = given("password", keys.password.is_some());
+    let has_user = keys.user.is_some() || reported(errors, "user");
+    let has_token = keys.token.is_some() || reported(errors, "token");
+    let has_password = keys.password.is_some() || reported(errors, "password");
 
-    let url = match parse_root_url(&keys.url) {
-        Ok(url) => Some(url),
-        Err(message) => {
-            errors.push(FieldError::new("url", message));
-            None
-        }
-    };
+    let url = checked("url", parse_root_url(&keys.url), errors);
     let user = match keys.user {
         Some(user) if user.is_empty() || user.contains(':') => {
             errors.push(FieldError::new(
@@ -246,33 +223,27 @@ fn check_instance(keys: InstanceKeys, errors: &mut Vec<FieldError>) -> Option<In
         },
     };
 
-    let poll_initial = in_range(
+    let mut duration = |key: &str, value, default, longest| {
+        duration_in_range(key, value, default, longest, errors).unwrap_or(default)
+    };
+    let poll_initial = duration(
         "poll_initial",
         keys.poll_initial,
         DEFAULT_POLL_INITIAL,
         LONGEST_POLL,
-        errors,
     );
-    let poll_max = in_range(
-        "poll_max",
-        keys.poll_max,
-        DEFAULT_POLL_MAX,
-        LONGEST_POLL,
-        errors,
-    );
-    let request_timeout = in_range(
+    let poll_max = duration("poll_max", keys.poll_max, DEFAULT_POLL_MAX, LONGEST_POLL);
+    let request_timeout = duration(
         "request_timeout",
         keys.request_timeout,
         DEFAULT_REQUEST_TIMEOUT,
         LONGEST_REQUEST,
-        errors,
     );
-    let stop_grace = in_range(
+    let stop_grace = duration(
         "stop_grace",
         keys.stop_grace,
         DEFAULT_STOP_GRACE,
         LONGEST_POLL,
-        errors,
     );
     if poll_max < poll_initial {
         errors.push(FieldError::new(
@@ -292,28 +263,6 @@ fn check_instance(keys: InstanceKeys, errors: &mut Vec<FieldError>) -> Option<In
         request_timeout,
         stop_grace,
     })
-}
-
-/// `value` when it is over 0 s and at most `longest`; else a problem at `key`, and `default`.
-fn in_range(
-    key: &str,
-    value: HumanDuration,
-    default: Duration,
-    longest: Duration,
-    errors: &mut Vec<FieldError>,
-) -> Duration {
-    if value.0.is_zero() {
-        errors.push(FieldError::new(key, "must be longer than 0s"));
-        default
-    } else if value.0 > longest {
-        errors.push(FieldError::new(
-            key,
-            format!("must be at most {}", HumanDuration(longest)),
-        ));
-        default
-    } else {
-        value.0
-    }
 }
 
 fn parse_root_url(text: &str) -> Result<Url, String> {
@@ -697,7 +646,7 @@ mod tests {
         );
         // A required key that is missing leaves nothing to check the others against.
         let missing = parse_instance(&json!({"user": "u", "pasword": {"env": "P"}})).unwrap_err();
-        assert_eq!(paths(&missing), ["pasword", ""]);
+        assert_eq!(paths(&missing), ["pasword", "url"]);
         assert_eq!(missing[1].message, "missing required key `url`");
         assert!(
             missing[0].message.contains("did you mean `password`?"),

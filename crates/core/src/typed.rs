@@ -12,11 +12,13 @@
 //! gives every problem in the order the keys stand in the block.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
 use serde_json::Value;
 
 use crate::adapter::FieldError;
+use crate::duration::HumanDuration;
 
 /// Expected keys of the objects inside a value: `(relative path, keys)`, `""` for the value
 /// itself and `"retry"` for the object under its `retry` key.
@@ -150,6 +152,48 @@ impl<T> Partial<T> {
     }
 }
 
+/// True when a problem was already reported at `key` (a key that failed to read was
+/// dropped, so the checks after serde's count it as given without its value).
+pub fn reported(problems: &[FieldError], key: &str) -> bool {
+    problems.iter().any(|p| p.path == key)
+}
+
+/// The value of a check of `key`, or its message as a problem at `key` and `None`.
+pub fn checked<T>(
+    key: &str,
+    result: Result<T, String>,
+    problems: &mut Vec<FieldError>,
+) -> Option<T> {
+    result
+        .map_err(|message| problems.push(FieldError::new(key, message)))
+        .ok()
+}
+
+/// The duration given at `key` (or `default` when none was) when it is longer than zero
+/// and at most `longest`; else a problem at `key` and `None`. The range check most duration
+/// keys of a block need.
+pub fn duration_in_range(
+    key: &str,
+    value: Option<HumanDuration>,
+    default: Duration,
+    longest: Duration,
+    problems: &mut Vec<FieldError>,
+) -> Option<Duration> {
+    let value = value.map_or(default, |d| d.0);
+    if value.is_zero() {
+        problems.push(FieldError::new(key, "must be longer than 0s"));
+        None
+    } else if value > longest {
+        problems.push(FieldError::new(
+            key,
+            format!("must be at most {}", HumanDuration(longest)),
+        ));
+        None
+    } else {
+        Some(value)
+    }
+}
+
 /// Reads a whole config block (an adapter's instance block) as the struct `T`: a missing
 /// block (`null`) is an empty table, anything but a table is one problem, and every key
 /// `T` does not declare is reported with the keys it does.
@@ -242,9 +286,10 @@ pub fn read_partial<T: DeserializeOwned>(value: &Value, shapes: Shapes) -> Parti
                     .strip_prefix("missing field `")
                     .and_then(|rest| rest.strip_suffix('`'))
                 {
-                    if !removed.contains(&join_path(&path, field)) {
+                    let missing = join_path(&path, field);
+                    if !removed.contains(&missing) {
                         problems.push(FieldError::new(
-                            path,
+                            missing,
                             format!("missing required key `{field}`"),
                         ));
                         break;
@@ -351,7 +396,6 @@ fn lookup<'v>(value: &'v Value, rel: &str) -> Option<&'v Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::HumanDuration;
     use serde::Deserialize;
     use serde_json::json;
 
@@ -396,7 +440,10 @@ mod tests {
     #[test]
     fn a_missing_block_is_an_empty_one_and_a_non_table_one_problem() {
         let missing = read_config::<Block>(&Value::Null).unwrap_err();
-        assert_eq!(missing, [FieldError::new("", "missing required key `url`")]);
+        assert_eq!(
+            missing,
+            [FieldError::new("url", "missing required key `url`")]
+        );
         let list = read_config::<Block>(&json!([1])).unwrap_err();
         assert_eq!(
             list,
@@ -452,5 +499,32 @@ mod tests {
             read_table::<Block>(&good).check(&good, |b, _| Some(b.retries)),
             Ok(2)
         );
+    }
+
+    #[test]
+    fn durations_are_checked_against_their_range() {
+        let mut problems = Vec::new();
+        let hour = Duration::from_secs(3600);
+        let second = Duration::from_secs(1);
+        let read = |text: &str| Some(HumanDuration::parse(text).unwrap());
+        assert_eq!(
+            duration_in_range("a", None, second, hour, &mut problems),
+            Some(second)
+        );
+        assert_eq!(
+            duration_in_range("b", read("5m"), second, hour, &mut problems),
+            Some(Duration::from_secs(300))
+        );
+        assert_eq!(
+            duration_in_range("c", read("0s"), second, hour, &mut problems),
+            None
+        );
+        assert_eq!(
+            duration_in_range("d", read("2h"), second, hour, &mut problems),
+            None
+        );
+        assert_eq!(paths(&problems), ["c", "d"]);
+        assert_eq!(problems[1].message, "must be at most 1h");
+        assert!(reported(&problems, "c") && !reported(&problems, "a"));
     }
 }
