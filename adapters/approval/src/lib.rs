@@ -137,7 +137,12 @@ impl Decision {
     }
 }
 
-/// The `approval` kind: needs no instance settings.
+/// The instance block (`[adapters.<name>]` with `kind = "approval"`): it takes no keys.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceKeys {}
+
+/// The `approval` kind: needs no instance settings ([`InstanceKeys`]).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ApprovalKind;
 
@@ -147,14 +152,9 @@ impl AdapterKind for ApprovalKind {
     }
 
     fn validate_instance(&self, config: &Value) -> Vec<FieldError> {
-        match config {
-            Value::Null => Vec::new(),
-            Value::Object(map) => map
-                .keys()
-                .map(|k| FieldError::new(k, "the approval adapter takes no settings"))
-                .collect(),
-            _ => vec![FieldError::new("", "expected an empty table")],
-        }
+        baton_core::read_config::<InstanceKeys>(config)
+            .err()
+            .unwrap_or_default()
     }
 
     fn validate_stage(&self, with: &Value) -> Vec<FieldError> {
