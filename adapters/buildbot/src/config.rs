@@ -459,4 +459,11 @@ mod tests {
             ["builder"]
         );
     }
+
+    #[test]
+    fn the_docs_table_lists_every_instance_key() {
+        let doc = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../docs/adapters/buildbot.md");
+        baton_adapter_kit::docs::check_doc_keys::<InstanceKeys>(&doc, "Instance config");
+    }
 }

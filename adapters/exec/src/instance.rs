@@ -53,3 +53,14 @@ pub(crate) fn parse_instance(
         })
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_docs_table_lists_every_instance_key() {
+        let doc = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/adapters.md");
+        baton_adapter_kit::docs::check_doc_keys::<InstanceKeys>(&doc, "`exec` instance config");
+    }
+}
