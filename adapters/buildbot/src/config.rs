@@ -60,7 +60,7 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const LONGEST_POLL: Duration = Duration::from_secs(3600);
 
 /// The instance block as written in `[adapters.<name>]` with `kind = "buildbot"`, before
-/// the checks serde cannot make ([`parse_instance`] makes them).
+/// the checks serde cannot make (`parse_instance` makes them).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InstanceKeys {

@@ -262,18 +262,18 @@ impl Adapter for JenkinsAdapter {
 
     async fn outputs(
         &self,
-        key: &AttemptKey,
+        _key: &AttemptKey,
         external: &ExternalRef,
     ) -> Result<Map<String, Value>, AdapterError> {
-        self.read_outputs(key, external).await
+        self.read_outputs(external).await
     }
 
     async fn cancel(&self, key: &AttemptKey, external: &ExternalRef) -> Result<(), AdapterError> {
         self.cancel_work(key, external).await
     }
 
-    async fn logs(&self, key: &AttemptKey, external: &ExternalRef) -> Result<Logs, AdapterError> {
-        self.read_logs(key, external).await
+    async fn logs(&self, _key: &AttemptKey, external: &ExternalRef) -> Result<Logs, AdapterError> {
+        self.read_logs(external).await
     }
 
     fn completion_webhook(

@@ -3,7 +3,7 @@
 //! [`JenkinsAdapter::read_log`]).
 
 use baton_core::adapter::LogLink;
-use baton_core::{AdapterError, AttemptKey, ExternalRef, Logs};
+use baton_core::{AdapterError, ExternalRef, Logs};
 use serde_json::{Map, Value, json};
 
 use crate::client::Call;
@@ -28,7 +28,6 @@ impl JenkinsAdapter {
     /// Reads the outputs of finished work.
     pub(crate) async fn read_outputs(
         &self,
-        _key: &AttemptKey,
         external: &ExternalRef,
     ) -> Result<Map<String, Value>, AdapterError> {
         let tracked = Tracked::read(external)?;
@@ -74,11 +73,7 @@ impl JenkinsAdapter {
     }
 
     /// Points to the log and returns its tail.
-    pub(crate) async fn read_logs(
-        &self,
-        _key: &AttemptKey,
-        external: &ExternalRef,
-    ) -> Result<Logs, AdapterError> {
+    pub(crate) async fn read_logs(&self, external: &ExternalRef) -> Result<Logs, AdapterError> {
         let tracked = Tracked::read(external)?;
         let client = &self.inner.client;
         if tracked.phase != Phase::Building {
