@@ -194,9 +194,9 @@ pub fn duration_in_range(
     }
 }
 
-/// Reads a whole config block (an adapter's instance block) as the struct `T`: a missing
-/// block (`null`) is an empty table, anything but a table is one problem, and every key
-/// `T` does not declare is reported with the keys it does.
+/// Reads a whole config block (an adapter's instance block) as the struct `T`, a struct
+/// with named fields: a missing block (`null`) is an empty table, anything but a table is
+/// one problem, and every key `T` does not declare is reported with the keys it does.
 pub fn read_table<T: DeserializeOwned>(block: &Value) -> Partial<T> {
     let fields = fields_of::<T>();
     let empty = Value::Object(serde_json::Map::new());
