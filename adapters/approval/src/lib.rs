@@ -37,6 +37,7 @@ use baton_core::{
     PollOutcome, PollRequest, SecretResolver, StartRequest,
 };
 pub use baton_core::{Decision, Verdict};
+use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 /// The kind name, as in `uses: approval`.
@@ -52,7 +53,12 @@ pub const WAIT_HINT: Duration = Duration::from_secs(30);
 /// The longest part of an unreadable signal quoted back in a message.
 const QUOTE_LIMIT: usize = 200;
 
-/// The `approval` kind: needs no instance settings.
+/// The instance block (`[adapters.<name>]` with `kind = "approval"`): it takes no keys.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceKeys {}
+
+/// The `approval` kind: needs no instance settings ([`InstanceKeys`]).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ApprovalKind;
 
@@ -78,14 +84,9 @@ impl AdapterKind for ApprovalKind {
     }
 
     fn validate_instance(&self, config: &Value) -> Vec<FieldError> {
-        match config {
-            Value::Null => Vec::new(),
-            Value::Object(map) => map
-                .keys()
-                .map(|k| FieldError::new(k, "the approval adapter takes no settings"))
-                .collect(),
-            _ => vec![FieldError::new("", "expected an empty table")],
-        }
+        baton_core::read_config::<InstanceKeys>(config)
+            .err()
+            .unwrap_or_default()
     }
 
     fn validate_stage(&self, with: &Value) -> Vec<FieldError> {

@@ -2,18 +2,33 @@
 
 use std::time::Duration;
 
-use baton_core::secret::check_secret_value;
-use baton_core::{FieldError, HumanDuration, SecretRef};
+use baton_core::secret::deserialize_optional_reference;
+use baton_core::typed::{checked, duration_in_range, reported};
+use baton_core::{FieldError, HumanDuration, SecretRef, read_table};
 use reqwest::Url;
+use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
 /// How a `WARNINGS` build counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Warnings {
     /// As a success with warnings (the default).
+    #[default]
     Success,
     /// As a failure.
     Failure,
+}
+
+impl<'de> Deserialize<'de> for Warnings {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match Value::deserialize(d)?.as_str() {
+            Some("success") => Ok(Self::Success),
+            Some("failure") => Ok(Self::Failure),
+            _ => Err(serde::de::Error::custom(
+                "expected `success` or `failure`: how a build that ends WARNINGS counts",
+            )),
+        }
+    }
 }
 
 /// A checked instance block.
@@ -44,89 +59,72 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// The longest wait between polls a config may ask for.
 const LONGEST_POLL: Duration = Duration::from_secs(3600);
 
-const INSTANCE_KEYS: &str = "`url`, `user`, `password`, `warnings`, `poll_initial`, `poll_max`, `request_timeout` and `webhook_token`";
+/// The instance block as written in `[adapters.<name>]` with `kind = "buildbot"`, before
+/// the checks serde cannot make (`parse_instance` makes them).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceKeys {
+    /// The Buildbot base URL (its `buildbotURL`), `http://` or `https://`, with its
+    /// sub-path if it has one; no query, `#` part or credentials. Required.
+    pub url: String,
+    /// The user to log in as (a non-empty name without `:`); needs `password`. Default:
+    /// none (no login).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// A secret reference to `user`'s password; needs `user`. Default: none.
+    #[serde(default, deserialize_with = "deserialize_optional_reference")]
+    pub password: Option<SecretRef>,
+    /// How a `WARNINGS` build counts: `success` or `failure`. Default: `success`.
+    #[serde(default)]
+    pub warnings: Warnings,
+    /// The first wait between polls of a build; over 0 s, at most 1 h. Default: `1s`.
+    #[serde(default)]
+    pub poll_initial: Option<HumanDuration>,
+    /// The longest wait between polls; over 0 s, at most 1 h, not shorter than
+    /// `poll_initial`. Default: `30s`.
+    #[serde(default)]
+    pub poll_max: Option<HumanDuration>,
+    /// The bound on each HTTP request; over 0 s, at most 1 h. Default: `30s`.
+    #[serde(default)]
+    pub request_timeout: Option<HumanDuration>,
+    /// A secret reference; when set, status pushes must carry `Authorization: Bearer
+    /// <token>`. Default: none.
+    #[serde(default, deserialize_with = "deserialize_optional_reference")]
+    pub webhook_token: Option<SecretRef>,
+}
 
 /// Checks an instance block, returning the settings or every problem.
 pub fn parse_instance(config: &Value) -> Result<Settings, Vec<FieldError>> {
-    let empty = Map::new();
-    let map = match config {
-        Value::Object(map) => map,
-        Value::Null => &empty,
-        _ => {
-            return Err(vec![FieldError::new(
-                "",
-                format!("expected a table with {INSTANCE_KEYS}"),
-            )]);
+    read_table::<InstanceKeys>(config).check(config, check_instance)
+}
+
+/// The checks serde cannot make. A key that already failed to read was dropped and counts
+/// as given, so it causes no second problem here.
+fn check_instance(keys: InstanceKeys, errors: &mut Vec<FieldError>) -> Option<Settings> {
+    let has_user = keys.user.is_some() || reported(errors, "user");
+    let has_password = keys.password.is_some() || reported(errors, "password");
+
+    let url = checked("url", parse_url(&keys.url), errors);
+    let user = match keys.user {
+        Some(user) if user.trim().is_empty() || user.contains(':') => {
+            errors.push(FieldError::new(
+                "user",
+                "expected the Buildbot user name as a non-empty string without `:`",
+            ));
+            None
         }
+        user => user,
     };
-    let mut errors = Vec::new();
-    let mut url = None;
-    let mut user = None;
-    let mut password = None;
-    let mut warnings = Warnings::Success;
-    let mut poll_initial = DEFAULT_POLL_INITIAL;
-    let mut poll_max = DEFAULT_POLL_MAX;
-    let mut request_timeout = DEFAULT_REQUEST_TIMEOUT;
-    let mut webhook_token = None;
-    for (key, value) in map {
-        match key.as_str() {
-            "url" => match parse_url(value) {
-                Ok(u) => url = Some(u),
-                Err(message) => errors.push(FieldError::new("url", message)),
-            },
-            "user" => match value {
-                Value::String(u) if !u.trim().is_empty() && !u.contains(':') => {
-                    user = Some(u.clone())
-                }
-                _ => errors.push(FieldError::new(
-                    "user",
-                    "expected the Buildbot user name as a non-empty string without `:`",
-                )),
-            },
-            "password" | "webhook_token" => match check_secret_value(value) {
-                Ok(secret) if key == "password" => password = Some(secret),
-                Ok(secret) => webhook_token = Some(secret),
-                Err(message) => errors.push(FieldError::new(key, message)),
-            },
-            "warnings" => match value.as_str() {
-                Some("success") => warnings = Warnings::Success,
-                Some("failure") => warnings = Warnings::Failure,
-                _ => errors.push(FieldError::new(
-                    "warnings",
-                    "expected `success` or `failure`: how a build that ends WARNINGS counts",
-                )),
-            },
-            "poll_initial" | "poll_max" | "request_timeout" => {
-                match parse_duration(value, LONGEST_POLL) {
-                    Ok(d) if key == "poll_initial" => poll_initial = d,
-                    Ok(d) if key == "poll_max" => poll_max = d,
-                    Ok(d) => request_timeout = d,
-                    Err(message) => errors.push(FieldError::new(key, message)),
-                }
-            }
-            _ => errors.push(FieldError::new(
-                key,
-                format!("unknown key: buildbot takes {INSTANCE_KEYS}"),
-            )),
-        }
-    }
-    if url.is_none() && !map.contains_key("url") {
-        errors.push(FieldError::new(
-            "url",
-            "missing: the Buildbot base URL, such as `http://127.0.0.1:8010`",
-        ));
-    }
-    let login = match (user, password) {
+    let login = match (user, keys.password) {
         (Some(user), Some(password)) => Some((user, password)),
-        (None, None) => None,
-        (Some(_), None) if !map.contains_key("password") => {
+        (Some(_), None) if !has_password => {
             errors.push(FieldError::new(
                 "password",
                 "missing: `user` needs a `password` (`{ env = \"NAME\" }` or `{ file = \"/path\" }`)",
             ));
             None
         }
-        (None, Some(_)) if !map.contains_key("user") => {
+        (None, Some(_)) if !has_user => {
             errors.push(FieldError::new(
                 "user",
                 "missing: `password` needs a `user`",
@@ -135,33 +133,51 @@ pub fn parse_instance(config: &Value) -> Result<Settings, Vec<FieldError>> {
         }
         _ => None,
     };
-    if poll_max < poll_initial && !errors.iter().any(|e| e.path.starts_with("poll_")) {
+    let poll_initial = duration_in_range(
+        "poll_initial",
+        keys.poll_initial,
+        DEFAULT_POLL_INITIAL,
+        LONGEST_POLL,
+        errors,
+    );
+    let poll_max = duration_in_range(
+        "poll_max",
+        keys.poll_max,
+        DEFAULT_POLL_MAX,
+        LONGEST_POLL,
+        errors,
+    );
+    let request_timeout = duration_in_range(
+        "request_timeout",
+        keys.request_timeout,
+        DEFAULT_REQUEST_TIMEOUT,
+        LONGEST_POLL,
+        errors,
+    );
+    if let (Some(initial), Some(max)) = (poll_initial, poll_max)
+        && max < initial
+        && !errors.iter().any(|e| e.path.starts_with("poll_"))
+    {
         errors.push(FieldError::new(
             "poll_max",
             format!(
                 "must not be shorter than `poll_initial` ({})",
-                HumanDuration(poll_initial)
+                HumanDuration(initial)
             ),
         ));
     }
-    match url {
-        Some(url) if errors.is_empty() => Ok(Settings {
-            url,
-            login,
-            warnings,
-            poll_initial,
-            poll_max,
-            request_timeout,
-            webhook_token,
-        }),
-        _ => Err(errors),
-    }
+    Some(Settings {
+        url: url?,
+        login,
+        warnings: keys.warnings,
+        poll_initial: poll_initial?,
+        poll_max: poll_max?,
+        request_timeout: request_timeout?,
+        webhook_token: keys.webhook_token,
+    })
 }
 
-fn parse_url(value: &Value) -> Result<Url, String> {
-    let text = value
-        .as_str()
-        .ok_or("expected the Buildbot base URL as a string, such as `http://127.0.0.1:8010`")?;
+fn parse_url(text: &str) -> Result<Url, String> {
     let mut url = Url::parse(text.trim()).map_err(|e| {
         format!("`{text}` is not a URL ({e}); expected one such as `http://127.0.0.1:8010`")
     })?;
@@ -183,20 +199,6 @@ fn parse_url(value: &Value) -> Result<Url, String> {
         url.set_path(&path);
     }
     Ok(url)
-}
-
-fn parse_duration(value: &Value, longest: Duration) -> Result<Duration, String> {
-    let text = value
-        .as_str()
-        .ok_or("expected a duration such as `1s`, `500ms` or `30s`")?;
-    let d = HumanDuration::parse(text).map_err(|e| e.to_string())?.0;
-    if d.is_zero() {
-        return Err("must be longer than 0s".to_owned());
-    }
-    if d > longest {
-        return Err(format!("must be at most {}", HumanDuration(longest)));
-    }
-    Ok(d)
 }
 
 /// Whether template strings may stand where another type is expected.
@@ -456,5 +458,12 @@ mod tests {
             paths(&parse_stage(&json!(null), Mode::Templates).unwrap_err()),
             ["builder"]
         );
+    }
+
+    #[test]
+    fn the_docs_table_lists_every_instance_key() {
+        let doc = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../docs/adapters/buildbot.md");
+        baton_adapter_kit::docs::check_doc_keys::<InstanceKeys>(&doc, "Instance config");
     }
 }

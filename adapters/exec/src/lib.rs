@@ -63,10 +63,12 @@
 #![warn(missing_docs)]
 
 mod attempt;
+mod instance;
 mod process;
 mod spec;
 
 pub use attempt::STALE_START;
+pub use instance::InstanceKeys;
 pub use spec::RESERVED_ENV;
 
 use std::path::{Path, PathBuf};
@@ -75,9 +77,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use baton_core::{
-    Adapter, AdapterError, AdapterKind, AttemptKey, ExternalRef, ExternalState, FieldError,
-    HumanDuration, Logs, PollOutcome, PollRequest, SecretResolver, StartRequest, Waker,
-    adapter::LogLink,
+    Adapter, AdapterError, AdapterKind, AttemptKey, ExternalRef, ExternalState, FieldError, Logs,
+    PollOutcome, PollRequest, SecretResolver, StartRequest, Waker, adapter::LogLink,
 };
 use serde_json::{Map, Value, json};
 use tokio::io::AsyncWriteExt;
@@ -130,8 +131,7 @@ exit "$code"
 /// What the wrapper records when baton never let the command run.
 const NOT_STARTED: &str = "not-started";
 
-/// The `exec` kind. Instance settings, all optional: `state_dir` (a path) and `kill_grace`
-/// (a duration such as `10s`).
+/// The `exec` kind. Instance settings, all optional: see [`InstanceKeys`].
 #[derive(Debug, Clone)]
 pub struct ExecKind {
     default_state_dir: PathBuf,
@@ -149,51 +149,6 @@ impl ExecKind {
     pub fn new(default_state_dir: impl Into<PathBuf>) -> Self {
         Self {
             default_state_dir: default_state_dir.into(),
-        }
-    }
-
-    fn settings(&self, config: &Value) -> Result<(PathBuf, Duration), Vec<FieldError>> {
-        let empty = Map::new();
-        let map = match config {
-            Value::Null => &empty,
-            Value::Object(map) => map,
-            _ => {
-                return Err(vec![FieldError::new(
-                    "",
-                    "expected a table with optional `state_dir` and `kill_grace`",
-                )]);
-            }
-        };
-        let mut errors = Vec::new();
-        let mut state_dir = self.default_state_dir.clone();
-        let mut grace = DEFAULT_KILL_GRACE;
-        for (key, value) in map {
-            match (key.as_str(), value) {
-                ("state_dir", Value::String(dir)) if !dir.is_empty() => {
-                    state_dir = PathBuf::from(dir)
-                }
-                ("state_dir", _) => errors.push(FieldError::new(
-                    "state_dir",
-                    "expected a directory path as a non-empty string",
-                )),
-                ("kill_grace", Value::String(text)) => match HumanDuration::parse(text) {
-                    Ok(d) => grace = d.0,
-                    Err(e) => errors.push(FieldError::new("kill_grace", e.to_string())),
-                },
-                ("kill_grace", _) => errors.push(FieldError::new(
-                    "kill_grace",
-                    "expected a duration such as `5s`",
-                )),
-                _ => errors.push(FieldError::new(
-                    key,
-                    "unknown key: exec takes `state_dir` and `kill_grace`",
-                )),
-            }
-        }
-        if errors.is_empty() {
-            Ok((state_dir, grace))
-        } else {
-            Err(errors)
         }
     }
 }
@@ -216,7 +171,9 @@ impl AdapterKind for ExecKind {
     }
 
     fn validate_instance(&self, config: &Value) -> Vec<FieldError> {
-        self.settings(config).err().unwrap_or_default()
+        instance::parse_instance(config, &self.default_state_dir)
+            .err()
+            .unwrap_or_default()
     }
 
     fn validate_stage(&self, with: &Value) -> Vec<FieldError> {
@@ -229,10 +186,13 @@ impl AdapterKind for ExecKind {
         config: &Value,
         _secrets: &dyn SecretResolver,
     ) -> Result<Arc<dyn Adapter>, AdapterError> {
-        let (state_dir, grace) = self.settings(config).map_err(|errors| {
-            AdapterError::Invalid(format!("adapter `{name}`: {}", FieldError::join(&errors)))
-        })?;
-        Ok(Arc::new(ExecAdapter::new(state_dir).with_kill_grace(grace)))
+        let settings =
+            instance::parse_instance(config, &self.default_state_dir).map_err(|errors| {
+                AdapterError::Invalid(format!("adapter `{name}`: {}", FieldError::join(&errors)))
+            })?;
+        Ok(Arc::new(
+            ExecAdapter::new(settings.state_dir).with_kill_grace(settings.kill_grace),
+        ))
     }
 }
 

@@ -3,9 +3,11 @@
 
 use std::time::Duration;
 
-use baton_core::secret::check_secret_value;
-use baton_core::{FieldError, HumanDuration, SecretRef};
+use baton_core::secret::deserialize_optional_reference;
+use baton_core::typed::{checked, duration_in_range, reported};
+use baton_core::{FieldError, HumanDuration, SecretRef, read_table};
 use reqwest::Url;
+use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
 /// The parameter baton fills with the attempt key when the job defines it.
@@ -119,80 +121,69 @@ pub const LONGEST_POLL: Duration = Duration::from_secs(3600);
 /// by default, so a longer request could never finish anyway.
 pub const LONGEST_REQUEST: Duration = Duration::from_secs(300);
 
-const INSTANCE_KEYS: &str =
-    "url, user, token, password, unstable, poll_initial, poll_max, request_timeout, stop_grace";
+/// The instance block as written in `[adapters.<name>]` with `kind = "jenkins"`, before the
+/// checks serde cannot make ([`parse_instance`] makes them).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceKeys {
+    /// The controller's root URL, `http://` or `https://`, with its path prefix if it has
+    /// one (`https://ci.example.com/jenkins`); no credentials, query or fragment. Required.
+    pub url: String,
+    /// The Jenkins user: a non-empty name without `:`, needed with `token` or `password`.
+    /// Default: none (anonymous access).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// A secret reference to an API token of `user` (HTTP Basic, no crumb needed).
+    /// Default: none.
+    #[serde(default, deserialize_with = "deserialize_optional_reference")]
+    pub token: Option<SecretRef>,
+    /// A secret reference to `user`'s password, instead of `token` (then every POST carries
+    /// a crumb). Default: none.
+    #[serde(default, deserialize_with = "deserialize_optional_reference")]
+    pub password: Option<SecretRef>,
+    /// How an `UNSTABLE` build counts unless a stage says otherwise. Default: `failure`.
+    #[serde(default)]
+    pub unstable: Unstable,
+    /// The first poll hint; over 0 s, at most 1 h. Default: `2s`.
+    #[serde(default)]
+    pub poll_initial: Option<HumanDuration>,
+    /// The longest poll hint; over 0 s, at most 1 h, not shorter than `poll_initial`.
+    /// Default: `30s`.
+    #[serde(default)]
+    pub poll_max: Option<HumanDuration>,
+    /// The bound on one HTTP request; over 0 s, at most 5 m. Default: `30s`.
+    #[serde(default)]
+    pub request_timeout: Option<HumanDuration>,
+    /// How long a stopped build has before `term`, and then before `kill`; over 0 s, at
+    /// most 1 h. Default: `30s`.
+    #[serde(default)]
+    pub stop_grace: Option<HumanDuration>,
+}
 
 /// Checks an instance block, returning the config or every problem.
 pub fn parse_instance(config: &Value) -> Result<InstanceConfig, Vec<FieldError>> {
-    let empty = Map::new();
-    let map = match config {
-        Value::Object(map) => map,
-        Value::Null => &empty,
-        _ => {
-            return Err(vec![FieldError::new(
-                "",
-                format!("expected a table with the keys {INSTANCE_KEYS}"),
-            )]);
-        }
-    };
-    let mut errors = Vec::new();
-    for key in map.keys() {
-        if !INSTANCE_KEYS.split(", ").any(|k| k == key) {
-            errors.push(FieldError::new(
-                key,
-                format!("unknown key: jenkins takes {INSTANCE_KEYS}"),
-            ));
-        }
-    }
+    read_table::<InstanceKeys>(config).check(config, check_instance)
+}
 
-    let url = match map.get("url") {
-        None => {
-            errors.push(FieldError::new(
-                "url",
-                "missing: the controller's root URL, such as `https://jenkins.example.com/`",
-            ));
-            None
-        }
-        Some(Value::String(text)) => match parse_root_url(text) {
-            Ok(url) => Some(url),
-            Err(message) => {
-                errors.push(FieldError::new("url", message));
-                None
-            }
-        },
-        Some(_) => {
-            errors.push(FieldError::new(
-                "url",
-                "expected the controller's root URL as a string",
-            ));
-            None
-        }
-    };
+/// The checks serde cannot make. A key that already failed to read was dropped (its default
+/// stands in) and counts as given, so it causes no second problem here.
+fn check_instance(keys: InstanceKeys, errors: &mut Vec<FieldError>) -> Option<InstanceConfig> {
+    let has_user = keys.user.is_some() || reported(errors, "user");
+    let has_token = keys.token.is_some() || reported(errors, "token");
+    let has_password = keys.password.is_some() || reported(errors, "password");
 
-    let user = match map.get("user") {
-        None => None,
-        Some(Value::String(user)) if !user.is_empty() && !user.contains(':') => Some(user.clone()),
-        Some(_) => {
+    let url = checked("url", parse_root_url(&keys.url), errors);
+    let user = match keys.user {
+        Some(user) if user.is_empty() || user.contains(':') => {
             errors.push(FieldError::new(
                 "user",
                 "expected a Jenkins user name: a non-empty string without `:`",
             ));
             None
         }
+        user => user,
     };
-    let mut secret = |key: &str| {
-        let value = map.get(key)?;
-        match check_secret_value(value) {
-            Ok(reference) => Some(reference),
-            Err(message) => {
-                errors.push(FieldError::new(key, message));
-                None
-            }
-        }
-    };
-    let token = secret("token");
-    let password = secret("password");
-    let credentials = match (map.contains_key("token"), map.contains_key("password")) {
+    let credentials = match (has_token, has_password) {
         (true, true) => {
             errors.push(FieldError::new(
                 "password",
@@ -200,23 +191,17 @@ pub fn parse_instance(config: &Value) -> Result<InstanceConfig, Vec<FieldError>>
             ));
             None
         }
-        (false, false) => {
-            if map.contains_key("user") {
-                errors.push(FieldError::new(
-                    "token",
-                    "missing: `user` needs an API token (`token = { env = \"JENKINS_TOKEN\" }`, made on the user's Security page in Jenkins) or a `password`",
-                ));
-                None
-            } else {
-                Some(Credentials::Anonymous)
-            }
+        (false, false) if has_user => {
+            errors.push(FieldError::new(
+                "token",
+                "missing: `user` needs an API token (`token = { env = \"JENKINS_TOKEN\" }`, made on the user's Security page in Jenkins) or a `password`",
+            ));
+            None
         }
-        (true, false) => match (&user, token) {
-            (Some(user), Some(token)) => Some(Credentials::Token {
-                user: user.clone(),
-                token,
-            }),
-            (None, _) if !map.contains_key("user") => {
+        (false, false) => Some(Credentials::Anonymous),
+        (true, false) => match (user, keys.token) {
+            (Some(user), Some(token)) => Some(Credentials::Token { user, token }),
+            (None, _) if !has_user => {
                 errors.push(FieldError::new(
                     "user",
                     "missing: an API token belongs to a user; give the user name",
@@ -225,12 +210,9 @@ pub fn parse_instance(config: &Value) -> Result<InstanceConfig, Vec<FieldError>>
             }
             _ => None,
         },
-        (false, true) => match (&user, password) {
-            (Some(user), Some(password)) => Some(Credentials::Password {
-                user: user.clone(),
-                password,
-            }),
-            (None, _) if !map.contains_key("user") => {
+        (false, true) => match (user, keys.password) {
+            (Some(user), Some(password)) => Some(Credentials::Password { user, password }),
+            (None, _) if !has_user => {
                 errors.push(FieldError::new(
                     "user",
                     "missing: a password belongs to a user; give the user name",
@@ -241,42 +223,28 @@ pub fn parse_instance(config: &Value) -> Result<InstanceConfig, Vec<FieldError>>
         },
     };
 
-    let unstable = match map.get("unstable") {
-        None => Unstable::default(),
-        Some(value) => parse_unstable(value, "unstable", &mut errors),
+    let mut duration = |key: &str, value, default, longest| {
+        duration_in_range(key, value, default, longest, errors).unwrap_or(default)
     };
-    let mut duration = |key: &str, default: Duration, longest: Duration| match map.get(key) {
-        None => default,
-        Some(Value::String(text)) => match HumanDuration::parse(text) {
-            Ok(d) if d.0.is_zero() => {
-                errors.push(FieldError::new(key, "must be longer than 0s"));
-                default
-            }
-            Ok(d) if d.0 > longest => {
-                errors.push(FieldError::new(
-                    key,
-                    format!("must be at most {}", HumanDuration(longest)),
-                ));
-                default
-            }
-            Ok(d) => d.0,
-            Err(e) => {
-                errors.push(FieldError::new(key, e.to_string()));
-                default
-            }
-        },
-        Some(_) => {
-            errors.push(FieldError::new(
-                key,
-                "expected a duration as a string, such as `30s`",
-            ));
-            default
-        }
-    };
-    let poll_initial = duration("poll_initial", DEFAULT_POLL_INITIAL, LONGEST_POLL);
-    let poll_max = duration("poll_max", DEFAULT_POLL_MAX, LONGEST_POLL);
-    let request_timeout = duration("request_timeout", DEFAULT_REQUEST_TIMEOUT, LONGEST_REQUEST);
-    let stop_grace = duration("stop_grace", DEFAULT_STOP_GRACE, LONGEST_POLL);
+    let poll_initial = duration(
+        "poll_initial",
+        keys.poll_initial,
+        DEFAULT_POLL_INITIAL,
+        LONGEST_POLL,
+    );
+    let poll_max = duration("poll_max", keys.poll_max, DEFAULT_POLL_MAX, LONGEST_POLL);
+    let request_timeout = duration(
+        "request_timeout",
+        keys.request_timeout,
+        DEFAULT_REQUEST_TIMEOUT,
+        LONGEST_REQUEST,
+    );
+    let stop_grace = duration(
+        "stop_grace",
+        keys.stop_grace,
+        DEFAULT_STOP_GRACE,
+        LONGEST_POLL,
+    );
     if poll_max < poll_initial {
         errors.push(FieldError::new(
             "poll_max",
@@ -286,19 +254,15 @@ pub fn parse_instance(config: &Value) -> Result<InstanceConfig, Vec<FieldError>>
             ),
         ));
     }
-
-    match (url, credentials) {
-        (Some(url), Some(credentials)) if errors.is_empty() => Ok(InstanceConfig {
-            url,
-            credentials,
-            unstable,
-            poll_initial,
-            poll_max,
-            request_timeout,
-            stop_grace,
-        }),
-        _ => Err(errors),
-    }
+    Some(InstanceConfig {
+        url: url?,
+        credentials: credentials?,
+        unstable: keys.unstable,
+        poll_initial,
+        poll_max,
+        request_timeout,
+        stop_grace,
+    })
 }
 
 fn parse_root_url(text: &str) -> Result<Url, String> {
@@ -328,14 +292,24 @@ fn parse_root_url(text: &str) -> Result<Url, String> {
     Ok(url)
 }
 
+/// What `unstable` takes, for messages.
+const UNSTABLE_EXPECTED: &str = "expected `failure` (an UNSTABLE build fails the stage, the default) or `success` (it succeeds with warnings)";
+
+impl<'de> Deserialize<'de> for Unstable {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value = Value::deserialize(d)?;
+        value
+            .as_str()
+            .and_then(Unstable::parse)
+            .ok_or_else(|| serde::de::Error::custom(UNSTABLE_EXPECTED))
+    }
+}
+
 fn parse_unstable(value: &Value, path: &str, errors: &mut Vec<FieldError>) -> Unstable {
     match value.as_str().and_then(Unstable::parse) {
         Some(u) => u,
         None => {
-            errors.push(FieldError::new(
-                path,
-                "expected `failure` (an UNSTABLE build fails the stage, the default) or `success` (it succeeds with warnings)",
-            ));
+            errors.push(FieldError::new(path, UNSTABLE_EXPECTED));
             Unstable::default()
         }
     }
@@ -650,21 +624,36 @@ mod tests {
         .unwrap_err();
         assert_eq!(
             paths(&errors),
+            // In the order the keys stand in the block.
             [
-                "colour",
                 "url",
                 "user",
                 "token",
                 "password",
                 "unstable",
+                "poll_max",
                 "request_timeout",
                 "stop_grace",
-                "poll_max"
+                "colour"
             ]
         );
-        assert!(errors[3].message.contains("literal secret"), "{errors:?}");
-        let missing = parse_instance(&json!({"user": "u"})).unwrap_err();
-        assert_eq!(paths(&missing), ["url", "token"]);
+        assert!(errors[2].message.contains("literal secret"), "{errors:?}");
+        assert!(
+            errors[8]
+                .message
+                .contains("expected one of: url, user, token"),
+            "{errors:?}"
+        );
+        // A required key that is missing leaves nothing to check the others against.
+        let missing = parse_instance(&json!({"user": "u", "pasword": {"env": "P"}})).unwrap_err();
+        assert_eq!(paths(&missing), ["pasword", "url"]);
+        assert_eq!(missing[1].message, "missing required key `url`");
+        assert!(
+            missing[0].message.contains("did you mean `password`?"),
+            "{missing:?}"
+        );
+        let user_only = parse_instance(&json!({"url": "http://ci", "user": "u"})).unwrap_err();
+        assert_eq!(paths(&user_only), ["token"]);
         let no_user = parse_instance(&json!({"url": "http://ci", "token": {"env": "T"}}));
         assert_eq!(paths(&no_user.unwrap_err()), ["user"]);
         let creds_in_url = parse_instance(&json!({"url": "http://u:p@ci"})).unwrap_err();
@@ -755,5 +744,12 @@ mod tests {
             ),
             ["parameters"]
         );
+    }
+
+    #[test]
+    fn the_docs_table_lists_every_instance_key() {
+        let doc =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/adapters/jenkins.md");
+        baton_adapter_kit::docs::check_doc_keys::<InstanceKeys>(&doc, "Instance config");
     }
 }

@@ -13,7 +13,11 @@
 //! A notification is only a hint: the engine polls the attempts it names, and the poll reads
 //! the state back through the API. So nothing here is trusted beyond choosing what to poll.
 
+use baton_core::{AdapterError, AttemptKey, WebhookRequest};
 use serde_json::Value;
+
+use crate::tracked::watch_path;
+use crate::{JenkinsAdapter, lock};
 
 /// What a notification says about one build.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -76,6 +80,37 @@ pub fn parse(body: &[u8]) -> Result<Notice, String> {
         build_path,
         attempt,
     })
+}
+
+impl JenkinsAdapter {
+    /// The attempts a Notification plugin webhook concerns: the one its `BATON_ATTEMPT` names and those watching its queue item or build.
+    pub(crate) fn webhook_attempts(
+        &self,
+        request: &WebhookRequest<'_>,
+    ) -> Result<Vec<AttemptKey>, AdapterError> {
+        let notice = parse(request.body).map_err(|e| {
+            AdapterError::Invalid(format!("adapter `{}`: {e}", self.inner.client.instance()))
+        })?;
+        let mut keys = Vec::new();
+        if let Some(key) = notice.attempt.as_deref().and_then(AttemptKey::parse) {
+            keys.push(key);
+        }
+        let watched = lock(&self.inner.watched);
+        let mut extra = Vec::new();
+        if let Some(q) = notice.queue_id {
+            extra.extend(watched.get(&format!("queue:{q}")).cloned());
+        }
+        if let Some(path) = &notice.build_path {
+            extra.extend(watched.get(&watch_path(path)).cloned());
+        }
+        drop(watched);
+        for key in extra {
+            if !keys.contains(&key) {
+                keys.push(key);
+            }
+        }
+        Ok(keys)
+    }
 }
 
 #[cfg(test)]

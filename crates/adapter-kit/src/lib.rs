@@ -28,10 +28,15 @@
 //! 8. `logs` answers `Ok` for finished work ([`check_logs`]).
 //! 9. [`ExternalState::Unknown`] is never terminal ([`check_unknown_is_not_terminal`]).
 //!
+//! [`docs::check_doc_keys`] keeps an adapter's documented instance keys in step with the
+//! struct that declares them.
+//!
 //! Adapters whose `start` touches nothing outside baton (the approval adapter) set
 //! [`Scenario::side_effect_free`]: rules 2 and 6 are relaxed for them, as explained there.
 
 #![warn(missing_docs)]
+
+pub mod docs;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -119,15 +119,4 @@ impl<'a> Sink<'a> {
     }
 }
 
-/// Joins a key path and a relative one: `a` + `b` → `a.b`, `a` + `[0]` → `a[0]`.
-pub(crate) fn join(base: &str, rel: &str) -> String {
-    if base.is_empty() {
-        rel.to_owned()
-    } else if rel.is_empty() {
-        base.to_owned()
-    } else if rel.starts_with('[') {
-        format!("{base}{rel}")
-    } else {
-        format!("{base}.{rel}")
-    }
-}
+pub(crate) use baton_core::typed::join_path as join;

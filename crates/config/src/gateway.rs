@@ -192,7 +192,7 @@ pub struct ApiToken {
     /// A name for the token's holder, shown in logs and audit records; unique.
     pub name: String,
     /// The token, as a secret reference.
-    #[serde(deserialize_with = "secret_ref")]
+    #[serde(deserialize_with = "baton_core::secret::deserialize_reference")]
     pub token: SecretRef,
     /// What the holder may do.
     pub role: Role,
@@ -349,7 +349,7 @@ pub enum GenericAuth {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HmacAuth {
     /// The shared secret.
-    #[serde(deserialize_with = "secret_ref")]
+    #[serde(deserialize_with = "baton_core::secret::deserialize_reference")]
     pub secret: SecretRef,
     /// The header that carries the signature (`X-Signature-256`).
     pub header: String,
@@ -376,7 +376,7 @@ pub enum HmacAlgorithm {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BearerAuth {
     /// The expected bearer token.
-    #[serde(deserialize_with = "secret_ref")]
+    #[serde(deserialize_with = "baton_core::secret::deserialize_reference")]
     pub token: SecretRef,
 }
 
@@ -439,19 +439,13 @@ impl Default for EngineConfig {
     }
 }
 
-/// Reads a secret reference, refusing a literal secret with a hint.
-fn secret_ref<'de, D: Deserializer<'de>>(d: D) -> Result<SecretRef, D::Error> {
-    let value = Value::deserialize(d)?;
-    baton_core::secret::check_secret_value(&value).map_err(serde::de::Error::custom)
-}
-
 /// A secret reference inside a list.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct SecretField(pub(crate) SecretRef);
 
 impl<'de> Deserialize<'de> for SecretField {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        secret_ref(d).map(Self)
+        baton_core::secret::deserialize_reference(d).map(Self)
     }
 }
 

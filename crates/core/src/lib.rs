@@ -1,6 +1,7 @@
 //! baton's core model, with no I/O: workflows and their compiled form, run and stage
 //! states, the [`Adapter`](adapter::Adapter) contract and what adapter kinds declare, a
-//! person's [`Decision`], jq expressions and templates, secret references and durations.
+//! person's [`Decision`], jq expressions and templates, secret references and durations,
+//! and the typed reading of config blocks.
 
 pub mod adapter;
 pub mod context;
@@ -10,6 +11,7 @@ pub mod expr;
 pub mod graph;
 pub mod secret;
 pub mod state;
+pub mod typed;
 pub mod workflow;
 
 pub use adapter::{
@@ -21,4 +23,5 @@ pub use duration::HumanDuration;
 pub use expr::{Expr, Template, TemplatedValue};
 pub use secret::{Secret, SecretRef, SecretResolver};
 pub use state::{ExternalState, RunStatus, StageStatus};
+pub use typed::{Partial, fields_of, read_config, read_table};
 pub use workflow::{OnFailure, Stage, StageDefaults, StageSpec, Workflow, WorkflowSpec};

@@ -88,6 +88,22 @@ pub fn check_secret_value(value: &serde_json::Value) -> Result<SecretRef, String
     }
 }
 
+/// Reads a secret reference for `#[serde(deserialize_with = "…")]`, refusing a literal
+/// secret with a hint on how to write a reference.
+pub fn deserialize_reference<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<SecretRef, D::Error> {
+    let value = serde_json::Value::deserialize(d)?;
+    check_secret_value(&value).map_err(serde::de::Error::custom)
+}
+
+/// [`deserialize_reference`] for an optional key (with `#[serde(default)]`).
+pub fn deserialize_optional_reference<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<SecretRef>, D::Error> {
+    deserialize_reference(d).map(Some)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

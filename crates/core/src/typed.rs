@@ -1,0 +1,530 @@
+//! Typed reading of config blocks: a block is declared as a `#[derive(Deserialize)]` struct
+//! and read so that every unknown key and as many type errors as can be reached come out at
+//! once, each with its key path, instead of only the first.
+//!
+//! [`read_partial`] is the engine: it reports the unknown keys of the objects it is told
+//! about, then reads the value again and again, dropping each key that fails to read, so
+//! that one bad key does not hide the next. The gateway config reads its sections through
+//! it. [`read_table`] and [`read_config`] apply it to a whole block, such as an adapter's
+//! `[adapters.<name>]` instance block: a missing block is an empty one, and the keys are
+//! checked against the struct's own field list ([`fields_of`]). [`Partial::check`] then adds
+//! the checks serde cannot make (URL shapes, ranges, keys that exclude each other) and
+//! gives every problem in the order the keys stand in the block.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
+use serde_json::Value;
+
+use crate::adapter::FieldError;
+use crate::duration::HumanDuration;
+
+/// Expected keys of the objects inside a value: `(relative path, keys)`, `""` for the value
+/// itself and `"retry"` for the object under its `retry` key.
+pub type Shapes<'a> = &'a [(&'a str, &'static [&'static str])];
+
+/// The keys serde reads for the struct `T` (as written in files, renames applied); empty
+/// when `T` is not a struct with named fields.
+pub fn fields_of<T: DeserializeOwned>() -> &'static [&'static str] {
+    let mut fields = None;
+    let _ = T::deserialize(FieldsProbe(&mut fields));
+    fields.unwrap_or(&[])
+}
+
+/// A deserializer that only records the field list a derived struct asks for.
+struct FieldsProbe<'a>(&'a mut Option<&'static [&'static str]>);
+
+impl<'de> Deserializer<'de> for FieldsProbe<'_> {
+    type Error = de::value::Error;
+
+    fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+        Err(de::Error::custom("probe"))
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _: &'static str,
+        fields: &'static [&'static str],
+        _: V,
+    ) -> Result<V::Value, Self::Error> {
+        *self.0 = Some(fields);
+        Err(de::Error::custom("probe"))
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+        option unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier
+        ignored_any
+    }
+}
+
+/// The message for an unknown key: what was expected, and the likely intended key.
+pub fn unknown_key(key: &str, expected: &[&str]) -> String {
+    let mut message = format!("unknown key `{key}`");
+    if let Some(close) = expected
+        .iter()
+        .filter(|e| edit_distance(key, e) <= 2.max(e.len() / 4))
+        .min_by_key(|e| edit_distance(key, e))
+    {
+        message.push_str(&format!(" (did you mean `{close}`?)"));
+    }
+    if !expected.is_empty() {
+        message.push_str(&format!("; expected one of: {}", expected.join(", ")));
+    }
+    message
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+/// Joins a key path and a relative one: `a` + `b` → `a.b`, `a` + `[0]` → `a[0]`.
+pub fn join_path(base: &str, rel: &str) -> String {
+    if base.is_empty() {
+        rel.to_owned()
+    } else if rel.is_empty() {
+        base.to_owned()
+    } else if rel.starts_with('[') {
+        format!("{base}{rel}")
+    } else {
+        format!("{base}.{rel}")
+    }
+}
+
+/// A value read as far as it could be, and every problem met on the way.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Partial<T> {
+    /// The value, read with every key that failed dropped (so its default stands in);
+    /// `None` when even that was impossible (a required key is missing, the value has the
+    /// wrong type as a whole).
+    pub value: Option<T>,
+    /// Every problem, its path relative to the value read.
+    pub problems: Vec<FieldError>,
+}
+
+impl<T> Partial<T> {
+    /// The value when nothing was wrong, else every problem.
+    pub fn into_result(self) -> Result<T, Vec<FieldError>> {
+        match self.value {
+            Some(value) if self.problems.is_empty() => Ok(value),
+            _ => Err(self.problems),
+        }
+    }
+
+    /// Runs the checks serde cannot make on the value read (when there is one), which add
+    /// their problems to the list they are given, and returns their result when no problem
+    /// was found anywhere. Problems come in the order their keys stand in `block`, the
+    /// block that was read; those about keys it lacks come last.
+    pub fn check<U>(
+        self,
+        block: &Value,
+        check: impl FnOnce(T, &mut Vec<FieldError>) -> Option<U>,
+    ) -> Result<U, Vec<FieldError>> {
+        let Partial {
+            value,
+            mut problems,
+        } = self;
+        let checked = value.and_then(|value| check(value, &mut problems));
+        let position = |problem: &FieldError| {
+            let key = problem.path.split(['.', '[']).next().unwrap_or_default();
+            match block {
+                Value::Object(map) => map.keys().position(|k| k == key).unwrap_or(map.len()),
+                _ => 0,
+            }
+        };
+        problems.sort_by_key(position);
+        match checked {
+            Some(checked) if problems.is_empty() => Ok(checked),
+            _ => Err(problems),
+        }
+    }
+}
+
+/// True when a problem was already reported at `key` (a key that failed to read was
+/// dropped, so the checks after serde's count it as given without its value).
+pub fn reported(problems: &[FieldError], key: &str) -> bool {
+    problems.iter().any(|p| p.path == key)
+}
+
+/// The value of a check of `key`, or its message as a problem at `key` and `None`.
+pub fn checked<T>(
+    key: &str,
+    result: Result<T, String>,
+    problems: &mut Vec<FieldError>,
+) -> Option<T> {
+    result
+        .map_err(|message| problems.push(FieldError::new(key, message)))
+        .ok()
+}
+
+/// The duration given at `key` (or `default` when none was) when it is longer than zero
+/// and at most `longest`; else a problem at `key` and `None`. The range check most duration
+/// keys of a block need.
+pub fn duration_in_range(
+    key: &str,
+    value: Option<HumanDuration>,
+    default: Duration,
+    longest: Duration,
+    problems: &mut Vec<FieldError>,
+) -> Option<Duration> {
+    let value = value.map_or(default, |d| d.0);
+    if value.is_zero() {
+        problems.push(FieldError::new(key, "must be longer than 0s"));
+        None
+    } else if value > longest {
+        problems.push(FieldError::new(
+            key,
+            format!("must be at most {}", HumanDuration(longest)),
+        ));
+        None
+    } else {
+        Some(value)
+    }
+}
+
+/// Reads a whole config block (an adapter's instance block) as the struct `T`, a struct
+/// with named fields: a missing block (`null`) is an empty table, anything but a table is
+/// one problem, and every key `T` does not declare is reported with the keys it does.
+pub fn read_table<T: DeserializeOwned>(block: &Value) -> Partial<T> {
+    let fields = fields_of::<T>();
+    let empty = Value::Object(serde_json::Map::new());
+    let block = match block {
+        Value::Null => &empty,
+        Value::Object(map) if fields.is_empty() && !map.is_empty() => {
+            return Partial {
+                value: None,
+                problems: map
+                    .keys()
+                    .map(|key| {
+                        FieldError::new(key, format!("unknown key `{key}`: {}", expects(fields)))
+                    })
+                    .collect(),
+            };
+        }
+        Value::Object(_) => block,
+        _ => {
+            return Partial {
+                value: None,
+                problems: vec![FieldError::new("", expects(fields))],
+            };
+        }
+    };
+    read_partial(block, &[("", fields)])
+}
+
+/// What a block of `fields` should look like, for messages.
+fn expects(fields: &[&str]) -> String {
+    if fields.is_empty() {
+        "this block takes no keys".to_owned()
+    } else {
+        format!("expected a table with the keys {}", fields.join(", "))
+    }
+}
+
+/// [`read_table`] for a block that needs no further checks: the value, or every problem.
+pub fn read_config<T: DeserializeOwned>(block: &Value) -> Result<T, Vec<FieldError>> {
+    read_table(block).into_result()
+}
+
+/// Reads `value` as a `T`, reporting every unknown key (in the objects `shapes` names, and
+/// any other serde ignores) and every type error it can reach: after an error the offending
+/// key is dropped and the value read again.
+pub fn read_partial<T: DeserializeOwned>(value: &Value, shapes: Shapes) -> Partial<T> {
+    let mut problems = Vec::new();
+    let mut unknown: BTreeSet<String> = BTreeSet::new();
+    for (rel, expected) in shapes {
+        if let Some(Value::Object(map)) = lookup(value, rel) {
+            for key in map.keys() {
+                if !expected.contains(&key.as_str()) {
+                    let path = join_path(rel, key);
+                    problems.push(FieldError::new(path.clone(), unknown_key(key, expected)));
+                    unknown.insert(path);
+                }
+            }
+        }
+    }
+    let mut value = value.clone();
+    let mut removed: Vec<String> = Vec::new();
+    // Each round removes one key, so the count of keys bounds the rounds; the cap keeps a
+    // pathological file from costing more than a few dozen reads.
+    for _ in 0..64 {
+        let mut ignored = Vec::new();
+        let mut on_ignored = |path: serde_ignored::Path| ignored.push(ignored_path(&path));
+        let result: Result<T, _> = serde_path_to_error::deserialize(
+            serde_ignored::Deserializer::new(&value, &mut on_ignored),
+        );
+        for path in ignored {
+            if unknown.insert(path.clone()) {
+                let key = path.rsplit('.').next().unwrap_or(&path).to_owned();
+                problems.push(FieldError::new(path, unknown_key(&key, &[])));
+            }
+        }
+        match result {
+            Ok(v) => {
+                return Partial {
+                    value: Some(v),
+                    problems,
+                };
+            }
+            Err(e) => {
+                let segments: Vec<Seg> = e.path().iter().map(Seg::from).collect();
+                let path = segments_path(&segments);
+                let message = e.inner().to_string();
+                if let Some(field) = message
+                    .strip_prefix("missing field `")
+                    .and_then(|rest| rest.strip_suffix('`'))
+                {
+                    let missing = join_path(&path, field);
+                    if !removed.contains(&missing) {
+                        problems.push(FieldError::new(
+                            missing,
+                            format!("missing required key `{field}`"),
+                        ));
+                        break;
+                    }
+                    // A required key we removed ourselves was already reported: drop the
+                    // object that needs it too, and read on.
+                    if segments.is_empty() || !remove(&mut value, &segments) {
+                        break;
+                    }
+                    removed.push(path);
+                    continue;
+                }
+                // A key the shapes named as unknown was reported already.
+                if !unknown.contains(&path) {
+                    problems.push(FieldError::new(path.clone(), message));
+                }
+                if segments.is_empty() || !remove(&mut value, &segments) {
+                    break;
+                }
+                removed.push(path);
+            }
+        }
+    }
+    Partial {
+        value: None,
+        problems,
+    }
+}
+
+/// One step of a serde_path_to_error path.
+enum Seg {
+    Key(String),
+    Index(usize),
+    Other,
+}
+
+impl From<&serde_path_to_error::Segment> for Seg {
+    fn from(segment: &serde_path_to_error::Segment) -> Self {
+        match segment {
+            serde_path_to_error::Segment::Map { key } => Seg::Key(key.clone()),
+            serde_path_to_error::Segment::Seq { index } => Seg::Index(*index),
+            _ => Seg::Other,
+        }
+    }
+}
+
+fn segments_path(segments: &[Seg]) -> String {
+    let mut path = String::new();
+    for segment in segments {
+        match segment {
+            Seg::Key(key) => path = join_path(&path, key),
+            Seg::Index(i) => path = join_path(&path, &format!("[{i}]")),
+            Seg::Other => {}
+        }
+    }
+    path
+}
+
+/// Removes the key the path ends in; false when the path does not end in a removable key.
+fn remove(value: &mut Value, segments: &[Seg]) -> bool {
+    let Some((last, parents)) = segments.split_last() else {
+        return false;
+    };
+    let mut cur = value;
+    for segment in parents {
+        cur = match (segment, cur) {
+            (Seg::Key(k), Value::Object(m)) => match m.get_mut(k) {
+                Some(v) => v,
+                None => return false,
+            },
+            (Seg::Index(i), Value::Array(a)) => match a.get_mut(*i) {
+                Some(v) => v,
+                None => return false,
+            },
+            _ => return false,
+        };
+    }
+    match (last, cur) {
+        (Seg::Key(k), Value::Object(m)) => m.shift_remove(k).is_some(),
+        _ => false,
+    }
+}
+
+fn ignored_path(path: &serde_ignored::Path) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => join_path(&ignored_path(parent), &format!("[{index}]")),
+        Path::Map { parent, key } => join_path(&ignored_path(parent), key),
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => ignored_path(parent),
+    }
+}
+
+/// The value at a dotted path of keys (`""` is the value itself).
+fn lookup<'v>(value: &'v Value, rel: &str) -> Option<&'v Value> {
+    if rel.is_empty() {
+        return Some(value);
+    }
+    rel.split('.').try_fold(value, |v, key| v.get(key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+    use serde_json::json;
+
+    /// A block as an adapter would declare it.
+    #[derive(Debug, Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct Block {
+        url: String,
+        #[serde(default)]
+        retries: u32,
+        #[serde(default)]
+        wait: Option<HumanDuration>,
+    }
+
+    fn paths(problems: &[FieldError]) -> Vec<&str> {
+        problems.iter().map(|p| p.path.as_str()).collect()
+    }
+
+    #[test]
+    fn the_field_list_is_what_serde_reads() {
+        assert_eq!(fields_of::<Block>(), ["url", "retries", "wait"]);
+        assert!(fields_of::<String>().is_empty());
+    }
+
+    #[test]
+    fn every_unknown_key_and_type_error_comes_out_at_once() {
+        let problems = read_config::<Block>(&json!({
+            "url": "http://x", "retires": 3, "retries": "three", "wait": 5, "colour": 1
+        }))
+        .unwrap_err();
+        assert_eq!(paths(&problems), ["retires", "colour", "retries", "wait"]);
+        assert!(
+            problems[0].message.contains("did you mean `retries`?")
+                && problems[0]
+                    .message
+                    .contains("expected one of: url, retries, wait"),
+            "{problems:?}"
+        );
+        assert!(problems[2].message.contains("expected u32"), "{problems:?}");
+    }
+
+    #[test]
+    fn a_missing_block_is_an_empty_one_and_a_non_table_one_problem() {
+        let missing = read_config::<Block>(&Value::Null).unwrap_err();
+        assert_eq!(
+            missing,
+            [FieldError::new("url", "missing required key `url`")]
+        );
+        let list = read_config::<Block>(&json!([1])).unwrap_err();
+        assert_eq!(
+            list,
+            [FieldError::new(
+                "",
+                "expected a table with the keys url, retries, wait"
+            )]
+        );
+        assert_eq!(
+            read_config::<Block>(&json!({"url": "u"})),
+            Ok(Block {
+                url: "u".into(),
+                retries: 0,
+                wait: None
+            })
+        );
+    }
+
+    #[test]
+    fn a_block_without_keys_names_each_key_given() {
+        #[derive(Debug, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Nothing {}
+        assert!(read_config::<Nothing>(&Value::Null).is_ok());
+        let problems = read_config::<Nothing>(&json!({"a": 1, "b": 2})).unwrap_err();
+        assert_eq!(paths(&problems), ["a", "b"]);
+        assert!(
+            problems[0].message.contains("takes no keys"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn checks_see_the_value_read_without_its_bad_keys_and_problems_follow_the_block() {
+        let block = json!({"wait": "soon", "retries": 11, "url": "ftp://x"});
+        let result = read_table::<Block>(&block).check(&block, |b, problems| {
+            assert_eq!(b.wait, None, "the bad key is dropped before the checks");
+            if !b.url.starts_with("http") {
+                problems.push(FieldError::new("url", "not http"));
+            }
+            if b.retries > 10 {
+                problems.push(FieldError::new("retries", "at most 10"));
+            }
+            problems.push(FieldError::new("absent", "about a key the block lacks"));
+            Some(b.retries)
+        });
+        assert_eq!(
+            paths(&result.unwrap_err()),
+            ["wait", "retries", "url", "absent"]
+        );
+        let good = json!({"url": "http://x", "retries": 2});
+        assert_eq!(
+            read_table::<Block>(&good).check(&good, |b, _| Some(b.retries)),
+            Ok(2)
+        );
+    }
+
+    #[test]
+    fn durations_are_checked_against_their_range() {
+        let mut problems = Vec::new();
+        let hour = Duration::from_secs(3600);
+        let second = Duration::from_secs(1);
+        let read = |text: &str| Some(HumanDuration::parse(text).unwrap());
+        assert_eq!(
+            duration_in_range("a", None, second, hour, &mut problems),
+            Some(second)
+        );
+        assert_eq!(
+            duration_in_range("b", read("5m"), second, hour, &mut problems),
+            Some(Duration::from_secs(300))
+        );
+        assert_eq!(
+            duration_in_range("c", read("0s"), second, hour, &mut problems),
+            None
+        );
+        assert_eq!(
+            duration_in_range("d", read("2h"), second, hour, &mut problems),
+            None
+        );
+        assert_eq!(paths(&problems), ["c", "d"]);
+        assert_eq!(problems[1].message, "must be at most 1h");
+        assert!(reported(&problems, "c") && !reported(&problems, "a"));
+    }
+}
