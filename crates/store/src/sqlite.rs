@@ -26,11 +26,14 @@ use tokio::sync::oneshot;
 use crate::inbox;
 use crate::*;
 
+mod outbox;
+
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0001_init.sql"),
     include_str!("../migrations/sqlite/0002_deliveries.sql"),
     include_str!("../migrations/sqlite/0003_delivery_passes.sql"),
+    include_str!("../migrations/sqlite/0004_reports.sql"),
 ];
 
 /// The most batches folded into one transaction.
@@ -75,12 +78,20 @@ enum Op {
         lease_until: Millis,
     },
     ReleaseLeases,
+    ClaimReports {
+        now: Millis,
+        limit: u32,
+        lease_until: Millis,
+    },
+    ReleaseReportLeases,
 }
 
-/// What the writer answers: the tasks a commit claimed, or where a delivery went.
+/// What the writer answers: the tasks a commit claimed, where a delivery went, or the
+/// reports claimed.
 enum Answer {
     Tasks(Vec<Task>),
     Delivery(Intake),
+    Reports(Vec<DueReport>),
 }
 
 type Reply = oneshot::Sender<Result<Answer>>;
@@ -236,7 +247,7 @@ impl SqliteStore {
     async fn send_for_tasks(&self, op: Op) -> Result<Vec<Task>> {
         match self.send(op).await? {
             Answer::Tasks(tasks) => Ok(tasks),
-            Answer::Delivery(_) => Ok(Vec::new()),
+            Answer::Delivery(_) | Answer::Reports(_) => Ok(Vec::new()),
         }
     }
 
@@ -598,6 +609,12 @@ fn apply(tx: &Transaction<'_>, op: &Op) -> Result<Answer> {
             )?;
             Ok(Answer::Tasks(Vec::new()))
         }
+        Op::ClaimReports {
+            now,
+            limit,
+            lease_until,
+        } => outbox::claim(tx, *now, *limit, *lease_until).map(Answer::Reports),
+        Op::ReleaseReportLeases => outbox::release_all(tx).map(|()| Answer::Reports(Vec::new())),
     }
 }
 
@@ -741,6 +758,15 @@ fn apply_change(tx: &Transaction<'_>, change: &Change) -> Result<Option<Task>> {
             )?
             .execute(params![run_id, stage_id, kind.as_str()])?;
         }
+        Change::Report { key, due_at } => outbox::want(tx, key, *due_at)?,
+        Change::ReportDone { key, version } => outbox::done(tx, key, *version)?,
+        Change::ReportRetry {
+            key,
+            version,
+            due_at,
+            tries,
+            first_try_at,
+        } => outbox::retry(tx, key, *version, *due_at, *tries, *first_try_at)?,
     }
     Ok(None)
 }
@@ -962,9 +988,9 @@ impl Store for SqliteStore {
     async fn insert_delivery(&self, delivery: NewDelivery) -> Result<Intake> {
         match self.send(Op::InsertDelivery(delivery)).await? {
             Answer::Delivery(intake) => Ok(intake),
-            Answer::Tasks(_) => Err(corrupt(
+            Answer::Tasks(_) | Answer::Reports(_) => Err(corrupt(
                 "deliveries",
-                "the writer answered a delivery with tasks",
+                "the writer answered a delivery with something else",
             )),
         }
     }
@@ -1031,6 +1057,34 @@ impl Store for SqliteStore {
             )
         })
         .await
+    }
+
+    async fn claim_reports(
+        &self,
+        now: Millis,
+        limit: u32,
+        lease_until: Millis,
+    ) -> Result<Vec<DueReport>> {
+        let op = Op::ClaimReports {
+            now,
+            limit,
+            lease_until,
+        };
+        match self.send(op).await? {
+            Answer::Reports(reports) => Ok(reports),
+            Answer::Tasks(_) | Answer::Delivery(_) => Err(corrupt(
+                "reports",
+                "the writer answered a claim of reports with something else",
+            )),
+        }
+    }
+
+    async fn next_report_due(&self, now: Millis) -> Result<Option<Millis>> {
+        self.read(move |conn| outbox::next_due(conn, now)).await
+    }
+
+    async fn release_report_leases(&self) -> Result<()> {
+        self.send(Op::ReleaseReportLeases).await.map(|_| ())
     }
 }
 
