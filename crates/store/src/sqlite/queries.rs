@@ -1,0 +1,232 @@
+//! The [`Store`] trait for [`SqliteStore`]: writes go to the writer, reads to the pool.
+
+use async_trait::async_trait;
+use baton_core::RunStatus;
+use rusqlite::{OptionalExtension, Row, params};
+
+use super::rows::{
+    attempt_from_row, corrupt, delivery_from_row, header_from_row, rows, stage_from_row,
+};
+use super::writer::{Answer, Op};
+use super::{FEED_CAPACITY, SqliteStore};
+use crate::*;
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn commit(&self, changes: Vec<Change>) -> Result<Vec<Task>> {
+        if changes.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.send_for_tasks(Op::Commit(changes)).await
+    }
+
+    async fn claim_due(&self, now: Millis, limit: u32, lease_until: Millis) -> Result<Vec<Task>> {
+        self.send_for_tasks(Op::Claim {
+            now,
+            limit,
+            lease_until,
+        })
+        .await
+    }
+
+    async fn next_due(&self) -> Result<Option<Millis>> {
+        self.read(|conn| {
+            Ok(conn.query_row(
+                "SELECT MIN(due_at) FROM tasks WHERE lease_until IS NULL",
+                [],
+                |r| r.get(0),
+            )?)
+        })
+        .await
+    }
+
+    async fn release_leases(&self) -> Result<()> {
+        self.send_for_tasks(Op::ReleaseLeases).await.map(|_| ())
+    }
+
+    async fn load_run(&self, run_id: &str) -> Result<Option<RunSnapshot>> {
+        let run_id = run_id.to_owned();
+        self.read(move |conn| {
+            let Some((header, spec, event, trigger)) = conn
+                .prepare_cached("SELECT * FROM runs WHERE id = ?1")?
+                .query_row([&run_id], |row| {
+                    Ok((
+                        header_from_row(row),
+                        row.get::<_, String>("spec")?,
+                        row.get::<_, String>("event")?,
+                        row.get::<_, String>("trigger_info")?,
+                    ))
+                })
+                .optional()?
+            else {
+                return Ok(None);
+            };
+            let payload = RunPayload {
+                spec: serde_json::from_str(&spec).map_err(|e| corrupt("runs.spec", e))?,
+                event: serde_json::from_str(&event).map_err(|e| corrupt("runs.event", e))?,
+                trigger: serde_json::from_str(&trigger)
+                    .map_err(|e| corrupt("runs.trigger_info", e))?,
+            };
+            let stages = rows(
+                conn,
+                "SELECT * FROM stages WHERE run_id = ?1 ORDER BY position",
+                [&run_id],
+                stage_from_row,
+            )?;
+            let attempts = rows(
+                conn,
+                "SELECT * FROM attempts WHERE run_id = ?1 ORDER BY stage_id, attempt",
+                [&run_id],
+                attempt_from_row,
+            )?;
+            Ok(Some(RunSnapshot {
+                header: header?,
+                payload,
+                stages,
+                attempts,
+            }))
+        })
+        .await
+    }
+
+    async fn unfinished_runs(&self) -> Result<Vec<String>> {
+        self.read(|conn| {
+            rows(
+                conn,
+                "SELECT id FROM runs WHERE status NOT IN ('succeeded', 'failed', 'cancelled') ORDER BY created_at",
+                [],
+                |r| Ok(r.get(0)?),
+            )
+        })
+        .await
+    }
+
+    async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunHeader>> {
+        let limit = page_limit(filter.limit);
+        let filter = filter.clone();
+        self.read(move |conn| {
+            rows(
+                conn,
+                "SELECT id, workflow, status, cancel_requested, message, created_at, started_at, finished_at FROM runs
+                 WHERE (?1 IS NULL OR workflow = ?1) AND (?2 IS NULL OR status = ?2)
+                 ORDER BY created_at DESC, id DESC LIMIT ?3 OFFSET ?4",
+                params![filter.workflow, filter.status.map(RunStatus::as_str), limit, filter.offset],
+                header_from_row,
+            )
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.read(|conn| Ok(conn.query_row("SELECT 1", [], |_| Ok(()))?))
+            .await
+    }
+
+    async fn insert_delivery(&self, delivery: NewDelivery) -> Result<Intake> {
+        match self.send(Op::InsertDelivery(delivery)).await? {
+            Answer::Delivery(intake) => Ok(intake),
+            Answer::Tasks(_) | Answer::Reports(_) => Err(corrupt(
+                "deliveries",
+                "the writer answered a delivery with something else",
+            )),
+        }
+    }
+
+    async fn pending_deliveries(&self, limit: u32) -> Result<Vec<PendingDelivery>> {
+        self.read(move |conn| {
+            let pending = |row: &Row<'_>| {
+                Ok(PendingDelivery {
+                    id: row.get(0)?,
+                    source: row.get(1)?,
+                    delivery_id: row.get(2)?,
+                    event: row.get(3)?,
+                    body: row.get(4)?,
+                    replay: row.get::<_, String>(5)? == "replay",
+                })
+            };
+            // Replays first (few, indexed), then the deliveries past the last pass: a range
+            // of the table's own key, so no index has to be kept up on every insert.
+            rows(
+                conn,
+                "SELECT * FROM (
+                     SELECT seq, source, delivery_id, event, body, status FROM deliveries
+                     WHERE status = 'replay' ORDER BY seq LIMIT ?1)
+                 UNION ALL
+                 SELECT * FROM (
+                     SELECT seq, source, delivery_id, event, body, status FROM deliveries
+                     WHERE seq > (SELECT COALESCE(MAX(through_seq), 0) FROM delivery_passes)
+                       AND status = 'received' ORDER BY seq LIMIT ?1)
+                 LIMIT ?1",
+                [limit],
+                pending,
+            )
+        })
+        .await
+    }
+
+    fn delivery_feed(&self) -> Option<DeliveryFeed> {
+        let (sender, feed) = feed::channel(FEED_CAPACITY);
+        self.feed.set(sender).ok().map(|()| feed)
+    }
+
+    async fn load_delivery(&self, id: i64) -> Result<Option<DeliveryRecord>> {
+        self.read(move |conn| {
+            Ok(rows(
+                conn,
+                "SELECT * FROM deliveries_seen WHERE seq = ?1",
+                [id],
+                delivery_from_row,
+            )?
+            .pop())
+        })
+        .await
+    }
+
+    async fn list_deliveries(&self, filter: &DeliveryFilter) -> Result<Vec<DeliveryRecord>> {
+        let limit = page_limit(filter.limit);
+        let filter = filter.clone();
+        self.read(move |conn| {
+            rows(
+                conn,
+                "SELECT * FROM deliveries_seen WHERE (?1 IS NULL OR source = ?1) ORDER BY seq DESC LIMIT ?2 OFFSET ?3",
+                params![filter.source, limit, filter.offset],
+                delivery_from_row,
+            )
+        })
+        .await
+    }
+
+    async fn claim_reports(
+        &self,
+        now: Millis,
+        limit: u32,
+        lease_until: Millis,
+    ) -> Result<Vec<DueReport>> {
+        let op = Op::ClaimReports {
+            now,
+            limit,
+            lease_until,
+        };
+        match self.send(op).await? {
+            Answer::Reports(reports) => Ok(reports),
+            Answer::Tasks(_) | Answer::Delivery(_) => Err(corrupt(
+                "reports",
+                "the writer answered a claim of reports with something else",
+            )),
+        }
+    }
+
+    async fn next_report_due(&self, now: Millis) -> Result<Option<Millis>> {
+        self.read(move |conn| super::outbox::next_due(conn, now))
+            .await
+    }
+
+    async fn release_report_leases(&self) -> Result<()> {
+        self.send(Op::ReleaseReportLeases).await.map(|_| ())
+    }
+}
+
+/// A page size: 50 when unset, at most 1000.
+fn page_limit(asked: u32) -> u32 {
+    if asked == 0 { 50 } else { asked.min(1000) }
+}

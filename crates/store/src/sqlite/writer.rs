@@ -1,0 +1,254 @@
+//! The writer thread: drains queued operations into one transaction a group (group commit),
+//! answers each sender, and feeds stored deliveries to the matcher.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, Transaction, params};
+use tokio::sync::oneshot;
+
+use super::apply::apply_change;
+use super::checkpoint::restart_wal;
+use super::rows::{TASK_COLUMNS, task_from_row};
+use crate::inbox;
+use crate::*;
+
+/// The most batches folded into one transaction.
+pub(super) const MAX_GROUP: usize = 512;
+
+/// Commits start at least this far apart, unless a group is [`COMMIT_AT_ONCE`] long.
+///
+/// Every commit ends in a flush of the WAL, and flushes cost more than the time the writer
+/// waits for them: a cloud volume counts them against its IOPS, and on the 2-core VM we
+/// measure on they cost the VM host time, which it pays back in pauses of the whole VM (see
+/// docs/server.md, "What limits baton"). At 9,000 deliveries/s on 128 connections the writer
+/// flushed 1,570-1,810 times a second without a gap, 860-890 with 1 ms; in alternated runs the
+/// VM's steal time fell by a third and p99 from 17-40 ms to 11-17 ms, with peaks no lower on
+/// that VM (on a faster one the 32-connection peak was lower: see [`COMMIT_AT_ONCE`]).
+/// An idle writer commits at once: the gap only holds back, by at most 1 ms, a commit that
+/// would follow the last one within it.
+pub(super) const MIN_COMMIT_GAP: Duration = Duration::from_millis(1);
+
+/// A group this long commits without waiting out [`MIN_COMMIT_GAP`]: its flush is shared
+/// widely enough, and a wait would only add latency.
+///
+/// It must stay well under the number of senders that wait for their answers: with 32, a
+/// closed loop of 32 connections seldom had all 32 queued at once (some are always being
+/// parsed), so nearly every commit waited out the gap, and its peak fell to 30,400-31,700/s
+/// against 35,000-37,700/s with no gap. With 16, in four alternated pairs of peak runs, the
+/// peak was 1-31% higher than with 32; the writer still flushes about 1,000 times a second up
+/// to 16,000 deliveries/s (990 against 989 at 9,000/s, 1,044 against 987 at 16,000/s).
+pub(super) const COMMIT_AT_ONCE: usize = 16;
+
+pub(super) enum Op {
+    Commit(Vec<Change>),
+    InsertDelivery(NewDelivery),
+    Claim {
+        now: Millis,
+        limit: u32,
+        lease_until: Millis,
+    },
+    ReleaseLeases,
+    ClaimReports {
+        now: Millis,
+        limit: u32,
+        lease_until: Millis,
+    },
+    ReleaseReportLeases,
+}
+
+/// What the writer answers: the tasks a commit claimed, where a delivery went, or the
+/// reports claimed.
+pub(super) enum Answer {
+    Tasks(Vec<Task>),
+    Delivery(Intake),
+    Reports(Vec<DueReport>),
+}
+
+pub(super) type Reply = oneshot::Sender<Result<Answer>>;
+
+/// The writer's page cache, in KiB.
+///
+/// A bigger cache costs more than it saves. When a B-tree split renumbers its new pages,
+/// SQLite parks one at the lock page's number (262,145 with 4 KiB pages); while the database
+/// is under 1 GiB, the commit then walks the cache's whole hash table to drop pages past the
+/// end (210 times a second at 22,000 deliveries/s, inside the commit the callers wait for).
+/// In alternated runs on a 2-core VM, 16 MiB against 64 MiB: peaks with GitHub's ids
+/// 42,600-48,900 against 40,900-44,100/s, with random ids no worse (20,100-29,100 against
+/// 20,200-27,000/s).
+pub(super) const WRITER_CACHE_KIB: i64 = 16 * 1024;
+
+pub(super) fn writer_loop(
+    mut conn: Connection,
+    rx: inbox::Receiver<(Op, Reply)>,
+    feed: &OnceLock<feed::FeedSender>,
+    restart_wal_wanted: &AtomicBool,
+) {
+    let mut group: Vec<(Op, Reply)> = Vec::with_capacity(64);
+    let mut last_commit = Instant::now();
+    while rx.gather(
+        &mut group,
+        COMMIT_AT_ONCE,
+        MAX_GROUP,
+        last_commit + MIN_COMMIT_GAP,
+    ) {
+        last_commit = Instant::now();
+        match run_group(&mut conn, &group) {
+            Ok(results) => {
+                for ((op, reply), result) in group.drain(..).zip(results) {
+                    if let (
+                        Some(feed),
+                        Op::InsertDelivery(d),
+                        Ok(Answer::Delivery(Intake::Stored(id))),
+                    ) = (feed.get(), op, &result)
+                    {
+                        // After the commit and in seq order, as the feed's protocol needs.
+                        feed.publish(PendingDelivery {
+                            id: *id,
+                            source: d.source,
+                            delivery_id: d.delivery_id,
+                            event: d.event,
+                            body: d.body,
+                            replay: false,
+                        });
+                    }
+                    let _ = reply.send(result);
+                }
+                if restart_wal_wanted.load(Ordering::Relaxed) {
+                    restart_wal(&conn, restart_wal_wanted);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "store commit failed");
+                let text = e.to_string();
+                for (_, reply) in group.drain(..) {
+                    let _ = reply.send(Err(StoreError::Corrupt {
+                        what: "commit".into(),
+                        detail: text.clone(),
+                    }));
+                }
+            }
+        }
+    }
+}
+
+/// Applies a group of operations in one transaction. If any operation fails, the group is
+/// rolled back and each operation is applied again in a transaction of its own, so one bad
+/// batch fails alone (a rare path; the common one costs nothing extra).
+pub(super) fn run_group(
+    conn: &mut Connection,
+    group: &[(Op, Reply)],
+) -> Result<Vec<Result<Answer>>> {
+    let tx = conn.transaction()?;
+    let mut results = Vec::with_capacity(group.len());
+    for (op, _) in group {
+        match apply(&tx, op) {
+            Ok(tasks) => results.push(Ok(tasks)),
+            Err(e) if group.len() == 1 => {
+                tx.rollback()?;
+                return Ok(vec![Err(e)]);
+            }
+            Err(_) => {
+                tx.rollback()?;
+                return run_one_by_one(conn, group);
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(results)
+}
+
+pub(super) fn run_one_by_one(
+    conn: &mut Connection,
+    group: &[(Op, Reply)],
+) -> Result<Vec<Result<Answer>>> {
+    let mut results = Vec::with_capacity(group.len());
+    for (op, _) in group {
+        let tx = conn.transaction()?;
+        match apply(&tx, op) {
+            Ok(tasks) => {
+                tx.commit()?;
+                results.push(Ok(tasks));
+            }
+            Err(e) => {
+                tx.rollback()?;
+                results.push(Err(e));
+            }
+        }
+    }
+    Ok(results)
+}
+
+pub(super) fn apply(tx: &Transaction<'_>, op: &Op) -> Result<Answer> {
+    match op {
+        Op::Commit(changes) => {
+            let mut claimed = Vec::new();
+            for change in changes {
+                if let Some(task) = apply_change(tx, change)? {
+                    claimed.push(task);
+                }
+            }
+            Ok(Answer::Tasks(claimed))
+        }
+        Op::InsertDelivery(d) => {
+            // Not `RETURNING seq`: SQLite collects returned rows in a temporary table built
+            // for every execution, and the new row's id is at hand anyway.
+            let inserted = tx
+                .prepare_cached(
+                    "INSERT INTO deliveries (source, delivery_id, event, headers, body, received_at, status)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'received')
+                     ON CONFLICT (source, delivery_id) DO NOTHING",
+                )?
+                .execute(params![
+                    d.source,
+                    d.delivery_id,
+                    d.event,
+                    d.headers,
+                    d.body,
+                    d.received_at
+                ])?;
+            let intake = match inserted {
+                1 => Intake::Stored(tx.last_insert_rowid()),
+                _ => Intake::Duplicate(
+                    tx.prepare_cached(
+                        "SELECT seq FROM deliveries WHERE source = ?1 AND delivery_id = ?2",
+                    )?
+                    .query_row(params![d.source, d.delivery_id], |r| r.get(0))?,
+                ),
+            };
+            Ok(Answer::Delivery(intake))
+        }
+        Op::Claim {
+            now,
+            limit,
+            lease_until,
+        } => {
+            let mut stmt = tx.prepare_cached(&format!(
+                "UPDATE tasks SET lease_until = ?1 WHERE id IN (
+                     SELECT id FROM tasks WHERE due_at <= ?2 AND (lease_until IS NULL OR lease_until < ?2)
+                     ORDER BY due_at LIMIT ?3)
+                 RETURNING {TASK_COLUMNS}"
+            ))?;
+            let rows = stmt.query_map(params![lease_until, now, *limit as i64], task_from_row)?;
+            rows.map(|r| r.map_err(StoreError::from).and_then(|t| t))
+                .collect::<Result<_>>()
+                .map(Answer::Tasks)
+        }
+        Op::ReleaseLeases => {
+            tx.execute(
+                "UPDATE tasks SET lease_until = NULL WHERE lease_until IS NOT NULL",
+                [],
+            )?;
+            Ok(Answer::Tasks(Vec::new()))
+        }
+        Op::ClaimReports {
+            now,
+            limit,
+            lease_until,
+        } => super::outbox::claim(tx, *now, *limit, *lease_until).map(Answer::Reports),
+        Op::ReleaseReportLeases => {
+            super::outbox::release_all(tx).map(|()| Answer::Reports(Vec::new()))
+        }
+    }
+}
