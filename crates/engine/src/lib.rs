@@ -53,6 +53,7 @@ mod commit;
 mod create;
 mod events;
 mod poll;
+mod report;
 mod retry;
 mod run_loop;
 mod signal;

@@ -16,8 +16,8 @@ use baton_core::{
 };
 use baton_engine::{Engine, EngineConfig};
 use baton_store::{
-    Change, DeliveryFilter, DeliveryRecord, Intake, Millis, NewDelivery, PendingDelivery,
-    RunFilter, RunHeader, RunSnapshot, SqliteStore, Store, StoreError, Task,
+    Change, DeliveryFilter, DeliveryRecord, DueReport, Intake, Millis, NewDelivery,
+    PendingDelivery, RunFilter, RunHeader, RunSnapshot, SqliteStore, Store, StoreError, Task,
 };
 use serde_json::{Map, Value, json};
 
@@ -235,6 +235,20 @@ impl Store for DyingStore {
         filter: &DeliveryFilter,
     ) -> Result<Vec<DeliveryRecord>, StoreError> {
         self.inner.list_deliveries(filter).await
+    }
+    async fn claim_reports(
+        &self,
+        now: Millis,
+        limit: u32,
+        lease_until: Millis,
+    ) -> Result<Vec<DueReport>, StoreError> {
+        self.inner.claim_reports(now, limit, lease_until).await
+    }
+    async fn next_report_due(&self, now: Millis) -> Result<Option<Millis>, StoreError> {
+        self.inner.next_report_due(now).await
+    }
+    async fn release_report_leases(&self) -> Result<(), StoreError> {
+        self.inner.release_report_leases().await
     }
 }
 
