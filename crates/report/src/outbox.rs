@@ -19,7 +19,7 @@ use std::time::Duration;
 use baton_engine::Event;
 use baton_store::{Change, DueReport, Millis, ReportKey, RunSnapshot, Store, now_millis};
 use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
-use tokio::task::JoinSet;
+use tokio::task::{JoinError, JoinSet};
 use tokio::time::Instant;
 
 use crate::status::{Status, status_of};
@@ -59,8 +59,8 @@ type Destination = Option<(Arc<dyn Target>, Commit)>;
 
 /// What a post task ends with.
 struct Settled {
-    key: Key,
-    row: ReportKey,
+    /// What to do with the row in the store.
+    change: Change,
     /// The status, when the target took it.
     taken: Option<Status>,
 }
@@ -75,6 +75,8 @@ pub(crate) struct Outbox {
     /// Where runs report to, by run and source, worked out once per run.
     destinations: HashMap<String, HashMap<String, Destination>>,
     posts: JoinSet<Settled>,
+    /// The context and row of each post task.
+    running: HashMap<tokio::task::Id, (Key, ReportKey)>,
 }
 
 impl Outbox {
@@ -86,6 +88,7 @@ impl Outbox {
             held: HashSet::new(),
             destinations: HashMap::new(),
             posts: JoinSet::new(),
+            running: HashMap::new(),
         }
     }
 
@@ -107,10 +110,13 @@ impl Outbox {
                         break;
                     }
                 }
-                Some(joined) = self.posts.join_next() => match joined {
-                    Ok(settled) => self.settled(settled).await,
-                    Err(e) => tracing::error!(error = %e, "a commit status post panicked; its report is tried again when its claim ends"),
-                },
+                Some(joined) = self.posts.join_next_with_id() => {
+                    let mut ended = vec![joined];
+                    while let Some(joined) = self.posts.try_join_next_with_id() {
+                        ended.push(joined);
+                    }
+                    self.settled(ended).await;
+                }
                 _ = tokio::time::sleep_until(wake_at) => {}
                 _ = prune.tick() => self.prune(),
             }
@@ -231,48 +237,85 @@ impl Outbox {
             return Some(row);
         }
         slot.busy = true;
-        self.posts.spawn(post(
-            self.store.clone(),
-            target,
-            key,
-            status,
-            row,
-            self.reporter.policy,
-        ));
+        let row_key = row.key.clone();
+        let task = self
+            .posts
+            .spawn(post(target, key.clone(), status, row, self.reporter.policy));
+        self.running.insert(task.id(), (key, row_key));
         None
     }
 
     /// Removes rows there is nothing to post for (unless a newer change came for them).
     async fn settle_now(&mut self, rows: Vec<DueReport>) {
-        if rows.is_empty() {
+        let changes = rows
+            .into_iter()
+            .map(|row| Change::ReportDone {
+                key: row.key,
+                version: row.version,
+            })
+            .collect();
+        self.settle(changes).await;
+    }
+
+    /// Writes what became of held rows, then lets go of them. Only then: a row a settle
+    /// releases (superseded while it was posted) may be claimed again at once, and must not
+    /// be taken for one this process still holds.
+    async fn settle(&mut self, changes: Vec<Change>) {
+        if changes.is_empty() {
             return;
         }
-        let changes = rows
+        let keys: Vec<ReportKey> = changes
             .iter()
-            .map(|row| Change::ReportDone {
-                key: row.key.clone(),
-                version: row.version,
+            .filter_map(|change| match change {
+                Change::ReportDone { key, .. } | Change::ReportRetry { key, .. } => {
+                    Some(key.clone())
+                }
+                _ => None,
             })
             .collect();
         if let Err(e) = self.store.commit(changes).await {
             tracing::warn!(error = %e, "cannot settle reports in the outbox; they are looked at again when their claims end");
         }
-        for row in rows {
-            self.held.remove(&row.key);
+        for key in keys {
+            self.held.remove(&key);
         }
     }
 
-    /// A post ended: the context is free for the rows that queued behind it.
-    async fn settled(&mut self, settled: Settled) {
-        self.held.remove(&settled.row);
-        let Some(slot) = self.slots.get_mut(&settled.key) else {
-            return;
-        };
-        slot.busy = false;
-        if settled.taken.is_some() {
-            slot.taken = settled.taken;
+    /// Posts ended: their rows are settled, and their contexts are free for the rows that
+    /// queued behind them.
+    async fn settled(&mut self, ended: Vec<Result<(tokio::task::Id, Settled), JoinError>>) {
+        let mut changes = Vec::with_capacity(ended.len());
+        let mut queued = Vec::new();
+        for joined in ended {
+            let (id, settled) = match joined {
+                Ok((id, settled)) => (id, Some(settled)),
+                Err(e) => {
+                    tracing::error!(error = %e, "a commit status post failed to finish; its report is taken again when its claim ends");
+                    (e.id(), None)
+                }
+            };
+            let Some((key, row)) = self.running.remove(&id) else {
+                continue;
+            };
+            let taken = match settled {
+                Some(settled) => {
+                    changes.push(settled.change);
+                    settled.taken
+                }
+                None => {
+                    self.held.remove(&row);
+                    None
+                }
+            };
+            if let Some(slot) = self.slots.get_mut(&key) {
+                slot.busy = false;
+                if taken.is_some() {
+                    slot.taken = taken;
+                }
+                queued.append(&mut slot.queued);
+            }
         }
-        let queued = std::mem::take(&mut slot.queued);
+        self.settle(changes).await;
         for row in &queued {
             self.held.remove(&row.key);
         }
@@ -339,9 +382,8 @@ pub(crate) fn next_try(
     Some((now + millis(wait), first_try_at))
 }
 
-/// Posts one row's status and settles the row in the store.
+/// Posts one row's status; answers what becomes of the row.
 async fn post(
-    store: Arc<dyn Store>,
     target: Arc<dyn Target>,
     key: Key,
     status: Status,
@@ -400,13 +442,332 @@ async fn post(
             }
         }
     };
-    if let Err(e) = store.commit(vec![change]).await {
-        tracing::warn!(%source, %commit, %context, error = %e,
-            "cannot settle the report in the outbox; it is looked at again when its claim ends");
+    Settled { change, taken }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+    use baton_core::context::TriggerInfo;
+    use baton_core::{RunStatus, StageStatus};
+    use baton_store::{RunHeader, RunPayload, SqliteStore, StageRecord};
+    use serde_json::json;
+
+    use super::*;
+    use crate::status::Phase;
+    use crate::{Entry, Kind};
+
+    const SHA: &str = "6dcb09b5b57875f334f61aebed695e2e4193db5e";
+
+    /// Records posts; fails them with `failure` while it is set.
+    struct Fake {
+        posts: Mutex<Vec<(String, Phase)>>,
+        failure: Mutex<Option<Failure>>,
     }
-    Settled {
-        key,
-        row: row.key,
-        taken,
+
+    impl Fake {
+        fn new(failure: Option<Failure>) -> Arc<Self> {
+            Arc::new(Self {
+                posts: Mutex::default(),
+                failure: Mutex::new(failure),
+            })
+        }
+        fn posts(&self) -> Vec<(String, Phase)> {
+            self.posts.lock().unwrap().clone()
+        }
+        fn heal(&self) {
+            *self.failure.lock().unwrap() = None;
+        }
+    }
+
+    #[async_trait]
+    impl Target for Fake {
+        fn name(&self) -> &str {
+            "fake"
+        }
+        async fn post(&self, _: &Commit, status: &Status) -> Result<Posted, Failure> {
+            self.posts
+                .lock()
+                .unwrap()
+                .push((status.context.clone(), status.phase));
+            match self.failure.lock().unwrap().clone() {
+                Some(failure) => Err(failure),
+                None => Ok(Posted::Done),
+            }
+        }
+    }
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy {
+            first_retry: Duration::from_millis(300),
+            max_backoff: Duration::from_secs(5),
+            give_up_after: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+
+    async fn open(dir: &tempfile::TempDir) -> Arc<dyn Store> {
+        let url = format!("sqlite://{}", dir.path().join("runs.db").display());
+        Arc::new(SqliteStore::open(&url).await.unwrap())
+    }
+
+    fn header(id: &str, status: RunStatus) -> RunHeader {
+        RunHeader {
+            id: id.into(),
+            workflow: "ci".into(),
+            status,
+            cancel_requested: false,
+            message: None,
+            created_at: 1,
+            started_at: None,
+            finished_at: None,
+        }
+    }
+
+    fn key(run_id: &str, stage_id: &str) -> ReportKey {
+        ReportKey {
+            run_id: run_id.into(),
+            source: "fake".into(),
+            stage_id: stage_id.into(),
+        }
+    }
+
+    /// A run reporting to `fake`, pushed to the same commit as every other, with its run and
+    /// `build` rows wanted, as the engine writes them.
+    async fn create(store: &Arc<dyn Store>, run_id: &str) {
+        let payload = RunPayload {
+            spec: json!({"name": "ci", "stages": {"build": {"uses": "x"}}, "report": ["fake"]}),
+            event: json!({"after": SHA, "repository": {"full_name": "octo/hello"}}),
+            trigger: TriggerInfo {
+                source: "github".into(),
+                event: "push".into(),
+                delivery_id: None,
+            },
+        };
+        store
+            .commit(vec![
+                Change::InsertRun(header(run_id, RunStatus::Queued), payload),
+                Change::PutStage(StageRecord::pending(run_id, "build", 0)),
+                want(run_id, ""),
+                want(run_id, "build"),
+            ])
+            .await
+            .unwrap();
+    }
+
+    fn want(run_id: &str, stage_id: &str) -> Change {
+        Change::Report {
+            key: key(run_id, stage_id),
+            due_at: now_millis(),
+        }
+    }
+
+    /// The run `run_id` now has `status`, reported.
+    async fn move_run(store: &Arc<dyn Store>, run_id: &str, status: RunStatus) {
+        store
+            .commit(vec![
+                Change::PutRun(header(run_id, status)),
+                want(run_id, ""),
+            ])
+            .await
+            .unwrap();
+    }
+
+    /// A reporter to the fake target, delivering from `store`, woken through the sender.
+    fn start(
+        store: &Arc<dyn Store>,
+        fake: &Arc<Fake>,
+    ) -> (broadcast::Sender<Event>, tokio::task::JoinHandle<()>) {
+        let target: Arc<dyn Target> = fake.clone();
+        let reporter = Reporter {
+            entries: HashMap::from([(
+                "fake".to_owned(),
+                Entry {
+                    target,
+                    kind: Kind::Github,
+                    needs_installation: false,
+                },
+            )]),
+            public_url: None,
+            policy: policy(),
+        };
+        let (wake, events) = broadcast::channel(16);
+        let task = tokio::spawn(Outbox::new(reporter, store.clone()).follow(events));
+        (wake, task)
+    }
+
+    fn nudge(wake: &broadcast::Sender<Event>) {
+        let _ = wake.send(Event::Run {
+            run_id: String::new(),
+            status: RunStatus::Running,
+            message: None,
+        });
+    }
+
+    async fn until(fake: &Fake, what: &str, done: impl Fn(&[(String, Phase)]) -> bool) {
+        for _ in 0..250 {
+            if done(&fake.posts()) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("{what}: not seen in 5 s; posts: {:?}", fake.posts());
+    }
+
+    async fn outbox_rows(store: &Arc<dyn Store>) -> Option<Millis> {
+        store.release_report_leases().await.unwrap();
+        store.next_report_due(0).await.unwrap()
+    }
+
+    fn post(context: &str, phase: Phase) -> (String, Phase) {
+        (context.to_owned(), phase)
+    }
+
+    #[test]
+    fn the_wait_doubles_to_its_cap_honours_retry_after_and_ends_in_a_give_up() {
+        let policy = RetryPolicy {
+            first_retry: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(4),
+            give_up_after: Duration::from_secs(20),
+            request_timeout: Duration::from_secs(30),
+        };
+        let failure = Failure::transient("HTTP 502");
+        // Failing every time from 0 s: tries at 0, 1, 3, 7, 11, 15, 19 s; the next (23 s)
+        // would pass 20 s.
+        let (mut now, mut tries, mut times) = (0, 0, vec![0]);
+        while let Some((due, first)) = next_try(&policy, tries, 0, &failure, now) {
+            assert_eq!(first, 0);
+            now = due;
+            tries += 1;
+            times.push(now / 1000);
+        }
+        assert_eq!(times, [0, 1, 3, 7, 11, 15, 19]);
+        // A server's Retry-After is honoured up to the cap, and never shortens the backoff.
+        let slow_down = Failure {
+            retry_after: Some(Duration::from_secs(3)),
+            ..failure.clone()
+        };
+        assert_eq!(next_try(&policy, 0, 0, &slow_down, 0), Some((3000, 0)));
+        assert_eq!(next_try(&policy, 2, 0, &slow_down, 0), Some((4000, 0)));
+        let much_later = Failure {
+            retry_after: Some(Duration::from_secs(3600)),
+            ..failure
+        };
+        assert_eq!(next_try(&policy, 0, 0, &much_later, 0), Some((4000, 0)));
+        // Refused requests are not tried again.
+        let refused = Failure::permanent("HTTP 422");
+        assert_eq!(next_try(&policy, 0, 0, &refused, 0), None);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_status_survives_a_restart_and_only_the_latest_is_posted_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Fake::new(Some(Failure::transient("HTTP 502")));
+        {
+            let store = open(&dir).await;
+            let (wake, task) = start(&store, &fake);
+            create(&store, "r1").await;
+            nudge(&wake);
+            until(&fake, "the first tries", |p| p.len() == 2).await;
+            // While they wait for their retry, the run moves on twice.
+            move_run(&store, "r1", RunStatus::Running).await;
+            nudge(&wake);
+            until(&fake, "the newer status, at once", |p| {
+                p.contains(&post("baton/ci", Phase::Running))
+            })
+            .await;
+            move_run(&store, "r1", RunStatus::Succeeded).await;
+            // Stopped (the engine gone), and all that waits is still in the store.
+            drop(wake);
+            task.await.unwrap();
+        }
+        let tried = fake.posts().len();
+        fake.heal();
+        let store = open(&dir).await;
+        assert!(outbox_rows(&store).await.is_some());
+        let (wake, task) = start(&store, &fake);
+        until(&fake, "the statuses after the restart", |p| {
+            p[tried..].len() == 2
+        })
+        .await;
+        let mut after: Vec<_> = fake.posts()[tried..].to_vec();
+        after.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            after,
+            [
+                post("baton/ci", Phase::Succeeded),
+                post("baton/ci/build", Phase::Pending)
+            ]
+        );
+        // Posted: the rows are gone, and nothing is posted again.
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert_eq!(fake.posts().len(), tried + 2, "{:?}", fake.posts());
+        assert_eq!(outbox_rows(&store).await, None);
+        drop(wake);
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_change_that_shows_nothing_new_is_not_posted_and_a_later_run_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir).await;
+        let fake = Fake::new(None);
+        let (wake, task) = start(&store, &fake);
+        create(&store, "r2").await;
+        nudge(&wake);
+        until(&fake, "the first statuses", |p| p.len() == 2).await;
+        // The stage is written again with the same status (a signal stored, say).
+        let mut stage = StageRecord::pending("r2", "build", 0);
+        stage.signal = Some(json!({"decision": "approved"}));
+        store
+            .commit(vec![Change::PutStage(stage), want("r2", "build")])
+            .await
+            .unwrap();
+        // An earlier run on the same commit changes too: the later run owns the contexts.
+        create(&store, "r1").await;
+        move_run(&store, "r1", RunStatus::Failed).await;
+        nudge(&wake);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(outbox_rows(&store).await, None);
+        assert_eq!(fake.posts().len(), 2, "{:?}", fake.posts());
+        // The later run's own changes still go.
+        let mut stage = StageRecord::pending("r2", "build", 0);
+        stage.status = StageStatus::Running;
+        store
+            .commit(vec![Change::PutStage(stage), want("r2", "build")])
+            .await
+            .unwrap();
+        nudge(&wake);
+        until(&fake, "the stage running", |p| {
+            p.last() == Some(&post("baton/ci/build", Phase::Running))
+        })
+        .await;
+        drop(wake);
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_refused_status_is_dropped_and_the_next_one_still_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir).await;
+        let fake = Fake::new(Some(Failure::permanent("HTTP 422: Validation Failed")));
+        let (wake, task) = start(&store, &fake);
+        create(&store, "r1").await;
+        nudge(&wake);
+        until(&fake, "the first tries", |p| p.len() == 2).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(fake.posts().len(), 2, "not retried");
+        assert_eq!(outbox_rows(&store).await, None, "given up");
+        fake.heal();
+        move_run(&store, "r1", RunStatus::Running).await;
+        nudge(&wake);
+        until(&fake, "the next status", |p| {
+            p.last() == Some(&post("baton/ci", Phase::Running))
+        })
+        .await;
+        drop(wake);
+        task.await.unwrap();
     }
 }
