@@ -163,6 +163,10 @@ impl Outbox {
                     return Instant::now() + policy.first_retry;
                 }
             };
+            if rows.is_empty() {
+                // Claimed meanwhile by someone else: look again shortly rather than at once.
+                return Instant::now() + policy.first_retry;
+            }
             self.take(rows).await;
         }
     }

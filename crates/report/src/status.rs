@@ -211,6 +211,60 @@ mod tests {
     }
 
     #[test]
+    fn the_status_of_the_run_or_one_stage() {
+        use baton_core::context::TriggerInfo;
+        use baton_store::{RunHeader, RunPayload, StageRecord};
+        let mut build = StageRecord::pending("r1", "build", 0);
+        build.status = StageStatus::Running;
+        build.attempt = 2;
+        let run = RunSnapshot {
+            header: RunHeader {
+                id: "r1".into(),
+                workflow: "ci".into(),
+                status: RunStatus::Failed,
+                cancel_requested: false,
+                message: Some("a stage failed".into()),
+                created_at: 1,
+                started_at: None,
+                finished_at: None,
+            },
+            payload: RunPayload {
+                spec: serde_json::Value::Null,
+                event: serde_json::Value::Null,
+                trigger: TriggerInfo {
+                    source: "github".into(),
+                    event: "push".into(),
+                    delivery_id: None,
+                },
+            },
+            stages: vec![StageRecord::pending("r1", "lint", 1), build],
+            attempts: Vec::new(),
+        };
+        let url = Some("https://b.example.com");
+        assert_eq!(
+            status_of(&run, "", url),
+            Some(Status {
+                context: "baton/ci".into(),
+                phase: Phase::Failed,
+                description: "failed: a stage failed".into(),
+                target_url: Some("https://b.example.com/api/v1/runs/r1".into()),
+            })
+        );
+        let build = status_of(&run, "build", None).unwrap();
+        assert_eq!(
+            (
+                build.context.as_str(),
+                build.phase,
+                build.description.as_str()
+            ),
+            ("baton/ci/build", Phase::Running, "running (attempt 2)")
+        );
+        assert_eq!(build.target_url, None);
+        assert_eq!(status_of(&run, "lint", None).unwrap().phase, Phase::Pending);
+        assert_eq!(status_of(&run, "deploy", None), None);
+    }
+
+    #[test]
     fn links_and_contexts() {
         assert_eq!(run_context("ci"), "baton/ci");
         assert_eq!(stage_context("ci", "build"), "baton/ci/build");
