@@ -24,7 +24,8 @@
 //!   which start, skip and cancel stages and end the run), `start`, `poll`, `timeout`,
 //!   and `cancel` (which also holds [`Engine::cancel_run`]);
 //! - `attempt`: writing ahead, finishing and retrying a stage attempt, shared by the steps;
-//! - requests from outside: `create` (new runs), `retry` (a stage retried by hand), `signal`
+//! - requests from outside: `create` (new runs), `deliveries` (a matching pass's runs and
+//!   delivery marks in one commit, replays), `retry` (a stage retried by hand), `signal`
 //!   (approval decisions and completion webhooks);
 //! - plumbing: `state` (the cached copy of a run and its per-run lock), `commit` (one
 //!   transaction a step, then events and dispatch of what it claimed), `events` (live
@@ -51,6 +52,7 @@ mod call;
 mod cancel;
 mod commit;
 mod create;
+mod deliveries;
 mod events;
 mod poll;
 mod report;
@@ -61,6 +63,7 @@ mod start;
 mod state;
 mod timeout;
 
+pub use deliveries::DeliveryOutcome;
 pub use events::Event;
 pub use view::RunView;
 

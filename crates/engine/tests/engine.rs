@@ -14,7 +14,7 @@ use baton_core::{
     Adapter, AdapterError, AttemptKey, ExternalRef, ExternalState, Logs, PollOutcome, PollRequest,
     RunStatus, StageDefaults, StageStatus, StartRequest, Workflow, WorkflowSpec,
 };
-use baton_engine::{Engine, EngineConfig};
+use baton_engine::{DeliveryOutcome, Engine, EngineConfig};
 use baton_store::{
     Change, DeliveryFilter, DeliveryRecord, DueReport, Intake, Millis, NewDelivery,
     PendingDelivery, RunFilter, RunHeader, RunSnapshot, SqliteStore, Store, StoreError, Task,
@@ -168,10 +168,23 @@ impl Adapter for ScriptAdapter {
 }
 
 /// A store that can be made to fail every commit, as if the process died at that instant.
+/// It keeps the changes of every commit it passed on.
 struct DyingStore {
     inner: Arc<SqliteStore>,
     dead: AtomicBool,
     commits_left: Mutex<Option<u32>>,
+    committed: Mutex<Vec<Vec<Change>>>,
+}
+
+impl DyingStore {
+    fn over(inner: Arc<SqliteStore>, commits_left: Option<u32>) -> Self {
+        Self {
+            inner,
+            dead: AtomicBool::new(false),
+            commits_left: Mutex::new(commits_left),
+            committed: Mutex::default(),
+        }
+    }
 }
 
 #[async_trait]
@@ -190,6 +203,7 @@ impl Store for DyingStore {
         if self.dead.load(Ordering::SeqCst) {
             return Err(StoreError::Closed);
         }
+        self.committed.lock().unwrap().push(changes.clone());
         self.inner.commit(changes).await
     }
     async fn claim_due(
@@ -645,11 +659,7 @@ async fn a_new_engine_finishes_a_run_interrupted_at_any_commit() {
                 .await
                 .unwrap(),
         );
-        let dying = Arc::new(DyingStore {
-            inner: sqlite.clone(),
-            dead: AtomicBool::new(false),
-            commits_left: Mutex::new(Some(deaths_after)),
-        });
+        let dying = Arc::new(DyingStore::over(sqlite.clone(), Some(deaths_after)));
         let script = ScriptAdapter::default();
         let first = engine_over(dying.clone(), &script);
         first.start().await.unwrap();
@@ -697,6 +707,104 @@ async fn a_new_engine_finishes_a_run_interrupted_at_any_commit() {
         second.shutdown(Duration::from_secs(1)).await;
     }
     panic!("a run took more than 40 commits");
+}
+
+fn delivery(id: &str) -> NewDelivery {
+    NewDelivery {
+        source: "gh".into(),
+        delivery_id: id.into(),
+        event: "push".into(),
+        headers: "{}".into(),
+        body: "{}".into(),
+        received_at: 1,
+    }
+}
+
+/// A matching pass is one commit: the runs, each delivery's outcome and the matched-through
+/// mark together, so a crash cannot keep the runs and lose the marks (or the reverse).
+#[tokio::test]
+async fn a_matching_pass_commits_its_runs_and_delivery_marks_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = Arc::new(
+        SqliteStore::open(&format!("sqlite://{}", dir.path().join("e.db").display()))
+            .await
+            .unwrap(),
+    );
+    let mut seqs = Vec::new();
+    for id in ["d1", "d2", "d3"] {
+        let Intake::Stored(seq) = sqlite.insert_delivery(delivery(id)).await.unwrap() else {
+            panic!("delivery {id} was not stored");
+        };
+        seqs.push(seq);
+    }
+    let store = Arc::new(DyingStore::over(sqlite.clone(), None));
+    let engine = engine_over(store.clone(), &ScriptAdapter::default());
+    let wf = workflow(json!({"a": {"uses": "script"}}));
+    let new_run = || baton_engine::NewRun {
+        workflow: wf.clone(),
+        event: json!({}),
+        trigger: manual(),
+    };
+    let ids = engine
+        .match_deliveries(
+            vec![new_run(), new_run()],
+            vec![
+                DeliveryOutcome {
+                    delivery: seqs[0],
+                    runs: 0..2,
+                    problem: None,
+                },
+                DeliveryOutcome {
+                    delivery: seqs[1],
+                    runs: 2..2,
+                    problem: Some("workflow `t` on[0].if: boom".into()),
+                },
+            ],
+            Some(seqs[2]),
+        )
+        .await
+        .unwrap();
+    // Read before anything else runs: the steps the commit claimed are only spawned.
+    let commits = store.committed.lock().unwrap().clone();
+    assert_eq!(commits.len(), 1, "one commit for the pass: {commits:?}");
+    let kinds = |wanted: fn(&Change) -> bool| commits[0].iter().filter(|c| wanted(c)).count();
+    assert_eq!(kinds(|c| matches!(c, Change::InsertRun(..))), 2);
+    assert_eq!(kinds(|c| matches!(c, Change::DeliveryProcessed { .. })), 2);
+    assert_eq!(
+        commits[0].last(),
+        Some(&Change::DeliveriesMatched {
+            through: seqs[2],
+            now: match &commits[0][commits[0].len() - 2] {
+                Change::DeliveryProcessed { now, .. } => *now,
+                other => panic!("expected the second delivery's mark, got {other:?}"),
+            },
+        })
+    );
+
+    assert_eq!(ids.len(), 2);
+    let started = sqlite.load_delivery(seqs[0]).await.unwrap().unwrap();
+    assert_eq!(
+        (started.status.as_str(), started.runs),
+        ("processed", ids.clone())
+    );
+    let failed = sqlite.load_delivery(seqs[1]).await.unwrap().unwrap();
+    assert_eq!(failed.status, "failed");
+    assert_eq!(
+        failed.message.as_deref(),
+        Some("workflow `t` on[0].if: boom")
+    );
+    assert!(failed.runs.is_empty());
+    assert!(sqlite.pending_deliveries(10).await.unwrap().is_empty());
+    for id in &ids {
+        assert_eq!(engine.snapshot(id).await.unwrap().header.workflow, "t");
+    }
+
+    engine.replay_delivery(seqs[1]).await.unwrap();
+    let pending = sqlite.pending_deliveries(10).await.unwrap();
+    assert_eq!(
+        pending.iter().map(|d| (d.id, d.replay)).collect::<Vec<_>>(),
+        [(seqs[1], true)]
+    );
 }
 
 async fn wait_for(mut check: impl FnMut() -> bool) {

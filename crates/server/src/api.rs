@@ -12,7 +12,7 @@ use baton_config::Role;
 use baton_core::RunStatus;
 use baton_core::context::TriggerInfo;
 use baton_engine::RunView;
-use baton_store::{Change, DeliveryFilter, RunFilter, now_millis};
+use baton_store::{DeliveryFilter, RunFilter, now_millis};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
@@ -355,11 +355,7 @@ pub async fn replay_delivery(
     if state.engine.store().load_delivery(id).await?.is_none() {
         return Err(ApiError::not_found(format!("no delivery {id}")));
     }
-    state
-        .engine
-        .store()
-        .commit(vec![Change::ReplayDelivery { seq: id }])
-        .await?;
+    state.engine.replay_delivery(id).await?;
     state.matcher.notify_one();
     tracing::info!(delivery = id, by = %caller.name, "delivery replayed");
     Ok((

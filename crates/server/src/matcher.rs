@@ -8,15 +8,16 @@
 //! Deliveries come from the store's in-memory feed in commit order, so matching does not
 //! read back what the intake just wrote; the store is read at start, after a replay, when
 //! the feed fell behind, and every few seconds as a safety net. A pass that starts nothing
-//! is recorded with one small write ([`Change::DeliveriesMatched`]), not one per delivery.
+//! is recorded with one small write (the `through` mark of
+//! [`Engine::match_deliveries`](baton_engine::Engine::match_deliveries)), not one per delivery.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use baton_core::context::TriggerInfo;
 use baton_core::expr::parse_val;
-use baton_engine::NewRun;
-use baton_store::{Change, PendingDelivery, now_millis};
+use baton_engine::{DeliveryOutcome, NewRun};
+use baton_store::PendingDelivery;
 use serde_json::Value;
 
 use crate::AppState;
@@ -112,13 +113,6 @@ async fn pass(state: &AppState, batch: &[PendingDelivery], through: &mut i64) ->
     }
 }
 
-/// What one delivery started, unless it started nothing and had no problem.
-struct Outcome {
-    id: i64,
-    runs: std::ops::Range<usize>,
-    message: Option<String>,
-}
-
 /// Matches every delivery of `batch` above `through` (and every replay); returns the new
 /// matched-through mark if it moved.
 async fn process(
@@ -139,35 +133,20 @@ async fn process(
             highest = Some(delivery.id);
         }
         if delivery.replay || first < runs.len() || !problems.is_empty() {
-            outcomes.push(Outcome {
-                id: delivery.id,
+            outcomes.push(DeliveryOutcome {
+                delivery: delivery.id,
                 runs: first..runs.len(),
-                message: (!problems.is_empty()).then(|| problems.join("; ")),
+                problem: (!problems.is_empty()).then(|| problems.join("; ")),
             });
         }
     }
     if highest.is_none() && outcomes.is_empty() {
         return Ok(None);
     }
-    let now = now_millis();
     let created = runs.len();
     state
         .engine
-        .create_runs(runs, |ids| {
-            let mut changes: Vec<Change> = outcomes
-                .into_iter()
-                .map(|o| Change::DeliveryProcessed {
-                    seq: o.id,
-                    runs: ids[o.runs].to_vec(),
-                    message: o.message,
-                    now,
-                })
-                .collect();
-            if let Some(through) = highest {
-                changes.push(Change::DeliveriesMatched { through, now });
-            }
-            changes
-        })
+        .match_deliveries(runs, outcomes, highest)
         .await?;
     tracing::debug!(
         deliveries = batch.len(),

@@ -1,0 +1,273 @@
+//! Loading the gateway config and the workflow files, with every check in one pass.
+//!
+//! [`load`] (here) reads the config file and the environment, then hands each part to its
+//! module: `sections` reads and checks the gateway config's sections, `sources` its
+//! `[sources.*]` blocks and `adapters` its `[adapters.*]` blocks; `workflows` finds, reads,
+//! compiles and checks the workflow files against what the config declares. The helpers
+//! here are shared by them.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use baton_core::{Kinds, Workflow};
+use indexmap::IndexMap;
+use serde_json::{Map, Value};
+
+use crate::check::type_name;
+use crate::diagnostic::{Diagnostic, Diagnostics, Sink, join};
+use crate::document::read_document;
+use crate::env::{self, Override};
+use crate::gateway::*;
+
+mod adapters;
+mod sections;
+mod sources;
+mod workflows;
+
+use sections::read_gateway;
+use workflows::{Context, read_workflow, workflow_paths};
+
+/// The `file` of problems with `BATON_*` variables (and of config problems when there is no
+/// config file, so every setting came from the environment).
+pub const ENVIRONMENT: &str = "(environment)";
+
+/// Everything a load produced: the checked gateway config and the compiled workflows.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The gateway config file, when one was given.
+    pub config_file: Option<PathBuf>,
+    /// The gateway config (defaults when there is no file), with overrides applied.
+    pub gateway: GatewayConfig,
+    /// The workflows: those the `workflows` globs found, in glob order, then the files given
+    /// directly; each file once.
+    pub workflows: Vec<LoadedWorkflow>,
+}
+
+/// One compiled workflow and the file it came from.
+#[derive(Debug, Clone)]
+pub struct LoadedWorkflow {
+    /// The file, as the glob found it or as it was given.
+    pub file: PathBuf,
+    /// The compiled workflow.
+    pub workflow: Workflow,
+}
+
+impl Loaded {
+    /// The workflow named `name_or_path`, or else the one loaded from that file.
+    pub fn workflow(&self, name_or_path: &str) -> Option<&LoadedWorkflow> {
+        if let Some(found) = self
+            .workflows
+            .iter()
+            .find(|w| w.workflow.name() == name_or_path)
+        {
+            return Some(found);
+        }
+        let path = Path::new(name_or_path);
+        let canonical = path.canonicalize().ok();
+        self.workflows.iter().find(|w| {
+            w.file == path || (canonical.is_some() && w.file.canonicalize().ok() == canonical)
+        })
+    }
+}
+
+/// Loads and checks the gateway config `config_file` (if any), the workflow files its
+/// `workflows` globs find, and `workflow_files`; `env` holds the environment, of which only
+/// `BATON_<TOP-LEVEL KEY>…` variables are read.
+///
+/// Without a config file the gateway config is all defaults (plus overrides), so only the
+/// built-in `exec` and `approval` adapters and the `manual` source exist.
+///
+/// On any problem, returns every problem found, never just the first.
+pub fn load(
+    config_file: Option<&Path>,
+    workflow_files: &[PathBuf],
+    kinds: &Kinds,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Loaded, Diagnostics> {
+    let mut out = Vec::new();
+    let environment = PathBuf::from(ENVIRONMENT);
+    let base_dir = match config_file {
+        Some(file) => {
+            let dir = file.parent().filter(|d| !d.as_os_str().is_empty());
+            std::path::absolute(dir.unwrap_or(Path::new(".")))
+                .unwrap_or_else(|_| PathBuf::from("."))
+        }
+        None => std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
+    };
+    let mut doc = Map::new();
+    if let Some(file) = config_file {
+        let mut sink = Sink::new(file, &mut out);
+        match read_document(file, &mut sink) {
+            None => return Err(Diagnostics(out)),
+            Some(Value::Null) => {}
+            Some(Value::Object(map)) => doc = map,
+            Some(other) => {
+                sink.err(
+                    "",
+                    format!(
+                        "expected a map of settings at the top of the file, found {}",
+                        type_name(&other)
+                    ),
+                );
+                return Err(Diagnostics(out));
+            }
+        }
+    }
+    let overrides = env::apply(&mut doc, env, &mut Sink::new(&environment, &mut out));
+
+    let config_path = config_file.map_or_else(|| environment.clone(), Path::to_path_buf);
+    let first = out.len();
+    let (gateway, declared) = read_gateway(
+        &doc,
+        base_dir,
+        kinds,
+        &mut Sink::new(&config_path, &mut out),
+    );
+    annotate_overrides(&mut out[first..], &overrides);
+
+    let files = workflow_paths(
+        &gateway,
+        workflow_files,
+        &mut Sink::new(&config_path, &mut out),
+    );
+    let context = Context {
+        kinds,
+        declared,
+        defaults: gateway.stage_defaults(),
+        has_config: config_file.is_some(),
+    };
+    let mut workflows = Vec::new();
+    let mut names: HashMap<String, PathBuf> = HashMap::new();
+    for file in files {
+        let mut sink = Sink::new(&file, &mut out);
+        let (name, workflow) = read_workflow(&file, &context, &mut sink);
+        if let Some(name) = name {
+            if let Some(earlier) = names.get(&name) {
+                sink.err(
+                    "name",
+                    format!(
+                        "workflow `{name}` is also defined in {}; names must be unique",
+                        earlier.display()
+                    ),
+                );
+            } else {
+                names.insert(name, file.clone());
+            }
+        }
+        if let Some(workflow) = workflow {
+            workflows.push(LoadedWorkflow { file, workflow });
+        }
+    }
+    if out.is_empty() {
+        Ok(Loaded {
+            config_file: config_file.map(Path::to_path_buf),
+            gateway,
+            workflows,
+        })
+    } else {
+        Err(Diagnostics(out))
+    }
+}
+
+/// Appends the variable to problems with a value an override set.
+fn annotate_overrides(diagnostics: &mut [Diagnostic], overrides: &[Override]) {
+    for d in diagnostics {
+        let by = overrides.iter().rev().find(|o| {
+            d.path == o.path
+                || d.path.starts_with(&format!("{}.", o.path))
+                || d.path.starts_with(&format!("{}[", o.path))
+        });
+        if let Some(o) = by {
+            d.message.push_str(&format!(" (set by {})", o.var));
+        }
+    }
+}
+
+/// True for names that go into URLs and references: `[a-z0-9_-]+`.
+fn valid_name(name: &str) -> bool {
+    baton_core::workflow::valid_stage_id(name)
+}
+
+/// What the config declares, broken entries included, so that workflows naming a broken
+/// entry get no second, misleading problem.
+#[derive(Debug, Default)]
+struct Declared {
+    /// Source names, with the source when it is valid.
+    sources: IndexMap<String, Option<SourceConfig>>,
+    /// Adapter instance names, with the kind when this baton knows it.
+    adapters: IndexMap<String, Option<String>>,
+}
+
+/// Returns the map in `value`, or reports that a table was expected.
+fn table<'v>(value: &'v Value, at: &str, sink: &mut Sink) -> Option<&'v Map<String, Value>> {
+    match value {
+        Value::Object(map) => Some(map),
+        other => {
+            sink.err(
+                at,
+                format!(
+                    "expected a table (a map of settings), found {}",
+                    type_name(other)
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// Splits `kind` off a `[sources.*]` or `[adapters.*]` block.
+fn kind_and_rest(
+    value: &Value,
+    at: &str,
+    expected: &str,
+    sink: &mut Sink,
+) -> Option<(String, Value)> {
+    let map = table(value, at, sink)?;
+    let kind = match map.get("kind") {
+        Some(Value::String(kind)) => kind.clone(),
+        Some(other) => {
+            sink.err(
+                join(at, "kind"),
+                format!(
+                    "expected text, one of {expected}; found {}",
+                    type_name(other)
+                ),
+            );
+            return None;
+        }
+        None => {
+            sink.err(
+                join(at, "kind"),
+                format!("missing required key `kind`: expected one of {expected}"),
+            );
+            return None;
+        }
+    };
+    let mut rest = map.clone();
+    rest.remove("kind");
+    Some((kind, Value::Object(rest)))
+}
+
+/// True for HTTP header names (RFC 9110 tokens).
+fn valid_header(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+fn check_header(name: &str, at: &str, sink: &mut Sink) {
+    if !valid_header(name) {
+        sink.err(
+            at,
+            format!("`{name}` is not an HTTP header name: use letters, digits and `-`"),
+        );
+    }
+}
+
+/// True for `http://host…` and `https://host…`.
+fn is_http_url(url: &str) -> bool {
+    url.strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/'))
+}

@@ -1,0 +1,178 @@
+//! The gateway config's sections: read, checked, and gathered into a [`GatewayConfig`].
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use baton_core::Kinds;
+use serde_json::{Map, Value};
+
+use super::adapters::read_adapter;
+use super::sources::read_source;
+use super::{Declared, is_http_url, table};
+use crate::check::{check_keys, fields_of, type_name, typed};
+use crate::diagnostic::Sink;
+use crate::gateway::*;
+
+pub(super) fn read_gateway(
+    doc: &Map<String, Value>,
+    base_dir: PathBuf,
+    kinds: &Kinds,
+    sink: &mut Sink,
+) -> (GatewayConfig, Declared) {
+    let mut config = GatewayConfig {
+        base_dir,
+        ..GatewayConfig::default()
+    };
+    let mut declared = Declared::default();
+    check_keys(doc, "", &TOP_LEVEL_KEYS, sink);
+
+    if let Some(v) = doc.get("workflows")
+        && let Some(globs) = typed::<Vec<String>>(v, "workflows", &[], sink)
+    {
+        config.workflows = globs;
+    }
+    if let Some(v) = doc.get("server")
+        && table(v, "server", sink).is_some()
+        && let Some(server) =
+            typed::<ServerConfig>(v, "server", &[("", fields_of::<ServerConfig>())], sink)
+    {
+        check_server(&server, sink);
+        config.server = server;
+    }
+    if let Some(v) = doc.get("store")
+        && table(v, "store", sink).is_some()
+        && let Some(store) =
+            typed::<StoreConfig>(v, "store", &[("", fields_of::<StoreConfig>())], sink)
+    {
+        let url = store.url.as_str();
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
+            sink.err(
+                "store.url",
+                format!("`{url}` is not a store URL: expected `sqlite://PATH` or `postgres://user@host/db`"),
+            );
+        }
+        config.store = store;
+    }
+    if let Some(v) = doc.get("api")
+        && let Some(api) = table(v, "api", sink)
+    {
+        config.api = read_api(api, sink);
+    }
+    if let Some(v) = doc.get("sources")
+        && let Some(sources) = table(v, "sources", sink)
+    {
+        for (name, v) in sources {
+            let source = read_source(name, v, sink);
+            declared.sources.insert(name.clone(), source.clone());
+            if let Some(source) = source {
+                config.sources.insert(name.clone(), source);
+            }
+        }
+    }
+    if let Some(v) = doc.get("adapters")
+        && let Some(adapters) = table(v, "adapters", sink)
+    {
+        for (name, v) in adapters {
+            let (kind, instance) = read_adapter(name, v, kinds, sink);
+            declared.adapters.insert(name.clone(), kind);
+            if let Some(instance) = instance {
+                config.adapters.insert(name.clone(), instance);
+            }
+        }
+    }
+    if let Some(v) = doc.get("engine")
+        && table(v, "engine", sink).is_some()
+        && let Some(engine) =
+            typed::<EngineConfig>(v, "engine", &[("", fields_of::<EngineConfig>())], sink)
+    {
+        check_engine(&engine, sink);
+        config.engine = engine;
+    }
+    (config, declared)
+}
+
+pub(super) fn check_server(server: &ServerConfig, sink: &mut Sink) {
+    let listen_ok = server
+        .listen
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    if !listen_ok {
+        sink.err(
+            "server.listen",
+            format!(
+                "`{}` is not an address to listen on: expected `host:port`, like `127.0.0.1:8080` or `0.0.0.0:8080`",
+                server.listen
+            ),
+        );
+    }
+    if let Some(url) = &server.public_url
+        && !is_http_url(url)
+    {
+        sink.err(
+            "server.public_url",
+            format!("`{url}` is not a URL: expected `http://host[:port][/path]` or `https://…`"),
+        );
+    }
+    if server.max_body_bytes == 0 {
+        sink.err("server.max_body_bytes", "expected at least 1 byte");
+    }
+}
+
+pub(super) fn check_engine(engine: &EngineConfig, sink: &mut Sink) {
+    if engine.default_timeout.0.is_zero() {
+        sink.err("engine.default_timeout", "a timeout must be longer than 0s");
+    }
+    if engine.poll_min.0.is_zero() {
+        sink.err("engine.poll_min", "expected a duration longer than 0s");
+    }
+    if engine.poll_max < engine.poll_min {
+        sink.err(
+            "engine.poll_max",
+            format!(
+                "`{}` is shorter than `poll_min` ({})",
+                engine.poll_max, engine.poll_min
+            ),
+        );
+    }
+    if engine.max_concurrency == 0 {
+        sink.err("engine.max_concurrency", "expected at least 1");
+    }
+}
+
+pub(super) fn read_api(api: &Map<String, Value>, sink: &mut Sink) -> ApiConfig {
+    check_keys(api, "api", fields_of::<ApiConfig>(), sink);
+    let mut config = ApiConfig::default();
+    let Some(tokens) = api.get("tokens") else {
+        return config;
+    };
+    let Value::Array(items) = tokens else {
+        sink.err(
+            "api.tokens",
+            format!(
+                "expected a list of tokens, like `[{{ name = \"ops\", token = {{ env = \"OPS_TOKEN\" }}, role = \"operator\" }}]`, found {}",
+                type_name(tokens)
+            ),
+        );
+        return config;
+    };
+    let mut names = BTreeSet::new();
+    for (i, item) in items.iter().enumerate() {
+        let at = format!("api.tokens[{i}]");
+        if table(item, &at, sink).is_none() {
+            continue;
+        }
+        if let Some(token) = typed::<ApiToken>(item, &at, &[("", fields_of::<ApiToken>())], sink) {
+            if !names.insert(token.name.clone()) {
+                sink.err(
+                    format!("{at}.name"),
+                    format!("another token is already named `{}`", token.name),
+                );
+            }
+            config.tokens.push(token);
+        }
+    }
+    config
+}
