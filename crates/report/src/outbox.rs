@@ -123,10 +123,17 @@ impl Outbox {
         }
         tracing::debug!("the engine is gone; finishing the reports under way");
         let grace = self.reporter.policy.request_timeout;
+        let mut changes = Vec::new();
         let _ = tokio::time::timeout(grace, async {
-            while self.posts.join_next().await.is_some() {}
+            while let Some(joined) = self.posts.join_next().await {
+                if let Ok(settled) = joined {
+                    changes.push(settled.change);
+                }
+            }
         })
         .await;
+        // Recorded, so a status that landed now is not posted again at the next start.
+        self.settle(changes).await;
     }
 
     /// Claims and takes every due row; answers when to look next.
@@ -465,17 +472,22 @@ mod tests {
 
     const SHA: &str = "6dcb09b5b57875f334f61aebed695e2e4193db5e";
 
-    /// Records posts; fails them with `failure` while it is set.
+    /// Records posts; fails them with `failure` while it is set; answers after `delay`.
     struct Fake {
         posts: Mutex<Vec<(String, Phase)>>,
         failure: Mutex<Option<Failure>>,
+        delay: Duration,
     }
 
     impl Fake {
         fn new(failure: Option<Failure>) -> Arc<Self> {
+            Self::slow(failure, Duration::ZERO)
+        }
+        fn slow(failure: Option<Failure>, delay: Duration) -> Arc<Self> {
             Arc::new(Self {
                 posts: Mutex::default(),
                 failure: Mutex::new(failure),
+                delay,
             })
         }
         fn posts(&self) -> Vec<(String, Phase)> {
@@ -496,6 +508,7 @@ mod tests {
                 .lock()
                 .unwrap()
                 .push((status.context.clone(), status.phase));
+            tokio::time::sleep(self.delay).await;
             match self.failure.lock().unwrap().clone() {
                 Some(failure) => Err(failure),
                 None => Ok(Posted::Done),
@@ -773,5 +786,19 @@ mod tests {
         .await;
         drop(wake);
         task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_post_that_lands_while_stopping_is_not_posted_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir).await;
+        let fake = Fake::slow(None, Duration::from_millis(300));
+        let (wake, task) = start(&store, &fake);
+        create(&store, "r1").await;
+        nudge(&wake);
+        until(&fake, "the posts under way", |p| p.len() == 2).await;
+        drop(wake);
+        task.await.unwrap();
+        assert_eq!(outbox_rows(&store).await, None, "settled before stopping");
     }
 }
