@@ -1,8 +1,9 @@
 //! baton's durable store.
 //!
 //! Everything the engine knows about a run lives here, never only in memory: the run, its
-//! stages and attempts, and the queue of due work ("tasks": advance the run, start, poll,
-//! time out or cancel a stage). The engine changes state only through [`Store::commit`],
+//! stages and attempts, the queue of due work ("tasks": advance the run, start, poll,
+//! time out or cancel a stage), and the commit statuses waiting to be reported ([`outbox`]).
+//! The engine changes state only through [`Store::commit`],
 //! which applies a batch of [`Change`]s atomically, so a process killed at any instant
 //! leaves either the whole step or none of it.
 //!
