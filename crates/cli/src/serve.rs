@@ -87,7 +87,8 @@ pub async fn serve(args: ServeArgs) -> Result<ExitCode> {
         .await
         .with_context(|| format!("listening on {listen}"))?;
     let address = listener.local_addr()?;
-    // Subscribed before the engine starts, so no early status change is missed.
+    // Subscribed before the engine starts, so its first changes wake the reporter at once
+    // (the store's outbox holds what to report either way).
     let reports = baton_report::Reporter::new(
         &loaded.gateway,
         &resolver,

@@ -8,6 +8,7 @@ use baton_store::{Change, Millis, StageRecord, Task, TaskKind, TaskSpec, now_mil
 use tokio::sync::OwnedMutexGuard;
 
 use crate::events::Event;
+use crate::report::add_reports;
 use crate::state::RunState;
 use crate::{EngineError, Inner};
 
@@ -41,9 +42,12 @@ impl Inner {
     pub(crate) async fn commit(
         self: &Arc<Self>,
         guard: &mut OwnedMutexGuard<Option<RunState>>,
-        changes: Vec<Change>,
+        mut changes: Vec<Change>,
         events: Vec<Event>,
     ) -> Result<(), EngineError> {
+        if let Some(state) = guard.as_ref() {
+            add_reports(&state.workflow, &mut changes, 0);
+        }
         let wakes_loop = changes
             .iter()
             .any(|c| matches!(c, Change::Schedule(t) if t.claim_until.is_none()));

@@ -7,6 +7,7 @@ use baton_core::{RunStatus, Workflow};
 use baton_store::{Change, RunHeader, RunPayload, StageRecord, TaskKind, now_millis};
 use serde_json::Value;
 
+use crate::report::add_reports;
 use crate::{Engine, EngineError, NewRun};
 
 impl Engine {
@@ -48,6 +49,7 @@ impl Engine {
         } in runs
         {
             let id = uuid::Uuid::now_v7().simple().to_string();
+            let from = changes.len();
             let spec = serde_json::to_value(&workflow.spec).unwrap_or(Value::Null);
             self.inner
                 .workflows
@@ -79,6 +81,7 @@ impl Engine {
                     .enumerate()
                     .map(|(i, s)| Change::PutStage(StageRecord::pending(&id, &s.id, i as u32))),
             );
+            add_reports(&workflow, &mut changes, from);
             changes.push(self.inner.task(&id, "", TaskKind::Advance, 0, now, true));
             ids.push(id);
         }

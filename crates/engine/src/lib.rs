@@ -55,6 +55,7 @@ mod create;
 mod deliveries;
 mod events;
 mod poll;
+mod report;
 mod retry;
 mod run_loop;
 mod signal;

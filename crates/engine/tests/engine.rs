@@ -16,8 +16,8 @@ use baton_core::{
 };
 use baton_engine::{DeliveryOutcome, Engine, EngineConfig};
 use baton_store::{
-    Change, DeliveryFilter, DeliveryRecord, Intake, Millis, NewDelivery, PendingDelivery,
-    RunFilter, RunHeader, RunSnapshot, SqliteStore, Store, StoreError, Task,
+    Change, DeliveryFilter, DeliveryRecord, DueReport, Intake, Millis, NewDelivery,
+    PendingDelivery, RunFilter, RunHeader, RunSnapshot, SqliteStore, Store, StoreError, Task,
 };
 use serde_json::{Map, Value, json};
 
@@ -249,6 +249,20 @@ impl Store for DyingStore {
         filter: &DeliveryFilter,
     ) -> Result<Vec<DeliveryRecord>, StoreError> {
         self.inner.list_deliveries(filter).await
+    }
+    async fn claim_reports(
+        &self,
+        now: Millis,
+        limit: u32,
+        lease_until: Millis,
+    ) -> Result<Vec<DueReport>, StoreError> {
+        self.inner.claim_reports(now, limit, lease_until).await
+    }
+    async fn next_report_due(&self, now: Millis) -> Result<Option<Millis>, StoreError> {
+        self.inner.next_report_due(now).await
+    }
+    async fn release_report_leases(&self) -> Result<(), StoreError> {
+        self.inner.release_report_leases().await
     }
 }
 
@@ -811,4 +825,45 @@ async fn wait_for_async<F: std::future::Future<Output = bool>>(mut check: impl F
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("condition not reached in 5 s");
+}
+
+/// The store's outbox rows, as (source, stage) with "" for the run, sorted.
+async fn report_rows(store: &Arc<dyn Store>) -> Vec<(String, String)> {
+    let mut rows: Vec<(String, String)> = store
+        .claim_reports(i64::MAX, 1000, i64::MAX)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.key.source, r.key.stage_id))
+        .collect();
+    rows.sort();
+    rows
+}
+
+#[tokio::test]
+async fn only_runs_of_workflows_with_report_write_to_the_outbox() {
+    let h = harness().await;
+    let store = h.engine.store().clone();
+    h.run(json!({"a": {"uses": "script"}}), json!({})).await;
+    assert_eq!(report_rows(&store).await, []);
+    let spec: WorkflowSpec = serde_json::from_value(json!({
+        "name": "reported",
+        "stages": {"a": {"uses": "script"}, "b": {"uses": "script", "needs": ["a"]}},
+        "report": ["github", "gitlab"],
+    }))
+    .unwrap();
+    let reported = Arc::new(Workflow::compile(spec, StageDefaults::default()).unwrap());
+    let id = h
+        .engine
+        .create_run(reported, json!({}), manual())
+        .await
+        .unwrap();
+    h.engine.wait(&id).await.unwrap();
+    // One row per source and context, however often each changed (nothing posts them here).
+    let contexts = ["", "a", "b"];
+    let want: Vec<(String, String)> = ["github", "gitlab"]
+        .iter()
+        .flat_map(|s| contexts.iter().map(|c| (s.to_string(), c.to_string())))
+        .collect();
+    assert_eq!(report_rows(&store).await, want);
 }

@@ -3,12 +3,13 @@
 //! (`baton/<workflow>/<stage>`), on GitHub (through octocrab, with a token or as a GitHub
 //! App) or GitLab (its commit status API), linking to the run.
 //!
-//! A [`Reporter`] follows the engine's events. For a run whose workflow has `report:`, it
-//! reads the stored run whenever the run changes and wants each context to show the run's
-//! or stage's current status; one delivery task per commit and context posts the latest
-//! wanted status, retries failures with backoff, and drops a status that a newer one
-//! replaces. Reporting never touches the run: a failure is logged (with the server's reason,
-//! never a credential) and counted in `baton_reports_total{result="ok"|"retry"|"dropped"}`.
+//! The engine records each wanted report in the store's outbox, in the same commit as the
+//! change it reports (only for runs whose workflow has `report:`), so reports survive a
+//! restart. A [`Reporter`] claims due rows, reads the run, posts the context's current status,
+//! and removes the row, or stores when to try again (backoff, `Retry-After`, give-up). A
+//! newer change of a context supersedes its waiting row, so only the latest status is posted.
+//! Reporting never touches the run: a failure is logged (with the server's reason, never a
+//! credential) and counted in `baton_reports_total{result="ok"|"retry"|"dropped"}`.
 //!
 //! See `docs/reporting.md` for setup and for exactly what is posted when.
 
@@ -21,20 +22,17 @@ mod outbox;
 mod status;
 mod target;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use baton_config::{GatewayConfig, GithubAuth, SourceConfig};
 use baton_core::{SecretRef, SecretResolver};
-use baton_engine::{Engine, Event};
-use baton_store::{RunSnapshot, Store};
-use serde_json::Value;
-use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
+use baton_engine::Engine;
+use baton_store::RunSnapshot;
 
 use crate::outbox::Outbox;
-use crate::status::statuses_of;
 use crate::target::{Commit, Target};
 
 /// How failed posts are retried.
@@ -221,25 +219,18 @@ impl Reporter {
         names
     }
 
-    /// Follows `engine`'s events until the engine is gone (every clone dropped), posting
-    /// statuses in the background; then gives requests under way a moment to finish.
+    /// Posts the statuses waiting in the store's report outbox (those left by an earlier
+    /// process first), until the engine is gone (every clone dropped); then gives requests
+    /// under way a moment to finish. What is still waiting stays in the store.
     ///
-    /// It subscribes when called, not when first polled: call it before
-    /// [`Engine::start`] (then `tokio::spawn` the future) so no run's first events are
-    /// missed. Events it misses anyway (a lagging receiver) are made up for by re-reading the
-    /// runs from the store. It holds the engine's store, not the engine.
+    /// The engine's events only wake it early: it subscribes when called, so call it before
+    /// [`Engine::start`] (then `tokio::spawn` the future). It holds the engine's store, not
+    /// the engine.
     pub fn run(self, engine: Engine) -> impl Future<Output = ()> + Send + 'static {
         let events = engine.subscribe();
         let store = engine.store().clone();
         drop(engine);
-        Follower {
-            outbox: Outbox::new(self.policy),
-            reporter: self,
-            store,
-            runs: HashMap::new(),
-            ignored: HashSet::new(),
-        }
-        .follow(events)
+        Outbox::new(self, store).follow(events)
     }
 }
 
@@ -254,180 +245,38 @@ fn header_value(text: &str) -> Result<reqwest::header::HeaderValue, String> {
         })
 }
 
-/// The state of [`Reporter::run`].
-struct Follower {
-    reporter: Reporter,
-    store: Arc<dyn Store>,
-    outbox: Outbox,
-    /// Runs being reported, with where each reports to.
-    runs: HashMap<String, Vec<(Entry, Commit)>>,
-    /// Unfinished runs known to report nowhere, so their events cost no store read.
-    ignored: HashSet<String>,
-}
-
-/// What one round of events asks for.
-#[derive(Default)]
-struct Round {
-    dirty: Vec<String>,
-    lagged: u64,
-    closed: bool,
-}
-
-impl Follower {
-    async fn follow(mut self, mut events: broadcast::Receiver<Event>) {
-        tracing::info!(sources = ?self.reporter.sources(), "reporting run status to commits");
-        let mut prune = tokio::time::interval(Duration::from_secs(30));
-        prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            let mut round = Round::default();
-            tokio::select! {
-                received = events.recv() => match received {
-                    Ok(event) => self.take(event, &mut round),
-                    Err(RecvError::Lagged(n)) => round.lagged += n,
-                    Err(RecvError::Closed) => round.closed = true,
-                },
-                _ = prune.tick() => {
-                    self.outbox.prune();
-                    continue;
-                }
-            }
-            // Everything already queued is taken in the same round: a run that changed
-            // several times is read once.
-            while !round.closed {
-                match events.try_recv() {
-                    Ok(event) => self.take(event, &mut round),
-                    Err(TryRecvError::Lagged(n)) => round.lagged += n,
-                    Err(TryRecvError::Closed) => round.closed = true,
-                    Err(TryRecvError::Empty) => break,
-                }
-            }
-            if round.lagged > 0 {
-                self.catch_up(round.lagged, &mut round.dirty).await;
-            }
-            for run_id in std::mem::take(&mut round.dirty) {
-                self.refresh(&run_id).await;
-            }
-            if round.closed {
-                break;
-            }
-        }
-        tracing::debug!("the engine is gone; finishing the reports under way");
-        self.outbox
-            .close(self.reporter.policy.request_timeout)
-            .await;
-    }
-
-    fn take(&mut self, event: Event, round: &mut Round) {
-        let (run_id, finished) = match &event {
-            Event::Stage { run_id, .. } => (run_id, false),
-            Event::Run { run_id, status, .. } => (run_id, status.is_terminal()),
-        };
-        if self.ignored.contains(run_id) {
-            if finished {
-                self.ignored.remove(run_id);
-            }
-            return;
-        }
-        if !round.dirty.contains(run_id) {
-            round.dirty.push(run_id.clone());
-        }
-    }
-
-    /// Some events were lost: every run that may have changed is read again.
-    async fn catch_up(&mut self, missed: u64, dirty: &mut Vec<String>) {
-        tracing::warn!(
-            missed,
-            "the reporter fell behind the engine's events; re-reading the runs in progress"
-        );
-        self.ignored.clear();
-        let mut all: Vec<String> = self.runs.keys().cloned().collect();
-        match self.store.unfinished_runs().await {
-            Ok(ids) => all.extend(ids),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot list the runs in progress; some statuses may be reported late")
-            }
-        }
-        for id in all {
-            if !dirty.contains(&id) {
-                dirty.push(id);
-            }
-        }
-    }
-
-    /// Reads a run and wants its current statuses on its commits.
-    async fn refresh(&mut self, run_id: &str) {
-        let run = match self.store.load_run(run_id).await {
-            Ok(Some(run)) => run,
-            Ok(None) => return,
-            Err(e) => {
-                tracing::warn!(run = run_id, error = %e, "cannot read the run to report its status; it is reported at its next change");
-                return;
-            }
-        };
-        let finished = run.header.status.is_terminal();
-        if !self.runs.contains_key(run_id) {
-            let destinations = self.destinations(&run);
-            if destinations.is_empty() {
-                if !finished {
-                    self.ignored.insert(run_id.to_owned());
-                }
-                return;
-            }
-            self.runs.insert(run_id.to_owned(), destinations);
-        }
-        let statuses = statuses_of(&run, self.reporter.public_url.as_deref());
-        for (entry, commit) in &self.runs[run_id] {
-            for status in &statuses {
-                self.outbox
-                    .put(&entry.target, commit, run_id, status.clone());
-            }
-        }
-        if finished {
-            self.runs.remove(run_id);
-        }
-    }
-
-    /// Where a run reports to: each `report:` source with credentials, and the commit its
-    /// event names there.
-    fn destinations(&self, run: &RunSnapshot) -> Vec<(Entry, Commit)> {
+impl Reporter {
+    /// Where `run` reports to `source`: the source's target and the commit the run's event
+    /// names there. `None` (and a log line saying why) when the source has no credentials
+    /// here, the event names no commit, or a GitHub App has no installation to act as.
+    fn destination(&self, run: &RunSnapshot, source: &str) -> Option<(Arc<dyn Target>, Commit)> {
         let run_id = run.header.id.as_str();
-        let mut out = Vec::new();
-        let Some(report) = run.payload.spec.get("report").and_then(Value::as_array) else {
-            return out;
+        let Some(entry) = self.entries.get(source) else {
+            tracing::warn!(run = run_id, workflow = %run.header.workflow, source,
+                "the workflow reports to a source that has no API credentials in this config; not reported there");
+            return None;
         };
-        let mut seen = HashSet::new();
-        for name in report.iter().filter_map(Value::as_str) {
-            if !seen.insert(name) {
-                continue;
-            }
-            let Some(entry) = self.reporter.entries.get(name) else {
-                tracing::warn!(run = run_id, workflow = %run.header.workflow, source = name,
-                    "the workflow reports to a source that has no API credentials in this config; not reported there");
-                continue;
-            };
-            let event = &run.payload.event;
-            let commit = match entry.kind {
-                Kind::Github => commit::github_commit(event).map(Commit::Github),
-                Kind::Gitlab => commit::gitlab_commit(event).map(Commit::Gitlab),
-            };
-            let Some(commit) = commit else {
-                tracing::debug!(run = run_id, workflow = %run.header.workflow, source = name,
-                    trigger = %run.payload.trigger.source,
-                    "the run's event names no commit; its status is not reported");
-                continue;
-            };
-            if entry.needs_installation
-                && matches!(&commit, Commit::Github(c) if c.installation.is_none())
-            {
-                tracing::warn!(run = run_id, workflow = %run.header.workflow, source = name,
-                    "the event names no GitHub App installation (`.installation.id`); set `installation_id` on the source to report this run");
-                continue;
-            }
-            tracing::debug!(run = run_id, workflow = %run.header.workflow, source = name, %commit,
-                "reporting the run's status");
-            out.push((entry.clone(), commit));
+        let event = &run.payload.event;
+        let commit = match entry.kind {
+            Kind::Github => commit::github_commit(event).map(Commit::Github),
+            Kind::Gitlab => commit::gitlab_commit(event).map(Commit::Gitlab),
+        };
+        let Some(commit) = commit else {
+            tracing::debug!(run = run_id, workflow = %run.header.workflow, source,
+                trigger = %run.payload.trigger.source,
+                "the run's event names no commit; its status is not reported");
+            return None;
+        };
+        if entry.needs_installation
+            && matches!(&commit, Commit::Github(c) if c.installation.is_none())
+        {
+            tracing::warn!(run = run_id, workflow = %run.header.workflow, source,
+                "the event names no GitHub App installation (`.installation.id`); set `installation_id` on the source to report this run");
+            return None;
         }
-        out
+        tracing::debug!(run = run_id, workflow = %run.header.workflow, source, %commit,
+            "reporting the run's status");
+        Some((entry.target.clone(), commit))
     }
 }
 

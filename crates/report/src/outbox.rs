@@ -1,18 +1,37 @@
-//! Delivery: one task per commit and context posts the latest wanted status, retrying with
-//! backoff, and drops a status that a newer one for the same context replaces.
+//! Delivery from the store's report outbox (`baton_store::outbox`).
+//!
+//! The engine writes an outbox row in the same commit as each change a report is wanted
+//! for; the row names the run, source and context, never the status. This loop claims due
+//! rows, reads the run, works out the context's status now, posts it, and settles the row:
+//! removed once posted (unless a newer change came meanwhile, which then goes next), or
+//! given its next try time, so a restarted baton picks the schedule up where it was. The
+//! engine's events only wake the loop early.
+//!
+//! In memory it keeps, per commit context, the last status the target took (a status equal
+//! to it is not posted again), the run that owns the context (an earlier run does not
+//! overwrite a later one's status), and whether a post is under way (one at a time per
+//! context, so statuses arrive in order).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use baton_engine::Event;
+use baton_store::{Change, DueReport, Millis, ReportKey, RunSnapshot, Store, now_millis};
+use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
+use tokio::task::{JoinError, JoinSet};
 use tokio::time::Instant;
 
-use crate::RetryPolicy;
-use crate::status::Status;
+use crate::status::{Status, status_of};
 use crate::target::{Commit, Failure, Posted, Target};
+use crate::{Reporter, RetryPolicy};
+
+/// Rows claimed at once.
+const BATCH: u32 = 64;
+
+/// The longest the loop sleeps without looking at the store (rows written by another
+/// process, a store that failed to answer).
+const LOOK_AGAIN: Duration = Duration::from_secs(30);
 
 /// One context on one commit of one source.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -22,218 +41,419 @@ struct Key {
     context: String,
 }
 
-/// A status to post, numbered so the outbox can tell when it was dealt with.
-#[derive(Debug, Clone)]
-struct Wanted {
-    version: u64,
-    status: Status,
-}
-
-/// The delivery task of one [`Key`] and what the outbox knows of it.
+/// What this process knows of one commit context.
+#[derive(Default)]
 struct Slot {
-    /// The run whose status this is: a run created earlier (run ids sort by creation) cannot
-    /// overwrite a later run's status on the same commit and context.
+    /// The latest-created run that reported to it (run ids sort by creation).
     owner: String,
-    version: u64,
-    tx: watch::Sender<Wanted>,
-    /// The last version the task finished with (posted, found already there, or gave up).
-    done: Arc<AtomicU64>,
-    task: JoinHandle<()>,
+    /// The last status the target took, posted or found already there.
+    taken: Option<Status>,
+    /// A post is under way.
+    busy: bool,
+    /// Rows for this context that came while it was busy, dealt with after it.
+    queued: Vec<DueReport>,
 }
 
-impl Slot {
-    /// Idle with a final status: nothing more will come for it.
-    fn finished(&self) -> bool {
-        self.task.is_finished()
-            || (self.tx.borrow().status.phase.is_terminal()
-                && self.done.load(Ordering::Acquire) == self.version)
-    }
+/// Where one run reports to one source: the target and the commit, or nowhere.
+type Destination = Option<(Arc<dyn Target>, Commit)>;
+
+/// What a post task ends with.
+struct Settled {
+    /// What to do with the row in the store.
+    change: Change,
+    /// The status, when the target took it.
+    taken: Option<Status>,
 }
 
-/// The delivery tasks, by commit and context.
+/// The delivery loop's state.
 pub(crate) struct Outbox {
+    reporter: Reporter,
+    store: Arc<dyn Store>,
     slots: HashMap<Key, Slot>,
-    policy: RetryPolicy,
+    /// Rows claimed and not settled yet.
+    held: HashSet<ReportKey>,
+    /// Where runs report to, by run and source, worked out once per run.
+    destinations: HashMap<String, HashMap<String, Destination>>,
+    posts: JoinSet<Settled>,
+    /// The context and row of each post task.
+    running: HashMap<tokio::task::Id, (Key, ReportKey)>,
 }
 
 impl Outbox {
-    pub(crate) fn new(policy: RetryPolicy) -> Self {
+    pub(crate) fn new(reporter: Reporter, store: Arc<dyn Store>) -> Self {
         Self {
+            reporter,
+            store,
             slots: HashMap::new(),
-            policy,
+            held: HashSet::new(),
+            destinations: HashMap::new(),
+            posts: JoinSet::new(),
+            running: HashMap::new(),
         }
     }
 
-    /// Wants `status` on `commit` through `target`, for run `run_id`. Does nothing when it is
-    /// the status already wanted, or when a later run owns that context on that commit.
-    pub(crate) fn put(
-        &mut self,
-        target: &Arc<dyn Target>,
-        commit: &Commit,
-        run_id: &str,
-        status: Status,
-    ) {
+    /// Delivers until `events` closes (the engine is gone), then gives posts under way up
+    /// to the request timeout. Rows still waiting stay in the store for the next start.
+    pub(crate) async fn follow(mut self, mut events: broadcast::Receiver<Event>) {
+        tracing::info!(sources = ?self.reporter.sources(), "reporting run status to commits");
+        // This process owns the store: claims left by a killed one end now.
+        if let Err(e) = self.store.release_report_leases().await {
+            tracing::warn!(error = %e, "cannot clear the outbox's old claims; their reports wait for them to end");
+        }
+        let mut prune = tokio::time::interval(LOOK_AGAIN);
+        prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let wake_at = self.deliver_due().await;
+            tokio::select! {
+                received = events.recv() => {
+                    if matches!(received, Err(RecvError::Closed)) || drain(&mut events) {
+                        break;
+                    }
+                }
+                Some(joined) = self.posts.join_next_with_id() => {
+                    let mut ended = vec![joined];
+                    while let Some(joined) = self.posts.try_join_next_with_id() {
+                        ended.push(joined);
+                    }
+                    self.settled(ended).await;
+                }
+                _ = tokio::time::sleep_until(wake_at) => {}
+                _ = prune.tick() => self.prune(),
+            }
+        }
+        tracing::debug!("the engine is gone; finishing the reports under way");
+        let grace = self.reporter.policy.request_timeout;
+        let mut changes = Vec::new();
+        let _ = tokio::time::timeout(grace, async {
+            while let Some(joined) = self.posts.join_next().await {
+                if let Ok(settled) = joined {
+                    changes.push(settled.change);
+                }
+            }
+        })
+        .await;
+        // Recorded, so a status that landed now is not posted again at the next start.
+        self.settle(changes).await;
+    }
+
+    /// Claims and takes every due row; answers when to look next.
+    async fn deliver_due(&mut self) -> Instant {
+        let policy = self.reporter.policy;
+        // A claim lasts a post and its settling; it only matters if this process dies
+        // holding it and another takes the store over without clearing claims.
+        let lease = policy.request_timeout.saturating_mul(2) + Duration::from_secs(30);
+        loop {
+            let now = now_millis();
+            let next = match self.store.next_report_due(now).await {
+                Ok(next) => next,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the report outbox; trying again");
+                    return Instant::now() + policy.first_retry;
+                }
+            };
+            match next {
+                Some(due) if due <= now => {}
+                Some(due) => {
+                    let wait = Duration::from_millis((due - now).max(0) as u64);
+                    return Instant::now() + wait.min(LOOK_AGAIN);
+                }
+                None => return Instant::now() + LOOK_AGAIN,
+            }
+            let rows = match self
+                .store
+                .claim_reports(now, BATCH, now + millis(lease))
+                .await
+            {
+                Ok(rows) => rows,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot claim reports from the outbox; trying again");
+                    return Instant::now() + policy.first_retry;
+                }
+            };
+            if rows.is_empty() {
+                // Claimed meanwhile by someone else: look again shortly rather than at once.
+                return Instant::now() + policy.first_retry;
+            }
+            self.take(rows).await;
+        }
+    }
+
+    /// Deals with claimed rows: each is posted, queued behind a post of its context, or
+    /// settled at once (nothing to post).
+    async fn take(&mut self, mut rows: Vec<DueReport>) {
+        // A row this process holds already was claimed again only because its claim ran
+        // out; the claim is renewed, the row stays where it is.
+        rows.retain(|row| self.held.insert(row.key.clone()));
+        // Later runs first: an earlier run's row for a context a later run owns is dropped
+        // rather than posted and overwritten.
+        rows.sort_by(|a, b| b.key.cmp(&a.key));
+        let mut settled = Vec::new();
+        let mut run: Option<RunSnapshot> = None;
+        for row in rows {
+            if run.as_ref().is_none_or(|r| r.header.id != row.key.run_id) {
+                run = match self.store.load_run(&row.key.run_id).await {
+                    Ok(found) => found,
+                    Err(e) => {
+                        // Left claimed: it is taken again when the claim ends.
+                        self.held.remove(&row.key);
+                        tracing::warn!(run = %row.key.run_id, error = %e, "cannot read the run to report its status; trying again later");
+                        continue;
+                    }
+                };
+            }
+            if let Some(done) = self.take_row(row, run.as_ref()) {
+                settled.push(done);
+            }
+        }
+        self.settle_now(settled).await;
+    }
+
+    /// Posts a row, or queues it; answers the row when there is nothing to post.
+    fn take_row(&mut self, row: DueReport, run: Option<&RunSnapshot>) -> Option<DueReport> {
+        let Some(run) = run else {
+            return Some(row);
+        };
+        let destination = self
+            .destinations
+            .entry(row.key.run_id.clone())
+            .or_default()
+            .entry(row.key.source.clone())
+            .or_insert_with(|| self.reporter.destination(run, &row.key.source));
+        let Some((target, commit)) = destination.clone() else {
+            return Some(row);
+        };
+        let Some(status) = status_of(run, &row.key.stage_id, self.reporter.public_url.as_deref())
+        else {
+            return Some(row);
+        };
         let key = Key {
-            source: target.name().to_owned(),
-            commit: commit.clone(),
+            source: row.key.source.clone(),
+            commit,
             context: status.context.clone(),
         };
-        if let Some(slot) = self.slots.get_mut(&key)
-            && !slot.task.is_finished()
-        {
-            if run_id < slot.owner.as_str() {
-                tracing::debug!(run = run_id, owner = %slot.owner, context = %key.context, commit = %key.commit,
-                    "a later run reports to this commit and context; not posting this run's status");
-                return;
-            }
-            if slot.owner != run_id {
-                slot.owner = run_id.to_owned();
-            }
-            if slot.tx.borrow().status == status {
-                return;
-            }
-            slot.version += 1;
-            slot.tx.send_replace(Wanted {
-                version: slot.version,
-                status,
-            });
+        let slot = self.slots.entry(key.clone()).or_default();
+        if row.key.run_id < slot.owner {
+            tracing::debug!(run = %row.key.run_id, owner = %slot.owner, context = %key.context, commit = %key.commit,
+                "a later run reports to this commit and context; not posting this run's status");
+            return Some(row);
+        }
+        if slot.owner != row.key.run_id {
+            slot.owner = row.key.run_id.clone();
+        }
+        if slot.busy {
+            slot.queued.push(row);
+            return None;
+        }
+        if !target.needs_post(slot.taken.as_ref(), &status) {
+            return Some(row);
+        }
+        slot.busy = true;
+        let row_key = row.key.clone();
+        let task = self
+            .posts
+            .spawn(post(target, key.clone(), status, row, self.reporter.policy));
+        self.running.insert(task.id(), (key, row_key));
+        None
+    }
+
+    /// Removes rows there is nothing to post for (unless a newer change came for them).
+    async fn settle_now(&mut self, rows: Vec<DueReport>) {
+        let changes = rows
+            .into_iter()
+            .map(|row| Change::ReportDone {
+                key: row.key,
+                version: row.version,
+            })
+            .collect();
+        self.settle(changes).await;
+    }
+
+    /// Writes what became of held rows, then lets go of them. Only then: a row a settle
+    /// releases (superseded while it was posted) may be claimed again at once, and must not
+    /// be taken for one this process still holds.
+    async fn settle(&mut self, changes: Vec<Change>) {
+        if changes.is_empty() {
             return;
         }
-        let (tx, rx) = watch::channel(Wanted { version: 1, status });
-        let done = Arc::new(AtomicU64::new(0));
-        let task = tokio::spawn(deliver(
-            target.clone(),
-            commit.clone(),
-            rx,
-            done.clone(),
-            self.policy,
-        ));
-        self.slots.insert(
-            key,
-            Slot {
-                owner: run_id.to_owned(),
-                version: 1,
-                tx,
-                done,
-                task,
-            },
-        );
+        let keys: Vec<ReportKey> = changes
+            .iter()
+            .filter_map(|change| match change {
+                Change::ReportDone { key, .. } | Change::ReportRetry { key, .. } => {
+                    Some(key.clone())
+                }
+                _ => None,
+            })
+            .collect();
+        if let Err(e) = self.store.commit(changes).await {
+            tracing::warn!(error = %e, "cannot settle reports in the outbox; they are looked at again when their claims end");
+        }
+        for key in keys {
+            self.held.remove(&key);
+        }
     }
 
-    /// Ends the tasks that have delivered a final status and have nothing more to do.
-    pub(crate) fn prune(&mut self) {
+    /// Posts ended: their rows are settled, and their contexts are free for the rows that
+    /// queued behind them.
+    async fn settled(&mut self, ended: Vec<Result<(tokio::task::Id, Settled), JoinError>>) {
+        let mut changes = Vec::with_capacity(ended.len());
+        let mut queued = Vec::new();
+        for joined in ended {
+            let (id, settled) = match joined {
+                Ok((id, settled)) => (id, Some(settled)),
+                Err(e) => {
+                    tracing::error!(error = %e, "a commit status post failed to finish; its report is taken again when its claim ends");
+                    (e.id(), None)
+                }
+            };
+            let Some((key, row)) = self.running.remove(&id) else {
+                continue;
+            };
+            let taken = match settled {
+                Some(settled) => {
+                    changes.push(settled.change);
+                    settled.taken
+                }
+                None => {
+                    self.held.remove(&row);
+                    None
+                }
+            };
+            if let Some(slot) = self.slots.get_mut(&key) {
+                slot.busy = false;
+                if taken.is_some() {
+                    slot.taken = taken;
+                }
+                queued.append(&mut slot.queued);
+            }
+        }
+        self.settle(changes).await;
+        for row in &queued {
+            self.held.remove(&row.key);
+        }
+        // Read again: the run may have changed while they waited.
+        self.take(queued).await;
+    }
+
+    /// Forgets contexts that are idle with a final status, and runs with no row held.
+    fn prune(&mut self) {
         self.slots.retain(|_, slot| {
-            let keep = !slot.finished();
-            if !keep {
-                slot.task.abort();
-            }
-            keep
+            slot.busy
+                || !slot.queued.is_empty()
+                || !slot.taken.as_ref().is_some_and(|s| s.phase.is_terminal())
         });
+        let held: HashSet<&str> = self.held.iter().map(|k| k.run_id.as_str()).collect();
+        self.destinations
+            .retain(|run_id, _| held.contains(run_id.as_str()));
     }
+}
 
-    /// How many commit contexts have a task.
-    #[cfg(test)]
-    pub(crate) fn len(&self) -> usize {
-        self.slots.len()
-    }
-
-    /// Stops taking statuses and gives requests under way up to `grace` to finish; statuses
-    /// waiting for a retry are dropped.
-    pub(crate) async fn close(self, grace: Duration) {
-        let deadline = Instant::now() + grace;
-        let tasks: Vec<JoinHandle<()>> = self.slots.into_values().map(|s| s.task).collect();
-        for mut task in tasks {
-            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
-                task.abort();
-            }
+/// Takes every event already queued; true when the sender is gone.
+fn drain(events: &mut broadcast::Receiver<Event>) -> bool {
+    loop {
+        match events.try_recv() {
+            Ok(_) | Err(TryRecvError::Lagged(_)) => {}
+            Err(TryRecvError::Empty) => return false,
+            Err(TryRecvError::Closed) => return true,
         }
     }
 }
 
-/// Posts the latest status wanted for one commit context until the outbox lets go of it.
-async fn deliver(
+fn millis(d: Duration) -> Millis {
+    d.as_millis().min(i64::MAX as u128) as Millis
+}
+
+/// When to try a failed post again: `(due_at, first_try_at)`, or `None` to give up.
+///
+/// The wait doubles from `first_retry` with each failed try of the row (`tries` before this
+/// one), up to `max_backoff`; a longer wait the server asked for is honoured up to that cap.
+/// A status not posted `give_up_after` its first try is given up.
+pub(crate) fn next_try(
+    policy: &RetryPolicy,
+    tries: u32,
+    first_try_at: Millis,
+    failure: &Failure,
+    now: Millis,
+) -> Option<(Millis, Millis)> {
+    if !failure.retry {
+        return None;
+    }
+    let backoff = policy
+        .first_retry
+        .saturating_mul(2u32.saturating_pow(tries))
+        .min(policy.max_backoff);
+    let wait = failure
+        .retry_after
+        .unwrap_or_default()
+        .max(backoff)
+        .min(policy.max_backoff);
+    let elapsed = Duration::from_millis((now - first_try_at).max(0) as u64);
+    if elapsed + wait > policy.give_up_after {
+        return None;
+    }
+    Some((now + millis(wait), first_try_at))
+}
+
+/// Posts one row's status; answers what becomes of the row.
+async fn post(
     target: Arc<dyn Target>,
-    commit: Commit,
-    mut rx: watch::Receiver<Wanted>,
-    done: Arc<AtomicU64>,
+    key: Key,
+    status: Status,
+    row: DueReport,
     policy: RetryPolicy,
-) {
-    let source = target.name().to_owned();
-    let mut posted: Option<Status> = None;
-    'wanted: loop {
-        let wanted = rx.borrow_and_update().clone();
-        let status = &wanted.status;
-        if target.needs_post(posted.as_ref(), status) {
-            let started = Instant::now();
-            let mut backoff = policy.first_retry;
-            let mut attempt = 1u32;
-            loop {
-                let outcome = match tokio::time::timeout(
-                    policy.request_timeout,
-                    target.post(&commit, status),
-                )
-                .await
-                {
-                    Ok(outcome) => outcome,
-                    Err(_) => Err(Failure::transient(format!(
-                        "no answer within {}s",
-                        policy.request_timeout.as_secs_f32()
-                    ))),
-                };
-                match outcome {
-                    Ok(posted_as) => {
-                        metrics::counter!("baton_reports_total", "result" => "ok").increment(1);
-                        match posted_as {
-                            Posted::Done => {
-                                tracing::debug!(%source, %commit, context = %status.context,
-                                state = ?status.phase, "commit status posted")
-                            }
-                            Posted::AlreadyThere(why) => {
-                                tracing::debug!(%source, %commit, context = %status.context,
-                                state = ?status.phase, %why, "commit status already there")
-                            }
-                        }
-                        posted = Some(status.clone());
-                        break;
-                    }
-                    Err(failure) => {
-                        let wait = failure
-                            .retry_after
-                            .unwrap_or_default()
-                            .max(backoff)
-                            .min(policy.max_backoff);
-                        if !failure.retry || started.elapsed() + wait > policy.give_up_after {
-                            metrics::counter!("baton_reports_total", "result" => "dropped")
-                                .increment(1);
-                            tracing::warn!(%source, %commit, context = %status.context, attempt,
-                                reason = %failure.reason,
-                                "could not report a commit status; giving up on it (the run is not affected)");
-                            break;
-                        }
-                        metrics::counter!("baton_reports_total", "result" => "retry").increment(1);
-                        tracing::warn!(%source, %commit, context = %status.context, attempt,
-                            reason = %failure.reason, retry_in = ?wait,
-                            "could not report a commit status; will try again");
-                        tokio::select! {
-                            _ = tokio::time::sleep(wait) => {}
-                            changed = rx.changed() => {
-                                if changed.is_err() {
-                                    return; // the reporter stopped
-                                }
-                                continue 'wanted; // a newer status replaces this one
-                            }
-                        }
-                        backoff = backoff.saturating_mul(2).min(policy.max_backoff);
-                        attempt += 1;
-                    }
+) -> Settled {
+    let (source, commit, context) = (target.name(), &key.commit, &key.context);
+    let started = now_millis();
+    let outcome =
+        match tokio::time::timeout(policy.request_timeout, target.post(commit, &status)).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(Failure::transient(format!(
+                "no answer within {}s",
+                policy.request_timeout.as_secs_f32()
+            ))),
+        };
+    let attempt = row.tries + 1;
+    let done = Change::ReportDone {
+        key: row.key.clone(),
+        version: row.version,
+    };
+    let (change, taken) = match outcome {
+        Ok(posted_as) => {
+            metrics::counter!("baton_reports_total", "result" => "ok").increment(1);
+            match posted_as {
+                Posted::Done => tracing::debug!(%source, %commit, %context,
+                    state = ?status.phase, "commit status posted"),
+                Posted::AlreadyThere(why) => tracing::debug!(%source, %commit, %context,
+                    state = ?status.phase, %why, "commit status already there"),
+            }
+            (done, Some(status))
+        }
+        Err(failure) => {
+            let first_try_at = row.first_try_at.unwrap_or(started);
+            match next_try(&policy, row.tries, first_try_at, &failure, now_millis()) {
+                Some((due_at, first_try_at)) => {
+                    metrics::counter!("baton_reports_total", "result" => "retry").increment(1);
+                    tracing::warn!(%source, %commit, %context, attempt, reason = %failure.reason,
+                        retry_in = ?Duration::from_millis((due_at - now_millis()).max(0) as u64),
+                        "could not report a commit status; will try again");
+                    let retry = Change::ReportRetry {
+                        key: row.key.clone(),
+                        version: row.version,
+                        due_at,
+                        tries: attempt,
+                        first_try_at,
+                    };
+                    (retry, None)
+                }
+                None => {
+                    metrics::counter!("baton_reports_total", "result" => "dropped").increment(1);
+                    tracing::warn!(%source, %commit, %context, attempt, reason = %failure.reason,
+                        "could not report a commit status; giving up on it (the run is not affected)");
+                    (done, None)
                 }
             }
         }
-        done.store(wanted.version, Ordering::Release);
-        if rx.changed().await.is_err() {
-            return;
-        }
-    }
+    };
+    Settled { change, taken }
 }
 
 #[cfg(test)]
@@ -241,28 +461,40 @@ mod tests {
     use std::sync::Mutex;
 
     use async_trait::async_trait;
+    use baton_core::context::TriggerInfo;
+    use baton_core::{RunStatus, StageStatus};
+    use baton_store::{RunHeader, RunPayload, SqliteStore, StageRecord};
+    use serde_json::json;
 
     use super::*;
-    use crate::commit::GithubCommit;
     use crate::status::Phase;
+    use crate::{Entry, Kind};
 
-    /// Records posts; fails the first `failures` of them with `failure`.
+    const SHA: &str = "6dcb09b5b57875f334f61aebed695e2e4193db5e";
+
+    /// Records posts; fails them with `failure` while it is set; answers after `delay`.
     struct Fake {
         posts: Mutex<Vec<(String, Phase)>>,
-        failures: Mutex<u32>,
-        failure: Failure,
+        failure: Mutex<Option<Failure>>,
+        delay: Duration,
     }
 
     impl Fake {
-        fn new(failures: u32, failure: Failure) -> Arc<Self> {
+        fn new(failure: Option<Failure>) -> Arc<Self> {
+            Self::slow(failure, Duration::ZERO)
+        }
+        fn slow(failure: Option<Failure>, delay: Duration) -> Arc<Self> {
             Arc::new(Self {
                 posts: Mutex::default(),
-                failures: Mutex::new(failures),
-                failure,
+                failure: Mutex::new(failure),
+                delay,
             })
         }
         fn posts(&self) -> Vec<(String, Phase)> {
             self.posts.lock().unwrap().clone()
+        }
+        fn heal(&self) {
+            *self.failure.lock().unwrap() = None;
         }
     }
 
@@ -276,193 +508,297 @@ mod tests {
                 .lock()
                 .unwrap()
                 .push((status.context.clone(), status.phase));
-            let mut failures = self.failures.lock().unwrap();
-            if *failures > 0 {
-                *failures -= 1;
-                return Err(self.failure.clone());
+            tokio::time::sleep(self.delay).await;
+            match self.failure.lock().unwrap().clone() {
+                Some(failure) => Err(failure),
+                None => Ok(Posted::Done),
             }
-            Ok(Posted::Done)
-        }
-    }
-
-    fn commit() -> Commit {
-        Commit::Github(GithubCommit {
-            owner: "o".into(),
-            repo: "r".into(),
-            sha: "a".repeat(40),
-            installation: None,
-        })
-    }
-
-    fn status(context: &str, phase: Phase) -> Status {
-        Status {
-            context: context.into(),
-            phase,
-            description: format!("{phase:?}"),
-            target_url: None,
         }
     }
 
     fn policy() -> RetryPolicy {
         RetryPolicy {
-            first_retry: Duration::from_secs(1),
-            max_backoff: Duration::from_secs(300),
-            give_up_after: Duration::from_secs(1800),
-            request_timeout: Duration::from_secs(30),
+            first_retry: Duration::from_millis(300),
+            max_backoff: Duration::from_secs(5),
+            give_up_after: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(5),
         }
     }
 
-    async fn settle() {
-        for _ in 0..20 {
-            tokio::task::yield_now().await;
+    async fn open(dir: &tempfile::TempDir) -> Arc<dyn Store> {
+        let url = format!("sqlite://{}", dir.path().join("runs.db").display());
+        Arc::new(SqliteStore::open(&url).await.unwrap())
+    }
+
+    fn header(id: &str, status: RunStatus) -> RunHeader {
+        RunHeader {
+            id: id.into(),
+            workflow: "ci".into(),
+            status,
+            cancel_requested: false,
+            message: None,
+            created_at: 1,
+            started_at: None,
+            finished_at: None,
         }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn retries_with_backoff_and_only_the_latest_status_counts() {
-        let fake = Fake::new(3, Failure::transient("HTTP 502"));
-        let target: Arc<dyn Target> = fake.clone();
-        let mut outbox = Outbox::new(policy());
-        outbox.put(&target, &commit(), "r1", status("baton/w", Phase::Pending));
-        settle().await;
-        assert_eq!(fake.posts(), [("baton/w".into(), Phase::Pending)]);
-        // While the first post waits for its retry, the run moves on twice: only the last
-        // status is posted, at once, and the pending one is never tried again.
-        outbox.put(&target, &commit(), "r1", status("baton/w", Phase::Running));
-        settle().await;
-        outbox.put(
-            &target,
-            &commit(),
-            "r1",
-            status("baton/w", Phase::Succeeded),
-        );
-        settle().await;
-        assert_eq!(fake.posts().len(), 3, "{:?}", fake.posts());
-        // Its post failed too: the retry comes 1 s later (the backoff starts again for each
-        // new status).
-        tokio::time::sleep(Duration::from_millis(900)).await;
-        assert_eq!(fake.posts().len(), 3);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        settle().await;
-        let posts = fake.posts();
-        assert_eq!(posts.len(), 4, "{posts:?}");
-        assert_eq!(posts[3], ("baton/w".into(), Phase::Succeeded));
-        // Delivered and final: the task goes away.
-        outbox.prune();
-        assert_eq!(outbox.len(), 0);
+    fn key(run_id: &str, stage_id: &str) -> ReportKey {
+        ReportKey {
+            run_id: run_id.into(),
+            source: "fake".into(),
+            stage_id: stage_id.into(),
+        }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn backoff_doubles_up_to_the_cap_then_gives_up() {
-        let fake = Fake::new(u32::MAX, Failure::transient("HTTP 500"));
+    /// A run reporting to `fake`, pushed to the same commit as every other, with its run and
+    /// `build` rows wanted, as the engine writes them.
+    async fn create(store: &Arc<dyn Store>, run_id: &str) {
+        let payload = RunPayload {
+            spec: json!({"name": "ci", "stages": {"build": {"uses": "x"}}, "report": ["fake"]}),
+            event: json!({"after": SHA, "repository": {"full_name": "octo/hello"}}),
+            trigger: TriggerInfo {
+                source: "github".into(),
+                event: "push".into(),
+                delivery_id: None,
+            },
+        };
+        store
+            .commit(vec![
+                Change::InsertRun(header(run_id, RunStatus::Queued), payload),
+                Change::PutStage(StageRecord::pending(run_id, "build", 0)),
+                want(run_id, ""),
+                want(run_id, "build"),
+            ])
+            .await
+            .unwrap();
+    }
+
+    fn want(run_id: &str, stage_id: &str) -> Change {
+        Change::Report {
+            key: key(run_id, stage_id),
+            due_at: now_millis(),
+        }
+    }
+
+    /// The run `run_id` now has `status`, reported.
+    async fn move_run(store: &Arc<dyn Store>, run_id: &str, status: RunStatus) {
+        store
+            .commit(vec![
+                Change::PutRun(header(run_id, status)),
+                want(run_id, ""),
+            ])
+            .await
+            .unwrap();
+    }
+
+    /// A reporter to the fake target, delivering from `store`, woken through the sender.
+    fn start(
+        store: &Arc<dyn Store>,
+        fake: &Arc<Fake>,
+    ) -> (broadcast::Sender<Event>, tokio::task::JoinHandle<()>) {
         let target: Arc<dyn Target> = fake.clone();
-        let mut outbox = Outbox::new(RetryPolicy {
+        let reporter = Reporter {
+            entries: HashMap::from([(
+                "fake".to_owned(),
+                Entry {
+                    target,
+                    kind: Kind::Github,
+                    needs_installation: false,
+                },
+            )]),
+            public_url: None,
+            policy: policy(),
+        };
+        let (wake, events) = broadcast::channel(16);
+        let task = tokio::spawn(Outbox::new(reporter, store.clone()).follow(events));
+        (wake, task)
+    }
+
+    fn nudge(wake: &broadcast::Sender<Event>) {
+        let _ = wake.send(Event::Run {
+            run_id: String::new(),
+            status: RunStatus::Running,
+            message: None,
+        });
+    }
+
+    async fn until(fake: &Fake, what: &str, done: impl Fn(&[(String, Phase)]) -> bool) {
+        for _ in 0..250 {
+            if done(&fake.posts()) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("{what}: not seen in 5 s; posts: {:?}", fake.posts());
+    }
+
+    async fn outbox_rows(store: &Arc<dyn Store>) -> Option<Millis> {
+        store.release_report_leases().await.unwrap();
+        store.next_report_due(0).await.unwrap()
+    }
+
+    fn post(context: &str, phase: Phase) -> (String, Phase) {
+        (context.to_owned(), phase)
+    }
+
+    #[test]
+    fn the_wait_doubles_to_its_cap_honours_retry_after_and_ends_in_a_give_up() {
+        let policy = RetryPolicy {
             first_retry: Duration::from_secs(1),
             max_backoff: Duration::from_secs(4),
             give_up_after: Duration::from_secs(20),
             request_timeout: Duration::from_secs(30),
-        });
-        outbox.put(&target, &commit(), "r1", status("baton/w", Phase::Failed));
-        let start = Instant::now();
-        let mut times = Vec::new();
-        let mut seen = 0;
-        while start.elapsed() < Duration::from_secs(60) {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            let n = fake.posts().len();
-            if n > seen {
-                times.push(start.elapsed().as_secs());
-                seen = n;
-            }
+        };
+        let failure = Failure::transient("HTTP 502");
+        // Failing every time from 0 s: tries at 0, 1, 3, 7, 11, 15, 19 s; the next (23 s)
+        // would pass 20 s.
+        let (mut now, mut tries, mut times) = (0, 0, vec![0]);
+        while let Some((due, first)) = next_try(&policy, tries, 0, &failure, now) {
+            assert_eq!(first, 0);
+            now = due;
+            tries += 1;
+            times.push(now / 1000);
         }
-        // Tries at 0, 1, 3, 7, 11, 15, 19 s; the next (23 s) would pass 20 s.
         assert_eq!(times, [0, 1, 3, 7, 11, 15, 19]);
-        outbox.prune();
-        assert_eq!(
-            outbox.len(),
-            0,
-            "gave up on a final status: nothing left to do"
-        );
+        // A server's Retry-After is honoured up to the cap, and never shortens the backoff.
+        let slow_down = Failure {
+            retry_after: Some(Duration::from_secs(3)),
+            ..failure.clone()
+        };
+        assert_eq!(next_try(&policy, 0, 0, &slow_down, 0), Some((3000, 0)));
+        assert_eq!(next_try(&policy, 2, 0, &slow_down, 0), Some((4000, 0)));
+        let much_later = Failure {
+            retry_after: Some(Duration::from_secs(3600)),
+            ..failure
+        };
+        assert_eq!(next_try(&policy, 0, 0, &much_later, 0), Some((4000, 0)));
+        // Refused requests are not tried again.
+        let refused = Failure::permanent("HTTP 422");
+        assert_eq!(next_try(&policy, 0, 0, &refused, 0), None);
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn permanent_failures_are_not_retried_and_later_statuses_still_go() {
-        let fake = Fake::new(1, Failure::permanent("HTTP 422: Validation Failed"));
-        let target: Arc<dyn Target> = fake.clone();
-        let mut outbox = Outbox::new(policy());
-        outbox.put(&target, &commit(), "r1", status("baton/w", Phase::Running));
-        tokio::time::sleep(Duration::from_secs(10)).await;
-        assert_eq!(fake.posts().len(), 1);
-        outbox.put(
-            &target,
-            &commit(),
-            "r1",
-            status("baton/w", Phase::Succeeded),
-        );
-        settle().await;
-        assert_eq!(fake.posts().len(), 2);
-        // The same status again is not posted again.
-        outbox.put(
-            &target,
-            &commit(),
-            "r1",
-            status("baton/w", Phase::Succeeded),
-        );
-        settle().await;
-        assert_eq!(fake.posts().len(), 2);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn an_earlier_run_does_not_overwrite_a_later_one() {
-        let fake = Fake::new(0, Failure::transient("x"));
-        let target: Arc<dyn Target> = fake.clone();
-        let mut outbox = Outbox::new(policy());
-        outbox.put(
-            &target,
-            &commit(),
-            "0002",
-            status("baton/w", Phase::Running),
-        );
-        settle().await;
-        outbox.put(&target, &commit(), "0001", status("baton/w", Phase::Failed));
-        settle().await;
-        outbox.put(
-            &target,
-            &commit(),
-            "0002",
-            status("baton/w", Phase::Succeeded),
-        );
-        settle().await;
+    #[tokio::test]
+    async fn a_waiting_status_survives_a_restart_and_only_the_latest_is_posted_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Fake::new(Some(Failure::transient("HTTP 502")));
+        {
+            let store = open(&dir).await;
+            let (wake, task) = start(&store, &fake);
+            create(&store, "r1").await;
+            nudge(&wake);
+            until(&fake, "the first tries", |p| p.len() == 2).await;
+            // While they wait for their retry, the run moves on twice.
+            move_run(&store, "r1", RunStatus::Running).await;
+            nudge(&wake);
+            until(&fake, "the newer status, at once", |p| {
+                p.contains(&post("baton/ci", Phase::Running))
+            })
+            .await;
+            move_run(&store, "r1", RunStatus::Succeeded).await;
+            // Stopped (the engine gone), and all that waits is still in the store.
+            drop(wake);
+            task.await.unwrap();
+        }
+        let tried = fake.posts().len();
+        fake.heal();
+        let store = open(&dir).await;
+        assert!(outbox_rows(&store).await.is_some());
+        let (wake, task) = start(&store, &fake);
+        until(&fake, "the statuses after the restart", |p| {
+            p[tried..].len() == 2
+        })
+        .await;
+        let mut after: Vec<_> = fake.posts()[tried..].to_vec();
+        after.sort_by(|a, b| a.0.cmp(&b.0));
         assert_eq!(
-            fake.posts(),
+            after,
             [
-                ("baton/w".into(), Phase::Running),
-                ("baton/w".into(), Phase::Succeeded)
+                post("baton/ci", Phase::Succeeded),
+                post("baton/ci/build", Phase::Pending)
             ]
         );
-        // Contexts are independent.
-        outbox.put(
-            &target,
-            &commit(),
-            "0001",
-            status("baton/w/a", Phase::Failed),
-        );
-        settle().await;
-        assert_eq!(fake.posts().len(), 3);
+        // Posted: the rows are gone, and nothing is posted again.
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert_eq!(fake.posts().len(), tried + 2, "{:?}", fake.posts());
+        assert_eq!(outbox_rows(&store).await, None);
+        drop(wake);
+        task.await.unwrap();
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn close_drops_statuses_waiting_for_a_retry() {
-        let fake = Fake::new(u32::MAX, Failure::transient("HTTP 503"));
-        let target: Arc<dyn Target> = fake.clone();
-        let mut outbox = Outbox::new(policy());
-        outbox.put(&target, &commit(), "r1", status("baton/w", Phase::Running));
-        settle().await;
-        tokio::time::timeout(
-            Duration::from_secs(1),
-            outbox.close(Duration::from_secs(30)),
-        )
-        .await
-        .expect("close does not wait for retries");
-        assert_eq!(fake.posts().len(), 1);
+    #[tokio::test]
+    async fn a_change_that_shows_nothing_new_is_not_posted_and_a_later_run_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir).await;
+        let fake = Fake::new(None);
+        let (wake, task) = start(&store, &fake);
+        create(&store, "r2").await;
+        nudge(&wake);
+        until(&fake, "the first statuses", |p| p.len() == 2).await;
+        // The stage is written again with the same status (a signal stored, say).
+        let mut stage = StageRecord::pending("r2", "build", 0);
+        stage.signal = Some(json!({"decision": "approved"}));
+        store
+            .commit(vec![Change::PutStage(stage), want("r2", "build")])
+            .await
+            .unwrap();
+        // An earlier run on the same commit changes too: the later run owns the contexts.
+        create(&store, "r1").await;
+        move_run(&store, "r1", RunStatus::Failed).await;
+        nudge(&wake);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(outbox_rows(&store).await, None);
+        assert_eq!(fake.posts().len(), 2, "{:?}", fake.posts());
+        // The later run's own changes still go.
+        let mut stage = StageRecord::pending("r2", "build", 0);
+        stage.status = StageStatus::Running;
+        store
+            .commit(vec![Change::PutStage(stage), want("r2", "build")])
+            .await
+            .unwrap();
+        nudge(&wake);
+        until(&fake, "the stage running", |p| {
+            p.last() == Some(&post("baton/ci/build", Phase::Running))
+        })
+        .await;
+        drop(wake);
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_refused_status_is_dropped_and_the_next_one_still_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir).await;
+        let fake = Fake::new(Some(Failure::permanent("HTTP 422: Validation Failed")));
+        let (wake, task) = start(&store, &fake);
+        create(&store, "r1").await;
+        nudge(&wake);
+        until(&fake, "the first tries", |p| p.len() == 2).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(fake.posts().len(), 2, "not retried");
+        assert_eq!(outbox_rows(&store).await, None, "given up");
+        fake.heal();
+        move_run(&store, "r1", RunStatus::Running).await;
+        nudge(&wake);
+        until(&fake, "the next status", |p| {
+            p.last() == Some(&post("baton/ci", Phase::Running))
+        })
+        .await;
+        drop(wake);
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_post_that_lands_while_stopping_is_not_posted_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir).await;
+        let fake = Fake::slow(None, Duration::from_millis(300));
+        let (wake, task) = start(&store, &fake);
+        create(&store, "r1").await;
+        nudge(&wake);
+        until(&fake, "the posts under way", |p| p.len() == 2).await;
+        drop(wake);
+        task.await.unwrap();
+        assert_eq!(outbox_rows(&store).await, None, "settled before stopping");
     }
 }

@@ -114,30 +114,34 @@ pub fn run_url(public_url: Option<&str>, run_id: &str) -> Option<String> {
     public_url.map(|base| format!("{}/api/v1/runs/{run_id}", base.trim_end_matches('/')))
 }
 
-/// The statuses of a stored run: the run's own first, then each stage's in workflow order.
-pub fn statuses_of(run: &RunSnapshot, public_url: Option<&str>) -> Vec<Status> {
+/// The status of one context of a stored run: the run's own when `stage_id` is empty, else
+/// that stage's. `None` for a stage the run does not have.
+pub fn status_of(run: &RunSnapshot, stage_id: &str, public_url: Option<&str>) -> Option<Status> {
     let workflow = &run.header.workflow;
-    let target_url = run_url(public_url, &run.header.id);
-    let mut out = Vec::with_capacity(run.stages.len() + 1);
-    out.push(Status {
-        context: run_context(workflow),
-        phase: run.header.status.into(),
-        description: describe(run.header.status.as_str(), run.header.message.as_deref(), 0),
-        target_url: target_url.clone(),
-    });
-    for stage in &run.stages {
-        out.push(Status {
-            context: stage_context(workflow, &stage.stage_id),
-            phase: stage.status.into(),
-            description: describe(
+    let (context, phase, description) = if stage_id.is_empty() {
+        (
+            run_context(workflow),
+            run.header.status.into(),
+            describe(run.header.status.as_str(), run.header.message.as_deref(), 0),
+        )
+    } else {
+        let stage = run.stages.iter().find(|s| s.stage_id == stage_id)?;
+        (
+            stage_context(workflow, stage_id),
+            stage.status.into(),
+            describe(
                 stage.status.as_str(),
                 stage.message.as_deref(),
                 stage.attempt,
             ),
-            target_url: target_url.clone(),
-        });
-    }
-    out
+        )
+    };
+    Some(Status {
+        context,
+        phase,
+        description,
+        target_url: run_url(public_url, &run.header.id),
+    })
 }
 
 /// `running`, `running (attempt 2)`, `failed: exit code 2`: the status word, the attempt
@@ -204,6 +208,60 @@ mod tests {
         assert!(long.ends_with('…') && long.starts_with("failed: éé"));
         assert_eq!(truncate("abc", 3), "abc");
         assert_eq!(truncate("abcd", 3), "ab…");
+    }
+
+    #[test]
+    fn the_status_of_the_run_or_one_stage() {
+        use baton_core::context::TriggerInfo;
+        use baton_store::{RunHeader, RunPayload, StageRecord};
+        let mut build = StageRecord::pending("r1", "build", 0);
+        build.status = StageStatus::Running;
+        build.attempt = 2;
+        let run = RunSnapshot {
+            header: RunHeader {
+                id: "r1".into(),
+                workflow: "ci".into(),
+                status: RunStatus::Failed,
+                cancel_requested: false,
+                message: Some("a stage failed".into()),
+                created_at: 1,
+                started_at: None,
+                finished_at: None,
+            },
+            payload: RunPayload {
+                spec: serde_json::Value::Null,
+                event: serde_json::Value::Null,
+                trigger: TriggerInfo {
+                    source: "github".into(),
+                    event: "push".into(),
+                    delivery_id: None,
+                },
+            },
+            stages: vec![StageRecord::pending("r1", "lint", 1), build],
+            attempts: Vec::new(),
+        };
+        let url = Some("https://b.example.com");
+        assert_eq!(
+            status_of(&run, "", url),
+            Some(Status {
+                context: "baton/ci".into(),
+                phase: Phase::Failed,
+                description: "failed: a stage failed".into(),
+                target_url: Some("https://b.example.com/api/v1/runs/r1".into()),
+            })
+        );
+        let build = status_of(&run, "build", None).unwrap();
+        assert_eq!(
+            (
+                build.context.as_str(),
+                build.phase,
+                build.description.as_str()
+            ),
+            ("baton/ci/build", Phase::Running, "running (attempt 2)")
+        );
+        assert_eq!(build.target_url, None);
+        assert_eq!(status_of(&run, "lint", None).unwrap().phase, Phase::Pending);
+        assert_eq!(status_of(&run, "deploy", None), None);
     }
 
     #[test]

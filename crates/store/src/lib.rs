@@ -1,8 +1,9 @@
 //! baton's durable store.
 //!
 //! Everything the engine knows about a run lives here, never only in memory: the run, its
-//! stages and attempts, and the queue of due work ("tasks": advance the run, start, poll,
-//! time out or cancel a stage). The engine changes state only through [`Store::commit`],
+//! stages and attempts, the queue of due work ("tasks": advance the run, start, poll,
+//! time out or cancel a stage), and the commit statuses waiting to be reported ([`outbox`]).
+//! The engine changes state only through [`Store::commit`],
 //! which applies a batch of [`Change`]s atomically, so a process killed at any instant
 //! leaves either the whole step or none of it.
 //!
@@ -17,9 +18,11 @@ use serde_json::Value;
 
 pub mod feed;
 mod inbox;
+pub mod outbox;
 pub mod sqlite;
 
 pub use feed::{DeliveryFeed, PendingDelivery};
+pub use outbox::{DueReport, ReportKey};
 pub use sqlite::SqliteStore;
 
 /// Milliseconds since the Unix epoch.
@@ -342,6 +345,36 @@ pub enum Change {
         /// Which task.
         kind: TaskKind,
     },
+    /// Wants a run's or stage's status reported (see [`outbox`]): adds the outbox row, or
+    /// supersedes the one waiting (a new version, due at `due_at`, its retries started over).
+    Report {
+        /// What to report.
+        key: ReportKey,
+        /// When it is due: the time of the change.
+        due_at: Millis,
+    },
+    /// An outbox row was dealt with (posted, found already there, or given up on): removed
+    /// if it still has this version, otherwise left for the newer change, due as it is.
+    ReportDone {
+        /// The row.
+        key: ReportKey,
+        /// The version that was dealt with.
+        version: i64,
+    },
+    /// An outbox row's post failed and is tried again at `due_at`, if the row still has
+    /// this version; a newer version keeps its own schedule. Either way the claim ends.
+    ReportRetry {
+        /// The row.
+        key: ReportKey,
+        /// The version that was tried.
+        version: i64,
+        /// When to try again.
+        due_at: Millis,
+        /// Failed tries so far.
+        tries: u32,
+        /// When the first try was.
+        first_try_at: Millis,
+    },
 }
 
 /// A run with everything stored about it.
@@ -482,6 +515,21 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deliveries, newest first.
     async fn list_deliveries(&self, filter: &DeliveryFilter) -> Result<Vec<DeliveryRecord>>;
+
+    /// Leases up to `limit` due, unleased outbox rows until `lease_until`, oldest due first
+    /// (see [`outbox`]).
+    async fn claim_reports(
+        &self,
+        now: Millis,
+        limit: u32,
+        lease_until: Millis,
+    ) -> Result<Vec<DueReport>>;
+
+    /// The earliest due time of an unleased outbox row (one whose lease ended counts).
+    async fn next_report_due(&self, now: Millis) -> Result<Option<Millis>>;
+
+    /// Clears every outbox lease: used by a reporter that owns the store alone, at start.
+    async fn release_report_leases(&self) -> Result<()>;
 }
 
 /// Opens the store named by `url` (`sqlite://path`, `sqlite::memory:` is refused because a

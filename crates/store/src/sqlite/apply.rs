@@ -3,6 +3,7 @@
 use rusqlite::{Transaction, params};
 use serde_json::Value;
 
+use super::outbox;
 use super::rows::{TASK_COLUMNS, task_from_row, to_json};
 use crate::*;
 
@@ -146,6 +147,15 @@ pub(super) fn apply_change(tx: &Transaction<'_>, change: &Change) -> Result<Opti
             )?
             .execute(params![run_id, stage_id, kind.as_str()])?;
         }
+        Change::Report { key, due_at } => outbox::want(tx, key, *due_at)?,
+        Change::ReportDone { key, version } => outbox::done(tx, key, *version)?,
+        Change::ReportRetry {
+            key,
+            version,
+            due_at,
+            tries,
+            first_try_at,
+        } => outbox::retry(tx, key, *version, *due_at, *tries, *first_try_at)?,
     }
     Ok(None)
 }

@@ -30,6 +30,7 @@ use crate::*;
 
 mod apply;
 mod checkpoint;
+mod outbox;
 mod queries;
 mod rows;
 mod schema;
@@ -171,7 +172,7 @@ impl SqliteStore {
     async fn send_for_tasks(&self, op: Op) -> Result<Vec<Task>> {
         match self.send(op).await? {
             Answer::Tasks(tasks) => Ok(tasks),
-            Answer::Delivery(_) => Ok(Vec::new()),
+            Answer::Delivery(_) | Answer::Reports(_) => Ok(Vec::new()),
         }
     }
 

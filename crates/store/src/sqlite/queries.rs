@@ -125,9 +125,9 @@ impl Store for SqliteStore {
     async fn insert_delivery(&self, delivery: NewDelivery) -> Result<Intake> {
         match self.send(Op::InsertDelivery(delivery)).await? {
             Answer::Delivery(intake) => Ok(intake),
-            Answer::Tasks(_) => Err(corrupt(
+            Answer::Tasks(_) | Answer::Reports(_) => Err(corrupt(
                 "deliveries",
-                "the writer answered a delivery with tasks",
+                "the writer answered a delivery with something else",
             )),
         }
     }
@@ -194,6 +194,35 @@ impl Store for SqliteStore {
             )
         })
         .await
+    }
+
+    async fn claim_reports(
+        &self,
+        now: Millis,
+        limit: u32,
+        lease_until: Millis,
+    ) -> Result<Vec<DueReport>> {
+        let op = Op::ClaimReports {
+            now,
+            limit,
+            lease_until,
+        };
+        match self.send(op).await? {
+            Answer::Reports(reports) => Ok(reports),
+            Answer::Tasks(_) | Answer::Delivery(_) => Err(corrupt(
+                "reports",
+                "the writer answered a claim of reports with something else",
+            )),
+        }
+    }
+
+    async fn next_report_due(&self, now: Millis) -> Result<Option<Millis>> {
+        self.read(move |conn| super::outbox::next_due(conn, now))
+            .await
+    }
+
+    async fn release_report_leases(&self) -> Result<()> {
+        self.send(Op::ReleaseReportLeases).await.map(|_| ())
     }
 }
 

@@ -4,7 +4,7 @@ use baton_core::context::TriggerInfo;
 use rusqlite::params;
 use serde_json::json;
 
-async fn store(dir: &tempfile::TempDir) -> SqliteStore {
+pub(super) async fn store(dir: &tempfile::TempDir) -> SqliteStore {
     SqliteStore::open(&format!("sqlite://{}", dir.path().join("t.db").display()))
         .await
         .unwrap()

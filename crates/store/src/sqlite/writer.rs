@@ -50,12 +50,20 @@ pub(super) enum Op {
         lease_until: Millis,
     },
     ReleaseLeases,
+    ClaimReports {
+        now: Millis,
+        limit: u32,
+        lease_until: Millis,
+    },
+    ReleaseReportLeases,
 }
 
-/// What the writer answers: the tasks a commit claimed, or where a delivery went.
+/// What the writer answers: the tasks a commit claimed, where a delivery went, or the
+/// reports claimed.
 pub(super) enum Answer {
     Tasks(Vec<Task>),
     Delivery(Intake),
+    Reports(Vec<DueReport>),
 }
 
 pub(super) type Reply = oneshot::Sender<Result<Answer>>;
@@ -233,6 +241,14 @@ pub(super) fn apply(tx: &Transaction<'_>, op: &Op) -> Result<Answer> {
                 [],
             )?;
             Ok(Answer::Tasks(Vec::new()))
+        }
+        Op::ClaimReports {
+            now,
+            limit,
+            lease_until,
+        } => super::outbox::claim(tx, *now, *limit, *lease_until).map(Answer::Reports),
+        Op::ReleaseReportLeases => {
+            super::outbox::release_all(tx).map(|()| Answer::Reports(Vec::new()))
         }
     }
 }
