@@ -171,7 +171,7 @@ fn a_lead_in_is_sent_and_answered_but_left_out_of_the_percentiles() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/hooks/github", listener.local_addr().unwrap());
     std::thread::spawn(move || {
-        serve_slow_first_answers(listener, std::time::Duration::from_millis(300))
+        serve_slow_first_answers(listener, std::time::Duration::from_millis(300));
     });
 
     let plain = report_with_lead_in(&url, None);

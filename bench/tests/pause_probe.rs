@@ -1,6 +1,8 @@
 //! `pause-probe` wakes many times, counts every late wakeup once in its phase, and reports a
 //! pause that its own process caused.
 
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 use std::process::Command;
 use std::time::Duration;
 
@@ -49,12 +51,11 @@ fn a_stopped_probe_reports_the_pause() {
         .expect("run pause-probe");
     std::thread::sleep(Duration::from_millis(300));
     // SIGSTOP then SIGCONT: the machine pausing the probe, as a host pauses a VM.
-    let pid = libc::pid_t::try_from(child.id()).expect("a pid");
-    // SAFETY: kill(2) on our own child's pid, which it cannot outlive before `wait` below.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let pid = Pid::from_raw(i32::try_from(child.id()).expect("a pid"));
+    // Our own child's pid, which it cannot outlive before `wait` below.
+    kill(pid, Signal::SIGSTOP).expect("SIGSTOP");
     std::thread::sleep(Duration::from_millis(400));
-    // SAFETY: as above.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    kill(pid, Signal::SIGCONT).expect("SIGCONT");
     let out = child.wait_with_output().expect("wait");
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert!(report["late"].as_u64().unwrap() >= 1, "{report}");

@@ -5,6 +5,9 @@
 //! `crates/cli/Cargo.toml`), so `cargo test` builds `baton` from the current source before
 //! it runs them. `$BATON_BIN` runs another binary instead.
 
+pub use nix::sys::signal::Signal;
+use nix::sys::signal::kill;
+use nix::unistd::Pid;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -187,8 +190,13 @@ pub fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) 
 
 /// True while a process with this pid exists.
 pub fn alive(pid: i32) -> bool {
-    // SAFETY: kill with signal 0 only checks that the process exists.
-    unsafe { libc::kill(pid, 0) == 0 }
+    // No signal: only checks that the process exists.
+    kill(Pid::from_raw(pid), None).is_ok()
+}
+
+/// Sends `signal` to process `pid` (a child the test spawned); true when it was sent.
+pub fn send_signal(pid: u32, signal: Signal) -> bool {
+    i32::try_from(pid).is_ok_and(|pid| kill(Pid::from_raw(pid), signal).is_ok())
 }
 
 /// A running `baton serve`, killed when dropped.
@@ -273,12 +281,9 @@ impl Sandbox {
                 log.push('\n');
             }
         });
-        let url = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(url) => url,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("baton serve did not start:\n{}", log.lock().unwrap());
-            }
+        let Ok(url) = rx.recv_timeout(Duration::from_secs(30)) else {
+            let _ = child.kill();
+            panic!("baton serve did not start:\n{}", log.lock().unwrap());
         };
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
@@ -420,8 +425,7 @@ impl Server {
 
     /// Sends SIGTERM and waits for a clean exit; returns the exit code.
     pub fn terminate(mut self) -> Option<i32> {
-        // SAFETY: sending a signal to our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        send_signal(self.child.id(), Signal::SIGTERM);
         let begun = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {

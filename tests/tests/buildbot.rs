@@ -10,7 +10,7 @@ use std::net::TcpStream;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use baton_tests::{Finished, Sandbox, eventually, wait_with_deadline};
+use baton_tests::{Finished, Sandbox, Signal, eventually, send_signal, wait_with_deadline};
 use serde_json::Value;
 
 /// `host:port` of the test Buildbot; panics (never skips) when unset or not answering.
@@ -260,12 +260,11 @@ stages:
 "#
     ));
     let child = spawn(&sb, &["run", "-c", "baton.toml", "bb-cancel", "--json"]);
-    let pid = child.id() as i32;
+    let pid = child.id();
     let build = running_build("sleep", &tag);
     let sent = Instant::now();
     // What Ctrl-C sends: baton run cancels the run.
-    // SAFETY: signalling the child this test spawned.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    assert!(send_signal(pid, Signal::SIGINT));
     let run = wait_with_deadline(child, Duration::from_secs(60));
     eprintln!("SIGINT → baton run ended in {:?}", sent.elapsed());
     assert_eq!(run.code, Some(1), "{}", explain(&run));

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use baton_tests::{Sandbox, alive, eventually, wait_with_deadline};
+use baton_tests::{Sandbox, Signal, alive, eventually, send_signal, wait_with_deadline};
 
 const PIPELINE: &str = r#"
 name: pipeline
@@ -187,8 +187,8 @@ stages:
         !sb.read("slow.pid").trim().is_empty()
     });
     let slow: i32 = sb.read("slow.pid").trim().parse().expect("a pid");
-    // SAFETY: signalling the child this test spawned, as Ctrl-C in its terminal would.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    // As Ctrl-C in its terminal would.
+    assert!(send_signal(child.id(), Signal::SIGINT));
     let out = wait_with_deadline(child, Duration::from_secs(30));
     assert_eq!(out.code, Some(1), "{}", out.stderr);
     assert!(out.stderr.contains("cancelling run"), "{}", out.stderr);

@@ -26,8 +26,6 @@
 //! - `cancel` succeeds without doing anything, and that is the whole job: nothing outside
 //!   baton waits on this stage, and the engine records the cancel in the stage's own state.
 
-#![warn(missing_docs)]
-
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -37,7 +37,7 @@ const QUOTE: usize = 200;
 
 /// Why one request failed, and whether trying again may help.
 #[derive(Debug)]
-pub struct Failure {
+pub(crate) struct Failure {
     /// The error to report when no retry is left.
     pub error: AdapterError,
     /// Trying again may succeed.
@@ -71,7 +71,7 @@ impl Failure {
 
 /// The wait before retry number `retry` (0-based): exponential, with jitter, or the server's
 /// `Retry-After` when it gave one.
-pub fn backoff(retry: u32, retry_after: Option<Duration>) -> Duration {
+pub(crate) fn backoff(retry: u32, retry_after: Option<Duration>) -> Duration {
     if let Some(after) = retry_after {
         return after.min(MAX_RETRY_AFTER);
     }
@@ -80,12 +80,12 @@ pub fn backoff(retry: u32, retry_after: Option<Duration>) -> Duration {
 }
 
 /// Whether another retry fits: `retry` retries done so far, `begun` when the call started.
-pub fn may_retry(retry: u32, begun: Instant, wait: Duration) -> bool {
+pub(crate) fn may_retry(retry: u32, begun: Instant, wait: Duration) -> bool {
     retry < MAX_RETRIES && begun.elapsed() + wait < RETRY_BUDGET
 }
 
 /// A client for one Buildbot master.
-pub struct Client {
+pub(crate) struct Client {
     http: reqwest::Client,
     base: Url,
     api: Url,
@@ -108,7 +108,7 @@ impl std::fmt::Debug for Client {
 impl Client {
     /// A client for the master at `base` (ending in `/`); `instance` names the adapter
     /// instance in messages.
-    pub fn new(
+    pub(crate) fn new(
         base: Url,
         instance: &str,
         login: Option<(String, Secret)>,
@@ -137,12 +137,12 @@ impl Client {
     }
 
     /// The master's base URL.
-    pub fn base(&self) -> &Url {
+    pub(crate) fn base(&self) -> &Url {
         &self.base
     }
 
     /// The URL of the API path made of `segments` (each escaped) with query pairs.
-    pub fn api_url(&self, segments: &[&str], query: &[(&str, &str)]) -> Url {
+    pub(crate) fn api_url(&self, segments: &[&str], query: &[(&str, &str)]) -> Url {
         let mut url = self.api.clone();
         if let Ok(mut path) = url.path_segments_mut() {
             path.pop_if_empty();
@@ -155,13 +155,13 @@ impl Client {
     }
 
     /// `GET` an API path, retried as described in the module docs.
-    pub async fn get(&self, url: Url, what: &str) -> Result<Value, AdapterError> {
+    pub(crate) async fn get(&self, url: Url, what: &str) -> Result<Value, AdapterError> {
         self.retrying(|| self.once(Method::GET, url.clone(), None, what))
             .await
     }
 
     /// A JSON-RPC control call that is safe to repeat (`stop`, `cancel`); returns `result`.
-    pub async fn control(
+    pub(crate) async fn control(
         &self,
         url: Url,
         method: &str,
@@ -175,7 +175,7 @@ impl Client {
 
     /// One try of a JSON-RPC call that must not be repeated blindly (`force`); the caller
     /// decides about retries from the [`Failure`].
-    pub async fn control_once(
+    pub(crate) async fn control_once(
         &self,
         url: Url,
         method: &str,
@@ -189,7 +189,7 @@ impl Client {
     async fn retrying<F, Fut>(&self, call: F) -> Result<Value, AdapterError>
     where
         F: Fn() -> Fut,
-        Fut: std::future::Future<Output = Result<Value, Failure>>,
+        Fut: Future<Output = Result<Value, Failure>>,
     {
         let begun = Instant::now();
         let mut retry = 0;

@@ -94,7 +94,7 @@ pub struct InstanceKeys {
 }
 
 /// Checks an instance block, returning the settings or every problem.
-pub fn parse_instance(config: &Value) -> Result<Settings, Vec<FieldError>> {
+pub(crate) fn parse_instance(config: &Value) -> Result<Settings, Vec<FieldError>> {
     read_table::<InstanceKeys>(config).check(config, check_instance)
 }
 
@@ -202,7 +202,7 @@ fn parse_url(text: &str) -> Result<Url, String> {
 }
 
 /// Whether template strings may stand where another type is expected.
-pub use baton_core::adapter::InputMode as Mode;
+pub(crate) use baton_core::adapter::InputMode as Mode;
 
 /// The default force scheduler.
 pub const DEFAULT_SCHEDULER: &str = "force";
@@ -232,7 +232,7 @@ fn is_template(mode: Mode, value: &Value) -> bool {
 }
 
 /// Checks a `with:` block, returning the spec or every problem.
-pub fn parse_stage(with: &Value, mode: Mode) -> Result<StageSpec, Vec<FieldError>> {
+pub(crate) fn parse_stage(with: &Value, mode: Mode) -> Result<StageSpec, Vec<FieldError>> {
     let Value::Object(map) = with else {
         return Err(vec![FieldError::new(
             "builder",

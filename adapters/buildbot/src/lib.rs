@@ -63,8 +63,6 @@
 //! stored reference's data is `model::RefData`; `client` makes the requests (login,
 //! retries) and `config` checks instance and `with:` blocks.
 
-#![warn(missing_docs)]
-
 mod cancel;
 mod client;
 mod config;

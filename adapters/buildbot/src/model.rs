@@ -8,19 +8,19 @@ use serde_json::{Map, Value};
 use crate::config::Warnings;
 
 /// `process/results.py`: the codes of a finished build or build request.
-pub const SUCCESS: i64 = 0;
+pub(crate) const SUCCESS: i64 = 0;
 /// Finished with warnings.
-pub const WARNINGS: i64 = 1;
+pub(crate) const WARNINGS: i64 = 1;
 /// The work failed.
-pub const FAILURE: i64 = 2;
+pub(crate) const FAILURE: i64 = 2;
 /// Nothing ran (on a request: it was merged into another).
-pub const SKIPPED: i64 = 3;
+pub(crate) const SKIPPED: i64 = 3;
 /// Buildbot or the config failed.
-pub const EXCEPTION: i64 = 4;
+pub(crate) const EXCEPTION: i64 = 4;
 /// The build will be tried again: a new build of the same request follows.
-pub const RETRY: i64 = 5;
+pub(crate) const RETRY: i64 = 5;
 /// Stopped or cancelled.
-pub const CANCELLED: i64 = 6;
+pub(crate) const CANCELLED: i64 = 6;
 
 /// The name of a results code, as Buildbot writes it.
 pub fn results_name(code: i64) -> String {
@@ -38,7 +38,7 @@ pub fn results_name(code: i64) -> String {
 
 /// The state a finished build's results code maps to. `RETRY` is not terminal for the
 /// request (a new build follows), so callers handle it before this.
-pub fn map_results(code: i64, warnings: Warnings) -> ExternalState {
+pub(crate) fn map_results(code: i64, warnings: Warnings) -> ExternalState {
     match code {
         SUCCESS => ExternalState::Succeeded { warnings: false },
         WARNINGS => match warnings {
@@ -56,7 +56,7 @@ pub fn map_results(code: i64, warnings: Warnings) -> ExternalState {
 /// `GET /buildrequests/{id}`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
-pub struct BuildRequest {
+pub(crate) struct BuildRequest {
     /// The request's id.
     pub buildrequestid: u64,
     /// The buildset it belongs to.
@@ -74,7 +74,7 @@ pub struct BuildRequest {
 /// `GET /builds/{id}`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
-pub struct Build {
+pub(crate) struct Build {
     /// The build's id.
     pub buildid: u64,
     /// Its number within the builder.
@@ -92,7 +92,7 @@ pub struct Build {
 }
 
 /// The first element of `response[collection]`, read as `T`.
-pub fn first<T: for<'de> Deserialize<'de>>(
+pub(crate) fn first<T: for<'de> Deserialize<'de>>(
     response: &Value,
     collection: &str,
 ) -> Result<Option<T>, AdapterError> {
@@ -100,7 +100,7 @@ pub fn first<T: for<'de> Deserialize<'de>>(
 }
 
 /// Every element of `response[collection]`, read as `T`.
-pub fn all<T: for<'de> Deserialize<'de>>(
+pub(crate) fn all<T: for<'de> Deserialize<'de>>(
     response: &Value,
     collection: &str,
 ) -> Result<Vec<T>, AdapterError> {
@@ -136,7 +136,7 @@ fn short(value: &Value) -> String {
 
 /// What baton keeps in [`baton_core::ExternalRef::data`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RefData {
+pub(crate) struct RefData {
     /// The builder's name.
     pub builder: String,
     /// The builder's id.
@@ -165,7 +165,12 @@ pub struct RefData {
 
 impl RefData {
     /// A build request just forced (or found), before any poll.
-    pub fn forced(builder: String, builderid: u64, buildset: u64, buildrequest: u64) -> Self {
+    pub(crate) fn forced(
+        builder: String,
+        builderid: u64,
+        buildset: u64,
+        buildrequest: u64,
+    ) -> Self {
         Self {
             builder,
             builderid,
@@ -180,7 +185,7 @@ impl RefData {
     }
 
     /// The build as the last poll saw it finish, if it did; `None` means read it.
-    pub fn finished_build(&self) -> Option<Build> {
+    pub(crate) fn finished_build(&self) -> Option<Build> {
         Some(Build {
             buildid: self.build?,
             number: self.number?,
@@ -193,7 +198,7 @@ impl RefData {
     }
 
     /// Reads the data of a stored reference; `id` must be the build request's id.
-    pub fn read(id: &str, data: &Value) -> Result<Self, AdapterError> {
+    pub(crate) fn read(id: &str, data: &Value) -> Result<Self, AdapterError> {
         let parsed: Self = serde_json::from_value(data.clone()).map_err(|e| {
             AdapterError::Protocol(format!(
                 "the stored reference is not a Buildbot build request ({e}): {}",
@@ -210,7 +215,7 @@ impl RefData {
     }
 
     /// As JSON, for the reference.
-    pub fn to_value(&self) -> Value {
+    pub(crate) fn to_value(&self) -> Value {
         serde_json::to_value(self).unwrap_or(Value::Null)
     }
 }
@@ -222,7 +227,7 @@ pub fn reason_marker(key: &AttemptKey) -> String {
 }
 
 /// The attempt key in a text holding a [`reason_marker`].
-pub fn key_in_reason(text: &str) -> Option<AttemptKey> {
+pub(crate) fn key_in_reason(text: &str) -> Option<AttemptKey> {
     let start = text.find("[baton ")? + "[baton ".len();
     let rest = &text[start..];
     AttemptKey::parse(&rest[..rest.find(']')?])
@@ -232,7 +237,7 @@ pub fn key_in_reason(text: &str) -> Option<AttemptKey> {
 /// `baton_attempt` property, else the attempt marker in its `reason` property or its
 /// buildset's reason. Accepts one build or a list of them; builds not started by baton
 /// give nothing.
-pub fn keys_in_push(body: &Value) -> Vec<AttemptKey> {
+pub(crate) fn keys_in_push(body: &Value) -> Vec<AttemptKey> {
     let builds: Vec<&Value> = match body {
         Value::Array(items) => items.iter().collect(),
         other => vec![other],
@@ -273,7 +278,7 @@ fn key_in_build(build: &Map<String, Value>) -> Option<AttemptKey> {
 }
 
 /// The values of a `properties` answer (`[{name: [value, source]}]`), by name.
-pub fn property_values(response: &Value) -> Map<String, Value> {
+pub(crate) fn property_values(response: &Value) -> Map<String, Value> {
     let mut out = Map::new();
     let maps = response
         .get("properties")

@@ -24,7 +24,7 @@ const ABORTED_DIR: &str = ".aborted";
 
 /// The wrapper's pid and start time; the pid is also the process group id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PidRecord {
+pub(crate) struct PidRecord {
     /// Process id of the wrapper, leader of the command's process group.
     pub pid: i32,
     /// Field 22 of `/proc/<pid>/stat` when it was spawned.
@@ -47,7 +47,7 @@ impl PidRecord {
 
 /// What [`AttemptDir::claim`] found.
 #[derive(Debug)]
-pub enum Claim {
+pub(crate) enum Claim {
     /// The directory is new: this caller launches the command.
     Fresh,
     /// The command was launched already: adopt it.
@@ -61,7 +61,7 @@ pub enum Claim {
 /// [`AttemptKey::slug`] is not used because it is not one to one (`a-b/c/1` and `a/b-c/1`
 /// both give `a-b-c-1`), and two attempts sharing a directory would adopt each other's work.
 /// Here `/` becomes `+`, bytes outside `[A-Za-z0-9._-]` and a leading `.` become `%XX`.
-pub fn dir_name(key: &AttemptKey) -> String {
+pub(crate) fn dir_name(key: &AttemptKey) -> String {
     let mut name = String::with_capacity(key.as_str().len());
     for (i, b) in key.as_str().bytes().enumerate() {
         match b {
@@ -76,14 +76,14 @@ pub fn dir_name(key: &AttemptKey) -> String {
 
 /// An attempt's directory and the files in it.
 #[derive(Debug, Clone)]
-pub struct AttemptDir {
+pub(crate) struct AttemptDir {
     state_dir: PathBuf,
     path: PathBuf,
 }
 
 impl AttemptDir {
     /// The directory of `key` under `state_dir`.
-    pub fn new(state_dir: &Path, key: &AttemptKey) -> Self {
+    pub(crate) fn new(state_dir: &Path, key: &AttemptKey) -> Self {
         Self {
             state_dir: state_dir.to_owned(),
             path: state_dir.join(dir_name(key)),
@@ -91,17 +91,17 @@ impl AttemptDir {
     }
 
     /// The directory.
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// A file inside the directory.
-    pub fn file(&self, name: &str) -> PathBuf {
+    pub(crate) fn file(&self, name: &str) -> PathBuf {
         self.path.join(name)
     }
 
     /// True when an attempt was ever begun here.
-    pub fn exists(&self) -> bool {
+    pub(crate) fn exists(&self) -> bool {
         self.path.is_dir()
     }
 
@@ -114,7 +114,7 @@ impl AttemptDir {
     /// the only start of it in this process, and baton's store lock keeps other processes
     /// off this state directory): an unfinished directory is then known to be left by a
     /// process that died, and is retired at once instead of after [`STALE_START`].
-    pub fn claim(&self, alone: bool) -> io::Result<Claim> {
+    pub(crate) fn claim(&self, alone: bool) -> io::Result<Claim> {
         // The directories may hold inputs with secrets in them: owner only.
         DirBuilder::new()
             .recursive(true)
@@ -150,7 +150,7 @@ impl AttemptDir {
 
     /// True when the directory has no pid file and has not changed for [`STALE_START`]:
     /// its start died before launching, and the wrapper (if any) gave up with it.
-    pub fn start_is_stale(&self) -> bool {
+    pub(crate) fn start_is_stale(&self) -> bool {
         let age = fs::metadata(&self.path)
             .and_then(|m| m.modified())
             .ok()
@@ -178,18 +178,18 @@ impl AttemptDir {
     }
 
     /// Removes the directory of a start that could not launch, so it can be tried again.
-    pub fn remove(&self) {
+    pub(crate) fn remove(&self) {
         let _ = fs::remove_dir_all(&self.path);
     }
 
     /// Writes `input` as JSON to `input.json`.
-    pub fn write_input(&self, input: &Value) -> io::Result<()> {
+    pub(crate) fn write_input(&self, input: &Value) -> io::Result<()> {
         let text = serde_json::to_vec(input).map_err(io::Error::other)?;
         fs::write(self.file("input.json"), text)
     }
 
     /// Creates the files that receive stdout and stderr.
-    pub fn create_logs(&self) -> io::Result<(File, File)> {
+    pub(crate) fn create_logs(&self) -> io::Result<(File, File)> {
         Ok((
             File::create(self.file("stdout"))?,
             File::create(self.file("stderr"))?,
@@ -197,7 +197,7 @@ impl AttemptDir {
     }
 
     /// Reads the pid file; `None` before the command is launched.
-    pub fn read_pid(&self) -> io::Result<Option<PidRecord>> {
+    pub(crate) fn read_pid(&self) -> io::Result<Option<PidRecord>> {
         match fs::read_to_string(self.file("pid")) {
             Ok(text) => PidRecord::from_json(&text).map(Some).ok_or_else(|| {
                 io::Error::new(
@@ -211,14 +211,14 @@ impl AttemptDir {
     }
 
     /// Writes the pid file with tmp + rename, so readers never see half of it.
-    pub fn write_pid(&self, record: PidRecord) -> io::Result<()> {
+    pub(crate) fn write_pid(&self, record: PidRecord) -> io::Result<()> {
         let tmp = self.file("pid.tmp");
         fs::write(&tmp, record.to_json())?;
         fs::rename(tmp, self.file("pid"))
     }
 
     /// The text of the exit file, once the wrapper wrote it.
-    pub fn read_exit(&self) -> io::Result<Option<String>> {
+    pub(crate) fn read_exit(&self) -> io::Result<Option<String>> {
         match fs::read_to_string(self.file("exit")) {
             Ok(text) => Ok(Some(text)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -227,7 +227,7 @@ impl AttemptDir {
     }
 
     /// True when the wrapper recorded that it never let the command run.
-    pub fn never_ran(&self) -> bool {
+    pub(crate) fn never_ran(&self) -> bool {
         self.read_exit()
             .ok()
             .flatten()
@@ -235,18 +235,18 @@ impl AttemptDir {
     }
 
     /// The exit code, when the exit file exists and holds one.
-    pub fn exit_code(&self) -> Option<i32> {
+    pub(crate) fn exit_code(&self) -> Option<i32> {
         self.read_exit().ok()??.trim().parse().ok()
     }
 
     /// True once a cancel was asked for.
-    pub fn is_cancelled(&self) -> bool {
+    pub(crate) fn is_cancelled(&self) -> bool {
         self.file("cancelled").exists()
     }
 
     /// Records that a cancel was asked for, before anything is killed, so that a poll can
     /// tell a cancel from a crash.
-    pub fn mark_cancelled(&self) -> io::Result<()> {
+    pub(crate) fn mark_cancelled(&self) -> io::Result<()> {
         let mut file = File::create(self.file("cancelled"))?;
         let secs = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -256,7 +256,7 @@ impl AttemptDir {
     }
 
     /// The object the command wrote to `$BATON_OUTPUT`; `None` if it wrote nothing.
-    pub fn output_file(&self) -> Result<Option<Map<String, Value>>, String> {
+    pub(crate) fn output_file(&self) -> Result<Option<Map<String, Value>>, String> {
         let text = match fs::read(self.file("output.json")) {
             Ok(text) => text,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -276,7 +276,7 @@ impl AttemptDir {
     }
 
     /// Every `[COUT] KEY = value` line of stdout, later lines winning.
-    pub fn cout(&self) -> Map<String, Value> {
+    pub(crate) fn cout(&self) -> Map<String, Value> {
         let mut outputs = Map::new();
         let Ok(file) = File::open(self.file("stdout")) else {
             return outputs;
@@ -296,7 +296,7 @@ impl AttemptDir {
     /// The outputs: `[COUT]` lines, then the `$BATON_OUTPUT` object over them (it is written
     /// on purpose, as a whole), then `exit_code` (`null` if the command never recorded one).
     /// An unreadable `$BATON_OUTPUT` is left out here; poll reports it as the failure.
-    pub fn outputs(&self) -> Map<String, Value> {
+    pub(crate) fn outputs(&self) -> Map<String, Value> {
         let mut outputs = self.cout();
         if let Ok(Some(file)) = self.output_file() {
             outputs.extend(file);
@@ -309,7 +309,7 @@ impl AttemptDir {
     }
 
     /// The end of a log file, at most `max_bytes` and `max_lines`, as text.
-    pub fn tail(&self, name: &str, max_bytes: u64, max_lines: usize) -> String {
+    pub(crate) fn tail(&self, name: &str, max_bytes: u64, max_lines: usize) -> String {
         tail_file(&self.file(name), max_bytes, max_lines).unwrap_or_default()
     }
 }
@@ -327,7 +327,7 @@ fn kind_of(value: &Value) -> &'static str {
 
 /// Parses a ContainerOps output line, `[COUT] KEY = value`. The value is JSON when it parses
 /// as JSON, text otherwise.
-pub fn parse_cout(line: &str) -> Option<(String, Value)> {
+pub(crate) fn parse_cout(line: &str) -> Option<(String, Value)> {
     let rest = line.trim_start().strip_prefix("[COUT]")?;
     let (key, value) = rest.split_once('=')?;
     let key = key.trim();

@@ -60,8 +60,6 @@
 //!
 //! Linux only: liveness and group membership are read from `/proc`.
 
-#![warn(missing_docs)]
-
 mod attempt;
 mod instance;
 mod process;
@@ -508,7 +506,7 @@ fn file_url(path: &Path) -> String {
         match b {
             // Unreserved characters, and `/` and `+`, which a URL path may hold as they are.
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'/' | b'.' | b'_' | b'-' | b'~' | b'+' => {
-                url.push(b as char)
+                url.push(b as char);
             }
             _ => url.push_str(&format!("%{b:02X}")),
         }
@@ -522,7 +520,7 @@ impl ExecAdapter {
         &self,
         dir: &AttemptDir,
         key: &AttemptKey,
-        spec: spec::ExecSpec,
+        spec: ExecSpec,
     ) -> Result<ExternalRef, AdapterError> {
         let claim = {
             let dir = dir.clone();
@@ -536,7 +534,7 @@ impl ExecAdapter {
             Claim::Busy => {
                 return Err(AdapterError::Transient(format!(
                     "exec {key}: another start of this attempt is under way, or died less than {}s ago",
-                    attempt::STALE_START.as_secs()
+                    STALE_START.as_secs()
                 )));
             }
         }

@@ -16,7 +16,7 @@ const KILL_WAIT: Duration = Duration::from_secs(5);
 
 /// The fields of `/proc/<pid>/stat` this crate needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ProcStat {
+pub(crate) struct ProcStat {
     /// One-letter state (`R`, `S`, `Z`, …).
     pub state: char,
     /// Process group id.
@@ -27,13 +27,13 @@ pub struct ProcStat {
 
 impl ProcStat {
     /// True unless the process has exited and only waits to be reaped.
-    pub fn is_live(&self) -> bool {
+    pub(crate) fn is_live(&self) -> bool {
         !matches!(self.state, 'Z' | 'X' | 'x')
     }
 }
 
 /// Parses the text of `/proc/<pid>/stat`.
-pub fn parse_stat(text: &str) -> Option<ProcStat> {
+pub(crate) fn parse_stat(text: &str) -> Option<ProcStat> {
     // The command name (field 2) is in parentheses and may itself hold spaces and `)`, so
     // fields are counted from the last `)`.
     let rest = &text[text.rfind(')')? + 1..];
@@ -47,7 +47,7 @@ pub fn parse_stat(text: &str) -> Option<ProcStat> {
 }
 
 /// Reads `/proc/<pid>/stat`; `None` when there is no such process.
-pub fn stat(pid: i32) -> Option<ProcStat> {
+pub(crate) fn stat(pid: i32) -> Option<ProcStat> {
     if pid <= 0 {
         return None;
     }
@@ -55,7 +55,7 @@ pub fn stat(pid: i32) -> Option<ProcStat> {
 }
 
 /// True when `pid` is a live process that started at `start_time`.
-pub fn is_alive(pid: i32, start_time: u64) -> bool {
+pub(crate) fn is_alive(pid: i32, start_time: u64) -> bool {
     stat(pid).is_some_and(|s| s.start_time == start_time && s.is_live())
 }
 
@@ -63,7 +63,7 @@ pub fn is_alive(pid: i32, start_time: u64) -> bool {
 ///
 /// Zombies are left out because a group whose processes have all exited is done, even if
 /// no one has reaped them yet (a container's pid 1 may never do so).
-pub fn group_members(pgid: i32) -> Vec<i32> {
+pub(crate) fn group_members(pgid: i32) -> Vec<i32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -86,7 +86,7 @@ fn signal_group(pgid: i32, signal: Signal) {
 /// The caller must know the group is ours (its leader matched the pid file) when this
 /// starts. Linux does not hand out a pid that is still some group's id, so the group stays
 /// ours for as long as it has members, and the later signals cannot reach strangers.
-pub async fn stop_group(pgid: i32, grace: Duration) {
+pub(crate) async fn stop_group(pgid: i32, grace: Duration) {
     signal_group(pgid, Signal::SIGTERM);
     if wait_empty(pgid, grace).await {
         return;
@@ -114,7 +114,7 @@ async fn wait_empty(pgid: i32, within: Duration) -> bool {
 }
 
 /// `SIGKILL` for 9; `signal 77` for numbers without a name.
-pub fn signal_name(number: i32) -> String {
+pub(crate) fn signal_name(number: i32) -> String {
     Signal::try_from(number)
         .map(|s| s.as_str().to_owned())
         .unwrap_or_else(|_| format!("signal {number}"))
@@ -122,7 +122,7 @@ pub fn signal_name(number: i32) -> String {
 
 /// The start time of the calling process, for tests.
 #[cfg(test)]
-pub fn own_start_time() -> u64 {
+pub(crate) fn own_start_time() -> u64 {
     stat(std::process::id() as i32).map_or(0, |s| s.start_time)
 }
 

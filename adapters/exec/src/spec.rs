@@ -17,7 +17,7 @@ pub const RESERVED_ENV: [&str; 5] = [
 
 /// What to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Program {
+pub(crate) enum Program {
     /// A script for `sh -c`.
     Shell(String),
     /// An argv, run without a shell.
@@ -26,7 +26,7 @@ pub enum Program {
 
 impl Program {
     /// The argv that runs this program.
-    pub fn argv(&self) -> Vec<String> {
+    pub(crate) fn argv(&self) -> Vec<String> {
         match self {
             // An absolute path, so that a stage `env` replacing `PATH` cannot hide the shell.
             Self::Shell(script) => vec!["/bin/sh".into(), "-c".into(), script.clone()],
@@ -37,7 +37,7 @@ impl Program {
 
 /// A checked `with:` block.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ExecSpec {
+pub(crate) struct ExecSpec {
     /// What to run.
     pub program: Program,
     /// Extra environment variables, values already turned into text.
@@ -49,7 +49,7 @@ pub struct ExecSpec {
 }
 
 /// Whether template strings may stand where another type is expected.
-pub use baton_core::adapter::InputMode as Mode;
+pub(crate) use baton_core::adapter::InputMode as Mode;
 
 fn is_template(mode: Mode, text: &str) -> bool {
     mode.is_template(text)
@@ -59,7 +59,7 @@ fn is_template(mode: Mode, text: &str) -> bool {
 ///
 /// In [`Mode::Templates`] the returned spec may hold placeholders where templates stand; only
 /// the errors are meant to be used.
-pub fn parse(with: &Value, mode: Mode) -> Result<ExecSpec, Vec<FieldError>> {
+pub(crate) fn parse(with: &Value, mode: Mode) -> Result<ExecSpec, Vec<FieldError>> {
     let mut errors = Vec::new();
     let empty = Map::new();
     let map = match with {
@@ -183,7 +183,7 @@ fn parse_command(command: &Value, mode: Mode, errors: &mut Vec<FieldError>) -> O
                         "an argument contains a NUL byte",
                     )),
                     Some(arg) if i == 0 && arg.is_empty() => {
-                        errors.push(FieldError::new("command[0]", "the program name is empty"))
+                        errors.push(FieldError::new("command[0]", "the program name is empty"));
                     }
                     Some(arg) => argv.push(arg),
                     None => errors.push(FieldError::new(
@@ -236,7 +236,7 @@ fn parse_env(env: &Value, mode: Mode, errors: &mut Vec<FieldError>) -> Vec<(Stri
         }
         match scalar_text(value) {
             Some(text) if text.contains('\0') => {
-                errors.push(FieldError::new(path, "the value contains a NUL byte"))
+                errors.push(FieldError::new(path, "the value contains a NUL byte"));
             }
             Some(text) => vars.push((name.clone(), text)),
             None => errors.push(FieldError::new(

@@ -47,11 +47,11 @@ impl RetryPolicy {
 }
 
 /// The largest JSON answer read.
-pub const MAX_JSON_BYTES: usize = 16 * 1024 * 1024;
+pub(crate) const MAX_JSON_BYTES: usize = 16 * 1024 * 1024;
 
 /// An answer, its body read (up to a cap).
 #[derive(Debug)]
-pub struct Answer {
+pub(crate) struct Answer {
     /// The status.
     pub status: StatusCode,
     /// The headers.
@@ -64,19 +64,19 @@ pub struct Answer {
 
 impl Answer {
     /// A header's value as text.
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 
     /// The body as text, lossily.
-    pub fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 }
 
 /// What a call is, for messages: `read job `team/deploy``, and what fixes a 403 or 404.
 #[derive(Debug, Clone, Copy)]
-pub struct Call<'a> {
+pub(crate) struct Call<'a> {
     /// What baton was doing, as a verb phrase.
     pub what: &'a str,
     /// The Jenkins permission it needs.
@@ -87,7 +87,7 @@ pub struct Call<'a> {
 
 /// Whether a request may be sent again after an ambiguous failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Repeat {
+pub(crate) enum Repeat {
     /// Sending it twice does no harm (reads, stops, cancels).
     Safe,
     /// Sending it twice may start a second build: only retried when Jenkins surely did not
@@ -121,7 +121,7 @@ struct CrumbAnswer {
 
 /// One controller's HTTP client, with its own cookie jar.
 #[derive(Debug)]
-pub struct Client {
+pub(crate) struct Client {
     http: reqwest::Client,
     base: Url,
     instance: String,
@@ -133,7 +133,7 @@ pub struct Client {
 
 impl Client {
     /// A client for the controller at `base` (ending in `/`).
-    pub fn new(
+    pub(crate) fn new(
         instance: &str,
         base: Url,
         credentials: Credentials<Secret>,
@@ -167,23 +167,18 @@ impl Client {
         })
     }
 
-    /// The controller's root URL.
-    pub fn base(&self) -> &Url {
-        &self.base
-    }
-
     /// The user name, for messages.
-    pub fn user(&self) -> Option<&str> {
+    pub(crate) fn user(&self) -> Option<&str> {
         self.credentials.user()
     }
 
     /// The adapter instance's name.
-    pub fn instance(&self) -> &str {
+    pub(crate) fn instance(&self) -> &str {
         &self.instance
     }
 
     /// `rel` (a path below the root, such as `job/a/14/`) as a URL on the configured root.
-    pub fn url(&self, rel: &str) -> Result<Url, AdapterError> {
+    pub(crate) fn url(&self, rel: &str) -> Result<Url, AdapterError> {
         let rel = rel.trim_start_matches('/');
         if rel.contains("://") || rel.starts_with("//") {
             return Err(AdapterError::Invalid(format!(
@@ -208,13 +203,13 @@ impl Client {
 
     /// GETs `url`, retrying transient failures, and reads at most `cap` bytes of the body.
     /// Any status comes back; [`Client::check`] maps the errors.
-    pub async fn get(&self, url: Url, call: Call<'_>, cap: usize) -> Result<Answer, AdapterError> {
+    pub(crate) async fn get(&self, url: Url, call: Call<'_>, cap: usize) -> Result<Answer, AdapterError> {
         self.send(Method::GET, url, None, call, Repeat::Safe, cap)
             .await
     }
 
     /// GETs JSON, mapping every non-2xx status to an error that says what to fix.
-    pub async fn get_json<T: DeserializeOwned>(
+    pub(crate) async fn get_json<T: DeserializeOwned>(
         &self,
         url: Url,
         call: Call<'_>,
@@ -225,7 +220,7 @@ impl Client {
     }
 
     /// POSTs with the crumb when one is needed, retrying as `repeat` allows.
-    pub async fn post(
+    pub(crate) async fn post(
         &self,
         url: Url,
         form: Option<&[(String, String)]>,
@@ -412,7 +407,7 @@ impl Client {
     }
 
     /// Maps a non-2xx answer to an error that says what to fix; a 2xx passes.
-    pub fn check(&self, answer: &Answer, call: Call<'_>) -> Result<(), AdapterError> {
+    pub(crate) fn check(&self, answer: &Answer, call: Call<'_>) -> Result<(), AdapterError> {
         let status = answer.status;
         if status.is_success() {
             return Ok(());
@@ -511,7 +506,7 @@ async fn read(mut response: reqwest::Response, cap: usize) -> Result<Answer, req
 
 /// Reads a body chunk by chunk, keeping only its last `keep` bytes. Returns the tail and the
 /// total length read.
-pub async fn read_tail(
+pub(crate) async fn read_tail(
     mut response: reqwest::Response,
     keep: usize,
 ) -> Result<(Vec<u8>, u64), reqwest::Error> {
@@ -532,7 +527,7 @@ pub async fn read_tail(
 
 impl Client {
     /// GETs `url` as a stream whose tail is kept (for logs), with the usual error mapping.
-    pub async fn get_tail(
+    pub(crate) async fn get_tail(
         &self,
         url: Url,
         call: Call<'_>,
@@ -590,7 +585,7 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 }
 
 /// `application/x-www-form-urlencoded` of `pairs`.
-pub fn form_encode(pairs: &[(String, String)]) -> String {
+pub(crate) fn form_encode(pairs: &[(String, String)]) -> String {
     let mut out = String::new();
     for (i, (k, v)) in pairs.iter().enumerate() {
         if i > 0 {
@@ -609,7 +604,7 @@ fn form_component(text: &str) -> String {
         match b {
             b' ' => out.push('+'),
             b if b.is_ascii_alphanumeric() || matches!(b, b'*' | b'-' | b'.' | b'_') => {
-                out.push(b as char)
+                out.push(b as char);
             }
             b => out.push_str(&format!("%{b:02X}")),
         }

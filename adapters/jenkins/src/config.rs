@@ -388,16 +388,13 @@ pub fn encode_branch(name: &str) -> String {
 /// errors are meant to be used.
 pub fn parse_stage(with: &Value, mode: Mode) -> Result<StageSpec, Vec<FieldError>> {
     let mut errors = Vec::new();
-    let map = match with {
-        Value::Object(map) => map,
-        _ => {
-            return Err(vec![FieldError::new(
-                "job",
-                format!(
-                    "missing: expected a table with `job` (the job's path, `folder/job`) and optional {STAGE_KEYS}"
-                ),
-            )]);
-        }
+    let Value::Object(map) = with else {
+        return Err(vec![FieldError::new(
+            "job",
+            format!(
+                "missing: expected a table with `job` (the job's path, `folder/job`) and optional {STAGE_KEYS}"
+            ),
+        )]);
     };
     for key in map.keys() {
         if !STAGE_KEYS.split(", ").any(|k| k == key) {

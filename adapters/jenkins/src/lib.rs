@@ -50,18 +50,16 @@
 //! its answers with [`model`]; [`config`] checks instance blocks and `with:` blocks,
 //! [`properties`] reads property files and [`webhook`] completion notices.
 
-#![warn(missing_docs)]
-
 mod cancel;
-pub mod client;
+mod client;
 pub mod config;
-pub mod model;
+mod model;
 mod outputs;
 mod poll;
-pub mod properties;
+mod properties;
 mod start;
 mod tracked;
-pub mod webhook;
+mod webhook;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};

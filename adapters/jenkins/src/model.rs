@@ -9,22 +9,22 @@ use serde_json::{Map, Value};
 use crate::config::{ATTEMPT_PARAMETER, Unstable};
 
 /// `tree` of a job read before a trigger: its URL, class and parameter definitions.
-pub const JOB_TREE: &str = "_class,url,buildable,property[parameterDefinitions[name,type]]";
+pub(crate) const JOB_TREE: &str = "_class,url,buildable,property[parameterDefinitions[name,type]]";
 /// `tree` of a queue item.
-pub const QUEUE_ITEM_TREE: &str = "_class,id,why,blocked,buildable,stuck,cancelled,inQueueSince,executable[number,url],task[url,name]";
+pub(crate) const QUEUE_ITEM_TREE: &str = "_class,id,why,blocked,buildable,stuck,cancelled,inQueueSince,executable[number,url],task[url,name]";
 /// `tree` of the whole queue, for `find`.
-pub const QUEUE_TREE: &str =
+pub(crate) const QUEUE_TREE: &str =
     "items[_class,id,why,cancelled,inQueueSince,task[url],actions[parameters[name,value]]]";
 /// `tree` of a build's state.
-pub const BUILD_STATE_TREE: &str =
+pub(crate) const BUILD_STATE_TREE: &str =
     "number,url,building,inProgress,result,duration,timestamp,queueId";
 /// `tree` of a build's outputs.
-pub const BUILD_OUTPUT_TREE: &str = "number,url,building,result,duration,timestamp,queueId,artifacts[fileName,relativePath,displayPath],actions[_class,parameters[name,value]]";
+pub(crate) const BUILD_OUTPUT_TREE: &str = "number,url,building,result,duration,timestamp,queueId,artifacts[fileName,relativePath,displayPath],actions[_class,parameters[name,value]]";
 /// How many recent builds `find` and the lost-queue-item search look through.
-pub const RECENT_BUILDS: u32 = 100;
+pub(crate) const RECENT_BUILDS: u32 = 100;
 
 /// `tree` of the recent builds, for matching by queue id or parameters.
-pub fn builds_tree() -> String {
+pub(crate) fn builds_tree() -> String {
     format!(
         "builds[number,url,queueId,timestamp,building,result,actions[parameters[name,value]]]{{0,{RECENT_BUILDS}}}"
     )
@@ -32,7 +32,7 @@ pub fn builds_tree() -> String {
 
 /// A job (or a folder, when it has no parameters and is not buildable).
 #[derive(Debug, Clone, Default, Deserialize)]
-pub struct Job {
+pub(crate) struct Job {
     /// The Java class: tells jobs from folders.
     #[serde(rename = "_class", default)]
     pub class: Option<String>,
@@ -52,7 +52,7 @@ pub struct Job {
 
 /// A job property.
 #[derive(Debug, Clone, Default, Deserialize)]
-pub struct Property {
+pub(crate) struct Property {
     /// Present on `ParametersDefinitionProperty`.
     #[serde(rename = "parameterDefinitions", default)]
     pub parameter_definitions: Option<Vec<ParameterDefinition>>,
@@ -60,18 +60,15 @@ pub struct Property {
 
 /// A parameter the job defines.
 #[derive(Debug, Clone, Default, Deserialize)]
-pub struct ParameterDefinition {
+pub(crate) struct ParameterDefinition {
     /// Its name.
     #[serde(default)]
     pub name: String,
-    /// `StringParameterDefinition` and so on.
-    #[serde(rename = "type", default)]
-    pub kind: Option<String>,
 }
 
 impl Job {
     /// The names of the parameters the job defines.
-    pub fn parameter_names(&self) -> Vec<String> {
+    pub(crate) fn parameter_names(&self) -> Vec<String> {
         self.property
             .iter()
             .filter_map(|p| p.parameter_definitions.as_ref())
@@ -81,7 +78,7 @@ impl Job {
     }
 
     /// True for folders and multibranch projects, which hold jobs rather than run builds.
-    pub fn is_folder(&self) -> bool {
+    pub(crate) fn is_folder(&self) -> bool {
         let class = self.class.as_deref().unwrap_or_default();
         self.buildable.is_none()
             && (class.contains("Folder")
@@ -92,7 +89,7 @@ impl Job {
 
 /// A queue item (`/queue/item/<N>/api/json`, or an element of `/queue/api/json`).
 #[derive(Debug, Clone, Default, Deserialize)]
-pub struct QueueItem {
+pub(crate) struct QueueItem {
     /// `hudson.model.Queue$WaitingItem`, `$BlockedItem`, `$BuildableItem`, `$LeftItem`.
     #[serde(rename = "_class", default)]
     pub class: Option<String>,
@@ -124,7 +121,7 @@ pub struct QueueItem {
 
 impl QueueItem {
     /// The class's last part: `WaitingItem`, `LeftItem`, …
-    pub fn short_class(&self) -> &str {
+    pub(crate) fn short_class(&self) -> &str {
         let class = self.class.as_deref().unwrap_or("queued");
         class.rsplit(['$', '.']).next().unwrap_or(class)
     }
@@ -132,7 +129,7 @@ impl QueueItem {
 
 /// The build a queue item became.
 #[derive(Debug, Clone, Default, Deserialize)]
-pub struct Executable {
+pub(crate) struct Executable {
     /// Its number.
     #[serde(default)]
     pub number: Option<u64>,
@@ -143,7 +140,7 @@ pub struct Executable {
 
 /// A queue item's job.
 #[derive(Debug, Clone, Default, Deserialize)]
-pub struct Task {
+pub(crate) struct Task {
     /// The job's URL.
     #[serde(default)]
     pub url: Option<String>,
@@ -151,10 +148,7 @@ pub struct Task {
 
 /// An action of a build or queue item.
 #[derive(Debug, Clone, Default, Deserialize)]
-pub struct Action {
-    /// The class (`hudson.model.ParametersAction`).
-    #[serde(rename = "_class", default)]
-    pub class: Option<String>,
+pub(crate) struct Action {
     /// Present on the parameters action.
     #[serde(default)]
     pub parameters: Option<Vec<Parameter>>,
@@ -162,7 +156,7 @@ pub struct Action {
 
 /// A parameter as run.
 #[derive(Debug, Clone, Default, Deserialize)]
-pub struct Parameter {
+pub(crate) struct Parameter {
     /// Its name.
     #[serde(default)]
     pub name: String,
@@ -172,7 +166,7 @@ pub struct Parameter {
 }
 
 /// The parameters in a list of actions, by name.
-pub fn parameters(actions: &[Action]) -> Map<String, Value> {
+pub(crate) fn parameters(actions: &[Action]) -> Map<String, Value> {
     actions
         .iter()
         .filter_map(|a| a.parameters.as_ref())
@@ -182,7 +176,7 @@ pub fn parameters(actions: &[Action]) -> Map<String, Value> {
 }
 
 /// The value of `BATON_ATTEMPT` among `actions`' parameters.
-pub fn attempt_of(actions: &[Action]) -> Option<String> {
+pub(crate) fn attempt_of(actions: &[Action]) -> Option<String> {
     parameters(actions)
         .get(ATTEMPT_PARAMETER)
         .and_then(Value::as_str)
@@ -190,7 +184,7 @@ pub fn attempt_of(actions: &[Action]) -> Option<String> {
 }
 
 /// True when every one of `wanted` is among `actions`' parameters with the same text.
-pub fn has_parameters(actions: &[Action], wanted: &[(String, String)]) -> bool {
+pub(crate) fn has_parameters(actions: &[Action], wanted: &[(String, String)]) -> bool {
     let have = parameters(actions);
     wanted.iter().all(|(name, value)| {
         have.get(name).is_some_and(|v| match v {
@@ -204,7 +198,7 @@ pub fn has_parameters(actions: &[Action], wanted: &[(String, String)]) -> bool {
 
 /// A build.
 #[derive(Debug, Clone, Default, Deserialize)]
-pub struct Build {
+pub(crate) struct Build {
     /// Its number.
     #[serde(default)]
     pub number: Option<u64>,
@@ -239,14 +233,14 @@ pub struct Build {
 
 impl Build {
     /// True while the build runs.
-    pub fn running(&self) -> bool {
+    pub(crate) fn running(&self) -> bool {
         self.building == Some(true) || self.in_progress == Some(true)
     }
 }
 
 /// An archived file of a build.
 #[derive(Debug, Clone, Default, Deserialize)]
-pub struct Artifact {
+pub(crate) struct Artifact {
     /// The file's name.
     #[serde(rename = "fileName", default)]
     pub file_name: String,
@@ -257,7 +251,7 @@ pub struct Artifact {
 
 /// Maps a finished build's `result` to a state; `None` (`null`) and unknown words are
 /// [`ExternalState::Unknown`], never terminal.
-pub fn map_result(result: Option<&str>, unstable: Unstable) -> ExternalState {
+pub(crate) fn map_result(result: Option<&str>, unstable: Unstable) -> ExternalState {
     match result {
         Some("SUCCESS") => ExternalState::Succeeded { warnings: false },
         Some("UNSTABLE") => match unstable {
@@ -277,7 +271,7 @@ pub fn map_result(result: Option<&str>, unstable: Unstable) -> ExternalState {
 /// from the one baton reaches it at (a proxy, an internal name), so baton keeps only this
 /// part and joins it to its own `url`. This also keeps a stored reference from ever sending
 /// the credentials to another host.
-pub fn below_root(url: &str) -> Option<String> {
+pub(crate) fn below_root(url: &str) -> Option<String> {
     let parsed = Url::parse(url).ok()?;
     let path = parsed.path();
     let at = path.find("/job/")?;
@@ -289,7 +283,7 @@ pub fn below_root(url: &str) -> Option<String> {
 }
 
 /// The queue id at the end of a trigger's `Location` (`…/queue/item/812/`).
-pub fn queue_id_of_location(location: &str) -> Option<u64> {
+pub(crate) fn queue_id_of_location(location: &str) -> Option<u64> {
     let trimmed = location.trim().trim_end_matches('/');
     let (head, id) = trimmed.rsplit_once('/')?;
     if !head.ends_with("/queue/item") && head != "queue/item" {

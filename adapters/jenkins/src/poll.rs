@@ -231,7 +231,7 @@ impl JenkinsAdapter {
                 url,
             ));
         }
-        let raw = build.result.clone();
+        let raw = build.result;
         let state = model::map_result(raw.as_deref(), tracked.unstable());
         let message = match (&state, raw.as_deref()) {
             (ExternalState::Unknown(_), None) => {
@@ -247,7 +247,7 @@ impl JenkinsAdapter {
                 format!("{label} is UNSTABLE, counted as success with warnings")
             }
             (_, Some(word)) => format!("{label}: {word}"),
-            (_, None) => label.clone(),
+            (_, None) => label,
         };
         Ok(self.outcome(
             key,

@@ -4,11 +4,11 @@
 use serde_json::{Map, Value};
 
 /// The largest property file read.
-pub const MAX_PROPERTIES_BYTES: usize = 1024 * 1024;
+pub(crate) const MAX_PROPERTIES_BYTES: usize = 1024 * 1024;
 
 /// Parses an artifact named `path`: `*.json` must hold a JSON object; anything else is
 /// read as a Java `.properties` file, whose values are strings.
-pub fn parse_artifact(path: &str, bytes: &[u8]) -> Result<Map<String, Value>, String> {
+pub(crate) fn parse_artifact(path: &str, bytes: &[u8]) -> Result<Map<String, Value>, String> {
     if path.to_ascii_lowercase().ends_with(".json") {
         return match serde_json::from_slice::<Value>(bytes) {
             Ok(Value::Object(map)) => Ok(map),
@@ -45,7 +45,7 @@ fn kind_of(value: &Value) -> &'static str {
 /// Parses the `.properties` format: `key=value`, `key: value` or `key value`; `#` and `!`
 /// comment lines; a trailing odd backslash continues a line; `\t \n \r \f \uXXXX` escapes,
 /// and `\x` for any other `x`. A later key replaces an earlier one, keeping its place.
-pub fn parse_properties(text: &str) -> Vec<(String, String)> {
+pub(crate) fn parse_properties(text: &str) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = Vec::new();
     for line in logical_lines(text) {
         let (key, value) = split_entry(&line);

@@ -21,7 +21,7 @@ use crate::{JenkinsAdapter, lock};
 
 /// What a notification says about one build.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Notice {
+pub(crate) struct Notice {
     /// `QUEUED`, `STARTED`, `COMPLETED`, `FINALIZED` (or a newer word).
     pub phase: Option<String>,
     /// The build's result so far.
@@ -35,10 +35,10 @@ pub struct Notice {
 }
 
 /// The largest body read (a notification with its log lines can be long; ours need none).
-pub const MAX_BODY: usize = 4 * 1024 * 1024;
+pub(crate) const MAX_BODY: usize = 4 * 1024 * 1024;
 
 /// Reads a Notification plugin body; an error says what was wrong with it.
-pub fn parse(body: &[u8]) -> Result<Notice, String> {
+pub(crate) fn parse(body: &[u8]) -> Result<Notice, String> {
     if body.len() > MAX_BODY {
         return Err(format!(
             "the notification is larger than {MAX_BODY} bytes: set the plugin's `Log` lines to 0"

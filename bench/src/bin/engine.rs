@@ -247,7 +247,7 @@ async fn main() {
         max.as_secs_f64() * 1e3,
         latencies.len()
     );
-    println!("  stage events published          {:>10}", published);
+    println!("  stage events published          {published:>10}");
     println!("peer: the same disk's durable commit rate, one row per fsync, no engine");
     println!(
         "  commits per second              {:>10.0}   (baton transitions / raw commits = {:.2})",

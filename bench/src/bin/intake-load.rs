@@ -29,6 +29,10 @@
 //! whose delivery id is rewritten in place; a response reader that only looks for the status
 //! and `Content-Length`.
 
+// The timer is a Linux timerfd, which neither mio nor the standard library wraps; each
+// unsafe block states what makes its call sound.
+#![allow(unsafe_code)]
+
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};

@@ -34,8 +34,6 @@
 //! Adapters whose `start` touches nothing outside baton (the approval adapter) set
 //! [`Scenario::side_effect_free`]: rules 2 and 6 are relaxed for them, as explained there.
 
-#![warn(missing_docs)]
-
 pub mod docs;
 
 use std::future::Future;
@@ -268,9 +266,8 @@ pub async fn poll_until_terminal(
             external: &external,
             signal,
         };
-        let answer = match tokio::time::timeout(left, adapter.poll(&request)).await {
-            Ok(answer) => answer,
-            Err(_) => continue,
+        let Ok(answer) = tokio::time::timeout(left, adapter.poll(&request)).await else {
+            continue;
         };
         match answer {
             Ok(outcome) => {

@@ -11,7 +11,7 @@ use crate::setup;
 
 /// `baton adapters`.
 #[derive(Args, Debug)]
-pub struct AdaptersArgs {
+pub(crate) struct AdaptersArgs {
     /// Print the kinds as a JSON array instead of a table.
     #[arg(long)]
     json: bool,
@@ -19,7 +19,7 @@ pub struct AdaptersArgs {
 
 /// Lists every built-in kind: name, whether it needs an `[adapters]` block, whether its
 /// stages take decisions, its documentation and what it does.
-pub fn adapters(args: AdaptersArgs) -> ExitCode {
+pub(crate) fn adapters(args: AdaptersArgs) -> ExitCode {
     // The exec state folder matters only to built adapters, and none is built here.
     let kinds = setup::kinds(Path::new("."));
     if args.json {

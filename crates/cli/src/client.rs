@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 /// Where the server is and who is calling.
 #[derive(Args, Debug, Clone)]
-pub struct Remote {
+pub(crate) struct Remote {
     /// The server's URL.
     #[arg(
         long,
@@ -28,7 +28,7 @@ pub struct Remote {
 
 /// `baton runs`.
 #[derive(Subcommand, Debug)]
-pub enum RunsCommand {
+pub(crate) enum RunsCommand {
     /// List runs, newest first.
     List {
         /// Only this workflow.
@@ -75,7 +75,7 @@ pub enum RunsCommand {
 
 /// `baton deliveries`.
 #[derive(Subcommand, Debug)]
-pub enum DeliveriesCommand {
+pub(crate) enum DeliveriesCommand {
     /// List stored webhook deliveries, newest first.
     List {
         /// Only this source.
@@ -99,7 +99,7 @@ pub enum DeliveriesCommand {
 
 /// `baton runs …` arguments.
 #[derive(Args, Debug)]
-pub struct RunsArgs {
+pub(crate) struct RunsArgs {
     #[command(subcommand)]
     command: RunsCommand,
     #[command(flatten)]
@@ -108,7 +108,7 @@ pub struct RunsArgs {
 
 /// `baton deliveries …` arguments.
 #[derive(Args, Debug)]
-pub struct DeliveriesArgs {
+pub(crate) struct DeliveriesArgs {
     #[command(subcommand)]
     command: DeliveriesCommand,
     #[command(flatten)]
@@ -197,7 +197,7 @@ fn text(v: &Value) -> &str {
 }
 
 /// `baton runs …`.
-pub async fn runs(args: RunsArgs) -> Result<ExitCode> {
+pub(crate) async fn runs(args: RunsArgs) -> Result<ExitCode> {
     let api = Api::new(args.remote)?;
     use reqwest::Method;
     let answer = match &args.command {
@@ -301,14 +301,14 @@ pub async fn runs(args: RunsArgs) -> Result<ExitCode> {
             v["attempt"]
         ),
         RunsCommand::Approve { run, stage, .. } => {
-            println!("stage {stage} of run {run}: {}", text(&v["decision"]))
+            println!("stage {stage} of run {run}: {}", text(&v["decision"]));
         }
     });
     Ok(ExitCode::SUCCESS)
 }
 
 /// `baton deliveries …`.
-pub async fn deliveries(args: DeliveriesArgs) -> Result<ExitCode> {
+pub(crate) async fn deliveries(args: DeliveriesArgs) -> Result<ExitCode> {
     let api = Api::new(args.remote)?;
     use reqwest::Method;
     let answer = match &args.command {

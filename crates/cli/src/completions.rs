@@ -8,7 +8,7 @@ use clap_complete::Shell;
 
 /// `baton completions`.
 #[derive(Args, Debug)]
-pub struct CompletionsArgs {
+pub(crate) struct CompletionsArgs {
     /// The shell to complete for. Bash: `source <(baton completions bash)`; zsh: write it as
     /// `_baton` in a folder of `$fpath`; fish: write it to
     /// `~/.config/fish/completions/baton.fish`.
@@ -16,7 +16,7 @@ pub struct CompletionsArgs {
 }
 
 /// Prints the completion script on standard output.
-pub fn completions(args: CompletionsArgs) -> ExitCode {
+pub(crate) fn completions(args: CompletionsArgs) -> ExitCode {
     let mut command = crate::Cli::command();
     clap_complete::generate(args.shell, &mut command, "baton", &mut std::io::stdout());
     ExitCode::SUCCESS

@@ -17,7 +17,7 @@ const WORKFLOW_NAME: &str = "hello";
 
 /// `baton init`.
 #[derive(Args, Debug)]
-pub struct InitArgs {
+pub(crate) struct InitArgs {
     /// The folder to write into (created if missing).
     #[arg(default_value = ".")]
     dir: PathBuf,
@@ -33,7 +33,7 @@ fn starter_files() -> [(&'static str, &'static str); 2] {
 
 /// Writes the starter files into `args.dir`; refuses (exit 2, nothing written) when any of
 /// them exists, unless `--force`.
-pub fn init(args: InitArgs) -> ExitCode {
+pub(crate) fn init(args: InitArgs) -> ExitCode {
     let files: Vec<(PathBuf, &str)> = starter_files()
         .into_iter()
         .map(|(name, text)| (args.dir.join(name), text))

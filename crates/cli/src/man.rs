@@ -8,7 +8,7 @@ use clap::{Args, CommandFactory};
 
 /// `baton man`.
 #[derive(Args, Debug)]
-pub struct ManArgs {
+pub(crate) struct ManArgs {
     /// Write `baton.1` and a page per subcommand (`baton-run.1`, …) into this folder
     /// (created if missing), instead of printing `baton.1` on standard output.
     #[arg(short, long, value_name = "DIR")]
@@ -16,7 +16,7 @@ pub struct ManArgs {
 }
 
 /// Prints the `baton(1)` page, or writes every page into a folder.
-pub fn man(args: ManArgs) -> ExitCode {
+pub(crate) fn man(args: ManArgs) -> ExitCode {
     let command = crate::Cli::command();
     let written = match &args.output {
         None => clap_mangen::Man::new(command).render(&mut std::io::stdout()),

@@ -18,7 +18,7 @@ struct Row {
 }
 
 /// Shows the stages of one run while it goes.
-pub struct Progress {
+pub(crate) struct Progress {
     live: bool,
     begun: Instant,
     rows: Vec<Row>,
@@ -54,7 +54,7 @@ fn color(status: StageStatus) -> &'static str {
 }
 
 /// `1.2s`, `3m04s`, `2h05m`.
-pub fn human(d: Duration) -> String {
+pub(crate) fn human(d: Duration) -> String {
     let secs = d.as_secs();
     if secs < 60 {
         format!("{:.1}s", d.as_secs_f64())
@@ -67,7 +67,12 @@ pub fn human(d: Duration) -> String {
 
 impl Progress {
     /// A display for `stages` (in order). `live` redraws in place (a terminal).
-    pub fn new(title: String, stages: &[String], live: bool, out: Box<dyn Write + Send>) -> Self {
+    pub(crate) fn new(
+        title: String,
+        stages: &[String],
+        live: bool,
+        out: Box<dyn Write + Send>,
+    ) -> Self {
         let rows = stages
             .iter()
             .map(|id| Row {
@@ -97,7 +102,7 @@ impl Progress {
     }
 
     /// Takes an engine event for this run.
-    pub fn on_event(&mut self, event: &Event) {
+    pub(crate) fn on_event(&mut self, event: &Event) {
         let Event::Stage {
             stage_id,
             status,
@@ -146,7 +151,7 @@ impl Progress {
     }
 
     /// Redraws the table (terminal only).
-    pub fn tick(&mut self) {
+    pub(crate) fn tick(&mut self) {
         if !self.live {
             return;
         }
@@ -198,12 +203,12 @@ impl Progress {
     }
 
     /// Clears the live table so a prompt can be shown; the next tick draws it again below.
-    pub fn pause(&mut self) {
+    pub(crate) fn pause(&mut self) {
         self.drawn = 0;
     }
 
     /// The closing lines: the final table (terminal) and a summary with failures and outputs.
-    pub fn finish(&mut self, run: &RunView) {
+    pub(crate) fn finish(&mut self, run: &RunView) {
         for stage in &run.stages {
             if let (Some(&i), Some(status)) =
                 (self.index.get(&stage.id), StageStatus::parse(&stage.status))

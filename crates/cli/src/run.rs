@@ -22,7 +22,7 @@ use crate::setup;
 
 /// `baton run`.
 #[derive(Args, Debug)]
-pub struct RunArgs {
+pub(crate) struct RunArgs {
     /// A workflow name from the config, or a path to a workflow file (a lone file needs no
     /// config when it uses only `exec` and `approval`).
     workflow: String,
@@ -52,7 +52,7 @@ pub struct RunArgs {
 
 /// `baton resume`.
 #[derive(Args, Debug)]
-pub struct ResumeArgs {
+pub(crate) struct ResumeArgs {
     #[command(flatten)]
     config: ConfigArgs,
     /// The store URL, as for `baton run`.
@@ -64,14 +64,14 @@ pub struct ResumeArgs {
 }
 
 /// Runs a command's future on a runtime; maps errors to exit code 2.
-pub fn block_on(future: impl std::future::Future<Output = Result<ExitCode>>) -> ExitCode {
+pub(crate) fn block_on(future: impl Future<Output = Result<ExitCode>>) -> ExitCode {
     block_on_with(None, future)
 }
 
 /// [`block_on`] with `workers` runtime threads (tokio's default when `None`).
-pub fn block_on_with(
+pub(crate) fn block_on_with(
     workers: Option<usize>,
-    future: impl std::future::Future<Output = Result<ExitCode>>,
+    future: impl Future<Output = Result<ExitCode>>,
 ) -> ExitCode {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
@@ -95,7 +95,7 @@ pub fn block_on_with(
 }
 
 /// The workflow names, for error messages.
-pub fn names(loaded: &Loaded) -> String {
+pub(crate) fn names(loaded: &Loaded) -> String {
     let names: Vec<&str> = loaded.workflows.iter().map(|w| w.workflow.name()).collect();
     if names.is_empty() {
         "none".into()
@@ -146,7 +146,7 @@ fn exit_for(status: RunStatus) -> ExitCode {
 }
 
 /// `baton run WORKFLOW`.
-pub async fn run(args: RunArgs) -> Result<ExitCode> {
+pub(crate) async fn run(args: RunArgs) -> Result<ExitCode> {
     let lone = Path::new(&args.workflow);
     let lone = (lone.is_file()).then_some(lone);
     let config = setup::config_file(args.config.config.as_deref(), lone);
@@ -356,7 +356,7 @@ async fn prompt(
 }
 
 /// `baton resume`: finishes every unfinished run in the store.
-pub async fn resume(args: ResumeArgs) -> Result<ExitCode> {
+pub(crate) async fn resume(args: ResumeArgs) -> Result<ExitCode> {
     let config = setup::config_file(args.config.config.as_deref(), None);
     let loaded = match load_or_report(config.as_deref(), &[], args.store.as_deref()) {
         Ok(l) => l,

@@ -12,7 +12,7 @@ use crate::setup;
 
 /// `baton serve`.
 #[derive(Args, Debug)]
-pub struct ServeArgs {
+pub(crate) struct ServeArgs {
     #[command(flatten)]
     pub config: ConfigArgs,
     /// Listen on this address instead of `server.listen` (`127.0.0.1:0` picks a free port).
@@ -37,11 +37,11 @@ async fn stop_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return std::future::pending().await,
-            };
+        let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        else {
+            return std::future::pending().await;
+        };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -53,7 +53,7 @@ async fn stop_signal() {
 }
 
 /// Runs the gateway until SIGTERM or Ctrl-C.
-pub async fn serve(args: ServeArgs) -> Result<ExitCode> {
+pub(crate) async fn serve(args: ServeArgs) -> Result<ExitCode> {
     let Some(config) = setup::config_file(args.config.config.as_deref(), None) else {
         eprintln!("baton serve: no config: pass -c FILE (or have ./baton.toml)");
         return Ok(ExitCode::from(2));

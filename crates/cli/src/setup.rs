@@ -11,7 +11,7 @@ use baton_engine::{Engine, EngineConfig};
 
 /// Every adapter kind this build of baton has. Adding a kind is one line here: what the kind
 /// is (an instance without a block, whether it takes decisions) it declares itself.
-pub fn kinds(exec_state_dir: &Path) -> Kinds {
+pub(crate) fn kinds(exec_state_dir: &Path) -> Kinds {
     let mut kinds = Kinds::new();
     kinds.register(Arc::new(baton_adapter_exec::ExecKind::new(exec_state_dir)));
     kinds.register(Arc::new(baton_adapter_approval::ApprovalKind));
@@ -21,11 +21,11 @@ pub fn kinds(exec_state_dir: &Path) -> Kinds {
 }
 
 /// The store of a lone workflow file run without a gateway config.
-pub const LONE_STORE: &str = "sqlite://.baton/baton.db";
+pub(crate) const LONE_STORE: &str = "sqlite://.baton/baton.db";
 
 /// The config file to use: `-c`, else `baton.toml` / `baton.yaml` in the current folder
 /// when one exists and the workflow is not given as a file.
-pub fn config_file(flag: Option<&Path>, lone_workflow: Option<&Path>) -> Option<PathBuf> {
+pub(crate) fn config_file(flag: Option<&Path>, lone_workflow: Option<&Path>) -> Option<PathBuf> {
     if let Some(file) = flag {
         return Some(file.to_path_buf());
     }
@@ -39,7 +39,7 @@ pub fn config_file(flag: Option<&Path>, lone_workflow: Option<&Path>) -> Option<
 }
 
 /// Loads the config and workflows; `store` (a `--store` flag) replaces the store url.
-pub fn load(
+pub(crate) fn load(
     config: Option<&Path>,
     workflow_files: &[PathBuf],
     store: Option<&str>,
@@ -62,12 +62,12 @@ pub fn load(
 }
 
 /// The kinds, with the state folder the config gives `exec`: the kinds that build adapters.
-pub fn configured_kinds(loaded: &Loaded) -> Kinds {
+pub(crate) fn configured_kinds(loaded: &Loaded) -> Kinds {
     kinds(&loaded.gateway.exec_state_dir())
 }
 
 /// Builds every adapter instance, opens the store and creates the engine (not started).
-pub async fn build_engine(loaded: &Loaded) -> Result<Engine> {
+pub(crate) async fn build_engine(loaded: &Loaded) -> Result<Engine> {
     let gateway = &loaded.gateway;
     let kinds = configured_kinds(loaded);
     let resolver = EnvFileResolver::new(gateway.base_dir.clone());
@@ -96,6 +96,6 @@ pub async fn build_engine(loaded: &Loaded) -> Result<Engine> {
 }
 
 /// The instance names whose stages wait for a person's decision.
-pub fn decision_instances(loaded: &Loaded) -> BTreeSet<String> {
+pub(crate) fn decision_instances(loaded: &Loaded) -> BTreeSet<String> {
     loaded.gateway.decision_instances(&configured_kinds(loaded))
 }

@@ -22,8 +22,6 @@
 //! A secret is always a reference, `{ env = "NAME" }` or `{ file = "PATH" }`; a literal
 //! secret is a load error. [`EnvFileResolver`] reads references.
 
-#![warn(missing_docs)]
-
 mod check;
 mod diagnostic;
 mod document;

@@ -299,7 +299,7 @@ impl Waker {
 
     /// Asks for `key` to be polled now.
     pub fn wake(&self, key: &AttemptKey) {
-        (self.0)(key)
+        (self.0)(key);
     }
 }
 

@@ -775,7 +775,7 @@ mod tests {
         assert!(!check("gl", "push", r#"{"ref": "refs/heads/main"}"#));
         // No output (`empty`) and `null` are false; an error is an error.
         let only = |code: &str| {
-            crate::Expr::compile(code)
+            Expr::compile(code)
                 .unwrap()
                 .is_true_val(crate::expr::parse_val("{}").unwrap())
         };

@@ -11,7 +11,7 @@ pub(crate) async fn bounded<T>(
     limit: Duration,
     adapter: &'static str,
     name: &'static str,
-    call: impl std::future::Future<Output = Result<T, AdapterError>>,
+    call: impl Future<Output = Result<T, AdapterError>>,
 ) -> Result<T, AdapterError> {
     let begun = std::time::Instant::now();
     let result = match tokio::time::timeout(limit, call).await {

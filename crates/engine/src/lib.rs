@@ -43,8 +43,8 @@ use baton_store::{RunFilter, RunHeader, RunSnapshot, Store, StoreError};
 use serde_json::Value;
 use tokio::sync::{Notify, Semaphore, broadcast};
 
-pub mod plan;
-pub mod view;
+mod plan;
+mod view;
 
 mod advance;
 mod attempt;

@@ -15,34 +15,34 @@
 use baton_core::{OnFailure, RunStatus, StageStatus, Workflow};
 
 /// Reasons recorded on stages (the `reason` column).
-pub mod reason {
+pub(crate) mod reason {
     /// The stage's `if` was false.
-    pub const CONDITION: &str = "condition";
+    pub(crate) const CONDITION: &str = "condition";
     /// Every stage it needs was skipped.
-    pub const NEEDS_SKIPPED: &str = "needs_skipped";
+    pub(crate) const NEEDS_SKIPPED: &str = "needs_skipped";
     /// A stage it needs failed or was cancelled.
-    pub const UPSTREAM_FAILED: &str = "upstream_failed";
+    pub(crate) const UPSTREAM_FAILED: &str = "upstream_failed";
     /// Its `if` or a template raised a jq error.
-    pub const EXPRESSION: &str = "expression";
+    pub(crate) const EXPRESSION: &str = "expression";
     /// The attempt ran longer than the stage's timeout.
-    pub const TIMED_OUT: &str = "timed_out";
+    pub(crate) const TIMED_OUT: &str = "timed_out";
     /// The run was cancelled, or halted by a failure elsewhere.
-    pub const CANCELLED: &str = "cancelled";
+    pub(crate) const CANCELLED: &str = "cancelled";
     /// A cancel of the external work is under way.
-    pub const CANCELLING: &str = "cancelling";
+    pub(crate) const CANCELLING: &str = "cancelling";
     /// A timeout's cancel of the external work is under way.
-    pub const TIMING_OUT: &str = "timing_out";
+    pub(crate) const TIMING_OUT: &str = "timing_out";
     /// Waiting for the backoff before a retry.
-    pub const RETRYING: &str = "retrying";
+    pub(crate) const RETRYING: &str = "retrying";
     /// The adapter failed or the external work failed.
-    pub const FAILED: &str = "failed";
+    pub(crate) const FAILED: &str = "failed";
     /// The external system reported the work cancelled or skipped.
-    pub const EXTERNAL: &str = "external";
+    pub(crate) const EXTERNAL: &str = "external";
 }
 
 /// What the planner needs to know of a stage.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StageView {
+pub(crate) struct StageView {
     /// Current status.
     pub status: StageStatus,
     /// Current reason.
@@ -53,7 +53,7 @@ pub struct StageView {
 
 /// One thing to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     /// Skip a pending stage.
     Skip {
         /// Stage index.
@@ -101,7 +101,7 @@ fn satisfied(view: &StageView, on_failure: OnFailure) -> bool {
 
 /// Decides what happens next. `views` is updated as decisions are made, so dependents are
 /// decided in the same pass. `condition` evaluates a stage's `if` (true when it has none).
-pub fn plan(
+pub(crate) fn plan(
     workflow: &Workflow,
     views: &mut [StageView],
     cancel_requested: bool,

@@ -817,7 +817,7 @@ async fn wait_for(mut check: impl FnMut() -> bool) {
     panic!("condition not reached in 5 s");
 }
 
-async fn wait_for_async<F: std::future::Future<Output = bool>>(mut check: impl FnMut() -> F) {
+async fn wait_for_async<F: Future<Output = bool>>(mut check: impl FnMut() -> F) {
     for _ in 0..500 {
         if check().await {
             return;

@@ -4,7 +4,7 @@ use serde_json::Value;
 
 /// A commit on GitHub: the repository, the SHA, and the App installation to act as.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct GithubCommit {
+pub(crate) struct GithubCommit {
     /// The repository's owner (user or organization).
     pub owner: String,
     /// The repository's name.
@@ -17,7 +17,7 @@ pub struct GithubCommit {
 
 /// A commit on GitLab: the project, the SHA, and the branch or tag it was reported for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct GitlabCommit {
+pub(crate) struct GitlabCommit {
     /// The project: its numeric id, or else its `group/name` path.
     pub project: String,
     /// The full commit SHA.
@@ -61,7 +61,7 @@ fn github_name(name: &str) -> bool {
 /// `head_commit.id`) for pushes, then the `head_sha`/`sha` of check, workflow, deployment
 /// and status events; the repository from `repository.full_name`. `None` when the event has
 /// no commit (a manual run, a deleted branch) or no repository.
-pub fn github_commit(event: &Value) -> Option<GithubCommit> {
+pub(crate) fn github_commit(event: &Value) -> Option<GithubCommit> {
     let sha = first_sha(
         event,
         &[
@@ -121,7 +121,7 @@ fn short_ref(git_ref: &str) -> &str {
 /// pipelines' `object_attributes.sha` on `object_attributes.ref`; jobs' `sha`. The project is
 /// `project.id` (or `project_id`, or `project.path_with_namespace`); pipeline and job events
 /// also name their pipeline. `None` when the event has no commit or no project.
-pub fn gitlab_commit(event: &Value) -> Option<GitlabCommit> {
+pub(crate) fn gitlab_commit(event: &Value) -> Option<GitlabCommit> {
     let merge_request = event.pointer("/object_kind").and_then(Value::as_str)
         == Some("merge_request")
         || event.pointer("/object_attributes/last_commit/id").is_some();

@@ -13,8 +13,6 @@
 //!
 //! See `docs/reporting.md` for setup and for exactly what is posted when.
 
-#![warn(missing_docs)]
-
 mod commit;
 mod github;
 mod gitlab;

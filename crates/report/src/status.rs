@@ -4,11 +4,11 @@ use baton_core::{RunStatus, StageStatus};
 use baton_store::RunSnapshot;
 
 /// The longest description GitHub accepts (characters); GitLab gets the same.
-pub const MAX_DESCRIPTION: usize = 140;
+pub(crate) const MAX_DESCRIPTION: usize = 140;
 
 /// Where a run or stage is, in the words both GitHub and GitLab can be given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Phase {
+pub(crate) enum Phase {
     /// Not started: a queued run, a pending stage.
     Pending,
     /// Started and not finished: a running run, a running or waiting stage.
@@ -25,7 +25,7 @@ pub enum Phase {
 
 impl Phase {
     /// True once nothing more will happen.
-    pub fn is_terminal(self) -> bool {
+    pub(crate) fn is_terminal(self) -> bool {
         !matches!(self, Self::Pending | Self::Running)
     }
 
@@ -34,7 +34,7 @@ impl Phase {
     /// A cancelled run or stage is `error` (GitHub's word for "did not complete"), and a
     /// skipped stage is `success` with the description `skipped…`: a stage left out on
     /// purpose must not block a merge that requires the context.
-    pub fn github_state(self) -> &'static str {
+    pub(crate) fn github_state(self) -> &'static str {
         match self {
             Self::Pending | Self::Running => "pending",
             Self::Succeeded | Self::Skipped => "success",
@@ -49,7 +49,7 @@ impl Phase {
     /// A skipped stage is `success` with the description `skipped…`, as on GitHub: GitLab
     /// accepts `skipped` only on recent versions, and `canceled` would mark the whole
     /// external pipeline cancelled.
-    pub fn gitlab_state(self) -> &'static str {
+    pub(crate) fn gitlab_state(self) -> &'static str {
         match self {
             Self::Pending => "pending",
             Self::Running => "running",
@@ -87,7 +87,7 @@ impl From<StageStatus> for Phase {
 
 /// One commit status as baton wants it to be.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Status {
+pub(crate) struct Status {
     /// `baton/<workflow>` for the run, `baton/<workflow>/<stage>` for a stage (GitLab's
     /// `name`).
     pub context: String,
@@ -100,23 +100,27 @@ pub struct Status {
 }
 
 /// The context of a run: `baton/<workflow>`.
-pub fn run_context(workflow: &str) -> String {
+pub(crate) fn run_context(workflow: &str) -> String {
     format!("baton/{workflow}")
 }
 
 /// The context of a stage: `baton/<workflow>/<stage>`.
-pub fn stage_context(workflow: &str, stage: &str) -> String {
+pub(crate) fn stage_context(workflow: &str, stage: &str) -> String {
     format!("baton/{workflow}/{stage}")
 }
 
 /// The link to a run: `<public_url>/api/v1/runs/<id>`.
-pub fn run_url(public_url: Option<&str>, run_id: &str) -> Option<String> {
+pub(crate) fn run_url(public_url: Option<&str>, run_id: &str) -> Option<String> {
     public_url.map(|base| format!("{}/api/v1/runs/{run_id}", base.trim_end_matches('/')))
 }
 
 /// The status of one context of a stored run: the run's own when `stage_id` is empty, else
 /// that stage's. `None` for a stage the run does not have.
-pub fn status_of(run: &RunSnapshot, stage_id: &str, public_url: Option<&str>) -> Option<Status> {
+pub(crate) fn status_of(
+    run: &RunSnapshot,
+    stage_id: &str,
+    public_url: Option<&str>,
+) -> Option<Status> {
     let workflow = &run.header.workflow;
     let (context, phase, description) = if stage_id.is_empty() {
         (
@@ -146,7 +150,7 @@ pub fn status_of(run: &RunSnapshot, stage_id: &str, public_url: Option<&str>) ->
 
 /// `running`, `running (attempt 2)`, `failed: exit code 2`: the status word, the attempt
 /// after the first, and the message with its whitespace folded, cut to [`MAX_DESCRIPTION`].
-pub fn describe(status: &str, message: Option<&str>, attempt: u32) -> String {
+pub(crate) fn describe(status: &str, message: Option<&str>, attempt: u32) -> String {
     let mut text = status.to_owned();
     if attempt > 1 && matches!(status, "running" | "waiting" | "pending") {
         text.push_str(&format!(" (attempt {attempt})"));
@@ -162,7 +166,7 @@ pub fn describe(status: &str, message: Option<&str>, attempt: u32) -> String {
 }
 
 /// `text` cut to at most `max` characters, ending in `…` when cut.
-pub fn truncate(text: &str, max: usize) -> String {
+pub(crate) fn truncate(text: &str, max: usize) -> String {
     if text.chars().count() <= max {
         return text.to_owned();
     }

@@ -10,7 +10,7 @@ use crate::status::Status;
 
 /// A commit of either system.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Commit {
+pub(crate) enum Commit {
     /// A GitHub commit.
     Github(GithubCommit),
     /// A GitLab commit.
@@ -28,7 +28,7 @@ impl fmt::Display for Commit {
 
 /// What a post that did not land says.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Failure {
+pub(crate) struct Failure {
     /// Why, for the log: an HTTP status and the server's message, or the network error.
     /// Never a credential.
     pub reason: String,
@@ -41,7 +41,7 @@ pub struct Failure {
 
 impl Failure {
     /// A failure worth another try.
-    pub fn transient(reason: impl Into<String>) -> Self {
+    pub(crate) fn transient(reason: impl Into<String>) -> Self {
         Self {
             reason: reason.into(),
             retry: true,
@@ -50,7 +50,7 @@ impl Failure {
     }
 
     /// A failure that will not change by trying again.
-    pub fn permanent(reason: impl Into<String>) -> Self {
+    pub(crate) fn permanent(reason: impl Into<String>) -> Self {
         Self {
             reason: reason.into(),
             retry: false,
@@ -59,7 +59,7 @@ impl Failure {
     }
 
     /// A failure for an HTTP error answer: retried unless the request itself is wrong.
-    pub fn http(status: u16, message: &str, retry_after: Option<Duration>) -> Self {
+    pub(crate) fn http(status: u16, message: &str, retry_after: Option<Duration>) -> Self {
         let message = message.split_whitespace().collect::<Vec<_>>().join(" ");
         let message = crate::status::truncate(&message, 300);
         Self {
@@ -76,7 +76,7 @@ impl Failure {
 
 /// What a post did.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Posted {
+pub(crate) enum Posted {
     /// The server took the status.
     Done,
     /// The server already shows this status or a later one (GitLab refuses a transition
@@ -86,7 +86,7 @@ pub enum Posted {
 
 /// Something that posts commit statuses: GitHub, GitLab, or a test double.
 #[async_trait]
-pub trait Target: Send + Sync {
+pub(crate) trait Target: Send + Sync {
     /// The source name, for logs.
     fn name(&self) -> &str;
 
@@ -102,7 +102,7 @@ pub trait Target: Send + Sync {
 
 /// How long a `Retry-After` header asks to wait. GitHub and GitLab send seconds; the HTTP
 /// date form is not read (the backoff applies then).
-pub fn retry_after(value: Option<&str>) -> Option<Duration> {
+pub(crate) fn retry_after(value: Option<&str>) -> Option<Duration> {
     value?.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
 

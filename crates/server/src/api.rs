@@ -46,7 +46,7 @@ fn role_name(role: Role) -> &'static str {
 }
 
 /// Who is calling, from `Authorization: Bearer <token>`.
-pub struct Caller {
+pub(crate) struct Caller {
     /// The token's name.
     pub name: String,
     role: Role,
@@ -54,7 +54,7 @@ pub struct Caller {
 
 impl Caller {
     /// Refuses (403) a caller whose role is below `needed`.
-    pub fn require(&self, needed: Role) -> Result<(), ApiError> {
+    pub(crate) fn require(&self, needed: Role) -> Result<(), ApiError> {
         if rank(self.role) >= rank(needed) {
             Ok(())
         } else {
@@ -99,7 +99,7 @@ impl FromRequestParts<Arc<AppState>> for Caller {
 
 /// `?workflow=&status=&limit=&offset=`.
 #[derive(Deserialize)]
-pub struct RunQuery {
+pub(crate) struct RunQuery {
     workflow: Option<String>,
     status: Option<String>,
     limit: Option<u32>,
@@ -107,7 +107,7 @@ pub struct RunQuery {
 }
 
 /// `GET /api/v1/runs`.
-pub async fn list_runs(
+pub(crate) async fn list_runs(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Query(q): Query<RunQuery>,
@@ -138,7 +138,7 @@ pub async fn list_runs(
 }
 
 /// `GET /api/v1/runs/{id}`.
-pub async fn get_run(
+pub(crate) async fn get_run(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Path(id): Path<String>,
@@ -149,7 +149,7 @@ pub async fn get_run(
 }
 
 /// `POST /api/v1/workflows/{name}/runs`: the body is the event.
-pub async fn start_run(
+pub(crate) async fn start_run(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Path(name): Path<String>,
@@ -185,7 +185,7 @@ pub async fn start_run(
 }
 
 /// `POST /api/v1/runs/{id}/cancel`.
-pub async fn cancel_run(
+pub(crate) async fn cancel_run(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Path(id): Path<String>,
@@ -201,7 +201,7 @@ pub async fn cancel_run(
 }
 
 /// `POST /api/v1/runs/{id}/stages/{stage}/retry`.
-pub async fn retry_stage(
+pub(crate) async fn retry_stage(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Path((id, stage)): Path<(String, String)>,
@@ -218,7 +218,7 @@ pub async fn retry_stage(
 
 /// The optional body of approve and reject.
 #[derive(Deserialize, Default)]
-pub struct DecisionBody {
+pub(crate) struct DecisionBody {
     comment: Option<String>,
 }
 
@@ -271,7 +271,7 @@ async fn decide(
 }
 
 /// `POST /api/v1/runs/{id}/stages/{stage}/approve`.
-pub async fn approve(
+pub(crate) async fn approve(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Path((id, stage)): Path<(String, String)>,
@@ -281,7 +281,7 @@ pub async fn approve(
 }
 
 /// `POST /api/v1/runs/{id}/stages/{stage}/reject`.
-pub async fn reject(
+pub(crate) async fn reject(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Path((id, stage)): Path<(String, String)>,
@@ -292,14 +292,14 @@ pub async fn reject(
 
 /// `?source=&limit=&offset=`.
 #[derive(Deserialize)]
-pub struct DeliveryQuery {
+pub(crate) struct DeliveryQuery {
     source: Option<String>,
     limit: Option<u32>,
     offset: Option<u32>,
 }
 
 /// `GET /api/v1/deliveries`.
-pub async fn list_deliveries(
+pub(crate) async fn list_deliveries(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Query(q): Query<DeliveryQuery>,
@@ -327,7 +327,7 @@ fn delivery_id(text: &str) -> Result<i64, ApiError> {
 }
 
 /// `GET /api/v1/deliveries/{id}`.
-pub async fn get_delivery(
+pub(crate) async fn get_delivery(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Path(id): Path<String>,
@@ -344,7 +344,7 @@ pub async fn get_delivery(
 }
 
 /// `POST /api/v1/deliveries/{id}/replay`.
-pub async fn replay_delivery(
+pub(crate) async fn replay_delivery(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Path(id): Path<String>,

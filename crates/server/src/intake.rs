@@ -19,7 +19,7 @@ use crate::error::ApiError;
 use crate::sources::{Refusal, SECRET_HEADERS, Source};
 
 /// A genuine, parsed delivery, ready to be stored.
-pub struct Delivery {
+pub(crate) struct Delivery {
     source: Arc<Source>,
     event: String,
     delivery_id: String,
@@ -99,12 +99,9 @@ impl FromRequest<Arc<AppState>> for Delivery {
             rejected(&name, "too_large");
             return Err(ApiError::too_large(limit));
         }
-        let bytes = match to_bytes(Body::new(body), limit as usize).await {
-            Ok(bytes) => bytes,
-            Err(_) => {
-                rejected(&name, "too_large");
-                return Err(ApiError::too_large(limit));
-            }
+        let Ok(bytes) = to_bytes(Body::new(body), limit as usize).await else {
+            rejected(&name, "too_large");
+            return Err(ApiError::too_large(limit));
         };
         if let Err(Refusal::Unauthenticated(why) | Refusal::Malformed(why)) =
             source.authenticate(&parts.headers, &bytes)
@@ -134,9 +131,8 @@ impl FromRequest<Arc<AppState>> for Delivery {
                 return Err(ApiError::bad_request(why));
             }
         };
-        let body = match String::from_utf8(bytes.into()) {
-            Ok(text) => text,
-            Err(_) => return Err(ApiError::bad_request("the body is not UTF-8")),
+        let Ok(body) = String::from_utf8(bytes.into()) else {
+            return Err(ApiError::bad_request("the body is not UTF-8"));
         };
         Ok(Self {
             headers: stored_headers(&parts.headers, &source),
@@ -156,7 +152,7 @@ fn answer(status: StatusCode, id: i64, word: &str) -> Response {
 }
 
 /// Stores the delivery, then answers 202 (stored) or 200 (seen before).
-pub async fn receive(
+pub(crate) async fn receive(
     axum::extract::State(state): axum::extract::State<Arc<AppState>>,
     delivery: Delivery,
 ) -> Result<Response, ApiError> {
@@ -194,7 +190,7 @@ pub async fn receive(
 ///
 /// Not authenticated: it only makes baton look sooner at work it already follows, and
 /// what baton then believes comes from the adapter's authenticated poll.
-pub async fn adapter_webhook(
+pub(crate) async fn adapter_webhook(
     axum::extract::State(state): axum::extract::State<Arc<AppState>>,
     Path(instance): Path<String>,
     headers: HeaderMap,

@@ -24,11 +24,11 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::Notify;
 use tower::Layer;
 
-pub mod api;
-pub mod error;
-pub mod intake;
+mod api;
+mod error;
+mod intake;
 mod matcher;
-pub mod request_id;
+mod request_id;
 pub mod sources;
 
 /// The OpenAPI description of the REST API, served at `/api/v1/openapi.json`.

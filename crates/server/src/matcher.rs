@@ -35,7 +35,7 @@ const SAFETY_SCAN: Duration = Duration::from_secs(5);
 const GATHER: Duration = Duration::from_millis(5);
 
 /// Processes deliveries until the process stops.
-pub async fn run(state: Arc<AppState>) {
+pub(crate) async fn run(state: Arc<AppState>) {
     let store = state.engine.store();
     let mut feed = store.delivery_feed();
     // The highest delivery this process matched or read from the store: feed deliveries

@@ -23,19 +23,19 @@ use tracing::Instrument;
 use tracing::instrument::Instrumented;
 
 /// The header that carries a request's id, both ways.
-pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Ids for requests that come without one: a per-process prefix and a counter. (A random
 /// UUID per request would cost a `getrandom` system call on the intake's hot path.)
 #[derive(Clone)]
-pub struct RequestIds {
+pub(crate) struct RequestIds {
     prefix: Arc<str>,
     next: Arc<AtomicU64>,
 }
 
 impl RequestIds {
     /// Ids with a new random prefix, counting from 0.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let prefix = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
         Self {
             prefix: prefix.into(),
@@ -70,7 +70,7 @@ impl<S> Layer<S> for RequestIds {
 
 /// The service [`RequestIds`] wraps around the router.
 #[derive(Clone)]
-pub struct WithRequestId<S> {
+pub(crate) struct WithRequestId<S> {
     inner: S,
     ids: RequestIds,
 }

@@ -38,14 +38,14 @@ pub struct PendingDelivery {
 
 /// The store's end of the feed.
 #[derive(Debug)]
-pub struct FeedSender {
+pub(crate) struct FeedSender {
     sender: mpsc::Sender<PendingDelivery>,
     lagged: Arc<AtomicBool>,
 }
 
 impl FeedSender {
     /// Hands a committed delivery over, or marks the feed lagged if it is full or closed.
-    pub fn publish(&self, delivery: PendingDelivery) {
+    pub(crate) fn publish(&self, delivery: PendingDelivery) {
         if self.lagged.load(Ordering::SeqCst) {
             return;
         }
@@ -88,7 +88,7 @@ impl DeliveryFeed {
 }
 
 /// A feed holding at most `capacity` deliveries.
-pub fn channel(capacity: usize) -> (FeedSender, DeliveryFeed) {
+pub(crate) fn channel(capacity: usize) -> (FeedSender, DeliveryFeed) {
     let (sender, receiver) = mpsc::channel(capacity.max(1));
     let lagged = Arc::new(AtomicBool::new(false));
     (

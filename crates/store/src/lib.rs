@@ -16,10 +16,10 @@ use baton_core::{ExternalRef, RunStatus, StageStatus};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub mod feed;
+mod feed;
 mod inbox;
-pub mod outbox;
-pub mod sqlite;
+mod outbox;
+mod sqlite;
 
 pub use feed::{DeliveryFeed, PendingDelivery};
 pub use outbox::{DueReport, ReportKey};

@@ -27,13 +27,13 @@ use baton_core::{
 use serde_json::{Value, json};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
-pub const USER: &str = "alice";
-pub const PASSWORD: &str = "correct horse";
-pub const TOKEN: &str = "11aabbccddeeff";
+pub(crate) const USER: &str = "alice";
+pub(crate) const PASSWORD: &str = "correct horse";
+pub(crate) const TOKEN: &str = "11aabbccddeeff";
 
 /// How a build reacts to being stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stubborn {
+pub(crate) enum Stubborn {
     /// `stop` aborts it.
     No,
     /// It ignores `stop`; `term` aborts it (a Pipeline stuck in a step).
@@ -44,7 +44,7 @@ pub enum Stubborn {
 
 /// How the builds of a job behave.
 #[derive(Debug, Clone)]
-pub struct Behaviour {
+pub(crate) struct Behaviour {
     /// Reads of the queue item that still show it waiting.
     pub queued_reads: u32,
     /// Reads of the build that still show it running (`u32::MAX`: until stopped).
@@ -73,7 +73,7 @@ impl Default for Behaviour {
 }
 
 #[derive(Debug, Clone)]
-pub struct JobModel {
+pub(crate) struct JobModel {
     pub params: Vec<String>,
     pub pipeline: bool,
     pub disabled: bool,
@@ -83,14 +83,14 @@ pub struct JobModel {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub enum ItemState {
+pub(crate) enum ItemState {
     Waiting,
     Cancelled,
     Left(u64),
 }
 
 #[derive(Debug, Clone)]
-pub struct Item {
+pub(crate) struct Item {
     pub id: u64,
     pub job: String,
     pub params: Vec<(String, String)>,
@@ -101,7 +101,7 @@ pub struct Item {
 }
 
 #[derive(Debug, Clone)]
-pub struct BuildModel {
+pub(crate) struct BuildModel {
     pub number: u64,
     pub queue_id: u64,
     pub params: Vec<(String, String)>,
@@ -116,7 +116,7 @@ pub struct BuildModel {
 
 /// A request as the controller saw it.
 #[derive(Debug, Clone)]
-pub struct Seen {
+pub(crate) struct Seen {
     pub method: String,
     /// Path (with the prefix) and query.
     pub path: String,
@@ -127,7 +127,7 @@ pub struct Seen {
 }
 
 /// A scripted answer for matching requests, before (or after) the controller handles them.
-pub struct Fault {
+pub(crate) struct Fault {
     method: &'static str,
     path_contains: String,
     template: ResponseTemplate,
@@ -136,7 +136,7 @@ pub struct Fault {
     handle_then_delay: Option<Duration>,
 }
 
-pub struct Controller {
+pub(crate) struct Controller {
     pub prefix: String,
     pub public_root: Option<String>,
     pub anonymous_read: bool,
@@ -616,7 +616,7 @@ impl Controller {
     }
 
     /// Starts the build of a waiting item now.
-    pub fn start_item(&mut self, id: u64) -> u64 {
+    pub(crate) fn start_item(&mut self, id: u64) -> u64 {
         let item = self.queue.get_mut(&id).unwrap();
         assert_eq!(item.state, ItemState::Waiting, "item {id} is not waiting");
         let job = self.jobs.get_mut(&item.job).unwrap();
@@ -738,19 +738,19 @@ impl Respond for Responder {
 }
 
 /// A running fake controller.
-pub struct Jenkins {
+pub(crate) struct Jenkins {
     pub server: MockServer,
     state: Arc<Mutex<Controller>>,
 }
 
 impl Jenkins {
     /// A controller at the server's root.
-    pub async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         Self::start_with(|_| {}).await
     }
 
     /// A controller set up by `setup` (a path prefix, another public root, …).
-    pub async fn start_with(setup: impl FnOnce(&mut Controller)) -> Self {
+    pub(crate) async fn start_with(setup: impl FnOnce(&mut Controller)) -> Self {
         let server = MockServer::start().await;
         let mut controller = Controller::new();
         setup(&mut controller);
@@ -763,17 +763,17 @@ impl Jenkins {
         Self { server, state }
     }
 
-    pub fn controller(&self) -> MutexGuard<'_, Controller> {
+    pub(crate) fn controller(&self) -> MutexGuard<'_, Controller> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The URL baton is configured with.
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         self.controller().root.clone()
     }
 
     /// Adds a job (folders are implied by `/` in its name).
-    pub fn job(&self, name: &str) -> JobBuilder<'_> {
+    pub(crate) fn job(&self, name: &str) -> JobBuilder<'_> {
         JobBuilder {
             jenkins: self,
             name: name.to_owned(),
@@ -790,7 +790,13 @@ impl Jenkins {
 
     /// Answers the next `times` requests whose method is `method` and whose path and query
     /// contain `path` with `template`, without handling them.
-    pub fn fault(&self, method: &'static str, path: &str, times: u32, template: ResponseTemplate) {
+    pub(crate) fn fault(
+        &self,
+        method: &'static str,
+        path: &str,
+        times: u32,
+        template: ResponseTemplate,
+    ) {
         self.controller().faults.push_back(Fault {
             method,
             path_contains: path.to_owned(),
@@ -801,7 +807,7 @@ impl Jenkins {
     }
 
     /// Handles the next matching request, but answers only after `delay` (lost answers).
-    pub fn slow_answer(&self, method: &'static str, path: &str, delay: Duration) {
+    pub(crate) fn slow_answer(&self, method: &'static str, path: &str, delay: Duration) {
         self.controller().faults.push_back(Fault {
             method,
             path_contains: path.to_owned(),
@@ -811,99 +817,99 @@ impl Jenkins {
         });
     }
 
-    pub fn requests(&self) -> Vec<Seen> {
+    pub(crate) fn requests(&self) -> Vec<Seen> {
         self.controller().seen.clone()
     }
 
     /// How many requests had this method and a path containing `path`.
-    pub fn count(&self, method: &str, path: &str) -> usize {
+    pub(crate) fn count(&self, method: &str, path: &str) -> usize {
         self.requests()
             .iter()
             .filter(|s| s.method == method && s.path.contains(path))
             .count()
     }
 
-    pub fn builds(&self, job: &str) -> Vec<BuildModel> {
+    pub(crate) fn builds(&self, job: &str) -> Vec<BuildModel> {
         self.controller().jobs[job].builds.clone()
     }
 
-    pub fn item(&self, id: u64) -> Item {
+    pub(crate) fn item(&self, id: u64) -> Item {
         self.controller().queue[&id].clone()
     }
 
-    pub fn items(&self) -> Vec<Item> {
+    pub(crate) fn items(&self) -> Vec<Item> {
         self.controller().queue.values().cloned().collect()
     }
 
     /// Jenkins forgets a left queue item (after about 5 minutes in real life).
-    pub fn forget_item(&self, id: u64) {
+    pub(crate) fn forget_item(&self, id: u64) {
         self.controller().queue.get_mut(&id).unwrap().forgotten = true;
     }
 
     /// Someone cancels a waiting item in the Jenkins UI.
-    pub fn cancel_item(&self, id: u64) {
+    pub(crate) fn cancel_item(&self, id: u64) {
         self.controller().queue.get_mut(&id).unwrap().state = ItemState::Cancelled;
     }
 
-    pub fn start_item(&self, id: u64) -> u64 {
+    pub(crate) fn start_item(&self, id: u64) -> u64 {
         self.controller().start_item(id)
     }
 }
 
-pub struct JobBuilder<'a> {
+pub(crate) struct JobBuilder<'a> {
     jenkins: &'a Jenkins,
     name: String,
     model: JobModel,
 }
 
 impl JobBuilder<'_> {
-    pub fn params(mut self, names: &[&str]) -> Self {
+    pub(crate) fn params(mut self, names: &[&str]) -> Self {
         self.model.params = names.iter().map(|s| (*s).to_owned()).collect();
         self
     }
-    pub fn pipeline(mut self) -> Self {
+    pub(crate) fn pipeline(mut self) -> Self {
         self.model.pipeline = true;
         self
     }
-    pub fn disabled(mut self) -> Self {
+    pub(crate) fn disabled(mut self) -> Self {
         self.model.disabled = true;
         self
     }
-    pub fn queued_for(mut self, reads: u32) -> Self {
+    pub(crate) fn queued_for(mut self, reads: u32) -> Self {
         self.model.behaviour.queued_reads = reads;
         self
     }
-    pub fn runs_for(mut self, reads: u32) -> Self {
+    pub(crate) fn runs_for(mut self, reads: u32) -> Self {
         self.model.behaviour.running_reads = reads;
         self
     }
-    pub fn forever(self) -> Self {
+    pub(crate) fn forever(self) -> Self {
         self.runs_for(u32::MAX)
     }
-    pub fn result(mut self, result: &str) -> Self {
+    pub(crate) fn result(mut self, result: &str) -> Self {
         self.model.behaviour.result = Some(result.to_owned());
         self
     }
-    pub fn no_result(mut self) -> Self {
+    pub(crate) fn no_result(mut self) -> Self {
         self.model.behaviour.result = None;
         self
     }
-    pub fn artifact(mut self, path: &str, content: &str) -> Self {
+    pub(crate) fn artifact(mut self, path: &str, content: &str) -> Self {
         self.model
             .behaviour
             .artifacts
             .push((path.to_owned(), content.as_bytes().to_vec()));
         self
     }
-    pub fn stubborn(mut self, stubborn: Stubborn) -> Self {
+    pub(crate) fn stubborn(mut self, stubborn: Stubborn) -> Self {
         self.model.behaviour.stubborn = stubborn;
         self
     }
-    pub fn log(mut self, log: &str) -> Self {
+    pub(crate) fn log(mut self, log: &str) -> Self {
         self.model.behaviour.log = log.to_owned();
         self
     }
-    pub fn create(self) {
+    pub(crate) fn create(self) {
         self.jenkins.controller().jobs.insert(self.name, self.model);
     }
 }
@@ -911,7 +917,7 @@ impl JobBuilder<'_> {
 // ---- baton's side ------------------------------------------------------------------------
 
 /// Resolves `{ env = "NAME" }` from a fixed map, so tests need no real environment.
-pub struct Secrets(pub HashMap<String, String>);
+pub(crate) struct Secrets(pub HashMap<String, String>);
 
 impl SecretResolver for Secrets {
     fn resolve(&self, reference: &SecretRef) -> Result<Secret, SecretError> {
@@ -930,7 +936,7 @@ impl SecretResolver for Secrets {
 }
 
 /// Retries that do not slow tests down.
-pub fn fast_retry() -> RetryPolicy {
+pub(crate) fn fast_retry() -> RetryPolicy {
     RetryPolicy {
         attempts: 4,
         base: Duration::from_millis(10),
@@ -941,11 +947,14 @@ pub fn fast_retry() -> RetryPolicy {
 
 /// An adapter instance for `jenkins`, authenticated with the API token; `extra` adds or
 /// replaces instance keys (`null` removes one).
-pub fn adapter(jenkins: &Jenkins, extra: Value) -> Arc<dyn Adapter> {
+pub(crate) fn adapter(jenkins: &Jenkins, extra: Value) -> Arc<dyn Adapter> {
     try_adapter(jenkins, extra).expect("the adapter builds")
 }
 
-pub fn try_adapter(jenkins: &Jenkins, extra: Value) -> Result<Arc<dyn Adapter>, AdapterError> {
+pub(crate) fn try_adapter(
+    jenkins: &Jenkins,
+    extra: Value,
+) -> Result<Arc<dyn Adapter>, AdapterError> {
     let mut config = json!({
         "url": jenkins.url(),
         "user": USER,
@@ -972,7 +981,7 @@ pub fn try_adapter(jenkins: &Jenkins, extra: Value) -> Result<Arc<dyn Adapter>, 
 }
 
 /// One attempt of a stage, as the engine drives it.
-pub struct Stage {
+pub(crate) struct Stage {
     pub adapter: Arc<dyn Adapter>,
     pub key: AttemptKey,
     pub input: Value,
@@ -981,7 +990,7 @@ pub struct Stage {
 }
 
 impl Stage {
-    pub async fn start(
+    pub(crate) async fn start(
         adapter: &Arc<dyn Adapter>,
         key: AttemptKey,
         input: Value,
@@ -997,7 +1006,7 @@ impl Stage {
         Ok(Self::adopt(adapter, key, input, external))
     }
 
-    pub fn adopt(
+    pub(crate) fn adopt(
         adapter: &Arc<dyn Adapter>,
         key: AttemptKey,
         input: Value,
@@ -1015,7 +1024,7 @@ impl Stage {
     }
 
     /// One poll; a replaced reference is kept, as the engine stores it.
-    pub async fn poll(&mut self) -> Result<PollOutcome, AdapterError> {
+    pub(crate) async fn poll(&mut self) -> Result<PollOutcome, AdapterError> {
         let outcome = self
             .adapter
             .poll(&PollRequest {
@@ -1032,7 +1041,7 @@ impl Stage {
     }
 
     /// Polls until a terminal state (at most 50 polls, without waiting for hints).
-    pub async fn run_to_end(&mut self) -> PollOutcome {
+    pub(crate) async fn run_to_end(&mut self) -> PollOutcome {
         for _ in 0..50 {
             let outcome = self.poll().await.expect("poll");
             if outcome.state.is_terminal() {
@@ -1042,16 +1051,16 @@ impl Stage {
         panic!("no terminal state after 50 polls: {:?}", self.polls.last());
     }
 
-    pub async fn outputs(&self) -> Result<serde_json::Map<String, Value>, AdapterError> {
+    pub(crate) async fn outputs(&self) -> Result<serde_json::Map<String, Value>, AdapterError> {
         self.adapter.outputs(&self.key, &self.external).await
     }
 
-    pub async fn cancel(&self) -> Result<(), AdapterError> {
+    pub(crate) async fn cancel(&self) -> Result<(), AdapterError> {
         self.adapter.cancel(&self.key, &self.external).await
     }
 
     /// The raw words of the polls so far.
-    pub fn raws(&self) -> Vec<String> {
+    pub(crate) fn raws(&self) -> Vec<String> {
         self.polls
             .iter()
             .map(|p| p.raw.clone().unwrap_or_default())
@@ -1060,7 +1069,7 @@ impl Stage {
 }
 
 /// A key whose run id is a UUIDv7 made now, as the engine makes them.
-pub fn key_now(stage: &str, attempt: u32) -> AttemptKey {
+pub(crate) fn key_now(stage: &str, attempt: u32) -> AttemptKey {
     let ms = now_ms();
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -8,7 +8,7 @@ use crate::*;
 
 pub(super) const TASK_COLUMNS: &str = "id, version, run_id, stage_id, kind, attempt, due_at";
 
-pub(super) fn to_json<T: serde::Serialize>(value: &T) -> String {
+pub(super) fn to_json<T: Serialize>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_else(|_| "null".to_owned())
 }
 

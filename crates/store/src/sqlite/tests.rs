@@ -148,7 +148,7 @@ async fn tasks_are_claimed_once_and_versions_protect_reschedules() {
 #[tokio::test]
 async fn claimed_schedules_come_back_and_a_failed_batch_leaves_others() {
     let dir = tempfile::tempdir().unwrap();
-    let store = std::sync::Arc::new(store(&dir).await);
+    let store = Arc::new(store(&dir).await);
     let tasks = store
         .commit(vec![
             Change::InsertRun(header("r1"), payload()),
