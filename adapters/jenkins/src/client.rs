@@ -203,7 +203,12 @@ impl Client {
 
     /// GETs `url`, retrying transient failures, and reads at most `cap` bytes of the body.
     /// Any status comes back; [`Client::check`] maps the errors.
-    pub(crate) async fn get(&self, url: Url, call: Call<'_>, cap: usize) -> Result<Answer, AdapterError> {
+    pub(crate) async fn get(
+        &self,
+        url: Url,
+        call: Call<'_>,
+        cap: usize,
+    ) -> Result<Answer, AdapterError> {
         self.send(Method::GET, url, None, call, Repeat::Safe, cap)
             .await
     }

@@ -20,7 +20,7 @@ impl Inner {
             {
                 Ok(tasks) => tasks,
                 Err(e) => {
-                    tracing::error!(error = %e, "claiming due work failed; retrying");
+                    tracing::error!(error = &e as &dyn std::error::Error, "claiming due work failed; retrying");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
@@ -51,7 +51,7 @@ impl Inner {
                 if let Err(e) = inner.handle(task).await {
                     // The task stays leased and is retried when the lease ends; the cached
                     // copy of the run is dropped so the retry starts from the store.
-                    tracing::error!(run = %run, task = kind.as_str(), error = %e, "engine step failed");
+                    tracing::error!(run = %run, task = kind.as_str(), error = &e as &dyn std::error::Error, "engine step failed");
                     inner.runs.lock().unwrap().remove(&run);
                 }
             });

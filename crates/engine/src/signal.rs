@@ -81,7 +81,7 @@ impl Inner {
             true,
         );
         if let Err(e) = self.commit(&mut guard, vec![change], Vec::new()).await {
-            tracing::warn!(attempt = %key, error = %e, "could not schedule a poll after a wake; polling goes on as planned");
+            tracing::warn!(attempt = %key, error = &e as &dyn std::error::Error, "could not schedule a poll after a wake; polling goes on as planned");
         }
     }
 }

@@ -98,7 +98,7 @@ impl Outbox {
         tracing::info!(sources = ?self.reporter.sources(), "reporting run status to commits");
         // This process owns the store: claims left by a killed one end now.
         if let Err(e) = self.store.release_report_leases().await {
-            tracing::warn!(error = %e, "cannot clear the outbox's old claims; their reports wait for them to end");
+            tracing::warn!(error = &e as &dyn std::error::Error, "cannot clear the outbox's old claims; their reports wait for them to end");
         }
         let mut prune = tokio::time::interval(LOOK_AGAIN);
         prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -147,7 +147,7 @@ impl Outbox {
             let next = match self.store.next_report_due(now).await {
                 Ok(next) => next,
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot read the report outbox; trying again");
+                    tracing::warn!(error = &e as &dyn std::error::Error, "cannot read the report outbox; trying again");
                     return Instant::now() + policy.first_retry;
                 }
             };
@@ -166,7 +166,7 @@ impl Outbox {
             {
                 Ok(rows) => rows,
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot claim reports from the outbox; trying again");
+                    tracing::warn!(error = &e as &dyn std::error::Error, "cannot claim reports from the outbox; trying again");
                     return Instant::now() + policy.first_retry;
                 }
             };
@@ -196,7 +196,7 @@ impl Outbox {
                     Err(e) => {
                         // Left claimed: it is taken again when the claim ends.
                         self.held.remove(&row.key);
-                        tracing::warn!(run = %row.key.run_id, error = %e, "cannot read the run to report its status; trying again later");
+                        tracing::warn!(run = %row.key.run_id, error = &e as &dyn std::error::Error, "cannot read the run to report its status; trying again later");
                         continue;
                     }
                 };
@@ -285,7 +285,7 @@ impl Outbox {
             })
             .collect();
         if let Err(e) = self.store.commit(changes).await {
-            tracing::warn!(error = %e, "cannot settle reports in the outbox; they are looked at again when their claims end");
+            tracing::warn!(error = &e as &dyn std::error::Error, "cannot settle reports in the outbox; they are looked at again when their claims end");
         }
         for key in keys {
             self.held.remove(&key);
@@ -301,7 +301,7 @@ impl Outbox {
             let (id, settled) = match joined {
                 Ok((id, settled)) => (id, Some(settled)),
                 Err(e) => {
-                    tracing::error!(error = %e, "a commit status post failed to finish; its report is taken again when its claim ends");
+                    tracing::error!(error = &e as &dyn std::error::Error, "a commit status post failed to finish; its report is taken again when its claim ends");
                     (e.id(), None)
                 }
             };

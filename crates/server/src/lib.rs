@@ -18,6 +18,7 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Router, ServiceExt};
 use baton_config::Loaded;
+use baton_core::secret::SecretError;
 use baton_core::{Kinds, SecretResolver, Workflow};
 use baton_engine::Engine;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -58,8 +59,14 @@ pub struct AppState {
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     /// A secret could not be read.
-    #[error("{0}")]
-    Secret(String),
+    #[error("{whose} secret cannot be read")]
+    Secret {
+        /// Whose secret (`source \`github\``, `api token \`ops\``).
+        whose: String,
+        /// Why.
+        #[source]
+        source: SecretError,
+    },
     /// The listener failed.
     #[error("listening failed: {0}")]
     Io(#[from] std::io::Error),
@@ -78,7 +85,12 @@ impl AppState {
         let gateway = &loaded.gateway;
         let mut sources = HashMap::new();
         for (name, config) in &gateway.sources {
-            let source = sources::Source::new(name, config, secrets).map_err(ServeError::Secret)?;
+            let source = sources::Source::new(name, config, secrets).map_err(|source| {
+                ServeError::Secret {
+                    whose: format!("source `{name}`"),
+                    source,
+                }
+            })?;
             sources.insert(name.clone(), Arc::new(source));
         }
         let tokens = gateway
@@ -88,7 +100,10 @@ impl AppState {
             .map(|t| {
                 let secret = secrets
                     .resolve(&t.token)
-                    .map_err(|e| ServeError::Secret(format!("api token `{}`: {e}", t.name)))?;
+                    .map_err(|source| ServeError::Secret {
+                        whose: format!("api token `{}`", t.name),
+                        source,
+                    })?;
                 Ok(api::Token {
                     name: t.name.clone(),
                     secret: secret.expose().as_bytes().to_vec(),

@@ -2,6 +2,7 @@
 
 use axum::http::HeaderMap;
 use baton_config::{DeliveryId, EventSelector, GenericAuth, HmacAlgorithm, SourceConfig};
+use baton_core::secret::SecretError;
 use baton_core::{Expr, SecretResolver};
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256, Sha512};
@@ -111,13 +112,9 @@ impl Source {
         name: &str,
         config: &SourceConfig,
         secrets: &dyn SecretResolver,
-    ) -> Result<Self, String> {
-        let read = |r: &baton_core::SecretRef| {
-            secrets
-                .resolve(r)
-                .map(|s| s.expose().as_bytes().to_vec())
-                .map_err(|e| format!("source `{name}`: {e}"))
-        };
+    ) -> Result<Self, SecretError> {
+        let read =
+            |r: &baton_core::SecretRef| secrets.resolve(r).map(|s| s.expose().as_bytes().to_vec());
         let (check, event, delivery_id) = match config {
             SourceConfig::Github(g) => (
                 Check::Github(g.secrets.iter().map(read).collect::<Result<_, _>>()?),

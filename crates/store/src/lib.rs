@@ -42,9 +42,41 @@ pub enum StoreError {
     /// The database reported an error.
     #[error("store: {0}")]
     Database(#[from] rusqlite::Error),
-    /// The schema could not be brought up to date.
-    #[error("store migration failed: {0}")]
-    Migrate(String),
+    /// A schema migration failed.
+    #[error("store migration {number} failed")]
+    Migration {
+        /// The migration's number (1-based).
+        number: usize,
+        /// What SQLite said.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The store was written by a newer baton, whose schema this build does not know.
+    #[error("the store was written by a newer baton (schema {found}, this build knows {known})")]
+    NewerSchema {
+        /// The schema version in the file.
+        found: i64,
+        /// The newest schema version this build has.
+        known: usize,
+    },
+    /// A file or thread the store needs could not be had.
+    #[error("store: {what}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A blocking store call on the runtime's thread pool panicked or was cancelled.
+    #[error("store: the {what} task did not finish")]
+    Task {
+        /// Which call.
+        what: &'static str,
+        /// Why it did not finish.
+        #[source]
+        source: tokio::task::JoinError,
+    },
     /// A stored value could not be read back.
     #[error("store: corrupt value in {what}: {detail}")]
     Corrupt {
@@ -56,9 +88,21 @@ pub enum StoreError {
     /// Another process holds this store.
     #[error("{0}")]
     Locked(String),
+    /// The store's lock file could not be opened or locked.
+    #[error("cannot lock the store with {path}")]
+    Lock {
+        /// The lock file.
+        path: String,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The URL names a backend this build does not have, or is malformed.
     #[error("{0}")]
     Url(String),
+    /// A group commit failed; every change in the group gets this error.
+    #[error("store commit failed")]
+    Commit(#[source] std::sync::Arc<StoreError>),
     /// The store's writer has stopped (the process is shutting down).
     #[error("store writer has stopped")]
     Closed,

@@ -53,9 +53,9 @@ pub(super) fn spawn_checkpointer(
 ) -> Result<()> {
     let mut checkpointer = Checkpointer {
         conn: open_connection(&path, OpenFlags::default())?,
-        db: File::open(&path).map_err(|e| StoreError::Corrupt {
-            what: "checkpoint".into(),
-            detail: format!("cannot open {}: {e}", path.display()),
+        db: File::open(&path).map_err(|source| StoreError::Io {
+            what: format!("cannot open {} for checkpoints", path.display()),
+            source,
         })?,
         synced: None,
     };
@@ -72,9 +72,9 @@ pub(super) fn spawn_checkpointer(
                 }
             }
         })
-        .map_err(|e| StoreError::Corrupt {
-            what: "checkpoint thread".into(),
-            detail: e.to_string(),
+        .map_err(|source| StoreError::Io {
+            what: "cannot start the checkpoint thread".into(),
+            source,
         })?;
     Ok(())
 }

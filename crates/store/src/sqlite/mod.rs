@@ -129,9 +129,9 @@ impl SqliteStore {
             Ok((writer, readers))
         })
         .await
-        .map_err(|e| StoreError::Corrupt {
-            what: "open".into(),
-            detail: e.to_string(),
+        .map_err(|source| StoreError::Task {
+            what: "open",
+            source,
         })??;
         let (tx, rx) = inbox::inbox();
         let closed = Arc::new(AtomicBool::new(false));
@@ -142,9 +142,9 @@ impl SqliteStore {
         std::thread::Builder::new()
             .name("baton-store-writer".into())
             .spawn(move || writer_loop(writer_conn, rx, &writer_feed, &restart))
-            .map_err(|e| StoreError::Corrupt {
-                what: "writer thread".into(),
-                detail: e.to_string(),
+            .map_err(|source| StoreError::Io {
+                what: "cannot start the writer thread".into(),
+                source,
             })?;
         Ok(Self {
             closed,
@@ -200,9 +200,9 @@ impl SqliteStore {
             result
         })
         .await
-        .map_err(|e| StoreError::Corrupt {
-            what: "read".into(),
-            detail: e.to_string(),
+        .map_err(|source| StoreError::Task {
+            what: "read",
+            source,
         })?
     }
 }
@@ -216,11 +216,9 @@ fn take_lock(db: &Path) -> Result<File> {
         .truncate(false)
         .write(true)
         .open(&lock_path)
-        .map_err(|e| {
-            StoreError::Locked(format!(
-                "cannot open the store lock {}: {e}",
-                lock_path.display()
-            ))
+        .map_err(|source| StoreError::Lock {
+            path: lock_path.display().to_string(),
+            source,
         })?;
     match file.try_lock() {
         Ok(()) => Ok(file),
@@ -229,9 +227,9 @@ fn take_lock(db: &Path) -> Result<File> {
             db.display(),
             lock_path.display()
         ))),
-        Err(std::fs::TryLockError::Error(e)) => Err(StoreError::Locked(format!(
-            "cannot lock the store {}: {e}",
-            lock_path.display()
-        ))),
+        Err(std::fs::TryLockError::Error(source)) => Err(StoreError::Lock {
+            path: lock_path.display().to_string(),
+            source,
+        }),
     }
 }

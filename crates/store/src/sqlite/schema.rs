@@ -30,15 +30,18 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<()> {
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied.max(0) as usize) {
         let tx = conn.transaction()?;
         tx.execute_batch(sql)
-            .map_err(|e| StoreError::Migrate(format!("migration {}: {e}", i + 1)))?;
+            .map_err(|source| StoreError::Migration {
+                number: i + 1,
+                source,
+            })?;
         tx.pragma_update(None, "user_version", (i + 1) as i64)?;
         tx.commit()?;
     }
     if applied as usize > MIGRATIONS.len() {
-        return Err(StoreError::Migrate(format!(
-            "the store was written by a newer baton (schema {applied}, this build knows {})",
-            MIGRATIONS.len()
-        )));
+        return Err(StoreError::NewerSchema {
+            found: applied,
+            known: MIGRATIONS.len(),
+        });
     }
     Ok(())
 }

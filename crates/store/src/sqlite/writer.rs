@@ -121,12 +121,9 @@ pub(super) fn writer_loop(
             }
             Err(e) => {
                 tracing::error!(error = %e, "store commit failed");
-                let text = e.to_string();
+                let shared = std::sync::Arc::new(e);
                 for (_, reply) in group.drain(..) {
-                    let _ = reply.send(Err(StoreError::Corrupt {
-                        what: "commit".into(),
-                        detail: text.clone(),
-                    }));
+                    let _ = reply.send(Err(StoreError::Commit(shared.clone())));
                 }
             }
         }
