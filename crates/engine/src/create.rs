@@ -34,7 +34,7 @@ impl Engine {
     /// Creates several runs and applies the changes `extra` makes from their ids in the same
     /// commit (a delivery marked processed together with the runs it started, so a crash
     /// cannot start them twice).
-    pub async fn create_runs(
+    pub(crate) async fn create_runs(
         &self,
         runs: Vec<NewRun>,
         extra: impl FnOnce(&[String]) -> Vec<Change>,
