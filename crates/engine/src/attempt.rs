@@ -82,6 +82,8 @@ impl Inner {
     }
 
     /// Marks a stage (and its current attempt, if any) finished.
+    // The step's state, the stage, what ended it and the commit it goes into: grouping them
+    // in a struct would only rename the caller's locals.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn finish_stage(
         &self,
@@ -122,6 +124,7 @@ impl Inner {
 
     /// Ends a failed attempt: retries when the policy allows, else fails the stage (the
     /// caller then calls [`Inner::progress`]).
+    // As for `finish_stage`: each argument is one of the step's own locals.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn fail_attempt(
         &self,

@@ -13,6 +13,7 @@
 //! Time does not pass on its own: a queue item starts after it has been read a set number
 //! of times, and a build finishes after a set number of reads. Tests may also force steps.
 
+// Each test file compiles this module on its own and uses a different part of it.
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
