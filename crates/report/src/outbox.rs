@@ -98,7 +98,10 @@ impl Outbox {
         tracing::info!(sources = ?self.reporter.sources(), "reporting run status to commits");
         // This process owns the store: claims left by a killed one end now.
         if let Err(e) = self.store.release_report_leases().await {
-            tracing::warn!(error = &e as &dyn std::error::Error, "cannot clear the outbox's old claims; their reports wait for them to end");
+            tracing::warn!(
+                error = &e as &dyn std::error::Error,
+                "cannot clear the outbox's old claims; their reports wait for them to end"
+            );
         }
         let mut prune = tokio::time::interval(LOOK_AGAIN);
         prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -147,7 +150,10 @@ impl Outbox {
             let next = match self.store.next_report_due(now).await {
                 Ok(next) => next,
                 Err(e) => {
-                    tracing::warn!(error = &e as &dyn std::error::Error, "cannot read the report outbox; trying again");
+                    tracing::warn!(
+                        error = &e as &dyn std::error::Error,
+                        "cannot read the report outbox; trying again"
+                    );
                     return Instant::now() + policy.first_retry;
                 }
             };
@@ -166,7 +172,10 @@ impl Outbox {
             {
                 Ok(rows) => rows,
                 Err(e) => {
-                    tracing::warn!(error = &e as &dyn std::error::Error, "cannot claim reports from the outbox; trying again");
+                    tracing::warn!(
+                        error = &e as &dyn std::error::Error,
+                        "cannot claim reports from the outbox; trying again"
+                    );
                     return Instant::now() + policy.first_retry;
                 }
             };
@@ -285,7 +294,10 @@ impl Outbox {
             })
             .collect();
         if let Err(e) = self.store.commit(changes).await {
-            tracing::warn!(error = &e as &dyn std::error::Error, "cannot settle reports in the outbox; they are looked at again when their claims end");
+            tracing::warn!(
+                error = &e as &dyn std::error::Error,
+                "cannot settle reports in the outbox; they are looked at again when their claims end"
+            );
         }
         for key in keys {
             self.held.remove(&key);
@@ -301,7 +313,10 @@ impl Outbox {
             let (id, settled) = match joined {
                 Ok((id, settled)) => (id, Some(settled)),
                 Err(e) => {
-                    tracing::error!(error = &e as &dyn std::error::Error, "a commit status post failed to finish; its report is taken again when its claim ends");
+                    tracing::error!(
+                        error = &e as &dyn std::error::Error,
+                        "a commit status post failed to finish; its report is taken again when its claim ends"
+                    );
                     (e.id(), None)
                 }
             };
@@ -459,11 +474,15 @@ async fn post(
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
     use async_trait::async_trait;
     use baton_core::context::TriggerInfo;
     use baton_core::{RunStatus, StageStatus};
-    use baton_store::{RunHeader, RunPayload, SqliteStore, StageRecord};
+    use baton_store::{
+        DeliveryFilter, DeliveryRecord, Intake, NewDelivery, RunFilter, RunHeader, RunPayload,
+        SqliteStore, StageRecord, StoreError, Task,
+    };
     use serde_json::json;
 
     use super::*;
@@ -554,9 +573,14 @@ mod tests {
     /// A run reporting to `fake`, pushed to the same commit as every other, with its run and
     /// `build` rows wanted, as the engine writes them.
     async fn create(store: &Arc<dyn Store>, run_id: &str) {
+        create_on(store, run_id, SHA, now_millis()).await;
+    }
+
+    /// A run like [`create`]'s, pushed to `sha`, its rows wanted from `due_at`.
+    async fn create_on(store: &Arc<dyn Store>, run_id: &str, sha: &str, due_at: Millis) {
         let payload = RunPayload {
             spec: json!({"name": "ci", "stages": {"build": {"uses": "x"}}, "report": ["fake"]}),
-            event: json!({"after": SHA, "repository": {"full_name": "octo/hello"}}),
+            event: json!({"after": sha, "repository": {"full_name": "octo/hello"}}),
             trigger: TriggerInfo {
                 source: "github".into(),
                 event: "push".into(),
@@ -567,8 +591,14 @@ mod tests {
             .commit(vec![
                 Change::InsertRun(header(run_id, RunStatus::Queued), payload),
                 Change::PutStage(StageRecord::pending(run_id, "build", 0)),
-                want(run_id, ""),
-                want(run_id, "build"),
+                Change::Report {
+                    key: key(run_id, ""),
+                    due_at,
+                },
+                Change::Report {
+                    key: key(run_id, "build"),
+                    due_at,
+                },
             ])
             .await
             .unwrap();
@@ -597,8 +627,25 @@ mod tests {
         store: &Arc<dyn Store>,
         fake: &Arc<Fake>,
     ) -> (broadcast::Sender<Event>, tokio::task::JoinHandle<()>) {
+        start_with(store, fake, policy())
+    }
+
+    /// [`start`] with another retry policy.
+    fn start_with(
+        store: &Arc<dyn Store>,
+        fake: &Arc<Fake>,
+        policy: RetryPolicy,
+    ) -> (broadcast::Sender<Event>, tokio::task::JoinHandle<()>) {
+        let (wake, events) = broadcast::channel(16);
+        let outbox = Outbox::new(reporter(fake, policy), store.clone());
+        let task = tokio::spawn(outbox.follow(events));
+        (wake, task)
+    }
+
+    /// A reporter to the fake target alone.
+    fn reporter(fake: &Arc<Fake>, policy: RetryPolicy) -> Reporter {
         let target: Arc<dyn Target> = fake.clone();
-        let reporter = Reporter {
+        Reporter {
             entries: HashMap::from([(
                 "fake".to_owned(),
                 Entry {
@@ -608,11 +655,8 @@ mod tests {
                 },
             )]),
             public_url: None,
-            policy: policy(),
-        };
-        let (wake, events) = broadcast::channel(16);
-        let task = tokio::spawn(Outbox::new(reporter, store.clone()).follow(events));
-        (wake, task)
+            policy,
+        }
     }
 
     fn nudge(wake: &broadcast::Sender<Event>) {
@@ -642,6 +686,39 @@ mod tests {
         (context.to_owned(), phase)
     }
 
+    /// A reporter on a store of its own, and what tests need of them.
+    struct Started {
+        dir: tempfile::TempDir,
+        store: Arc<dyn Store>,
+        wake: broadcast::Sender<Event>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    /// A reporter to `fake` on a fresh store, once it has tried `r1`'s two statuses.
+    async fn first_tries(fake: &Arc<Fake>) -> Started {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir).await;
+        let (wake, task) = start(&store, fake);
+        create(&store, "r1").await;
+        nudge(&wake);
+        until(fake, "the first tries", |p| p.len() == 2).await;
+        Started {
+            dir,
+            store,
+            wake,
+            task,
+        }
+    }
+
+    impl Started {
+        /// Stops the reporter as the engine's end does; answers its store.
+        async fn stop(self) -> (tempfile::TempDir, Arc<dyn Store>) {
+            drop(self.wake);
+            self.task.await.unwrap();
+            (self.dir, self.store)
+        }
+    }
+
     #[test]
     fn the_wait_doubles_to_its_cap_honours_retry_after_and_ends_in_a_give_up() {
         let policy = RetryPolicy {
@@ -655,12 +732,23 @@ mod tests {
         // would pass 20 s.
         let (mut now, mut tries, mut times) = (0, 0, vec![0]);
         while let Some((due, first)) = next_try(&policy, tries, 0, &failure, now) {
+            assert!(times.len() < 10, "never given up: {times:?}");
             assert_eq!(first, 0);
             now = due;
             tries += 1;
             times.push(now / 1000);
         }
         assert_eq!(times, [0, 1, 3, 7, 11, 15, 19]);
+        assert_eq!(next_try(&policy, 0, 0, &failure, 0), Some((1000, 0)));
+        // The next try lands exactly on the limit: still made; half a second later: not.
+        assert_eq!(next_try(&policy, 0, 0, &failure, 19_000), Some((20_000, 0)));
+        assert_eq!(next_try(&policy, 0, 0, &failure, 19_500), None);
+        // Counted from the first try, not from the epoch.
+        assert_eq!(
+            next_try(&policy, 1, 5_000, &failure, 16_000),
+            Some((18_000, 5_000))
+        );
+        assert_eq!(next_try(&policy, 3, 5_000, &failure, 22_000), None);
         // A server's Retry-After is honoured up to the cap, and never shortens the backoff.
         let slow_down = Failure {
             retry_after: Some(Duration::from_secs(3)),
@@ -767,13 +855,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_refused_status_is_dropped_and_the_next_one_still_goes() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open(&dir).await;
         let fake = Fake::new(Some(Failure::permanent("HTTP 422: Validation Failed")));
-        let (wake, task) = start(&store, &fake);
-        create(&store, "r1").await;
-        nudge(&wake);
-        until(&fake, "the first tries", |p| p.len() == 2).await;
+        let Started {
+            dir: _dir,
+            store,
+            wake,
+            task,
+        } = first_tries(&fake).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert_eq!(fake.posts().len(), 2, "not retried");
         assert_eq!(outbox_rows(&store).await, None, "given up");
@@ -790,15 +878,306 @@ mod tests {
 
     #[tokio::test]
     async fn a_post_that_lands_while_stopping_is_not_posted_again() {
+        let fake = Fake::slow(None, Duration::from_millis(300));
+        let (_dir, store) = first_tries(&fake).await.stop().await;
+        assert_eq!(outbox_rows(&store).await, None, "settled before stopping");
+    }
+
+    #[test]
+    fn draining_takes_every_queued_event_and_tells_when_the_engine_is_gone() {
+        let (wake, mut events) = broadcast::channel(16);
+        nudge(&wake);
+        nudge(&wake);
+        assert!(!drain(&mut events));
+        assert!(matches!(events.try_recv(), Err(TryRecvError::Empty)));
+        nudge(&wake);
+        drop(wake);
+        assert!(drain(&mut events));
+    }
+
+    #[tokio::test]
+    async fn pruning_forgets_only_idle_finished_contexts_and_runs_with_no_row_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut outbox = Outbox::new(reporter(&Fake::new(None), policy()), open(&dir).await);
+        let slot = |busy: bool, queued: bool, taken: Option<Phase>| Slot {
+            owner: "r1".into(),
+            taken: taken.map(|phase| Status {
+                context: "baton/ci".into(),
+                phase,
+                description: String::new(),
+                target_url: None,
+            }),
+            busy,
+            queued: if queued {
+                vec![DueReport {
+                    key: key("r1", ""),
+                    version: 1,
+                    tries: 0,
+                    first_try_at: None,
+                }]
+            } else {
+                Vec::new()
+            },
+        };
+        let contexts = [
+            ("posting", slot(true, false, Some(Phase::Succeeded))),
+            ("queued", slot(false, true, Some(Phase::Succeeded))),
+            ("running", slot(false, false, Some(Phase::Running))),
+            ("unposted", slot(false, false, None)),
+            ("finished", slot(false, false, Some(Phase::Failed))),
+        ];
+        for (context, slot) in contexts {
+            let key = Key {
+                source: "fake".into(),
+                commit: Commit::Github(crate::commit::GithubCommit {
+                    owner: "octo".into(),
+                    repo: "hello".into(),
+                    sha: SHA.into(),
+                    installation: None,
+                }),
+                context: context.into(),
+            };
+            outbox.slots.insert(key, slot);
+        }
+        outbox.held.insert(key("r1", ""));
+        for run in ["r0", "r1"] {
+            outbox.destinations.insert(run.into(), HashMap::new());
+        }
+        outbox.prune();
+        let mut kept: Vec<&str> = outbox.slots.keys().map(|k| k.context.as_str()).collect();
+        kept.sort_unstable();
+        assert_eq!(kept, ["posting", "queued", "running", "unposted"]);
+        let runs: Vec<&str> = outbox.destinations.keys().map(String::as_str).collect();
+        assert_eq!(runs, ["r1"]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_try_is_counted_on_its_row() {
+        let fake = Fake::new(Some(Failure::transient("HTTP 502")));
+        // Stopping settles the posts under way.
+        let (_dir, store) = first_tries(&fake).await.stop().await;
+        store.release_report_leases().await.unwrap();
+        let later = now_millis() + 3_600_000;
+        let rows = store.claim_reports(later, BATCH, later).await.unwrap();
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        for row in rows {
+            assert_eq!(row.tries, 1, "{row:?}");
+            assert!(row.first_try_at.is_some(), "{row:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn rows_of_two_runs_claimed_together_each_show_their_own_run() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir).await;
-        let fake = Fake::slow(None, Duration::from_millis(300));
+        let other_sha = "0000000000000000000000000000000000000001";
+        create_on(&store, "r1", other_sha, now_millis()).await;
+        move_run(&store, "r1", RunStatus::Failed).await;
+        create(&store, "r2").await;
+        move_run(&store, "r2", RunStatus::Running).await;
+        let fake = Fake::new(None);
         let (wake, task) = start(&store, &fake);
-        create(&store, "r1").await;
-        nudge(&wake);
-        until(&fake, "the posts under way", |p| p.len() == 2).await;
+        until(&fake, "both runs' statuses", |p| p.len() == 4).await;
+        let mut posts = fake.posts();
+        posts.sort_by_key(|(context, phase)| (context.clone(), format!("{phase:?}")));
+        assert_eq!(
+            posts,
+            [
+                post("baton/ci", Phase::Failed),
+                post("baton/ci", Phase::Running),
+                post("baton/ci/build", Phase::Pending),
+                post("baton/ci/build", Phase::Pending),
+            ]
+        );
         drop(wake);
         task.await.unwrap();
-        assert_eq!(outbox_rows(&store).await, None, "settled before stopping");
+    }
+
+    /// A store that counts the outbox's reads, fails reads or claims while told to, answers
+    /// claims with nothing while told to (rows another process took), and records the `now`
+    /// and `lease_until` of every claim.
+    struct Flaky {
+        inner: Arc<dyn Store>,
+        reads: AtomicUsize,
+        fail_reads: AtomicBool,
+        fail_claims: AtomicBool,
+        empty_claims: AtomicBool,
+        claims: Mutex<Vec<(Millis, Millis)>>,
+    }
+
+    impl Flaky {
+        fn new(inner: Arc<dyn Store>) -> Arc<Self> {
+            Arc::new(Self {
+                inner,
+                reads: AtomicUsize::new(0),
+                fail_reads: AtomicBool::new(false),
+                fail_claims: AtomicBool::new(false),
+                empty_claims: AtomicBool::new(false),
+                claims: Mutex::default(),
+            })
+        }
+        /// The reads since the last call.
+        fn reads(&self) -> usize {
+            self.reads.swap(0, Ordering::SeqCst)
+        }
+    }
+
+    #[async_trait]
+    impl Store for Flaky {
+        async fn commit(&self, changes: Vec<Change>) -> baton_store::Result<Vec<Task>> {
+            self.inner.commit(changes).await
+        }
+        async fn claim_due(
+            &self,
+            now: Millis,
+            limit: u32,
+            lease_until: Millis,
+        ) -> baton_store::Result<Vec<Task>> {
+            self.inner.claim_due(now, limit, lease_until).await
+        }
+        async fn next_due(&self) -> baton_store::Result<Option<Millis>> {
+            self.inner.next_due().await
+        }
+        async fn release_leases(&self) -> baton_store::Result<()> {
+            self.inner.release_leases().await
+        }
+        async fn load_run(&self, run_id: &str) -> baton_store::Result<Option<RunSnapshot>> {
+            self.inner.load_run(run_id).await
+        }
+        async fn unfinished_runs(&self) -> baton_store::Result<Vec<String>> {
+            self.inner.unfinished_runs().await
+        }
+        async fn list_runs(&self, filter: &RunFilter) -> baton_store::Result<Vec<RunHeader>> {
+            self.inner.list_runs(filter).await
+        }
+        async fn ping(&self) -> baton_store::Result<()> {
+            self.inner.ping().await
+        }
+        async fn insert_delivery(&self, delivery: NewDelivery) -> baton_store::Result<Intake> {
+            self.inner.insert_delivery(delivery).await
+        }
+        async fn pending_deliveries(
+            &self,
+            limit: u32,
+        ) -> baton_store::Result<Vec<baton_store::PendingDelivery>> {
+            self.inner.pending_deliveries(limit).await
+        }
+        async fn load_delivery(&self, id: i64) -> baton_store::Result<Option<DeliveryRecord>> {
+            self.inner.load_delivery(id).await
+        }
+        async fn list_deliveries(
+            &self,
+            filter: &DeliveryFilter,
+        ) -> baton_store::Result<Vec<DeliveryRecord>> {
+            self.inner.list_deliveries(filter).await
+        }
+        async fn claim_reports(
+            &self,
+            now: Millis,
+            limit: u32,
+            lease_until: Millis,
+        ) -> baton_store::Result<Vec<DueReport>> {
+            self.claims.lock().unwrap().push((now, lease_until));
+            if self.fail_claims.load(Ordering::SeqCst) {
+                return Err(StoreError::Closed);
+            }
+            if self.empty_claims.load(Ordering::SeqCst) {
+                return Ok(Vec::new());
+            }
+            self.inner.claim_reports(now, limit, lease_until).await
+        }
+        async fn next_report_due(&self, now: Millis) -> baton_store::Result<Option<Millis>> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            if self.fail_reads.load(Ordering::SeqCst) {
+                return Err(StoreError::Closed);
+            }
+            self.inner.next_report_due(now).await
+        }
+        async fn release_report_leases(&self) -> baton_store::Result<()> {
+            self.inner.release_report_leases().await
+        }
+    }
+
+    /// Reads of an outbox left alone for `how_long` (the count starts afresh).
+    async fn reads_during(store: &Flaky, how_long: Duration) -> usize {
+        store.reads();
+        tokio::time::sleep(how_long).await;
+        store.reads()
+    }
+
+    #[tokio::test]
+    async fn a_status_not_yet_due_is_posted_at_its_time_and_the_loop_sleeps_until_then() {
+        let dir = tempfile::tempdir().unwrap();
+        let flaky = Flaky::new(open(&dir).await);
+        let store: Arc<dyn Store> = flaky.clone();
+        // A first retry far longer than the wait, so a row posted late shows.
+        let policy = RetryPolicy {
+            first_retry: Duration::from_secs(4),
+            ..policy()
+        };
+        let fake = Fake::new(None);
+        let (wake, task) = start_with(&store, &fake, policy);
+        // Nothing to do: the loop sleeps rather than asking again and again.
+        assert!(reads_during(&flaky, Duration::from_millis(500)).await <= 3);
+        let started = Instant::now();
+        create_on(&store, "r1", SHA, now_millis() + 800).await;
+        nudge(&wake);
+        assert!(reads_during(&flaky, Duration::from_millis(400)).await <= 3);
+        assert!(fake.posts().is_empty(), "posted early: {:?}", fake.posts());
+        until(&fake, "the statuses once due", |p| p.len() == 2).await;
+        let waited = started.elapsed();
+        assert!(
+            waited < Duration::from_millis(2500),
+            "posted after {waited:?}"
+        );
+        drop(wake);
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_store_that_fails_is_asked_again_after_the_first_retry_not_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let flaky = Flaky::new(open(&dir).await);
+        let store: Arc<dyn Store> = flaky.clone();
+        let fake = Fake::new(None);
+        // First retry 300 ms: in a second, about three more looks.
+        let (wake, task) = start(&store, &fake);
+        let a_second = Duration::from_secs(1);
+        flaky.fail_reads.store(true, Ordering::SeqCst);
+        nudge(&wake);
+        let reads = reads_during(&flaky, a_second).await;
+        assert!((2..=8).contains(&reads), "{reads} reads failing");
+        flaky.fail_claims.store(true, Ordering::SeqCst);
+        flaky.fail_reads.store(false, Ordering::SeqCst);
+        create(&store, "r1").await;
+        nudge(&wake);
+        let reads = reads_during(&flaky, a_second).await;
+        assert!(
+            (2..=8).contains(&reads),
+            "{reads} reads with claims failing"
+        );
+        flaky.empty_claims.store(true, Ordering::SeqCst);
+        flaky.fail_claims.store(false, Ordering::SeqCst);
+        nudge(&wake);
+        let reads = reads_during(&flaky, a_second).await;
+        assert!(
+            (2..=8).contains(&reads),
+            "{reads} reads with claims taken by another"
+        );
+        assert!(fake.posts().is_empty());
+        flaky.empty_claims.store(false, Ordering::SeqCst);
+        until(&fake, "the statuses once the store answers", |p| {
+            p.len() == 2
+        })
+        .await;
+        // Every claim lasts two request timeouts and half a minute past its time.
+        let lease = millis(policy().request_timeout * 2 + Duration::from_secs(30));
+        let claims = flaky.claims.lock().unwrap().clone();
+        assert!(!claims.is_empty());
+        for (now, lease_until) in claims {
+            assert_eq!(lease_until - now, lease);
+        }
+        drop(wake);
+        task.await.unwrap();
     }
 }
