@@ -20,7 +20,10 @@ impl Inner {
             {
                 Ok(tasks) => tasks,
                 Err(e) => {
-                    tracing::error!(error = &e as &dyn std::error::Error, "claiming due work failed; retrying");
+                    tracing::error!(
+                        error = &e as &dyn std::error::Error,
+                        "claiming due work failed; retrying"
+                    );
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }

@@ -59,7 +59,10 @@ pub(crate) async fn run(state: Arc<AppState>) {
                     }
                 }
                 Err(e) => {
-                    tracing::error!(error = &e as &dyn std::error::Error, "reading pending deliveries failed; retrying");
+                    tracing::error!(
+                        error = &e as &dyn std::error::Error,
+                        "reading pending deliveries failed; retrying"
+                    );
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
@@ -106,7 +109,10 @@ async fn pass(state: &AppState, batch: &[PendingDelivery], through: &mut i64) ->
         }
         Ok(None) => true,
         Err(e) => {
-            tracing::error!(error = &e as &dyn std::error::Error, "matching deliveries failed; retrying");
+            tracing::error!(
+                error = &e as &dyn std::error::Error,
+                "matching deliveries failed; retrying"
+            );
             tokio::time::sleep(Duration::from_secs(1)).await;
             false
         }
