@@ -187,14 +187,23 @@ impl Inner {
             }
             other => {
                 let record = &mut state.stages[i];
-                record.status = other.stage_status();
-                record.message = match other {
+                let status = other.stage_status();
+                let message = match other {
                     ExternalState::Unknown(raw) => Some(format!(
                         "unrecognised external status `{raw}`; still polling"
                     )),
                     _ => describe(),
                 };
-                changes.push(Change::PutStage(record.clone()));
+                // Most polls of running work change nothing: writing the same stage again
+                // would cost a row (and, for a workflow with `report:`, an outbox row) each.
+                if status != record.status
+                    || message != record.message
+                    || outcome.external.is_some()
+                {
+                    record.status = status;
+                    record.message = message;
+                    changes.push(Change::PutStage(record.clone()));
+                }
                 let woken = self.woken.lock().unwrap().remove(&key);
                 let next = if woken {
                     Duration::ZERO

@@ -867,3 +867,41 @@ async fn only_runs_of_workflows_with_report_write_to_the_outbox() {
         .collect();
     assert_eq!(report_rows(&store).await, want);
 }
+
+#[tokio::test]
+async fn polls_that_change_nothing_write_no_stage() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = Arc::new(
+        SqliteStore::open(&format!("sqlite://{}", dir.path().join("e.db").display()))
+            .await
+            .unwrap(),
+    );
+    let recording = Arc::new(DyingStore::over(sqlite, None));
+    let script = ScriptAdapter::default();
+    let engine = engine_over(recording.clone(), &script);
+    engine.start().await.unwrap();
+    let id = engine
+        .create_run(
+            workflow(json!({"a": {"uses": "script", "with": {"polls": 8}}})),
+            json!({}),
+            manual(),
+        )
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(20), engine.wait(&id))
+        .await
+        .expect("run finished in time")
+        .unwrap();
+    let polls = script.polls.lock().unwrap().values().sum::<u32>();
+    let writes = recording
+        .committed
+        .lock()
+        .unwrap()
+        .iter()
+        .flatten()
+        .filter(|c| matches!(c, Change::PutStage(s) if s.stage_id == "a"))
+        .count();
+    assert!(polls >= 9, "{polls} polls");
+    // Created, starting, running (the first poll), succeeded: not one write per poll.
+    assert!(writes <= 5, "{writes} stage writes for {polls} polls");
+}
