@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it on a fresh machine. Needs the Rust toolchain, a C
 # compiler (SQLite is compiled in) and python3 (for the real Buildbot the Buildbot adapter's
-# tests drive; scripts/buildbot.sh installs it under .buildbot/ and starts it on 127.0.0.1).
+# tests drive; scripts/buildbot.sh installs it under .buildbot/ and starts it on 127.0.0.1;
+# and for Schemathesis, installed under .venv-schemathesis/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +27,15 @@ if [ -n "${CI:-}" ]; then trap 'scripts/buildbot.sh stop' EXIT; fi
 scripts/buildbot.sh
 export BATON_BUILDBOT_URL=http://127.0.0.1:${BUILDBOT_WEB_PORT:-8010}
 export BATON_BUILDBOT_AUTH_URL=http://127.0.0.1:${BUILDBOT_AUTH_WEB_PORT:-8011}
+
+# Schemathesis (pinned), which the `api` end-to-end test runs against `baton serve`'s OpenAPI
+# document with each role's token; in a virtual environment of its own under the checkout.
+SCHEMATHESIS_VERSION=4.32.5
+if ! .venv-schemathesis/bin/schemathesis --version 2>/dev/null | grep -qx "schemathesis, version $SCHEMATHESIS_VERSION"; then
+    python3 -m venv .venv-schemathesis
+    .venv-schemathesis/bin/pip install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+fi
+export BATON_SCHEMATHESIS=$PWD/.venv-schemathesis/bin/schemathesis
 
 # The end-to-end tests in tests/tests/ are baton-cli's integration tests: cargo builds the
 # `baton` binary they run from the current source first.

@@ -3,21 +3,24 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::extract::{FromRequestParts, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use baton_config::Role;
+use baton_core::Decision;
 use baton_core::context::TriggerInfo;
-use baton_core::{Decision, RunStatus};
 use baton_engine::RunView;
-use baton_store::{DeliveryFilter, RunFilter, now_millis};
+use baton_store::{DeliveryFilter, DeliveryRecord, RunFilter, now_millis};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use subtle::ConstantTimeEq;
 
 use crate::AppState;
 use crate::error::ApiError;
+use crate::extract::{
+    ApiJson, ApiPath, ApiQuery, DeliveryId, JsonBody, Limit, Offset, StatusParam, announces_body,
+};
 
 /// A resolved API token.
 pub struct Token {
@@ -31,57 +34,57 @@ pub struct Token {
 
 fn rank(role: Role) -> u8 {
     match role {
-        Role::Viewer => 0,
-        Role::Operator => 1,
-        Role::Approver => 2,
+        Role::Viewer => VIEWER,
+        Role::Operator => OPERATOR,
+        Role::Approver => APPROVER,
     }
 }
 
-fn role_name(role: Role) -> &'static str {
-    match role {
-        Role::Viewer => "viewer",
-        Role::Operator => "operator",
-        Role::Approver => "approver",
-    }
-}
+const VIEWER: u8 = 0;
+const OPERATOR: u8 = 1;
+const APPROVER: u8 = 2;
+/// The roles by rank.
+const ROLE_NAMES: [&str; 3] = ["viewer", "operator", "approver"];
 
-/// Who is calling, from `Authorization: Bearer <token>`.
-pub(crate) struct Caller {
+/// Who is calling, from `Authorization: Bearer <token>`, with a role of rank `MIN` or above.
+///
+/// As an extractor it runs before the path, query and body are read, so a caller without
+/// the role gets 401 or 403 whatever else is wrong with the request, and no body is read
+/// for them.
+pub(crate) struct Caller<const MIN: u8> {
     /// The token's name.
     pub name: String,
-    role: Role,
 }
 
-impl Caller {
-    /// Refuses (403) a caller whose role is below `needed`.
-    pub(crate) fn require(&self, needed: Role) -> Result<(), ApiError> {
-        if rank(self.role) >= rank(needed) {
-            Ok(())
-        } else {
-            Err(ApiError::forbidden(format!(
-                "token `{}` has role {}; this call needs {} or above",
-                self.name,
-                role_name(self.role),
-                role_name(needed)
-            )))
-        }
-    }
-}
+/// Any token.
+pub(crate) type Viewer = Caller<VIEWER>;
+/// An operator's or an approver's token.
+pub(crate) type Operator = Caller<OPERATOR>;
+/// An approver's token.
+pub(crate) type Approver = Caller<APPROVER>;
 
-impl FromRequestParts<Arc<AppState>> for Caller {
+impl<const MIN: u8> FromRequestParts<Arc<AppState>> for Caller<MIN> {
     type Rejection = ApiError;
 
     async fn from_request_parts(
         parts: &mut Parts,
         state: &Arc<AppState>,
     ) -> Result<Self, ApiError> {
+        let refuse = |e: ApiError| {
+            // Refused before the body is read: the connection closes after the answer.
+            if announces_body(&parts.headers) {
+                e.closing()
+            } else {
+                e
+            }
+        };
         let given = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim)
-            .ok_or_else(|| ApiError::unauthorized("missing `Authorization: Bearer <token>`; tokens are configured in [api] tokens"))?;
+            .ok_or_else(|| refuse(ApiError::unauthorized("missing `Authorization: Bearer <token>`; tokens are configured in [api] tokens")))?;
         // Compare against every token so the time does not tell which one matched.
         let mut found = None;
         for token in &state.tokens {
@@ -89,10 +92,18 @@ impl FromRequestParts<Arc<AppState>> for Caller {
                 found = Some(token);
             }
         }
-        let token = found.ok_or_else(|| ApiError::unauthorized("unknown token"))?;
+        let token = found.ok_or_else(|| refuse(ApiError::unauthorized("unknown token")))?;
+        let held = rank(token.role);
+        if held < MIN {
+            return Err(refuse(ApiError::forbidden(format!(
+                "token `{}` has role {}; this call needs {} or above",
+                token.name,
+                ROLE_NAMES[usize::from(held)],
+                ROLE_NAMES[usize::from(MIN)]
+            ))));
+        }
         Ok(Self {
             name: token.name.clone(),
-            role: token.role,
         })
     }
 }
@@ -101,33 +112,25 @@ impl FromRequestParts<Arc<AppState>> for Caller {
 #[derive(Deserialize)]
 pub(crate) struct RunQuery {
     workflow: Option<String>,
-    status: Option<String>,
-    limit: Option<u32>,
-    offset: Option<u32>,
+    status: Option<StatusParam>,
+    #[serde(default)]
+    limit: Limit,
+    #[serde(default)]
+    offset: Offset,
 }
 
 /// `GET /api/v1/runs`.
 pub(crate) async fn list_runs(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
-    Query(q): Query<RunQuery>,
+    _caller: Viewer,
+    ApiQuery(q): ApiQuery<RunQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    caller.require(Role::Viewer)?;
-    let status = match q.status.as_deref() {
-        None => None,
-        Some(s) => Some(RunStatus::parse(s).ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "status `{s}`: expected queued, running, succeeded, failed or cancelled"
-            ))
-        })?),
-    };
-    let limit = q.limit.unwrap_or(50).clamp(1, 1000);
-    let offset = q.offset.unwrap_or(0);
+    let (limit, offset) = (q.limit.0, q.offset.0);
     let runs = state
         .engine
         .list_runs(&RunFilter {
             workflow: q.workflow,
-            status,
+            status: q.status.map(|s| s.0),
             limit,
             offset,
         })
@@ -140,22 +143,29 @@ pub(crate) async fn list_runs(
 /// `GET /api/v1/runs/{id}`.
 pub(crate) async fn get_run(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
-    Path(id): Path<String>,
+    _caller: Viewer,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<RunView>, ApiError> {
-    caller.require(Role::Viewer)?;
     let snapshot = state.engine.snapshot(&id).await?;
     Ok(Json(RunView::from_snapshot(&snapshot, now_millis())))
+}
+
+/// The body of `POST /api/v1/workflows/{name}/runs`: the event.
+#[derive(Deserialize)]
+#[serde(transparent)]
+pub(crate) struct Event(Map<String, Value>);
+
+impl JsonBody for Event {
+    const EXPECTED: &'static str = "the event, a JSON object (or no body for `{}`)";
 }
 
 /// `POST /api/v1/workflows/{name}/runs`: the body is the event.
 pub(crate) async fn start_run(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
-    Path(name): Path<String>,
-    body: axum::body::Bytes,
+    caller: Operator,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(event): ApiJson<Event>,
 ) -> Result<Response, ApiError> {
-    caller.require(Role::Operator)?;
     let Some(workflow) = state.workflows.iter().find(|w| w.name() == name).cloned() else {
         let names: Vec<&str> = state.workflows.iter().map(|w| w.name()).collect();
         return Err(ApiError::not_found(format!(
@@ -168,12 +178,7 @@ pub(crate) async fn start_run(
             "workflow `{name}` cannot be started by hand: add `{{ source: manual }}` to its `on:` list"
         )));
     }
-    let event: Value = if body.iter().all(u8::is_ascii_whitespace) {
-        json!({})
-    } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad_request(format!("the body (the event) is not JSON: {e}")))?
-    };
+    let event = Value::Object(event.map(|e| e.0).unwrap_or_default());
     let trigger = TriggerInfo {
         source: "manual".into(),
         event: "manual".into(),
@@ -187,10 +192,9 @@ pub(crate) async fn start_run(
 /// `POST /api/v1/runs/{id}/cancel`.
 pub(crate) async fn cancel_run(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
-    Path(id): Path<String>,
+    caller: Operator,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
-    caller.require(Role::Operator)?;
     state.engine.cancel_run(&id).await?;
     tracing::info!(run = %id, by = %caller.name, "run cancelled");
     Ok((
@@ -203,10 +207,9 @@ pub(crate) async fn cancel_run(
 /// `POST /api/v1/runs/{id}/stages/{stage}/retry`.
 pub(crate) async fn retry_stage(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
-    Path((id, stage)): Path<(String, String)>,
+    caller: Operator,
+    ApiPath((id, stage)): ApiPath<(String, String)>,
 ) -> Result<Response, ApiError> {
-    caller.require(Role::Operator)?;
     let attempt = state.engine.retry_stage(&id, &stage).await?;
     tracing::info!(run = %id, stage = %stage, attempt, by = %caller.name, "stage retried");
     Ok((
@@ -218,28 +221,24 @@ pub(crate) async fn retry_stage(
 
 /// The optional body of approve and reject.
 #[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct DecisionBody {
     comment: Option<String>,
 }
 
+impl JsonBody for DecisionBody {
+    const EXPECTED: &'static str = r#"{"comment": "…"} (or no body)"#;
+}
+
 async fn decide(
     state: &AppState,
-    caller: &Caller,
-    id: &str,
-    stage: &str,
+    caller: Approver,
+    (id, stage): (String, String),
     approve: bool,
-    body: &[u8],
+    body: Option<DecisionBody>,
 ) -> Result<Response, ApiError> {
-    caller.require(Role::Approver)?;
-    let comment = if body.iter().all(u8::is_ascii_whitespace) {
-        None
-    } else {
-        serde_json::from_slice::<DecisionBody>(body)
-            .map_err(|e| ApiError::bad_request(format!("expected {{\"comment\": \"…\"}}: {e}")))?
-            .comment
-    };
-    let snapshot = state.engine.snapshot(id).await?;
-    let uses = snapshot.payload.spec["stages"][stage]["uses"]
+    let snapshot = state.engine.snapshot(&id).await?;
+    let uses = snapshot.payload.spec["stages"][&stage]["uses"]
         .as_str()
         .map(str::to_owned);
     let Some(uses) = uses else {
@@ -257,10 +256,13 @@ async fn decide(
     } else {
         Decision::rejected(caller.name.clone())
     };
-    if let Some(comment) = comment {
+    if let Some(comment) = body.and_then(|b| b.comment) {
         decision = decision.with_comment(comment);
     }
-    state.engine.signal(id, stage, decision.to_signal()).await?;
+    state
+        .engine
+        .signal(&id, &stage, decision.to_signal())
+        .await?;
     let word = if approve { "approved" } else { "rejected" };
     tracing::info!(run = %id, stage = %stage, by = %caller.name, decision = word, "decision sent to the stage");
     Ok((
@@ -273,40 +275,40 @@ async fn decide(
 /// `POST /api/v1/runs/{id}/stages/{stage}/approve`.
 pub(crate) async fn approve(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
-    Path((id, stage)): Path<(String, String)>,
-    body: axum::body::Bytes,
+    caller: Approver,
+    ApiPath(path): ApiPath<(String, String)>,
+    ApiJson(body): ApiJson<DecisionBody>,
 ) -> Result<Response, ApiError> {
-    decide(&state, &caller, &id, &stage, true, &body).await
+    decide(&state, caller, path, true, body).await
 }
 
 /// `POST /api/v1/runs/{id}/stages/{stage}/reject`.
 pub(crate) async fn reject(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
-    Path((id, stage)): Path<(String, String)>,
-    body: axum::body::Bytes,
+    caller: Approver,
+    ApiPath(path): ApiPath<(String, String)>,
+    ApiJson(body): ApiJson<DecisionBody>,
 ) -> Result<Response, ApiError> {
-    decide(&state, &caller, &id, &stage, false, &body).await
+    decide(&state, caller, path, false, body).await
 }
 
 /// `?source=&limit=&offset=`.
 #[derive(Deserialize)]
 pub(crate) struct DeliveryQuery {
     source: Option<String>,
-    limit: Option<u32>,
-    offset: Option<u32>,
+    #[serde(default)]
+    limit: Limit,
+    #[serde(default)]
+    offset: Offset,
 }
 
 /// `GET /api/v1/deliveries`.
 pub(crate) async fn list_deliveries(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
-    Query(q): Query<DeliveryQuery>,
+    _caller: Viewer,
+    ApiQuery(q): ApiQuery<DeliveryQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    caller.require(Role::Viewer)?;
-    let limit = q.limit.unwrap_or(50).clamp(1, 1000);
-    let offset = q.offset.unwrap_or(0);
+    let (limit, offset) = (q.limit.0, q.offset.0);
     let deliveries = state
         .engine
         .store()
@@ -321,42 +323,33 @@ pub(crate) async fn list_deliveries(
     ))
 }
 
-fn delivery_id(text: &str) -> Result<i64, ApiError> {
-    text.parse()
-        .map_err(|_| ApiError::bad_request(format!("`{text}` is not a delivery id (a number)")))
-}
-
 /// `GET /api/v1/deliveries/{id}`.
 pub(crate) async fn get_delivery(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    caller.require(Role::Viewer)?;
-    let id = delivery_id(&id)?;
+    _caller: Viewer,
+    ApiPath(id): ApiPath<DeliveryId>,
+) -> Result<Json<DeliveryRecord>, ApiError> {
     let delivery = state
         .engine
         .store()
-        .load_delivery(id)
+        .load_delivery(id.0)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no delivery {id}")))?;
-    Ok(Json(serde_json::to_value(delivery).unwrap_or_default()))
+    Ok(Json(delivery))
 }
 
 /// `POST /api/v1/deliveries/{id}/replay`.
 pub(crate) async fn replay_delivery(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
-    Path(id): Path<String>,
+    caller: Operator,
+    ApiPath(id): ApiPath<DeliveryId>,
 ) -> Result<Response, ApiError> {
-    caller.require(Role::Operator)?;
-    let id = delivery_id(&id)?;
-    if state.engine.store().load_delivery(id).await?.is_none() {
+    if state.engine.store().load_delivery(id.0).await?.is_none() {
         return Err(ApiError::not_found(format!("no delivery {id}")));
     }
-    state.engine.replay_delivery(id).await?;
+    state.engine.replay_delivery(id.0).await?;
     state.matcher.notify_one();
-    tracing::info!(delivery = id, by = %caller.name, "delivery replayed");
+    tracing::info!(delivery = id.0, by = %caller.name, "delivery replayed");
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({"delivery": id, "status": "replaying"})),

@@ -1,7 +1,10 @@
 //! Errors as JSON a person can act on: `{"error": {"code": "...", "message": "..."}}`.
 
 use axum::Json;
+use axum::extract::path::ErrorKind;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::StatusCode;
+use axum::http::{HeaderValue, Method, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
@@ -14,6 +17,10 @@ pub(crate) struct ApiError {
     pub code: &'static str,
     /// What went wrong and what to do.
     pub message: String,
+    /// The request's body was left unread: the server closes the connection after the
+    /// answer, and says so (`Connection: close`) so that a client does not send its next
+    /// request on it.
+    close: bool,
 }
 
 impl ApiError {
@@ -23,7 +30,14 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            close: false,
         }
+    }
+
+    /// Marks an answer given without reading the request's body.
+    pub(crate) fn closing(mut self) -> Self {
+        self.close = true;
+        self
     }
 
     /// 400.
@@ -51,6 +65,15 @@ impl ApiError {
         Self::new(StatusCode::CONFLICT, "conflict", message)
     }
 
+    /// 415, for a body that is not declared as JSON.
+    pub(crate) fn unsupported_media_type(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            message,
+        )
+    }
+
     /// 413.
     pub(crate) fn too_large(limit: u64) -> Self {
         Self::new(
@@ -58,6 +81,23 @@ impl ApiError {
             "too_large",
             format!("the body is larger than {limit} bytes (server.max_body_bytes)"),
         )
+    }
+
+    /// Adds what was expected to the message.
+    pub(crate) fn expected(mut self, what: &str) -> Self {
+        self.message.push_str("; expected ");
+        self.message.push_str(what);
+        self
+    }
+
+    /// A rejection this module does not word itself: axum's text, as a 400, or as a 500
+    /// (logged) when axum blames the server.
+    fn from_status(status: StatusCode, message: String) -> Self {
+        if status.is_server_error() {
+            Self::internal(message)
+        } else {
+            Self::bad_request(message)
+        }
     }
 
     /// 500, for store failures; the detail goes to the log, not to the caller.
@@ -71,13 +111,94 @@ impl ApiError {
     }
 }
 
+/// A rejection's own message: its source, without axum's generic prefix ("Failed to
+/// deserialize query string: ").
+fn detail(rejection: &dyn std::error::Error) -> String {
+    rejection
+        .source()
+        .map_or_else(|| rejection.to_string(), ToString::to_string)
+}
+
+/// Query strings the API cannot read: a value of the wrong type or range, a repeated key.
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        match &rejection {
+            QueryRejection::FailedToDeserializeQueryString(e) => {
+                Self::bad_request(format!("query string: {}", detail(e)))
+            }
+            _ => Self::from_status(rejection.status(), rejection.body_text()),
+        }
+    }
+}
+
+/// Path segments the API cannot read: not UTF-8 once percent-decoded, or not of the type a
+/// segment holds (a delivery id is a number).
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        let PathRejection::FailedToDeserializePathParams(e) = &rejection else {
+            return Self::from_status(rejection.status(), rejection.body_text());
+        };
+        match e.kind() {
+            ErrorKind::InvalidUtf8InPathParam { key } => Self::bad_request(format!(
+                "path parameter `{key}` is not UTF-8 once percent-decoded"
+            )),
+            ErrorKind::DeserializeError { key, message, .. } => {
+                Self::bad_request(format!("path parameter `{key}`: {message}"))
+            }
+            ErrorKind::ParseErrorAtKey {
+                key,
+                value,
+                expected_type,
+            } => Self::bad_request(format!(
+                "path parameter `{key}`: `{value}` is not a valid {expected_type}"
+            )),
+            _ => Self::from_status(e.status(), e.body_text()),
+        }
+    }
+}
+
+/// JSON bodies the API cannot read: not JSON, or not of the expected shape.
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        match &rejection {
+            JsonRejection::JsonSyntaxError(e) => {
+                Self::bad_request(format!("the body is not JSON: {}", detail(e)))
+            }
+            JsonRejection::JsonDataError(e) => {
+                Self::bad_request(format!("the body does not fit: {}", detail(e)))
+            }
+            JsonRejection::MissingJsonContentType(_) => {
+                Self::unsupported_media_type("a body needs `Content-Type: application/json`")
+            }
+            _ => Self::from_status(rejection.status(), rejection.body_text()),
+        }
+    }
+}
+
+/// The answer (405) for a method a path does not take; axum adds the `Allow` header.
+pub(crate) async fn method_not_allowed(method: Method) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!(
+            "{method} is not allowed here; the `Allow` header lists the methods that are, and /api/v1/openapi.json describes the API"
+        ),
+    )
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
+        let mut response = (
             self.status,
             Json(json!({"error": {"code": self.code, "message": self.message}})),
         )
-            .into_response()
+            .into_response();
+        if self.close {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
     }
 }
 

@@ -27,6 +27,7 @@ use tower::Layer;
 
 mod api;
 mod error;
+mod extract;
 mod intake;
 mod matcher;
 mod request_id;
@@ -191,6 +192,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_page))
+        .method_not_allowed_fallback(error::method_not_allowed)
         .fallback(not_found)
         .with_state(state)
 }
