@@ -34,7 +34,7 @@ mod secrets;
 mod tests;
 
 pub use diagnostic::{Diagnostic, Diagnostics};
-pub use document::MAX_FILE_BYTES;
+pub use document::{MAX_FILE_BYTES, MAX_YAML_DEPTH};
 pub use gateway::{
     AdapterInstance, ApiConfig, ApiToken, BearerAuth, DeliveryId, EngineConfig, EventSelector,
     GITHUB_API_URL, GITLAB_API_URL, GatewayConfig, GenericAuth, GenericSource, GithubApp,

@@ -969,8 +969,8 @@ fn deep_nesting_and_alias_bombs_are_refused() {
     ]);
     for (file, fragment) in [
         ("bomb.yaml", "repetition limit"),
-        ("deep.yaml", "nested 50000 deep"),
-        ("deep-block.yaml", "recursion limit"),
+        ("deep.yaml", "nested 50000 levels deep"),
+        ("deep-block.yaml", "nested more than 128 levels deep"),
         ("deep.toml", "invalid TOML"),
         ("table.toml", "invalid TOML"),
         ("jq.yaml", "too complex"),
@@ -978,6 +978,36 @@ fn deep_nesting_and_alias_bombs_are_refused() {
         let err = load_in(dir.path(), None, &[file], no_env()).unwrap_err();
         assert!(err.to_string().contains(fragment), "{file}: {err}");
     }
+}
+
+#[test]
+fn yaml_nesting_has_one_limit_and_every_message_states_it() {
+    let flow = |depth: usize| format!("x: {}{}\n", "[".repeat(depth), "]".repeat(depth));
+    let block = |depth: usize| -> String {
+        (0..depth)
+            .map(|i| format!("{}a{i}:\n", " ".repeat(i)))
+            .collect()
+    };
+    let dir = fixture(&[
+        ("flow-200.yaml", &flow(200)),
+        ("flow-600.yaml", &flow(600)),
+        ("block-200.yaml", &block(200)),
+        ("flow-127.yaml", &flow(127)),
+    ]);
+    let limit = format!("at most {MAX_YAML_DEPTH} levels are allowed");
+    assert_eq!(MAX_YAML_DEPTH, 128);
+    for file in ["flow-200.yaml", "flow-600.yaml", "block-200.yaml"] {
+        let err = load_in(dir.path(), None, &[file], no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&limit), "{file}: {err}");
+        assert!(err.contains("nested"), "{file}: {err}");
+    }
+    // 127 brackets under the top-level map: 128 levels, read (and then found not a workflow).
+    let err = load_in(dir.path(), None, &["flow-127.yaml"], no_env())
+        .unwrap_err()
+        .to_string();
+    assert!(!err.contains("nested"), "{err}");
 }
 
 /// A small fixed-seed generator (xorshift64*), so the fuzz test is repeatable.
