@@ -1,5 +1,7 @@
 //! `baton validate` on the shipped config and examples, and on broken files.
 
+use std::process::Stdio;
+
 use baton_tests::{Sandbox, repo_root};
 
 #[test]
@@ -156,5 +158,32 @@ fn empty_binary_and_huge_files_give_errors_not_crashes() {
         let out = sb.run(&["validate", file]);
         assert_eq!(out.code, Some(1), "{file}: {}{}", out.stdout, out.stderr);
         assert!(out.stdout.contains(file), "{file}: {}", out.stdout);
+    }
+}
+
+#[test]
+fn a_closed_pipe_ends_a_printing_command_quietly() {
+    let sb = Sandbox::new();
+    sb.write(
+        "one.yaml",
+        "name: one\nstages:\n  only: { uses: exec, with: { run: 'true' } }\n",
+    );
+    for args in [
+        &["validate", "one.yaml"][..],
+        &["adapters"],
+        &["validate", "no-such.yaml"],
+    ] {
+        // As `baton validate one.yaml | head -0`: the reader is gone before baton writes.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = sb
+            .baton(args)
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(141), "{args:?}: {stderr}");
+        assert!(stderr.is_empty(), "{args:?}: {stderr}");
     }
 }

@@ -1,13 +1,15 @@
 //! `baton`: validate, run, resume and draw workflows.
 //!
 //! Exit codes: 0 success; 1 a run failed or was cancelled, or `validate` found problems;
-//! 2 a usage, config or environment error (nothing ran).
+//! 2 a usage, config or environment error (nothing ran); 141 the output was a pipe that its
+//! reader closed (`baton validate | head -1`).
 
 mod adapters;
 mod client;
 mod completions;
 mod init;
 mod man;
+mod pipe;
 mod progress;
 mod run;
 mod serve;
@@ -137,6 +139,7 @@ enum GraphFormat {
 }
 
 fn main() -> ExitCode {
+    pipe::exit_quietly_when_closed();
     let cli = Cli::parse();
     init_logs(&cli.command);
     match cli.command {
