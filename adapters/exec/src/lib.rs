@@ -20,6 +20,12 @@
 //! (or the signal) and the tail of stderr. Outputs are the `[COUT]` values, then the
 //! `$BATON_OUTPUT` object over them, and always `exit_code`.
 //!
+//! # What reaches a command
+//!
+//! A template in `run` is written into the script as literal text, one single-quoted word
+//! where it stands outside quotes ([`baton_core::shell`]), so event data never becomes
+//! shell syntax; `env` is the plainer way to hand a script a value.
+//!
 //! # Durability
 //!
 //! baton may be killed while a command runs, and the next baton process must adopt the
@@ -166,6 +172,10 @@ impl AdapterKind for ExecKind {
 
     fn builtin_instance(&self) -> bool {
         true
+    }
+
+    fn script_keys(&self) -> &'static [&'static str] {
+        &["run"]
     }
 
     fn validate_instance(&self, config: &Value) -> Vec<FieldError> {

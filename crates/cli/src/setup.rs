@@ -89,7 +89,7 @@ pub(crate) async fn build_engine(loaded: &Loaded) -> Result<Engine> {
         poll_min: gateway.engine.poll_min.0,
         poll_max: gateway.engine.poll_max.0,
         max_concurrency: gateway.engine.max_concurrency,
-        defaults: gateway.stage_defaults(),
+        defaults: gateway.stage_defaults(&kinds),
         ..EngineConfig::default()
     };
     Ok(Engine::new(store, adapters, config))

@@ -29,6 +29,10 @@ impl AdapterKind for FakeKind {
         self.0 == "approval"
     }
 
+    fn script_keys(&self) -> &'static [&'static str] {
+        if self.0 == "exec" { &["run"] } else { &[] }
+    }
+
     fn validate_instance(&self, config: &Value) -> Vec<FieldError> {
         let mut errors = Vec::new();
         if self.0 == "jenkins" {
@@ -346,7 +350,10 @@ engine:
     let g = &loaded.gateway;
     assert_eq!(g.server.listen, "0.0.0.0:9000");
     assert_eq!(g.engine.max_concurrency, 8);
-    assert_eq!(g.stage_defaults().timeout, Duration::from_secs(7200));
+    assert_eq!(
+        g.stage_defaults(&kinds()).timeout,
+        Duration::from_secs(7200)
+    );
     assert_eq!(g.exec_state_dir(), dir.path().join("conf/state/exec"));
     let SourceConfig::Generic(deploy) = &g.sources["deploy"] else {
         panic!("generic")
@@ -1008,6 +1015,30 @@ fn yaml_nesting_has_one_limit_and_every_message_states_it() {
         .unwrap_err()
         .to_string();
     assert!(!err.contains("nested"), "{err}");
+}
+
+#[test]
+fn templates_in_exec_scripts_load_quoted() {
+    let dir = fixture(&[(
+        "wf.yaml",
+        "name: w\nstages:\n  s:\n    uses: exec\n    with: { run: 'echo \"${{ .event.ref }}\"', env: { R: '${{ .event.ref }}' } }\n",
+    )]);
+    let loaded = load_in(dir.path(), None, &["wf.yaml"], no_env()).unwrap();
+    let stage = &loaded.workflows[0].workflow.stages[0];
+    let context = baton_core::expr::to_val(&serde_json::json!({"event": {"ref": "$(id)"}}));
+    let with = stage.with.render(&context).unwrap();
+    assert_eq!(with["run"], "echo \"\"'$(id)'\"\"");
+    assert_eq!(with["env"]["R"], "$(id)");
+
+    let dir = fixture(&[(
+        "wf.yaml",
+        "name: w\nstages:\n  s:\n    uses: exec\n    with: { run: 'echo `${{ .event.ref }}`' }\n",
+    )]);
+    let problems = load_in(dir.path(), None, &["wf.yaml"], no_env()).unwrap_err();
+    assert!(
+        message_at(&problems, "stages.s.with.run").contains("backquotes"),
+        "{problems}"
+    );
 }
 
 /// A small fixed-seed generator (xorshift64*), so the fuzz test is repeatable.

@@ -133,7 +133,7 @@ pub fn load(
     let context = Context {
         kinds,
         declared,
-        defaults: gateway.stage_defaults(),
+        defaults: gateway.stage_defaults(kinds),
         has_config: config_file.is_some(),
     };
     let mut workflows = Vec::new();
