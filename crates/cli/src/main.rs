@@ -114,6 +114,10 @@ struct ValidateArgs {
     config: ConfigArgs,
     /// Extra workflow files to check (besides those the config's `workflows` globs find).
     files: Vec<PathBuf>,
+    /// Check a config meant for another machine: a secret variable that is not set here or a
+    /// secret file that does not exist here is a warning, not a problem.
+    #[arg(long)]
+    secrets_elsewhere: bool,
 }
 
 #[derive(Args, Debug)]
@@ -165,7 +169,16 @@ fn validate(args: ValidateArgs) -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    match setup::load(config.as_deref(), &args.files, None) {
+    let secrets = if args.secrets_elsewhere {
+        baton_config::SecretsFrom::Elsewhere
+    } else {
+        baton_config::SecretsFrom::Here
+    };
+    let checked = setup::load_reading_secrets(config.as_deref(), &args.files, secrets);
+    for warning in &checked.warnings {
+        println!("warning: {warning}");
+    }
+    match checked.loaded {
         Ok(loaded) => {
             let adapters = loaded.gateway.adapters.len();
             let sources = loaded.gateway.sources.len();

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use baton_config::{Diagnostics, EnvFileResolver, Loaded};
+use baton_config::{Checked, Diagnostics, EnvFileResolver, Loaded, SecretsFrom};
 use baton_core::{Adapter, Kinds};
 use baton_engine::{Engine, EngineConfig};
 
@@ -59,6 +59,23 @@ pub(crate) fn load(
         loaded.gateway.store.url = LONE_STORE.to_owned();
     }
     Ok(loaded)
+}
+
+/// Loads the config and workflows, and reads every secret the config references as `serve`
+/// does (see [`baton_config::load_reading_secrets`]).
+pub(crate) fn load_reading_secrets(
+    config: Option<&Path>,
+    workflow_files: &[PathBuf],
+    from: SecretsFrom,
+) -> Checked {
+    // As in `load`, the kinds only check instance blocks here.
+    baton_config::load_reading_secrets(
+        config,
+        workflow_files,
+        &kinds(Path::new(".")),
+        std::env::vars(),
+        from,
+    )
 }
 
 /// The kinds, with the state folder the config gives `exec`: the kinds that build adapters.

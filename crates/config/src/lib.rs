@@ -20,7 +20,8 @@
 //! # Secrets
 //!
 //! A secret is always a reference, `{ env = "NAME" }` or `{ file = "PATH" }`; a literal
-//! secret is a load error. [`EnvFileResolver`] reads references.
+//! secret is a load error. [`EnvFileResolver`] reads references; [`load_reading_secrets`]
+//! reads every reference of a config as part of the load, as `baton validate` does.
 
 mod check;
 mod diagnostic;
@@ -41,5 +42,7 @@ pub use gateway::{
     GithubAuth, GithubSource, GitlabSource, HmacAlgorithm, HmacAuth, Role, ServerConfig,
     SourceConfig, StoreConfig, TOP_LEVEL_KEYS,
 };
-pub use load::{ENVIRONMENT, Loaded, LoadedWorkflow, load};
-pub use secrets::EnvFileResolver;
+pub use load::{
+    Checked, ENVIRONMENT, Loaded, LoadedWorkflow, SecretsFrom, load, load_reading_secrets,
+};
+pub use secrets::{EnvFileResolver, MAX_SECRET_FILE_BYTES, SecretUse};

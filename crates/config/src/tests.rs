@@ -1018,6 +1018,84 @@ fn yaml_nesting_has_one_limit_and_every_message_states_it() {
 }
 
 #[test]
+fn secrets_are_read_with_the_load_when_asked_and_reported_at_their_paths() {
+    let config = r#"
+workflows = ["wf/*.yaml"]
+
+[api]
+tokens = [{ name = "ops", token = { env = "OPS_TOKEN" }, role = "operator" }]
+
+[sources.gh]
+kind = "github"
+secret = { file = "secrets/missing" }
+secrets = [{ file = "secrets" }, { env = "GH_OLD" }]
+
+[adapters.ci]
+kind = "jenkins"
+url = "http://ci"
+token = { env = "JENKINS_TOKEN" }
+"#;
+    let dir = fixture(&[
+        ("baton.toml", config),
+        ("secrets/ok", "fine\n"),
+        (
+            "wf/a.yaml",
+            "name: a\nstages: { s: { uses: exec, with: { run: x } } }\n",
+        ),
+    ]);
+    let file = dir.path().join("baton.toml");
+    let vars = env(&[("GH_OLD", "old")]);
+    let read = |from| load_reading_secrets(Some(&file), &[], &kinds(), vars.clone(), from);
+
+    // A plain load reads no secret: `serve` would refuse this config, but only later.
+    let loaded = load(Some(&file), &[], &kinds(), vars.clone()).unwrap();
+    assert_eq!(
+        loaded.secret_env_names(),
+        ["GH_OLD", "JENKINS_TOKEN", "OPS_TOKEN"]
+            .map(String::from)
+            .into_iter()
+            .collect()
+    );
+
+    let checked = read(SecretsFrom::Here);
+    assert!(checked.warnings.is_empty());
+    let problems = checked.loaded.unwrap_err();
+    assert_eq!(
+        pairs(dir.path(), &problems),
+        set(&[
+            ("baton.toml", "api.tokens[0].token"),
+            ("baton.toml", "sources.gh.secret"),
+            ("baton.toml", "sources.gh.secrets[0]"),
+            ("baton.toml", "adapters.ci.token"),
+        ])
+    );
+    assert!(message_at(&problems, "api.tokens[0].token").contains("`OPS_TOKEN` is not set"));
+    assert!(message_at(&problems, "sources.gh.secret").contains("does not exist"));
+    assert!(message_at(&problems, "sources.gh.secrets[0]").contains("directory"));
+
+    // For another machine, what is only absent here is a warning; a directory stays wrong.
+    let checked = read(SecretsFrom::Elsewhere);
+    assert_eq!(
+        pairs(dir.path(), &checked.loaded.unwrap_err()),
+        set(&[("baton.toml", "sources.gh.secrets[0]")])
+    );
+    assert_eq!(checked.warnings.len(), 3);
+    std::fs::remove_dir_all(dir.path().join("secrets")).unwrap();
+    let checked = read(SecretsFrom::Elsewhere);
+    assert!(checked.loaded.is_ok());
+    let paths: Vec<&str> = checked.warnings.iter().map(|w| w.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "api.tokens[0].token",
+            "sources.gh.secret",
+            "sources.gh.secrets[0]",
+            "adapters.ci.token"
+        ]
+    );
+}
+
+#[test]
 fn templates_in_exec_scripts_load_quoted() {
     let dir = fixture(&[(
         "wf.yaml",
