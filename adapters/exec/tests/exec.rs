@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use baton_adapter_exec::{ExecAdapter, ExecKind};
+use baton_adapter_exec::{ExecAdapter, ExecKind, InheritEnv};
 use baton_adapter_kit::{Scenario, fresh_key, run_conformance};
 use baton_core::{
     Adapter, AdapterError, AttemptKey, ExternalRef, ExternalState, PollOutcome, PollRequest,
@@ -775,4 +775,64 @@ echo done > comment
         .await
         .unwrap_err();
     assert!(refused.to_string().contains("NUL"), "{refused}");
+}
+
+#[tokio::test]
+async fn commands_get_a_small_environment_that_never_holds_hidden_variables() {
+    // Cargo sets these for the test process, so they stand for any variable of baton's.
+    let (extra, secret) = ("CARGO_PKG_NAME", "CARGO_MANIFEST_DIR");
+    assert!(std::env::var_os(extra).is_some() && std::env::var_os(secret).is_some());
+    let state = tempfile::tempdir().unwrap();
+    let names = |adapter: ExecAdapter| async move {
+        let (outcome, _) = run(
+            &adapter,
+            json!({"run": "env > \"$OUT\"", "env": {"OUT": state_file(&adapter)}}),
+        )
+        .await;
+        succeeded(&outcome);
+        let text = std::fs::read_to_string(state_file(&adapter)).unwrap();
+        text.lines()
+            .filter_map(|l| l.split_once('=').map(|(n, _)| n.to_owned()))
+            .collect::<Vec<String>>()
+    };
+    fn state_file(adapter: &ExecAdapter) -> String {
+        adapter.state_dir().join("env.txt").display().to_string()
+    }
+    let hidden = || [secret.to_owned()];
+
+    let basic = names(ExecAdapter::new(state.path()).hiding_env(hidden())).await;
+    assert!(basic.iter().any(|n| n == "PATH"), "{basic:?}");
+    assert!(basic.iter().any(|n| n == "BATON_RUN_ID"), "{basic:?}");
+    assert!(
+        !basic.iter().any(|n| n == extra || n == secret),
+        "{basic:?}"
+    );
+    assert!(
+        basic.iter().all(|n| n.starts_with("BATON_")
+            || n.starts_with("LC_")
+            || n == "OUT"
+            || n == "PWD"
+            || n == "SHLVL"
+            || n == "_"
+            || baton_adapter_exec::BASIC_ENV.contains(&n.as_str())),
+        "{basic:?}"
+    );
+
+    let listed = names(
+        ExecAdapter::new(state.path())
+            .inheriting_env(InheritEnv::Names(vec![extra.into(), secret.into()]))
+            .hiding_env(hidden()),
+    )
+    .await;
+    assert!(listed.iter().any(|n| n == extra), "{listed:?}");
+    assert!(!listed.iter().any(|n| n == secret), "{listed:?}");
+
+    let all = names(
+        ExecAdapter::new(state.path())
+            .inheriting_env(InheritEnv::All)
+            .hiding_env(hidden()),
+    )
+    .await;
+    assert!(all.iter().any(|n| n == extra), "{all:?}");
+    assert!(!all.iter().any(|n| n == secret), "{all:?}");
 }
