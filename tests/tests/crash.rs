@@ -17,20 +17,20 @@ name: crashy
 stages:
   first:
     uses: exec
-    with: { run: 'echo ran >> "$SANDBOX/first.count"; echo "[COUT] token = t-42"' }
+    with: { run: 'echo ran >> "first.count"; echo "[COUT] token = t-42"' }
   long:
     needs: [first]
     uses: exec
     with:
       run: |
-        echo started >> "$SANDBOX/long.count"
+        echo started >> "long.count"
         sleep 3
         echo "[COUT] got = $TOKEN"
       env: { TOKEN: '${{ .stages.first.outputs.token }}' }
   last:
     needs: [long]
     uses: exec
-    with: { run: 'echo ran >> "$SANDBOX/last.count"' }
+    with: { run: 'echo ran >> "last.count"' }
 "#,
     );
     let store = format!("sqlite://{}/state/baton.db", sb.path().display());
@@ -104,10 +104,10 @@ fn kills_at_several_instants_never_run_a_stage_twice() {
             r#"
 name: chain
 stages:
-  a: { uses: exec, with: { run: 'echo x >> "$SANDBOX/a"; sleep 0.1' } }
-  b: { needs: [a], uses: exec, with: { run: 'echo x >> "$SANDBOX/b"; sleep 0.1' } }
-  c: { needs: [a], uses: exec, with: { run: 'echo x >> "$SANDBOX/c"; sleep 0.1' } }
-  d: { needs: [b, c], uses: exec, with: { run: 'echo x >> "$SANDBOX/d"' } }
+  a: { uses: exec, with: { run: 'echo x >> "a"; sleep 0.1' } }
+  b: { needs: [a], uses: exec, with: { run: 'echo x >> "b"; sleep 0.1' } }
+  c: { needs: [a], uses: exec, with: { run: 'echo x >> "c"; sleep 0.1' } }
+  d: { needs: [b, c], uses: exec, with: { run: 'echo x >> "d"' } }
 "#,
         );
         let store = format!("sqlite://{}/baton.db", sb.path().display());

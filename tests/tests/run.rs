@@ -106,7 +106,7 @@ stages:
     retry: { attempts: 3, backoff: 100ms }
     with:
       run: |
-        n=$(cat "$SANDBOX/count" 2>/dev/null || echo 0); n=$((n+1)); echo $n > "$SANDBOX/count"
+        n=$(cat "count" 2>/dev/null || echo 0); n=$((n+1)); echo $n > "count"
         echo "[COUT] attempt = $BATON_ATTEMPT"
         [ $n -ge 2 ]
 "#,
@@ -134,7 +134,7 @@ stages:
     with:
       run: |
         sleep 300 &
-        echo $! > "$SANDBOX/child.pid"
+        echo $! > "child.pid"
         sleep 300
 "#,
     );
@@ -173,7 +173,7 @@ stages:
     uses: exec
     with:
       run: |
-        echo $$ > "$SANDBOX/slow.pid"
+        echo $$ > "slow.pid"
         sleep 300
 "#,
     );

@@ -55,7 +55,7 @@ stages:
   build:
     uses: exec
     with:
-      run: 'echo "$REF" >> "$SANDBOX/builds"; echo "[COUT] ref = $REF"'
+      run: 'echo "$REF" >> "builds"; echo "[COUT] ref = $REF"'
       env: { REF: '${{ .event.ref }}' }
 "#,
     );

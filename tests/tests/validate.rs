@@ -1,14 +1,43 @@
 //! `baton validate` on the shipped config and examples, and on broken files.
 
+use std::process::Stdio;
+
 use baton_tests::{Sandbox, repo_root};
 
+/// The shipped config reads its secrets from variables this machine does not set: valid for
+/// the machine it is meant for, where each unset one is named as a warning.
 #[test]
 fn the_shipped_config_validates() {
     let sb = Sandbox::new();
     let config = repo_root().join("config/baton.toml");
-    let out = sb.run(&["validate", "-c", config.to_str().unwrap()]);
+    let config = config.to_str().unwrap();
+    let out = sb.run(&["validate", "-c", config, "--secrets-elsewhere"]);
     assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
-    assert!(out.stdout.starts_with("ok:"), "{}", out.stdout);
+    let warnings: Vec<&str> = out
+        .stdout
+        .lines()
+        .take_while(|l| l.starts_with("warning: "))
+        .collect();
+    assert!(
+        warnings.iter().any(|w| w.ends_with(
+            "sources.github.secret: secret environment variable `GITHUB_WEBHOOK_SECRET` is not set"
+        )),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout[warnings.iter().map(|w| w.len() + 1).sum::<usize>()..].starts_with("ok:"),
+        "{}",
+        out.stdout
+    );
+    // Here, where serve would refuse to start, they are problems.
+    let out = sb.run(&["validate", "-c", config]);
+    assert_eq!(out.code, Some(1), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("GITHUB_WEBHOOK_SECRET` is not set"),
+        "{}",
+        out.stdout
+    );
 }
 
 #[test]
@@ -61,7 +90,12 @@ fn every_example_workflow_validates() {
             .map(|n| dir.join(n))
             .find(|p| p.is_file());
         let out = match config {
-            Some(config) => sb.run(&["validate", "-c", config.to_str().unwrap()]),
+            Some(config) => sb.run(&[
+                "validate",
+                "-c",
+                config.to_str().unwrap(),
+                "--secrets-elsewhere",
+            ]),
             None => {
                 let workflow = dir.join("workflow.yaml");
                 assert!(
@@ -156,5 +190,101 @@ fn empty_binary_and_huge_files_give_errors_not_crashes() {
         let out = sb.run(&["validate", file]);
         assert_eq!(out.code, Some(1), "{file}: {}{}", out.stdout, out.stderr);
         assert!(out.stdout.contains(file), "{file}: {}", out.stdout);
+    }
+}
+
+#[test]
+fn secrets_serve_would_refuse_are_problems_and_only_absent_ones_may_be_warnings() {
+    let sb = Sandbox::new();
+    sb.write("secrets/gitlab/token", "gl-token\n");
+    sb.write(
+        "baton.toml",
+        r#"
+[api]
+tokens = [{ name = "ops", token = { env = "UNSET_OPS_TOKEN" }, role = "operator" }]
+
+[sources.github]
+kind = "github"
+secret = { file = "secrets/missing" }
+
+[sources.gitlab]
+kind = "gitlab"
+token = { file = "secrets/gitlab" }
+
+[sources.deploy]
+kind = "generic"
+bearer = { token = { file = "/dev/zero" } }
+"#,
+    );
+    let problems = [
+        ("api.tokens[0].token", "`UNSET_OPS_TOKEN` is not set"),
+        ("sources.github.secret", "`secrets/missing` does not exist"),
+        ("sources.gitlab.token", "directory"),
+        ("sources.deploy.bearer.token", "not a regular file"),
+    ];
+    let has = |text: &str, (path, what): (&str, &str)| {
+        text.lines()
+            .any(|l| l.contains(&format!("baton.toml: {path}: ")) && l.contains(what))
+    };
+
+    // /dev/zero is refused at once, not read until memory runs out.
+    let out = sb.run(&["validate", "-c", "baton.toml"]);
+    assert_eq!(out.code, Some(1), "{}{}", out.stdout, out.stderr);
+    for problem in problems {
+        assert!(has(&out.stdout, problem), "{problem:?} in:\n{}", out.stdout);
+    }
+    assert!(out.stdout.ends_with("4 problems\n"), "{}", out.stdout);
+
+    // For another machine: what is only absent here is a warning, the rest stays wrong.
+    let out = sb.run(&["validate", "-c", "baton.toml", "--secrets-elsewhere"]);
+    assert_eq!(out.code, Some(1), "{}{}", out.stdout, out.stderr);
+    for problem in &problems[..2] {
+        assert!(
+            has(&out.stdout, *problem),
+            "{problem:?} in:\n{}",
+            out.stdout
+        );
+    }
+    let warnings = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("warning: "))
+        .count();
+    assert_eq!(warnings, 2, "{}", out.stdout);
+    assert!(out.stdout.ends_with("2 problems\n"), "{}", out.stdout);
+
+    // The same config as serve would take it: all secrets readable.
+    sb.write(
+        "baton.toml",
+        "[sources.gitlab]\nkind = \"gitlab\"\ntoken = { file = \"secrets/gitlab/token\" }\n",
+    );
+    let out = sb.run(&["validate", "-c", "baton.toml"]);
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+}
+
+#[test]
+fn a_closed_pipe_ends_a_printing_command_quietly() {
+    let sb = Sandbox::new();
+    sb.write(
+        "one.yaml",
+        "name: one\nstages:\n  only: { uses: exec, with: { run: 'true' } }\n",
+    );
+    for args in [
+        &["validate", "one.yaml"][..],
+        &["adapters"],
+        &["validate", "no-such.yaml"],
+    ] {
+        // As `baton validate one.yaml | head -0`: the reader is gone before baton writes.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = sb
+            .baton(args)
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(141), "{args:?}: {stderr}");
+        assert!(stderr.is_empty(), "{args:?}: {stderr}");
     }
 }

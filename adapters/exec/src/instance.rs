@@ -10,6 +10,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::DEFAULT_KILL_GRACE;
+use crate::environment::InheritEnv;
 
 /// The instance block as written, before the checks serde cannot make.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -22,6 +23,11 @@ pub struct InstanceKeys {
     /// How long a cancelled command has between `SIGTERM` and `SIGKILL`. Default: `5s`.
     #[serde(default)]
     pub kill_grace: Option<HumanDuration>,
+    /// More of baton's environment variables for the commands, besides the basic set
+    /// (`PATH`, `HOME`, the locale, …): a list of names, or `true` for all. A variable the
+    /// config reads a secret from is never passed. Default: none.
+    #[serde(default)]
+    pub inherit_env: Option<InheritEnv>,
 }
 
 /// A checked instance block.
@@ -31,6 +37,8 @@ pub(crate) struct Settings {
     pub(crate) state_dir: PathBuf,
     /// The time between `SIGTERM` and `SIGKILL`.
     pub(crate) kill_grace: Duration,
+    /// The variables of baton's environment commands get besides the basic set.
+    pub(crate) inherit_env: InheritEnv,
 }
 
 /// Checks an instance block, returning the settings (attempts under `default_state_dir`
@@ -47,9 +55,16 @@ pub(crate) fn parse_instance(
             }
             Some(dir) => Ok(PathBuf::from(dir)),
         };
-        Some(Settings {
-            state_dir: checked("state_dir", state_dir, errors)?,
+        let inherit_env = keys.inherit_env.unwrap_or_default();
+        let bad_names = inherit_env.problems();
+        for &(i, message) in &bad_names {
+            errors.push(FieldError::new(format!("inherit_env[{i}]"), message));
+        }
+        let state_dir = checked("state_dir", state_dir, errors)?;
+        bad_names.is_empty().then_some(Settings {
+            state_dir,
             kill_grace: keys.kill_grace.map_or(DEFAULT_KILL_GRACE, |d| d.0),
+            inherit_env,
         })
     })
 }

@@ -14,11 +14,19 @@
 //! The command gets the resolved `input` as JSON on stdin and in the file named by
 //! `$BATON_INPUT`, may write a JSON object of outputs to the file named by `$BATON_OUTPUT`,
 //! and may print ContainerOps output lines, `[COUT] KEY = value`. `$BATON_RUN_ID`,
-//! `$BATON_STAGE` and `$BATON_ATTEMPT` name the attempt. It inherits baton's environment, as
-//! a CI runner's steps do: do not run baton with secrets in its environment that workflow
-//! authors must not see. Exit code 0 is success; anything else fails the stage with the code
-//! (or the signal) and the tail of stderr. Outputs are the `[COUT]` values, then the
-//! `$BATON_OUTPUT` object over them, and always `exit_code`.
+//! `$BATON_STAGE` and `$BATON_ATTEMPT` name the attempt. Exit code 0 is success; anything
+//! else fails the stage with the code (or the signal) and the tail of stderr. Outputs are
+//! the `[COUT]` values, then the `$BATON_OUTPUT` object over them, and always `exit_code`.
+//!
+//! # What reaches a command
+//!
+//! - A template in `run` is written into the script as literal text, one single-quoted
+//!   word where it stands outside quotes ([`baton_core::shell`]), so event data never
+//!   becomes shell syntax; `env` is the plainer way to hand a script a value.
+//! - The environment is [`BASIC_ENV`] and the `LC_*` variables of baton's own, the names the
+//!   instance's `inherit_env` adds (or all with `true`), then the stage's `env` and the
+//!   `BATON_*` variables. A variable the config reads a secret from (`{ env = "NAME" }`,
+//!   made known with [`ExecKind::hiding_env`]) is never passed, whatever `inherit_env` says.
 //!
 //! # Durability
 //!
@@ -61,14 +69,17 @@
 //! Linux only: liveness and group membership are read from `/proc`.
 
 mod attempt;
+mod environment;
 mod instance;
 mod process;
 mod spec;
 
 pub use attempt::STALE_START;
+pub use environment::{BASIC_ENV, InheritEnv};
 pub use instance::InstanceKeys;
 pub use spec::RESERVED_ENV;
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -82,6 +93,7 @@ use serde_json::{Map, Value, json};
 use tokio::io::AsyncWriteExt;
 
 use crate::attempt::{AttemptDir, Claim, PidRecord};
+use crate::environment::Environment;
 use crate::spec::{ExecSpec, Mode};
 
 /// The kind name, as in `uses: exec`.
@@ -133,6 +145,7 @@ const NOT_STARTED: &str = "not-started";
 #[derive(Debug, Clone)]
 pub struct ExecKind {
     default_state_dir: PathBuf,
+    hidden_env: Arc<BTreeSet<String>>,
 }
 
 impl Default for ExecKind {
@@ -147,7 +160,15 @@ impl ExecKind {
     pub fn new(default_state_dir: impl Into<PathBuf>) -> Self {
         Self {
             default_state_dir: default_state_dir.into(),
+            hidden_env: Arc::default(),
         }
+    }
+
+    /// A kind whose instances never pass these variables of baton's environment to a
+    /// command: the ones the config reads secrets from.
+    pub fn hiding_env(mut self, names: impl IntoIterator<Item = String>) -> Self {
+        self.hidden_env = Arc::new(names.into_iter().collect());
+        self
     }
 }
 
@@ -166,6 +187,10 @@ impl AdapterKind for ExecKind {
 
     fn builtin_instance(&self) -> bool {
         true
+    }
+
+    fn script_keys(&self) -> &'static [&'static str] {
+        &["run"]
     }
 
     fn validate_instance(&self, config: &Value) -> Vec<FieldError> {
@@ -188,9 +213,20 @@ impl AdapterKind for ExecKind {
             instance::parse_instance(config, &self.default_state_dir).map_err(|errors| {
                 AdapterError::Invalid(format!("adapter `{name}`: {}", FieldError::join(&errors)))
             })?;
-        Ok(Arc::new(
-            ExecAdapter::new(settings.state_dir).with_kill_grace(settings.kill_grace),
-        ))
+        let environment = Environment {
+            inherit: settings.inherit_env,
+            hidden: self.hidden_env.clone(),
+        };
+        for variable in environment.hidden_asked_for() {
+            tracing::warn!(
+                adapter = name,
+                variable,
+                "inherit_env names a variable the config reads a secret from; commands never get it"
+            );
+        }
+        let mut adapter = ExecAdapter::new(settings.state_dir).with_kill_grace(settings.kill_grace);
+        adapter.environment = environment;
+        Ok(Arc::new(adapter))
     }
 }
 
@@ -199,6 +235,7 @@ impl AdapterKind for ExecKind {
 pub struct ExecAdapter {
     state_dir: PathBuf,
     grace: Duration,
+    environment: Environment,
     waker: Arc<Mutex<Option<Waker>>>,
 }
 
@@ -216,6 +253,7 @@ impl ExecAdapter {
         Self {
             state_dir,
             grace: DEFAULT_KILL_GRACE,
+            environment: Environment::default(),
             waker: Arc::default(),
         }
     }
@@ -223,6 +261,19 @@ impl ExecAdapter {
     /// Sets how long a cancelled command has between `SIGTERM` and `SIGKILL`.
     pub fn with_kill_grace(mut self, grace: Duration) -> Self {
         self.grace = grace;
+        self
+    }
+
+    /// Sets which more of baton's environment commands get, besides [`BASIC_ENV`]
+    /// (default: none).
+    pub fn inheriting_env(mut self, inherit: InheritEnv) -> Self {
+        self.environment.inherit = inherit;
+        self
+    }
+
+    /// Sets the variables of baton's environment commands never get, whatever they inherit.
+    pub fn hiding_env(mut self, names: impl IntoIterator<Item = String>) -> Self {
+        self.environment.hidden = Arc::new(names.into_iter().collect());
         self
     }
 
@@ -280,6 +331,8 @@ impl ExecAdapter {
             .arg("baton-exec")
             .arg(dir.path())
             .args(spec.program.argv())
+            .env_clear()
+            .envs(self.environment.select(std::env::vars_os()))
             .envs(spec.env.iter().map(|(k, v)| (k, v)))
             .env("BATON_INPUT", dir.file("input.json"))
             .env("BATON_OUTPUT", dir.file("output.json"))

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use baton_adapter_exec::{ExecAdapter, ExecKind};
+use baton_adapter_exec::{ExecAdapter, ExecKind, InheritEnv};
 use baton_adapter_kit::{Scenario, fresh_key, run_conformance};
 use baton_core::{
     Adapter, AdapterError, AttemptKey, ExternalRef, ExternalState, PollOutcome, PollRequest,
@@ -707,4 +707,132 @@ async fn a_command_survives_the_death_of_the_process_that_started_it() {
         true
     );
     assert_eq!(count_lines(&runs), 1);
+}
+
+/// Renders a stage's `with:` as the engine does: compiled with the kind's script keys when
+/// the workflow loads, rendered against a context holding `event`.
+fn render_with(with: &Value, event: &Value) -> Value {
+    use baton_core::AdapterKind;
+    let keys = ExecKind::default().script_keys();
+    baton_core::TemplatedValue::compile_with_scripts(with, keys)
+        .unwrap()
+        .render(&baton_core::expr::to_val(&json!({ "event": event })))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn templates_in_run_reach_the_shell_as_literal_text() {
+    let state = tempfile::tempdir().unwrap();
+    let adapter = ExecAdapter::new(state.path());
+    // Each line puts the value somewhere else in the script and writes what the shell saw.
+    let script = r#"printf %s ${{ .event.v }} > bare
+printf %s "${{ .event.v }}" > double
+printf %s "<${{ .event.v }}>" > double-text
+printf %s '<${{ .event.v }}>' > single
+x="$(printf %s. ${{ .event.v }})"; printf %s "$x" > command
+y=${{ .event.v }}; printf %s "$y" > assigned
+# a comment holding ${{ .event.v }}
+echo done > comment
+"#;
+    let values = [
+        "refs/heads/$(echo${IFS}x:$GH_SECRET:$OPS_TOKEN)",
+        "'; touch pwned; '",
+        "\"; touch pwned; \"",
+        "`touch pwned`",
+        "a\nb; touch pwned\n",
+        "",
+        "\\'\"$HOME*?[a]~{x,y} ${x:-y}",
+        "#not a comment",
+        "é ✓ '\"'",
+    ];
+    for value in values {
+        let work = tempfile::tempdir().unwrap();
+        let with = json!({"run": script, "workdir": work.path()});
+        let input = render_with(&with, &json!({ "v": value }));
+        let (outcome, _) = run(&adapter, input).await;
+        succeeded(&outcome);
+        let read = |name: &str| std::fs::read_to_string(work.path().join(name)).unwrap();
+        for name in ["bare", "double", "assigned"] {
+            assert_eq!(read(name), value, "{name} of {value:?}");
+        }
+        assert_eq!(read("double-text"), format!("<{value}>"), "{value:?}");
+        assert_eq!(read("single"), format!("<{value}>"), "{value:?}");
+        assert_eq!(read("command"), format!("{value}."), "{value:?}");
+        assert_eq!(read("comment"), "done\n", "{value:?}");
+        assert!(
+            !work.path().join("pwned").exists(),
+            "{value:?} ran a command"
+        );
+    }
+
+    // A NUL cannot be in a script: the start is refused, nothing runs.
+    let input = render_with(
+        &json!({"run": "echo ${{ .event.v }}"}),
+        &json!({"v": "a\u{0}b"}),
+    );
+    let refused = adapter
+        .start(&request(&fresh_key("nul"), input))
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("NUL"), "{refused}");
+}
+
+#[tokio::test]
+async fn commands_get_a_small_environment_that_never_holds_hidden_variables() {
+    // Cargo sets these for the test process, so they stand for any variable of baton's.
+    let (extra, secret) = ("CARGO_PKG_NAME", "CARGO_MANIFEST_DIR");
+    assert!(std::env::var_os(extra).is_some() && std::env::var_os(secret).is_some());
+    let state = tempfile::tempdir().unwrap();
+    let names = |adapter: ExecAdapter| async move {
+        let (outcome, _) = run(
+            &adapter,
+            json!({"run": "env > \"$OUT\"", "env": {"OUT": state_file(&adapter)}}),
+        )
+        .await;
+        succeeded(&outcome);
+        let text = std::fs::read_to_string(state_file(&adapter)).unwrap();
+        text.lines()
+            .filter_map(|l| l.split_once('=').map(|(n, _)| n.to_owned()))
+            .collect::<Vec<String>>()
+    };
+    fn state_file(adapter: &ExecAdapter) -> String {
+        adapter.state_dir().join("env.txt").display().to_string()
+    }
+    let hidden = || [secret.to_owned()];
+
+    let basic = names(ExecAdapter::new(state.path()).hiding_env(hidden())).await;
+    assert!(basic.iter().any(|n| n == "PATH"), "{basic:?}");
+    assert!(basic.iter().any(|n| n == "BATON_RUN_ID"), "{basic:?}");
+    assert!(
+        !basic.iter().any(|n| n == extra || n == secret),
+        "{basic:?}"
+    );
+    assert!(
+        basic.iter().all(|n| n.starts_with("BATON_")
+            || n.starts_with("LC_")
+            || n == "OUT"
+            || n == "PWD"
+            || n == "SHLVL"
+            || n == "_"
+            || baton_adapter_exec::BASIC_ENV.contains(&n.as_str())),
+        "{basic:?}"
+    );
+
+    let listed = names(
+        ExecAdapter::new(state.path())
+            .inheriting_env(InheritEnv::Names(vec![extra.into(), secret.into()]))
+            .hiding_env(hidden()),
+    )
+    .await;
+    assert!(listed.iter().any(|n| n == extra), "{listed:?}");
+    assert!(!listed.iter().any(|n| n == secret), "{listed:?}");
+
+    let all = names(
+        ExecAdapter::new(state.path())
+            .inheriting_env(InheritEnv::All)
+            .hiding_env(hidden()),
+    )
+    .await;
+    assert!(all.iter().any(|n| n == extra), "{all:?}");
+    assert!(!all.iter().any(|n| n == secret), "{all:?}");
 }

@@ -1,6 +1,5 @@
 //! `baton adapters`: the adapter kinds this build knows, as each declares itself.
 
-use std::path::Path;
 use std::process::ExitCode;
 
 use baton_core::{AdapterKind, Kinds};
@@ -20,8 +19,7 @@ pub(crate) struct AdaptersArgs {
 /// Lists every built-in kind: name, whether it needs an `[adapters]` block, whether its
 /// stages take decisions, its documentation and what it does.
 pub(crate) fn adapters(args: AdaptersArgs) -> ExitCode {
-    // The exec state folder matters only to built adapters, and none is built here.
-    let kinds = setup::kinds(Path::new("."));
+    let kinds = setup::checking_kinds();
     if args.json {
         let list: Vec<Value> = kinds.iter().map(|k| describe(k.as_ref())).collect();
         println!("{:#}", Value::Array(list));
@@ -89,7 +87,7 @@ mod tests {
 
     #[test]
     fn the_table_lines_up_every_kind() {
-        let kinds = setup::kinds(Path::new("."));
+        let kinds = setup::checking_kinds();
         let text = table(&kinds);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), kinds.names().count() + 1, "{text}");

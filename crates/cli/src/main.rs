@@ -1,13 +1,15 @@
 //! `baton`: validate, run, resume and draw workflows.
 //!
 //! Exit codes: 0 success; 1 a run failed or was cancelled, or `validate` found problems;
-//! 2 a usage, config or environment error (nothing ran).
+//! 2 a usage, config or environment error (nothing ran); 141 the output was a pipe that its
+//! reader closed (`baton validate | head -1`).
 
 mod adapters;
 mod client;
 mod completions;
 mod init;
 mod man;
+mod pipe;
 mod progress;
 mod run;
 mod serve;
@@ -112,6 +114,10 @@ struct ValidateArgs {
     config: ConfigArgs,
     /// Extra workflow files to check (besides those the config's `workflows` globs find).
     files: Vec<PathBuf>,
+    /// Check a config meant for another machine: a secret variable that is not set here or a
+    /// secret file that does not exist here is a warning, not a problem.
+    #[arg(long)]
+    secrets_elsewhere: bool,
 }
 
 #[derive(Args, Debug)]
@@ -137,6 +143,7 @@ enum GraphFormat {
 }
 
 fn main() -> ExitCode {
+    pipe::exit_quietly_when_closed();
     let cli = Cli::parse();
     init_logs(&cli.command);
     match cli.command {
@@ -162,7 +169,16 @@ fn validate(args: ValidateArgs) -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    match setup::load(config.as_deref(), &args.files, None) {
+    let secrets = if args.secrets_elsewhere {
+        baton_config::SecretsFrom::Elsewhere
+    } else {
+        baton_config::SecretsFrom::Here
+    };
+    let checked = setup::load_reading_secrets(config.as_deref(), &args.files, secrets);
+    for warning in &checked.warnings {
+        println!("warning: {warning}");
+    }
+    match checked.loaded {
         Ok(loaded) => {
             let adapters = loaded.gateway.adapters.len();
             let sources = loaded.gateway.sources.len();

@@ -5,15 +5,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use baton_config::{Diagnostics, EnvFileResolver, Loaded};
+use baton_config::{Checked, Diagnostics, EnvFileResolver, Loaded, SecretsFrom};
 use baton_core::{Adapter, Kinds};
 use baton_engine::{Engine, EngineConfig};
 
 /// Every adapter kind this build of baton has. Adding a kind is one line here: what the kind
 /// is (an instance without a block, whether it takes decisions) it declares itself.
-pub(crate) fn kinds(exec_state_dir: &Path) -> Kinds {
+/// `secret_env` names the variables the config reads secrets from, which commands never get.
+pub(crate) fn kinds(exec_state_dir: &Path, secret_env: BTreeSet<String>) -> Kinds {
     let mut kinds = Kinds::new();
-    kinds.register(Arc::new(baton_adapter_exec::ExecKind::new(exec_state_dir)));
+    kinds.register(Arc::new(
+        baton_adapter_exec::ExecKind::new(exec_state_dir).hiding_env(secret_env),
+    ));
     kinds.register(Arc::new(baton_adapter_approval::ApprovalKind));
     kinds.register(Arc::new(baton_adapter_jenkins::JenkinsKind::default()));
     kinds.register(Arc::new(baton_adapter_buildbot::BuildbotKind));
@@ -44,14 +47,8 @@ pub(crate) fn load(
     workflow_files: &[PathBuf],
     store: Option<&str>,
 ) -> Result<Loaded, Diagnostics> {
-    // Kinds are needed to check instance blocks; the exec state folder they carry matters
-    // only when adapters are built, which `build_engine` does with the final folder.
-    let mut loaded = baton_config::load(
-        config,
-        workflow_files,
-        &kinds(Path::new(".")),
-        std::env::vars(),
-    )?;
+    let mut loaded =
+        baton_config::load(config, workflow_files, &checking_kinds(), std::env::vars())?;
     let store_overridden = std::env::vars().any(|(k, _)| k == "BATON_STORE__URL");
     if let Some(url) = store {
         loaded.gateway.store.url = url.to_owned();
@@ -61,9 +58,33 @@ pub(crate) fn load(
     Ok(loaded)
 }
 
-/// The kinds, with the state folder the config gives `exec`: the kinds that build adapters.
+/// Loads the config and workflows, and reads every secret the config references as `serve`
+/// does (see [`baton_config::load_reading_secrets`]).
+pub(crate) fn load_reading_secrets(
+    config: Option<&Path>,
+    workflow_files: &[PathBuf],
+    from: SecretsFrom,
+) -> Checked {
+    baton_config::load_reading_secrets(
+        config,
+        workflow_files,
+        &checking_kinds(),
+        std::env::vars(),
+        from,
+    )
+}
+
+/// The kinds for checking and describing: what they carry (the exec state folder, the
+/// secrets' variables) matters only when adapters are built, which `build_engine` does with
+/// the kinds of the loaded config.
+pub(crate) fn checking_kinds() -> Kinds {
+    kinds(Path::new("."), BTreeSet::new())
+}
+
+/// The kinds with what the config gives them (the state folder of `exec`, the variables it
+/// reads secrets from): the kinds that build adapters.
 pub(crate) fn configured_kinds(loaded: &Loaded) -> Kinds {
-    kinds(&loaded.gateway.exec_state_dir())
+    kinds(&loaded.gateway.exec_state_dir(), loaded.secret_env_names())
 }
 
 /// Builds every adapter instance, opens the store and creates the engine (not started).
@@ -89,7 +110,7 @@ pub(crate) async fn build_engine(loaded: &Loaded) -> Result<Engine> {
         poll_min: gateway.engine.poll_min.0,
         poll_max: gateway.engine.poll_max.0,
         max_concurrency: gateway.engine.max_concurrency,
-        defaults: gateway.stage_defaults(),
+        defaults: gateway.stage_defaults(&kinds),
         ..EngineConfig::default()
     };
     Ok(Engine::new(store, adapters, config))

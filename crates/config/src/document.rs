@@ -10,6 +10,11 @@ use crate::diagnostic::{Sink, join};
 /// Files larger than this are refused before parsing.
 pub const MAX_FILE_BYTES: u64 = 8 * 1024 * 1024;
 
+/// The deepest nesting of lists and maps a YAML file may have: the YAML reader's own limit,
+/// which [`parse_document`] also checks before parsing for flow nesting (`[` and `{`), whose
+/// scanning takes time quadratic in the depth.
+pub const MAX_YAML_DEPTH: usize = 128;
+
 /// The formats a config or workflow file may have, by extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Format {
@@ -102,18 +107,33 @@ fn parse_document(text: &str, toml: bool, sink: &mut Sink) -> Option<Value> {
             }
         }
     } else {
-        // libyaml's scanner takes time quadratic in the nesting of `[` and `{`; the parser
-        // refuses more than 128 levels anyway, but only after that time.
+        // libyaml's scanner takes time quadratic in the nesting of `[` and `{`; the reader
+        // refuses more than MAX_YAML_DEPTH levels anyway, but only after that time.
         let depth = flow_depth(text);
-        if depth > MAX_FLOW_DEPTH {
+        if depth > MAX_YAML_DEPTH {
             sink.err(
                 "",
-                format!("invalid YAML: `[` and `{{` nested {depth} deep; at most {MAX_FLOW_DEPTH} levels are read"),
+                format!(
+                    "invalid YAML: lists and maps nested {depth} levels deep (`[` and `{{`); at most {MAX_YAML_DEPTH} levels are allowed"
+                ),
             );
             return None;
         }
         let mut value = match serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text) {
             Ok(value) => value,
+            Err(e) if e.to_string().starts_with("recursion limit exceeded") => {
+                let at = e
+                    .location()
+                    .map(|l| format!(" at line {}, column {}", l.line(), l.column()))
+                    .unwrap_or_default();
+                sink.err(
+                    "",
+                    format!(
+                        "invalid YAML: lists and maps nested more than {MAX_YAML_DEPTH} levels deep{at}; at most {MAX_YAML_DEPTH} levels are allowed"
+                    ),
+                );
+                return None;
+            }
             Err(e) => {
                 sink.err("", format!("invalid YAML: {e}"));
                 return None;
@@ -128,9 +148,6 @@ fn parse_document(text: &str, toml: bool, sink: &mut Sink) -> Option<Value> {
         (sink.count() == before).then_some(value)
     }
 }
-
-/// The deepest flow nesting [`parse_document`] lets the YAML parser see.
-const MAX_FLOW_DEPTH: usize = 512;
 
 /// An upper bound of the nesting of `[` and `{` in YAML text. Brackets inside quotes and
 /// comments count too, so it never underestimates (a quote cannot hide a bracket).

@@ -113,10 +113,17 @@ impl GatewayConfig {
             .collect()
     }
 
-    /// The settings stages inherit: `engine.default_timeout`.
-    pub fn stage_defaults(&self) -> StageDefaults {
+    /// The settings stages inherit (`engine.default_timeout`), and what each adapter
+    /// instance's kind declares (the `with:` keys that hold shell scripts).
+    pub fn stage_defaults(&self, kinds: &Kinds) -> StageDefaults {
         StageDefaults {
             timeout: self.engine.default_timeout.0,
+            script_keys: self
+                .instances(kinds)
+                .into_iter()
+                .map(|(name, instance)| (name, kinds.script_keys(&instance.kind)))
+                .filter(|(_, keys)| !keys.is_empty())
+                .collect(),
         }
     }
 }

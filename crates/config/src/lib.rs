@@ -20,7 +20,8 @@
 //! # Secrets
 //!
 //! A secret is always a reference, `{ env = "NAME" }` or `{ file = "PATH" }`; a literal
-//! secret is a load error. [`EnvFileResolver`] reads references.
+//! secret is a load error. [`EnvFileResolver`] reads references; [`load_reading_secrets`]
+//! reads every reference of a config as part of the load, as `baton validate` does.
 
 mod check;
 mod diagnostic;
@@ -34,12 +35,14 @@ mod secrets;
 mod tests;
 
 pub use diagnostic::{Diagnostic, Diagnostics};
-pub use document::MAX_FILE_BYTES;
+pub use document::{MAX_FILE_BYTES, MAX_YAML_DEPTH};
 pub use gateway::{
     AdapterInstance, ApiConfig, ApiToken, BearerAuth, DeliveryId, EngineConfig, EventSelector,
     GITHUB_API_URL, GITLAB_API_URL, GatewayConfig, GenericAuth, GenericSource, GithubApp,
     GithubAuth, GithubSource, GitlabSource, HmacAlgorithm, HmacAuth, Role, ServerConfig,
     SourceConfig, StoreConfig, TOP_LEVEL_KEYS,
 };
-pub use load::{ENVIRONMENT, Loaded, LoadedWorkflow, load};
-pub use secrets::EnvFileResolver;
+pub use load::{
+    Checked, ENVIRONMENT, Loaded, LoadedWorkflow, SecretsFrom, load, load_reading_secrets,
+};
+pub use secrets::{EnvFileResolver, MAX_SECRET_FILE_BYTES, SecretUse};

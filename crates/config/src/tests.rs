@@ -29,6 +29,10 @@ impl AdapterKind for FakeKind {
         self.0 == "approval"
     }
 
+    fn script_keys(&self) -> &'static [&'static str] {
+        if self.0 == "exec" { &["run"] } else { &[] }
+    }
+
     fn validate_instance(&self, config: &Value) -> Vec<FieldError> {
         let mut errors = Vec::new();
         if self.0 == "jenkins" {
@@ -346,7 +350,10 @@ engine:
     let g = &loaded.gateway;
     assert_eq!(g.server.listen, "0.0.0.0:9000");
     assert_eq!(g.engine.max_concurrency, 8);
-    assert_eq!(g.stage_defaults().timeout, Duration::from_secs(7200));
+    assert_eq!(
+        g.stage_defaults(&kinds()).timeout,
+        Duration::from_secs(7200)
+    );
     assert_eq!(g.exec_state_dir(), dir.path().join("conf/state/exec"));
     let SourceConfig::Generic(deploy) = &g.sources["deploy"] else {
         panic!("generic")
@@ -969,8 +976,8 @@ fn deep_nesting_and_alias_bombs_are_refused() {
     ]);
     for (file, fragment) in [
         ("bomb.yaml", "repetition limit"),
-        ("deep.yaml", "nested 50000 deep"),
-        ("deep-block.yaml", "recursion limit"),
+        ("deep.yaml", "nested 50000 levels deep"),
+        ("deep-block.yaml", "nested more than 128 levels deep"),
         ("deep.toml", "invalid TOML"),
         ("table.toml", "invalid TOML"),
         ("jq.yaml", "too complex"),
@@ -978,6 +985,138 @@ fn deep_nesting_and_alias_bombs_are_refused() {
         let err = load_in(dir.path(), None, &[file], no_env()).unwrap_err();
         assert!(err.to_string().contains(fragment), "{file}: {err}");
     }
+}
+
+#[test]
+fn yaml_nesting_has_one_limit_and_every_message_states_it() {
+    let flow = |depth: usize| format!("x: {}{}\n", "[".repeat(depth), "]".repeat(depth));
+    let block = |depth: usize| -> String {
+        (0..depth)
+            .map(|i| format!("{}a{i}:\n", " ".repeat(i)))
+            .collect()
+    };
+    let dir = fixture(&[
+        ("flow-200.yaml", &flow(200)),
+        ("flow-600.yaml", &flow(600)),
+        ("block-200.yaml", &block(200)),
+        ("flow-127.yaml", &flow(127)),
+    ]);
+    let limit = format!("at most {MAX_YAML_DEPTH} levels are allowed");
+    assert_eq!(MAX_YAML_DEPTH, 128);
+    for file in ["flow-200.yaml", "flow-600.yaml", "block-200.yaml"] {
+        let err = load_in(dir.path(), None, &[file], no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&limit), "{file}: {err}");
+        assert!(err.contains("nested"), "{file}: {err}");
+    }
+    // 127 brackets under the top-level map: 128 levels, read (and then found not a workflow).
+    let err = load_in(dir.path(), None, &["flow-127.yaml"], no_env())
+        .unwrap_err()
+        .to_string();
+    assert!(!err.contains("nested"), "{err}");
+}
+
+#[test]
+fn secrets_are_read_with_the_load_when_asked_and_reported_at_their_paths() {
+    let config = r#"
+workflows = ["wf/*.yaml"]
+
+[api]
+tokens = [{ name = "ops", token = { env = "OPS_TOKEN" }, role = "operator" }]
+
+[sources.gh]
+kind = "github"
+secret = { file = "secrets/missing" }
+secrets = [{ file = "secrets" }, { env = "GH_OLD" }]
+
+[adapters.ci]
+kind = "jenkins"
+url = "http://ci"
+token = { env = "JENKINS_TOKEN" }
+"#;
+    let dir = fixture(&[
+        ("baton.toml", config),
+        ("secrets/ok", "fine\n"),
+        (
+            "wf/a.yaml",
+            "name: a\nstages: { s: { uses: exec, with: { run: x } } }\n",
+        ),
+    ]);
+    let file = dir.path().join("baton.toml");
+    let vars = env(&[("GH_OLD", "old")]);
+    let read = |from| load_reading_secrets(Some(&file), &[], &kinds(), vars.clone(), from);
+
+    // A plain load reads no secret: `serve` would refuse this config, but only later.
+    let loaded = load(Some(&file), &[], &kinds(), vars.clone()).unwrap();
+    assert_eq!(
+        loaded.secret_env_names(),
+        ["GH_OLD", "JENKINS_TOKEN", "OPS_TOKEN"]
+            .map(String::from)
+            .into_iter()
+            .collect()
+    );
+
+    let checked = read(SecretsFrom::Here);
+    assert!(checked.warnings.is_empty());
+    let problems = checked.loaded.unwrap_err();
+    assert_eq!(
+        pairs(dir.path(), &problems),
+        set(&[
+            ("baton.toml", "api.tokens[0].token"),
+            ("baton.toml", "sources.gh.secret"),
+            ("baton.toml", "sources.gh.secrets[0]"),
+            ("baton.toml", "adapters.ci.token"),
+        ])
+    );
+    assert!(message_at(&problems, "api.tokens[0].token").contains("`OPS_TOKEN` is not set"));
+    assert!(message_at(&problems, "sources.gh.secret").contains("does not exist"));
+    assert!(message_at(&problems, "sources.gh.secrets[0]").contains("directory"));
+
+    // For another machine, what is only absent here is a warning; a directory stays wrong.
+    let checked = read(SecretsFrom::Elsewhere);
+    assert_eq!(
+        pairs(dir.path(), &checked.loaded.unwrap_err()),
+        set(&[("baton.toml", "sources.gh.secrets[0]")])
+    );
+    assert_eq!(checked.warnings.len(), 3);
+    std::fs::remove_dir_all(dir.path().join("secrets")).unwrap();
+    let checked = read(SecretsFrom::Elsewhere);
+    assert!(checked.loaded.is_ok());
+    let paths: Vec<&str> = checked.warnings.iter().map(|w| w.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "api.tokens[0].token",
+            "sources.gh.secret",
+            "sources.gh.secrets[0]",
+            "adapters.ci.token"
+        ]
+    );
+}
+
+#[test]
+fn templates_in_exec_scripts_load_quoted() {
+    let dir = fixture(&[(
+        "wf.yaml",
+        "name: w\nstages:\n  s:\n    uses: exec\n    with: { run: 'echo \"${{ .event.ref }}\"', env: { R: '${{ .event.ref }}' } }\n",
+    )]);
+    let loaded = load_in(dir.path(), None, &["wf.yaml"], no_env()).unwrap();
+    let stage = &loaded.workflows[0].workflow.stages[0];
+    let context = baton_core::expr::to_val(&serde_json::json!({"event": {"ref": "$(id)"}}));
+    let with = stage.with.render(&context).unwrap();
+    assert_eq!(with["run"], "echo \"\"'$(id)'\"\"");
+    assert_eq!(with["env"]["R"], "$(id)");
+
+    let dir = fixture(&[(
+        "wf.yaml",
+        "name: w\nstages:\n  s:\n    uses: exec\n    with: { run: 'echo `${{ .event.ref }}`' }\n",
+    )]);
+    let problems = load_in(dir.path(), None, &["wf.yaml"], no_env()).unwrap_err();
+    assert!(
+        message_at(&problems, "stages.s.with.run").contains("backquotes"),
+        "{problems}"
+    );
 }
 
 /// A small fixed-seed generator (xorshift64*), so the fuzz test is repeatable.

@@ -412,6 +412,14 @@ pub trait AdapterKind: Send + Sync + 'static {
         false
     }
 
+    /// The top-level `with:` keys whose strings are shell scripts (`run` for `exec`): a
+    /// template in them is written as literal text, one single-quoted word where it stands
+    /// outside quotes, so that event data never becomes shell syntax
+    /// ([`Template::parse_script`](crate::Template::parse_script)). Default: none.
+    fn script_keys(&self) -> &'static [&'static str] {
+        &[]
+    }
+
     /// Checks an instance block (without the `kind` key) and returns every problem.
     fn validate_instance(&self, config: &Value) -> Vec<FieldError>;
 
@@ -478,6 +486,11 @@ impl Kinds {
     /// Whether stages of kind `kind` wait for a person's decision; false for an unknown kind.
     pub fn takes_decisions(&self, kind: &str) -> bool {
         self.get(kind).is_some_and(|k| k.takes_decisions())
+    }
+
+    /// The `with:` keys of kind `kind` that hold shell scripts; none for an unknown kind.
+    pub fn script_keys(&self, kind: &str) -> &'static [&'static str] {
+        self.get(kind).map_or(&[], |k| k.script_keys())
     }
 }
 
@@ -568,6 +581,8 @@ mod tests {
         // Undeclared, a kind is neither built in nor deciding, and says nothing about itself.
         let plain = kinds.get("ci").unwrap();
         assert_eq!((plain.summary(), plain.docs()), ("", ""));
+        assert!(plain.script_keys().is_empty());
+        assert!(kinds.script_keys("missing").is_empty());
     }
 
     #[test]

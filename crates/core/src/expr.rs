@@ -10,6 +10,8 @@ use jaq_core::{Compiler, Ctx, Vars, data, unwrap_valr};
 use jaq_json::Val;
 use serde_json::Value;
 
+use crate::shell::Quoting;
+
 type Data = data::JustLut<Val>;
 
 /// A jq expression could not be compiled.
@@ -319,12 +321,15 @@ fn describe_load_errors(code: &str, errors: jaq_core::load::Errors<&str, ()>) ->
 enum Piece {
     Text(String),
     Expr(Expr),
+    /// An expression in a shell script, and how its result is quoted at its place there.
+    Shell(Expr, Quoting),
 }
 
 /// A string that may hold `${{ jq }}` templates.
 ///
 /// A string that is exactly one template keeps the JSON type of the result; otherwise each
-/// result is written into the text (strings without quotes, other values as JSON).
+/// result is written into the text (strings without quotes, other values as JSON). In a
+/// shell script ([`Template::parse_script`]) each result is written as literal text instead.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Template {
     pieces: Vec<Piece>,
@@ -360,15 +365,65 @@ impl Template {
         Ok(Self { pieces })
     }
 
+    /// [`Template::parse`] for a shell script: each result is written so that `sh` reads it as
+    /// literal text at its place (one single-quoted word outside quotes; see [`crate::shell`]),
+    /// and the template always renders to a string. A template where no quoting is safe (in
+    /// a here-document, for one) is an error.
+    pub fn parse_script(text: &str) -> Result<Self, CompileError> {
+        let Self { pieces } = Self::parse(text)?;
+        let mut texts = vec![String::new()];
+        for piece in &pieces {
+            match piece {
+                Piece::Text(t) => {
+                    if let Some(last) = texts.last_mut() {
+                        last.push_str(t);
+                    }
+                }
+                _ => texts.push(String::new()),
+            }
+        }
+        let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let mut places = crate::shell::quoting_of(&texts).into_iter();
+        let mut problems = Vec::new();
+        let mut shell_pieces = Vec::with_capacity(pieces.len());
+        for piece in pieces {
+            let Piece::Expr(expr) = piece else {
+                shell_pieces.push(piece);
+                continue;
+            };
+            match places.next() {
+                Some(Ok(quoting)) => shell_pieces.push(Piece::Shell(expr, quoting)),
+                Some(Err(place)) => problems.push(format!(
+                    "`${{{{ {0} }}}}` {place} in the shell script, where baton cannot quote it as literal text: pass the value through `env:` (`env: {{ VALUE: '${{{{ {0} }}}}' }}`) and write \"$VALUE\" in the script",
+                    expr.source()
+                )),
+                // One place per expression: never short.
+                None => {}
+            }
+        }
+        if problems.is_empty() {
+            Ok(Self {
+                pieces: shell_pieces,
+            })
+        } else {
+            Err(CompileError {
+                source_text: text.to_owned(),
+                message: problems.join("; "),
+            })
+        }
+    }
+
     /// True when the text holds at least one expression.
     pub fn has_expressions(&self) -> bool {
-        self.pieces.iter().any(|p| matches!(p, Piece::Expr(_)))
+        self.pieces
+            .iter()
+            .any(|p| matches!(p, Piece::Expr(_) | Piece::Shell(..)))
     }
 
     /// The expressions in this template, in order.
     pub fn expressions(&self) -> impl Iterator<Item = &Expr> {
         self.pieces.iter().filter_map(|p| match p {
-            Piece::Expr(e) => Some(e),
+            Piece::Expr(e) | Piece::Shell(e, _) => Some(e),
             Piece::Text(_) => None,
         })
     }
@@ -389,19 +444,31 @@ impl Template {
         for piece in &self.pieces {
             match piece {
                 Piece::Text(text) => out.push_str(text),
-                Piece::Expr(expr) => {
-                    for value in expr.eval_val(context.clone())? {
-                        match value {
-                            Value::String(s) => out.push_str(&s),
-                            Value::Null => {}
-                            other => out.push_str(&other.to_string()),
-                        }
-                    }
+                Piece::Expr(expr) => write_results(expr, context, &mut out)?,
+                // A comment drops the result, so it is not worked out.
+                Piece::Shell(_, Quoting::Comment) => {}
+                Piece::Shell(expr, quoting) => {
+                    let mut text = String::new();
+                    write_results(expr, context, &mut text)?;
+                    quoting.write(&text, &mut out);
                 }
             }
         }
         Ok(Value::String(out))
     }
+}
+
+/// Appends every result of `expr` as text: strings without quotes, `null` as nothing, other
+/// values as JSON.
+fn write_results(expr: &Expr, context: &Val, out: &mut String) -> Result<(), EvalError> {
+    for value in expr.eval_val(context.clone())? {
+        match value {
+            Value::String(s) => out.push_str(&s),
+            Value::Null => {}
+            other => out.push_str(&other.to_string()),
+        }
+    }
+    Ok(())
 }
 
 /// A JSON value whose strings may hold templates (a stage's `with:` block).
@@ -429,8 +496,18 @@ pub struct TemplateError {
 impl TemplatedValue {
     /// Compiles every template inside `value`, collecting every error.
     pub fn compile(value: &Value) -> Result<Self, Vec<TemplateError>> {
+        Self::compile_with_scripts(value, &[])
+    }
+
+    /// [`TemplatedValue::compile`] for a stage's `with:` block whose top-level keys named in
+    /// `script_keys` hold shell scripts: their templates are compiled with
+    /// [`Template::parse_script`].
+    pub fn compile_with_scripts(
+        value: &Value,
+        script_keys: &[&str],
+    ) -> Result<Self, Vec<TemplateError>> {
         let mut errors = Vec::new();
-        let compiled = Self::compile_at(value, String::new(), &mut errors);
+        let compiled = Self::compile_at(value, String::new(), script_keys, false, &mut errors);
         if errors.is_empty() {
             Ok(compiled)
         } else {
@@ -438,9 +515,21 @@ impl TemplatedValue {
         }
     }
 
-    fn compile_at(value: &Value, path: String, errors: &mut Vec<TemplateError>) -> Self {
+    /// `script_keys` apply to the keys of `value` itself; `script` says `value` is a script.
+    fn compile_at(
+        value: &Value,
+        path: String,
+        script_keys: &[&str],
+        script: bool,
+        errors: &mut Vec<TemplateError>,
+    ) -> Self {
+        let parse = if script {
+            Template::parse_script
+        } else {
+            Template::parse
+        };
         match value {
-            Value::String(s) if s.contains("${{") => match Template::parse(s) {
+            Value::String(s) if s.contains("${{") => match parse(s) {
                 Ok(t) => Self::Template(t),
                 Err(error) => {
                     errors.push(TemplateError { path, error });
@@ -451,7 +540,7 @@ impl TemplatedValue {
                 let compiled: Vec<_> = items
                     .iter()
                     .enumerate()
-                    .map(|(i, v)| Self::compile_at(v, format!("{path}[{i}]"), errors))
+                    .map(|(i, v)| Self::compile_at(v, format!("{path}[{i}]"), &[], false, errors))
                     .collect();
                 if compiled.iter().all(|c| matches!(c, Self::Literal(_))) {
                     Self::Literal(value.clone())
@@ -468,7 +557,8 @@ impl TemplatedValue {
                         } else {
                             format!("{path}.{k}")
                         };
-                        (k.clone(), Self::compile_at(v, child, errors))
+                        let script = script_keys.contains(&k.as_str());
+                        (k.clone(), Self::compile_at(v, child, &[], script, errors))
                     })
                     .collect();
                 if compiled.iter().all(|(_, c)| matches!(c, Self::Literal(_))) {
@@ -549,6 +639,76 @@ mod tests {
         );
         assert_eq!(render("obj=${{ .o }}", ctx.clone()), json!("obj={\"a\":1}"));
         assert_eq!(render("no templates here", ctx), json!("no templates here"));
+    }
+
+    #[test]
+    fn script_templates_render_as_literal_shell_text() {
+        let ctx = json!({
+            "ref": "refs/heads/$(echo${IFS}x:$GH_SECRET)",
+            "quotes": "it's \"q\"\nnext",
+            "n": 3,
+            "none": null,
+        });
+        let render = |text: &str| {
+            Template::parse_script(text)
+                .unwrap()
+                .render(&to_val(&ctx))
+                .unwrap()
+        };
+        assert_eq!(
+            render("echo \"[COUT] ref = ${{ .ref }}\""),
+            json!("echo \"[COUT] ref = \"'refs/heads/$(echo${IFS}x:$GH_SECRET)'\"\"")
+        );
+        assert_eq!(
+            render("echo ${{ .quotes }}"),
+            json!("echo 'it'\\''s \"q\"\nnext'")
+        );
+        assert_eq!(render("echo '${{ .n }}'"), json!("echo '3'"));
+        // A whole-string template is a word too, not the raw value.
+        assert_eq!(
+            render("${{ .ref }}"),
+            json!("'refs/heads/$(echo${IFS}x:$GH_SECRET)'")
+        );
+        assert_eq!(render("x ${{ .none }}"), json!("x ''"));
+        assert_eq!(render("true # ${{ .ref }}\ntrue"), json!("true # \ntrue"));
+
+        let err = Template::parse_script("cat <<EOF\n${{ .ref }}\nEOF\necho ${{ .n }} `${{ .n }}`")
+            .unwrap_err();
+        assert!(
+            err.message
+                .contains("`${{ .ref }}` stands inside a here-document")
+                && err.message.contains("`${{ .n }}` stands inside backquotes")
+                && err.message.contains("env: { VALUE: '${{ .ref }}' }"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn only_script_keys_are_quoted() {
+        let with = json!({
+            "run": "echo ${{ .x }}",
+            "env": {"X": "${{ .x }}"},
+            "input": {"run": "echo ${{ .x }}"},
+        });
+        let ctx = to_val(&json!({"x": "a;b"}));
+        let rendered = TemplatedValue::compile_with_scripts(&with, &["run"])
+            .unwrap()
+            .render(&ctx)
+            .unwrap();
+        assert_eq!(
+            rendered,
+            json!({"run": "echo 'a;b'", "env": {"X": "a;b"}, "input": {"run": "echo a;b"}})
+        );
+        let plain = TemplatedValue::compile(&with)
+            .unwrap()
+            .render(&ctx)
+            .unwrap();
+        assert_eq!(plain["run"], "echo a;b");
+        let errs =
+            TemplatedValue::compile_with_scripts(&json!({"run": "echo `${{ .x }}`"}), &["run"])
+                .unwrap_err();
+        assert_eq!(errs[0].path, "run");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! baton's core model, with no I/O: workflows and their compiled form, run and stage
 //! states, the [`Adapter`](adapter::Adapter) contract and what adapter kinds declare, a
-//! person's [`Decision`], jq expressions and templates, secret references and durations,
-//! and the typed reading of config blocks.
+//! person's [`Decision`], jq expressions and templates (and their quoting in shell scripts),
+//! secret references and durations, and the typed reading of config blocks.
 
 pub mod adapter;
 pub mod context;
@@ -10,6 +10,7 @@ pub mod duration;
 pub mod expr;
 pub mod graph;
 pub mod secret;
+pub mod shell;
 pub mod state;
 pub mod typed;
 pub mod workflow;

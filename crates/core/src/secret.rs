@@ -54,17 +54,28 @@ impl fmt::Display for Secret {
 /// Could not read a secret.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SecretError {
-    /// The environment variable is not set.
+    /// The environment variable is not set (or is empty).
     #[error("secret environment variable `{0}` is not set")]
     MissingEnv(String),
-    /// The file could not be read.
+    /// The file does not exist.
+    #[error("secret file `{0}` does not exist")]
+    MissingFile(String),
+    /// The file could not be read, or what it holds cannot be a secret.
     #[error("secret file `{path}` cannot be read: {reason}")]
     File {
         /// The path.
         path: String,
-        /// The I/O error.
+        /// The I/O error, or what is wrong with the content.
         reason: String,
     },
+}
+
+impl SecretError {
+    /// True when the secret is only absent from this machine (an unset variable, a missing
+    /// file), which says nothing of the machine the config is meant for.
+    pub fn is_absent(&self) -> bool {
+        matches!(self, Self::MissingEnv(_) | Self::MissingFile(_))
+    }
 }
 
 /// Reads secret references. The I/O lives outside the core.

@@ -4,7 +4,7 @@
 //! jq syntax, templates that read stages which are not upstream, durations and retry bounds.
 //! Every problem is collected; nothing stops at the first.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use indexmap::IndexMap;
@@ -142,17 +142,23 @@ impl WorkflowError {
     }
 }
 
-/// Settings that stages inherit when they do not set their own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Settings that stages inherit when they do not set their own, and what the adapter
+/// instances they name declare.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StageDefaults {
     /// The timeout of a stage without `timeout:`.
     pub timeout: Duration,
+    /// By adapter instance name, the `with:` keys that hold shell scripts (the
+    /// [`AdapterKind::script_keys`](crate::AdapterKind::script_keys) of the instance's kind):
+    /// their templates are quoted as literal text. Default: none.
+    pub script_keys: BTreeMap<String, &'static [&'static str]>,
 }
 
 impl Default for StageDefaults {
     fn default() -> Self {
         Self {
             timeout: Duration::from_secs(3600),
+            script_keys: BTreeMap::new(),
         }
     }
 }
@@ -303,7 +309,11 @@ impl Workflow {
         let mut slots: Vec<Option<Stage>> = vec![None; order.len()];
         for (id, stage) in &spec.stages {
             let path = format!("stages.{id}");
-            let with = match TemplatedValue::compile(&stage.with) {
+            let script_keys = defaults.script_keys.get(&stage.uses).copied();
+            let with = match TemplatedValue::compile_with_scripts(
+                &stage.with,
+                script_keys.unwrap_or_default(),
+            ) {
                 Ok(with) => with,
                 Err(errs) => {
                     for e in errs {
@@ -739,6 +749,41 @@ mod tests {
             Vec::<String>::new()
         );
         assert_eq!(stage_references(".stages.a + .stages.a"), ["a"]);
+    }
+
+    #[test]
+    fn templates_in_the_script_keys_of_the_named_instance_are_quoted() {
+        let mut defaults = StageDefaults::default();
+        defaults.script_keys.insert("exec".into(), &["run"]);
+        let wf = Workflow::compile(
+            spec(json!({"name": "w", "stages": {
+                "a": {"uses": "exec", "with": {"run": "echo ${{ .x }}", "env": {"X": "${{ .x }}"}}},
+                "b": {"uses": "ci", "with": {"run": "echo ${{ .x }}"}}
+            }})),
+            defaults.clone(),
+        )
+        .unwrap();
+        let ctx = crate::expr::to_val(&json!({"x": "a b;c"}));
+        let render = |id: &str| wf.stage(id).unwrap().with.render(&ctx).unwrap();
+        assert_eq!(
+            render("a"),
+            json!({"run": "echo 'a b;c'", "env": {"X": "a b;c"}})
+        );
+        assert_eq!(render("b"), json!({"run": "echo a b;c"}));
+
+        let errs = Workflow::compile(
+            spec(json!({"name": "w", "stages": {
+                "a": {"uses": "exec", "with": {"run": "cat <<E\n${{ .x }}\nE"}}
+            }})),
+            defaults,
+        )
+        .unwrap_err();
+        assert_eq!(errs[0].path, "stages.a.with.run");
+        assert!(
+            errs[0].message.contains("here-document"),
+            "{}",
+            errs[0].message
+        );
     }
 
     #[test]

@@ -89,7 +89,7 @@ impl Inner {
         };
         let parsed: WorkflowSpec =
             serde_json::from_value(spec.clone()).map_err(|e| bad(e.to_string()))?;
-        let compiled = Workflow::compile(parsed, self.config.defaults).map_err(|errs| {
+        let compiled = Workflow::compile(parsed, self.config.defaults.clone()).map_err(|errs| {
             bad(errs
                 .iter()
                 .map(|e| format!("{}: {}", e.path, e.message))

@@ -6,10 +6,10 @@
 //! compiles and checks the workflow files against what the config declares. The helpers
 //! here are shared by them.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
-use baton_core::{Kinds, Workflow};
+use baton_core::{Kinds, SecretRef, SecretResolver, Workflow};
 use indexmap::IndexMap;
 use serde_json::{Map, Value};
 
@@ -18,6 +18,7 @@ use crate::diagnostic::{Diagnostic, Diagnostics, Sink, join};
 use crate::document::read_document;
 use crate::env::{self, Override};
 use crate::gateway::*;
+use crate::secrets::{EnvFileResolver, SecretUse, find_references};
 
 mod adapters;
 mod sections;
@@ -41,6 +42,8 @@ pub struct Loaded {
     /// The workflows: those the `workflows` globs found, in glob order, then the files given
     /// directly; each file once.
     pub workflows: Vec<LoadedWorkflow>,
+    /// Every secret reference in the gateway config, in file order.
+    pub secrets: Vec<SecretUse>,
 }
 
 /// One compiled workflow and the file it came from.
@@ -53,6 +56,18 @@ pub struct LoadedWorkflow {
 }
 
 impl Loaded {
+    /// The environment variables the gateway config reads secrets from (`{ env = "NAME" }`
+    /// anywhere in it): commands never see them.
+    pub fn secret_env_names(&self) -> BTreeSet<String> {
+        self.secrets
+            .iter()
+            .filter_map(|s| match &s.reference {
+                SecretRef::Env(name) => Some(name.clone()),
+                SecretRef::File(_) => None,
+            })
+            .collect()
+    }
+
     /// The workflow named `name_or_path`, or else the one loaded from that file.
     pub fn workflow(&self, name_or_path: &str) -> Option<&LoadedWorkflow> {
         if let Some(found) = self
@@ -77,14 +92,60 @@ impl Loaded {
 /// Without a config file the gateway config is all defaults (plus overrides), so only the
 /// built-in `exec` and `approval` adapters and the `manual` source exist.
 ///
-/// On any problem, returns every problem found, never just the first.
+/// On any problem, returns every problem found, never just the first. Secrets are not read:
+/// [`load_reading_secrets`] reads them too.
 pub fn load(
     config_file: Option<&Path>,
     workflow_files: &[PathBuf],
     kinds: &Kinds,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<Loaded, Diagnostics> {
+    load_with(config_file, workflow_files, kinds, env, None).loaded
+}
+
+/// Where the secrets a config references are read: decides what [`load_reading_secrets`]
+/// makes of one that cannot be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretsFrom {
+    /// This machine, which runs baton with this config: every secret must be readable.
+    Here,
+    /// Another machine: an unset variable or a missing file is a warning, since only that
+    /// machine can tell; a secret that is there but unusable is still a problem.
+    Elsewhere,
+}
+
+/// What [`load_reading_secrets`] found.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    /// The load, or every problem (the secrets' among them).
+    pub loaded: Result<Loaded, Diagnostics>,
+    /// The secrets that cannot be read here, with [`SecretsFrom::Elsewhere`].
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// [`load`], and reads every secret the gateway config references as `baton serve` would
+/// (`env` holds the environment), so that what `serve` would refuse is reported with the
+/// rest, each at its file and key path.
+pub fn load_reading_secrets(
+    config_file: Option<&Path>,
+    workflow_files: &[PathBuf],
+    kinds: &Kinds,
+    env: impl IntoIterator<Item = (String, String)>,
+    from: SecretsFrom,
+) -> Checked {
+    load_with(config_file, workflow_files, kinds, env, Some(from))
+}
+
+fn load_with(
+    config_file: Option<&Path>,
+    workflow_files: &[PathBuf],
+    kinds: &Kinds,
+    env: impl IntoIterator<Item = (String, String)>,
+    read_secrets: Option<SecretsFrom>,
+) -> Checked {
+    let env: Vec<(String, String)> = env.into_iter().collect();
     let mut out = Vec::new();
+    let mut warnings = Vec::new();
     let environment = PathBuf::from(ENVIRONMENT);
     let base_dir = match config_file {
         Some(file) => {
@@ -98,7 +159,12 @@ pub fn load(
     if let Some(file) = config_file {
         let mut sink = Sink::new(file, &mut out);
         match read_document(file, &mut sink) {
-            None => return Err(Diagnostics(out)),
+            None => {
+                return Checked {
+                    loaded: Err(Diagnostics(out)),
+                    warnings,
+                };
+            }
             Some(Value::Null) => {}
             Some(Value::Object(map)) => doc = map,
             Some(other) => {
@@ -109,21 +175,46 @@ pub fn load(
                         type_name(&other)
                     ),
                 );
-                return Err(Diagnostics(out));
+                return Checked {
+                    loaded: Err(Diagnostics(out)),
+                    warnings,
+                };
             }
         }
     }
-    let overrides = env::apply(&mut doc, env, &mut Sink::new(&environment, &mut out));
+    let overrides = env::apply(
+        &mut doc,
+        env.iter().cloned(),
+        &mut Sink::new(&environment, &mut out),
+    );
+    let mut secrets = Vec::new();
+    for (key, value) in &doc {
+        find_references(value, key, &mut secrets);
+    }
 
     let config_path = config_file.map_or_else(|| environment.clone(), Path::to_path_buf);
     let first = out.len();
+    let resolver = read_secrets.map(|_| EnvFileResolver::with_vars(&base_dir, env));
     let (gateway, declared) = read_gateway(
         &doc,
         base_dir,
         kinds,
         &mut Sink::new(&config_path, &mut out),
     );
+    if let (Some(from), Some(resolver)) = (read_secrets, &resolver) {
+        for secret in &secrets {
+            if let Err(e) = resolver.resolve(&secret.reference) {
+                let problem = Diagnostic::new(&config_path, &secret.path, e.to_string());
+                if from == SecretsFrom::Elsewhere && e.is_absent() {
+                    warnings.push(problem);
+                } else {
+                    out.push(problem);
+                }
+            }
+        }
+    }
     annotate_overrides(&mut out[first..], &overrides);
+    annotate_overrides(&mut warnings, &overrides);
 
     let files = workflow_paths(
         &gateway,
@@ -133,7 +224,7 @@ pub fn load(
     let context = Context {
         kinds,
         declared,
-        defaults: gateway.stage_defaults(),
+        defaults: gateway.stage_defaults(kinds),
         has_config: config_file.is_some(),
     };
     let mut workflows = Vec::new();
@@ -158,15 +249,17 @@ pub fn load(
             workflows.push(LoadedWorkflow { file, workflow });
         }
     }
-    if out.is_empty() {
+    let loaded = if out.is_empty() {
         Ok(Loaded {
             config_file: config_file.map(Path::to_path_buf),
             gateway,
             workflows,
+            secrets,
         })
     } else {
         Err(Diagnostics(out))
-    }
+    };
+    Checked { loaded, warnings }
 }
 
 /// Appends the variable to problems with a value an override set.

@@ -225,7 +225,7 @@ pub(super) fn read_workflow(
         report,
     };
     check_references(&spec, &good_triggers, &checkable_stages, context, sink);
-    let compiled = match Workflow::compile(spec, context.defaults) {
+    let compiled = match Workflow::compile(spec, context.defaults.clone()) {
         Ok(workflow) => Some(workflow),
         Err(errors) => {
             for e in errors {
