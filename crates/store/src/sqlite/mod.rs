@@ -30,6 +30,7 @@ use crate::*;
 
 mod apply;
 mod checkpoint;
+mod health;
 mod outbox;
 mod queries;
 mod rows;
@@ -40,8 +41,9 @@ mod writer;
 mod tests;
 
 use checkpoint::{WalLimits, spawn_checkpointer};
+use health::WriteHealth;
 use schema::{migrate, open_connection};
-use writer::{Answer, Op, Reply, WRITER_CACHE_KIB, writer_loop};
+use writer::{Answer, Op, Reply, WRITER_CACHE_KIB, WriterShared, writer_loop};
 
 /// Read connections kept open.
 const READERS: usize = 3;
@@ -54,6 +56,7 @@ pub struct SqliteStore {
     closed: Arc<AtomicBool>,
     writer: inbox::Sender<(Op, Reply)>,
     feed: Arc<OnceLock<feed::FeedSender>>,
+    health: Arc<WriteHealth>,
     readers: Arc<Mutex<Vec<Connection>>>,
     path: PathBuf,
     _lock: File,
@@ -137,11 +140,15 @@ impl SqliteStore {
         let closed = Arc::new(AtomicBool::new(false));
         let restart = Arc::new(AtomicBool::new(false));
         spawn_checkpointer(path.clone(), wal, closed.clone(), restart.clone())?;
-        let feed = Arc::new(OnceLock::new());
-        let writer_feed = feed.clone();
+        let shared = WriterShared {
+            feed: Arc::new(OnceLock::new()),
+            restart_wal: restart,
+            health: Arc::new(WriteHealth::default()),
+        };
+        let (feed, health) = (shared.feed.clone(), shared.health.clone());
         std::thread::Builder::new()
             .name("baton-store-writer".into())
-            .spawn(move || writer_loop(writer_conn, rx, &writer_feed, &restart))
+            .spawn(move || writer_loop(writer_conn, rx, &shared))
             .map_err(|source| StoreError::Io {
                 what: "cannot start the writer thread".into(),
                 source,
@@ -150,6 +157,7 @@ impl SqliteStore {
             closed,
             writer: tx,
             feed,
+            health,
             readers: Arc::new(Mutex::new(readers)),
             path,
             _lock: lock,
