@@ -16,10 +16,12 @@ use crate::*;
 /// readiness is asked.
 pub(super) const FRESH: Duration = Duration::from_secs(5);
 
-/// A failure to write seen less than this long ago answers readiness without a probe: under
-/// load the failing commits tell, and an idle store that cannot write is probed at most this
-/// often. A failing probe costs no flush: nothing reaches the disk.
-pub(super) const RECHECK_FAILURE: Duration = Duration::from_millis(500);
+/// A failure to write less than this long ago keeps the store unready, whatever succeeded
+/// since: on a nearly full disk a small commit may fit where a delivery does not, and
+/// readiness must not flap with them. Older, and with nothing written since, a probe tells,
+/// so an idle store that cannot write is probed at most this often (a failing probe costs no
+/// flush: nothing reaches the disk). Space that returns shows within this.
+pub(super) const RECHECK_FAILURE: Duration = Duration::from_secs(1);
 
 /// A failure that recurs: when it started and how often it happened since.
 #[derive(Debug, Default)]
@@ -71,12 +73,22 @@ pub(super) struct WriteHealth {
 struct State {
     /// When a commit last succeeded.
     wrote_at: Option<Instant>,
-    /// The last failure to write, when nothing succeeded after it.
+    /// The last failure to write, and when it happened.
     failure: Option<(Instant, Arc<StoreError>)>,
     outage: Outage,
     /// Probes run, for the tests that show a busy store is not probed.
     #[cfg(test)]
     probes: u64,
+}
+
+impl State {
+    /// The last failure, if it is recent enough to answer for the store.
+    fn recent_failure(&self, now: Instant) -> Option<&Arc<StoreError>> {
+        self.failure
+            .as_ref()
+            .filter(|(at, _)| now.saturating_duration_since(*at) < RECHECK_FAILURE)
+            .map(|(_, error)| error)
+    }
 }
 
 impl WriteHealth {
@@ -85,11 +97,15 @@ impl WriteHealth {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A group committed: ends an outage, answering how long it lasted and its failures.
+    /// A group committed changes. When that ends an outage (its last failure is older than
+    /// [`RECHECK_FAILURE`]), answers how long it lasted and how many failures it had.
     pub(super) fn wrote(&self) -> Option<(Duration, u64)> {
+        let now = Instant::now();
         let mut state = self.lock();
-        state.wrote_at = Some(Instant::now());
-        state.failure = None;
+        state.wrote_at = Some(now);
+        if state.recent_failure(now).is_some() {
+            return None;
+        }
         state.outage.recovered()
     }
 
@@ -104,11 +120,17 @@ impl WriteHealth {
     /// What readiness should answer at `now`.
     pub(super) fn verdict(&self, now: Instant) -> Verdict {
         let state = self.lock();
-        match (&state.failure, state.wrote_at) {
-            (Some((at, error)), _) if now.saturating_duration_since(*at) < RECHECK_FAILURE => {
-                Verdict::Fails(error.clone())
+        if let Some(error) = state.recent_failure(now) {
+            return Verdict::Fails(error.clone());
+        }
+        let failed_at = state.failure.as_ref().map(|(at, _)| *at);
+        match state.wrote_at {
+            Some(at)
+                if now.saturating_duration_since(at) < FRESH
+                    && failed_at.is_none_or(|failed| failed < at) =>
+            {
+                Verdict::Writes
             }
-            (None, Some(at)) if now.saturating_duration_since(at) < FRESH => Verdict::Writes,
             _ => Verdict::Probe,
         }
     }
@@ -165,16 +187,39 @@ mod tests {
         ));
         assert!(health.failed(full()));
         assert!(!health.failed(full()));
-        match health.verdict(Instant::now()) {
-            Verdict::Fails(e) => assert!(e.to_string().contains("disk full"), "{e}"),
-            _ => panic!("a recent failure is answered as it is"),
-        }
+        let fails = |at| match health.verdict(at) {
+            Verdict::Fails(e) => e.to_string().contains("disk full"),
+            _ => false,
+        };
+        assert!(
+            fails(Instant::now()),
+            "a recent failure is answered as it is"
+        );
+        // A small commit that fits does not make a recent failure go away, nor end the
+        // outage.
+        assert_eq!(health.wrote(), None);
+        assert!(fails(Instant::now()));
+        // Once the failure is old, what was written after it answers...
+        assert!(matches!(
+            health.verdict(Instant::now() + RECHECK_FAILURE),
+            Verdict::Writes
+        ));
+        // ...and a failure with nothing written after it is probed.
+        assert!(!health.failed(full()));
         assert!(matches!(
             health.verdict(Instant::now() + RECHECK_FAILURE),
             Verdict::Probe
         ));
+    }
+
+    #[test]
+    fn an_outage_ends_with_a_write_once_its_failures_are_old() {
+        let health = WriteHealth::default();
+        assert!(health.failed(full()));
+        assert_eq!(health.wrote(), None, "the failure is recent");
+        std::thread::sleep(RECHECK_FAILURE);
         let (_, failures) = health.wrote().expect("the outage ended");
-        assert_eq!(failures, 2);
+        assert_eq!(failures, 1);
         assert!(matches!(health.verdict(Instant::now()), Verdict::Writes));
     }
 }

@@ -75,6 +75,12 @@ pub(super) enum Answer {
 
 pub(super) type Reply = oneshot::Sender<Result<Answer>>;
 
+/// The size of readiness's probe write: that of a sizeable delivery. A full disk keeps a
+/// little room where the last failed write left off (the WAL's last partial page), in which
+/// a commit of a page or two may still fit; a probe that small would call such a disk
+/// writable.
+const PROBE_BYTES: i64 = 64 << 10;
+
 /// The writer's page cache, in KiB.
 ///
 /// A bigger cache costs more than it saves. When a B-tree split renumbers its new pages,
@@ -334,15 +340,15 @@ pub(super) fn apply(tx: &Transaction<'_>, op: &Op) -> Result<Answer> {
     }
 }
 
-/// Readiness's test write: a page-sized row written and removed in one transaction.
+/// Readiness's test write: a row of [`PROBE_BYTES`] written and removed in one transaction.
 ///
-/// It needs what a delivery needs, a new page of the database (from the free list, else by
+/// It needs what a delivery needs, new pages of the database (from the free list, else by
 /// growing the file) and room in the WAL for the commit, so it fails as a delivery would on
-/// a full disk; and it leaves nothing behind but a page on the free list, which the next
+/// a full disk; and it leaves nothing behind but pages on the free list, which the next
 /// probe takes again.
 fn probe(tx: &Transaction<'_>) -> Result<()> {
-    tx.prepare_cached("INSERT INTO write_probe (pad) VALUES (zeroblob(4096))")?
-        .execute([])?;
+    tx.prepare_cached("INSERT INTO write_probe (pad) VALUES (zeroblob(?1))")?
+        .execute([PROBE_BYTES])?;
     tx.prepare_cached("DELETE FROM write_probe")?.execute([])?;
     Ok(())
 }
