@@ -52,7 +52,7 @@ pub enum StoreError {
     },
     /// Reading or writing the store's files failed in the operating system (SQLite's
     /// `SQLITE_IOERR` family): a failing disk, a file removed or a filesystem gone read-only.
-    #[error("store cannot write: I/O error ({detail})")]
+    #[error("store cannot read or write: I/O error ({detail})")]
     Storage {
         /// What SQLite or the operating system said.
         detail: String,

@@ -84,7 +84,7 @@ pub(super) fn spawn_checkpointer(
 
 /// Logs a failing `what` (a WAL checkpoint or restart) when it starts failing and when it
 /// works again: it is tried ten times a second, and a full disk fails every try.
-pub(super) fn log_outage<T>(what: &str, result: &Result<T>, outage: &mut Outage) {
+fn log_outage<T>(what: &str, result: &Result<T>, outage: &mut Outage) {
     match result {
         Ok(_) => {
             if let Some((lasted, failures)) = outage.recovered() {

@@ -13,8 +13,10 @@
 //!
 //! The parts: `schema` (migrations and connection settings), `writer` (the writer thread,
 //! its group commit and the operations it applies), `apply` (one engine [`Change`] as SQL),
-//! `checkpoint` (the thread that keeps the WAL short), `queries` (the [`Store`] trait: writes
-//! sent to the writer, reads on the pool), `rows` (row decoding). This file opens a store.
+//! `checkpoint` (the thread that keeps the WAL short), `health` (whether the store can write
+//! now, for readiness, and failures logged once per outage), `queries` (the [`Store`] trait:
+//! writes sent to the writer, reads on the pool), `rows` (row decoding). This file opens a
+//! store.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};

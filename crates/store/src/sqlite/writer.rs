@@ -158,8 +158,9 @@ pub(super) fn writer_loop(
     }
 }
 
-/// Tells readiness how the group went (`wrote`: it committed changes), and logs a failure to write when it starts and when
-/// it ends (a full disk fails every group: one line per group would flood the log).
+/// Tells readiness how the group went (`wrote`: it committed changes), and logs a failure
+/// to write when it starts and when it ends (a full disk fails every group: a line per group
+/// would flood the log).
 ///
 /// A failure to write is shared by the results it failed, so the reason readiness answers
 /// is the one the callers got.
