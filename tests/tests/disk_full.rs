@@ -64,25 +64,39 @@ stages:
     sb.path().join("baton.toml").display().to_string()
 }
 
+/// `unshare`'s arguments for a mount namespace of its own, in a user namespace that maps
+/// the caller to root there (so mounting needs no privilege outside).
+const NAMESPACE: [&str; 6] = [
+    "--user",
+    "--map-root-user",
+    "--mount",
+    "--propagation",
+    "private",
+    "--",
+];
+
 /// Starts `baton serve` with its store on a tmpfs of its own, mounted at `disk`.
 fn serve_on_tmpfs(sb: &Sandbox, disk: &Path) -> Server {
+    let probe = std::process::Command::new("unshare")
+        .args(NAMESPACE)
+        .args(["sh", "-c", "mount -t tmpfs -o size=1m t \"$0\""])
+        .arg(sb.path())
+        .output();
+    assert!(
+        probe.as_ref().is_ok_and(|o| o.status.success()),
+        "this test needs `unshare` (util-linux) and user namespaces, to mount a small tmpfs \
+         for baton alone: {probe:?}"
+    );
     std::fs::create_dir_all(disk).unwrap();
     let config = config(sb, disk);
     let mount = format!("mount -t tmpfs -o {DISK} baton-test-disk \"$0\" && exec \"$@\"");
     let disk = disk.display().to_string();
+    let wrapper: Vec<&str> = std::iter::once("unshare")
+        .chain(NAMESPACE)
+        .chain(["sh", "-c", &mount, &disk])
+        .collect();
     sb.serve_through(
-        &[
-            "unshare",
-            "--user",
-            "--map-root-user",
-            "--mount",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            &mount,
-            &disk,
-        ],
+        &wrapper,
         &["-c", &config, "--listen", "127.0.0.1:0"],
         &[("T_OPERATOR", OPERATOR), ("GH_SECRET", SECRET)],
     )
@@ -127,7 +141,7 @@ fn readyz(server: &Server) -> Reply {
     server.request("GET", "/readyz", &[], None)
 }
 
-/// Every request's log lines go with the server's; counts lines holding `needle`.
+/// The lines of `log` that hold `needle`.
 fn lines_with(log: &str, needle: &str) -> usize {
     log.lines().filter(|l| l.contains(needle)).count()
 }
@@ -232,7 +246,6 @@ fn a_full_disk_makes_baton_unready_and_it_recovers_within_seconds_once_space_ret
     // Each recurring failure is logged when it starts and when it ends, not on every try
     // (the checkpoint is tried ten times a second, the stage's end every few seconds).
     let log = server.log();
-    eprintln!("{log}");
     for (starts, ends) in [
         ("the store cannot write", "the store writes again"),
         ("WAL checkpoint failed", "WAL checkpoint works again"),
