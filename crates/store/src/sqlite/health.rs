@@ -4,7 +4,7 @@
 //!
 //! The writer records each group's outcome here. Readiness answers from that record while
 //! it is fresh, so a busy store is never probed: its own commits tell. Otherwise (idle, or
-//! the last write failed a while ago) it asks the writer for a probe, one small real commit.
+//! the last write failed a while ago) it asks the writer for a probe, a real commit of 64 KiB.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -12,15 +12,15 @@ use std::time::{Duration, Instant};
 use crate::*;
 
 /// A commit that succeeded less than this long ago answers readiness without a probe, so an
-/// idle store is probed (one small commit and its flush) at most this often however often
+/// idle store is probed (one commit and its flush) at most this often however often
 /// readiness is asked.
 pub(super) const FRESH: Duration = Duration::from_secs(5);
 
 /// A failure to write less than this long ago keeps the store unready, whatever succeeded
 /// since: on a nearly full disk a small commit may fit where a delivery does not, and
 /// readiness must not flap with them. Older, and with nothing written since, a probe tells,
-/// so an idle store that cannot write is probed at most this often (a failing probe costs no
-/// flush: nothing reaches the disk). Space that returns shows within this.
+/// so an idle store that cannot write is probed at most this often (a failing probe ends
+/// before its flush). Space that returns shows within this.
 pub(super) const RECHECK_FAILURE: Duration = Duration::from_secs(1);
 
 /// A failure that recurs: when it started and how often it happened since.

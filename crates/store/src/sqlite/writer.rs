@@ -75,10 +75,9 @@ pub(super) enum Answer {
 
 pub(super) type Reply = oneshot::Sender<Result<Answer>>;
 
-/// The size of readiness's probe write: that of a sizeable delivery. A full disk keeps a
-/// little room where the last failed write left off (the WAL's last partial page), in which
-/// a commit of a page or two may still fit; a probe that small would call such a disk
-/// writable.
+/// The size of readiness's probe write: that of a sizeable delivery. A commit that failed on
+/// a full disk leaves the WAL file as long as it got, and smaller commits still fit in that
+/// room; a probe of a page or two would call such a disk writable.
 const PROBE_BYTES: i64 = 64 << 10;
 
 /// The writer's page cache, in KiB.
@@ -344,9 +343,9 @@ pub(super) fn apply(tx: &Transaction<'_>, op: &Op) -> Result<Answer> {
 /// Readiness's test write: a row of [`PROBE_BYTES`] written and removed in one transaction.
 ///
 /// It needs what a delivery needs, new pages of the database (from the free list, else by
-/// growing the file) and room in the WAL for the commit, so it fails as a delivery would on
-/// a full disk; and it leaves nothing behind but pages on the free list, which the next
-/// probe takes again.
+/// growing the file) and room in the WAL for them (its commit writes 18 pages, 72 KiB), so
+/// it fails as a delivery would on a full disk. It leaves nothing behind but pages on the
+/// free list, which the next probe takes again.
 fn probe(tx: &Transaction<'_>) -> Result<()> {
     tx.prepare_cached("INSERT INTO write_probe (pad) VALUES (zeroblob(?1))")?
         .execute([PROBE_BYTES])?;
