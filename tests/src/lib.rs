@@ -135,10 +135,15 @@ impl Sandbox {
 
     /// A `baton` command running in the sandbox, with no inherited baton settings.
     pub fn baton(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(baton_bin());
-        cmd.args(args)
-            .current_dir(self.dir.path())
-            .stdin(Stdio::null());
+        let mut cmd = self.command(baton_bin().as_os_str());
+        cmd.args(args);
+        cmd
+    }
+
+    /// `program` running in the sandbox, with no inherited baton settings.
+    fn command(&self, program: &std::ffi::OsStr) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.current_dir(self.dir.path()).stdin(Stdio::null());
         for (key, _) in std::env::vars() {
             if key.starts_with("BATON_") && key != "BATON_BIN" {
                 cmd.env_remove(key);
@@ -249,7 +254,23 @@ impl Sandbox {
 
     /// `baton serve ARGS` with extra environment variables, once it listens.
     pub fn serve_with(&self, args: &[&str], env: &[(&str, &str)]) -> Server {
-        let mut cmd = self.baton(&[&["serve"], args].concat());
+        self.spawn_server(self.baton(&[&["serve"], args].concat()), env)
+    }
+
+    /// `baton serve ARGS` started by `wrapper`, a command that ends by running the command
+    /// line it is given after its own arguments (`unshare … sh -c '…; exec "$@"' …`), once it
+    /// listens. [`Server::pid`] is the wrapper's, which is baton's when the wrapper `exec`s it.
+    pub fn serve_through(&self, wrapper: &[&str], args: &[&str], env: &[(&str, &str)]) -> Server {
+        let (program, wrapper_args) = wrapper.split_first().expect("a wrapper command");
+        let mut cmd = self.command(program.as_ref());
+        cmd.args(wrapper_args)
+            .arg(baton_bin())
+            .arg("serve")
+            .args(args);
+        self.spawn_server(cmd, env)
+    }
+
+    fn spawn_server(&self, mut cmd: Command, env: &[(&str, &str)]) -> Server {
         for (k, v) in env {
             cmd.env(k, v);
         }

@@ -150,6 +150,8 @@ struct Inner {
     /// Attempts this process wrote ahead and has not started yet (see `start_inner`).
     fresh: Mutex<HashSet<AttemptKey>>,
     woken: Mutex<HashSet<AttemptKey>>,
+    /// Tasks (id, version) whose step failed on the store and is being tried again.
+    retrying: Mutex<HashSet<(i64, i64)>>,
     notify: Notify,
     permits: Arc<Semaphore>,
     events: broadcast::Sender<Event>,
@@ -181,6 +183,7 @@ impl Engine {
             starting: Mutex::default(),
             fresh: Mutex::default(),
             woken: Mutex::default(),
+            retrying: Mutex::default(),
             notify: Notify::new(),
             events,
             waiters: Mutex::default(),

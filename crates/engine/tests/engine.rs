@@ -905,3 +905,60 @@ async fn polls_that_change_nothing_write_no_stage() {
     // Created, starting, running (the first poll), succeeded: not one write per poll.
     assert!(writes <= 5, "{writes} stage writes for {polls} polls");
 }
+
+/// A full disk fails every commit for a while, then space returns. The step whose commit
+/// failed keeps its task's lease (5 minutes by default), so it must be tried again in this
+/// process within seconds, not when the lease ends. The store fails from each of the run's
+/// first commits after the one that creates it, so each kind of step is the one that fails.
+#[tokio::test]
+async fn a_step_that_failed_on_the_store_runs_again_within_seconds_once_it_writes() {
+    for fail_after in 1..6 {
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite = Arc::new(
+            SqliteStore::open(&format!("sqlite://{}", dir.path().join("e.db").display()))
+                .await
+                .unwrap(),
+        );
+        let store = Arc::new(DyingStore::over(sqlite, Some(fail_after)));
+        let script = ScriptAdapter::default();
+        let engine = engine_over(store.clone(), &script);
+        assert_eq!(config().lease, Duration::from_secs(300), "the lease outrun");
+        engine.start().await.unwrap();
+        let id = engine
+            .create_run(
+                workflow(json!({
+                    "a": {"uses": "script", "with": {"polls": 1}},
+                    "b": {"uses": "script", "needs": ["a"]}
+                })),
+                json!({}),
+                manual(),
+            )
+            .await
+            .unwrap();
+        wait_for(|| store.dead.load(Ordering::SeqCst)).await;
+        // Failed tries while the disk is full.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert!(
+            !engine
+                .snapshot(&id)
+                .await
+                .unwrap()
+                .header
+                .status
+                .is_terminal(),
+            "the run finished although commit {fail_after} failed"
+        );
+        *store.commits_left.lock().unwrap() = None;
+        store.dead.store(false, Ordering::SeqCst);
+        let header = tokio::time::timeout(Duration::from_secs(10), engine.wait(&id))
+            .await
+            .unwrap_or_else(|_| {
+                panic!("the run was not done 10 s after the store wrote again (failed at commit {fail_after})")
+            })
+            .unwrap();
+        assert_eq!(header.status, RunStatus::Succeeded);
+        assert_eq!(script.starts_of("a"), 1, "stage a started once");
+        assert_eq!(script.starts_of("b"), 1, "stage b started once");
+        engine.shutdown(Duration::from_secs(1)).await;
+    }
+}

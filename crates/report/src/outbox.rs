@@ -33,6 +33,10 @@ const BATCH: u32 = 64;
 /// process, a store that failed to answer).
 const LOOK_AGAIN: Duration = Duration::from_secs(30);
 
+/// The longest wait between two tries of a store write or read that failed (a full disk):
+/// once the store answers again, reports go on within this, not when their claims end.
+const STORE_RETRY_MAX: Duration = Duration::from_secs(5);
+
 /// One context on one commit of one source.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Key {
@@ -77,6 +81,37 @@ pub(crate) struct Outbox {
     posts: JoinSet<Settled>,
     /// The context and row of each post task.
     running: HashMap<tokio::task::Id, (Key, ReportKey)>,
+    /// What the store failed to take or give, tried again after a short wait rather than
+    /// when the rows' claims end (their rows stay held meanwhile).
+    failed: StoreRetry,
+}
+
+/// Settlements the store did not write and rows whose run it did not read.
+#[derive(Default)]
+struct StoreRetry {
+    /// Settlements to write again.
+    unsettled: Vec<Change>,
+    /// Claimed rows to take again.
+    untaken: Vec<DueReport>,
+    /// When to try again; `None` while nothing waits.
+    at: Option<Instant>,
+    /// The wait after the next failure.
+    wait: Duration,
+}
+
+impl StoreRetry {
+    /// Schedules a try after the current wait, which doubles up to [`STORE_RETRY_MAX`].
+    fn failed(&mut self, first: Duration) {
+        if self.at.is_none() {
+            let wait = if self.wait.is_zero() {
+                first.min(STORE_RETRY_MAX)
+            } else {
+                self.wait
+            };
+            self.at = Some(Instant::now() + wait);
+            self.wait = (wait * 2).min(STORE_RETRY_MAX);
+        }
+    }
 }
 
 impl Outbox {
@@ -89,6 +124,7 @@ impl Outbox {
             destinations: HashMap::new(),
             posts: JoinSet::new(),
             running: HashMap::new(),
+            failed: StoreRetry::default(),
         }
     }
 
@@ -106,7 +142,11 @@ impl Outbox {
         let mut prune = tokio::time::interval(LOOK_AGAIN);
         prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let wake_at = self.deliver_due().await;
+            self.retry_failed().await;
+            let mut wake_at = self.deliver_due().await;
+            if let Some(at) = self.failed.at {
+                wake_at = wake_at.min(at);
+            }
             tokio::select! {
                 received = events.recv() => {
                     if matches!(received, Err(RecvError::Closed)) || drain(&mut events) {
@@ -203,9 +243,10 @@ impl Outbox {
                 run = match self.store.load_run(&row.key.run_id).await {
                     Ok(found) => found,
                     Err(e) => {
-                        // Left claimed: it is taken again when the claim ends.
-                        self.held.remove(&row.key);
-                        tracing::warn!(run = %row.key.run_id, error = &e as &dyn std::error::Error, "cannot read the run to report its status; trying again later");
+                        // Still held: taken again after a short wait.
+                        tracing::warn!(run = %row.key.run_id, error = &e as &dyn std::error::Error, "cannot read the run to report its status; trying again shortly");
+                        self.failed.untaken.push(row);
+                        self.failed.failed(self.reporter.policy.first_retry);
                         continue;
                     }
                 };
@@ -293,14 +334,38 @@ impl Outbox {
                 _ => None,
             })
             .collect();
-        if let Err(e) = self.store.commit(changes).await {
+        // Kept until written: a store that refuses them (a full disk) gets them again
+        // shortly, while their rows stay held.
+        if let Err(e) = self.store.commit(changes.clone()).await {
             tracing::warn!(
                 error = &e as &dyn std::error::Error,
-                "cannot settle reports in the outbox; they are looked at again when their claims end"
+                "cannot settle reports in the outbox; trying again shortly"
             );
+            self.failed.unsettled.extend(changes);
+            self.failed.failed(self.reporter.policy.first_retry);
+            return;
         }
         for key in keys {
             self.held.remove(&key);
+        }
+    }
+
+    /// Once their wait is over, writes the settlements the store refused and takes again
+    /// the rows whose run it could not read. The wait resets once nothing is left.
+    async fn retry_failed(&mut self) {
+        if self.failed.at.is_none_or(|at| at > Instant::now()) {
+            return;
+        }
+        self.failed.at = None;
+        let unsettled = std::mem::take(&mut self.failed.unsettled);
+        self.settle(unsettled).await;
+        let untaken = std::mem::take(&mut self.failed.untaken);
+        for row in &untaken {
+            self.held.remove(&row.key);
+        }
+        self.take(untaken).await;
+        if self.failed.at.is_none() {
+            self.failed.wait = Duration::ZERO;
         }
     }
 
@@ -993,14 +1058,16 @@ mod tests {
         task.await.unwrap();
     }
 
-    /// A store that counts the outbox's reads, fails reads or claims while told to, answers
-    /// claims with nothing while told to (rows another process took), and records the `now`
-    /// and `lease_until` of every claim.
+    /// A store that counts the outbox's reads, fails reads, claims, reads of runs or
+    /// settlements while told to, answers claims with nothing while told to (rows another
+    /// process took), and records the `now` and `lease_until` of every claim.
     struct Flaky {
         inner: Arc<dyn Store>,
         reads: AtomicUsize,
         fail_reads: AtomicBool,
         fail_claims: AtomicBool,
+        fail_loads: AtomicBool,
+        fail_settles: AtomicBool,
         empty_claims: AtomicBool,
         claims: Mutex<Vec<(Millis, Millis)>>,
     }
@@ -1012,6 +1079,8 @@ mod tests {
                 reads: AtomicUsize::new(0),
                 fail_reads: AtomicBool::new(false),
                 fail_claims: AtomicBool::new(false),
+                fail_loads: AtomicBool::new(false),
+                fail_settles: AtomicBool::new(false),
                 empty_claims: AtomicBool::new(false),
                 claims: Mutex::default(),
             })
@@ -1025,6 +1094,12 @@ mod tests {
     #[async_trait]
     impl Store for Flaky {
         async fn commit(&self, changes: Vec<Change>) -> baton_store::Result<Vec<Task>> {
+            let settles = changes
+                .iter()
+                .all(|c| matches!(c, Change::ReportDone { .. } | Change::ReportRetry { .. }));
+            if settles && self.fail_settles.load(Ordering::SeqCst) {
+                return Err(full());
+            }
             self.inner.commit(changes).await
         }
         async fn claim_due(
@@ -1042,6 +1117,11 @@ mod tests {
             self.inner.release_leases().await
         }
         async fn load_run(&self, run_id: &str) -> baton_store::Result<Option<RunSnapshot>> {
+            if self.fail_loads.load(Ordering::SeqCst) {
+                return Err(StoreError::Storage {
+                    detail: "disk I/O error".into(),
+                });
+            }
             self.inner.load_run(run_id).await
         }
         async fn unfinished_runs(&self) -> baton_store::Result<Vec<String>> {
@@ -1096,6 +1176,18 @@ mod tests {
         async fn release_report_leases(&self) -> baton_store::Result<()> {
             self.inner.release_report_leases().await
         }
+    }
+
+    /// What a full disk gives.
+    fn full() -> StoreError {
+        StoreError::Full {
+            detail: "database or disk is full".into(),
+        }
+    }
+
+    /// Whether every outbox row is gone (settled), claimed or not.
+    async fn all_settled(store: &Arc<dyn Store>) -> bool {
+        store.next_report_due(Millis::MAX).await.unwrap().is_none()
     }
 
     /// Reads of an outbox left alone for `how_long` (the count starts afresh).
@@ -1177,6 +1269,59 @@ mod tests {
         for (now, lease_until) in claims {
             assert_eq!(lease_until - now, lease);
         }
+        drop(wake);
+        task.await.unwrap();
+    }
+
+    /// A post lands but the store refuses to record it (a full disk): the row is settled
+    /// within seconds once the store writes again, not when its claim ends (40 s here), and
+    /// the status is not posted again.
+    #[tokio::test]
+    async fn a_settlement_the_store_refused_is_written_within_seconds_once_it_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let flaky = Flaky::new(open(&dir).await);
+        let store: Arc<dyn Store> = flaky.clone();
+        let fake = Fake::new(None);
+        let (wake, task) = start(&store, &fake);
+        flaky.fail_settles.store(true, Ordering::SeqCst);
+        create(&store, "r1").await;
+        nudge(&wake);
+        until(&fake, "the first posts", |p| p.len() == 2).await;
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert!(!all_settled(&store).await, "settled on a full disk");
+        flaky.fail_settles.store(false, Ordering::SeqCst);
+        let freed = Instant::now();
+        while !all_settled(&store).await {
+            assert!(
+                freed.elapsed() < Duration::from_secs(7),
+                "the rows were not settled 7 s after the store wrote again"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(fake.posts().len(), 2, "posted again: {:?}", fake.posts());
+        drop(wake);
+        task.await.unwrap();
+    }
+
+    /// The store cannot read the run of a claimed row: the row is taken again within seconds
+    /// once it can, not when its claim ends.
+    #[tokio::test]
+    async fn a_row_whose_run_could_not_be_read_is_taken_again_within_seconds() {
+        let dir = tempfile::tempdir().unwrap();
+        let flaky = Flaky::new(open(&dir).await);
+        let store: Arc<dyn Store> = flaky.clone();
+        let fake = Fake::new(None);
+        let (wake, task) = start(&store, &fake);
+        flaky.fail_loads.store(true, Ordering::SeqCst);
+        create(&store, "r1").await;
+        nudge(&wake);
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert!(fake.posts().is_empty());
+        flaky.fail_loads.store(false, Ordering::SeqCst);
+        until(&fake, "the posts once the run can be read", |p| {
+            p.len() == 2
+        })
+        .await;
         drop(wake);
         task.await.unwrap();
     }

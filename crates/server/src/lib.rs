@@ -5,7 +5,7 @@
 //! | `POST /hooks/<source>` | verifies, stores and answers a webhook delivery ([`intake`]) |
 //! | `POST /hooks/adapters/<instance>` | an adapter's completion webhook (a hint to poll) |
 //! | `/api/v1/…` | the REST API ([`api`]); `GET /api/v1/openapi.json` describes it |
-//! | `GET /healthz`, `GET /readyz` | alive; store reachable |
+//! | `GET /healthz`, `GET /readyz` | alive; a delivery could be stored now |
 //! | `GET /metrics` | Prometheus metrics |
 
 use std::collections::{BTreeSet, HashMap};
@@ -133,10 +133,17 @@ async fn healthz() -> impl IntoResponse {
     (StatusCode::OK, "ok\n")
 }
 
+/// Ready when a delivery could be stored now: the store can write (its recent commits
+/// succeeded, or a probe did) and be read. 503 says why not ("store cannot write: disk
+/// full (…)").
 async fn readyz(
     axum::extract::State(state): axum::extract::State<Arc<AppState>>,
 ) -> impl IntoResponse {
-    match state.engine.store().ping().await {
+    let store = state.engine.store();
+    if let Err(e) = store.writable().await {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n"));
+    }
+    match store.ping().await {
         Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -39,9 +39,24 @@ pub fn now_millis() -> Millis {
 /// A store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The database reported an error.
+    /// The database reported an error not covered by a more specific variant.
     #[error("store: {0}")]
-    Database(#[from] rusqlite::Error),
+    Database(rusqlite::Error),
+    /// The disk holding the store is full (SQLite's `SQLITE_FULL`, or `ENOSPC` from the
+    /// operating system): nothing more can be stored until space is freed there. Writes
+    /// succeed again on their own once it is.
+    #[error("store cannot write: disk full ({detail})")]
+    Full {
+        /// What SQLite or the operating system said.
+        detail: String,
+    },
+    /// Reading or writing the store's files failed in the operating system (SQLite's
+    /// `SQLITE_IOERR` family): a failing disk, a file removed or a filesystem gone read-only.
+    #[error("store cannot read or write: I/O error ({detail})")]
+    Storage {
+        /// What SQLite or the operating system said.
+        detail: String,
+    },
     /// A schema migration failed.
     #[error("store migration {number} failed")]
     Migration {
@@ -100,12 +115,56 @@ pub enum StoreError {
     /// The URL names a backend this build does not have, or is malformed.
     #[error("{0}")]
     Url(String),
-    /// A group commit failed; every change in the group gets this error.
-    #[error("store commit failed")]
-    Commit(#[source] std::sync::Arc<StoreError>),
+    /// A group commit failed; every change in the group gets this error, which says why.
+    #[error("{0}")]
+    Commit(std::sync::Arc<StoreError>),
     /// The store's writer has stopped (the process is shutting down).
     #[error("store writer has stopped")]
     Closed,
+}
+
+impl StoreError {
+    /// True when the store could not write for want of space or because its files failed
+    /// ([`StoreError::Full`], [`StoreError::Storage`]): readiness reports these.
+    pub fn cannot_write(&self) -> bool {
+        match self {
+            Self::Full { .. } | Self::Storage { .. } => true,
+            Self::Commit(inner) => inner.cannot_write(),
+            _ => false,
+        }
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    /// Gives a full disk and failing files their own variants, so every message says so
+    /// rather than SQLite's generic text.
+    fn from(e: rusqlite::Error) -> Self {
+        use rusqlite::ErrorCode;
+        match e.sqlite_error_code() {
+            Some(ErrorCode::DiskFull) => Self::Full {
+                detail: e.to_string(),
+            },
+            Some(ErrorCode::SystemIoFailure) => Self::Storage {
+                detail: e.to_string(),
+            },
+            _ => Self::Database(e),
+        }
+    }
+}
+
+impl From<std::io::Error> for StoreError {
+    /// An operating-system error on the store's files (the checkpointer's own syncs).
+    fn from(e: std::io::Error) -> Self {
+        use std::io::ErrorKind;
+        match e.kind() {
+            ErrorKind::StorageFull | ErrorKind::QuotaExceeded => Self::Full {
+                detail: e.to_string(),
+            },
+            _ => Self::Storage {
+                detail: e.to_string(),
+            },
+        }
+    }
 }
 
 /// Short alias.
@@ -539,6 +598,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Checks that the store answers.
     async fn ping(&self) -> Result<()>;
+
+    /// Whether a write can be stored now: `Ok`, or why not (a full disk is
+    /// [`StoreError::Full`]). Readiness asks it, as often as once a second, so it must be
+    /// cheap: a store answers from the outcome of its recent writes and writes a probe only
+    /// when it knows nothing recent. A store that cannot tell answers [`Store::ping`].
+    async fn writable(&self) -> Result<()> {
+        self.ping().await
+    }
 
     /// Stores a delivery durably, unless one with the same source and delivery id exists.
     async fn insert_delivery(&self, delivery: NewDelivery) -> Result<Intake>;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 
+use super::health::Outage;
 use super::schema::open_connection;
 use crate::*;
 
@@ -62,13 +63,15 @@ pub(super) fn spawn_checkpointer(
     std::thread::Builder::new()
         .name("baton-store-checkpoint".into())
         .spawn(move || {
+            let mut outage = Outage::default();
             while !closed.load(Ordering::Relaxed) {
                 std::thread::sleep(limits.interval);
                 // Copying goes on while a restart is pending: a reader that holds up the
                 // restart must not hold up the copying too.
-                match checkpointer.copy(limits) {
-                    Ok(wanted) => restart.store(wanted, Ordering::Relaxed),
-                    Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed; retrying"),
+                let copied = checkpointer.copy(limits);
+                log_outage("WAL checkpoint", &copied, &mut outage);
+                if let Ok(wanted) = copied {
+                    restart.store(wanted, Ordering::Relaxed);
                 }
             }
         })
@@ -77,6 +80,26 @@ pub(super) fn spawn_checkpointer(
             source,
         })?;
     Ok(())
+}
+
+/// Logs a failing `what` (a WAL checkpoint or restart) when it starts failing and when it
+/// works again: it is tried ten times a second, and a full disk fails every try.
+fn log_outage<T>(what: &str, result: &Result<T>, outage: &mut Outage) {
+    match result {
+        Ok(_) => {
+            if let Some((lasted, failures)) = outage.recovered() {
+                tracing::warn!(after = ?lasted, failed_tries = failures, "{what} works again");
+            }
+        }
+        Err(e) => {
+            if outage.failed() {
+                tracing::warn!(
+                    error = %e,
+                    "{what} failed; retrying (logged again when it works again)"
+                );
+            }
+        }
+    }
 }
 
 /// The checkpointer thread's connection and what it last made durable.
@@ -91,7 +114,7 @@ pub(super) struct Checkpointer {
 impl Checkpointer {
     /// Copies until the WAL is past `restart_frames` and at most `restart_tail` frames are left
     /// to copy; answers whether the writer should restart the WAL.
-    fn copy(&mut self, limits: WalLimits) -> std::io::Result<bool> {
+    pub(super) fn copy(&mut self, limits: WalLimits) -> Result<bool> {
         let (mut frames, mut copied) = self.pass()?;
         if frames <= limits.restart_frames {
             return Ok(false);
@@ -113,13 +136,12 @@ impl Checkpointer {
     /// which under steady load is never: the copied pages stayed dirty in the OS until the
     /// writer's restart had to sync them all, 1-3 ms with the writer stopped. Synced here, off
     /// the writer's path, the restart only syncs its own short tail.
-    fn pass(&mut self) -> std::io::Result<(i64, i64)> {
+    fn pass(&mut self) -> Result<(i64, i64)> {
         let progress = self
             .conn
             .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
                 Ok((r.get(1)?, r.get(2)?))
-            })
-            .map_err(std::io::Error::other)?;
+            })?;
         if self.synced != Some(progress) {
             self.db.sync_data()?;
             self.synced = Some(progress);
@@ -131,10 +153,12 @@ impl Checkpointer {
 /// The writer's half of starting the WAL over (see `spawn_checkpointer`): copies what is left
 /// and waits, at most its busy timeout, for readers of the old frames. If the checkpointer or
 /// a reader is in the way, the writer tries again after its next group.
-pub(super) fn restart_wal(conn: &Connection, wanted: &AtomicBool) {
-    match conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| r.get::<_, i64>(0)) {
-        Ok(0) => wanted.store(false, Ordering::Relaxed),
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "WAL restart failed; retrying"),
+pub(super) fn restart_wal(conn: &Connection, wanted: &AtomicBool, outage: &mut Outage) {
+    let busy = conn
+        .query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| r.get::<_, i64>(0))
+        .map_err(StoreError::from);
+    log_outage("WAL restart", &busy, outage);
+    if busy.is_ok_and(|busy| busy == 0) {
+        wanted.store(false, Ordering::Relaxed);
     }
 }

@@ -13,8 +13,10 @@
 //!
 //! The parts: `schema` (migrations and connection settings), `writer` (the writer thread,
 //! its group commit and the operations it applies), `apply` (one engine [`Change`] as SQL),
-//! `checkpoint` (the thread that keeps the WAL short), `queries` (the [`Store`] trait: writes
-//! sent to the writer, reads on the pool), `rows` (row decoding). This file opens a store.
+//! `checkpoint` (the thread that keeps the WAL short), `health` (whether the store can write
+//! now, for readiness, and failures logged once per outage), `queries` (the [`Store`] trait:
+//! writes sent to the writer, reads on the pool), `rows` (row decoding). This file opens a
+//! store.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -30,6 +32,7 @@ use crate::*;
 
 mod apply;
 mod checkpoint;
+mod health;
 mod outbox;
 mod queries;
 mod rows;
@@ -40,8 +43,9 @@ mod writer;
 mod tests;
 
 use checkpoint::{WalLimits, spawn_checkpointer};
+use health::WriteHealth;
 use schema::{migrate, open_connection};
-use writer::{Answer, Op, Reply, WRITER_CACHE_KIB, writer_loop};
+use writer::{Answer, Op, Reply, WRITER_CACHE_KIB, WriterShared, writer_loop};
 
 /// Read connections kept open.
 const READERS: usize = 3;
@@ -54,6 +58,7 @@ pub struct SqliteStore {
     closed: Arc<AtomicBool>,
     writer: inbox::Sender<(Op, Reply)>,
     feed: Arc<OnceLock<feed::FeedSender>>,
+    health: Arc<WriteHealth>,
     readers: Arc<Mutex<Vec<Connection>>>,
     path: PathBuf,
     _lock: File,
@@ -137,11 +142,15 @@ impl SqliteStore {
         let closed = Arc::new(AtomicBool::new(false));
         let restart = Arc::new(AtomicBool::new(false));
         spawn_checkpointer(path.clone(), wal, closed.clone(), restart.clone())?;
-        let feed = Arc::new(OnceLock::new());
-        let writer_feed = feed.clone();
+        let shared = WriterShared {
+            feed: Arc::new(OnceLock::new()),
+            restart_wal: restart,
+            health: Arc::new(WriteHealth::default()),
+        };
+        let (feed, health) = (shared.feed.clone(), shared.health.clone());
         std::thread::Builder::new()
             .name("baton-store-writer".into())
-            .spawn(move || writer_loop(writer_conn, rx, &writer_feed, &restart))
+            .spawn(move || writer_loop(writer_conn, rx, &shared))
             .map_err(|source| StoreError::Io {
                 what: "cannot start the writer thread".into(),
                 source,
@@ -150,6 +159,7 @@ impl SqliteStore {
             closed,
             writer: tx,
             feed,
+            health,
             readers: Arc::new(Mutex::new(readers)),
             path,
             _lock: lock,

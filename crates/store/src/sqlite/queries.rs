@@ -4,6 +4,7 @@ use async_trait::async_trait;
 use baton_core::RunStatus;
 use rusqlite::{OptionalExtension, Row, params};
 
+use super::health::Verdict;
 use super::rows::{
     attempt_from_row, corrupt, delivery_from_row, header_from_row, rows, stage_from_row,
 };
@@ -120,6 +121,18 @@ impl Store for SqliteStore {
     async fn ping(&self) -> Result<()> {
         self.read(|conn| Ok(conn.query_row("SELECT 1", [], |_| Ok(()))?))
             .await
+    }
+
+    async fn writable(&self) -> Result<()> {
+        match self.health.verdict(std::time::Instant::now()) {
+            Verdict::Writes => Ok(()),
+            Verdict::Fails(e) => Err(StoreError::Commit(e)),
+            Verdict::Probe => {
+                #[cfg(test)]
+                self.health.probed();
+                self.send(Op::Probe).await.map(|_| ())
+            }
+        }
     }
 
     async fn insert_delivery(&self, delivery: NewDelivery) -> Result<Intake> {

@@ -465,3 +465,140 @@ async fn lists_runs_with_filters() {
         .unwrap();
     assert!(none.is_empty());
 }
+
+impl SqliteStore {
+    /// Caps the database at its size now (`None`: lifts the cap). SQLite's `max_page_count`
+    /// stands in for a full disk: a write that needs a page past the cap fails with
+    /// `SQLITE_FULL`, the very error a full disk gives, from the same place (the pager cannot
+    /// have the page), and no small filesystem or privilege to mount one is needed.
+    async fn fill_disk(&self, full: bool) {
+        self.send(Op::MaxPages(full.then_some(1))).await.unwrap();
+    }
+}
+
+/// A delivery whose body needs pages of its own, so it cannot fit in what is left of one.
+fn large_delivery(id: &str) -> NewDelivery {
+    NewDelivery {
+        body: format!(r#"{{"pad": "{}"}}"#, "x".repeat(16 << 10)),
+        ..delivery(id)
+    }
+}
+
+/// Stores large deliveries until one fails (the free list is used up first); that error.
+async fn write_until_full(store: &SqliteStore) -> StoreError {
+    for i in 0..200 {
+        if let Err(e) = store
+            .insert_delivery(large_delivery(&format!("fill-{i}")))
+            .await
+        {
+            return e;
+        }
+    }
+    panic!("200 deliveries of 16 KiB were stored on a full disk");
+}
+
+#[tokio::test]
+async fn a_full_disk_says_disk_full_and_readiness_follows_it_both_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(&dir).await;
+    store.insert_delivery(delivery("before")).await.unwrap();
+    store.writable().await.unwrap();
+
+    store.fill_disk(true).await;
+    let e = write_until_full(&store).await;
+    assert!(e.cannot_write(), "{e:?}");
+    assert!(
+        e.to_string().starts_with("store cannot write: disk full"),
+        "{e}"
+    );
+    // An engine step on the full disk says the same.
+    let e = store
+        .commit(vec![Change::InsertRun(
+            header("r-full"),
+            RunPayload {
+                event: json!({"pad": "x".repeat(16 << 10)}),
+                ..payload()
+            },
+        )])
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().starts_with("store cannot write: disk full"),
+        "{e}"
+    );
+
+    // Readiness answers from the failed writes at once...
+    let e = store.writable().await.unwrap_err();
+    assert!(
+        e.to_string().starts_with("store cannot write: disk full"),
+        "{e}"
+    );
+    // ...and, once they are older than a recheck, from a probe, which fails too: a probe
+    // needs a page as a delivery does.
+    tokio::time::sleep(health::RECHECK_FAILURE).await;
+    let probes = store.health.probes();
+    let e = store.writable().await.unwrap_err();
+    assert_eq!(store.health.probes(), probes + 1, "a probe ran");
+    assert!(
+        e.to_string().starts_with("store cannot write: disk full"),
+        "{e}"
+    );
+
+    // Space returns: readiness says so by the next probe, and writes work again.
+    store.fill_disk(false).await;
+    let begun = std::time::Instant::now();
+    while let Err(e) = store.writable().await {
+        assert!(
+            begun.elapsed() < Duration::from_secs(2),
+            "still not writable 2 s after space returned: {e}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    store
+        .insert_delivery(large_delivery("after"))
+        .await
+        .unwrap();
+    store.writable().await.unwrap();
+}
+
+#[tokio::test]
+async fn readiness_is_not_probed_while_writes_succeed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(&dir).await;
+    // Nothing written yet: a probe tells, and it succeeds.
+    store.writable().await.unwrap();
+    assert_eq!(store.health.probes(), 1);
+    // Its success counts as a write: asked again at once, nothing is probed.
+    store.writable().await.unwrap();
+    assert_eq!(store.health.probes(), 1);
+    // A busy store answers from its own commits, however often it is asked.
+    for i in 0..50 {
+        store
+            .insert_delivery(delivery(&format!("d{i}")))
+            .await
+            .unwrap();
+        store.writable().await.unwrap();
+    }
+    assert_eq!(store.health.probes(), 1, "no probe while commits succeed");
+}
+
+#[tokio::test]
+async fn a_commit_that_writes_nothing_does_not_count_as_a_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(&dir).await;
+    store.fill_disk(true).await;
+    write_until_full(&store).await;
+    tokio::time::sleep(health::RECHECK_FAILURE).await;
+    // The engine's claim of due work commits every second with nothing to claim: it must
+    // not make a full disk look writable.
+    assert!(
+        store
+            .claim_due(now_millis(), 10, now_millis() + 1000)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    store.release_leases().await.unwrap();
+    let e = store.writable().await.unwrap_err();
+    assert!(e.to_string().contains("disk full"), "{e}");
+}

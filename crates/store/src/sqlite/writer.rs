@@ -1,8 +1,8 @@
 //! The writer thread: drains queued operations into one transaction a group (group commit),
 //! answers each sender, and feeds stored deliveries to the matcher.
 
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, Transaction, params};
@@ -10,6 +10,7 @@ use tokio::sync::oneshot;
 
 use super::apply::apply_change;
 use super::checkpoint::restart_wal;
+use super::health::{Outage, WriteHealth};
 use super::rows::{TASK_COLUMNS, task_from_row};
 use crate::inbox;
 use crate::*;
@@ -56,6 +57,12 @@ pub(super) enum Op {
         lease_until: Millis,
     },
     ReleaseReportLeases,
+    /// Readiness's test write (see [`probe`]).
+    Probe,
+    /// Caps the database at this many pages (SQLite's `max_page_count`, never below its size
+    /// now), or lifts the cap: a full disk for the tests.
+    #[cfg(test)]
+    MaxPages(Option<i64>),
 }
 
 /// What the writer answers: the tasks a commit claimed, where a delivery went, or the
@@ -68,6 +75,11 @@ pub(super) enum Answer {
 
 pub(super) type Reply = oneshot::Sender<Result<Answer>>;
 
+/// The size of readiness's probe write: that of a sizeable delivery. A commit that failed on
+/// a full disk leaves the WAL file as long as it got, and smaller commits still fit in that
+/// room; a probe of a page or two would call such a disk writable.
+const PROBE_BYTES: i64 = 64 << 10;
+
 /// The writer's page cache, in KiB.
 ///
 /// A bigger cache costs more than it saves. When a B-tree split renumbers its new pages,
@@ -79,14 +91,24 @@ pub(super) type Reply = oneshot::Sender<Result<Answer>>;
 /// 20,200-27,000/s).
 pub(super) const WRITER_CACHE_KIB: i64 = 16 * 1024;
 
+/// What the writer thread shares with the store's handle.
+pub(super) struct WriterShared {
+    /// Where stored deliveries go, once the matcher asked for them.
+    pub(super) feed: Arc<OnceLock<feed::FeedSender>>,
+    /// The checkpointer's request to start the WAL over.
+    pub(super) restart_wal: Arc<AtomicBool>,
+    /// The last group's outcome, for readiness.
+    pub(super) health: Arc<WriteHealth>,
+}
+
 pub(super) fn writer_loop(
     mut conn: Connection,
     rx: inbox::Receiver<(Op, Reply)>,
-    feed: &OnceLock<feed::FeedSender>,
-    restart_wal_wanted: &AtomicBool,
+    shared: &WriterShared,
 ) {
     let mut group: Vec<(Op, Reply)> = Vec::with_capacity(64);
     let mut last_commit = Instant::now();
+    let mut restart_outage = Outage::default();
     while rx.gather(
         &mut group,
         COMMIT_AT_ONCE,
@@ -94,45 +116,106 @@ pub(super) fn writer_loop(
         last_commit + MIN_COMMIT_GAP,
     ) {
         last_commit = Instant::now();
-        match run_group(&mut conn, &group) {
-            Ok(results) => {
-                for ((op, reply), result) in group.drain(..).zip(results) {
-                    if let (
-                        Some(feed),
-                        Op::InsertDelivery(d),
-                        Ok(Answer::Delivery(Intake::Stored(id))),
-                    ) = (feed.get(), op, &result)
-                    {
-                        // After the commit and in seq order, as the feed's protocol needs.
-                        feed.publish(PendingDelivery {
-                            id: *id,
-                            source: d.source,
-                            delivery_id: d.delivery_id,
-                            event: d.event,
-                            body: d.body,
-                            replay: false,
-                        });
-                    }
-                    let _ = reply.send(result);
-                }
-                if restart_wal_wanted.load(Ordering::Relaxed) {
-                    restart_wal(&conn, restart_wal_wanted);
-                }
-            }
+        let changes_before = conn.total_changes();
+        let (committed, results) = match run_group(&mut conn, &group) {
+            Ok(results) => (true, results),
             Err(e) => {
-                tracing::error!(error = %e, "store commit failed");
-                let shared = std::sync::Arc::new(e);
-                for (_, reply) in group.drain(..) {
-                    let _ = reply.send(Err(StoreError::Commit(shared.clone())));
+                let e = Arc::new(e);
+                if !e.cannot_write() {
+                    tracing::error!(error = %e, "store commit failed");
                 }
+                let results = group
+                    .iter()
+                    .map(|_| Err(StoreError::Commit(e.clone())))
+                    .collect();
+                (false, results)
             }
+        };
+        // Only a commit that changed rows wrote to the disk: an empty claim commits nothing
+        // and says nothing about space.
+        let wrote = committed && conn.total_changes() != changes_before;
+        let results = record_outcome(&shared.health, wrote, results);
+        for ((op, reply), result) in group.drain(..).zip(results) {
+            if let (Some(feed), Op::InsertDelivery(d), Ok(Answer::Delivery(Intake::Stored(id)))) =
+                (shared.feed.get(), op, &result)
+            {
+                // After the commit and in seq order, as the feed's protocol needs.
+                feed.publish(PendingDelivery {
+                    id: *id,
+                    source: d.source,
+                    delivery_id: d.delivery_id,
+                    event: d.event,
+                    body: d.body,
+                    replay: false,
+                });
+            }
+            let _ = reply.send(result);
+        }
+        if committed && shared.restart_wal.load(Ordering::Relaxed) {
+            restart_wal(&conn, &shared.restart_wal, &mut restart_outage);
         }
     }
+}
+
+/// Tells readiness how the group went (`wrote`: it committed changes), and logs a failure
+/// to write when it starts and when it ends (a full disk fails every group: a line per group
+/// would flood the log).
+///
+/// A failure to write is shared by the results it failed, so the reason readiness answers
+/// is the one the callers got.
+fn record_outcome(
+    health: &WriteHealth,
+    wrote: bool,
+    results: Vec<Result<Answer>>,
+) -> Vec<Result<Answer>> {
+    let mut failure: Option<Arc<StoreError>> = None;
+    // Collected in place: the same element type reuses the vector.
+    let results = results
+        .into_iter()
+        .map(|result| match result {
+            Err(e) if e.cannot_write() => {
+                let shared = match e {
+                    StoreError::Commit(shared) => shared,
+                    e => Arc::new(e),
+                };
+                failure.get_or_insert_with(|| shared.clone());
+                Err(StoreError::Commit(shared))
+            }
+            other => other,
+        })
+        .collect();
+    match failure {
+        Some(e) => {
+            let starts = health.failed(e.clone());
+            if starts {
+                tracing::error!(
+                    error = %e,
+                    "the store cannot write: deliveries get 500 and engine steps wait until it can \
+                     (logged again when it writes again)"
+                );
+            }
+        }
+        None if wrote => {
+            if let Some((lasted, failures)) = health.wrote() {
+                tracing::warn!(
+                    after = ?lasted,
+                    failed_writes = failures,
+                    "the store writes again"
+                );
+            }
+        }
+        None => {}
+    }
+    results
 }
 
 /// Applies a group of operations in one transaction. If any operation fails, the group is
 /// rolled back and each operation is applied again in a transaction of its own, so one bad
 /// batch fails alone (a rare path; the common one costs nothing extra).
+///
+/// Rolled back with `finish`, which does nothing when SQLite rolled back already: it does
+/// on a full disk, and a second `ROLLBACK` fails with "no transaction is active", an error
+/// that would replace the one that says why.
 pub(super) fn run_group(
     conn: &mut Connection,
     group: &[(Op, Reply)],
@@ -143,11 +226,11 @@ pub(super) fn run_group(
         match apply(&tx, op) {
             Ok(tasks) => results.push(Ok(tasks)),
             Err(e) if group.len() == 1 => {
-                tx.rollback()?;
+                tx.finish()?;
                 return Ok(vec![Err(e)]);
             }
             Err(_) => {
-                tx.rollback()?;
+                tx.finish()?;
                 return run_one_by_one(conn, group);
             }
         }
@@ -169,7 +252,7 @@ pub(super) fn run_one_by_one(
                 results.push(Ok(tasks));
             }
             Err(e) => {
-                tx.rollback()?;
+                tx.finish()?;
                 results.push(Err(e));
             }
         }
@@ -247,5 +330,25 @@ pub(super) fn apply(tx: &Transaction<'_>, op: &Op) -> Result<Answer> {
         Op::ReleaseReportLeases => {
             super::outbox::release_all(tx).map(|()| Answer::Reports(Vec::new()))
         }
+        Op::Probe => probe(tx).map(|()| Answer::Tasks(Vec::new())),
+        #[cfg(test)]
+        Op::MaxPages(pages) => {
+            let pages = pages.unwrap_or(i64::from(u32::MAX - 1));
+            tx.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))?;
+            Ok(Answer::Tasks(Vec::new()))
+        }
     }
+}
+
+/// Readiness's test write: a row of [`PROBE_BYTES`] written and removed in one transaction.
+///
+/// It needs what a delivery needs, new pages of the database (from the free list, else by
+/// growing the file) and room in the WAL for them (its commit writes 18 pages, 72 KiB), so
+/// it fails as a delivery would on a full disk. It leaves nothing behind but pages on the
+/// free list, which the next probe takes again.
+fn probe(tx: &Transaction<'_>) -> Result<()> {
+    tx.prepare_cached("INSERT INTO write_probe (pad) VALUES (zeroblob(?1))")?
+        .execute([PROBE_BYTES])?;
+    tx.prepare_cached("DELETE FROM write_probe")?.execute([])?;
+    Ok(())
 }
