@@ -135,7 +135,13 @@ impl Sandbox {
 
     /// A `baton` command running in the sandbox, with no inherited baton settings.
     pub fn baton(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(baton_bin());
+        self.command(baton_bin(), args)
+    }
+
+    /// `program ARGS` running in the sandbox, with no inherited baton settings: a wrapper
+    /// that runs `baton` in a changed environment (`sh -c 'ulimit …; exec …'`).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> Command {
+        let mut cmd = Command::new(program);
         cmd.args(args)
             .current_dir(self.dir.path())
             .stdin(Stdio::null());
@@ -253,6 +259,14 @@ impl Sandbox {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        Server::start(cmd)
+    }
+}
+
+impl Server {
+    /// Runs `cmd`, a `baton serve` (or a wrapper that ends in one), and waits until it says
+    /// it listens.
+    pub fn start(mut cmd: Command) -> Self {
         let mut child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -297,9 +311,7 @@ impl Sandbox {
             agent,
         }
     }
-}
 
-impl Server {
     /// Everything the server wrote to standard error so far.
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()

@@ -16,6 +16,7 @@ use baton_store::{Intake, NewDelivery, now_millis};
 use serde_json::json;
 
 use crate::AppState;
+use crate::connections::BodyTimedOut;
 use crate::error::ApiError;
 use crate::request_id::{GeneratedId, REQUEST_ID};
 use crate::sources::{Refusal, SECRET_HEADERS, Source};
@@ -113,9 +114,13 @@ impl FromRequest<Arc<AppState>> for Delivery {
             rejected(&name, "too_large");
             return Err(ApiError::too_large(limit));
         }
-        let Ok(bytes) = to_bytes(Body::new(body), limit as usize).await else {
-            rejected(&name, "too_large");
-            return Err(ApiError::too_large(limit));
+        let bytes = match to_bytes(Body::new(body), limit as usize).await {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                let (error, result) = unreadable_body(&e, limit);
+                rejected(&name, result);
+                return Err(error);
+            }
         };
         if let Err(Refusal::Unauthenticated(why) | Refusal::Malformed(why)) =
             source.authenticate(&parts.headers, &bytes)
@@ -157,6 +162,33 @@ impl FromRequest<Arc<AppState>> for Delivery {
             body,
         })
     }
+}
+
+/// The answer to a body that could not be read whole, and its `result` label: 408 when it
+/// took longer than `server.body_timeout`, 400 when the connection failed, else 413 (over
+/// the limit).
+fn unreadable_body(error: &axum::Error, limit: u64) -> (ApiError, &'static str) {
+    if has_cause::<BodyTimedOut>(error) {
+        let message = format!("{error}; send the whole body at once");
+        let timeout = ApiError::new(StatusCode::REQUEST_TIMEOUT, "timeout", message);
+        return (timeout, "body_timeout");
+    }
+    if has_cause::<hyper::Error>(error) {
+        let message = format!("the body could not be read: {error}");
+        return (ApiError::bad_request(message), "malformed");
+    }
+    (ApiError::too_large(limit), "too_large")
+}
+
+fn has_cause<T: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if e.is::<T>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }
 
 /// `{"delivery": ID, "status": "…"}`, written directly: this is the hot path.
@@ -217,7 +249,7 @@ pub(crate) async fn adapter_webhook(
     };
     let bytes = to_bytes(body, state.max_body_bytes as usize)
         .await
-        .map_err(|_| ApiError::too_large(state.max_body_bytes))?;
+        .map_err(|e| unreadable_body(&e, state.max_body_bytes).0)?;
     let pairs: Vec<(String, String)> = headers
         .iter()
         .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
