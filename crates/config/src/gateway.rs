@@ -155,6 +155,26 @@ pub struct ServerConfig {
     pub public_url: Option<String>,
     /// The largest request body accepted, in bytes. Default 26214400 (25 MiB, GitHub's cap).
     pub max_body_bytes: u64,
+    /// How long a connection may take to send a request's headers, counted from its first
+    /// byte (or from the connection's start); a connection still sending them then is
+    /// closed. Default `10s`.
+    pub header_timeout: HumanDuration,
+    /// How long a request's body may take to arrive once its handler waits for it; a body
+    /// still arriving then gets 408 and the connection is closed. Default `30s`.
+    pub body_timeout: HumanDuration,
+    /// How long a keep-alive connection may wait, after an answer, for its next request to
+    /// begin before it is closed. Default `60s`.
+    pub idle_timeout: HumanDuration,
+    /// The most connections open at once. At the cap, the connection that has waited longest
+    /// without a request under way (idle, or still sending its headers) is closed to make
+    /// room; when every connection has a request under way, no more are accepted until one
+    /// closes. Default 1024.
+    pub max_connections: usize,
+    /// Of `max_connections`, how many webhook requests may never take: at most
+    /// `max_connections - reserved_connections` webhook requests are served at once, and
+    /// more get 503 with `Retry-After`, so health probes, metrics and the API always find a
+    /// connection. Default 32.
+    pub reserved_connections: usize,
 }
 
 impl Default for ServerConfig {
@@ -163,6 +183,11 @@ impl Default for ServerConfig {
             listen: "127.0.0.1:8080".to_owned(),
             public_url: None,
             max_body_bytes: 26_214_400,
+            header_timeout: HumanDuration(Duration::from_secs(10)),
+            body_timeout: HumanDuration(Duration::from_secs(30)),
+            idle_timeout: HumanDuration(Duration::from_secs(60)),
+            max_connections: 1024,
+            reserved_connections: 32,
         }
     }
 }

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use baton_core::secret::check_secret_value;
-use baton_core::{Adapter, AdapterError, AdapterKind, FieldError, Kinds, SecretResolver};
+use baton_core::{
+    Adapter, AdapterError, AdapterKind, FieldError, HumanDuration, Kinds, SecretResolver,
+};
 use serde_json::Value;
 
 use crate::*;
@@ -1504,5 +1506,98 @@ stages:
 ./workflows/tidb.yaml: stages.mysql-tests.with.job: missing the job name
 ./workflows/tidb.yaml: stages.mysql-tests.with: `.stages.unit.outputs.sha` reads stage `unit`, which is not upstream of `mysql-tests`: add `unit` to `needs` (directly or through a stage it needs)
 6 problems"#
+    );
+}
+
+/// Loads `text` as the gateway config: its `[server]`, or the problem keys and messages.
+fn server_section(text: &str) -> Result<ServerConfig, Vec<(String, String)>> {
+    let dir = fixture(&[("baton.toml", text)]);
+    match load_in(dir.path(), Some("baton.toml"), &[], no_env()) {
+        Ok(loaded) => Ok(loaded.gateway.server),
+        Err(err) => Err(err
+            .iter()
+            .map(|d| (d.path.clone(), d.message.clone()))
+            .collect()),
+    }
+}
+
+#[test]
+fn connection_limits_are_read_with_defaults_and_checked() {
+    let secs = |n| HumanDuration(Duration::from_secs(n));
+    assert_eq!(
+        server_section("[server]\n").unwrap(),
+        ServerConfig {
+            header_timeout: secs(10),
+            body_timeout: secs(30),
+            idle_timeout: secs(60),
+            max_connections: 1024,
+            reserved_connections: 32,
+            ..ServerConfig::default()
+        }
+    );
+    let set_all = r#"
+[server]
+header_timeout = "2s"
+body_timeout = "1m"
+idle_timeout = "500ms"
+max_connections = 200
+reserved_connections = 20
+"#;
+    assert_eq!(
+        server_section(set_all).unwrap(),
+        ServerConfig {
+            header_timeout: secs(2),
+            body_timeout: secs(60),
+            idle_timeout: HumanDuration(Duration::from_millis(500)),
+            max_connections: 200,
+            reserved_connections: 20,
+            ..ServerConfig::default()
+        }
+    );
+
+    // Every problem at once, each at its key.
+    let bad = r#"
+[server]
+header_timeout = "0s"
+max_body_bytes = 0
+body_timeout = "0ms"
+idle_timeout = "0s"
+max_connections = 8
+reserved_connections = 8
+"#;
+    let zero = "expected a duration longer than 0s";
+    assert_eq!(
+        server_section(bad).unwrap_err(),
+        [
+            ("server.max_body_bytes", "expected at least 1 byte"),
+            ("server.header_timeout", zero),
+            ("server.body_timeout", zero),
+            ("server.idle_timeout", zero),
+            (
+                "server.reserved_connections",
+                "8 leaves no connection for webhooks: expected fewer than `max_connections` (8)"
+            ),
+        ]
+        .map(|(k, m)| (k.to_owned(), m.to_owned()))
+    );
+    let mut problems =
+        server_section("[server]\nmax_connections = -1\nidle_timeout = \"soon\"\n").unwrap_err();
+    problems.sort();
+    let keys: Vec<&str> = problems.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["server.idle_timeout", "server.max_connections"],
+        "{problems:?}"
+    );
+    assert!(
+        problems[0].1.contains("`soon` is not a duration"),
+        "{problems:?}"
+    );
+    assert_eq!(
+        server_section("[server]\nmax_connections = 0\n").unwrap_err(),
+        [(
+            "server.max_connections".to_owned(),
+            "expected at least 1".to_owned()
+        )]
     );
 }

@@ -9,14 +9,21 @@ use std::sync::Arc;
 use axum::Json;
 use axum::body::{Body, to_bytes};
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use baton_core::expr::parse_val;
 use baton_store::{Intake, NewDelivery, now_millis};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::AppState;
+use crate::connections::BodyTimedOut;
 use crate::error::ApiError;
+use crate::request_id::{GeneratedId, REQUEST_ID};
 use crate::sources::{Refusal, SECRET_HEADERS, Source};
+
+/// The deepest nesting the matcher's parser ([`parse_val`], serde_json's recursion limit)
+/// reads: 127 arrays or objects, one inside the other.
+const MAX_JSON_NESTING: usize = 127;
 
 /// A genuine, parsed delivery, ready to be stored.
 pub(crate) struct Delivery {
@@ -33,10 +40,11 @@ fn rejected(source: &str, why: &'static str) {
         .increment(1);
 }
 
-/// The request's headers as JSON object text, without secrets or signatures. Written
-/// directly (no map is built): this runs for every delivery. Repeated headers are joined
-/// with `, `, as HTTP allows.
-fn stored_headers(headers: &HeaderMap, source: &Source) -> String {
+/// The request's headers as JSON object text, without secrets or signatures, plus the
+/// `x-request-id` baton `generated` when the sender sent none. Written directly (no map is
+/// built): this runs for every delivery. Repeated headers are joined with `, `, as HTTP
+/// allows.
+fn stored_headers(headers: &HeaderMap, source: &Source, generated: Option<&HeaderValue>) -> String {
     let mut out = Vec::with_capacity(64 * headers.keys_len() + 2);
     out.push(b'{');
     for name in headers.keys() {
@@ -63,6 +71,16 @@ fn stored_headers(headers: &HeaderMap, source: &Source) -> String {
             }
         }
     }
+    if let Some(id) = generated.and_then(|v| v.to_str().ok())
+        && !headers.contains_key(REQUEST_ID)
+    {
+        if out.len() > 1 {
+            out.push(b',');
+        }
+        write_json_string(&mut out, REQUEST_ID.as_str());
+        out.push(b':');
+        write_json_string(&mut out, id);
+    }
     out.push(b'}');
     // Only whole UTF-8 strings and ASCII punctuation were written.
     String::from_utf8(out).unwrap_or_else(|_| "{}".to_owned())
@@ -83,11 +101,8 @@ impl FromRequest<Arc<AppState>> for Delivery {
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
         let Some(source) = state.sources.get(&name).cloned() else {
             rejected("(unknown)", "unknown_source");
-            let known: Vec<&str> = state.sources.keys().map(String::as_str).collect();
-            return Err(ApiError::not_found(format!(
-                "no webhook source `{name}` (configured: {})",
-                known.join(", ")
-            )));
+            // Which sources exist is not the caller's business.
+            return Err(ApiError::not_found("unknown webhook source"));
         };
         let limit = state.max_body_bytes;
         let declared = parts
@@ -99,9 +114,13 @@ impl FromRequest<Arc<AppState>> for Delivery {
             rejected(&name, "too_large");
             return Err(ApiError::too_large(limit));
         }
-        let Ok(bytes) = to_bytes(Body::new(body), limit as usize).await else {
-            rejected(&name, "too_large");
-            return Err(ApiError::too_large(limit));
+        let bytes = match to_bytes(Body::new(body), limit as usize).await {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                let (error, result) = unreadable_body(&e, limit);
+                rejected(&name, result);
+                return Err(error);
+            }
         };
         if let Err(Refusal::Unauthenticated(why) | Refusal::Malformed(why)) =
             source.authenticate(&parts.headers, &bytes)
@@ -110,32 +129,32 @@ impl FromRequest<Arc<AppState>> for Delivery {
             tracing::warn!(source = %name, reason = %why, "webhook refused");
             return Err(ApiError::unauthorized(why));
         }
-        // Only a jq event expression needs the parsed body here; otherwise checking that it
-        // is JSON, without building it, is enough (matching parses it later, off the reply path).
-        let checked = if source.needs_json() {
-            serde_json::from_slice::<Value>(&bytes).map(Some)
-        } else {
-            serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).map(|_| None)
+        let Ok(body) = String::from_utf8(bytes.into()) else {
+            rejected(&name, "bad_json");
+            return Err(ApiError::bad_request("the body is not UTF-8 text"));
         };
-        let json = match checked {
-            Ok(v) => v.unwrap_or(Value::Null),
+        // The matcher's own parser, so that a stored body is one the matcher can read: what
+        // it refuses (nesting deeper than serde_json's limit, numbers beyond f64) is refused
+        // here, before the answer. The value also serves a jq event expression.
+        let json = match parse_val(&body) {
+            Ok(json) => json,
             Err(e) => {
                 rejected(&name, "bad_json");
-                return Err(ApiError::bad_request(format!("the body is not JSON: {e}")));
+                return Err(ApiError::bad_request(format!(
+                    "the body is not JSON baton can read (at most {MAX_JSON_NESTING} levels of nesting, numbers within the range of a 64-bit float): {e}"
+                )));
             }
         };
-        let identified = match source.identify(&parts.headers, &bytes, &json) {
+        let identified = match source.identify(&parts.headers, body.as_bytes(), json) {
             Ok(i) => i,
             Err(Refusal::Malformed(why) | Refusal::Unauthenticated(why)) => {
                 rejected(&name, "malformed");
                 return Err(ApiError::bad_request(why));
             }
         };
-        let Ok(body) = String::from_utf8(bytes.into()) else {
-            return Err(ApiError::bad_request("the body is not UTF-8"));
-        };
+        let generated = parts.extensions.get::<GeneratedId>().map(|g| &g.0);
         Ok(Self {
-            headers: stored_headers(&parts.headers, &source),
+            headers: stored_headers(&parts.headers, &source, generated),
             source,
             event: identified.event,
             delivery_id: identified.delivery_id,
@@ -143,6 +162,33 @@ impl FromRequest<Arc<AppState>> for Delivery {
             body,
         })
     }
+}
+
+/// The answer to a body that could not be read whole, and its `result` label: 408 when it
+/// took longer than `server.body_timeout`, 400 when the connection failed, else 413 (over
+/// the limit).
+fn unreadable_body(error: &axum::Error, limit: u64) -> (ApiError, &'static str) {
+    if has_cause::<BodyTimedOut>(error) {
+        let message = format!("{error}; send the whole body at once");
+        let timeout = ApiError::new(StatusCode::REQUEST_TIMEOUT, "timeout", message);
+        return (timeout, "body_timeout");
+    }
+    if has_cause::<hyper::Error>(error) {
+        let message = format!("the body could not be read: {error}");
+        return (ApiError::bad_request(message), "malformed");
+    }
+    (ApiError::too_large(limit), "too_large")
+}
+
+fn has_cause<T: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if e.is::<T>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }
 
 /// `{"delivery": ID, "status": "…"}`, written directly: this is the hot path.
@@ -203,7 +249,7 @@ pub(crate) async fn adapter_webhook(
     };
     let bytes = to_bytes(body, state.max_body_bytes as usize)
         .await
-        .map_err(|_| ApiError::too_large(state.max_body_bytes))?;
+        .map_err(|e| unreadable_body(&e, state.max_body_bytes).0)?;
     let pairs: Vec<(String, String)> = headers
         .iter()
         .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
@@ -227,6 +273,7 @@ mod tests {
     use super::*;
     use crate::sources::tests::Fixed;
     use baton_core::SecretRef;
+    use serde_json::Value;
 
     #[test]
     fn stored_headers_are_json_without_secrets_and_join_repeats() {
@@ -241,12 +288,33 @@ mod tests {
         headers.insert("authorization", "Bearer t".parse().unwrap());
         headers.append("x-note", "say \"hi\"".parse().unwrap());
         headers.append("x-note", "again".parse().unwrap());
-        let text = stored_headers(&headers, &source);
+        let text = stored_headers(&headers, &source, None);
         let parsed: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(
             parsed,
             json!({"x-github-event": "push", "x-note": "say \"hi\", again"})
         );
-        assert_eq!(stored_headers(&HeaderMap::new(), &source), "{}");
+        assert_eq!(stored_headers(&HeaderMap::new(), &source, None), "{}");
+        // The id baton gave a request without one is stored as if sent, so the delivery's
+        // log lines can be found from it.
+        let made = HeaderValue::from_static("abc-1");
+        let parsed: Value =
+            serde_json::from_str(&stored_headers(&headers, &source, Some(&made))).unwrap();
+        assert_eq!(parsed["x-request-id"], "abc-1");
+        assert_eq!(
+            stored_headers(&HeaderMap::new(), &source, Some(&made)),
+            r#"{"x-request-id":"abc-1"}"#
+        );
+    }
+
+    #[test]
+    fn the_nesting_limit_stated_is_the_parsers() {
+        let nested = |depth: usize| format!("{}1{}", "[".repeat(depth), "]".repeat(depth));
+        assert!(parse_val(&nested(MAX_JSON_NESTING)).is_ok());
+        let deeper = parse_val(&nested(MAX_JSON_NESTING + 1)).unwrap_err();
+        assert!(
+            deeper.to_string().contains("recursion limit exceeded"),
+            "{deeper}"
+        );
     }
 }

@@ -13,10 +13,10 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Router;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
-use axum::{Router, ServiceExt};
 use baton_config::Loaded;
 use baton_core::secret::SecretError;
 use baton_core::{Kinds, SecretResolver, Workflow};
@@ -26,6 +26,7 @@ use tokio::sync::Notify;
 use tower::Layer;
 
 mod api;
+mod connections;
 mod error;
 mod extract;
 mod intake;
@@ -54,6 +55,7 @@ pub struct AppState {
     /// Wakes the delivery matcher.
     pub matcher: Notify,
     metrics: Option<PrometheusHandle>,
+    connections: connections::Limits,
 }
 
 /// A server could not be set up.
@@ -125,6 +127,7 @@ impl AppState {
             max_body_bytes: gateway.server.max_body_bytes,
             matcher: Notify::new(),
             metrics,
+            connections: connections::Limits::new(&gateway.server),
         })
     }
 }
@@ -205,7 +208,9 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 /// Serves until `shutdown` resolves: stops accepting, lets requests under way finish, then
-/// stops the engine (every state change is already committed).
+/// stops the engine (every state change is already committed). Connections are capped and
+/// timed as `[server]` says: header, body and idle timeouts, `max_connections` and
+/// `reserved_connections`.
 pub async fn serve(
     state: Arc<AppState>,
     listener: tokio::net::TcpListener,
@@ -215,13 +220,8 @@ pub async fn serve(
     let matcher = tokio::spawn(matcher::run(state.clone()));
     // Around the router, not inside it: a layer inside wraps each route (and a route's service
     // is cloned per request), which cost as much as the layer's own work.
-    let app = request_id::RequestIds::new().layer(router(state));
-    axum::serve(
-        listener,
-        ServiceExt::<axum::extract::Request>::into_make_service(app),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await?;
+    let app = request_id::RequestIds::new().layer(router(state.clone()));
+    connections::serve(listener, app, state.connections, shutdown).await;
     matcher.abort();
     engine.shutdown(Duration::from_secs(10)).await;
     Ok(())

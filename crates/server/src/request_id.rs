@@ -4,6 +4,10 @@
 //! a `request` span that carries the id, and the answer returns the id. A 5xx answer is logged
 //! as an error with its latency, any other at debug level.
 //!
+//! A new id goes into the request's extensions ([`GeneratedId`]), not its headers: the headers
+//! stay what the sender sent, so a source whose delivery id is the `X-Request-Id` header
+//! still finds it missing when the sender left it out.
+//!
 //! This was three tower-http layers (set the id, trace, propagate the id), added inside the
 //! router: there each wrapped every route, whose boxed service axum clones per request, and
 //! the trace layer also wrapped the answer's body. Around the router, as one layer, a webhook
@@ -24,6 +28,10 @@ use tracing::instrument::Instrumented;
 
 /// The header that carries a request's id, both ways.
 pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The id baton gave a request that came without `x-request-id`, in its extensions.
+#[derive(Clone, Debug)]
+pub(crate) struct GeneratedId(pub(crate) HeaderValue);
 
 /// Ids for requests that come without one: a per-process prefix and a counter. (A random
 /// UUID per request would cost a `getrandom` system call on the intake's hot path.)
@@ -92,7 +100,7 @@ where
             Some(id) => id.clone(),
             None => {
                 let id = self.ids.make();
-                request.headers_mut().insert(REQUEST_ID, id.clone());
+                request.extensions_mut().insert(GeneratedId(id.clone()));
                 id
             }
         };

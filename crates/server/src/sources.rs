@@ -5,6 +5,7 @@ use baton_config::{DeliveryId, EventSelector, GenericAuth, HmacAlgorithm, Source
 use baton_core::secret::SecretError;
 use baton_core::{Expr, SecretResolver};
 use hmac::{Hmac, Mac};
+use jaq_json::Val;
 use sha2::{Digest, Sha256, Sha512};
 use subtle::ConstantTimeEq;
 
@@ -102,11 +103,6 @@ pub const SECRET_HEADERS: [&str; 5] = [
 ];
 
 impl Source {
-    /// True when identifying a delivery needs the parsed body (a jq event expression).
-    pub fn needs_json(&self) -> bool {
-        matches!(self.event, Some(EventSelector::Expr(_)))
-    }
-
     /// Resolves the secrets of `config`.
     pub fn new(
         name: &str,
@@ -222,12 +218,13 @@ impl Source {
         }
     }
 
-    /// The event type and delivery id of a genuine delivery whose body parsed as `json`.
+    /// The event type and delivery id of a genuine delivery whose body parsed as `json`
+    /// (with [`baton_core::expr::parse_val`]).
     pub fn identify(
         &self,
         headers: &HeaderMap,
         body: &[u8],
-        json: &serde_json::Value,
+        json: Val,
     ) -> Result<Identified, Refusal> {
         let missing = |m: &str| Err(Refusal::Malformed(m.to_owned()));
         match &self.check {
@@ -287,8 +284,11 @@ impl Source {
     }
 }
 
-fn event_from_expr(expr: &Expr, json: &serde_json::Value) -> Result<String, Refusal> {
-    match expr.eval_first(json) {
+fn event_from_expr(expr: &Expr, json: Val) -> Result<String, Refusal> {
+    let first = expr
+        .eval_val(json)
+        .map(|outputs| outputs.into_iter().next().unwrap_or_default());
+    match first {
         Ok(serde_json::Value::String(s)) => Ok(s),
         Ok(serde_json::Value::Null) => Err(Refusal::Malformed(format!(
             "the event expression `{}` gave null",

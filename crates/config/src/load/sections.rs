@@ -119,6 +119,27 @@ pub(super) fn check_server(server: &ServerConfig, sink: &mut Sink) {
     if server.max_body_bytes == 0 {
         sink.err("server.max_body_bytes", "expected at least 1 byte");
     }
+    for (key, value) in [
+        ("server.header_timeout", server.header_timeout),
+        ("server.body_timeout", server.body_timeout),
+        ("server.idle_timeout", server.idle_timeout),
+    ] {
+        if value.0.is_zero() {
+            sink.err(key, "expected a duration longer than 0s");
+        }
+    }
+    if server.max_connections == 0 {
+        sink.err("server.max_connections", "expected at least 1");
+    }
+    if server.max_connections > 0 && server.reserved_connections >= server.max_connections {
+        sink.err(
+            "server.reserved_connections",
+            format!(
+                "{} leaves no connection for webhooks: expected fewer than `max_connections` ({})",
+                server.reserved_connections, server.max_connections
+            ),
+        );
+    }
 }
 
 pub(super) fn check_engine(engine: &EngineConfig, sink: &mut Sink) {
