@@ -57,7 +57,7 @@ stages:
     uses: exec
     with:
       run: |
-        while [ ! -e "$SANDBOX/go" ]; do sleep 0.05; done
+        while [ ! -e go ]; do sleep 0.05; done
         printf '{"big": "%s"}' "$(head -c 2000000 /dev/zero | tr '\0' x)" > "$BATON_OUTPUT"
 "#,
     );
