@@ -220,21 +220,10 @@ const fn wrapped(name: &'static str, raw: &'static str) -> Wrapped {
     }
 }
 
-fn factor(n: &'static str) -> &'static [T] {
-    // A static slice of one number literal per factor in use.
-    match n {
-        "2" => &[Term::Num("2")],
-        "3" => &[Term::Num("3")],
-        "4" => &[Term::Num("4")],
-        "6" => &[Term::Num("6")],
-        "16" => &[Term::Num("16")],
-        _ => &[Term::Num("64")],
-    }
-}
-
 fn wrappers() -> Vec<Wrapped> {
-    let reserve = |name, raw, n| Wrapped {
-        check: Some(("!reserve", factor(n))),
+    // `!reserve(n)`: the input string may grow `n` times.
+    let reserve = |name, raw, n: &'static [T]| Wrapped {
+        check: Some(("!reserve", n)),
         ..wrapped(name, raw)
     };
     let pairs = |name, raw| Wrapped {
@@ -262,7 +251,7 @@ fn wrappers() -> Vec<Wrapped> {
         },
         Wrapped {
             walk_outputs: true,
-            ..reserve("explode", "!explode", "16")
+            ..reserve("explode", "!explode", &[Term::Num("16")])
         },
         Wrapped {
             check: Some(("!walk", &[])),
@@ -277,10 +266,10 @@ fn wrappers() -> Vec<Wrapped> {
             walk_outputs: true,
             ..wrapped("fromjson", "!fromjson")
         },
-        reserve("escape_html", "!escape_html", "6"),
-        reserve("encode_uri", "!encode_uri", "3"),
-        reserve("encode_base64", "!encode_base64", "2"),
-        reserve("escape_sh", "!escape_sh", "4"),
+        reserve("escape_html", "!escape_html", &[Term::Num("6")]),
+        reserve("encode_uri", "!encode_uri", &[Term::Num("3")]),
+        reserve("encode_base64", "!encode_base64", &[Term::Num("2")]),
+        reserve("escape_sh", "!escape_sh", &[Term::Num("4")]),
         Wrapped {
             args: &["$fmt"],
             check: Some(("!check format", &[])),
