@@ -22,9 +22,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// mimalloc: the intake allocates a few small buffers per webhook on one runtime thread
 /// while the store's writer frees them on another; glibc's malloc spent about 6% of the
-/// intake's CPU there.
+/// intake's CPU there. Metered: the memory bound of jq evaluations (`[expressions]`)
+/// counts what each evaluation allocates.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: baton_core::expr_bound::MeteredAlloc<mimalloc::MiMalloc> =
+    baton_core::expr_bound::MeteredAlloc::new(mimalloc::MiMalloc);
 
 /// baton coordinates the CI/CD systems you already run: it takes events, runs workflow
 /// graphs of stages through adapters (local commands, approvals, CI servers), passes JSON

@@ -106,11 +106,16 @@ pub(crate) async fn build_engine(loaded: &Loaded) -> Result<Engine> {
     let store = baton_store::open(&url)
         .await
         .with_context(|| format!("opening the store {url}"))?;
+    let expressions = gateway.expressions.limits();
+    // Evaluations started outside the engine and the matcher (a generic source's `event`
+    // expression) are bounded the same.
+    baton_core::expr_bound::set_default_limits(expressions);
     let config = EngineConfig {
         poll_min: gateway.engine.poll_min.0,
         poll_max: gateway.engine.poll_max.0,
         max_concurrency: gateway.engine.max_concurrency,
         defaults: gateway.stage_defaults(&kinds),
+        expressions,
         ..EngineConfig::default()
     };
     Ok(Engine::new(store, adapters, config))

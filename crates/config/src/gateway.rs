@@ -5,13 +5,14 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use baton_core::expr_bound::Limits;
 use baton_core::{Expr, HumanDuration, Kinds, SecretRef, StageDefaults};
 use indexmap::IndexMap;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
 /// The top-level keys of a gateway config, in the order the docs list them.
-pub const TOP_LEVEL_KEYS: [&str; 7] = [
+pub const TOP_LEVEL_KEYS: [&str; 8] = [
     "workflows",
     "server",
     "store",
@@ -19,6 +20,7 @@ pub const TOP_LEVEL_KEYS: [&str; 7] = [
     "sources",
     "adapters",
     "engine",
+    "expressions",
 ];
 
 /// The whole gateway config.
@@ -39,6 +41,8 @@ pub struct GatewayConfig {
     pub adapters: IndexMap<String, AdapterInstance>,
     /// `[engine]`: scheduling defaults and bounds.
     pub engine: EngineConfig,
+    /// `[expressions]`: bounds on every jq evaluation.
+    pub expressions: ExpressionsConfig,
     /// The directory relative paths are resolved against: the config file's directory, or the
     /// current directory when there is no config file. Always absolute after a load.
     pub base_dir: PathBuf,
@@ -54,6 +58,7 @@ impl Default for GatewayConfig {
             sources: IndexMap::new(),
             adapters: IndexMap::new(),
             engine: EngineConfig::default(),
+            expressions: ExpressionsConfig::default(),
             base_dir: PathBuf::from("."),
         }
     }
@@ -467,6 +472,50 @@ impl Default for EngineConfig {
             poll_max: HumanDuration(Duration::from_secs(60)),
             max_concurrency: 256,
             exec_state_dir: None,
+        }
+    }
+}
+
+/// `[expressions]`: bounds on every jq evaluation (trigger and stage `if`, `with`
+/// templates, generic sources' `event` expressions). An evaluation that passes one stops
+/// with an error naming the key: its stage fails with reason `expression`, or its
+/// delivery's match is skipped with the problem recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExpressionsConfig {
+    /// Steps one evaluation may take: a step is one jq operation or filter call, or one
+    /// value a built-in makes or walks. Default 1000000; at least 1, at most 10000000
+    /// ([`Limits::MAX_STEPS_CEILING`]).
+    pub max_steps: u64,
+    /// Wall-clock time one evaluation may take. Default `1s`; longer than 0s.
+    pub max_time: HumanDuration,
+    /// Bytes one evaluation may hold allocated beyond what it started with. Default
+    /// 67108864 (64 MiB); at least 1048576 (1 MiB).
+    pub max_memory: u64,
+}
+
+impl Default for ExpressionsConfig {
+    fn default() -> Self {
+        let limits = Limits::default();
+        Self {
+            max_steps: limits.max_steps,
+            max_time: HumanDuration(limits.max_time),
+            max_memory: limits.max_memory as u64,
+        }
+    }
+}
+
+impl ExpressionsConfig {
+    /// The smallest `max_memory` accepted: below it, ordinary expressions on ordinary
+    /// payloads would fail.
+    pub const MIN_MEMORY: u64 = 1 << 20;
+
+    /// The bounds, as the evaluator takes them.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_steps: self.max_steps,
+            max_time: self.max_time.0,
+            max_memory: usize::try_from(self.max_memory).unwrap_or(usize::MAX),
         }
     }
 }

@@ -38,8 +38,8 @@ pub use diagnostic::{Diagnostic, Diagnostics};
 pub use document::{MAX_FILE_BYTES, MAX_YAML_DEPTH};
 pub use gateway::{
     AdapterInstance, ApiConfig, ApiToken, BearerAuth, DeliveryId, EngineConfig, EventSelector,
-    GITHUB_API_URL, GITLAB_API_URL, GatewayConfig, GenericAuth, GenericSource, GithubApp,
-    GithubAuth, GithubSource, GitlabSource, HmacAlgorithm, HmacAuth, Role, ServerConfig,
+    ExpressionsConfig, GITHUB_API_URL, GITLAB_API_URL, GatewayConfig, GenericAuth, GenericSource,
+    GithubApp, GithubAuth, GithubSource, GitlabSource, HmacAlgorithm, HmacAuth, Role, ServerConfig,
     SourceConfig, StoreConfig, TOP_LEVEL_KEYS,
 };
 pub use load::{

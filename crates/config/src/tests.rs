@@ -1601,3 +1601,56 @@ reserved_connections = 8
         )]
     );
 }
+
+#[test]
+fn expression_bounds_are_read_with_defaults_and_from_the_environment() {
+    let defaults = GatewayConfig::default().expressions;
+    assert_eq!(defaults.limits(), baton_core::expr_bound::Limits::default());
+    assert_eq!(defaults.max_steps, 1_000_000);
+    assert_eq!(defaults.max_time.0, Duration::from_secs(1));
+    assert_eq!(defaults.max_memory, 64 << 20);
+
+    let config = "[expressions]\nmax_steps = 5000\nmax_time = \"250ms\"\n";
+    let dir = fixture(&[("baton.toml", config)]);
+    let vars = env(&[("BATON_EXPRESSIONS__MAX_MEMORY", "2097152")]);
+    let loaded = load_in(dir.path(), Some("baton.toml"), &[], vars).unwrap();
+    let limits = loaded.gateway.expressions.limits();
+    assert_eq!(limits.max_steps, 5000);
+    assert_eq!(limits.max_time, Duration::from_millis(250));
+    assert_eq!(limits.max_memory, 2 << 20);
+}
+
+#[test]
+fn expression_bounds_are_checked_all_at_once() {
+    let config = r#"
+[expressions]
+max_steps = 0
+max_time = "0s"
+max_memory = 1000
+"#;
+    let dir = fixture(&[("baton.toml", config)]);
+    let err = load_in(dir.path(), Some("baton.toml"), &[], no_env()).unwrap_err();
+    assert_eq!(
+        pairs(dir.path(), &err),
+        set(&[
+            ("baton.toml", "expressions.max_steps"),
+            ("baton.toml", "expressions.max_time"),
+            ("baton.toml", "expressions.max_memory"),
+        ])
+    );
+    assert!(message_at(&err, "expressions.max_steps").contains("expected 1 to 10000000"));
+    assert!(message_at(&err, "expressions.max_memory").contains("at least 1048576"));
+
+    let config = "[expressions]\nmax_stepz = 1\nmax_time = \"soon\"\n";
+    let dir = fixture(&[("baton.toml", config)]);
+    let err = load_in(dir.path(), Some("baton.toml"), &[], no_env()).unwrap_err();
+    assert_eq!(
+        pairs(dir.path(), &err),
+        set(&[
+            ("baton.toml", "expressions.max_stepz"),
+            ("baton.toml", "expressions.max_time"),
+        ])
+    );
+    assert!(message_at(&err, "expressions.max_stepz").contains("max_steps"));
+    assert!(message_at(&err, "expressions.max_time").contains("`soon` is not a duration"));
+}

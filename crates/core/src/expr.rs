@@ -5,14 +5,14 @@
 use std::fmt;
 use std::sync::Arc;
 
+use jaq_core::load::parse::Def;
 use jaq_core::load::{Arena, File, Loader};
-use jaq_core::{Compiler, Ctx, Vars, data, unwrap_valr};
+use jaq_core::{Compiler, Ctx, Exn, ValX, Vars};
 use jaq_json::Val;
 use serde_json::Value;
 
+use crate::expr_bound::{self, Bounded as Data, Metered};
 use crate::shell::Quoting;
-
-type Data = data::JustLut<Val>;
 
 /// A jq expression could not be compiled.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -68,18 +68,33 @@ impl Expr {
                 "too complex: {depth} nested brackets and chained operators, at most {MAX_NESTING}; split it or move the logic into a script"
             )));
         }
-        let defs = jaq_core::defs()
-            .chain(jaq_std::defs())
-            .chain(jaq_json::defs());
-        let funs = jaq_core::funs()
-            .chain(jaq_std::funs())
-            .chain(jaq_json::funs());
         let arena = Arena::default();
-        let modules = Loader::new(defs)
+        // Syntax errors, reported against the expression as written.
+        Loader::new([])
             .load(&arena, File { code, path: () })
             .map_err(|errors| fail(describe_load_errors(code, errors)))?;
+        let term = jaq_core::load::parse(code, |p| p.term())
+            .ok_or_else(|| fail("cannot be parsed".to_owned()))?;
+        // The program that runs: the expression rewritten so that every operation is
+        // bounded (see `expr_bound`), as the last definition after jaq's standard ones.
+        let main = Def {
+            name: expr_bound::MAIN,
+            args: Vec::new(),
+            body: expr_bound::rewrite(term),
+        };
+        let mut prelude: Vec<Def<&str>> = expr_bound::prelude();
+        prelude.push(main);
+        let modules = Loader::new(prelude)
+            .load(
+                &arena,
+                File {
+                    code: expr_bound::MAIN,
+                    path: (),
+                },
+            )
+            .map_err(|errors| fail(describe_load_errors(code, errors)))?;
         let filter = Compiler::default()
-            .with_funs(funs)
+            .with_funs(expr_bound::funs())
             .compile(modules)
             .map_err(|errors| {
                 let names: Vec<String> = errors
@@ -106,21 +121,46 @@ impl Expr {
     }
 
     /// Runs the expression on an input already converted with [`to_val`].
+    ///
+    /// Bounded by the [`Limits`](expr_bound::Limits) of the evaluation thread it runs on
+    /// (see [`expr_bound`]).
     pub fn eval_val(&self, input: Val) -> Result<Vec<Value>, EvalError> {
-        let ctx = Ctx::<Data>::new(&self.filter.lut, Vars::new([]));
-        let mut outputs = Vec::new();
-        for result in self.filter.id.run((ctx, input)).map(unwrap_valr) {
-            match result {
-                Ok(val) => outputs.push(from_val(&val)),
-                Err(e) => {
-                    return Err(EvalError {
-                        source_text: self.source.to_string(),
-                        message: e.to_string(),
-                    });
-                }
+        self.bounded(input, |outputs| {
+            let mut values = Vec::new();
+            for output in outputs {
+                values.push(from_val(&output.map_err(exception_text)?)?);
             }
-        }
-        Ok(outputs)
+            Ok(values)
+        })
+    }
+
+    /// Runs the compiled program on `input` on an evaluation thread, under its bounds, and
+    /// hands its outputs to `consume` there.
+    fn bounded<R: Send + 'static>(
+        &self,
+        input: Val,
+        consume: impl FnOnce(&mut dyn Iterator<Item = ValX<'_, Val>>) -> Result<R, String>
+        + Send
+        + 'static,
+    ) -> Result<R, EvalError> {
+        let expr = self.clone();
+        let outcome = expr_bound::on_eval_thread(move |limits| {
+            expr_bound::bounded(limits, || {
+                let ctx = Ctx::<Data>::new(Metered::new(&expr.filter.lut), Vars::new([]));
+                let mut outputs = expr.filter.id.run((ctx, input));
+                consume(&mut outputs)
+            })
+        });
+        let message = match outcome {
+            Ok(Ok(Ok(r))) => return Ok(r),
+            Ok(Ok(Err(message))) => message,
+            Ok(Err(exceeded)) => exceeded.to_string(),
+            Err(pool) => pool.to_string(),
+        };
+        Err(EvalError {
+            source_text: self.source.to_string(),
+            message,
+        })
     }
 
     /// The first output, or `null` when the expression yields nothing (jq's `empty`).
@@ -140,16 +180,65 @@ impl Expr {
     /// [`Expr::is_true`] on an input already in jaq's form, without converting the output
     /// back to JSON: the trigger filter every delivery goes through.
     pub fn is_true_val(&self, input: Val) -> Result<bool, EvalError> {
-        let ctx = Ctx::<Data>::new(&self.filter.lut, Vars::new([]));
-        match self.filter.id.run((ctx, input)).map(unwrap_valr).next() {
+        self.bounded(input, |outputs| match outputs.next() {
             None => Ok(false),
             Some(Ok(val)) => Ok(jaq_core::ValT::as_bool(&val)),
-            Some(Err(e)) => Err(EvalError {
-                source_text: self.source.to_string(),
-                message: e.to_string(),
-            }),
+            Some(Err(e)) => Err(exception_text(e)),
+        })
+    }
+}
+
+/// The text of a run-time exception: jaq's error message (at most [`MAX_ERROR_TEXT`]
+/// bytes of it: it may show a value, and a value may be huge), or what `halt` asked for.
+fn exception_text(e: Exn<'_, Val>) -> String {
+    match e.get_err() {
+        Ok(error) => bounded_text(&error, MAX_ERROR_TEXT),
+        Err(other) => match other.get_halt() {
+            Ok(code) => format!(
+                "it called `halt` (exit code {code}), which ends only this expression, not baton"
+            ),
+            Err(_) => "jq's control flow escaped the expression".to_owned(),
+        },
+    }
+}
+
+/// The longest error text kept from jaq; the rest is cut, with `…`.
+pub const MAX_ERROR_TEXT: usize = 1024;
+
+/// `value` as text, cut at `max` bytes (on a character boundary). Stops writing there, so
+/// a value whose text would be huge costs no more than `max` bytes.
+fn bounded_text(value: &dyn fmt::Display, max: usize) -> String {
+    struct Cut {
+        out: String,
+        max: usize,
+        cut: bool,
+    }
+    impl fmt::Write for Cut {
+        fn write_str(&mut self, s: &str) -> fmt::Result {
+            let room = self.max - self.out.len();
+            if s.len() <= room {
+                self.out.push_str(s);
+                return Ok(());
+            }
+            let mut end = room;
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            self.out.push_str(&s[..end]);
+            self.cut = true;
+            Err(fmt::Error)
         }
     }
+    let mut cut = Cut {
+        out: String::new(),
+        max,
+        cut: false,
+    };
+    let _ = fmt::write(&mut cut, format_args!("{value}"));
+    if cut.cut {
+        cut.out.push('…');
+    }
+    cut.out
 }
 
 /// Parses JSON text straight into jaq's value type, with no `serde_json::Value` between.
@@ -271,11 +360,20 @@ pub fn to_val(value: &Value) -> Val {
     serde_json::from_value(value.clone()).unwrap_or(Val::Null)
 }
 
-fn from_val(val: &Val) -> Value {
+/// Converts an output back to JSON, on the evaluation thread and within its bounds: the
+/// value is walked (and charged) first, since its text may be far larger than its memory.
+fn from_val(val: &Val) -> Result<Value, String> {
+    let weight = expr_bound::value_weight(val).map_err(|depth| {
+        format!(
+            "its output is nested {depth} levels deep, deeper than the {} levels an output may have",
+            expr_bound::MAX_VALUE_DEPTH
+        )
+    })?;
+    expr_bound::reserve(weight.json_bytes());
     // jaq writes its values as JSON text; byte strings and non-finite numbers come out as
     // text that is not JSON, which we keep as a string rather than lose.
     let text = val.to_string();
-    serde_json::from_str(&text).unwrap_or(Value::String(text))
+    Ok(serde_json::from_str(&text).unwrap_or(Value::String(text)))
 }
 
 fn describe_load_errors(code: &str, errors: jaq_core::load::Errors<&str, ()>) -> String {

@@ -8,6 +8,7 @@ pub mod context;
 pub mod decision;
 pub mod duration;
 pub mod expr;
+pub mod expr_bound;
 pub mod graph;
 pub mod secret;
 pub mod shell;

@@ -22,7 +22,8 @@ impl Inner {
         if state.header.status.is_terminal() {
             return self.commit(&mut guard, changes, events).await;
         }
-        self.progress(state, now_millis(), &mut changes, &mut events);
+        self.progress_locked(&mut guard, now_millis(), &mut changes, &mut events)
+            .await?;
         self.commit(&mut guard, changes, events).await
     }
 

@@ -146,7 +146,8 @@ impl Inner {
             );
         }
         let mut events = vec![Self::stage_event(state, i)];
-        self.progress(state, now, &mut changes, &mut events);
+        self.progress_locked(&mut guard, now, &mut changes, &mut events)
+            .await?;
         self.commit(&mut guard, changes, events).await
     }
 }

@@ -38,6 +38,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use baton_core::context::TriggerInfo;
+use baton_core::expr_bound::Limits;
 use baton_core::{Adapter, AttemptKey, StageDefaults, Waker, Workflow};
 use baton_store::{RunFilter, RunHeader, RunSnapshot, Store, StoreError};
 use serde_json::Value;
@@ -84,6 +85,8 @@ pub struct EngineConfig {
     pub call_timeout: Duration,
     /// Defaults for stages (compiling stored workflows on resume).
     pub defaults: StageDefaults,
+    /// Bounds on every jq evaluation (stage `if`, `with` templates): `[expressions]`.
+    pub expressions: Limits,
 }
 
 impl Default for EngineConfig {
@@ -95,6 +98,7 @@ impl Default for EngineConfig {
             lease: Duration::from_secs(300),
             call_timeout: Duration::from_secs(60),
             defaults: StageDefaults::default(),
+            expressions: Limits::default(),
         }
     }
 }
@@ -119,6 +123,10 @@ pub enum EngineError {
     /// The request does not fit the current state (approving a stage that is not waiting).
     #[error("{0}")]
     Conflict(String),
+    /// The thread that evaluates a run's jq expressions could not run them (it could not
+    /// be started); the step is tried again.
+    #[error("could not evaluate the run's expressions: {0}")]
+    Evaluation(String),
     /// A stored workflow could not be compiled.
     #[error("run `{run}`: its stored workflow does not compile: {message}")]
     BadWorkflow {

@@ -116,7 +116,8 @@ impl Inner {
                     &mut changes,
                 );
                 let mut events = vec![Self::stage_event(state, i)];
-                self.progress(state, now, &mut changes, &mut events);
+                self.progress_locked(&mut guard, now, &mut changes, &mut events)
+                    .await?;
                 return self.commit(&mut guard, changes, events).await;
             }
         };
@@ -221,7 +222,8 @@ impl Inner {
             }
         }
         let mut events = vec![Self::stage_event(state, i)];
-        self.progress(state, now, &mut changes, &mut events);
+        self.progress_locked(&mut guard, now, &mut changes, &mut events)
+            .await?;
         self.commit(&mut guard, changes, events).await
     }
 

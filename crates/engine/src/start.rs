@@ -58,11 +58,21 @@ impl Inner {
         if pending {
             // A retry whose backoff is over: write its attempt ahead now.
             let now = now_millis();
-            let mut changes = Vec::new();
-            let mut events = Vec::new();
-            if !self.prepare_attempt(state, i, now, false, &mut changes, &mut events) {
-                changes.push(Self::done(task));
-                self.progress(state, now, &mut changes, &mut events);
+            let done = Self::done(task);
+            let (prepared, changes, events) = self
+                .on_state(&mut guard, &task.run_id, move |inner, state| {
+                    let mut changes = Vec::new();
+                    let mut events = Vec::new();
+                    let prepared =
+                        inner.prepare_attempt(state, i, now, false, &mut changes, &mut events);
+                    if !prepared {
+                        changes.push(done);
+                        inner.progress(state, now, &mut changes, &mut events);
+                    }
+                    (prepared, changes, events)
+                })
+                .await?;
+            if !prepared {
                 return self.commit(&mut guard, changes, events).await;
             }
             // The write-ahead record: from here on a restart asks `find` before starting.
@@ -179,7 +189,8 @@ impl Inner {
             }
         }
         let mut events = vec![Self::stage_event(state, i)];
-        self.progress(state, now, &mut changes, &mut events);
+        self.progress_locked(&mut guard, now, &mut changes, &mut events)
+            .await?;
         self.commit(&mut guard, changes, events).await
     }
 }

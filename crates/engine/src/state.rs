@@ -3,11 +3,12 @@
 use std::sync::Arc;
 
 use baton_core::context::{StageView as ContextStage, stage_context};
-use baton_core::{StageStatus, Workflow, WorkflowSpec};
-use baton_store::{AttemptRecord, RunHeader, RunPayload, RunSnapshot, StageRecord};
+use baton_core::{StageStatus, TemplatedValue, Workflow, WorkflowSpec, expr_bound};
+use baton_store::{AttemptRecord, Change, Millis, RunHeader, RunPayload, RunSnapshot, StageRecord};
 use serde_json::Value;
 use tokio::sync::OwnedMutexGuard;
 
+use crate::events::Event;
 use crate::{EngineError, Inner};
 
 /// The in-memory copy of a run being worked on; rebuilt from the store whenever in doubt.
@@ -21,13 +22,22 @@ pub(crate) struct RunState {
 
 pub(crate) type RunSlot = Arc<tokio::sync::Mutex<Option<RunState>>>;
 
+/// A locked run, as [`Inner::lock_run`] gives it.
+pub(crate) type RunGuard = OwnedMutexGuard<Option<RunState>>;
+
+/// True when deciding about `workflow`'s stages evaluates jq (a stage `if`, a template in
+/// `with`): that work runs on an evaluation thread, bounded (see [`Inner::on_state`]).
+fn evaluates(workflow: &Workflow) -> bool {
+    workflow
+        .stages
+        .iter()
+        .any(|s| s.condition.is_some() || !matches!(s.with, TemplatedValue::Literal(_)))
+}
+
 impl Inner {
     /// Locks a run, loading it from the store if it is not cached. `None` inside means the
     /// store has no such run.
-    pub(crate) async fn lock_run(
-        &self,
-        run_id: &str,
-    ) -> Result<OwnedMutexGuard<Option<RunState>>, EngineError> {
+    pub(crate) async fn lock_run(&self, run_id: &str) -> Result<RunGuard, EngineError> {
         let slot = self
             .runs
             .lock()
@@ -42,6 +52,69 @@ impl Inner {
             *guard = Some(self.state_from(snapshot)?);
         }
         Ok(guard)
+    }
+
+    /// Runs `f` on the locked run `run_id`. When its workflow evaluates jq, the run is
+    /// moved to an evaluation thread for it, every evaluation bounded by
+    /// `[expressions]`, so an expression never holds an async worker and ends within its
+    /// bounds; the lock stays held meanwhile. Workflows without expressions (most) are
+    /// worked on in place.
+    ///
+    /// If the evaluation thread fails (it could not be started), the cached run is
+    /// dropped: the next step reloads it from the store.
+    pub(crate) async fn on_state<R: Send + 'static>(
+        self: &Arc<Self>,
+        guard: &mut RunGuard,
+        run_id: &str,
+        f: impl FnOnce(&Inner, &mut RunState) -> R + Send + 'static,
+    ) -> Result<R, EngineError> {
+        let state = guard
+            .as_mut()
+            .ok_or_else(|| EngineError::NoSuchRun(run_id.to_owned()))?;
+        if !evaluates(&state.workflow) {
+            return Ok(f(self, state));
+        }
+        let Some(mut state) = guard.take() else {
+            return Err(EngineError::NoSuchRun(run_id.to_owned()));
+        };
+        let inner = self.clone();
+        let (state, r) = expr_bound::offload(self.config.expressions, move |_| {
+            let r = f(&inner, &mut state);
+            (state, r)
+        })
+        .await
+        .map_err(|e| EngineError::Evaluation(e.to_string()))?;
+        **guard = Some(state);
+        Ok(r)
+    }
+
+    /// [`Inner::progress`] on the locked run (see [`Inner::on_state`]); nothing when the
+    /// store has no such run.
+    pub(crate) async fn progress_locked(
+        self: &Arc<Self>,
+        guard: &mut RunGuard,
+        now: Millis,
+        changes: &mut Vec<Change>,
+        events: &mut Vec<Event>,
+    ) -> Result<(), EngineError> {
+        let Some(state) = guard.as_mut() else {
+            return Ok(());
+        };
+        if !evaluates(&state.workflow) {
+            self.progress(state, now, changes, events);
+            return Ok(());
+        }
+        let run_id = state.header.id.clone();
+        let mut batch = (std::mem::take(changes), std::mem::take(events));
+        batch = self
+            .on_state(guard, &run_id, move |inner, state| {
+                let (mut changes, mut events) = batch;
+                inner.progress(state, now, &mut changes, &mut events);
+                (changes, events)
+            })
+            .await?;
+        (*changes, *events) = batch;
+        Ok(())
     }
 
     pub(crate) fn state_from(&self, snapshot: RunSnapshot) -> Result<RunState, EngineError> {

@@ -288,6 +288,10 @@ fn engine_over(store: Arc<dyn Store>, script: &ScriptAdapter) -> Engine {
 }
 
 async fn harness() -> Harness {
+    harness_with(config()).await
+}
+
+async fn harness_with(config: EngineConfig) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(
         SqliteStore::open(&format!("sqlite://{}", dir.path().join("e.db").display()))
@@ -295,7 +299,9 @@ async fn harness() -> Harness {
             .unwrap(),
     );
     let script = ScriptAdapter::default();
-    let engine = engine_over(store.clone(), &script);
+    let mut adapters: HashMap<String, Arc<dyn Adapter>> = HashMap::new();
+    adapters.insert("script".into(), Arc::new(script.clone()));
+    let engine = Engine::new(store, adapters, config);
     engine.start().await.unwrap();
     Harness {
         _dir: dir,
@@ -961,4 +967,135 @@ async fn a_step_that_failed_on_the_store_runs_again_within_seconds_once_it_write
         assert_eq!(script.starts_of("b"), 1, "stage b started once");
         engine.shutdown(Duration::from_secs(1)).await;
     }
+}
+
+/// Counts ticks of a task on the test's runtime (one thread): it stalls while anything
+/// blocks that thread.
+fn ticker() -> Arc<std::sync::atomic::AtomicU64> {
+    let ticks = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = ticks.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    ticks
+}
+
+#[tokio::test]
+async fn expressions_that_never_end_fail_only_their_own_stage() {
+    let h = harness().await;
+    let ticks = ticker();
+    let started = std::time::Instant::now();
+    let run = h
+        .run(
+            json!({
+                "looping": {"uses": "script", "if": "def f: f; f", "on_failure": "continue"},
+                "template": {"uses": "script", "with": {"x": "${{ def f: [f]; f }}"}, "on_failure": "continue"},
+                "memory": {"uses": "script", "with": {"x": "${{ \"x\" * 10000000000 }}"}, "on_failure": "continue"},
+                "halting": {"uses": "script", "if": "halt", "on_failure": "continue"},
+                "fine": {"uses": "script", "if": "true"}
+            }),
+            json!({}),
+        )
+        .await;
+    let took = started.elapsed();
+    for (id, why) in [
+        (
+            "looping",
+            "stopped after 1000000 steps (expressions.max_steps)",
+        ),
+        ("template", "stopped"),
+        ("memory", "(expressions.max_memory)"),
+        ("halting", "called `halt`"),
+    ] {
+        let s = stage(&run, id);
+        assert_eq!(s.status, StageStatus::Failed, "{id}");
+        assert_eq!(s.reason.as_deref(), Some("expression"), "{id}");
+        let message = s.message.as_deref().unwrap();
+        assert!(message.contains(why), "{id}: {message}");
+        assert_eq!(h.script.starts_of(id), 0, "{id}");
+    }
+    assert_eq!(stage(&run, "fine").status, StageStatus::Succeeded);
+    // Each evaluation ran on an evaluation thread: the runtime's only thread went on.
+    let ticked = ticks.load(Ordering::Relaxed);
+    assert!(
+        ticked as f64 >= took.as_millis() as f64 / 10.0 * 0.3,
+        "{ticked} ticks in {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_run_is_cancelled_while_its_expression_runs() {
+    let bound = Duration::from_secs(3);
+    let h = harness_with(EngineConfig {
+        // Stopped by time alone: it runs for the whole bound.
+        expressions: baton_core::expr_bound::Limits {
+            max_steps: u64::MAX,
+            max_time: bound,
+            ..Default::default()
+        },
+        ..config()
+    })
+    .await;
+    let (engine, script) = (&h.engine, &h.script);
+    let ticks = ticker();
+    let id = engine
+        .create_run(
+            workflow(json!({
+                "other": {"uses": "script", "with": {"result": "hang"}},
+                "quick": {"uses": "script"},
+                "next": {"uses": "script", "needs": ["quick"], "if": "def f: f; f"},
+                "last": {"uses": "script", "needs": ["other"]}
+            })),
+            json!({}),
+            manual(),
+        )
+        .await
+        .unwrap();
+    // Once `quick` is polled done, that step evaluates `next`'s condition.
+    wait_for(|| {
+        script
+            .polls
+            .lock()
+            .unwrap()
+            .keys()
+            .any(|k| k.contains("/quick/"))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = ticks.load(Ordering::Relaxed);
+    let asked = std::time::Instant::now();
+    tokio::time::timeout(bound + Duration::from_secs(5), engine.cancel_run(&id))
+        .await
+        .expect("the cancel waited no longer than the expression's bound")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let waited = asked.elapsed();
+    let header = tokio::time::timeout(Duration::from_secs(10), engine.wait(&id))
+        .await
+        .expect("the run ended")
+        .unwrap();
+    assert_eq!(header.status, RunStatus::Cancelled);
+    // It waited for the expression, which ends within its bound.
+    assert!(waited > Duration::from_millis(500), "{waited:?}");
+    assert!(waited < bound + Duration::from_secs(2), "{waited:?}");
+    let run = engine.snapshot(&id).await.unwrap();
+    assert_eq!(stage(&run, "next").status, StageStatus::Failed);
+    assert!(
+        stage(&run, "next")
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("stopped after 3s (expressions.max_time)")
+    );
+    assert_eq!(stage(&run, "quick").status, StageStatus::Succeeded);
+    assert_eq!(stage(&run, "other").status, StageStatus::Cancelled);
+    assert_eq!(stage(&run, "last").status, StageStatus::Cancelled);
+    assert_eq!(script.starts_of("next") + script.starts_of("last"), 0);
+    let ticked = ticks.load(Ordering::Relaxed) - before;
+    assert!(
+        ticked as f64 >= waited.as_millis() as f64 / 10.0 * 0.3,
+        "{ticked} ticks while the cancel waited {waited:?}"
+    );
 }

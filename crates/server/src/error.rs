@@ -208,7 +208,7 @@ impl From<baton_engine::EngineError> for ApiError {
         match e {
             E::NoSuchRun(_) | E::NoSuchStage { .. } => Self::not_found(e.to_string()),
             E::Conflict(_) => Self::conflict(e.to_string()),
-            E::Store(_) | E::BadWorkflow { .. } => Self::internal(e),
+            E::Store(_) | E::BadWorkflow { .. } | E::Evaluation(_) => Self::internal(e),
         }
     }
 }

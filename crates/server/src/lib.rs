@@ -18,6 +18,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use baton_config::Loaded;
+use baton_core::expr_bound::Limits;
 use baton_core::secret::SecretError;
 use baton_core::{Kinds, SecretResolver, Workflow};
 use baton_engine::Engine;
@@ -52,6 +53,8 @@ pub struct AppState {
     pub decision_instances: BTreeSet<String>,
     /// `server.max_body_bytes`.
     pub max_body_bytes: u64,
+    /// `[expressions]`: the bounds of trigger conditions.
+    pub expressions: Limits,
     /// Wakes the delivery matcher.
     pub matcher: Notify,
     metrics: Option<PrometheusHandle>,
@@ -125,6 +128,7 @@ impl AppState {
             tokens,
             decision_instances: gateway.decision_instances(kinds),
             max_body_bytes: gateway.server.max_body_bytes,
+            expressions: gateway.expressions.limits(),
             matcher: Notify::new(),
             metrics,
             connections: connections::Limits::new(&gateway.server),

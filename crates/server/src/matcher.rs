@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use baton_core::context::TriggerInfo;
 use baton_core::expr::parse_val;
+use baton_core::expr_bound;
 use baton_engine::{DeliveryOutcome, NewRun};
 use baton_store::PendingDelivery;
 use serde_json::Value;
@@ -54,7 +55,7 @@ pub(crate) async fn run(state: Arc<AppState>) {
                 Ok(pending) => {
                     // A full page means more may wait.
                     scan = pending.len() == PASS;
-                    if !pending.is_empty() && !pass(&state, &pending, &mut through).await {
+                    if !pending.is_empty() && !pass(&state, pending, &mut through).await.0 {
                         scan = true;
                     }
                 }
@@ -92,17 +93,25 @@ pub(crate) async fn run(state: Arc<AppState>) {
             let room = PASS - batch.len();
             f.try_recv_many(&mut batch, room);
         }
-        if !pass(&state, &batch, &mut through).await {
+        let (ok, used) = pass(&state, std::mem::take(&mut batch), &mut through).await;
+        if !ok {
             scan = true;
         }
+        batch = used;
         batch.clear();
     }
 }
 
 /// Matches `batch` and commits the result; false (after a pause) if the commit failed, so
 /// the caller reads the store again, which still has every delivery of the batch pending.
-async fn pass(state: &AppState, batch: &[PendingDelivery], through: &mut i64) -> bool {
-    match process(state, batch, *through).await {
+/// Gives the batch back, for its room.
+async fn pass(
+    state: &Arc<AppState>,
+    batch: Vec<PendingDelivery>,
+    through: &mut i64,
+) -> (bool, Vec<PendingDelivery>) {
+    let (outcome, batch) = process(state, batch, *through).await;
+    let ok = match outcome {
         Ok(Some(highest)) => {
             *through = highest;
             true
@@ -116,16 +125,61 @@ async fn pass(state: &AppState, batch: &[PendingDelivery], through: &mut i64) ->
             tokio::time::sleep(Duration::from_secs(1)).await;
             false
         }
-    }
+    };
+    (ok, batch)
 }
 
+/// What matching a batch decided: the runs to create, the deliveries' outcomes, and the
+/// new matched-through mark.
+type Matched = (Vec<NewRun>, Vec<DeliveryOutcome>, Option<i64>);
+
 /// Matches every delivery of `batch` above `through` (and every replay); returns the new
-/// matched-through mark if it moved.
+/// matched-through mark if it moved. When a trigger has an `if`, the whole batch is matched
+/// on an evaluation thread under `[expressions]` (one hand-off per pass), so a condition
+/// that runs long holds neither an async worker nor more than its bounds.
 async fn process(
-    state: &AppState,
-    batch: &[PendingDelivery],
+    state: &Arc<AppState>,
+    batch: Vec<PendingDelivery>,
     through: i64,
-) -> Result<Option<i64>, baton_engine::EngineError> {
+) -> (
+    Result<Option<i64>, baton_engine::EngineError>,
+    Vec<PendingDelivery>,
+) {
+    let conditional = state
+        .workflows
+        .iter()
+        .any(|w| w.triggers.iter().any(|t| t.condition.is_some()));
+    let (batch, (runs, outcomes, highest)) = if conditional {
+        let shared = state.clone();
+        let job = expr_bound::offload(state.expressions, move |_| {
+            let matched = match_all(&shared, &batch, through);
+            (batch, matched)
+        });
+        match job.await {
+            Ok(done) => done,
+            Err(e) => {
+                let error = baton_engine::EngineError::Evaluation(e.to_string());
+                return (Err(error), Vec::new());
+            }
+        }
+    } else {
+        let matched = match_all(state, &batch, through);
+        (batch, matched)
+    };
+    if highest.is_none() && outcomes.is_empty() {
+        return (Ok(None), batch);
+    }
+    let created = runs.len();
+    let committed = state.engine.match_deliveries(runs, outcomes, highest).await;
+    tracing::debug!(
+        deliveries = batch.len(),
+        runs = created,
+        "deliveries matched"
+    );
+    (committed.map(|_| highest), batch)
+}
+
+fn match_all(state: &AppState, batch: &[PendingDelivery], through: i64) -> Matched {
     let mut runs = Vec::new();
     let mut outcomes = Vec::new();
     let mut highest = None;
@@ -146,20 +200,7 @@ async fn process(
             });
         }
     }
-    if highest.is_none() && outcomes.is_empty() {
-        return Ok(None);
-    }
-    let created = runs.len();
-    state
-        .engine
-        .match_deliveries(runs, outcomes, highest)
-        .await?;
-    tracing::debug!(
-        deliveries = batch.len(),
-        runs = created,
-        "deliveries matched"
-    );
-    Ok(highest)
+    (runs, outcomes, highest)
 }
 
 /// Adds a run to `runs` for every workflow `delivery` starts; returns the problems met.

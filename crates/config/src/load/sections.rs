@@ -91,7 +91,45 @@ pub(super) fn read_gateway(
         check_engine(&engine, sink);
         config.engine = engine;
     }
+    if let Some(v) = doc.get("expressions")
+        && table(v, "expressions", sink).is_some()
+        && let Some(expressions) = typed::<ExpressionsConfig>(
+            v,
+            "expressions",
+            &[("", fields_of::<ExpressionsConfig>())],
+            sink,
+        )
+    {
+        check_expressions(&expressions, sink);
+        config.expressions = expressions;
+    }
     (config, declared)
+}
+
+pub(super) fn check_expressions(expressions: &ExpressionsConfig, sink: &mut Sink) {
+    let ceiling = baton_core::expr_bound::Limits::MAX_STEPS_CEILING;
+    if !(1..=ceiling).contains(&expressions.max_steps) {
+        sink.err(
+            "expressions.max_steps",
+            format!(
+                "{} is out of range: expected 1 to {ceiling} (deeper values than that many steps build cannot be dropped safely)",
+                expressions.max_steps
+            ),
+        );
+    }
+    if expressions.max_time.0.is_zero() {
+        sink.err("expressions.max_time", "expected a duration longer than 0s");
+    }
+    if expressions.max_memory < ExpressionsConfig::MIN_MEMORY {
+        sink.err(
+            "expressions.max_memory",
+            format!(
+                "{} bytes is too little: expected at least {} (1 MiB)",
+                expressions.max_memory,
+                ExpressionsConfig::MIN_MEMORY
+            ),
+        );
+    }
 }
 
 pub(super) fn check_server(server: &ServerConfig, sink: &mut Sink) {
