@@ -203,6 +203,15 @@ fn halt_ends_the_expression_not_the_process() {
 }
 
 #[test]
+fn expressions_cannot_read_batons_environment() {
+    // The process's environment holds the secrets `{ env = … }` references name.
+    assert!(std::env::var_os("PATH").is_some());
+    for code in ["env", "env.PATH", "env | keys", "[env] | length"] {
+        assert_contains(&fails(code), "`env` is not available");
+    }
+}
+
+#[test]
 fn a_stopped_evaluation_leaves_the_next_one_unharmed() {
     fails("def f: f; f");
     fails(r#""x" * 10000000000"#);

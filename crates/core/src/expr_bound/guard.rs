@@ -375,8 +375,20 @@ pub(crate) fn funs() -> impl Iterator<Item = Fun<Bounded>> {
     jaq_core::funs()
         .chain(jaq_std::funs())
         .chain(jaq_json::funs())
+        .filter(|(name, args, _)| !(*name == "env" && args.is_empty()))
         .map(rename)
         .chain(checks())
+        .chain([("env", v(0), Native::<Bounded>::new(no_env))])
+}
+
+/// jaq's `env` lists the process's environment, which holds the secrets the config reads
+/// from `{ env = … }` references; a workflow's expressions must not reach them.
+fn no_env(_: Cv<'_, Bounded>) -> Out<'_> {
+    box_once(Err(fail(
+        "`env` is not available: expressions see the run's context, not baton's environment \
+         (it holds secrets); pass values through the event or a stage's outputs"
+            .to_owned(),
+    )))
 }
 
 fn checks() -> impl Iterator<Item = Fun<Bounded>> {
