@@ -10,6 +10,7 @@ pub mod duration;
 pub mod expr;
 pub mod expr_bound;
 pub mod graph;
+pub mod outage;
 pub mod secret;
 pub mod shell;
 pub mod state;

@@ -22,7 +22,7 @@ impl Inner {
     pub(crate) async fn run_loop(self: Arc<Self>) {
         const BATCH: u32 = 256;
         // Logged when claiming starts failing and when it works again, not every second.
-        let mut claims_failing = false;
+        let mut claims = baton_core::outage::Outage::default();
         while !self.stopping.load(Ordering::SeqCst) {
             let now = now_millis();
             let claimed = match self
@@ -32,20 +32,18 @@ impl Inner {
             {
                 Ok(tasks) => tasks,
                 Err(e) => {
-                    if !claims_failing {
+                    if claims.failed() {
                         tracing::error!(
                             error = &e as &dyn std::error::Error,
                             "claiming due work failed; retrying every second (logged again when it works)"
                         );
-                        claims_failing = true;
                     }
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
             };
-            if claims_failing {
-                tracing::warn!("claiming due work works again");
-                claims_failing = false;
+            if let Some((lasted, failures)) = claims.recovered() {
+                tracing::warn!(after = ?lasted, failed_tries = failures, "claiming due work works again");
             }
             let full = claimed.len() as u32 == BATCH;
             self.dispatch_all(claimed);

@@ -17,6 +17,7 @@ use std::time::Duration;
 use baton_core::context::TriggerInfo;
 use baton_core::expr::parse_val;
 use baton_core::expr_bound;
+use baton_core::outage::Outage;
 use baton_engine::{DeliveryOutcome, NewRun};
 use baton_store::PendingDelivery;
 use serde_json::Value;
@@ -44,6 +45,9 @@ pub(crate) async fn run(state: Arc<AppState>) {
     let mut through = 0_i64;
     let mut scan = true;
     let mut batch = Vec::with_capacity(PASS);
+    // A store that cannot write (a full disk) fails every pass until it can again: logged
+    // when that starts and when it ends, not every second.
+    let (mut reads, mut commits) = (Outage::default(), Outage::default());
     loop {
         // Clearing the feed's lag mark comes before any read of the store, never after
         // (see baton_store::feed): this is the only place it is cleared.
@@ -53,17 +57,22 @@ pub(crate) async fn run(state: Arc<AppState>) {
         if scan {
             match store.pending_deliveries(PASS as u32).await {
                 Ok(pending) => {
+                    recovered(&mut reads, "reading pending deliveries");
                     // A full page means more may wait.
                     scan = pending.len() == PASS;
-                    if !pending.is_empty() && !pass(&state, pending, &mut through).await.0 {
+                    if !pending.is_empty()
+                        && !pass(&state, pending, &mut through, &mut commits).await.0
+                    {
                         scan = true;
                     }
                 }
                 Err(e) => {
-                    tracing::error!(
-                        error = &e as &dyn std::error::Error,
-                        "reading pending deliveries failed; retrying"
-                    );
+                    if reads.failed() {
+                        tracing::error!(
+                            error = &e as &dyn std::error::Error,
+                            "reading pending deliveries failed; retrying every second (logged again when it works)"
+                        );
+                    }
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
@@ -93,7 +102,13 @@ pub(crate) async fn run(state: Arc<AppState>) {
             let room = PASS - batch.len();
             f.try_recv_many(&mut batch, room);
         }
-        let (ok, used) = pass(&state, std::mem::take(&mut batch), &mut through).await;
+        let (ok, used) = pass(
+            &state,
+            std::mem::take(&mut batch),
+            &mut through,
+            &mut commits,
+        )
+        .await;
         if !ok {
             scan = true;
         }
@@ -109,24 +124,36 @@ async fn pass(
     state: &Arc<AppState>,
     batch: Vec<PendingDelivery>,
     through: &mut i64,
+    outage: &mut Outage,
 ) -> (bool, Vec<PendingDelivery>) {
     let (outcome, batch) = process(state, batch, *through).await;
     let ok = match outcome {
-        Ok(Some(highest)) => {
-            *through = highest;
+        Ok(highest) => {
+            recovered(outage, "matching deliveries");
+            if let Some(highest) = highest {
+                *through = highest;
+            }
             true
         }
-        Ok(None) => true,
         Err(e) => {
-            tracing::error!(
-                error = &e as &dyn std::error::Error,
-                "matching deliveries failed; retrying"
-            );
+            if outage.failed() {
+                tracing::error!(
+                    error = &e as &dyn std::error::Error,
+                    "matching deliveries failed; retrying every second (logged again when it works)"
+                );
+            }
             tokio::time::sleep(Duration::from_secs(1)).await;
             false
         }
     };
     (ok, batch)
+}
+
+/// Logs the end of `outage`, if this success ended one.
+fn recovered(outage: &mut Outage, what: &str) {
+    if let Some((lasted, failures)) = outage.recovered() {
+        tracing::warn!(after = ?lasted, failed_tries = failures, "{what} works again");
+    }
 }
 
 /// What matching a batch decided: the runs to create, the deliveries' outcomes, and the

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 
-use super::health::Outage;
 use super::schema::open_connection;
 use crate::*;
+use baton_core::outage::Outage;
 
 /// When the WAL is copied back into the database, and when it is made to start over.
 #[derive(Clone, Copy)]

@@ -9,6 +9,8 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use baton_core::outage::Outage;
+
 use crate::*;
 
 /// A commit that succeeded less than this long ago answers readiness without a probe, so an
@@ -22,36 +24,6 @@ pub(super) const FRESH: Duration = Duration::from_secs(5);
 /// so an idle store that cannot write is probed at most this often (a failing probe ends
 /// before its flush). Space that returns shows within this.
 pub(super) const RECHECK_FAILURE: Duration = Duration::from_secs(1);
-
-/// A failure that recurs: when it started and how often it happened since.
-#[derive(Debug, Default)]
-pub(super) struct Outage {
-    since: Option<(Instant, u64)>,
-}
-
-impl Outage {
-    /// Counts a failure; true when it is the first of an outage, the one to log.
-    pub(super) fn failed(&mut self) -> bool {
-        match &mut self.since {
-            Some((_, failures)) => {
-                *failures += 1;
-                false
-            }
-            None => {
-                self.since = Some((Instant::now(), 1));
-                true
-            }
-        }
-    }
-
-    /// Counts a success; when it ends an outage, how long that lasted and how many failures
-    /// it had, to log.
-    pub(super) fn recovered(&mut self) -> Option<(Duration, u64)> {
-        self.since
-            .take()
-            .map(|(began, failures)| (began.elapsed(), failures))
-    }
-}
 
 /// What readiness should answer.
 pub(super) enum Verdict {

@@ -10,10 +10,11 @@ use tokio::sync::oneshot;
 
 use super::apply::apply_change;
 use super::checkpoint::restart_wal;
-use super::health::{Outage, WriteHealth};
+use super::health::WriteHealth;
 use super::rows::{TASK_COLUMNS, task_from_row};
 use crate::inbox;
 use crate::*;
+use baton_core::outage::Outage;
 
 /// The most batches folded into one transaction.
 pub(super) const MAX_GROUP: usize = 512;
