@@ -12,6 +12,7 @@ use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use baton_core::expr::parse_val;
+use baton_core::expr_bound;
 use baton_store::{Intake, NewDelivery, now_millis};
 use serde_json::json;
 
@@ -145,7 +146,29 @@ impl FromRequest<Arc<AppState>> for Delivery {
                 )));
             }
         };
-        let identified = match source.identify(&parts.headers, body.as_bytes(), json) {
+        let (identified, body) = if source.evaluates() {
+            // An event expression is jq: evaluated bounded on an evaluation thread, never
+            // on this async worker. The headers and body travel there and back.
+            let (from, headers) = (source.clone(), std::mem::take(&mut parts.headers));
+            let evaluated = expr_bound::offload(state.expressions, move |_| {
+                let identified = from.identify(&headers, body.as_bytes(), json);
+                (identified, headers, body)
+            })
+            .await;
+            match evaluated {
+                Ok((identified, headers, body)) => {
+                    parts.headers = headers;
+                    (identified, body)
+                }
+                Err(e) => {
+                    rejected(&name, "malformed");
+                    return Err(ApiError::internal(e.to_string()));
+                }
+            }
+        } else {
+            (source.identify(&parts.headers, body.as_bytes(), json), body)
+        };
+        let identified = match identified {
             Ok(i) => i,
             Err(Refusal::Malformed(why) | Refusal::Unauthenticated(why)) => {
                 rejected(&name, "malformed");

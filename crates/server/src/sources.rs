@@ -218,6 +218,12 @@ impl Source {
         }
     }
 
+    /// True when [`Source::identify`] evaluates a jq expression (a generic source's
+    /// `event = { expr }`), so that it must run on an evaluation thread.
+    pub fn evaluates(&self) -> bool {
+        matches!(self.event, Some(EventSelector::Expr(_)))
+    }
+
     /// The event type and delivery id of a genuine delivery whose body parsed as `json`
     /// (with [`baton_core::expr::parse_val`]).
     pub fn identify(
