@@ -30,3 +30,7 @@ export BATON_BUILDBOT_AUTH_URL=http://127.0.0.1:${BUILDBOT_AUTH_WEB_PORT:-8011}
 # The end-to-end tests in tests/tests/ are baton-cli's integration tests: cargo builds the
 # `baton` binary they run from the current source first.
 cargo test --locked --workspace
+
+# Every fuzz target for a few seconds on its seed corpus (fuzz/README.md); its own build
+# in fuzz/target/. BATON_FUZZ_SECONDS sets the time per target.
+fuzz/run.sh "${BATON_FUZZ_SECONDS:-15}"
