@@ -44,7 +44,10 @@ fuzz/seed.sh
 limits=(-max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1)
 for target in "${targets[@]}"; do
     echo "fuzz/run.sh: $target for ${seconds}s" >&2
-    if ! cargo fuzz run "${flags[@]}" "$target" "fuzz/corpus/$target" -- "${limits[@]}" 2>"fuzz/$target.log"; then
+    dict=()
+    case $target in template_render | trigger_match) dict=(-dict=fuzz/dicts/jq.dict) ;; esac
+    if ! cargo fuzz run "${flags[@]}" "$target" "fuzz/corpus/$target" -- "${limits[@]}" "${dict[@]}" \
+        2>"fuzz/$target.log"; then
         tail -n 40 "fuzz/$target.log" >&2
         echo "fuzz/run.sh: $target found a failure; the input is under fuzz/artifacts/$target/." >&2
         echo "  Run it again: RUSTC_BOOTSTRAP=1 cargo fuzz run -s none --codegen-units 16 $target fuzz/artifacts/$target/<file>" >&2

@@ -70,13 +70,18 @@ grep -ho 'expr = "[^"]*"' "${configs[@]}" "${docs[@]}" 2>/dev/null |
 grep -ho "'[^']*\${{[^']*'" "${workflows[@]}" "${docs[@]}" 2>/dev/null |
     sed "s/^'//; s/'\$//" | sort -u >"$scratch/templates"
 
-# Each program with each payload would be thousands of seeds; each program gets one
-# payload (in turn) and each payload gets every condition, which covers both sides.
+# Each program with each payload would be thousands of seeds; each program gets one small
+# payload (in turn) and each payload gets every condition, which covers both sides. libFuzzer
+# mutates any byte alike, so a short payload leaves more of the mutations to the program.
+small=()
+for f in "${payloads[@]}"; do
+    if [ "$(wc -c <"$f")" -le 3000 ]; then small+=("$f"); fi
+done
 pair() { # pair TARGET PROGRAMS
     local i=0 program
     while IFS= read -r program; do
         [ -n "$program" ] || continue
-        local payload=${payloads[i % ${#payloads[@]}]}
+        local payload=${small[i % ${#small[@]}]}
         i=$((i + 1))
         { printf '%s\0' "$program"; cat "$payload"; } | put "$1"
     done <"$2"

@@ -9,9 +9,8 @@
 //!   against the context a stage sees (`.event`, `.trigger`, `.run`, `.stages`);
 //! - trigger target: an `on[].if` expression, then a delivery's body.
 //!
-//! The program is at most [`MAX_PROGRAM`] bytes. jq evaluation has no step or memory bound
-//! yet (a program such as `def f: f; f` never ends), so a run must also pass libFuzzer a
-//! `-timeout` (run.sh does) and treat what it finds there as that known defect.
+//! The program is at most [`MAX_PROGRAM`] bytes. A program can still run away (`def f: f;
+//! f`), so a run must also give libFuzzer a `-timeout` and an `-rss_limit_mb` (run.sh does).
 //!
 //! # Checks
 //!
