@@ -6,7 +6,7 @@
 
 use std::process::Command;
 
-use baton_core::Expr;
+use baton_core::{Expr, TemplatedValue};
 use serde_json::{Value, json};
 
 /// Set in the child process a test starts.
@@ -65,7 +65,8 @@ fn halt_is_an_error_of_its_expression_not_an_exit() {
         "halt_error(3)",
         ".a | if . then halt else . end",
     ];
-    let labels: Vec<String> = programs.iter().map(|p| format!("`{p}`")).collect();
+    let mut labels: Vec<String> = programs.iter().map(|p| format!("`{p}`")).collect();
+    labels.push("the template".to_owned());
     if !in_child("halt_is_an_error_of_its_expression_not_an_exit", &labels) {
         return;
     }
@@ -79,6 +80,14 @@ fn halt_is_an_error_of_its_expression_not_an_exit() {
         assert!(!failed.message.is_empty());
         println!("survived {label}");
     }
+    // As template_render found it: a template in a stage's `with:`.
+    let template = TemplatedValue::compile(&json!("Publish ba6 ${{halt_error}} (s")).unwrap();
+    assert!(
+        template
+            .render(&baton_core::expr::to_val(&json!({})))
+            .is_err()
+    );
+    println!("survived the template");
 }
 
 /// Long flat programs pass the compile-time nesting estimate, which counts neither path
