@@ -48,7 +48,9 @@ for target in "${targets[@]}"; do
     case $target in template_render | trigger_match) dict=(-dict=fuzz/dicts/jq.dict) ;; esac
     if ! cargo fuzz run "${flags[@]}" "$target" "fuzz/corpus/$target" -- "${limits[@]}" "${dict[@]}" \
         2>"fuzz/$target.log"; then
-        tail -n 40 "fuzz/$target.log" >&2
+        # What failed and on which input; cargo-fuzz's own backtrace after it says nothing more.
+        grep -E -A6 'panicked at|ERROR: libFuzzer|Test unit written' "fuzz/$target.log" |
+            head -n 40 >&2
         echo "fuzz/run.sh: $target found a failure; the input is under fuzz/artifacts/$target/." >&2
         echo "  Run it again: RUSTC_BOOTSTRAP=1 cargo fuzz run -s none --codegen-units 16 $target fuzz/artifacts/$target/<file>" >&2
         exit 1
