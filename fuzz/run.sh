@@ -21,15 +21,15 @@ if [ ${#targets[@]} -eq 0 ]; then
         workflow_load template_render trigger_match)
 fi
 
+# The fuzz build has its own flags, so its own target folder (fuzz/target), whatever the
+# caller's CARGO_TARGET_DIR says; installing cargo-fuzz then builds in a folder of its own.
+unset CARGO_TARGET_DIR
 if [ "$(cargo fuzz --version 2>/dev/null)" != "cargo-fuzz $CARGO_FUZZ_VERSION" ]; then
     echo "fuzz/run.sh: installing cargo-fuzz $CARGO_FUZZ_VERSION" >&2
     cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked
 fi
 
 export RUSTC_BOOTSTRAP=1
-# The fuzz build has its own flags, so its own target folder (fuzz/target), whatever the
-# caller's CARGO_TARGET_DIR says.
-unset CARGO_TARGET_DIR
 # No sanitizer, and 16 codegen units: see README.md for both choices. `run` must be given
 # the same flags as `build`, or it builds again.
 flags=(--sanitizer none --codegen-units 16)
