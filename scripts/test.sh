@@ -40,3 +40,7 @@ export BATON_SCHEMATHESIS=$PWD/.venv-schemathesis/bin/schemathesis
 # The end-to-end tests in tests/tests/ are baton-cli's integration tests: cargo builds the
 # `baton` binary they run from the current source first.
 cargo test --locked --workspace
+
+# Every fuzz target for a few seconds on its seed corpus (fuzz/README.md); its own build
+# in fuzz/target/. BATON_FUZZ_SECONDS sets the time per target.
+fuzz/run.sh "${BATON_FUZZ_SECONDS:-15}"

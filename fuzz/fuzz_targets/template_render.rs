@@ -1,0 +1,4 @@
+//! Template rendering: see `baton_fuzz::jq`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| baton_fuzz::jq::template(data));
