@@ -57,7 +57,6 @@ fn evaluate_on_a_worker_stack(program: String, input: Value) {
 /// command line does it, they end the process instead: one `if: halt` stops `baton serve`,
 /// and the delivery that matched it stops the next start again.
 #[test]
-#[ignore = "issue 19 item 1: a jq expression ends the process with `halt`"]
 fn halt_is_an_error_of_its_expression_not_an_exit() {
     let programs = [
         "halt",
@@ -95,7 +94,6 @@ fn halt_is_an_error_of_its_expression_not_an_exit() {
 /// frame deeper than the last: a few thousand path steps, or a few hundred fields, overflow
 /// a worker's stack and abort the process. Each must be refused when it loads or evaluate.
 #[test]
-#[ignore = "issue 19 item 1: a long flat jq expression overflows the stack when it runs"]
 fn long_flat_programs_are_refused_or_run_without_overflow() {
     let fields = |n: usize| (0..n).map(|i| format!("a{i}: 1")).collect::<Vec<_>>();
     let cases = [
