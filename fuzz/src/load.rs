@@ -98,7 +98,7 @@ fn build_everything(loaded: &Loaded, kinds: &Kinds) {
             panic!("adapter `{name}` loaded but cannot be built: {e}");
         }
     }
-    let _ = gateway.stage_defaults();
+    let _ = gateway.stage_defaults(kinds);
     let _ = gateway.store_url();
 }
 
