@@ -26,6 +26,22 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// The head of a gateway config with one API token per role: `vera` (viewer, `$T_VIEWER`),
+/// `otto` (operator, `$T_OPERATOR`) and `anna` (approver, `$T_APPROVER`), workflows from
+/// `workflows/*.yaml` and a 4 KiB body limit. A test appends its sources.
+pub const ALL_ROLES_GATEWAY: &str = r#"workflows = ["workflows/*.yaml"]
+
+[server]
+max_body_bytes = 4096
+
+[api]
+tokens = [
+  { name = "vera", token = { env = "T_VIEWER" }, role = "viewer" },
+  { name = "otto", token = { env = "T_OPERATOR" }, role = "operator" },
+  { name = "anna", token = { env = "T_APPROVER" }, role = "approver" },
+]
+"#;
+
 /// The `baton` binary under test: `$BATON_BIN` if set, else the one cargo built for this
 /// test run. Cargo names it in `CARGO_BIN_EXE_baton` while the test runs (newer cargo) and
 /// puts it next to the test executables' folder (`target/<profile>/baton`).

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use baton_tests::{Reply, Sandbox, Server};
+use baton_tests::{ALL_ROLES_GATEWAY, Reply, Sandbox, Server};
 use serde_json::Value;
 
 const VIEWER: &str = "view-token-1";
@@ -29,24 +29,16 @@ const ENV: &[(&str, &str)] = &[
 fn gateway(sb: &Sandbox) -> String {
     sb.write(
         "baton.toml",
-        r#"
-workflows = ["workflows/*.yaml"]
-
-[server]
-max_body_bytes = 4096
-
-[api]
-tokens = [
-  { name = "vera", token = { env = "T_VIEWER" }, role = "viewer" },
-  { name = "otto", token = { env = "T_OPERATOR" }, role = "operator" },
-  { name = "anna", token = { env = "T_APPROVER" }, role = "approver" },
-]
-
+        &[
+            ALL_ROLES_GATEWAY,
+            r#"
 [sources.deploy]
 kind = "generic"
 bearer = { token = { env = "DEPLOY_TOKEN" } }
 event = { expr = ".type" }
 "#,
+        ]
+        .concat(),
     );
     sb.write(
         "workflows/gated.yaml",

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use baton_tests::{Sandbox, Server, sign_sha256};
+use baton_tests::{ALL_ROLES_GATEWAY, Sandbox, Server, sign_sha256};
 use serde_json::Value;
 
 const VIEWER: &str = "view-token-1";
@@ -13,19 +13,9 @@ const APPROVER: &str = "appr-token-3";
 fn gateway(sb: &Sandbox) -> String {
     sb.write(
         "baton.toml",
-        r#"
-workflows = ["workflows/*.yaml"]
-
-[server]
-max_body_bytes = 4096
-
-[api]
-tokens = [
-  { name = "vera", token = { env = "T_VIEWER" }, role = "viewer" },
-  { name = "otto", token = { env = "T_OPERATOR" }, role = "operator" },
-  { name = "anna", token = { env = "T_APPROVER" }, role = "approver" },
-]
-
+        &[
+            ALL_ROLES_GATEWAY,
+            r#"
 [sources.github]
 kind = "github"
 secret = { env = "GH_SECRET_NEW" }
@@ -40,6 +30,8 @@ kind = "generic"
 bearer = { token = { env = "DEPLOY_TOKEN" } }
 event = { expr = ".type" }
 "#,
+        ]
+        .concat(),
     );
     sb.write(
         "workflows/main.yaml",
