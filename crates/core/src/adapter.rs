@@ -17,6 +17,9 @@
 //! 8. [`Adapter::attach`] hands the adapter a [`Waker`]: when it learns of a completion
 //!    early (a child process exiting, a completion webhook), it wakes the engine, which
 //!    then polls at once instead of at the next hint. Polling stays the safety net.
+//! 9. [`Adapter::source_delivery`] sees every delivery a webhook source stored (GitHub's
+//!    `workflow_run`, GitLab's Pipeline Hook) and names the attempts it concerns, which the
+//!    engine then polls at once, as for a completion webhook.
 
 use std::fmt;
 use std::sync::Arc;
@@ -360,6 +363,33 @@ pub trait Adapter: Send + Sync + 'static {
         let _ = request;
         Ok(Vec::new())
     }
+
+    /// Reads a delivery a webhook source stored (`POST /hooks/<source>`, its signature
+    /// already checked) and returns the attempts it concerns; the engine then polls them at
+    /// once. GitHub's `workflow_run` names a run a `github-actions` stage follows, GitLab's
+    /// Pipeline Hook a pipeline. Only a hint, as a completion webhook is.
+    ///
+    /// Called for every stored delivery, so it must be cheap for those it does not care
+    /// about: look at [`SourceDelivery::kind`] and [`SourceDelivery::event`] before parsing
+    /// the body. Default: none.
+    fn source_delivery(&self, delivery: &SourceDelivery<'_>) -> Vec<AttemptKey> {
+        let _ = delivery;
+        Vec::new()
+    }
+}
+
+/// A delivery a webhook source stored, as offered to adapters by
+/// [`Adapter::source_delivery`].
+#[derive(Debug, Clone, Copy)]
+pub struct SourceDelivery<'a> {
+    /// The source's name, as in `[sources.<name>]`.
+    pub source: &'a str,
+    /// The source's kind: `github`, `gitlab` or `generic`.
+    pub kind: &'a str,
+    /// The event type as stored (`workflow_run`, `Pipeline Hook`).
+    pub event: &'a str,
+    /// The body: JSON text, as received.
+    pub body: &'a str,
 }
 
 /// A webhook as received, before any parsing.

@@ -19,7 +19,7 @@ pub mod workflow;
 
 pub use adapter::{
     Adapter, AdapterError, AdapterKind, AttemptKey, ExternalRef, FieldError, Kinds, Logs,
-    PollOutcome, PollRequest, StartRequest, Waker, WebhookRequest,
+    PollOutcome, PollRequest, SourceDelivery, StartRequest, Waker, WebhookRequest,
 };
 pub use decision::{Decision, Verdict};
 pub use duration::HumanDuration;

@@ -1,9 +1,10 @@
 //! Nudges from outside to a running attempt: a signal (an approval decision) and a wake
-//! (a completion webhook), both ending in a poll scheduled now.
+//! (a completion webhook, a source's delivery that names external work), each ending in a
+//! poll scheduled now.
 
 use std::sync::Arc;
 
-use baton_core::AttemptKey;
+use baton_core::{AttemptKey, SourceDelivery};
 use baton_store::{Change, Phase, TaskKind, now_millis};
 use serde_json::Value;
 
@@ -52,6 +53,20 @@ impl Engine {
     /// attempts are ignored.
     pub async fn wake(&self, key: AttemptKey) {
         self.inner.wake(key).await;
+    }
+
+    /// Offers a stored delivery to every adapter instance
+    /// ([`Adapter::source_delivery`](baton_core::Adapter::source_delivery)) and polls at once
+    /// the attempts they name. Returns how many were named.
+    pub async fn offer_delivery(&self, delivery: &SourceDelivery<'_>) -> usize {
+        let mut named = 0;
+        for adapter in self.inner.adapters.values() {
+            for key in adapter.source_delivery(delivery) {
+                named += 1;
+                self.inner.wake(key).await;
+            }
+        }
+        named
     }
 }
 

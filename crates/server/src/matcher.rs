@@ -14,6 +14,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use baton_core::SourceDelivery;
 use baton_core::context::TriggerInfo;
 use baton_core::expr::parse_val;
 use baton_core::expr_bound;
@@ -133,6 +134,7 @@ async fn pass(
             if let Some(highest) = highest {
                 *through = highest;
             }
+            offer(state, &batch).await;
             true
         }
         Err(e) => {
@@ -147,6 +149,25 @@ async fn pass(
         }
     };
     (ok, batch)
+}
+
+/// Offers each delivery of `batch` to the adapters, which name the attempts it concerns (a
+/// `workflow_run` delivery names the stage that follows that run): those are polled now.
+/// A hint only, so it comes after the commit and is not repeated after a restart; polling
+/// is the safety net.
+async fn offer(state: &AppState, batch: &[PendingDelivery]) {
+    for delivery in batch {
+        let Some(source) = state.sources.get(&delivery.source) else {
+            continue;
+        };
+        let offered = SourceDelivery {
+            source: &delivery.source,
+            kind: source.kind,
+            event: &delivery.event,
+            body: &delivery.body,
+        };
+        state.engine.offer_delivery(&offered).await;
+    }
 }
 
 /// Logs the end of `outage`, if this success ended one.

@@ -1,0 +1,129 @@
+//! In-process models of the forges baton drives: GitHub's REST API ([`github`]) and
+//! GitLab's ([`gitlab`]).
+//!
+//! Each model keeps state and follows `docs/adapters/github-actions.md` and
+//! `docs/adapters/gitlab-ci.md` (and the public API references cited there): runs and
+//! pipelines move from queued to their end as real time passes, a cancel changes them, and
+//! the awkward answers (rate limits, 5xx, garbage, statuses baton has never seen) can be
+//! switched on per test. Every request is counted by a [`Meter`], so a test or a benchmark
+//! can say how many requests a run cost and how fast one token was spent.
+//!
+//! The models serve on `127.0.0.1` from the caller's Tokio runtime ([`serve`]), or from a
+//! runtime of their own for tests that are not async ([`serve_in_background`]).
+
+pub mod github;
+pub mod gitlab;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// A model being served: where it listens, and the task (or thread) serving it.
+#[derive(Debug)]
+pub struct Served {
+    /// `http://127.0.0.1:<port>`, without a trailing slash.
+    pub url: String,
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    task: Option<tokio::task::JoinHandle<()>>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Serves `router` on a free port of 127.0.0.1 from the current Tokio runtime, until the
+/// returned [`Served`] is dropped.
+pub async fn serve(router: axum::Router) -> std::io::Result<Served> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    Ok(Served {
+        url: format!("http://{addr}"),
+        addr,
+        task: Some(task),
+        runtime: None,
+    })
+}
+
+/// Serves the router `make` builds from a runtime of its own (two worker threads), for
+/// tests that are not async, until the returned [`Served`] is dropped.
+pub fn serve_in_background(make: impl FnOnce() -> axum::Router) -> std::io::Result<Served> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let mut served = runtime.block_on(async { serve(make()).await })?;
+    served.runtime = Some(runtime);
+    Ok(served)
+}
+
+/// Counts requests: in all, per credential, and per second (for the peak rate).
+#[derive(Debug)]
+pub struct Meter {
+    started: Instant,
+    counts: Mutex<Counts>,
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    total: u64,
+    by_credential: BTreeMap<String, u64>,
+    by_second: BTreeMap<u64, u64>,
+}
+
+impl Default for Meter {
+    fn default() -> Self {
+        Self {
+            started: Instant::now(),
+            counts: Mutex::default(),
+        }
+    }
+}
+
+impl Meter {
+    /// Counts one request made with `credential` (a token's name, never its value).
+    pub fn record(&self, credential: &str) {
+        let second = self.started.elapsed().as_secs();
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        counts.total += 1;
+        *counts
+            .by_credential
+            .entry(credential.to_owned())
+            .or_default() += 1;
+        *counts.by_second.entry(second).or_default() += 1;
+    }
+
+    /// Requests counted in all.
+    pub fn total(&self) -> u64 {
+        self.counts.lock().unwrap_or_else(|e| e.into_inner()).total
+    }
+
+    /// Requests counted with `credential`.
+    pub fn by_credential(&self, credential: &str) -> u64 {
+        let counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        counts.by_credential.get(credential).copied().unwrap_or(0)
+    }
+
+    /// The most requests counted within one second since the meter began.
+    pub fn peak_per_second(&self) -> u64 {
+        let counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        counts.by_second.values().copied().max().unwrap_or(0)
+    }
+
+    /// How long the meter has been counting.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+}
