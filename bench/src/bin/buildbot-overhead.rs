@@ -26,8 +26,6 @@
 //! `poll_max` 30 s).
 
 use std::collections::BTreeMap;
-use std::io::BufRead;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -35,6 +33,7 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
+use baton_bench::{Baton, client, env_or, get_json};
 use hmac::Mac;
 use serde_json::{Value, json};
 
@@ -42,15 +41,6 @@ const SECRET: &str = "bench-secret";
 const TOKEN: &str = "bench-viewer";
 /// What master.cfg's status push sends as `Authorization: Bearer …`.
 const HOOK_TOKEN: &str = "baton-test-hook";
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    match std::env::var(name) {
-        Ok(text) => text
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={text}: not a number")),
-        Err(_) => default,
-    }
-}
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -221,14 +211,6 @@ async fn forward(State(proxy): State<Arc<Proxy>>, request: Request) -> Response 
     response
 }
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .expect("client")
-}
-
 // ---- the direct client -------------------------------------------------------------------------
 
 /// Forces one build and polls it to its end; returns the time from the force to the answer
@@ -281,27 +263,17 @@ async fn direct(http: &reqwest::Client, base: &str, s: &Settings, tag: &str) -> 
 
 // ---- baton -------------------------------------------------------------------------------------
 
-/// A `baton serve` in a scratch folder, killed when dropped.
-struct Baton {
-    child: Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Baton {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Baton {
-    fn start(s: &Settings, buildbot: &str, listen: &str) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        std::fs::write(
-            dir.path().join("baton.toml"),
-            format!(
-                r#"workflows = ["wf.yaml"]
+/// A `baton serve` for these rounds: a GitHub source, the Buildbot instance behind
+/// `buildbot`, and one workflow forcing the `sleep` builder.
+fn start_baton(s: &Settings, buildbot: &str, listen: &str) -> Baton {
+    let env = [
+        ("BENCH_SECRET", SECRET),
+        ("BENCH_TOKEN", TOKEN),
+        ("BENCH_HOOK", HOOK_TOKEN),
+    ];
+    Baton::start(&s.baton, listen, &env, |dir| {
+        let config = format!(
+            r#"workflows = ["wf.yaml"]
 
 [store]
 url = "sqlite://{db}"
@@ -318,14 +290,10 @@ kind = "buildbot"
 url = "{buildbot}"
 webhook_token = {{ env = "BENCH_HOOK" }}
 "#,
-                db = dir.path().join("baton.db").display(),
-            ),
-        )
-        .unwrap();
-        std::fs::write(
-            dir.path().join("wf.yaml"),
-            format!(
-                r#"name: bench
+            db = dir.join("baton.db").display(),
+        );
+        let workflow = format!(
+            r#"name: bench
 on: [{{ source: github, event: push }}]
 stages:
   build:
@@ -334,46 +302,13 @@ stages:
       builder: sleep
       properties: {{ sleep: "{}", tag: '${{{{ .event.tag }}}}' }}
 "#,
-                s.sleep
-            ),
-        )
-        .unwrap();
-        let mut child = Command::new(&s.baton)
-            .args(["serve", "-c", "baton.toml", "--listen", listen])
-            .current_dir(dir.path())
-            .env("BENCH_SECRET", SECRET)
-            .env("BENCH_TOKEN", TOKEN)
-            .env("BENCH_HOOK", HOOK_TOKEN)
-            .env("BATON_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn baton serve");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let name = listen.to_owned();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if let Some(rest) = line.split("listening on ").nth(1) {
-                    let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_owned());
-                } else {
-                    eprintln!("baton serve ({name}): {line}");
-                }
-            }
-        });
-        let url = rx
-            .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| panic!("baton serve did not start on {listen}"));
-        Self {
-            child,
-            url,
-            _dir: dir,
-        }
-    }
+            s.sleep
+        );
+        vec![
+            ("baton.toml".to_owned(), config),
+            ("wf.yaml".to_owned(), workflow),
+        ]
+    })
 }
 
 /// One baton round's times.
@@ -384,21 +319,6 @@ struct BatonTimes {
     client: Duration,
     /// Delivery `received_at` → run `created_at`.
     intake: Duration,
-}
-
-async fn get_json(http: &reqwest::Client, url: &str) -> Value {
-    let answer = http
-        .get(url)
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
-    assert!(
-        answer.status().is_success(),
-        "GET {url}: {}",
-        answer.status()
-    );
-    answer.json().await.expect("JSON")
 }
 
 async fn through_baton(
@@ -430,7 +350,7 @@ async fn through_baton(
     let id = answer.json::<Value>().await.expect("JSON")["delivery"].clone();
     let delivery_url = format!("{}/api/v1/deliveries/{id}", baton.url);
     let (delivery, run_id) = loop {
-        let delivery = get_json(http, &delivery_url).await;
+        let delivery = get_json(http, &delivery_url, TOKEN).await;
         if let Some(run) = delivery["runs"][0].as_str() {
             let run = run.to_owned();
             break (delivery, run);
@@ -440,7 +360,7 @@ async fn through_baton(
     };
     let run_url = format!("{}/api/v1/runs/{run_id}", baton.url);
     loop {
-        let run = get_json(http, &run_url).await;
+        let run = get_json(http, &run_url, TOKEN).await;
         if run["finished_at"].is_i64() {
             let client = begun.elapsed();
             assert_eq!(run["status"], "succeeded", "{run:#}");
@@ -489,8 +409,8 @@ async fn run(s: Settings) {
     let (direct_proxy, direct_url) = Proxy::start(&s.buildbot).await;
     let (on_proxy, on_url) = Proxy::start(&s.buildbot).await;
     let (off_proxy, off_url) = Proxy::start(&s.buildbot).await;
-    let on = Baton::start(&s, &on_url, &push_listen);
-    let off = Baton::start(&s, &off_url, "127.0.0.1:0");
+    let on = start_baton(&s, &on_url, &push_listen);
+    let off = start_baton(&s, &off_url, "127.0.0.1:0");
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
