@@ -186,6 +186,7 @@ struct Project {
     forbid_variables: bool,
     trigger_token: Option<String>,
     plan: PipelinePlan,
+    ref_plans: BTreeMap<String, PipelinePlan>,
 }
 
 #[derive(Debug)]
@@ -266,6 +267,14 @@ impl ProjectSetup {
     pub fn plan(self, plan: PipelinePlan) -> Self {
         self.edit(|p| p.plan = plan)
     }
+
+    /// What its new pipelines for `git_ref` do (other refs follow [`ProjectSetup::plan`]).
+    pub fn plan_for_ref(self, git_ref: &str, plan: PipelinePlan) -> Self {
+        let git_ref = git_ref.to_owned();
+        self.edit(|p| {
+            p.ref_plans.insert(git_ref, plan);
+        })
+    }
 }
 
 /// A pipeline as the model sees it now, for test assertions.
@@ -317,6 +326,7 @@ impl GitLab {
                     forbid_variables: false,
                     trigger_token: None,
                     plan: PipelinePlan::default(),
+                    ref_plans: BTreeMap::new(),
                 });
             }
         }
@@ -716,7 +726,12 @@ impl GitLab {
             )
                 .into_response());
         }
-        let (pid, plan, path) = (project.id, project.plan.clone(), project.path.clone());
+        let plan = project
+            .ref_plans
+            .get(&ask.git_ref)
+            .unwrap_or(&project.plan)
+            .clone();
+        let (pid, path) = (project.id, project.path.clone());
         let iid = inner
             .pipelines
             .values()
