@@ -7,7 +7,7 @@ use serde_json::{Map, Value, json};
 
 use crate::GitLabAdapter;
 use crate::client::encode_segment;
-use crate::model::Job;
+use crate::model::{Job, Pipeline};
 use crate::tracked::Tracked;
 
 /// The largest dotenv file read.
@@ -30,7 +30,17 @@ impl GitLabAdapter {
         external: &ExternalRef,
     ) -> Result<Map<String, Value>, AdapterError> {
         let (id, tracked) = Tracked::read(external)?;
-        let pipeline = self.pipeline(id).await?;
+        // The poll that saw the end kept what the outputs need of the pipeline itself.
+        let pipeline = match &tracked.status {
+            Some(status) => Pipeline {
+                id,
+                iid: tracked.iid,
+                status: status.clone(),
+                web_url: external.url.clone(),
+                sha: tracked.sha.clone(),
+            },
+            None => self.pipeline(id).await?,
+        };
         let jobs = self.jobs(id).await?;
         let mut outputs = Map::new();
         outputs.insert("id".into(), json!(pipeline.id.to_string()));

@@ -36,6 +36,9 @@ impl GitLabAdapter {
         outcome.message = message;
         if state.is_terminal() {
             self.inner.followed.forget(id);
+            tracked.status = Some(pipeline.status.clone());
+            tracked.sha = pipeline.sha.clone();
+            outcome.external = Some(tracked.reference(&pipeline));
         } else {
             outcome.next_poll = Some(self.hint(tracked.polls));
             tracked.polls = tracked.polls.saturating_add(1);

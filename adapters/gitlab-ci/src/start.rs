@@ -132,6 +132,7 @@ impl GitLabAdapter {
             iid: pipeline.iid,
             polls: 0,
             dotenv_artifact: spec.dotenv_artifact,
+            ..Tracked::default()
         };
         let external = tracked.reference(&pipeline);
         self.inner.followed.follow(pipeline.id, key, &external);
@@ -187,6 +188,7 @@ impl GitLabAdapter {
                     iid: pipeline.iid,
                     polls: 0,
                     dotenv_artifact: spec.dotenv_artifact.clone(),
+                    ..Tracked::default()
                 };
                 let external = tracked.reference(&pipeline);
                 self.inner.followed.follow(pipeline.id, key, &external);

@@ -1,7 +1,7 @@
 //! What the stored reference holds, and the memory of the pipelines this process follows.
 //!
 //! The reference is `{id: "<pipeline id>", url: <web_url>, data: {iid, polls,
-//! dotenv_artifact}}`: every call after `start` works from it alone, so a restarted baton
+//! dotenv_artifact, status, sha}}` (the last two once the pipeline ended): every call after `start` works from it alone, so a restarted baton
 //! polls, cancels and reads outputs as the one that started the pipeline would. No secret
 //! is ever in it.
 
@@ -29,6 +29,12 @@ pub(crate) struct Tracked {
     /// The stage's `dotenv_artifact`, for `outputs`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) dotenv_artifact: Option<String>,
+    /// The status the poll that saw the end read, so that `outputs` need not read it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) status: Option<String>,
+    /// The commit the pipeline ran for, kept with `status`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) sha: Option<String>,
 }
 
 impl Tracked {
@@ -135,6 +141,8 @@ mod tests {
             iid: Some(77),
             polls: 2,
             dotenv_artifact: Some("build.env".into()),
+            status: None,
+            sha: None,
         };
         let external = tracked.reference(&pipeline);
         assert_eq!(external.id, "901");
