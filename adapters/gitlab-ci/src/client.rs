@@ -65,6 +65,28 @@ pub(crate) enum Repeat {
     Once,
 }
 
+/// How to send one request: with which credential, what it is for (for messages),
+/// whether it may be repeated, and how much of the answer to read.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Call<'a> {
+    pub(crate) credential: Credential,
+    pub(crate) what: &'a str,
+    pub(crate) repeat: Repeat,
+    pub(crate) cap: usize,
+}
+
+impl<'a> Call<'a> {
+    /// A read with `token`, of at most `cap` bytes.
+    pub(crate) fn read(what: &'a str, cap: usize) -> Self {
+        Self {
+            credential: Credential::Token,
+            what,
+            repeat: Repeat::Safe,
+            cap,
+        }
+    }
+}
+
 /// An answer, its body read (up to a cap).
 #[derive(Debug)]
 pub(crate) struct Answer {
@@ -158,11 +180,14 @@ impl Client {
         method: Method,
         url: Url,
         body: Option<&Value>,
-        credential: Credential,
-        what: &str,
-        repeat: Repeat,
-        cap: usize,
+        call: Call<'_>,
     ) -> Result<Answer, AdapterError> {
+        let Call {
+            credential,
+            what,
+            repeat,
+            cap,
+        } = call;
         let mut waited = Duration::ZERO;
         let mut attempt = 0;
         loop {
@@ -267,10 +292,7 @@ impl Client {
                 Method::GET,
                 self.url(rel, query),
                 None,
-                Credential::Token,
-                what,
-                Repeat::Safe,
-                MAX_JSON_BYTES,
+                Call::read(what, MAX_JSON_BYTES),
             )
             .await?;
         self.check(&answer, Credential::Token, what)?;
@@ -285,15 +307,7 @@ impl Client {
         cap: usize,
     ) -> Result<Option<Answer>, AdapterError> {
         let answer = self
-            .send(
-                Method::GET,
-                self.url(rel, &[]),
-                None,
-                Credential::Token,
-                what,
-                Repeat::Safe,
-                cap,
-            )
+            .send(Method::GET, self.url(rel, &[]), None, Call::read(what, cap))
             .await?;
         if answer.status == StatusCode::NOT_FOUND {
             return Ok(None);

@@ -4,7 +4,7 @@ use baton_core::{AdapterError, ExternalRef, ExternalState, PollOutcome, PollRequ
 use reqwest::Method;
 
 use crate::GitLabAdapter;
-use crate::client::{Credential, Repeat};
+use crate::client::{Call, Credential};
 use crate::model::{self, Job, Pipeline};
 use crate::tracked::Tracked;
 
@@ -119,10 +119,7 @@ impl GitLabAdapter {
                 Method::POST,
                 client.url(&format!("pipelines/{id}/cancel"), &[]),
                 None,
-                Credential::Token,
-                what,
-                Repeat::Safe,
-                1024 * 1024,
+                Call::read(what, 1024 * 1024),
             )
             .await?;
         client.check(&answer, Credential::Token, what)?;

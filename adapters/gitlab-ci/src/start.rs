@@ -7,7 +7,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Map, Value, json};
 
 use crate::GitLabAdapter;
-use crate::client::{Credential, Repeat, gitlab_message};
+use crate::client::{Call, Credential, Repeat, gitlab_message};
 use crate::config::{self, ATTEMPT_VARIABLE, Mode, StageSpec};
 use crate::model::{Pipeline, Variable};
 use crate::tracked::Tracked;
@@ -113,10 +113,12 @@ impl GitLabAdapter {
                 Method::POST,
                 url,
                 Some(&body),
-                credential,
-                what,
-                Repeat::Once,
-                CREATE_ANSWER_BYTES,
+                Call {
+                    credential,
+                    what,
+                    repeat: Repeat::Once,
+                    cap: CREATE_ANSWER_BYTES,
+                },
             )
             .await?;
         if answer.status == StatusCode::BAD_REQUEST

@@ -173,10 +173,7 @@ mod tests {
             followed.follow(id, &key, &ExternalRef::new(id.to_string()));
         }
         assert_eq!(followed.attempt(0), None);
-        assert_eq!(
-            followed.attempt(FOLLOWED_LIMIT as u64 + 4),
-            Some(key.clone())
-        );
+        assert_eq!(followed.attempt(FOLLOWED_LIMIT as u64 + 4), Some(key));
         followed.forget(FOLLOWED_LIMIT as u64 + 4);
         assert_eq!(followed.attempt(FOLLOWED_LIMIT as u64 + 4), None);
     }

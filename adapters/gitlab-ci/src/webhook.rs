@@ -93,7 +93,10 @@ mod tests {
         // GitLab's own example names pipeline 31, which nobody follows yet.
         assert!(delivery("gitlab", "Pipeline Hook", FIXTURE).is_empty());
         a.inner.followed.follow(31, &key, &ExternalRef::new("31"));
-        assert_eq!(delivery("gitlab", "Pipeline Hook", FIXTURE), [key.clone()]);
+        assert_eq!(
+            delivery("gitlab", "Pipeline Hook", FIXTURE),
+            std::slice::from_ref(&key)
+        );
         assert!(delivery("gitlab", "Push Hook", FIXTURE).is_empty());
         assert!(delivery("github", "Pipeline Hook", FIXTURE).is_empty());
         assert!(delivery("gitlab", "Pipeline Hook", "not json").is_empty());

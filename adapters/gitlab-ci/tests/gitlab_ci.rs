@@ -603,7 +603,7 @@ async fn a_pipeline_hook_names_the_attempt_following_that_pipeline() {
             body,
         })
     };
-    assert_eq!(hook("Pipeline Hook", &body), [k.clone()]);
+    assert_eq!(hook("Pipeline Hook", &body), std::slice::from_ref(&k));
     assert!(hook("Push Hook", &body).is_empty());
     // Another process, which never followed it, still learns it from BATON_ATTEMPT.
     let other = lab.adapter(json!({}));
@@ -614,6 +614,6 @@ async fn a_pipeline_hook_names_the_attempt_following_that_pipeline() {
             event: "Pipeline Hook",
             body: &body,
         }),
-        [k.clone()]
+        [k]
     );
 }

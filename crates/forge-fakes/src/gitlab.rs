@@ -616,7 +616,12 @@ struct Call {
 impl GitLab {
     /// Counts the request, applies a pending fault in `scope` that acts before the work,
     /// and checks `PRIVATE-TOKEN` unless `trigger` (the trigger endpoint checks its body).
-    fn begin(&self, headers: &HeaderMap, scope: Scope, trigger: bool) -> Result<Call, Response> {
+    fn begin(
+        &self,
+        headers: &HeaderMap,
+        scope: Scope,
+        trigger: bool,
+    ) -> Result<Call, Box<Response>> {
         let token = headers
             .get("private-token")
             .and_then(|v| v.to_str().ok())
@@ -639,18 +644,22 @@ impl GitLab {
         match fault {
             Some(Fault::Status(code)) => {
                 let status = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY);
-                return Err((status, "<html><body>502 Bad Gateway</body></html>").into_response());
+                return Err(Box::new(
+                    (status, "<html><body>502 Bad Gateway</body></html>").into_response(),
+                ));
             }
             Some(Fault::RateLimited(secs)) => {
-                return Err((
-                    StatusCode::TOO_MANY_REQUESTS,
-                    [
-                        ("retry-after", secs.to_string()),
-                        ("ratelimit-reset", (now_ms() / 1000 + secs).to_string()),
-                    ],
-                    "Retry later\n",
-                )
-                    .into_response());
+                return Err(Box::new(
+                    (
+                        StatusCode::TOO_MANY_REQUESTS,
+                        [
+                            ("retry-after", secs.to_string()),
+                            ("ratelimit-reset", (now_ms() / 1000 + secs).to_string()),
+                        ],
+                        "Retry later\n",
+                    )
+                        .into_response(),
+                ));
             }
             _ => {}
         }
@@ -659,11 +668,11 @@ impl GitLab {
                 .projects
                 .iter()
                 .any(|p| p.trigger_token.as_deref() == Some(token) && !token.is_empty());
-            return Err(if is_trigger_token {
+            return Err(Box::new(if is_trigger_token {
                 gl_error(StatusCode::NOT_FOUND, "404 Project Not Found")
             } else {
                 gl_error(StatusCode::UNAUTHORIZED, "401 Unauthorized")
-            });
+            }));
         }
         Ok(Call { fault })
     }
@@ -710,21 +719,30 @@ fn invalid(message: &str) -> Response {
 }
 
 impl GitLab {
-    fn create_pipeline(&self, project_id: &str, ask: Create) -> Result<(Value, u64), Response> {
+    fn create_pipeline(
+        &self,
+        project_id: &str,
+        ask: Create,
+    ) -> Result<(Value, u64), Box<Response>> {
         let mut inner = self.lock();
         let Some(project) = find_project(&inner, project_id) else {
-            return Err(gl_error(StatusCode::NOT_FOUND, "404 Project Not Found"));
+            return Err(Box::new(gl_error(
+                StatusCode::NOT_FOUND,
+                "404 Project Not Found",
+            )));
         };
         if ask.git_ref.is_empty() {
-            return Err(invalid("ref is missing"));
+            return Err(Box::new(invalid("ref is missing")));
         }
         if project.forbid_variables && !ask.variables.is_empty() {
             // lib/api/ci/pipelines.rb: render_validation_error! of the pipeline's errors.
-            return Err((
-                StatusCode::BAD_REQUEST,
-                axum::Json(json!({"message": {"base": ["Insufficient permissions to set pipeline variables"]}})),
-            )
-                .into_response());
+            return Err(Box::new(
+                (
+                    StatusCode::BAD_REQUEST,
+                    axum::Json(json!({"message": {"base": ["Insufficient permissions to set pipeline variables"]}})),
+                )
+                    .into_response(),
+            ));
         }
         let plan = project
             .ref_plans
@@ -775,7 +793,7 @@ async fn create(
 ) -> Response {
     let call = match gl.begin(&headers, Scope::Create, false) {
         Ok(call) => call,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let body: Map<String, Value> = if body.is_empty() {
         Map::new()
@@ -821,7 +839,7 @@ async fn create(
         },
     ) {
         Ok((json, _)) => gl.answer(call, StatusCode::CREATED, json).await,
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 
@@ -833,7 +851,7 @@ async fn trigger(
 ) -> Response {
     let call = match gl.begin(&headers, Scope::Create, true) {
         Ok(call) => call,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let Ok(body) = serde_json::from_slice::<Map<String, Value>>(&body) else {
         return invalid("body is not JSON");
@@ -879,7 +897,7 @@ async fn trigger(
         },
     ) {
         Ok((json, _)) => gl.answer(call, StatusCode::CREATED, json).await,
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 
@@ -889,10 +907,13 @@ fn with_pipeline<T>(
     id: &str,
     pid: &str,
     f: impl FnOnce(&mut Pipeline, &str) -> T,
-) -> Result<T, Response> {
+) -> Result<T, Box<Response>> {
     let mut inner = gl.lock();
     let Some(project) = find_project(&inner, id) else {
-        return Err(gl_error(StatusCode::NOT_FOUND, "404 Project Not Found"));
+        return Err(Box::new(gl_error(
+            StatusCode::NOT_FOUND,
+            "404 Project Not Found",
+        )));
     };
     let (project_id, path) = (project.id, project.path.clone());
     match pid
@@ -901,7 +922,7 @@ fn with_pipeline<T>(
         .and_then(|n| inner.pipelines.get_mut(&n))
     {
         Some(p) if p.project == project_id => Ok(f(p, &path)),
-        _ => Err(gl_error(StatusCode::NOT_FOUND, "404 Not found")),
+        _ => Err(Box::new(gl_error(StatusCode::NOT_FOUND, "404 Not found"))),
     }
 }
 
@@ -913,7 +934,7 @@ async fn list(
 ) -> Response {
     let call = match gl.begin(&headers, Scope::Read, false) {
         Ok(call) => call,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let base = gl.base();
     let now = Instant::now();
@@ -960,14 +981,14 @@ async fn show(
 ) -> Response {
     let call = match gl.begin(&headers, Scope::Read, false) {
         Ok(call) => call,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let base = gl.base();
     match with_pipeline(&gl, &id, &pid, |p, path| {
         p.json(&base, path, Instant::now())
     }) {
         Ok(json) => gl.answer(call, StatusCode::OK, json).await,
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 
@@ -978,7 +999,7 @@ async fn variables(
 ) -> Response {
     let call = match gl.begin(&headers, Scope::Read, false) {
         Ok(call) => call,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let vars = with_pipeline(&gl, &id, &pid, |p, _| {
         p.variables
@@ -988,7 +1009,7 @@ async fn variables(
     });
     match vars {
         Ok(vars) => gl.answer(call, StatusCode::OK, Value::Array(vars)).await,
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 
@@ -999,7 +1020,7 @@ async fn jobs(
 ) -> Response {
     let call = match gl.begin(&headers, Scope::Read, false) {
         Ok(call) => call,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let base = gl.base();
     let jobs = with_pipeline(&gl, &id, &pid, |p, path| {
@@ -1031,7 +1052,7 @@ async fn jobs(
     });
     match jobs {
         Ok(jobs) => gl.answer(call, StatusCode::OK, Value::Array(jobs)).await,
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 
@@ -1042,7 +1063,7 @@ async fn cancel(
 ) -> Response {
     let call = match gl.begin(&headers, Scope::Any, false) {
         Ok(call) => call,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let base = gl.base();
     // 200 whatever the state (gitlab-org/gitlab#414963); a finished pipeline stays as it is.
@@ -1055,7 +1076,7 @@ async fn cancel(
     });
     match json {
         Ok(json) => gl.answer(call, StatusCode::OK, json).await,
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 
@@ -1065,10 +1086,13 @@ fn with_job<T>(
     id: &str,
     jid: &str,
     f: impl FnOnce(&mut Pipeline, usize, &str) -> T,
-) -> Result<T, Response> {
+) -> Result<T, Box<Response>> {
     let mut inner = gl.lock();
     let Some(project) = find_project(&inner, id) else {
-        return Err(gl_error(StatusCode::NOT_FOUND, "404 Project Not Found"));
+        return Err(Box::new(gl_error(
+            StatusCode::NOT_FOUND,
+            "404 Project Not Found",
+        )));
     };
     let project_id = project.id;
     let jid: u64 = jid.parse().unwrap_or_default();
@@ -1082,7 +1106,10 @@ fn with_job<T>(
             return Ok(f(p, i, &status));
         }
     }
-    Err(gl_error(StatusCode::NOT_FOUND, "404 Job Not Found"))
+    Err(Box::new(gl_error(
+        StatusCode::NOT_FOUND,
+        "404 Job Not Found",
+    )))
 }
 
 async fn trace(
@@ -1091,14 +1118,14 @@ async fn trace(
     headers: HeaderMap,
 ) -> Response {
     if let Err(r) = gl.begin(&headers, Scope::Read, false) {
-        return r;
+        return *r;
     }
     match with_job(&gl, &id, &jid, |p, i, status| match status {
         "created" | "pending" | "manual" => String::new(),
         _ => p.plan.jobs[i].trace.clone(),
     }) {
         Ok(text) => (StatusCode::OK, [("content-type", "text/plain")], text).into_response(),
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 
@@ -1108,7 +1135,7 @@ async fn play(
     headers: HeaderMap,
 ) -> Response {
     if let Err(r) = gl.begin(&headers, Scope::Any, false) {
-        return r;
+        return *r;
     }
     let played = with_job(&gl, &id, &jid, |p, i, status| {
         if status == "manual" {
@@ -1121,7 +1148,7 @@ async fn play(
     match played {
         Ok(true) => (StatusCode::OK, axum::Json(json!({"id": jid}))).into_response(),
         Ok(false) => gl_error(StatusCode::BAD_REQUEST, "400 Unplayable Job"),
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 
@@ -1131,7 +1158,7 @@ async fn artifact(
     headers: HeaderMap,
 ) -> Response {
     if let Err(r) = gl.begin(&headers, Scope::Read, false) {
-        return r;
+        return *r;
     }
     let file = with_job(&gl, &id, &jid, |p, i, status| {
         is_end(status)
@@ -1141,7 +1168,7 @@ async fn artifact(
     match file {
         Ok(Some(bytes)) => (StatusCode::OK, bytes).into_response(),
         Ok(None) => gl_error(StatusCode::NOT_FOUND, "404 Not Found"),
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 
