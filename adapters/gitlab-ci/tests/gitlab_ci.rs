@@ -6,7 +6,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use baton_adapter_gitlab_ci::GitLabKind;
-use baton_core::{AdapterError, AdapterKind, AttemptKey, ExternalState, SourceDelivery};
+use baton_core::{AdapterKind, AttemptKey, ExternalState, SourceDelivery};
 use baton_forge_fakes::gitlab::{Fault, JobPlan, PipelinePlan, Scope};
 use serde_json::json;
 use support::*;
@@ -148,14 +148,8 @@ async fn a_trigger_token_cannot_read() {
     let gl = GitLabKind::with_retry(fast_retry())
         .build("gl", &lab.config(json!({})), &secrets)
         .unwrap();
-    let err = gl
-        .find(&key("s"), &json!({"ref": "main"}))
-        .await
-        .unwrap_err();
-    match err {
-        AdapterError::NotFound(m) => assert!(m.contains("a trigger token cannot read"), "{m}"),
-        other => panic!("{other:?}"),
-    }
+    let found = gl.find(&key("s"), &json!({"ref": "main"})).await;
+    expect_error(found, "NotFound", "a trigger token cannot read");
 }
 
 #[tokio::test]
@@ -169,10 +163,7 @@ async fn a_manual_job_blocks_until_played_then_the_pipeline_succeeds() {
     ]));
     let gl = lab.adapter(json!({}));
     let k = key("release");
-    let mut external = gl
-        .start(&request(&k, json!({"ref": "main"})))
-        .await
-        .unwrap();
+    let mut external = start_on_main(gl.as_ref(), &k).await;
     let seen = poll_until(
         gl.as_ref(),
         &k,
@@ -208,10 +199,7 @@ async fn a_cancel_is_canceling_for_a_while_then_canceled() {
     );
     let gl = lab.adapter(json!({}));
     let k = key("soak");
-    let mut external = gl
-        .start(&request(&k, json!({"ref": "main"})))
-        .await
-        .unwrap();
+    let mut external = start_on_main(gl.as_ref(), &k).await;
     poll_until(
         gl.as_ref(),
         &k,
@@ -237,24 +225,17 @@ async fn a_project_that_forbids_pipeline_variables_gets_a_clear_error_and_no_pip
     let lab = Lab::start().await;
     lab.gitlab.project(PROJECT).forbid_variables();
     let gl = lab.adapter(json!({}));
-    let err = gl
-        .start(&request(&key("s"), json!({"ref": "main"})))
-        .await
-        .unwrap_err();
-    match err {
-        AdapterError::Invalid(m) => {
-            assert!(
-                m.contains("Insufficient permissions to set pipeline variables"),
-                "{m}"
-            );
-            assert!(m.contains("Minimum role to use pipeline variables"), "{m}");
-            assert!(
-                m.contains("ci_pipeline_variables_minimum_override_role"),
-                "{m}"
-            );
-        }
-        other => panic!("{other:?}"),
+    let started = gl.start(&request(&key("s"), json!({"ref": "main"}))).await;
+    let err = started.unwrap_err().to_string();
+    for needle in [
+        "Insufficient permissions to set pipeline variables",
+        "Minimum role to use pipeline variables",
+        "ci_pipeline_variables_minimum_override_role",
+    ] {
+        assert!(err.contains(needle), "{err}");
     }
+    let started = gl.start(&request(&key("s"), json!({"ref": "main"}))).await;
+    expect_error(started, "Invalid", "Settings > CI/CD > Variables");
     assert_eq!(lab.gitlab.pipelines_created(), 0);
 }
 
@@ -269,10 +250,7 @@ async fn an_unknown_status_is_never_an_end() {
     );
     let gl = lab.adapter(json!({}));
     let k = key("s");
-    let mut external = gl
-        .start(&request(&k, json!({"ref": "main"})))
-        .await
-        .unwrap();
+    let mut external = start_on_main(gl.as_ref(), &k).await;
     for _ in 0..6 {
         let o = poll_once(gl.as_ref(), &k, &mut external).await.unwrap();
         assert_eq!(o.state, ExternalState::Unknown("frozen_by_admin".into()));
@@ -288,10 +266,7 @@ async fn a_rate_limit_is_waited_out_as_retry_after_asks() {
     let lab = Lab::start().await;
     let gl = lab.adapter(json!({}));
     let k = key("s");
-    let mut external = gl
-        .start(&request(&k, json!({"ref": "main"})))
-        .await
-        .unwrap();
+    let mut external = start_on_main(gl.as_ref(), &k).await;
     lab.gitlab.fault(1, Scope::Read, Fault::RateLimited(1));
     let before = lab.gitlab.meter().total();
     let began = Instant::now();
@@ -305,10 +280,8 @@ async fn a_rate_limit_is_waited_out_as_retry_after_asks() {
     assert_eq!(lab.gitlab.meter().total() - before, 2);
     // A wait longer than the call's budget is a transient error that says so.
     lab.gitlab.fault(1, Scope::Read, Fault::RateLimited(30));
-    match poll_once(gl.as_ref(), &k, &mut external).await.unwrap_err() {
-        AdapterError::Transient(m) => assert!(m.contains("Retry-After"), "{m}"),
-        other => panic!("{other:?}"),
-    }
+    let polled = poll_once(gl.as_ref(), &k, &mut external).await;
+    expect_error(polled, "Transient", "Retry-After");
 }
 
 #[tokio::test]
@@ -326,20 +299,18 @@ async fn server_errors_are_retried_for_reads_and_never_blindly_for_a_create() {
     assert!(err.is_transient(), "{err:?}");
     assert_eq!(lab.gitlab.pipelines_created(), 0);
     assert_eq!(gl.find(&k, &json!({"ref": "main"})).await.unwrap(), None);
-    let mut external = gl
-        .start(&request(&k, json!({"ref": "main"})))
-        .await
-        .unwrap();
+    let mut external = start_on_main(gl.as_ref(), &k).await;
     assert_eq!(lab.gitlab.pipelines_created(), 1);
     // Two 503s on a read: retried within the call.
     lab.gitlab.fault(2, Scope::Read, Fault::Status(503));
     poll_once(gl.as_ref(), &k, &mut external).await.unwrap();
     // More than the retries allow: a transient error naming the status.
     lab.gitlab.fault(4, Scope::Read, Fault::Status(500));
-    match poll_once(gl.as_ref(), &k, &mut external).await.unwrap_err() {
-        AdapterError::Transient(m) => assert!(m.contains("500"), "{m}"),
-        other => panic!("{other:?}"),
-    }
+    expect_error(
+        poll_once(gl.as_ref(), &k, &mut external).await,
+        "Transient",
+        "500",
+    );
 }
 
 #[tokio::test]
@@ -347,15 +318,13 @@ async fn garbage_instead_of_json_is_a_protocol_error() {
     let lab = Lab::start().await;
     let gl = lab.adapter(json!({}));
     let k = key("s");
-    let mut external = gl
-        .start(&request(&k, json!({"ref": "main"})))
-        .await
-        .unwrap();
+    let mut external = start_on_main(gl.as_ref(), &k).await;
     lab.gitlab.fault(1, Scope::Read, Fault::Garbage);
-    match poll_once(gl.as_ref(), &k, &mut external).await.unwrap_err() {
-        AdapterError::Protocol(m) => assert!(m.contains("maintenance"), "{m}"),
-        other => panic!("{other:?}"),
-    }
+    expect_error(
+        poll_once(gl.as_ref(), &k, &mut external).await,
+        "Protocol",
+        "maintenance",
+    );
     // The next answer is good again.
     poll_once(gl.as_ref(), &k, &mut external).await.unwrap();
 }
@@ -365,17 +334,15 @@ async fn a_request_past_request_timeout_is_cut_short() {
     let lab = Lab::start().await;
     let gl = lab.adapter(json!({"request_timeout": "300ms"}));
     let k = key("s");
-    let mut external = gl
-        .start(&request(&k, json!({"ref": "main"})))
-        .await
-        .unwrap();
+    let mut external = start_on_main(gl.as_ref(), &k).await;
     lab.gitlab
         .fault(1, Scope::Read, Fault::Delay(Duration::from_secs(5)));
     let began = Instant::now();
-    match poll_once(gl.as_ref(), &k, &mut external).await.unwrap_err() {
-        AdapterError::Transient(m) => assert!(m.contains("request_timeout"), "{m}"),
-        other => panic!("{other:?}"),
-    }
+    expect_error(
+        poll_once(gl.as_ref(), &k, &mut external).await,
+        "Transient",
+        "request_timeout",
+    );
     assert!(
         began.elapsed() < Duration::from_secs(2),
         "{:?}",
@@ -387,14 +354,8 @@ async fn a_request_past_request_timeout_is_cut_short() {
 async fn a_wrong_token_is_explained() {
     let lab = Lab::start().await;
     let gl = lab.adapter(json!({"token": {"env": "WRONG_TOKEN"}}));
-    match gl
-        .start(&request(&key("s"), json!({"ref": "main"})))
-        .await
-        .unwrap_err()
-    {
-        AdapterError::Auth(m) => assert!(m.contains("refused `token` (401"), "{m}"),
-        other => panic!("{other:?}"),
-    }
+    let started = gl.start(&request(&key("s"), json!({"ref": "main"}))).await;
+    expect_error(started, "Auth", "refused `token` (401");
     assert_eq!(lab.gitlab.pipelines_created(), 0);
 }
 
@@ -459,14 +420,12 @@ async fn a_malformed_or_missing_dotenv_file_fails_clearly() {
         .unwrap();
     poll_to_end(gl.as_ref(), &k1, &mut bad).await;
     poll_to_end(gl.as_ref(), &k2, &mut missing).await;
-    match gl.outputs(&k1, &bad).await.unwrap_err() {
-        AdapterError::Invalid(m) => assert!(m.contains("line 2: expected `KEY=value`"), "{m}"),
-        other => panic!("{other:?}"),
-    }
-    match gl.outputs(&k2, &missing).await.unwrap_err() {
-        AdapterError::NotFound(m) => assert!(m.contains("`vars.env`"), "{m}"),
-        other => panic!("{other:?}"),
-    }
+    expect_error(
+        gl.outputs(&k1, &bad).await,
+        "Invalid",
+        "line 2: expected `KEY=value`",
+    );
+    expect_error(gl.outputs(&k2, &missing).await, "NotFound", "`vars.env`");
 }
 
 #[tokio::test]
@@ -487,10 +446,7 @@ async fn a_failed_jobs_trace_tail_is_in_the_stage_message_and_the_logs() {
     );
     let gl = lab.adapter(json!({}));
     let k = key("s");
-    let mut external = gl
-        .start(&request(&k, json!({"ref": "main"})))
-        .await
-        .unwrap();
+    let mut external = start_on_main(gl.as_ref(), &k).await;
     let end = poll_to_end(gl.as_ref(), &k, &mut external).await;
     assert_eq!(end.state, ExternalState::Failed);
     let message = end.message.unwrap();
@@ -517,10 +473,7 @@ async fn cancelling_a_finished_pipeline_is_ok_and_changes_nothing() {
     let lab = Lab::start().await;
     let gl = lab.adapter(json!({}));
     let k = key("s");
-    let mut external = gl
-        .start(&request(&k, json!({"ref": "main"})))
-        .await
-        .unwrap();
+    let mut external = start_on_main(gl.as_ref(), &k).await;
     let end = poll_to_end(gl.as_ref(), &k, &mut external).await;
     assert_eq!(end.state, ExternalState::Succeeded { warnings: false });
     gl.cancel(&k, &external).await.unwrap();
@@ -589,10 +542,7 @@ async fn a_pipeline_hook_names_the_attempt_following_that_pipeline() {
     let lab = Lab::start().await;
     let gl = lab.adapter(json!({}));
     let k = key("hooked");
-    let external = gl
-        .start(&request(&k, json!({"ref": "main"})))
-        .await
-        .unwrap();
+    let external = start_on_main(gl.as_ref(), &k).await;
     let id: u64 = external.id.parse().unwrap();
     let body = lab.gitlab.pipeline_hook(id).unwrap();
     let hook = |event: &'static str, body: &str| {

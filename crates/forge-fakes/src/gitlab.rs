@@ -974,56 +974,57 @@ async fn list(
     gl.answer(call, StatusCode::OK, Value::Array(list)).await
 }
 
-async fn show(
-    State(gl): State<GitLab>,
-    Path((id, pid)): Path<(String, String)>,
-    headers: HeaderMap,
+/// A pipeline endpoint: the request counted, faults and token checked, `f` run on the
+/// pipeline (404 when the project has none such), its JSON answered with 200.
+async fn on_pipeline(
+    gl: &GitLab,
+    headers: &HeaderMap,
+    scope: Scope,
+    (id, pid): (String, String),
+    f: impl FnOnce(&mut Pipeline, &str, &str) -> Value,
 ) -> Response {
-    let call = match gl.begin(&headers, Scope::Read, false) {
+    let call = match gl.begin(headers, scope, false) {
         Ok(call) => call,
         Err(r) => return *r,
     };
     let base = gl.base();
-    match with_pipeline(&gl, &id, &pid, |p, path| {
-        p.json(&base, path, Instant::now())
-    }) {
+    match with_pipeline(gl, &id, &pid, |p, path| f(p, path, &base)) {
         Ok(json) => gl.answer(call, StatusCode::OK, json).await,
         Err(r) => *r,
     }
 }
 
-async fn variables(
+async fn show(
     State(gl): State<GitLab>,
-    Path((id, pid)): Path<(String, String)>,
+    Path(ids): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    let call = match gl.begin(&headers, Scope::Read, false) {
-        Ok(call) => call,
-        Err(r) => return *r,
-    };
-    let vars = with_pipeline(&gl, &id, &pid, |p, _| {
+    on_pipeline(&gl, &headers, Scope::Read, ids, |p, path, base| {
+        p.json(base, path, Instant::now())
+    })
+    .await
+}
+
+async fn variables(
+    State(gl): State<GitLab>,
+    Path(ids): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    on_pipeline(&gl, &headers, Scope::Read, ids, |p, _, _| {
         p.variables
             .iter()
             .map(|(k, v)| json!({"key": k, "value": v, "variable_type": "env_var"}))
-            .collect::<Vec<_>>()
-    });
-    match vars {
-        Ok(vars) => gl.answer(call, StatusCode::OK, Value::Array(vars)).await,
-        Err(r) => *r,
-    }
+            .collect()
+    })
+    .await
 }
 
 async fn jobs(
     State(gl): State<GitLab>,
-    Path((id, pid)): Path<(String, String)>,
+    Path(ids): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    let call = match gl.begin(&headers, Scope::Read, false) {
-        Ok(call) => call,
-        Err(r) => return *r,
-    };
-    let base = gl.base();
-    let jobs = with_pipeline(&gl, &id, &pid, |p, path| {
+    on_pipeline(&gl, &headers, Scope::Read, ids, |p, path, base| {
         let (_, statuses) = p.at(Instant::now());
         let mut jobs: Vec<Value> = p
             .plan
@@ -1048,36 +1049,25 @@ async fn jobs(
             .collect();
         // GitLab lists a pipeline's jobs newest first.
         jobs.reverse();
-        jobs
-    });
-    match jobs {
-        Ok(jobs) => gl.answer(call, StatusCode::OK, Value::Array(jobs)).await,
-        Err(r) => *r,
-    }
+        Value::Array(jobs)
+    })
+    .await
 }
 
 async fn cancel(
     State(gl): State<GitLab>,
-    Path((id, pid)): Path<(String, String)>,
+    Path(ids): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    let call = match gl.begin(&headers, Scope::Any, false) {
-        Ok(call) => call,
-        Err(r) => return *r,
-    };
-    let base = gl.base();
     // 200 whatever the state (gitlab-org/gitlab#414963); a finished pipeline stays as it is.
-    let json = with_pipeline(&gl, &id, &pid, |p, path| {
+    on_pipeline(&gl, &headers, Scope::Any, ids, |p, path, base| {
         let now = Instant::now();
         if p.cancelled.is_none() && !is_end(&p.run_at(now).0) {
             p.cancelled = Some(now);
         }
-        p.json(&base, path, now)
-    });
-    match json {
-        Ok(json) => gl.answer(call, StatusCode::OK, json).await,
-        Err(r) => *r,
-    }
+        p.json(base, path, now)
+    })
+    .await
 }
 
 /// Runs `f` on the job `jid` of project `id` (its plan and its status now).

@@ -180,3 +180,30 @@ pub(crate) async fn poll_to_end(
         .pop()
         .unwrap()
 }
+
+/// Starts a stage on `main` with no other input; panics if the start fails.
+pub(crate) async fn start_on_main(adapter: &dyn Adapter, key: &AttemptKey) -> ExternalRef {
+    adapter
+        .start(&request(key, json!({"ref": "main"})))
+        .await
+        .unwrap_or_else(|e| panic!("start of {key} failed: {e:?}"))
+}
+
+/// Asserts that `result` is an error of `variant` (`Transient`, `Invalid`, …) whose message
+/// holds `needle`.
+pub(crate) fn expect_error<T: std::fmt::Debug>(
+    result: Result<T, AdapterError>,
+    variant: &str,
+    needle: &str,
+) {
+    let err = result.expect_err("expected an error");
+    let (name, message) = match &err {
+        AdapterError::Invalid(m) => ("Invalid", m),
+        AdapterError::Auth(m) => ("Auth", m),
+        AdapterError::NotFound(m) => ("NotFound", m),
+        AdapterError::Transient(m) => ("Transient", m),
+        AdapterError::Protocol(m) => ("Protocol", m),
+    };
+    assert_eq!(name, variant, "{err:?}");
+    assert!(message.contains(needle), "`{needle}` is not in: {message}");
+}
