@@ -105,27 +105,13 @@ impl Answer {
 #[derive(Debug)]
 pub(crate) struct Client {
     http: reqwest::Client,
-    /// `<api>/projects/<project, encoded as one segment>/`.
+    /// `<api>/projects/<project, encoded as one segment>`.
     project_url: Url,
     project: String,
     instance: String,
     token: Secret,
     retry: RetryPolicy,
     request_timeout: Duration,
-}
-
-/// Percent-encodes every byte outside the URL's unreserved set, so that a project path
-/// `group/sub/app` is one path segment, `group%2Fsub%2Fapp`, as GitLab's API wants it.
-pub(crate) fn encode_segment(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 impl Client {
@@ -148,9 +134,15 @@ impl Client {
             .user_agent(concat!("baton/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| invalid(format!("cannot build an HTTP client: {e}")))?;
-        let project_url = api
-            .join(&format!("projects/{}/", encode_segment(project)))
-            .map_err(|e| invalid(format!("bad project `{project}`: {e}")))?;
+        // One path segment, so a path `group/sub/app` goes as `group%2Fsub%2Fapp`, as
+        // GitLab's API wants it (the url crate encodes `/` inside a pushed segment).
+        let mut project_url = api.clone();
+        project_url
+            .path_segments_mut()
+            .map_err(|()| invalid(format!("`{api}` cannot have a path")))?
+            .pop_if_empty()
+            .push("projects")
+            .push(project);
         Ok(Self {
             http,
             project_url,
@@ -162,11 +154,13 @@ impl Client {
         })
     }
 
-    /// `rel` (such as `pipelines/5/jobs`) below the project, with `query`.
+    /// `rel` (such as `pipelines/5/jobs`) below the project, with `query`; each of its
+    /// `/`-separated parts is percent-encoded on its own.
     pub(crate) fn url(&self, rel: &str, query: &[(&str, &str)]) -> Url {
         let mut url = self.project_url.clone();
-        let path = format!("{}{rel}", url.path());
-        url.set_path(&path);
+        if let Ok(mut segments) = url.path_segments_mut() {
+            segments.extend(rel.split('/'));
+        }
         if !query.is_empty() {
             url.query_pairs_mut().extend_pairs(query);
         }
@@ -519,8 +513,30 @@ mod tests {
     }
 
     #[test]
-    fn projects_are_one_segment() {
-        assert_eq!(encode_segment("group/sub/app"), "group%2Fsub%2Fapp");
-        assert_eq!(encode_segment("42"), "42");
+    fn projects_are_one_segment_and_paths_are_encoded_part_by_part() {
+        let api = Url::parse("https://gl.example.com/gitlab/api/v4/").unwrap();
+        let client = |project: &str| {
+            Client::new(
+                "gl",
+                &api,
+                project,
+                Secret::new("t"),
+                Duration::from_secs(1),
+                RetryPolicy::default(),
+            )
+            .unwrap()
+        };
+        assert_eq!(
+            client("group/sub/app")
+                .url("pipelines/5", &[("ref", "a b&c")])
+                .as_str(),
+            "https://gl.example.com/gitlab/api/v4/projects/group%2Fsub%2Fapp/pipelines/5?ref=a+b%26c"
+        );
+        assert_eq!(
+            client("42")
+                .url("jobs/9/artifacts/out dir/build.env", &[])
+                .as_str(),
+            "https://gl.example.com/gitlab/api/v4/projects/42/jobs/9/artifacts/out%20dir/build.env"
+        );
     }
 }

@@ -6,7 +6,6 @@ use baton_core::{AdapterError, ExternalRef, Logs};
 use serde_json::{Map, Value, json};
 
 use crate::GitLabAdapter;
-use crate::client::encode_segment;
 use crate::model::{Job, Pipeline};
 use crate::tracked::Tracked;
 
@@ -77,14 +76,13 @@ impl GitLabAdapter {
             })
             .collect();
         with_archive.sort_by_key(|j| std::cmp::Reverse(j.id));
-        let rel_path: Vec<String> = path.split('/').map(encode_segment).collect();
         for job in with_archive {
             let what = format!("read `{path}` from the artifacts of job `{}`", job.name);
             let file = self
                 .inner
                 .client
                 .get_file(
-                    &format!("jobs/{}/artifacts/{}", job.id, rel_path.join("/")),
+                    &format!("jobs/{}/artifacts/{path}", job.id),
                     &what,
                     DOTENV_MAX_BYTES + 1,
                 )
