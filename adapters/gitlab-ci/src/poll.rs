@@ -11,6 +11,15 @@ use crate::tracked::Tracked;
 /// How many failed jobs' trace tails a failed stage's message carries.
 const FAILED_TRACES: usize = 3;
 
+/// The most of a cancel's answer read: only its status counts.
+const CANCEL_ANSWER_BYTES: usize = 65_536;
+
+/// Whether a pipeline read after a cancel shows that the cancel took, or that nothing is
+/// left to cancel.
+fn cancel_took(status: &str) -> bool {
+    status == "canceling" || model::state(status).is_terminal()
+}
+
 impl GitLabAdapter {
     /// Reads the pipeline of `request` and maps its status.
     pub(crate) async fn poll_pipeline(
@@ -119,17 +128,32 @@ impl GitLabAdapter {
                 Method::POST,
                 client.url(&format!("pipelines/{id}/cancel"), &[]),
                 None,
-                Call::read(what, 1024 * 1024),
+                Call::read(what, CANCEL_ANSWER_BYTES),
             )
             .await?;
         client.check(&answer, Credential::Token, what)?;
         let after = self.pipeline(id).await?;
-        match after.status.as_str() {
-            "canceling" | "canceled" => Ok(()),
-            status if model::state(status).is_terminal() => Ok(()),
-            status => Err(AdapterError::Transient(format!(
-                "GitLab accepted the cancel of pipeline {id} but it is still `{status}`; baton tries again"
-            ))),
+        if cancel_took(&after.status) {
+            return Ok(());
+        }
+        Err(AdapterError::Transient(format!(
+            "GitLab accepted the cancel of pipeline {id} but it is still `{}`; baton tries again",
+            after.status
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cancel_took_when_the_pipeline_is_canceling_or_over() {
+        for done in ["canceling", "canceled", "success", "failed", "skipped"] {
+            assert!(cancel_took(done), "{done}");
+        }
+        for going in ["running", "pending", "created", "manual", "frozen"] {
+            assert!(!cancel_took(going), "{going}");
         }
     }
 }

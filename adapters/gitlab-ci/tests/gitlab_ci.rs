@@ -208,16 +208,45 @@ async fn a_cancel_is_canceling_for_a_while_then_canceled() {
         |o| o.raw.as_deref() == Some("running"),
     )
     .await;
+    // Running says nothing more; canceling says why it is still running.
+    assert_eq!(
+        poll_once(gl.as_ref(), &k, &mut external)
+            .await
+            .unwrap()
+            .message,
+        None
+    );
     gl.cancel(&k, &external).await.unwrap();
     let canceling = poll_once(gl.as_ref(), &k, &mut external).await.unwrap();
     assert_eq!(canceling.state, ExternalState::Running);
     assert_eq!(canceling.raw.as_deref(), Some("canceling"));
+    assert_eq!(
+        canceling.message.as_deref(),
+        Some("GitLab is cancelling the pipeline")
+    );
     let end = poll_to_end(gl.as_ref(), &k, &mut external).await;
     assert_eq!(end.state, ExternalState::Cancelled);
     assert_eq!(
         lab.only_pipeline().jobs,
         [("soak".to_owned(), "canceled".to_owned())]
     );
+}
+
+#[tokio::test]
+async fn a_cancel_gitlab_accepts_but_ignores_is_an_error_to_try_again() {
+    let lab = Lab::start().await;
+    lab.gitlab.project(PROJECT).plan(
+        quick(vec![
+            JobPlan::new("soak", "test").runs_for(Duration::from_secs(600)),
+        ])
+        .ignores_cancel(),
+    );
+    let gl = lab.adapter(json!({}));
+    let k = key("stubborn");
+    let external = start_on_main(gl.as_ref(), &k).await;
+    let cancelled = gl.cancel(&k, &external).await;
+    expect_error(cancelled, "Transient", "accepted the cancel");
+    assert!(!lab.only_pipeline().status.starts_with("cancel"));
 }
 
 #[tokio::test]

@@ -114,6 +114,7 @@ pub struct PipelinePlan {
     pending_for: Duration,
     canceling_for: Duration,
     reports: Option<String>,
+    ignores_cancel: bool,
 }
 
 impl PipelinePlan {
@@ -126,6 +127,7 @@ impl PipelinePlan {
             pending_for: Duration::from_millis(200),
             canceling_for: Duration::from_millis(500),
             reports: None,
+            ignores_cancel: false,
         }
     }
 
@@ -139,6 +141,13 @@ impl PipelinePlan {
     /// How long a cancelled pipeline is `canceling` before `canceled`.
     pub fn canceling_for(mut self, d: Duration) -> Self {
         self.canceling_for = d;
+        self
+    }
+
+    /// A cancel answers 200 and changes nothing, as GitLab's does in some states
+    /// (gitlab-org/gitlab#414963).
+    pub fn ignores_cancel(mut self) -> Self {
+        self.ignores_cancel = true;
         self
     }
 
@@ -1062,7 +1071,7 @@ async fn cancel(
     // 200 whatever the state (gitlab-org/gitlab#414963); a finished pipeline stays as it is.
     on_pipeline(&gl, &headers, Scope::Any, ids, |p, path, base| {
         let now = Instant::now();
-        if p.cancelled.is_none() && !is_end(&p.run_at(now).0) {
+        if p.cancelled.is_none() && !p.plan.ignores_cancel && !is_end(&p.run_at(now).0) {
             p.cancelled = Some(now);
         }
         p.json(base, path, now)
