@@ -596,3 +596,24 @@ async fn a_pipeline_hook_names_the_attempt_following_that_pipeline() {
         [k]
     );
 }
+
+#[tokio::test]
+async fn find_looks_only_at_pipelines_updated_since_the_run_began() {
+    let lab = Lab::start().await;
+    let gl = lab.adapter(json!({}));
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    // A UUIDv7 run id carries the time its run began.
+    let run_began = |ms: u64| AttemptKey::new(&format!("{ms:012x}7abc8def0123456789ab"), "s", 1);
+    let today = run_began(now_ms);
+    let tomorrow = run_began(now_ms + 86_400_000);
+    start_on_main(gl.as_ref(), &today).await;
+    start_on_main(gl.as_ref(), &tomorrow).await;
+    let fresh = lab.adapter(json!({}));
+    let input = json!({"ref": "main"});
+    assert!(fresh.find(&today, &input).await.unwrap().is_some());
+    // A run that began after every pipeline was last updated owns none of them.
+    assert_eq!(fresh.find(&tomorrow, &input).await.unwrap(), None);
+}

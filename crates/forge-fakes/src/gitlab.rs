@@ -964,11 +964,12 @@ async fn list(
             .filter(|p| query.get("ref").is_none_or(|r| *r == p.git_ref))
             .filter(|p| query.get("source").is_none_or(|s| s == p.source))
             .filter(|p| {
-                // ISO 8601 in UTC with the same layout compares as text.
+                // Times in UTC, `YYYY-MM-DDTHH:MM:SS` first, compare as text to the second.
                 let updated = iso(p.born_ms + now.duration_since(p.born).as_millis() as u64);
-                query
-                    .get("updated_after")
-                    .is_none_or(|after| updated.as_str() > after.as_str())
+                query.get("updated_after").is_none_or(|after| {
+                    let second = |t: &str| t.get(..19).unwrap_or(t).to_owned();
+                    second(&updated) >= second(after)
+                })
             })
             .collect();
         if query.get("sort").is_none_or(|s| s == "desc") {
