@@ -617,3 +617,42 @@ async fn find_looks_only_at_pipelines_updated_since_the_run_began() {
     // A run that began after every pipeline was last updated owns none of them.
     assert_eq!(fresh.find(&tomorrow, &input).await.unwrap(), None);
 }
+
+/// The figure the doc's request budget promises, measured in real time (two minutes, so
+/// not run by default: `cargo test -p baton-adapter-gitlab-ci -- --ignored`).
+#[tokio::test]
+#[ignore = "takes two minutes of real time"]
+async fn a_two_minute_pipeline_with_the_default_polls_costs_at_most_twelve_requests() {
+    let lab = Lab::start().await;
+    lab.gitlab.project(PROJECT).plan(
+        PipelinePlan::new(vec![
+            JobPlan::new("build", "build")
+                .runs_for(Duration::from_secs(118))
+                .artifact("build.env", b"IMAGE=app:1\n"),
+        ])
+        .queued_for(Duration::from_secs(1), Duration::from_secs(1)),
+    );
+    let gl = lab.adapter(json!({"poll_initial": null, "poll_max": null}));
+    let k = key("budget");
+    let mut external = gl
+        .start(&request(
+            &k,
+            json!({"ref": "main", "dotenv_artifact": "build.env"}),
+        ))
+        .await
+        .unwrap();
+    // The engine's part: poll at once, then after each hint.
+    let end = loop {
+        let o = poll_once(gl.as_ref(), &k, &mut external).await.unwrap();
+        if o.state.is_terminal() {
+            break o;
+        }
+        tokio::time::sleep(o.next_poll.unwrap()).await;
+    };
+    assert_eq!(end.state, ExternalState::Succeeded { warnings: false });
+    let outputs = gl.outputs(&k, &external).await.unwrap();
+    assert_eq!(outputs["IMAGE"], json!("app:1"));
+    let requests = lab.gitlab.meter().total();
+    eprintln!("a 120 s pipeline cost {requests} requests");
+    assert!(requests <= 12, "{requests}");
+}
