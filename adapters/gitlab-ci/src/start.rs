@@ -25,7 +25,7 @@ const FIND_CANDIDATES: usize = 20;
 const CLOCK_SLACK: Duration = Duration::from_secs(60);
 
 /// The largest create answer read.
-const CREATE_ANSWER_BYTES: usize = 1024 * 1024;
+const CREATE_ANSWER_BYTES: usize = 1_048_576;
 
 fn stage_spec(input: &Value) -> Result<StageSpec, AdapterError> {
     config::parse_stage(input, Mode::Rendered).map_err(|errors| {
@@ -226,5 +226,18 @@ mod tests {
         assert_eq!(iso_utc(0), "1970-01-01T00:00:00Z");
         assert_eq!(iso_utc(1_471_015_408_999), "2016-08-12T15:23:28Z");
         assert_eq!(iso_utc(951_868_799_000), "2000-02-29T23:59:59Z");
+        // Leap days, century years that are not leap years, and the ends of 400-year eras.
+        for (ms, text) in [
+            (1_709_208_000_000, "2024-02-29T12:00:00Z"),
+            (1_735_689_599_000, "2024-12-31T23:59:59Z"),
+            (4_107_456_000_000, "2100-02-28T00:00:00Z"),
+            (4_107_542_400_000, "2100-03-01T00:00:00Z"),
+            (13_569_465_599_000, "2399-12-31T23:59:59Z"),
+            (13_574_585_228_000, "2400-02-29T06:07:08Z"),
+            (946_684_799_000, "1999-12-31T23:59:59Z"),
+            (951_868_800_000, "2000-03-01T00:00:00Z"),
+        ] {
+            assert_eq!(iso_utc(ms), text);
+        }
     }
 }
