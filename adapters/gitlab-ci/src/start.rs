@@ -132,7 +132,6 @@ impl GitLabAdapter {
         let pipeline: Pipeline = client.parse(&answer, what)?;
         let tracked = Tracked {
             iid: pipeline.iid,
-            polls: 0,
             dotenv_artifact: spec.dotenv_artifact,
             ..Tracked::default()
         };
@@ -188,7 +187,6 @@ impl GitLabAdapter {
             if ours {
                 let tracked = Tracked {
                     iid: pipeline.iid,
-                    polls: 0,
                     dotenv_artifact: spec.dotenv_artifact.clone(),
                     ..Tracked::default()
                 };

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use baton_adapter_gitlab_ci::GitLabKind;
 use baton_core::{AdapterKind, AttemptKey, ExternalState, SourceDelivery};
 use baton_forge_fakes::gitlab::{Fault, JobPlan, PipelinePlan, Scope};
-use serde_json::json;
+use serde_json::{Value, json};
 use support::*;
 
 fn key(stage: &str) -> AttemptKey {
@@ -31,7 +31,8 @@ async fn the_pipeline_api_creates_with_array_variables_and_follows_it_to_success
     let mut external = gl
         .start(&request(
             &k,
-            json!({"ref": "main", "variables": {"IMAGE_TAG": "v1", "N": 3}}),
+            json!({"ref": "main", "variables": {"IMAGE_TAG": "v1", "N": 3},
+                   "inputs": {"environment": "staging", "replicas": 2}}),
         ))
         .await
         .unwrap();
@@ -49,6 +50,10 @@ async fn the_pipeline_api_creates_with_array_variables_and_follows_it_to_success
             ("N".to_owned(), "3".to_owned()),
             ("BATON_ATTEMPT".to_owned(), "run1/build/1".to_owned())
         ]
+    );
+    assert_eq!(
+        pipeline.inputs,
+        json!({"environment": "staging", "replicas": 2})
     );
     assert_eq!(external.id, pipeline.id.to_string());
     assert!(
@@ -247,6 +252,27 @@ async fn a_cancel_gitlab_accepts_but_ignores_is_an_error_to_try_again() {
     let cancelled = gl.cancel(&k, &external).await;
     expect_error(cancelled, "Transient", "accepted the cancel");
     assert!(!lab.only_pipeline().status.starts_with("cancel"));
+}
+
+#[tokio::test]
+async fn gitlab_refusing_a_pipeline_is_reported_in_its_own_words() {
+    let lab = Lab::start().await;
+    lab.gitlab.project(PROJECT).refs(&["main"]);
+    let gl = lab.adapter(json!({}));
+    let started = gl
+        .start(&request(&key("s"), json!({"ref": "no-such-branch"})))
+        .await;
+    let err = started.unwrap_err();
+    assert!(!err.to_string().contains("pipeline variables"), "{err}");
+    expect_error(
+        Err::<(), _>(err),
+        "Invalid",
+        "(400 Bad Request): Reference not found",
+    );
+    assert_eq!(lab.gitlab.pipelines_created(), 0);
+    // Without inputs none are sent.
+    start_on_main(gl.as_ref(), &key("plain")).await;
+    assert_eq!(lab.only_pipeline().inputs, Value::Null);
 }
 
 #[tokio::test]
@@ -533,6 +559,7 @@ async fn a_create_whose_answer_is_lost_is_found_not_repeated() {
         .unwrap()
         .expect("found");
     assert_eq!(found.id, lab.only_pipeline().id.to_string());
+    assert_eq!(found.data["iid"], json!(1));
     // Another attempt's key is not fooled by it.
     assert_eq!(
         after_restart

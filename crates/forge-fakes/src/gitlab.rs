@@ -196,6 +196,7 @@ struct Project {
     trigger_token: Option<String>,
     plan: PipelinePlan,
     ref_plans: BTreeMap<String, PipelinePlan>,
+    refs: Option<Vec<String>>,
 }
 
 #[derive(Debug)]
@@ -207,6 +208,7 @@ struct Pipeline {
     source: &'static str,
     sha: String,
     variables: Vec<(String, String)>,
+    inputs: Value,
     plan: PipelinePlan,
     job_ids: Vec<u64>,
     born: Instant,
@@ -277,6 +279,13 @@ impl ProjectSetup {
         self.edit(|p| p.plan = plan)
     }
 
+    /// Its only branches and tags: a pipeline for another ref is refused with GitLab's
+    /// `Reference not found` (by default every ref exists).
+    pub fn refs(self, refs: &[&str]) -> Self {
+        let refs = refs.iter().map(|r| (*r).to_owned()).collect();
+        self.edit(|p| p.refs = Some(refs))
+    }
+
     /// What its new pipelines for `git_ref` do (other refs follow [`ProjectSetup::plan`]).
     pub fn plan_for_ref(self, git_ref: &str, plan: PipelinePlan) -> Self {
         let git_ref = git_ref.to_owned();
@@ -299,6 +308,8 @@ pub struct PipelineView {
     pub source: String,
     /// Its variables, as set at creation.
     pub variables: Vec<(String, String)>,
+    /// Its inputs as given at creation (`null` when none were).
+    pub inputs: Value,
     /// Each job's name and status now.
     pub jobs: Vec<(String, String)>,
 }
@@ -336,6 +347,7 @@ impl GitLab {
                     trigger_token: None,
                     plan: PipelinePlan::default(),
                     ref_plans: BTreeMap::new(),
+                    refs: None,
                 });
             }
         }
@@ -388,6 +400,7 @@ impl GitLab {
                     git_ref: p.git_ref.clone(),
                     source: p.source.to_owned(),
                     variables: p.variables.clone(),
+                    inputs: p.inputs.clone(),
                     jobs: p
                         .plan
                         .jobs
@@ -716,7 +729,29 @@ fn find_project<'a>(inner: &'a Inner, id: &str) -> Option<&'a Project> {
 struct Create {
     git_ref: String,
     variables: Vec<(String, String)>,
+    inputs: Value,
     source: &'static str,
+}
+
+/// The `inputs` of a create body: absent, or an object.
+fn inputs_of(body: &Map<String, Value>) -> Result<Value, Response> {
+    match body.get("inputs") {
+        None => Ok(Value::Null),
+        Some(inputs @ Value::Object(_)) => Ok(inputs.clone()),
+        Some(_) => Err(invalid("inputs is invalid")),
+    }
+}
+
+/// A pipeline that could not be created, as `render_validation_error!` in
+/// `lib/api/ci/pipelines.rb` answers it.
+fn not_created(message: &str) -> Box<Response> {
+    Box::new(
+        (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"message": {"base": [message]}})),
+        )
+            .into_response(),
+    )
 }
 
 fn invalid(message: &str) -> Response {
@@ -743,14 +778,16 @@ impl GitLab {
         if ask.git_ref.is_empty() {
             return Err(Box::new(invalid("ref is missing")));
         }
+        if project
+            .refs
+            .as_ref()
+            .is_some_and(|refs| !refs.contains(&ask.git_ref))
+        {
+            return Err(not_created("Reference not found"));
+        }
         if project.forbid_variables && !ask.variables.is_empty() {
-            // lib/api/ci/pipelines.rb: render_validation_error! of the pipeline's errors.
-            return Err(Box::new(
-                (
-                    StatusCode::BAD_REQUEST,
-                    axum::Json(json!({"message": {"base": ["Insufficient permissions to set pipeline variables"]}})),
-                )
-                    .into_response(),
+            return Err(not_created(
+                "Insufficient permissions to set pipeline variables",
             ));
         }
         let plan = project
@@ -780,6 +817,7 @@ impl GitLab {
             source: ask.source,
             sha: format!("{:040x}", id * 7919),
             variables: ask.variables,
+            inputs: ask.inputs,
             plan,
             job_ids,
             born: Instant::now(),
@@ -811,6 +849,10 @@ async fn create(
             Ok(b) => b,
             Err(_) => return invalid("body is not JSON"),
         }
+    };
+    let inputs = match inputs_of(&body) {
+        Ok(inputs) => inputs,
+        Err(r) => return r,
     };
     let git_ref = body
         .get("ref")
@@ -844,6 +886,7 @@ async fn create(
         Create {
             git_ref,
             variables,
+            inputs,
             source: "api",
         },
     ) {
@@ -892,6 +935,10 @@ async fn trigger(
         }
         Some(_) => return invalid("variables is invalid"),
     };
+    let inputs = match inputs_of(&body) {
+        Ok(inputs) => inputs,
+        Err(r) => return r,
+    };
     let git_ref = body
         .get("ref")
         .and_then(Value::as_str)
@@ -902,6 +949,7 @@ async fn trigger(
         Create {
             git_ref,
             variables,
+            inputs,
             source: "trigger",
         },
     ) {
@@ -1201,6 +1249,7 @@ mod tests {
                 Create {
                     git_ref: "main".into(),
                     variables: vec![],
+                    inputs: Value::Null,
                     source: "api",
                 },
             )
