@@ -733,12 +733,12 @@ struct Create {
     source: &'static str,
 }
 
-/// The `inputs` of a create body: absent, or an object.
-fn inputs_of(body: &Map<String, Value>) -> Result<Value, Response> {
+/// The `inputs` of a create body: absent (`null`) or an object; `None` for anything else.
+fn inputs_of(body: &Map<String, Value>) -> Option<Value> {
     match body.get("inputs") {
-        None => Ok(Value::Null),
-        Some(inputs @ Value::Object(_)) => Ok(inputs.clone()),
-        Some(_) => Err(invalid("inputs is invalid")),
+        None => Some(Value::Null),
+        Some(inputs @ Value::Object(_)) => Some(inputs.clone()),
+        Some(_) => None,
     }
 }
 
@@ -850,9 +850,8 @@ async fn create(
             Err(_) => return invalid("body is not JSON"),
         }
     };
-    let inputs = match inputs_of(&body) {
-        Ok(inputs) => inputs,
-        Err(r) => return r,
+    let Some(inputs) = inputs_of(&body) else {
+        return invalid("inputs is invalid");
     };
     let git_ref = body
         .get("ref")
@@ -935,9 +934,8 @@ async fn trigger(
         }
         Some(_) => return invalid("variables is invalid"),
     };
-    let inputs = match inputs_of(&body) {
-        Ok(inputs) => inputs,
-        Err(r) => return r,
+    let Some(inputs) = inputs_of(&body) else {
+        return invalid("inputs is invalid");
     };
     let git_ref = body
         .get("ref")
