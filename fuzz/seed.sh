@@ -115,6 +115,7 @@ done
 for f in tests/fixtures/gitlab/*.json; do
     case $(basename "$f") in
     push.json) event="Push Hook" ;;
+    pipeline.json) event="Pipeline Hook" ;;
     *) event="Merge Request Hook" ;;
     esac
     for flags in a '`'; do

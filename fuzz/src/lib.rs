@@ -41,6 +41,12 @@ url = "http://127.0.0.1:9/"
 kind = "buildbot"
 url = "http://127.0.0.1:9/"
 webhook_token = { env = "BUILDBOT_TOKEN" }
+
+[adapters.gl]
+kind = "gitlab-ci"
+url = "http://127.0.0.1:9/"
+project = "group/app"
+token = { env = "GITLAB_API_TOKEN" }
 "#;
 
 /// Resolves every secret reference to its own name (`{ env = "X" }` is the secret `X`), so
@@ -64,6 +70,7 @@ pub fn kinds(state_dir: &Path) -> Kinds {
     kinds.register(Arc::new(baton_adapter_approval::ApprovalKind));
     kinds.register(Arc::new(baton_adapter_jenkins::JenkinsKind::default()));
     kinds.register(Arc::new(baton_adapter_buildbot::BuildbotKind));
+    kinds.register(Arc::new(baton_adapter_gitlab_ci::GitLabKind::default()));
     kinds
 }
 

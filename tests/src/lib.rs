@@ -16,6 +16,9 @@ use serde_json::Value;
 
 mod fake_github;
 
+/// The stateful GitHub and GitLab models (`crates/forge-fakes`), for tests that run baton
+/// against them.
+pub use baton_forge_fakes as forges;
 pub use fake_github::{FakeGithub, StatusPost};
 
 /// The repository root.
@@ -428,6 +431,22 @@ impl Server {
                 ("x-github-event", event),
                 ("x-github-delivery", delivery),
                 ("x-hub-signature-256", &signature),
+                ("content-type", "application/json"),
+            ],
+            Some(body.as_bytes()),
+        )
+    }
+
+    /// Sends a GitLab webhook delivery of `event` (`Pipeline Hook`) to `/hooks/<source>`
+    /// with the secret `token` in `X-Gitlab-Token`, as GitLab sends it.
+    pub fn gitlab(&self, source: &str, token: &str, event: &str, uuid: &str, body: &str) -> Reply {
+        self.request(
+            "POST",
+            &format!("/hooks/{source}"),
+            &[
+                ("x-gitlab-event", event),
+                ("x-gitlab-event-uuid", uuid),
+                ("x-gitlab-token", token),
                 ("content-type", "application/json"),
             ],
             Some(body.as_bytes()),

@@ -45,7 +45,10 @@ fn every_built_in_kind_is_listed_with_a_summary_and_docs_that_exist() {
     let sb = Sandbox::new();
     let kinds = listing(&sb);
     let names: Vec<&str> = kinds.iter().map(|k| text(k, "kind")).collect();
-    assert_eq!(names, ["approval", "buildbot", "exec", "jenkins"]);
+    assert_eq!(
+        names,
+        ["approval", "buildbot", "exec", "gitlab-ci", "jenkins"]
+    );
     for kind in &kinds {
         assert!(!text(kind, "summary").is_empty(), "{kind}");
         let docs = text(kind, "docs");

@@ -1,0 +1,241 @@
+//! Creating a pipeline, and finding the one an attempt already created.
+
+use std::time::Duration;
+
+use baton_core::{AdapterError, AttemptKey, ExternalRef, FieldError, StartRequest};
+use reqwest::{Method, StatusCode};
+use serde_json::{Map, Value, json};
+
+use crate::GitLabAdapter;
+use crate::client::{Call, Credential, Repeat, gitlab_message};
+use crate::config::{self, ATTEMPT_VARIABLE, Mode, StageSpec};
+use crate::model::{Pipeline, Variable};
+use crate::tracked::Tracked;
+
+/// GitLab's words when the project's "Minimum role to use pipeline variables" is above
+/// the token's role (`Gitlab::Ci::Pipeline::Chain::Validate::...` in gitlabhq/gitlabhq,
+/// rendered by `render_validation_error!` in `lib/api/ci/pipelines.rb` as
+/// `400 {"message": {"base": [...]}}`).
+const VARIABLES_FORBIDDEN: &str = "Insufficient permissions to set pipeline variables";
+
+/// How many recent pipelines `find` looks through.
+const FIND_CANDIDATES: usize = 20;
+
+/// How far before a run's creation `find` looks, for clocks that disagree a little.
+const CLOCK_SLACK: Duration = Duration::from_secs(60);
+
+/// The largest create answer read.
+const CREATE_ANSWER_BYTES: usize = 1_048_576;
+
+fn stage_spec(input: &Value) -> Result<StageSpec, AdapterError> {
+    config::parse_stage(input, Mode::Rendered).map_err(|errors| {
+        AdapterError::Invalid(format!("the stage's `with`: {}", FieldError::join(&errors)))
+    })
+}
+
+/// When the run of `key` was created, from its id when that is a UUIDv7 (whose first 48
+/// bits are a Unix time in milliseconds); `None` for other ids.
+fn run_began_ms(key: &AttemptKey) -> Option<u64> {
+    let id = key.run_id();
+    let uuid = id.replace('-', "");
+    let v7 = uuid.len() == 32 && uuid.as_bytes()[12] == b'7';
+    v7.then(|| u64::from_str_radix(&uuid[..12], 16).ok())
+        .flatten()
+        .filter(|_| uuid.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// `ms` since the epoch in ISO 8601 (UTC), as `updated_after` takes it.
+fn iso_utc(ms: u64) -> String {
+    let (days, secs) = ((ms / 86_400_000) as i64, ms / 1000 % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant, "chrono-Compatible Low-Level
+    // Date Algorithms", public domain).
+    let shifted = days + 719_468;
+    let era = shifted.div_euclid(146_097);
+    let day_of_era = shifted - era * 146_097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let m = (5 * day_of_year + 2) / 153;
+    let (d, month) = (
+        day_of_year - (153 * m + 2) / 5 + 1,
+        if m < 10 { m + 3 } else { m - 9 },
+    );
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+impl GitLabAdapter {
+    /// Creates the pipeline of the stage in `request` and returns the attempt's reference.
+    pub(crate) async fn create(&self, request: &StartRequest) -> Result<ExternalRef, AdapterError> {
+        let spec = stage_spec(&request.input)?;
+        let key = &request.key;
+        let client = &self.inner.client;
+        let mut variables = spec.variables.clone();
+        variables.push((ATTEMPT_VARIABLE.to_owned(), key.to_string()));
+        let (url, mut body, credential, what) = match &self.inner.trigger_token {
+            // The trigger endpoint takes variables as a hash (doc/ci/triggers/_index.md).
+            Some(trigger) => {
+                let hash: Map<String, Value> = variables
+                    .into_iter()
+                    .map(|(k, v)| (k, Value::String(v)))
+                    .collect();
+                (
+                    client.url("trigger/pipeline", &[]),
+                    json!({"token": trigger.expose(), "ref": spec.git_ref, "variables": hash}),
+                    Credential::Trigger,
+                    "create a pipeline with the trigger token",
+                )
+            }
+            // The pipeline API takes them as an array (doc/api/pipelines.md).
+            None => {
+                let array: Vec<Value> = variables
+                    .into_iter()
+                    .map(|(k, v)| json!({"key": k, "value": v, "variable_type": "env_var"}))
+                    .collect();
+                (
+                    client.url("pipeline", &[]),
+                    json!({"ref": spec.git_ref, "variables": array}),
+                    Credential::Token,
+                    "create a pipeline",
+                )
+            }
+        };
+        if !spec.inputs.is_empty() {
+            body["inputs"] = Value::Object(spec.inputs.clone());
+        }
+        let answer = client
+            .send(
+                Method::POST,
+                url,
+                Some(&body),
+                Call {
+                    credential,
+                    what,
+                    repeat: Repeat::Once,
+                    cap: CREATE_ANSWER_BYTES,
+                },
+            )
+            .await?;
+        if answer.status == StatusCode::BAD_REQUEST
+            && gitlab_message(&answer.body).is_some_and(|m| m.contains(VARIABLES_FORBIDDEN))
+        {
+            return Err(AdapterError::Invalid(format!(
+                "GitLab refused the pipeline's variables (400 \"{VARIABLES_FORBIDDEN}\"): baton sets BATON_ATTEMPT to find the pipeline again after a restart, so the token's user needs a role at least the project's \"Minimum role to use pipeline variables\" (Settings > CI/CD > Variables; `ci_pipeline_variables_minimum_override_role` in the projects API), which must not be `no_one_allowed`"
+            )));
+        }
+        client.check(&answer, credential, what)?;
+        let pipeline: Pipeline = client.parse(&answer, what)?;
+        let tracked = Tracked {
+            iid: pipeline.iid,
+            dotenv_artifact: spec.dotenv_artifact,
+            ..Tracked::default()
+        };
+        let external = tracked.reference(&pipeline);
+        self.inner.followed.follow(pipeline.id, key, &external);
+        tracing::info!(attempt = %key, pipeline = pipeline.id, "created a GitLab pipeline");
+        Ok(external)
+    }
+
+    /// See [`GitLabAdapter::find`](crate::GitLabAdapter).
+    pub(crate) async fn find_pipeline(
+        &self,
+        key: &AttemptKey,
+        input: &Value,
+    ) -> Result<Option<ExternalRef>, AdapterError> {
+        if let Some(known) = self.inner.followed.reference(key) {
+            return Ok(Some(known));
+        }
+        let spec = stage_spec(input)?;
+        let source = if self.inner.trigger_token.is_some() {
+            "trigger"
+        } else {
+            "api"
+        };
+        let since =
+            run_began_ms(key).map(|ms| iso_utc(ms.saturating_sub(CLOCK_SLACK.as_millis() as u64)));
+        let per_page = FIND_CANDIDATES.to_string();
+        let mut query = vec![
+            ("ref", spec.git_ref.as_str()),
+            ("source", source),
+            ("order_by", "id"),
+            ("sort", "desc"),
+            ("per_page", per_page.as_str()),
+        ];
+        if let Some(since) = &since {
+            query.push(("updated_after", since.as_str()));
+        }
+        let client = &self.inner.client;
+        let candidates: Vec<Pipeline> = client
+            .get_json("pipelines", &query, "list recent pipelines")
+            .await?;
+        for pipeline in candidates {
+            let variables: Vec<Variable> = client
+                .get_json(
+                    &format!("pipelines/{}/variables", pipeline.id),
+                    &[],
+                    "read a pipeline's variables",
+                )
+                .await?;
+            let ours = variables
+                .iter()
+                .any(|v| v.key == ATTEMPT_VARIABLE && v.value.as_deref() == Some(key.as_str()));
+            if ours {
+                let tracked = Tracked {
+                    iid: pipeline.iid,
+                    dotenv_artifact: spec.dotenv_artifact.clone(),
+                    ..Tracked::default()
+                };
+                let external = tracked.reference(&pipeline);
+                self.inner.followed.follow(pipeline.id, key, &external);
+                tracing::info!(attempt = %key, pipeline = pipeline.id, "found the attempt's GitLab pipeline");
+                return Ok(Some(external));
+            }
+        }
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_ids_give_their_creation_time() {
+        let key = AttemptKey::new("019a8f3c-2b1e-7c3d-8e4f-5a6b7c8d9e0f", "s", 1);
+        assert_eq!(run_began_ms(&key), Some(0x019a8f3c2b1e));
+        assert_eq!(run_began_ms(&AttemptKey::new("r1", "s", 1)), None);
+        assert_eq!(
+            run_began_ms(&AttemptKey::new("019a8f3c2b1e4c3d8e4f5a6b7c8d9e0f", "s", 1)),
+            None
+        );
+        assert_eq!(
+            run_began_ms(&AttemptKey::new("019a8f3c2b1e7c3d8e4f5a6b7c8d9exx", "s", 1)),
+            None
+        );
+    }
+
+    #[test]
+    fn times_are_iso_8601() {
+        assert_eq!(iso_utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(iso_utc(1_471_015_408_999), "2016-08-12T15:23:28Z");
+        assert_eq!(iso_utc(951_868_799_000), "2000-02-29T23:59:59Z");
+        // Leap days, century years that are not leap years, and the ends of 400-year eras.
+        for (ms, text) in [
+            (1_709_208_000_000, "2024-02-29T12:00:00Z"),
+            (1_735_689_599_000, "2024-12-31T23:59:59Z"),
+            (4_107_456_000_000, "2100-02-28T00:00:00Z"),
+            (4_107_542_400_000, "2100-03-01T00:00:00Z"),
+            (13_569_465_599_000, "2399-12-31T23:59:59Z"),
+            (13_574_585_228_000, "2400-02-29T06:07:08Z"),
+            (946_684_799_000, "1999-12-31T23:59:59Z"),
+            (951_868_800_000, "2000-03-01T00:00:00Z"),
+        ] {
+            assert_eq!(iso_utc(ms), text);
+        }
+    }
+}
