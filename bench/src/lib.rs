@@ -84,6 +84,8 @@ impl Baton {
             std::fs::write(dir.path().join(&name), content)
                 .unwrap_or_else(|e| panic!("writing {name}: {e}"));
         }
+        // The child runs in the scratch folder: a relative path must not be read from there.
+        let binary = std::path::absolute(binary).expect("the binary's path");
         let mut child = Command::new(binary)
             .args(["serve", "-c", "baton.toml", "--listen", listen])
             .current_dir(dir.path())

@@ -1,0 +1,613 @@
+//! What waiting on GitHub Actions and GitLab CI costs: `STAGES` stages at once (500), each on
+//! a run or pipeline that lasts `RUN_SECS` (120 s), against the in-process forges of
+//! `baton-forge-fakes`, through `baton serve` with each adapter's default poll settings.
+//!
+//! `ci-polling BATON [github-actions|gitlab-ci]…` (bench/ci-polling/run.sh runs it with both);
+//! the environment sets `STAGES` (500), `RUN_SECS` (120) and `PEER_RUNS` (20).
+//!
+//! For each adapter, at the same time and each against a forge of its own:
+//!
+//! - **webhooks off**: a `baton serve` whose workflow has one stage on the forge; `STAGES`
+//!   runs started through the REST API. Figures: the forge's requests per run (every
+//!   request baton made: start, polls, jobs, artifacts), the peak requests in one second on
+//!   the one token, and (GitHub) the lowest `x-ratelimit-remaining` the token reached.
+//! - **webhooks on**: the same, and as each run or pipeline ends the bench sends the forge's
+//!   completion delivery (GitHub's `workflow_run`, GitLab's Pipeline Hook, signed as the
+//!   forge signs it) to baton's source. Figure: baton's own clock from the delivery's
+//!   `received_at` (stored before the 202) to the stage's `finished_at`, p50, p99 and worst;
+//!   a stage that a poll ended before its delivery arrived is counted apart.
+//! - **peer**: `PEER_RUNS` runs started directly on the forge and watched as `gh run watch`
+//!   does by default: the run read every 3 s until it ends. Figure: its requests per run.
+//!
+//! The engine's defaults apply, except `engine.max_concurrency`, raised to `STAGES`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use baton_bench::{Baton, client, env_or, get_json, quantile};
+use baton_forge_fakes::Served;
+use baton_forge_fakes::gitlab::{GitLab, JobPlan, PipelinePlan};
+use serde_json::{Value, json};
+
+/// The REST API token of the scratch servers (operator: it starts runs).
+const API_TOKEN: &str = "bench-operator";
+/// The forge token baton uses.
+const FORGE_TOKEN: &str = "bench-forge-token";
+/// The webhook secret (GitHub) or token (GitLab) of the source.
+const HOOK_SECRET: &str = "bench-hook-secret";
+/// How often the peer reads its run: `gh run watch`'s default interval.
+const PEER_INTERVAL: Duration = Duration::from_secs(3);
+
+struct Settings {
+    baton: String,
+    stages: usize,
+    run: Duration,
+    peer_runs: usize,
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((baton, kinds)) = args.split_first() else {
+        eprintln!("usage: ci-polling BATON [github-actions|gitlab-ci]…");
+        std::process::exit(2);
+    };
+    let kinds: Vec<Kind> = if kinds.is_empty() {
+        vec![Kind::GithubActions, Kind::GitlabCi]
+    } else {
+        kinds
+            .iter()
+            .map(|k| Kind::parse(k).unwrap_or_else(|| panic!("unknown adapter `{k}`")))
+            .collect()
+    };
+    let settings = Settings {
+        baton: baton.clone(),
+        stages: env_or("STAGES", 500),
+        run: Duration::from_secs(env_or("RUN_SECS", 120)),
+        peer_runs: env_or("PEER_RUNS", 20),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut reports = Vec::new();
+    for kind in kinds {
+        reports.push(runtime.block_on(round(&settings, kind)));
+    }
+    println!();
+    println!(
+        "ci-polling: {} stages at once, each on a {} s run; peer: {} runs read every {} s",
+        settings.stages,
+        settings.run.as_secs(),
+        settings.peer_runs,
+        PEER_INTERVAL.as_secs()
+    );
+    for report in &reports {
+        report.print();
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    GithubActions,
+    GitlabCi,
+}
+
+impl Kind {
+    fn parse(text: &str) -> Option<Self> {
+        match text {
+            "github-actions" => Some(Self::GithubActions),
+            "gitlab-ci" => Some(Self::GitlabCi),
+            _ => None,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::GithubActions => "github-actions",
+            Self::GitlabCi => "gitlab-ci",
+        }
+    }
+}
+
+/// One forge model with the workflow or project the stages use.
+#[derive(Clone)]
+enum Forge {
+    Gitlab(GitLab),
+}
+
+/// The GitLab project the stages create pipelines in.
+const GITLAB_PROJECT: &str = "bench/app";
+
+impl Forge {
+    /// A forge whose runs last `run`, with baton's token.
+    fn new(kind: Kind, run: Duration) -> Self {
+        match kind {
+            Kind::GitlabCi => {
+                let gitlab = GitLab::new();
+                gitlab.add_token("baton", FORGE_TOKEN);
+                let queued = Duration::from_secs(1);
+                let job = JobPlan::new("build", "build").runs_for(run.saturating_sub(queued * 2));
+                gitlab
+                    .project(GITLAB_PROJECT)
+                    .plan(PipelinePlan::new(vec![job]).queued_for(queued, queued));
+                Self::Gitlab(gitlab)
+            }
+            Kind::GithubActions => todo_github(),
+        }
+    }
+
+    async fn serve(&self) -> Served {
+        match self {
+            Self::Gitlab(g) => g.serve().await.expect("serve the GitLab model"),
+        }
+    }
+
+    /// The config blocks of the source and the adapter instance `ci`.
+    fn config(&self, url: &str) -> String {
+        match self {
+            Self::Gitlab(_) => format!(
+                r#"[sources.forge]
+kind = "gitlab"
+token = {{ env = "BENCH_HOOK" }}
+
+[adapters.ci]
+kind = "gitlab-ci"
+url = "{url}"
+project = "{GITLAB_PROJECT}"
+token = {{ env = "BENCH_FORGE_TOKEN" }}
+"#
+            ),
+        }
+    }
+
+    /// The stage's `with:` block.
+    fn stage_with(&self) -> &'static str {
+        match self {
+            Self::Gitlab(_) => "{ ref: main }",
+        }
+    }
+
+    /// The ids of the runs or pipelines that have ended.
+    fn ended(&self) -> Vec<u64> {
+        match self {
+            Self::Gitlab(g) => g
+                .pipelines()
+                .into_iter()
+                .filter(|p| matches!(p.status.as_str(), "success" | "failed" | "canceled"))
+                .map(|p| p.id)
+                .collect(),
+        }
+    }
+
+    /// The completion delivery for run or pipeline `id`: its headers and body.
+    fn delivery(&self, id: u64, serial: usize) -> (Vec<(&'static str, String)>, String) {
+        match self {
+            Self::Gitlab(g) => {
+                let body = g.pipeline_hook(id).expect("a Pipeline Hook body");
+                let headers = vec![
+                    ("x-gitlab-event", "Pipeline Hook".to_owned()),
+                    ("x-gitlab-token", HOOK_SECRET.to_owned()),
+                    ("x-gitlab-event-uuid", format!("bench-{id}-{serial}")),
+                ];
+                (headers, body)
+            }
+        }
+    }
+
+    /// Requests the forge served, and the most in one second.
+    fn requests(&self) -> (u64, u64) {
+        match self {
+            Self::Gitlab(g) => (g.meter().total(), g.meter().peak_per_second()),
+        }
+    }
+
+    /// The lowest rate-limit `remaining` the token reached, where the forge has one.
+    fn lowest_remaining(&self) -> Option<u64> {
+        match self {
+            Self::Gitlab(_) => None,
+        }
+    }
+
+    /// Starts one run directly, as a person's client would, and returns how to read it.
+    async fn peer_start(&self, http: &reqwest::Client, url: &str) -> String {
+        match self {
+            Self::Gitlab(_) => {
+                let project = GITLAB_PROJECT.replace('/', "%2F");
+                let created: Value = http
+                    .post(format!("{url}/api/v4/projects/{project}/pipeline"))
+                    .header("PRIVATE-TOKEN", FORGE_TOKEN)
+                    .json(&json!({"ref": "main"}))
+                    .send()
+                    .await
+                    .expect("create a pipeline")
+                    .json()
+                    .await
+                    .expect("the pipeline");
+                format!(
+                    "{url}/api/v4/projects/{project}/pipelines/{}",
+                    created["id"]
+                )
+            }
+        }
+    }
+
+    /// Whether the run or pipeline read from `url` has ended.
+    async fn peer_ended(&self, http: &reqwest::Client, url: &str) -> bool {
+        match self {
+            Self::Gitlab(_) => {
+                let pipeline: Value = http
+                    .get(url)
+                    .header("PRIVATE-TOKEN", FORGE_TOKEN)
+                    .send()
+                    .await
+                    .expect("read the pipeline")
+                    .json()
+                    .await
+                    .expect("the pipeline");
+                matches!(
+                    pipeline["status"].as_str(),
+                    Some("success" | "failed" | "canceled")
+                )
+            }
+        }
+    }
+}
+
+fn todo_github() -> Forge {
+    unreachable!("the GitHub model is added with the github-actions adapter")
+}
+
+/// The scratch `baton serve` of one side.
+fn start_baton(s: &Settings, forge: &Forge, forge_url: &str) -> Baton {
+    let blocks = forge.config(forge_url);
+    let with = forge.stage_with();
+    let stages = s.stages;
+    let env = [
+        ("BENCH_TOKEN", API_TOKEN),
+        ("BENCH_FORGE_TOKEN", FORGE_TOKEN),
+        ("BENCH_HOOK", HOOK_SECRET),
+    ];
+    Baton::start(&s.baton, "127.0.0.1:0", &env, |dir: &Path| {
+        let config = format!(
+            r#"workflows = ["ci.yaml"]
+
+[store]
+url = "sqlite://{db}"
+
+[engine]
+max_concurrency = {stages}
+
+[api]
+tokens = [{{ name = "bench", token = {{ env = "BENCH_TOKEN" }}, role = "operator" }}]
+
+{blocks}"#,
+            db = dir.join("baton.db").display(),
+        );
+        let workflow = format!(
+            "name: ci\non: [{{ source: manual }}]\nstages:\n  build:\n    uses: ci\n    timeout: 30m\n    with: {with}\n"
+        );
+        vec![
+            ("baton.toml".to_owned(), config),
+            ("ci.yaml".to_owned(), workflow),
+        ]
+    })
+}
+
+/// One side's figures.
+struct Side {
+    runs: usize,
+    requests: u64,
+    peak: u64,
+    lowest_remaining: Option<u64>,
+    took: Duration,
+    failed: usize,
+}
+
+impl Side {
+    fn per_run(&self) -> f64 {
+        self.requests as f64 / self.runs.max(1) as f64
+    }
+}
+
+struct Report {
+    kind: Kind,
+    off: Side,
+    on: Side,
+    peer: Side,
+    /// Delivery received → stage finished, ms, for stages the delivery ended.
+    latencies: Vec<f64>,
+    /// Stages a poll ended before their delivery arrived.
+    ended_by_poll: usize,
+}
+
+impl Report {
+    fn print(&self) {
+        let remaining = |s: &Side| {
+            s.lowest_remaining
+                .map_or_else(|| "-".to_owned(), |r| r.to_string())
+        };
+        println!();
+        println!("{}", self.kind.name());
+        println!(
+            "  {:<14} {:>6} {:>14} {:>12} {:>16} {:>9} {:>7}",
+            "", "runs", "requests/run", "peak req/s", "lowest remaining", "took", "failed"
+        );
+        for (name, side) in [
+            ("webhooks off", &self.off),
+            ("webhooks on", &self.on),
+            ("peer (3 s)", &self.peer),
+        ] {
+            println!(
+                "  {name:<14} {:>6} {:>14.1} {:>12} {:>16} {:>8.0}s {:>7}",
+                side.runs,
+                side.per_run(),
+                side.peak,
+                remaining(side),
+                side.took.as_secs_f64(),
+                side.failed
+            );
+        }
+        println!(
+            "  requests per run, webhooks off: {:.1} (target ≤ 15); ratio to the peer: {:.2}",
+            self.off.per_run(),
+            self.off.per_run() / self.peer.per_run().max(f64::MIN_POSITIVE)
+        );
+        let mut sorted = self.latencies.clone();
+        sorted.sort_by(f64::total_cmp);
+        println!(
+            "  delivery received → stage finished: p50 {:.0} ms, p99 {:.0} ms, worst {:.0} ms over {} stages (target p99 ≤ 50 ms); {} ended by a poll first",
+            quantile(&sorted, 0.5),
+            quantile(&sorted, 0.99),
+            sorted.last().copied().unwrap_or(0.0),
+            sorted.len(),
+            self.ended_by_poll
+        );
+    }
+}
+
+/// Runs the three sides of one adapter at once.
+async fn round(s: &Settings, kind: Kind) -> Report {
+    eprintln!(
+        "ci-polling {}: {} stages with webhooks off, {} with webhooks on, {} peer runs; about {} s",
+        kind.name(),
+        s.stages,
+        s.stages,
+        s.peer_runs,
+        s.run.as_secs() + 30
+    );
+    let http = client();
+    let (off_forge, on_forge, peer_forge) = (
+        Forge::new(kind, s.run),
+        Forge::new(kind, s.run),
+        Forge::new(kind, s.run),
+    );
+    let (off_served, on_served, peer_served) = (
+        off_forge.serve().await,
+        on_forge.serve().await,
+        peer_forge.serve().await,
+    );
+    let off = start_baton(s, &off_forge, &off_served.url);
+    let on = start_baton(s, &on_forge, &on_served.url);
+    let begun = Instant::now();
+    let (off_runs, on_runs) = tokio::join!(
+        start_runs(&http, &off.url, s.stages),
+        start_runs(&http, &on.url, s.stages)
+    );
+    let sent = Arc::new(Mutex::new(BTreeMap::new()));
+    let sender = tokio::spawn(send_deliveries(
+        http.clone(),
+        on_forge.clone(),
+        on.url.clone(),
+        sent.clone(),
+    ));
+    let peer = tokio::spawn(peer_side(
+        http.clone(),
+        peer_forge.clone(),
+        peer_served.url.clone(),
+        s.peer_runs,
+    ));
+    let deadline = s.run * 3 + Duration::from_secs(120);
+    let ((off_took, off_failed), (on_took, on_failed)) = tokio::join!(
+        wait_finished(&http, &off.url, &off_runs, begun, deadline),
+        wait_finished(&http, &on.url, &on_runs, begun, deadline)
+    );
+    // Requests made after the run showed finished (outputs, a late poll) still count.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    sender.abort();
+    let sent = std::mem::take(&mut *sent.lock().expect("the sent map"));
+    let peer = peer.await.expect("the peer side");
+    let (latencies, ended_by_poll) = latencies(&http, &on.url, &on_runs, &sent).await;
+    let side = |forge: &Forge, runs: usize, took, failed| {
+        let (requests, peak) = forge.requests();
+        Side {
+            runs,
+            requests,
+            peak,
+            lowest_remaining: forge.lowest_remaining(),
+            took,
+            failed,
+        }
+    };
+    drop((off_served, on_served, peer_served));
+    Report {
+        kind,
+        off: side(&off_forge, off_runs.len(), off_took, off_failed),
+        on: side(&on_forge, on_runs.len(), on_took, on_failed),
+        peer,
+        latencies,
+        ended_by_poll,
+    }
+}
+
+/// Starts `n` runs of workflow `ci` through the REST API, 16 requests at a time.
+async fn start_runs(http: &reqwest::Client, baton: &str, n: usize) -> Vec<String> {
+    let url = format!("{baton}/api/v1/workflows/ci/runs");
+    let permits = Arc::new(tokio::sync::Semaphore::new(16));
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let (http, url, permits) = (http.clone(), url.clone(), permits.clone());
+        set.spawn(async move {
+            let _permit = permits.acquire().await.expect("the semaphore");
+            let answer: Value = http
+                .post(&url)
+                .bearer_auth(API_TOKEN)
+                .json(&json!({"n": i}))
+                .send()
+                .await
+                .expect("start a run")
+                .json()
+                .await
+                .expect("the run");
+            answer["run"].as_str().expect("a run id").to_owned()
+        });
+    }
+    set.join_all().await
+}
+
+/// Waits until every run of `runs` has finished; returns when that was (from `begun`) and
+/// how many did not succeed.
+async fn wait_finished(
+    http: &reqwest::Client,
+    baton: &str,
+    runs: &[String],
+    begun: Instant,
+    deadline: Duration,
+) -> (Duration, usize) {
+    let wanted: BTreeSet<&str> = runs.iter().map(String::as_str).collect();
+    loop {
+        let list = get_json(http, &format!("{baton}/api/v1/runs?limit=1000"), API_TOKEN).await;
+        let finished: Vec<&Value> = list["runs"]
+            .as_array()
+            .map(|runs| {
+                runs.iter()
+                    .filter(|r| {
+                        r["finished_at"].is_i64()
+                            && r["id"].as_str().is_some_and(|id| wanted.contains(id))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if finished.len() == wanted.len() {
+            let failed = finished
+                .iter()
+                .filter(|r| r["status"] != "succeeded")
+                .count();
+            return (begun.elapsed(), failed);
+        }
+        assert!(
+            begun.elapsed() < deadline,
+            "{baton}: {} of {} runs finished after {deadline:?}",
+            finished.len(),
+            wanted.len()
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Sends each ended run's completion delivery once, as soon as it ends, until aborted;
+/// records in `sent` the forge's id → the stored delivery's id.
+async fn send_deliveries(
+    http: reqwest::Client,
+    forge: Forge,
+    baton: String,
+    sent: Arc<Mutex<BTreeMap<u64, i64>>>,
+) {
+    let hooks = format!("{baton}/hooks/forge");
+    let mut done = BTreeSet::new();
+    loop {
+        for id in forge.ended() {
+            if !done.insert(id) {
+                continue;
+            }
+            let (headers, body) = forge.delivery(id, done.len());
+            let mut request = http
+                .post(&hooks)
+                .header("content-type", "application/json")
+                .body(body);
+            for (name, value) in headers {
+                request = request.header(name, value);
+            }
+            let answer = request.send().await.expect("send a delivery");
+            assert_eq!(answer.status().as_u16(), 202, "the delivery was refused");
+            let stored: Value = answer.json().await.expect("the intake's answer");
+            let delivery = stored["delivery"].as_i64().expect("a delivery id");
+            sent.lock().expect("the sent map").insert(id, delivery);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// For each run whose stage's external id got a delivery: its stage's `finished_at` less the
+/// delivery's `received_at`, in ms, when the delivery came first; and how many stages a
+/// poll ended before their delivery arrived.
+async fn latencies(
+    http: &reqwest::Client,
+    baton: &str,
+    runs: &[String],
+    sent: &BTreeMap<u64, i64>,
+) -> (Vec<f64>, usize) {
+    let (mut latencies, mut by_poll) = (Vec::new(), 0);
+    for run in runs {
+        let snapshot = get_json(http, &format!("{baton}/api/v1/runs/{run}"), API_TOKEN).await;
+        let stage = &snapshot["stages"][0];
+        let Some(external) = stage["external"]["id"]
+            .as_str()
+            .and_then(|id| id.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        let Some(delivery) = sent.get(&external) else {
+            by_poll += 1;
+            continue;
+        };
+        let delivery = get_json(
+            http,
+            &format!("{baton}/api/v1/deliveries/{delivery}"),
+            API_TOKEN,
+        )
+        .await;
+        let (Some(received), Some(finished)) = (
+            delivery["received_at"].as_i64(),
+            stage["finished_at"].as_i64(),
+        ) else {
+            continue;
+        };
+        if finished < received {
+            by_poll += 1;
+        } else {
+            latencies.push((finished - received) as f64);
+        }
+    }
+    (latencies, by_poll)
+}
+
+/// `n` runs started on the forge directly and read every [`PEER_INTERVAL`] until they end.
+async fn peer_side(http: reqwest::Client, forge: Forge, url: String, n: usize) -> Side {
+    let begun = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let (http, forge, url) = (http.clone(), forge.clone(), url.clone());
+        set.spawn(async move {
+            let run = forge.peer_start(&http, &url).await;
+            loop {
+                tokio::time::sleep(PEER_INTERVAL).await;
+                if forge.peer_ended(&http, &run).await {
+                    break;
+                }
+            }
+        });
+    }
+    while set.join_next().await.is_some() {}
+    let (requests, peak) = forge.requests();
+    Side {
+        runs: n,
+        requests,
+        peak,
+        lowest_remaining: forge.lowest_remaining(),
+        took: begun.elapsed(),
+        failed: 0,
+    }
+}
