@@ -38,6 +38,10 @@ const MAX_CELL: usize = 300;
 const PAGE: usize = 100;
 const MAX_PAGES: u32 = 10;
 
+/// What a reopened run's summary starts with while its check run stays completed.
+const REOPENED: &str = "> A stage was retried and the run goes on again. GitHub keeps a completed check run \
+                        completed, so the conclusion shown is the previous one until the run ends again.\n\n";
+
 /// What the store holds for a run while its create is under way or unanswered.
 const CREATING: &str = "check-run creating";
 
@@ -135,8 +139,10 @@ impl CheckRun {
         matches!(self.status, CheckStatus::Completed(_))
     }
 
-    /// The request body: for a create (`head_sha` given) or an update.
-    fn body(&self, head_sha: Option<&str>) -> Value {
+    /// The request body: for a create (`head_sha` given) or an update. `reopened`: the
+    /// check run is completed at GitHub and the run goes on again, which GitHub cannot show
+    /// (its status stays completed); the output says so until the run ends again.
+    fn body(&self, head_sha: Option<&str>, reopened: bool) -> Value {
         let mut body = Map::new();
         body.insert("name".into(), json!(self.name));
         if let Some(sha) = head_sha {
@@ -154,16 +160,30 @@ impl CheckRun {
                 "completed"
             }
         };
-        body.insert("status".into(), json!(status));
-        if let Some(at) = self.started_at {
-            body.insert("started_at".into(), json!(timestamp(at)));
+        let mut output = Map::new();
+        if reopened {
+            output.insert(
+                "title".into(),
+                json!(truncate(
+                    &format!("Running again: {}", self.title),
+                    MAX_DESCRIPTION
+                )),
+            );
+            output.insert(
+                "summary".into(),
+                json!(fit(format!("{REOPENED}{}", self.summary))),
+            );
+        } else {
+            body.insert("status".into(), json!(status));
+            if let Some(at) = self.started_at {
+                body.insert("started_at".into(), json!(timestamp(at)));
+            }
+            output.insert("title".into(), json!(self.title));
+            output.insert("summary".into(), json!(self.summary));
         }
         if let Some(at) = self.completed_at {
             body.insert("completed_at".into(), json!(timestamp(at)));
         }
-        let mut output = Map::new();
-        output.insert("title".into(), json!(self.title));
-        output.insert("summary".into(), json!(self.summary));
         if !self.text.is_empty() {
             output.insert("text".into(), json!(self.text));
         }
@@ -207,7 +227,9 @@ fn approval_role(run: &RunSnapshot, stage: &StageRecord) -> Option<String> {
     let uses = run
         .payload
         .spec
-        .pointer(&format!("/stages/{}/uses", stage.stage_id))
+        .get("stages")
+        .and_then(|stages| stages.get(&stage.stage_id))
+        .and_then(|spec| spec.get("uses"))
         .and_then(Value::as_str);
     if uses != Some("approval") {
         return None;
@@ -452,6 +474,16 @@ pub(crate) fn timestamp(millis: Millis) -> String {
     )
 }
 
+/// A check run as GitHub holds it: its id, and whether it is completed there. GitHub does not
+/// let a completed check run go back to queued or in progress (a run reopened by a stage
+/// retried by hand): see <https://github.com/Mergifyio/mergify/pull/1989> and
+/// <https://github.com/lyft/atlantis/pull/265>.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Known {
+    id: u64,
+    completed: bool,
+}
+
 /// What the store says of a run's check run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Recorded {
@@ -459,29 +491,40 @@ enum Recorded {
     Nothing,
     /// A create was sent and its answer never recorded.
     Creating,
-    /// The check run's id.
-    Id(u64),
+    /// The check run.
+    Known(Known),
 }
 
+/// Reads what [`reference`] wrote.
 fn recorded(reference: Option<&str>) -> Recorded {
-    match reference {
-        None => Recorded::Nothing,
-        Some(text) => text
-            .strip_prefix("check-run ")
-            .and_then(|id| id.parse().ok())
-            .map_or(Recorded::Creating, Recorded::Id),
+    let Some(text) = reference else {
+        return Recorded::Nothing;
+    };
+    let rest = text.strip_prefix("check-run ").unwrap_or_default();
+    let (id, completed) = match rest.strip_suffix(" completed") {
+        Some(id) => (id, true),
+        None => (rest, false),
+    };
+    match id.parse() {
+        Ok(id) => Recorded::Known(Known { id, completed }),
+        Err(_) => Recorded::Creating,
     }
 }
 
-fn reference(id: u64) -> String {
-    format!("check-run {id}")
+/// `check-run 42`, or `check-run 42 completed`: what the store keeps.
+fn reference(known: Known) -> String {
+    if known.completed {
+        format!("check-run {} completed", known.id)
+    } else {
+        format!("check-run {}", known.id)
+    }
 }
 
-/// The check runs of one source: their ids by baton run, for the runs not completed (the
-/// store has every one).
+/// The check runs of one source, by baton run, for the runs not completed (the store has
+/// every one).
 #[derive(Default)]
 pub(crate) struct CheckRuns {
-    ids: Mutex<HashMap<String, u64>>,
+    known: Mutex<HashMap<String, Known>>,
 }
 
 impl CheckRuns {
@@ -496,26 +539,28 @@ impl CheckRuns {
         store: &dyn Store,
     ) -> Result<(), Failure> {
         let run_id = check.run_id.as_str();
-        let known = self.ids.lock().unwrap().get(run_id).copied();
-        let id = match known {
-            Some(id) => Some(id),
+        let cached = self.known.lock().unwrap().get(run_id).copied();
+        let (found, stored) = match cached {
+            Some(known) => (Some(known), Some(known)),
             None => {
-                let stored = store
+                let text = store
                     .report_ref(run_id, source)
                     .await
                     .map_err(|e| Failure::transient(format!("cannot read the store: {e}")))?;
-                match recorded(stored.as_deref()) {
-                    Recorded::Id(id) => Some(id),
-                    Recorded::Creating => find(crab, commit, check).await?,
-                    Recorded::Nothing => None,
+                match recorded(text.as_deref()) {
+                    Recorded::Known(known) => (Some(known), Some(known)),
+                    Recorded::Creating => (find(crab, commit, check).await?, None),
+                    Recorded::Nothing => (None, None),
                 }
             }
         };
-        let id = match id {
-            Some(id) => {
-                self.ids.lock().unwrap().insert(run_id.to_owned(), id);
-                update(crab, commit, id, check).await?;
-                id
+        let now = match found {
+            Some(known) => {
+                update(crab, commit, known, check).await?;
+                Known {
+                    id: known.id,
+                    completed: known.completed || check.is_completed(),
+                }
             }
             None => {
                 // Recorded first: whatever becomes of the answer, the next try looks before
@@ -524,22 +569,26 @@ impl CheckRuns {
                     .commit(vec![record(run_id, source, CREATING.to_owned())])
                     .await
                     .map_err(|e| Failure::transient(format!("cannot write the store: {e}")))?;
-                let id = create(crab, commit, check).await?;
-                self.ids.lock().unwrap().insert(run_id.to_owned(), id);
-                id
+                Known {
+                    id: create(crab, commit, check).await?,
+                    completed: check.is_completed(),
+                }
             }
         };
-        if known != Some(id)
+        if stored != Some(now)
             && let Err(e) = store
-                .commit(vec![record(run_id, source, reference(id))])
+                .commit(vec![record(run_id, source, reference(now))])
                 .await
         {
-            // The mark stays: the next process looks the check run up by its run id.
-            tracing::warn!(run = run_id, %source, check_run = id, error = &e as &dyn std::error::Error,
-                "cannot record the check run's id in the store");
+            // Without an id recorded, the next process looks the check run up by its run id.
+            tracing::warn!(run = run_id, %source, check_run = now.id, error = &e as &dyn std::error::Error,
+                "cannot record the check run in the store");
         }
+        let mut known = self.known.lock().unwrap();
         if check.is_completed() {
-            self.ids.lock().unwrap().remove(run_id);
+            known.remove(run_id);
+        } else {
+            known.insert(run_id.to_owned(), now);
         }
         Ok(())
     }
@@ -568,7 +617,7 @@ fn id_of(answer: &Value) -> Result<u64, Failure> {
 async fn create(crab: &Octocrab, commit: &GithubCommit, check: &CheckRun) -> Result<u64, Failure> {
     let route = format!("{}/check-runs", repo_route(commit));
     let answer: Value = crab
-        .post(route, Some(&check.body(Some(&commit.sha))))
+        .post(route, Some(&check.body(Some(&commit.sha), false)))
         .await
         .map_err(crate::github::failure)?;
     id_of(&answer)
@@ -577,24 +626,25 @@ async fn create(crab: &Octocrab, commit: &GithubCommit, check: &CheckRun) -> Res
 async fn update(
     crab: &Octocrab,
     commit: &GithubCommit,
-    id: u64,
+    known: Known,
     check: &CheckRun,
 ) -> Result<(), Failure> {
-    let route = format!("{}/check-runs/{id}", repo_route(commit));
+    let route = format!("{}/check-runs/{}", repo_route(commit), known.id);
+    let reopened = known.completed && !check.is_completed();
     let answer: Value = crab
-        .patch(route, Some(&check.body(None)))
+        .patch(route, Some(&check.body(None, reopened)))
         .await
         .map_err(crate::github::failure)?;
     // A model of GitHub that answers with something else is not GitHub: say so, try again.
     id_of(&answer).map(|_| ())
 }
 
-/// The id of the commit's check run named `check.name` whose `external_id` is the run's.
+/// The commit's check run named `check.name` whose `external_id` is the run's.
 async fn find(
     crab: &Octocrab,
     commit: &GithubCommit,
     check: &CheckRun,
-) -> Result<Option<u64>, Failure> {
+) -> Result<Option<Known>, Failure> {
     let route = format!("{}/commits/{}/check-runs", repo_route(commit), commit.sha);
     for page in 1..=MAX_PAGES {
         let query = [
@@ -617,7 +667,10 @@ async fn find(
                 && run.get("name").and_then(Value::as_str) == Some(check.name.as_str())
         });
         if let Some(run) = found {
-            return id_of(run).map(Some);
+            return Ok(Some(Known {
+                id: id_of(run)?,
+                completed: run.get("status").and_then(Value::as_str) == Some("completed"),
+            }));
         }
         if runs.len() < PAGE {
             break;
@@ -734,7 +787,7 @@ mod tests {
         let mut snapshot = run(RunStatus::Failed, vec![build]);
         snapshot.header.message = Some("stage `build` failed".into());
         let check = CheckRun::of(&snapshot, Some("https://baton.example.com"));
-        let created = check.body(Some("abc"));
+        let created = check.body(Some("abc"), false);
         assert_eq!(created["name"], "baton/ci");
         assert_eq!(created["head_sha"], "abc");
         assert_eq!(created["external_id"], "r1");
@@ -754,9 +807,30 @@ mod tests {
             ),
             "{summary}"
         );
-        let updated = check.body(None);
+        let updated = check.body(None, false);
         assert!(updated.get("head_sha").is_none());
-        let queued = CheckRun::of(&run(RunStatus::Queued, vec![]), None).body(None);
+        // The run failed and goes on again: the check run stays completed, its output says
+        // so, and the conclusion is not touched until the run ends again.
+        let again = CheckRun::of(&run(RunStatus::Running, vec![]), None);
+        let reopened = again.body(None, true);
+        let keys: Vec<&str> = reopened
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(keys, ["name", "external_id", "output"]);
+        assert_eq!(
+            reopened["output"]["title"],
+            "Running again: Running: 0 of 0 stages finished"
+        );
+        assert!(
+            reopened["output"]["summary"]
+                .as_str()
+                .unwrap()
+                .starts_with("> A stage was retried")
+        );
+        let queued = CheckRun::of(&run(RunStatus::Queued, vec![]), None).body(None, false);
         let keys: Vec<&str> = queued
             .as_object()
             .unwrap()
@@ -870,7 +944,18 @@ mod tests {
     fn the_stored_reference_reads_back() {
         assert_eq!(recorded(None), Recorded::Nothing);
         assert_eq!(recorded(Some(CREATING)), Recorded::Creating);
-        assert_eq!(recorded(Some(&reference(42))), Recorded::Id(42));
+        for completed in [false, true] {
+            let known = Known { id: 42, completed };
+            assert_eq!(recorded(Some(&reference(known))), Recorded::Known(known));
+        }
+        assert_eq!(
+            reference(Known {
+                id: 7,
+                completed: true
+            }),
+            "check-run 7 completed"
+        );
         assert_eq!(recorded(Some("check-run x")), Recorded::Creating);
+        assert_eq!(recorded(Some("check-run x completed")), Recorded::Creating);
     }
 }

@@ -246,6 +246,56 @@ async fn a_restarted_reporter_goes_on_with_the_same_check_run() {
     assert_eq!(github.count("GET "), 0, "{:#?}", github.seen());
 }
 
+/// A failed run reopened by a stage retried by hand: GitHub keeps its check run completed,
+/// so the output says the run goes on again, and the conclusion changes when it ends.
+#[tokio::test]
+async fn a_reopened_run_updates_its_completed_check_run_and_concludes_again() {
+    let github = GithubChecks::start().await;
+    let h = Harness::new(app_source(&github), fast_retries()).await;
+    let stages = json!({
+        "build": {"uses": "script", "with": {"result": "fail-once"}},
+        "gate": {"uses": "script", "needs": ["build"], "with": {"result": "wait"}}
+    });
+    let id = h.start(stages, &["app"], push(), "app").await;
+    assert_eq!(h.finish(&id).await, RunStatus::Failed);
+    completed(&github, "failure").await;
+
+    h.engine.retry_stage(&id, "build").await.unwrap();
+    let runs = github
+        .until("the reopened run in the check run's output", |r| {
+            r.first()
+                .is_some_and(|r| r.title().starts_with("Running again: Running"))
+        })
+        .await;
+    let reopened = only(&runs);
+    assert_eq!(
+        (reopened.status(), reopened.conclusion()),
+        ("completed", Some("failure"))
+    );
+    assert!(
+        reopened.summary().starts_with("> A stage was retried"),
+        "{}",
+        reopened.summary()
+    );
+    assert!(
+        reopened
+            .summary()
+            .contains("| ✅ | build | succeeded | 2 |"),
+        "{}",
+        reopened.summary()
+    );
+
+    h.engine
+        .signal(&id, "gate", json!({"decision": "approved"}))
+        .await
+        .unwrap();
+    assert_eq!(h.finish(&id).await, RunStatus::Succeeded);
+    let runs = completed(&github, "success").await;
+    assert_eq!(only(&runs).title(), "Succeeded");
+    assert_eq!(github.count("POST /repos/octo/hello/check-runs"), 1);
+    assert!(!h.log.text().contains("giving up"), "{}", h.log.text());
+}
+
 /// A run whose first create is made at GitHub but whose answer is lost as `lost` says.
 async fn a_lost_create(lost: Lost, policy: RetryPolicy) {
     let github = GithubChecks::start().await;

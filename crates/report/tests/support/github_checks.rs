@@ -18,7 +18,9 @@
 //!   characters are allowed; N were supplied.", as seen in
 //!   <https://gitlab.kitware.com/utils/rust-ghostflow/-/issues/96>).
 //! - `PATCH /repos/{o}/{r}/check-runs/{id}` takes the same fields (no `head_sha`); 404 for
-//!   a check run it does not have.
+//!   a check run it does not have; a completed check run cannot go back to `queued` or
+//!   `in_progress` (<https://github.com/Mergifyio/mergify/pull/1989>; the answer GitHub
+//!   gives is not documented, the model answers 422).
 //! - `GET /repos/{o}/{r}/commits/{sha}/check-runs?check_name=&filter=latest|all&per_page=&page=`
 //!   answers `{total_count, check_runs}`, newest first; `filter` defaults to `latest` (the
 //!   newest of each name), `per_page` to 30, at most 100.
@@ -425,6 +427,17 @@ fn update(state: &mut State, repo: &str, id: &str, request: &Request) -> Respons
     else {
         return not_found();
     };
+    // GitHub keeps a completed check run completed (its answer to a try is not documented;
+    // a 422 is what this model gives).
+    let reopens = body
+        .get("status")
+        .is_some_and(|status| status != "completed");
+    if run.status() == "completed" && reopens {
+        return error(
+            422,
+            "Invalid request.\n\nA completed check run cannot go back to queued or in_progress.",
+        );
+    }
     apply(run, body);
     ResponseTemplate::new(200).set_body_json(shown(run))
 }

@@ -2,9 +2,10 @@
 //! temporary directory, a test adapter (`script`) and `approval`, and a [`Reporter`]
 //! following the engine, with its log captured.
 //!
-//! Each `script` stage's `with` says what it does: `{"result": "succeed" | "fail" | "wait",
-//! "url": "…"}`; `wait` waits for a signal `{"decision": "approved"}`, and `url` becomes the
-//! link to its external work.
+//! Each `script` stage's `with` says what it does: `{"result": "succeed" | "fail" |
+//! "fail-once" | "wait", "url": "…"}`; `fail-once` fails its first attempt only, `wait`
+//! waits for a signal `{"decision": "approved"}`, and `url` becomes the link to its
+//! external work.
 //!
 //! `fixtures/github-app-test-key.pem` is an RSA key made for these tests only (`openssl
 //! genrsa -traditional 2048`), with its public half beside it.
@@ -55,7 +56,7 @@ impl Adapter for Script {
                 .get("url")
                 .and_then(Value::as_str)
                 .map(str::to_owned),
-            data: json!({"with": request.input}),
+            data: json!({"with": request.input, "attempt": request.key.attempt()}),
         })
     }
     async fn find(&self, _: &AttemptKey, _: &Value) -> Result<Option<ExternalRef>, AdapterError> {
@@ -65,6 +66,7 @@ impl Adapter for Script {
         let with = &request.external.data["with"];
         let state = match with["result"].as_str().unwrap_or("succeed") {
             "fail" => ExternalState::Failed,
+            "fail-once" if request.external.data["attempt"] == 1 => ExternalState::Failed,
             "wait" => match request.signal.and_then(|s| s["decision"].as_str()) {
                 Some("approved") => ExternalState::Succeeded { warnings: false },
                 Some(_) => ExternalState::Failed,
