@@ -303,9 +303,9 @@ fn shown(stage: &StageRecord) -> &'static str {
 fn summary(run: &RunSnapshot, details_url: Option<&str>) -> String {
     let header = &run.header;
     let mut out = format!(
-        "**{}** run `{}`: {}\n\n",
+        "**{}** run {}: {}\n\n",
         escape(&header.workflow),
-        escape(&header.id),
+        code(&header.id),
         header.status.as_str()
     );
     out.push_str("| | Stage | Status | Attempt | Message | External |\n");
@@ -315,7 +315,7 @@ fn summary(run: &RunSnapshot, details_url: Option<&str>) -> String {
         let (icon, word) = shown(stage).split_once(' ').unwrap_or(("", ""));
         let mut status = word.to_owned();
         if let Some(role) = approval_role(run, stage) {
-            status = format!("waiting for approval (role `{}`)", escape(&role));
+            status = format!("waiting for approval (role {})", code(&role));
             approvals.push((stage.stage_id.as_str(), role));
         }
         let attempt = match stage.attempt {
@@ -334,12 +334,10 @@ fn summary(run: &RunSnapshot, details_url: Option<&str>) -> String {
     for (stage, role) in approvals {
         let _ = write!(
             out,
-            "\nStage {} waits for a person with the role `{}` to approve or reject it \
-             (`baton runs approve {} {}`).\n",
+            "\nStage {} waits for a person with the role {} to approve or reject it ({}).\n",
             escape(stage),
-            escape(&role),
-            escape(&header.id),
-            escape(stage),
+            code(&role),
+            code(&format!("baton runs approve {} {stage}", header.id)),
         );
     }
     if let Some(url) = details_url {
@@ -425,6 +423,12 @@ fn escape(text: &str) -> String {
         out.push(c);
     }
     out
+}
+
+/// Text as a Markdown code span, shown as it is: whitespace folded, and the backticks and
+/// pipes that would end the span or a table cell replaced.
+fn code(text: &str) -> String {
+    format!("`{}`", fold(text).replace(['`', '|'], "'"))
 }
 
 /// A Markdown link to an http(s) `url`, labelled with its host; empty for anything else (a
@@ -889,6 +893,7 @@ mod tests {
             row,
             r"| ❌ | build | failed | 1 | a \| b \<script\>x\</script\> \[c\](javascript:y) \*\*d\*\* |  |"
         );
+        assert_eq!(code("a_b `c` | d"), "`a_b 'c' ' d`");
         assert_eq!(link(Some("https://x.example/a b")), "");
         assert_eq!(link(Some("https://x.example/a>b")), "");
     }
