@@ -55,6 +55,9 @@ struct Slot {
     busy: bool,
     /// Rows for this context that came while it was busy, dealt with after it.
     queued: Vec<DueReport>,
+    /// The server asked to wait until then (`Retry-After`, a rate limit's reset): rows for
+    /// this context wait too, rather than asking again at once.
+    hold_until: Option<Millis>,
 }
 
 /// Where one run reports to one source: the target and the commit, or nowhere.
@@ -66,6 +69,8 @@ struct Settled {
     change: Change,
     /// The report, when the target took it.
     taken: Option<Report>,
+    /// When the server asked to be asked again, if it did.
+    hold_until: Option<Millis>,
 }
 
 /// The delivery loop's state.
@@ -254,13 +259,14 @@ impl Outbox {
                 settled.push(done);
             }
         }
-        self.settle_now(settled).await;
+        self.settle(settled).await;
     }
 
-    /// Posts a row, or queues it; answers the row when there is nothing to post.
-    fn take_row(&mut self, row: DueReport, run: Option<&RunSnapshot>) -> Option<DueReport> {
+    /// Posts a row, or queues it; answers what becomes of the row when it is not posted now
+    /// (done: nothing to post; or put off while the server asked to wait).
+    fn take_row(&mut self, row: DueReport, run: Option<&RunSnapshot>) -> Option<Change> {
         let Some(run) = run else {
-            return Some(row);
+            return Some(finished(row));
         };
         let destination = self
             .destinations
@@ -269,12 +275,12 @@ impl Outbox {
             .entry(row.key.source.clone())
             .or_insert_with(|| self.reporter.destination(run, &row.key.source));
         let Some((target, commit)) = destination.clone() else {
-            return Some(row);
+            return Some(finished(row));
         };
         let Some(report) =
             target.report(run, &row.key.stage_id, self.reporter.public_url.as_deref())
         else {
-            return Some(row);
+            return Some(finished(row));
         };
         let key = Key {
             source: row.key.source.clone(),
@@ -285,7 +291,7 @@ impl Outbox {
         if row.key.run_id < slot.owner {
             tracing::debug!(run = %row.key.run_id, owner = %slot.owner, context = %key.context, commit = %key.commit,
                 "a later run reports to this commit and context; not posting this run's status");
-            return Some(row);
+            return Some(finished(row));
         }
         if slot.owner != row.key.run_id {
             slot.owner = row.key.run_id.clone();
@@ -294,8 +300,20 @@ impl Outbox {
             slot.queued.push(row);
             return None;
         }
+        let now = now_millis();
+        if let Some(hold) = slot.hold_until.filter(|hold| *hold > now) {
+            tracing::debug!(run = %row.key.run_id, context = %key.context, commit = %key.commit,
+                "the server asked to wait; the report waits with it");
+            return Some(Change::ReportRetry {
+                first_try_at: row.first_try_at.unwrap_or(now),
+                key: row.key,
+                version: row.version,
+                due_at: hold,
+                tries: row.tries,
+            });
+        }
         if !target.needs_post(slot.taken.as_ref(), &report) {
-            return Some(row);
+            return Some(finished(row));
         }
         slot.busy = true;
         let row_key = row.key.clone();
@@ -309,18 +327,6 @@ impl Outbox {
         ));
         self.running.insert(task.id(), (key, row_key));
         None
-    }
-
-    /// Removes rows there is nothing to post for (unless a newer change came for them).
-    async fn settle_now(&mut self, rows: Vec<DueReport>) {
-        let changes = rows
-            .into_iter()
-            .map(|row| Change::ReportDone {
-                key: row.key,
-                version: row.version,
-            })
-            .collect();
-        self.settle(changes).await;
     }
 
     /// Writes what became of held rows, then lets go of them. Only then: a row a settle
@@ -385,7 +391,7 @@ impl Outbox {
                 Err(e) => {
                     tracing::error!(
                         error = &e as &dyn std::error::Error,
-                        "a commit status post failed to finish; its report is taken again when its claim ends"
+                        "a report's post failed to finish; its report is taken again when its claim ends"
                     );
                     (e.id(), None)
                 }
@@ -393,14 +399,14 @@ impl Outbox {
             let Some((key, row)) = self.running.remove(&id) else {
                 continue;
             };
-            let taken = match settled {
+            let (taken, hold_until) = match settled {
                 Some(settled) => {
                     changes.push(settled.change);
-                    settled.taken
+                    (settled.taken, settled.hold_until)
                 }
                 None => {
                     self.held.remove(&row);
-                    None
+                    (None, None)
                 }
             };
             if let Some(slot) = self.slots.get_mut(&key) {
@@ -408,6 +414,7 @@ impl Outbox {
                 if taken.is_some() {
                     slot.taken = taken;
                 }
+                slot.hold_until = hold_until;
                 queued.append(&mut slot.queued);
             }
         }
@@ -429,6 +436,14 @@ impl Outbox {
         let held: HashSet<&str> = self.held.iter().map(|k| k.run_id.as_str()).collect();
         self.destinations
             .retain(|run_id, _| held.contains(run_id.as_str()));
+    }
+}
+
+/// Removes a row there is nothing to post for (unless a newer change came for it).
+fn finished(row: DueReport) -> Change {
+    Change::ReportDone {
+        key: row.key,
+        version: row.version,
     }
 }
 
@@ -503,7 +518,7 @@ async fn post(
         key: row.key.clone(),
         version: row.version,
     };
-    let (change, taken) = match outcome {
+    let (change, taken, hold_until) = match outcome {
         Ok(posted_as) => {
             metrics::counter!("baton_reports_total", "result" => "ok").increment(1);
             match posted_as {
@@ -512,7 +527,7 @@ async fn post(
                     tracing::debug!(%source, %commit, %context, what, %why, "already there");
                 }
             }
-            (done, Some(report))
+            (done, Some(report), None)
         }
         Err(failure) => {
             let first_try_at = row.first_try_at.unwrap_or(started);
@@ -529,18 +544,22 @@ async fn post(
                         tries: attempt,
                         first_try_at,
                     };
-                    (retry, None)
+                    (retry, None, failure.retry_after.map(|_| due_at))
                 }
                 None => {
                     metrics::counter!("baton_reports_total", "result" => "dropped").increment(1);
                     tracing::warn!(%source, %commit, %context, what, attempt, reason = %failure.reason,
                         "could not report the run's status; giving up on it (the run is not affected)");
-                    (done, None)
+                    (done, None, None)
                 }
             }
         }
     };
-    Settled { change, taken }
+    Settled {
+        change,
+        taken,
+        hold_until,
+    }
 }
 
 #[cfg(test)]
@@ -1000,6 +1019,7 @@ mod tests {
             } else {
                 Vec::new()
             },
+            hold_until: None,
         };
         let contexts = [
             ("posting", slot(true, false, Some(Phase::Succeeded))),

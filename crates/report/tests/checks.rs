@@ -335,6 +335,53 @@ async fn a_create_whose_answer_comes_too_late_is_looked_up_not_made_again() {
     a_lost_create(Lost::Stall(Duration::from_secs(3)), policy).await;
 }
 
+#[tokio::test]
+async fn a_create_answered_with_garbage_is_looked_up_not_made_again() {
+    a_lost_create(Lost::Garbage, fast_retries()).await;
+}
+
+/// GitHub's secondary rate limit refuses an update with 429 and `Retry-After: 1`: no update
+/// of that check run is sent sooner (the backoff alone would be 50 ms, and the run's other
+/// changes wait too), then it lands.
+#[tokio::test]
+async fn a_rate_limited_update_waits_as_long_as_github_asks() {
+    let github = GithubChecks::start().await;
+    let policy = RetryPolicy {
+        max_backoff: Duration::from_secs(5),
+        ..fast_retries()
+    };
+    let h = Harness::new(app_source(&github), policy).await;
+    let stages = json!({"build": {"uses": "script", "with": {"result": "wait"}}});
+    let id = h.start(stages, &["app"], push(), "app").await;
+    github
+        .until("the running check run", |r| shows(r, "in_progress", None))
+        .await;
+    github.throttle_next_update(1);
+    h.engine
+        .signal(&id, "build", json!({"decision": "approved"}))
+        .await
+        .unwrap();
+    assert_eq!(h.finish(&id).await, RunStatus::Succeeded);
+    only(&completed(&github, "success").await);
+    let log = h.logged("will try again").await;
+    assert!(
+        log.contains("HTTP 429: You have exceeded a secondary rate limit."),
+        "{log}"
+    );
+    let throttled = github.throttled_at().expect("an update was refused");
+    let next = github
+        .seen_at()
+        .into_iter()
+        .find(|(at, s)| *at > throttled && s.starts_with("PATCH "))
+        .map(|(at, _)| at)
+        .unwrap();
+    let waited = next - throttled;
+    assert!(
+        waited >= Duration::from_millis(950),
+        "asked again after {waited:?}"
+    );
+}
+
 /// The reporter dies while its create waits for an answer: the next one finds the mark the
 /// first left in the store, and looks before it creates.
 #[tokio::test]

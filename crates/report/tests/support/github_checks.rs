@@ -28,7 +28,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
@@ -48,6 +48,8 @@ pub(crate) enum Lost {
     BadGateway,
     /// It answers only after this long.
     Stall(Duration),
+    /// It answers 201 with a body that is not JSON (a proxy's page).
+    Garbage,
 }
 
 /// One check run as the model holds it.
@@ -88,8 +90,12 @@ struct State {
     check_runs: Vec<CheckRun>,
     statuses: Vec<Value>,
     tokens: Vec<String>,
-    /// `METHOD path` of every request, in order.
-    seen: Vec<String>,
+    /// `METHOD path` of every request, and when it came, in order.
+    seen: Vec<(Instant, String)>,
+    /// The next update is refused with 429 and `Retry-After: <this many seconds>`.
+    throttle_next_update: Option<u64>,
+    /// When an update was refused so.
+    throttled_at: Option<Instant>,
     lose_next_create: Option<Lost>,
     /// Every check-run write is refused with this status and message.
     refuse: Option<(u16, String)>,
@@ -138,12 +144,28 @@ impl GithubChecks {
         state
             .seen
             .iter()
-            .filter(|s| s.starts_with(method_and_path))
+            .filter(|(_, s)| s.starts_with(method_and_path))
             .count()
     }
 
     pub(crate) fn seen(&self) -> Vec<String> {
+        self.seen_at().into_iter().map(|(_, s)| s).collect()
+    }
+
+    /// When an update was refused with 429, if one was.
+    pub(crate) fn throttled_at(&self) -> Option<Instant> {
+        self.state.lock().unwrap().throttled_at
+    }
+
+    /// Every request and when it came.
+    pub(crate) fn seen_at(&self) -> Vec<(Instant, String)> {
         self.state.lock().unwrap().seen.clone()
+    }
+
+    /// Refuses the next update with 429 and `Retry-After: <seconds>`, as GitHub's secondary
+    /// rate limit does.
+    pub(crate) fn throttle_next_update(&self, seconds: u64) {
+        self.state.lock().unwrap().throttle_next_update = Some(seconds);
     }
 
     /// Takes `token` as a personal access token, besides the installation tokens it issues.
@@ -187,7 +209,9 @@ impl Respond for Model {
         let mut state = self.0.lock().unwrap();
         let path = request.url.path();
         let path = path.strip_prefix("/api/v3").unwrap_or(path).to_owned();
-        state.seen.push(format!("{} {path}", request.method));
+        state
+            .seen
+            .push((Instant::now(), format!("{} {path}", request.method)));
         let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         let method = request.method.as_str();
         if let ["app", "installations", id, "access_tokens"] = parts.as_slice() {
@@ -409,12 +433,19 @@ fn create(state: &mut State, repo: &str, request: &Request) -> ResponseTemplate 
         Some(Lost::Stall(delay)) => ResponseTemplate::new(201)
             .set_body_json(answer)
             .set_delay(delay),
+        Some(Lost::Garbage) => ResponseTemplate::new(201)
+            .set_body_raw("<html><body>upstream hiccup</body></html>", "text/html"),
     }
 }
 
 fn update(state: &mut State, repo: &str, id: &str, request: &Request) -> ResponseTemplate {
     if let Some((status, message)) = &state.refuse {
         return error(*status, message);
+    }
+    if let Some(seconds) = state.throttle_next_update.take() {
+        state.throttled_at = Some(Instant::now());
+        return error(429, "You have exceeded a secondary rate limit.")
+            .insert_header("retry-after", seconds.to_string().as_str());
     }
     let body = match checked(request, false) {
         Ok(body) => body,
