@@ -849,6 +849,41 @@ mod tests {
     }
 
     #[test]
+    fn a_stage_that_ran_out_of_time_says_so_in_summary_and_text() {
+        let mut snapshot = run(RunStatus::Failed, vec![failed("deploy", "timed_out")]);
+        snapshot.attempts = vec![AttemptRecord {
+            run_id: "r1".into(),
+            stage_id: "deploy".into(),
+            attempt: 1,
+            status: StageStatus::Failed,
+            reason: Some("timed_out".into()),
+            message: Some("no end within 1h".into()),
+            external: None,
+            started_at: Some(0),
+            finished_at: Some(3_600_000),
+        }];
+        let check = CheckRun::of(&snapshot, None);
+        assert_eq!(check.status, CheckStatus::Completed(Conclusion::TimedOut));
+        assert!(
+            check.summary.contains("| ⌛ | deploy | timed out | 1 |"),
+            "{}",
+            check.summary
+        );
+        assert!(
+            check.text.contains(
+                "| deploy | 1 | ⌛ timed out | 1970-01-01T00:00:00Z | 1970-01-01T01:00:00Z |  |"
+            ),
+            "{}",
+            check.text
+        );
+        assert!(
+            check
+                .text
+                .contains("**deploy attempt 1:** no end within 1h")
+        );
+    }
+
+    #[test]
     fn a_waiting_approval_says_who_must_approve() {
         let mut gate = stage("gate", StageStatus::Waiting, 1);
         gate.input = Some(json!({"message": "ship?", "role": "release-managers"}));
@@ -926,7 +961,15 @@ mod tests {
             let n = part.chars().count();
             assert!(n <= MAX_OUTPUT && n > MAX_OUTPUT - 2000, "{n}");
             assert!(part.ends_with("the run in baton has everything)\n"));
+            // Cut after a whole line.
+            assert!(
+                part.contains("\n\n… (cut to GitHub's limit"),
+                "{}",
+                &part[part.len() - 200..]
+            );
         }
+        assert!(check.summary.contains(" |\n\n… (cut to GitHub's limit"));
+        assert!(check.text.contains("x\n\n\n… (cut to GitHub's limit"));
         assert!(check.text.starts_with("| Stage | Attempt |"));
         assert!(
             check

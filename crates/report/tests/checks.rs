@@ -382,6 +382,116 @@ async fn a_rate_limited_update_waits_as_long_as_github_asks() {
     );
 }
 
+/// A create that never reached GitHub: the lookup finds nothing (one page read) and the
+/// check run is made then.
+#[tokio::test]
+async fn a_create_that_never_arrived_is_looked_up_once_then_made() {
+    let github = GithubChecks::start().await;
+    github.lose_next_create(Lost::Unmade);
+    let h = Harness::new(app_source(&github), fast_retries()).await;
+    let id = h
+        .start(
+            json!({"build": {"uses": "script"}}),
+            &["app"],
+            push(),
+            "app",
+        )
+        .await;
+    assert_eq!(h.finish(&id).await, RunStatus::Succeeded);
+    let runs = completed(&github, "success").await;
+    assert_eq!(only(&runs).get("external_id"), id.as_str());
+    assert_eq!(github.count("POST /repos/octo/hello/check-runs"), 2);
+    assert_eq!(github.count("GET "), 1, "{:#?}", github.seen());
+}
+
+/// Runs of one workflow on one commit each have their check run. A's create is made and its
+/// answer comes too late; meanwhile B makes its own. A's lookup sees B's first (the newest)
+/// and must take its own, by `external_id`.
+#[tokio::test]
+async fn a_lookup_takes_the_runs_own_check_run_not_another_of_its_name() {
+    let github = GithubChecks::start().await;
+    github.lose_next_create(Lost::Stall(Duration::from_secs(3)));
+    let policy = RetryPolicy {
+        request_timeout: Duration::from_millis(700),
+        ..fast_retries()
+    };
+    let h = Harness::new(app_source(&github), policy).await;
+    let waits = || json!({"build": {"uses": "script", "with": {"result": "wait"}}});
+    let a = h.start(waits(), &["app"], push(), "app").await;
+    github.until("A's check run, made", |r| r.len() == 1).await;
+    let b = h.start(waits(), &["app"], push(), "app").await;
+    let of = |runs: &[CheckRun], run: &str| -> Vec<CheckRun> {
+        runs.iter()
+            .filter(|r| r.get("external_id") == run)
+            .cloned()
+            .collect()
+    };
+    let runs = github
+        .until("A's check run updated after the lookup", |r| {
+            r.len() == 2 && of(r, &a).first().is_some_and(|c| c.states.len() >= 2)
+        })
+        .await;
+    assert!(github.count("GET ") >= 1, "{:#?}", github.seen());
+    let (mine, theirs) = (of(&runs, &a), of(&runs, &b));
+    assert_eq!((mine.len(), theirs.len()), (1, 1), "{runs:#?}");
+    assert!(
+        mine[0].title().starts_with("Running: "),
+        "{}",
+        mine[0].title()
+    );
+    for (run, stage) in [(&a, "build"), (&b, "build")] {
+        h.engine
+            .signal(run, stage, json!({"decision": "approved"}))
+            .await
+            .unwrap();
+        assert_eq!(h.finish(run).await, RunStatus::Succeeded);
+    }
+    let runs = github
+        .until("both check runs completed", |r| {
+            r.len() == 2 && r.iter().all(|c| c.conclusion() == Some("success"))
+        })
+        .await;
+    assert_eq!((of(&runs, &a).len(), of(&runs, &b).len()), (1, 1));
+    assert_eq!(github.count("POST /repos/octo/hello/check-runs"), 2);
+}
+
+/// A commit with a hundred newer check runs of the name: the lookup reads the next page.
+#[tokio::test]
+async fn a_lookup_reads_past_a_full_page() {
+    let github = GithubChecks::start().await;
+    github.lose_next_create(Lost::Stall(Duration::from_secs(3)));
+    let policy = RetryPolicy {
+        request_timeout: Duration::from_millis(700),
+        ..fast_retries()
+    };
+    let h = Harness::new(app_source(&github), policy).await;
+    let id = h
+        .start(
+            json!({"build": {"uses": "script", "with": {"result": "wait"}}}),
+            &["app"],
+            push(),
+            "app",
+        )
+        .await;
+    github.until("the check run, made", |r| r.len() == 1).await;
+    github.seed(100, "octo/hello", SHA, "baton/ci");
+    h.engine
+        .signal(&id, "build", json!({"decision": "approved"}))
+        .await
+        .unwrap();
+    assert_eq!(h.finish(&id).await, RunStatus::Succeeded);
+    let runs = github
+        .until("the run's check run completed", |r| {
+            r.first()
+                .is_some_and(|c| c.conclusion() == Some("success") && c.states.len() >= 2)
+        })
+        .await;
+    assert_eq!(runs.len(), 101, "no second check run for the run");
+    assert_eq!(runs[0].get("external_id"), id.as_str());
+    assert_eq!(github.count("POST /repos/octo/hello/check-runs"), 1);
+    assert_eq!(github.count("GET "), 2, "{:#?}", github.seen());
+}
+
 /// The reporter dies while its create waits for an answer: the next one finds the mark the
 /// first left in the store, and looks before it creates.
 #[tokio::test]

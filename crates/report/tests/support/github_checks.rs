@@ -50,6 +50,8 @@ pub(crate) enum Lost {
     Stall(Duration),
     /// It answers 201 with a body that is not JSON (a proxy's page).
     Garbage,
+    /// It answers 502 without making the check run (the request died on the way).
+    Unmade,
 }
 
 /// One check run as the model holds it.
@@ -166,6 +168,28 @@ impl GithubChecks {
     /// rate limit does.
     pub(crate) fn throttle_next_update(&self, seconds: u64) {
         self.state.lock().unwrap().throttle_next_update = Some(seconds);
+    }
+
+    /// Makes `n` completed check runs named `name` on `repo`'s commit `sha`, as other runs
+    /// (or other Apps) would have, newer than every check run made so far.
+    pub(crate) fn seed(&self, n: usize, repo: &str, sha: &str, name: &str) {
+        let mut state = self.state.lock().unwrap();
+        for i in 0..n {
+            let id = state.next_id;
+            state.next_id += 1;
+            let mut fields = Map::new();
+            fields.insert("name".into(), json!(name));
+            fields.insert("external_id".into(), json!(format!("other-{i}")));
+            fields.insert("status".into(), json!("completed"));
+            fields.insert("conclusion".into(), json!("success"));
+            state.check_runs.push(CheckRun {
+                id,
+                repo: repo.to_owned(),
+                head_sha: sha.to_owned(),
+                fields,
+                states: vec![("completed".into(), Some("success".into()))],
+            });
+        }
     }
 
     /// Takes `token` as a personal access token, besides the installation tokens it issues.
@@ -414,6 +438,10 @@ fn create(state: &mut State, repo: &str, request: &Request) -> ResponseTemplate 
         Ok(body) => body,
         Err(answer) => return *answer,
     };
+    if matches!(state.lose_next_create, Some(Lost::Unmade)) {
+        state.lose_next_create = None;
+        return error(502, "Server Error");
+    }
     let id = state.next_id;
     state.next_id += 1;
     let mut run = CheckRun {
@@ -435,6 +463,7 @@ fn create(state: &mut State, repo: &str, request: &Request) -> ResponseTemplate 
             .set_delay(delay),
         Some(Lost::Garbage) => ResponseTemplate::new(201)
             .set_body_raw("<html><body>upstream hiccup</body></html>", "text/html"),
+        Some(Lost::Unmade) => unreachable!("answered above"),
     }
 }
 
