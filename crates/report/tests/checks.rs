@@ -62,6 +62,19 @@ async fn completed(github: &GithubChecks, conclusion: &str) -> Vec<CheckRun> {
         .await
 }
 
+/// A run's one stage, which waits for a signal.
+fn waits() -> Value {
+    json!({"build": {"uses": "script", "with": {"result": "wait"}}})
+}
+
+/// Retries that give up on an answer after 0.7 s.
+fn short_timeout() -> RetryPolicy {
+    RetryPolicy {
+        request_timeout: Duration::from_millis(700),
+        ..fast_retries()
+    }
+}
+
 /// Alice approves `stage`, and the run succeeds.
 async fn approve_and_finish(h: &Harness, id: &str, stage: &str) {
     h.engine
@@ -210,7 +223,7 @@ async fn a_failed_stage_concludes_failure_and_names_the_stage() {
 async fn a_cancelled_run_concludes_cancelled() {
     let github = GithubChecks::start().await;
     let h = Harness::new(app_source(&github), fast_retries()).await;
-    let stages = json!({"build": {"uses": "script", "with": {"result": "wait"}}});
+    let stages = waits();
     let id = h.start(stages, &["app"], push(), "app").await;
     github
         .until("the running check run", |r| shows(r, "in_progress", None))
@@ -262,10 +275,15 @@ async fn a_reopened_run_updates_its_completed_check_run_and_concludes_again() {
 
     h.engine.retry_stage(&id, "build").await.unwrap();
     let runs = github
-        .until("the reopened run in the check run's output", |r| {
-            r.first()
-                .is_some_and(|r| r.title().starts_with("Running again: Running"))
-        })
+        .until(
+            "the reopened run, its retried stage done, in the output",
+            |r| {
+                r.first().is_some_and(|r| {
+                    r.title().starts_with("Running again: Running")
+                        && r.summary().contains("| ✅ | build | succeeded | 2 |")
+                })
+            },
+        )
         .await;
     let reopened = only(&runs);
     assert_eq!(
@@ -277,19 +295,8 @@ async fn a_reopened_run_updates_its_completed_check_run_and_concludes_again() {
         "{}",
         reopened.summary()
     );
-    assert!(
-        reopened
-            .summary()
-            .contains("| ✅ | build | succeeded | 2 |"),
-        "{}",
-        reopened.summary()
-    );
 
-    h.engine
-        .signal(&id, "gate", json!({"decision": "approved"}))
-        .await
-        .unwrap();
-    assert_eq!(h.finish(&id).await, RunStatus::Succeeded);
+    approve_and_finish(&h, &id, "gate").await;
     let runs = completed(&github, "success").await;
     assert_eq!(only(&runs).title(), "Succeeded");
     assert_eq!(github.count("POST /repos/octo/hello/check-runs"), 1);
@@ -328,10 +335,7 @@ async fn a_create_answered_with_a_bad_gateway_is_looked_up_not_made_again() {
 
 #[tokio::test]
 async fn a_create_whose_answer_comes_too_late_is_looked_up_not_made_again() {
-    let policy = RetryPolicy {
-        request_timeout: Duration::from_millis(700),
-        ..fast_retries()
-    };
+    let policy = short_timeout();
     a_lost_create(Lost::Stall(Duration::from_secs(3)), policy).await;
 }
 
@@ -351,17 +355,13 @@ async fn a_rate_limited_update_waits_as_long_as_github_asks() {
         ..fast_retries()
     };
     let h = Harness::new(app_source(&github), policy).await;
-    let stages = json!({"build": {"uses": "script", "with": {"result": "wait"}}});
+    let stages = waits();
     let id = h.start(stages, &["app"], push(), "app").await;
     github
         .until("the running check run", |r| shows(r, "in_progress", None))
         .await;
     github.throttle_next_update(1);
-    h.engine
-        .signal(&id, "build", json!({"decision": "approved"}))
-        .await
-        .unwrap();
-    assert_eq!(h.finish(&id).await, RunStatus::Succeeded);
+    approve_and_finish(&h, &id, "build").await;
     only(&completed(&github, "success").await);
     let log = h.logged("will try again").await;
     assert!(
@@ -411,12 +411,8 @@ async fn a_create_that_never_arrived_is_looked_up_once_then_made() {
 async fn a_lookup_takes_the_runs_own_check_run_not_another_of_its_name() {
     let github = GithubChecks::start().await;
     github.lose_next_create(Lost::Stall(Duration::from_secs(3)));
-    let policy = RetryPolicy {
-        request_timeout: Duration::from_millis(700),
-        ..fast_retries()
-    };
+    let policy = short_timeout();
     let h = Harness::new(app_source(&github), policy).await;
-    let waits = || json!({"build": {"uses": "script", "with": {"result": "wait"}}});
     let a = h.start(waits(), &["app"], push(), "app").await;
     github.until("A's check run, made", |r| r.len() == 1).await;
     let b = h.start(waits(), &["app"], push(), "app").await;
@@ -440,11 +436,7 @@ async fn a_lookup_takes_the_runs_own_check_run_not_another_of_its_name() {
         mine[0].title()
     );
     for (run, stage) in [(&a, "build"), (&b, "build")] {
-        h.engine
-            .signal(run, stage, json!({"decision": "approved"}))
-            .await
-            .unwrap();
-        assert_eq!(h.finish(run).await, RunStatus::Succeeded);
+        approve_and_finish(&h, run, stage).await;
     }
     let runs = github
         .until("both check runs completed", |r| {
@@ -460,26 +452,12 @@ async fn a_lookup_takes_the_runs_own_check_run_not_another_of_its_name() {
 async fn a_lookup_reads_past_a_full_page() {
     let github = GithubChecks::start().await;
     github.lose_next_create(Lost::Stall(Duration::from_secs(3)));
-    let policy = RetryPolicy {
-        request_timeout: Duration::from_millis(700),
-        ..fast_retries()
-    };
+    let policy = short_timeout();
     let h = Harness::new(app_source(&github), policy).await;
-    let id = h
-        .start(
-            json!({"build": {"uses": "script", "with": {"result": "wait"}}}),
-            &["app"],
-            push(),
-            "app",
-        )
-        .await;
+    let id = h.start(waits(), &["app"], push(), "app").await;
     github.until("the check run, made", |r| r.len() == 1).await;
     github.seed(100, "octo/hello", SHA, "baton/ci");
-    h.engine
-        .signal(&id, "build", json!({"decision": "approved"}))
-        .await
-        .unwrap();
-    assert_eq!(h.finish(&id).await, RunStatus::Succeeded);
+    approve_and_finish(&h, &id, "build").await;
     let runs = github
         .until("the run's check run completed", |r| {
             r.first()
@@ -499,17 +477,13 @@ async fn a_reporter_killed_during_a_create_is_followed_by_a_lookup_not_a_second_
     let github = GithubChecks::start().await;
     github.lose_next_create(Lost::Stall(Duration::from_secs(30)));
     let mut h = Harness::new(app_source(&github), fast_retries()).await;
-    let stages = json!({"build": {"uses": "script", "with": {"result": "wait"}}});
+    let stages = waits();
     let id = h.start(stages, &["app"], push(), "app").await;
     github
         .until("the create, made and not answered", |r| r.len() == 1)
         .await;
     h.restart_reporter().await;
-    h.engine
-        .signal(&id, "build", json!({"decision": "approved"}))
-        .await
-        .unwrap();
-    assert_eq!(h.finish(&id).await, RunStatus::Succeeded);
+    approve_and_finish(&h, &id, "build").await;
     let runs = completed(&github, "success").await;
     only(&runs);
     assert_eq!(github.count("POST /repos/octo/hello/check-runs"), 1);
