@@ -470,6 +470,28 @@ async fn a_lookup_reads_past_a_full_page() {
     assert_eq!(github.count("GET "), 2, "{:#?}", github.seen());
 }
 
+/// GitHub stops taking the installation token (revoked, or ended before its time): octocrab
+/// drops it on the 401 and sends the request again with a new one, so the update lands.
+#[tokio::test]
+async fn a_revoked_installation_token_is_replaced() {
+    let github = GithubChecks::start().await;
+    let h = Harness::new(app_source(&github), fast_retries()).await;
+    let id = h.start(waits(), &["app"], push(), "app").await;
+    github
+        .until("the running check run", |r| shows(r, "in_progress", None))
+        .await;
+    github.revoke_tokens();
+    approve_and_finish(&h, &id, "build").await;
+    only(&completed(&github, "success").await);
+    assert_eq!(github.count("POST /app/installations/77/access_tokens"), 2);
+    let seen = github.seen();
+    let refused_then_sent_again = seen
+        .windows(3)
+        .any(|w| w[0].starts_with("PATCH ") && w[1].contains("access_tokens") && w[2] == w[0]);
+    assert!(refused_then_sent_again, "{seen:#?}");
+    assert!(!h.log.text().contains("ghs_model"));
+}
+
 /// The reporter dies while its create waits for an answer: the next one finds the mark the
 /// first left in the store, and looks before it creates.
 #[tokio::test]

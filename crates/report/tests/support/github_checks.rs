@@ -192,6 +192,15 @@ impl GithubChecks {
         }
     }
 
+    /// Revokes every installation token issued so far: requests with one get 401.
+    pub(crate) fn revoke_tokens(&self) {
+        self.state
+            .lock()
+            .unwrap()
+            .tokens
+            .retain(|t| !t.starts_with("ghs_model"));
+    }
+
     /// Takes `token` as a personal access token, besides the installation tokens it issues.
     pub(crate) fn accept_token(&self, token: &str) {
         self.state.lock().unwrap().tokens.push(token.to_owned());
