@@ -264,6 +264,9 @@ impl Store for DyingStore {
     async fn release_report_leases(&self) -> Result<(), StoreError> {
         self.inner.release_report_leases().await
     }
+    async fn report_ref(&self, run_id: &str, source: &str) -> Result<Option<String>, StoreError> {
+        self.inner.report_ref(run_id, source).await
+    }
 }
 
 struct Harness {

@@ -1,4 +1,5 @@
-//! Commit statuses on GitHub, through octocrab: `POST /repos/{owner}/{repo}/statuses/{sha}`.
+//! GitHub, through octocrab: commit statuses (`POST /repos/{owner}/{repo}/statuses/{sha}`)
+//! for a token, one check run per run for a GitHub App (see [`crate::checks`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -6,12 +7,14 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use baton_core::Secret;
+use baton_store::{RunSnapshot, Store};
 use octocrab::models::{AppId, InstallationId, StatusState};
 use octocrab::{EncodingKey, Octocrab};
 
+use crate::checks::{CheckRun, CheckRuns};
 use crate::commit::GithubCommit;
-use crate::status::{Phase, Status};
-use crate::target::{Commit, Failure, Posted, Target, retry_after};
+use crate::status::{Phase, Status, status_of};
+use crate::target::{Commit, Failure, Posted, Report, Target, retry_after};
 
 /// The REST API version baton speaks.
 const API_VERSION: &str = "2022-11-28";
@@ -39,6 +42,8 @@ pub(crate) struct GithubTarget {
     /// (octocrab spawns a task per client). Shared, never cloned: a cloned installation
     /// client would not share the cached installation token.
     clients: Mutex<HashMap<u64, Client>>,
+    /// The check runs of an App's runs.
+    check_runs: CheckRuns,
 }
 
 /// A client, and for an App installation the lock that lets one post at a time fetch the
@@ -62,7 +67,19 @@ impl GithubTarget {
             credentials,
             timeout,
             clients: Mutex::default(),
+            check_runs: CheckRuns::default(),
         }
+    }
+
+    /// The client for a commit, with an App's installation token fetched when it has none
+    /// with more than 30 s left (one fetch at a time: octocrab would fetch once per caller).
+    async fn ready(&self, commit: &GithubCommit) -> Result<Arc<Octocrab>, Failure> {
+        let client = self.client(commit)?;
+        if let Some(lock) = &client.token_fetch {
+            let _one_at_a_time = lock.lock().await;
+            client.crab.installation_token().await.map_err(failure)?;
+        }
+        Ok(client.crab)
     }
 
     /// The client for a commit: the token's, or the App installation's (configured, else the
@@ -129,46 +146,80 @@ impl Target for GithubTarget {
         &self.name
     }
 
-    async fn post(&self, commit: &Commit, status: &Status) -> Result<Posted, Failure> {
+    /// A GitHub App shows the whole run in its check run, whichever context changed; a token
+    /// posts the context's commit status.
+    fn report(
+        &self,
+        run: &RunSnapshot,
+        stage_id: &str,
+        public_url: Option<&str>,
+    ) -> Option<Report> {
+        match self.credentials {
+            Credentials::App { .. } => Some(Report::Check(CheckRun::of(run, public_url))),
+            Credentials::Token(_) => status_of(run, stage_id, public_url).map(Report::Status),
+        }
+    }
+
+    async fn post(
+        &self,
+        commit: &Commit,
+        report: &Report,
+        store: &dyn Store,
+    ) -> Result<Posted, Failure> {
         let Commit::Github(commit) = commit else {
             return Err(Failure::permanent("not a GitHub commit"));
         };
-        let client = self.client(commit)?;
-        if let Some(lock) = &client.token_fetch {
-            // The cached token when it has more than 30 s left, else a new one for all.
-            let _one_at_a_time = lock.lock().await;
-            client.crab.installation_token().await.map_err(failure)?;
-        }
-        let state = match status.phase {
-            Phase::Pending | Phase::Running => StatusState::Pending,
-            Phase::Succeeded | Phase::Skipped => StatusState::Success,
-            Phase::Failed => StatusState::Failure,
-            Phase::Cancelled => StatusState::Error,
-        };
-        debug_assert_eq!(
-            serde_json::to_value(state)
-                .ok()
-                .as_ref()
-                .and_then(|v| v.as_str()),
-            Some(status.phase.github_state())
-        );
-        let repos = client.crab.repos(&commit.owner, &commit.repo);
-        let mut request = repos
-            .create_status(commit.sha.clone(), state)
-            .context(status.context.clone())
-            .description(status.description.clone());
-        if let Some(url) = &status.target_url {
-            request = request.target(url.clone());
-        }
-        match request.send().await {
-            Ok(_) => Ok(Posted::Done),
-            Err(e) => Err(failure(e)),
+        let crab = self.ready(commit).await?;
+        match report {
+            Report::Status(status) => post_status(&crab, commit, status).await,
+            Report::Check(check) => {
+                if !matches!(self.credentials, Credentials::App { .. }) {
+                    return Err(Failure::permanent("only a GitHub App can write check runs"));
+                }
+                self.check_runs
+                    .post(&crab, &self.name, commit, check, store)
+                    .await
+                    .map(|()| Posted::Done)
+            }
         }
     }
 }
 
+/// Posts one commit status.
+async fn post_status(
+    crab: &Octocrab,
+    commit: &GithubCommit,
+    status: &Status,
+) -> Result<Posted, Failure> {
+    let state = match status.phase {
+        Phase::Pending | Phase::Running => StatusState::Pending,
+        Phase::Succeeded | Phase::Skipped => StatusState::Success,
+        Phase::Failed => StatusState::Failure,
+        Phase::Cancelled => StatusState::Error,
+    };
+    debug_assert_eq!(
+        serde_json::to_value(state)
+            .ok()
+            .as_ref()
+            .and_then(|v| v.as_str()),
+        Some(status.phase.github_state())
+    );
+    let repos = crab.repos(&commit.owner, &commit.repo);
+    let mut request = repos
+        .create_status(commit.sha.clone(), state)
+        .context(status.context.clone())
+        .description(status.description.clone());
+    if let Some(url) = &status.target_url {
+        request = request.target(url.clone());
+    }
+    match request.send().await {
+        Ok(_) => Ok(Posted::Done),
+        Err(e) => Err(failure(e)),
+    }
+}
+
 /// What an octocrab error means for a retry.
-fn failure(error: octocrab::Error) -> Failure {
+pub(crate) fn failure(error: octocrab::Error) -> Failure {
     match error {
         octocrab::Error::GitHub { source, .. } => {
             let headers = source.headers.as_ref();

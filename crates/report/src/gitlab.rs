@@ -8,9 +8,11 @@ use reqwest::Url;
 use reqwest::header::{HeaderValue, RETRY_AFTER};
 use serde_json::{Map, Value, json};
 
+use baton_store::Store;
+
 use crate::github::reason;
-use crate::status::{Phase, Status};
-use crate::target::{Commit, Failure, Posted, Target, retry_after};
+use crate::status::Phase;
+use crate::target::{Commit, Failure, Posted, Report, Target, retry_after};
 
 /// One gitlab source with an API token.
 pub(crate) struct GitlabTarget {
@@ -75,9 +77,16 @@ impl Target for GitlabTarget {
         &self.name
     }
 
-    async fn post(&self, commit: &Commit, status: &Status) -> Result<Posted, Failure> {
-        let Commit::Gitlab(commit) = commit else {
-            return Err(Failure::permanent("not a GitLab commit"));
+    async fn post(
+        &self,
+        commit: &Commit,
+        report: &Report,
+        _: &dyn Store,
+    ) -> Result<Posted, Failure> {
+        let (Commit::Gitlab(commit), Report::Status(status)) = (commit, report) else {
+            return Err(Failure::permanent(
+                "not a commit status for a GitLab commit",
+            ));
         };
         let mut body = Map::new();
         body.insert("state".into(), json!(status.phase.gitlab_state()));
@@ -131,8 +140,8 @@ impl Target for GitlabTarget {
     /// `pending` (400 "Cannot transition status"), and a second final status with the same
     /// state only adds a duplicate; so only a new state is posted, and a pending after a
     /// running (a stage waiting for its retry) is not.
-    fn needs_post(&self, posted: Option<&Status>, next: &Status) -> bool {
-        let Some(posted) = posted else {
+    fn needs_post(&self, posted: Option<&Report>, next: &Report) -> bool {
+        let (Some(Report::Status(posted)), Report::Status(next)) = (posted, next) else {
             return true;
         };
         if posted.phase.gitlab_state() == next.phase.gitlab_state() {
@@ -147,6 +156,7 @@ impl Target for GitlabTarget {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::status::Status;
 
     fn target(api: &str) -> GitlabTarget {
         GitlabTarget::new(
@@ -158,13 +168,13 @@ mod tests {
         .unwrap()
     }
 
-    fn status(phase: Phase, description: &str) -> Status {
-        Status {
+    fn status(phase: Phase, description: &str) -> Report {
+        Report::Status(Status {
             context: "baton/w".into(),
             phase,
             description: description.into(),
             target_url: None,
-        }
+        })
     }
 
     #[test]

@@ -1,18 +1,21 @@
-//! Status back to the commit: a workflow with `report: [<source>]` gets a commit status on
-//! the commit that started each run, for the run (`baton/<workflow>`) and for each stage
-//! (`baton/<workflow>/<stage>`), on GitHub (through octocrab, with a token or as a GitHub
-//! App) or GitLab (its commit status API), linking to the run.
+//! Status back to the commit: a workflow with `report: [<source>]` shows each run on the
+//! commit that started it, with a link to the run. On GitHub with a token and on GitLab that
+//! is a commit status for the run (`baton/<workflow>`) and one for each stage
+//! (`baton/<workflow>/<stage>`); on GitHub as a GitHub App it is one check run per run
+//! (`baton/<workflow>`) whose summary lists every stage, updated as the run moves.
 //!
 //! The engine records each wanted report in the store's outbox, in the same commit as the
 //! change it reports (only for runs whose workflow has `report:`), so reports survive a
-//! restart. A [`Reporter`] claims due rows, reads the run, posts the context's current status,
-//! and removes the row, or stores when to try again (backoff, `Retry-After`, give-up). A
-//! newer change of a context supersedes its waiting row, so only the latest status is posted.
+//! restart. A [`Reporter`] claims due rows, reads the run, posts what the context (or the
+//! run's check run) shows now, and removes the row, or stores when to try again (backoff,
+//! `Retry-After`, give-up). A newer change of a context supersedes its waiting row, so only
+//! the latest state is posted, one request at a time per context or check run.
 //! Reporting never touches the run: a failure is logged (with the server's reason, never a
 //! credential) and counted in `baton_reports_total{result="ok"|"retry"|"dropped"}`.
 //!
 //! See `docs/reporting.md` for setup and for exactly what is posted when.
 
+mod checks;
 mod commit;
 mod github;
 mod gitlab;

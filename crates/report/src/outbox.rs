@@ -22,8 +22,7 @@ use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
 use tokio::task::{JoinError, JoinSet};
 use tokio::time::Instant;
 
-use crate::status::{Status, status_of};
-use crate::target::{Commit, Failure, Posted, Target};
+use crate::target::{Commit, Failure, Posted, Report, Target};
 use crate::{Reporter, RetryPolicy};
 
 /// Rows claimed at once.
@@ -50,12 +49,15 @@ struct Key {
 struct Slot {
     /// The latest-created run that reported to it (run ids sort by creation).
     owner: String,
-    /// The last status the target took, posted or found already there.
-    taken: Option<Status>,
+    /// The last report the target took, posted or found already there.
+    taken: Option<Report>,
     /// A post is under way.
     busy: bool,
     /// Rows for this context that came while it was busy, dealt with after it.
     queued: Vec<DueReport>,
+    /// The server asked to wait until then (`Retry-After`, a rate limit's reset): rows for
+    /// this context wait too, rather than asking again at once.
+    hold_until: Option<Millis>,
 }
 
 /// Where one run reports to one source: the target and the commit, or nowhere.
@@ -65,8 +67,10 @@ type Destination = Option<(Arc<dyn Target>, Commit)>;
 struct Settled {
     /// What to do with the row in the store.
     change: Change,
-    /// The status, when the target took it.
-    taken: Option<Status>,
+    /// The report, when the target took it.
+    taken: Option<Report>,
+    /// When the server asked to be asked again, if it did.
+    hold_until: Option<Millis>,
 }
 
 /// The delivery loop's state.
@@ -255,13 +259,14 @@ impl Outbox {
                 settled.push(done);
             }
         }
-        self.settle_now(settled).await;
+        self.settle(settled).await;
     }
 
-    /// Posts a row, or queues it; answers the row when there is nothing to post.
-    fn take_row(&mut self, row: DueReport, run: Option<&RunSnapshot>) -> Option<DueReport> {
+    /// Posts a row, or queues it; answers what becomes of the row when it is not posted now
+    /// (done: nothing to post; or put off while the server asked to wait).
+    fn take_row(&mut self, row: DueReport, run: Option<&RunSnapshot>) -> Option<Change> {
         let Some(run) = run else {
-            return Some(row);
+            return Some(finished(row));
         };
         let destination = self
             .destinations
@@ -270,22 +275,23 @@ impl Outbox {
             .entry(row.key.source.clone())
             .or_insert_with(|| self.reporter.destination(run, &row.key.source));
         let Some((target, commit)) = destination.clone() else {
-            return Some(row);
+            return Some(finished(row));
         };
-        let Some(status) = status_of(run, &row.key.stage_id, self.reporter.public_url.as_deref())
+        let Some(report) =
+            target.report(run, &row.key.stage_id, self.reporter.public_url.as_deref())
         else {
-            return Some(row);
+            return Some(finished(row));
         };
         let key = Key {
             source: row.key.source.clone(),
             commit,
-            context: status.context.clone(),
+            context: report.context(),
         };
         let slot = self.slots.entry(key.clone()).or_default();
         if row.key.run_id < slot.owner {
             tracing::debug!(run = %row.key.run_id, owner = %slot.owner, context = %key.context, commit = %key.commit,
                 "a later run reports to this commit and context; not posting this run's status");
-            return Some(row);
+            return Some(finished(row));
         }
         if slot.owner != row.key.run_id {
             slot.owner = row.key.run_id.clone();
@@ -294,28 +300,33 @@ impl Outbox {
             slot.queued.push(row);
             return None;
         }
-        if !target.needs_post(slot.taken.as_ref(), &status) {
-            return Some(row);
+        let now = now_millis();
+        if let Some(hold) = slot.hold_until.filter(|hold| *hold > now) {
+            tracing::debug!(run = %row.key.run_id, context = %key.context, commit = %key.commit,
+                "the server asked to wait; the report waits with it");
+            return Some(Change::ReportRetry {
+                first_try_at: row.first_try_at.unwrap_or(now),
+                key: row.key,
+                version: row.version,
+                due_at: hold,
+                tries: row.tries,
+            });
+        }
+        if !target.needs_post(slot.taken.as_ref(), &report) {
+            return Some(finished(row));
         }
         slot.busy = true;
         let row_key = row.key.clone();
-        let task = self
-            .posts
-            .spawn(post(target, key.clone(), status, row, self.reporter.policy));
+        let task = self.posts.spawn(post(
+            target,
+            self.store.clone(),
+            key.clone(),
+            report,
+            row,
+            self.reporter.policy,
+        ));
         self.running.insert(task.id(), (key, row_key));
         None
-    }
-
-    /// Removes rows there is nothing to post for (unless a newer change came for them).
-    async fn settle_now(&mut self, rows: Vec<DueReport>) {
-        let changes = rows
-            .into_iter()
-            .map(|row| Change::ReportDone {
-                key: row.key,
-                version: row.version,
-            })
-            .collect();
-        self.settle(changes).await;
     }
 
     /// Writes what became of held rows, then lets go of them. Only then: a row a settle
@@ -380,7 +391,7 @@ impl Outbox {
                 Err(e) => {
                     tracing::error!(
                         error = &e as &dyn std::error::Error,
-                        "a commit status post failed to finish; its report is taken again when its claim ends"
+                        "a report's post failed to finish; its report is taken again when its claim ends"
                     );
                     (e.id(), None)
                 }
@@ -388,14 +399,14 @@ impl Outbox {
             let Some((key, row)) = self.running.remove(&id) else {
                 continue;
             };
-            let taken = match settled {
+            let (taken, hold_until) = match settled {
                 Some(settled) => {
                     changes.push(settled.change);
-                    settled.taken
+                    (settled.taken, settled.hold_until)
                 }
                 None => {
                     self.held.remove(&row);
-                    None
+                    (None, None)
                 }
             };
             if let Some(slot) = self.slots.get_mut(&key) {
@@ -403,6 +414,7 @@ impl Outbox {
                 if taken.is_some() {
                     slot.taken = taken;
                 }
+                slot.hold_until = hold_until;
                 queued.append(&mut slot.queued);
             }
         }
@@ -419,11 +431,19 @@ impl Outbox {
         self.slots.retain(|_, slot| {
             slot.busy
                 || !slot.queued.is_empty()
-                || !slot.taken.as_ref().is_some_and(|s| s.phase.is_terminal())
+                || !slot.taken.as_ref().is_some_and(Report::is_terminal)
         });
         let held: HashSet<&str> = self.held.iter().map(|k| k.run_id.as_str()).collect();
         self.destinations
             .retain(|run_id, _| held.contains(run_id.as_str()));
+    }
+}
+
+/// Removes a row there is nothing to post for (unless a newer change came for it).
+fn finished(row: DueReport) -> Change {
+    Change::ReportDone {
+        key: row.key,
+        version: row.version,
     }
 }
 
@@ -473,48 +493,50 @@ pub(crate) fn next_try(
     Some((now + millis(wait), first_try_at))
 }
 
-/// Posts one row's status; answers what becomes of the row.
+/// Posts one row's report; answers what becomes of the row.
 async fn post(
     target: Arc<dyn Target>,
+    store: Arc<dyn Store>,
     key: Key,
-    status: Status,
+    report: Report,
     row: DueReport,
     policy: RetryPolicy,
 ) -> Settled {
     let (source, commit, context) = (target.name(), &key.commit, &key.context);
+    let what = report.noun();
     let started = now_millis();
-    let outcome =
-        match tokio::time::timeout(policy.request_timeout, target.post(commit, &status)).await {
-            Ok(outcome) => outcome,
-            Err(_) => Err(Failure::transient(format!(
-                "no answer within {}s",
-                policy.request_timeout.as_secs_f32()
-            ))),
-        };
+    let posting = target.post(commit, &report, store.as_ref());
+    let outcome = match tokio::time::timeout(policy.request_timeout, posting).await {
+        Ok(outcome) => outcome,
+        Err(_) => Err(Failure::transient(format!(
+            "no answer within {}s",
+            policy.request_timeout.as_secs_f32()
+        ))),
+    };
     let attempt = row.tries + 1;
     let done = Change::ReportDone {
         key: row.key.clone(),
         version: row.version,
     };
-    let (change, taken) = match outcome {
+    let (change, taken, hold_until) = match outcome {
         Ok(posted_as) => {
             metrics::counter!("baton_reports_total", "result" => "ok").increment(1);
             match posted_as {
-                Posted::Done => tracing::debug!(%source, %commit, %context,
-                    state = ?status.phase, "commit status posted"),
-                Posted::AlreadyThere(why) => tracing::debug!(%source, %commit, %context,
-                    state = ?status.phase, %why, "commit status already there"),
+                Posted::Done => tracing::debug!(%source, %commit, %context, what, "posted"),
+                Posted::AlreadyThere(why) => {
+                    tracing::debug!(%source, %commit, %context, what, %why, "already there");
+                }
             }
-            (done, Some(status))
+            (done, Some(report), None)
         }
         Err(failure) => {
             let first_try_at = row.first_try_at.unwrap_or(started);
             match next_try(&policy, row.tries, first_try_at, &failure, now_millis()) {
                 Some((due_at, first_try_at)) => {
                     metrics::counter!("baton_reports_total", "result" => "retry").increment(1);
-                    tracing::warn!(%source, %commit, %context, attempt, reason = %failure.reason,
+                    tracing::warn!(%source, %commit, %context, what, attempt, reason = %failure.reason,
                         retry_in = ?Duration::from_millis((due_at - now_millis()).max(0) as u64),
-                        "could not report a commit status; will try again");
+                        "could not report the run's status; will try again");
                     let retry = Change::ReportRetry {
                         key: row.key.clone(),
                         version: row.version,
@@ -522,18 +544,22 @@ async fn post(
                         tries: attempt,
                         first_try_at,
                     };
-                    (retry, None)
+                    (retry, None, failure.retry_after.map(|_| due_at))
                 }
                 None => {
                     metrics::counter!("baton_reports_total", "result" => "dropped").increment(1);
-                    tracing::warn!(%source, %commit, %context, attempt, reason = %failure.reason,
-                        "could not report a commit status; giving up on it (the run is not affected)");
-                    (done, None)
+                    tracing::warn!(%source, %commit, %context, what, attempt, reason = %failure.reason,
+                        "could not report the run's status; giving up on it (the run is not affected)");
+                    (done, None, None)
                 }
             }
         }
     };
-    Settled { change, taken }
+    Settled {
+        change,
+        taken,
+        hold_until,
+    }
 }
 
 #[cfg(test)]
@@ -551,7 +577,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::status::Phase;
+    use crate::status::{Phase, Status};
     use crate::{Entry, Kind};
 
     const SHA: &str = "6dcb09b5b57875f334f61aebed695e2e4193db5e";
@@ -587,7 +613,15 @@ mod tests {
         fn name(&self) -> &str {
             "fake"
         }
-        async fn post(&self, _: &Commit, status: &Status) -> Result<Posted, Failure> {
+        async fn post(
+            &self,
+            _: &Commit,
+            report: &Report,
+            _: &dyn Store,
+        ) -> Result<Posted, Failure> {
+            let Report::Status(status) = report else {
+                panic!("the fake takes commit statuses only: {report:?}");
+            };
             self.posts
                 .lock()
                 .unwrap()
@@ -966,11 +1000,13 @@ mod tests {
         let mut outbox = Outbox::new(reporter(&Fake::new(None), policy()), open(&dir).await);
         let slot = |busy: bool, queued: bool, taken: Option<Phase>| Slot {
             owner: "r1".into(),
-            taken: taken.map(|phase| Status {
-                context: "baton/ci".into(),
-                phase,
-                description: String::new(),
-                target_url: None,
+            taken: taken.map(|phase| {
+                Report::Status(Status {
+                    context: "baton/ci".into(),
+                    phase,
+                    description: String::new(),
+                    target_url: None,
+                })
             }),
             busy,
             queued: if queued {
@@ -983,6 +1019,7 @@ mod tests {
             } else {
                 Vec::new()
             },
+            hold_until: None,
         };
         let contexts = [
             ("posting", slot(true, false, Some(Phase::Succeeded))),
@@ -1175,6 +1212,13 @@ mod tests {
         }
         async fn release_report_leases(&self) -> baton_store::Result<()> {
             self.inner.release_report_leases().await
+        }
+        async fn report_ref(
+            &self,
+            run_id: &str,
+            source: &str,
+        ) -> baton_store::Result<Option<String>> {
+            self.inner.report_ref(run_id, source).await
         }
     }
 

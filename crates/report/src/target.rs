@@ -4,9 +4,11 @@ use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use baton_store::{RunSnapshot, Store};
 
+use crate::checks::CheckRun;
 use crate::commit::{GithubCommit, GitlabCommit};
-use crate::status::Status;
+use crate::status::{Status, status_of};
 
 /// A commit of either system.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -84,18 +86,72 @@ pub(crate) enum Posted {
     AlreadyThere(String),
 }
 
-/// Something that posts commit statuses: GitHub, GitLab, or a test double.
+/// What one outbox row asks a target to show.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Report {
+    /// One commit status: the run's or one stage's.
+    Status(Status),
+    /// The run's check run, with every stage in it.
+    Check(CheckRun),
+}
+
+impl Report {
+    /// What the report is posted under on its commit: one commit status context, or one
+    /// run's check run. Posts under one name go one at a time, in order.
+    pub(crate) fn context(&self) -> String {
+        match self {
+            Self::Status(status) => status.context.clone(),
+            Self::Check(check) => format!("{} (check run of run {})", check.name, check.run_id),
+        }
+    }
+
+    /// True once nothing more will change it.
+    pub(crate) fn is_terminal(&self) -> bool {
+        match self {
+            Self::Status(status) => status.phase.is_terminal(),
+            Self::Check(check) => check.is_completed(),
+        }
+    }
+
+    /// What it is, for logs: `commit status` or `check run`.
+    pub(crate) fn noun(&self) -> &'static str {
+        match self {
+            Self::Status(_) => "commit status",
+            Self::Check(_) => "check run",
+        }
+    }
+}
+
+/// Something that posts a run's progress to commits: GitHub, GitLab, or a test double.
 #[async_trait]
 pub(crate) trait Target: Send + Sync {
     /// The source name, for logs.
     fn name(&self) -> &str;
 
-    /// Posts one status to one commit.
-    async fn post(&self, commit: &Commit, status: &Status) -> Result<Posted, Failure>;
+    /// What the outbox row of `stage_id` (empty for the run) asks this target to show of
+    /// `run`: by default the context's commit status. `None` when there is nothing to show
+    /// (a stage the run does not have).
+    fn report(
+        &self,
+        run: &RunSnapshot,
+        stage_id: &str,
+        public_url: Option<&str>,
+    ) -> Option<Report> {
+        status_of(run, stage_id, public_url).map(Report::Status)
+    }
 
-    /// Whether `next` needs a post after `posted` (the last status this target took for the
+    /// Posts one report to one commit. `store` keeps what the target made at the far end
+    /// (see [`baton_store::Store::report_ref`]).
+    async fn post(
+        &self,
+        commit: &Commit,
+        report: &Report,
+        store: &dyn Store,
+    ) -> Result<Posted, Failure>;
+
+    /// Whether `next` needs a post after `posted` (the last report this target took for the
     /// same context): false when nothing visible would change.
-    fn needs_post(&self, posted: Option<&Status>, next: &Status) -> bool {
+    fn needs_post(&self, posted: Option<&Report>, next: &Report) -> bool {
         posted != Some(next)
     }
 }

@@ -478,6 +478,16 @@ pub enum Change {
         /// When the first try was.
         first_try_at: Millis,
     },
+    /// Records what a reporter made at the far end for a run and source (a GitHub check
+    /// run), replacing what was recorded before (see [`outbox`]).
+    ReportRef {
+        /// The run.
+        run_id: String,
+        /// The `[sources.*]` name.
+        source: String,
+        /// The reporter's own words for it; the store keeps them as they are.
+        reference: String,
+    },
 }
 
 /// A run with everything stored about it.
@@ -641,6 +651,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Clears every outbox lease: used by a reporter that owns the store alone, at start.
     async fn release_report_leases(&self) -> Result<()>;
+
+    /// What [`Change::ReportRef`] last recorded for `run_id` and `source`.
+    async fn report_ref(&self, run_id: &str, source: &str) -> Result<Option<String>>;
 }
 
 /// Opens the store named by `url` (`sqlite://path`, `sqlite::memory:` is refused because a

@@ -9,6 +9,11 @@
 //! ([`Store::claim_reports`](crate::Store::claim_reports)), and settles each with
 //! [`Change::ReportDone`](crate::Change::ReportDone) (removed, unless a newer change came
 //! meanwhile) or [`Change::ReportRetry`](crate::Change::ReportRetry) (tried again later).
+//!
+//! A reporter that makes one object at the far end per run (a GitHub check run, updated as
+//! the run moves) records it with [`Change::ReportRef`](crate::Change::ReportRef) and reads
+//! it back with [`Store::report_ref`](crate::Store::report_ref), so a restart updates the
+//! same object instead of making another.
 
 use crate::Millis;
 

@@ -156,6 +156,11 @@ pub(super) fn apply_change(tx: &Transaction<'_>, change: &Change) -> Result<Opti
             tries,
             first_try_at,
         } => outbox::retry(tx, key, *version, *due_at, *tries, *first_try_at)?,
+        Change::ReportRef {
+            run_id,
+            source,
+            reference,
+        } => outbox::put_ref(tx, run_id, source, reference)?,
     }
     Ok(None)
 }

@@ -1,6 +1,7 @@
-//! The report outbox's SQLite side (see [`crate::outbox`]): the `reports` table.
+//! The report outbox's SQLite side (see [`crate::outbox`]): the `reports` table, and
+//! `report_refs` for what reporters made at the far end.
 
-use rusqlite::{Connection, Row, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 
 use crate::{DueReport, Millis, ReportKey, Result};
 
@@ -101,6 +102,29 @@ pub(super) fn next_due(conn: &Connection, now: Millis) -> Result<Option<Millis>>
             "SELECT MIN(due_at) FROM reports WHERE lease_until IS NULL OR lease_until < ?1",
         )?
         .query_row([now], |r| r.get(0))?)
+}
+
+/// [`Change::ReportRef`](crate::Change::ReportRef).
+pub(super) fn put_ref(
+    tx: &Transaction<'_>,
+    run_id: &str,
+    source: &str,
+    reference: &str,
+) -> Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO report_refs (run_id, source, reference) VALUES (?1, ?2, ?3)
+         ON CONFLICT (run_id, source) DO UPDATE SET reference = excluded.reference",
+    )?
+    .execute(params![run_id, source, reference])?;
+    Ok(())
+}
+
+/// What [`put_ref`] last recorded for a run and source.
+pub(super) fn load_ref(conn: &Connection, run_id: &str, source: &str) -> Result<Option<String>> {
+    Ok(conn
+        .prepare_cached("SELECT reference FROM report_refs WHERE run_id = ?1 AND source = ?2")?
+        .query_row(params![run_id, source], |r| r.get(0))
+        .optional()?)
 }
 
 /// Clears every lease.
@@ -243,5 +267,37 @@ mod tests {
             claimed(&store.claim_reports(520, 10, 1_000).await.unwrap()),
             [("", 2, 0, None)]
         );
+    }
+
+    #[tokio::test]
+    async fn a_reference_is_kept_per_run_and_source_across_a_restart_and_replaced_by_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let put = |run_id: &str, source: &str, reference: &str| Change::ReportRef {
+            run_id: run_id.into(),
+            source: source.into(),
+            reference: reference.into(),
+        };
+        {
+            let store = open(&dir).await;
+            assert_eq!(store.report_ref("r1", "github").await.unwrap(), None);
+            store
+                .commit(vec![put("r1", "github", "creating"), put("r1", "app", "a")])
+                .await
+                .unwrap();
+            store
+                .commit(vec![put("r1", "github", "check-run 7")])
+                .await
+                .unwrap();
+        }
+        let store = open(&dir).await;
+        assert_eq!(
+            store.report_ref("r1", "github").await.unwrap().as_deref(),
+            Some("check-run 7")
+        );
+        assert_eq!(
+            store.report_ref("r1", "app").await.unwrap().as_deref(),
+            Some("a")
+        );
+        assert_eq!(store.report_ref("r2", "github").await.unwrap(), None);
     }
 }

@@ -237,6 +237,12 @@ impl Store for SqliteStore {
     async fn release_report_leases(&self) -> Result<()> {
         self.send(Op::ReleaseReportLeases).await.map(|_| ())
     }
+
+    async fn report_ref(&self, run_id: &str, source: &str) -> Result<Option<String>> {
+        let (run_id, source) = (run_id.to_owned(), source.to_owned());
+        self.read(move |conn| super::outbox::load_ref(conn, &run_id, &source))
+            .await
+    }
 }
 
 /// A page size: 50 when unset, at most 1000.

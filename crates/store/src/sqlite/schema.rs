@@ -14,6 +14,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0003_delivery_passes.sql"),
     include_str!("../../migrations/sqlite/0004_reports.sql"),
     include_str!("../../migrations/sqlite/0005_write_probe.sql"),
+    include_str!("../../migrations/sqlite/0006_report_refs.sql"),
 ];
 
 pub(super) fn open_connection(path: &Path, flags: OpenFlags) -> Result<Connection> {
