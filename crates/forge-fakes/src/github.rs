@@ -168,7 +168,7 @@ impl Workflow {
         self
     }
 
-    /// Adds an artifact with these bytes (uploaded when the run succeeds).
+    /// Adds an artifact with these bytes (uploaded when the run completes, unless cancelled).
     pub fn artifact(mut self, name: &str, bytes: Vec<u8>) -> Self {
         self.artifacts.push((name.to_owned(), bytes));
         self
@@ -522,7 +522,7 @@ pub fn zip_archive(files: &[(&str, &[u8])]) -> Vec<u8> {
         central.extend_from_slice(&0x0201_4b50u32.to_le_bytes());
         central.extend_from_slice(&20u16.to_le_bytes()); // version made by
         fields(&mut central);
-        central.extend_from_slice(&[0; 8]); // comment, disk, internal attributes
+        central.extend_from_slice(&[0; 6]); // comment length, disk, internal attributes
         central.extend_from_slice(&0u32.to_le_bytes()); // external attributes
         central.extend_from_slice(&offset.to_le_bytes());
         central.extend_from_slice(name.as_bytes());
