@@ -208,7 +208,10 @@ impl Budget {
             return reset_in + Duration::from_secs(1);
         }
         let stages = s.waiting.len().max(1) as f64;
-        reset_in.mul_f64(stages / spendable as f64)
+        // Past the reset a full window is there again: no stage need wait longer.
+        reset_in
+            .mul_f64(stages / spendable as f64)
+            .min(reset_in + Duration::from_secs(1))
     }
 
     /// The lowest `x-ratelimit-remaining` seen on this credential.
@@ -264,6 +267,14 @@ mod tests {
         b.observe(&headers(5000, 4999, 3600));
         assert_eq!(b.gate(Use::Routine), Gate::Go);
         assert_eq!(b.poll_floor(), Duration::ZERO);
+        // Never past the reset: a full window comes then.
+        b.observe(&headers(5000, 2000, 600));
+        b.observe(&headers(5000, 260, 600));
+        let floor = b.poll_floor();
+        assert!(
+            floor >= Duration::from_secs(599) && floor <= Duration::from_secs(601),
+            "{floor:?}"
+        );
         b.done(&AttemptKey::new("r", "s0", 1));
         assert_eq!(b.waiting_stages(), 99);
     }

@@ -312,3 +312,32 @@ impl Adapter for GithubActionsAdapter {
         self.delivery_attempts(delivery)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The arithmetic of `docs/adapters/github-actions.md` ("What one run costs"): the
+    /// requests of a run lasting 120 s with the default hints, webhooks off.
+    #[test]
+    fn a_two_minute_run_costs_at_most_fifteen_requests() {
+        let polls_until = |run: f64, jitter: f64| {
+            // The engine's first poll, right after the dispatch, sends nothing; then
+            // one request per hint until the run is seen completed.
+            let (mut t, mut polls, mut n) = (0.0, 0u32, 0i32);
+            while t < run {
+                t += (10.0 * 1.5f64.powi(n)).min(30.0) * jitter;
+                n += 1;
+                polls += 1;
+            }
+            polls
+        };
+        let (nominal, worst) = (polls_until(120.0, 1.0), polls_until(120.0, 0.8));
+        assert_eq!((nominal, worst), (6, 7));
+        // The dispatch; the run read, jobs and artifacts lists, the outputs zip's 302 and
+        // download.
+        let fixed = 1 + 5;
+        assert_eq!((fixed + nominal, fixed + worst), (12, 13));
+        assert!(fixed + worst <= 15);
+        // `gh run watch` polls every 3 s.
+        assert_eq!(120 / 3, 40);
+    }
+}

@@ -1,6 +1,8 @@
 //! Following a run: the run read with `If-None-Match`, every status and conclusion mapped
 //! (api-contracts §4.4), and hints that stretch with the credential's rate budget.
 
+use std::time::Duration;
+
 use baton_core::{AdapterError, AttemptKey, ExternalState, PollOutcome, PollRequest};
 use reqwest::{Method, StatusCode};
 
@@ -96,6 +98,18 @@ impl GithubActionsAdapter {
                 None => (0, None),
             }
         };
+        // The engine polls right after the start: a run dispatched moments ago is queued,
+        // and reading it would spend a request to learn nothing.
+        let age = Duration::from_millis(now_ms().saturating_sub(tracked.dispatched_ms));
+        if polls == 0 && cached.is_none() && age < self.inner.poll_initial / 2 {
+            return Ok(PollOutcome {
+                state: ExternalState::Queued,
+                raw: Some("dispatched".to_owned()),
+                next_poll: Some(self.hint(0)),
+                external: None,
+                message: Some(format!("dispatched run {run_id}")),
+            });
+        }
         // At the reserve a poll that knows the run's last state keeps it and waits for
         // the reset instead of spending a request.
         if let (Gate::Wait(wait), Some((_, run))) =
@@ -103,7 +117,7 @@ impl GithubActionsAdapter {
         {
             let mut outcome = self.outcome(key, run_id, run).await;
             if !outcome.state.is_terminal() {
-                outcome.next_poll = Some(wait.min(std::time::Duration::from_secs(3600)));
+                outcome.next_poll = Some(wait.min(Duration::from_secs(3600)));
                 return Ok(outcome);
             }
         }

@@ -15,6 +15,11 @@ fn with(workflow: &str) -> Value {
     json!({"workflow": workflow, "ref": "main"})
 }
 
+/// Waits past the moment right after a dispatch in which a poll sends nothing.
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
 const FAST: Duration = Duration::from_millis(100);
 const LIMIT: Duration = Duration::from_secs(20);
 
@@ -219,6 +224,7 @@ async fn a_429_is_waited_out_and_the_poll_succeeds() {
     let adapter = gh.adapter(json!({}));
     let key = key("build");
     let external = start(adapter.as_ref(), &key, with("ci.yml")).await.unwrap();
+    settle().await;
     gh.github.fault_on("/runs/", 1, Fault::TooManyRequests(1));
     let before = Instant::now();
     let outcome = poll(adapter.as_ref(), &key, &external).await.unwrap();
@@ -570,6 +576,7 @@ async fn garbage_json_fails_the_poll_visibly() {
     let adapter = gh.adapter(json!({}));
     let key = key("build");
     let external = start(adapter.as_ref(), &key, with("ci.yml")).await.unwrap();
+    settle().await;
     gh.github.fault_on("/runs/", 1, Fault::Garbage);
     let error = poll(adapter.as_ref(), &key, &external).await.unwrap_err();
     let AdapterError::Protocol(text) = error else {
@@ -589,6 +596,7 @@ async fn a_slow_answer_is_a_transient_timeout() {
     let adapter = gh.adapter(json!({"request_timeout": "300ms"}));
     let key = key("build");
     let external = start(adapter.as_ref(), &key, with("ci.yml")).await.unwrap();
+    settle().await;
     gh.github
         .fault_on("/runs/", 1, Fault::Delay(Duration::from_secs(2)));
     let error = poll(adapter.as_ref(), &key, &external).await.unwrap_err();
@@ -605,6 +613,7 @@ async fn server_errors_are_retried_then_transient() {
     let adapter = gh.adapter(json!({}));
     let key = key("build");
     let external = start(adapter.as_ref(), &key, with("ci.yml")).await.unwrap();
+    settle().await;
     gh.github.fault_on("/runs/", 2, Fault::ServerError);
     poll(adapter.as_ref(), &key, &external).await.unwrap();
     gh.github.fault_on("/runs/", 4, Fault::ServerError);
