@@ -41,6 +41,13 @@ url = "http://127.0.0.1:9/"
 kind = "buildbot"
 url = "http://127.0.0.1:9/"
 webhook_token = { env = "BUILDBOT_TOKEN" }
+
+[adapters.gha]
+kind = "github-actions"
+url = "http://127.0.0.1:9/"
+repo = "octo-org/app"
+token = { env = "GITHUB_TOKEN" }
+correlation_input = "baton_attempt"
 "#;
 
 /// Resolves every secret reference to its own name (`{ env = "X" }` is the secret `X`), so
@@ -64,6 +71,9 @@ pub fn kinds(state_dir: &Path) -> Kinds {
     kinds.register(Arc::new(baton_adapter_approval::ApprovalKind));
     kinds.register(Arc::new(baton_adapter_jenkins::JenkinsKind::default()));
     kinds.register(Arc::new(baton_adapter_buildbot::BuildbotKind));
+    kinds.register(Arc::new(
+        baton_adapter_github_actions::GithubActionsKind::default(),
+    ));
     kinds
 }
 

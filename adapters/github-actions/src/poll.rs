@@ -218,8 +218,7 @@ impl GithubActionsAdapter {
             outcome.external = Some(found);
             return Ok(outcome);
         }
-        let waited =
-            std::time::Duration::from_millis(now_ms().saturating_sub(tracked.dispatched_ms));
+        let waited = Duration::from_millis(now_ms().saturating_sub(tracked.dispatched_ms));
         if waited > CORRELATE_WINDOW {
             let input = self
                 .inner
