@@ -98,12 +98,12 @@ impl Budget {
         if let Some(limit) = number("x-ratelimit-limit") {
             s.limit = Some(limit);
         }
-        if let Some(reset) = number("x-ratelimit-reset") {
-            if s.reset != Some(reset) {
-                // A new window: the remaining count of the old one no longer holds.
-                s.reset = Some(reset);
-                s.remaining = None;
-            }
+        if let Some(reset) = number("x-ratelimit-reset")
+            && s.reset != Some(reset)
+        {
+            // A new window: the remaining count of the old one no longer holds.
+            s.reset = Some(reset);
+            s.remaining = None;
         }
         if let Some(remaining) = number("x-ratelimit-remaining") {
             // Answers to concurrent requests arrive in any order: within a window the

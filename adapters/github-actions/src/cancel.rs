@@ -76,7 +76,7 @@ impl GithubActionsAdapter {
                 }
             }
             Err(e) => {
-                tracing::warn!(run, error = %e, "cannot tell whether a cancelled GitHub run still runs")
+                tracing::warn!(run, error = %e, "cannot tell whether a cancelled GitHub run still runs");
             }
         }
     }

@@ -653,7 +653,7 @@ async fn workflow_run_deliveries_name_the_attempt() {
     };
     assert_eq!(
         adapter.source_delivery(&delivery("github", "workflow_run", &body)),
-        [key.clone()]
+        std::slice::from_ref(&key)
     );
     assert!(
         adapter
@@ -712,7 +712,7 @@ async fn a_hundred_stages_never_spend_a_shared_token() {
                 match start(adapter.as_ref(), &key, with("ci.yml")).await {
                     Ok(e) => break e,
                     Err(e) if e.is_transient() => {
-                        tokio::time::sleep(Duration::from_millis(500)).await
+                        tokio::time::sleep(Duration::from_millis(500)).await;
                     }
                     Err(e) => panic!("{e:?}"),
                 }
@@ -734,7 +734,7 @@ async fn a_hundred_stages_never_spend_a_shared_token() {
                 match adapter.outputs(&key, &external).await {
                     Ok(o) => break o,
                     Err(e) if e.is_transient() => {
-                        tokio::time::sleep(Duration::from_millis(500)).await
+                        tokio::time::sleep(Duration::from_millis(500)).await;
                     }
                     Err(e) => panic!("{e:?}"),
                 }

@@ -168,7 +168,7 @@ pub(crate) async fn poll_to_end(
                 tokio::time::sleep(hint).await;
             }
             Err(e) if e.is_transient() => {
-                tokio::time::sleep(cap.min(Duration::from_millis(500))).await
+                tokio::time::sleep(cap.min(Duration::from_millis(500))).await;
             }
             Err(e) => panic!("poll of {key} failed: {e:?}"),
         }
