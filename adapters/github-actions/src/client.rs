@@ -11,6 +11,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use baton_core::wire::error_chain;
 use baton_core::{AdapterError, HumanDuration, Secret};
 use octocrab::EncodingKey;
 use octocrab::models::AppId;
@@ -31,38 +32,12 @@ pub(crate) const API_VERSION: &str = "2022-11-28";
 /// The largest JSON answer read.
 pub(crate) const MAX_JSON_BYTES: usize = 8 * 1024 * 1024;
 
-/// How transient answers (5xx, rate limits that name a wait, refused connections) are
-/// retried within one call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
-    /// Requests in all, the first included.
-    pub attempts: u32,
-    /// The wait before the first retry; it doubles for each later one.
-    pub base: Duration,
-    /// The longest single wait.
-    pub cap: Duration,
-    /// The most time spent waiting in one call (a `retry-after` included); past it the
-    /// call fails as transient and the engine tries again later.
-    pub budget: Duration,
-}
+/// How transient answers are retried within one call.
+pub use baton_core::wire::RetryPolicy;
 
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        Self {
-            attempts: 4,
-            base: Duration::from_millis(500),
-            cap: Duration::from_secs(4),
-            budget: Duration::from_secs(10),
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// The wait before retry `n` (0-based): exponential, capped, with jitter in [50%, 100%].
-    pub fn backoff(&self, n: u32) -> Duration {
-        let exp = self.base.saturating_mul(2u32.saturating_pow(n.min(16)));
-        exp.min(self.cap).mul_f64(rand::random_range(0.5..=1.0))
-    }
+/// The jitter of a retry's wait: half to all of it.
+fn jitter() -> f64 {
+    rand::random_range(0.5..=1.0)
 }
 
 /// An answer with its body read (up to a cap).
@@ -326,7 +301,7 @@ impl Client {
                 Err(e) => return Err(self.transport(&what, &e)),
             };
             if answer.status.is_server_error() && attempt < self.retry.attempts {
-                let wait = self.retry.backoff(attempt - 1);
+                let wait = self.retry.backoff(attempt - 1, jitter());
                 if waited + wait <= self.retry.budget {
                     tokio::time::sleep(wait).await;
                     waited += wait;
@@ -475,7 +450,7 @@ impl Client {
             if attempt >= self.retry.attempts {
                 return Err(failure);
             }
-            let wait = self.retry.backoff(attempt - 1);
+            let wait = self.retry.backoff(attempt - 1, jitter());
             if waited + wait > self.retry.budget {
                 return Err(failure);
             }
@@ -559,21 +534,16 @@ impl Client {
                 "the download to {what} answered {status} (its link lasts about a minute; baton asks for a new one next time)"
             )));
         }
-        if tail {
-            read_tail(response, keep)
-                .await
-                .map_err(|e| self.transport(what, &e))
-        } else {
-            let answer = read(response, keep)
-                .await
-                .map_err(|e| self.transport(what, &e))?;
-            if answer.truncated {
-                return Err(AdapterError::Invalid(format!(
-                    "the download to {what} is larger than {keep} bytes, the most baton reads"
-                )));
-            }
-            Ok(answer.body)
+        let kept = if tail { Keep::Tail } else { Keep::Head };
+        let answer = read_kept(response, keep, kept)
+            .await
+            .map_err(|e| self.transport(what, &e))?;
+        if answer.truncated && !tail {
+            return Err(AdapterError::Invalid(format!(
+                "the download to {what} is larger than {keep} bytes, the most baton reads"
+            )));
         }
+        Ok(answer.body)
     }
 
     /// Maps a non-2xx answer to an error that says what to fix; a 2xx passes.
@@ -697,20 +667,44 @@ fn quote(message: Option<String>) -> String {
         .unwrap_or_default()
 }
 
-/// Reads a body up to `cap` bytes.
-async fn read(mut response: reqwest::Response, cap: usize) -> Result<Answer, reqwest::Error> {
+/// Which bytes of a long body are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Keep {
+    /// The first ones; the answer says when more were cut.
+    Head,
+    /// The last ones, the rest dropped while streaming.
+    Tail,
+}
+
+/// Reads a body chunk by chunk, keeping at most `cap` bytes of it.
+async fn read_kept(
+    mut response: reqwest::Response,
+    cap: usize,
+    keep: Keep,
+) -> Result<Answer, reqwest::Error> {
     let status = response.status();
     let headers = response.headers().clone();
     let mut body = Vec::new();
     let mut truncated = false;
     while let Some(chunk) = response.chunk().await? {
-        let room = cap.saturating_sub(body.len());
-        if chunk.len() > room {
-            body.extend_from_slice(&chunk[..room]);
-            truncated = true;
-            break;
-        }
         body.extend_from_slice(&chunk);
+        if body.len() > cap {
+            truncated = true;
+            match keep {
+                Keep::Head => {
+                    body.truncate(cap);
+                    break;
+                }
+                // Drained in halves, so that a long log costs no quadratic copying.
+                Keep::Tail if body.len() > 2 * cap => {
+                    body.drain(..body.len() - cap);
+                }
+                Keep::Tail => {}
+            }
+        }
+    }
+    if body.len() > cap {
+        body.drain(..body.len() - cap);
     }
     Ok(Answer {
         status,
@@ -720,36 +714,8 @@ async fn read(mut response: reqwest::Response, cap: usize) -> Result<Answer, req
     })
 }
 
-/// Reads a body chunk by chunk, keeping only its last `keep` bytes.
-async fn read_tail(
-    mut response: reqwest::Response,
-    keep: usize,
-) -> Result<Vec<u8>, reqwest::Error> {
-    let mut tail: Vec<u8> = Vec::new();
-    while let Some(chunk) = response.chunk().await? {
-        tail.extend_from_slice(&chunk);
-        if tail.len() > 2 * keep {
-            tail.drain(..tail.len() - keep);
-        }
-    }
-    if tail.len() > keep {
-        tail.drain(..tail.len() - keep);
-    }
-    Ok(tail)
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let part = s.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = s.source();
-    }
-    text
+async fn read(response: reqwest::Response, cap: usize) -> Result<Answer, reqwest::Error> {
+    read_kept(response, cap, Keep::Head).await
 }
 
 /// A short quote of a body, for messages.

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use baton_core::secret::{deserialize_optional_reference, deserialize_reference};
-use baton_core::typed::{checked, duration_in_range, reported};
+use baton_core::typed::{checked, duration_in_range, poll_range, reported};
 use baton_core::{FieldError, HumanDuration, SecretRef, read_table};
 use reqwest::Url;
 use serde::Deserialize;
@@ -164,16 +164,16 @@ fn check_instance(keys: InstanceKeys, errors: &mut Vec<FieldError>) -> Option<In
             format!("`{input}` is not an input name: letters, digits, `-` and `_`, starting with a letter or `_`"),
         ));
     }
+    let (poll_initial, poll_max) = poll_range(
+        keys.poll_initial,
+        keys.poll_max,
+        (DEFAULT_POLL_INITIAL, DEFAULT_POLL_MAX),
+        LONGEST_POLL,
+        errors,
+    );
     let mut duration = |key: &str, value, default, longest| {
         duration_in_range(key, value, default, longest, errors).unwrap_or(default)
     };
-    let poll_initial = duration(
-        "poll_initial",
-        keys.poll_initial,
-        DEFAULT_POLL_INITIAL,
-        LONGEST_POLL,
-    );
-    let poll_max = duration("poll_max", keys.poll_max, DEFAULT_POLL_MAX, LONGEST_POLL);
     let request_timeout = duration(
         "request_timeout",
         keys.request_timeout,
@@ -186,15 +186,6 @@ fn check_instance(keys: InstanceKeys, errors: &mut Vec<FieldError>) -> Option<In
         DEFAULT_STOP_GRACE,
         LONGEST_POLL,
     );
-    if poll_max < poll_initial {
-        errors.push(FieldError::new(
-            "poll_max",
-            format!(
-                "must not be shorter than `poll_initial` ({})",
-                HumanDuration(poll_initial)
-            ),
-        ));
-    }
     let (owner, repo) = repo?;
     Some(InstanceConfig {
         url: url?,

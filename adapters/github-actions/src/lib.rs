@@ -237,11 +237,13 @@ impl GithubActionsAdapter {
     /// `poll_max`, times a jitter in [0.8, 1.2] (never above `poll_max`), and never shorter
     /// than the credential's budget allows.
     pub fn hint(&self, polls: u32) -> Duration {
-        let initial = self.inner.poll_initial.as_secs_f64();
-        let max = self.inner.poll_max.as_secs_f64();
-        let grown = (initial * 1.5f64.powi(polls.min(64) as i32)).min(max);
-        let jittered =
-            Duration::from_secs_f64((grown * rand::random_range(0.8..=1.2)).clamp(0.001, max));
+        let jitter = rand::random_range(0.8..=1.2);
+        let jittered = baton_core::wire::poll_hint(
+            self.inner.poll_initial,
+            self.inner.poll_max,
+            polls,
+            jitter,
+        );
         let floor = self.inner.client.budget().poll_floor();
         // The spread keeps stages stretched by the budget from all polling in one instant.
         let floor = floor.mul_f64(rand::random_range(1.0..=1.1));

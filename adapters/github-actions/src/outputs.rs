@@ -170,26 +170,32 @@ impl GithubActionsAdapter {
         }
     }
 
-    /// The tails of the failed jobs' logs, as text for a stage's error message.
+    /// The tails of the failed jobs' logs, as text for a stage's error message: the last
+    /// lines of each.
     pub(crate) async fn failed_job_tails(&self, run: u64) -> Result<String, AdapterError> {
         let jobs = self.jobs(run).await?;
         let mut text = String::new();
-        for job in jobs.iter().filter(|j| failed(j)).take(MAX_FAILED_LOGS) {
-            let tail = self.job_log_tail(job.id).await?;
+        for (job, tail) in self.failed_logs(&jobs).await? {
             let lines: Vec<&str> = tail.lines().collect();
-            let from = lines.len().saturating_sub(MESSAGE_LINES);
-            text.push_str(&format!(
-                "job `{}` failed ({}):\n",
-                job.name,
-                job.html_url.as_deref().unwrap_or("no link")
-            ));
-            for line in &lines[from..] {
-                text.push_str("  ");
-                text.push_str(line);
-                text.push('\n');
+            let link = job.html_url.as_deref().unwrap_or("no link");
+            text.push_str(&format!("job `{}` failed ({link}):\n", job.name));
+            for line in &lines[lines.len().saturating_sub(MESSAGE_LINES)..] {
+                text.push_str(&format!("  {line}\n"));
             }
         }
         Ok(text)
+    }
+
+    /// The failed jobs among `jobs` (the first few) with their logs' tails.
+    async fn failed_logs<'j>(
+        &self,
+        jobs: &'j [Job],
+    ) -> Result<Vec<(&'j Job, String)>, AdapterError> {
+        let mut logs = Vec::new();
+        for job in jobs.iter().filter(|j| failed(j)).take(MAX_FAILED_LOGS) {
+            logs.push((job, self.job_log_tail(job.id).await?));
+        }
+        Ok(logs)
     }
 
     async fn job_log_tail(&self, job: u64) -> Result<String, AdapterError> {
@@ -225,10 +231,8 @@ impl GithubActionsAdapter {
             })
         }));
         let mut text = String::new();
-        for job in jobs.iter().filter(|j| failed(j)).take(MAX_FAILED_LOGS) {
-            text.push_str(&format!("==> job `{}` <==\n", job.name));
-            text.push_str(&self.job_log_tail(job.id).await?);
-            text.push('\n');
+        for (job, tail) in self.failed_logs(&jobs).await? {
+            text.push_str(&format!("==> job `{}` <==\n{tail}\n", job.name));
         }
         Ok(Logs {
             links,

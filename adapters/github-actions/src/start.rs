@@ -7,6 +7,8 @@ use baton_core::{AdapterError, AttemptKey, ExternalRef, StartRequest};
 use reqwest::{Method, StatusCode};
 use serde_json::{Map, Value, json};
 
+use baton_core::wire::encode_segment as segment;
+
 use crate::budget::Use;
 use crate::client::{Call, Repeat, now_ms, parse_json};
 use crate::config::{self, Mode, StageSpec};
@@ -284,19 +286,6 @@ impl GithubActionsAdapter {
 
 /// How long to wait between searches for a run a 204 did not name.
 pub(crate) const SEARCH_INTERVAL: Duration = Duration::from_secs(3);
-
-/// Percent-encodes a path segment.
-pub(crate) fn segment(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
 
 #[cfg(test)]
 mod tests {
