@@ -234,10 +234,13 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-ratelimit-limit", HeaderValue::from(limit));
         h.insert("x-ratelimit-remaining", HeaderValue::from(remaining));
-        h.insert(
-            "x-ratelimit-reset",
-            HeaderValue::from(now_secs() + reset_in),
-        );
+        // The clock read here, not through `now_secs`, so that the budget's own reading
+        // of it is tested too.
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        h.insert("x-ratelimit-reset", HeaderValue::from(now + reset_in));
         h
     }
 
@@ -249,6 +252,9 @@ mod tests {
         }
         b.observe(&headers(5000, 4000, 1800));
         assert_eq!(b.poll_floor(), Duration::ZERO);
+        assert_eq!(b.lowest_remaining(), Some(4000));
+        let reset = b.until_reset();
+        assert!(reset > Duration::from_secs(1798) && reset <= Duration::from_secs(1800));
         b.observe(&headers(5000, 2250, 1800));
         // 100 stages × 1800 s / (2250 − 250 reserved) = 90 s.
         let floor = b.poll_floor().as_secs_f64();
@@ -270,13 +276,31 @@ mod tests {
         // Never past the reset: a full window comes then.
         b.observe(&headers(5000, 2000, 600));
         b.observe(&headers(5000, 260, 600));
-        let floor = b.poll_floor();
-        assert!(
-            floor >= Duration::from_secs(599) && floor <= Duration::from_secs(601),
-            "{floor:?}"
-        );
+        assert_eq!(b.poll_floor(), b.until_reset() + Duration::from_secs(1));
+        // At the reserve, nothing is left to spread: the next poll comes after the reset.
+        b.observe(&headers(5000, 250, 600));
+        assert_eq!(b.poll_floor(), b.until_reset() + Duration::from_secs(1));
         b.done(&AttemptKey::new("r", "s0", 1));
         assert_eq!(b.waiting_stages(), 99);
+    }
+
+    #[test]
+    fn the_gate_counts_requests_as_they_leave_and_304s_are_given_back() {
+        let b = Budget::default();
+        // Limit 100: 5 reserved. Two routine requests may leave, not three.
+        b.observe(&headers(100, 7, 60));
+        assert_eq!(b.gate(Use::Routine), Gate::Go);
+        assert_eq!(b.gate(Use::Routine), Gate::Go);
+        assert!(matches!(b.gate(Use::Routine), Gate::Wait(_)));
+        // A 304 was free: one more may go.
+        b.refund();
+        assert_eq!(b.gate(Use::Routine), Gate::Go);
+        assert!(matches!(b.gate(Use::Routine), Gate::Wait(_)));
+        // Starts and cancels may spend the reserve, down to the last request.
+        for _ in 0..5 {
+            assert_eq!(b.gate(Use::Essential), Gate::Go);
+        }
+        assert!(matches!(b.gate(Use::Essential), Gate::Wait(w) if w > Duration::from_secs(58)));
     }
 
     #[test]
