@@ -754,3 +754,123 @@ async fn a_hundred_stages_never_spend_a_shared_token() {
     assert_eq!(gh.github.runs_created("ci.yml"), 100);
     let _ = Arc::strong_count(&adapters[0]);
 }
+
+#[tokio::test]
+async fn the_poll_right_after_a_dispatch_sends_nothing_and_hints_then_grow() {
+    let gh = Gh::start().await;
+    gh.add(Workflow::new("long.yml").queued_for(Duration::from_secs(60)));
+    let adapter = gh.adapter(json!({"poll_initial": "100ms", "poll_max": "10s"}));
+    let key = key("long");
+    let external = start(adapter.as_ref(), &key, with("long.yml"))
+        .await
+        .unwrap();
+    let first = poll(adapter.as_ref(), &key, &external).await.unwrap();
+    assert_eq!(first.raw.as_deref(), Some("dispatched"));
+    assert_eq!(
+        gh.github.meter().total(),
+        1,
+        "the first poll sent a request"
+    );
+    settle().await;
+    let mut hints = Vec::new();
+    for _ in 0..4 {
+        let outcome = poll(adapter.as_ref(), &key, &external).await.unwrap();
+        assert_eq!(outcome.state, ExternalState::Queued);
+        hints.push(outcome.next_poll.unwrap());
+    }
+    assert_eq!(gh.github.meter().total(), 5);
+    // 100 ms × 1.5^n from the second poll on (the first counted), each ×0.8 to ×1.2.
+    let ms = |h: &Duration| h.as_millis();
+    assert!((120..=180).contains(&ms(&hints[0])), "{hints:?}");
+    assert!(ms(&hints[3]) > 2 * ms(&hints[0]), "{hints:?}");
+}
+
+#[tokio::test]
+async fn at_the_reserve_a_poll_keeps_the_last_state_and_waits_for_the_reset() {
+    let gh = Gh::start().await;
+    gh.add(Workflow::new("long.yml").runs_for(Duration::from_secs(60)));
+    gh.github.rate_limit(20, Duration::from_secs(30));
+    let adapter = gh.adapter(json!({}));
+    let key = key("long");
+    let external = start(adapter.as_ref(), &key, with("long.yml"))
+        .await
+        .unwrap();
+    settle().await;
+    let seen = poll(adapter.as_ref(), &key, &external).await.unwrap();
+    // Someone else spends the window down to the reserve (5 requests).
+    let token = format!("{TOKEN}-{}", gh.serving.url);
+    let http = reqwest::Client::new();
+    for _ in 0..14 {
+        http.get(format!(
+            "{}/repos/octo-org/app/actions/runs/1",
+            gh.serving.url
+        ))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    }
+    // One more answer tells the adapter where the window stands (a free 304).
+    let _ = poll(adapter.as_ref(), &key, &external).await.unwrap();
+    let before = gh.github.meter().total();
+    let held = poll(adapter.as_ref(), &key, &external).await.unwrap();
+    assert_eq!(
+        gh.github.meter().total(),
+        before,
+        "a request went out at the reserve"
+    );
+    assert_eq!(held.state, seen.state);
+    assert!(
+        held.next_poll.unwrap() > Duration::from_secs(20),
+        "{held:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_run_a_204_never_named_fails_after_the_correlation_window() {
+    let gh = Gh::start().await;
+    gh.add(Workflow::new("ci.yml").inputs(&["baton_attempt"]));
+    let adapter = gh.adapter(json!({"correlation_input": "baton_attempt"}));
+    let key = key("build");
+    let searching = |dispatched_ms: u128| baton_core::ExternalRef {
+        id: "searching".into(),
+        url: None,
+        data: json!({"workflow": "ci.yml", "ref": "main", "dispatched_ms": dispatched_ms as u64}),
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let fresh = poll(adapter.as_ref(), &key, &searching(now)).await.unwrap();
+    assert_eq!(fresh.state, ExternalState::Queued);
+    let late = poll(adapter.as_ref(), &key, &searching(now - 121_000))
+        .await
+        .unwrap_err();
+    let AdapterError::Protocol(text) = late else {
+        panic!("{late:?}")
+    };
+    assert!(
+        text.contains("run-name") && text.contains("inputs.baton_attempt"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_run_without_failed_jobs_says_only_that() {
+    let gh = Gh::start().await;
+    gh.add(Workflow::new("ci.yml").conclusion(Some("failure")).jobs(&[(
+        "build",
+        Some("success"),
+        "ok\n",
+    )]));
+    let adapter = gh.adapter(json!({}));
+    let key = key("build");
+    let external = start(adapter.as_ref(), &key, with("ci.yml")).await.unwrap();
+    let (outcomes, _) = poll_to_end(adapter.as_ref(), &key, external, FAST, LIMIT).await;
+    let message = outcomes.last().unwrap().message.clone().unwrap();
+    assert!(
+        message.starts_with("run #1 the run failed: https://"),
+        "{message}"
+    );
+    assert!(!message.contains('\n'), "{message:?}");
+}
