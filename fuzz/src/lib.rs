@@ -47,6 +47,13 @@ kind = "gitlab-ci"
 url = "http://127.0.0.1:9/"
 project = "group/app"
 token = { env = "GITLAB_API_TOKEN" }
+
+[adapters.gha]
+kind = "github-actions"
+url = "http://127.0.0.1:9/"
+repo = "octo-org/app"
+token = { env = "GITHUB_TOKEN" }
+correlation_input = "baton_attempt"
 "#;
 
 /// Resolves every secret reference to its own name (`{ env = "X" }` is the secret `X`), so
@@ -71,6 +78,9 @@ pub fn kinds(state_dir: &Path) -> Kinds {
     kinds.register(Arc::new(baton_adapter_jenkins::JenkinsKind::default()));
     kinds.register(Arc::new(baton_adapter_buildbot::BuildbotKind));
     kinds.register(Arc::new(baton_adapter_gitlab_ci::GitLabKind::default()));
+    kinds.register(Arc::new(
+        baton_adapter_github_actions::GithubActionsKind::default(),
+    ));
     kinds
 }
 

@@ -21,6 +21,9 @@ mod fake_github;
 pub use baton_forge_fakes as forges;
 pub use fake_github::{FakeGithub, StatusPost};
 
+/// The stateful models of GitHub and GitLab (`crates/forge-fakes`), for adapter tests.
+pub use baton_forge_fakes as forge;
+
 /// The repository root.
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

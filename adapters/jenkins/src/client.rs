@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use baton_core::wire::error_chain;
 use baton_core::{AdapterError, HumanDuration, Secret};
 use reqwest::header::{HeaderMap, LOCATION, RETRY_AFTER};
 use reqwest::{Method, StatusCode, Url};
@@ -12,38 +13,12 @@ use serde::de::DeserializeOwned;
 
 use crate::config::Credentials;
 
-/// How transient answers (429, 5xx, a refused connection) are retried within one call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
-    /// Requests in all, the first included.
-    pub attempts: u32,
-    /// The wait before the first retry; it doubles for each later one.
-    pub base: Duration,
-    /// The longest single wait.
-    pub cap: Duration,
-    /// The most time spent waiting between retries in one call, `Retry-After` included;
-    /// past it the call fails as transient and the engine tries again later.
-    pub budget: Duration,
-}
+/// How transient answers are retried within one call.
+pub use baton_core::wire::RetryPolicy;
 
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        Self {
-            attempts: 4,
-            base: Duration::from_millis(500),
-            cap: Duration::from_secs(4),
-            budget: Duration::from_secs(10),
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// The wait before retry `n` (0-based): exponential, capped, with jitter in [50%, 100%].
-    pub fn backoff(&self, n: u32) -> Duration {
-        let exp = self.base.saturating_mul(2u32.saturating_pow(n.min(16)));
-        let wait = exp.min(self.cap);
-        wait.mul_f64(rand::random_range(0.5..=1.0))
-    }
+/// The jitter of a retry's wait: half to all of it.
+fn jitter() -> f64 {
+    rand::random_range(0.5..=1.0)
 }
 
 /// The largest JSON answer read.
@@ -386,7 +361,7 @@ impl Client {
             }
             let wait = self
                 .retry
-                .backoff(attempt - 1)
+                .backoff(attempt - 1, jitter())
                 .max(retry_after.unwrap_or_default());
             if waited + wait > self.retry.budget {
                 let mut message = failure.to_string();
@@ -617,20 +592,6 @@ fn form_component(text: &str) -> String {
     out
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let part = s.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = s.source();
-    }
-    text
-}
-
 /// A short quote of an error body, for messages: HTML tags dropped, whitespace squeezed.
 fn excerpt(body: &str) -> String {
     let mut text = String::new();
@@ -684,9 +645,9 @@ mod tests {
             budget: Duration::from_secs(5),
         };
         for _ in 0..50 {
-            let first = p.backoff(0);
+            let first = p.backoff(0, jitter());
             assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
-            let late = p.backoff(10);
+            let late = p.backoff(10, jitter());
             assert!(late >= Duration::from_millis(175) && late <= Duration::from_millis(350));
         }
     }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use baton_core::secret::deserialize_optional_reference;
-use baton_core::typed::{checked, duration_in_range, reported};
+use baton_core::typed::{checked, duration_in_range, poll_range, reported};
 use baton_core::{FieldError, HumanDuration, SecretRef, read_table};
 use reqwest::Url;
 use serde::{Deserialize, Deserializer};
@@ -223,16 +223,16 @@ fn check_instance(keys: InstanceKeys, errors: &mut Vec<FieldError>) -> Option<In
         },
     };
 
+    let (poll_initial, poll_max) = poll_range(
+        keys.poll_initial,
+        keys.poll_max,
+        (DEFAULT_POLL_INITIAL, DEFAULT_POLL_MAX),
+        LONGEST_POLL,
+        errors,
+    );
     let mut duration = |key: &str, value, default, longest| {
         duration_in_range(key, value, default, longest, errors).unwrap_or(default)
     };
-    let poll_initial = duration(
-        "poll_initial",
-        keys.poll_initial,
-        DEFAULT_POLL_INITIAL,
-        LONGEST_POLL,
-    );
-    let poll_max = duration("poll_max", keys.poll_max, DEFAULT_POLL_MAX, LONGEST_POLL);
     let request_timeout = duration(
         "request_timeout",
         keys.request_timeout,
@@ -245,15 +245,6 @@ fn check_instance(keys: InstanceKeys, errors: &mut Vec<FieldError>) -> Option<In
         DEFAULT_STOP_GRACE,
         LONGEST_POLL,
     );
-    if poll_max < poll_initial {
-        errors.push(FieldError::new(
-            "poll_max",
-            format!(
-                "must not be shorter than `poll_initial` ({})",
-                HumanDuration(poll_initial)
-            ),
-        ));
-    }
     Some(InstanceConfig {
         url: url?,
         credentials: credentials?,
@@ -365,17 +356,7 @@ impl JobPath {
 }
 
 /// Percent-encodes every byte of `text` outside the URL's unreserved set.
-pub fn encode_segment(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
+pub use baton_core::wire::encode_segment;
 
 /// How a multibranch project stores a branch name as a job name: `%` and `/` escaped.
 pub fn encode_branch(name: &str) -> String {

@@ -224,11 +224,8 @@ impl JenkinsAdapter {
     /// `poll_max`, times a jitter in [0.8, 1.2] (never above `poll_max`), so that many
     /// waiting stages spread out instead of polling in step.
     pub fn hint(&self, polls: u32) -> Duration {
-        let initial = self.inner.poll_initial.as_secs_f64();
-        let max = self.inner.poll_max.as_secs_f64();
-        let grown = (initial * 1.5f64.powi(polls.min(64) as i32)).min(max);
-        let jittered = grown * rand::random_range(0.8..=1.2);
-        Duration::from_secs_f64(jittered.clamp(0.001, max))
+        let jitter = rand::random_range(0.8..=1.2);
+        baton_core::wire::poll_hint(self.inner.poll_initial, self.inner.poll_max, polls, jitter)
     }
 }
 

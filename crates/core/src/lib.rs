@@ -1,7 +1,8 @@
 //! baton's core model, with no I/O: workflows and their compiled form, run and stage
 //! states, the [`Adapter`](adapter::Adapter) contract and what adapter kinds declare, a
 //! person's [`Decision`], jq expressions and templates (and their quoting in shell scripts),
-//! secret references and durations, and the typed reading of config blocks.
+//! secret references and durations, the typed reading of config blocks, and the waits and
+//! texts HTTP adapters share.
 
 pub mod adapter;
 pub mod context;
@@ -15,6 +16,7 @@ pub mod secret;
 pub mod shell;
 pub mod state;
 pub mod typed;
+pub mod wire;
 pub mod workflow;
 
 pub use adapter::{

@@ -194,6 +194,32 @@ pub fn duration_in_range(
     }
 }
 
+/// `poll_initial` and `poll_max` as adapters take them: each over 0 s and at most
+/// `longest`, `defaults` where not given (or not valid), and `poll_max` not shorter than
+/// `poll_initial`; every problem at its key.
+pub fn poll_range(
+    initial: Option<HumanDuration>,
+    max: Option<HumanDuration>,
+    defaults: (Duration, Duration),
+    longest: Duration,
+    problems: &mut Vec<FieldError>,
+) -> (Duration, Duration) {
+    let initial = duration_in_range("poll_initial", initial, defaults.0, longest, problems)
+        .unwrap_or(defaults.0);
+    let max =
+        duration_in_range("poll_max", max, defaults.1, longest, problems).unwrap_or(defaults.1);
+    if max < initial {
+        problems.push(FieldError::new(
+            "poll_max",
+            format!(
+                "must not be shorter than `poll_initial` ({})",
+                HumanDuration(initial)
+            ),
+        ));
+    }
+    (initial, max)
+}
+
 /// Reads a whole config block (an adapter's instance block) as the struct `T`, a struct
 /// with named fields: a missing block (`null`) is an empty table, anything but a table is
 /// one problem, and every key `T` does not declare is reported with the keys it does.

@@ -1,0 +1,102 @@
+//! What adapters that talk HTTP share, with no I/O of their own: poll hints and retry
+//! waits that grow, URL path segments, and error messages that name every cause.
+
+use std::time::Duration;
+
+/// The poll hint after `polls` polls in one phase: `initial × 1.5^polls`, capped at `max`,
+/// times `jitter` (drawn by the caller, such as from [0.8, 1.2]), never above `max` nor
+/// below a millisecond.
+pub fn poll_hint(initial: Duration, max: Duration, polls: u32, jitter: f64) -> Duration {
+    let max = max.as_secs_f64();
+    let grown = (initial.as_secs_f64() * 1.5f64.powi(polls.min(64) as i32)).min(max);
+    Duration::from_secs_f64((grown * jitter).clamp(0.001, max.max(0.001)))
+}
+
+/// How transient answers (429, 5xx, a refused connection) are retried within one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Requests in all, the first included.
+    pub attempts: u32,
+    /// The wait before the first retry; it doubles for each later one.
+    pub base: Duration,
+    /// The longest single wait.
+    pub cap: Duration,
+    /// The most time spent waiting between retries in one call, `Retry-After` included;
+    /// past it the call fails as transient and the engine tries again later.
+    pub budget: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            attempts: 4,
+            base: Duration::from_millis(500),
+            cap: Duration::from_secs(4),
+            budget: Duration::from_secs(10),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait before retry `n` (0-based): `base × 2^n`, capped at `cap`, times `jitter`
+    /// (drawn by the caller, such as from [0.5, 1.0]).
+    pub fn backoff(&self, n: u32, jitter: f64) -> Duration {
+        self.base
+            .saturating_mul(2u32.saturating_pow(n.min(16)))
+            .min(self.cap)
+            .mul_f64(jitter)
+    }
+}
+
+/// Percent-encodes every byte of `text` outside the URL's unreserved set, for one path
+/// segment or query value.
+pub fn encode_segment(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// An error and every cause below it, each said once: `error sending request: connection
+/// refused`.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_grow_to_their_caps() {
+        let s = Duration::from_secs;
+        assert_eq!(poll_hint(s(2), s(30), 0, 1.0), s(2));
+        assert_eq!(poll_hint(s(2), s(30), 2, 1.0), Duration::from_secs_f64(4.5));
+        assert_eq!(poll_hint(s(2), s(30), 40, 1.2), s(30));
+        assert_eq!(poll_hint(s(2), s(30), 40, 0.8), s(24));
+        let ms = Duration::from_millis;
+        let p = RetryPolicy {
+            base: ms(100),
+            cap: ms(350),
+            ..RetryPolicy::default()
+        };
+        assert_eq!(p.backoff(0, 1.0), ms(100));
+        assert_eq!(p.backoff(10, 0.5), ms(175));
+        assert_eq!(encode_segment("a b/ü~"), "a%20b%2F%C3%BC~");
+    }
+}
