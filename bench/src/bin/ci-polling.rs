@@ -27,8 +27,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use baton_bench::{Baton, client, env_or, get_json, quantile};
-use baton_forge_fakes::Served;
+use baton_forge_fakes::github::{Github, Workflow};
 use baton_forge_fakes::gitlab::{GitLab, JobPlan, PipelinePlan};
+use hmac::Mac;
 use serde_json::{Value, json};
 
 /// The REST API token of the scratch servers (operator: it starts runs).
@@ -115,11 +116,20 @@ impl Kind {
 /// One forge model with the workflow or project the stages use.
 #[derive(Clone)]
 enum Forge {
+    Github(Github),
     Gitlab(GitLab),
 }
 
 /// The GitLab project the stages create pipelines in.
 const GITLAB_PROJECT: &str = "bench/app";
+/// The GitHub repository and workflow the stages dispatch.
+const GITHUB_REPO: &str = "octo-org/app";
+const GITHUB_WORKFLOW: &str = "ci.yml";
+/// A GitHub token's primary rate limit: 5,000 requests an hour.
+const GITHUB_LIMIT: (u64, Duration) = (5000, Duration::from_secs(3600));
+
+/// What keeps a served model alive.
+type Serving = Box<dyn std::any::Any + Send>;
 
 impl Forge {
     /// A forge whose runs last `run`, with baton's token.
@@ -135,19 +145,51 @@ impl Forge {
                     .plan(PipelinePlan::new(vec![job]).queued_for(queued, queued));
                 Self::Gitlab(gitlab)
             }
-            Kind::GithubActions => todo_github(),
+            Kind::GithubActions => {
+                let github = Github::new(GITHUB_REPO);
+                github.token("baton", FORGE_TOKEN);
+                github.rate_limit(GITHUB_LIMIT.0, GITHUB_LIMIT.1);
+                let queued = Duration::from_secs(2);
+                github.add_workflow(
+                    Workflow::new(GITHUB_WORKFLOW)
+                        .queued_for(queued)
+                        .runs_for(run.saturating_sub(queued))
+                        .outputs(&json!({"image": "registry.example.com/app@sha256:0123"})),
+                );
+                Self::Github(github)
+            }
         }
     }
 
-    async fn serve(&self) -> Served {
+    /// Serves the model; returns its URL and what keeps it served.
+    async fn serve(&self) -> (String, Serving) {
         match self {
-            Self::Gitlab(g) => g.serve().await.expect("serve the GitLab model"),
+            Self::Github(g) => {
+                let served = g.serve().await.expect("serve the GitHub model");
+                (served.url.clone(), Box::new(served))
+            }
+            Self::Gitlab(g) => {
+                let served = g.serve().await.expect("serve the GitLab model");
+                (served.url.clone(), Box::new(served))
+            }
         }
     }
 
     /// The config blocks of the source and the adapter instance `ci`.
     fn config(&self, url: &str) -> String {
         match self {
+            Self::Github(_) => format!(
+                r#"[sources.forge]
+kind = "github"
+secret = {{ env = "BENCH_HOOK" }}
+
+[adapters.ci]
+kind = "github-actions"
+url = "{url}"
+repo = "{GITHUB_REPO}"
+token = {{ env = "BENCH_FORGE_TOKEN" }}
+"#
+            ),
             Self::Gitlab(_) => format!(
                 r#"[sources.forge]
 kind = "gitlab"
@@ -166,6 +208,7 @@ token = {{ env = "BENCH_FORGE_TOKEN" }}
     /// The stage's `with:` block.
     fn stage_with(&self) -> &'static str {
         match self {
+            Self::Github(_) => "{ workflow: ci.yml, ref: main }",
             Self::Gitlab(_) => "{ ref: main }",
         }
     }
@@ -173,6 +216,12 @@ token = {{ env = "BENCH_FORGE_TOKEN" }}
     /// The ids of the runs or pipelines that have ended.
     fn ended(&self) -> Vec<u64> {
         match self {
+            Self::Github(g) => g
+                .runs()
+                .into_iter()
+                .filter(|r| r.status == "completed")
+                .map(|r| r.id)
+                .collect(),
             Self::Gitlab(g) => g
                 .pipelines()
                 .into_iter()
@@ -185,6 +234,21 @@ token = {{ env = "BENCH_FORGE_TOKEN" }}
     /// The completion delivery for run or pipeline `id`: its headers and body.
     fn delivery(&self, id: u64, serial: usize) -> (Vec<(&'static str, String)>, String) {
         match self {
+            Self::Github(g) => {
+                let body = g.workflow_run_delivery(id, "completed");
+                let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(HOOK_SECRET.as_bytes())
+                    .expect("an HMAC key");
+                mac.update(body.as_bytes());
+                let headers = vec![
+                    ("x-github-event", "workflow_run".to_owned()),
+                    ("x-github-delivery", format!("bench-{id}-{serial}")),
+                    (
+                        "x-hub-signature-256",
+                        format!("sha256={}", hex::encode(mac.finalize().into_bytes())),
+                    ),
+                ];
+                (headers, body)
+            }
             Self::Gitlab(g) => {
                 let body = g.pipeline_hook(id).expect("a Pipeline Hook body");
                 let headers = vec![
@@ -199,14 +263,17 @@ token = {{ env = "BENCH_FORGE_TOKEN" }}
 
     /// Requests the forge served, and the most in one second.
     fn requests(&self) -> (u64, u64) {
-        match self {
-            Self::Gitlab(g) => (g.meter().total(), g.meter().peak_per_second()),
-        }
+        let meter = match self {
+            Self::Github(g) => g.meter(),
+            Self::Gitlab(g) => g.meter(),
+        };
+        (meter.total(), meter.peak_per_second())
     }
 
     /// The lowest rate-limit `remaining` the token reached, where the forge has one.
     fn lowest_remaining(&self) -> Option<u64> {
         match self {
+            Self::Github(g) => g.lowest_remaining("baton"),
             Self::Gitlab(_) => None,
         }
     }
@@ -214,6 +281,25 @@ token = {{ env = "BENCH_FORGE_TOKEN" }}
     /// Starts one run directly, as a person's client would, and returns how to read it.
     async fn peer_start(&self, http: &reqwest::Client, url: &str) -> String {
         match self {
+            Self::Github(_) => {
+                let dispatched: Value = http
+                    .post(format!(
+                        "{url}/repos/{GITHUB_REPO}/actions/workflows/{GITHUB_WORKFLOW}/dispatches"
+                    ))
+                    .bearer_auth(FORGE_TOKEN)
+                    .header("user-agent", "ci-polling-peer")
+                    .json(&json!({"ref": "main", "return_run_details": true}))
+                    .send()
+                    .await
+                    .expect("dispatch a run")
+                    .json()
+                    .await
+                    .expect("the run's details");
+                format!(
+                    "{url}/repos/{GITHUB_REPO}/actions/runs/{}",
+                    dispatched["workflow_run_id"]
+                )
+            }
             Self::Gitlab(_) => {
                 let project = GITLAB_PROJECT.replace('/', "%2F");
                 let created: Value = http
@@ -237,6 +323,19 @@ token = {{ env = "BENCH_FORGE_TOKEN" }}
     /// Whether the run or pipeline read from `url` has ended.
     async fn peer_ended(&self, http: &reqwest::Client, url: &str) -> bool {
         match self {
+            Self::Github(_) => {
+                let run: Value = http
+                    .get(url)
+                    .bearer_auth(FORGE_TOKEN)
+                    .header("user-agent", "ci-polling-peer")
+                    .send()
+                    .await
+                    .expect("read the run")
+                    .json()
+                    .await
+                    .expect("the run");
+                run["status"] == "completed"
+            }
             Self::Gitlab(_) => {
                 let pipeline: Value = http
                     .get(url)
@@ -254,10 +353,6 @@ token = {{ env = "BENCH_FORGE_TOKEN" }}
             }
         }
     }
-}
-
-fn todo_github() -> Forge {
-    unreachable!("the GitHub model is added with the github-actions adapter")
 }
 
 /// The scratch `baton serve` of one side.
@@ -384,13 +479,13 @@ async fn round(s: &Settings, kind: Kind) -> Report {
         Forge::new(kind, s.run),
         Forge::new(kind, s.run),
     );
-    let (off_served, on_served, peer_served) = (
+    let ((off_url, off_served), (on_url, on_served), (peer_url, peer_served)) = (
         off_forge.serve().await,
         on_forge.serve().await,
         peer_forge.serve().await,
     );
-    let off = start_baton(s, &off_forge, &off_served.url);
-    let on = start_baton(s, &on_forge, &on_served.url);
+    let off = start_baton(s, &off_forge, &off_url);
+    let on = start_baton(s, &on_forge, &on_url);
     let begun = Instant::now();
     let (off_runs, on_runs) = tokio::join!(
         start_runs(&http, &off.url, s.stages),
@@ -406,7 +501,7 @@ async fn round(s: &Settings, kind: Kind) -> Report {
     let peer = tokio::spawn(peer_side(
         http.clone(),
         peer_forge.clone(),
-        peer_served.url.clone(),
+        peer_url,
         s.peer_runs,
     ));
     let deadline = s.run * 3 + Duration::from_secs(120);
