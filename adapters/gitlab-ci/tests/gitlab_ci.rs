@@ -543,7 +543,7 @@ async fn a_create_whose_answer_is_lost_is_found_not_repeated() {
     let config = json!({"request_timeout": "400ms"});
     let gl = lab.adapter(config.clone());
     let k = key("lost");
-    let input = json!({"ref": "main", "variables": {"A": "1"}});
+    let input = json!({"ref": "main", "variables": {"A": "1"}, "dotenv_artifact": "build.env"});
     // The POST lands, GitLab creates the pipeline, the answer comes too late.
     lab.gitlab
         .fault(1, Scope::Create, Fault::Delay(Duration::from_secs(2)));
@@ -560,6 +560,7 @@ async fn a_create_whose_answer_is_lost_is_found_not_repeated() {
         .expect("found");
     assert_eq!(found.id, lab.only_pipeline().id.to_string());
     assert_eq!(found.data["iid"], json!(1));
+    assert_eq!(found.data["dotenv_artifact"], json!("build.env"));
     // Another attempt's key is not fooled by it.
     assert_eq!(
         after_restart
