@@ -737,3 +737,22 @@ async fn a_two_minute_pipeline_with_the_default_polls_costs_at_most_twelve_reque
     eprintln!("a 120 s pipeline cost {requests} requests");
     assert!(requests <= 12, "{requests}");
 }
+
+#[tokio::test]
+async fn a_gitlab_that_cannot_be_reached_is_a_passing_problem() {
+    let lab = Lab::start().await;
+    // A port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let gl = lab.adapter(json!({"url": url}));
+    let k = key("s");
+    expect_error(
+        gl.find(&k, &json!({"ref": "main"})).await,
+        "Transient",
+        "cannot reach GitLab `gl`",
+    );
+    // A create that never reached GitLab is retried within the call, then reported the same.
+    let started = gl.start(&request(&k, json!({"ref": "main"}))).await;
+    expect_error(started, "Transient", "cannot reach GitLab `gl`");
+}
