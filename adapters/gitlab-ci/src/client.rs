@@ -44,7 +44,7 @@ impl RetryPolicy {
 }
 
 /// The largest JSON answer read.
-const MAX_JSON_BYTES: usize = 8 * 1024 * 1024;
+const MAX_JSON_BYTES: usize = 8_388_608;
 
 /// Which credential a request carries, for the header and for messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +73,8 @@ pub(crate) struct Call<'a> {
     pub(crate) what: &'a str,
     pub(crate) repeat: Repeat,
     pub(crate) cap: usize,
+    /// Past `cap`, keep the answer's last bytes (a log's tail) rather than its first.
+    pub(crate) tail: bool,
 }
 
 impl<'a> Call<'a> {
@@ -83,6 +85,7 @@ impl<'a> Call<'a> {
             what,
             repeat: Repeat::Safe,
             cap,
+            tail: false,
         }
     }
 }
@@ -181,6 +184,7 @@ impl Client {
             what,
             repeat,
             cap,
+            tail,
         } = call;
         let mut waited = Duration::ZERO;
         let mut attempt = 0;
@@ -194,7 +198,7 @@ impl Client {
                 builder = builder.json(body);
             }
             let outcome = match builder.send().await {
-                Ok(response) => read(response, cap).await,
+                Ok(response) => read(response, cap, tail).await,
                 Err(e) => Err(e),
             };
             let (retry_after, failure) = match outcome {
@@ -297,11 +301,11 @@ impl Client {
     pub(crate) async fn get_file(
         &self,
         rel: &str,
-        what: &str,
-        cap: usize,
+        call: Call<'_>,
     ) -> Result<Option<Answer>, AdapterError> {
+        let what = call.what;
         let answer = self
-            .send(Method::GET, self.url(rel, &[]), None, Call::read(what, cap))
+            .send(Method::GET, self.url(rel, &[]), None, call)
             .await?;
         if answer.status == StatusCode::NOT_FOUND {
             return Ok(None);
@@ -441,18 +445,23 @@ fn wait_asked(headers: &HeaderMap) -> Option<Duration> {
 async fn read(
     mut response: reqwest::Response,
     cap: usize,
+    tail: bool,
 ) -> Result<(Answer, HeaderMap), reqwest::Error> {
     let status = response.status();
     let headers = response.headers().clone();
     let mut body = Vec::new();
     let mut truncated = false;
     while let Some(chunk) = response.chunk().await? {
-        if body.len() + chunk.len() > cap {
-            body.extend_from_slice(&chunk[..cap - body.len()]);
-            truncated = true;
-            break;
-        }
         body.extend_from_slice(&chunk);
+        if body.len() > cap {
+            truncated = true;
+            if !tail {
+                body.truncate(cap);
+                break;
+            }
+            let excess = body.len() - cap;
+            body.drain(..excess);
+        }
     }
     Ok((
         Answer {
@@ -487,6 +496,19 @@ fn excerpt(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backoff_doubles_from_the_base_up_to_the_cap_with_jitter() {
+        let policy = RetryPolicy::default();
+        for _ in 0..100 {
+            let first = policy.backoff(0);
+            assert!(first >= Duration::from_millis(250) && first <= Duration::from_millis(500));
+            let third = policy.backoff(2);
+            assert!(third >= Duration::from_secs(1) && third <= Duration::from_secs(2));
+            let late = policy.backoff(30);
+            assert!(late >= Duration::from_secs(2) && late <= Duration::from_secs(4));
+        }
+    }
 
     #[test]
     fn gitlab_messages_are_read_in_their_three_shapes() {

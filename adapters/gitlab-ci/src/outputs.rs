@@ -6,14 +6,16 @@ use baton_core::{AdapterError, ExternalRef, Logs};
 use serde_json::{Map, Value, json};
 
 use crate::GitLabAdapter;
+use crate::client::Call;
 use crate::model::{Job, Pipeline};
 use crate::tracked::Tracked;
 
 /// The largest dotenv file read.
-pub(crate) const DOTENV_MAX_BYTES: usize = 64 * 1024;
+pub(crate) const DOTENV_MAX_BYTES: usize = 65_536;
 
-/// The most trace bytes read from a job (the tail is what is kept).
-const TRACE_MAX_BYTES: usize = 4 * 1024 * 1024;
+/// How much of the end of a job's trace is kept (GitLab sends the whole log; only its
+/// last lines are used).
+const TRACE_TAIL_BYTES: usize = 65_536;
 
 /// How many lines of a failed job's trace the stage's message and the logs carry.
 const TAIL_LINES: usize = 30;
@@ -83,12 +85,11 @@ impl GitLabAdapter {
                 .client
                 .get_file(
                     &format!("jobs/{}/artifacts/{path}", job.id),
-                    &what,
-                    DOTENV_MAX_BYTES + 1,
+                    Call::read(&what, DOTENV_MAX_BYTES),
                 )
                 .await?;
             let Some(file) = file else { continue };
-            if file.truncated || file.body.len() > DOTENV_MAX_BYTES {
+            if file.truncated {
                 return Err(AdapterError::Invalid(format!(
                     "`{path}` in the artifacts of job `{}` is larger than {DOTENV_MAX_BYTES} bytes: a dotenv file holds a few variables",
                     job.name
@@ -119,8 +120,10 @@ impl GitLabAdapter {
             .client
             .get_file(
                 &format!("jobs/{job}/trace"),
-                "read a job's trace",
-                TRACE_MAX_BYTES,
+                Call {
+                    tail: true,
+                    ..Call::read("read a job's trace", TRACE_TAIL_BYTES)
+                },
             )
             .await?;
         Ok(file.and_then(|f| {

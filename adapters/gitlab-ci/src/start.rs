@@ -118,6 +118,7 @@ impl GitLabAdapter {
                     what,
                     repeat: Repeat::Once,
                     cap: CREATE_ANSWER_BYTES,
+                    tail: false,
                 },
             )
             .await?;

@@ -484,10 +484,63 @@ async fn a_malformed_or_missing_dotenv_file_fails_clearly() {
 }
 
 #[tokio::test]
+async fn a_dotenv_file_may_hold_64_kib_and_no_more() {
+    let lab = Lab::start().await;
+    let lines = |n: usize| -> Vec<u8> {
+        (0..n)
+            .map(|i| format!("KEY_{i:05}=value-of-the-key-{i:05}\n"))
+            .collect::<String>()
+            .into_bytes()
+    };
+    // 34 bytes a line: 1,900 lines are 64,600 bytes, 2,000 are 68,000.
+    lab.gitlab
+        .project(PROJECT)
+        .plan(
+            quick(vec![
+                JobPlan::new("build", "build").artifact("build.env", &lines(1900)),
+            ])
+            .queued_for(Duration::ZERO, Duration::ZERO),
+        )
+        .plan_for_ref(
+            "big",
+            quick(vec![
+                JobPlan::new("build", "build").artifact("build.env", &lines(2000)),
+            ])
+            .queued_for(Duration::ZERO, Duration::ZERO),
+        );
+    let gl = lab.adapter(json!({}));
+    let (fits, too_big) = (key("fits"), key("too-big"));
+    let mut a = gl
+        .start(&request(
+            &fits,
+            json!({"ref": "main", "dotenv_artifact": "build.env"}),
+        ))
+        .await
+        .unwrap();
+    let mut b = gl
+        .start(&request(
+            &too_big,
+            json!({"ref": "big", "dotenv_artifact": "build.env"}),
+        ))
+        .await
+        .unwrap();
+    poll_to_end(gl.as_ref(), &fits, &mut a).await;
+    poll_to_end(gl.as_ref(), &too_big, &mut b).await;
+    let outputs = gl.outputs(&fits, &a).await.unwrap();
+    assert_eq!(outputs["KEY_01899"], json!("value-of-the-key-01899"));
+    expect_error(
+        gl.outputs(&too_big, &b).await,
+        "Invalid",
+        "larger than 65536 bytes",
+    );
+}
+
+#[tokio::test]
 async fn a_failed_jobs_trace_tail_is_in_the_stage_message_and_the_logs() {
     let lab = Lab::start().await;
     let mut trace = String::new();
-    for i in 0..100 {
+    // Over 2 MB: only the end of the log is read into memory, and its last lines shown.
+    for i in 0..200_000 {
         trace.push_str(&format!("step {i}\n"));
     }
     trace.push_str("ERROR: 3 tests failed\n");
@@ -508,7 +561,7 @@ async fn a_failed_jobs_trace_tail_is_in_the_stage_message_and_the_logs() {
     assert!(message.contains("job `unit` failed"), "{message}");
     assert!(message.contains("ERROR: 3 tests failed"), "{message}");
     assert!(
-        message.contains("step 99") && !message.contains("step 5\n"),
+        message.contains("step 199999") && !message.contains("step 5\n"),
         "{message}"
     );
     let logs = gl.logs(&k, &external).await.unwrap();
@@ -543,7 +596,7 @@ async fn a_create_whose_answer_is_lost_is_found_not_repeated() {
     let config = json!({"request_timeout": "400ms"});
     let gl = lab.adapter(config.clone());
     let k = key("lost");
-    let input = json!({"ref": "main", "variables": {"A": "1"}});
+    let input = json!({"ref": "main", "variables": {"A": "1"}, "dotenv_artifact": "build.env"});
     // The POST lands, GitLab creates the pipeline, the answer comes too late.
     lab.gitlab
         .fault(1, Scope::Create, Fault::Delay(Duration::from_secs(2)));
@@ -560,6 +613,7 @@ async fn a_create_whose_answer_is_lost_is_found_not_repeated() {
         .expect("found");
     assert_eq!(found.id, lab.only_pipeline().id.to_string());
     assert_eq!(found.data["iid"], json!(1));
+    assert_eq!(found.data["dotenv_artifact"], json!("build.env"));
     // Another attempt's key is not fooled by it.
     assert_eq!(
         after_restart
@@ -682,4 +736,23 @@ async fn a_two_minute_pipeline_with_the_default_polls_costs_at_most_twelve_reque
     let requests = lab.gitlab.meter().total();
     eprintln!("a 120 s pipeline cost {requests} requests");
     assert!(requests <= 12, "{requests}");
+}
+
+#[tokio::test]
+async fn a_gitlab_that_cannot_be_reached_is_a_passing_problem() {
+    let lab = Lab::start().await;
+    // A port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let gl = lab.adapter(json!({"url": url}));
+    let k = key("s");
+    expect_error(
+        gl.find(&k, &json!({"ref": "main"})).await,
+        "Transient",
+        "cannot reach GitLab `gl`",
+    );
+    // A create that never reached GitLab is retried within the call, then reported the same.
+    let started = gl.start(&request(&k, json!({"ref": "main"}))).await;
+    expect_error(started, "Transient", "cannot reach GitLab `gl`");
 }
