@@ -47,7 +47,14 @@ fn every_built_in_kind_is_listed_with_a_summary_and_docs_that_exist() {
     let names: Vec<&str> = kinds.iter().map(|k| text(k, "kind")).collect();
     assert_eq!(
         names,
-        ["approval", "buildbot", "exec", "gitlab-ci", "jenkins"]
+        [
+            "approval",
+            "buildbot",
+            "exec",
+            "github-actions",
+            "gitlab-ci",
+            "jenkins"
+        ]
     );
     for kind in &kinds {
         assert!(!text(kind, "summary").is_empty(), "{kind}");
