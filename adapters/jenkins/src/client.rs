@@ -359,20 +359,13 @@ impl Client {
             if attempt >= self.retry.attempts {
                 return Err(failure);
             }
-            let wait = self
-                .retry
-                .backoff(attempt - 1, jitter())
-                .max(retry_after.unwrap_or_default());
-            if waited + wait > self.retry.budget {
-                let mut message = failure.to_string();
-                if let Some(after) = retry_after {
-                    message.push_str(&format!(
-                        "; it asked to wait {} (Retry-After), longer than baton waits within one call: baton tries again later",
-                        HumanDuration(after)
-                    ));
-                }
-                return Err(AdapterError::Transient(message));
-            }
+            let wait = self.retry.wait_within_budget(
+                attempt - 1,
+                jitter(),
+                retry_after,
+                waited,
+                &failure,
+            )?;
             tracing::debug!(instance = %self.instance, what = call.what, attempt, ?wait, "retrying a Jenkins request");
             tokio::time::sleep(wait).await;
             waited += wait;

@@ -3,6 +3,9 @@
 
 use std::time::Duration;
 
+use crate::adapter::AdapterError;
+use crate::duration::HumanDuration;
+
 /// The poll hint after `polls` polls in one phase: `initial × 1.5^polls`, capped at `max`,
 /// times `jitter` (drawn by the caller, such as from [0.8, 1.2]), never above `max` nor
 /// below a millisecond.
@@ -45,6 +48,32 @@ impl RetryPolicy {
             .saturating_mul(2u32.saturating_pow(n.min(16)))
             .min(self.cap)
             .mul_f64(jitter)
+    }
+
+    /// The wait before retry `n` (0-based) of a call that has waited `waited` so far and
+    /// just met `failure`: the backoff (with `jitter`), longer where the server asked to
+    /// wait `retry_after`. Past the budget, `failure` as a transient error instead, saying
+    /// when the server's own wait was too long.
+    pub fn wait_within_budget(
+        &self,
+        n: u32,
+        jitter: f64,
+        retry_after: Option<Duration>,
+        waited: Duration,
+        failure: &AdapterError,
+    ) -> Result<Duration, AdapterError> {
+        let wait = self.backoff(n, jitter).max(retry_after.unwrap_or_default());
+        if waited + wait <= self.budget {
+            return Ok(wait);
+        }
+        let mut message = failure.to_string();
+        if let Some(after) = retry_after {
+            message.push_str(&format!(
+                "; it asked to wait {} (Retry-After), longer than baton waits within one call: baton tries again later",
+                HumanDuration(after)
+            ));
+        }
+        Err(AdapterError::Transient(message))
     }
 }
 
@@ -98,5 +127,36 @@ mod tests {
         assert_eq!(p.backoff(0, 1.0), ms(100));
         assert_eq!(p.backoff(10, 0.5), ms(175));
         assert_eq!(encode_segment("a b/ü~"), "a%20b%2F%C3%BC~");
+    }
+
+    #[test]
+    fn a_wait_past_the_budget_gives_up_and_says_why() {
+        let s = Duration::from_secs;
+        let p = RetryPolicy {
+            base: s(1),
+            cap: s(4),
+            budget: s(10),
+            ..RetryPolicy::default()
+        };
+        let failure = AdapterError::Transient("429 Too Many Requests".into());
+        assert_eq!(p.wait_within_budget(0, 1.0, None, s(0), &failure), Ok(s(1)));
+        assert_eq!(
+            p.wait_within_budget(0, 1.0, Some(s(7)), s(0), &failure),
+            Ok(s(7)),
+            "the server's wait is honoured when longer than the backoff"
+        );
+        assert_eq!(
+            p.wait_within_budget(2, 1.0, None, s(7), &failure),
+            Err(AdapterError::Transient("429 Too Many Requests".into()))
+        );
+        let Err(AdapterError::Transient(message)) =
+            p.wait_within_budget(0, 1.0, Some(s(60)), s(0), &failure)
+        else {
+            panic!("a minute's Retry-After is past the budget")
+        };
+        assert!(
+            message.starts_with("429 Too Many Requests; it asked to wait 1m (Retry-After)"),
+            "{message}"
+        );
     }
 }
