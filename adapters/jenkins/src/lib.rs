@@ -66,6 +66,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use baton_core::typed::InstanceBuild;
 use baton_core::{
     Adapter, AdapterError, AdapterKind, AttemptKey, ExternalRef, FieldError, Logs, PollOutcome,
     PollRequest, Secret, SecretResolver, StartRequest, WebhookRequest,
@@ -141,14 +142,12 @@ impl AdapterKind for JenkinsKind {
         config: &Value,
         secrets: &dyn SecretResolver,
     ) -> Result<Arc<dyn Adapter>, AdapterError> {
-        let config = config::parse_instance(config).map_err(|errors| {
-            AdapterError::Invalid(format!("adapter `{name}`: {}", FieldError::join(&errors)))
-        })?;
-        let credentials = config.credentials.clone().map(|reference| {
-            secrets
-                .resolve(&reference)
-                .map_err(|e| AdapterError::Invalid(format!("adapter `{name}`: {e}")))
-        })?;
+        let build = InstanceBuild::new(name, secrets);
+        let config = build.config(config::parse_instance(config))?;
+        let credentials = config
+            .credentials
+            .clone()
+            .map(|reference| build.secret(&reference))?;
         Ok(Arc::new(JenkinsAdapter::new(
             name,
             &config,

@@ -17,8 +17,9 @@ use std::time::Duration;
 use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
 use serde_json::Value;
 
-use crate::adapter::FieldError;
+use crate::adapter::{AdapterError, FieldError};
 use crate::duration::HumanDuration;
+use crate::secret::{Secret, SecretRef, SecretResolver};
 
 /// Expected keys of the objects inside a value: `(relative path, keys)`, `""` for the value
 /// itself and `"retry"` for the object under its `retry` key.
@@ -167,6 +168,51 @@ pub fn checked<T>(
     result
         .map_err(|message| problems.push(FieldError::new(key, message)))
         .ok()
+}
+
+/// What an adapter kind's `build` makes of an instance block: the checked config and its
+/// secrets, every failure an [`AdapterError::Invalid`] that names the adapter
+/// (`` adapter `deploy`: token: … ``) so that a broken instance is found in the file at once.
+#[derive(Clone, Copy)]
+pub struct InstanceBuild<'a> {
+    name: &'a str,
+    secrets: &'a dyn SecretResolver,
+}
+
+impl<'a> InstanceBuild<'a> {
+    /// Building the adapter instance `name`, with secrets read through `secrets`.
+    pub fn new(name: &'a str, secrets: &'a dyn SecretResolver) -> Self {
+        Self { name, secrets }
+    }
+
+    /// The checked config, or all its problems in one error.
+    pub fn config<T>(&self, parsed: Result<T, Vec<FieldError>>) -> Result<T, AdapterError> {
+        parsed.map_err(|errors| self.invalid(FieldError::join(&errors)))
+    }
+
+    /// The secret `reference` points at.
+    pub fn secret(&self, reference: &SecretRef) -> Result<Secret, AdapterError> {
+        self.secrets.resolve(reference).map_err(|e| self.invalid(e))
+    }
+
+    /// The secret `reference` (given at `key`) points at; the error names the key.
+    pub fn secret_at(&self, key: &str, reference: &SecretRef) -> Result<Secret, AdapterError> {
+        self.secrets
+            .resolve(reference)
+            .map_err(|e| self.invalid(format!("{key}: {e}")))
+    }
+
+    fn invalid(&self, message: impl std::fmt::Display) -> AdapterError {
+        AdapterError::Invalid(format!("adapter `{}`: {message}", self.name))
+    }
+}
+
+impl std::fmt::Debug for InstanceBuild<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InstanceBuild")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The duration given at `key` (or `default` when none was) when it is longer than zero
@@ -552,5 +598,47 @@ mod tests {
         assert_eq!(paths(&problems), ["c", "d"]);
         assert_eq!(problems[1].message, "must be at most 1h");
         assert!(reported(&problems, "c") && !reported(&problems, "a"));
+    }
+
+    #[test]
+    fn an_instance_build_names_the_adapter_and_never_the_secret() {
+        struct Env;
+        impl SecretResolver for Env {
+            fn resolve(&self, reference: &SecretRef) -> Result<Secret, crate::secret::SecretError> {
+                match reference {
+                    SecretRef::Env(name) if name == "SET" => Ok(Secret::new("hunter2")),
+                    SecretRef::Env(name) => {
+                        Err(crate::secret::SecretError::MissingEnv(name.clone()))
+                    }
+                    SecretRef::File(path) => {
+                        Err(crate::secret::SecretError::MissingFile(path.clone()))
+                    }
+                }
+            }
+        }
+        let build = InstanceBuild::new("deploy", &Env);
+        let set = build.secret(&SecretRef::Env("SET".into())).unwrap();
+        assert_eq!(set.expose(), "hunter2");
+        let missing = build.secret(&SecretRef::Env("UNSET".into())).unwrap_err();
+        assert_eq!(
+            missing.to_string(),
+            "adapter `deploy`: secret environment variable `UNSET` is not set"
+        );
+        let at = build
+            .secret_at("password", &SecretRef::Env("UNSET".into()))
+            .unwrap_err();
+        assert!(
+            matches!(&at, AdapterError::Invalid(m) if m.starts_with("adapter `deploy`: password: secret"))
+        );
+        let bad: Result<(), _> = build.config(Err(vec![
+            FieldError::new("url", "has no host"),
+            FieldError::new("token", "missing"),
+        ]));
+        let AdapterError::Invalid(message) = bad.unwrap_err() else {
+            panic!("a bad block is invalid config")
+        };
+        assert!(message.starts_with("adapter `deploy`: url"), "{message}");
+        assert!(message.contains("; token"), "{message}");
+        assert!(!format!("{build:?}").contains("hunter2"));
     }
 }
