@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use baton_core::secret::{deserialize_optional_reference, deserialize_reference};
-use baton_core::typed::{checked, duration_in_range, poll_range, reported};
+use baton_core::typed::{checked, duration_or_default, poll_range, reported, text_entries};
 use baton_core::{FieldError, HumanDuration, SecretRef, read_table};
 use reqwest::Url;
 use serde::Deserialize;
@@ -171,20 +171,19 @@ fn check_instance(keys: InstanceKeys, errors: &mut Vec<FieldError>) -> Option<In
         LONGEST_POLL,
         errors,
     );
-    let mut duration = |key: &str, value, default, longest| {
-        duration_in_range(key, value, default, longest, errors).unwrap_or(default)
-    };
-    let request_timeout = duration(
+    let request_timeout = duration_or_default(
         "request_timeout",
         keys.request_timeout,
         DEFAULT_REQUEST_TIMEOUT,
         LONGEST_REQUEST,
+        errors,
     );
-    let stop_grace = duration(
+    let stop_grace = duration_or_default(
         "stop_grace",
         keys.stop_grace,
         DEFAULT_STOP_GRACE,
         LONGEST_POLL,
+        errors,
     );
     let (owner, repo) = repo?;
     Some(InstanceConfig {
@@ -331,36 +330,29 @@ pub fn parse_stage(
         None | Some(Value::Null) => {}
         Some(Value::String(s)) if mode.is_template(s) => {}
         Some(Value::Object(given)) => {
-            for (name, value) in given {
-                let path = format!("inputs.{name}");
-                if Some(name.as_str()) == correlation_input {
-                    errors.push(FieldError::new(
-                        path,
+            let name_problem = |name: &str| {
+                if Some(name) == correlation_input {
+                    Some(
                         "baton fills this input with the attempt key (it is the instance's `correlation_input`): remove it here",
-                    ));
-                    continue;
+                    )
+                } else if !is_input_name(name) {
+                    Some("not an input name: letters, digits, `-` and `_`")
+                } else {
+                    None
                 }
-                if !is_input_name(name) {
-                    errors.push(FieldError::new(
-                        path,
-                        "not an input name: letters, digits, `-` and `_`",
-                    ));
-                    continue;
-                }
-                let value = match value {
-                    Value::String(s) => s.clone(),
-                    Value::Bool(b) => b.to_string(),
-                    Value::Number(n) => n.to_string(),
-                    _ => {
-                        errors.push(FieldError::new(
-                            path,
-                            "expected a string, number or boolean: workflow_dispatch inputs are sent as strings",
-                        ));
-                        continue;
-                    }
-                };
-                inputs.insert(name.clone(), Value::String(value));
-            }
+            };
+            let texts = text_entries(
+                "inputs",
+                given,
+                name_problem,
+                "expected a string, number or boolean: workflow_dispatch inputs are sent as strings",
+                &mut errors,
+            );
+            inputs.extend(
+                texts
+                    .into_iter()
+                    .map(|(name, text)| (name, Value::String(text))),
+            );
             let total = given.len() + usize::from(correlation_input.is_some());
             if total > MAX_INPUTS {
                 errors.push(FieldError::new(

@@ -170,6 +170,46 @@ pub fn checked<T>(
         .ok()
 }
 
+/// The entries of the table at `key` whose values an external system takes as text (job
+/// parameters, pipeline variables, workflow inputs), in the order written: a string as
+/// is, a number or boolean as written. A name `name_problem` objects to, or any other value
+/// (the problem then says `not_text`), is a problem at `<key>.<name>` and left out.
+pub fn text_entries(
+    key: &str,
+    table: &serde_json::Map<String, Value>,
+    name_problem: impl Fn(&str) -> Option<&'static str>,
+    not_text: &str,
+    problems: &mut Vec<FieldError>,
+) -> Vec<(String, String)> {
+    let mut entries = Vec::new();
+    for (name, value) in table {
+        let path = format!("{key}.{name}");
+        if let Some(message) = name_problem(name) {
+            problems.push(FieldError::new(path, message));
+            continue;
+        }
+        match value {
+            Value::String(text) => entries.push((name.clone(), text.clone())),
+            Value::Bool(b) => entries.push((name.clone(), b.to_string())),
+            Value::Number(n) => entries.push((name.clone(), n.to_string())),
+            Value::Null | Value::Array(_) | Value::Object(_) => {
+                problems.push(FieldError::new(path, not_text));
+            }
+        }
+    }
+    entries
+}
+
+/// True when `path` names a file below some root (an artifact in a build's archive): not
+/// empty, not absolute, and no level empty, `.` or `..`.
+pub fn is_relative_file_path(path: &str) -> bool {
+    !path.is_empty()
+        && !path.starts_with('/')
+        && path
+            .split('/')
+            .all(|p| !p.is_empty() && p != "." && p != "..")
+}
+
 /// What an adapter kind's `build` makes of an instance block: the checked config and its
 /// secrets, every failure an [`AdapterError::Invalid`] that names the adapter
 /// (`` adapter `deploy`: token: … ``) so that a broken instance is found in the file at once.
@@ -240,6 +280,18 @@ pub fn duration_in_range(
     }
 }
 
+/// [`duration_in_range`], with `default` standing in for a value that is not valid (its
+/// problem is reported all the same), so that later checks can go on.
+pub fn duration_or_default(
+    key: &str,
+    value: Option<HumanDuration>,
+    default: Duration,
+    longest: Duration,
+    problems: &mut Vec<FieldError>,
+) -> Duration {
+    duration_in_range(key, value, default, longest, problems).unwrap_or(default)
+}
+
 /// `poll_initial` and `poll_max` as adapters take them: each over 0 s and at most
 /// `longest`, `defaults` where not given (or not valid), and `poll_max` not shorter than
 /// `poll_initial`; every problem at its key.
@@ -250,10 +302,8 @@ pub fn poll_range(
     longest: Duration,
     problems: &mut Vec<FieldError>,
 ) -> (Duration, Duration) {
-    let initial = duration_in_range("poll_initial", initial, defaults.0, longest, problems)
-        .unwrap_or(defaults.0);
-    let max =
-        duration_in_range("poll_max", max, defaults.1, longest, problems).unwrap_or(defaults.1);
+    let initial = duration_or_default("poll_initial", initial, defaults.0, longest, problems);
+    let max = duration_or_default("poll_max", max, defaults.1, longest, problems);
     if max < initial {
         problems.push(FieldError::new(
             "poll_max",
@@ -598,6 +648,50 @@ mod tests {
         assert_eq!(paths(&problems), ["c", "d"]);
         assert_eq!(problems[1].message, "must be at most 1h");
         assert!(reported(&problems, "c") && !reported(&problems, "a"));
+    }
+
+    #[test]
+    fn text_entries_turn_scalars_into_text_and_name_every_other_value() {
+        let table = json!({"a": "x", "b": 2, "c": true, "d": [1], "BAD": "y", "e": null});
+        let Value::Object(table) = table else {
+            unreachable!()
+        };
+        let mut problems = Vec::new();
+        let entries = text_entries(
+            "vars",
+            &table,
+            |name| (name == "BAD").then_some("not this one"),
+            "expected text",
+            &mut problems,
+        );
+        let pairs: Vec<(&str, &str)> = entries
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(pairs, [("a", "x"), ("b", "2"), ("c", "true")]);
+        let mut said: Vec<(&str, &str)> = problems
+            .iter()
+            .map(|p| (p.path.as_str(), p.message.as_str()))
+            .collect();
+        said.sort();
+        assert_eq!(
+            said,
+            [
+                ("vars.BAD", "not this one"),
+                ("vars.d", "expected text"),
+                ("vars.e", "expected text")
+            ]
+        );
+    }
+
+    #[test]
+    fn relative_file_paths_stay_below_their_root() {
+        for good in ["a.env", "out/vars.env", "a/.hidden"] {
+            assert!(is_relative_file_path(good), "{good}");
+        }
+        for bad in ["", "/etc/passwd", "a//b", "../up", "a/./b", "a/", "."] {
+            assert!(!is_relative_file_path(bad), "{bad}");
+        }
     }
 
     #[test]
