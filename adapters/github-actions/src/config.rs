@@ -28,10 +28,8 @@ pub const DEFAULT_POLL_MAX: Duration = Duration::from_secs(30);
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// The default `stop_grace`.
 pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(60);
-/// The longest `poll_max` (and `stop_grace`) accepted: the engine caps hints at an hour.
-pub const LONGEST_POLL: Duration = Duration::from_secs(3600);
-/// The longest `request_timeout` accepted.
-pub const LONGEST_REQUEST: Duration = Duration::from_secs(300);
+/// The longest `poll_max` (and `stop_grace`), and the longest `request_timeout`.
+pub use baton_core::typed::{LONGEST_POLL, LONGEST_REQUEST};
 
 /// How baton authenticates to GitHub.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -25,15 +25,7 @@ pub(crate) enum Credential {
     Trigger,
 }
 
-/// Whether a request may be sent again after an ambiguous failure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Repeat {
-    /// Sending it twice does no harm (reads, cancels).
-    Safe,
-    /// Sending it twice may create a second pipeline: retried only when GitLab surely did
-    /// not act on it (429, a refused connection).
-    Once,
-}
+pub(crate) use baton_core::wire::Repeat;
 
 /// How to send one request: with which credential, what it is for (for messages),
 /// whether it may be repeated, and how much of the answer to read.

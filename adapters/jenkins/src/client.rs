@@ -60,15 +60,7 @@ pub(crate) struct Call<'a> {
     pub not_found: &'a str,
 }
 
-/// Whether a request may be sent again after an ambiguous failure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Repeat {
-    /// Sending it twice does no harm (reads, stops, cancels).
-    Safe,
-    /// Sending it twice may start a second build: only retried when Jenkins surely did not
-    /// act on it (429, a refused connection).
-    Once,
-}
+pub(crate) use baton_core::wire::Repeat;
 
 /// A POST's form body and crumb header.
 struct PostBody<'a> {

@@ -117,11 +117,8 @@ pub const DEFAULT_POLL_MAX: Duration = Duration::from_secs(30);
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// The default `stop_grace`.
 pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(30);
-/// The longest `poll_max` accepted: the engine's contract caps hints at an hour.
-pub const LONGEST_POLL: Duration = Duration::from_secs(3600);
-/// The longest `request_timeout` accepted: the engine bounds a whole adapter call at 60 s
-/// by default, so a longer request could never finish anyway.
-pub const LONGEST_REQUEST: Duration = Duration::from_secs(300);
+/// The longest `poll_max` (and `stop_grace`), and the longest `request_timeout`.
+pub use baton_core::typed::{LONGEST_POLL, LONGEST_REQUEST};
 
 /// The instance block as written in `[adapters.<name>]` with `kind = "jenkins"`, before the
 /// checks serde cannot make ([`parse_instance`] makes them).

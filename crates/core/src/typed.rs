@@ -21,6 +21,13 @@ use crate::adapter::{AdapterError, FieldError};
 use crate::duration::HumanDuration;
 use crate::secret::{Secret, SecretRef, SecretResolver};
 
+/// The longest poll hint (`poll_initial`, `poll_max`) an adapter accepts: the engine caps
+/// hints at an hour.
+pub const LONGEST_POLL: Duration = Duration::from_secs(3600);
+/// The longest `request_timeout` an adapter accepts: the engine bounds a whole adapter call
+/// at 60 s by default, so a longer request could never finish anyway.
+pub const LONGEST_REQUEST: Duration = Duration::from_secs(300);
+
 /// Expected keys of the objects inside a value: `(relative path, keys)`, `""` for the value
 /// itself and `"retry"` for the object under its `retry` key.
 pub type Shapes<'a> = &'a [(&'a str, &'static [&'static str])];

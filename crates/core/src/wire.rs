@@ -77,6 +77,17 @@ impl RetryPolicy {
     }
 }
 
+/// Whether a request may be sent again after an ambiguous failure (a timeout, a dropped
+/// connection, a 5xx after the server may have acted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Repeat {
+    /// Sending it twice does no harm (reads, stops, cancels).
+    Safe,
+    /// Sending it twice may start a second build, pipeline or run: retried only when the
+    /// server surely did not act on it (429, a refused connection).
+    Once,
+}
+
 /// Percent-encodes every byte of `text` outside the URL's unreserved set, for one path
 /// segment or query value.
 pub fn encode_segment(text: &str) -> String {
