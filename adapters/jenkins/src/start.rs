@@ -10,6 +10,8 @@ use reqwest::StatusCode;
 use serde::Deserialize;
 use serde_json::Value;
 
+use baton_core::wire::run_created_ms;
+
 use crate::client::{Call, Repeat};
 use crate::config::{self, ATTEMPT_PARAMETER, Mode, StageSpec};
 use crate::model::{self, Build, Job, QueueItem};
@@ -20,15 +22,6 @@ use crate::{CLOCK_SLACK, JenkinsAdapter, lock, now_ms};
 pub(crate) enum Found {
     Queued(u64),
     Build { number: Option<u64>, url: String },
-}
-
-/// The time in a UUIDv7 run id (as the engine makes them): when the run was created.
-pub(crate) fn run_created_ms(key: &AttemptKey) -> Option<u64> {
-    let hex: String = key.run_id().chars().filter(|c| *c != '-').collect();
-    if hex.len() != 32 || !hex.chars().all(|c| c.is_ascii_hexdigit()) || &hex[12..13] != "7" {
-        return None;
-    }
-    u64::from_str_radix(&hex[..12], 16).ok()
 }
 
 impl JenkinsAdapter {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::adapter::AdapterError;
+use crate::adapter::{AdapterError, AttemptKey};
 use crate::duration::HumanDuration;
 
 /// The poll hint after `polls` polls in one phase: `initial × 1.5^polls`, capped at `max`,
@@ -102,6 +102,43 @@ pub fn encode_segment(text: &str) -> String {
     out
 }
 
+/// When the run of `key` was created (Unix ms), from its id when that is a UUIDv7 as the
+/// engine makes them (the first 48 bits are a Unix time in milliseconds); `None` for other
+/// ids. Adapters that look for work a lost start may have made search from there.
+pub fn run_created_ms(key: &AttemptKey) -> Option<u64> {
+    let hex: String = key.run_id().chars().filter(|c| *c != '-').collect();
+    if hex.len() != 32 || !hex.chars().all(|c| c.is_ascii_hexdigit()) || &hex[12..13] != "7" {
+        return None;
+    }
+    u64::from_str_radix(&hex[..12], 16).ok()
+}
+
+/// `ms` since the epoch in ISO 8601, UTC, to the second (`2016-08-12T15:23:28Z`), as
+/// GitLab's `updated_after` and GitHub's `created` filters take it.
+pub fn iso_utc(ms: u64) -> String {
+    let (days, secs) = ((ms / 86_400_000) as i64, ms / 1000 % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant, "chrono-Compatible Low-Level
+    // Date Algorithms", public domain).
+    let shifted = days + 719_468;
+    let era = shifted.div_euclid(146_097);
+    let day_of_era = shifted - era * 146_097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let m = (5 * day_of_year + 2) / 153;
+    let (d, month) = (
+        day_of_year - (153 * m + 2) / 5 + 1,
+        if m < 10 { m + 3 } else { m - 9 },
+    );
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
 /// An error and every cause below it, each said once: `error sending request: connection
 /// refused`.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
@@ -169,5 +206,40 @@ mod tests {
             message.starts_with("429 Too Many Requests; it asked to wait 1m (Retry-After)"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn run_ids_give_their_creation_time() {
+        let key = AttemptKey::new("019a8f3c-2b1e-7c3d-8e4f-5a6b7c8d9e0f", "s", 1);
+        assert_eq!(run_created_ms(&key), Some(0x019a8f3c2b1e));
+        let run = |id| run_created_ms(&AttemptKey::new(id, "s", 1));
+        assert_eq!(
+            run("019a8f3c2b1e7c3d8e4f5a6b7c8d9e0f"),
+            Some(0x019a8f3c2b1e)
+        );
+        assert_eq!(run("r1"), None);
+        assert_eq!(run("019a8f3c2b1e4c3d8e4f5a6b7c8d9e0f"), None, "a UUIDv4");
+        assert_eq!(run("019a8f3c2b1e7c3d8e4f5a6b7c8d9exx"), None);
+        assert_eq!(run("019a8f3c2b1e7c3d8e4f5a6b7c8d9eé"), None);
+    }
+
+    #[test]
+    fn times_are_iso_8601() {
+        assert_eq!(iso_utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(iso_utc(1_471_015_408_999), "2016-08-12T15:23:28Z");
+        assert_eq!(iso_utc(951_868_799_000), "2000-02-29T23:59:59Z");
+        // Leap days, century years that are not leap years, and the ends of 400-year eras.
+        for (ms, text) in [
+            (1_709_208_000_000, "2024-02-29T12:00:00Z"),
+            (1_735_689_599_000, "2024-12-31T23:59:59Z"),
+            (4_107_456_000_000, "2100-02-28T00:00:00Z"),
+            (4_107_542_400_000, "2100-03-01T00:00:00Z"),
+            (13_569_465_599_000, "2399-12-31T23:59:59Z"),
+            (13_574_585_228_000, "2400-02-29T06:07:08Z"),
+            (946_684_799_000, "1999-12-31T23:59:59Z"),
+            (951_868_800_000, "2000-03-01T00:00:00Z"),
+        ] {
+            assert_eq!(iso_utc(ms), text);
+        }
     }
 }
