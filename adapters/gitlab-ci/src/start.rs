@@ -2,8 +2,9 @@
 
 use std::time::Duration;
 
+use baton_core::typed::stage_with;
 use baton_core::wire::{iso_utc, run_created_ms};
-use baton_core::{AdapterError, AttemptKey, ExternalRef, FieldError, StartRequest};
+use baton_core::{AdapterError, AttemptKey, ExternalRef, StartRequest};
 use reqwest::{Method, StatusCode};
 use serde_json::{Map, Value, json};
 
@@ -29,9 +30,7 @@ const CLOCK_SLACK: Duration = Duration::from_secs(60);
 const CREATE_ANSWER_BYTES: usize = 1_048_576;
 
 fn stage_spec(input: &Value) -> Result<StageSpec, AdapterError> {
-    config::parse_stage(input, Mode::Rendered).map_err(|errors| {
-        AdapterError::Invalid(format!("the stage's `with`: {}", FieldError::join(&errors)))
-    })
+    stage_with(config::parse_stage(input, Mode::Rendered))
 }
 
 impl GitLabAdapter {

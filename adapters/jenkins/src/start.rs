@@ -5,11 +5,12 @@
 
 use std::collections::HashSet;
 
-use baton_core::{AdapterError, AttemptKey, ExternalRef, FieldError, StartRequest};
+use baton_core::{AdapterError, AttemptKey, ExternalRef, StartRequest};
 use reqwest::StatusCode;
 use serde::Deserialize;
 use serde_json::Value;
 
+use baton_core::typed::stage_with;
 use baton_core::wire::run_created_ms;
 
 use crate::client::{Call, Repeat};
@@ -31,9 +32,7 @@ impl JenkinsAdapter {
         request: &StartRequest,
     ) -> Result<ExternalRef, AdapterError> {
         let key = &request.key;
-        let spec = config::parse_stage(&request.input, Mode::Rendered).map_err(|errors| {
-            AdapterError::Invalid(format!("the stage's `with`: {}", FieldError::join(&errors)))
-        })?;
+        let spec = stage_with(config::parse_stage(&request.input, Mode::Rendered))?;
         let job = self.job(&spec).await?;
         let defined = job.parameter_names();
         let undefined: Vec<&str> = spec
@@ -132,9 +131,7 @@ impl JenkinsAdapter {
         {
             return Ok(Some(self.reference(tracked, None)));
         }
-        let spec = config::parse_stage(input, Mode::Rendered).map_err(|errors| {
-            AdapterError::Invalid(format!("the stage's `with`: {}", FieldError::join(&errors)))
-        })?;
+        let spec = stage_with(config::parse_stage(input, Mode::Rendered))?;
         let job = self.job(&spec).await?;
         let since = remembered
             .as_ref()

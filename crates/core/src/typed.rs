@@ -217,6 +217,15 @@ pub fn is_relative_file_path(path: &str) -> bool {
             .all(|p| !p.is_empty() && p != "." && p != "..")
 }
 
+/// A stage's `with:` block as rendered for a call, or its problems as one
+/// [`AdapterError::Invalid`] (`` the stage's `with`: … ``): the stage fails, as no retry
+/// can mend its input.
+pub fn stage_with<T>(parsed: Result<T, Vec<FieldError>>) -> Result<T, AdapterError> {
+    parsed.map_err(|errors| {
+        AdapterError::Invalid(format!("the stage's `with`: {}", FieldError::join(&errors)))
+    })
+}
+
 /// What an adapter kind's `build` makes of an instance block: the checked config and its
 /// secrets, every failure an [`AdapterError::Invalid`] that names the adapter
 /// (`` adapter `deploy`: token: … ``) so that a broken instance is found in the file at once.
@@ -741,5 +750,19 @@ mod tests {
         assert!(message.starts_with("adapter `deploy`: url"), "{message}");
         assert!(message.contains("; token"), "{message}");
         assert!(!format!("{build:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn a_bad_stage_input_fails_the_stage_with_every_problem() {
+        assert_eq!(stage_with::<u8>(Ok(3)), Ok(3));
+        let bad = stage_with::<u8>(Err(vec![
+            FieldError::new("job", "missing"),
+            FieldError::new("parameters.X", "expected text"),
+        ]));
+        let Err(AdapterError::Invalid(message)) = bad else {
+            panic!("a bad `with` is invalid input")
+        };
+        assert!(message.starts_with("the stage's `with`: job"), "{message}");
+        assert!(message.contains("; parameters.X"), "{message}");
     }
 }
