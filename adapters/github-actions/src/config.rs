@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use baton_core::secret::{deserialize_optional_reference, deserialize_reference};
-use baton_core::typed::{checked, duration_or_default, poll_range, reported, text_entries};
+use baton_core::typed::{
+    checked, duration_or_default, poll_range, reported, text_entries, unknown_stage_keys,
+};
 use baton_core::{FieldError, HumanDuration, SecretRef, read_table};
 use reqwest::Url;
 use serde::Deserialize;
@@ -283,14 +285,7 @@ pub fn parse_stage(
             ),
         )]);
     };
-    for key in map.keys() {
-        if !STAGE_KEYS.split(", ").any(|k| k == key) {
-            errors.push(FieldError::new(
-                key,
-                format!("unknown key: a github-actions stage takes {STAGE_KEYS}"),
-            ));
-        }
-    }
+    unknown_stage_keys("github-actions", STAGE_KEYS, map, &mut errors);
     let mut text = |key: &str, what: &str| match map.get(key) {
         Some(Value::String(s)) if mode.is_template(s) => Some(s.clone()),
         Some(Value::String(s)) if !s.trim().is_empty() && !s.contains(['\n', '\0']) => {

@@ -6,6 +6,7 @@ use std::time::Duration;
 use baton_core::secret::deserialize_optional_reference;
 use baton_core::typed::{
     checked, duration_or_default, is_relative_file_path, poll_range, reported, text_entries,
+    unknown_stage_keys,
 };
 use baton_core::{FieldError, HumanDuration, SecretRef, read_table};
 use reqwest::Url;
@@ -375,14 +376,7 @@ pub fn parse_stage(with: &Value, mode: Mode) -> Result<StageSpec, Vec<FieldError
             ),
         )]);
     };
-    for key in map.keys() {
-        if !STAGE_KEYS.split(", ").any(|k| k == key) {
-            errors.push(FieldError::new(
-                key,
-                format!("unknown key: a jenkins stage takes {STAGE_KEYS}"),
-            ));
-        }
-    }
+    unknown_stage_keys("jenkins", STAGE_KEYS, map, &mut errors);
     let job = match map.get("job") {
         None => {
             errors.push(FieldError::new(

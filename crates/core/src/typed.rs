@@ -217,6 +217,24 @@ pub fn is_relative_file_path(path: &str) -> bool {
             .all(|p| !p.is_empty() && p != "." && p != "..")
 }
 
+/// A problem at each key of a stage's `with:` table that is not one of `keys` (written as
+/// `a, b, c`): `` unknown key: a `kind` stage takes a, b, c ``.
+pub fn unknown_stage_keys(
+    kind: &str,
+    keys: &str,
+    with: &serde_json::Map<String, Value>,
+    problems: &mut Vec<FieldError>,
+) {
+    for key in with.keys() {
+        if !keys.split(", ").any(|k| k == key) {
+            problems.push(FieldError::new(
+                key,
+                format!("unknown key: a {kind} stage takes {keys}"),
+            ));
+        }
+    }
+}
+
 /// A stage's `with:` block as rendered for a call, or its problems as one
 /// [`AdapterError::Invalid`] (`` the stage's `with`: … ``): the stage fails, as no retry
 /// can mend its input.
@@ -750,6 +768,20 @@ mod tests {
         assert!(message.starts_with("adapter `deploy`: url"), "{message}");
         assert!(message.contains("; token"), "{message}");
         assert!(!format!("{build:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn stray_stage_keys_are_named_with_the_keys_a_stage_takes() {
+        let Value::Object(with) = json!({"job": "a", "jobs": "b", "unstable": "x"}) else {
+            unreachable!()
+        };
+        let mut problems = Vec::new();
+        unknown_stage_keys("jenkins", "job, unstable", &with, &mut problems);
+        assert_eq!(paths(&problems), ["jobs"]);
+        assert_eq!(
+            problems[0].message,
+            "unknown key: a jenkins stage takes job, unstable"
+        );
     }
 
     #[test]
