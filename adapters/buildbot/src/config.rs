@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use baton_core::secret::deserialize_optional_reference;
-use baton_core::typed::{checked, duration_in_range, reported};
+use baton_core::typed::{LONGEST_POLL, checked, duration_in_range, reported};
 use baton_core::{FieldError, HumanDuration, SecretRef, read_table};
 use reqwest::Url;
 use serde::{Deserialize, Deserializer};
@@ -56,8 +56,6 @@ pub const DEFAULT_POLL_INITIAL: Duration = Duration::from_secs(1);
 pub const DEFAULT_POLL_MAX: Duration = Duration::from_secs(30);
 /// The default bound on each HTTP request.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// The longest wait between polls a config may ask for.
-const LONGEST_POLL: Duration = Duration::from_secs(3600);
 
 /// The instance block as written in `[adapters.<name>]` with `kind = "buildbot"`, before
 /// the checks serde cannot make (`parse_instance` makes them).

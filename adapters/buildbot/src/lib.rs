@@ -83,6 +83,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use baton_core::adapter::WebhookRequest;
+use baton_core::typed::InstanceBuild;
 use baton_core::{
     Adapter, AdapterError, AdapterKind, AttemptKey, ExternalRef, FieldError, Logs, PollOutcome,
     PollRequest, Secret, SecretResolver, StartRequest,
@@ -139,20 +140,16 @@ impl AdapterKind for BuildbotKind {
         config: &Value,
         secrets: &dyn SecretResolver,
     ) -> Result<Arc<dyn Adapter>, AdapterError> {
-        let settings = parse_instance(config).map_err(|errors| {
-            AdapterError::Invalid(format!("adapter `{name}`: {}", FieldError::join(&errors)))
-        })?;
-        let resolve = |key: &str, reference| {
-            secrets
-                .resolve(reference)
-                .map_err(|e| AdapterError::Invalid(format!("adapter `{name}`: {key}: {e}")))
-        };
+        let build = InstanceBuild::new(name, secrets);
+        let settings = build.config(parse_instance(config))?;
         let password = match &settings.login {
-            Some((user, reference)) => Some((user.clone(), resolve("password", reference)?)),
+            Some((user, reference)) => {
+                Some((user.clone(), build.secret_at("password", reference)?))
+            }
             None => None,
         };
         let token = match &settings.webhook_token {
-            Some(reference) => Some(resolve("webhook_token", reference)?),
+            Some(reference) => Some(build.secret_at("webhook_token", reference)?),
             None => None,
         };
         Ok(Arc::new(BuildbotAdapter::new(

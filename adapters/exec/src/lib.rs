@@ -85,6 +85,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use baton_core::typed::InstanceBuild;
 use baton_core::{
     Adapter, AdapterError, AdapterKind, AttemptKey, ExternalRef, ExternalState, FieldError, Logs,
     PollOutcome, PollRequest, SecretResolver, StartRequest, Waker, adapter::LogLink,
@@ -207,12 +208,10 @@ impl AdapterKind for ExecKind {
         &self,
         name: &str,
         config: &Value,
-        _secrets: &dyn SecretResolver,
+        secrets: &dyn SecretResolver,
     ) -> Result<Arc<dyn Adapter>, AdapterError> {
-        let settings =
-            instance::parse_instance(config, &self.default_state_dir).map_err(|errors| {
-                AdapterError::Invalid(format!("adapter `{name}`: {}", FieldError::join(&errors)))
-            })?;
+        let settings = InstanceBuild::new(name, secrets)
+            .config(instance::parse_instance(config, &self.default_state_dir))?;
         let environment = Environment {
             inherit: settings.inherit_env,
             hidden: self.hidden_env.clone(),

@@ -70,15 +70,7 @@ impl Answer {
     }
 }
 
-/// Whether a request may be sent again after an ambiguous failure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Repeat {
-    /// Sending it twice does no harm (reads, cancels).
-    Safe,
-    /// Sending it twice may start a second run (a dispatch): only retried when GitHub
-    /// surely did not act on it (a rate limit, a refused connection).
-    Once,
-}
+pub(crate) use baton_core::wire::Repeat;
 
 /// How one request is sent.
 #[derive(Debug, Clone, Copy)]

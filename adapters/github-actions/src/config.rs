@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use baton_core::secret::{deserialize_optional_reference, deserialize_reference};
-use baton_core::typed::{checked, duration_in_range, poll_range, reported};
+use baton_core::typed::{
+    checked, duration_or_default, poll_range, reported, text_entries, unknown_stage_keys,
+};
 use baton_core::{FieldError, HumanDuration, SecretRef, read_table};
 use reqwest::Url;
 use serde::Deserialize;
@@ -28,10 +30,8 @@ pub const DEFAULT_POLL_MAX: Duration = Duration::from_secs(30);
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// The default `stop_grace`.
 pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(60);
-/// The longest `poll_max` (and `stop_grace`) accepted: the engine caps hints at an hour.
-pub const LONGEST_POLL: Duration = Duration::from_secs(3600);
-/// The longest `request_timeout` accepted.
-pub const LONGEST_REQUEST: Duration = Duration::from_secs(300);
+/// The longest `poll_max` (and `stop_grace`), and the longest `request_timeout`.
+pub use baton_core::typed::{LONGEST_POLL, LONGEST_REQUEST};
 
 /// How baton authenticates to GitHub.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,20 +171,19 @@ fn check_instance(keys: InstanceKeys, errors: &mut Vec<FieldError>) -> Option<In
         LONGEST_POLL,
         errors,
     );
-    let mut duration = |key: &str, value, default, longest| {
-        duration_in_range(key, value, default, longest, errors).unwrap_or(default)
-    };
-    let request_timeout = duration(
+    let request_timeout = duration_or_default(
         "request_timeout",
         keys.request_timeout,
         DEFAULT_REQUEST_TIMEOUT,
         LONGEST_REQUEST,
+        errors,
     );
-    let stop_grace = duration(
+    let stop_grace = duration_or_default(
         "stop_grace",
         keys.stop_grace,
         DEFAULT_STOP_GRACE,
         LONGEST_POLL,
+        errors,
     );
     let (owner, repo) = repo?;
     Some(InstanceConfig {
@@ -286,14 +285,7 @@ pub fn parse_stage(
             ),
         )]);
     };
-    for key in map.keys() {
-        if !STAGE_KEYS.split(", ").any(|k| k == key) {
-            errors.push(FieldError::new(
-                key,
-                format!("unknown key: a github-actions stage takes {STAGE_KEYS}"),
-            ));
-        }
-    }
+    unknown_stage_keys("github-actions", STAGE_KEYS, map, &mut errors);
     let mut text = |key: &str, what: &str| match map.get(key) {
         Some(Value::String(s)) if mode.is_template(s) => Some(s.clone()),
         Some(Value::String(s)) if !s.trim().is_empty() && !s.contains(['\n', '\0']) => {
@@ -331,36 +323,29 @@ pub fn parse_stage(
         None | Some(Value::Null) => {}
         Some(Value::String(s)) if mode.is_template(s) => {}
         Some(Value::Object(given)) => {
-            for (name, value) in given {
-                let path = format!("inputs.{name}");
-                if Some(name.as_str()) == correlation_input {
-                    errors.push(FieldError::new(
-                        path,
+            let name_problem = |name: &str| {
+                if Some(name) == correlation_input {
+                    Some(
                         "baton fills this input with the attempt key (it is the instance's `correlation_input`): remove it here",
-                    ));
-                    continue;
+                    )
+                } else if !is_input_name(name) {
+                    Some("not an input name: letters, digits, `-` and `_`")
+                } else {
+                    None
                 }
-                if !is_input_name(name) {
-                    errors.push(FieldError::new(
-                        path,
-                        "not an input name: letters, digits, `-` and `_`",
-                    ));
-                    continue;
-                }
-                let value = match value {
-                    Value::String(s) => s.clone(),
-                    Value::Bool(b) => b.to_string(),
-                    Value::Number(n) => n.to_string(),
-                    _ => {
-                        errors.push(FieldError::new(
-                            path,
-                            "expected a string, number or boolean: workflow_dispatch inputs are sent as strings",
-                        ));
-                        continue;
-                    }
-                };
-                inputs.insert(name.clone(), Value::String(value));
-            }
+            };
+            let texts = text_entries(
+                "inputs",
+                given,
+                name_problem,
+                "expected a string, number or boolean: workflow_dispatch inputs are sent as strings",
+                &mut errors,
+            );
+            inputs.extend(
+                texts
+                    .into_iter()
+                    .map(|(name, text)| (name, Value::String(text))),
+            );
             let total = given.len() + usize::from(correlation_input.is_some());
             if total > MAX_INPUTS {
                 errors.push(FieldError::new(

@@ -54,6 +54,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use baton_core::typed::InstanceBuild;
 use baton_core::{
     Adapter, AdapterError, AdapterKind, AttemptKey, ExternalRef, FieldError, Logs, PollOutcome,
     PollRequest, SecretResolver, SourceDelivery, StartRequest,
@@ -128,16 +129,10 @@ impl AdapterKind for GithubActionsKind {
         config: &Value,
         secrets: &dyn SecretResolver,
     ) -> Result<Arc<dyn Adapter>, AdapterError> {
-        let parsed = config::parse_instance(config).map_err(|errors| {
-            AdapterError::Invalid(format!("adapter `{name}`: {}", FieldError::join(&errors)))
-        })?;
-        let resolve = |reference| {
-            secrets
-                .resolve(reference)
-                .map_err(|e| AdapterError::Invalid(format!("adapter `{name}`: {e}")))
-        };
+        let build = InstanceBuild::new(name, secrets);
+        let parsed = build.config(config::parse_instance(config))?;
         let credential = match &parsed.credentials {
-            Credentials::Token(token) => Credential::Token(resolve(token)?),
+            Credentials::Token(token) => Credential::Token(build.secret(token)?),
             Credentials::App {
                 id,
                 installation,
@@ -145,7 +140,7 @@ impl AdapterKind for GithubActionsKind {
             } => Credential::App {
                 id: *id,
                 installation: *installation,
-                key: resolve(key)?,
+                key: build.secret(key)?,
             },
         };
         Ok(Arc::new(GithubActionsAdapter::new(

@@ -8,6 +8,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Map, Value, json};
 
 use baton_core::wire::encode_segment as segment;
+use baton_core::wire::{iso_utc, run_created_ms};
 
 use crate::budget::Use;
 use crate::client::{Call, Repeat, now_ms, parse_json};
@@ -34,23 +35,6 @@ pub(crate) fn holds_key(title: &str, key: &AttemptKey) -> bool {
         };
         edge(before) && edge(after)
     })
-}
-
-/// The creation time (Unix ms) of a run whose id is a UUIDv7, as baton's run ids are.
-pub(crate) fn run_created_ms(key: &AttemptKey) -> Option<u64> {
-    let hex: String = key.run_id().chars().filter(|c| *c != '-').collect();
-    if hex.len() != 32 || !hex.chars().all(|c| c.is_ascii_hexdigit()) || hex.as_bytes()[12] != b'7'
-    {
-        return None;
-    }
-    u64::from_str_radix(&hex[..12], 16).ok()
-}
-
-fn iso(ms: u64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms as i64)
-        .unwrap_or_default()
-        .format("%Y-%m-%dT%H:%M:%SZ")
-        .to_string()
 }
 
 impl GithubActionsAdapter {
@@ -228,7 +212,7 @@ impl GithubActionsAdapter {
             segment(git_ref)
         );
         if let Some(since) = since_ms {
-            query.push_str(&format!("&created=%3E%3D{}", segment(&iso(since))));
+            query.push_str(&format!("&created=%3E%3D{}", segment(&iso_utc(since))));
         }
         let what = format!("look for the run of {key} among the runs of `{workflow}`");
         let runs: Runs = self
@@ -299,13 +283,5 @@ mod tests {
         assert!(!holds_key("deploy r1/build/10", &key));
         assert!(!holds_key("deploy xr1/build/1", &key));
         assert!(!holds_key("deploy", &key));
-    }
-
-    #[test]
-    fn run_ids_give_their_creation_time() {
-        let key = AttemptKey::new("019a8f3c2b1e7c3d8e4f5a6b7c8d9e0f", "s", 1);
-        assert_eq!(run_created_ms(&key), Some(0x019a8f3c2b1e));
-        assert_eq!(run_created_ms(&AttemptKey::new("r1", "s", 1)), None);
-        assert_eq!(iso(0), "1970-01-01T00:00:00Z");
     }
 }

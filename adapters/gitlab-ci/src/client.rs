@@ -11,37 +11,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 /// How transient answers (429, 5xx, a refused connection) are retried within one call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
-    /// Requests in all, the first included.
-    pub attempts: u32,
-    /// The wait before the first retry; it doubles for each later one.
-    pub base: Duration,
-    /// The longest single wait.
-    pub cap: Duration,
-    /// The most time spent waiting between retries in one call, `Retry-After` included;
-    /// past it the call fails as transient and the engine tries again later.
-    pub budget: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        Self {
-            attempts: 4,
-            base: Duration::from_millis(500),
-            cap: Duration::from_secs(4),
-            budget: Duration::from_secs(10),
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// The wait before retry `n` (0-based): exponential, capped, with jitter in [50%, 100%].
-    pub fn backoff(&self, n: u32) -> Duration {
-        let exp = self.base.saturating_mul(2u32.saturating_pow(n.min(16)));
-        exp.min(self.cap).mul_f64(rand::random_range(0.5..=1.0))
-    }
-}
+pub use baton_core::wire::RetryPolicy;
 
 /// The largest JSON answer read.
 const MAX_JSON_BYTES: usize = 8_388_608;
@@ -55,15 +25,7 @@ pub(crate) enum Credential {
     Trigger,
 }
 
-/// Whether a request may be sent again after an ambiguous failure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Repeat {
-    /// Sending it twice does no harm (reads, cancels).
-    Safe,
-    /// Sending it twice may create a second pipeline: retried only when GitLab surely did
-    /// not act on it (429, a refused connection).
-    Once,
-}
+pub(crate) use baton_core::wire::Repeat;
 
 /// How to send one request: with which credential, what it is for (for messages),
 /// whether it may be repeated, and how much of the answer to read.
@@ -250,20 +212,13 @@ impl Client {
             if attempt >= self.retry.attempts {
                 return Err(failure);
             }
-            let wait = self
-                .retry
-                .backoff(attempt - 1)
-                .max(retry_after.unwrap_or_default());
-            if waited + wait > self.retry.budget {
-                let mut message = failure.to_string();
-                if let Some(after) = retry_after {
-                    message.push_str(&format!(
-                        "; it asked to wait {} (Retry-After), longer than baton waits within one call: baton tries again later",
-                        HumanDuration(after)
-                    ));
-                }
-                return Err(AdapterError::Transient(message));
-            }
+            let wait = self.retry.wait_within_budget(
+                attempt - 1,
+                rand::random_range(0.5..=1.0),
+                retry_after,
+                waited,
+                &failure,
+            )?;
             tracing::debug!(instance = %self.instance, what, attempt, ?wait, "retrying a GitLab request");
             tokio::time::sleep(wait).await;
             waited += wait;

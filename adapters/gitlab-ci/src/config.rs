@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use baton_core::secret::deserialize_optional_reference;
-use baton_core::typed::{checked, duration_in_range, reported};
+use baton_core::typed::{
+    checked, duration_or_default, is_relative_file_path, poll_range, reported, text_entries,
+};
 use baton_core::{FieldError, HumanDuration, SecretRef, read_table};
 use reqwest::Url;
 use serde::Deserialize;
@@ -20,11 +22,8 @@ pub const DEFAULT_POLL_INITIAL: Duration = Duration::from_secs(5);
 pub const DEFAULT_POLL_MAX: Duration = Duration::from_secs(30);
 /// The default `request_timeout`.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// The longest `poll_initial` and `poll_max`: the engine caps hints at an hour.
-pub const LONGEST_POLL: Duration = Duration::from_secs(3600);
-/// The longest `request_timeout`: the engine bounds a whole adapter call at 60 s by
-/// default, so a longer request could never finish anyway.
-pub const LONGEST_REQUEST: Duration = Duration::from_secs(300);
+/// The longest `poll_initial` and `poll_max`, and the longest `request_timeout`.
+pub use baton_core::typed::{LONGEST_POLL, LONGEST_REQUEST};
 
 /// The instance block as written in `[adapters.<name>]` with `kind = "gitlab-ci"`, before
 /// the checks serde cannot make ([`parse_instance`] makes them).
@@ -103,31 +102,20 @@ fn check_instance(keys: InstanceKeys, errors: &mut Vec<FieldError>) -> Option<In
             "expected the project's path (`group/sub/app`) or its numeric id",
         ));
     }
-    let mut duration = |key: &str, value, default, longest| {
-        duration_in_range(key, value, default, longest, errors).unwrap_or(default)
-    };
-    let poll_initial = duration(
-        "poll_initial",
+    let (poll_initial, poll_max) = poll_range(
         keys.poll_initial,
-        DEFAULT_POLL_INITIAL,
+        keys.poll_max,
+        (DEFAULT_POLL_INITIAL, DEFAULT_POLL_MAX),
         LONGEST_POLL,
+        errors,
     );
-    let poll_max = duration("poll_max", keys.poll_max, DEFAULT_POLL_MAX, LONGEST_POLL);
-    let request_timeout = duration(
+    let request_timeout = duration_or_default(
         "request_timeout",
         keys.request_timeout,
         DEFAULT_REQUEST_TIMEOUT,
         LONGEST_REQUEST,
+        errors,
     );
-    if poll_max < poll_initial {
-        errors.push(FieldError::new(
-            "poll_max",
-            format!(
-                "must not be shorter than `poll_initial` ({})",
-                HumanDuration(poll_initial)
-            ),
-        ));
-    }
     Some(InstanceConfig {
         api: api?,
         project,
@@ -274,12 +262,7 @@ pub fn parse_stage(with: &Value, mode: Mode) -> Result<StageSpec, Vec<FieldError
 }
 
 fn is_artifact_path(path: &str) -> bool {
-    !path.is_empty()
-        && !path.starts_with('/')
-        && !path.contains(['\0', '\\', '?', '#'])
-        && path
-            .split('/')
-            .all(|p| !p.is_empty() && p != "." && p != "..")
+    !path.contains(['\0', '\\', '?', '#']) && is_relative_file_path(path)
 }
 
 /// GitLab takes variable keys of letters, digits and `_` only
@@ -295,38 +278,22 @@ fn parse_variables(
     mode: Mode,
     errors: &mut Vec<FieldError>,
 ) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    for (name, value) in vars {
-        let path = format!("variables.{name}");
+    let name_problem = |name: &str| {
         if name == ATTEMPT_VARIABLE {
-            errors.push(FieldError::new(
-                path,
-                "baton sets BATON_ATTEMPT itself (to the attempt key); remove it here",
-            ));
-            continue;
+            Some("baton sets BATON_ATTEMPT itself (to the attempt key); remove it here")
+        } else if !is_variable_name(name) && !mode.is_template(name) {
+            Some("a GitLab variable name has letters, digits and `_` only")
+        } else {
+            None
         }
-        if !is_variable_name(name) && !mode.is_template(name) {
-            errors.push(FieldError::new(
-                path,
-                "a GitLab variable name has letters, digits and `_` only",
-            ));
-            continue;
-        }
-        let text = match value {
-            Value::String(text) => text.clone(),
-            Value::Bool(b) => b.to_string(),
-            Value::Number(n) => n.to_string(),
-            Value::Null | Value::Array(_) | Value::Object(_) => {
-                errors.push(FieldError::new(
-                    path,
-                    "expected a string, number or boolean: pipeline variables are text",
-                ));
-                continue;
-            }
-        };
-        out.push((name.clone(), text));
-    }
-    out
+    };
+    text_entries(
+        "variables",
+        vars,
+        name_problem,
+        "expected a string, number or boolean: pipeline variables are text",
+        errors,
+    )
 }
 
 #[cfg(test)]

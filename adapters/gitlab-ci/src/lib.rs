@@ -55,6 +55,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use baton_core::typed::InstanceBuild;
 use baton_core::{
     Adapter, AdapterError, AdapterKind, AttemptKey, ExternalRef, FieldError, Logs, PollOutcome,
     PollRequest, Secret, SecretResolver, SourceDelivery, StartRequest,
@@ -112,16 +113,14 @@ impl AdapterKind for GitLabKind {
         config: &Value,
         secrets: &dyn SecretResolver,
     ) -> Result<Arc<dyn Adapter>, AdapterError> {
-        let config = config::parse_instance(config).map_err(|errors| {
-            AdapterError::Invalid(format!("adapter `{name}`: {}", FieldError::join(&errors)))
-        })?;
-        let resolve = |reference| {
-            secrets
-                .resolve(reference)
-                .map_err(|e| AdapterError::Invalid(format!("adapter `{name}`: {e}")))
-        };
-        let token = resolve(&config.token)?;
-        let trigger = config.trigger_token.as_ref().map(resolve).transpose()?;
+        let build = InstanceBuild::new(name, secrets);
+        let config = build.config(config::parse_instance(config))?;
+        let token = build.secret(&config.token)?;
+        let trigger = config
+            .trigger_token
+            .as_ref()
+            .map(|reference| build.secret(reference))
+            .transpose()?;
         Ok(Arc::new(GitLabAdapter::new(
             name, &config, token, trigger, self.retry,
         )?))

@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use baton_core::{AdapterError, AttemptKey, ExternalRef, FieldError, StartRequest};
+use baton_core::typed::stage_with;
+use baton_core::wire::{iso_utc, run_created_ms};
+use baton_core::{AdapterError, AttemptKey, ExternalRef, StartRequest};
 use reqwest::{Method, StatusCode};
 use serde_json::{Map, Value, json};
 
@@ -28,45 +30,7 @@ const CLOCK_SLACK: Duration = Duration::from_secs(60);
 const CREATE_ANSWER_BYTES: usize = 1_048_576;
 
 fn stage_spec(input: &Value) -> Result<StageSpec, AdapterError> {
-    config::parse_stage(input, Mode::Rendered).map_err(|errors| {
-        AdapterError::Invalid(format!("the stage's `with`: {}", FieldError::join(&errors)))
-    })
-}
-
-/// When the run of `key` was created, from its id when that is a UUIDv7 (whose first 48
-/// bits are a Unix time in milliseconds); `None` for other ids.
-fn run_began_ms(key: &AttemptKey) -> Option<u64> {
-    let id = key.run_id();
-    let uuid = id.replace('-', "");
-    let v7 = uuid.len() == 32 && uuid.as_bytes()[12] == b'7';
-    v7.then(|| u64::from_str_radix(&uuid[..12], 16).ok())
-        .flatten()
-        .filter(|_| uuid.bytes().all(|b| b.is_ascii_hexdigit()))
-}
-
-/// `ms` since the epoch in ISO 8601 (UTC), as `updated_after` takes it.
-fn iso_utc(ms: u64) -> String {
-    let (days, secs) = ((ms / 86_400_000) as i64, ms / 1000 % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant, "chrono-Compatible Low-Level
-    // Date Algorithms", public domain).
-    let shifted = days + 719_468;
-    let era = shifted.div_euclid(146_097);
-    let day_of_era = shifted - era * 146_097;
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let m = (5 * day_of_year + 2) / 153;
-    let (d, month) = (
-        day_of_year - (153 * m + 2) / 5 + 1,
-        if m < 10 { m + 3 } else { m - 9 },
-    );
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
+    stage_with(config::parse_stage(input, Mode::Rendered))
 }
 
 impl GitLabAdapter {
@@ -157,8 +121,8 @@ impl GitLabAdapter {
         } else {
             "api"
         };
-        let since =
-            run_began_ms(key).map(|ms| iso_utc(ms.saturating_sub(CLOCK_SLACK.as_millis() as u64)));
+        let since = run_created_ms(key)
+            .map(|ms| iso_utc(ms.saturating_sub(CLOCK_SLACK.as_millis() as u64)));
         let per_page = FIND_CANDIDATES.to_string();
         let mut query = vec![
             ("ref", spec.git_ref.as_str()),
@@ -198,45 +162,5 @@ impl GitLabAdapter {
             }
         }
         Ok(None)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn run_ids_give_their_creation_time() {
-        let key = AttemptKey::new("019a8f3c-2b1e-7c3d-8e4f-5a6b7c8d9e0f", "s", 1);
-        assert_eq!(run_began_ms(&key), Some(0x019a8f3c2b1e));
-        assert_eq!(run_began_ms(&AttemptKey::new("r1", "s", 1)), None);
-        assert_eq!(
-            run_began_ms(&AttemptKey::new("019a8f3c2b1e4c3d8e4f5a6b7c8d9e0f", "s", 1)),
-            None
-        );
-        assert_eq!(
-            run_began_ms(&AttemptKey::new("019a8f3c2b1e7c3d8e4f5a6b7c8d9exx", "s", 1)),
-            None
-        );
-    }
-
-    #[test]
-    fn times_are_iso_8601() {
-        assert_eq!(iso_utc(0), "1970-01-01T00:00:00Z");
-        assert_eq!(iso_utc(1_471_015_408_999), "2016-08-12T15:23:28Z");
-        assert_eq!(iso_utc(951_868_799_000), "2000-02-29T23:59:59Z");
-        // Leap days, century years that are not leap years, and the ends of 400-year eras.
-        for (ms, text) in [
-            (1_709_208_000_000, "2024-02-29T12:00:00Z"),
-            (1_735_689_599_000, "2024-12-31T23:59:59Z"),
-            (4_107_456_000_000, "2100-02-28T00:00:00Z"),
-            (4_107_542_400_000, "2100-03-01T00:00:00Z"),
-            (13_569_465_599_000, "2399-12-31T23:59:59Z"),
-            (13_574_585_228_000, "2400-02-29T06:07:08Z"),
-            (946_684_799_000, "1999-12-31T23:59:59Z"),
-            (951_868_800_000, "2000-03-01T00:00:00Z"),
-        ] {
-            assert_eq!(iso_utc(ms), text);
-        }
     }
 }

@@ -60,15 +60,7 @@ pub(crate) struct Call<'a> {
     pub not_found: &'a str,
 }
 
-/// Whether a request may be sent again after an ambiguous failure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Repeat {
-    /// Sending it twice does no harm (reads, stops, cancels).
-    Safe,
-    /// Sending it twice may start a second build: only retried when Jenkins surely did not
-    /// act on it (429, a refused connection).
-    Once,
-}
+pub(crate) use baton_core::wire::Repeat;
 
 /// A POST's form body and crumb header.
 struct PostBody<'a> {
@@ -359,20 +351,13 @@ impl Client {
             if attempt >= self.retry.attempts {
                 return Err(failure);
             }
-            let wait = self
-                .retry
-                .backoff(attempt - 1, jitter())
-                .max(retry_after.unwrap_or_default());
-            if waited + wait > self.retry.budget {
-                let mut message = failure.to_string();
-                if let Some(after) = retry_after {
-                    message.push_str(&format!(
-                        "; it asked to wait {} (Retry-After), longer than baton waits within one call: baton tries again later",
-                        HumanDuration(after)
-                    ));
-                }
-                return Err(AdapterError::Transient(message));
-            }
+            let wait = self.retry.wait_within_budget(
+                attempt - 1,
+                jitter(),
+                retry_after,
+                waited,
+                &failure,
+            )?;
             tracing::debug!(instance = %self.instance, what = call.what, attempt, ?wait, "retrying a Jenkins request");
             tokio::time::sleep(wait).await;
             waited += wait;

@@ -4,7 +4,10 @@
 use std::time::Duration;
 
 use baton_core::secret::deserialize_optional_reference;
-use baton_core::typed::{checked, duration_in_range, poll_range, reported};
+use baton_core::typed::{
+    checked, duration_or_default, is_relative_file_path, poll_range, reported, text_entries,
+    unknown_stage_keys,
+};
 use baton_core::{FieldError, HumanDuration, SecretRef, read_table};
 use reqwest::Url;
 use serde::{Deserialize, Deserializer};
@@ -115,11 +118,8 @@ pub const DEFAULT_POLL_MAX: Duration = Duration::from_secs(30);
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// The default `stop_grace`.
 pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(30);
-/// The longest `poll_max` accepted: the engine's contract caps hints at an hour.
-pub const LONGEST_POLL: Duration = Duration::from_secs(3600);
-/// The longest `request_timeout` accepted: the engine bounds a whole adapter call at 60 s
-/// by default, so a longer request could never finish anyway.
-pub const LONGEST_REQUEST: Duration = Duration::from_secs(300);
+/// The longest `poll_max` (and `stop_grace`), and the longest `request_timeout`.
+pub use baton_core::typed::{LONGEST_POLL, LONGEST_REQUEST};
 
 /// The instance block as written in `[adapters.<name>]` with `kind = "jenkins"`, before the
 /// checks serde cannot make ([`parse_instance`] makes them).
@@ -230,20 +230,19 @@ fn check_instance(keys: InstanceKeys, errors: &mut Vec<FieldError>) -> Option<In
         LONGEST_POLL,
         errors,
     );
-    let mut duration = |key: &str, value, default, longest| {
-        duration_in_range(key, value, default, longest, errors).unwrap_or(default)
-    };
-    let request_timeout = duration(
+    let request_timeout = duration_or_default(
         "request_timeout",
         keys.request_timeout,
         DEFAULT_REQUEST_TIMEOUT,
         LONGEST_REQUEST,
+        errors,
     );
-    let stop_grace = duration(
+    let stop_grace = duration_or_default(
         "stop_grace",
         keys.stop_grace,
         DEFAULT_STOP_GRACE,
         LONGEST_POLL,
+        errors,
     );
     Some(InstanceConfig {
         url: url?,
@@ -377,14 +376,7 @@ pub fn parse_stage(with: &Value, mode: Mode) -> Result<StageSpec, Vec<FieldError
             ),
         )]);
     };
-    for key in map.keys() {
-        if !STAGE_KEYS.split(", ").any(|k| k == key) {
-            errors.push(FieldError::new(
-                key,
-                format!("unknown key: a jenkins stage takes {STAGE_KEYS}"),
-            ));
-        }
-    }
+    unknown_stage_keys("jenkins", STAGE_KEYS, map, &mut errors);
     let job = match map.get("job") {
         None => {
             errors.push(FieldError::new(
@@ -493,48 +485,31 @@ fn is_job_name(name: &str) -> bool {
 }
 
 fn is_artifact_path(path: &str) -> bool {
-    !path.is_empty()
-        && !path.starts_with('/')
-        && !path.contains('\0')
-        && !path.contains('\\')
-        && path
-            .split('/')
-            .all(|p| !p.is_empty() && p != "." && p != "..")
+    !path.contains(['\0', '\\']) && is_relative_file_path(path)
 }
 
 fn parse_parameters(
     params: &Map<String, Value>,
     errors: &mut Vec<FieldError>,
 ) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    for (name, value) in params {
-        let path = format!("parameters.{name}");
+    let name_problem = |name: &str| {
         if name.trim().is_empty() {
-            errors.push(FieldError::new(path, "a parameter name is empty"));
-            continue;
-        }
-        if name == ATTEMPT_PARAMETER {
-            errors.push(FieldError::new(
-                path,
+            Some("a parameter name is empty")
+        } else if name == ATTEMPT_PARAMETER {
+            Some(
                 "baton sets BATON_ATTEMPT itself (to the attempt key) when the job defines it; remove it here",
-            ));
-            continue;
+            )
+        } else {
+            None
         }
-        let text = match value {
-            Value::String(text) => text.clone(),
-            Value::Bool(b) => b.to_string(),
-            Value::Number(n) => n.to_string(),
-            Value::Null | Value::Array(_) | Value::Object(_) => {
-                errors.push(FieldError::new(
-                    path,
-                    "expected a string, number or boolean: Jenkins parameters are text",
-                ));
-                continue;
-            }
-        };
-        out.push((name.clone(), text));
-    }
-    out
+    };
+    text_entries(
+        "parameters",
+        params,
+        name_problem,
+        "expected a string, number or boolean: Jenkins parameters are text",
+        errors,
+    )
 }
 
 #[cfg(test)]

@@ -66,6 +66,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use baton_core::typed::InstanceBuild;
 use baton_core::{
     Adapter, AdapterError, AdapterKind, AttemptKey, ExternalRef, FieldError, Logs, PollOutcome,
     PollRequest, Secret, SecretResolver, StartRequest, WebhookRequest,
@@ -141,14 +142,12 @@ impl AdapterKind for JenkinsKind {
         config: &Value,
         secrets: &dyn SecretResolver,
     ) -> Result<Arc<dyn Adapter>, AdapterError> {
-        let config = config::parse_instance(config).map_err(|errors| {
-            AdapterError::Invalid(format!("adapter `{name}`: {}", FieldError::join(&errors)))
-        })?;
-        let credentials = config.credentials.clone().map(|reference| {
-            secrets
-                .resolve(&reference)
-                .map_err(|e| AdapterError::Invalid(format!("adapter `{name}`: {e}")))
-        })?;
+        let build = InstanceBuild::new(name, secrets);
+        let config = build.config(config::parse_instance(config))?;
+        let credentials = config
+            .credentials
+            .clone()
+            .map(|reference| build.secret(&reference))?;
         Ok(Arc::new(JenkinsAdapter::new(
             name,
             &config,
@@ -290,7 +289,6 @@ impl Adapter for JenkinsAdapter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::start::run_created_ms;
     use crate::tracked::{Phase, decode, same_path};
     use serde_json::json;
 
@@ -331,17 +329,6 @@ mod tests {
         // 2 s fixed would be 1,800 polls; with the back-off it is about 120 (1,000 such
         // stages: about 33 requests a second once settled).
         assert!((115..=130).contains(&polls), "{polls}");
-    }
-
-    #[test]
-    fn run_ids_give_their_creation_time() {
-        let key = AttemptKey::new("019a8f3c2b1e7c3d8e4f5a6b7c8d9e0f", "s", 1);
-        assert_eq!(run_created_ms(&key), Some(0x019a8f3c2b1e));
-        assert_eq!(run_created_ms(&AttemptKey::new("r1", "s", 1)), None);
-        assert_eq!(
-            run_created_ms(&AttemptKey::new("019a8f3c2b1e4c3d8e4f5a6b7c8d9e0f", "s", 1)),
-            None
-        );
     }
 
     #[test]

@@ -5,10 +5,13 @@
 
 use std::collections::HashSet;
 
-use baton_core::{AdapterError, AttemptKey, ExternalRef, FieldError, StartRequest};
+use baton_core::{AdapterError, AttemptKey, ExternalRef, StartRequest};
 use reqwest::StatusCode;
 use serde::Deserialize;
 use serde_json::Value;
+
+use baton_core::typed::stage_with;
+use baton_core::wire::run_created_ms;
 
 use crate::client::{Call, Repeat};
 use crate::config::{self, ATTEMPT_PARAMETER, Mode, StageSpec};
@@ -22,15 +25,6 @@ pub(crate) enum Found {
     Build { number: Option<u64>, url: String },
 }
 
-/// The time in a UUIDv7 run id (as the engine makes them): when the run was created.
-pub(crate) fn run_created_ms(key: &AttemptKey) -> Option<u64> {
-    let hex: String = key.run_id().chars().filter(|c| *c != '-').collect();
-    if hex.len() != 32 || !hex.chars().all(|c| c.is_ascii_hexdigit()) || &hex[12..13] != "7" {
-        return None;
-    }
-    u64::from_str_radix(&hex[..12], 16).ok()
-}
-
 impl JenkinsAdapter {
     /// Triggers the job of the stage in `request` and returns the attempt's reference.
     pub(crate) async fn trigger(
@@ -38,9 +32,7 @@ impl JenkinsAdapter {
         request: &StartRequest,
     ) -> Result<ExternalRef, AdapterError> {
         let key = &request.key;
-        let spec = config::parse_stage(&request.input, Mode::Rendered).map_err(|errors| {
-            AdapterError::Invalid(format!("the stage's `with`: {}", FieldError::join(&errors)))
-        })?;
+        let spec = stage_with(config::parse_stage(&request.input, Mode::Rendered))?;
         let job = self.job(&spec).await?;
         let defined = job.parameter_names();
         let undefined: Vec<&str> = spec
@@ -139,9 +131,7 @@ impl JenkinsAdapter {
         {
             return Ok(Some(self.reference(tracked, None)));
         }
-        let spec = config::parse_stage(input, Mode::Rendered).map_err(|errors| {
-            AdapterError::Invalid(format!("the stage's `with`: {}", FieldError::join(&errors)))
-        })?;
+        let spec = stage_with(config::parse_stage(input, Mode::Rendered))?;
         let job = self.job(&spec).await?;
         let since = remembered
             .as_ref()

@@ -17,8 +17,16 @@ use std::time::Duration;
 use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
 use serde_json::Value;
 
-use crate::adapter::FieldError;
+use crate::adapter::{AdapterError, FieldError};
 use crate::duration::HumanDuration;
+use crate::secret::{Secret, SecretRef, SecretResolver};
+
+/// The longest poll hint (`poll_initial`, `poll_max`) an adapter accepts: the engine caps
+/// hints at an hour.
+pub const LONGEST_POLL: Duration = Duration::from_secs(3600);
+/// The longest `request_timeout` an adapter accepts: the engine bounds a whole adapter call
+/// at 60 s by default, so a longer request could never finish anyway.
+pub const LONGEST_REQUEST: Duration = Duration::from_secs(300);
 
 /// Expected keys of the objects inside a value: `(relative path, keys)`, `""` for the value
 /// itself and `"retry"` for the object under its `retry` key.
@@ -169,6 +177,118 @@ pub fn checked<T>(
         .ok()
 }
 
+/// The entries of the table at `key` whose values an external system takes as text (job
+/// parameters, pipeline variables, workflow inputs), in the order written: a string as
+/// is, a number or boolean as written. A name `name_problem` objects to, or any other value
+/// (the problem then says `not_text`), is a problem at `<key>.<name>` and left out.
+pub fn text_entries(
+    key: &str,
+    table: &serde_json::Map<String, Value>,
+    name_problem: impl Fn(&str) -> Option<&'static str>,
+    not_text: &str,
+    problems: &mut Vec<FieldError>,
+) -> Vec<(String, String)> {
+    let mut entries = Vec::new();
+    for (name, value) in table {
+        let path = format!("{key}.{name}");
+        if let Some(message) = name_problem(name) {
+            problems.push(FieldError::new(path, message));
+            continue;
+        }
+        match value {
+            Value::String(text) => entries.push((name.clone(), text.clone())),
+            Value::Bool(b) => entries.push((name.clone(), b.to_string())),
+            Value::Number(n) => entries.push((name.clone(), n.to_string())),
+            Value::Null | Value::Array(_) | Value::Object(_) => {
+                problems.push(FieldError::new(path, not_text));
+            }
+        }
+    }
+    entries
+}
+
+/// True when `path` names a file below some root (an artifact in a build's archive): not
+/// empty, not absolute, and no level empty, `.` or `..`.
+pub fn is_relative_file_path(path: &str) -> bool {
+    !path.is_empty()
+        && !path.starts_with('/')
+        && path
+            .split('/')
+            .all(|p| !p.is_empty() && p != "." && p != "..")
+}
+
+/// A problem at each key of a stage's `with:` table that is not one of `keys` (written as
+/// `a, b, c`): `` unknown key: a `kind` stage takes a, b, c ``.
+pub fn unknown_stage_keys(
+    kind: &str,
+    keys: &str,
+    with: &serde_json::Map<String, Value>,
+    problems: &mut Vec<FieldError>,
+) {
+    for key in with.keys() {
+        if !keys.split(", ").any(|k| k == key) {
+            problems.push(FieldError::new(
+                key,
+                format!("unknown key: a {kind} stage takes {keys}"),
+            ));
+        }
+    }
+}
+
+/// A stage's `with:` block as rendered for a call, or its problems as one
+/// [`AdapterError::Invalid`] (`` the stage's `with`: … ``): the stage fails, as no retry
+/// can mend its input.
+pub fn stage_with<T>(parsed: Result<T, Vec<FieldError>>) -> Result<T, AdapterError> {
+    parsed.map_err(|errors| {
+        AdapterError::Invalid(format!("the stage's `with`: {}", FieldError::join(&errors)))
+    })
+}
+
+/// What an adapter kind's `build` makes of an instance block: the checked config and its
+/// secrets, every failure an [`AdapterError::Invalid`] that names the adapter
+/// (`` adapter `deploy`: token: … ``) so that a broken instance is found in the file at once.
+#[derive(Clone, Copy)]
+pub struct InstanceBuild<'a> {
+    name: &'a str,
+    secrets: &'a dyn SecretResolver,
+}
+
+impl<'a> InstanceBuild<'a> {
+    /// Building the adapter instance `name`, with secrets read through `secrets`.
+    pub fn new(name: &'a str, secrets: &'a dyn SecretResolver) -> Self {
+        Self { name, secrets }
+    }
+
+    /// The checked config, or all its problems in one error.
+    pub fn config<T>(&self, parsed: Result<T, Vec<FieldError>>) -> Result<T, AdapterError> {
+        parsed.map_err(|errors| self.invalid(FieldError::join(&errors)))
+    }
+
+    /// The secret `reference` points at.
+    pub fn secret(&self, reference: &SecretRef) -> Result<Secret, AdapterError> {
+        self.secrets.resolve(reference).map_err(|e| self.invalid(e))
+    }
+
+    /// The secret `reference` (given at `key`) points at; the error names the key.
+    pub fn secret_at(&self, key: &str, reference: &SecretRef) -> Result<Secret, AdapterError> {
+        self.secrets
+            .resolve(reference)
+            .map_err(|e| self.invalid(format!("{key}: {e}")))
+    }
+
+    fn invalid(&self, message: impl std::fmt::Display) -> AdapterError {
+        AdapterError::Invalid(format!("adapter `{}`: {message}", self.name))
+    }
+}
+
+impl std::fmt::Debug for InstanceBuild<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InstanceBuild")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The duration given at `key` (or `default` when none was) when it is longer than zero
 /// and at most `longest`; else a problem at `key` and `None`. The range check most duration
 /// keys of a block need.
@@ -194,6 +314,18 @@ pub fn duration_in_range(
     }
 }
 
+/// [`duration_in_range`], with `default` standing in for a value that is not valid (its
+/// problem is reported all the same), so that later checks can go on.
+pub fn duration_or_default(
+    key: &str,
+    value: Option<HumanDuration>,
+    default: Duration,
+    longest: Duration,
+    problems: &mut Vec<FieldError>,
+) -> Duration {
+    duration_in_range(key, value, default, longest, problems).unwrap_or(default)
+}
+
 /// `poll_initial` and `poll_max` as adapters take them: each over 0 s and at most
 /// `longest`, `defaults` where not given (or not valid), and `poll_max` not shorter than
 /// `poll_initial`; every problem at its key.
@@ -204,10 +336,8 @@ pub fn poll_range(
     longest: Duration,
     problems: &mut Vec<FieldError>,
 ) -> (Duration, Duration) {
-    let initial = duration_in_range("poll_initial", initial, defaults.0, longest, problems)
-        .unwrap_or(defaults.0);
-    let max =
-        duration_in_range("poll_max", max, defaults.1, longest, problems).unwrap_or(defaults.1);
+    let initial = duration_or_default("poll_initial", initial, defaults.0, longest, problems);
+    let max = duration_or_default("poll_max", max, defaults.1, longest, problems);
     if max < initial {
         problems.push(FieldError::new(
             "poll_max",
@@ -552,5 +682,119 @@ mod tests {
         assert_eq!(paths(&problems), ["c", "d"]);
         assert_eq!(problems[1].message, "must be at most 1h");
         assert!(reported(&problems, "c") && !reported(&problems, "a"));
+    }
+
+    #[test]
+    fn text_entries_turn_scalars_into_text_and_name_every_other_value() {
+        let table = json!({"a": "x", "b": 2, "c": true, "d": [1], "BAD": "y", "e": null});
+        let Value::Object(table) = table else {
+            unreachable!()
+        };
+        let mut problems = Vec::new();
+        let entries = text_entries(
+            "vars",
+            &table,
+            |name| (name == "BAD").then_some("not this one"),
+            "expected text",
+            &mut problems,
+        );
+        let pairs: Vec<(&str, &str)> = entries
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(pairs, [("a", "x"), ("b", "2"), ("c", "true")]);
+        let mut said: Vec<(&str, &str)> = problems
+            .iter()
+            .map(|p| (p.path.as_str(), p.message.as_str()))
+            .collect();
+        said.sort();
+        assert_eq!(
+            said,
+            [
+                ("vars.BAD", "not this one"),
+                ("vars.d", "expected text"),
+                ("vars.e", "expected text")
+            ]
+        );
+    }
+
+    #[test]
+    fn relative_file_paths_stay_below_their_root() {
+        for good in ["a.env", "out/vars.env", "a/.hidden"] {
+            assert!(is_relative_file_path(good), "{good}");
+        }
+        for bad in ["", "/etc/passwd", "a//b", "../up", "a/./b", "a/", "."] {
+            assert!(!is_relative_file_path(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn an_instance_build_names_the_adapter_and_never_the_secret() {
+        struct Env;
+        impl SecretResolver for Env {
+            fn resolve(&self, reference: &SecretRef) -> Result<Secret, crate::secret::SecretError> {
+                match reference {
+                    SecretRef::Env(name) if name == "SET" => Ok(Secret::new("hunter2")),
+                    SecretRef::Env(name) => {
+                        Err(crate::secret::SecretError::MissingEnv(name.clone()))
+                    }
+                    SecretRef::File(path) => {
+                        Err(crate::secret::SecretError::MissingFile(path.clone()))
+                    }
+                }
+            }
+        }
+        let build = InstanceBuild::new("deploy", &Env);
+        let set = build.secret(&SecretRef::Env("SET".into())).unwrap();
+        assert_eq!(set.expose(), "hunter2");
+        let missing = build.secret(&SecretRef::Env("UNSET".into())).unwrap_err();
+        assert_eq!(
+            missing.to_string(),
+            "adapter `deploy`: secret environment variable `UNSET` is not set"
+        );
+        let at = build
+            .secret_at("password", &SecretRef::Env("UNSET".into()))
+            .unwrap_err();
+        assert!(
+            matches!(&at, AdapterError::Invalid(m) if m.starts_with("adapter `deploy`: password: secret"))
+        );
+        let bad: Result<(), _> = build.config(Err(vec![
+            FieldError::new("url", "has no host"),
+            FieldError::new("token", "missing"),
+        ]));
+        let AdapterError::Invalid(message) = bad.unwrap_err() else {
+            panic!("a bad block is invalid config")
+        };
+        assert!(message.starts_with("adapter `deploy`: url"), "{message}");
+        assert!(message.contains("; token"), "{message}");
+        assert!(!format!("{build:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn stray_stage_keys_are_named_with_the_keys_a_stage_takes() {
+        let Value::Object(with) = json!({"job": "a", "jobs": "b", "unstable": "x"}) else {
+            unreachable!()
+        };
+        let mut problems = Vec::new();
+        unknown_stage_keys("jenkins", "job, unstable", &with, &mut problems);
+        assert_eq!(paths(&problems), ["jobs"]);
+        assert_eq!(
+            problems[0].message,
+            "unknown key: a jenkins stage takes job, unstable"
+        );
+    }
+
+    #[test]
+    fn a_bad_stage_input_fails_the_stage_with_every_problem() {
+        assert_eq!(stage_with::<u8>(Ok(3)), Ok(3));
+        let bad = stage_with::<u8>(Err(vec![
+            FieldError::new("job", "missing"),
+            FieldError::new("parameters.X", "expected text"),
+        ]));
+        let Err(AdapterError::Invalid(message)) = bad else {
+            panic!("a bad `with` is invalid input")
+        };
+        assert!(message.starts_with("the stage's `with`: job"), "{message}");
+        assert!(message.contains("; parameters.X"), "{message}");
     }
 }
