@@ -603,6 +603,18 @@ async fn wait_finished(
                     .collect()
             })
             .unwrap_or_default();
+        if finished.len() < wanted.len() && begun.elapsed() >= deadline {
+            // Say where one of the unfinished runs stands, in baton's words.
+            let done: BTreeSet<&str> = finished.iter().filter_map(|r| r["id"].as_str()).collect();
+            if let Some(open) = wanted.iter().find(|id| !done.contains(*id)) {
+                let run = get_json(http, &format!("{baton}/api/v1/runs/{open}"), API_TOKEN).await;
+                let stage = &run["stages"][0];
+                eprintln!(
+                    "{baton}: run {open} unfinished at the deadline: stage {} ({}), external {}",
+                    stage["status"], stage["message"], stage["external"]
+                );
+            }
+        }
         if finished.len() == wanted.len() || begun.elapsed() >= deadline {
             let failed = finished
                 .iter()
