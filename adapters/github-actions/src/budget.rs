@@ -145,8 +145,18 @@ impl Budget {
         (limit / 20).max(5)
     }
 
-    /// Whether a request of `kind` may go out now.
+    /// Whether a request of `kind` may go out now; a `Go` counts it as spent.
     pub(crate) fn gate(&self, kind: Use) -> Gate {
+        self.decide(kind, true)
+    }
+
+    /// What [`Budget::gate`] would answer now, without counting anything: for a caller
+    /// that only wants to know whether to send at all (its request then passes the gate).
+    pub(crate) fn peek(&self, kind: Use) -> Gate {
+        self.decide(kind, false)
+    }
+
+    fn decide(&self, kind: Use, spend: bool) -> Gate {
         let mut s = self.state();
         if let Some(until) = s.blocked_until {
             let left = until.saturating_duration_since(Instant::now());
@@ -172,7 +182,9 @@ impl Budget {
         } else {
             // Counted as spent now, not when its answer comes: many stages pass the gate
             // before any of their answers tells how much is left.
-            s.remaining = Some(remaining - 1);
+            if spend {
+                s.remaining = Some(remaining - 1);
+            }
             Gate::Go
         }
     }
@@ -301,6 +313,22 @@ mod tests {
             assert_eq!(b.gate(Use::Essential), Gate::Go);
         }
         assert!(matches!(b.gate(Use::Essential), Gate::Wait(w) if w > Duration::from_secs(58)));
+    }
+
+    #[test]
+    fn a_peek_says_what_the_gate_would_and_spends_nothing() {
+        let b = Budget::default();
+        b.observe(&headers(100, 7, 60));
+        // However often a poll asks whether it may send, only what it sends is counted:
+        // two routine requests may still leave.
+        for _ in 0..10 {
+            assert_eq!(b.peek(Use::Routine), Gate::Go);
+        }
+        assert_eq!(b.gate(Use::Routine), Gate::Go);
+        assert_eq!(b.gate(Use::Routine), Gate::Go);
+        assert!(matches!(b.peek(Use::Routine), Gate::Wait(_)));
+        assert!(matches!(b.gate(Use::Routine), Gate::Wait(_)));
+        assert_eq!(b.peek(Use::Essential), Gate::Go);
     }
 
     #[test]

@@ -113,7 +113,7 @@ impl GithubActionsAdapter {
         // At the reserve a poll that knows the run's last state keeps it and waits for
         // the reset instead of spending a request.
         if let (Gate::Wait(wait), Some((_, run))) =
-            (self.inner.client.budget().gate(Use::Routine), &cached)
+            (self.inner.client.budget().peek(Use::Routine), &cached)
         {
             let mut outcome = self.outcome(key, run_id, run).await;
             if !outcome.state.is_terminal() {
