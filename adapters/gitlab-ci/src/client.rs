@@ -453,19 +453,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_doubles_from_the_base_up_to_the_cap_with_jitter() {
-        let policy = RetryPolicy::default();
-        for _ in 0..100 {
-            let first = policy.backoff(0);
-            assert!(first >= Duration::from_millis(250) && first <= Duration::from_millis(500));
-            let third = policy.backoff(2);
-            assert!(third >= Duration::from_secs(1) && third <= Duration::from_secs(2));
-            let late = policy.backoff(30);
-            assert!(late >= Duration::from_secs(2) && late <= Duration::from_secs(4));
-        }
-    }
-
-    #[test]
     fn gitlab_messages_are_read_in_their_three_shapes() {
         assert_eq!(
             gitlab_message(
