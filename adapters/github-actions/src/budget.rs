@@ -21,6 +21,9 @@ use reqwest::header::HeaderMap;
 /// the engine takes, it has surely finished or gone.
 const WAITING_EXPIRES: Duration = Duration::from_secs(3600);
 
+/// How often stages that stopped polling are cleared from the waiting count.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
 /// The share of the limit below which poll hints begin to stretch.
 const STRETCH_BELOW: f64 = 0.5;
 
@@ -43,6 +46,8 @@ struct State {
     blocked_until: Option<Instant>,
     /// Attempts polling on this credential, with when they last polled.
     waiting: HashMap<AttemptKey, Instant>,
+    /// When `waiting` was last cleared of stages that stopped polling.
+    pruned: Option<Instant>,
     /// The lowest `remaining` seen, for tests and diagnostics.
     lowest: Option<u64>,
 }
@@ -193,8 +198,15 @@ impl Budget {
     pub(crate) fn waiting(&self, key: &AttemptKey) {
         let mut s = self.state();
         let now = Instant::now();
-        s.waiting
-            .retain(|_, seen| now.duration_since(*seen) < WAITING_EXPIRES);
+        // A scan of every waiting stage on each poll would be quadratic per round; stages
+        // count as gone after an hour, so a scan a minute is exact enough.
+        if s.pruned
+            .is_none_or(|at| now.duration_since(at) >= PRUNE_EVERY)
+        {
+            s.waiting
+                .retain(|_, seen| now.duration_since(*seen) < WAITING_EXPIRES);
+            s.pruned = Some(now);
+        }
         s.waiting.insert(key.clone(), now);
     }
 
