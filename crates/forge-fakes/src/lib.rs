@@ -13,6 +13,7 @@
 
 pub mod github;
 pub mod gitlab;
+pub mod travis_signing;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
