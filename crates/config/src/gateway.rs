@@ -256,11 +256,13 @@ pub enum SourceConfig {
     Gitlab(GitlabSource),
     /// `kind = "generic"`: any sender of JSON.
     Generic(GenericSource),
+    /// `kind = "travis"`: Travis CI's webhook notifications.
+    Travis(TravisSource),
 }
 
 impl SourceConfig {
     /// The source kinds, as written in `kind = "…"`.
-    pub const KINDS: [&'static str; 3] = ["github", "gitlab", "generic"];
+    pub const KINDS: [&'static str; 4] = ["github", "gitlab", "generic", "travis"];
 
     /// This source's kind, as written in `kind = "…"`.
     pub fn kind(&self) -> &'static str {
@@ -268,6 +270,7 @@ impl SourceConfig {
             Self::Github(_) => "github",
             Self::Gitlab(_) => "gitlab",
             Self::Generic(_) => "generic",
+            Self::Travis(_) => "travis",
         }
     }
 
@@ -277,7 +280,7 @@ impl SourceConfig {
         match self {
             Self::Github(github) => github.api_auth.is_some(),
             Self::Gitlab(gitlab) => gitlab.api_token.is_some(),
-            Self::Generic(_) => false,
+            Self::Generic(_) | Self::Travis(_) => false,
         }
     }
 }
@@ -287,6 +290,23 @@ pub const GITHUB_API_URL: &str = "https://api.github.com";
 
 /// The default `api_url` of a gitlab source.
 pub const GITLAB_API_URL: &str = "https://gitlab.com/api/v4";
+
+/// The default `api_url` of a travis source.
+pub const TRAVIS_API_URL: &str = "https://api.travis-ci.com";
+
+/// Travis CI's webhook notifications (`notifications.webhooks` in `.travis.yml`): a
+/// form-encoded `payload`, signed by Travis with its own RSA key, which baton reads from the
+/// API's `/config`. Travis signs every repository's notifications with the same key, so the
+/// signature proves Travis sent a delivery, and `repos` decides which repositories' are
+/// taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TravisSource {
+    /// `repos`: the `owner/name` slugs whose notifications are accepted. At least one.
+    pub repos: Vec<String>,
+    /// `api_url`: the API root whose `/config` serves the signing key, without a trailing
+    /// `/`. Default [`TRAVIS_API_URL`]; Travis CI Enterprise is `https://HOST/api`.
+    pub api_url: String,
+}
 
 /// A GitHub webhook source: deliveries are checked against `X-Hub-Signature-256`. With API
 /// credentials, workflows can also report status back to it (`report:`).
@@ -571,6 +591,17 @@ pub(crate) struct GitlabRaw {
     /// An API token, for reports.
     #[serde(default)]
     pub(crate) api_token: Option<SecretField>,
+}
+
+/// The file form of `[sources.<name>]` with `kind = "travis"`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct TravisRaw {
+    /// The accepted repositories.
+    #[serde(default)]
+    pub(crate) repos: Option<Vec<String>>,
+    /// The API root.
+    #[serde(default)]
+    pub(crate) api_url: Option<String>,
 }
 
 /// The file form of `[sources.<name>]` with `kind = "generic"`.

@@ -40,7 +40,7 @@ pub use gateway::{
     AdapterInstance, ApiConfig, ApiToken, BearerAuth, DeliveryId, EngineConfig, EventSelector,
     ExpressionsConfig, GITHUB_API_URL, GITLAB_API_URL, GatewayConfig, GenericAuth, GenericSource,
     GithubApp, GithubAuth, GithubSource, GitlabSource, HmacAlgorithm, HmacAuth, Role, ServerConfig,
-    SourceConfig, StoreConfig, TOP_LEVEL_KEYS,
+    SourceConfig, StoreConfig, TOP_LEVEL_KEYS, TRAVIS_API_URL, TravisSource,
 };
 pub use load::{
     Checked, ENVIRONMENT, Loaded, LoadedWorkflow, SecretsFrom, load, load_reading_secrets,

@@ -720,7 +720,7 @@ hmac = { secret = { env = "S" }, header = "X-Sig", algorithm = "md5" }
         ])
     );
     assert!(message_at(&err, "sources.manual").contains("reserved"));
-    assert!(message_at(&err, "sources.what.kind").contains("github, gitlab, generic"));
+    assert!(message_at(&err, "sources.what.kind").contains("github, gitlab, generic, travis"));
     assert!(message_at(&err, "sources.badjq.event.expr").contains("invalid jq expression"));
 }
 
@@ -1653,4 +1653,96 @@ max_memory = 1000
     );
     assert!(message_at(&err, "expressions.max_stepz").contains("max_steps"));
     assert!(message_at(&err, "expressions.max_time").contains("`soon` is not a duration"));
+}
+
+#[test]
+fn a_travis_source_takes_its_repositories_and_api() {
+    let config = r#"
+[sources.travis]
+kind = "travis"
+repos = ["pingcap/tidb", "pingcap/tikv"]
+[sources.enterprise]
+kind = "travis"
+repos = ["team/app"]
+api_url = "https://travis.example.com/api/"
+"#;
+    let dir = fixture(&[("baton.toml", config)]);
+    let loaded = load_in(dir.path(), Some("baton.toml"), &[], no_env()).unwrap();
+    let sources = &loaded.gateway.sources;
+    assert_eq!(
+        sources["travis"],
+        SourceConfig::Travis(travis_source(
+            "https://api.travis-ci.com",
+            &["pingcap/tidb", "pingcap/tikv"]
+        ))
+    );
+    assert_eq!(
+        sources["enterprise"],
+        SourceConfig::Travis(travis_source(
+            "https://travis.example.com/api",
+            &["team/app"]
+        ))
+    );
+    assert_eq!(sources["travis"].kind(), "travis");
+    assert!(!sources["travis"].can_report());
+}
+
+fn travis_source(api_url: &str, repos: &[&str]) -> TravisSource {
+    TravisSource {
+        repos: repos.iter().map(|r| r.to_string()).collect(),
+        api_url: api_url.to_owned(),
+    }
+}
+
+#[test]
+fn a_travis_source_without_good_repositories_is_refused_with_every_problem() {
+    let config = r#"
+[sources.none]
+kind = "travis"
+[sources.empty]
+kind = "travis"
+repos = []
+[sources.bad]
+kind = "travis"
+repos = ["tidb", "pingcap/tidb", "a/b/c", "pingcap/tidb", " x/y"]
+api_url = "travis"
+[sources.extra]
+kind = "travis"
+repos = ["a/b"]
+secret = { env = "S" }
+"#;
+    let dir = fixture(&[("baton.toml", config)]);
+    let err = load_in(dir.path(), Some("baton.toml"), &[], no_env()).unwrap_err();
+    assert_eq!(
+        pairs(dir.path(), &err),
+        set(&[
+            ("baton.toml", "sources.none.repos"),
+            ("baton.toml", "sources.empty.repos"),
+            ("baton.toml", "sources.bad.repos[0]"),
+            ("baton.toml", "sources.bad.repos[2]"),
+            ("baton.toml", "sources.bad.repos[3]"),
+            ("baton.toml", "sources.bad.repos[4]"),
+            ("baton.toml", "sources.bad.api_url"),
+            ("baton.toml", "sources.extra.secret"),
+        ])
+    );
+    assert!(message_at(&err, "sources.none.repos").contains("repos = [\"owner/name\"]"));
+    assert!(message_at(&err, "sources.bad.repos[0]").contains("expected `owner/name`"));
+    assert!(
+        message_at(&err, "sources.bad.repos[3]").contains("already listed at sources.bad.repos[1]")
+    );
+}
+
+#[test]
+fn a_travis_source_cannot_receive_reports() {
+    let config = r#"
+workflows = ["w.yaml"]
+[sources.travis]
+kind = "travis"
+repos = ["a/b"]
+"#;
+    let workflow = "name: w\non: [{ source: travis, event: passed }]\nreport: [travis]\nstages:\n  s: { uses: exec, with: { run: 'true' } }\n";
+    let dir = fixture(&[("baton.toml", config), ("w.yaml", workflow)]);
+    let err = load_in(dir.path(), Some("baton.toml"), &[], no_env()).unwrap_err();
+    assert!(message_at(&err, "report[0]").contains("is travis: only github and gitlab"));
 }

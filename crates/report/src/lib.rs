@@ -193,7 +193,7 @@ impl Reporter {
                         needs_installation: false,
                     }
                 }
-                SourceConfig::Generic(_) => continue,
+                SourceConfig::Generic(_) | SourceConfig::Travis(_) => continue,
             };
             entries.insert(name.clone(), entry);
         }

@@ -65,6 +65,11 @@ impl ApiError {
         Self::new(StatusCode::CONFLICT, "conflict", message)
     }
 
+    /// 503, for a request that cannot be handled now but may be later.
+    pub(crate) fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
+
     /// 415, for a body that is not declared as JSON.
     pub(crate) fn unsupported_media_type(message: impl Into<String>) -> Self {
         Self::new(

@@ -123,13 +123,10 @@ impl FromRequest<Arc<AppState>> for Delivery {
                 return Err(error);
             }
         };
-        if let Err(Refusal::Unauthenticated(why) | Refusal::Malformed(why)) =
-            source.authenticate(&parts.headers, &bytes)
-        {
-            rejected(&name, "unauthenticated");
-            tracing::warn!(source = %name, reason = %why, "webhook refused");
-            return Err(ApiError::unauthorized(why));
-        }
+        let bytes = match source.authenticate(&parts.headers, bytes).await {
+            Ok(bytes) => bytes,
+            Err(refusal) => return Err(refused(&name, refusal)),
+        };
         let Ok(body) = String::from_utf8(bytes.into()) else {
             rejected(&name, "bad_json");
             return Err(ApiError::bad_request("the body is not UTF-8 text"));
@@ -170,7 +167,12 @@ impl FromRequest<Arc<AppState>> for Delivery {
         };
         let identified = match identified {
             Ok(i) => i,
-            Err(Refusal::Malformed(why) | Refusal::Unauthenticated(why)) => {
+            Err(
+                Refusal::Malformed(why)
+                | Refusal::Unauthenticated(why)
+                | Refusal::Forbidden(why)
+                | Refusal::Unavailable(why),
+            ) => {
                 rejected(&name, "malformed");
                 return Err(ApiError::bad_request(why));
             }
@@ -185,6 +187,21 @@ impl FromRequest<Arc<AppState>> for Delivery {
             body,
         })
     }
+}
+
+/// The answer to a delivery that failed its source's check, counted and logged.
+fn refused(source: &str, refusal: Refusal) -> ApiError {
+    let (result, error) = match refusal {
+        Refusal::Unauthenticated(why) => ("unauthenticated", ApiError::unauthorized(why)),
+        // A body that is not what the source takes (a travis source's form without
+        // `payload`) is refused as the matcher refuses bad JSON.
+        Refusal::Malformed(why) => ("malformed", ApiError::bad_request(why)),
+        Refusal::Forbidden(why) => ("forbidden", ApiError::forbidden(why)),
+        Refusal::Unavailable(why) => ("unavailable", ApiError::unavailable(why)),
+    };
+    rejected(source, result);
+    tracing::warn!(source = %source, reason = %error.message, "webhook refused");
+    error
 }
 
 /// The answer to a body that could not be read whole, and its `result` label: 408 when it

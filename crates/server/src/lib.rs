@@ -34,6 +34,7 @@ mod intake;
 mod matcher;
 mod request_id;
 pub mod sources;
+mod travis;
 
 /// The OpenAPI description of the REST API, served at `/api/v1/openapi.json`.
 pub const OPENAPI: &str = include_str!("../openapi.json");

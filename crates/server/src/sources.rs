@@ -1,5 +1,6 @@
 //! Webhook sources with their secrets resolved, and how each proves a delivery is genuine.
 
+use axum::body::Bytes;
 use axum::http::HeaderMap;
 use baton_config::{DeliveryId, EventSelector, GenericAuth, HmacAlgorithm, SourceConfig};
 use baton_core::secret::SecretError;
@@ -8,6 +9,8 @@ use hmac::{Hmac, Mac};
 use jaq_json::Val;
 use sha2::{Digest, Sha256, Sha512};
 use subtle::ConstantTimeEq;
+
+use crate::travis::TravisCheck;
 
 /// How a source's deliveries are checked.
 enum Check {
@@ -24,13 +27,15 @@ enum Check {
     },
     /// `Authorization: Bearer <token>`.
     Bearer(Vec<u8>),
+    /// Travis CI's RSA signature over the form's `payload`, and the accepted repositories.
+    Travis(TravisCheck),
 }
 
 /// One `[sources.<name>]`, ready to check deliveries.
 pub struct Source {
     /// The source name (`/hooks/<name>`).
     pub name: String,
-    /// `github`, `gitlab` or `generic`.
+    /// `github`, `gitlab`, `generic` or `travis`.
     pub kind: &'static str,
     check: Check,
     event: Option<EventSelector>,
@@ -48,6 +53,10 @@ pub enum Refusal {
     Unauthenticated(String),
     /// A required header is missing or the body is not what it must be (400).
     Malformed(String),
+    /// Genuine, but about something this source does not take (403).
+    Forbidden(String),
+    /// The delivery cannot be checked now (503): the key to check it could not be read.
+    Unavailable(String),
 }
 
 /// What a genuine delivery is.
@@ -94,8 +103,9 @@ fn token_matches(expected: &[Vec<u8>], given: &[u8]) -> bool {
 }
 
 /// Headers that carry secrets or signatures: never stored, never shown.
-pub const SECRET_HEADERS: [&str; 5] = [
+pub const SECRET_HEADERS: [&str; 6] = [
     "authorization",
+    "signature",
     "x-gitlab-token",
     "x-hub-signature",
     "x-hub-signature-256",
@@ -134,6 +144,11 @@ impl Source {
                 };
                 (check, g.event.clone(), g.delivery_id.clone())
             }
+            SourceConfig::Travis(t) => (
+                Check::Travis(TravisCheck::new(&t.api_url, &t.repos)),
+                None,
+                DeliveryId::BodyHash,
+            ),
         };
         let counter = |result: &'static str| metrics::counter!("baton_deliveries_total", "source" => name.to_owned(), "result" => result);
         Ok(Self {
@@ -155,8 +170,23 @@ impl Source {
         }
     }
 
-    /// Checks that the delivery is genuine. Runs before the body is parsed.
-    pub fn authenticate(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), Refusal> {
+    /// Checks that the delivery is genuine, before the body is parsed, and returns the body
+    /// to store: the body as received, or for a travis source the `payload` form field.
+    pub async fn authenticate(&self, headers: &HeaderMap, body: Bytes) -> Result<Bytes, Refusal> {
+        if let Check::Travis(travis) = &self.check {
+            let payload = travis
+                .authenticate(header(headers, "signature"), &body)
+                .await?;
+            return Ok(Bytes::from(payload));
+        }
+        self.verify_signature(headers, &body)?;
+        Ok(body)
+    }
+
+    /// The check of every kind but `travis`, which needs nothing but the request. A travis
+    /// source's deliveries are refused here: their key comes from Travis's API, so only
+    /// [`Source::authenticate`] checks them.
+    pub fn verify_signature(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), Refusal> {
         let refuse = |m: &str| Err(Refusal::Unauthenticated(m.to_owned()));
         match &self.check {
             Check::Github(secrets) => {
@@ -215,6 +245,8 @@ impl Source {
                     None => refuse("missing `Authorization: Bearer <token>`"),
                 }
             }
+            // Checked (asynchronously) in `authenticate`, never here.
+            Check::Travis(_) => refuse("a travis notification is checked with Travis CI's key"),
         }
     }
 
@@ -264,6 +296,11 @@ impl Source {
                     delivery_id,
                 })
             }
+            Check::Travis(_) => Ok(Identified {
+                ping: false,
+                event: TravisCheck::event(body)?,
+                delivery_id: body_hash(body),
+            }),
             Check::Hmac { .. } | Check::Bearer(_) => {
                 let event = match &self.event {
                     None => String::new(),
@@ -345,23 +382,23 @@ pub(crate) mod tests {
         let source = github(&["It's a Secret to Everybody"]);
         let sig = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
         assert_eq!(
-            source.authenticate(&headers(&[("x-hub-signature-256", sig)]), b"Hello, World!"),
+            source.verify_signature(&headers(&[("x-hub-signature-256", sig)]), b"Hello, World!"),
             Ok(())
         );
         assert!(
             source
-                .authenticate(&headers(&[("x-hub-signature-256", sig)]), b"Hello, World?")
+                .verify_signature(&headers(&[("x-hub-signature-256", sig)]), b"Hello, World?")
                 .is_err()
         );
         assert!(
             source
-                .authenticate(&headers(&[]), b"Hello, World!")
+                .verify_signature(&headers(&[]), b"Hello, World!")
                 .is_err()
         );
         // Rotation: any configured secret is accepted.
         let rotated = github(&["new secret", "It's a Secret to Everybody"]);
         assert_eq!(
-            rotated.authenticate(&headers(&[("x-hub-signature-256", sig)]), b"Hello, World!"),
+            rotated.verify_signature(&headers(&[("x-hub-signature-256", sig)]), b"Hello, World!"),
             Ok(())
         );
     }

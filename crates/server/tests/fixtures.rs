@@ -82,7 +82,7 @@ fn github_delivery(
         ("x-hub-signature-256", &github_signature(&body)),
     ]);
     let source = github();
-    assert_eq!(source.authenticate(&headers, body.as_bytes()), Ok(()));
+    assert_eq!(source.verify_signature(&headers, body.as_bytes()), Ok(()));
     let json: Value = serde_json::from_str(&body).unwrap();
     let parsed = parse_val(&body).unwrap();
     let identified = source.identify(&headers, body.as_bytes(), parsed).unwrap();
@@ -102,7 +102,7 @@ fn gitlab_delivery(
         ("x-gitlab-token", SECRET),
     ]);
     let source = gitlab();
-    assert_eq!(source.authenticate(&headers, body.as_bytes()), Ok(()));
+    assert_eq!(source.verify_signature(&headers, body.as_bytes()), Ok(()));
     let json: Value = serde_json::from_str(&body).unwrap();
     let parsed = parse_val(&body).unwrap();
     let identified = source.identify(&headers, body.as_bytes(), parsed).unwrap();
@@ -185,7 +185,7 @@ fn a_github_delivery_signed_with_another_secret_is_refused() {
         ("x-hub-signature-256", &signature),
     ]);
     assert!(matches!(
-        github().authenticate(&headers, body.as_bytes()),
+        github().verify_signature(&headers, body.as_bytes()),
         Err(Refusal::Unauthenticated(_))
     ));
 }
@@ -258,7 +258,7 @@ fn a_gitlab_delivery_with_a_wrong_token_is_refused() {
         ("x-gitlab-token", "not the token"),
     ]);
     assert!(matches!(
-        gitlab().authenticate(&headers, body.as_bytes()),
+        gitlab().verify_signature(&headers, body.as_bytes()),
         Err(Refusal::Unauthenticated(_))
     ));
 }

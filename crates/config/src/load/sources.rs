@@ -75,6 +75,13 @@ pub(super) fn read_source(name: &str, value: &Value, sink: &mut Sink) -> Option<
             })
         }
         "generic" => SourceConfig::Generic(read_generic(&rest, &at, sink)?),
+        "travis" => {
+            let raw: TravisRaw = typed(&rest, &at, &[("", fields_of::<TravisRaw>())], sink)?;
+            SourceConfig::Travis(TravisSource {
+                repos: read_repos(raw.repos, &at, sink),
+                api_url: read_api_url(raw.api_url, TRAVIS_API_URL, &at, sink),
+            })
+        }
         other => {
             sink.err(
                 join(&at, "kind"),
@@ -84,6 +91,33 @@ pub(super) fn read_source(name: &str, value: &Value, sink: &mut Sink) -> Option<
         }
     };
     (sink.count() == before).then_some(source)
+}
+
+/// A travis source's `repos`: required, each `owner/name` once.
+fn read_repos(repos: Option<Vec<String>>, at: &str, sink: &mut Sink) -> Vec<String> {
+    let key = join(at, "repos");
+    let Some(repos) = repos.filter(|r| !r.is_empty()) else {
+        sink.err(
+            key,
+            "missing required key `repos`: Travis signs every repository's notifications with one key, so name the repositories whose notifications start workflows, `repos = [\"owner/name\"]`",
+        );
+        return Vec::new();
+    };
+    for (i, repo) in repos.iter().enumerate() {
+        let at = format!("{key}[{i}]");
+        let parts: Vec<&str> = repo.split('/').collect();
+        if parts.len() != 2 || parts.iter().any(|p| p.is_empty() || p.trim() != *p) {
+            sink.err(
+                at,
+                format!(
+                    "`{repo}` is not a repository slug: expected `owner/name`, as in `pingcap/tidb`"
+                ),
+            );
+        } else if let Some(first) = repos[..i].iter().position(|r| r == repo) {
+            sink.err(at, format!("`{repo}` is already listed at {key}[{first}]"));
+        }
+    }
+    repos
 }
 
 /// A source's `api_url`, checked, without a trailing `/`; `default` when absent.

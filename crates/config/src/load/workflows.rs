@@ -324,9 +324,9 @@ pub(super) fn check_references(
             continue;
         }
         match sources.get(source) {
-            Some(Some(SourceConfig::Generic(_))) => sink.err(
+            Some(Some(config @ (SourceConfig::Generic(_) | SourceConfig::Travis(_)))) => sink.err(
                 format!("report[{i}]"),
-                format!("source `{source}` is generic: only github and gitlab sources can receive status reports"),
+                format!("source `{source}` is {}: only github and gitlab sources can receive status reports", config.kind()),
             ),
             Some(Some(config)) if !config.can_report() => sink.err(
                 format!("report[{i}]"),
