@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 
 out=fuzz/corpus
 mkdir -p "$out"
-for t in intake_github intake_gitlab intake_generic intake_adapter config_load workflow_load \
+for t in intake_github intake_gitlab intake_travis intake_generic intake_adapter config_load workflow_load \
     template_render trigger_match; do
     mkdir -p "$out/$t"
     if [ -d "fuzz/seeds/$t" ]; then cp fuzz/seeds/"$t"/* "$out/$t/"; fi
@@ -123,6 +123,15 @@ for f in tests/fixtures/gitlab/*.json; do
             "X-Gitlab-Event-UUID: 13792a34-cac6-4fda-95a8-c58e00a3954e" \
             "Content-Type: application/json"
     done
+done
+# Signed travis inputs are the payload (the target posts it form-encoded and signs it);
+# unsigned ones are sent as given, so one is the form itself.
+for f in tests/fixtures/travis/*.json; do
+    for flags in a '`'; do
+        delivery intake_travis "$flags" "$f" "Travis-Repo-Slug: pingcap/tidb" \
+            "Content-Type: application/x-www-form-urlencoded"
+    done
+    { printf '`'; printf '%s\n' "Signature: AAAA" ''; printf 'payload='; cat "$f"; } | put intake_travis
 done
 for f in "${payloads[@]}"; do
     delivery intake_generic a "$f" "X-Request-Id: 5b1f" "Content-Type: application/json"

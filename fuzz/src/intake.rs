@@ -25,6 +25,7 @@
 //! - a body the intake accepted is one the matcher can read (it parses the stored body
 //!   again later), and every trigger of the source can be evaluated on it.
 
+use std::io::{BufRead, BufReader, Write};
 use std::sync::{Arc, OnceLock};
 
 use axum::body::{Body, to_bytes};
@@ -32,6 +33,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request};
 use baton_core::expr::parse_val;
 use baton_core::workflow::Trigger;
 use baton_engine::{Engine, EngineConfig};
+use baton_forge_fakes::travis_signing::{config_document, form_body, sign};
 use baton_server::{AppState, router};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -51,6 +53,9 @@ pub enum Kind {
     Generic,
     /// `POST /hooks/adapters/jenkins` or `/hooks/adapters/buildbot` (a bearer token).
     Adapter,
+    /// `POST /hooks/travis`: signed inputs are the notification's payload, posted
+    /// form-encoded and signed with the test key a local `/config` serves.
+    Travis,
 }
 
 /// Triggers for every source, with conditions that read the payloads' real fields.
@@ -73,6 +78,9 @@ on:
     event: release
     if: '.tag | test("^v[0-9]")'
   - source: relay
+  - source: travis
+    event: passed
+    if: '.branch == "master" and .type == "push"'
 stages:
   only:
     uses: exec
@@ -92,7 +100,8 @@ fn gateway() -> &'static Gateway {
         let dir = scratch("intake");
         let config = dir.join("baton.toml");
         let text = format!(
-            "workflows = [\"workflow.yaml\"]\n{GATEWAY}\n[store]\nurl = \"sqlite://{}\"\n",
+            "workflows = [\"workflow.yaml\"]\n{GATEWAY}\n[sources.travis]\nkind = \"travis\"\nrepos = [\"pingcap/tidb\"]\napi_url = \"{}\"\n\n[store]\nurl = \"sqlite://{}\"\n",
+            travis_api(),
             dir.join("intake.db").display()
         );
         std::fs::write(&config, text).expect("writing the gateway config");
@@ -134,6 +143,30 @@ fn gateway() -> &'static Gateway {
             triggers,
         }
     })
+}
+
+/// A Travis API on a thread of its own that answers every request with `/config`'s
+/// document, so a travis source can read the key the signed inputs are signed with.
+fn travis_api() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a local port");
+    let url = format!("http://{}", listener.local_addr().expect("an address"));
+    std::thread::spawn(move || {
+        let body = config_document().to_string();
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(&stream);
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    url
 }
 
 /// A request as the input describes it.
@@ -205,7 +238,11 @@ pub fn run(kind: Kind, data: &[u8]) {
         (Kind::Generic, true) => ("/hooks/relay", Some("relay"), false),
         (Kind::Adapter, false) => ("/hooks/adapters/jenkins", None, false),
         (Kind::Adapter, true) => ("/hooks/adapters/buildbot", None, false),
+        // An RSA signature: no input forges one.
+        (Kind::Travis, _) => ("/hooks/travis", Some("travis"), true),
     };
+    // A signed travis input is the payload; the request carries it form-encoded.
+    let mut form = Vec::new();
     if signed {
         match path {
             "/hooks/github" => set(
@@ -223,10 +260,17 @@ pub fn run(kind: Kind, data: &[u8]) {
             "/hooks/adapters/buildbot" => {
                 set(&mut headers, "authorization", "Bearer BUILDBOT_TOKEN");
             }
+            "/hooks/travis" => {
+                if let Ok(payload) = std::str::from_utf8(body) {
+                    set(&mut headers, "signature", &sign(payload));
+                    form = form_body(payload).into_bytes();
+                }
+            }
             _ => {}
         }
     }
-    let mut request = Request::new(Body::from(body.to_vec()));
+    let sent = if form.is_empty() { body } else { &form };
+    let mut request = Request::new(Body::from(sent.to_vec()));
     *request.method_mut() = Method::POST;
     *request.uri_mut() = path.parse().expect("a valid path");
     *request.headers_mut() = headers;
@@ -264,7 +308,8 @@ pub fn run(kind: Kind, data: &[u8]) {
     if answer.get("status").and_then(serde_json::Value::as_str) == Some("pong") {
         return;
     }
-    // The matcher reads the stored body again; what the intake accepted, it must read.
+    // The matcher reads the stored body again; what the intake accepted, it must read. (A
+    // travis source stores the payload: accepted means signed, so that is `body` too.)
     let text = std::str::from_utf8(body).expect("the intake accepted a body that is not UTF-8");
     let payload = parse_val(text).unwrap_or_else(|e| {
         panic!("{path} accepted a body ({status}) that the matcher cannot read: {e}")
