@@ -1,4 +1,4 @@
-//! Source parsing and trigger matching on GitHub and GitLab webhook payloads kept under
+//! Source parsing and trigger matching on GitHub, GitLab and Travis CI webhook payloads kept under
 //! `tests/fixtures/` (see its README for where each comes from): the event type, the
 //! delivery id and the ping flag the intake takes from a delivery, and the `on:` entries
 //! whose `if:` reads real fields of the payload.
@@ -307,4 +307,36 @@ fn gitlab_triggers_match_on_real_push_and_merge_request_fields() {
     );
     // The event type must be GitLab's header value, not the payload's `object_kind`.
     assert!(matching(on, "gitlab", "merge_request", &mr).is_empty());
+}
+
+#[test]
+fn a_travis_notification_is_identified_by_its_state_and_matches_on_its_fields() {
+    let config = SourceConfig::Travis(baton_config::TravisSource {
+        repos: vec!["pingcap/tidb".to_owned()],
+        api_url: baton_config::TRAVIS_API_URL.to_owned(),
+    });
+    let source = Source::new("travis", &config, &Named).unwrap();
+    let body = fixture("travis/build.json");
+    let delivery = source
+        .identify(
+            &headers(&[("travis-repo-slug", "pingcap/tidb")]),
+            body.as_bytes(),
+            parse_val(&body).unwrap(),
+        )
+        .unwrap();
+    assert_eq!(delivery.event, "passed");
+    assert!(!delivery.ping);
+    assert_eq!(delivery.delivery_id.len(), 64, "the payload's SHA-256");
+    // Its key comes from Travis's API, so the request alone never passes.
+    assert!(matches!(
+        source.verify_signature(&headers(&[("signature", "AAAA")]), body.as_bytes()),
+        Err(Refusal::Unauthenticated(_))
+    ));
+    let on = json!([
+        { "source": "travis", "event": "passed", "if": ".branch == \"master\" and .type == \"push\"" },
+        { "source": "travis", "event": "passed", "if": ".pull_request" },
+        { "source": "travis", "event": "failed" },
+        { "source": "travis", "if": ".matrix | all(.state == \"passed\")" }
+    ]);
+    assert_eq!(matching(on, "travis", "passed", &body), [0, 3]);
 }
