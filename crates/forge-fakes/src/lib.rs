@@ -1,11 +1,11 @@
-//! In-process models of the forges baton drives: GitHub's REST API ([`github`]) and
-//! GitLab's ([`gitlab`]).
+//! In-process models of the forges baton drives: GitHub's REST API ([`github`]), GitLab's
+//! ([`gitlab`]) and Travis CI's API v3 ([`travis`]).
 //!
-//! Each model keeps state and follows `docs/adapters/github-actions.md` and
-//! `docs/adapters/gitlab-ci.md` (and the public API references cited there): runs and
-//! pipelines move from queued to their end as real time passes, a cancel changes them, and
-//! the awkward answers (rate limits, 5xx, garbage, statuses baton has never seen) can be
-//! switched on per test. Every request is counted by a [`Meter`], so a test or a benchmark
+//! Each model keeps state and follows `docs/adapters/github-actions.md`,
+//! `docs/adapters/gitlab-ci.md` and `docs/adapters/travis.md` (and the public API references
+//! cited there): runs, pipelines and builds move from queued to their end as real time
+//! passes, a cancel changes them, and the awkward answers (rate limits, 5xx, garbage,
+//! statuses baton has never seen) can be switched on per test. Every request is counted by a [`Meter`], so a test or a benchmark
 //! can say how many requests a run cost and how fast one token was spent.
 //!
 //! The models serve on `127.0.0.1` from the caller's Tokio runtime ([`serve`]), or from a
@@ -13,6 +13,7 @@
 
 pub mod github;
 pub mod gitlab;
+pub mod travis;
 pub mod travis_signing;
 
 use std::collections::BTreeMap;
