@@ -588,7 +588,7 @@ impl Travis {
     /// The webhook notification Travis posts for build `build_id` as it is now: the form
     /// body (`payload=<json>`), the `Signature` header (signed with the test key the model
     /// serves at `/config`) and the `Travis-Repo-Slug` header. `None` for a build that has
-    /// not appeared.
+    /// not started yet (Travis notifies when a build starts and when it ends).
     pub fn notification(&self, build_id: u64) -> Option<(String, String, String)> {
         let inner = self.lock();
         let build = inner.builds.get(&build_id)?;
@@ -599,6 +599,9 @@ impl Travis {
         let request = inner.requests.get(&build.request)?;
         let repo = &inner.repos[build.repo];
         let snap = build.at(now);
+        if snap.started.is_none() && snap.finished.is_none() {
+            return None;
+        }
         let (status, status_message) = match snap.state.as_str() {
             "passed" => (Some(0), "Passed"),
             "failed" => (Some(1), "Failed"),
