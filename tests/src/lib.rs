@@ -524,6 +524,14 @@ impl Server {
         }
     }
 
+    /// SIGKILLs this baton as soon as `happened` holds (within 20 s): a crash at a chosen
+    /// instant, such as after an external system received work and before baton stored its
+    /// answer.
+    pub fn kill_when(self, what: &str, happened: impl FnMut() -> bool) {
+        eventually(Duration::from_secs(20), what, happened);
+        self.kill();
+    }
+
     /// SIGKILL: no chance to clean up.
     pub fn kill(mut self) {
         let _ = self.child.kill();

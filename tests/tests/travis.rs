@@ -7,51 +7,14 @@ use std::time::Duration;
 
 use baton_tests::forges::Served;
 use baton_tests::forges::travis::{BuildPlan, Fault, JobPlan, Scope, Travis};
-use baton_tests::{ALL_ROLES_GATEWAY, Sandbox, Server, eventually};
+use baton_tests::{ALL_ROLES_GATEWAY, Sandbox, Server};
 
 const VIEWER: &str = "viewer-token";
 const OPERATOR: &str = "operator-token";
 const TRAVIS_TOKEN: &str = "travis-e2e-token";
 
-/// A fake Travis with repository `octo-org/app` whose builds print an image as outputs.
-fn travis() -> (Travis, Served) {
-    let travis = Travis::new();
-    travis.add_token("baton", TRAVIS_TOKEN);
-    let log = "$ ./release.sh\nbuilt\n$ echo BATON-OUTPUTS-BEGIN; cat out.env; echo BATON-OUTPUTS-END\nBATON-OUTPUTS-BEGIN\nIMAGE=registry.example.com/app:2.1\nBATON-OUTPUTS-END\nDone. Your build exited with 0.\n";
-    travis.repo("octo-org/app").plan(
-        BuildPlan::new(vec![
-            JobPlan::passes()
-                .runs_for(Duration::from_millis(800))
-                .log(log),
-            JobPlan::passes().runs_for(Duration::from_millis(400)),
-        ])
-        .build_after(Duration::from_millis(200), Duration::from_millis(500)),
-    );
-    let served = travis.serve_in_background().expect("serve the fake Travis");
-    (travis, served)
-}
-
-/// A gateway with a `travis` instance, and a manual workflow: the build, then a command
-/// echoing its outputs.
-fn gateway(sb: &Sandbox, travis: &Served) -> String {
-    let config = format!(
-        r#"{ALL_ROLES_GATEWAY}
-[adapters.ci]
-kind = "travis"
-url = "{url}"
-web_url = "{url}"
-repo = "octo-org/app"
-token = {{ env = "TRAVIS_API_TOKEN" }}
-request_timeout = "10s"
-poll_initial = "200ms"
-poll_max = "1s"
-"#,
-        url = travis.url
-    );
-    sb.write("baton.toml", &config);
-    sb.write(
-        "workflows/ship.yaml",
-        r#"
+/// The build, then a command echoing its outputs.
+const SHIP: &str = r#"
 name: ship
 on: [{ source: manual }]
 stages:
@@ -71,8 +34,44 @@ stages:
       env:
         IMAGE: '${{ .stages.build.outputs.IMAGE }}'
         JOBS: '${{ .stages.build.outputs.jobs | length }}'
-"#,
+"#;
+
+/// A fake Travis with repository `octo-org/app` whose builds print an image as outputs.
+fn travis() -> (Travis, Served) {
+    let travis = Travis::new();
+    travis.add_token("baton", TRAVIS_TOKEN);
+    let log = "$ ./release.sh\nbuilt\n$ echo BATON-OUTPUTS-BEGIN; cat out.env; echo BATON-OUTPUTS-END\nBATON-OUTPUTS-BEGIN\nIMAGE=registry.example.com/app:2.1\nBATON-OUTPUTS-END\nDone. Your build exited with 0.\n";
+    travis.repo("octo-org/app").plan(
+        BuildPlan::new(vec![
+            JobPlan::passes()
+                .runs_for(Duration::from_millis(800))
+                .log(log),
+            JobPlan::passes().runs_for(Duration::from_millis(400)),
+        ])
+        .build_after(Duration::from_millis(200), Duration::from_millis(500)),
     );
+    let served = travis.serve_in_background().expect("serve the fake Travis");
+    (travis, served)
+}
+
+/// A gateway with a `travis` instance and the workflow [`SHIP`].
+fn gateway(sb: &Sandbox, travis: &Served) -> String {
+    let config = format!(
+        r#"{ALL_ROLES_GATEWAY}
+[adapters.ci]
+kind = "travis"
+url = "{url}"
+web_url = "{url}"
+repo = "octo-org/app"
+token = {{ env = "TRAVIS_API_TOKEN" }}
+request_timeout = "10s"
+poll_initial = "200ms"
+poll_max = "1s"
+"#,
+        url = travis.url
+    );
+    sb.write("baton.toml", &config);
+    sb.write("workflows/ship.yaml", SHIP);
     sb.path().join("baton.toml").display().to_string()
 }
 
@@ -127,12 +126,10 @@ fn a_baton_killed_after_the_create_adopts_the_request_after_a_restart() {
     let config = gateway(&sb, &served);
     let server = serve(&sb, &config);
     let run = server.start_run("ship", OPERATOR, r#"{"version": "2.2"}"#);
-    eventually(
-        Duration::from_secs(20),
-        "the request exists at Travis",
-        || travis.requests_created() == 1,
-    );
-    server.kill(); // SIGKILL between the create and storing its answer
+    // SIGKILL between the create and storing its answer.
+    server.kill_when("the request exists at Travis", || {
+        travis.requests_created() == 1
+    });
 
     let server = serve(&sb, &config);
     let ended = server.run_ended(&run, VIEWER);

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use baton_core::wire::{Repeat, RetryPolicy, error_chain};
+use baton_core::wire::{Repeat, RetryPolicy, error_chain, excerpt, read_json};
 use baton_core::{AdapterError, HumanDuration, Secret};
 use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode, Url};
@@ -30,11 +30,12 @@ pub(crate) struct Ask<'a> {
 impl<'a> Ask<'a> {
     /// A read of a JSON answer.
     pub(crate) fn read(what: &'a str) -> Self {
+        let (repeat, cap, tail) = (Repeat::Safe, JSON_CAP, false);
         Self {
             what,
-            repeat: Repeat::Safe,
-            cap: JSON_CAP,
-            tail: false,
+            repeat,
+            cap,
+            tail,
         }
     }
 }
@@ -58,12 +59,7 @@ impl Reply {
     }
 
     fn excerpt(&self) -> String {
-        let text = String::from_utf8_lossy(&self.body);
-        let text = text.trim();
-        if text.is_empty() {
-            return String::new();
-        }
-        format!(": `{}`", text.chars().take(200).collect::<String>())
+        excerpt(&self.body)
     }
 }
 
@@ -306,19 +302,8 @@ impl Client {
         reply: &Reply,
         what: &str,
     ) -> Result<T, AdapterError> {
-        if reply.cut {
-            return Err(AdapterError::Protocol(format!(
-                "Travis `{}`'s answer to {what} is larger than {JSON_CAP} bytes",
-                self.instance
-            )));
-        }
-        serde_json::from_slice(&reply.body).map_err(|e| {
-            AdapterError::Protocol(format!(
-                "Travis `{}` answered something baton cannot read when it tried to {what} ({e}){}",
-                self.instance,
-                reply.excerpt()
-            ))
-        })
+        let system = format!("Travis `{}`", self.instance);
+        read_json((&reply.body, reply.cut, JSON_CAP), &system, what)
     }
 
     /// Passes a 2xx answer; turns any other into an error that says what to fix.
@@ -390,14 +375,8 @@ impl Client {
 
 /// `Retry-After` in seconds.
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    headers
-        .get("retry-after")?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .map(Duration::from_secs)
+    let text = headers.get("retry-after")?.to_str().ok()?;
+    text.trim().parse().ok().map(Duration::from_secs)
 }
 
 /// The `Date` header (RFC 7231's IMF-fixdate, which RFC 2822 reads) in ms since the epoch.

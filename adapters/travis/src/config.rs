@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use baton_core::secret::deserialize_optional_reference;
-use baton_core::typed::{checked, duration_in_range, duration_or_default, poll_range, reported};
+use baton_core::typed::{checked, duration_in_range, duration_or_default, http_timing, reported};
 use baton_core::{FieldError, HumanDuration, SecretRef, read_table};
 use reqwest::Url;
 use serde::Deserialize;
@@ -157,18 +157,13 @@ fn check_instance(keys: InstanceKeys, errors: &mut Vec<FieldError>) -> Option<In
         LONGEST_REQUEST_TIMEOUT_BUILD,
         errors,
     );
-    let (poll_initial, poll_max) = poll_range(
-        keys.poll_initial,
-        keys.poll_max,
-        (DEFAULT_POLL_INITIAL, DEFAULT_POLL_MAX),
-        LONGEST_POLL,
-        errors,
-    );
-    let request_timeout = duration_or_default(
-        "request_timeout",
-        keys.request_timeout,
-        DEFAULT_REQUEST_TIMEOUT,
-        LONGEST_REQUEST,
+    let [poll_initial, poll_max, request_timeout] = http_timing(
+        [keys.poll_initial, keys.poll_max, keys.request_timeout],
+        [
+            DEFAULT_POLL_INITIAL,
+            DEFAULT_POLL_MAX,
+            DEFAULT_REQUEST_TIMEOUT,
+        ],
         errors,
     );
     let (owner, name) = repo?;
@@ -401,9 +396,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn paths(errors: &[FieldError]) -> Vec<&str> {
-        errors.iter().map(|e| e.path.as_str()).collect()
-    }
+    use FieldError as F;
 
     #[test]
     fn the_hosted_api_is_the_default_and_its_pages_are_on_the_app() {
@@ -448,7 +441,7 @@ mod tests {
             "url": "http://127.0.0.1:9000", "repo": "o/r", "token": {"env": "T"},
         }))
         .unwrap_err();
-        assert_eq!(paths(&errors), ["web_url"]);
+        assert_eq!(F::paths(&errors), ["web_url"]);
         assert!(errors[0].message.contains("cannot tell"), "{errors:?}");
         let c = parse_instance(&json!({
             "url": "http://127.0.0.1:9000", "web_url": "http://127.0.0.1:9000/", "repo": "o/r",
@@ -474,7 +467,7 @@ mod tests {
         }))
         .unwrap_err();
         assert_eq!(
-            paths(&errors),
+            F::paths(&errors),
             [
                 "url",
                 "repo",
@@ -489,7 +482,7 @@ mod tests {
         assert!(errors[0].message.contains("web app"), "{errors:?}");
         assert!(errors[2].message.contains("literal secret"), "{errors:?}");
         let missing = parse_instance(&json!({})).unwrap_err();
-        assert_eq!(paths(&missing), ["repo", "token"]);
+        assert_eq!(F::paths(&missing), ["repo", "token"]);
         for (url, needle) in [
             ("https://api.travis-ci.org", "closed"),
             ("https://api.travis-ci.com/v3", "`/v3`"),
@@ -499,12 +492,12 @@ mod tests {
         ] {
             let errors = parse_instance(&json!({"url": url, "repo": "o/r", "token": {"env": "T"}}))
                 .unwrap_err();
-            assert_eq!(paths(&errors), ["url"], "{url}");
+            assert_eq!(F::paths(&errors), ["url"], "{url}");
             assert!(errors[0].message.contains(needle), "{url}: {errors:?}");
         }
         for repo in ["o/r/x", "/r", "o/", "o/..", "o r/x"] {
             let errors = parse_instance(&json!({"repo": repo, "token": {"env": "T"}})).unwrap_err();
-            assert_eq!(paths(&errors), ["repo"], "{repo}");
+            assert_eq!(F::paths(&errors), ["repo"], "{repo}");
         }
     }
 
@@ -535,7 +528,7 @@ mod tests {
             "config": "${{ .x }}", "merge_mode": "${{ .m }}", "request_timeout_build": "${{ .t }}"});
         assert!(parse_stage(&templated, Mode::Templates).is_ok());
         assert_eq!(
-            paths(&parse_stage(&templated, Mode::Rendered).unwrap_err()),
+            F::paths(&parse_stage(&templated, Mode::Rendered).unwrap_err()),
             ["sha", "merge_mode", "request_timeout_build", "config"]
         );
     }
@@ -550,7 +543,7 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(
-            paths(&errors),
+            F::paths(&errors),
             [
                 "brnch",
                 "branch",
@@ -570,13 +563,13 @@ mod tests {
             "{errors:?}"
         );
         assert_eq!(
-            paths(
+            F::paths(
                 &parse_stage(&json!({"request_timeout_build": "2d"}), Mode::Rendered).unwrap_err()
             ),
             ["request_timeout_build"]
         );
         assert_eq!(
-            paths(&parse_stage(&json!("main"), Mode::Rendered).unwrap_err()),
+            F::paths(&parse_stage(&json!("main"), Mode::Rendered).unwrap_err()),
             ["branch"]
         );
     }

@@ -261,10 +261,9 @@ pub(crate) fn logged_pairs(log: &str) -> Result<Vec<(String, String)>, String> {
     if let Some(at) = open_at {
         problems.push(format!("the {BEGIN} of line {at} has no {END}"));
     }
-    if problems.is_empty() {
-        Ok(pairs)
-    } else {
-        Err(problems.join("; "))
+    match problems.as_slice() {
+        [] => Ok(pairs),
+        _ => Err(problems.join("; ")),
     }
 }
 

@@ -1,9 +1,10 @@
 //! Creating a request (never one the repository's limit will refuse), and finding the one
 //! an attempt already created.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use baton_core::typed::stage_with;
+pub(crate) use baton_core::wire::now_ms;
 use baton_core::wire::{iso_utc, run_created_ms};
 use baton_core::{AdapterError, AttemptKey, ExternalRef, HumanDuration, StartRequest};
 use reqwest::{Method, StatusCode};
@@ -34,13 +35,6 @@ const UNLISTED_WAIT: Duration = Duration::from_secs(300);
 
 /// The largest create answer read.
 const CREATE_ANSWER_BYTES: usize = 1_048_576;
-
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or_default()
-}
 
 pub(crate) fn stage_spec(input: &Value) -> Result<StageSpec, AdapterError> {
     stage_with(config::parse_stage(input, Mode::Rendered))

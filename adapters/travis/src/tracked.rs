@@ -197,22 +197,22 @@ mod tests {
             .id(),
             "request-created-at:1000"
         );
-        for data in [
+        let read = |data| {
+            Tracked::read(&ExternalRef {
+                data,
+                ..ExternalRef::new("1")
+            })
+        };
+        let garbage = [
             json!(null),
             json!("x"),
             json!({"request": 1}),
             json!({"wait_ms": "long"}),
             json!({"wait_ms": 0, "request": 1}),
-        ] {
-            let bad = ExternalRef {
-                id: "1".into(),
-                url: None,
-                data,
-            };
-            assert!(
-                matches!(Tracked::read(&bad), Err(AdapterError::Invalid(_))),
-                "{bad:?}"
-            );
+        ];
+        for data in garbage {
+            let refused = read(data.clone());
+            assert!(matches!(refused, Err(AdapterError::Invalid(_))), "{data}");
         }
     }
 

@@ -5,6 +5,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use baton_adapter_kit::harness::poll_at_hints;
 use baton_core::{AttemptKey, ExternalState, SourceDelivery};
 use baton_forge_fakes::travis::{BuildPlan, Fault, JobPlan, Scope};
 use serde_json::{Value, json};
@@ -675,16 +676,23 @@ async fn server_errors_are_retried_for_reads_and_never_blindly_for_a_create() {
     lab.travis.fault(1, Scope::Create, Fault::RateLimited(0));
     start(travis.as_ref(), &key("t"), json!({})).await;
     assert_eq!(lab.travis.requests_created(), 2);
-    // Two 503s on a read: retried within the call.
-    lab.travis.fault(2, Scope::Read, Fault::Status(503));
-    poll_once(travis.as_ref(), &k, &mut external).await.unwrap();
-    // More than the retries allow: a transient error naming the status.
-    lab.travis.fault(4, Scope::Read, Fault::Status(500));
-    expect_error(
-        poll_once(travis.as_ref(), &k, &mut external).await,
-        "Transient",
-        "500 Internal Server Error 4 times",
-    );
+    // 5xx on reads: retried within the call, as many times as the policy allows (4 tries),
+    // and counted; past that a transient error naming the status.
+    for (faults, fails) in [(2, false), (3, false), (4, true)] {
+        lab.travis.fault(faults, Scope::Read, Fault::Status(503));
+        let before = lab.travis.meter().total();
+        let polled = poll_once(travis.as_ref(), &k, &mut external).await;
+        assert_eq!(polled.is_err(), fails, "{faults} faults: {polled:?}");
+        let tries = lab.travis.meter().total() - before;
+        assert_eq!(
+            tries,
+            if fails { 4 } else { faults as u64 + 1 },
+            "{faults} faults"
+        );
+        if fails {
+            expect_error(polled, "Transient", "503 Service Unavailable 4 times");
+        }
+    }
 }
 
 #[tokio::test]
@@ -885,15 +893,11 @@ async fn a_two_minute_build_with_the_default_polls_costs_at_most_fifteen_request
     let travis = lab.adapter(json!({"poll_initial": null, "poll_max": null}));
     let k = key("budget");
     let mut external = start(travis.as_ref(), &k, json!({"branch": "main"})).await;
-    // The engine's part: poll at once, then after each hint.
-    let end = loop {
-        let o = poll_once(travis.as_ref(), &k, &mut external).await.unwrap();
-        if o.state.is_terminal() {
-            break o;
-        }
-        tokio::time::sleep(o.next_poll.unwrap()).await;
-    };
-    assert_eq!(end.state, ExternalState::Succeeded { warnings: false });
+    let end = poll_at_hints(travis.as_ref(), &k, &mut external).await;
+    assert_eq!(
+        end.unwrap().state,
+        ExternalState::Succeeded { warnings: false }
+    );
     let outputs = travis.outputs(&k, &external).await.unwrap();
     assert_eq!(outputs["IMAGE"], json!("app:1"));
     let requests = lab.travis.meter().total();

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use baton_core::secret::SecretError;
+use baton_core::wire::RetryPolicy;
 use baton_core::{
     Adapter, AdapterError, AttemptKey, ExternalRef, PollOutcome, PollRequest, Secret, SecretRef,
     SecretResolver, StartRequest,
@@ -42,6 +43,18 @@ impl SecretResolver for TableSecrets {
     }
 }
 
+/// A retry policy for tests: 4 tries, waits from 10 ms to 40 ms, at most 3 s in all, so
+/// that stories of 429s and 5xx take milliseconds.
+pub fn fast_retry() -> RetryPolicy {
+    let ms = Duration::from_millis;
+    RetryPolicy {
+        attempts: 4,
+        base: ms(10),
+        cap: ms(40),
+        budget: ms(3_000),
+    }
+}
+
 /// A start request for `key` with the rendered `input`, in workflow `wf`, with a minute's
 /// timeout.
 pub fn start_request(key: &AttemptKey, input: Value) -> StartRequest {
@@ -70,6 +83,22 @@ pub async fn poll_once(
         external.clone_from(replaced);
     }
     Ok(outcome)
+}
+
+/// Polls as the engine does, once at once and then after each hint, until the work ends;
+/// the last poll. For measuring what a run costs with an adapter's real hints.
+pub async fn poll_at_hints(
+    adapter: &dyn Adapter,
+    key: &AttemptKey,
+    external: &mut ExternalRef,
+) -> Result<PollOutcome, AdapterError> {
+    loop {
+        let outcome = poll_once(adapter, key, external).await?;
+        match outcome.next_poll {
+            Some(hint) if !outcome.state.is_terminal() => tokio::time::sleep(hint).await,
+            _ => return Ok(outcome),
+        }
+    }
 }
 
 /// Polls every `every` until `done` says so or the work ends, for at most `limit`

@@ -239,6 +239,11 @@ impl fmt::Display for FieldError {
 }
 
 impl FieldError {
+    /// The key paths of `errors`, in order (for tests and summaries).
+    pub fn paths(errors: &[FieldError]) -> Vec<&str> {
+        errors.iter().map(|e| e.path.as_str()).collect()
+    }
+
     /// Every error on one line, `path: message; path: message`, for an error message.
     pub fn join(errors: &[FieldError]) -> String {
         errors

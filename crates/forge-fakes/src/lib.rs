@@ -18,8 +18,43 @@ pub mod travis_signing;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// An awkward answer of the GitLab and Travis models, switched on for their next requests.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fault {
+    /// This status (a 5xx) with an HTML body, nothing done.
+    Status(u16),
+    /// 429 with `Retry-After` (seconds), nothing done (GitLab adds `RateLimit-Reset`).
+    RateLimited(u64),
+    /// 200 with a body that is not JSON, after doing the work.
+    Garbage,
+    /// The work is done, then the answer waits this long (past the client's timeout).
+    Delay(Duration),
+}
+
+/// Which requests a [`Fault`] hits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Any request.
+    Any,
+    /// Only the requests that create work (a pipeline, a build request).
+    Create,
+    /// Only reads (`GET`).
+    Read,
+}
+
+/// A lock, taken even when a panicking holder poisoned it (the models' state stays usable).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Now, in ms since the epoch.
+pub(crate) fn now_ms() -> u64 {
+    let since = SystemTime::now().duration_since(UNIX_EPOCH);
+    since.map_or(0, |d| d.as_millis() as u64)
+}
 
 /// A model being served: where it listens, and the task (or thread) serving it.
 #[derive(Debug)]
@@ -30,6 +65,14 @@ pub struct Served {
     pub addr: SocketAddr,
     task: Option<tokio::task::JoinHandle<()>>,
     runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Served {
+    /// Writes where it listens into `slot`, for a model whose answers hold its own links.
+    pub(crate) fn recorded(self, slot: &Mutex<String>) -> Self {
+        lock(slot).clone_from(&self.url);
+        self
+    }
 }
 
 impl Drop for Served {

@@ -34,8 +34,8 @@
 //! known token).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -47,7 +47,7 @@ use axum::routing::{get, post};
 use serde_json::{Map, Value, json};
 
 use crate::travis_signing::{config_document, form_body, sign};
-use crate::{Meter, Served};
+use crate::{Meter, Served, lock, now_ms};
 
 /// How a job ends once it has run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -204,29 +204,8 @@ impl Default for BuildPlan {
     }
 }
 
-/// An awkward answer, switched on for the next requests by [`Travis::fault`].
-#[derive(Debug, Clone, PartialEq)]
-pub enum Fault {
-    /// This status (a 5xx) with an HTML body, nothing done.
-    Status(u16),
-    /// 429 with `Retry-After` (seconds) from a proxy in front of the API, nothing done.
-    RateLimited(u64),
-    /// 200 with a body that is not JSON, after doing the work.
-    Garbage,
-    /// The work is done, then the answer waits this long (past the client's timeout).
-    Delay(Duration),
-}
-
-/// Which requests a fault hits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scope {
-    /// Any request.
-    Any,
-    /// Only request creation (`POST /repo/{slug}/requests`).
-    Create,
-    /// Only reads (`GET`).
-    Read,
-}
+/// An awkward answer and the requests it hits, switched on by [`Travis::fault`].
+pub use crate::{Fault, Scope};
 
 #[derive(Debug)]
 struct Repo {
@@ -404,17 +383,6 @@ pub struct BuildView {
     pub state: String,
     /// Each job's number and state now.
     pub jobs: Vec<(String, String)>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or_default()
 }
 
 /// `ms` since the epoch as Travis writes times: `2018-06-25T12:58:48Z`.
@@ -700,16 +668,15 @@ impl Travis {
 
     /// Serves the model from the current runtime.
     pub async fn serve(&self) -> std::io::Result<Served> {
-        let served = crate::serve(self.router()).await?;
-        *lock(&self.shared.url) = served.url.clone();
-        Ok(served)
+        Ok(crate::serve(self.router())
+            .await?
+            .recorded(&self.shared.url))
     }
 
     /// Serves the model from a runtime of its own.
     pub fn serve_in_background(&self) -> std::io::Result<Served> {
         let served = crate::serve_in_background(|| self.router())?;
-        *lock(&self.shared.url) = served.url.clone();
-        Ok(served)
+        Ok(served.recorded(&self.shared.url))
     }
 
     /// Counts the request and takes the first pending fault that applies to it.

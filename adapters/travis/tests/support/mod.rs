@@ -8,8 +8,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use baton_adapter_kit::harness::{TableSecrets, poll_until, start_request};
-use baton_adapter_travis::{RetryPolicy, TravisKind};
+use baton_adapter_kit::harness::{TableSecrets, fast_retry, poll_until, start_request};
+use baton_adapter_travis::TravisKind;
 use baton_core::{Adapter, AdapterError, AdapterKind, AttemptKey, ExternalRef, PollOutcome};
 use baton_forge_fakes::Served;
 use baton_forge_fakes::travis::Travis;
@@ -23,16 +23,6 @@ pub(crate) const TOKEN: &str = "travis-token-for-tests";
 pub(crate) const READER: &str = "travis-token-read-only";
 /// The repository every test uses.
 pub(crate) const REPO: &str = "octo-org/app";
-
-/// Retries fast, so that 429 and 5xx stories take milliseconds.
-pub(crate) fn fast_retry() -> RetryPolicy {
-    RetryPolicy {
-        attempts: 4,
-        base: Duration::from_millis(10),
-        cap: Duration::from_millis(40),
-        budget: Duration::from_secs(3),
-    }
-}
 
 /// A fake Travis with the repository and the tokens, being served.
 pub(crate) struct Lab {
