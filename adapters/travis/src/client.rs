@@ -481,6 +481,112 @@ mod tests {
     }
 
     #[test]
+    fn every_refusal_says_what_to_fix() {
+        let c = client("https://api.travis-ci.com/");
+        let answer = |status: u16, body: &str| {
+            let reply = Reply {
+                status: StatusCode::from_u16(status).unwrap(),
+                body: body.as_bytes().to_vec(),
+                cut: false,
+                date_ms: None,
+            };
+            let refused = c.accept(&reply, "read a build").unwrap_err();
+            let (kind, text) = match &refused {
+                AdapterError::Auth(m) => ("auth", m.clone()),
+                AdapterError::NotFound(m) => ("not found", m.clone()),
+                AdapterError::Invalid(m) => ("invalid", m.clone()),
+                AdapterError::Transient(m) => ("transient", m.clone()),
+                AdapterError::Protocol(m) => ("protocol", m.clone()),
+                AdapterError::Throttled { message, .. } => ("throttled", message.clone()),
+            };
+            format!("{kind}: {text}")
+        };
+        let error = |kind: &str, message: &str| {
+            format!(
+                r#"{{"@type": "error", "error_type": "{kind}", "error_message": "{message}", "resource_type": "repository"}}"#
+            )
+        };
+        for (status, body, needles) in [
+            (
+                403,
+                error("wrong_credentials", "access denied"),
+                &[
+                    "auth: ",
+                    "(403 Forbidden wrong_credentials: access denied)",
+                    "regenerated",
+                ][..],
+            ),
+            (
+                403,
+                error("login_required", "login required"),
+                &["auth: ", "refused `token`"][..],
+            ),
+            (
+                401,
+                String::new(),
+                &["auth: ", "refused `token` (401 Unauthorized)"][..],
+            ),
+            (
+                403,
+                error("push_access_required", "push access required"),
+                &["auth: ", "push (write) access", "`octo-org/app.js`"][..],
+            ),
+            (
+                404,
+                error("not_found", "repository not found (or insufficient access)"),
+                &[
+                    "not found: ",
+                    "has no repository to read a build",
+                    "check `repo`",
+                ][..],
+            ),
+            (
+                404,
+                "<h1>Not Found</h1>".into(),
+                &[
+                    "not found: ",
+                    "without a Travis API v3 error",
+                    "`<h1>Not Found</h1>`",
+                    "not the web app",
+                ][..],
+            ),
+            (302, String::new(), &["protocol: ", "redirected"][..]),
+            (
+                429,
+                "slow down".into(),
+                &["transient: ", "rate limiting (429)"][..],
+            ),
+            (
+                503,
+                String::new(),
+                &["transient: ", "503 Service Unavailable"][..],
+            ),
+            (
+                400,
+                error("wrong_params", "missing user"),
+                &["invalid: ", "(400 Bad Request wrong_params: missing user)"][..],
+            ),
+            (418, "teapot".into(), &["invalid: ", ": `teapot`"][..]),
+            (101, String::new(), &["protocol: ", "answered 101"][..]),
+        ] {
+            let said = answer(status, &body);
+            for needle in needles {
+                assert!(
+                    said.contains(needle),
+                    "{status} {body}: `{needle}` is not in {said}"
+                );
+            }
+        }
+        let ok = Reply {
+            status: StatusCode::ACCEPTED,
+            body: Vec::new(),
+            cut: false,
+            date_ms: None,
+        };
+        assert!(c.accept(&ok, "x").is_ok());
+    }
+
+    #[test]
     fn the_server_clock_is_read_from_date() {
         let mut headers = HeaderMap::new();
         headers.insert("date", "Sun, 06 Nov 1994 08:49:37 GMT".parse().unwrap());

@@ -635,6 +635,54 @@ async fn a_create_whose_answer_is_lost_is_found_not_repeated() {
 }
 
 #[tokio::test]
+async fn a_create_answer_without_the_request_id_is_followed_by_its_message() {
+    let lab = Lab::start().await;
+    lab.travis.answer_creates_without_ids();
+    lab.travis
+        .repo(REPO)
+        .plan_for_branch("stuck", BuildPlan::default().no_build());
+    let travis = lab.adapter(json!({}));
+    let k = key("older");
+    let mut external = start(travis.as_ref(), &k, json!({})).await;
+    assert!(
+        external.id.starts_with("request-created-at:"),
+        "{external:?}"
+    );
+    let seen = poll_while(travis.as_ref(), &k, &mut external, |_| false).await;
+    assert!(
+        seen[0]
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("looks for it by its message"),
+        "{:?}",
+        seen[0]
+    );
+    assert_eq!(
+        seen.last().unwrap().state,
+        ExternalState::Succeeded { warnings: false }
+    );
+    assert_eq!(external.id, lab.request(0).build.unwrap().to_string());
+    // One that never appears fails when the wait for a build ends.
+    let k2 = key("never");
+    let mut lost = start(
+        travis.as_ref(),
+        &k2,
+        json!({"branch": "stuck", "request_timeout_build": "600ms"}),
+    )
+    .await;
+    let id = lab.request(1).id;
+    let end = poll_to_end(travis.as_ref(), &k2, &mut lost).await;
+    assert_eq!(end.state, ExternalState::Errored);
+    assert_eq!(
+        lost.id,
+        format!("request:{id}"),
+        "found, then waited for its build"
+    );
+    assert!(end.message.unwrap().contains("made no build within 600ms"));
+}
+
+#[tokio::test]
 async fn find_looks_only_at_requests_created_since_the_run_began() {
     let lab = Lab::start().await;
     let travis = lab.adapter(json!({}));

@@ -291,6 +291,8 @@ struct Inner {
     revoked: BTreeSet<String>,
     faults: VecDeque<(Scope, Fault)>,
     next_id: u64,
+    /// Creates answer as older versions did, without the request's id.
+    anonymous_requests: bool,
 }
 
 #[derive(Debug, Default)]
@@ -484,6 +486,12 @@ impl Travis {
             travis: self.clone(),
             slug: slug.to_owned(),
         }
+    }
+
+    /// Creates answer as travis-api did before its `202` named the request
+    /// (`queries/request.rb` returned the payload without an `id`).
+    pub fn answer_creates_without_ids(&self) {
+        self.lock().anonymous_requests = true;
     }
 
     /// The next `n` requests in `scope` meet `fault`.
@@ -1128,7 +1136,7 @@ async fn create(
         "config": request.config.to_string(),
     });
     if let Some(fields) = answer.as_object_mut() {
-        fields.retain(|_, v| !v.is_null());
+        fields.retain(|k, v| !(v.is_null() || k == "id" && inner.anonymous_requests));
     }
     let mut request = request;
     if plan.outcome == Outcome::Build {
