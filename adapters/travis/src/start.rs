@@ -212,7 +212,7 @@ impl TravisAdapter {
         };
         let when = match (wait, created.iter().min()) {
             (Some(wait), Some(oldest)) => format!(
-                "the oldest of the {} Travis lists in the window, created {}, leaves it at {}, in {}",
+                "The oldest of the {} Travis lists in the window, created {}, leaves it at {}, in {}",
                 created.len(),
                 iso_utc(*oldest),
                 iso_utc(oldest.saturating_add(per.as_millis() as u64)),

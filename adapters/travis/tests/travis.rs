@@ -279,7 +279,7 @@ async fn a_spent_request_limit_sends_nothing_and_says_until_when() {
     for needle in [
         "repository `octo-org/app` on Travis `travis`",
         "`remaining_requests` counts before the new request",
-        "the oldest of the 2 Travis lists in the window",
+        ". The oldest of the 2 Travis lists in the window",
         "in 1h",
         "sends nothing before",
     ] {
