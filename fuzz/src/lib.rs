@@ -78,6 +78,7 @@ pub fn kinds(state_dir: &Path) -> Kinds {
     kinds.register(Arc::new(baton_adapter_jenkins::JenkinsKind::default()));
     kinds.register(Arc::new(baton_adapter_buildbot::BuildbotKind));
     kinds.register(Arc::new(baton_adapter_gitlab_ci::GitLabKind::default()));
+    kinds.register(Arc::new(baton_adapter_travis::TravisKind::default()));
     kinds.register(Arc::new(
         baton_adapter_github_actions::GithubActionsKind::default(),
     ));

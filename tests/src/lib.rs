@@ -482,6 +482,31 @@ impl Server {
         }
     }
 
+    /// Starts a run of `workflow` as `token` with the event `event` (JSON text) through the
+    /// REST API, and returns the run's id.
+    pub fn start_run(&self, workflow: &str, token: &str, event: &str) -> String {
+        let started = self.post(&format!("/api/v1/workflows/{workflow}/runs"), token, event);
+        assert_eq!(started.status, 201, "{started:?}\n{}", self.log());
+        let run = started.json()["run"].as_str().map(str::to_owned);
+        run.unwrap_or_else(|| panic!("no run id in {started:?}"))
+    }
+
+    /// Waits until run `run` has ended (succeeded, failed or cancelled), and returns it.
+    pub fn run_ended(&self, run: &str, token: &str) -> Value {
+        let ended = |r: &Value| {
+            matches!(
+                r["status"].as_str(),
+                Some("succeeded" | "failed" | "cancelled")
+            )
+        };
+        self.wait_for(
+            &format!("/api/v1/runs/{run}"),
+            token,
+            "the run to end",
+            ended,
+        )
+    }
+
     /// Sends SIGTERM and waits for a clean exit; returns the exit code.
     pub fn terminate(mut self) -> Option<i32> {
         send_signal(self.child.id(), Signal::SIGTERM);
@@ -497,6 +522,14 @@ impl Server {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// SIGKILLs this baton as soon as `happened` holds (within 20 s): a crash at a chosen
+    /// instant, such as after an external system received work and before baton stored its
+    /// answer.
+    pub fn kill_when(self, what: &str, happened: impl FnMut() -> bool) {
+        eventually(Duration::from_secs(20), what, happened);
+        self.kill();
     }
 
     /// SIGKILL: no chance to clean up.

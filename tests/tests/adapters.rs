@@ -53,7 +53,8 @@ fn every_built_in_kind_is_listed_with_a_summary_and_docs_that_exist() {
             "exec",
             "github-actions",
             "gitlab-ci",
-            "jenkins"
+            "jenkins",
+            "travis"
         ]
     );
     for kind in &kinds {

@@ -239,6 +239,11 @@ impl fmt::Display for FieldError {
 }
 
 impl FieldError {
+    /// The key paths of `errors`, in order (for tests and summaries).
+    pub fn paths(errors: &[FieldError]) -> Vec<&str> {
+        errors.iter().map(|e| e.path.as_str()).collect()
+    }
+
     /// Every error on one line, `path: message; path: message`, for an error message.
     pub fn join(errors: &[FieldError]) -> String {
         errors
@@ -276,12 +281,32 @@ pub enum AdapterError {
     /// The system answered something the adapter cannot read.
     #[error("{0}")]
     Protocol(String),
+    /// The system refuses more work of this kind until a quota frees (Travis CI's limit on
+    /// API requests per repository and hour): nothing was done, and trying again before
+    /// `retry_after` is pointless. Transient: the engine tries again once that time has
+    /// passed (and never sooner than its shortest poll wait), within the stage's timeout.
+    #[error("{message}")]
+    Throttled {
+        /// What is spent, how much the system allows, and when it frees.
+        message: String,
+        /// How long until the quota frees, as the adapter worked it out.
+        retry_after: Duration,
+    },
 }
 
 impl AdapterError {
     /// True when the same call may succeed later.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Transient(_))
+        matches!(self, Self::Transient(_) | Self::Throttled { .. })
+    }
+
+    /// How long to wait before trying the same call again, when the system said so
+    /// ([`AdapterError::Throttled`]); `None` for every other error.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Throttled { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
     }
 }
 
@@ -613,6 +638,21 @@ mod tests {
         assert_eq!((plain.summary(), plain.docs()), ("", ""));
         assert!(plain.script_keys().is_empty());
         assert!(kinds.script_keys("missing").is_empty());
+    }
+
+    #[test]
+    fn a_throttled_call_is_transient_and_says_when_to_try_again() {
+        let throttled = AdapterError::Throttled {
+            message: "10 requests an hour, all spent".into(),
+            retry_after: Duration::from_secs(90),
+        };
+        assert!(throttled.is_transient());
+        assert_eq!(throttled.retry_after(), Some(Duration::from_secs(90)));
+        assert_eq!(throttled.to_string(), "10 requests an hour, all spent");
+        let plain = AdapterError::Transient("503".into());
+        assert!(plain.is_transient());
+        assert_eq!(plain.retry_after(), None);
+        assert!(!AdapterError::Invalid("x".into()).is_transient());
     }
 
     #[test]

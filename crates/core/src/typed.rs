@@ -350,6 +350,33 @@ pub fn poll_range(
     (initial, max)
 }
 
+/// The timing keys every HTTP adapter takes, `poll_initial`, `poll_max` (see
+/// [`poll_range`], at most [`LONGEST_POLL`]) and `request_timeout` (at most
+/// [`LONGEST_REQUEST`]), each `defaults` where not given or not valid; every problem at its
+/// key.
+pub fn http_timing(
+    given: [Option<HumanDuration>; 3],
+    defaults: [Duration; 3],
+    problems: &mut Vec<FieldError>,
+) -> [Duration; 3] {
+    let [initial, max, request] = given;
+    let (initial, max) = poll_range(
+        initial,
+        max,
+        (defaults[0], defaults[1]),
+        LONGEST_POLL,
+        problems,
+    );
+    let request = duration_or_default(
+        "request_timeout",
+        request,
+        defaults[2],
+        LONGEST_REQUEST,
+        problems,
+    );
+    [initial, max, request]
+}
+
 /// Reads a whole config block (an adapter's instance block) as the struct `T`, a struct
 /// with named fields: a missing block (`null`) is an empty table, anything but a table is
 /// one problem, and every key `T` does not declare is reported with the keys it does.
@@ -682,6 +709,32 @@ mod tests {
         assert_eq!(paths(&problems), ["c", "d"]);
         assert_eq!(problems[1].message, "must be at most 1h");
         assert!(reported(&problems, "c") && !reported(&problems, "a"));
+    }
+
+    #[test]
+    fn http_timing_checks_the_three_keys_and_keeps_defaults_for_bad_ones() {
+        let d = |s: &str| Some(HumanDuration::parse(s).unwrap());
+        let defaults = [
+            Duration::from_secs(5),
+            Duration::from_secs(30),
+            Duration::from_secs(30),
+        ];
+        let mut problems = Vec::new();
+        assert_eq!(
+            http_timing([None, None, None], defaults, &mut problems),
+            defaults
+        );
+        assert_eq!(
+            http_timing([d("1s"), d("2s"), d("3s")], defaults, &mut problems),
+            [1, 2, 3].map(Duration::from_secs)
+        );
+        assert!(problems.is_empty());
+        let timing = http_timing([d("0s"), d("2h"), d("6m")], defaults, &mut problems);
+        assert_eq!(timing, defaults);
+        assert_eq!(
+            FieldError::paths(&problems),
+            ["poll_initial", "poll_max", "request_timeout"]
+        );
     }
 
     #[test]

@@ -1,10 +1,49 @@
 //! What adapters that talk HTTP share, with no I/O of their own: poll hints and retry
 //! waits that grow, URL path segments, and error messages that name every cause.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::de::DeserializeOwned;
 
 use crate::adapter::{AdapterError, AttemptKey};
 use crate::duration::HumanDuration;
+
+/// Now, in ms since the epoch (0 for a clock set before it).
+pub fn now_ms() -> u64 {
+    let since = SystemTime::now().duration_since(UNIX_EPOCH);
+    since.map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The start of an answer's body for an error message, `: \`…\``, or nothing when it is
+/// empty.
+pub fn excerpt(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    match text.trim() {
+        "" => String::new(),
+        text => format!(": `{}`", text.chars().take(200).collect::<String>()),
+    }
+}
+
+/// The JSON of an answer `system` (such as ``Travis `ci` ``) gave when baton tried to
+/// `what`; `body` was cut at `cap` bytes when `cut`. A body that was cut or is not the
+/// JSON expected is a protocol error that quotes its start.
+pub fn read_json<T: DeserializeOwned>(
+    (body, cut, cap): (&[u8], bool, usize),
+    system: &str,
+    what: &str,
+) -> Result<T, AdapterError> {
+    if cut {
+        return Err(AdapterError::Protocol(format!(
+            "{system}'s answer to {what} is larger than {cap} bytes"
+        )));
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        let quoted = excerpt(body);
+        AdapterError::Protocol(format!(
+            "{system} answered something baton cannot read when it tried to {what} ({e}){quoted}"
+        ))
+    })
+}
 
 /// The poll hint after `polls` polls in one phase: `initial × 1.5^polls`, capped at `max`,
 /// times `jitter` (drawn by the caller, such as from [0.8, 1.2]), never above `max` nor
@@ -206,6 +245,31 @@ mod tests {
             message.starts_with("429 Too Many Requests; it asked to wait 1m (Retry-After)"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn answers_are_read_as_json_or_quoted() {
+        let read = |body: &[u8], cut: bool| {
+            read_json::<serde_json::Value>((body, cut, 9), "CI `x`", "read a build")
+        };
+        assert_eq!(
+            read(br#"{"id": 1}"#, false),
+            Ok(serde_json::json!({"id": 1}))
+        );
+        assert_eq!(
+            read(b"<html>down</html>", false),
+            Err(AdapterError::Protocol(
+                "CI `x` answered something baton cannot read when it tried to read a build (expected value at line 1 column 1): `<html>down</html>`".into()
+            ))
+        );
+        assert_eq!(
+            read(b"{\"id\": 1", true),
+            Err(AdapterError::Protocol(
+                "CI `x`'s answer to read a build is larger than 9 bytes".into()
+            ))
+        );
+        assert_eq!(excerpt(b"  "), "");
+        assert!(now_ms() > 1_700_000_000_000);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use baton_core::{AttemptKey, StageStatus, StartRequest};
+use baton_core::{AttemptKey, HumanDuration, StageStatus, StartRequest};
 use baton_store::{Change, Phase, Task, TaskKind, now_millis};
 use serde_json::Value;
 
@@ -161,8 +161,17 @@ impl Inner {
                 ));
             }
             Err(e) if e.is_transient() => {
+                // A spent quota says when it frees: trying before then would only be
+                // refused again (and, for some systems, count against the quota).
+                let wait = match e.retry_after() {
+                    Some(after) => self.config.poll_min.max(after),
+                    None => self.config.poll_min,
+                };
                 let record = &mut state.stages[i];
-                record.message = Some(format!("start failed, retrying: {e}"));
+                record.message = Some(match e.retry_after() {
+                    Some(_) => format!("start deferred for {}: {e}", HumanDuration(wait)),
+                    None => format!("start failed, retrying: {e}"),
+                });
                 changes.push(Change::PutStage(record.clone()));
                 // Phase stays `starting`: the retry asks `find` first, since the failed call
                 // may have reached the system.
@@ -171,7 +180,7 @@ impl Inner {
                     &task.stage_id,
                     TaskKind::Start,
                     task.attempt,
-                    now + millis(self.config.poll_min),
+                    now + millis(wait),
                     false,
                 ));
             }

@@ -29,6 +29,8 @@ struct Script {
     started: Mutex<HashMap<String, ExternalRef>>,
     inputs: Mutex<HashMap<String, Value>>,
     output_reads: Mutex<HashMap<String, u32>>,
+    /// Every call of `start`, throttled or not, with when it came.
+    start_calls: Mutex<Vec<(String, std::time::Instant)>>,
 }
 
 impl Script {
@@ -68,6 +70,23 @@ impl Adapter for ScriptAdapter {
         "script"
     }
     async fn start(&self, request: &StartRequest) -> Result<ExternalRef, AdapterError> {
+        let calls = {
+            let mut calls = self.0.start_calls.lock().unwrap();
+            calls.push((request.key.to_string(), std::time::Instant::now()));
+            calls.len() as u64
+        };
+        // `throttled_ms`: the first start is refused until a quota frees after that long.
+        if let Some(ms) = request.input["throttled_ms"].as_u64()
+            && calls == 1
+        {
+            return Err(AdapterError::Throttled {
+                message: "all 10 requests of the hour are spent".into(),
+                retry_after: Duration::from_millis(ms),
+            });
+        }
+        if request.input["transient_once"] == json!(true) && calls == 1 {
+            return Err(AdapterError::Transient("502 Bad Gateway".into()));
+        }
         *self
             .0
             .starts
@@ -406,6 +425,63 @@ async fn outputs_that_fail_transiently_are_read_again_not_failed() {
             .unwrap(),
         3
     );
+}
+
+#[tokio::test]
+async fn a_throttled_start_waits_as_long_as_the_adapter_says_and_no_longer() {
+    for (input, at_least, at_most) in [
+        // A quota that frees in 700 ms: the retry waits that long, not poll_min (20 ms).
+        (json!({"throttled_ms": 700}), 700, 3_000),
+        // A plain passing failure: retried after poll_min.
+        (json!({"transient_once": true}), 20, 600),
+        // A quota that frees sooner than poll_min: poll_min still holds.
+        (json!({"throttled_ms": 1}), 20, 600),
+    ] {
+        let h = harness().await;
+        let run = h
+            .run(
+                json!({"a": {"uses": "script", "with": input.clone()}}),
+                json!({}),
+            )
+            .await;
+        assert_eq!(run.header.status, RunStatus::Succeeded, "{input}: {run:#?}");
+        assert_eq!(h.script.starts_of("a"), 1, "{input}");
+        let calls = h.script.start_calls.lock().unwrap().clone();
+        assert_eq!(calls.len(), 2, "{input}: {calls:?}");
+        let waited = calls[1].1.duration_since(calls[0].1);
+        assert!(
+            waited >= Duration::from_millis(at_least) && waited < Duration::from_millis(at_most),
+            "{input}: the retry came after {waited:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_throttled_start_says_how_long_it_waits() {
+    let h = harness().await;
+    let id = h
+        .engine
+        .create_run(
+            workflow(json!({"a": {"uses": "script", "with": {"throttled_ms": 60_000}}})),
+            json!({}),
+            manual(),
+        )
+        .await
+        .unwrap();
+    let mut message = None;
+    for _ in 0..100 {
+        let run = h.engine.snapshot(&id).await.unwrap();
+        message = stage(&run, "a").message.clone();
+        if message.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        message.as_deref(),
+        Some("start deferred for 1m: all 10 requests of the hour are spent")
+    );
+    assert_eq!(h.script.start_calls.lock().unwrap().len(), 1);
 }
 
 #[tokio::test]

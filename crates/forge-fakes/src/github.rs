@@ -13,7 +13,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
@@ -23,7 +23,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::Response;
 use serde_json::{Map, Value, json};
 
-use crate::{Meter, Served, serve, serve_in_background};
+use crate::{Meter, Served, lock, serve, serve_in_background};
 
 /// The published `workflow_run` delivery (octokit/webhooks; see tests/fixtures/README.md),
 /// whose shape [`Github::workflow_run_delivery`] fills in.
@@ -258,10 +258,6 @@ struct Shared {
     downloads_url: OnceLock<String>,
     refused: Mutex<Vec<String>>,
     downloads: AtomicU64,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The fake GitHub: configure it, serve it, and look at what happened. Clones share it.

@@ -22,8 +22,8 @@
 //! counted in the [`Meter`] under the token's name (`trigger` for the trigger endpoint).
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -33,7 +33,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Map, Value, json};
 
-use crate::{Meter, Served};
+use crate::{Meter, Served, lock, now_ms};
 
 /// GitLab's documented Pipeline Hook example (`tests/fixtures/gitlab/pipeline.json`), the
 /// shape [`GitLab::pipeline_hook`] fills in.
@@ -164,29 +164,8 @@ impl Default for PipelinePlan {
     }
 }
 
-/// An awkward answer, switched on for the next requests by [`GitLab::fault`].
-#[derive(Debug, Clone, PartialEq)]
-pub enum Fault {
-    /// This status (a 5xx), nothing done.
-    Status(u16),
-    /// 429 with `Retry-After` (seconds) and `RateLimit-Reset`, nothing done.
-    RateLimited(u64),
-    /// 200 with a body that is not JSON, after doing the work.
-    Garbage,
-    /// The work is done, then the answer waits this long (past the client's timeout).
-    Delay(Duration),
-}
-
-/// Which requests a fault hits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scope {
-    /// Any request.
-    Any,
-    /// Only pipeline creation (`POST .../pipeline`, `POST .../trigger/pipeline`).
-    Create,
-    /// Only reads (`GET`).
-    Read,
-}
+/// An awkward answer and the requests it hits, switched on by [`GitLab::fault`].
+pub use crate::{Fault, Scope};
 
 #[derive(Debug)]
 struct Project {
@@ -312,10 +291,6 @@ pub struct PipelineView {
     pub inputs: Value,
     /// Each job's name and status now.
     pub jobs: Vec<(String, String)>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl GitLab {
@@ -617,13 +592,6 @@ fn iso(ms: u64) -> String {
         rem % 60,
         ms % 1000
     )
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or_default()
 }
 
 fn gl_error(status: StatusCode, message: &str) -> Response {

@@ -1,11 +1,11 @@
-//! In-process models of the forges baton drives: GitHub's REST API ([`github`]) and
-//! GitLab's ([`gitlab`]).
+//! In-process models of the forges baton drives: GitHub's REST API ([`github`]), GitLab's
+//! ([`gitlab`]) and Travis CI's API v3 ([`travis`]).
 //!
-//! Each model keeps state and follows `docs/adapters/github-actions.md` and
-//! `docs/adapters/gitlab-ci.md` (and the public API references cited there): runs and
-//! pipelines move from queued to their end as real time passes, a cancel changes them, and
-//! the awkward answers (rate limits, 5xx, garbage, statuses baton has never seen) can be
-//! switched on per test. Every request is counted by a [`Meter`], so a test or a benchmark
+//! Each model keeps state and follows `docs/adapters/github-actions.md`,
+//! `docs/adapters/gitlab-ci.md` and `docs/adapters/travis.md` (and the public API references
+//! cited there): runs, pipelines and builds move from queued to their end as real time
+//! passes, a cancel changes them, and the awkward answers (rate limits, 5xx, garbage,
+//! statuses baton has never seen) can be switched on per test. Every request is counted by a [`Meter`], so a test or a benchmark
 //! can say how many requests a run cost and how fast one token was spent.
 //!
 //! The models serve on `127.0.0.1` from the caller's Tokio runtime ([`serve`]), or from a
@@ -13,12 +13,48 @@
 
 pub mod github;
 pub mod gitlab;
+pub mod travis;
 pub mod travis_signing;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// An awkward answer of the GitLab and Travis models, switched on for their next requests.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fault {
+    /// This status (a 5xx) with an HTML body, nothing done.
+    Status(u16),
+    /// 429 with `Retry-After` (seconds), nothing done (GitLab adds `RateLimit-Reset`).
+    RateLimited(u64),
+    /// 200 with a body that is not JSON, after doing the work.
+    Garbage,
+    /// The work is done, then the answer waits this long (past the client's timeout).
+    Delay(Duration),
+}
+
+/// Which requests a [`Fault`] hits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Any request.
+    Any,
+    /// Only the requests that create work (a pipeline, a build request).
+    Create,
+    /// Only reads (`GET`).
+    Read,
+}
+
+/// A lock, taken even when a panicking holder poisoned it (the models' state stays usable).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Now, in ms since the epoch.
+pub(crate) fn now_ms() -> u64 {
+    let since = SystemTime::now().duration_since(UNIX_EPOCH);
+    since.map_or(0, |d| d.as_millis() as u64)
+}
 
 /// A model being served: where it listens, and the task (or thread) serving it.
 #[derive(Debug)]
@@ -29,6 +65,14 @@ pub struct Served {
     pub addr: SocketAddr,
     task: Option<tokio::task::JoinHandle<()>>,
     runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Served {
+    /// Writes where it listens into `slot`, for a model whose answers hold its own links.
+    pub(crate) fn recorded(self, slot: &Mutex<String>) -> Self {
+        lock(slot).clone_from(&self.url);
+        self
+    }
 }
 
 impl Drop for Served {

@@ -202,6 +202,7 @@ pub(crate) fn expect_error<T: std::fmt::Debug>(
         AdapterError::Auth(m) => ("Auth", m),
         AdapterError::NotFound(m) => ("NotFound", m),
         AdapterError::Transient(m) => ("Transient", m),
+        AdapterError::Throttled { message, .. } => ("Throttled", message),
         AdapterError::Protocol(m) => ("Protocol", m),
     };
     assert_eq!(name, variant, "{err:?}");
