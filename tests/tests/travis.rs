@@ -1,13 +1,14 @@
 //! The real `baton serve` driving Travis CI builds through the `travis` adapter, against the
 //! stateful fake Travis of `crates/forge-fakes`: a request followed to its build and the
 //! build's logged outputs passed downstream, and a baton killed between creating a request
-//! and storing it adopts that request after a restart instead of creating a second one.
+//! and storing it adopts that request after a restart instead of creating a second one; a
+//! `travis` source's notification of the build's end ends the stage's wait at once.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use baton_tests::forges::Served;
 use baton_tests::forges::travis::{BuildPlan, Fault, JobPlan, Scope, Travis};
-use baton_tests::{ALL_ROLES_GATEWAY, Sandbox, Server};
+use baton_tests::{ALL_ROLES_GATEWAY, Sandbox, Server, eventually};
 
 const VIEWER: &str = "viewer-token";
 const OPERATOR: &str = "operator-token";
@@ -56,8 +57,22 @@ fn travis() -> (Travis, Served) {
 
 /// A gateway with a `travis` instance and the workflow [`SHIP`].
 fn gateway(sb: &Sandbox, travis: &Served) -> String {
+    gateway_polling(sb, travis, "200ms", "1s")
+}
+
+/// [`gateway`] with the instance's poll settings, and a `travis` source whose key is the
+/// fake Travis's.
+fn gateway_polling(sb: &Sandbox, travis: &Served, initial: &str, max: &str) -> String {
     let config = format!(
         r#"{ALL_ROLES_GATEWAY}
+[sources.travis]
+kind = "travis"
+repos = ["octo-org/app"]
+api_url = "{url}"
+
+[engine]
+poll_max = "10m"
+
 [adapters.ci]
 kind = "travis"
 url = "{url}"
@@ -65,8 +80,8 @@ web_url = "{url}"
 repo = "octo-org/app"
 token = {{ env = "TRAVIS_API_TOKEN" }}
 request_timeout = "10s"
-poll_initial = "200ms"
-poll_max = "1s"
+poll_initial = "{initial}"
+poll_max = "{max}"
 "#,
         url = travis.url
     );
@@ -144,5 +159,55 @@ fn a_baton_killed_after_the_create_adopts_the_request_after_a_restart() {
     assert_eq!(
         ended["stages"][1]["outputs"]["image"],
         "registry.example.com/app:2.1"
+    );
+}
+
+#[test]
+fn a_travis_notification_ends_the_stage_wait_at_once() {
+    let (travis, served) = travis();
+    let sb = Sandbox::new();
+    // Polls every ten minutes once the build exists: only the notification can end the
+    // wait within the test.
+    let config = gateway_polling(&sb, &served, "10m", "10m");
+    let server = serve(&sb, &config);
+    let run = server.start_run("ship", OPERATOR, r#"{"version": "2.3"}"#);
+    eventually(
+        Duration::from_secs(20),
+        "the build has passed at Travis",
+        || travis.builds().first().is_some_and(|b| b.state == "passed"),
+    );
+    let build = travis.builds()[0].id;
+    std::thread::sleep(Duration::from_millis(300));
+    let before = server.get(&format!("/api/v1/runs/{run}"), VIEWER).json();
+    assert_eq!(before["stages"][0]["status"], "running", "{before:#}");
+
+    let (form, signature, slug) = travis.notification(build).expect("a notification");
+    let sent = Instant::now();
+    let answer = server.request(
+        "POST",
+        "/hooks/travis",
+        &[
+            ("content-type", "application/x-www-form-urlencoded"),
+            ("signature", &signature),
+            ("travis-repo-slug", &slug),
+        ],
+        Some(form.as_bytes()),
+    );
+    assert_eq!(answer.status, 202, "{answer:?}");
+    let ended = server.run_ended(&run, VIEWER);
+    let waited = sent.elapsed();
+    assert!(
+        waited < Duration::from_secs(10),
+        "the notification did not end the wait: {waited:?}"
+    );
+    assert_eq!(ended["status"], "succeeded", "{ended:#}\n{}", server.log());
+    assert_eq!(ended["stages"][0]["outputs"]["id"], build.to_string());
+    assert_eq!(
+        ended["stages"][1]["outputs"]["image"],
+        "registry.example.com/app:2.1"
+    );
+    eprintln!(
+        "notification to end of run: {waited:?}; requests to Travis: {}",
+        travis.meter().total()
     );
 }
