@@ -353,6 +353,11 @@ async fn a_429_from_the_limit_is_explained_and_the_window_is_waited_out() {
     tokio::time::sleep(wait).await;
     start(travis.as_ref(), &k, json!({})).await;
     assert_eq!(lab.travis.requests_created(), 2);
+    // That one answered `remaining_requests: 1`, so none are left by baton's count; once
+    // the recent requests show the window (2 s, as the 429 said) empty, the next goes out.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    start(travis.as_ref(), &key("later"), json!({})).await;
+    assert_eq!(lab.travis.requests_created(), 3);
 }
 
 #[tokio::test]
@@ -466,10 +471,16 @@ async fn a_cancelled_build_ends_canceled_and_a_finished_one_stays_as_it_ended() 
     let built = done.id.clone();
     let mut stale = done.clone();
     stale.data["end"] = Value::Null;
+    let unended = stale.clone();
     travis.cancel(&k2, &stale).await.unwrap();
     assert_eq!(lab.build(&built).state, "passed");
     let again = poll_once(travis.as_ref(), &k2, &mut stale).await.unwrap();
     assert_eq!(again.state, ExternalState::Succeeded { warnings: false });
+    // A Travis that answers 409 (nothing left to cancel) is taken at its word.
+    lab.travis.fault(1, Scope::Any, Fault::Status(409));
+    let before = lab.travis.meter().total();
+    travis.cancel(&k2, &unended).await.unwrap();
+    assert_eq!(lab.travis.meter().total() - before, 1);
 }
 
 #[tokio::test]
@@ -672,6 +683,7 @@ async fn a_create_answer_without_the_request_id_is_followed_by_its_message() {
     )
     .await;
     let id = lab.request(1).id;
+    let mut unfound = lost.clone();
     let end = poll_to_end(travis.as_ref(), &k2, &mut lost).await;
     assert_eq!(end.state, ExternalState::Errored);
     assert_eq!(
@@ -680,6 +692,42 @@ async fn a_create_answer_without_the_request_id_is_followed_by_its_message() {
         "found, then waited for its build"
     );
     assert!(end.message.unwrap().contains("made no build within 600ms"));
+    // Looking for it with a token Travis refuses is an error, not "not yet".
+    lab.travis.revoke(TOKEN);
+    expect_error(
+        poll_once(travis.as_ref(), &k2, &mut unfound).await,
+        "Auth",
+        "refused `token`",
+    );
+}
+
+#[tokio::test]
+async fn a_found_request_waits_for_its_build_from_when_it_was_created() {
+    let lab = Lab::start().await;
+    lab.travis
+        .repo(REPO)
+        .plan(BuildPlan::default().build_after(ms(0), ms(60_000)));
+    let travis = lab.adapter(json!({"request_timeout": "300ms"}));
+    let k = key("slow");
+    lab.travis
+        .fault(1, Scope::Create, Fault::Delay(Duration::from_secs(1)));
+    expect_error(
+        try_start(travis.as_ref(), &k, json!({})).await,
+        "Transient",
+        "looks for it",
+    );
+    let mut found = lab
+        .adapter(json!({}))
+        .find(&k, &json!({"request_timeout_build": "2m"}))
+        .await
+        .unwrap()
+        .expect("found");
+    let created = found.data["requested_ms"].as_u64().unwrap();
+    let now = baton_core::wire::now_ms();
+    assert!(created <= now && now - created < 5_000, "{created} {now}");
+    assert_eq!(found.data["wait_ms"], json!(120_000));
+    let waiting = poll_once(travis.as_ref(), &k, &mut found).await.unwrap();
+    assert_eq!(waiting.state, ExternalState::Queued, "{waiting:?}");
 }
 
 #[tokio::test]
@@ -895,6 +943,30 @@ async fn a_notification_names_the_attempt_following_that_build() {
     let mut elsewhere: Value = serde_json::from_str(&payload).unwrap();
     elsewhere["repository"]["name"] = json!("other-app");
     assert!(delivery("travis", &state, &elsewhere.to_string()).is_empty());
+    // Without the marker (a message Travis cut short), only the process that follows the
+    // build knows whose it is.
+    let mut unmarked: Value = serde_json::from_str(&payload).unwrap();
+    unmarked["message"] = json!("ship it");
+    let unmarked = unmarked.to_string();
+    assert_eq!(
+        delivery("travis", &state, &unmarked),
+        std::slice::from_ref(&k)
+    );
+    assert!(
+        lab.adapter(json!({}))
+            .source_delivery(&SourceDelivery {
+                source: "travis",
+                kind: "travis",
+                event: &state,
+                body: &unmarked,
+            })
+            .is_empty()
+    );
+    // find answers from memory with the latest reference: the build's.
+    assert_eq!(
+        travis.find(&k, &json!({})).await.unwrap().unwrap().id,
+        external.id
+    );
     // Another process, which never followed it, learns the attempt from the message.
     let other = lab.adapter(json!({}));
     assert_eq!(
