@@ -866,6 +866,54 @@ async fn garbage_a_late_answer_and_an_unknown_state_are_each_handled() {
 }
 
 #[tokio::test]
+async fn a_travis_that_cannot_be_reached_is_a_passing_problem() {
+    let lab = Lab::start().await;
+    // A port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let travis = lab.adapter(json!({"url": url, "web_url": url}));
+    let k = key("s");
+    expect_error(
+        travis.find(&k, &json!({})).await,
+        "Transient",
+        "cannot reach Travis `travis`",
+    );
+    // A create that never reached Travis is retried within the call, then reported the
+    // same: it cannot have been done, so there is nothing to look for.
+    let refused = expect_error(
+        try_start(travis.as_ref(), &k, json!({})).await,
+        "Transient",
+        "cannot reach Travis `travis`",
+    );
+    assert!(!refused.to_string().contains("looks for it"), "{refused}");
+}
+
+#[tokio::test]
+async fn a_large_answer_is_read_and_one_past_4_mib_refused() {
+    let lab = Lab::start().await;
+    let jobs = |n| BuildPlan::new(vec![JobPlan::passes(); n]).build_after(ms(0), ms(0));
+    lab.travis
+        .repo(REPO)
+        .plan_for_branch("wide", jobs(3_000))
+        .plan_for_branch("huge", jobs(7_000));
+    let travis = lab.adapter(json!({"request_timeout": "20s"}));
+    let (kw, kh) = (key("wide"), key("huge"));
+    let mut wide = start(travis.as_ref(), &kw, json!({"branch": "wide"})).await;
+    let mut huge = start(travis.as_ref(), &kh, json!({"branch": "huge"})).await;
+    poll_once(travis.as_ref(), &kw, &mut wide).await.unwrap();
+    poll_once(travis.as_ref(), &kh, &mut huge).await.unwrap();
+    // Both are builds now; a build's answer lists its jobs.
+    let read = poll_once(travis.as_ref(), &kw, &mut wide).await.unwrap();
+    assert!(!read.state.is_terminal(), "{read:?}");
+    expect_error(
+        poll_once(travis.as_ref(), &kh, &mut huge).await,
+        "Protocol",
+        "larger than 4194304 bytes",
+    );
+}
+
+#[tokio::test]
 async fn a_wrong_or_revoked_token_and_one_without_push_access_are_explained() {
     let lab = Lab::start().await;
     let wrong = lab.adapter(json!({"token": {"env": "WRONG_TOKEN"}}));
