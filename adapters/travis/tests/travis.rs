@@ -562,6 +562,30 @@ async fn outputs_printed_by_two_jobs_must_agree_and_bad_lines_are_named() {
 }
 
 #[tokio::test]
+async fn only_the_last_mib_of_a_log_is_searched_for_outputs() {
+    let lab = Lab::start().await;
+    let mut log = String::from("BATON-OUTPUTS-BEGIN\nEARLY=1\n");
+    // 1.26 MB of the shell's echo, which a block may hold, then the block's end.
+    for i in 0..60_000 {
+        log.push_str(&format!("$ echo step {i:08}\n"));
+    }
+    log.push_str("BATON-OUTPUTS-END\nBATON-OUTPUTS-BEGIN\nLATE=2\nBATON-OUTPUTS-END\n");
+    assert!(log.len() > 1_100_000);
+    lab.travis.repo(REPO).plan(
+        BuildPlan::new(vec![JobPlan::passes().runs_for(ms(50)).log(&log)])
+            .build_after(ms(0), ms(0)),
+    );
+    let travis = lab.adapter(json!({}));
+    let k = key("long-log");
+    let mut external = start(travis.as_ref(), &k, json!({})).await;
+    poll_to_end(travis.as_ref(), &k, &mut external).await;
+    let outputs = travis.outputs(&k, &external).await.unwrap();
+    assert_eq!(outputs["LATE"], json!("2"));
+    // The first block's start is past the last 1 MiB: its end is passed over.
+    assert!(outputs.get("EARLY").is_none(), "{outputs:?}");
+}
+
+#[tokio::test]
 async fn a_create_whose_answer_is_lost_is_found_not_repeated() {
     let lab = Lab::start().await;
     let config = json!({"request_timeout": "400ms"});
@@ -789,6 +813,26 @@ async fn server_errors_are_retried_for_reads_and_never_blindly_for_a_create() {
             expect_error(polled, "Transient", "503 Service Unavailable 4 times");
         }
     }
+}
+
+#[tokio::test]
+async fn a_dropped_connection_is_retried_for_a_read_and_looked_into_for_a_create() {
+    let lab = Lab::start().await;
+    let travis = lab.adapter(json!({}));
+    let k = key("s");
+    lab.travis.fault(1, Scope::Create, Fault::Hangup);
+    let lost = expect_error(
+        try_start(travis.as_ref(), &k, json!({})).await,
+        "Transient",
+        "looks for it",
+    );
+    assert_eq!(lab.travis.requests_created(), 1, "{lost}");
+    tokio::time::sleep(ms(200)).await;
+    let mut external = travis.find(&k, &json!({})).await.unwrap().expect("found");
+    lab.travis.fault(1, Scope::Read, Fault::Hangup);
+    let before = lab.travis.meter().total();
+    poll_once(travis.as_ref(), &k, &mut external).await.unwrap();
+    assert_eq!(lab.travis.meter().total() - before, 2);
 }
 
 #[tokio::test]
