@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 /// The largest JSON answer read.
-pub(crate) const JSON_CAP: usize = 4 * 1024 * 1024;
+pub(crate) const JSON_CAP: usize = 4_194_304;
 
 /// One request: what it is for (in messages), whether it may be sent twice, and how much
 /// of the answer to keep.

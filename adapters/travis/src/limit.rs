@@ -109,21 +109,29 @@ impl Limit {
     }
 }
 
-/// When a window of `per` frees, from the creation times (ms, Travis's clock) of the
-/// requests that count in it and Travis's clock now: its oldest request leaves it `per`
-/// after its creation. `None` when no request is inside the window (Travis counts some
-/// that it does not list, or the clocks disagree).
-pub(crate) fn frees_in(created: &[u64], per: Duration, server_now_ms: u64) -> Option<Duration> {
+/// The creation times (ms) among `created` that are inside a window of `per` ending at
+/// `now_ms`: Travis counts the requests created less than `per` ago.
+pub(crate) fn inside(
+    created: impl IntoIterator<Item = u64>,
+    per: Duration,
+    now_ms: u64,
+) -> Vec<u64> {
     let per_ms = per.as_millis() as u64;
-    let oldest = created
-        .iter()
-        .copied()
-        .filter(|c| c.saturating_add(per_ms) > server_now_ms)
-        .min()?;
+    created
+        .into_iter()
+        .filter(|c| c.saturating_add(per_ms) > now_ms)
+        .collect()
+}
+
+/// When a window of `per` frees, from the creation times (ms, Travis's clock) of the
+/// requests [`inside`] it and Travis's clock now: its oldest request leaves it `per` after
+/// its creation. `None` when none is inside (Travis counts some that it does not list, or
+/// the clocks disagree).
+pub(crate) fn frees_in(inside: &[u64], per: Duration, server_now_ms: u64) -> Option<Duration> {
+    let oldest = inside.iter().min()?;
     // Travis writes times to the second: a second more makes sure the oldest is out.
-    Some(Duration::from_millis(
-        oldest.saturating_add(per_ms).saturating_add(1_000) - server_now_ms,
-    ))
+    let frees = oldest + per.as_millis() as u64 + 1_000;
+    Some(Duration::from_millis(frees.saturating_sub(server_now_ms)))
 }
 
 #[cfg(test)]
@@ -171,11 +179,19 @@ mod tests {
         let now = 10_000_000;
         // Requests 50 min, 20 min and 2 h ago: the 50-minute one leaves in 10 min (+1 s).
         let created = [now - 3_000_000, now - 1_200_000, now - 7_200_000];
+        let counted = inside(created, hour, now);
+        assert_eq!(counted, [now - 3_000_000, now - 1_200_000]);
         assert_eq!(
-            frees_in(&created, hour, now),
+            frees_in(&counted, hour, now),
             Some(Duration::from_secs(601))
         );
-        assert_eq!(frees_in(&[now - 7_200_000], hour, now), None);
         assert_eq!(frees_in(&[], hour, now), None);
+        // Travis counts requests created less than an hour ago: one an hour old is out.
+        assert!(inside([now - 3_600_000], hour, now).is_empty());
+        let newest = inside([now - 3_599_999], hour, now);
+        assert_eq!(
+            frees_in(&newest, hour, now),
+            Some(Duration::from_millis(1_001))
+        );
     }
 }

@@ -16,9 +16,6 @@ use crate::tracked::Tracked;
 /// How many broken jobs' log tails a failed stage's message carries.
 const BROKEN_TAILS: usize = 3;
 
-/// The most of a cancel's answer read: only its status counts.
-const CANCEL_ANSWER_BYTES: usize = 65_536;
-
 /// The message of a build state baton does not know.
 fn unknown(raw: &str) -> String {
     format!(
@@ -300,10 +297,7 @@ impl TravisAdapter {
                 Method::POST,
                 client.url(&["build", &id.to_string(), "cancel"], &[]),
                 None,
-                Ask {
-                    cap: CANCEL_ANSWER_BYTES,
-                    ..Ask::read(what)
-                },
+                Ask::read(what),
             )
             .await?;
         // 409: nothing left to cancel.

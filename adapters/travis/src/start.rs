@@ -13,7 +13,7 @@ use serde_json::{Map, Value, json};
 use crate::TravisAdapter;
 use crate::client::{Ask, LIMIT_REACHED};
 use crate::config::{self, MARKER, Mode, StageSpec};
-use crate::limit::frees_in;
+use crate::limit::{frees_in, inside};
 use crate::model::{Pending, Request, Requests};
 use crate::tracked::Tracked;
 use baton_core::wire::Repeat;
@@ -178,7 +178,7 @@ impl TravisAdapter {
             .as_ref()
             .and_then(|r| r.date_ms)
             .unwrap_or_else(now_ms);
-        let created: Vec<u64> = listed
+        let listed_api: Vec<u64> = listed
             .as_ref()
             .and_then(|r| serde_json::from_slice::<Requests>(&r.body).ok())
             .map(|list| {
@@ -186,10 +186,10 @@ impl TravisAdapter {
                     .iter()
                     .filter(|r| r.event_type.as_deref().is_none_or(|e| e == "api"))
                     .filter_map(Request::created_ms)
-                    .filter(|c| c.saturating_add(per.as_millis() as u64) > server_now)
                     .collect()
             })
             .unwrap_or_default();
+        let created = inside(listed_api, per, server_now);
         let wait = frees_in(&created, per, server_now);
         // Known spent by baton's count alone, and no request listed in the window: the
         // window has freed since.

@@ -353,6 +353,11 @@ async fn a_429_from_the_limit_is_explained_and_the_window_is_waited_out() {
     tokio::time::sleep(wait).await;
     start(travis.as_ref(), &k, json!({})).await;
     assert_eq!(lab.travis.requests_created(), 2);
+    // That one answered `remaining_requests: 1`, so none are left by baton's count; once
+    // the recent requests show the window (2 s, as the 429 said) empty, the next goes out.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    start(travis.as_ref(), &key("later"), json!({})).await;
+    assert_eq!(lab.travis.requests_created(), 3);
 }
 
 #[tokio::test]
@@ -466,10 +471,16 @@ async fn a_cancelled_build_ends_canceled_and_a_finished_one_stays_as_it_ended() 
     let built = done.id.clone();
     let mut stale = done.clone();
     stale.data["end"] = Value::Null;
+    let unended = stale.clone();
     travis.cancel(&k2, &stale).await.unwrap();
     assert_eq!(lab.build(&built).state, "passed");
     let again = poll_once(travis.as_ref(), &k2, &mut stale).await.unwrap();
     assert_eq!(again.state, ExternalState::Succeeded { warnings: false });
+    // A Travis that answers 409 (nothing left to cancel) is taken at its word.
+    lab.travis.fault(1, Scope::Any, Fault::Status(409));
+    let before = lab.travis.meter().total();
+    travis.cancel(&k2, &unended).await.unwrap();
+    assert_eq!(lab.travis.meter().total() - before, 1);
 }
 
 #[tokio::test]
@@ -548,6 +559,30 @@ async fn outputs_printed_by_two_jobs_must_agree_and_bad_lines_are_named() {
         "Invalid",
         "line 8: expected `KEY=value`",
     );
+}
+
+#[tokio::test]
+async fn only_the_last_mib_of_a_log_is_searched_for_outputs() {
+    let lab = Lab::start().await;
+    let mut log = String::from("BATON-OUTPUTS-BEGIN\nEARLY=1\n");
+    // 1.26 MB of the shell's echo, which a block may hold, then the block's end.
+    for i in 0..60_000 {
+        log.push_str(&format!("$ echo step {i:08}\n"));
+    }
+    log.push_str("BATON-OUTPUTS-END\nBATON-OUTPUTS-BEGIN\nLATE=2\nBATON-OUTPUTS-END\n");
+    assert!(log.len() > 1_100_000);
+    lab.travis.repo(REPO).plan(
+        BuildPlan::new(vec![JobPlan::passes().runs_for(ms(50)).log(&log)])
+            .build_after(ms(0), ms(0)),
+    );
+    let travis = lab.adapter(json!({}));
+    let k = key("long-log");
+    let mut external = start(travis.as_ref(), &k, json!({})).await;
+    poll_to_end(travis.as_ref(), &k, &mut external).await;
+    let outputs = travis.outputs(&k, &external).await.unwrap();
+    assert_eq!(outputs["LATE"], json!("2"));
+    // The first block's start is past the last 1 MiB: its end is passed over.
+    assert!(outputs.get("EARLY").is_none(), "{outputs:?}");
 }
 
 #[tokio::test]
@@ -672,6 +707,7 @@ async fn a_create_answer_without_the_request_id_is_followed_by_its_message() {
     )
     .await;
     let id = lab.request(1).id;
+    let mut unfound = lost.clone();
     let end = poll_to_end(travis.as_ref(), &k2, &mut lost).await;
     assert_eq!(end.state, ExternalState::Errored);
     assert_eq!(
@@ -680,6 +716,42 @@ async fn a_create_answer_without_the_request_id_is_followed_by_its_message() {
         "found, then waited for its build"
     );
     assert!(end.message.unwrap().contains("made no build within 600ms"));
+    // Looking for it with a token Travis refuses is an error, not "not yet".
+    lab.travis.revoke(TOKEN);
+    expect_error(
+        poll_once(travis.as_ref(), &k2, &mut unfound).await,
+        "Auth",
+        "refused `token`",
+    );
+}
+
+#[tokio::test]
+async fn a_found_request_waits_for_its_build_from_when_it_was_created() {
+    let lab = Lab::start().await;
+    lab.travis
+        .repo(REPO)
+        .plan(BuildPlan::default().build_after(ms(0), ms(60_000)));
+    let travis = lab.adapter(json!({"request_timeout": "300ms"}));
+    let k = key("slow");
+    lab.travis
+        .fault(1, Scope::Create, Fault::Delay(Duration::from_secs(1)));
+    expect_error(
+        try_start(travis.as_ref(), &k, json!({})).await,
+        "Transient",
+        "looks for it",
+    );
+    let mut found = lab
+        .adapter(json!({}))
+        .find(&k, &json!({"request_timeout_build": "2m"}))
+        .await
+        .unwrap()
+        .expect("found");
+    let created = found.data["requested_ms"].as_u64().unwrap();
+    let now = baton_core::wire::now_ms();
+    assert!(created <= now && now - created < 5_000, "{created} {now}");
+    assert_eq!(found.data["wait_ms"], json!(120_000));
+    let waiting = poll_once(travis.as_ref(), &k, &mut found).await.unwrap();
+    assert_eq!(waiting.state, ExternalState::Queued, "{waiting:?}");
 }
 
 #[tokio::test]
@@ -741,6 +813,26 @@ async fn server_errors_are_retried_for_reads_and_never_blindly_for_a_create() {
             expect_error(polled, "Transient", "503 Service Unavailable 4 times");
         }
     }
+}
+
+#[tokio::test]
+async fn a_dropped_connection_is_retried_for_a_read_and_looked_into_for_a_create() {
+    let lab = Lab::start().await;
+    let travis = lab.adapter(json!({}));
+    let k = key("s");
+    lab.travis.fault(1, Scope::Create, Fault::Hangup);
+    let lost = expect_error(
+        try_start(travis.as_ref(), &k, json!({})).await,
+        "Transient",
+        "looks for it",
+    );
+    assert_eq!(lab.travis.requests_created(), 1, "{lost}");
+    tokio::time::sleep(ms(200)).await;
+    let mut external = travis.find(&k, &json!({})).await.unwrap().expect("found");
+    lab.travis.fault(1, Scope::Read, Fault::Hangup);
+    let before = lab.travis.meter().total();
+    poll_once(travis.as_ref(), &k, &mut external).await.unwrap();
+    assert_eq!(lab.travis.meter().total() - before, 2);
 }
 
 #[tokio::test]
@@ -815,6 +907,54 @@ async fn garbage_a_late_answer_and_an_unknown_state_are_each_handled() {
         tokio::time::sleep(ms(100)).await;
     }
     assert!(unknown >= 5, "{unknown}");
+}
+
+#[tokio::test]
+async fn a_travis_that_cannot_be_reached_is_a_passing_problem() {
+    let lab = Lab::start().await;
+    // A port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let travis = lab.adapter(json!({"url": url, "web_url": url}));
+    let k = key("s");
+    expect_error(
+        travis.find(&k, &json!({})).await,
+        "Transient",
+        "cannot reach Travis `travis`",
+    );
+    // A create that never reached Travis is retried within the call, then reported the
+    // same: it cannot have been done, so there is nothing to look for.
+    let refused = expect_error(
+        try_start(travis.as_ref(), &k, json!({})).await,
+        "Transient",
+        "cannot reach Travis `travis`",
+    );
+    assert!(!refused.to_string().contains("looks for it"), "{refused}");
+}
+
+#[tokio::test]
+async fn a_large_answer_is_read_and_one_past_4_mib_refused() {
+    let lab = Lab::start().await;
+    let jobs = |n| BuildPlan::new(vec![JobPlan::passes(); n]).build_after(ms(0), ms(0));
+    lab.travis
+        .repo(REPO)
+        .plan_for_branch("wide", jobs(3_000))
+        .plan_for_branch("huge", jobs(7_000));
+    let travis = lab.adapter(json!({"request_timeout": "20s"}));
+    let (kw, kh) = (key("wide"), key("huge"));
+    let mut wide = start(travis.as_ref(), &kw, json!({"branch": "wide"})).await;
+    let mut huge = start(travis.as_ref(), &kh, json!({"branch": "huge"})).await;
+    poll_once(travis.as_ref(), &kw, &mut wide).await.unwrap();
+    poll_once(travis.as_ref(), &kh, &mut huge).await.unwrap();
+    // Both are builds now; a build's answer lists its jobs.
+    let read = poll_once(travis.as_ref(), &kw, &mut wide).await.unwrap();
+    assert!(!read.state.is_terminal(), "{read:?}");
+    expect_error(
+        poll_once(travis.as_ref(), &kh, &mut huge).await,
+        "Protocol",
+        "larger than 4194304 bytes",
+    );
 }
 
 #[tokio::test]
@@ -895,6 +1035,30 @@ async fn a_notification_names_the_attempt_following_that_build() {
     let mut elsewhere: Value = serde_json::from_str(&payload).unwrap();
     elsewhere["repository"]["name"] = json!("other-app");
     assert!(delivery("travis", &state, &elsewhere.to_string()).is_empty());
+    // Without the marker (a message Travis cut short), only the process that follows the
+    // build knows whose it is.
+    let mut unmarked: Value = serde_json::from_str(&payload).unwrap();
+    unmarked["message"] = json!("ship it");
+    let unmarked = unmarked.to_string();
+    assert_eq!(
+        delivery("travis", &state, &unmarked),
+        std::slice::from_ref(&k)
+    );
+    assert!(
+        lab.adapter(json!({}))
+            .source_delivery(&SourceDelivery {
+                source: "travis",
+                kind: "travis",
+                event: &state,
+                body: &unmarked,
+            })
+            .is_empty()
+    );
+    // find answers from memory with the latest reference: the build's.
+    assert_eq!(
+        travis.find(&k, &json!({})).await.unwrap().unwrap().id,
+        external.id
+    );
     // Another process, which never followed it, learns the attempt from the message.
     let other = lab.adapter(json!({}));
     assert_eq!(

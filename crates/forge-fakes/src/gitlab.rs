@@ -677,6 +677,7 @@ impl GitLab {
                 tokio::time::sleep(d).await;
                 (status, axum::Json(body)).into_response()
             }
+            Some(Fault::Hangup) => crate::hang_up(),
             _ => (status, axum::Json(body)).into_response(),
         }
     }

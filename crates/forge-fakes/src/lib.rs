@@ -32,6 +32,15 @@ pub enum Fault {
     Garbage,
     /// The work is done, then the answer waits this long (past the client's timeout).
     Delay(Duration),
+    /// The work is done, then the connection is dropped without an answer (a proxy that
+    /// hung up).
+    Hangup,
+}
+
+/// Drops the connection being served, without an answer: the task serving it ends here
+/// (without the noise of a panic message).
+pub(crate) fn hang_up() -> ! {
+    std::panic::resume_unwind(Box::new("the model hung up"))
 }
 
 /// Which requests a [`Fault`] hits.

@@ -789,6 +789,7 @@ async fn gatekeeper(State(travis): State<Travis>, mut request: Request, next: Ne
             tokio::time::sleep(d).await;
             answer
         }
+        Some(Fault::Hangup) => crate::hang_up(),
         _ => answer,
     }
 }
