@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use baton_bench::{Baton, client, env_or, get_json, quantile};
 use baton_forge_fakes::github::{Github, Workflow};
 use baton_forge_fakes::gitlab::{GitLab, JobPlan, PipelinePlan};
+use baton_forge_fakes::travis::{self, Travis};
 use hmac::Mac;
 use serde_json::{Value, json};
 
@@ -55,11 +56,11 @@ struct Settings {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((baton, kinds)) = args.split_first() else {
-        eprintln!("usage: ci-polling BATON [github-actions|gitlab-ci]…");
+        eprintln!("usage: ci-polling BATON [github-actions|gitlab-ci|travis]…");
         std::process::exit(2);
     };
     let kinds: Vec<Kind> = if kinds.is_empty() {
-        vec![Kind::GithubActions, Kind::GitlabCi]
+        vec![Kind::GithubActions, Kind::GitlabCi, Kind::Travis]
     } else {
         kinds
             .iter()
@@ -103,6 +104,7 @@ fn main() {
 enum Kind {
     GithubActions,
     GitlabCi,
+    Travis,
 }
 
 impl Kind {
@@ -110,6 +112,7 @@ impl Kind {
         match text {
             "github-actions" => Some(Self::GithubActions),
             "gitlab-ci" => Some(Self::GitlabCi),
+            "travis" => Some(Self::Travis),
             _ => None,
         }
     }
@@ -118,6 +121,7 @@ impl Kind {
         match self {
             Self::GithubActions => "github-actions",
             Self::GitlabCi => "gitlab-ci",
+            Self::Travis => "travis",
         }
     }
 }
@@ -127,6 +131,7 @@ impl Kind {
 enum Forge {
     Github(Github),
     Gitlab(GitLab),
+    Travis(Travis),
 }
 
 /// The GitLab project the stages create pipelines in.
@@ -134,6 +139,8 @@ const GITLAB_PROJECT: &str = "bench/app";
 /// The GitHub repository and workflow the stages dispatch.
 const GITHUB_REPO: &str = "octo-org/app";
 const GITHUB_WORKFLOW: &str = "ci.yml";
+/// The Travis repository the stages request builds of.
+const TRAVIS_REPO: &str = "bench/app";
 /// A GitHub token's primary rate limit: 5,000 requests an hour.
 const GITHUB_LIMIT: (u64, Duration) = (5000, Duration::from_secs(3600));
 
@@ -167,6 +174,22 @@ impl Forge {
                 );
                 Self::Github(github)
             }
+            Kind::Travis => {
+                let travis = Travis::new();
+                travis.add_token("baton", FORGE_TOKEN);
+                // Processed at once, the build created after 2 s and queued 1 s; Travis's
+                // limit of 10 requests an hour is lifted so that every stage can start.
+                let queued = Duration::from_secs(1);
+                let job = travis::JobPlan::passes()
+                    .runs_for(run.saturating_sub(queued * 3))
+                    .log("BATON-OUTPUTS-BEGIN\nIMAGE=registry.example.com/app:1.0\nBATON-OUTPUTS-END\n");
+                travis.repo(TRAVIS_REPO).limit(u32::MAX, GITHUB_LIMIT.1).plan(
+                    travis::BuildPlan::new(vec![job])
+                        .build_after(Duration::from_millis(500), queued * 2)
+                        .queued_for(queued / 2, queued / 2),
+                );
+                Self::Travis(travis)
+            }
         }
     }
 
@@ -179,6 +202,10 @@ impl Forge {
             }
             Self::Gitlab(g) => {
                 let served = g.serve().await.expect("serve the GitLab model");
+                (served.url.clone(), Box::new(served))
+            }
+            Self::Travis(t) => {
+                let served = t.serve().await.expect("serve the Travis model");
                 (served.url.clone(), Box::new(served))
             }
         }
@@ -211,6 +238,20 @@ project = "{GITLAB_PROJECT}"
 token = {{ env = "BENCH_FORGE_TOKEN" }}
 "#
             ),
+            Self::Travis(_) => format!(
+                r#"[sources.forge]
+kind = "travis"
+repos = ["{TRAVIS_REPO}"]
+api_url = "{url}"
+
+[adapters.ci]
+kind = "travis"
+url = "{url}"
+web_url = "{url}"
+repo = "{TRAVIS_REPO}"
+token = {{ env = "BENCH_FORGE_TOKEN" }}
+"#
+            ),
         }
     }
 
@@ -219,6 +260,7 @@ token = {{ env = "BENCH_FORGE_TOKEN" }}
         match self {
             Self::Github(_) => "{ workflow: ci.yml, ref: main }",
             Self::Gitlab(_) => "{ ref: main }",
+            Self::Travis(_) => "{ branch: main }",
         }
     }
 
@@ -237,6 +279,12 @@ token = {{ env = "BENCH_FORGE_TOKEN" }}
                 .filter(|p| matches!(p.status.as_str(), "success" | "failed" | "canceled"))
                 .map(|p| p.id)
                 .collect(),
+            Self::Travis(t) => t
+                .builds()
+                .into_iter()
+                .filter(|b| matches!(b.state.as_str(), "passed" | "failed" | "errored" | "canceled"))
+                .map(|b| b.id)
+                .collect(),
         }
     }
 
@@ -249,6 +297,7 @@ token = {{ env = "BENCH_FORGE_TOKEN" }}
                     .expect("an HMAC key");
                 mac.update(body.as_bytes());
                 let headers = vec![
+                    ("content-type", "application/json".to_owned()),
                     ("x-github-event", "workflow_run".to_owned()),
                     ("x-github-delivery", format!("bench-{id}-{serial}")),
                     (
@@ -261,11 +310,21 @@ token = {{ env = "BENCH_FORGE_TOKEN" }}
             Self::Gitlab(g) => {
                 let body = g.pipeline_hook(id).expect("a Pipeline Hook body");
                 let headers = vec![
+                    ("content-type", "application/json".to_owned()),
                     ("x-gitlab-event", "Pipeline Hook".to_owned()),
                     ("x-gitlab-token", HOOK_SECRET.to_owned()),
                     ("x-gitlab-event-uuid", format!("bench-{id}-{serial}")),
                 ];
                 (headers, body)
+            }
+            Self::Travis(t) => {
+                let (form, signature, slug) = t.notification(id).expect("a notification");
+                let headers = vec![
+                    ("content-type", "application/x-www-form-urlencoded".to_owned()),
+                    ("signature", signature),
+                    ("travis-repo-slug", slug),
+                ];
+                (headers, form)
             }
         }
     }
@@ -275,6 +334,7 @@ token = {{ env = "BENCH_FORGE_TOKEN" }}
         let meter = match self {
             Self::Github(g) => g.meter(),
             Self::Gitlab(g) => g.meter(),
+            Self::Travis(t) => t.meter(),
         };
         (meter.total(), meter.peak_per_second())
     }
@@ -283,7 +343,7 @@ token = {{ env = "BENCH_FORGE_TOKEN" }}
     fn lowest_remaining(&self) -> Option<u64> {
         match self {
             Self::Github(g) => g.lowest_remaining("baton"),
-            Self::Gitlab(_) => None,
+            Self::Gitlab(_) | Self::Travis(_) => None,
         }
     }
 
@@ -326,6 +386,18 @@ token = {{ env = "BENCH_FORGE_TOKEN" }}
                     created["id"]
                 )
             }
+            Self::Travis(_) => {
+                let slug = TRAVIS_REPO.replace('/', "%2F");
+                let created: Value = travis_call(http.post(format!("{url}/repo/{slug}/requests")))
+                    .json(&json!({"request": {"branch": "main"}}))
+                    .send()
+                    .await
+                    .expect("create a request")
+                    .json()
+                    .await
+                    .expect("the request");
+                format!("{url}/repo/{slug}/request/{}", created["request"]["id"])
+            }
         }
     }
 
@@ -360,8 +432,29 @@ token = {{ env = "BENCH_FORGE_TOKEN" }}
                     Some("success" | "failed" | "canceled")
                 )
             }
+            // The request shows its build's state, so one read a round serves.
+            Self::Travis(_) => {
+                let request: Value = travis_call(http.get(url))
+                    .send()
+                    .await
+                    .expect("read the request")
+                    .json()
+                    .await
+                    .expect("the request");
+                matches!(
+                    request["builds"][0]["state"].as_str(),
+                    Some("passed" | "failed" | "errored" | "canceled")
+                )
+            }
         }
     }
+}
+
+/// A call to the Travis API v3 as its clients make it.
+fn travis_call(request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    request
+        .header("Travis-API-Version", "3")
+        .header("Authorization", format!("token {FORGE_TOKEN}"))
 }
 
 /// The scratch `baton serve` of one side.
@@ -642,10 +735,7 @@ async fn send_deliveries(
                 continue;
             }
             let (headers, body) = forge.delivery(id, done.len());
-            let mut request = http
-                .post(&hooks)
-                .header("content-type", "application/json")
-                .body(body);
+            let mut request = http.post(&hooks).body(body);
             for (name, value) in headers {
                 request = request.header(name, value);
             }
