@@ -11,6 +11,7 @@
 //! The models serve on `127.0.0.1` from the caller's Tokio runtime ([`serve`]), or from a
 //! runtime of their own for tests that are not async ([`serve_in_background`]).
 
+pub mod concourse;
 pub mod github;
 pub mod gitlab;
 pub mod travis_signing;
