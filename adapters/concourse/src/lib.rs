@@ -262,3 +262,40 @@ impl Adapter for ConcourseAdapter {
         self.inner.streams.attach(waker);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use baton_core::wire::poll_hint;
+    use std::time::Duration;
+
+    /// The request budget of a 120 s build the doc promises, with the default polls.
+    #[test]
+    fn a_two_minute_build_costs_at_most_fifteen_requests() {
+        let s = Duration::from_secs;
+        // Polling only: the engine polls once right after the start, then after each
+        // hint, until a poll lands past 120 s; the most polls come with every hint at its
+        // shortest (×0.8).
+        for (jitter, expected) in [(0.8, 9), (1.0, 8)] {
+            let mut at = Duration::ZERO;
+            let mut polls = 1u32;
+            while at < s(120) {
+                at += poll_hint(s(5), s(30), polls - 1, jitter);
+                polls += 1;
+            }
+            assert_eq!(polls, expected, "jitter {jitter}");
+            // Token, create, comment, polls, resources; a failed build's last poll also
+            // reads its events once for the log's tail.
+            let succeeded = 3 + polls + 1;
+            let failed = succeeded + 1;
+            assert!(succeeded <= 13 && failed <= 15, "{succeeded}, {failed}");
+        }
+        // Following the events: the stream is one request, polls come every 48 to 60 s,
+        // and the status event's wake ends the wait with no request of its own.
+        for jitter in [0.8, 1.0] {
+            let hint = s(60).mul_f64(jitter);
+            let polls = 1 + (s(120).as_secs_f64() / hint.as_secs_f64()).floor() as u32;
+            let followed = 3 + 1 + polls + 1;
+            assert!(followed <= 9, "{followed}");
+        }
+    }
+}

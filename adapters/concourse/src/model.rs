@@ -36,18 +36,18 @@ pub(crate) struct Preparation {
     pub(crate) paused_job: String,
     #[serde(default)]
     pub(crate) max_running_builds: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub(crate) inputs: Map<String, Value>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub(crate) missing_input_reasons: Map<String, Value>,
 }
 
 /// A build's inputs and outputs (`GET /api/v1/builds/{id}/resources`).
 #[derive(Debug, Clone, Default, Deserialize)]
 pub(crate) struct Resources {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub(crate) inputs: Vec<Versioned>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub(crate) outputs: Vec<Versioned>,
 }
 
@@ -59,11 +59,28 @@ pub(crate) struct Versioned {
     pub(crate) version: Value,
 }
 
+/// A pipeline or instance of a team (`GET /api/v1/teams/{team}/pipelines`).
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct PipelineRef {
+    pub(crate) name: String,
+    #[serde(default, deserialize_with = "nullable")]
+    pub(crate) instance_vars: Map<String, Value>,
+}
+
 /// The user a token belongs to (`GET /api/v1/user`).
 #[derive(Debug, Clone, Deserialize)]
 pub(crate) struct User {
     #[serde(default)]
     pub(crate) user_name: String,
+}
+
+/// A value Go may write as `null` (a nil map or slice) read as its default.
+fn nullable<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Option::unwrap_or_default)
 }
 
 /// Maps a build status as `atc/build.go` lists them.
@@ -174,5 +191,12 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(clear.reasons("app", "deploy"), None);
+        // Go writes a nil map or slice as `null`.
+        let nil: Preparation =
+            serde_json::from_value(json!({"inputs": null, "missing_input_reasons": null})).unwrap();
+        assert_eq!(nil.reasons("app", "deploy"), None);
+        let none: Resources =
+            serde_json::from_value(json!({"inputs": null, "outputs": null})).unwrap();
+        assert!(none.inputs.is_empty() && none.outputs.is_empty());
     }
 }

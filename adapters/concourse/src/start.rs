@@ -13,7 +13,7 @@ use crate::ConcourseAdapter;
 use crate::client::Call;
 use crate::config::{self, Mode, StageSpec};
 use crate::events;
-use crate::model::{Build, User, state};
+use crate::model::{Build, PipelineRef, User, state};
 use crate::tracked::{Checked, Tracked};
 
 /// How many of the job's newest builds `find` looks through.
@@ -239,53 +239,59 @@ impl ConcourseAdapter {
     }
 
     /// Says which of team, pipeline (or its instance), job or resource does not exist,
-    /// asking Concourse for each in turn.
+    /// asking Concourse: the pipeline, then the team's pipelines.
     async fn explain_missing(&self, spec: &StageSpec, missing: Missing<'_>) -> AdapterError {
         let client = &self.inner.client;
         let team = &client.team;
         let pipeline = &spec.pipeline;
-        let exists = |url| async move {
-            client
-                .send(
-                    Method::GET,
-                    url,
-                    None,
-                    Call::read("look for what a 404 is about"),
-                )
-                .await
-                .map(|a| a.status.is_success())
-                .unwrap_or(false)
-        };
         let thing = match missing {
             Missing::Job => format!("job `{}`", spec.job),
             Missing::Resource(r) => format!("resource `{r}`"),
         };
-        let vars = Value::Object(spec.instance_vars.clone());
-        let message = if exists(client.pipeline_api(pipeline, &spec.instance_vars, &[])).await {
-            format!(
-                "pipeline `{pipeline}` has no {thing}: check `with.job` (or `with.resource`) against the pipeline's config"
+        let probe = "look for what a 404 is about";
+        let found = client
+            .send(
+                Method::GET,
+                client.pipeline_api(pipeline, &spec.instance_vars, &[]),
+                None,
+                Call::read(probe),
             )
-        } else if !spec.instance_vars.is_empty()
-            && exists(client.pipeline_api(pipeline, &Default::default(), &[])).await
-        {
+            .await
+            .is_ok_and(|a| a.status.is_success());
+        let message = if found {
             format!(
-                "pipeline `{pipeline}` has no instance with the vars {vars}: check `with.instance_vars` (`fly pipelines` lists the instances)"
+                "pipeline `{pipeline}` has no {thing}: check the stage's `with` against the pipeline's config"
             )
-        } else if exists(client.api(&["teams", team])).await {
-            if spec.instance_vars.is_empty() {
-                format!(
-                    "team `{team}` has no pipeline `{pipeline}`: check `with.pipeline` (an instanced pipeline needs `with.instance_vars`)"
-                )
-            } else {
-                format!(
-                    "team `{team}` has no pipeline `{pipeline}` (with vars {vars}): check `with.pipeline` and `with.instance_vars`"
-                )
-            }
         } else {
-            format!(
-                "Concourse has no team `{team}` that {} can see: check `team` in the adapter's config",
-                client.auth.who()
-            )
+            match client
+                .get_json::<Vec<PipelineRef>>(client.api(&["teams", team, "pipelines"]), probe)
+                .await
+            {
+                Err(AdapterError::NotFound(_)) => format!(
+                    "Concourse has no team `{team}` that {} can see: check `team` in the adapter's config",
+                    client.auth.who()
+                ),
+                Ok(pipelines) => {
+                    let instances: Vec<String> = pipelines
+                        .iter()
+                        .filter(|p| &p.name == pipeline)
+                        .take(5)
+                        .map(|p| Value::Object(p.instance_vars.clone()).to_string())
+                        .collect();
+                    if instances.is_empty() {
+                        format!("team `{team}` has no pipeline `{pipeline}`: check `with.pipeline`")
+                    } else {
+                        format!(
+                            "pipeline `{pipeline}` has no instance with the vars {}; its instances: {}",
+                            Value::Object(spec.instance_vars.clone()),
+                            instances.join(", ")
+                        )
+                    }
+                }
+                Err(_) => format!(
+                    "check team `{team}`, pipeline `{pipeline}` (and its instance vars) and the stage's `with`"
+                ),
+            }
         };
         AdapterError::NotFound(format!(
             "Concourse `{}` answered 404 for {thing}: {message}",

@@ -290,6 +290,7 @@ struct Inner {
     faults: VecDeque<(Scope, Fault)>,
     next_id: u64,
     issued: u64,
+    streams_opened: u64,
 }
 
 #[derive(Debug, Default)]
@@ -606,6 +607,11 @@ impl Concourse {
             .collect()
     }
 
+    /// How many event streams were opened (answered 200).
+    pub fn streams_opened(&self) -> u64 {
+        self.lock().streams_opened
+    }
+
     /// The job builds (not checks) as they are now, oldest first.
     pub fn job_builds(&self) -> Vec<BuildView> {
         self.builds().into_iter().filter(|b| !b.check).collect()
@@ -630,6 +636,7 @@ impl Concourse {
             .route("/sky/token", post(token_old))
             .route("/api/v1/user", get(user))
             .route("/api/v1/teams/{team}", get(team))
+            .route("/api/v1/teams/{team}/pipelines", get(pipelines))
             .route("/api/v1/teams/{team}/pipelines/{pipeline}", get(pipeline))
             .route(
                 "/api/v1/teams/{team}/pipelines/{pipeline}/jobs/{job}",
@@ -1284,6 +1291,40 @@ async fn team(
         .await
 }
 
+impl Pipeline {
+    fn json(&self) -> Value {
+        let mut p = json!({"id": self.id, "name": self.name, "paused": self.paused, "team_name": self.team});
+        if !self.vars.is_empty() {
+            p["instance_vars"] = Value::Object(self.vars.clone());
+        }
+        p
+    }
+}
+
+async fn pipelines(
+    State(c): State<Concourse>,
+    Path(team): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let call = match c.begin(&headers, Scope::Read) {
+        Ok(call) => call,
+        Err(r) => return *r,
+    };
+    let body = {
+        let inner = c.lock();
+        if let Err(r) = team_access(&inner, &call.user, &team) {
+            return *r;
+        }
+        inner
+            .pipelines
+            .iter()
+            .filter(|p| p.team == team)
+            .map(Pipeline::json)
+            .collect()
+    };
+    c.answer(call, StatusCode::OK, body).await
+}
+
 async fn pipeline(
     State(c): State<Concourse>,
     Path((team, name)): Path<(String, String)>,
@@ -1297,10 +1338,7 @@ async fn pipeline(
     let body = {
         let inner = c.lock();
         match find_pipeline(&inner, &call.user, &team, &name, query.as_deref()) {
-            Ok(i) => {
-                let p = &inner.pipelines[i];
-                json!({"id": p.id, "name": p.name, "instance_vars": p.vars, "paused": p.paused, "team_name": p.team})
-            }
+            Ok(i) => inner.pipelines[i].json(),
             Err(r) => return *r,
         }
     };
@@ -1738,6 +1776,7 @@ async fn events(
         },
         Some(Err(_)) => return status_only(StatusCode::BAD_REQUEST),
     };
+    c.lock().streams_opened += 1;
     let cut_after = match call.after {
         Some(Fault::CutAfter(n)) => Some(n),
         _ => None,
