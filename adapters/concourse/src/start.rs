@@ -348,12 +348,19 @@ impl ConcourseAdapter {
         let Some(build) = self.pick(key, &builds).await? else {
             return Ok(None);
         };
+        // The attempt's start creates its build only after the check of its resource
+        // succeeded: the check was made.
+        let check = spec.resource.map(|resource| Checked {
+            resource,
+            version: spec.version,
+        });
         let tracked = Tracked {
             pipeline: spec.pipeline,
             job: spec.job,
             instance_vars: spec.instance_vars,
             name: build.name.clone(),
             since_ms: now_ms(),
+            check,
             ..Tracked::default()
         };
         let external = tracked.reference(build.id, self.build_url(&tracked).as_str());
