@@ -144,7 +144,7 @@ fn the_final_status_event_ends_the_stage_at_once_and_outputs_flow_on() {
         let build = ci
             .job_builds()
             .into_iter()
-            .find(|b| outputs["id"] == b.id.to_string())
+            .find(|b| outputs["id"].as_str() == Some(b.id.to_string().as_str()))
             .expect("the build of the outputs");
         assert_eq!(build.inputs, [("repo".into(), json!({"ref": version}))]);
         assert_eq!(outputs["check"]["used"], true);

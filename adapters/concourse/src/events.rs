@@ -491,9 +491,8 @@ async fn read_stream(
 ) -> Read {
     let mut parser = Parser::default();
     loop {
-        let chunk = match response.chunk().await {
-            Ok(Some(chunk)) => chunk,
-            Ok(None) | Err(_) => return Read::Cut,
+        let Ok(Some(chunk)) = response.chunk().await else {
+            return Read::Cut;
         };
         for message in parser.feed(&chunk) {
             let (ended, done) = {

@@ -363,7 +363,7 @@ async fn a_cut_event_stream_is_resumed_without_losing_or_doubling_a_line() {
     let woken: Arc<Mutex<u32>> = Arc::default();
     let count = woken.clone();
     ci.attach(Waker::new(move |_: &AttemptKey| {
-        *count.lock().unwrap() += 1
+        *count.lock().unwrap() += 1;
     }));
     let k = key("cut");
     let mut external = start_deploy(ci.as_ref(), &k).await;
@@ -393,7 +393,7 @@ async fn a_stream_that_stays_away_wakes_the_engine_back_to_its_pace() {
     let woken: Arc<Mutex<u32>> = Arc::default();
     let count = woken.clone();
     ci.attach(Waker::new(move |_: &AttemptKey| {
-        *count.lock().unwrap() += 1
+        *count.lock().unwrap() += 1;
     }));
     // Every stream opening fails.
     lab.ci.fault(1000, Scope::Events, Fault::Status(502));
