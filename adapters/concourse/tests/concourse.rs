@@ -663,7 +663,7 @@ async fn find_tells_batons_builds_from_others() {
     let lab = Lab::start().await;
     lab.ci.add_user("alice", "alice-pw", &[TEAM]);
     // Alice's build, created by hand while baton was down, is not baton's.
-    let secrets = Secrets(std::collections::BTreeMap::from([("ALICE", "alice-pw")]));
+    let secrets = TableSecrets::of(&[("ALICE", "alice-pw")]);
     let alice = ConcourseKind::with_retry(fast_retry())
         .build(
             "ci",
@@ -760,7 +760,7 @@ async fn a_wrong_password_is_explained() {
     );
     // A user outside the team is told what role it lacks.
     lab.ci.add_user("outsider", "pw", &["other"]);
-    let secrets = Secrets(std::collections::BTreeMap::from([("P", "pw")]));
+    let secrets = TableSecrets::of(&[("P", "pw")]);
     let outsider = ConcourseKind::with_retry(fast_retry())
         .build(
             "ci",

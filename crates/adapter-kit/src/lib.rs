@@ -29,12 +29,14 @@
 //! 9. [`ExternalState::Unknown`] is never terminal ([`check_unknown_is_not_terminal`]).
 //!
 //! [`docs::check_doc_keys`] keeps an adapter's documented instance keys in step with the
-//! struct that declares them.
+//! struct that declares them; [`drive`] plays the engine's part step by step in an
+//! adapter's own tests.
 //!
 //! Adapters whose `start` touches nothing outside baton (the approval adapter) set
 //! [`Scenario::side_effect_free`]: rules 2 and 6 are relaxed for them, as explained there.
 
 pub mod docs;
+pub mod drive;
 
 use std::future::Future;
 use std::sync::Arc;

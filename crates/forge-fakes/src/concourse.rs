@@ -1107,7 +1107,7 @@ impl Concourse {
 /// May `user` act in `team`? 404 for an unknown team, 403 for one they are not in.
 fn team_access(inner: &Inner, user: &str, team: &str) -> Result<(), Box<Response>> {
     if !inner.teams.contains(team) {
-        return Err(Box::new(status_only(StatusCode::NOT_FOUND)));
+        return Err(not_found());
     }
     if inner
         .users
@@ -1135,7 +1135,7 @@ fn find_pipeline(
         .pipelines
         .iter()
         .position(|p| p.team == team && p.name == name && p.vars == vars)
-        .ok_or_else(|| Box::new(status_only(StatusCode::NOT_FOUND)))
+        .ok_or_else(not_found)
 }
 
 /// The build `id`, its team checked.
@@ -1144,7 +1144,7 @@ fn find_build(inner: &Inner, user: &str, id: &str) -> Result<u64, Box<Response>>
         .parse::<u64>()
         .ok()
         .and_then(|id| inner.builds.get(&id))
-        .ok_or_else(|| Box::new(status_only(StatusCode::NOT_FOUND)))?;
+        .ok_or_else(not_found)?;
     team_access(inner, user, &inner.pipelines[build.pipeline].team)?;
     Ok(build.id)
 }
@@ -1245,34 +1245,89 @@ async fn token(c: &Concourse, headers: &HeaderMap, body: &[u8], exists: bool) ->
     c.answer(call, StatusCode::OK, body).await
 }
 
+/// What a handler answers: a status and a JSON body (`null`: no body), or a response as
+/// it is (an error).
+type Reply = Result<(StatusCode, Value), Box<Response>>;
+
+fn ok(body: Value) -> Reply {
+    Ok((StatusCode::OK, body))
+}
+
+fn not_found() -> Box<Response> {
+    Box::new(status_only(StatusCode::NOT_FOUND))
+}
+
+impl Concourse {
+    /// One API request: counted, its faults and token checked, then `f` run on the model
+    /// (time moved on) with the caller's user name, and its reply sent after any fault
+    /// that acts after the work.
+    async fn handle(
+        &self,
+        headers: &HeaderMap,
+        scope: Scope,
+        f: impl FnOnce(&mut Inner, &str) -> Reply,
+    ) -> Response {
+        let call = match self.begin(headers, scope) {
+            Ok(call) => call,
+            Err(r) => return *r,
+        };
+        let reply = f(&mut self.lock(), &call.user);
+        match reply {
+            Ok((status, Value::Null)) => status.into_response(),
+            Ok((status, body)) => self.answer(call, status, body).await,
+            Err(r) => *r,
+        }
+    }
+}
+
+/// Adds a build of `kind` to pipeline `pipeline`, created by `user` now, named `name` (its
+/// id when `None`); returns its id.
+fn add_build(
+    inner: &mut Inner,
+    pipeline: usize,
+    name: Option<String>,
+    user: &str,
+    kind: Kind,
+) -> u64 {
+    inner.next_id += 1;
+    let id = inner.next_id;
+    inner.builds.insert(
+        id,
+        Build {
+            id,
+            pipeline,
+            name: name.unwrap_or_else(|| id.to_string()),
+            created_by: user.to_owned(),
+            created: Instant::now(),
+            created_ms: now_ms(),
+            comment: None,
+            kind,
+            aborted: None,
+            sent: BTreeMap::new(),
+        },
+    );
+    id
+}
+
 async fn user(State(c): State<Concourse>, headers: HeaderMap) -> Response {
-    let call = match c.begin(&headers, Scope::Read) {
-        Ok(call) => call,
-        Err(r) => return *r,
-    };
-    let teams: Map<String, Value> = c
-        .lock()
-        .users
-        .get(&call.user)
-        .map(|u| {
-            u.teams
-                .iter()
-                .map(|t| (t.clone(), json!(["member"])))
-                .collect()
-        })
-        .unwrap_or_default();
-    let body = json!({
-        "sub": format!("local:{}", call.user),
-        "name": call.user,
-        "user_id": call.user,
-        "user_name": call.user,
-        "email": "",
-        "is_admin": false,
-        "is_system": false,
-        "teams": teams,
-        "display_user_id": call.user,
-    });
-    c.answer(call, StatusCode::OK, body).await
+    c.handle(&headers, Scope::Read, |inner, user| {
+        let teams: Map<String, Value> = inner
+            .users
+            .get(user)
+            .map(|u| {
+                u.teams
+                    .iter()
+                    .map(|t| (t.clone(), json!(["member"])))
+                    .collect()
+            })
+            .unwrap_or_default();
+        ok(json!({
+            "sub": format!("local:{user}"), "name": user, "user_id": user, "user_name": user,
+            "email": "", "is_admin": false, "is_system": false, "teams": teams,
+            "display_user_id": user,
+        }))
+    })
+    .await
 }
 
 async fn team(
@@ -1280,15 +1335,11 @@ async fn team(
     Path(team): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let call = match c.begin(&headers, Scope::Read) {
-        Ok(call) => call,
-        Err(r) => return *r,
-    };
-    if let Err(r) = team_access(&c.lock(), &call.user, &team) {
-        return *r;
-    }
-    c.answer(call, StatusCode::OK, json!({"id": 1, "name": team}))
-        .await
+    c.handle(&headers, Scope::Read, |inner, user| {
+        team_access(inner, user, &team)?;
+        ok(json!({"id": 1, "name": team}))
+    })
+    .await
 }
 
 impl Pipeline {
@@ -1306,23 +1357,16 @@ async fn pipelines(
     Path(team): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let call = match c.begin(&headers, Scope::Read) {
-        Ok(call) => call,
-        Err(r) => return *r,
-    };
-    let body = {
-        let inner = c.lock();
-        if let Err(r) = team_access(&inner, &call.user, &team) {
-            return *r;
-        }
-        inner
+    c.handle(&headers, Scope::Read, |inner, user| {
+        team_access(inner, user, &team)?;
+        ok(inner
             .pipelines
             .iter()
             .filter(|p| p.team == team)
             .map(Pipeline::json)
-            .collect()
-    };
-    c.answer(call, StatusCode::OK, body).await
+            .collect())
+    })
+    .await
 }
 
 async fn pipeline(
@@ -1331,18 +1375,20 @@ async fn pipeline(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let call = match c.begin(&headers, Scope::Read) {
-        Ok(call) => call,
-        Err(r) => return *r,
-    };
-    let body = {
-        let inner = c.lock();
-        match find_pipeline(&inner, &call.user, &team, &name, query.as_deref()) {
-            Ok(i) => inner.pipelines[i].json(),
-            Err(r) => return *r,
-        }
-    };
-    c.answer(call, StatusCode::OK, body).await
+    c.handle(&headers, Scope::Read, |inner, user| {
+        let i = find_pipeline(inner, user, &team, &name, query.as_deref())?;
+        ok(inner.pipelines[i].json())
+    })
+    .await
+}
+
+/// The job `job` of pipeline `i`, or a 404.
+fn find_job<'a>(inner: &'a mut Inner, i: usize, job: &str) -> Result<&'a mut Job, Box<Response>> {
+    inner.pipelines[i]
+        .jobs
+        .iter_mut()
+        .find(|j| j.name == job)
+        .ok_or_else(not_found)
 }
 
 async fn job(
@@ -1351,27 +1397,23 @@ async fn job(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let call = match c.begin(&headers, Scope::Read) {
-        Ok(call) => call,
-        Err(r) => return *r,
-    };
-    let body = {
-        let inner = c.lock();
-        let i = match find_pipeline(&inner, &call.user, &team, &name, query.as_deref()) {
-            Ok(i) => i,
-            Err(r) => return *r,
-        };
-        let p = &inner.pipelines[i];
-        match p.jobs.iter().find(|j| j.name == job) {
-            Some(j) => json!({
-                "name": j.name, "pipeline_name": p.name, "team_name": p.team,
-                "paused": j.paused, "disable_manual_trigger": j.manual_trigger_disabled,
-                "inputs": j.inputs.iter().map(|r| json!({"name": r, "resource": r, "trigger": false})).collect::<Vec<_>>(),
-            }),
-            None => return status_only(StatusCode::NOT_FOUND),
-        }
-    };
-    c.answer(call, StatusCode::OK, body).await
+    c.handle(&headers, Scope::Read, |inner, user| {
+        let i = find_pipeline(inner, user, &team, &name, query.as_deref())?;
+        let j = find_job(inner, i, &job)?;
+        let inputs: Vec<Value> = j
+            .inputs
+            .iter()
+            .map(|r| json!({"name": r, "resource": r, "trigger": false}))
+            .collect();
+        let mut body = json!({
+            "name": j.name, "paused": j.paused,
+            "disable_manual_trigger": j.manual_trigger_disabled, "inputs": inputs,
+        });
+        body["pipeline_name"] = json!(name);
+        body["team_name"] = json!(team);
+        ok(body)
+    })
+    .await
 }
 
 async fn list_builds(
@@ -1380,37 +1422,26 @@ async fn list_builds(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let call = match c.begin(&headers, Scope::Read) {
-        Ok(call) => call,
-        Err(r) => return *r,
-    };
-    let now = Instant::now();
-    let body = {
-        let inner = c.lock();
-        let i = match find_pipeline(&inner, &call.user, &team, &name, query.as_deref()) {
-            Ok(i) => i,
-            Err(r) => return *r,
-        };
-        if !inner.pipelines[i].jobs.iter().any(|j| j.name == job) {
-            return status_only(StatusCode::NOT_FOUND);
-        }
+    c.handle(&headers, Scope::Read, |inner, user| {
+        let i = find_pipeline(inner, user, &team, &name, query.as_deref())?;
+        find_job(inner, i, &job)?;
         // `atc.PaginationAPIDefaultLimit`.
         let limit = query_value(query.as_deref(), "limit")
             .and_then(|l| l.parse::<usize>().ok())
             .filter(|l| *l > 0)
             .unwrap_or(100);
-        let builds: Vec<Value> = inner
+        let now = Instant::now();
+        ok(inner
             .builds
             .values()
             .rev()
             .filter(|b| b.pipeline == i)
             .filter(|b| matches!(&b.kind, Kind::Job { job: j, .. } if *j == job))
             .take(limit)
-            .map(|b| b.json(&inner, now))
-            .collect();
-        Value::Array(builds)
-    };
-    c.answer(call, StatusCode::OK, body).await
+            .map(|b| b.json(inner, now))
+            .collect())
+    })
+    .await
 }
 
 async fn create_build(
@@ -1419,50 +1450,25 @@ async fn create_build(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let call = match c.begin(&headers, Scope::Create) {
-        Ok(call) => call,
-        Err(r) => return *r,
-    };
-    let body = {
-        let mut inner = c.lock();
-        let i = match find_pipeline(&inner, &call.user, &team, &name, query.as_deref()) {
-            Ok(i) => i,
-            Err(r) => return *r,
-        };
-        let Some(j) = inner.pipelines[i].jobs.iter_mut().find(|j| j.name == job) else {
-            return status_only(StatusCode::NOT_FOUND);
-        };
+    c.handle(&headers, Scope::Create, |inner, user| {
+        let i = find_pipeline(inner, user, &team, &name, query.as_deref())?;
+        let j = find_job(inner, i, &job)?;
         if j.manual_trigger_disabled {
-            return status_only(StatusCode::CONFLICT);
+            return Err(Box::new(status_only(StatusCode::CONFLICT)));
         }
         j.builds += 1;
         let (number, plan) = (j.builds, j.plan.clone());
-        inner.next_id += 1;
-        let id = inner.next_id;
+        let kind = Kind::Job {
+            job,
+            plan,
+            scheduled: None,
+        };
+        let id = add_build(inner, i, Some(number.to_string()), user, kind);
         let now = Instant::now();
-        inner.builds.insert(
-            id,
-            Build {
-                id,
-                pipeline: i,
-                name: number.to_string(),
-                created_by: call.user.clone(),
-                created: now,
-                created_ms: now_ms(),
-                comment: None,
-                kind: Kind::Job {
-                    job,
-                    plan,
-                    scheduled: None,
-                },
-                aborted: None,
-                sent: BTreeMap::new(),
-            },
-        );
-        advance(&mut inner, now);
-        inner.builds[&id].json(&inner, now)
-    };
-    c.answer(call, StatusCode::OK, body).await
+        advance(inner, now);
+        ok(inner.builds[&id].json(inner, now))
+    })
+    .await
 }
 
 async fn check(
@@ -1472,82 +1478,52 @@ async fn check(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let call = match c.begin(&headers, Scope::Check) {
-        Ok(call) => call,
-        Err(r) => return *r,
-    };
-    // `atc.CheckRequestBody`: `{"from": <version or null>}`.
-    let from = match serde_json::from_slice::<Value>(&body) {
-        Ok(v) => match v.get("from") {
+    c.handle(&headers, Scope::Check, |inner, user| {
+        // `atc.CheckRequestBody`: `{"from": <version or null>}`.
+        let bad = || Box::new(status_only(StatusCode::BAD_REQUEST));
+        let from = match serde_json::from_slice::<Value>(&body)
+            .map_err(|_| bad())?
+            .get("from")
+        {
             None | Some(Value::Null) => None,
             Some(Value::Object(version)) => Some(version.clone()),
-            Some(_) => return status_only(StatusCode::BAD_REQUEST),
-        },
-        Err(_) => return status_only(StatusCode::BAD_REQUEST),
-    };
-    let body = {
-        let mut inner = c.lock();
-        let i = match find_pipeline(&inner, &call.user, &team, &name, query.as_deref()) {
-            Ok(i) => i,
-            Err(r) => return *r,
+            Some(_) => return Err(bad()),
         };
-        let Some(r) = inner.pipelines[i]
+        let i = find_pipeline(inner, user, &team, &name, query.as_deref())?;
+        let r = inner.pipelines[i]
             .resources
             .iter()
             .find(|r| r.name == resource)
-        else {
-            return status_only(StatusCode::NOT_FOUND);
+            .ok_or_else(not_found)?;
+        let kind = Kind::Check {
+            takes: r.check_for,
+            error: r.check_error.clone(),
+            resource,
+            from,
+            applied: false,
         };
-        let (takes, error) = (r.check_for, r.check_error.clone());
-        inner.next_id += 1;
-        let id = inner.next_id;
-        let now = Instant::now();
-        inner.builds.insert(
-            id,
-            Build {
-                id,
-                pipeline: i,
-                name: id.to_string(),
-                created_by: call.user.clone(),
-                created: now,
-                created_ms: now_ms(),
-                comment: None,
-                kind: Kind::Check {
-                    resource,
-                    from,
-                    takes,
-                    error,
-                    applied: false,
-                },
-                aborted: None,
-                sent: BTreeMap::new(),
-            },
-        );
-        inner.builds[&id].json(&inner, now)
-    };
-    c.answer(call, StatusCode::CREATED, body).await
+        let id = add_build(inner, i, None, user, kind);
+        Ok((
+            StatusCode::CREATED,
+            inner.builds[&id].json(inner, Instant::now()),
+        ))
+    })
+    .await
 }
 
-/// Runs `f` on build `id` (its team checked) and answers its value with 200.
+/// A route on build `id`: its team checked, `f` run on it.
 async fn on_build(
     c: &Concourse,
     headers: &HeaderMap,
     scope: Scope,
     id: &str,
-    f: impl FnOnce(&mut Inner, u64, Instant) -> Value,
+    f: impl FnOnce(&mut Inner, u64, Instant) -> Reply,
 ) -> Response {
-    let call = match c.begin(headers, scope) {
-        Ok(call) => call,
-        Err(r) => return *r,
-    };
-    let body = {
-        let mut inner = c.lock();
-        match find_build(&inner, &call.user, id) {
-            Ok(id) => f(&mut inner, id, Instant::now()),
-            Err(r) => return *r,
-        }
-    };
-    c.answer(call, StatusCode::OK, body).await
+    c.handle(headers, scope, |inner, user| {
+        let id = find_build(inner, user, id)?;
+        f(inner, id, Instant::now())
+    })
+    .await
 }
 
 async fn show_build(
@@ -1556,7 +1532,7 @@ async fn show_build(
     headers: HeaderMap,
 ) -> Response {
     on_build(&c, &headers, Scope::Read, &id, |inner, id, now| {
-        inner.builds[&id].json(inner, now)
+        ok(inner.builds[&id].json(inner, now))
     })
     .await
 }
@@ -1600,7 +1576,7 @@ async fn preparation(
             .iter()
             .map(|n| (n.clone(), json!(word(missing.contains_key(n)))))
             .collect();
-        json!({
+        ok(json!({
             "build_id": id,
             "paused_pipeline": word(b.paused_pipeline),
             "paused_job": word(b.paused_job),
@@ -1608,7 +1584,7 @@ async fn preparation(
             "inputs": inputs,
             "inputs_satisfied": word(!missing.is_empty()),
             "missing_input_reasons": missing,
-        })
+        }))
     })
     .await
 }
@@ -1644,30 +1620,23 @@ async fn build_resources(
             }
             Kind::Check { .. } => (Vec::new(), Vec::new()),
         };
-        json!({"inputs": inputs, "outputs": outputs})
+        ok(json!({"inputs": inputs, "outputs": outputs}))
     })
     .await
 }
 
 async fn abort(State(c): State<Concourse>, Path(id): Path<String>, headers: HeaderMap) -> Response {
-    let call = match c.begin(&headers, Scope::Abort) {
-        Ok(call) => call,
-        Err(r) => return *r,
-    };
-    let mut inner = c.lock();
-    let id = match find_build(&inner, &call.user, &id) {
-        Ok(id) => id,
-        Err(r) => return *r,
-    };
-    let now = Instant::now();
-    // Only a running build (`pending` or `started`) is aborted; any other stays as it is.
-    if let Some(build) = inner.builds.get_mut(&id)
-        && build.aborted.is_none()
-        && matches!(build.status(now).as_str(), "pending" | "started")
-    {
-        build.aborted = Some(now);
-    }
-    StatusCode::NO_CONTENT.into_response()
+    on_build(&c, &headers, Scope::Abort, &id, |inner, id, now| {
+        // Only a running build (`pending` or `started`) is aborted; any other stays as it is.
+        if let Some(build) = inner.builds.get_mut(&id)
+            && build.aborted.is_none()
+            && matches!(build.status(now).as_str(), "pending" | "started")
+        {
+            build.aborted = Some(now);
+        }
+        Ok((StatusCode::NO_CONTENT, Value::Null))
+    })
+    .await
 }
 
 async fn comment(
@@ -1676,28 +1645,23 @@ async fn comment(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let call = match c.begin(&headers, Scope::Any) {
-        Ok(call) => call,
-        Err(r) => return *r,
-    };
-    let mut inner = c.lock();
-    if inner.old_server {
-        return (StatusCode::NOT_FOUND, "404 page not found\n").into_response();
-    }
-    let id = match find_build(&inner, &call.user, &id) {
-        Ok(id) => id,
-        Err(r) => return *r,
-    };
-    let Some(text) = serde_json::from_slice::<Value>(&body)
-        .ok()
-        .and_then(|v| v.get("comment").and_then(Value::as_str).map(str::to_owned))
-    else {
-        return status_only(StatusCode::BAD_REQUEST);
-    };
-    if let Some(build) = inner.builds.get_mut(&id) {
-        build.comment = Some(text);
-    }
-    StatusCode::OK.into_response()
+    c.handle(&headers, Scope::Any, |inner, user| {
+        if inner.old_server {
+            return Err(Box::new(
+                (StatusCode::NOT_FOUND, "404 page not found\n").into_response(),
+            ));
+        }
+        let id = find_build(inner, user, &id)?;
+        let text = serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|v| v.get("comment").and_then(Value::as_str).map(str::to_owned))
+            .ok_or_else(|| Box::new(status_only(StatusCode::BAD_REQUEST)))?;
+        if let Some(build) = inner.builds.get_mut(&id) {
+            build.comment = Some(text);
+        }
+        Ok((StatusCode::OK, Value::Null))
+    })
+    .await
 }
 
 /// Where an event stream is.
@@ -1850,30 +1814,15 @@ mod tests {
                     .logs(&["a\n", "b\n"]),
             )
             .job_inputs("j", &["repo"]);
-        let now = Instant::now();
         let id = {
             let mut inner = ci.lock();
             let plan = inner.pipelines[0].jobs[0].plan.clone();
-            inner.builds.insert(
-                7,
-                Build {
-                    id: 7,
-                    pipeline: 0,
-                    name: "1".into(),
-                    created_by: "u".into(),
-                    created: now,
-                    created_ms: now_ms(),
-                    comment: None,
-                    kind: Kind::Job {
-                        job: "j".into(),
-                        plan,
-                        scheduled: None,
-                    },
-                    aborted: None,
-                    sent: BTreeMap::new(),
-                },
-            );
-            7
+            let kind = Kind::Job {
+                job: "j".into(),
+                plan,
+                scheduled: None,
+            };
+            add_build(&mut inner, 0, Some("1".into()), "u", kind)
         };
         assert_eq!(ci.job_builds()[0].status, "pending");
         let setup = setup.paused(false);

@@ -3,19 +3,19 @@
 //! through its kind as `baton serve` builds it, and a driver that plays the engine's part
 //! (store the reference, poll until an end, replace the reference when a poll gives one).
 
-// Each test file compiles this module on its own and uses a different part of it.
-#![allow(dead_code)]
+// Each test file compiles this module on its own and uses a different part of it (and of
+// what it re-exports).
+#![allow(dead_code, unused_imports)]
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use baton_adapter_gitlab_ci::{GitLabKind, RetryPolicy};
-use baton_core::secret::SecretError;
-use baton_core::{
-    Adapter, AdapterError, AdapterKind, AttemptKey, ExternalRef, PollOutcome, PollRequest, Secret,
-    SecretRef, SecretResolver, StartRequest,
+pub(crate) use baton_adapter_kit::drive::{
+    TableSecrets as Secrets, expect_error, poll_once, poll_to_end, poll_until, request,
 };
+use baton_core::{Adapter, AdapterError, AdapterKind, AttemptKey, ExternalRef};
 use baton_forge_fakes::Served;
 use baton_forge_fakes::gitlab::GitLab;
 use serde_json::{Value, json};
@@ -26,22 +26,6 @@ pub(crate) const TOKEN: &str = "glpat-baton-tests";
 pub(crate) const TRIGGER: &str = "glptt-baton-trigger";
 /// The project every test uses.
 pub(crate) const PROJECT: &str = "group/sub/app";
-
-/// Resolves `{ env = NAME }` from a fixed table, so tests never touch the environment.
-pub(crate) struct Secrets(pub BTreeMap<&'static str, &'static str>);
-
-impl SecretResolver for Secrets {
-    fn resolve(&self, reference: &SecretRef) -> Result<Secret, SecretError> {
-        match reference {
-            SecretRef::Env(name) => self
-                .0
-                .get(name.as_str())
-                .map(|v| Secret::new(*v))
-                .ok_or_else(|| SecretError::MissingEnv(name.clone())),
-            SecretRef::File(path) => Err(SecretError::MissingEnv(path.clone())),
-        }
-    }
-}
 
 /// Retries fast, so that 429 and 5xx stories take milliseconds.
 pub(crate) fn fast_retry() -> RetryPolicy {
@@ -111,99 +95,10 @@ impl Lab {
     }
 }
 
-/// A start request for `key` with `input`.
-pub(crate) fn request(key: &AttemptKey, input: Value) -> StartRequest {
-    StartRequest {
-        key: key.clone(),
-        workflow: "wf".into(),
-        input,
-        timeout: Duration::from_secs(60),
-    }
-}
-
-/// One poll, the reference replaced when the poll gives a new one.
-pub(crate) async fn poll_once(
-    adapter: &dyn Adapter,
-    key: &AttemptKey,
-    external: &mut ExternalRef,
-) -> Result<PollOutcome, AdapterError> {
-    let outcome = adapter
-        .poll(&PollRequest {
-            key,
-            external,
-            signal: None,
-        })
-        .await?;
-    if let Some(next) = &outcome.external {
-        *external = next.clone();
-    }
-    Ok(outcome)
-}
-
-/// Polls every 50 ms until `done` says so (or an end), for at most `limit`; every outcome
-/// seen is returned, the last one last.
-pub(crate) async fn poll_until(
-    adapter: &dyn Adapter,
-    key: &AttemptKey,
-    external: &mut ExternalRef,
-    limit: Duration,
-    done: impl Fn(&PollOutcome) -> bool,
-) -> Vec<PollOutcome> {
-    let began = Instant::now();
-    let mut seen = Vec::new();
-    loop {
-        let outcome = poll_once(adapter, key, external)
-            .await
-            .unwrap_or_else(|e| panic!("poll of {key} failed: {e:?}"));
-        let stop = done(&outcome) || outcome.state.is_terminal();
-        seen.push(outcome);
-        if stop {
-            return seen;
-        }
-        assert!(
-            began.elapsed() < limit,
-            "{key} did not get there within {limit:?}: {:?}",
-            seen.last()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Polls until an end.
-pub(crate) async fn poll_to_end(
-    adapter: &dyn Adapter,
-    key: &AttemptKey,
-    external: &mut ExternalRef,
-) -> PollOutcome {
-    poll_until(adapter, key, external, Duration::from_secs(20), |_| false)
-        .await
-        .pop()
-        .unwrap()
-}
-
 /// Starts a stage on `main` with no other input; panics if the start fails.
 pub(crate) async fn start_on_main(adapter: &dyn Adapter, key: &AttemptKey) -> ExternalRef {
     adapter
         .start(&request(key, json!({"ref": "main"})))
         .await
         .unwrap_or_else(|e| panic!("start of {key} failed: {e:?}"))
-}
-
-/// Asserts that `result` is an error of `variant` (`Transient`, `Invalid`, …) whose message
-/// holds `needle`.
-pub(crate) fn expect_error<T: std::fmt::Debug>(
-    result: Result<T, AdapterError>,
-    variant: &str,
-    needle: &str,
-) {
-    let err = result.expect_err("expected an error");
-    let (name, message) = match &err {
-        AdapterError::Invalid(m) => ("Invalid", m),
-        AdapterError::Auth(m) => ("Auth", m),
-        AdapterError::NotFound(m) => ("NotFound", m),
-        AdapterError::Transient(m) => ("Transient", m),
-        AdapterError::Protocol(m) => ("Protocol", m),
-    };
-    assert_eq!(name, variant, "{err:?}");
-    assert!(message.contains(needle), "`{needle}` is not in: {message}");
 }
