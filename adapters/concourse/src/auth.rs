@@ -247,7 +247,6 @@ impl Client {
             "Basic {}",
             base64::engine::general_purpose::STANDARD.encode(FLY_CLIENT)
         );
-        let retry = self.retry();
         let mut waited = Duration::ZERO;
         let mut attempt = 0;
         loop {
@@ -263,81 +262,66 @@ impl Client {
                 .body(body.clone())
                 .send()
                 .await;
-            let (answer, headers) = match sent {
-                Ok(response) => read(response, TOKEN_ANSWER_BYTES)
-                    .await
-                    .map_err(|e| self.token_transport(&e))?,
-                Err(e) if e.is_connect() && attempt < retry.attempts => {
-                    let failure = self.token_transport(&e);
-                    let wait = retry.wait_within_budget(
-                        attempt - 1,
-                        rand::random_range(0.5..=1.0),
-                        None,
-                        waited,
-                        &failure,
-                    )?;
-                    tokio::time::sleep(wait).await;
-                    waited += wait;
-                    continue;
+            let (asked, failure) = match sent {
+                Ok(response) => {
+                    let (answer, headers) = read(response, TOKEN_ANSWER_BYTES)
+                        .await
+                        .map_err(|e| self.token_transport(&e))?;
+                    let status = answer.status;
+                    if status != StatusCode::TOO_MANY_REQUESTS && !status.is_server_error() {
+                        return self.token_answer(answer, username);
+                    }
+                    let failure = AdapterError::Transient(format!(
+                        "Concourse `{}` answered {status} when baton tried to {what}",
+                        self.instance
+                    ));
+                    (retry_after(&headers), failure)
                 }
+                Err(e) if e.is_connect() => (None, self.token_transport(&e)),
                 Err(e) => return Err(self.token_transport(&e)),
             };
-            let status = answer.status;
-            if (status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error())
-                && attempt < retry.attempts
-            {
-                let failure = AdapterError::Transient(format!(
-                    "Concourse `{}` answered {status} when baton tried to {what}",
-                    self.instance
-                ));
-                let wait = retry.wait_within_budget(
-                    attempt - 1,
-                    rand::random_range(0.5..=1.0),
-                    retry_after(&headers),
-                    waited,
-                    &failure,
-                )?;
-                tokio::time::sleep(wait).await;
-                waited += wait;
-                continue;
+            self.back_off(attempt, &mut waited, asked, failure).await?;
+        }
+    }
+
+    /// What a token endpoint's answer (not a 429 or 5xx) means.
+    fn token_answer(
+        &self,
+        answer: crate::client::Answer,
+        username: &str,
+    ) -> Result<Option<Issued>, AdapterError> {
+        let what = "log in with the password grant";
+        let status = answer.status;
+        match status {
+            StatusCode::OK => {
+                let token: TokenAnswer = self.parse(&answer, what)?;
+                let renew_at = token.expires_in.map(|secs| {
+                    let life = Duration::from_secs(secs);
+                    // Renewed well before it lapses: a quarter of its life ahead, at
+                    // most a minute.
+                    Instant::now() + life - (life / 4).min(Duration::from_secs(60))
+                });
+                Ok(Some(Issued {
+                    token: Secret::new(token.access_token),
+                    renew_at,
+                }))
             }
-            return match status {
-                StatusCode::OK => {
-                    let token: TokenAnswer = self.parse(&answer, what)?;
-                    let renew_at = token.expires_in.map(|secs| {
-                        let life = Duration::from_secs(secs);
-                        // Renewed well before it lapses: a quarter of its life ahead, at
-                        // most a minute.
-                        Instant::now() + life - (life / 4).min(Duration::from_secs(60))
-                    });
-                    Ok(Some(Issued {
-                        token: Secret::new(token.access_token),
-                        renew_at,
-                    }))
-                }
-                StatusCode::NOT_FOUND => Ok(None),
-                StatusCode::UNAUTHORIZED | StatusCode::BAD_REQUEST | StatusCode::FORBIDDEN => {
-                    let said: Option<OauthError> = serde_json::from_slice(&answer.body).ok();
-                    let words = said
-                        .map(|e| format!("{}: {}", e.error, e.error_description))
-                        .unwrap_or_else(|| answer_text(&answer.body));
-                    Err(AdapterError::Auth(format!(
-                        "Concourse `{}` refused the password grant for user `{username}` ({status}, {words}): check `username` and `password`; the grant works only for local and LDAP users, so a user of a GitHub or OIDC connector needs `token` instead",
-                        self.instance
-                    )))
-                }
-                s if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS => {
-                    Err(AdapterError::Transient(format!(
-                        "Concourse `{}` answered {s} when baton tried to {what}",
-                        self.instance
-                    )))
-                }
-                s => Err(AdapterError::Protocol(format!(
-                    "Concourse `{}` answered {s} when baton tried to {what}{}",
-                    self.instance,
-                    excerpt(&answer_text(&answer.body))
-                ))),
-            };
+            StatusCode::NOT_FOUND => Ok(None),
+            StatusCode::UNAUTHORIZED | StatusCode::BAD_REQUEST | StatusCode::FORBIDDEN => {
+                let said: Option<OauthError> = serde_json::from_slice(&answer.body).ok();
+                let words = said
+                    .map(|e| format!("{}: {}", e.error, e.error_description))
+                    .unwrap_or_else(|| answer_text(&answer.body));
+                Err(AdapterError::Auth(format!(
+                    "Concourse `{}` refused the password grant for user `{username}` ({status}, {words}): check `username` and `password`; the grant works only for local and LDAP users, so a user of a GitHub or OIDC connector needs `token` instead",
+                    self.instance
+                )))
+            }
+            s => Err(AdapterError::Protocol(format!(
+                "Concourse `{}` answered {s} when baton tried to {what}{}",
+                self.instance,
+                excerpt(&answer_text(&answer.body))
+            ))),
         }
     }
 

@@ -213,20 +213,35 @@ impl Client {
                 }
                 Err(e) => (None, self.transport(what, repeat, &e)?),
             };
-            if attempt >= self.retry.attempts {
-                return Err(failure);
-            }
-            let wait = self.retry.wait_within_budget(
-                attempt - 1,
-                rand::random_range(0.5..=1.0),
-                retry_after,
-                waited,
-                &failure,
-            )?;
-            tracing::debug!(instance = %self.instance, what, attempt, ?wait, "retrying a Concourse request");
-            tokio::time::sleep(wait).await;
-            waited += wait;
+            tracing::debug!(instance = %self.instance, what, attempt, "retrying a Concourse request");
+            self.back_off(attempt, &mut waited, retry_after, failure)
+                .await?;
         }
+    }
+
+    /// Waits before retry `attempt` (1-based) of a call that has waited `waited` so far and
+    /// just met `failure`, honouring the server's `asked` wait; `failure` back when the
+    /// retries or the wait budget are spent.
+    pub(crate) async fn back_off(
+        &self,
+        attempt: u32,
+        waited: &mut Duration,
+        asked: Option<Duration>,
+        failure: AdapterError,
+    ) -> Result<(), AdapterError> {
+        if attempt >= self.retry.attempts {
+            return Err(failure);
+        }
+        let wait = self.retry.wait_within_budget(
+            attempt - 1,
+            rand::random_range(0.5..=1.0),
+            asked,
+            *waited,
+            &failure,
+        )?;
+        tokio::time::sleep(wait).await;
+        *waited += wait;
+        Ok(())
     }
 
     /// A transport failure as a retryable error, or the error to give up with: a timeout
@@ -394,10 +409,6 @@ impl Client {
     /// The HTTP client for calls that are not an event stream (the token endpoints).
     pub(crate) fn http(&self) -> &reqwest::Client {
         &self.http
-    }
-
-    pub(crate) fn retry(&self) -> RetryPolicy {
-        self.retry
     }
 }
 

@@ -195,42 +195,33 @@ fn check_credentials(keys: &InstanceKeys, errors: &mut Vec<FieldError>) -> Optio
         errors.push(FieldError::new("username", "must not be empty"));
         return None;
     }
-    match (username, has_password, has_token) {
-        (_, _, true) if username.is_some() || has_password => {
-            errors.push(FieldError::new(
-                "token",
-                "give either `token` or `username` with `password`, not both",
-            ));
-            None
+    let (key, problem) = match (username, has_password, has_token) {
+        (Some(username), true, false) => {
+            return Some(Credentials::Password {
+                username: username.to_owned(),
+                password: keys.password.clone()?,
+            });
         }
-        (None, false, false) => {
-            errors.push(FieldError::new(
-                "username",
-                "missing: give `username` with `password` (a local or LDAP user, for the password grant) or `token` (a bearer token obtained elsewhere)",
-            ));
-            None
-        }
-        (Some(_), false, false) => {
-            errors.push(FieldError::new(
-                "password",
-                "missing: `username` needs `password`, a secret reference (`password = { env = \"CONCOURSE_PASSWORD\" }`)",
-            ));
-            None
-        }
-        (None, true, false) => {
-            errors.push(FieldError::new(
-                "username",
-                "missing: `password` needs the `username` it belongs to",
-            ));
-            None
-        }
-        (Some(username), true, false) => Some(Credentials::Password {
-            username: username.to_owned(),
-            password: keys.password.clone()?,
-        }),
-        (None, false, true) => Some(Credentials::Token(keys.token.clone()?)),
-        _ => None,
-    }
+        (None, false, true) => return keys.token.clone().map(Credentials::Token),
+        (_, _, true) => (
+            "token",
+            "give either `token` or `username` with `password`, not both",
+        ),
+        (None, false, false) => (
+            "username",
+            "missing: give `username` with `password` (a local or LDAP user, for the password grant) or `token` (a bearer token obtained elsewhere)",
+        ),
+        (Some(_), false, false) => (
+            "password",
+            "missing: `username` needs `password`, a secret reference (`password = { env = \"CONCOURSE_PASSWORD\" }`)",
+        ),
+        (None, true, false) => (
+            "username",
+            "missing: `password` needs the `username` it belongs to",
+        ),
+    };
+    errors.push(FieldError::new(key, problem));
+    None
 }
 
 fn parse_root(text: &str) -> Result<Url, String> {

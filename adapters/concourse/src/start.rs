@@ -10,7 +10,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::ConcourseAdapter;
-use crate::client::Call;
+use crate::client::{Answer, Call};
 use crate::config::{self, Mode, StageSpec};
 use crate::events;
 use crate::model::{Build, PipelineRef, User, state};
@@ -63,22 +63,8 @@ impl ConcourseAdapter {
             "create a build of job `{}` in pipeline `{}`",
             spec.job, spec.pipeline
         );
-        let answer = client
-            .send(
-                Method::POST,
-                client.pipeline_api(
-                    &spec.pipeline,
-                    &spec.instance_vars,
-                    &["jobs", &spec.job, "builds"],
-                ),
-                None,
-                Call {
-                    what: &what,
-                    repeat: Repeat::Once,
-                    cap: CREATE_ANSWER_BYTES,
-                },
-            )
-            .await?;
+        let route = ["jobs", spec.job.as_str(), "builds"];
+        let answer = self.post(&spec, &route, None, &what, Repeat::Once).await?;
         match answer.status {
             StatusCode::CONFLICT => {
                 return Err(AdapterError::Invalid(format!(
@@ -103,6 +89,25 @@ impl ConcourseAdapter {
         tracing::info!(attempt = %request.key, build = build.id, name = %build.name, "created a Concourse build");
         self.adopt(&request.key, build.id, &external).await;
         Ok(external)
+    }
+
+    /// POSTs to `route` below the stage's pipeline (its instance vars in the query).
+    async fn post(
+        &self,
+        spec: &StageSpec,
+        route: &[&str],
+        body: Option<&Value>,
+        what: &str,
+        repeat: Repeat,
+    ) -> Result<Answer, AdapterError> {
+        let client = &self.inner.client;
+        let url = client.pipeline_api(&spec.pipeline, &spec.instance_vars, route);
+        let call = Call {
+            what,
+            repeat,
+            cap: CREATE_ANSWER_BYTES,
+        };
+        client.send(Method::POST, url, body, call).await
     }
 
     /// Remembers `key`'s build, marks it with the attempt (a build comment, so that `find`
@@ -165,27 +170,12 @@ impl ConcourseAdapter {
             "check resource `{resource}` of pipeline `{}`",
             spec.pipeline
         );
-        let from = spec
-            .version
-            .clone()
-            .map(Value::Object)
-            .unwrap_or(Value::Null);
-        let answer = client
-            .send(
-                Method::POST,
-                client.pipeline_api(
-                    &spec.pipeline,
-                    &spec.instance_vars,
-                    &["resources", resource, "check"],
-                ),
-                Some(&json!({ "from": from })),
-                Call {
-                    what: &what,
-                    // A second check does no harm.
-                    repeat: Repeat::Safe,
-                    cap: CREATE_ANSWER_BYTES,
-                },
-            )
+        let from = spec.version.clone().map_or(Value::Null, Value::Object);
+        // A second check does no harm.
+        let route = ["resources", resource, "check"];
+        let body = json!({ "from": from });
+        let answer = self
+            .post(spec, &route, Some(&body), &what, Repeat::Safe)
             .await?;
         if answer.status == StatusCode::NOT_FOUND {
             return Err(self
