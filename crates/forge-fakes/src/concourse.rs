@@ -44,7 +44,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{get, post};
 use base64::Engine as _;
 use serde_json::{Map, Value, json};
 
@@ -651,11 +651,11 @@ impl Concourse {
                 post(check),
             )
             .route("/api/v1/builds/{id}", get(show_build))
-            .route("/api/v1/builds/{id}/preparation", get(preparation))
-            .route("/api/v1/builds/{id}/resources", get(build_resources))
             .route("/api/v1/builds/{id}/events", get(events))
-            .route("/api/v1/builds/{id}/abort", put(abort))
-            .route("/api/v1/builds/{id}/comment", put(comment))
+            .route(
+                "/api/v1/builds/{id}/{part}",
+                get(build_part).put(build_action),
+            )
             .fallback(|| async { (StatusCode::NOT_FOUND, "404 page not found\n") })
             .with_state(self.clone())
     }
@@ -1064,21 +1064,9 @@ impl Concourse {
             _ => None,
         };
         match fault {
-            Some(Fault::Status(code)) => {
-                let status = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY);
-                return Err(Box::new(
-                    (status, "<html><body>502 Bad Gateway</body></html>").into_response(),
-                ));
-            }
+            Some(Fault::Status(code)) => return Err(Box::new(crate::proxy_error(code))),
             Some(Fault::RateLimited(secs)) => {
-                return Err(Box::new(
-                    (
-                        StatusCode::TOO_MANY_REQUESTS,
-                        [("retry-after", secs.to_string())],
-                        "Too Many Requests\n",
-                    )
-                        .into_response(),
-                ));
+                return Err(Box::new(crate::too_many_requests(secs, false)));
             }
             _ => {}
         }
@@ -1091,16 +1079,13 @@ impl Concourse {
 
     /// The answer, after a fault that acts after the work (garbage, a late answer).
     async fn answer(&self, call: Call, status: StatusCode, body: Value) -> Response {
-        match call.after {
-            Some(Fault::Garbage) => {
-                (StatusCode::OK, "<!DOCTYPE html><p>upgrade in progress").into_response()
-            }
-            Some(Fault::Delay(d)) => {
-                tokio::time::sleep(d).await;
-                (status, axum::Json(body)).into_response()
-            }
-            _ => (status, axum::Json(body)).into_response(),
-        }
+        let garbage =
+            (call.after == Some(Fault::Garbage)).then_some("<!DOCTYPE html><p>upgrade in progress");
+        let late = match call.after {
+            Some(Fault::Delay(d)) => Some(d),
+            _ => None,
+        };
+        crate::after_work(status, body, garbage, late).await
     }
 }
 
@@ -1537,96 +1522,115 @@ async fn show_build(
     .await
 }
 
-async fn preparation(
+/// `GET /api/v1/builds/{id}/preparation` and `…/resources`.
+async fn build_part(
     State(c): State<Concourse>,
-    Path(id): Path<String>,
+    Path((id, part)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
+    let read: fn(&Inner, u64, Instant) -> Value = match part.as_str() {
+        "preparation" => preparation,
+        "resources" => build_resources,
+        _ => return status_only(StatusCode::NOT_FOUND),
+    };
     on_build(&c, &headers, Scope::Read, &id, |inner, id, now| {
-        let build = &inner.builds[&id];
-        let word = |blocking: bool| if blocking { "blocking" } else { "not_blocking" };
-        let (b, inputs) = match &build.kind {
-            Kind::Job {
-                job,
-                scheduled: None,
-                ..
-            } if build.aborted.is_none() => {
-                let inputs: Vec<String> = inner.pipelines[build.pipeline]
-                    .jobs
-                    .iter()
-                    .find(|j| &j.name == job)
-                    .map(|j| j.inputs.clone())
-                    .unwrap_or_default();
-                (blockers(inner, build, job, now), inputs)
-            }
-            Kind::Job {
-                scheduled: Some(s), ..
-            } => (
-                Blockers::default(),
-                s.inputs.iter().map(|(n, _)| n.clone()).collect(),
-            ),
-            _ => (Blockers::default(), Vec::new()),
-        };
-        let missing: Map<String, Value> = b
-            .missing
-            .iter()
-            .map(|(n, r)| (n.clone(), json!(r)))
-            .collect();
-        let inputs: Map<String, Value> = inputs
-            .iter()
-            .map(|n| (n.clone(), json!(word(missing.contains_key(n)))))
-            .collect();
-        ok(json!({
-            "build_id": id,
-            "paused_pipeline": word(b.paused_pipeline),
-            "paused_job": word(b.paused_job),
-            "max_running_builds": word(b.max_running),
-            "inputs": inputs,
-            "inputs_satisfied": word(!missing.is_empty()),
-            "missing_input_reasons": missing,
-        }))
+        ok(read(inner, id, now))
     })
     .await
 }
 
-async fn build_resources(
-    State(c): State<Concourse>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    on_build(&c, &headers, Scope::Read, &id, |inner, id, now| {
-        let build = &inner.builds[&id];
-        let pipeline_id = inner.pipelines[build.pipeline].id;
-        let (inputs, outputs) = match &build.kind {
-            Kind::Job {
-                plan, scheduled, ..
-            } => {
-                let inputs: Vec<Value> = scheduled
-                    .iter()
-                    .flat_map(|s| &s.inputs)
-                    .map(|(name, version)| {
-                        json!({"name": name, "version": version, "pipeline_id": pipeline_id, "first_occurrence": true})
-                    })
-                    .collect();
-                let outputs: Vec<Value> = if build.status(now) == "succeeded" {
-                    plan.outputs
-                        .iter()
-                        .map(|(name, version)| json!({"name": name, "version": version}))
-                        .collect()
-                } else {
-                    Vec::new()
-                };
-                (inputs, outputs)
-            }
-            Kind::Check { .. } => (Vec::new(), Vec::new()),
-        };
-        ok(json!({"inputs": inputs, "outputs": outputs}))
+/// Why build `id` waits, as `atc.BuildPreparation`.
+fn preparation(inner: &Inner, id: u64, now: Instant) -> Value {
+    let build = &inner.builds[&id];
+    let word = |blocking: bool| if blocking { "blocking" } else { "not_blocking" };
+    let (b, inputs) = match &build.kind {
+        Kind::Job {
+            job,
+            scheduled: None,
+            ..
+        } if build.aborted.is_none() => {
+            let inputs: Vec<String> = inner.pipelines[build.pipeline]
+                .jobs
+                .iter()
+                .find(|j| &j.name == job)
+                .map(|j| j.inputs.clone())
+                .unwrap_or_default();
+            (blockers(inner, build, job, now), inputs)
+        }
+        Kind::Job {
+            scheduled: Some(s), ..
+        } => (
+            Blockers::default(),
+            s.inputs.iter().map(|(n, _)| n.clone()).collect(),
+        ),
+        _ => (Blockers::default(), Vec::new()),
+    };
+    let missing: Map<String, Value> = b
+        .missing
+        .iter()
+        .map(|(n, r)| (n.clone(), json!(r)))
+        .collect();
+    let inputs: Map<String, Value> = inputs
+        .iter()
+        .map(|n| (n.clone(), json!(word(missing.contains_key(n)))))
+        .collect();
+    json!({
+        "build_id": id,
+        "paused_pipeline": word(b.paused_pipeline),
+        "paused_job": word(b.paused_job),
+        "max_running_builds": word(b.max_running),
+        "inputs": inputs,
+        "inputs_satisfied": word(!missing.is_empty()),
+        "missing_input_reasons": missing,
     })
-    .await
 }
 
-async fn abort(State(c): State<Concourse>, Path(id): Path<String>, headers: HeaderMap) -> Response {
-    on_build(&c, &headers, Scope::Abort, &id, |inner, id, now| {
+/// Build `id`'s inputs and outputs, as `atc.BuildInputsOutputs`.
+fn build_resources(inner: &Inner, id: u64, now: Instant) -> Value {
+    let build = &inner.builds[&id];
+    let pipeline_id = inner.pipelines[build.pipeline].id;
+    let (inputs, outputs) = match &build.kind {
+        Kind::Job {
+            plan, scheduled, ..
+        } => {
+            let inputs: Vec<Value> = scheduled
+                .iter()
+                .flat_map(|s| &s.inputs)
+                .map(|(name, version)| {
+                    json!({"name": name, "version": version, "pipeline_id": pipeline_id, "first_occurrence": true})
+                })
+                .collect();
+            let outputs: Vec<Value> = if build.status(now) == "succeeded" {
+                plan.outputs
+                    .iter()
+                    .map(|(name, version)| json!({"name": name, "version": version}))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            (inputs, outputs)
+        }
+        Kind::Check { .. } => (Vec::new(), Vec::new()),
+    };
+    json!({"inputs": inputs, "outputs": outputs})
+}
+
+/// `PUT /api/v1/builds/{id}/abort` and `…/comment`.
+async fn build_action(
+    State(c): State<Concourse>,
+    Path((id, action)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match action.as_str() {
+        "abort" => abort(&c, &headers, &id).await,
+        "comment" => comment(&c, &headers, &id, &body).await,
+        _ => status_only(StatusCode::NOT_FOUND),
+    }
+}
+
+async fn abort(c: &Concourse, headers: &HeaderMap, id: &str) -> Response {
+    on_build(c, headers, Scope::Abort, id, |inner, id, now| {
         // Only a running build (`pending` or `started`) is aborted; any other stays as it is.
         if let Some(build) = inner.builds.get_mut(&id)
             && build.aborted.is_none()
@@ -1639,20 +1643,15 @@ async fn abort(State(c): State<Concourse>, Path(id): Path<String>, headers: Head
     .await
 }
 
-async fn comment(
-    State(c): State<Concourse>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    c.handle(&headers, Scope::Any, |inner, user| {
+async fn comment(c: &Concourse, headers: &HeaderMap, id: &str, body: &[u8]) -> Response {
+    c.handle(headers, Scope::Any, |inner, user| {
         if inner.old_server {
             return Err(Box::new(
                 (StatusCode::NOT_FOUND, "404 page not found\n").into_response(),
             ));
         }
-        let id = find_build(inner, user, &id)?;
-        let text = serde_json::from_slice::<Value>(&body)
+        let id = find_build(inner, user, id)?;
+        let text = serde_json::from_slice::<Value>(body)
             .ok()
             .and_then(|v| v.get("comment").and_then(Value::as_str).map(str::to_owned))
             .ok_or_else(|| Box::new(status_only(StatusCode::BAD_REQUEST)))?;
