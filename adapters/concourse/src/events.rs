@@ -320,11 +320,19 @@ impl Follow {
 }
 
 /// The followers of this adapter instance, and the finished builds' logs, both bounded.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Streams {
     active: Mutex<HashMap<u64, Arc<Follow>>>,
     finished: Mutex<VecDeque<(u64, EventLog)>>,
     waker: Arc<Mutex<Option<Waker>>>,
+    /// How many builds are followed at most.
+    cap: usize,
+}
+
+impl Default for Streams {
+    fn default() -> Self {
+        Self::with_cap(MAX_STREAMS)
+    }
 }
 
 impl Drop for Streams {
@@ -338,6 +346,16 @@ impl Drop for Streams {
 }
 
 impl Streams {
+    /// Followers of at most `cap` builds at once.
+    fn with_cap(cap: usize) -> Self {
+        Self {
+            active: Mutex::default(),
+            finished: Mutex::default(),
+            waker: Arc::default(),
+            cap,
+        }
+    }
+
     /// Keeps the engine's waker for the followers.
     pub(crate) fn attach(&self, waker: Waker) {
         *lock(&self.waker) = Some(waker);
@@ -355,8 +373,22 @@ impl Streams {
         if let Some(follow) = active.get(&id) {
             return Some(follow.clone());
         }
-        if active.len() >= MAX_STREAMS {
-            return None;
+        if active.len() >= self.cap {
+            // Builds whose streams ended but that no poll has seen end since (a stage
+            // cancelled and never polled again) make room, their logs kept.
+            let stopped: Vec<u64> = active
+                .iter()
+                .filter(|(_, f)| lock(&f.state).health == Health::Stopped)
+                .map(|(id, _)| *id)
+                .collect();
+            for stopped in stopped {
+                if let Some(follow) = active.remove(&stopped) {
+                    self.keep(stopped, follow.log());
+                }
+            }
+            if active.len() >= self.cap {
+                return None;
+            }
         }
         let follow = Arc::new(Follow {
             key: key.clone(),
@@ -612,6 +644,58 @@ mod tests {
             data: String::new(),
         });
         assert!(log.ended);
+    }
+
+    #[tokio::test]
+    async fn followers_are_bounded_and_stopped_ones_make_room() {
+        use crate::auth::Auth;
+        use crate::client::{Client, Target};
+        // Nothing listens there: the followers only try.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let root =
+            reqwest::Url::parse(&format!("http://{}/", closed.local_addr().unwrap())).unwrap();
+        drop(closed);
+        let client = Arc::new(
+            Client::new(
+                Target {
+                    instance: "ci",
+                    root: &root,
+                    team: "main",
+                    request_timeout: Duration::from_secs(1),
+                    retry: baton_core::wire::RetryPolicy::default(),
+                },
+                Auth::bearer(baton_core::Secret::new("t")),
+            )
+            .unwrap(),
+        );
+        let streams = Streams::with_cap(2);
+        let key = AttemptKey::new("r", "s", 1);
+        let first = streams.ensure(&client, 1, &key).unwrap();
+        assert!(Arc::ptr_eq(
+            &first,
+            &streams.ensure(&client, 1, &key).unwrap()
+        ));
+        streams.ensure(&client, 2, &key).unwrap();
+        assert!(streams.ensure(&client, 3, &key).is_none(), "full");
+        assert_eq!(streams.following(), 2);
+        lock(&first.state).log.tail.push("kept\n");
+        first.set_health(Health::Stopped);
+        assert!(
+            streams.ensure(&client, 3, &key).is_some(),
+            "a stopped one made room"
+        );
+        assert_eq!(streams.following(), 2);
+        assert!(streams.get(1).is_none());
+        assert_eq!(streams.log(1).unwrap().tail.text(), "kept\n");
+        streams.finish(2);
+        assert_eq!(streams.following(), 1);
+        assert!(streams.log(2).is_some());
+        assert!(streams.log(9).is_none());
+        for id in 100..(100 + FINISHED_KEPT as u64 + 1) {
+            streams.keep(id, EventLog::default());
+        }
+        assert!(streams.log(100).is_none(), "the oldest kept log went first");
+        assert!(streams.log(101).is_some());
     }
 
     #[test]
