@@ -606,10 +606,40 @@ mod tests {
                 data: String::new()
             }
         );
+        let mut nul = Parser::default();
+        let read = nul.feed(b"id: 1\0\nevent: end\n\n");
+        assert_eq!(
+            read[0].id, None,
+            "an id with a NUL is ignored, as the spec says"
+        );
         let mut two_lines = Parser::default();
         let joined = two_lines.feed(b"data: one\ndata:two\n\n");
         assert_eq!(joined[0].data, "one\ntwo");
         assert_eq!(joined[0].name, "message");
+    }
+
+    #[test]
+    fn long_lines_are_read_up_to_the_cap_and_longer_ones_dropped_alone() {
+        let mut p = Parser::default();
+        let big = "x".repeat(2 * 1_048_576);
+        let read = p.feed(format!("data: {big}\n\n").as_bytes());
+        assert_eq!(read.len(), 1);
+        assert_eq!(read[0].data.len(), big.len());
+        let longest = "z".repeat(MAX_LINE - "data: ".len());
+        let read = p.feed(format!("data: {longest}\n\n").as_bytes());
+        assert_eq!(
+            read[0].data.len(),
+            longest.len(),
+            "a line of MAX_LINE bytes is read"
+        );
+        let huge = "y".repeat(MAX_LINE + 1 - "data: ".len());
+        let read = p.feed(format!("data: {huge}\n\nid: 3\nevent: end\n\n").as_bytes());
+        assert_eq!(
+            read.len(),
+            1,
+            "the over-long line is dropped, the next message read"
+        );
+        assert_eq!(read[0].name, "end");
     }
 
     #[test]
@@ -644,6 +674,19 @@ mod tests {
             data: String::new(),
         });
         assert!(log.ended);
+        let mut noisy = EventLog::default();
+        for i in 0..(MAX_ERRORS + 2) {
+            noisy.apply(&Message {
+                id: Some(i.to_string()),
+                name: "event".into(),
+                data: format!(r#"{{"event":"error","version":"4.1","data":{{"message":"e{i}"}}}}"#),
+            });
+        }
+        assert_eq!(noisy.errors.len(), MAX_ERRORS);
+        assert_eq!(
+            noisy.tail.last_lines(1),
+            format!("error: e{}", MAX_ERRORS + 1)
+        );
     }
 
     #[tokio::test]
@@ -711,8 +754,23 @@ mod tests {
             format!("line {}\nline {}", TAIL_LINES + 48, TAIL_LINES + 49)
         );
         let mut wide = Tail::default();
-        wide.push(&"é".repeat(TAIL_BYTES));
-        assert!(wide.text().len() <= TAIL_BYTES);
+        // One long line of two-byte characters and an odd tail: the cut lands inside a
+        // character and moves on to the next.
+        wide.push(&format!("{}a", "é".repeat(TAIL_BYTES)));
+        assert!(wide.text().len() <= TAIL_BYTES, "{}", wide.text().len());
+        assert!(wide.text().ends_with("éa") && wide.text().len() == TAIL_BYTES - 1);
+        // Exactly the byte cap, in fewer lines than the line cap: all kept.
+        let mut full = Tail::default();
+        let line = format!("{}\n", "w".repeat(511));
+        for _ in 0..(TAIL_BYTES / 512) {
+            full.push(&line);
+        }
+        assert_eq!(full.text().len(), TAIL_BYTES);
+        // One line longer than the cap: its end is kept, not nothing.
+        let mut long = Tail::default();
+        long.push(&format!("{}\n", "v".repeat(TAIL_BYTES + 10)));
+        assert_eq!(long.text().len(), TAIL_BYTES);
+        assert!(long.text().ends_with("v\n"));
         let mut partial = Tail::default();
         partial.push("no newline yet");
         partial.push(", now\n");

@@ -154,9 +154,15 @@ impl ConcourseAdapter {
         message
     }
 
-    /// What build `id`'s events gave: kept by its follower, else read once.
+    /// What build `id`'s events gave: kept by its follower while it streams or once it
+    /// saw the end, else read once.
     pub(crate) async fn event_log(&self, id: u64) -> Result<EventLog, AdapterError> {
         let inner = &self.inner;
+        if let Some(follow) = inner.streams.get(id)
+            && follow.healthy()
+        {
+            return Ok(follow.log());
+        }
         match inner.streams.log(id) {
             Some(log) if log.ended || log.final_status().is_some() => Ok(log),
             _ => {

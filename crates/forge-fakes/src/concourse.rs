@@ -291,6 +291,7 @@ struct Inner {
     next_id: u64,
     issued: u64,
     streams_opened: u64,
+    streams_open: u64,
 }
 
 #[derive(Debug, Default)]
@@ -517,6 +518,12 @@ impl Concourse {
         self.lock().old_server = true;
     }
 
+    /// The server is upgraded to 6.1 or later: the password grant moves to
+    /// `/sky/issuer/token`, builds carry `created_by` and can be commented.
+    pub fn upgrade(&self) {
+        self.lock().old_server = false;
+    }
+
     /// The pipeline `name` of `team` without instance vars (created, unpaused, if new).
     pub fn pipeline(&self, team: &str, name: &str) -> PipelineSetup {
         self.instance(team, name, &Value::Null)
@@ -610,6 +617,16 @@ impl Concourse {
     /// How many event streams were opened (answered 200).
     pub fn streams_opened(&self) -> u64 {
         self.lock().streams_opened
+    }
+
+    /// How many event streams are open now.
+    pub fn streams_open(&self) -> u64 {
+        self.lock().streams_open
+    }
+
+    /// Drops every fault not met yet.
+    pub fn clear_faults(&self) {
+        self.lock().faults.clear();
     }
 
     /// The job builds (not checks) as they are now, oldest first.
@@ -1683,6 +1700,13 @@ fn sse(id: u64, name: &str, data: Option<&str>) -> Bytes {
     Bytes::from(text)
 }
 
+impl Drop for Stream {
+    fn drop(&mut self) {
+        let mut inner = self.concourse.lock();
+        inner.streams_open = inner.streams_open.saturating_sub(1);
+    }
+}
+
 impl Stream {
     /// The next chunk to send: an event, the `end`, or nothing yet (and how long to wait).
     fn next_chunk(&mut self) -> Result<Option<Bytes>, Duration> {
@@ -1739,7 +1763,11 @@ async fn events(
         },
         Some(Err(_)) => return status_only(StatusCode::BAD_REQUEST),
     };
-    c.lock().streams_opened += 1;
+    {
+        let mut inner = c.lock();
+        inner.streams_opened += 1;
+        inner.streams_open += 1;
+    }
     let cut_after = match call.after {
         Some(Fault::CutAfter(n)) => Some(n),
         _ => None,
