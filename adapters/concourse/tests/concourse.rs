@@ -239,10 +239,13 @@ async fn concurrent_calls_share_one_renewal() {
     let external = start_deploy(ci.as_ref(), &k).await;
     lab.ci.expire_tokens();
     let grants = lab.ci.meter().by_credential("token");
-    let polls = (0..8).map(|_| {
-        let (ci, k, mut e) = (ci.clone(), k.clone(), external.clone());
-        tokio::spawn(async move { poll_once(ci.as_ref(), &k, &mut e).await.unwrap() })
-    });
+    // All eight are under way before any is awaited.
+    let polls: Vec<_> = (0..8)
+        .map(|_| {
+            let (ci, k, mut e) = (ci.clone(), k.clone(), external.clone());
+            tokio::spawn(async move { poll_once(ci.as_ref(), &k, &mut e).await.unwrap() })
+        })
+        .collect();
     for poll in polls {
         poll.await.unwrap();
     }
