@@ -132,6 +132,17 @@ pub async fn poll_until(
     }
 }
 
+/// Polls every 50 ms until the work ends, for at most 20 s; the last poll.
+pub async fn poll_to_end(
+    adapter: &dyn Adapter,
+    key: &AttemptKey,
+    external: &mut ExternalRef,
+) -> PollOutcome {
+    let every_and_limit = (Duration::from_millis(50), Duration::from_secs(20));
+    let mut seen = poll_until(adapter, key, external, every_and_limit, |_| false).await;
+    seen.pop().expect("poll_until returns at least one poll")
+}
+
 /// The name of `error`'s variant (`Transient`, `Throttled`, …) and its message.
 pub fn error_parts(error: &AdapterError) -> (&'static str, String) {
     let name = match error {

@@ -632,24 +632,9 @@ impl GitLab {
             _ => None,
         };
         match fault {
-            Some(Fault::Status(code)) => {
-                let status = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY);
-                return Err(Box::new(
-                    (status, "<html><body>502 Bad Gateway</body></html>").into_response(),
-                ));
-            }
+            Some(Fault::Status(code)) => return Err(Box::new(crate::proxy_error(code))),
             Some(Fault::RateLimited(secs)) => {
-                return Err(Box::new(
-                    (
-                        StatusCode::TOO_MANY_REQUESTS,
-                        [
-                            ("retry-after", secs.to_string()),
-                            ("ratelimit-reset", (now_ms() / 1000 + secs).to_string()),
-                        ],
-                        "Retry later\n",
-                    )
-                        .into_response(),
-                ));
+                return Err(Box::new(crate::too_many_requests(secs, true)));
             }
             _ => {}
         }
@@ -669,17 +654,16 @@ impl GitLab {
 
     /// The answer, after a fault that acts after the work (garbage, a late answer).
     async fn answer(&self, call: Call, status: StatusCode, body: Value) -> Response {
-        match call.fault {
-            Some(Fault::Garbage) => {
-                (StatusCode::OK, "<!DOCTYPE html><p>maintenance").into_response()
-            }
-            Some(Fault::Delay(d)) => {
-                tokio::time::sleep(d).await;
-                (status, axum::Json(body)).into_response()
-            }
-            Some(Fault::Hangup) => crate::hang_up(),
-            _ => (status, axum::Json(body)).into_response(),
+        if call.fault == Some(Fault::Hangup) {
+            crate::hang_up();
         }
+        let garbage =
+            (call.fault == Some(Fault::Garbage)).then_some("<!DOCTYPE html><p>maintenance");
+        let late = match call.fault {
+            Some(Fault::Delay(d)) => Some(d),
+            _ => None,
+        };
+        crate::after_work(status, body, garbage, late).await
     }
 
     fn base(&self) -> String {

@@ -11,6 +11,7 @@
 //! The models serve on `127.0.0.1` from the caller's Tokio runtime ([`serve`]), or from a
 //! runtime of their own for tests that are not async ([`serve_in_background`]).
 
+pub mod concourse;
 pub mod github;
 pub mod gitlab;
 pub mod travis;
@@ -121,6 +122,55 @@ pub fn serve_in_background(make: impl FnOnce() -> axum::Router) -> std::io::Resu
     let mut served = runtime.block_on(async { serve(make()).await })?;
     served.runtime = Some(runtime);
     Ok(served)
+}
+
+/// A fault's refusal before any work: a bare 5xx page, as a proxy in front of the forge
+/// sends it (502 for a code that is not a status).
+pub(crate) fn proxy_error(code: u16) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let status =
+        axum::http::StatusCode::from_u16(code).unwrap_or(axum::http::StatusCode::BAD_GATEWAY);
+    (status, "<html><body>502 Bad Gateway</body></html>").into_response()
+}
+
+/// A fault's refusal before any work: 429 asking to wait `secs` (`Retry-After`, and with
+/// `reset`, `RateLimit-Reset` as a Unix time, as GitLab sends it).
+pub(crate) fn too_many_requests(secs: u64, reset: bool) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let mut response = (
+        axum::http::StatusCode::TOO_MANY_REQUESTS,
+        [("retry-after", secs.to_string())],
+        "Retry later\n",
+    )
+        .into_response();
+    if reset {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default();
+        if let Ok(value) = (now + secs).to_string().parse() {
+            response.headers_mut().insert("ratelimit-reset", value);
+        }
+    }
+    response
+}
+
+/// A JSON answer after the work, or what a fault makes of it: `garbage` (200 with that
+/// page, not JSON), or the answer `late` by that long.
+pub(crate) async fn after_work(
+    status: axum::http::StatusCode,
+    body: serde_json::Value,
+    garbage: Option<&'static str>,
+    late: Option<Duration>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if let Some(page) = garbage {
+        return (axum::http::StatusCode::OK, page).into_response();
+    }
+    if let Some(d) = late {
+        tokio::time::sleep(d).await;
+    }
+    (status, axum::Json(body)).into_response()
 }
 
 /// Counts requests: in all, per credential, and per second (for the peak rate).
