@@ -283,6 +283,18 @@ async fn an_old_server_is_logged_into_at_sky_token_and_the_path_is_remembered() 
 }
 
 #[tokio::test]
+async fn an_old_server_is_asked_to_comment_a_build_once() {
+    let lab = Lab::start().await;
+    lab.ci.old_server();
+    let ci = lab.adapter(json!({"events": false}));
+    start_deploy(ci.as_ref(), &key("first")).await;
+    // The 404 on the comment is remembered: a second start does not try again.
+    let before = lab.ci.meter().total();
+    start_deploy(ci.as_ref(), &key("second")).await;
+    assert_eq!(lab.ci.meter().total() - before, 1, "the create alone");
+}
+
+#[tokio::test]
 async fn a_job_with_manual_triggering_disabled_is_a_clear_409() {
     let lab = Lab::start().await;
     lab.app().manual_trigger_disabled("deploy");
@@ -524,8 +536,10 @@ async fn errored_and_failed_builds_say_different_things() {
         let e = poll_to_end(ci.as_ref(), &ke, &mut errored).await;
         assert_eq!(e.state, ExternalState::Errored);
         let message = e.message.unwrap();
+        let first = message.lines().next().unwrap();
         assert!(
-            message.contains("errored: Concourse could not run it"),
+            first.contains("errored: Concourse could not run it")
+                && first.contains("no space left on device"),
             "{message}"
         );
         assert!(message.contains("no space left on device"), "{message}");
@@ -573,6 +587,34 @@ async fn a_running_builds_log_read_once_takes_what_comes_within_a_quiet_second()
     let external = start_deploy(ci.as_ref(), &k).await;
     let logs = ci.logs(&k, &external).await.unwrap();
     assert_eq!(logs.text.as_deref(), Some("early\nlate\n"));
+}
+
+#[tokio::test]
+async fn an_errored_build_whose_log_cannot_be_read_still_says_errored() {
+    let lab = Lab::start().await;
+    lab.app().job("deploy", quick().errors("boom"));
+    let ci = lab.adapter(json!({"events": false}));
+    let k = key("unreadable");
+    let mut external = start_deploy(ci.as_ref(), &k).await;
+    poll_until(
+        ci.as_ref(),
+        &k,
+        &mut external,
+        Duration::from_secs(5),
+        |_| false,
+    )
+    .await;
+    // A restarted baton, which kept no log, polls while the events cannot be read.
+    let fresh = lab.adapter(json!({"events": false}));
+    lab.ci.fault(1, Scope::Events, Fault::Status(500));
+    let again = poll_once(fresh.as_ref(), &k, &mut external).await.unwrap();
+    assert_eq!(again.state, ExternalState::Errored);
+    let message = again.message.unwrap();
+    assert!(
+        message.contains("errored: Concourse could not run it"),
+        "{message}"
+    );
+    assert!(message.contains("its log could not be read"), "{message}");
 }
 
 #[tokio::test]
@@ -829,7 +871,9 @@ async fn find_tells_batons_builds_from_others() {
         fresh.find(&k, &deploy()).await.unwrap().unwrap().id,
         mine.id
     );
-    // A key never started: every build is claimed or someone else's.
+    // A key never started: every build is claimed or someone else's, such as one Alice
+    // triggered by hand (no comment).
+    lab.ci.trigger(TEAM, "app", "deploy", "alice").unwrap();
     assert_eq!(fresh.find(&key("never"), &deploy()).await.unwrap(), None);
     // A run that began after a build started does not own it.
     lab.ci
@@ -872,8 +916,13 @@ async fn a_bearer_token_works_and_find_asks_whose_it_is() {
     lab.ci
         .fault(1, Scope::Create, Fault::Delay(Duration::from_secs(2)));
     assert!(ci.start(&request(&k, deploy())).await.is_err());
+    let lost = lab.only_build();
+    // A person triggers the job meanwhile: the newest build is theirs, not baton's.
+    lab.ci.add_user("alice", "alice-pw", &[TEAM]);
+    lab.ci.trigger(TEAM, "app", "deploy", "alice").unwrap();
     let fresh = lab.adapter(config.clone());
     let mut external = fresh.find(&k, &deploy()).await.unwrap().expect("found");
+    assert_eq!(external.id, lost.id.to_string(), "the token's user made it");
     let end = poll_to_end(fresh.as_ref(), &k, &mut external).await;
     assert_eq!(end.state, ExternalState::Succeeded { warnings: false });
     assert_eq!(
@@ -936,7 +985,12 @@ async fn a_version_is_checked_into_the_resource_before_the_build_and_the_outputs
     let k = key("pushed");
     let input =
         json!({"pipeline": "app", "job": "deploy", "resource": "repo", "version": {"ref": "v2"}});
+    let before = lab.ci.meter().total();
     let mut external = ci.start(&request(&k, input)).await.unwrap();
+    // A token, the check, a read or two of it (200 ms, then 300 ms later), the create, the
+    // comment, the stream.
+    let spent = lab.ci.meter().total() - before;
+    assert!((6..=7).contains(&spent), "{spent} requests");
     let checks: Vec<_> = lab.ci.builds().into_iter().filter(|b| b.check).collect();
     assert_eq!(checks.len(), 1);
     assert_eq!(
@@ -998,10 +1052,15 @@ async fn a_check_that_errors_or_takes_too_long_creates_no_build() {
         .job_inputs("deploy", &["repo"]);
     let ci = lab.adapter(json!({"check_timeout": "500ms"}));
     let input = |resource: &str| json!({"pipeline": "app", "job": "deploy", "resource": resource, "version": {"ref": "v9"}});
-    expect_error(
-        ci.start(&request(&key("a"), input("repo"))).await,
-        "Invalid",
-        "the check of resource `repo` (pipeline `app`) ended `errored`",
+    let err = ci
+        .start(&request(&key("a"), input("repo")))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("the check of resource `repo` (pipeline `app`) ended `errored` (")
+            && err.ends_with("): git: repository not found; baton did not create the build"),
+        "{err}"
     );
     let began = Instant::now();
     expect_error(

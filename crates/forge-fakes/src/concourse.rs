@@ -619,6 +619,32 @@ impl Concourse {
         self.lock().streams_opened
     }
 
+    /// A person (`user`) triggers job `job` of pipeline `pipeline` of `team` (no instance
+    /// vars), as `fly trigger-job` does: a build with no comment. Returns its id, or `None`
+    /// for an unknown job.
+    pub fn trigger(&self, team: &str, pipeline: &str, job: &str, user: &str) -> Option<u64> {
+        let mut inner = self.lock();
+        let i = inner
+            .pipelines
+            .iter()
+            .position(|p| p.team == team && p.name == pipeline && p.vars.is_empty())?;
+        let j = inner.pipelines[i].jobs.iter_mut().find(|j| j.name == job)?;
+        j.builds += 1;
+        let (number, plan) = (j.builds, j.plan.clone());
+        let kind = Kind::Job {
+            job: job.to_owned(),
+            plan,
+            scheduled: None,
+        };
+        Some(add_build(
+            &mut inner,
+            i,
+            Some(number.to_string()),
+            user,
+            kind,
+        ))
+    }
+
     /// How many event streams are open now.
     pub fn streams_open(&self) -> u64 {
         self.lock().streams_open
@@ -833,7 +859,26 @@ impl Build {
             Kind::Job {
                 plan, scheduled, ..
             } => (plan, scheduled),
-            Kind::Check { .. } => return Vec::new(),
+            Kind::Check { takes, error, .. } => {
+                // A check's stream: started, then its error (if any) and its end.
+                let end = self.created + *takes;
+                let mut events = vec![status(self.created, "started")];
+                if let Some(message) = error {
+                    events.push(Event {
+                        at: end,
+                        kind: "error",
+                        version: "4.1",
+                        data: json!({"message": message, "origin": {"id": "check"}, "time": self.wall(end) / 1000}),
+                    });
+                }
+                let last = if error.is_some() {
+                    "errored"
+                } else {
+                    "succeeded"
+                };
+                events.push(status(end, last));
+                return events;
+            }
         };
         let Some(scheduled) = scheduled else {
             return self
