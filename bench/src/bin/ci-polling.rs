@@ -29,6 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use baton_bench::{Baton, client, env_or, get_json, quantile};
+use baton_forge_fakes::concourse::{self, Concourse};
 use baton_forge_fakes::github::{Github, Workflow};
 use baton_forge_fakes::gitlab::{GitLab, JobPlan, PipelinePlan};
 use baton_forge_fakes::travis::{self, Travis};
@@ -56,11 +57,16 @@ struct Settings {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((baton, kinds)) = args.split_first() else {
-        eprintln!("usage: ci-polling BATON [github-actions|gitlab-ci|travis]…");
+        eprintln!("usage: ci-polling BATON [github-actions|gitlab-ci|travis|concourse]…");
         std::process::exit(2);
     };
     let kinds: Vec<Kind> = if kinds.is_empty() {
-        vec![Kind::GithubActions, Kind::GitlabCi, Kind::Travis]
+        vec![
+            Kind::GithubActions,
+            Kind::GitlabCi,
+            Kind::Travis,
+            Kind::Concourse,
+        ]
     } else {
         kinds
             .iter()
@@ -105,6 +111,7 @@ enum Kind {
     GithubActions,
     GitlabCi,
     Travis,
+    Concourse,
 }
 
 impl Kind {
@@ -113,6 +120,7 @@ impl Kind {
             "github-actions" => Some(Self::GithubActions),
             "gitlab-ci" => Some(Self::GitlabCi),
             "travis" => Some(Self::Travis),
+            "concourse" => Some(Self::Concourse),
             _ => None,
         }
     }
@@ -122,6 +130,7 @@ impl Kind {
             Self::GithubActions => "github-actions",
             Self::GitlabCi => "gitlab-ci",
             Self::Travis => "travis",
+            Self::Concourse => "concourse",
         }
     }
 }
@@ -132,6 +141,9 @@ enum Forge {
     Github(Github),
     Gitlab(GitLab),
     Travis(Travis),
+    /// The model, and whether baton follows builds through their event streams (the
+    /// "webhooks on" side: Concourse pushes through the stream, not through webhooks).
+    Concourse(Concourse, bool),
 }
 
 /// The GitLab project the stages create pipelines in.
@@ -139,6 +151,8 @@ const GITLAB_PROJECT: &str = "bench/app";
 /// The GitHub repository and workflow the stages dispatch.
 const GITHUB_REPO: &str = "octo-org/app";
 const GITHUB_WORKFLOW: &str = "ci.yml";
+/// The Concourse team whose pipeline `app` has the job `build`.
+const CONCOURSE_TEAM: &str = "main";
 /// The Travis repository the stages request builds of.
 const TRAVIS_REPO: &str = "bench/app";
 /// A GitHub token's primary rate limit: 5,000 requests an hour.
@@ -183,13 +197,37 @@ impl Forge {
                 let job = travis::JobPlan::passes()
                     .runs_for(run.saturating_sub(queued * 3))
                     .log("BATON-OUTPUTS-BEGIN\nIMAGE=registry.example.com/app:1.0\nBATON-OUTPUTS-END\n");
-                travis.repo(TRAVIS_REPO).limit(u32::MAX, GITHUB_LIMIT.1).plan(
-                    travis::BuildPlan::new(vec![job])
-                        .build_after(Duration::from_millis(500), queued * 2)
-                        .queued_for(queued / 2, queued / 2),
-                );
+                travis
+                    .repo(TRAVIS_REPO)
+                    .limit(u32::MAX, GITHUB_LIMIT.1)
+                    .plan(
+                        travis::BuildPlan::new(vec![job])
+                            .build_after(Duration::from_millis(500), queued * 2)
+                            .queued_for(queued / 2, queued / 2),
+                    );
                 Self::Travis(travis)
             }
+            Kind::Concourse => {
+                let concourse = Concourse::new();
+                concourse.add_bearer(FORGE_TOKEN, "baton", &[CONCOURSE_TEAM]);
+                let pending = Duration::from_secs(2);
+                concourse.pipeline(CONCOURSE_TEAM, "app").job(
+                    "build",
+                    concourse::BuildPlan::new()
+                        .pending_for(pending)
+                        .runs_for(run.saturating_sub(pending)),
+                );
+                Self::Concourse(concourse, false)
+            }
+        }
+    }
+
+    /// The same forge, followed by its push channel where it has one instead of webhooks
+    /// (Concourse's event streams).
+    fn pushing(self) -> Self {
+        match self {
+            Self::Concourse(c, _) => Self::Concourse(c, true),
+            other => other,
         }
     }
 
@@ -206,6 +244,10 @@ impl Forge {
             }
             Self::Travis(t) => {
                 let served = t.serve().await.expect("serve the Travis model");
+                (served.url.clone(), Box::new(served))
+            }
+            Self::Concourse(c, _) => {
+                let served = c.serve().await.expect("serve the Concourse model");
                 (served.url.clone(), Box::new(served))
             }
         }
@@ -252,6 +294,15 @@ repo = "{TRAVIS_REPO}"
 token = {{ env = "BENCH_FORGE_TOKEN" }}
 "#
             ),
+            Self::Concourse(_, events) => format!(
+                r#"[adapters.ci]
+kind = "concourse"
+url = "{url}"
+team = "{CONCOURSE_TEAM}"
+token = {{ env = "BENCH_FORGE_TOKEN" }}
+events = {events}
+"#
+            ),
         }
     }
 
@@ -261,6 +312,7 @@ token = {{ env = "BENCH_FORGE_TOKEN" }}
             Self::Github(_) => "{ workflow: ci.yml, ref: main }",
             Self::Gitlab(_) => "{ ref: main }",
             Self::Travis(_) => "{ branch: main }",
+            Self::Concourse(..) => "{ pipeline: app, job: build }",
         }
     }
 
@@ -282,7 +334,23 @@ token = {{ env = "BENCH_FORGE_TOKEN" }}
             Self::Travis(t) => t
                 .builds()
                 .into_iter()
-                .filter(|b| matches!(b.state.as_str(), "passed" | "failed" | "errored" | "canceled"))
+                .filter(|b| {
+                    matches!(
+                        b.state.as_str(),
+                        "passed" | "failed" | "errored" | "canceled"
+                    )
+                })
+                .map(|b| b.id)
+                .collect(),
+            Self::Concourse(c, _) => c
+                .job_builds()
+                .into_iter()
+                .filter(|b| {
+                    matches!(
+                        b.status.as_str(),
+                        "succeeded" | "failed" | "errored" | "aborted"
+                    )
+                })
                 .map(|b| b.id)
                 .collect(),
         }
@@ -320,12 +388,27 @@ token = {{ env = "BENCH_FORGE_TOKEN" }}
             Self::Travis(t) => {
                 let (form, signature, slug) = t.notification(id).expect("a notification");
                 let headers = vec![
-                    ("content-type", "application/x-www-form-urlencoded".to_owned()),
+                    (
+                        "content-type",
+                        "application/x-www-form-urlencoded".to_owned(),
+                    ),
                     ("signature", signature),
                     ("travis-repo-slug", slug),
                 ];
                 (headers, form)
             }
+            Self::Concourse(..) => unreachable!("Concourse pushes through event streams"),
+        }
+    }
+
+    /// When the forge pushed the end of run `id` to baton itself (Concourse's `status`
+    /// event), in wall-clock ms; `None` for forges that push through webhooks.
+    fn pushed_end_ms(&self, id: u64) -> Option<u64> {
+        match self {
+            Self::Concourse(c, _) => ["succeeded", "failed", "errored", "aborted"]
+                .iter()
+                .find_map(|status| c.status_sent_ms(id, status)),
+            _ => None,
         }
     }
 
@@ -335,6 +418,7 @@ token = {{ env = "BENCH_FORGE_TOKEN" }}
             Self::Github(g) => g.meter(),
             Self::Gitlab(g) => g.meter(),
             Self::Travis(t) => t.meter(),
+            Self::Concourse(c, _) => c.meter(),
         };
         (meter.total(), meter.peak_per_second())
     }
@@ -343,7 +427,7 @@ token = {{ env = "BENCH_FORGE_TOKEN" }}
     fn lowest_remaining(&self) -> Option<u64> {
         match self {
             Self::Github(g) => g.lowest_remaining("baton"),
-            Self::Gitlab(_) | Self::Travis(_) => None,
+            Self::Gitlab(_) | Self::Travis(_) | Self::Concourse(..) => None,
         }
     }
 
@@ -398,6 +482,20 @@ token = {{ env = "BENCH_FORGE_TOKEN" }}
                     .expect("the request");
                 format!("{url}/repo/{slug}/request/{}", created["request"]["id"])
             }
+            Self::Concourse(..) => {
+                let created: Value = http
+                    .post(format!(
+                        "{url}/api/v1/teams/{CONCOURSE_TEAM}/pipelines/app/jobs/build/builds"
+                    ))
+                    .bearer_auth(FORGE_TOKEN)
+                    .send()
+                    .await
+                    .expect("create a build")
+                    .json()
+                    .await
+                    .expect("the build");
+                format!("{url}/api/v1/builds/{}", created["id"])
+            }
         }
     }
 
@@ -444,6 +542,21 @@ token = {{ env = "BENCH_FORGE_TOKEN" }}
                 matches!(
                     request["builds"][0]["state"].as_str(),
                     Some("passed" | "failed" | "errored" | "canceled")
+                )
+            }
+            Self::Concourse(..) => {
+                let build: Value = http
+                    .get(url)
+                    .bearer_auth(FORGE_TOKEN)
+                    .send()
+                    .await
+                    .expect("read the build")
+                    .json()
+                    .await
+                    .expect("the build");
+                matches!(
+                    build["status"].as_str(),
+                    Some("succeeded" | "failed" | "errored" | "aborted")
                 )
             }
         }
@@ -534,11 +647,11 @@ impl Report {
             "  {:<14} {:>9} {:>14} {:>12} {:>16} {:>9} {:>7}",
             "", "finished", "requests/run", "peak req/s", "lowest remaining", "took", "failed"
         );
-        for (name, side) in [
-            ("webhooks off", &self.off),
-            ("webhooks on", &self.on),
-            ("peer (3 s)", &self.peer),
-        ] {
+        let (off, on, pushed) = match self.kind {
+            Kind::Concourse => ("events off", "events on", "status event"),
+            _ => ("webhooks off", "webhooks on", "delivery received"),
+        };
+        for (name, side) in [(off, &self.off), (on, &self.on), ("peer (3 s)", &self.peer)] {
             println!(
                 "  {name:<14} {:>9} {:>14.1} {:>12} {:>16} {:>8.0}s {:>7}",
                 format!("{}/{}", side.finished, side.runs),
@@ -550,14 +663,14 @@ impl Report {
             );
         }
         println!(
-            "  requests per run, webhooks off: {:.1} (target ≤ 15); ratio to the peer: {:.2}",
+            "  requests per run, {off}: {:.1} (target ≤ 15); ratio to the peer: {:.2}",
             self.off.per_run(),
             self.off.per_run() / self.peer.per_run().max(f64::MIN_POSITIVE)
         );
         let mut sorted = self.latencies.clone();
         sorted.sort_by(f64::total_cmp);
         println!(
-            "  delivery received → stage finished: p50 {:.0} ms, p99 {:.0} ms, worst {:.0} ms over {} stages (target p99 ≤ 50 ms); {} ended by a poll first",
+            "  {pushed} → stage finished: p50 {:.0} ms, p99 {:.0} ms, worst {:.0} ms over {} stages (target p99 ≤ 50 ms); {} ended by a poll first",
             quantile(&sorted, 0.5),
             quantile(&sorted, 0.99),
             sorted.last().copied().unwrap_or(0.0),
@@ -580,7 +693,7 @@ async fn round(s: &Settings, kind: Kind) -> Report {
     let http = client();
     let (off_forge, on_forge, peer_forge) = (
         Forge::new(kind, s.run),
-        Forge::new(kind, s.run),
+        Forge::new(kind, s.run).pushing(),
         Forge::new(kind, s.run),
     );
     let ((off_url, off_served), (on_url, on_served), (peer_url, peer_served)) = (
@@ -596,12 +709,16 @@ async fn round(s: &Settings, kind: Kind) -> Report {
         start_runs(&http, &on.url, s.stages)
     );
     let sent = Arc::new(Mutex::new(BTreeMap::new()));
-    let sender = tokio::spawn(send_deliveries(
-        http.clone(),
-        on_forge.clone(),
-        on.url.clone(),
-        sent.clone(),
-    ));
+    // Concourse pushes through its event streams: no deliveries to send.
+    let pushes_itself = matches!(on_forge, Forge::Concourse(..));
+    let sender = (!pushes_itself).then(|| {
+        tokio::spawn(send_deliveries(
+            http.clone(),
+            on_forge.clone(),
+            on.url.clone(),
+            sent.clone(),
+        ))
+    });
     let peer = tokio::spawn(peer_side(
         http.clone(),
         peer_forge.clone(),
@@ -615,10 +732,16 @@ async fn round(s: &Settings, kind: Kind) -> Report {
     );
     // Requests made after the run showed finished (outputs, a late poll) still count.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    sender.abort();
+    if let Some(sender) = sender {
+        sender.abort();
+    }
     let sent = std::mem::take(&mut *sent.lock().expect("the sent map"));
     let peer = peer.await.expect("the peer side");
-    let (latencies, ended_by_poll) = latencies(&http, &on.url, &on_runs, &sent).await;
+    let (latencies, ended_by_poll) = if pushes_itself {
+        pushed_latencies(&http, &on.url, &on_runs, &on_forge).await
+    } else {
+        latencies(&http, &on.url, &on_runs, &sent).await
+    };
     let side = |forge: &Forge, runs: usize, finished, took, failed| {
         let (requests, peak) = forge.requests();
         Side {
@@ -788,6 +911,34 @@ async fn latencies(
             by_poll += 1;
         } else {
             latencies.push((finished - received) as f64);
+        }
+    }
+    (latencies, by_poll)
+}
+
+/// For each run: its stage's `finished_at` less the moment the forge pushed the build's end
+/// through its own channel (Concourse's `status` event); and how many stages ended before
+/// that (by a poll).
+async fn pushed_latencies(
+    http: &reqwest::Client,
+    baton: &str,
+    runs: &[String],
+    forge: &Forge,
+) -> (Vec<f64>, usize) {
+    let (mut latencies, mut by_poll) = (Vec::new(), 0);
+    for run in runs {
+        let snapshot = get_json(http, &format!("{baton}/api/v1/runs/{run}"), API_TOKEN).await;
+        let stage = &snapshot["stages"][0];
+        let external = stage["external"]["id"]
+            .as_str()
+            .and_then(|id| id.parse::<u64>().ok());
+        let pushed = external.and_then(|id| forge.pushed_end_ms(id));
+        match (pushed, stage["finished_at"].as_i64()) {
+            (Some(pushed), Some(finished)) if finished >= pushed as i64 => {
+                latencies.push((finished - pushed as i64) as f64);
+            }
+            (_, Some(_)) => by_poll += 1,
+            _ => {}
         }
     }
     (latencies, by_poll)
