@@ -1,9 +1,10 @@
-//! What waiting on GitHub Actions and GitLab CI costs: `STAGES` stages at once (500), each on
-//! a run or pipeline that lasts `RUN_SECS` (120 s), against the in-process forges of
-//! `baton-forge-fakes`, through `baton serve` with each adapter's default poll settings.
+//! What waiting on GitHub Actions, GitLab CI, Travis CI and Concourse costs: `STAGES`
+//! stages at once (500), each on a run, pipeline or build that lasts `RUN_SECS` (120 s),
+//! against the in-process forges of `baton-forge-fakes`, through `baton serve` with each
+//! adapter's default poll settings.
 //!
-//! `ci-polling BATON [github-actions|gitlab-ci]…` (bench/ci-polling/run.sh runs it with both);
-//! the environment sets `STAGES` (500), `RUN_SECS` (120), `PEER_RUNS` (20) and
+//! `ci-polling BATON [github-actions|gitlab-ci|travis|concourse]…` (bench/ci-polling/run.sh
+//! runs it with every one); the environment sets `STAGES` (500), `RUN_SECS` (120), `PEER_RUNS` (20) and
 //! `DEADLINE_SECS` (twice `RUN_SECS` and a minute): a side whose runs have not all finished
 //! by then is reported as it stands, with how many had finished.
 //!
@@ -15,7 +16,9 @@
 //!   the one token, and (GitHub) the lowest `x-ratelimit-remaining` the token reached.
 //! - **webhooks on**: the same, and as each run or pipeline ends the bench sends the forge's
 //!   completion delivery (GitHub's `workflow_run`, GitLab's Pipeline Hook, signed as the
-//!   forge signs it) to baton's source. Figure: baton's own clock from the delivery's
+//!   forge signs it) to baton's source. Concourse has no completion webhook: this side
+//!   follows its builds through their event streams, and the figure runs from the moment
+//!   the model sent a build's final `status` event. Figure: baton's own clock from the delivery's
 //!   `received_at` (stored before the 202) to the stage's `finished_at`, p50, p99 and worst;
 //!   a stage that a poll ended before its delivery arrived is counted apart.
 //! - **peer**: `PEER_RUNS` runs started directly on the forge and watched as `gh run watch`
