@@ -304,6 +304,7 @@ BATON-OUTPUTS-END\n\
 later\n\
 BATON-OUTPUTS-BEGIN\n\
 travis_time:end:0a1b\r\u{1b}[0K\n\
+travis_fold:end:outputs\r\u{1b}[0K\n\
 NOTE=second\n\
 BATON-OUTPUTS-END\n";
         assert_eq!(
