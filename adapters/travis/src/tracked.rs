@@ -53,13 +53,20 @@ impl Tracked {
     pub(crate) fn read(external: &ExternalRef) -> Result<Self, AdapterError> {
         serde_json::from_value::<Self>(external.data.clone())
             .ok()
-            .filter(|t| t.wait_ms > 0 && (t.request.is_some() || t.build.is_some() || t.requested_ms > 0))
+            .filter(Self::complete)
             .ok_or_else(|| {
                 AdapterError::Invalid(format!(
                     "the stored reference `{}` is not a Travis request or build reference baton made",
                     external.id
                 ))
             })
+    }
+
+    /// A wait for a build, and something to follow: a request, a build, or a creation time
+    /// to look for a request from.
+    fn complete(&self) -> bool {
+        let known = self.request.is_some() || self.build.is_some() || self.requested_ms > 0;
+        self.wait_ms > 0 && known
     }
 
     /// When the request's wait for a build ends (ms since the epoch).
@@ -208,11 +215,19 @@ mod tests {
             json!("x"),
             json!({"request": 1}),
             json!({"wait_ms": "long"}),
-            json!({"wait_ms": 0, "request": 1}),
+            json!({"wait_ms": 0, "request": 1, "requested_ms": 5}),
+            json!({"wait_ms": 5, "requested_ms": 0}),
         ];
         for data in garbage {
             let refused = read(data.clone());
             assert!(matches!(refused, Err(AdapterError::Invalid(_))), "{data}");
+        }
+        for data in [
+            json!({"wait_ms": 1, "requested_ms": 7}),
+            json!({"wait_ms": 1, "requested_ms": 0, "build": 3}),
+            json!({"wait_ms": 1, "requested_ms": 0, "request": 3}),
+        ] {
+            assert!(read(data.clone()).is_ok(), "{data}");
         }
     }
 
@@ -228,14 +243,25 @@ mod tests {
             };
             memory.keep(&key(n), &t, &t.reference("w"));
         }
-        assert_eq!(memory.reference(&key(0)), None);
-        assert_eq!(memory.owner_of(0), None);
-        assert_eq!(
-            memory.owner_of(REMEMBERED as u64 + 2),
-            Some(key(REMEMBERED + 2))
-        );
-        memory.drop_key(&key(REMEMBERED + 2));
-        assert_eq!(memory.owner_of(REMEMBERED as u64 + 2), None);
-        assert!(memory.reference(&key(REMEMBERED + 1)).is_some());
+        // The newest REMEMBERED are kept: the first three are forgotten.
+        assert_eq!(memory.reference(&key(2)), None);
+        assert!(memory.reference(&key(3)).is_some());
+        assert_eq!(memory.owner_of(2), None);
+        let newest = REMEMBERED + 2;
+        assert_eq!(memory.owner_of(newest as u64), Some(key(newest)));
+        memory.drop_key(&key(newest));
+        assert_eq!(memory.owner_of(newest as u64), None);
+        assert_eq!(memory.reference(&key(newest)), None);
+        // A forgotten attempt leaves room: one more fits, the next pushes out the oldest.
+        for n in [newest + 1, newest + 2] {
+            let t = Tracked {
+                wait_ms: 1,
+                ..Tracked::default()
+            };
+            memory.keep(&key(n), &t, &t.reference("w"));
+        }
+        assert_eq!(memory.reference(&key(3)), None);
+        assert!(memory.reference(&key(4)).is_some());
+        assert!(memory.reference(&key(newest + 1)).is_some());
     }
 }
