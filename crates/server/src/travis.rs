@@ -4,7 +4,8 @@
 //! base64, in `Signature`. The public key is the one the API serves at `/config`
 //! (`config.notifications.webhook.public_key`). It is read on the first delivery, kept, and
 //! read again when a signature fails to verify with it (Travis rotates it rarely), at most
-//! once a minute, so forged deliveries cannot make baton hammer the API.
+//! once a minute, so forged deliveries cannot make baton hammer the API; after a failed read,
+//! the next is tried 10 s later at the earliest.
 //!
 //! Travis signs every repository's notifications with that one key: a good signature says
 //! Travis sent the delivery, not that it is about a repository of ours. The source's `repos`
@@ -23,6 +24,9 @@ use crate::sources::Refusal;
 
 /// The shortest time between two reads of `/config` after a signature failed to verify.
 const REFRESH_SPACING: Duration = Duration::from_secs(60);
+/// The shortest time between two reads of `/config` while there is no key (the last read
+/// failed): deliveries in between get 503 at once.
+const RETRY_SPACING: Duration = Duration::from_secs(10);
 /// How long one read of `/config` may take.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most of `/config` that is read: the document is a few KiB.
@@ -172,6 +176,12 @@ impl TravisCheck {
     async fn verify(&self, payload: &[u8], signature: &[u8]) -> Result<(), Refusal> {
         let mut state = self.key.lock().await;
         let fresh = if state.key.is_none() {
+            if state.read_at.is_some_and(|at| at.elapsed() < RETRY_SPACING) {
+                return Err(Refusal::Unavailable(format!(
+                    "the notification cannot be checked now: Travis CI's webhook key at {} could not be read a moment ago (see the log); try again later",
+                    self.config_url
+                )));
+            }
             state.key = Some(self.read_key(&mut state).await?);
             true
         } else {
@@ -421,5 +431,27 @@ mod tests {
                 .await,
             Err(Refusal::Unavailable(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn a_failed_key_read_is_tried_again_after_ten_seconds_not_for_every_delivery() {
+        let reads = Arc::new(AtomicUsize::new(0));
+        let check = check(&api(reads.clone(), || (503, "down".to_owned())).await);
+        let body = form_body(PAYLOAD);
+        for _ in 0..5 {
+            let refused = check
+                .authenticate(Some(&sign(PAYLOAD)), body.as_bytes())
+                .await;
+            assert!(
+                matches!(refused, Err(Refusal::Unavailable(_))),
+                "{refused:?}"
+            );
+        }
+        assert_eq!(reads.load(Ordering::SeqCst), 1);
+        check.key.lock().await.read_at = Some(Instant::now() - RETRY_SPACING);
+        let _ = check
+            .authenticate(Some(&sign(PAYLOAD)), body.as_bytes())
+            .await;
+        assert_eq!(reads.load(Ordering::SeqCst), 2);
     }
 }
