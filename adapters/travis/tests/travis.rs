@@ -564,13 +564,17 @@ async fn outputs_printed_by_two_jobs_must_agree_and_bad_lines_are_named() {
 #[tokio::test]
 async fn only_the_last_mib_of_a_log_is_searched_for_outputs() {
     let lab = Lab::start().await;
-    let mut log = String::from("BATON-OUTPUTS-BEGIN\nEARLY=1\n");
+    let mut log = String::new();
+    for i in 0..5_000 {
+        log.push_str(&format!("$ ./prepare.sh {i:08}\n"));
+    }
+    log.push_str("BATON-OUTPUTS-BEGIN\nEARLY=1\n");
     // 1.26 MB of the shell's echo, which a block may hold, then the block's end.
     for i in 0..60_000 {
         log.push_str(&format!("$ echo step {i:08}\n"));
     }
     log.push_str("BATON-OUTPUTS-END\nBATON-OUTPUTS-BEGIN\nLATE=2\nBATON-OUTPUTS-END\n");
-    assert!(log.len() > 1_100_000);
+    assert!(log.len() > 1_300_000);
     lab.travis.repo(REPO).plan(
         BuildPlan::new(vec![JobPlan::passes().runs_for(ms(50)).log(&log)])
             .build_after(ms(0), ms(0)),
