@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it on a fresh machine. Needs the Rust toolchain, a C
-# compiler (SQLite is compiled in) and python3 (for the real Buildbot the Buildbot adapter's
+# compiler (SQLite is compiled in), python3 (for the real Buildbot the Buildbot adapter's
 # tests drive; scripts/buildbot.sh installs it under .buildbot/ and starts it on 127.0.0.1;
-# and for Schemathesis, installed under .venv-schemathesis/).
+# and for Schemathesis, installed under .venv-schemathesis/), and root with apt-get for the
+# registry and Docker engine scripts/containers.sh installs and starts under .containers/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,10 +24,15 @@ if [ -z "$own_pid" ] || ! kill -0 "$own_pid" 2>/dev/null; then
     done
 fi
 # On CI, leave nothing running behind.
-if [ -n "${CI:-}" ]; then trap 'scripts/buildbot.sh stop' EXIT; fi
+if [ -n "${CI:-}" ]; then trap 'scripts/buildbot.sh stop; scripts/containers.sh stop' EXIT; fi
 scripts/buildbot.sh
 export BATON_BUILDBOT_URL=http://127.0.0.1:${BUILDBOT_WEB_PORT:-8010}
 export BATON_BUILDBOT_AUTH_URL=http://127.0.0.1:${BUILDBOT_AUTH_WEB_PORT:-8011}
+
+# A real OCI registry (open, and one behind htpasswd) and a real Docker engine with the busybox
+# image the component tests run (scripts/containers.sh); their addresses in .containers/env.
+scripts/containers.sh
+. .containers/env
 
 # Schemathesis (pinned), which the `api` end-to-end test runs against `baton serve`'s OpenAPI
 # document with each role's token; in a virtual environment of its own under the checkout.
