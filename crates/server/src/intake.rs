@@ -431,6 +431,51 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn an_envelopes_answer_counts_its_events_and_lists_their_ids_in_order() {
+        let config = baton_config::SourceConfig::Registry(baton_config::RegistrySource {
+            auth: baton_config::RegistryAuth::Bearer(SecretRef::Env("t".into())),
+        });
+        let source = Source::new("registry", &config, &Fixed).unwrap();
+        let answered = |intakes: &[Intake]| {
+            let response = envelope_answer(&source, intakes);
+            async move {
+                let status = response.status();
+                let body = to_bytes(response.into_body(), 1 << 20).await.unwrap();
+                (status, serde_json::from_slice::<Value>(&body).unwrap())
+            }
+        };
+        let (status, body) = answered(&[
+            Intake::Duplicate(4),
+            Intake::Stored(9),
+            Intake::Duplicate(9),
+        ])
+        .await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        assert_eq!(
+            body,
+            json!({"status": "accepted", "stored": 1, "duplicates": 2, "deliveries": [4, 9, 9]})
+        );
+        let (status, body) = answered(&[Intake::Stored(1), Intake::Stored(2)]).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        assert_eq!(
+            (body["stored"].clone(), body["duplicates"].clone()),
+            (json!(2), json!(0))
+        );
+        let (status, body) = answered(&[Intake::Duplicate(3)]).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            body,
+            json!({"status": "duplicate", "stored": 0, "duplicates": 1, "deliveries": [3]})
+        );
+        let (status, body) = answered(&[]).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            body,
+            json!({"status": "empty", "stored": 0, "duplicates": 0, "deliveries": []})
+        );
+    }
+
     #[test]
     fn the_nesting_limit_stated_is_the_parsers() {
         let nested = |depth: usize| format!("{}1{}", "[".repeat(depth), "]".repeat(depth));
