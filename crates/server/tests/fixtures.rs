@@ -364,6 +364,8 @@ fn a_registry_source_checks_the_bearer_token_its_endpoint_sends() {
         SECRET.to_owned(),
     )));
     assert!(source.takes_envelopes());
+    // Every other kind's request is one event.
+    assert!(!github().takes_envelopes() && !gitlab().takes_envelopes());
     let bearer = format!("Bearer {SECRET}");
     assert_eq!(
         registry_check(&source, &[("authorization", &bearer), EVENTS_V1]),
