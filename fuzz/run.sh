@@ -17,7 +17,7 @@ seconds=${1:-15}
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(intake_github intake_gitlab intake_travis intake_generic intake_adapter config_load
+    targets=(intake_github intake_gitlab intake_travis intake_registry intake_generic intake_adapter config_load
         workflow_load template_render trigger_match)
 fi
 

@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 
 out=fuzz/corpus
 mkdir -p "$out"
-for t in intake_github intake_gitlab intake_travis intake_generic intake_adapter config_load workflow_load \
+for t in intake_github intake_gitlab intake_travis intake_registry intake_generic intake_adapter config_load workflow_load \
     template_render trigger_match; do
     mkdir -p "$out/$t"
     if [ -d "fuzz/seeds/$t" ]; then cp fuzz/seeds/"$t"/* "$out/$t/"; fi
@@ -132,6 +132,14 @@ for f in tests/fixtures/travis/*.json; do
             "Content-Type: application/x-www-form-urlencoded"
     done
     { printf '`'; printf '%s\n' "Signature: AAAA" ''; printf 'payload='; cat "$f"; } | put intake_travis
+done
+# Registry envelopes as distribution sends them; flag bit 1 picks the Basic source.
+for f in tests/fixtures/registry/*.json; do
+    for flags in a c '`'; do
+        delivery intake_registry "$flags" "$f" \
+            "Content-Type: application/vnd.docker.distribution.events.v1+json" \
+            "User-Agent: Go-http-client/1.1"
+    done
 done
 for f in "${payloads[@]}"; do
     delivery intake_generic a "$f" "X-Request-Id: 5b1f" "Content-Type: application/json"

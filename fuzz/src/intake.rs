@@ -56,6 +56,9 @@ pub enum Kind {
     /// `POST /hooks/travis`: signed inputs are the notification's payload, posted
     /// form-encoded and signed with the test key a local `/config` serves.
     Travis,
+    /// `POST /hooks/registry` (bearer token) or `/hooks/registry-basic` (Basic): a
+    /// registry's envelope of events, each stored as a delivery.
+    Registry,
 }
 
 /// Triggers for every source, with conditions that read the payloads' real fields.
@@ -81,6 +84,11 @@ on:
   - source: travis
     event: passed
     if: '.branch == "master" and .type == "push"'
+  - source: registry
+    event: push
+    if: '.target.repository == "demo/hello" and (.target.mediaType | test("manifest"))'
+  - source: registry-basic
+    if: '.target.tag != null'
 stages:
   only:
     uses: exec
@@ -240,6 +248,8 @@ pub fn run(kind: Kind, data: &[u8]) {
         (Kind::Adapter, true) => ("/hooks/adapters/buildbot", None, false),
         // An RSA signature: no input forges one.
         (Kind::Travis, _) => ("/hooks/travis", Some("travis"), true),
+        (Kind::Registry, false) => ("/hooks/registry", Some("registry"), false),
+        (Kind::Registry, true) => ("/hooks/registry-basic", Some("registry-basic"), false),
     };
     // A signed travis input is the payload; the request carries it form-encoded.
     let mut form = Vec::new();
@@ -259,6 +269,19 @@ pub fn run(kind: Kind, data: &[u8]) {
             "/hooks/relay" => set(&mut headers, "authorization", "Bearer RELAY_TOKEN"),
             "/hooks/adapters/buildbot" => {
                 set(&mut headers, "authorization", "Bearer BUILDBOT_TOKEN");
+            }
+            "/hooks/registry" | "/hooks/registry-basic" => {
+                let authorization = if path == "/hooks/registry" {
+                    "Bearer REGISTRY_TOKEN"
+                } else {
+                    // base64("notifier:REGISTRY_PASSWORD")
+                    "Basic bm90aWZpZXI6UkVHSVNUUllfUEFTU1dPUkQ="
+                };
+                set(&mut headers, "authorization", authorization);
+                // Signed inputs reach the envelope's parser unless they name a type.
+                if !headers.contains_key("content-type") {
+                    set(&mut headers, "content-type", "application/json");
+                }
             }
             "/hooks/travis" => {
                 if let Ok(payload) = std::str::from_utf8(body) {
@@ -311,10 +334,37 @@ pub fn run(kind: Kind, data: &[u8]) {
     // The matcher reads the stored body again; what the intake accepted, it must read. (A
     // travis source stores the payload: accepted means signed, so that is `body` too.)
     let text = std::str::from_utf8(body).expect("the intake accepted a body that is not UTF-8");
+    if kind == Kind::Registry {
+        check_envelope(gateway, source, text, &answer);
+        return;
+    }
     let payload = parse_val(text).unwrap_or_else(|e| {
         panic!("{path} accepted a body ({status}) that the matcher cannot read: {e}")
     });
     for trigger in gateway.triggers.iter().filter(|t| t.source == source) {
         let _ = trigger.holds(&payload);
+    }
+}
+
+/// A registry envelope the intake accepted: every event was stored or counted as a
+/// duplicate, and each event, the body stored for it, is one the matcher reads and the
+/// source's triggers evaluate on.
+fn check_envelope(gateway: &Gateway, source: &str, text: &str, answer: &serde_json::Value) {
+    let events = baton_server::registry::split_envelope(text)
+        .unwrap_or_else(|e| panic!("the intake accepted an envelope it cannot split: {e:?}"));
+    let counted = answer["stored"].as_u64().unwrap_or_default()
+        + answer["duplicates"].as_u64().unwrap_or_default();
+    assert_eq!(
+        counted,
+        events.len() as u64,
+        "the answer counts other events than the envelope has: {answer}"
+    );
+    for event in events {
+        let payload = parse_val(&event.body).unwrap_or_else(|e| {
+            panic!("an accepted event is one the matcher cannot read: {e}")
+        });
+        for trigger in gateway.triggers.iter().filter(|t| t.source == source) {
+            let _ = trigger.holds(&payload);
+        }
     }
 }

@@ -33,6 +33,15 @@ kind = "generic"
 bearer = { token = { env = "RELAY_TOKEN" } }
 event = { header = "X-Event" }
 
+[sources.registry]
+kind = "registry"
+token = { env = "REGISTRY_TOKEN" }
+
+[sources.registry-basic]
+kind = "registry"
+username = "notifier"
+password = { env = "REGISTRY_PASSWORD" }
+
 [adapters.jenkins]
 kind = "jenkins"
 url = "http://127.0.0.1:9/"

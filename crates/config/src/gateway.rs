@@ -258,11 +258,14 @@ pub enum SourceConfig {
     Generic(GenericSource),
     /// `kind = "travis"`: Travis CI's webhook notifications.
     Travis(TravisSource),
+    /// `kind = "registry"`: an OCI registry's notifications (distribution's envelopes of
+    /// events).
+    Registry(RegistrySource),
 }
 
 impl SourceConfig {
     /// The source kinds, as written in `kind = "…"`.
-    pub const KINDS: [&'static str; 4] = ["github", "gitlab", "generic", "travis"];
+    pub const KINDS: [&'static str; 5] = ["github", "gitlab", "generic", "travis", "registry"];
 
     /// This source's kind, as written in `kind = "…"`.
     pub fn kind(&self) -> &'static str {
@@ -271,6 +274,7 @@ impl SourceConfig {
             Self::Gitlab(_) => "gitlab",
             Self::Generic(_) => "generic",
             Self::Travis(_) => "travis",
+            Self::Registry(_) => "registry",
         }
     }
 
@@ -280,7 +284,7 @@ impl SourceConfig {
         match self {
             Self::Github(github) => github.api_auth.is_some(),
             Self::Gitlab(gitlab) => gitlab.api_token.is_some(),
-            Self::Generic(_) | Self::Travis(_) => false,
+            Self::Generic(_) | Self::Travis(_) | Self::Registry(_) => false,
         }
     }
 }
@@ -306,6 +310,30 @@ pub struct TravisSource {
     /// `api_url`: the API root whose `/config` serves the signing key, without a trailing
     /// `/`. Default [`TRAVIS_API_URL`]; Travis CI Enterprise is `https://HOST/api`.
     pub api_url: String,
+}
+
+/// An OCI registry's notifications (`notifications.endpoints` in distribution's
+/// `config.yml`): envelopes of events, each stored as a delivery of its own. The registry
+/// signs nothing; it sends the static headers its endpoint is configured with, and one of
+/// them is checked here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistrySource {
+    /// The `Authorization` header the endpoint sends: `token` or `username` + `password`.
+    pub auth: RegistryAuth,
+}
+
+/// The `Authorization` header a registry source expects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegistryAuth {
+    /// `token = { env = "…" }`: `Authorization: Bearer <token>`.
+    Bearer(SecretRef),
+    /// `username` + `password = { env = "…" }`: `Authorization: Basic <base64(user:password)>`.
+    Basic {
+        /// The user name (no `:`, as Basic credentials cannot carry one).
+        username: String,
+        /// The password.
+        password: SecretRef,
+    },
 }
 
 /// A GitHub webhook source: deliveries are checked against `X-Hub-Signature-256`. With API
@@ -602,6 +630,20 @@ pub(crate) struct TravisRaw {
     /// The API root.
     #[serde(default)]
     pub(crate) api_url: Option<String>,
+}
+
+/// The file form of `[sources.<name>]` with `kind = "registry"`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct RegistryRaw {
+    /// A bearer token.
+    #[serde(default)]
+    pub(crate) token: Option<SecretField>,
+    /// A Basic user name.
+    #[serde(default)]
+    pub(crate) username: Option<String>,
+    /// A Basic password.
+    #[serde(default)]
+    pub(crate) password: Option<SecretField>,
 }
 
 /// The file form of `[sources.<name>]` with `kind = "generic"`.

@@ -39,8 +39,9 @@ pub use document::{MAX_FILE_BYTES, MAX_YAML_DEPTH};
 pub use gateway::{
     AdapterInstance, ApiConfig, ApiToken, BearerAuth, DeliveryId, EngineConfig, EventSelector,
     ExpressionsConfig, GITHUB_API_URL, GITLAB_API_URL, GatewayConfig, GenericAuth, GenericSource,
-    GithubApp, GithubAuth, GithubSource, GitlabSource, HmacAlgorithm, HmacAuth, Role, ServerConfig,
-    SourceConfig, StoreConfig, TOP_LEVEL_KEYS, TRAVIS_API_URL, TravisSource,
+    GithubApp, GithubAuth, GithubSource, GitlabSource, HmacAlgorithm, HmacAuth, RegistryAuth,
+    RegistrySource, Role, ServerConfig, SourceConfig, StoreConfig, TOP_LEVEL_KEYS, TRAVIS_API_URL,
+    TravisSource,
 };
 pub use load::{
     Checked, ENVIRONMENT, Loaded, LoadedWorkflow, SecretsFrom, load, load_reading_secrets,

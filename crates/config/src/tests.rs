@@ -1734,15 +1734,106 @@ secret = { env = "S" }
 }
 
 #[test]
-fn a_travis_source_cannot_receive_reports() {
+fn travis_and_registry_sources_cannot_receive_reports() {
+    for (kind, settings) in [
+        ("travis", "repos = [\"a/b\"]"),
+        ("registry", "token = { env = \"T\" }"),
+    ] {
+        let config =
+            format!("workflows = [\"w.yaml\"]\n[sources.{kind}]\nkind = \"{kind}\"\n{settings}\n");
+        let workflow = format!(
+            "name: w\non: [{{ source: {kind} }}]\nreport: [{kind}]\nstages:\n  s: {{ uses: exec, with: {{ run: 'true' }} }}\n"
+        );
+        let dir = fixture(&[("baton.toml", &config), ("w.yaml", &workflow)]);
+        let err = load_in(dir.path(), Some("baton.toml"), &[], no_env()).unwrap_err();
+        assert!(
+            message_at(&err, "report[0]").contains(&format!("is {kind}: only github and gitlab")),
+            "{kind}: {err}"
+        );
+    }
+}
+
+#[test]
+fn a_registry_source_takes_a_bearer_token_or_basic_credentials() {
     let config = r#"
-workflows = ["w.yaml"]
-[sources.travis]
-kind = "travis"
-repos = ["a/b"]
+[sources.registry]
+kind = "registry"
+token = { env = "REGISTRY_EVENTS_TOKEN" }
+[sources.mirror]
+kind = "registry"
+username = "notifier"
+password = { file = "registry.pass" }
 "#;
-    let workflow = "name: w\non: [{ source: travis, event: passed }]\nreport: [travis]\nstages:\n  s: { uses: exec, with: { run: 'true' } }\n";
-    let dir = fixture(&[("baton.toml", config), ("w.yaml", workflow)]);
+    let dir = fixture(&[("baton.toml", config)]);
+    let loaded = load_in(dir.path(), Some("baton.toml"), &[], no_env()).unwrap();
+    let sources = &loaded.gateway.sources;
+    assert_eq!(
+        sources["registry"],
+        SourceConfig::Registry(RegistrySource {
+            auth: RegistryAuth::Bearer(baton_core::SecretRef::Env("REGISTRY_EVENTS_TOKEN".into())),
+        })
+    );
+    let SourceConfig::Registry(RegistrySource {
+        auth: RegistryAuth::Basic { username, password },
+    }) = &sources["mirror"]
+    else {
+        panic!("{:?}", sources["mirror"])
+    };
+    assert_eq!(username, "notifier");
+    assert!(matches!(password, baton_core::SecretRef::File(p) if p.ends_with("registry.pass")));
+    assert_eq!(sources["registry"].kind(), "registry");
+    assert!(!sources["registry"].can_report());
+}
+
+#[test]
+fn a_registry_source_without_exactly_one_header_to_check_is_refused_with_every_problem() {
+    let config = r#"
+[sources.none]
+kind = "registry"
+[sources.both]
+kind = "registry"
+token = { env = "T" }
+username = "u"
+password = { env = "P" }
+[sources.no-password]
+kind = "registry"
+username = "u"
+[sources.no-user]
+kind = "registry"
+password = { env = "P" }
+[sources.colon]
+kind = "registry"
+username = "a:b"
+password = { env = "P" }
+[sources.empty-user]
+kind = "registry"
+username = ""
+password = { env = "P" }
+[sources.extra]
+kind = "registry"
+token = { env = "T" }
+secret = { env = "S" }
+[sources.plain]
+kind = "registry"
+token = "in the file"
+"#;
+    let dir = fixture(&[("baton.toml", config)]);
     let err = load_in(dir.path(), Some("baton.toml"), &[], no_env()).unwrap_err();
-    assert!(message_at(&err, "report[0]").contains("is travis: only github and gitlab"));
+    assert_eq!(
+        pairs(dir.path(), &err),
+        set(&[
+            ("baton.toml", "sources.none"),
+            ("baton.toml", "sources.both"),
+            ("baton.toml", "sources.no-password.password"),
+            ("baton.toml", "sources.no-user.username"),
+            ("baton.toml", "sources.colon.username"),
+            ("baton.toml", "sources.empty-user.username"),
+            ("baton.toml", "sources.extra.secret"),
+            ("baton.toml", "sources.plain.token"),
+        ])
+    );
+    assert!(message_at(&err, "sources.none").contains("Authorization: Bearer <token>"));
+    assert!(message_at(&err, "sources.both").contains("not both"));
+    assert!(message_at(&err, "sources.colon.username").contains("contains `:`"));
+    assert!(message_at(&err, "sources.no-password.password").contains("`password = {"));
 }

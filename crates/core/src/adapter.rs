@@ -409,7 +409,7 @@ pub trait Adapter: Send + Sync + 'static {
 pub struct SourceDelivery<'a> {
     /// The source's name, as in `[sources.<name>]`.
     pub source: &'a str,
-    /// The source's kind: `github`, `gitlab`, `generic` or `travis`.
+    /// The source's kind: `github`, `gitlab`, `generic`, `travis` or `registry`.
     pub kind: &'a str,
     /// The event type as stored (`workflow_run`, `Pipeline Hook`).
     pub event: &'a str,

@@ -257,6 +257,12 @@ impl Store for DyingStore {
     async fn insert_delivery(&self, delivery: NewDelivery) -> Result<Intake, StoreError> {
         self.inner.insert_delivery(delivery).await
     }
+    async fn insert_deliveries(
+        &self,
+        deliveries: Vec<NewDelivery>,
+    ) -> Result<Vec<Intake>, StoreError> {
+        self.inner.insert_deliveries(deliveries).await
+    }
     async fn pending_deliveries(&self, limit: u32) -> Result<Vec<PendingDelivery>, StoreError> {
         self.inner.pending_deliveries(limit).await
     }

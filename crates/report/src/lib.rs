@@ -193,7 +193,9 @@ impl Reporter {
                         needs_installation: false,
                     }
                 }
-                SourceConfig::Generic(_) | SourceConfig::Travis(_) => continue,
+                SourceConfig::Generic(_) | SourceConfig::Travis(_) | SourceConfig::Registry(_) => {
+                    continue;
+                }
             };
             entries.insert(name.clone(), entry);
         }

@@ -1173,6 +1173,12 @@ mod tests {
         async fn insert_delivery(&self, delivery: NewDelivery) -> baton_store::Result<Intake> {
             self.inner.insert_delivery(delivery).await
         }
+        async fn insert_deliveries(
+            &self,
+            deliveries: Vec<NewDelivery>,
+        ) -> baton_store::Result<Vec<Intake>> {
+            self.inner.insert_deliveries(deliveries).await
+        }
         async fn pending_deliveries(
             &self,
             limit: u32,

@@ -19,6 +19,7 @@ use serde_json::json;
 use crate::AppState;
 use crate::connections::BodyTimedOut;
 use crate::error::ApiError;
+use crate::registry::split_envelope;
 use crate::request_id::{GeneratedId, REQUEST_ID};
 use crate::sources::{Refusal, SECRET_HEADERS, Source};
 
@@ -29,10 +30,24 @@ const MAX_JSON_NESTING: usize = 127;
 /// A genuine, parsed delivery, ready to be stored.
 pub(crate) struct Delivery {
     source: Arc<Source>,
-    event: String,
-    delivery_id: String,
     ping: bool,
     headers: String,
+    /// What is stored: the one event of a delivery, or each event of an envelope.
+    events: Events,
+}
+
+/// The events a request carries.
+enum Events {
+    /// Most sources': the request is the event.
+    One(Event),
+    /// A registry's envelope: stored together, one delivery per event.
+    Envelope(Vec<Event>),
+}
+
+/// One event to store.
+struct Event {
+    event: String,
+    delivery_id: String,
     body: String,
 }
 
@@ -143,6 +158,28 @@ impl FromRequest<Arc<AppState>> for Delivery {
                 )));
             }
         };
+        if source.takes_envelopes() {
+            let events = match split_envelope(&body) {
+                Ok(events) => events,
+                Err(refusal) => return Err(refused(&name, refusal)),
+            };
+            let generated = parts.extensions.get::<GeneratedId>().map(|g| &g.0);
+            return Ok(Self {
+                headers: stored_headers(&parts.headers, &source, generated),
+                source,
+                ping: false,
+                events: Events::Envelope(
+                    events
+                        .into_iter()
+                        .map(|e| Event {
+                            event: e.action,
+                            delivery_id: e.delivery_id,
+                            body: e.body,
+                        })
+                        .collect(),
+                ),
+            });
+        }
         let (identified, body) = if source.evaluates() {
             // An event expression is jq: evaluated bounded on an evaluation thread, never
             // on this async worker. The headers and body travel there and back.
@@ -171,7 +208,8 @@ impl FromRequest<Arc<AppState>> for Delivery {
                 Refusal::Malformed(why)
                 | Refusal::Unauthenticated(why)
                 | Refusal::Forbidden(why)
-                | Refusal::Unavailable(why),
+                | Refusal::Unavailable(why)
+                | Refusal::UnsupportedType(why),
             ) => {
                 rejected(&name, "malformed");
                 return Err(ApiError::bad_request(why));
@@ -181,10 +219,12 @@ impl FromRequest<Arc<AppState>> for Delivery {
         Ok(Self {
             headers: stored_headers(&parts.headers, &source, generated),
             source,
-            event: identified.event,
-            delivery_id: identified.delivery_id,
             ping: identified.ping,
-            body,
+            events: Events::One(Event {
+                event: identified.event,
+                delivery_id: identified.delivery_id,
+                body,
+            }),
         })
     }
 }
@@ -198,6 +238,10 @@ fn refused(source: &str, refusal: Refusal) -> ApiError {
         Refusal::Malformed(why) => ("malformed", ApiError::bad_request(why)),
         Refusal::Forbidden(why) => ("forbidden", ApiError::forbidden(why)),
         Refusal::Unavailable(why) => ("unavailable", ApiError::unavailable(why)),
+        Refusal::UnsupportedType(why) => (
+            "unsupported_media_type",
+            ApiError::unsupported_media_type(why),
+        ),
     };
     rejected(source, result);
     tracing::warn!(source = %source, reason = %error.message, "webhook refused");
@@ -251,25 +295,65 @@ pub(crate) async fn receive(
         )
             .into_response());
     }
-    let new = NewDelivery {
+    let received_at = now_millis();
+    let stored = |e: Event, headers: String| NewDelivery {
         source: source.clone(),
-        delivery_id: delivery.delivery_id,
-        event: delivery.event,
-        headers: delivery.headers,
-        body: delivery.body,
-        received_at: now_millis(),
+        delivery_id: e.delivery_id,
+        event: e.event,
+        headers,
+        body: e.body,
+        received_at,
     };
-    match state.engine.store().insert_delivery(new).await? {
-        Intake::Stored(id) => {
-            // The store hands the delivery to the matcher itself, after the commit.
-            delivery.source.accepted.increment(1);
-            Ok(answer(StatusCode::ACCEPTED, id, "accepted"))
+    let events = match delivery.events {
+        Events::One(event) => {
+            let new = stored(event, delivery.headers);
+            return match state.engine.store().insert_delivery(new).await? {
+                Intake::Stored(id) => {
+                    // The store hands the delivery to the matcher itself, after the commit.
+                    delivery.source.accepted.increment(1);
+                    Ok(answer(StatusCode::ACCEPTED, id, "accepted"))
+                }
+                Intake::Duplicate(id) => {
+                    delivery.source.duplicate.increment(1);
+                    Ok(answer(StatusCode::OK, id, "duplicate"))
+                }
+            };
         }
-        Intake::Duplicate(id) => {
-            delivery.source.duplicate.increment(1);
-            Ok(answer(StatusCode::OK, id, "duplicate"))
-        }
-    }
+        Events::Envelope(events) => events,
+    };
+    let batch = events
+        .into_iter()
+        .map(|e| stored(e, delivery.headers.clone()))
+        .collect();
+    let intakes = state.engine.store().insert_deliveries(batch).await?;
+    Ok(envelope_answer(&delivery.source, &intakes))
+}
+
+/// The answer to an envelope whose events went where `intakes` say, counted: 202 when any
+/// was stored, else 200; `status` is `accepted`, `duplicate` (every event seen before) or
+/// `empty` (no events); `deliveries` has each event's delivery id, in the envelope's order.
+fn envelope_answer(source: &Source, intakes: &[Intake]) -> Response {
+    let stored = intakes
+        .iter()
+        .filter(|i| matches!(i, Intake::Stored(_)))
+        .count();
+    let duplicates = intakes.len() - stored;
+    source.accepted.increment(stored as u64);
+    source.duplicate.increment(duplicates as u64);
+    let ids: Vec<i64> = intakes
+        .iter()
+        .map(|i| match i {
+            Intake::Stored(id) | Intake::Duplicate(id) => *id,
+        })
+        .collect();
+    let (status, word) = match (stored, duplicates) {
+        (0, 0) => (StatusCode::OK, "empty"),
+        (0, _) => (StatusCode::OK, "duplicate"),
+        _ => (StatusCode::ACCEPTED, "accepted"),
+    };
+    let body =
+        json!({"status": word, "stored": stored, "duplicates": duplicates, "deliveries": ids});
+    (status, Json(body)).into_response()
 }
 
 /// `POST /hooks/adapters/<instance>`: an adapter's completion webhook, a hint to poll now.
@@ -344,6 +428,51 @@ mod tests {
         assert_eq!(
             stored_headers(&HeaderMap::new(), &source, Some(&made)),
             r#"{"x-request-id":"abc-1"}"#
+        );
+    }
+
+    #[tokio::test]
+    async fn an_envelopes_answer_counts_its_events_and_lists_their_ids_in_order() {
+        let config = baton_config::SourceConfig::Registry(baton_config::RegistrySource {
+            auth: baton_config::RegistryAuth::Bearer(SecretRef::Env("t".into())),
+        });
+        let source = Source::new("registry", &config, &Fixed).unwrap();
+        let answered = |intakes: &[Intake]| {
+            let response = envelope_answer(&source, intakes);
+            async move {
+                let status = response.status();
+                let body = to_bytes(response.into_body(), 1 << 20).await.unwrap();
+                (status, serde_json::from_slice::<Value>(&body).unwrap())
+            }
+        };
+        let (status, body) = answered(&[
+            Intake::Duplicate(4),
+            Intake::Stored(9),
+            Intake::Duplicate(9),
+        ])
+        .await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        assert_eq!(
+            body,
+            json!({"status": "accepted", "stored": 1, "duplicates": 2, "deliveries": [4, 9, 9]})
+        );
+        let (status, body) = answered(&[Intake::Stored(1), Intake::Stored(2)]).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        assert_eq!(
+            (body["stored"].clone(), body["duplicates"].clone()),
+            (json!(2), json!(0))
+        );
+        let (status, body) = answered(&[Intake::Duplicate(3)]).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            body,
+            json!({"status": "duplicate", "stored": 0, "duplicates": 1, "deliveries": [3]})
+        );
+        let (status, body) = answered(&[]).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            body,
+            json!({"status": "empty", "stored": 0, "duplicates": 0, "deliveries": []})
         );
     }
 

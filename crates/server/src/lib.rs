@@ -32,6 +32,7 @@ mod error;
 mod extract;
 mod intake;
 mod matcher;
+pub mod registry;
 mod request_id;
 pub mod sources;
 mod travis;

@@ -2,7 +2,11 @@
 
 use axum::body::Bytes;
 use axum::http::HeaderMap;
-use baton_config::{DeliveryId, EventSelector, GenericAuth, HmacAlgorithm, SourceConfig};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use baton_config::{
+    DeliveryId, EventSelector, GenericAuth, HmacAlgorithm, RegistryAuth, SourceConfig,
+};
 use baton_core::secret::SecretError;
 use baton_core::{Expr, SecretResolver};
 use hmac::{Hmac, Mac};
@@ -27,6 +31,8 @@ enum Check {
     },
     /// `Authorization: Bearer <token>`.
     Bearer(Vec<u8>),
+    /// `Authorization: Basic <base64>` of these `user:password` bytes.
+    Basic(Vec<u8>),
     /// Travis CI's RSA signature over the form's `payload`, and the accepted repositories.
     Travis(TravisCheck),
 }
@@ -35,7 +41,7 @@ enum Check {
 pub struct Source {
     /// The source name (`/hooks/<name>`).
     pub name: String,
-    /// `github`, `gitlab`, `generic` or `travis`.
+    /// `github`, `gitlab`, `generic`, `travis` or `registry`.
     pub kind: &'static str,
     check: Check,
     event: Option<EventSelector>,
@@ -57,6 +63,8 @@ pub enum Refusal {
     Forbidden(String),
     /// The delivery cannot be checked now (503): the key to check it could not be read.
     Unavailable(String),
+    /// The body is not declared as a type the source takes (415).
+    UnsupportedType(String),
 }
 
 /// What a genuine delivery is.
@@ -93,6 +101,15 @@ fn hmac_matches(algorithm: HmacAlgorithm, secret: &[u8], body: &[u8], signature:
             m.verify_slice(signature).is_ok()
         }),
     }
+}
+
+/// The credentials of an `Authorization: <scheme> <credentials>` header whose scheme is
+/// `scheme` (compared without case, as HTTP's schemes are).
+fn credentials<'a>(headers: &'a HeaderMap, scheme: &str) -> Option<&'a str> {
+    let (given, credentials) = header(headers, "authorization")?.split_once(' ')?;
+    given
+        .eq_ignore_ascii_case(scheme)
+        .then_some(credentials.trim())
 }
 
 fn token_matches(expected: &[Vec<u8>], given: &[u8]) -> bool {
@@ -149,6 +166,18 @@ impl Source {
                 None,
                 DeliveryId::BodyHash,
             ),
+            // The event type and delivery id come from each event (see `crate::registry`).
+            SourceConfig::Registry(r) => {
+                let check = match &r.auth {
+                    RegistryAuth::Bearer(token) => Check::Bearer(read(token)?),
+                    RegistryAuth::Basic { username, password } => {
+                        let mut pair = format!("{username}:").into_bytes();
+                        pair.extend(read(password)?);
+                        Check::Basic(pair)
+                    }
+                };
+                (check, None, DeliveryId::BodyHash)
+            }
         };
         let counter = |result: &'static str| metrics::counter!("baton_deliveries_total", "source" => name.to_owned(), "result" => result);
         Ok(Self {
@@ -180,6 +209,9 @@ impl Source {
             return Ok(Bytes::from(payload));
         }
         self.verify_signature(headers, &body)?;
+        if self.takes_envelopes() {
+            crate::registry::check_content_type(headers)?;
+        }
         Ok(body)
     }
 
@@ -234,20 +266,28 @@ impl Source {
                     Err(_) => refuse(&format!("the {name} header is not hex after `{prefix}`")),
                 }
             }
-            Check::Bearer(token) => {
-                match header(headers, "authorization").and_then(|v| v.strip_prefix("Bearer ")) {
-                    Some(given)
-                        if token_matches(std::slice::from_ref(token), given.trim().as_bytes()) =>
-                    {
-                        Ok(())
-                    }
-                    Some(_) => refuse("the bearer token does not match"),
-                    None => refuse("missing `Authorization: Bearer <token>`"),
+            Check::Bearer(token) => match credentials(headers, "Bearer") {
+                Some(given) if token_matches(std::slice::from_ref(token), given.as_bytes()) => {
+                    Ok(())
                 }
-            }
+                Some(_) => refuse("the bearer token does not match"),
+                None => refuse("missing `Authorization: Bearer <token>`"),
+            },
+            Check::Basic(pair) => match credentials(headers, "Basic").map(|c| STANDARD.decode(c)) {
+                Some(Ok(given)) if token_matches(std::slice::from_ref(pair), &given) => Ok(()),
+                Some(Ok(_)) => refuse("the Basic user name or password does not match"),
+                Some(Err(_)) => refuse("the Basic credentials are not base64"),
+                None => refuse("missing `Authorization: Basic <base64 of user:password>`"),
+            },
             // Checked (asynchronously) in `authenticate`, never here.
             Check::Travis(_) => refuse("a travis notification is checked with Travis CI's key"),
         }
+    }
+
+    /// True when a delivery is an envelope of events, each stored on its own (a `registry`
+    /// source), rather than one event for [`Source::identify`].
+    pub fn takes_envelopes(&self) -> bool {
+        self.kind == "registry"
     }
 
     /// True when [`Source::identify`] evaluates a jq expression (a generic source's
@@ -301,7 +341,7 @@ impl Source {
                 event: TravisCheck::event(body)?,
                 delivery_id: body_hash(body),
             }),
-            Check::Hmac { .. } | Check::Bearer(_) => {
+            Check::Hmac { .. } | Check::Bearer(_) | Check::Basic(_) => {
                 let event = match &self.event {
                     None => String::new(),
                     Some(EventSelector::Header(name)) => match header(headers, name) {

@@ -340,3 +340,181 @@ fn a_travis_notification_is_identified_by_its_state_and_matches_on_its_fields() 
     ]);
     assert_eq!(matching(on, "travis", "passed", &body), [0, 3]);
 }
+
+fn registry(auth: baton_config::RegistryAuth) -> Source {
+    let config = SourceConfig::Registry(baton_config::RegistrySource { auth });
+    Source::new("registry", &config, &Named).unwrap()
+}
+
+/// The checks a registry's envelope passes before it is split (`authenticate`'s, which
+/// need nothing but the request).
+fn registry_check(source: &Source, pairs: &[(&str, &str)]) -> Result<(), Refusal> {
+    source.verify_signature(&headers(pairs), b"")?;
+    baton_server::registry::check_content_type(&headers(pairs))
+}
+
+const EVENTS_V1: (&str, &str) = (
+    "content-type",
+    "application/vnd.docker.distribution.events.v1+json",
+);
+
+#[test]
+fn a_registry_source_checks_the_bearer_token_its_endpoint_sends() {
+    let source = registry(baton_config::RegistryAuth::Bearer(SecretRef::Env(
+        SECRET.to_owned(),
+    )));
+    assert!(source.takes_envelopes());
+    // Every other kind's request is one event.
+    assert!(!github().takes_envelopes() && !gitlab().takes_envelopes());
+    let bearer = format!("Bearer {SECRET}");
+    assert_eq!(
+        registry_check(&source, &[("authorization", &bearer), EVENTS_V1]),
+        Ok(())
+    );
+    // HTTP's scheme names are case-insensitive.
+    let lower = format!("bearer {SECRET}");
+    assert_eq!(
+        registry_check(&source, &[("authorization", &lower), EVENTS_V1]),
+        Ok(())
+    );
+    let refused = |pairs: &[(&str, &str)]| match registry_check(&source, pairs) {
+        Err(Refusal::Unauthenticated(why)) => why,
+        other => panic!("{pairs:?}: {other:?}"),
+    };
+    assert_eq!(
+        refused(&[("authorization", "Bearer not it"), EVENTS_V1]),
+        "the bearer token does not match"
+    );
+    assert_eq!(
+        refused(&[EVENTS_V1]),
+        "missing `Authorization: Bearer <token>`"
+    );
+    let basic = format!("Basic {}", base64_of(SECRET));
+    assert_eq!(
+        refused(&[("authorization", &basic), EVENTS_V1]),
+        "missing `Authorization: Bearer <token>`"
+    );
+    // Genuine, but not an envelope's type.
+    assert!(matches!(
+        registry_check(
+            &source,
+            &[("authorization", &bearer), ("content-type", "text/plain")]
+        ),
+        Err(Refusal::UnsupportedType(_))
+    ));
+}
+
+fn base64_of(text: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+#[test]
+fn a_registry_source_checks_basic_credentials() {
+    let source = registry(baton_config::RegistryAuth::Basic {
+        username: "notifier".to_owned(),
+        password: SecretRef::Env(SECRET.to_owned()),
+    });
+    let basic = |pair: &str| format!("Basic {}", base64_of(pair));
+    assert_eq!(
+        registry_check(
+            &source,
+            &[
+                ("authorization", &basic(&format!("notifier:{SECRET}"))),
+                EVENTS_V1
+            ]
+        ),
+        Ok(())
+    );
+    let refused =
+        |value: &str| match registry_check(&source, &[("authorization", value), EVENTS_V1]) {
+            Err(Refusal::Unauthenticated(why)) => why,
+            other => panic!("{value}: {other:?}"),
+        };
+    assert_eq!(
+        refused(&basic(&format!("someone:{SECRET}"))),
+        "the Basic user name or password does not match"
+    );
+    assert_eq!(
+        refused(&basic("notifier:wrong")),
+        "the Basic user name or password does not match"
+    );
+    assert_eq!(
+        refused(&basic(&format!("notifier:{SECRET}x"))),
+        "the Basic user name or password does not match"
+    );
+    assert_eq!(refused("Basic %%%"), "the Basic credentials are not base64");
+    assert_eq!(
+        refused(&format!("Bearer {SECRET}")),
+        "missing `Authorization: Basic <base64 of user:password>`"
+    );
+}
+
+#[test]
+fn a_registry_envelope_is_one_delivery_per_event_known_by_its_id() {
+    let push = fixture("registry/push.json");
+    let events = baton_server::registry::split_envelope(&push).unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].action, "push");
+    assert_eq!(
+        events[0].delivery_id,
+        "f09fdd37-b27f-41ed-bf3f-7c5e504129eb"
+    );
+    // The stored body is the event itself, so conditions read its fields from the top.
+    let event: Value = serde_json::from_str(&events[0].body).unwrap();
+    assert_eq!(event["target"]["tag"], "v1");
+    assert_eq!(
+        event["target"]["digest"],
+        "sha256:a2f075f786845c871c481716b6952abdf1243caa786eb3e6ce35682a33aa7560"
+    );
+    assert!(push.contains(&events[0].body), "kept byte for byte");
+
+    // Two envelopes' events in one (the registry batches what queued up).
+    let pull = fixture("registry/pull.json");
+    let both = |a: &str, b: &str| {
+        let a: Value = serde_json::from_str(a).unwrap();
+        let b: Value = serde_json::from_str(b).unwrap();
+        json!({"events": [a["events"][0], b["events"][0]]}).to_string()
+    };
+    let events = baton_server::registry::split_envelope(&both(&push, &pull)).unwrap();
+    assert_eq!(
+        events.iter().map(|e| e.action.as_str()).collect::<Vec<_>>(),
+        ["push", "pull"]
+    );
+    assert_eq!(
+        events[1].delivery_id,
+        "3ed398c7-b059-4eb4-bb0d-20ee47d18fcb"
+    );
+}
+
+#[test]
+fn registry_triggers_select_manifest_pushes_of_a_repository_and_leave_pulls() {
+    let on = json!([
+        {
+            "source": "registry",
+            "event": "push",
+            "if": ".target.repository == \"demo/hello\" and (.target.mediaType | test(\"manifest\")) and .target.tag != null"
+        },
+        { "source": "registry", "event": "push", "if": ".target.repository == \"other/app\"" },
+        { "source": "registry", "event": "delete" },
+        { "source": "registry", "if": ".action == \"pull\"" }
+    ]);
+    let event = |file: &str| {
+        let envelope = fixture(file);
+        baton_server::registry::split_envelope(&envelope)
+            .unwrap()
+            .remove(0)
+    };
+    let push = event("registry/push.json");
+    assert_eq!(
+        matching(on.clone(), "registry", &push.action, &push.body),
+        [0]
+    );
+    let pull = event("registry/pull.json");
+    assert_eq!(
+        matching(on.clone(), "registry", &pull.action, &pull.body),
+        [3]
+    );
+    // A workflow for pushes alone starts nothing on a pull.
+    assert!(matching(json!([on[0]]), "registry", &pull.action, &pull.body).is_empty());
+}

@@ -620,6 +620,12 @@ pub trait Store: Send + Sync + 'static {
     /// Stores a delivery durably, unless one with the same source and delivery id exists.
     async fn insert_delivery(&self, delivery: NewDelivery) -> Result<Intake>;
 
+    /// Stores several deliveries durably and atomically: every one that is new, or none (on
+    /// an error). One answer per delivery, in order; a delivery id seen before, or earlier in
+    /// `deliveries`, is a [`Intake::Duplicate`]. A sender that batches its events (a
+    /// registry's envelope) retries the whole batch, so it is never stored in part.
+    async fn insert_deliveries(&self, deliveries: Vec<NewDelivery>) -> Result<Vec<Intake>>;
+
     /// Deliveries waiting to be matched: replays, then the deliveries past the last
     /// [`Change::DeliveriesMatched`] mark, oldest first; at most `limit`.
     async fn pending_deliveries(&self, limit: u32) -> Result<Vec<PendingDelivery>>;

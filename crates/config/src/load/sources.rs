@@ -82,6 +82,12 @@ pub(super) fn read_source(name: &str, value: &Value, sink: &mut Sink) -> Option<
                 api_url: read_api_url(raw.api_url, TRAVIS_API_URL, &at, sink),
             })
         }
+        "registry" => {
+            let raw: RegistryRaw = typed(&rest, &at, &[("", fields_of::<RegistryRaw>())], sink)?;
+            SourceConfig::Registry(RegistrySource {
+                auth: read_registry_auth(raw, &at, sink)?,
+            })
+        }
         other => {
             sink.err(
                 join(&at, "kind"),
@@ -118,6 +124,63 @@ fn read_repos(repos: Option<Vec<String>>, at: &str, sink: &mut Sink) -> Vec<Stri
         }
     }
     repos
+}
+
+/// A registry source's header to check: `token`, or `username` and `password`; every
+/// problem reported.
+fn read_registry_auth(raw: RegistryRaw, at: &str, sink: &mut Sink) -> Option<RegistryAuth> {
+    let before = sink.count();
+    if let Some(username) = &raw.username {
+        if username.is_empty() {
+            sink.err(
+                join(at, "username"),
+                "expected a user name, not an empty string",
+            );
+        } else if username.contains(':') {
+            sink.err(
+                join(at, "username"),
+                format!(
+                    "`{username}` contains `:`, which Basic credentials cannot carry in a user name"
+                ),
+            );
+        }
+    }
+    let auth = match (raw.token, raw.username, raw.password) {
+        (Some(token), None, None) => Some(RegistryAuth::Bearer(token.0)),
+        (None, Some(username), Some(password)) => Some(RegistryAuth::Basic {
+            username,
+            password: password.0,
+        }),
+        (Some(_), _, _) => {
+            sink.err(
+                at,
+                "set either `token` (Bearer) or `username` and `password` (Basic), not both: the registry's endpoint sends one `Authorization` header",
+            );
+            None
+        }
+        (None, Some(_), None) => {
+            sink.err(
+                join(at, "password"),
+                "missing required key `password`: Basic credentials need one, `password = { env = \"NAME\" }`",
+            );
+            None
+        }
+        (None, None, Some(_)) => {
+            sink.err(
+                join(at, "username"),
+                "missing required key `username`: Basic credentials need a user name with the `password`",
+            );
+            None
+        }
+        (None, None, None) => {
+            sink.err(
+                at,
+                "missing authentication: set `token = { env = \"NAME\" }` (checked against `Authorization: Bearer <token>`) or `username` and `password` (Basic), and send that header from the registry's notification endpoint (`headers: { Authorization: [...] }`)",
+            );
+            None
+        }
+    };
+    if sink.count() == before { auth } else { None }
 }
 
 /// A source's `api_url`, checked, without a trailing `/`; `default` when absent.

@@ -324,7 +324,11 @@ pub(super) fn check_references(
             continue;
         }
         match sources.get(source) {
-            Some(Some(config @ (SourceConfig::Generic(_) | SourceConfig::Travis(_)))) => sink.err(
+            Some(Some(
+                config @ (SourceConfig::Generic(_)
+                | SourceConfig::Travis(_)
+                | SourceConfig::Registry(_)),
+            )) => sink.err(
                 format!("report[{i}]"),
                 format!("source `{source}` is {}: only github and gitlab sources can receive status reports", config.kind()),
             ),

@@ -182,7 +182,7 @@ impl SqliteStore {
     async fn send_for_tasks(&self, op: Op) -> Result<Vec<Task>> {
         match self.send(op).await? {
             Answer::Tasks(tasks) => Ok(tasks),
-            Answer::Delivery(_) | Answer::Reports(_) => Ok(Vec::new()),
+            Answer::Delivery(_) | Answer::Deliveries(_) | Answer::Reports(_) => Ok(Vec::new()),
         }
     }
 

@@ -138,9 +138,22 @@ impl Store for SqliteStore {
     async fn insert_delivery(&self, delivery: NewDelivery) -> Result<Intake> {
         match self.send(Op::InsertDelivery(delivery)).await? {
             Answer::Delivery(intake) => Ok(intake),
-            Answer::Tasks(_) | Answer::Reports(_) => Err(corrupt(
+            Answer::Tasks(_) | Answer::Deliveries(_) | Answer::Reports(_) => Err(corrupt(
                 "deliveries",
                 "the writer answered a delivery with something else",
+            )),
+        }
+    }
+
+    async fn insert_deliveries(&self, deliveries: Vec<NewDelivery>) -> Result<Vec<Intake>> {
+        if deliveries.is_empty() {
+            return Ok(Vec::new());
+        }
+        match self.send(Op::InsertDeliveries(deliveries)).await? {
+            Answer::Deliveries(intakes) => Ok(intakes),
+            Answer::Tasks(_) | Answer::Delivery(_) | Answer::Reports(_) => Err(corrupt(
+                "deliveries",
+                "the writer answered deliveries with something else",
             )),
         }
     }
@@ -222,7 +235,7 @@ impl Store for SqliteStore {
         };
         match self.send(op).await? {
             Answer::Reports(reports) => Ok(reports),
-            Answer::Tasks(_) | Answer::Delivery(_) => Err(corrupt(
+            Answer::Tasks(_) | Answer::Delivery(_) | Answer::Deliveries(_) => Err(corrupt(
                 "reports",
                 "the writer answered a claim of reports with something else",
             )),

@@ -365,6 +365,68 @@ async fn the_feed_carries_stored_deliveries_in_order_once_taken() {
     assert!(!feed.take_lagged());
 }
 
+#[tokio::test]
+async fn a_batch_of_deliveries_is_stored_together_with_duplicates_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(&dir).await;
+    let Intake::Stored(seen) = store.insert_delivery(delivery("seen")).await.unwrap() else {
+        panic!("stored")
+    };
+    let mut feed = store.delivery_feed().expect("the feed");
+    assert_eq!(store.insert_deliveries(Vec::new()).await.unwrap(), []);
+    let intakes = store
+        .insert_deliveries(
+            ["e1", "seen", "e2", "e1"]
+                .into_iter()
+                .map(delivery)
+                .collect(),
+        )
+        .await
+        .unwrap();
+    let [
+        Intake::Stored(e1),
+        Intake::Duplicate(d1),
+        Intake::Stored(e2),
+        Intake::Duplicate(d2),
+    ] = intakes[..]
+    else {
+        panic!("{intakes:?}")
+    };
+    // A repeat inside the batch is a duplicate of its first, stored a moment before.
+    assert_eq!((d1, d2), (seen, e1));
+    assert!(seen < e1 && e1 < e2);
+    // The matcher gets the new ones, in order, once each.
+    let mut got = Vec::new();
+    feed.try_recv_many(&mut got, 100);
+    assert_eq!(got.iter().map(|d| d.id).collect::<Vec<_>>(), [e1, e2]);
+    assert_eq!(
+        store
+            .insert_deliveries(vec![delivery("e2"), delivery("e3")])
+            .await
+            .unwrap()[0],
+        Intake::Duplicate(e2)
+    );
+}
+
+#[tokio::test]
+async fn a_batch_that_cannot_be_stored_whole_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(&dir).await;
+    store.fill_disk(true).await;
+    write_until_full(&store).await;
+    let e = store
+        .insert_deliveries(vec![delivery("small"), large_delivery("large")])
+        .await
+        .unwrap_err();
+    assert!(e.cannot_write(), "{e:?}");
+    store.fill_disk(false).await;
+    // Neither was kept: the small one, which fitted, is new when sent again.
+    assert!(matches!(
+        store.insert_delivery(delivery("small")).await.unwrap(),
+        Intake::Stored(_)
+    ));
+}
+
 #[test]
 fn the_pass_migration_starts_after_deliveries_already_handled() {
     let dir = tempfile::tempdir().unwrap();

@@ -46,6 +46,9 @@ pub(super) const COMMIT_AT_ONCE: usize = 16;
 pub(super) enum Op {
     Commit(Vec<Change>),
     InsertDelivery(NewDelivery),
+    /// Deliveries stored together: applied inside the group's transaction like any
+    /// operation, so they are committed (or fail) as one.
+    InsertDeliveries(Vec<NewDelivery>),
     Claim {
         now: Millis,
         limit: u32,
@@ -71,6 +74,7 @@ pub(super) enum Op {
 pub(super) enum Answer {
     Tasks(Vec<Task>),
     Delivery(Intake),
+    Deliveries(Vec<Intake>),
     Reports(Vec<DueReport>),
 }
 
@@ -137,24 +141,40 @@ pub(super) fn writer_loop(
         let wrote = committed && conn.total_changes() != changes_before;
         let results = record_outcome(&shared.health, wrote, results);
         for ((op, reply), result) in group.drain(..).zip(results) {
-            if let (Some(feed), Op::InsertDelivery(d), Ok(Answer::Delivery(Intake::Stored(id)))) =
-                (shared.feed.get(), op, &result)
-            {
-                // After the commit and in seq order, as the feed's protocol needs.
-                feed.publish(PendingDelivery {
-                    id: *id,
-                    source: d.source,
-                    delivery_id: d.delivery_id,
-                    event: d.event,
-                    body: d.body,
-                    replay: false,
-                });
+            if let Some(feed) = shared.feed.get() {
+                publish_stored(feed, op, &result);
             }
             let _ = reply.send(result);
         }
         if committed && shared.restart_wal.load(Ordering::Relaxed) {
             restart_wal(&conn, &shared.restart_wal, &mut restart_outage);
         }
+    }
+}
+
+/// Hands the deliveries `op` stored to the matcher: after the commit and in seq order, as
+/// the feed's protocol needs.
+fn publish_stored(feed: &feed::FeedSender, op: Op, result: &Result<Answer>) {
+    let publish = |d: NewDelivery, id: i64| {
+        feed.publish(PendingDelivery {
+            id,
+            source: d.source,
+            delivery_id: d.delivery_id,
+            event: d.event,
+            body: d.body,
+            replay: false,
+        });
+    };
+    match (op, result) {
+        (Op::InsertDelivery(d), Ok(Answer::Delivery(Intake::Stored(id)))) => publish(d, *id),
+        (Op::InsertDeliveries(batch), Ok(Answer::Deliveries(intakes))) => {
+            for (d, intake) in batch.into_iter().zip(intakes) {
+                if let Intake::Stored(id) = intake {
+                    publish(d, *id);
+                }
+            }
+        }
+        _ => {}
     }
 }
 
@@ -272,34 +292,12 @@ pub(super) fn apply(tx: &Transaction<'_>, op: &Op) -> Result<Answer> {
             }
             Ok(Answer::Tasks(claimed))
         }
-        Op::InsertDelivery(d) => {
-            // Not `RETURNING seq`: SQLite collects returned rows in a temporary table built
-            // for every execution, and the new row's id is at hand anyway.
-            let inserted = tx
-                .prepare_cached(
-                    "INSERT INTO deliveries (source, delivery_id, event, headers, body, received_at, status)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'received')
-                     ON CONFLICT (source, delivery_id) DO NOTHING",
-                )?
-                .execute(params![
-                    d.source,
-                    d.delivery_id,
-                    d.event,
-                    d.headers,
-                    d.body,
-                    d.received_at
-                ])?;
-            let intake = match inserted {
-                1 => Intake::Stored(tx.last_insert_rowid()),
-                _ => Intake::Duplicate(
-                    tx.prepare_cached(
-                        "SELECT seq FROM deliveries WHERE source = ?1 AND delivery_id = ?2",
-                    )?
-                    .query_row(params![d.source, d.delivery_id], |r| r.get(0))?,
-                ),
-            };
-            Ok(Answer::Delivery(intake))
-        }
+        Op::InsertDelivery(d) => insert_delivery(tx, d).map(Answer::Delivery),
+        Op::InsertDeliveries(batch) => batch
+            .iter()
+            .map(|d| insert_delivery(tx, d))
+            .collect::<Result<_>>()
+            .map(Answer::Deliveries),
         Op::Claim {
             now,
             limit,
@@ -339,6 +337,33 @@ pub(super) fn apply(tx: &Transaction<'_>, op: &Op) -> Result<Answer> {
             Ok(Answer::Tasks(Vec::new()))
         }
     }
+}
+
+/// Inserts `d` unless its source already has its delivery id.
+fn insert_delivery(tx: &Transaction<'_>, d: &NewDelivery) -> Result<Intake> {
+    // Not `RETURNING seq`: SQLite collects returned rows in a temporary table built for every
+    // execution, and the new row's id is at hand anyway.
+    let inserted = tx
+        .prepare_cached(
+            "INSERT INTO deliveries (source, delivery_id, event, headers, body, received_at, status)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'received')
+             ON CONFLICT (source, delivery_id) DO NOTHING",
+        )?
+        .execute(params![
+            d.source,
+            d.delivery_id,
+            d.event,
+            d.headers,
+            d.body,
+            d.received_at
+        ])?;
+    Ok(match inserted {
+        1 => Intake::Stored(tx.last_insert_rowid()),
+        _ => Intake::Duplicate(
+            tx.prepare_cached("SELECT seq FROM deliveries WHERE source = ?1 AND delivery_id = ?2")?
+                .query_row(params![d.source, d.delivery_id], |r| r.get(0))?,
+        ),
+    })
 }
 
 /// Readiness's test write: a row of [`PROBE_BYTES`] written and removed in one transaction.
