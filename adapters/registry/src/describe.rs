@@ -1,0 +1,76 @@
+//! The outputs every action gives about an image: `digest`, `media_type`, `platforms`,
+//! `size`, `url` and `id`.
+
+use baton_core::AdapterError;
+use serde_json::{Map, Value, json};
+
+use crate::client::Registry;
+use crate::manifest::{Content, Manifest, Platform};
+
+/// The largest image config read for its platform.
+const CONFIG_LIMIT: usize = 1 << 20;
+
+/// Describes `manifest`, found in `repository` of `registry`.
+///
+/// `size` is the bytes of the manifest and of every blob it names; for an index, the
+/// index's own bytes plus that sum over every child. `platforms` lists an index's children
+/// as the index states them, and a single image's platform as its config blob states it.
+pub(crate) async fn describe(
+    registry: &Registry,
+    repository: &str,
+    manifest: &Manifest,
+) -> Result<Map<String, Value>, AdapterError> {
+    let (platforms, size) = match &manifest.content {
+        Content::Index(children) => {
+            let mut size = manifest.bytes.len() as u64;
+            for child in children {
+                let fetched = registry
+                    .manifest(repository, &child.digest)
+                    .await?
+                    .ok_or_else(|| {
+                        AdapterError::NotFound(format!(
+                            "the index {} names {}, which registry {} does not have in `{repository}`",
+                            manifest.digest,
+                            child.digest,
+                            registry.base()
+                        ))
+                    })?;
+                size += fetched.own_size();
+            }
+            let platforms: Vec<String> = children
+                .iter()
+                .filter_map(|c| c.platform.as_ref().map(Platform::label))
+                .collect();
+            (platforms, size)
+        }
+        Content::Image { config, .. } => {
+            let bytes = registry
+                .small_blob(repository, &config.digest, CONFIG_LIMIT)
+                .await?;
+            let platform: Platform = serde_json::from_slice(&bytes).map_err(|e| {
+                AdapterError::Protocol(format!(
+                    "the config blob {} of {} is not an image config ({e})",
+                    config.digest, manifest.digest
+                ))
+            })?;
+            let platforms = if platform.os.is_empty() && platform.architecture.is_empty() {
+                Vec::new()
+            } else {
+                vec![platform.label()]
+            };
+            (platforms, manifest.own_size())
+        }
+    };
+    let url = registry.url(&format!("{repository}/manifests/{}", manifest.digest));
+    let Value::Object(map) = json!({
+        "digest": manifest.digest,
+        "media_type": manifest.media_type,
+        "platforms": platforms,
+        "size": size,
+        "url": url.as_str(),
+        "id": manifest.digest,
+    }) else {
+        unreachable!("a json! object is an object")
+    };
+    Ok(map)
+}

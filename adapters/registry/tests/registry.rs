@@ -1,0 +1,411 @@
+//! The registry adapter against the real registry (distribution 2.8): images built with
+//! umoci, pushed with skopeo, and every digest checked with `skopeo inspect --raw`.
+
+mod support;
+
+use std::time::Duration;
+
+use baton_adapter_kit::harness::{poll_once, poll_until, start_request};
+use baton_core::ExternalState;
+use serde_json::{Value, json};
+use support::*;
+
+/// Every manifest at `to` (the index and each child) has the bytes it has at `from`.
+fn assert_same_image(from: &str, to: &str, children: &[Child], to_creds: Option<&str>) {
+    assert_eq!(raw(from, None), raw(to, to_creds), "index bytes of {to}");
+    let (to_repo, _) = to.rsplit_once(':').unwrap();
+    let (from_repo, _) = from.rsplit_once(':').unwrap();
+    for child in children {
+        let at_source = raw(&format!("{from_repo}@{}", child.digest), None);
+        let at_dest = raw(&format!("{to_repo}@{}", child.digest), to_creds);
+        assert_eq!(at_source, at_dest, "child {}", child.platform);
+        assert_eq!(sha256(&at_dest), child.digest);
+    }
+}
+
+fn count(outputs: &serde_json::Map<String, Value>, key: &str) -> u64 {
+    outputs[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} in {outputs:?}"))
+}
+
+#[tokio::test]
+async fn promote_of_an_index_keeps_every_digest_within_and_across_repositories() {
+    let url = open_url();
+    let host = authority(&url);
+    let dir = tempfile::tempdir().unwrap();
+    let repo = unique("index");
+    let (index, children) = push_index(dir.path(), &url, &repo, "v1");
+    let adapter = adapter(json!({ "url": url }), &[]);
+
+    // Within the repository: a new tag, nothing to copy but the index itself.
+    let (outcome, outputs) = run_stage(
+        adapter.as_ref(),
+        json!({"action": "promote", "from": format!("{repo}:v1"), "to": format!("{repo}:stable")}),
+    )
+    .await;
+    assert!(
+        matches!(outcome.state, ExternalState::Succeeded { .. }),
+        "{outcome:?}"
+    );
+    assert_same_image(
+        &format!("{host}/{repo}:v1"),
+        &format!("{host}/{repo}:stable"),
+        &children,
+        None,
+    );
+    assert_eq!(outputs["digest"], json!(sha256(&index)));
+    assert_eq!(outputs["id"], outputs["digest"]);
+    assert_eq!(outputs["media_type"], json!(OCI_INDEX));
+    assert_eq!(
+        outputs["platforms"],
+        json!(["linux/amd64", "linux/arm64", "linux/arm/v7"])
+    );
+    assert_eq!(count(&outputs, "bytes_uploaded"), 0);
+    assert_eq!(
+        count(&outputs, "manifests_pushed"),
+        1,
+        "only the index: {outputs:?}"
+    );
+    assert_eq!(
+        outputs["url"],
+        json!(format!("{url}/v2/{repo}/manifests/{}", sha256(&index)))
+    );
+
+    // Across repositories: every blob mounted, every child pushed by digest, no upload.
+    let other = unique("index-prod");
+    let (outcome, outputs) = run_stage(
+        adapter.as_ref(),
+        json!({"action": "promote", "from": format!("{repo}:v1"), "to": format!("{other}:stable")}),
+    )
+    .await;
+    assert!(
+        matches!(outcome.state, ExternalState::Succeeded { .. }),
+        "{outcome:?}"
+    );
+    assert_same_image(
+        &format!("{host}/{repo}:v1"),
+        &format!("{host}/{other}:stable"),
+        &children,
+        None,
+    );
+    assert_eq!(outputs["digest"], json!(sha256(&index)));
+    assert_eq!(count(&outputs, "bytes_uploaded"), 0, "{outputs:?}");
+    assert_eq!(count(&outputs, "blobs_uploaded"), 0, "{outputs:?}");
+    // Three configs and three layers.
+    assert_eq!(count(&outputs, "blobs_mounted"), 6, "{outputs:?}");
+    assert_eq!(count(&outputs, "manifests_pushed"), 4, "{outputs:?}");
+    // `size`: the index, each child manifest, and each child's config and layer.
+    let mut expected = index.len() as u64;
+    for child in &children {
+        let manifest: Value =
+            serde_json::from_slice(&raw(&format!("{host}/{repo}@{}", child.digest), None)).unwrap();
+        expected += child.size as u64 + manifest["config"]["size"].as_u64().unwrap();
+        expected += manifest["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["size"].as_u64().unwrap())
+            .sum::<u64>();
+    }
+    assert_eq!(count(&outputs, "size"), expected);
+
+    // Again: everything is there already, so nothing is mounted and only the tag is PUT.
+    let (_, again) = run_stage(
+        adapter.as_ref(),
+        json!({"action": "promote", "from": format!("{repo}:v1"), "to": format!("{other}:stable")}),
+    )
+    .await;
+    assert_eq!(again["digest"], outputs["digest"]);
+    assert_eq!(
+        (
+            count(&again, "blobs_mounted"),
+            count(&again, "manifests_pushed")
+        ),
+        (0, 1)
+    );
+}
+
+#[tokio::test]
+async fn promote_of_a_single_image_by_digest_and_inspect_of_its_platform() {
+    let url = open_url();
+    let host = authority(&url);
+    let dir = tempfile::tempdir().unwrap();
+    let repo = unique("single");
+    let source = build_image(dir.path(), "v1", "linux", "arm64", 4096);
+    push(&source, &format!("{host}/{repo}:v1"), None, None);
+    let manifest = raw(&format!("{host}/{repo}:v1"), None);
+    let digest = sha256(&manifest);
+    let adapter = adapter(json!({ "url": url }), &[]);
+
+    let (outcome, outputs) = run_stage(
+        adapter.as_ref(),
+        json!({"action": "inspect", "image": format!("{repo}:v1")}),
+    )
+    .await;
+    assert!(
+        matches!(outcome.state, ExternalState::Succeeded { .. }),
+        "{outcome:?}"
+    );
+    assert_eq!(outputs["digest"], json!(digest));
+    assert_eq!(outputs["media_type"], json!(OCI_MANIFEST));
+    assert_eq!(outputs["platforms"], json!(["linux/arm64"]));
+    let parsed: Value = serde_json::from_slice(&manifest).unwrap();
+    let blobs =
+        parsed["config"]["size"].as_u64().unwrap() + parsed["layers"][0]["size"].as_u64().unwrap();
+    assert_eq!(count(&outputs, "size"), manifest.len() as u64 + blobs);
+
+    let other = unique("single-prod");
+    let (outcome, outputs) = run_stage(
+        adapter.as_ref(),
+        json!({"action": "promote", "from": format!("{repo}@{digest}"), "to": format!("{other}:stable")}),
+    )
+    .await;
+    assert!(
+        matches!(outcome.state, ExternalState::Succeeded { .. }),
+        "{outcome:?}"
+    );
+    assert_eq!(raw(&format!("{host}/{other}:stable"), None), manifest);
+    assert_eq!(
+        (
+            count(&outputs, "blobs_mounted"),
+            count(&outputs, "bytes_uploaded")
+        ),
+        (2, 0)
+    );
+
+    // A `to` digest that is not the source's is refused before anything is written.
+    let wrong = format!("{other}@sha256:{}", "0".repeat(64));
+    let (outcome, _) = run_stage(
+        adapter.as_ref(),
+        json!({"action": "promote", "from": format!("{repo}:v1"), "to": wrong}),
+    )
+    .await;
+    assert_eq!(outcome.state, ExternalState::Failed, "{outcome:?}");
+    assert!(outcome.message.unwrap().contains("never changes a digest"));
+}
+
+#[tokio::test]
+async fn promote_to_another_registry_streams_every_blob_and_keeps_every_digest() {
+    let url = open_url();
+    let host = authority(&url);
+    let (auth_url, password) = auth_url_and_password();
+    let auth_host = authority(&auth_url);
+    let creds = format!("baton:{password}");
+    let dir = tempfile::tempdir().unwrap();
+    let repo = unique("cross");
+    let (index, children) = push_index(dir.path(), &url, &repo, "v1");
+    let adapter = adapter(
+        json!({
+            "url": url,
+            "destinations": [{"url": auth_url, "username": "baton", "password": {"env": "AUTH_PW"}}],
+        }),
+        &[("AUTH_PW", &password)],
+    );
+    let (outcome, outputs) = run_stage(
+        adapter.as_ref(),
+        json!({"action": "promote", "from": format!("{repo}:v1"), "to": format!("{auth_host}/{repo}:stable")}),
+    )
+    .await;
+    assert!(
+        matches!(outcome.state, ExternalState::Succeeded { .. }),
+        "{outcome:?}"
+    );
+    assert_same_image(
+        &format!("{host}/{repo}:v1"),
+        &format!("{auth_host}/{repo}:stable"),
+        &children,
+        Some(&creds),
+    );
+    assert_eq!(outputs["digest"], json!(sha256(&index)));
+    assert_eq!(
+        outputs["image"],
+        json!(format!("{auth_host}/{repo}:stable"))
+    );
+    assert_eq!(count(&outputs, "blobs_mounted"), 0);
+    assert_eq!(count(&outputs, "blobs_uploaded"), 6);
+    // Every blob's bytes went through once: the outputs' size less the manifests.
+    let manifests: u64 = index.len() as u64 + children.iter().map(|c| c.size as u64).sum::<u64>();
+    assert_eq!(
+        count(&outputs, "bytes_uploaded"),
+        count(&outputs, "size") - manifests
+    );
+
+    // A `to` in a registry that is not listed is refused at start.
+    let key = key("unlisted");
+    let error = adapter
+        .start(&start_request(&key, json!({"action": "promote", "from": format!("{repo}:v1"), "to": "elsewhere.example.com/x:1"})))
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("destinations"), "{error}");
+}
+
+#[tokio::test]
+async fn wrong_credentials_fail_the_stage_in_words() {
+    let (auth_url, _) = auth_url_and_password();
+    let adapter = adapter(
+        json!({"url": auth_url, "username": "baton", "password": {"env": "PW"}}),
+        &[("PW", "not-the-password")],
+    );
+    let (outcome, _) = run_stage(
+        adapter.as_ref(),
+        json!({"action": "inspect", "image": "baton-test/any:v1"}),
+    )
+    .await;
+    assert_eq!(outcome.state, ExternalState::Failed, "{outcome:?}");
+    let message = outcome.message.unwrap();
+    for needle in [auth_url.as_str(), "user `baton`", "refused", "401"] {
+        assert!(message.contains(needle), "`{needle}` not in: {message}");
+    }
+    assert!(!message.contains("not-the-password"), "{message}");
+
+    let anonymous = adapter_without_login(&auth_url);
+    let (outcome, _) = run_stage(
+        anonymous.as_ref(),
+        json!({"action": "inspect", "image": "baton-test/any:v1"}),
+    )
+    .await;
+    assert!(
+        outcome
+            .message
+            .unwrap()
+            .contains("set `username` and `password`")
+    );
+}
+
+fn adapter_without_login(url: &str) -> std::sync::Arc<dyn baton_core::Adapter> {
+    adapter(json!({ "url": url }), &[])
+}
+
+#[tokio::test]
+async fn wait_backs_off_while_the_tag_is_missing_and_ends_when_it_is_pushed() {
+    let url = open_url();
+    let host = authority(&url);
+    let repo = unique("wait");
+    let adapter = adapter(
+        json!({"url": url, "poll_initial": "1s", "poll_max": "4s"}),
+        &[],
+    );
+    let key = key("wait");
+    let mut external = adapter
+        .start(&start_request(
+            &key,
+            json!({"action": "wait", "image": format!("{repo}:v1")}),
+        ))
+        .await
+        .unwrap();
+    let mut hints = Vec::new();
+    for _ in 0..6 {
+        let outcome = poll_once(adapter.as_ref(), &key, &mut external)
+            .await
+            .unwrap();
+        assert_eq!(outcome.state, ExternalState::Running, "{outcome:?}");
+        assert!(
+            outcome
+                .message
+                .as_deref()
+                .unwrap()
+                .contains(&format!("{repo}:v1"))
+        );
+        hints.push(outcome.next_poll.unwrap());
+    }
+    assert!(hints[0] <= Duration::from_secs(1), "{hints:?}");
+    assert!(
+        hints[5] > hints[0] && hints[5] <= Duration::from_secs(4),
+        "{hints:?}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let source = build_image(dir.path(), "v1", "linux", "amd64", 512);
+    push(&source, &format!("{host}/{repo}:v1"), None, None);
+    let seen = poll_until(
+        adapter.as_ref(),
+        &key,
+        &mut external,
+        (Duration::from_millis(50), Duration::from_secs(10)),
+        |_| false,
+    )
+    .await;
+    let last = seen.last().unwrap();
+    assert!(
+        matches!(last.state, ExternalState::Succeeded { .. }),
+        "{last:?}"
+    );
+    let outputs = adapter.outputs(&key, &external).await.unwrap();
+    assert_eq!(
+        outputs["digest"],
+        json!(sha256(&raw(&format!("{host}/{repo}:v1"), None)))
+    );
+}
+
+#[tokio::test]
+async fn accept_headers_keep_a_v2s2_digest_and_resolve_an_index() {
+    let url = open_url();
+    let host = authority(&url);
+    let dir = tempfile::tempdir().unwrap();
+    let repo = unique("v2s2");
+    let source = build_image(dir.path(), "v1", "linux", "amd64", 512);
+    push(&source, &format!("{host}/{repo}:v1"), Some("v2s2"), None);
+    let manifest = raw(&format!("{host}/{repo}:v1"), None);
+    let adapter = adapter(json!({ "url": url }), &[]);
+    let (_, outputs) = run_stage(
+        adapter.as_ref(),
+        json!({"action": "inspect", "image": format!("{repo}:v1")}),
+    )
+    .await;
+    // Without the v2s2 type in Accept, distribution converts to schema 1: another digest.
+    assert_eq!(outputs["digest"], json!(sha256(&manifest)));
+    assert_eq!(outputs["media_type"], json!(DOCKER_MANIFEST));
+    let schema1 = run("curl", &["-s", &format!("{url}/v2/{repo}/manifests/v1")]);
+    assert_ne!(
+        sha256(&schema1),
+        sha256(&manifest),
+        "the registry did not convert"
+    );
+
+    let index_repo = unique("accept-index");
+    let (index, _) = push_index(dir.path(), &url, &index_repo, "v1");
+    let (_, outputs) = run_stage(
+        adapter.as_ref(),
+        json!({"action": "inspect", "image": format!("{index_repo}:v1")}),
+    )
+    .await;
+    assert_eq!(outputs["digest"], json!(sha256(&index)));
+    let bare = run(
+        "curl",
+        &[
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("{url}/v2/{index_repo}/manifests/v1"),
+        ],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&bare),
+        "404",
+        "without Accept an OCI index is 404"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_image_fails_inspect_and_promote_naming_it() {
+    let url = open_url();
+    let adapter = adapter(json!({ "url": url }), &[]);
+    let repo = unique("missing");
+    let (outcome, _) = run_stage(
+        adapter.as_ref(),
+        json!({"action": "inspect", "image": format!("{repo}:v1")}),
+    )
+    .await;
+    assert_eq!(outcome.state, ExternalState::Failed);
+    assert!(outcome.message.unwrap().contains(&format!("{repo}:v1")));
+    let (outcome, _) = run_stage(
+        adapter.as_ref(),
+        json!({"action": "promote", "from": format!("{repo}:v1"), "to": format!("{repo}:v2")}),
+    )
+    .await;
+    assert_eq!(outcome.state, ExternalState::Failed);
+    assert!(outcome.message.unwrap().contains("nothing to promote"));
+}
