@@ -151,10 +151,7 @@ impl Registry {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_owned();
-        let sent_credentials = {
-            let state = self.auth.lock().expect("auth state");
-            state.basic || state.challenge.is_some()
-        };
+        let sent_basic = self.auth.lock().expect("auth state").basic;
         let body = excerpt(&response.bytes().await.unwrap_or_default());
         if header
             .trim_start()
@@ -167,20 +164,14 @@ impl Registry {
                     self.who()
                 )));
             }
-            if sent_credentials {
+            if sent_basic {
                 return Err(self.refused(&body));
             }
             self.auth.lock().expect("auth state").basic = true;
         } else if let Some(challenge) = parse_bearer(&header) {
-            let known = {
-                let mut state = self.auth.lock().expect("auth state");
-                let known = state.challenge.as_ref() == Some(&challenge);
-                state.challenge = Some(challenge);
-                known
-            };
-            if known && sent_credentials {
-                return Err(self.refused(&body));
-            }
+            // A token the registry no longer takes (revoked, or the registry restarted
+            // with another key) is replaced once by a fresh one before baton gives up.
+            self.auth.lock().expect("auth state").challenge = Some(challenge);
         } else {
             return Err(AdapterError::Auth(format!(
                 "{} answered 401 with a challenge baton cannot follow (`{header}`): {body}",
@@ -343,25 +334,32 @@ impl Registry {
         .await
     }
 
+    /// A HEAD or GET of a manifest with every type accepted; `None` for a 404.
+    async fn manifest_request(
+        &self,
+        method: Method,
+        repository: &str,
+        reference: &str,
+    ) -> Result<Option<(Url, Response)>, AdapterError> {
+        let url = self.url(&format!("{repository}/manifests/{reference}"));
+        let response = self
+            .call(&Scopes::pull(repository), method, &url, &accept(), None)
+            .await?;
+        Ok((response.status() != StatusCode::NOT_FOUND).then_some((url, response)))
+    }
+
     /// HEAD of a manifest: its digest, or `None` when the registry has none there.
     pub(crate) async fn manifest_digest(
         &self,
         repository: &str,
         reference: &str,
     ) -> Result<Option<String>, AdapterError> {
-        let url = self.url(&format!("{repository}/manifests/{reference}"));
-        let response = self
-            .call(
-                &Scopes::pull(repository),
-                Method::HEAD,
-                &url,
-                &accept(),
-                None,
-            )
-            .await?;
-        if response.status() == StatusCode::NOT_FOUND {
+        let Some((url, response)) = self
+            .manifest_request(Method::HEAD, repository, reference)
+            .await?
+        else {
             return Ok(None);
-        }
+        };
         let status = response.status();
         let digest = header(response.headers(), "docker-content-digest");
         status_error(status, &[], &format!("HEAD {url}"))?;
@@ -382,20 +380,13 @@ impl Registry {
         repository: &str,
         reference: &str,
     ) -> Result<Option<Manifest>, AdapterError> {
-        let url = self.url(&format!("{repository}/manifests/{reference}"));
-        let response = self
-            .call(
-                &Scopes::pull(repository),
-                Method::GET,
-                &url,
-                &accept(),
-                None,
-            )
-            .await?;
-        let status = response.status();
-        if status == StatusCode::NOT_FOUND {
+        let Some((url, response)) = self
+            .manifest_request(Method::GET, repository, reference)
+            .await?
+        else {
             return Ok(None);
-        }
+        };
+        let status = response.status();
         let headers = response.headers().clone();
         let bytes = read_limited(response, MANIFEST_LIMIT, &url).await?;
         status_error(status, &bytes, &format!("GET {url}"))?;
@@ -410,18 +401,33 @@ impl Registry {
                 "stated by the registry",
             ),
         ] {
-            if let Some(claimed) = claimed.filter(|c| c.starts_with("sha256:")) {
-                if claimed != digest {
-                    return Err(AdapterError::Protocol(format!(
-                        "GET {url}: the manifest's bytes hash to {digest}, not {claimed} ({by})"
-                    )));
-                }
+            if let Some(claimed) = claimed.filter(|c| c.starts_with("sha256:"))
+                && claimed != digest
+            {
+                return Err(AdapterError::Protocol(format!(
+                    "GET {url}: the manifest's bytes hash to {digest}, not {claimed} ({by})"
+                )));
             }
         }
         let media_type = header(&headers, CONTENT_TYPE.as_str()).unwrap_or_default();
         Manifest::read(bytes, media_type, digest)
             .map(Some)
             .map_err(|e| AdapterError::Protocol(format!("GET {url}: {e}")))
+    }
+
+    /// The child `child` of the index `index`, which must be in `repository`.
+    pub(crate) async fn child_manifest(
+        &self,
+        repository: &str,
+        index: &str,
+        child: &str,
+    ) -> Result<Manifest, AdapterError> {
+        self.manifest(repository, child).await?.ok_or_else(|| {
+            AdapterError::NotFound(format!(
+                "the index {index} names {child}, which registry {} does not have in `{repository}`",
+                self.base
+            ))
+        })
     }
 
     /// Whether `repository` has the manifest `digest`.

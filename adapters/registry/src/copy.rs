@@ -78,13 +78,13 @@ impl Copy<'_> {
                     self.src.base()
                 ))
             })?;
-        if let Target::Digest(digest) = &to.target {
-            if *digest != top.digest {
-                return Err(AdapterError::Invalid(format!(
-                    "`to` names digest {digest}, but {from} is {}: a promote never changes a digest",
-                    top.digest
-                )));
-            }
+        if let Target::Digest(digest) = &to.target
+            && *digest != top.digest
+        {
+            return Err(AdapterError::Invalid(format!(
+                "`to` names digest {digest}, but {from} is {}: a promote never changes a digest",
+                top.digest
+            )));
         }
         self.children_and_blobs(&top).await?;
         self.put(&top, to.target.as_str()).await?;
@@ -100,17 +100,8 @@ impl Copy<'_> {
                 }
                 let fetched = self
                     .src
-                    .manifest(self.from, &child.digest)
-                    .await?
-                    .ok_or_else(|| {
-                        AdapterError::NotFound(format!(
-                            "the index {} names {}, which {} does not have in `{}`",
-                            manifest.digest,
-                            child.digest,
-                            self.src.base(),
-                            self.from
-                        ))
-                    })?;
+                    .child_manifest(self.from, &manifest.digest, &child.digest)
+                    .await?;
                 // Nested indexes are rare but legal: the same rules apply one level down.
                 Box::pin(self.children_and_blobs(&fetched)).await?;
                 self.put(&fetched, &fetched.digest).await?;

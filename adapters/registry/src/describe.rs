@@ -25,16 +25,8 @@ pub(crate) async fn describe(
             let mut size = manifest.bytes.len() as u64;
             for child in children {
                 let fetched = registry
-                    .manifest(repository, &child.digest)
-                    .await?
-                    .ok_or_else(|| {
-                        AdapterError::NotFound(format!(
-                            "the index {} names {}, which registry {} does not have in `{repository}`",
-                            manifest.digest,
-                            child.digest,
-                            registry.base()
-                        ))
-                    })?;
+                    .child_manifest(repository, &manifest.digest, &child.digest)
+                    .await?;
                 size += fetched.own_size();
             }
             let platforms: Vec<String> = children

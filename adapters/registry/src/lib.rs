@@ -119,6 +119,9 @@ impl AdapterKind for RegistryKind {
     }
 }
 
+/// Where a copy task leaves its outputs or its error.
+type CopyResult = Arc<Mutex<Option<Result<Map<String, Value>, AdapterError>>>>;
+
 /// Where an attempt is.
 #[derive(Debug)]
 enum Phase {
@@ -127,7 +130,7 @@ enum Phase {
     /// `promote`: a task copies; its result lands in the cell.
     Copying {
         abort: tokio::task::AbortHandle,
-        result: Arc<Mutex<Option<Result<Map<String, Value>, AdapterError>>>>,
+        result: CopyResult,
     },
     /// Over, with the outputs or why not.
     Ended(Ended),
@@ -308,7 +311,19 @@ impl RegistryAdapter {
             let copy_result = match &entry.phase {
                 Phase::Ended(ended) => return Ok(ended_outcome(ended)),
                 Phase::Looking => None,
-                Phase::Copying { result, .. } => Some(result.lock().expect("copy result").take()),
+                Phase::Copying { abort, result } => {
+                    // Read before the cell: a task that had ended by then has left its
+                    // result, unless it panicked, which fails the copy.
+                    let finished = abort.is_finished();
+                    let taken = result.lock().expect("copy result").take();
+                    Some(taken.or_else(|| {
+                        finished.then(|| {
+                            Err(AdapterError::Protocol(
+                                "the copy ended without a result".into(),
+                            ))
+                        })
+                    }))
+                }
             };
             (entry.spec.clone(), entry.polls - 1, copy_result)
         };
@@ -361,10 +376,10 @@ impl RegistryAdapter {
     /// Changes `key`'s entry unless it has ended meanwhile (a cancel came first).
     fn settle(&self, key: &AttemptKey, change: impl FnOnce(&mut Entry)) {
         let mut memory = self.inner.memory.lock().expect("memory");
-        if let Some(entry) = memory.get_mut(key) {
-            if !matches!(entry.phase, Phase::Ended(_)) {
-                change(entry);
-            }
+        if let Some(entry) = memory.get_mut(key)
+            && !matches!(entry.phase, Phase::Ended(_))
+        {
+            change(entry);
         }
     }
 

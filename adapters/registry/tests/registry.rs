@@ -39,15 +39,11 @@ async fn promote_of_an_index_keeps_every_digest_within_and_across_repositories()
     let adapter = adapter(json!({ "url": url }), &[]);
 
     // Within the repository: a new tag, nothing to copy but the index itself.
-    let (outcome, outputs) = run_stage(
+    let outputs = succeeded(
         adapter.as_ref(),
-        json!({"action": "promote", "from": format!("{repo}:v1"), "to": format!("{repo}:stable")}),
+        promote(&format!("{repo}:v1"), &format!("{repo}:stable")),
     )
     .await;
-    assert!(
-        matches!(outcome.state, ExternalState::Succeeded { .. }),
-        "{outcome:?}"
-    );
     assert_same_image(
         &format!("{host}/{repo}:v1"),
         &format!("{host}/{repo}:stable"),
@@ -74,15 +70,11 @@ async fn promote_of_an_index_keeps_every_digest_within_and_across_repositories()
 
     // Across repositories: every blob mounted, every child pushed by digest, no upload.
     let other = unique("index-prod");
-    let (outcome, outputs) = run_stage(
+    let outputs = succeeded(
         adapter.as_ref(),
-        json!({"action": "promote", "from": format!("{repo}:v1"), "to": format!("{other}:stable")}),
+        promote(&format!("{repo}:v1"), &format!("{other}:stable")),
     )
     .await;
-    assert!(
-        matches!(outcome.state, ExternalState::Succeeded { .. }),
-        "{outcome:?}"
-    );
     assert_same_image(
         &format!("{host}/{repo}:v1"),
         &format!("{host}/{other}:stable"),
@@ -111,9 +103,9 @@ async fn promote_of_an_index_keeps_every_digest_within_and_across_repositories()
     assert_eq!(count(&outputs, "size"), expected);
 
     // Again: everything is there already, so nothing is mounted and only the tag is PUT.
-    let (_, again) = run_stage(
+    let again = succeeded(
         adapter.as_ref(),
-        json!({"action": "promote", "from": format!("{repo}:v1"), "to": format!("{other}:stable")}),
+        promote(&format!("{repo}:v1"), &format!("{other}:stable")),
     )
     .await;
     assert_eq!(again["digest"], outputs["digest"]);
@@ -138,15 +130,7 @@ async fn promote_of_a_single_image_by_digest_and_inspect_of_its_platform() {
     let digest = sha256(&manifest);
     let adapter = adapter(json!({ "url": url }), &[]);
 
-    let (outcome, outputs) = run_stage(
-        adapter.as_ref(),
-        json!({"action": "inspect", "image": format!("{repo}:v1")}),
-    )
-    .await;
-    assert!(
-        matches!(outcome.state, ExternalState::Succeeded { .. }),
-        "{outcome:?}"
-    );
+    let outputs = succeeded(adapter.as_ref(), inspect(&format!("{repo}:v1"))).await;
     assert_eq!(outputs["digest"], json!(digest));
     assert_eq!(outputs["media_type"], json!(OCI_MANIFEST));
     assert_eq!(outputs["platforms"], json!(["linux/arm64"]));
@@ -156,15 +140,11 @@ async fn promote_of_a_single_image_by_digest_and_inspect_of_its_platform() {
     assert_eq!(count(&outputs, "size"), manifest.len() as u64 + blobs);
 
     let other = unique("single-prod");
-    let (outcome, outputs) = run_stage(
+    let outputs = succeeded(
         adapter.as_ref(),
-        json!({"action": "promote", "from": format!("{repo}@{digest}"), "to": format!("{other}:stable")}),
+        promote(&format!("{repo}@{digest}"), &format!("{other}:stable")),
     )
     .await;
-    assert!(
-        matches!(outcome.state, ExternalState::Succeeded { .. }),
-        "{outcome:?}"
-    );
     assert_eq!(raw(&format!("{host}/{other}:stable"), None), manifest);
     assert_eq!(
         (
@@ -176,13 +156,8 @@ async fn promote_of_a_single_image_by_digest_and_inspect_of_its_platform() {
 
     // A `to` digest that is not the source's is refused before anything is written.
     let wrong = format!("{other}@sha256:{}", "0".repeat(64));
-    let (outcome, _) = run_stage(
-        adapter.as_ref(),
-        json!({"action": "promote", "from": format!("{repo}:v1"), "to": wrong}),
-    )
-    .await;
-    assert_eq!(outcome.state, ExternalState::Failed, "{outcome:?}");
-    assert!(outcome.message.unwrap().contains("never changes a digest"));
+    let message = failed(adapter.as_ref(), promote(&format!("{repo}:v1"), &wrong)).await;
+    assert!(message.contains("never changes a digest"), "{message}");
 }
 
 #[tokio::test]
@@ -202,15 +177,11 @@ async fn promote_to_another_registry_streams_every_blob_and_keeps_every_digest()
         }),
         &[("AUTH_PW", &password)],
     );
-    let (outcome, outputs) = run_stage(
+    let outputs = succeeded(
         adapter.as_ref(),
-        json!({"action": "promote", "from": format!("{repo}:v1"), "to": format!("{auth_host}/{repo}:stable")}),
+        promote(&format!("{repo}:v1"), &format!("{auth_host}/{repo}:stable")),
     )
     .await;
-    assert!(
-        matches!(outcome.state, ExternalState::Succeeded { .. }),
-        "{outcome:?}"
-    );
     assert_same_image(
         &format!("{host}/{repo}:v1"),
         &format!("{auth_host}/{repo}:stable"),
@@ -234,7 +205,10 @@ async fn promote_to_another_registry_streams_every_blob_and_keeps_every_digest()
     // A `to` in a registry that is not listed is refused at start.
     let key = key("unlisted");
     let error = adapter
-        .start(&start_request(&key, json!({"action": "promote", "from": format!("{repo}:v1"), "to": "elsewhere.example.com/x:1"})))
+        .start(&start_request(
+            &key,
+            promote(&format!("{repo}:v1"), "elsewhere.example.com/x:1"),
+        ))
         .await
         .unwrap_err();
     assert!(error.to_string().contains("destinations"), "{error}");
@@ -247,29 +221,17 @@ async fn wrong_credentials_fail_the_stage_in_words() {
         json!({"url": auth_url, "username": "baton", "password": {"env": "PW"}}),
         &[("PW", "not-the-password")],
     );
-    let (outcome, _) = run_stage(
-        adapter.as_ref(),
-        json!({"action": "inspect", "image": "baton-test/any:v1"}),
-    )
-    .await;
-    assert_eq!(outcome.state, ExternalState::Failed, "{outcome:?}");
-    let message = outcome.message.unwrap();
+    let message = failed(adapter.as_ref(), inspect("baton-test/any:v1")).await;
     for needle in [auth_url.as_str(), "user `baton`", "refused", "401"] {
         assert!(message.contains(needle), "`{needle}` not in: {message}");
     }
     assert!(!message.contains("not-the-password"), "{message}");
 
     let anonymous = adapter_without_login(&auth_url);
-    let (outcome, _) = run_stage(
-        anonymous.as_ref(),
-        json!({"action": "inspect", "image": "baton-test/any:v1"}),
-    )
-    .await;
+    let message = failed(anonymous.as_ref(), inspect("baton-test/any:v1")).await;
     assert!(
-        outcome
-            .message
-            .unwrap()
-            .contains("set `username` and `password`")
+        message.contains("set `username` and `password`"),
+        "{message}"
     );
 }
 
@@ -348,11 +310,7 @@ async fn accept_headers_keep_a_v2s2_digest_and_resolve_an_index() {
     push(&source, &format!("{host}/{repo}:v1"), Some("v2s2"), None);
     let manifest = raw(&format!("{host}/{repo}:v1"), None);
     let adapter = adapter(json!({ "url": url }), &[]);
-    let (_, outputs) = run_stage(
-        adapter.as_ref(),
-        json!({"action": "inspect", "image": format!("{repo}:v1")}),
-    )
-    .await;
+    let outputs = succeeded(adapter.as_ref(), inspect(&format!("{repo}:v1"))).await;
     // Without the v2s2 type in Accept, distribution converts to schema 1: another digest.
     assert_eq!(outputs["digest"], json!(sha256(&manifest)));
     assert_eq!(outputs["media_type"], json!(DOCKER_MANIFEST));
@@ -365,28 +323,10 @@ async fn accept_headers_keep_a_v2s2_digest_and_resolve_an_index() {
 
     let index_repo = unique("accept-index");
     let (index, _) = push_index(dir.path(), &url, &index_repo, "v1");
-    let (_, outputs) = run_stage(
-        adapter.as_ref(),
-        json!({"action": "inspect", "image": format!("{index_repo}:v1")}),
-    )
-    .await;
+    let outputs = succeeded(adapter.as_ref(), inspect(&format!("{index_repo}:v1"))).await;
     assert_eq!(outputs["digest"], json!(sha256(&index)));
-    let bare = run(
-        "curl",
-        &[
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            &format!("{url}/v2/{index_repo}/manifests/v1"),
-        ],
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&bare),
-        "404",
-        "without Accept an OCI index is 404"
-    );
+    let bare = http_code(&[&format!("{url}/v2/{index_repo}/manifests/v1")]);
+    assert_eq!(bare, "404", "without Accept an OCI index is 404");
 }
 
 #[tokio::test]
@@ -394,18 +334,12 @@ async fn a_missing_image_fails_inspect_and_promote_naming_it() {
     let url = open_url();
     let adapter = adapter(json!({ "url": url }), &[]);
     let repo = unique("missing");
-    let (outcome, _) = run_stage(
+    let message = failed(adapter.as_ref(), inspect(&format!("{repo}:v1"))).await;
+    assert!(message.contains(&format!("{repo}:v1")), "{message}");
+    let message = failed(
         adapter.as_ref(),
-        json!({"action": "inspect", "image": format!("{repo}:v1")}),
+        promote(&format!("{repo}:v1"), &format!("{repo}:v2")),
     )
     .await;
-    assert_eq!(outcome.state, ExternalState::Failed);
-    assert!(outcome.message.unwrap().contains(&format!("{repo}:v1")));
-    let (outcome, _) = run_stage(
-        adapter.as_ref(),
-        json!({"action": "promote", "from": format!("{repo}:v1"), "to": format!("{repo}:v2")}),
-    )
-    .await;
-    assert_eq!(outcome.state, ExternalState::Failed);
-    assert!(outcome.message.unwrap().contains("nothing to promote"));
+    assert!(message.contains("nothing to promote"), "{message}");
 }

@@ -45,24 +45,21 @@ pub fn auth_url_and_password() -> (String, String) {
 }
 
 fn reachable(url: &str) {
-    let out = Command::new("curl")
-        .args([
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--max-time",
-            "5",
-        ])
-        .arg(format!("{url}/v2/"))
-        .output()
-        .expect("curl runs");
-    let code = String::from_utf8_lossy(&out.stdout).to_string();
+    let code = http_code(&["--max-time", "5", &format!("{url}/v2/")]);
     assert!(
         code == "200" || code == "401",
         "the registry at {url} does not answer /v2/ (got `{code}`): run scripts/containers.sh"
     );
+}
+
+/// The HTTP status `curl` with `args` gets, as text (`000` when nothing answered).
+pub fn http_code(args: &[&str]) -> String {
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+        .args(args)
+        .output()
+        .expect("curl runs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// `host:port` of a registry URL.
@@ -219,24 +216,16 @@ pub fn push_index(dir: &Path, url: &str, repo: &str, tag: &str) -> (Vec<u8>, Vec
     .unwrap();
     let index_file = dir.join(format!("{tag}-index.json"));
     std::fs::write(&index_file, &index).unwrap();
-    let code = run(
-        "curl",
-        &[
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "-X",
-            "PUT",
-            "-H",
-            &format!("Content-Type: {OCI_INDEX}"),
-            "--data-binary",
-            &format!("@{}", index_file.display()),
-            &format!("{url}/v2/{repo}/manifests/{tag}"),
-        ],
-    );
-    assert_eq!(String::from_utf8_lossy(&code), "201", "PUT of the index");
+    let code = http_code(&[
+        "-X",
+        "PUT",
+        "-H",
+        &format!("Content-Type: {OCI_INDEX}"),
+        "--data-binary",
+        &format!("@{}", index_file.display()),
+        &format!("{url}/v2/{repo}/manifests/{tag}"),
+    ]);
+    assert_eq!(code, "201", "PUT of the index");
     (index, children)
 }
 
@@ -267,6 +256,33 @@ pub async fn run_stage(
         Map::new()
     };
     (outcome, outputs)
+}
+
+/// [`run_stage`] of a stage that must succeed; its outputs.
+pub async fn succeeded(adapter: &dyn Adapter, with: Value) -> Map<String, Value> {
+    let (outcome, outputs) = run_stage(adapter, with.clone()).await;
+    assert!(
+        matches!(outcome.state, ExternalState::Succeeded { .. }),
+        "{with}: {outcome:?}"
+    );
+    outputs
+}
+
+/// [`run_stage`] of a stage that must fail; its message.
+pub async fn failed(adapter: &dyn Adapter, with: Value) -> String {
+    let (outcome, _) = run_stage(adapter, with.clone()).await;
+    assert_eq!(outcome.state, ExternalState::Failed, "{with}: {outcome:?}");
+    outcome.message.expect("a failure says why")
+}
+
+/// The `with` of a promote.
+pub fn promote(from: &str, to: &str) -> Value {
+    json!({"action": "promote", "from": from, "to": to})
+}
+
+/// The `with` of an inspect.
+pub fn inspect(image: &str) -> Value {
+    json!({"action": "inspect", "image": image})
 }
 
 pub fn key(stage: &str) -> AttemptKey {
