@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use baton_adapter_kit::harness::{poll_once, poll_until, start_request};
+use baton_adapter_kit::harness::{poll_once, poll_to_end, poll_until, start_request};
 use baton_core::ExternalState;
 use serde_json::{Value, json};
 use support::*;
@@ -342,4 +342,93 @@ async fn a_missing_image_fails_inspect_and_promote_naming_it() {
     )
     .await;
     assert!(message.contains("nothing to promote"), "{message}");
+}
+
+#[tokio::test]
+async fn a_cancelled_promote_stops_and_never_writes_the_tag() {
+    let url = open_url();
+    let host = authority(&url);
+    let (auth_url, password) = auth_url_and_password();
+    let auth_host = authority(&auth_url);
+    let dir = tempfile::tempdir().unwrap();
+    let repo = unique("cancel");
+    // 20 MiB to stream to the other registry: the cancel comes while it is in flight.
+    let source = build_image(dir.path(), "v1", "linux", "amd64", 20 << 20);
+    push(&source, &format!("{host}/{repo}:v1"), None, None);
+    let adapter = adapter(
+        json!({
+            "url": url,
+            "destinations": [{"url": auth_url, "username": "baton", "password": {"env": "AUTH_PW"}}],
+        }),
+        &[("AUTH_PW", &password)],
+    );
+    let key = key("cancel");
+    let mut external = adapter
+        .start(&start_request(
+            &key,
+            promote(&format!("{repo}:v1"), &format!("{auth_host}/{repo}:stable")),
+        ))
+        .await
+        .unwrap();
+    adapter.cancel(&key, &external).await.unwrap();
+    let outcome = poll_once(adapter.as_ref(), &key, &mut external)
+        .await
+        .unwrap();
+    assert_eq!(outcome.state, ExternalState::Cancelled, "{outcome:?}");
+    // Had the copy gone on, the tag would be there by now.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let tag = http_code(&[
+        "-u",
+        &format!("baton:{password}"),
+        "-H",
+        &format!("Accept: {OCI_MANIFEST}"),
+        &format!("{auth_url}/v2/{repo}/manifests/stable"),
+    ]);
+    assert_eq!(tag, "404", "the cancelled promote wrote its tag");
+    // Cancelling again, or polling, changes nothing.
+    adapter.cancel(&key, &external).await.unwrap();
+    let outcome = poll_once(adapter.as_ref(), &key, &mut external)
+        .await
+        .unwrap();
+    assert_eq!(outcome.state, ExternalState::Cancelled);
+}
+
+#[tokio::test]
+async fn after_a_restart_a_poll_takes_the_promote_up_from_the_stored_reference() {
+    let url = open_url();
+    let host = authority(&url);
+    let dir = tempfile::tempdir().unwrap();
+    let repo = unique("restart");
+    let source = build_image(dir.path(), "v1", "linux", "amd64", 1024);
+    push(&source, &format!("{host}/{repo}:v1"), None, None);
+    let before = adapter(json!({ "url": url }), &[]);
+    let key = key("restart");
+    let with = promote(&format!("{repo}:v1"), &format!("{repo}-prod:stable"));
+    let stored = before
+        .start(&start_request(&key, with.clone()))
+        .await
+        .unwrap();
+    // The next process knows nothing: `find` says so, and a poll of the stored reference
+    // makes the (idempotent) copy itself.
+    let after = adapter(json!({ "url": url }), &[]);
+    assert_eq!(after.find(&key, &with).await.unwrap(), None);
+    let mut external = stored.clone();
+    let last = poll_to_end(after.as_ref(), &key, &mut external).await;
+    assert!(
+        matches!(last.state, ExternalState::Succeeded { .. }),
+        "{last:?}"
+    );
+    let outputs = after.outputs(&key, &external).await.unwrap();
+    let digest = sha256(&raw(&format!("{host}/{repo}:v1"), None));
+    assert_eq!(outputs["digest"], json!(digest));
+    assert_eq!(
+        raw(&format!("{host}/{repo}-prod:stable"), None),
+        raw(&format!("{host}/{repo}:v1"), None)
+    );
+    // A third process reading outputs only describes the destination again.
+    let third = adapter(json!({ "url": url }), &[]);
+    let outputs = third.outputs(&key, &stored).await.unwrap();
+    assert_eq!(outputs["digest"], json!(digest));
+    assert_eq!(outputs["image"], json!(format!("{repo}-prod:stable")));
+    assert!(outputs.get("bytes_uploaded").is_none(), "{outputs:?}");
 }
