@@ -80,8 +80,6 @@ pub(crate) struct Registry {
     http: reqwest::Client,
     request_timeout: Duration,
     auth: Mutex<AuthState>,
-    /// Token requests made, for tests of the cache.
-    token_requests: AtomicU64,
 }
 
 impl Registry {
@@ -104,18 +102,12 @@ impl Registry {
             http,
             request_timeout,
             auth: Mutex::default(),
-            token_requests: AtomicU64::new(0),
         })
     }
 
     /// The registry's root, as configured.
     pub(crate) fn base(&self) -> &Url {
         &self.base
-    }
-
-    /// How many token requests this client made.
-    pub(crate) fn token_requests(&self) -> u64 {
-        self.token_requests.load(Ordering::Relaxed)
     }
 
     /// `<base>/v2/<path>`.
@@ -263,7 +255,6 @@ impl Registry {
         if let Some((user, password)) = &self.login {
             request = request.basic_auth(user, Some(password.expose()));
         }
-        self.token_requests.fetch_add(1, Ordering::Relaxed);
         let response = request.send().await.map_err(|e| {
             AdapterError::Transient(format!(
                 "the token server {} of registry {} did not answer: {}",

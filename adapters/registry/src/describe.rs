@@ -45,12 +45,7 @@ pub(crate) async fn describe(
                     config.digest, manifest.digest
                 ))
             })?;
-            let platforms = if platform.os.is_empty() && platform.architecture.is_empty() {
-                Vec::new()
-            } else {
-                vec![platform.label()]
-            };
-            (platforms, manifest.own_size())
+            (config_platforms(&platform), manifest.own_size())
         }
     };
     let url = registry.url(&format!("{repository}/manifests/{}", manifest.digest));
@@ -65,4 +60,30 @@ pub(crate) async fn describe(
         unreachable!("a json! object is an object")
     };
     Ok(map)
+}
+
+/// The platform an image config states, if it states one.
+fn config_platforms(platform: &Platform) -> Vec<String> {
+    if platform.os.is_empty() && platform.architecture.is_empty() {
+        Vec::new()
+    } else {
+        vec![platform.label()]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_config_without_a_platform_states_none() {
+        let of = |json: Value| config_platforms(&serde_json::from_value(json).unwrap());
+        assert!(of(json!({})).is_empty());
+        assert_eq!(of(json!({"os": "linux"})), ["linux/"]);
+        assert_eq!(of(json!({"architecture": "arm64"})), ["/arm64"]);
+        assert_eq!(
+            of(json!({"os": "linux", "architecture": "arm", "variant": "v6"})),
+            ["linux/arm/v6"]
+        );
+    }
 }

@@ -185,12 +185,6 @@ impl RegistryAdapter {
         }
     }
 
-    /// How many token requests the instance's own registry client made (for tests of the
-    /// token cache).
-    pub fn token_requests(&self) -> u64 {
-        self.inner.own.token_requests()
-    }
-
     /// The registry `to` names and whether it is the instance's own.
     fn destination(&self, to: &ImageRef) -> Result<(Arc<Registry>, bool), AdapterError> {
         let own = &self.inner.own;
@@ -595,5 +589,33 @@ impl Adapter for RegistryAdapter {
 
     fn attach(&self, waker: Waker) {
         *self.inner.waker.lock().expect("waker") = Some(waker);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kind_declares_what_it_is_and_checks_instances() {
+        let kind = RegistryKind;
+        assert!(kind.summary().contains("OCI registry"));
+        let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../..")
+            .join(kind.docs());
+        let page = std::fs::read_to_string(&docs).unwrap();
+        assert!(
+            page.starts_with("# The `registry` adapter"),
+            "{}",
+            docs.display()
+        );
+        assert_eq!(
+            FieldError::paths(&kind.validate_instance(&json!({"url": "ftp://x"}))),
+            ["url"]
+        );
+        assert!(
+            kind.validate_instance(&json!({"url": "http://r"}))
+                .is_empty()
+        );
     }
 }

@@ -5,8 +5,9 @@ mod support;
 
 use std::time::Duration;
 
-use baton_adapter_kit::harness::{poll_once, poll_to_end, poll_until, start_request};
+use baton_adapter_kit::harness::{expect_error, poll_once, poll_to_end, poll_until, start_request};
 use baton_core::ExternalState;
+use baton_core::{AttemptKey, Waker};
 use serde_json::{Value, json};
 use support::*;
 
@@ -431,4 +432,116 @@ async fn after_a_restart_a_poll_takes_the_promote_up_from_the_stored_reference()
     assert_eq!(outputs["digest"], json!(digest));
     assert_eq!(outputs["image"], json!(format!("{repo}-prod:stable")));
     assert!(outputs.get("bytes_uploaded").is_none(), "{outputs:?}");
+}
+
+#[tokio::test]
+async fn a_finished_copy_wakes_the_engine_and_its_logs_link_the_manifest() {
+    let url = open_url();
+    let host = authority(&url);
+    let dir = tempfile::tempdir().unwrap();
+    let repo = unique("wake");
+    let source = build_image(dir.path(), "v1", "linux", "amd64", 1024);
+    push(&source, &format!("{host}/{repo}:v1"), None, None);
+    let adapter = adapter(json!({ "url": url }), &[]);
+    let (woken, wakes) = std::sync::mpsc::channel();
+    adapter.attach(Waker::new(move |key: &AttemptKey| {
+        let _ = woken.send(key.clone());
+    }));
+    // `to` may name this instance's own host: the same registry, so blobs are mounted.
+    let to = format!("{host}/{repo}-prod:stable");
+    let key = key("wake");
+    let mut external = adapter
+        .start(&start_request(&key, promote(&format!("{repo}:v1"), &to)))
+        .await
+        .unwrap();
+    let woken = tokio::task::spawn_blocking(move || wakes.recv_timeout(Duration::from_secs(20)))
+        .await
+        .unwrap()
+        .expect("the end of the copy wakes the engine");
+    assert_eq!(woken, key);
+    let outcome = poll_once(adapter.as_ref(), &key, &mut external)
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome.state, ExternalState::Succeeded { .. }),
+        "{outcome:?}"
+    );
+    let outputs = adapter.outputs(&key, &external).await.unwrap();
+    assert_eq!(outputs["blobs_mounted"], json!(2), "{outputs:?}");
+    let digest = outputs["digest"].as_str().unwrap().to_owned();
+    let logs = adapter.logs(&key, &external).await.unwrap();
+    assert_eq!(
+        logs.links[0].url,
+        format!("{url}/v2/{repo}-prod/manifests/stable")
+    );
+    assert!(logs.text.unwrap().contains(&digest));
+
+    // An inspect of an image that is there ends at its first poll; `image` is always in
+    // the instance's own registry, so a host there is refused.
+    let key = support::key("inspect");
+    let mut external = adapter
+        .start(&start_request(
+            &key,
+            inspect(&format!("{repo}-prod:stable")),
+        ))
+        .await
+        .unwrap();
+    let outcome = poll_once(adapter.as_ref(), &key, &mut external)
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome.state, ExternalState::Succeeded { .. }),
+        "{outcome:?}"
+    );
+    assert_eq!(outcome.message.as_deref(), Some(digest.as_str()));
+    let refused = adapter
+        .start(&start_request(&support::key("host"), inspect(&to)))
+        .await;
+    expect_error(refused, "Invalid", "registry host");
+}
+
+#[tokio::test]
+async fn an_unreachable_registry_is_a_passing_problem_and_a_copy_starts_over() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let adapter = adapter(json!({ "url": format!("http://127.0.0.1:{port}") }), &[]);
+    for with in [
+        json!({"action": "wait", "image": "app:v1"}),
+        inspect("app:v1"),
+    ] {
+        let key = key("down");
+        let mut external = adapter.start(&start_request(&key, with)).await.unwrap();
+        expect_error(
+            poll_once(adapter.as_ref(), &key, &mut external).await,
+            "Transient",
+            "did not answer",
+        );
+    }
+    let key = key("down-promote");
+    let mut external = adapter
+        .start(&start_request(&key, promote("app:v1", "app:v2")))
+        .await
+        .unwrap();
+    let seen = poll_until(
+        adapter.as_ref(),
+        &key,
+        &mut external,
+        (Duration::from_millis(50), Duration::from_secs(10)),
+        |o| {
+            o.message
+                .as_deref()
+                .is_some_and(|m| m.contains("again after"))
+        },
+    )
+    .await;
+    let last = seen.last().unwrap();
+    assert_eq!(last.state, ExternalState::Running, "{last:?}");
+    assert!(
+        last.message.as_deref().unwrap().contains("did not answer"),
+        "{last:?}"
+    );
+    adapter.cancel(&key, &external).await.unwrap();
 }
