@@ -14,10 +14,7 @@ use support::*;
 async fn the_registry_adapter_passes_the_conformance_kit() {
     let url = open_url();
     let host = authority(&url);
-    let dir = tempfile::tempdir().unwrap();
-    let repo = unique("conformance");
-    let source = build_image(dir.path(), "v1", "linux", "amd64", 1024);
-    push(&source, &format!("{host}/{repo}:v1"), None, None);
+    let repo = pushed_image(&host, "conformance", "amd64", 1024);
     let promoted = unique("conformance-prod");
     run_conformance(Scenario {
         kind: Arc::new(RegistryKind),

@@ -11,6 +11,22 @@ use baton_core::{AttemptKey, Waker};
 use serde_json::{Value, json};
 use support::*;
 
+/// Promotes `<repo>:v1` of the registry at `host` to `to` (`host:port/repo:tag`, this
+/// registry or another that `to_creds` log in to), checks that every manifest at `to` (the
+/// index and each child) has the bytes it has at the source, and returns the outputs.
+async fn promote_index(
+    adapter: &dyn baton_core::Adapter,
+    (host, repo): (&str, &str),
+    to: &str,
+    (index, children): (&[u8], &[Child]),
+    to_creds: Option<&str>,
+) -> serde_json::Map<String, Value> {
+    let outputs = succeeded(adapter, promote(&format!("{repo}:v1"), to)).await;
+    assert_same_image(&format!("{host}/{repo}:v1"), to, children, to_creds);
+    assert_eq!(outputs["digest"], json!(sha256(index)));
+    outputs
+}
+
 /// Every manifest at `to` (the index and each child) has the bytes it has at `from`.
 fn assert_same_image(from: &str, to: &str, children: &[Child], to_creds: Option<&str>) {
     assert_eq!(raw(from, None), raw(to, to_creds), "index bytes of {to}");
@@ -40,18 +56,14 @@ async fn promote_of_an_index_keeps_every_digest_within_and_across_repositories()
     let adapter = adapter(json!({ "url": url }), &[]);
 
     // Within the repository: a new tag, nothing to copy but the index itself.
-    let outputs = succeeded(
+    let outputs = promote_index(
         adapter.as_ref(),
-        promote(&format!("{repo}:v1"), &format!("{repo}:stable")),
+        (&host, &repo),
+        &format!("{host}/{repo}:stable"),
+        (&index, &children),
+        None,
     )
     .await;
-    assert_same_image(
-        &format!("{host}/{repo}:v1"),
-        &format!("{host}/{repo}:stable"),
-        &children,
-        None,
-    );
-    assert_eq!(outputs["digest"], json!(sha256(&index)));
     assert_eq!(outputs["id"], outputs["digest"]);
     assert_eq!(outputs["media_type"], json!(OCI_INDEX));
     assert_eq!(
@@ -71,18 +83,14 @@ async fn promote_of_an_index_keeps_every_digest_within_and_across_repositories()
 
     // Across repositories: every blob mounted, every child pushed by digest, no upload.
     let other = unique("index-prod");
-    let outputs = succeeded(
+    let outputs = promote_index(
         adapter.as_ref(),
-        promote(&format!("{repo}:v1"), &format!("{other}:stable")),
+        (&host, &repo),
+        &format!("{host}/{other}:stable"),
+        (&index, &children),
+        None,
     )
     .await;
-    assert_same_image(
-        &format!("{host}/{repo}:v1"),
-        &format!("{host}/{other}:stable"),
-        &children,
-        None,
-    );
-    assert_eq!(outputs["digest"], json!(sha256(&index)));
     assert_eq!(count(&outputs, "bytes_uploaded"), 0, "{outputs:?}");
     assert_eq!(count(&outputs, "blobs_uploaded"), 0, "{outputs:?}");
     // Three configs and three layers.
@@ -123,10 +131,7 @@ async fn promote_of_an_index_keeps_every_digest_within_and_across_repositories()
 async fn promote_of_a_single_image_by_digest_and_inspect_of_its_platform() {
     let url = open_url();
     let host = authority(&url);
-    let dir = tempfile::tempdir().unwrap();
-    let repo = unique("single");
-    let source = build_image(dir.path(), "v1", "linux", "arm64", 4096);
-    push(&source, &format!("{host}/{repo}:v1"), None, None);
+    let repo = pushed_image(&host, "single", "arm64", 4096);
     let manifest = raw(&format!("{host}/{repo}:v1"), None);
     let digest = sha256(&manifest);
     let adapter = adapter(json!({ "url": url }), &[]);
@@ -165,31 +170,19 @@ async fn promote_of_a_single_image_by_digest_and_inspect_of_its_platform() {
 async fn promote_to_another_registry_streams_every_blob_and_keeps_every_digest() {
     let url = open_url();
     let host = authority(&url);
-    let (auth_url, password) = auth_url_and_password();
-    let auth_host = authority(&auth_url);
+    let (adapter, auth_host, password) = adapter_with_destination(&url);
     let creds = format!("baton:{password}");
     let dir = tempfile::tempdir().unwrap();
     let repo = unique("cross");
     let (index, children) = push_index(dir.path(), &url, &repo, "v1");
-    let adapter = adapter(
-        json!({
-            "url": url,
-            "destinations": [{"url": auth_url, "username": "baton", "password": {"env": "AUTH_PW"}}],
-        }),
-        &[("AUTH_PW", &password)],
-    );
-    let outputs = succeeded(
+    let outputs = promote_index(
         adapter.as_ref(),
-        promote(&format!("{repo}:v1"), &format!("{auth_host}/{repo}:stable")),
+        (&host, &repo),
+        &format!("{auth_host}/{repo}:stable"),
+        (&index, &children),
+        Some(&creds),
     )
     .await;
-    assert_same_image(
-        &format!("{host}/{repo}:v1"),
-        &format!("{auth_host}/{repo}:stable"),
-        &children,
-        Some(&creds),
-    );
-    assert_eq!(outputs["digest"], json!(sha256(&index)));
     assert_eq!(
         outputs["image"],
         json!(format!("{auth_host}/{repo}:stable"))
@@ -349,20 +342,9 @@ async fn a_missing_image_fails_inspect_and_promote_naming_it() {
 async fn a_cancelled_promote_stops_and_never_writes_the_tag() {
     let url = open_url();
     let host = authority(&url);
-    let (auth_url, password) = auth_url_and_password();
-    let auth_host = authority(&auth_url);
-    let dir = tempfile::tempdir().unwrap();
-    let repo = unique("cancel");
+    let (adapter, auth_host, password) = adapter_with_destination(&url);
     // 20 MiB to stream to the other registry: the cancel comes while it is in flight.
-    let source = build_image(dir.path(), "v1", "linux", "amd64", 20 << 20);
-    push(&source, &format!("{host}/{repo}:v1"), None, None);
-    let adapter = adapter(
-        json!({
-            "url": url,
-            "destinations": [{"url": auth_url, "username": "baton", "password": {"env": "AUTH_PW"}}],
-        }),
-        &[("AUTH_PW", &password)],
-    );
+    let repo = pushed_image(&host, "cancel", "amd64", 20 << 20);
     let key = key("cancel");
     let mut external = adapter
         .start(&start_request(
@@ -383,7 +365,7 @@ async fn a_cancelled_promote_stops_and_never_writes_the_tag() {
         &format!("baton:{password}"),
         "-H",
         &format!("Accept: {OCI_MANIFEST}"),
-        &format!("{auth_url}/v2/{repo}/manifests/stable"),
+        &format!("http://{auth_host}/v2/{repo}/manifests/stable"),
     ]);
     assert_eq!(tag, "404", "the cancelled promote wrote its tag");
     // Cancelling again, or polling, changes nothing.
@@ -398,10 +380,7 @@ async fn a_cancelled_promote_stops_and_never_writes_the_tag() {
 async fn after_a_restart_a_poll_takes_the_promote_up_from_the_stored_reference() {
     let url = open_url();
     let host = authority(&url);
-    let dir = tempfile::tempdir().unwrap();
-    let repo = unique("restart");
-    let source = build_image(dir.path(), "v1", "linux", "amd64", 1024);
-    push(&source, &format!("{host}/{repo}:v1"), None, None);
+    let repo = pushed_image(&host, "restart", "amd64", 1024);
     let before = adapter(json!({ "url": url }), &[]);
     let key = key("restart");
     let with = promote(&format!("{repo}:v1"), &format!("{repo}-prod:stable"));
@@ -409,6 +388,9 @@ async fn after_a_restart_a_poll_takes_the_promote_up_from_the_stored_reference()
         .start(&start_request(&key, with.clone()))
         .await
         .unwrap();
+    // The process dies: its copy stops wherever it was.
+    before.cancel(&key, &stored).await.unwrap();
+    drop(before);
     // The next process knows nothing: `find` says so, and a poll of the stored reference
     // makes the (idempotent) copy itself.
     let after = adapter(json!({ "url": url }), &[]);
@@ -438,10 +420,7 @@ async fn after_a_restart_a_poll_takes_the_promote_up_from_the_stored_reference()
 async fn a_finished_copy_wakes_the_engine_and_its_logs_link_the_manifest() {
     let url = open_url();
     let host = authority(&url);
-    let dir = tempfile::tempdir().unwrap();
-    let repo = unique("wake");
-    let source = build_image(dir.path(), "v1", "linux", "amd64", 1024);
-    push(&source, &format!("{host}/{repo}:v1"), None, None);
+    let repo = pushed_image(&host, "wake", "amd64", 1024);
     let adapter = adapter(json!({ "url": url }), &[]);
     let (woken, wakes) = std::sync::mpsc::channel();
     adapter.attach(Waker::new(move |key: &AttemptKey| {

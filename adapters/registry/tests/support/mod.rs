@@ -171,6 +171,30 @@ pub fn sha256(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
+/// A single-platform image pushed as `<repo>:v1` to the registry at `host`, with a layer
+/// of `size` bytes; its repository, a fresh one named after `name`.
+pub fn pushed_image(host: &str, name: &str, arch: &str, size: usize) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = unique(name);
+    let source = build_image(dir.path(), "v1", "linux", arch, size);
+    push(&source, &format!("{host}/{repo}:v1"), None, None);
+    repo
+}
+
+/// An adapter on the open registry whose `destinations` hold the htpasswd one; that
+/// registry's `host:port` and password.
+pub fn adapter_with_destination(url: &str) -> (Arc<dyn Adapter>, String, String) {
+    let (auth_url, password) = auth_url_and_password();
+    let adapter = adapter(
+        json!({
+            "url": url,
+            "destinations": [{"url": auth_url, "username": "baton", "password": {"env": "AUTH_PW"}}],
+        }),
+        &[("AUTH_PW", &password)],
+    );
+    (adapter, authority(&auth_url), password)
+}
+
 /// A child of a pushed index.
 #[derive(Debug, Clone)]
 pub struct Child {
