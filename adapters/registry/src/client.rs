@@ -791,6 +791,16 @@ mod tests {
         assert_eq!(Scopes::pull("x").0, ["repository:x:pull"]);
     }
 
+    #[tokio::test]
+    async fn a_body_is_read_up_to_its_limit_and_no_further() {
+        let url = Url::parse("http://registry.example/v2/").unwrap();
+        let body = |n: usize| Response::from(http::Response::new(vec![7u8; n]));
+        assert_eq!(read_limited(body(10), 10, &url).await.unwrap().len(), 10);
+        assert_eq!(read_limited(body(0), 10, &url).await.unwrap().len(), 0);
+        let error = read_limited(body(11), 10, &url).await.unwrap_err();
+        assert!(error.to_string().contains("over 10 bytes"), "{error}");
+    }
+
     #[test]
     fn statuses_map_to_error_kinds() {
         let kind = |s: u16| {

@@ -159,6 +159,19 @@ async fn promote_of_a_single_image_by_digest_and_inspect_of_its_platform() {
         ),
         (2, 0)
     );
+    // Again under another tag: both blobs are there already, so neither is touched.
+    let again = succeeded(
+        adapter.as_ref(),
+        promote(&format!("{repo}:v1"), &format!("{other}:v1")),
+    )
+    .await;
+    assert_eq!(
+        (
+            count(&again, "blobs_present"),
+            count(&again, "blobs_mounted")
+        ),
+        (2, 0)
+    );
 
     // A `to` digest that is not the source's is refused before anything is written.
     let wrong = format!("{other}@sha256:{}", "0".repeat(64));
@@ -216,6 +229,13 @@ async fn wrong_credentials_fail_the_stage_in_words() {
         &[("PW", "not-the-password")],
     );
     let message = failed(adapter.as_ref(), inspect("baton-test/any:v1")).await;
+    // A wait fails too: wrong credentials never become right by waiting.
+    let waited = failed(
+        adapter.as_ref(),
+        json!({"action": "wait", "image": "baton-test/any:v1"}),
+    )
+    .await;
+    assert_eq!(waited, message);
     for needle in [auth_url.as_str(), "user `baton`", "refused", "401"] {
         assert!(message.contains(needle), "`{needle}` not in: {message}");
     }
