@@ -42,7 +42,7 @@ pub mod reference;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use baton_core::adapter::LogLink;
@@ -148,6 +148,35 @@ struct Entry {
     spec: StageSpec,
     polls: u32,
     phase: Phase,
+    /// When the phase became [`Phase::Ended`].
+    ended_at: Option<Instant>,
+}
+
+impl Entry {
+    fn finish(&mut self, ended: Ended) {
+        self.phase = Phase::Ended(ended);
+        self.ended_at = Some(Instant::now());
+    }
+}
+
+/// How long an ended attempt is remembered. The engine reads a result at once; an attempt
+/// forgotten after this is taken up again from its stored reference by a later poll, which
+/// every action allows (they are idempotent), so the memory stays bounded in a long-running
+/// `baton serve`.
+const REMEMBER_ENDED: Duration = Duration::from_secs(3600);
+
+/// Adds `entry` for `key` unless one is there, forgetting attempts that ended long ago.
+fn remember(
+    memory: &mut HashMap<AttemptKey, Entry>,
+    key: &AttemptKey,
+    entry: impl FnOnce() -> Result<Entry, AdapterError>,
+) -> Result<(), AdapterError> {
+    if memory.contains_key(key) {
+        return Ok(());
+    }
+    memory.retain(|_, e| e.ended_at.is_none_or(|at| at.elapsed() < REMEMBER_ENDED));
+    memory.insert(key.clone(), entry()?);
+    Ok(())
 }
 
 #[derive(Debug)]
@@ -250,6 +279,7 @@ impl RegistryAdapter {
             spec,
             polls: 0,
             phase,
+            ended_at: None,
         })
     }
 
@@ -296,10 +326,9 @@ impl RegistryAdapter {
     ) -> Result<PollOutcome, AdapterError> {
         let (spec, polls, copy_result) = {
             let mut memory = self.inner.memory.lock().expect("memory");
-            if !memory.contains_key(key) {
-                let entry = self.begin(key, Self::stored_spec(external)?)?;
-                memory.insert(key.clone(), entry);
-            }
+            remember(&mut memory, key, || {
+                self.begin(key, Self::stored_spec(external)?)
+            })?;
             let entry = memory.get_mut(key).expect("inserted above");
             entry.polls += 1;
             let copy_result = match &entry.phase {
@@ -383,7 +412,7 @@ impl RegistryAdapter {
             Ok(outputs) => Ended::Succeeded(outputs),
             Err(message) => Ended::Failed(message),
         };
-        self.settle(key, |entry| entry.phase = Phase::Ended(ended));
+        self.settle(key, |entry| entry.finish(ended));
         let memory = self.inner.memory.lock().expect("memory");
         match memory.get(key).map(|e| &e.phase) {
             Some(Phase::Ended(ended)) => ended_outcome(ended),
@@ -480,10 +509,7 @@ impl Adapter for RegistryAdapter {
         }
         let external = self.external(&spec);
         let mut memory = self.inner.memory.lock().expect("memory");
-        if !memory.contains_key(&request.key) {
-            let entry = self.begin(&request.key, spec)?;
-            memory.insert(request.key.clone(), entry);
-        }
+        remember(&mut memory, &request.key, || self.begin(&request.key, spec))?;
         Ok(external)
     }
 
@@ -540,21 +566,21 @@ impl Adapter for RegistryAdapter {
                     abort.abort();
                 }
                 if !matches!(entry.phase, Phase::Ended(_)) {
-                    entry.phase = Phase::Ended(Ended::Cancelled);
+                    entry.finish(Ended::Cancelled);
                 }
             }
             None => {
                 // Known only to the store: remember the cancel, so that no later poll takes
                 // the action up again.
                 if let Ok(spec) = Self::stored_spec(external) {
-                    memory.insert(
-                        key.clone(),
-                        Entry {
+                    let _ = remember(&mut memory, key, || {
+                        Ok(Entry {
                             spec,
                             polls: 0,
                             phase: Phase::Ended(Ended::Cancelled),
-                        },
-                    );
+                            ended_at: Some(Instant::now()),
+                        })
+                    });
                 }
             }
         }
@@ -595,6 +621,34 @@ impl Adapter for RegistryAdapter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn attempts_that_ended_long_ago_are_forgotten_when_another_is_remembered() {
+        let entry = |ended_ago: Option<Duration>| Entry {
+            spec: StageSpec::Inspect(reference::parse("app:1", false).unwrap()),
+            polls: 0,
+            phase: match ended_ago {
+                Some(_) => Phase::Ended(Ended::Cancelled),
+                None => Phase::Looking,
+            },
+            ended_at: ended_ago.map(|ago| Instant::now().checked_sub(ago).unwrap()),
+        };
+        let key = |stage: &str| AttemptKey::new("run", stage, 1);
+        let mut memory = HashMap::new();
+        memory.insert(key("running"), entry(None));
+        memory.insert(key("recent"), entry(Some(REMEMBER_ENDED / 2)));
+        memory.insert(
+            key("old"),
+            entry(Some(REMEMBER_ENDED + Duration::from_secs(1))),
+        );
+        // A key already known changes nothing, and builds nothing.
+        remember(&mut memory, &key("recent"), || panic!("not built")).unwrap();
+        assert_eq!(memory.len(), 3);
+        remember(&mut memory, &key("new"), || Ok(entry(None))).unwrap();
+        let mut kept: Vec<_> = memory.keys().map(|k| k.stage_id().to_owned()).collect();
+        kept.sort();
+        assert_eq!(kept, ["new", "recent", "running"]);
+    }
 
     #[test]
     fn the_kind_declares_what_it_is_and_checks_instances() {
