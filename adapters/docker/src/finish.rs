@@ -46,6 +46,11 @@ impl CoutLines {
             let whole = std::mem::replace(&mut self.partial, rest);
             self.outputs.extend(component::cout_outputs(&whole[..]));
         }
+        // A line this long is no `[COUT]` line anyone meant: drop it rather than hold an
+        // endless line in memory.
+        if self.partial.len() as u64 > MAX_OUTPUT_FILE {
+            self.partial.clear();
+        }
     }
 
     /// Every value seen, the last unfinished line included.
@@ -327,6 +332,14 @@ mod tests {
             Value::Object(lines.finish()),
             json!({"a": 2, "b": "x", "c": true})
         );
+        let mut endless = CoutLines::default();
+        endless.feed(b"[COUT] big = ");
+        endless.feed(&vec![b'x'; MAX_OUTPUT_FILE as usize]);
+        endless.feed(b"\n[COUT] after = 1\n[COUT] last = ");
+        assert_eq!(endless.partial, b"[COUT] last = ");
+        endless.feed(&vec![b'y'; MAX_OUTPUT_FILE as usize]);
+        assert!(endless.partial.is_empty());
+        assert_eq!(Value::Object(endless.finish()), json!({"after": 1}));
     }
 
     #[test]
