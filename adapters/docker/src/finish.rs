@@ -359,6 +359,16 @@ mod tests {
                 "the container exited with code 0, but $BATON_OUTPUT is bad"
             )
         );
+        let (e, m) = ending(
+            &ended(EXITED, 3, false),
+            None,
+            Some("$BATON_OUTPUT is bad"),
+            "",
+        );
+        assert_eq!(
+            (e, m.as_str()),
+            (Ending::Failed, "the container exited with code 3")
+        );
         let (e, m) = ending(&ended(EXITED, 3, false), None, None, "boom\nbang");
         assert_eq!(e, Ending::Failed);
         assert_eq!(
@@ -419,6 +429,13 @@ mod tests {
                 .contains("not a regular file")
         );
         assert!(file_in_tar(&[]).unwrap_err().contains("empty archive"));
+        let largest = vec![b' '; MAX_OUTPUT_FILE as usize];
+        assert_eq!(
+            file_in_tar(&tar_of(&largest, tar::EntryType::Regular))
+                .unwrap()
+                .len() as u64,
+            MAX_OUTPUT_FILE
+        );
         let big = vec![b' '; MAX_OUTPUT_FILE as usize + 1];
         assert!(
             file_in_tar(&tar_of(&big, tar::EntryType::Regular))

@@ -219,5 +219,10 @@ mod tests {
         ));
         fs::write(files.result_path(), "{oops").unwrap();
         assert!(files.read_record().is_err());
+        // A record that cannot be read is an error, never "no record" (which would start
+        // the attempt again).
+        fs::remove_file(files.result_path()).unwrap();
+        fs::create_dir(files.result_path()).unwrap();
+        assert!(files.read_record().is_err());
     }
 }

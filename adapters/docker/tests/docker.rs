@@ -298,6 +298,7 @@ async fn a_timeout_stops_and_removes_the_container() {
     );
     let end = seen.last().unwrap();
     assert_eq!(end.state, ExternalState::Failed, "{end:?}");
+    assert_eq!(end.raw.as_deref(), Some("exit 137"), "{end:?}");
     assert!(
         end.message.as_deref().unwrap().starts_with("timed out"),
         "{end:?}"
@@ -326,15 +327,49 @@ async fn a_cancel_stops_and_removes_the_container() {
     assert_eq!(seen.last().unwrap().state, ExternalState::Running);
     let started = std::time::Instant::now();
     adapter.cancel(&key, &external).await.unwrap();
-    // busybox's sh as process 1 ignores SIGTERM: the kill after the 1 s grace ends it.
-    assert!(started.elapsed() < Duration::from_secs(15));
+    // busybox's sh as process 1 ignores SIGTERM: only the kill after the 1 s grace (not
+    // the engine's default 10 s) ends it.
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(8),
+        "{took:?}"
+    );
     assert_eq!(containers_of(&docker, &key).await, Vec::<String>::new());
     let end = poll_to_end(&adapter, &key, &mut external).await;
     assert_eq!(end.state, ExternalState::Cancelled, "{end:?}");
+    assert_eq!(end.raw.as_deref(), Some("exit 137"), "{end:?}");
     adapter.cancel(&key, &external).await.unwrap();
     assert_eq!(
         poll_to_end(&adapter, &key, &mut external).await.state,
         ExternalState::Cancelled
+    );
+}
+
+#[tokio::test]
+async fn a_cancel_sends_the_stop_signal_first() {
+    let state = tempfile::tempdir().unwrap();
+    let adapter = adapter(state.path());
+    let key = fresh_key("graceful");
+    let script = "trap 'echo stopping; exit 5' TERM; echo ready; sleep 60 & wait";
+    let mut external = adapter
+        .start(&start_request(&key, shell(script)))
+        .await
+        .unwrap();
+    poll_until(
+        &adapter,
+        &key,
+        &mut external,
+        (Duration::from_millis(100), Duration::from_secs(10)),
+        |o| o.message.as_deref() == Some("running: ready"),
+    )
+    .await;
+    adapter.cancel(&key, &external).await.unwrap();
+    let end = poll_to_end(&adapter, &key, &mut external).await;
+    assert_eq!(end.state, ExternalState::Cancelled, "{end:?}");
+    assert_eq!(end.raw.as_deref(), Some("exit 5"), "{end:?}");
+    assert!(
+        end.message.as_deref().unwrap().ends_with("ready\nstopping"),
+        "{end:?}"
     );
 }
 
