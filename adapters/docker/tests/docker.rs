@@ -12,7 +12,7 @@ use baton_adapter_kit::harness::{
 };
 use baton_adapter_kit::{Scenario, fresh_key, run_conformance};
 use baton_core::{
-    Adapter, AdapterKind, AttemptKey, ExternalRef, ExternalState, PollOutcome, StartRequest,
+    Adapter, AdapterKind, AttemptKey, ExternalRef, ExternalState, PollOutcome, StartRequest, Waker,
 };
 use bollard::Docker;
 use bollard::models::{ContainerCreateBody, HostConfig};
@@ -40,6 +40,11 @@ fn adapter(state: &std::path::Path) -> DockerAdapter {
     let block = json!({"host": host(), "state_dir": state.to_string_lossy(), "stop_grace": "1s"});
     let kind = DockerKind::new(state);
     assert_eq!(kind.validate_instance(&block), []);
+    let wrong = kind.validate_instance(&json!({"host": "docker.sock", "stop_grace": "1y"}));
+    assert_eq!(
+        baton_core::FieldError::paths(&wrong),
+        ["host", "stop_grace"]
+    );
     let built = kind
         .build("local", &block, &TableSecrets::default())
         .unwrap();
@@ -370,6 +375,31 @@ async fn a_cancel_sends_the_stop_signal_first() {
     assert!(
         end.message.as_deref().unwrap().ends_with("ready\nstopping"),
         "{end:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_engine_is_woken_when_the_container_stops() {
+    let state = tempfile::tempdir().unwrap();
+    let adapter = adapter(state.path());
+    let (woken, mut wakes) = tokio::sync::mpsc::unbounded_channel();
+    adapter.attach(Waker::new(move |key: &AttemptKey| {
+        let _ = woken.send(key.clone());
+    }));
+    let key = fresh_key("wake");
+    let mut external = adapter
+        .start(&start_request(&key, shell("sleep 1")))
+        .await
+        .unwrap();
+    // No poll at all: only the wait on the engine can send this.
+    let wake = tokio::time::timeout(Duration::from_secs(20), wakes.recv()).await;
+    assert_eq!(wake.expect("woken within 20 s"), Some(key.clone()));
+    // The poll the wake asks for records the container and removes it.
+    let end = poll_to_end(&adapter, &key, &mut external).await;
+    assert_eq!(end.state, SUCCEEDED, "{end:?}");
+    assert_eq!(
+        containers_of(&engine().await, &key).await,
+        Vec::<String>::new()
     );
 }
 
