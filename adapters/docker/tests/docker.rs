@@ -148,17 +148,17 @@ async fn run(label: &str, stage: Value) -> Ran {
 const SUCCEEDED: ExternalState = ExternalState::Succeeded { warnings: false };
 
 /// What a baton killed between the create and the start of `key`'s container leaves: a
-/// container of its name and label, made by hand from `body`; its id.
+/// container of its name and label (unless `body` has labels), made by hand from `body`;
+/// its id.
 async fn create_by_hand(
     docker: &Docker,
     key: &AttemptKey,
     mut body: ContainerCreateBody,
 ) -> String {
     body.image = Some(image());
-    body.labels = Some(HashMap::from([(
-        ATTEMPT_LABEL.to_owned(),
-        key.as_str().to_owned(),
-    )]));
+    body.labels.get_or_insert_with(|| {
+        HashMap::from([(ATTEMPT_LABEL.to_owned(), key.as_str().to_owned())])
+    });
     body.host_config = Some(HostConfig {
         network_mode: Some("none".into()),
         ..HostConfig::default()
@@ -214,12 +214,16 @@ async fn outputs_come_from_cout_lines_and_the_output_file_which_wins() {
         echo "[COUT] a = 1"
         echo "[COUT] b = from-cout"
         echo '{"b": "from-file", "c": [4, 5]}' > "$BATON_OUTPUT"
+        echo "[COUT] who = $(id -u):$(id -g) in $(pwd)"
     "#;
-    let ran = run("outputs", with(shell(script), json!({"user": "1000:1000"}))).await;
+    // The image's own entrypoint and command are replaced, and it is already there.
+    let stage = json!({"image": image(), "entrypoint": ["sh", "-c"], "command": [script],
+        "user": "1000:1000", "workdir": "/work", "pull": "never"});
+    let ran = run("outputs", stage).await;
     ran.ended(SUCCEEDED);
     assert_eq!(
         Value::Object(ran.outputs().await),
-        json!({"a": 1, "b": "from-file", "c": [4, 5], "exit_code": 0})
+        json!({"a": 1, "b": "from-file", "c": [4, 5], "who": "1000:1000 in /work", "exit_code": 0})
     );
 }
 
@@ -499,6 +503,41 @@ async fn find_starts_a_container_that_was_created_but_never_started() {
         json!({"x": 1})
     );
     assert_eq!(containers_of(&docker, &key).await, Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn a_container_of_the_name_without_the_attempts_label_is_never_adopted() {
+    let state = tempfile::tempdir().unwrap();
+    let docker = engine().await;
+    let key = fresh_key("stranger");
+    let body = ContainerCreateBody {
+        cmd: Some(vec!["true".into()]),
+        labels: Some(HashMap::from([(
+            ATTEMPT_LABEL.to_owned(),
+            "other/run/1".to_owned(),
+        )])),
+        ..ContainerCreateBody::default()
+    };
+    let stranger = create_by_hand(&docker, &key, body).await;
+    let adapter = adapter(state.path());
+    let stage = shell("true");
+    expect_error(
+        adapter.find(&key, &stage).await,
+        "Protocol",
+        "will not adopt it",
+    );
+    expect_error(
+        adapter.start(&start_request(&key, stage)).await,
+        "Protocol",
+        "will not adopt it",
+    );
+    docker
+        .remove_container(
+            &stranger,
+            None::<bollard::query_parameters::RemoveContainerOptions>,
+        )
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
