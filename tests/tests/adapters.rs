@@ -51,6 +51,7 @@ fn every_built_in_kind_is_listed_with_a_summary_and_docs_that_exist() {
             "approval",
             "buildbot",
             "concourse",
+            "docker",
             "exec",
             "github-actions",
             "gitlab-ci",

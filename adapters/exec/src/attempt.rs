@@ -5,12 +5,12 @@
 //! a machine restart ends the commands too (poll then reports them as disappeared).
 
 use std::fs::{self, DirBuilder, File};
-use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use baton_core::AttemptKey;
+use baton_core::{AttemptKey, component};
 use serde_json::{Map, Value};
 
 /// A directory without a pid file this old belongs to a start that died before launching
@@ -257,86 +257,35 @@ impl AttemptDir {
 
     /// The object the command wrote to `$BATON_OUTPUT`; `None` if it wrote nothing.
     pub(crate) fn output_file(&self) -> Result<Option<Map<String, Value>>, String> {
-        let text = match fs::read(self.file("output.json")) {
-            Ok(text) => text,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(format!("cannot read $BATON_OUTPUT: {e}")),
-        };
-        if text.iter().all(u8::is_ascii_whitespace) {
-            return Ok(None);
-        }
-        match serde_json::from_slice(&text) {
-            Ok(Value::Object(map)) => Ok(Some(map)),
-            Ok(other) => Err(format!(
-                "$BATON_OUTPUT must hold a JSON object, but it holds {}",
-                kind_of(&other)
-            )),
-            Err(e) => Err(format!("$BATON_OUTPUT does not hold valid JSON: {e}")),
+        match fs::read(self.file("output.json")) {
+            Ok(bytes) => component::output_object(&bytes),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(format!("cannot read $BATON_OUTPUT: {e}")),
         }
     }
 
     /// Every `[COUT] KEY = value` line of stdout, later lines winning.
     pub(crate) fn cout(&self) -> Map<String, Value> {
-        let mut outputs = Map::new();
-        let Ok(file) = File::open(self.file("stdout")) else {
-            return outputs;
-        };
-        // Read by bytes: a command may print anything, and one bad line must not hide the rest.
-        let mut reader = BufReader::new(file);
-        let mut line = Vec::new();
-        while reader.read_until(b'\n', &mut line).unwrap_or(0) > 0 {
-            if let Some((key, value)) = parse_cout(&String::from_utf8_lossy(&line)) {
-                outputs.insert(key, value);
-            }
-            line.clear();
+        match File::open(self.file("stdout")) {
+            Ok(file) => component::cout_outputs(BufReader::new(file)),
+            Err(_) => Map::new(),
         }
-        outputs
     }
 
-    /// The outputs: `[COUT]` lines, then the `$BATON_OUTPUT` object over them (it is written
-    /// on purpose, as a whole), then `exit_code` (`null` if the command never recorded one).
-    /// An unreadable `$BATON_OUTPUT` is left out here; poll reports it as the failure.
+    /// The outputs, merged as [`component::component_outputs`] says. An unreadable
+    /// `$BATON_OUTPUT` is left out here; poll reports it as the failure.
     pub(crate) fn outputs(&self) -> Map<String, Value> {
-        let mut outputs = self.cout();
-        if let Ok(Some(file)) = self.output_file() {
-            outputs.extend(file);
-        }
-        outputs.insert(
-            "exit_code".into(),
-            self.exit_code().map_or(Value::Null, Value::from),
-        );
-        outputs
+        component::component_outputs(
+            self.cout(),
+            self.output_file().ok().flatten(),
+            self.exit_code().map(i64::from),
+        )
     }
 
     /// The end of a log file, at most `max_bytes` and `max_lines`, as text.
     pub(crate) fn tail(&self, name: &str, max_bytes: u64, max_lines: usize) -> String {
         tail_file(&self.file(name), max_bytes, max_lines).unwrap_or_default()
     }
-}
-
-fn kind_of(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
-/// Parses a ContainerOps output line, `[COUT] KEY = value`. The value is JSON when it parses
-/// as JSON, text otherwise.
-pub(crate) fn parse_cout(line: &str) -> Option<(String, Value)> {
-    let rest = line.trim_start().strip_prefix("[COUT]")?;
-    let (key, value) = rest.split_once('=')?;
-    let key = key.trim();
-    if key.is_empty() {
-        return None;
-    }
-    let value = value.trim();
-    let value = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_owned()));
-    Some((key.to_owned(), value))
 }
 
 fn tail_file(path: &Path, max_bytes: u64, max_lines: usize) -> io::Result<String> {
@@ -360,7 +309,6 @@ fn tail_file(path: &Path, max_bytes: u64, max_lines: usize) -> io::Result<String
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     #[test]
     fn dir_names_are_one_to_one_and_safe() {
@@ -371,37 +319,6 @@ mod tests {
         assert_eq!(dir_name(&AttemptKey::new("..", "x y", 2)), "%2E.+x%20y+2");
         assert_eq!(dir_name(&AttemptKey::new("r", "s/t", 1)), "r+s+t+1");
         assert!(!dir_name(&AttemptKey::new(".aborted", "s", 1)).starts_with('.'));
-    }
-
-    #[test]
-    fn cout_lines() {
-        assert_eq!(
-            parse_cout("[COUT] IMAGE = registry/app:1\n"),
-            Some(("IMAGE".into(), json!("registry/app:1")))
-        );
-        assert_eq!(
-            parse_cout("  [COUT]count=3"),
-            Some(("count".into(), json!(3)))
-        );
-        assert_eq!(
-            parse_cout("[COUT] obj = {\"a\": [1, 2]}"),
-            Some(("obj".into(), json!({"a": [1, 2]})))
-        );
-        assert_eq!(
-            parse_cout("[COUT] url = http://x/?a=b"),
-            Some(("url".into(), json!("http://x/?a=b")))
-        );
-        assert_eq!(
-            parse_cout("[COUT] flag = true"),
-            Some(("flag".into(), json!(true)))
-        );
-        assert_eq!(
-            parse_cout("[COUT] empty ="),
-            Some(("empty".into(), json!("")))
-        );
-        assert_eq!(parse_cout("[COUT] = 1"), None);
-        assert_eq!(parse_cout("[COUT] no equals"), None);
-        assert_eq!(parse_cout("echo [COUT] x = 1"), None);
     }
 
     #[test]

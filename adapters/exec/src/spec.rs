@@ -2,18 +2,10 @@
 
 use std::path::PathBuf;
 
-use baton_core::FieldError;
+use baton_core::{FieldError, component};
 use serde_json::{Map, Value};
 
-/// Variables baton sets itself; a stage may not override them, or a command could be told
-/// to write its outputs somewhere baton never reads.
-pub const RESERVED_ENV: [&str; 5] = [
-    "BATON_INPUT",
-    "BATON_OUTPUT",
-    "BATON_RUN_ID",
-    "BATON_STAGE",
-    "BATON_ATTEMPT",
-];
+pub use baton_core::component::RESERVED_ENV;
 
 /// What to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,10 +42,6 @@ pub(crate) struct ExecSpec {
 
 /// Whether template strings may stand where another type is expected.
 pub(crate) use baton_core::adapter::InputMode as Mode;
-
-fn is_template(mode: Mode, text: &str) -> bool {
-    mode.is_template(text)
-}
 
 /// Checks a `with:` block, returning the spec or every problem.
 ///
@@ -104,7 +92,7 @@ pub(crate) fn parse(with: &Value, mode: Mode) -> Result<ExecSpec, Vec<FieldError
     };
     let env = map
         .get("env")
-        .map(|env| parse_env(env, mode, &mut errors))
+        .map(|env| component::env_entries(env, mode, &RESERVED_ENV, &mut errors))
         .unwrap_or_default();
     let workdir = match map.get("workdir") {
         None | Some(Value::Null) => None,
@@ -153,99 +141,15 @@ fn parse_run(run: &Value, errors: &mut Vec<FieldError>) -> Option<Program> {
     }
 }
 
-/// Numbers and booleans are accepted as arguments because YAML turns `[sleep, 5]` into one.
-fn scalar_text(value: &Value) -> Option<String> {
-    match value {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        _ => None,
-    }
-}
-
 fn parse_command(command: &Value, mode: Mode, errors: &mut Vec<FieldError>) -> Option<Program> {
-    match command {
-        // A whole-string template may render to the argv list.
-        Value::String(text) if is_template(mode, text) => Some(Program::Argv(Vec::new())),
-        Value::Array(items) if items.is_empty() => {
-            errors.push(FieldError::new(
-                "command",
-                "the argv list is empty: give at least the program",
-            ));
-            None
-        }
-        Value::Array(items) => {
-            let mut argv = Vec::with_capacity(items.len());
-            for (i, item) in items.iter().enumerate() {
-                match scalar_text(item) {
-                    Some(arg) if arg.contains('\0') => errors.push(FieldError::new(
-                        format!("command[{i}]"),
-                        "an argument contains a NUL byte",
-                    )),
-                    Some(arg) if i == 0 && arg.is_empty() => {
-                        errors.push(FieldError::new("command[0]", "the program name is empty"));
-                    }
-                    Some(arg) => argv.push(arg),
-                    None => errors.push(FieldError::new(
-                        format!("command[{i}]"),
-                        "expected a string, number or boolean argument",
-                    )),
-                }
-            }
-            Some(Program::Argv(argv))
-        }
-        _ => {
-            errors.push(FieldError::new(
-                "command",
-                "expected an argv list such as [cargo, test] (use `run` for a shell script)",
-            ));
-            None
-        }
-    }
-}
-
-fn parse_env(env: &Value, mode: Mode, errors: &mut Vec<FieldError>) -> Vec<(String, String)> {
-    let map = match env {
-        Value::Object(map) => map,
-        Value::Null => return Vec::new(),
-        Value::String(text) if is_template(mode, text) => return Vec::new(),
-        _ => {
-            errors.push(FieldError::new(
-                "env",
-                "expected a table of variable names to strings, numbers or booleans",
-            ));
-            return Vec::new();
-        }
-    };
-    let mut vars = Vec::with_capacity(map.len());
-    for (name, value) in map {
-        let path = format!("env.{name}");
-        if name.is_empty() || name.contains('=') || name.contains('\0') {
-            errors.push(FieldError::new(
-                path,
-                "not a valid variable name (empty, or holds `=` or NUL)",
-            ));
-            continue;
-        }
-        if RESERVED_ENV.contains(&name.as_str()) {
-            errors.push(FieldError::new(
-                path,
-                "this variable is set by baton itself",
-            ));
-            continue;
-        }
-        match scalar_text(value) {
-            Some(text) if text.contains('\0') => {
-                errors.push(FieldError::new(path, "the value contains a NUL byte"));
-            }
-            Some(text) => vars.push((name.clone(), text)),
-            None => errors.push(FieldError::new(
-                path,
-                "expected a string, number or boolean",
-            )),
-        }
-    }
-    vars
+    component::argv_list(
+        "command",
+        command,
+        mode,
+        "expected an argv list such as [cargo, test] (use `run` for a shell script)",
+        errors,
+    )
+    .map(Program::Argv)
 }
 
 #[cfg(test)]

@@ -18,6 +18,9 @@ pub(crate) fn kinds(exec_state_dir: &Path, secret_env: BTreeSet<String>) -> Kind
         baton_adapter_exec::ExecKind::new(exec_state_dir).hiding_env(secret_env),
     ));
     kinds.register(Arc::new(baton_adapter_approval::ApprovalKind));
+    kinds.register(Arc::new(baton_adapter_docker::DockerKind::new(
+        exec_state_dir.with_extension("docker"),
+    )));
     kinds.register(Arc::new(baton_adapter_jenkins::JenkinsKind::default()));
     kinds.register(Arc::new(baton_adapter_buildbot::BuildbotKind));
     kinds.register(Arc::new(baton_adapter_gitlab_ci::GitLabKind::default()));

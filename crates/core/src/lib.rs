@@ -1,10 +1,11 @@
 //! baton's core model, with no I/O: workflows and their compiled form, run and stage
 //! states, the [`Adapter`](adapter::Adapter) contract and what adapter kinds declare, a
 //! person's [`Decision`], jq expressions and templates (and their quoting in shell scripts),
-//! secret references and durations, the typed reading of config blocks, and the waits and
-//! texts HTTP adapters share.
+//! secret references and durations, the typed reading of config blocks, the waits and
+//! texts HTTP adapters share, and how a ContainerOps component's outputs are read.
 
 pub mod adapter;
+pub mod component;
 pub mod context;
 pub mod decision;
 pub mod duration;
