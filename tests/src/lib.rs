@@ -32,6 +32,15 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// A variable of `.containers/env`, which `scripts/containers.sh` writes when it starts the
+/// registries and the Docker engine the container tests use (`scripts/test.sh` exports it).
+/// A test without it fails, never skips.
+pub fn container_service(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run `scripts/containers.sh`, then `. .containers/env` (scripts/test.sh does both)")
+    })
+}
+
 /// The head of a gateway config with one API token per role: `vera` (viewer, `$T_VIEWER`),
 /// `otto` (operator, `$T_OPERATOR`) and `anna` (approver, `$T_APPROVER`), workflows from
 /// `workflows/*.yaml` and a 4 KiB body limit. A test appends its sources.

@@ -10,14 +10,8 @@ use std::os::unix::net::UnixStream;
 use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use baton_tests::{Sandbox, eventually};
+use baton_tests::{Sandbox, container_service, eventually};
 use serde_json::{Value, json};
-
-fn required(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!("{name} is not set: run `scripts/containers.sh` (it starts a Docker engine and loads the busybox image) and export what it prints")
-    })
-}
 
 /// One `GET` of the engine's API over its unix socket, read to the end (HTTP/1.0, so the
 /// answer is neither chunked nor kept open); the body.
@@ -76,8 +70,8 @@ fn containers(socket: &str, labels: &[String]) -> Vec<Value> {
 
 #[test]
 fn a_killed_run_adopts_its_running_container_and_leaves_none() {
-    let host = required("BATON_DOCKER_HOST");
-    let image = required("BATON_BUSYBOX_IMAGE");
+    let host = container_service("BATON_DOCKER_HOST");
+    let image = container_service("BATON_BUSYBOX_IMAGE");
     let socket = host
         .strip_prefix("unix://")
         .expect("BATON_DOCKER_HOST is a unix:// socket")

@@ -4,19 +4,11 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use baton_tests::Sandbox;
-
-fn registry_url() -> String {
-    std::env::var("BATON_REGISTRY_URL").unwrap_or_else(|_| {
-        panic!(
-            "BATON_REGISTRY_URL is not set: it names an open registry; run scripts/containers.sh"
-        )
-    })
-}
+use baton_tests::{Sandbox, container_service};
 
 #[test]
 fn a_wait_for_a_missing_tag_ends_at_the_stage_timeout_naming_the_image() {
-    let url = registry_url();
+    let url = container_service("BATON_REGISTRY_URL");
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
