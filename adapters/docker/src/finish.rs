@@ -167,28 +167,34 @@ pub(crate) async fn finalize(
         return Ok(record);
     }
     let ran = status(container) != Some(ContainerStateStatusEnum::CREATED);
-    let mut cout = CoutLines::default();
-    let mut file = Ok(None);
-    if ran {
-        engine::read_log(
-            attempt.docker,
-            attempt.key,
-            attempt.name,
-            Streams::Stdout,
-            "all",
-            |chunk| cout.feed(chunk),
-        )
-        .await?;
-        file = output_file(attempt).await?;
-    }
+    // The three reads are independent: made at once, a stage ends one engine round trip
+    // after its container, not three.
+    let what_it_left = async {
+        let mut cout = CoutLines::default();
+        if !ran {
+            return Ok((cout, Ok(None)));
+        }
+        let ((), file) = tokio::try_join!(
+            engine::read_log(
+                attempt.docker,
+                attempt.key,
+                attempt.name,
+                Streams::Stdout,
+                "all",
+                |chunk| cout.feed(chunk),
+            ),
+            output_file(attempt),
+        )?;
+        Ok((cout, file))
+    };
     let tail = engine::log_tail(
         attempt.docker,
         attempt.key,
         attempt.name,
         TAIL_LINES,
         TAIL_BYTES,
-    )
-    .await?;
+    );
+    let ((cout, file), tail) = tokio::try_join!(what_it_left, tail)?;
     let stopped = attempt.files.cancelled();
     let (ending, message) = ending(
         container,
