@@ -1,6 +1,7 @@
 //! Output values a Jenkins job computed: an archived `.json` or `.properties` file (the
 //! "property file" of Spinnaker's Jenkins stage), parsed into a JSON object.
 
+use baton_core::typed::json_kind;
 use serde_json::{Map, Value};
 
 /// The largest property file read.
@@ -14,7 +15,7 @@ pub(crate) fn parse_artifact(path: &str, bytes: &[u8]) -> Result<Map<String, Val
             Ok(Value::Object(map)) => Ok(map),
             Ok(other) => Err(format!(
                 "`{path}` holds JSON but not an object (it starts with {}): write an object of output values",
-                kind_of(&other)
+                json_kind(&other)
             )),
             Err(e) => Err(format!("`{path}` is not valid JSON: {e}")),
         };
@@ -29,17 +30,6 @@ pub(crate) fn parse_artifact(path: &str, bytes: &[u8]) -> Result<Map<String, Val
         .into_iter()
         .map(|(k, v)| (k, Value::String(v)))
         .collect())
-}
-
-fn kind_of(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "an object",
-    }
 }
 
 /// Parses the `.properties` format: `key=value`, `key: value` or `key value`; `#` and `!`

@@ -8,6 +8,7 @@ use std::io::BufRead;
 use serde_json::{Map, Value};
 
 use crate::adapter::{FieldError, InputMode};
+use crate::typed::json_kind;
 
 /// Variables baton sets itself for a component; a stage may not override them, or a
 /// component could be told to write its outputs somewhere baton never reads.
@@ -59,7 +60,7 @@ pub fn output_object(bytes: &[u8]) -> Result<Option<Map<String, Value>>, String>
         Ok(Value::Object(map)) => Ok(Some(map)),
         Ok(other) => Err(format!(
             "$BATON_OUTPUT must hold a JSON object, but it holds {}",
-            kind_of(&other)
+            json_kind(&other)
         )),
         Err(e) => Err(format!("$BATON_OUTPUT does not hold valid JSON: {e}")),
     }
@@ -189,17 +190,6 @@ pub fn env_entries(
         }
     }
     vars
-}
-
-fn kind_of(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 #[cfg(test)]

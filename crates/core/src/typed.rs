@@ -67,6 +67,18 @@ impl<'de> Deserializer<'de> for FieldsProbe<'_> {
     }
 }
 
+/// What kind of JSON value `value` is, for messages: "an array", "an object", "null", …
+pub fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
 /// The message for an unknown key: what was expected, and the likely intended key.
 pub fn unknown_key(key: &str, expected: &[&str]) -> String {
     let mut message = format!("unknown key `{key}`");
