@@ -21,7 +21,7 @@ use crate::connections::BodyTimedOut;
 use crate::error::ApiError;
 use crate::registry::split_envelope;
 use crate::request_id::{GeneratedId, REQUEST_ID};
-use crate::sources::{Refusal, SECRET_HEADERS, Source};
+use crate::sources::{Refusal, SECRET_HEADERS, Source, StoredEvent};
 
 /// The deepest nesting the matcher's parser ([`parse_val`], serde_json's recursion limit)
 /// reads: 127 arrays or objects, one inside the other.
@@ -39,16 +39,9 @@ pub(crate) struct Delivery {
 /// The events a request carries.
 enum Events {
     /// Most sources': the request is the event.
-    One(Event),
+    One(StoredEvent),
     /// A registry's envelope: stored together, one delivery per event.
-    Envelope(Vec<Event>),
-}
-
-/// One event to store.
-struct Event {
-    event: String,
-    delivery_id: String,
-    body: String,
+    Envelope(Vec<StoredEvent>),
 }
 
 fn rejected(source: &str, why: &'static str) {
@@ -168,16 +161,7 @@ impl FromRequest<Arc<AppState>> for Delivery {
                 headers: stored_headers(&parts.headers, &source, generated),
                 source,
                 ping: false,
-                events: Events::Envelope(
-                    events
-                        .into_iter()
-                        .map(|e| Event {
-                            event: e.action,
-                            delivery_id: e.delivery_id,
-                            body: e.body,
-                        })
-                        .collect(),
-                ),
+                events: Events::Envelope(events),
             });
         }
         let (identified, body) = if source.evaluates() {
@@ -220,7 +204,7 @@ impl FromRequest<Arc<AppState>> for Delivery {
             headers: stored_headers(&parts.headers, &source, generated),
             source,
             ping: identified.ping,
-            events: Events::One(Event {
+            events: Events::One(StoredEvent {
                 event: identified.event,
                 delivery_id: identified.delivery_id,
                 body,
@@ -296,7 +280,7 @@ pub(crate) async fn receive(
             .into_response());
     }
     let received_at = now_millis();
-    let stored = |e: Event, headers: String| NewDelivery {
+    let stored = |e: StoredEvent, headers: String| NewDelivery {
         source: source.clone(),
         delivery_id: e.delivery_id,
         event: e.event,

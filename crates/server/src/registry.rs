@@ -11,9 +11,8 @@ use axum::http::{HeaderMap, header};
 use serde::Deserialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
-use sha2::{Digest, Sha256};
 
-use crate::sources::Refusal;
+use crate::sources::{Refusal, StoredEvent, body_hash};
 
 /// The content types a registry sends envelopes with: distribution 2.x's, distribution 3's,
 /// and plain JSON (for people and other senders).
@@ -22,17 +21,6 @@ pub const CONTENT_TYPES: [&str; 3] = [
     "application/vnd.docker.distribution.events.v2+json",
     "application/json",
 ];
-
-/// One event of an envelope, ready to be stored.
-#[derive(Debug, PartialEq, Eq)]
-pub struct RegistryEvent {
-    /// The event's `action`: the stored event type.
-    pub action: String,
-    /// The event's `id`, or the SHA-256 of its bytes when it has none.
-    pub delivery_id: String,
-    /// The event object, byte for byte as the envelope carried it.
-    pub body: String,
-}
 
 #[derive(Deserialize)]
 struct Envelope<'a> {
@@ -59,7 +47,7 @@ pub fn check_content_type(headers: &HeaderMap) -> Result<(), Refusal> {
 
 /// The events of the envelope `body` (JSON text the matcher's parser accepted), in order.
 /// An envelope without events gives none.
-pub fn split_envelope(body: &str) -> Result<Vec<RegistryEvent>, Refusal> {
+pub fn split_envelope(body: &str) -> Result<Vec<StoredEvent>, Refusal> {
     let envelope: Envelope<'_> = serde_json::from_str(body).map_err(|e| {
         Refusal::Malformed(format!(
             "expected a registry notification envelope, {{\"events\": [...]}}: {e}"
@@ -73,7 +61,7 @@ pub fn split_envelope(body: &str) -> Result<Vec<RegistryEvent>, Refusal> {
         .collect()
 }
 
-fn read_event(index: usize, text: &str) -> Result<RegistryEvent, Refusal> {
+fn read_event(index: usize, text: &str) -> Result<StoredEvent, Refusal> {
     let at = |key: &str| format!("events[{index}]{key}");
     let malformed = |m: String| Err(Refusal::Malformed(m));
     let event: Value =
@@ -96,7 +84,7 @@ fn read_event(index: usize, text: &str) -> Result<RegistryEvent, Refusal> {
     };
     let delivery_id = match fields.get("id") {
         Some(Value::String(id)) if !id.is_empty() => id.clone(),
-        None | Some(Value::Null) => hex::encode(Sha256::digest(text.as_bytes())),
+        None | Some(Value::Null) => body_hash(text.as_bytes()),
         Some(other) => {
             return malformed(format!(
                 "{}: expected the event's id as a string, found {other}",
@@ -104,8 +92,8 @@ fn read_event(index: usize, text: &str) -> Result<RegistryEvent, Refusal> {
             ));
         }
     };
-    Ok(RegistryEvent {
-        action,
+    Ok(StoredEvent {
+        event: action,
         delivery_id,
         body: text.to_owned(),
     })
@@ -115,8 +103,9 @@ fn read_event(index: usize, text: &str) -> Result<RegistryEvent, Refusal> {
 mod tests {
     use super::*;
     use axum::http::HeaderValue;
+    use sha2::{Digest, Sha256};
 
-    fn refusal_text(r: Result<Vec<RegistryEvent>, Refusal>) -> String {
+    fn refusal_text(r: Result<Vec<StoredEvent>, Refusal>) -> String {
         match r {
             Err(Refusal::Malformed(m)) => m,
             other => panic!("expected a malformed refusal, got {other:?}"),
@@ -131,7 +120,7 @@ mod tests {
         ]}"#;
         let events = split_envelope(body).unwrap();
         assert_eq!(events.len(), 2);
-        assert_eq!(events[0].action, "push");
+        assert_eq!(events[0].event, "push");
         assert_eq!(events[0].delivery_id, "e-1");
         assert_eq!(
             events[0].body,

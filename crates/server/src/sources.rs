@@ -78,6 +78,17 @@ pub struct Identified {
     pub ping: bool,
 }
 
+/// One event to store: a request's, or one of a registry envelope's.
+#[derive(Debug, PartialEq, Eq)]
+pub struct StoredEvent {
+    /// The event type `on:` triggers match.
+    pub event: String,
+    /// What tells a redelivery from a new event.
+    pub delivery_id: String,
+    /// The stored body, byte for byte as it arrived.
+    pub body: String,
+}
+
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get(name)
@@ -85,7 +96,8 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .map(str::trim)
 }
 
-fn body_hash(body: &[u8]) -> String {
+/// The SHA-256 of a body, in hex: the delivery id of a body that names none.
+pub(crate) fn body_hash(body: &[u8]) -> String {
     hex::encode(Sha256::digest(body))
 }
 

@@ -455,7 +455,7 @@ fn a_registry_envelope_is_one_delivery_per_event_known_by_its_id() {
     let push = fixture("registry/push.json");
     let events = baton_server::registry::split_envelope(&push).unwrap();
     assert_eq!(events.len(), 1);
-    assert_eq!(events[0].action, "push");
+    assert_eq!(events[0].event, "push");
     assert_eq!(
         events[0].delivery_id,
         "f09fdd37-b27f-41ed-bf3f-7c5e504129eb"
@@ -478,7 +478,7 @@ fn a_registry_envelope_is_one_delivery_per_event_known_by_its_id() {
     };
     let events = baton_server::registry::split_envelope(&both(&push, &pull)).unwrap();
     assert_eq!(
-        events.iter().map(|e| e.action.as_str()).collect::<Vec<_>>(),
+        events.iter().map(|e| e.event.as_str()).collect::<Vec<_>>(),
         ["push", "pull"]
     );
     assert_eq!(
@@ -507,14 +507,14 @@ fn registry_triggers_select_manifest_pushes_of_a_repository_and_leave_pulls() {
     };
     let push = event("registry/push.json");
     assert_eq!(
-        matching(on.clone(), "registry", &push.action, &push.body),
+        matching(on.clone(), "registry", &push.event, &push.body),
         [0]
     );
     let pull = event("registry/pull.json");
     assert_eq!(
-        matching(on.clone(), "registry", &pull.action, &pull.body),
+        matching(on.clone(), "registry", &pull.event, &pull.body),
         [3]
     );
     // A workflow for pushes alone starts nothing on a pull.
-    assert!(matching(json!([on[0]]), "registry", &pull.action, &pull.body).is_empty());
+    assert!(matching(json!([on[0]]), "registry", &pull.event, &pull.body).is_empty());
 }
