@@ -15,11 +15,14 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 mod fake_github;
+mod fake_jenkins;
+pub mod kubernetes;
 
 /// The stateful GitHub and GitLab models (`crates/forge-fakes`), for tests that run baton
 /// against them.
 pub use baton_forge_fakes as forges;
 pub use fake_github::{FakeGithub, StatusPost};
+pub use fake_jenkins::FakeJenkins;
 
 /// The stateful models of GitHub and GitLab (`crates/forge-fakes`), for adapter tests.
 pub use baton_forge_fakes as forge;

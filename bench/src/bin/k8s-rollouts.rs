@@ -1,0 +1,279 @@
+//! What 200 concurrent rollouts cost one `kubernetes` instance: `NAMESPACES` (20) namespaces
+//! of `DEPLOYMENTS` (10) Deployments each, every one set to a new image at once by one
+//! workflow of set-image stages that the real `baton run` drives, against the in-process
+//! Kubernetes API server of `baton_forge_fakes::kubernetes` (its Deployment controller moves
+//! one replica every `STEP_MS` ms, `REPLICAS` (3) replicas each).
+//!
+//! `k8s-rollouts BATON` (bench/k8s-rollouts/run.sh runs it); the environment also sets
+//! `ROUNDS` (3): each round is one `baton run` of the workflow with the next image, so the
+//! watches of one round end with its process.
+//!
+//! Figures, each against its target:
+//!
+//! - **open watches at peak** (the API server's own count): one watch per namespace and
+//!   kind is 20 here; one per stage would be 200.
+//! - **requests per rollout**: every request the API server served during a round (reads,
+//!   the patch, watch requests, relists) divided by the rollouts.
+//! - **completing status write → stage end**: from the moment the controller wrote the
+//!   status that completed a rollout (`Cluster::rollout_completed_at`) to the stage's
+//!   `finished_at` as the engine stored it (`baton run --json`), both on this machine's
+//!   clock: p50, p95, p99 and worst over every rollout of every round (target: p99 ≤ 50 ms).
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use baton_bench::{env_or, quantile};
+use baton_forge_fakes::kubernetes::{Cluster, RolloutPlan, Rules};
+use serde_json::Value;
+
+/// The ServiceAccount token baton's kubeconfig carries.
+const TOKEN: &str = "bench-baton-token";
+/// The target for the p99 of completing status write → stage end.
+const P99_TARGET_MS: f64 = 50.0;
+
+struct Settings {
+    baton: String,
+    namespaces: usize,
+    deployments: usize,
+    replicas: i32,
+    step: Duration,
+    rounds: usize,
+}
+
+impl Settings {
+    fn rollouts(&self) -> usize {
+        self.namespaces * self.deployments
+    }
+}
+
+/// What one round measured.
+struct Round {
+    succeeded: usize,
+    took: Duration,
+    requests: u64,
+    /// Completing status write → stage end, ms, one per rollout whose both ends are known.
+    latencies: Vec<f64>,
+}
+
+fn namespace(i: usize) -> String {
+    format!("team-{i:02}")
+}
+
+fn deployment(j: usize) -> String {
+    format!("web-{j:02}")
+}
+
+fn image(round: usize) -> String {
+    format!("registry.example.com/shop/web:1.{round}.0")
+}
+
+fn millis_since_epoch(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+}
+
+fn main() {
+    let Some(baton) = std::env::args().nth(1) else {
+        eprintln!("usage: k8s-rollouts BATON");
+        std::process::exit(2);
+    };
+    let settings = Settings {
+        baton: std::path::absolute(baton)
+            .expect("the binary's path")
+            .display()
+            .to_string(),
+        namespaces: env_or("NAMESPACES", 20),
+        deployments: env_or("DEPLOYMENTS", 10),
+        replicas: env_or("REPLICAS", 3),
+        step: Duration::from_millis(env_or("STEP_MS", 200)),
+        rounds: env_or("ROUNDS", 3),
+    };
+
+    let cluster = Cluster::new();
+    cluster.add_token(TOKEN, "system:serviceaccount:baton:baton", Rules::all());
+    for i in 0..settings.namespaces {
+        let ns = namespace(i);
+        cluster.add_namespace(&ns);
+        for j in 0..settings.deployments {
+            let name = deployment(j);
+            cluster.add_deployment(&ns, &name, "web", &image(0), settings.replicas);
+            cluster.rollout_plan(&ns, &name, RolloutPlan::completes().step(settings.step));
+        }
+    }
+    let served = cluster
+        .serve_in_background()
+        .expect("serve the fake cluster");
+    let dir = tempfile::tempdir().expect("a scratch folder");
+    let kubeconfig = dir.path().join("kubeconfig.yaml");
+    cluster
+        .write_kubeconfig(&served, &kubeconfig, "bench", TOKEN)
+        .expect("write the kubeconfig");
+    std::fs::write(
+        dir.path().join("baton.toml"),
+        format!(
+            r#"workflows = ["rollouts.yaml"]
+
+[store]
+url = "sqlite://baton.db"
+
+[engine]
+max_concurrency = {}
+
+[adapters.k8s]
+kind = "kubernetes"
+kubeconfig = "{}"
+context = "bench"
+"#,
+            settings.rollouts().max(1),
+            kubeconfig.display()
+        ),
+    )
+    .expect("write baton.toml");
+
+    let mut rounds = Vec::new();
+    for round in 1..=settings.rounds {
+        rounds.push(run_round(&settings, &cluster, dir.path(), round));
+    }
+    report(&settings, &cluster, &rounds);
+}
+
+/// One `baton run` setting every Deployment to the image of `round`.
+fn run_round(settings: &Settings, cluster: &Cluster, dir: &std::path::Path, round: usize) -> Round {
+    let mut workflow = String::from("name: rollouts\nstages:\n");
+    for i in 0..settings.namespaces {
+        for j in 0..settings.deployments {
+            workflow.push_str(&format!(
+                "  {ns}-{name}:\n    uses: k8s\n    timeout: 5m\n    with: {{ action: set-image, namespace: {ns}, deployment: {name}, container: web, image: \"{image}\" }}\n",
+                ns = namespace(i),
+                name = deployment(j),
+                image = image(round),
+            ));
+        }
+    }
+    std::fs::write(dir.join("rollouts.yaml"), workflow).expect("write the workflow");
+
+    let requests_before = cluster.meter().total();
+    let begun = Instant::now();
+    let out = Command::new(&settings.baton)
+        .args(["run", "-c", "baton.toml", "rollouts", "--json"])
+        .current_dir(dir)
+        .env("BATON_LOG", "warn")
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run baton");
+    let took = begun.elapsed();
+    let requests = cluster.meter().total() - requests_before;
+    let run: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "baton run did not print a run ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+
+    let mut succeeded = 0;
+    let mut latencies = Vec::new();
+    for stage in run["stages"].as_array().into_iter().flatten() {
+        if stage["status"] != "succeeded" {
+            eprintln!(
+                "round {round}: stage {} {}: {}",
+                stage["id"], stage["status"], stage["message"]
+            );
+            continue;
+        }
+        succeeded += 1;
+        let id = stage["id"].as_str().unwrap_or_default();
+        let Some((ns, name)) = id.split_once("-web-").map(|(ns, n)| (ns, format!("web-{n}"))) else {
+            continue;
+        };
+        let (Some(completed), Some(finished)) = (
+            cluster.rollout_completed_at(ns, &name),
+            stage["finished_at"].as_f64(),
+        ) else {
+            eprintln!("round {round}: stage {id}: no completing status write recorded");
+            continue;
+        };
+        latencies.push(finished - millis_since_epoch(completed));
+    }
+    latencies.sort_by(f64::total_cmp);
+    Round {
+        succeeded,
+        took,
+        requests,
+        latencies,
+    }
+}
+
+fn report(settings: &Settings, cluster: &Cluster, rounds: &[Round]) {
+    let rollouts = settings.rollouts();
+    println!();
+    println!(
+        "k8s-rollouts: {rollouts} rollouts at once ({} namespaces × {} Deployments of {} replicas, one replica every {} ms), {} rounds of one `baton run` each",
+        settings.namespaces,
+        settings.deployments,
+        settings.replicas,
+        settings.step.as_millis(),
+        rounds.len()
+    );
+    println!();
+    println!(
+        "| round | succeeded | run took | requests per rollout | write → end p50 | p95 | p99 | worst |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    let mut all = Vec::new();
+    for (n, round) in rounds.iter().enumerate() {
+        all.extend_from_slice(&round.latencies);
+        println!(
+            "| {} | {}/{rollouts} | {:.1} s | {:.1} | {} |",
+            n + 1,
+            round.succeeded,
+            round.took.as_secs_f64(),
+            round.requests as f64 / rollouts as f64,
+            quantiles(&round.latencies)
+        );
+    }
+    all.sort_by(f64::total_cmp);
+    let requests: u64 = rounds.iter().map(|r| r.requests).sum();
+    println!(
+        "| all | {}/{} | | {:.1} | {} |",
+        rounds.iter().map(|r| r.succeeded).sum::<usize>(),
+        rollouts * rounds.len(),
+        requests as f64 / (rollouts * rounds.len()) as f64,
+        quantiles(&all)
+    );
+    println!();
+    let opened: u64 = (0..settings.namespaces)
+        .map(|i| cluster.watches_opened("deployments", &namespace(i)))
+        .sum();
+    let peak = cluster.peak_open_watches();
+    let target = settings.namespaces;
+    println!(
+        "open watches at peak: {peak} (target {target}: one per namespace and kind; one per stage would be {rollouts}): {}",
+        verdict(peak <= target)
+    );
+    println!(
+        "deployment watch streams opened: {opened} in {} rounds ({:.1} per namespace and round)",
+        rounds.len(),
+        opened as f64 / (settings.namespaces * rounds.len()).max(1) as f64
+    );
+    let p99 = quantile(&all, 0.99);
+    println!(
+        "completing status write → stage end p99: {p99:.1} ms (target ≤ {P99_TARGET_MS} ms): {}",
+        verdict(p99 <= P99_TARGET_MS)
+    );
+    println!("watches open after the last round: {}", cluster.open_watches());
+}
+
+fn quantiles(sorted: &[f64]) -> String {
+    format!(
+        "{:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms",
+        quantile(sorted, 0.5),
+        quantile(sorted, 0.95),
+        quantile(sorted, 0.99),
+        sorted.last().copied().unwrap_or(0.0)
+    )
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met { "met" } else { "MISSED" }
+}
