@@ -81,20 +81,45 @@ async fn handle(
         None => target.resource.plural.to_owned(),
     };
     if !rules.allows(verb, target.resource.group, &rbac_resource) {
-        return refuse(&forbidden(&user, verb, &target, &rbac_resource));
+        let refusal = forbidden(&user, verb, &target, &rbac_resource);
+        if let Some(name) = &target.name
+            && matches!(verb, "create" | "update" | "patch" | "delete")
+        {
+            let key = target_key(&target, name);
+            let write = Write {
+                verb: verb.to_owned(),
+                content_type: content_type(&headers),
+                body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+                field_manager: query.get("fieldManager").cloned(),
+                status: refusal.code,
+            };
+            api::record(&mut cluster.state(), key, write);
+        }
+        return refuse(&refusal);
     }
     if let Some(refusal) = missing_namespace(&cluster, &target) {
         return refuse(&refusal);
     }
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(';').next().unwrap_or(v).trim().to_owned());
+    let content_type = content_type(&headers);
     match verb {
         "watch" => watch::respond(&cluster, &target, &query),
         "get" | "list" => read(&cluster, &target, &query),
         _ => write(&cluster, verb, &target, &query, content_type, &body),
     }
+}
+
+/// The request's media type, without parameters.
+fn content_type(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or(v).trim().to_owned())
+}
+
+/// Where object `name` of `target` is stored.
+fn target_key(target: &Target, name: &str) -> (String, String, String) {
+    let ns = target.namespace.clone().unwrap_or_default();
+    (target.resource.plural.to_owned(), ns, name.to_owned())
 }
 
 /// The discovery documents and `/version`.
@@ -294,11 +319,11 @@ fn write(
         Ok((code, _)) => *code,
         Err(f) => f.code,
     };
-    let ns = target.namespace.clone().unwrap_or_default();
     if verb == "create" {
+        let ns = target.namespace.clone().unwrap_or_default();
         *state
             .creates
-            .entry((target.resource.plural.to_owned(), ns.clone()))
+            .entry((target.resource.plural.to_owned(), ns))
             .or_default() += 1;
     }
     let recorded_name = match &answer {
@@ -308,7 +333,7 @@ fn write(
         _ => name,
     };
     if let Some(name) = recorded_name {
-        let key = (target.resource.plural.to_owned(), ns, name);
+        let key = target_key(target, &name);
         api::record(
             &mut state,
             key,

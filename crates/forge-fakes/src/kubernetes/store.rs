@@ -85,9 +85,11 @@ impl Store {
         (self.feed.subscribe(), past)
     }
 
-    /// Forgets the log: a watch from any resourceVersion before now gets 410.
+    /// Forgets the log: a watch from any resourceVersion handed out so far gets 410. The
+    /// counter moves on, so a list made after this answers one a watch can start from.
     pub(super) fn compact(&mut self) {
         self.log.clear();
+        self.rv += 1;
         self.floor = self.rv;
     }
 

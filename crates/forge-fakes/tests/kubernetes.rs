@@ -1,0 +1,675 @@
+//! The Kubernetes model as the real `kube` client sees it: rollouts, watches and their
+//! 410 recovery, server-side apply conflicts, rollbacks, progress deadlines, Jobs, deletes
+//! with propagation, RBAC, and the cost of many watches.
+
+use std::time::Duration;
+
+use baton_forge_fakes::Served;
+use baton_forge_fakes::kubernetes::{Cluster, PodOutcome, RolloutPlan, Rules};
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::api::{
+    Api, DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams, WatchEvent,
+    WatchParams,
+};
+use kube::runtime::watcher;
+use serde_json::{Value, json};
+
+const USER: &str = "system:serviceaccount:ci:baton";
+
+/// How long any wait in these tests may take before it fails.
+const PATIENCE: Duration = Duration::from_secs(15);
+
+/// A cluster with namespace `app`, a token `t0k3n` allowed everything, served, and a
+/// client reaching it through a kubeconfig written by the model.
+async fn cluster() -> (Cluster, Served, kube::Client) {
+    let cluster = Cluster::new();
+    cluster.add_namespace("app");
+    cluster.add_token("t0k3n", USER, Rules::all());
+    let served = cluster.serve().await.expect("serve");
+    let client = client(&cluster, &served, "t0k3n").await;
+    (cluster, served, client)
+}
+
+async fn client(cluster: &Cluster, served: &Served, token: &str) -> kube::Client {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("kubeconfig");
+    cluster
+        .write_kubeconfig(served, &path, "fake", token)
+        .expect("kubeconfig");
+    let kubeconfig = kube::config::Kubeconfig::read_from(&path).expect("read kubeconfig");
+    let options = kube::config::KubeConfigOptions {
+        context: Some("fake".to_owned()),
+        ..Default::default()
+    };
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+        .await
+        .expect("config");
+    kube::Client::try_from(config).expect("client")
+}
+
+/// Waits (bounded) until `check` holds for the stored object, and returns it.
+async fn until(
+    cluster: &Cluster,
+    resource: &str,
+    name: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if let Some(object) = cluster.get(resource, "app", name)
+            && check(&object)
+        {
+            return object;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{resource}/{name} never got there: {:#}",
+            cluster.get(resource, "app", name).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// What `kubectl rollout status` calls done for a Deployment.
+fn rolled_out(d: &Value) -> bool {
+    let s = &d["status"];
+    s["observedGeneration"] == d["metadata"]["generation"]
+        && s["updatedReplicas"] == d["spec"]["replicas"]
+        && s["replicas"] == s["updatedReplicas"]
+        && s["availableReplicas"] == s["updatedReplicas"]
+}
+
+fn image_patch(image: &str) -> Patch<Value> {
+    Patch::Strategic(
+        json!({"spec": {"template": {"spec": {"containers": [{"name": "web", "image": image}]}}}}),
+    )
+}
+
+fn revision(object: &Value) -> &str {
+    object["metadata"]["annotations"]["deployment.kubernetes.io/revision"]
+        .as_str()
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_strategic_merge_patch_rolls_out_a_new_replicaset_at_revision_2() {
+    let (cluster, _served, client) = cluster().await;
+    cluster.add_deployment("app", "web", "web", "web:1", 3);
+    let api: Api<Deployment> = Api::namespaced(client.clone(), "app");
+    let patched = api
+        .patch("web", &PatchParams::default(), &image_patch("web:2"))
+        .await
+        .expect("patch");
+    assert_eq!(patched.metadata.generation, Some(2));
+    let done = until(&cluster, "deployments", "web", |d| {
+        rolled_out(d) && d["status"]["observedGeneration"] == 2
+    })
+    .await;
+    assert_eq!(revision(&done), "2");
+    let sets: Api<ReplicaSet> = Api::namespaced(client, "app");
+    let sets = sets.list(&ListParams::default()).await.expect("list");
+    let new: Vec<Value> = sets
+        .items
+        .iter()
+        .map(|rs| serde_json::to_value(rs).unwrap())
+        .filter(|rs| rs["spec"]["replicas"] == 3)
+        .collect();
+    assert_eq!(new.len(), 1, "one ReplicaSet holds the replicas");
+    assert_eq!(revision(&new[0]), "2");
+    assert_eq!(
+        new[0]["spec"]["template"]["spec"]["containers"][0]["image"],
+        "web:2"
+    );
+    assert_eq!(
+        cluster.list("pods", "app").len(),
+        3,
+        "the old pods are gone"
+    );
+    assert!(cluster.rollout_completed_at("app", "web").is_some());
+    assert_eq!(
+        cluster.writes("deployments", "app", "web")[0]
+            .content_type
+            .as_deref(),
+        Some("application/strategic-merge-patch+json")
+    );
+}
+
+#[tokio::test]
+async fn a_watch_from_a_resource_version_sees_the_status_move_in_order() {
+    let (cluster, _served, client) = cluster().await;
+    cluster.add_deployment("app", "web", "web", "web:1", 3);
+    let api: Api<Deployment> = Api::namespaced(client, "app");
+    let before = api.get("web").await.expect("get");
+    let rv = before.metadata.resource_version.clone().unwrap();
+    api.patch("web", &PatchParams::default(), &image_patch("web:2"))
+        .await
+        .expect("patch");
+    until(&cluster, "deployments", "web", rolled_out).await;
+    let params = WatchParams::default()
+        .fields("metadata.name=web")
+        .timeout(5);
+    let mut stream = api.watch(&params, &rv).await.expect("watch").boxed();
+    let mut updated = Vec::new();
+    let mut versions = Vec::new();
+    while let Some(event) = tokio::time::timeout(PATIENCE, stream.try_next())
+        .await
+        .expect("in time")
+        .expect("event")
+    {
+        let WatchEvent::Modified(d) = event else {
+            panic!("only changes: {event:?}")
+        };
+        versions.push(d.metadata.resource_version.unwrap().parse::<u64>().unwrap());
+        let status = d.status.unwrap_or_default();
+        updated.push((
+            status.observed_generation.unwrap_or(0),
+            status.updated_replicas.unwrap_or(0),
+        ));
+        if updated.last() == Some(&(2, 3)) && status.replicas == Some(3) {
+            break;
+        }
+    }
+    assert!(
+        versions.windows(2).all(|w| w[0] < w[1]),
+        "in resourceVersion order: {versions:?}"
+    );
+    assert_eq!(
+        updated[0],
+        (1, 3),
+        "the spec change comes first, not yet observed"
+    );
+    let seen: Vec<i32> = updated
+        .iter()
+        .filter(|(g, _)| *g == 2)
+        .map(|(_, u)| *u)
+        .collect();
+    assert!(
+        seen.windows(2).all(|w| w[0] <= w[1]) && seen.contains(&1) && seen.contains(&2),
+        "one replica at a time: {seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn after_compaction_a_watch_gets_410_and_the_watcher_relists() {
+    let (cluster, _served, client) = cluster().await;
+    cluster.add_deployment("app", "web", "web", "web:1", 1);
+    let api: Api<Deployment> = Api::namespaced(client, "app");
+    let rv = api
+        .get("web")
+        .await
+        .expect("get")
+        .metadata
+        .resource_version
+        .unwrap();
+    cluster.compact();
+    let mut stream = api
+        .watch(&WatchParams::default(), &rv)
+        .await
+        .expect("watch")
+        .boxed();
+    match stream.try_next().await.expect("event") {
+        Some(WatchEvent::Error(e)) => {
+            assert_eq!((e.code, e.reason.as_str()), (410, "Expired"));
+            assert!(
+                e.message
+                    .starts_with(&format!("too old resource version: {rv} (")),
+                "{}",
+                e.message
+            );
+        }
+        other => panic!("expected a 410: {other:?}"),
+    }
+    assert!(
+        stream.try_next().await.expect("end").is_none(),
+        "the stream ends after it"
+    );
+
+    let mut events = watcher(api.clone(), watcher::Config::default()).boxed();
+    let mut inits = 0;
+    let mut restarted = false;
+    let mut gone = Vec::new();
+    while inits < 2 {
+        let event = match tokio::time::timeout(PATIENCE, events.try_next())
+            .await
+            .expect("in time")
+        {
+            Ok(event) => event,
+            Err(watcher::Error::WatchError(status)) => {
+                gone.push(status.code);
+                continue;
+            }
+            Err(other) => panic!("unexpected: {other}"),
+        };
+        if let Some(watcher::Event::InitDone) = event {
+            inits += 1;
+            if !restarted {
+                // The watcher's next watch starts from the version it listed: forgotten.
+                api.patch(
+                    "web",
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"metadata": {"labels": {"x": "y"}}})),
+                )
+                .await
+                .expect("patch");
+                cluster.compact();
+                restarted = true;
+            }
+        }
+    }
+    assert_eq!(gone, [410], "the watcher saw the 410 once, then relisted");
+    assert!(cluster.watches_opened("deployments", "app") >= 2);
+}
+
+#[tokio::test]
+async fn an_apply_of_a_field_another_manager_set_conflicts_until_forced() {
+    let (cluster, _served, client) = cluster().await;
+    cluster.add_deployment("app", "web", "web", "web:1", 1);
+    let api: Api<Deployment> = Api::namespaced(client, "app");
+    let apply = |image: &str| {
+        Patch::Apply(
+            json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+            "spec": {"template": {"spec": {"containers": [{"name": "web", "image": image}]}}}}),
+        )
+    };
+    api.patch("web", &PatchParams::apply("baton"), &apply("web:2"))
+        .await
+        .expect("first apply");
+    api.patch(
+        "web",
+        &PatchParams {
+            field_manager: Some("kubectl-set".into()),
+            ..Default::default()
+        },
+        &image_patch("web:3"),
+    )
+    .await
+    .expect("kubectl set image");
+    let refused = api
+        .patch("web", &PatchParams::apply("baton"), &apply("web:4"))
+        .await;
+    let Err(kube::Error::Api(status)) = refused else {
+        panic!("a conflict: {refused:?}")
+    };
+    assert_eq!((status.code, status.reason.as_str()), (409, "Conflict"));
+    assert_eq!(
+        status.message,
+        "Apply failed with 1 conflict: conflict with \"kubectl-set\" using apps/v1: .spec.template.spec.containers[name=\"web\"].image"
+    );
+    let forced = api
+        .patch("web", &PatchParams::apply("baton").force(), &apply("web:4"))
+        .await
+        .expect("forced");
+    let forced_json = serde_json::to_value(&forced).unwrap();
+    assert_eq!(
+        forced_json["spec"]["template"]["spec"]["containers"][0]["image"],
+        "web:4"
+    );
+    let managers: Vec<String> = forced
+        .metadata
+        .managed_fields
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|m| m.manager)
+        .collect();
+    assert!(managers.contains(&"baton".to_owned()), "{managers:?}");
+    let no_manager = api
+        .patch("web", &PatchParams::default(), &apply("web:5"))
+        .await;
+    assert!(matches!(no_manager, Err(kube::Error::Api(s)) if s.code == 422));
+}
+
+#[tokio::test]
+async fn a_json_patch_restoring_the_old_template_reuses_the_old_replicaset() {
+    let (cluster, _served, client) = cluster().await;
+    cluster.add_deployment("app", "web", "web", "web:1", 2);
+    let first = cluster.list("replicasets", "app")[0]["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let api: Api<Deployment> = Api::namespaced(client, "app");
+    api.patch("web", &PatchParams::default(), &image_patch("web:2"))
+        .await
+        .expect("patch");
+    until(&cluster, "deployments", "web", |d| {
+        rolled_out(d) && revision(d) == "2"
+    })
+    .await;
+    let old = json!([{"op": "replace", "path": "/spec/template/spec/containers/0/image", "value": "web:1"}]);
+    let patch: json_patch::Patch = serde_json::from_value(old).unwrap();
+    api.patch("web", &PatchParams::default(), &Patch::<()>::Json(patch))
+        .await
+        .expect("json patch");
+    let done = until(&cluster, "deployments", "web", |d| {
+        rolled_out(d) && d["status"]["observedGeneration"] == 3
+    })
+    .await;
+    assert_eq!(revision(&done), "3");
+    assert_eq!(
+        cluster.list("replicasets", "app").len(),
+        2,
+        "no third ReplicaSet"
+    );
+    let reused = cluster.get("replicasets", "app", &first).unwrap();
+    assert_eq!(revision(&reused), "3");
+    assert_eq!(reused["spec"]["replicas"], 2);
+}
+
+#[tokio::test]
+async fn a_stalled_rollout_passes_its_progress_deadline() {
+    let (cluster, _served, client) = cluster().await;
+    cluster.add_deployment("app", "web", "web", "web:1", 2);
+    cluster.rollout_plan("app", "web", RolloutPlan::completes().image_pull_backoff());
+    let api: Api<Deployment> = Api::namespaced(client, "app");
+    api.patch(
+        "web",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"progressDeadlineSeconds": 1}})),
+    )
+    .await
+    .expect("deadline");
+    api.patch("web", &PatchParams::default(), &image_patch("web:bad"))
+        .await
+        .expect("patch");
+    let started = std::time::Instant::now();
+    let stalled = until(&cluster, "deployments", "web", |d| {
+        d["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Progressing" && c["status"] == "False")
+    })
+    .await;
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "not before the deadline"
+    );
+    let progressing = stalled["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Progressing")
+        .unwrap()
+        .clone();
+    assert_eq!(progressing["reason"], "ProgressDeadlineExceeded");
+    assert_eq!(
+        stalled["status"]["availableReplicas"], 2,
+        "the old pods still serve"
+    );
+    let waiting: Vec<Value> = cluster
+        .list("pods", "app")
+        .into_iter()
+        .filter_map(|p| {
+            p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"]
+                .as_str()
+                .map(|r| json!(r))
+        })
+        .collect();
+    assert_eq!(waiting, [json!("ImagePullBackOff")]);
+}
+
+fn job(name: &str, image: &str, backoff_limit: i32) -> Job {
+    serde_json::from_value(json!({
+        "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name},
+        "spec": {"backoffLimit": backoff_limit, "template": {"spec": {
+            "restartPolicy": "Never",
+            "containers": [{"name": "main", "image": image, "args": ["go"],
+                "env": [{"name": "GREETING", "value": "hi"}],
+                "volumeMounts": [{"name": "input", "mountPath": "/in"}]}],
+            "volumes": [{"name": "input", "configMap": {"name": format!("{name}-input")}}]}}},
+    }))
+    .expect("job")
+}
+
+fn condition<'a>(job: &'a Value, kind: &str) -> Option<&'a Value> {
+    job["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == kind)
+}
+
+#[tokio::test]
+async fn a_job_waits_for_its_configmap_runs_and_leaves_its_log_and_message() {
+    let (cluster, _served, client) = cluster().await;
+    cluster.image("runner:1", |input| {
+        let log = format!(
+            "{} {} {}\n",
+            input.env["GREETING"],
+            input.args.join(" "),
+            input.files["/in/script"]
+        );
+        PodOutcome::succeeds(&log, Duration::from_millis(100)).with_termination_message("all good")
+    });
+    let jobs: Api<Job> = Api::namespaced(client.clone(), "app");
+    jobs.create(&PostParams::default(), &job("run", "runner:1", 6))
+        .await
+        .expect("create");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while cluster.list("pods", "app").is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "no pod");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let pods = cluster.list("pods", "app");
+    assert_eq!(pods.len(), 1);
+    assert_eq!(
+        pods[0]["status"]["phase"], "Pending",
+        "waits for its ConfigMap"
+    );
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), "app");
+    let cm: ConfigMap = serde_json::from_value(
+        json!({"metadata": {"name": "run-input"}, "data": {"script": "echo"}}),
+    )
+    .unwrap();
+    configmaps
+        .create(&PostParams::default(), &cm)
+        .await
+        .expect("configmap");
+    let done = until(&cluster, "jobs", "run", |j| {
+        condition(j, "Complete").is_some()
+    })
+    .await;
+    assert_eq!(done["status"]["succeeded"], 1);
+    assert!(
+        condition(&done, "SuccessCriteriaMet").is_some(),
+        "written before Complete"
+    );
+    let pod_name = cluster.list("pods", "app")[0]["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let pods: Api<Pod> = Api::namespaced(client, "app");
+    let pod = pods.get(&pod_name).await.expect("pod");
+    let labels = pod.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(labels["batch.kubernetes.io/job-name"], "run");
+    let terminated = pod.status.unwrap().container_statuses.unwrap()[0]
+        .state
+        .clone()
+        .unwrap()
+        .terminated
+        .unwrap();
+    assert_eq!(
+        (
+            terminated.exit_code,
+            terminated.reason.as_deref(),
+            terminated.message.as_deref()
+        ),
+        (0, Some("Completed"), Some("all good"))
+    );
+    assert_eq!(
+        pods.logs(&pod_name, &LogParams::default())
+            .await
+            .expect("log"),
+        "hi go echo\n"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_job_retries_up_to_its_backoff_limit_then_fails() {
+    let (cluster, _served, client) = cluster().await;
+    cluster.image("broken:1", |_| {
+        PodOutcome::fails("boom\n", 2, Duration::from_millis(20))
+    });
+    cluster.add_token("other", "someone", Rules::all());
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), "app");
+    let cm: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "fail-input"}, "data": {}})).unwrap();
+    configmaps
+        .create(&PostParams::default(), &cm)
+        .await
+        .expect("configmap");
+    let jobs: Api<Job> = Api::namespaced(client, "app");
+    jobs.create(&PostParams::default(), &job("fail", "broken:1", 2))
+        .await
+        .expect("create");
+    let failed = until(&cluster, "jobs", "fail", |j| {
+        condition(j, "Failed").is_some()
+    })
+    .await;
+    assert_eq!(
+        condition(&failed, "Failed").unwrap()["reason"],
+        "BackoffLimitExceeded"
+    );
+    assert!(condition(&failed, "FailureTarget").is_some());
+    assert_eq!(
+        failed["status"]["failed"], 3,
+        "the first try and two retries"
+    );
+    assert_eq!(cluster.list("pods", "app").len(), 3);
+}
+
+#[tokio::test]
+async fn a_foreground_delete_leaves_no_pod_and_a_delete_without_policy_orphans_them() {
+    let (cluster, _served, client) = cluster().await;
+    cluster.image("runner:1", |_| {
+        PodOutcome::succeeds("", Duration::from_secs(60))
+    });
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), "app");
+    for name in ["a-input", "b-input"] {
+        let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+        configmaps
+            .create(&PostParams::default(), &cm)
+            .await
+            .expect("configmap");
+    }
+    let jobs: Api<Job> = Api::namespaced(client, "app");
+    for name in ["a", "b"] {
+        jobs.create(&PostParams::default(), &job(name, "runner:1", 0))
+            .await
+            .expect("create");
+    }
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while cluster.list("pods", "app").len() < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "no pods");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let marked = jobs
+        .delete("a", &DeleteParams::foreground())
+        .await
+        .expect("delete a");
+    assert!(
+        marked
+            .left()
+            .is_some_and(|j| j.metadata.deletion_timestamp.is_some()),
+        "the Job waits for its pods"
+    );
+    jobs.delete("b", &DeleteParams::default())
+        .await
+        .expect("delete b");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while cluster.get("jobs", "app", "a").is_some() {
+        assert!(tokio::time::Instant::now() < deadline, "the Job stayed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let pods = cluster.list("pods", "app");
+    assert_eq!(pods.len(), 1, "only b's pod is left");
+    assert_eq!(pods[0]["metadata"]["labels"]["job-name"], "b");
+    assert_eq!(cluster.orphaned_pods("app").len(), 1);
+    let writes = cluster.writes("jobs", "app", "b");
+    assert_eq!(
+        writes.iter().map(|w| w.verb.as_str()).collect::<Vec<_>>(),
+        ["create", "delete"]
+    );
+}
+
+#[tokio::test]
+async fn a_token_without_patch_gets_the_api_servers_403() {
+    let (cluster, served, _) = cluster().await;
+    cluster.add_deployment("app", "web", "web", "web:1", 1);
+    cluster.add_token(
+        "reader",
+        USER,
+        Rules::none().allow(&["get", "watch", "list"], "apps", "deployments"),
+    );
+    let reader = client(&cluster, &served, "reader").await;
+    let api: Api<Deployment> = Api::namespaced(reader, "app");
+    api.get("web").await.expect("get is allowed");
+    let refused = api
+        .patch("web", &PatchParams::default(), &image_patch("web:2"))
+        .await;
+    let Err(kube::Error::Api(status)) = refused else {
+        panic!("a 403: {refused:?}")
+    };
+    assert_eq!((status.code, status.reason.as_str()), (403, "Forbidden"));
+    assert_eq!(
+        status.message,
+        "deployments.apps \"web\" is forbidden: User \"system:serviceaccount:ci:baton\" cannot patch resource \"deployments\" in API group \"apps\" in the namespace \"app\""
+    );
+    assert_eq!(cluster.writes("deployments", "app", "web")[0].status, 403);
+    let stranger = client(&cluster, &served, "nobody").await;
+    let unknown = Api::<Deployment>::namespaced(stranger, "app")
+        .get("web")
+        .await;
+    assert!(matches!(unknown, Err(kube::Error::Api(s)) if s.code == 401));
+    assert!(cluster.meter().by_credential(USER) >= 2);
+}
+
+#[tokio::test]
+async fn two_hundred_watches_in_twenty_namespaces_cost_little() {
+    let (cluster, _served, client) = cluster().await;
+    let mut streams = Vec::new();
+    for n in 0..20 {
+        let ns = format!("ns{n}");
+        cluster.add_namespace(&ns);
+        for d in 0..10 {
+            let name = format!("d{d}");
+            cluster.add_deployment(&ns, &name, "web", "web:1", 1);
+            let api: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+            let params = WatchParams::default().fields(&format!("metadata.name={name}"));
+            streams.push(api.watch(&params, "0").await.expect("watch").boxed());
+        }
+    }
+    assert_eq!(cluster.open_watches(), 200);
+    let started = std::time::Instant::now();
+    let meter_before = cluster.meter().total();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        cluster.meter().total(),
+        meter_before,
+        "an idle watch makes no requests"
+    );
+    for stream in &mut streams {
+        let first = tokio::time::timeout(PATIENCE, stream.try_next())
+            .await
+            .expect("in time")
+            .expect("event");
+        assert!(matches!(first, Some(WatchEvent::Added(_))));
+    }
+    assert!(started.elapsed() < Duration::from_secs(5));
+    cluster.drop_watches();
+    for stream in &mut streams {
+        let end = tokio::time::timeout(PATIENCE, stream.try_next())
+            .await
+            .expect("in time");
+        assert!(end.expect("clean end").is_none());
+    }
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while cluster.open_watches() > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "watches stay open");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(cluster.peak_open_watches(), 200);
+    assert_eq!(cluster.watches_opened("deployments", "ns3"), 10);
+}
