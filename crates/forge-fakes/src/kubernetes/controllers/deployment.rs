@@ -297,6 +297,7 @@ fn deadline(state: &mut State, key: &Key, now: Instant) {
         return;
     };
     if run.done
+        || deployment["spec"]["paused"] == true
         || run.deadline_exceeded
         || !run.observed
         || now < run.last_progress + std::time::Duration::from_secs(seconds)
