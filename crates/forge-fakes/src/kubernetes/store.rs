@@ -118,17 +118,21 @@ impl Store {
         self.uids.get(uid)
     }
 
-    /// Objects of `resource` in `namespace` (every namespace for `None`), by name.
+    /// Objects of `resource` in `namespace` (every namespace for `None`), by name. Keys
+    /// sort by resource, then namespace, so one namespace is one contiguous range.
     pub(super) fn list<'a>(
         &'a self,
         resource: &'a str,
         namespace: Option<&'a str>,
     ) -> impl Iterator<Item = (&'a Key, &'a Value)> + 'a {
-        let start = (resource.to_owned(), String::new(), String::new());
+        let start = (
+            resource.to_owned(),
+            namespace.unwrap_or_default().to_owned(),
+            String::new(),
+        );
         self.objects
             .range(start..)
-            .take_while(move |(k, _)| k.0 == resource)
-            .filter(move |(k, _)| namespace.is_none_or(|ns| k.1 == ns))
+            .take_while(move |(k, _)| k.0 == resource && namespace.is_none_or(|ns| k.1 == ns))
     }
 
     /// Keys of `resource` objects in every namespace.

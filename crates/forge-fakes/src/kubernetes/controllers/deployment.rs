@@ -39,40 +39,36 @@ pub(in crate::kubernetes) fn add(
     write(state, &key, &counts, generation, available(&new_rs));
 }
 
-/// Every due step of every Deployment.
-pub(super) fn tick(state: &mut State, now: Instant) {
-    for key in state.store.keys("deployments") {
-        let Some(object) = state.store.get(&key).cloned() else {
-            continue;
-        };
-        match super::due(state, &key, &object, now) {
-            Some((Due::Observe, plan)) => {
-                let rs = observe(state, &key);
-                let created = state
-                    .store
-                    .get(&rs_key(&key.1, &rs))
-                    .is_some_and(|r| r["status"].get("replicas").is_none());
-                let reason = if created {
-                    "NewReplicaSetCreated"
-                } else {
-                    "FoundNewReplicaSet"
-                };
-                let message = if created {
-                    format!("Created new replica set \"{rs}\"")
-                } else {
-                    format!("Found new replica set \"{rs}\"")
-                };
-                step(state, &key, &rs, &plan, now, Some((reason, message)));
-            }
-            Some((Due::Step, plan)) => {
-                if let Some(rs) = newest(state, &key) {
-                    step(state, &key, &rs, &plan, now, None);
-                }
-            }
-            None => {}
+/// The step of Deployment `key` due at `now`, if any.
+pub(super) fn tick(state: &mut State, key: &Key, now: Instant) {
+    match super::due(state, key, now) {
+        Some((Due::Observe, plan)) => {
+            let rs = observe(state, key);
+            let created = state
+                .store
+                .get(&rs_key(&key.1, &rs))
+                .is_some_and(|r| r["status"].get("replicas").is_none());
+            let observed = if created {
+                (
+                    "NewReplicaSetCreated",
+                    format!("Created new replica set \"{rs}\""),
+                )
+            } else {
+                (
+                    "FoundNewReplicaSet",
+                    format!("Found new replica set \"{rs}\""),
+                )
+            };
+            step(state, key, &rs, &plan, now, Some(observed));
         }
-        deadline(state, &key, now);
+        Some((Due::Step, plan)) => {
+            if let Some(rs) = newest(state, key) {
+                step(state, key, &rs, &plan, now, None);
+            }
+        }
+        None => {}
     }
+    deadline(state, key, now);
 }
 
 /// The replica counts a status is written from.
@@ -287,17 +283,18 @@ fn step(
 
 /// A stalled rollout past its `progressDeadlineSeconds`: `Progressing` turns `False`.
 fn deadline(state: &mut State, key: &Key, now: Instant) {
-    let Some(deployment) = state.store.get(key).cloned() else {
+    let Some(deployment) = state.store.get(key) else {
         return;
     };
     let seconds = deployment["spec"]["progressDeadlineSeconds"]
         .as_u64()
         .unwrap_or(600);
+    let paused = deployment["spec"]["paused"] == true;
     let Some(run) = super::run_mut(state, key) else {
         return;
     };
     if run.done
-        || deployment["spec"]["paused"] == true
+        || paused
         || run.deadline_exceeded
         || !run.observed
         || now < run.last_progress + std::time::Duration::from_secs(seconds)
@@ -305,6 +302,9 @@ fn deadline(state: &mut State, key: &Key, now: Instant) {
         return;
     }
     run.deadline_exceeded = true;
+    let Some(deployment) = state.store.get(key).cloned() else {
+        return;
+    };
     let rs = newest(state, key).unwrap_or_default();
     let progressing = condition(
         &deployment,

@@ -13,15 +13,13 @@ use super::{kubelet, owned_by, write_status};
 use crate::kubernetes::State;
 use crate::kubernetes::store::{Key, timestamp};
 
-/// Every due step of every Job.
-pub(super) fn tick(state: &mut State, now: Instant) {
-    for key in state.store.keys("jobs") {
-        let Some(job) = state.store.get(&key).cloned() else {
-            continue;
-        };
-        if job["metadata"].get("deletionTimestamp").is_none() {
-            step(state, &key, &job, now);
-        }
+/// The step of Job `key` due at `now`, if any.
+pub(super) fn tick(state: &mut State, key: &Key, now: Instant) {
+    let Some(job) = state.store.get(key).cloned() else {
+        return;
+    };
+    if job["metadata"].get("deletionTimestamp").is_none() {
+        step(state, key, &job, now);
     }
 }
 

@@ -9,7 +9,7 @@ pub(super) mod workloads;
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
 use serde_json::{Value, json};
@@ -55,7 +55,7 @@ pub(super) fn start(cluster: &Cluster) {
             let Some(inner) = running.0.upgrade() else {
                 return;
             };
-            tick(&mut crate::lock(&inner.state), Instant::now());
+            tick(&inner.state, Instant::now());
         }
     });
 }
@@ -71,14 +71,28 @@ impl Drop for Running {
     }
 }
 
-/// Every step due at `now`.
-pub(super) fn tick(state: &mut State, now: Instant) {
-    gc::collect(state);
-    deployment::tick(state, now);
-    workloads::tick(state, now);
-    job::tick(state, now);
-    kubelet::tick(state, now);
-    gc::collect(state);
+/// Every step due at `now`. The lock is taken per object, so requests are served between
+/// the steps of a busy tick.
+pub(super) fn tick(shared: &Mutex<State>, now: Instant) {
+    let keys: Vec<Key> = {
+        let mut state = crate::lock(shared);
+        gc::collect(&mut state);
+        ["deployments", "statefulsets", "daemonsets", "jobs"]
+            .iter()
+            .flat_map(|kind| state.store.keys(kind))
+            .collect()
+    };
+    for key in keys {
+        let mut state = crate::lock(shared);
+        match key.0.as_str() {
+            "deployments" => deployment::tick(&mut state, &key, now),
+            "jobs" => job::tick(&mut state, &key, now),
+            _ => workloads::tick(&mut state, &key, now),
+        }
+    }
+    let mut state = crate::lock(shared);
+    kubelet::tick(&mut state, now);
+    gc::collect(&mut state);
 }
 
 /// A workload's rollout of one generation, as its controller moves it.
@@ -105,9 +119,11 @@ enum Due {
     Step,
 }
 
-/// What is due for workload `key` (whose spec is at `generation` and whose status has
-/// observed `observed`) at `now` under its plan, if anything.
-fn due(state: &mut State, key: &Key, object: &Value, now: Instant) -> Option<(Due, RolloutPlan)> {
+/// What is due for workload `key` at `now` under its plan, if anything: nothing while it
+/// is paused or being deleted, or once the status observed its generation and the run of
+/// that generation is done.
+fn due(state: &mut State, key: &Key, now: Instant) -> Option<(Due, RolloutPlan)> {
+    let object = state.store.get(key)?;
     if object["metadata"].get("deletionTimestamp").is_some() || object["spec"]["paused"] == true {
         return None;
     }

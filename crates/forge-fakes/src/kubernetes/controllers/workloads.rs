@@ -66,21 +66,18 @@ fn daemonset_status(generation: i64, nodes: i32, updated: i32, unavailable: i32)
         "numberUnavailable": unavailable, "numberMisscheduled": 0})
 }
 
-/// Every due step of every StatefulSet and DaemonSet.
-pub(super) fn tick(state: &mut State, now: Instant) {
-    for kind in ["statefulsets", "daemonsets"] {
-        for key in state.store.keys(kind) {
-            let Some(object) = state.store.get(&key).cloned() else {
-                continue;
-            };
-            if let Some((due, plan)) = super::due(state, &key, &object, now) {
-                if kind == "statefulsets" {
-                    statefulset_step(state, &key, &object, due, &plan);
-                } else {
-                    daemonset_step(state, &key, &object, due, &plan);
-                }
-            }
-        }
+/// The step of StatefulSet or DaemonSet `key` due at `now`, if any.
+pub(super) fn tick(state: &mut State, key: &Key, now: Instant) {
+    let Some((due, plan)) = super::due(state, key, now) else {
+        return;
+    };
+    let Some(object) = state.store.get(key).cloned() else {
+        return;
+    };
+    if key.0 == "statefulsets" {
+        statefulset_step(state, key, &object, due, &plan);
+    } else {
+        daemonset_step(state, key, &object, due, &plan);
     }
 }
 
