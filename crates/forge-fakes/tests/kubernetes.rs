@@ -73,6 +73,30 @@ async fn until(
     }
 }
 
+/// Waits (bounded) until `check` holds.
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !check() {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Ten Deployments `d0`..`d9` of `replicas` in each of twenty namespaces `ns0`..`ns19`.
+fn twenty_namespaces(cluster: &Cluster, replicas: i32) -> Vec<(String, String)> {
+    let mut targets = Vec::new();
+    for n in 0..20 {
+        let ns = format!("ns{n}");
+        cluster.add_namespace(&ns);
+        for d in 0..10 {
+            let name = format!("d{d}");
+            cluster.add_deployment(&ns, &name, "web", "web:1", replicas);
+            targets.push((ns.clone(), name));
+        }
+    }
+    targets
+}
+
 /// What `kubectl rollout status` calls done for a Deployment.
 fn rolled_out(d: &Value) -> bool {
     let s = &d["status"];
@@ -80,6 +104,14 @@ fn rolled_out(d: &Value) -> bool {
         && s["updatedReplicas"] == d["spec"]["replicas"]
         && s["replicas"] == s["updatedReplicas"]
         && s["availableReplicas"] == s["updatedReplicas"]
+}
+
+/// The API's refusal of a request that should have been refused.
+fn refusal<T: std::fmt::Debug>(answer: kube::Result<T>) -> Box<kube::core::Status> {
+    match answer {
+        Err(kube::Error::Api(status)) => status,
+        other => panic!("expected a refusal: {other:?}"),
+    }
 }
 
 fn image_patch(image: &str) -> Patch<Value> {
@@ -290,9 +322,7 @@ async fn an_apply_of_a_field_another_manager_set_conflicts_until_forced() {
     let refused = api
         .patch("web", &PatchParams::apply("baton"), &apply("web:4"))
         .await;
-    let Err(kube::Error::Api(status)) = refused else {
-        panic!("a conflict: {refused:?}")
-    };
+    let status = refusal(refused);
     assert_eq!((status.code, status.reason.as_str()), (409, "Conflict"));
     assert_eq!(
         status.message,
@@ -446,11 +476,7 @@ async fn a_job_waits_for_its_configmap_runs_and_leaves_its_log_and_message() {
     jobs.create(&PostParams::default(), &job("run", "runner:1", 6))
         .await
         .expect("create");
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while cluster.list("pods", "app").is_empty() {
-        assert!(tokio::time::Instant::now() < deadline, "no pod");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually("a pod", || !cluster.list("pods", "app").is_empty()).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     let pods = cluster.list("pods", "app");
     assert_eq!(pods.len(), 1);
@@ -560,11 +586,7 @@ async fn a_foreground_delete_leaves_no_pod_and_a_delete_without_policy_orphans_t
             .await
             .expect("create");
     }
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while cluster.list("pods", "app").len() < 2 {
-        assert!(tokio::time::Instant::now() < deadline, "no pods");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually("two pods", || cluster.list("pods", "app").len() >= 2).await;
     let marked = jobs
         .delete("a", &DeleteParams::foreground())
         .await
@@ -578,11 +600,7 @@ async fn a_foreground_delete_leaves_no_pod_and_a_delete_without_policy_orphans_t
     jobs.delete("b", &DeleteParams::default())
         .await
         .expect("delete b");
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while cluster.get("jobs", "app", "a").is_some() {
-        assert!(tokio::time::Instant::now() < deadline, "the Job stayed");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually("the Job gone", || cluster.get("jobs", "app", "a").is_none()).await;
     let pods = cluster.list("pods", "app");
     assert_eq!(pods.len(), 1, "only b's pod is left");
     assert_eq!(pods[0]["metadata"]["labels"]["job-name"], "b");
@@ -609,9 +627,7 @@ async fn a_token_without_patch_gets_the_api_servers_403() {
     let refused = api
         .patch("web", &PatchParams::default(), &image_patch("web:2"))
         .await;
-    let Err(kube::Error::Api(status)) = refused else {
-        panic!("a 403: {refused:?}")
-    };
+    let status = refusal(refused);
     assert_eq!((status.code, status.reason.as_str()), (403, "Forbidden"));
     assert_eq!(
         status.message,
@@ -630,16 +646,10 @@ async fn a_token_without_patch_gets_the_api_servers_403() {
 async fn two_hundred_watches_in_twenty_namespaces_cost_little() {
     let (cluster, _served, client) = cluster().await;
     let mut streams = Vec::new();
-    for n in 0..20 {
-        let ns = format!("ns{n}");
-        cluster.add_namespace(&ns);
-        for d in 0..10 {
-            let name = format!("d{d}");
-            cluster.add_deployment(&ns, &name, "web", "web:1", 1);
-            let api: Api<Deployment> = Api::namespaced(client.clone(), &ns);
-            let params = WatchParams::default().fields(&format!("metadata.name={name}"));
-            streams.push(api.watch(&params, "0").await.expect("watch").boxed());
-        }
+    for (ns, name) in twenty_namespaces(&cluster, 1) {
+        let api: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        let params = WatchParams::default().fields(&format!("metadata.name={name}"));
+        streams.push(api.watch(&params, "0").await.expect("watch").boxed());
     }
     assert_eq!(cluster.open_watches(), 200);
     let started = std::time::Instant::now();
@@ -665,11 +675,7 @@ async fn two_hundred_watches_in_twenty_namespaces_cost_little() {
             .expect("in time");
         assert!(end.expect("clean end").is_none());
     }
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while cluster.open_watches() > 0 {
-        assert!(tokio::time::Instant::now() < deadline, "watches stay open");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually("every watch closed", || cluster.open_watches() == 0).await;
     assert_eq!(cluster.peak_open_watches(), 200);
     assert_eq!(cluster.watches_opened("deployments", "ns3"), 10);
 }
@@ -816,15 +822,7 @@ async fn a_streaming_list_watcher_gets_the_initial_events_and_their_bookmark() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_rollouts_in_twenty_namespaces_all_complete() {
     let (cluster, _served, client) = cluster().await;
-    let mut targets = Vec::new();
-    for n in 0..20 {
-        let ns = format!("ns{n}");
-        cluster.add_namespace(&ns);
-        for d in 0..10 {
-            cluster.add_deployment(&ns, &format!("d{d}"), "web", "web:1", 3);
-            targets.push((ns.clone(), format!("d{d}")));
-        }
-    }
+    let targets = twenty_namespaces(&cluster, 3);
     let started = std::time::Instant::now();
     let patches = targets.iter().map(|(ns, name)| {
         let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
@@ -837,17 +835,12 @@ async fn two_hundred_rollouts_in_twenty_namespaces_all_complete() {
         patched.expect("patch");
     }
     let patched = started.elapsed();
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while targets
-        .iter()
-        .any(|(ns, name)| cluster.rollout_completed_at(ns, name).is_none())
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not every rollout completed"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("every rollout completed", || {
+        targets
+            .iter()
+            .all(|(ns, name)| cluster.rollout_completed_at(ns, name).is_some())
+    })
+    .await;
     let took = started.elapsed();
     // Observed after 20 ms, three replicas 50 ms apart: the model itself adds little.
     assert!(took < Duration::from_secs(3), "200 rollouts took {took:?}");

@@ -212,8 +212,8 @@ impl Cluster {
         image: &str,
         replicas: i32,
     ) {
-        let mut state = self.state();
-        controllers::deployment::add(&mut state, ns, name, container, image, replicas);
+        let wanted = controllers::Workload::new(ns, name, container, image, replicas);
+        controllers::deployment::add(&mut self.state(), &wanted);
     }
 
     /// A StatefulSet `ns/name`, rolled out and stable: `replicas` replicas of one container.
@@ -225,14 +225,14 @@ impl Cluster {
         image: &str,
         replicas: i32,
     ) {
-        let mut state = self.state();
-        controllers::workloads::add_statefulset(&mut state, ns, name, container, image, replicas);
+        let wanted = controllers::Workload::new(ns, name, container, image, replicas);
+        controllers::workloads::add_statefulset(&mut self.state(), &wanted);
     }
 
     /// A DaemonSet `ns/name` on `nodes` nodes, rolled out and stable.
     pub fn add_daemonset(&self, ns: &str, name: &str, container: &str, image: &str, nodes: i32) {
-        let mut state = self.state();
-        controllers::workloads::add_daemonset(&mut state, ns, name, container, image, nodes);
+        let wanted = controllers::Workload::new(ns, name, container, image, nodes);
+        controllers::workloads::add_daemonset(&mut self.state(), &wanted);
     }
 
     /// How the next rollouts of workload `ns/name` (any of the three kinds) behave.

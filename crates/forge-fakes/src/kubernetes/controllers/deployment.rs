@@ -6,7 +6,9 @@
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use super::{Due, canonical, condition, owned_by, owner_reference, template_hash, write_status};
+use super::{
+    Due, Workload, canonical, condition, owned_by, owner_reference, template_hash, write_status,
+};
 use crate::kubernetes::State;
 use crate::kubernetes::plan::RolloutPlan;
 use crate::kubernetes::store::{Key, metadata};
@@ -14,18 +16,12 @@ use crate::kubernetes::store::{Key, metadata};
 const REVISION: &str = "deployment.kubernetes.io/revision";
 
 /// Adds a Deployment rolled out and stable at revision 1.
-pub(in crate::kubernetes) fn add(
-    state: &mut State,
-    ns: &str,
-    name: &str,
-    container: &str,
-    image: &str,
-    replicas: i32,
-) {
-    let key: Key = ("deployments".into(), ns.into(), name.into());
-    let mut object = super::workload(name, container, image, json!({"replicas": replicas}));
-    super::defaults("deployments", &mut object);
+pub(in crate::kubernetes) fn add(state: &mut State, wanted: &Workload<'_>) {
+    let key = wanted.key("deployments");
+    let replicas = wanted.count;
+    let object = wanted.object("deployments", json!({"replicas": replicas}));
     state.store.insert(key.clone(), object);
+    let ns = &key.1;
     let new_rs = observe(state, &key);
     scale(state, ns, &new_rs, replicas, 0, false);
     let counts = Counts {

@@ -245,25 +245,64 @@ pub(super) fn defaults(resource: &str, object: &mut Value) {
     }
 }
 
-/// A workload made by a test helper: `metadata`, `spec` with one container, its selector
-/// and the given extra spec fields.
-fn workload(name: &str, container: &str, image: &str, extra: Value) -> Value {
-    let mut object = json!({
-        "metadata": {"name": name, "labels": {"app": name}},
-        "spec": {
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {"containers": [{"name": container, "image": image}]},
-            },
-        },
-    });
-    if let Value::Object(fields) = extra {
-        for (k, v) in fields {
-            object["spec"][k] = v;
+/// A workload a test helper adds, rolled out and stable: where it lives, its one
+/// container, and its replica (or node) count.
+pub(in crate::kubernetes) struct Workload<'a> {
+    ns: &'a str,
+    name: &'a str,
+    container: &'a str,
+    image: &'a str,
+    count: i32,
+}
+
+impl<'a> Workload<'a> {
+    pub(in crate::kubernetes) fn new(
+        ns: &'a str,
+        name: &'a str,
+        container: &'a str,
+        image: &'a str,
+        count: i32,
+    ) -> Self {
+        Self {
+            ns,
+            name,
+            container,
+            image,
+            count,
         }
     }
-    object
+
+    /// Where an object of `resource` with this name is stored.
+    fn key(&self, resource: &str) -> Key {
+        (
+            resource.to_owned(),
+            self.ns.to_owned(),
+            self.name.to_owned(),
+        )
+    }
+
+    /// The object: `metadata`, a `spec` with one container and its selector, the given
+    /// extra spec fields, and what the API server defaults for `resource`.
+    fn object(&self, resource: &str, extra: Value) -> Value {
+        let (name, container, image) = (self.name, self.container, self.image);
+        let mut object = json!({
+            "metadata": {"name": name, "labels": {"app": name}},
+            "spec": {
+                "selector": {"matchLabels": {"app": name}},
+                "template": {
+                    "metadata": {"labels": {"app": name}},
+                    "spec": {"containers": [{"name": container, "image": image}]},
+                },
+            },
+        });
+        if let Value::Object(fields) = extra {
+            for (k, v) in fields {
+                object["spec"][k] = v;
+            }
+        }
+        defaults(resource, &mut object);
+        object
+    }
 }
 
 /// The canonical text of `value` (keys sorted), so equal objects hash equal whatever

@@ -5,7 +5,7 @@
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use super::{Due, template_hash, write_status};
+use super::{Due, Workload, template_hash, write_status};
 use crate::kubernetes::State;
 use crate::kubernetes::plan::RolloutPlan;
 use crate::kubernetes::store::Key;
@@ -14,19 +14,12 @@ use crate::kubernetes::store::Key;
 const DEFAULT_NODES: i32 = 3;
 
 /// Adds a StatefulSet rolled out and stable.
-pub(in crate::kubernetes) fn add_statefulset(
-    state: &mut State,
-    ns: &str,
-    name: &str,
-    container: &str,
-    image: &str,
-    replicas: i32,
-) {
-    let key: Key = ("statefulsets".into(), ns.into(), name.into());
-    let extra = json!({"replicas": replicas, "serviceName": name});
-    let mut object = super::workload(name, container, image, extra);
-    super::defaults("statefulsets", &mut object);
-    let revision = revision(name, &object);
+pub(in crate::kubernetes) fn add_statefulset(state: &mut State, wanted: &Workload<'_>) {
+    let key = wanted.key("statefulsets");
+    let replicas = wanted.count;
+    let extra = json!({"replicas": replicas, "serviceName": key.2});
+    let object = wanted.object("statefulsets", extra);
+    let revision = revision(&key.2, &object);
     state.store.insert(key.clone(), object);
     write_status(
         state,
@@ -39,17 +32,10 @@ pub(in crate::kubernetes) fn add_statefulset(
 }
 
 /// Adds a DaemonSet on `nodes` nodes, rolled out and stable.
-pub(in crate::kubernetes) fn add_daemonset(
-    state: &mut State,
-    ns: &str,
-    name: &str,
-    container: &str,
-    image: &str,
-    nodes: i32,
-) {
-    let key: Key = ("daemonsets".into(), ns.into(), name.into());
-    let mut object = super::workload(name, container, image, json!({}));
-    super::defaults("daemonsets", &mut object);
+pub(in crate::kubernetes) fn add_daemonset(state: &mut State, wanted: &Workload<'_>) {
+    let key = wanted.key("daemonsets");
+    let nodes = wanted.count;
+    let object = wanted.object("daemonsets", json!({}));
     state.store.insert(key.clone(), object);
     state.controllers.nodes.insert(key.clone(), nodes);
     write_status(state, &key, daemonset_status(1, nodes, nodes, 0));
