@@ -568,7 +568,7 @@ async fn a_failing_job_retries_up_to_its_backoff_limit_then_fails() {
 
 #[tokio::test]
 async fn a_foreground_delete_leaves_no_pod_and_a_delete_without_policy_orphans_them() {
-    let (cluster, _served, client) = cluster().await;
+    let (cluster, served, client) = cluster().await;
     cluster.image("runner:1", |_| {
         PodOutcome::succeeds("", Duration::from_secs(60))
     });
@@ -597,9 +597,13 @@ async fn a_foreground_delete_leaves_no_pod_and_a_delete_without_policy_orphans_t
             .is_some_and(|j| j.metadata.deletion_timestamp.is_some()),
         "the Job waits for its pods"
     );
-    jobs.delete("b", &DeleteParams::default())
-        .await
-        .expect("delete b");
+    let path = "/apis/batch/v1/namespaces/app/jobs/b";
+    let deleted = raw_request(&served, "DELETE", path, "application/json", "").await;
+    assert!(deleted.starts_with("HTTP/1.1 200"), "{deleted}");
+    assert!(
+        deleted.contains("warning: 299 - \"child pods are preserved by default when jobs are deleted; set propagationPolicy=Background to remove them or set propagationPolicy=Orphan to suppress this warning\""),
+        "{deleted}"
+    );
     eventually("the Job gone", || cluster.get("jobs", "app", "a").is_none()).await;
     let pods = cluster.list("pods", "app");
     assert_eq!(pods.len(), 1, "only b's pod is left");
@@ -699,7 +703,7 @@ async fn discovery_maps_a_manifests_kind_and_an_apply_in_yaml_creates_it() {
     // kubectl sends YAML to apply; the model reads it.
     let yaml =
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n  mode: fast\n";
-    let http = reqwest_like(
+    let http = raw_request(
         &served,
         "PATCH",
         "/api/v1/namespaces/app/configmaps/settings?fieldManager=baton",
@@ -707,7 +711,7 @@ async fn discovery_maps_a_manifests_kind_and_an_apply_in_yaml_creates_it() {
         yaml,
     )
     .await;
-    assert_eq!(http, 201);
+    assert!(http.starts_with("HTTP/1.1 201"), "{http}");
     assert_eq!(
         cluster.get("configmaps", "app", "settings").unwrap()["data"]["mode"],
         "fast"
@@ -758,14 +762,14 @@ async fn discovery_maps_a_manifests_kind_and_an_apply_in_yaml_creates_it() {
 }
 
 /// One raw HTTP request with the all-powerful token (for what the typed client does not
-/// send, such as a YAML body); returns the status code.
-async fn reqwest_like(
+/// send or show, such as a YAML body or a warning header); returns the whole answer.
+async fn raw_request(
     served: &Served,
     method: &str,
     path: &str,
     content_type: &str,
     body: &str,
-) -> u16 {
+) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(served.addr)
         .await
@@ -778,10 +782,6 @@ async fn reqwest_like(
     let mut answer = String::new();
     stream.read_to_string(&mut answer).await.expect("read");
     answer
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
 }
 
 #[tokio::test]
@@ -871,4 +871,106 @@ fn a_cluster_served_in_the_background_runs_its_controllers() {
         })
         .await;
     });
+}
+
+#[tokio::test]
+async fn a_job_past_its_deadline_fails_and_its_ttl_removes_it_with_its_pods() {
+    let (cluster, _served, client) = cluster().await;
+    cluster.image("slow:1", |_| {
+        PodOutcome::succeeds("working\n", Duration::from_secs(60))
+    });
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), "app");
+    let cm: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "slow-input"}})).unwrap();
+    configmaps
+        .create(&PostParams::default(), &cm)
+        .await
+        .expect("configmap");
+    let mut slow = serde_json::to_value(job("slow", "slow:1", 6)).unwrap();
+    slow["spec"]["activeDeadlineSeconds"] = json!(1);
+    slow["spec"]["ttlSecondsAfterFinished"] = json!(1);
+    let jobs: Api<Job> = Api::namespaced(client.clone(), "app");
+    let slow: Job = serde_json::from_value(slow).unwrap();
+    jobs.create(&PostParams::default(), &slow)
+        .await
+        .expect("create");
+    let failed = until(&cluster, "jobs", "slow", |j| {
+        condition(j, "Failed").is_some()
+    })
+    .await;
+    assert_eq!(
+        condition(&failed, "Failed").unwrap()["reason"],
+        "DeadlineExceeded"
+    );
+    let pod = &cluster.list("pods", "app")[0];
+    assert_eq!(pod["status"]["phase"], "Failed", "the pod was killed");
+    eventually("the Job and its pod gone after their ttl", || {
+        cluster.get("jobs", "app", "slow").is_none() && cluster.list("pods", "app").is_empty()
+    })
+    .await;
+    assert!(cluster.orphaned_pods("app").is_empty());
+
+    // An image nobody can pull never runs.
+    jobs.create(&PostParams::default(), &job("lost", "nowhere:1", 0))
+        .await
+        .expect("create");
+    let lost = serde_json::from_value::<ConfigMap>(json!({"metadata": {"name": "lost-input"}}));
+    configmaps
+        .create(&PostParams::default(), &lost.unwrap())
+        .await
+        .expect("configmap");
+    eventually("ImagePullBackOff", || {
+        cluster.list("pods", "app").iter().any(|p| {
+            p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] == "ImagePullBackOff"
+        })
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn old_pods_that_take_long_to_terminate_hold_the_rollout_open() {
+    let (cluster, _served, client) = cluster().await;
+    cluster.add_deployment("app", "web", "web", "web:1", 2);
+    cluster.add_daemonset("app", "agent", "agent", "agent:1", 4);
+    let linger = Duration::from_millis(400);
+    cluster.rollout_plan(
+        "app",
+        "web",
+        RolloutPlan::completes().old_pods_terminate_after(linger),
+    );
+    let api: Api<Deployment> = Api::namespaced(client.clone(), "app");
+    api.patch("web", &PatchParams::default(), &image_patch("web:2"))
+        .await
+        .expect("patch");
+    let lingering = until(&cluster, "deployments", "web", |d| {
+        d["status"]["updatedReplicas"] == 2
+            && d["status"]["availableReplicas"] == 2
+            && d["status"]["observedGeneration"] == 2
+    })
+    .await;
+    assert_eq!(
+        lingering["status"]["replicas"], 3,
+        "an old pod still terminates"
+    );
+    assert!(cluster.rollout_completed_at("app", "web").is_none());
+    let since = std::time::Instant::now();
+    until(&cluster, "deployments", "web", rolled_out).await;
+    assert!(
+        since.elapsed() >= linger / 2,
+        "not before the old pod is gone"
+    );
+
+    let agents: Api<k8s_openapi::api::apps::v1::DaemonSet> = Api::namespaced(client, "app");
+    let patch = Patch::Merge(
+        json!({"spec": {"template": {"spec": {"containers": [{"name": "agent", "image": "agent:2"}]}}}}),
+    );
+    agents
+        .patch("agent", &PatchParams::default(), &patch)
+        .await
+        .expect("patch");
+    let done = until(&cluster, "daemonsets", "agent", |d| {
+        d["status"]["observedGeneration"] == 2 && d["status"]["updatedNumberScheduled"] == 4
+    })
+    .await;
+    assert_eq!(done["status"]["numberAvailable"], 4);
 }
