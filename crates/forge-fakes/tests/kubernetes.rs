@@ -974,3 +974,21 @@ async fn old_pods_that_take_long_to_terminate_hold_the_rollout_open() {
     .await;
     assert_eq!(done["status"]["numberAvailable"], 4);
 }
+
+#[tokio::test]
+async fn a_watch_ends_at_its_timeout() {
+    let (_cluster, _served, client) = cluster().await;
+    let api: Api<ConfigMap> = Api::namespaced(client, "app");
+    let started = std::time::Instant::now();
+    let params = WatchParams::default().timeout(1);
+    let mut stream = api.watch(&params, "0").await.expect("watch").boxed();
+    let end = tokio::time::timeout(PATIENCE, stream.try_next())
+        .await
+        .expect("in time");
+    assert!(end.expect("clean end").is_none(), "nothing happened");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+}

@@ -76,6 +76,14 @@ async fn handle(
         return not_served(uri.path());
     };
     let verb = verb(&method, &target, &query);
+    if verb == "create" {
+        let ns = target.namespace.clone().unwrap_or_default();
+        let mut state = cluster.state();
+        *state
+            .creates
+            .entry((target.resource.plural.to_owned(), ns))
+            .or_default() += 1;
+    }
     let rbac_resource = match &target.subresource {
         Some(sub) => format!("{}/{sub}", target.resource.plural),
         None => target.resource.plural.to_owned(),
@@ -319,13 +327,6 @@ fn write(
         Ok((code, _)) => *code,
         Err(f) => f.code,
     };
-    if verb == "create" {
-        let ns = target.namespace.clone().unwrap_or_default();
-        *state
-            .creates
-            .entry((target.resource.plural.to_owned(), ns))
-            .or_default() += 1;
-    }
     let recorded_name = match &answer {
         Ok((_, object)) if verb == "create" => {
             object["metadata"]["name"].as_str().map(str::to_owned)

@@ -244,7 +244,8 @@ impl Cluster {
             .insert((ns.to_owned(), name.to_owned()), plan);
     }
 
-    /// How pods running `image` behave (Job pods): `program` sees the pod's input.
+    /// How pods running `image` behave (Job pods): `program` sees the pod's input. It runs
+    /// once, when the pod starts, under the cluster's lock: it must not call the cluster.
     pub fn image(
         &self,
         image: &str,
@@ -277,7 +278,8 @@ impl Cluster {
         self.state().writes.get(&key).cloned().unwrap_or_default()
     }
 
-    /// Create requests (`POST`) for `resource` in `ns` so far, refused ones included.
+    /// Create requests (`POST`) for `resource` in `ns` so far, refused ones (403, 409,
+    /// 422) included.
     pub fn creates(&self, resource: &str, ns: &str) -> usize {
         let key = (resource.to_owned(), ns.to_owned());
         self.state().creates.get(&key).copied().unwrap_or(0)
