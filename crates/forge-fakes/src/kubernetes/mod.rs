@@ -126,7 +126,9 @@ impl std::fmt::Debug for Cluster {
 impl Cluster {
     /// An empty cluster: no namespace, no token.
     pub fn new() -> Self {
-        let (feed, _) = broadcast::channel(1 << 16);
+        // A reader further behind than this ends its stream and watches again from the
+        // log, as a client does after any cut.
+        let (feed, _) = broadcast::channel(1 << 14);
         Self {
             inner: Arc::new(Inner {
                 state: Mutex::new(State {

@@ -15,8 +15,9 @@ use super::resources;
 pub(super) type Key = (String, String, String);
 
 /// How many events the log keeps before the oldest are forgotten (a watch from before
-/// them gets 410).
-const LOG_CAPACITY: usize = 200_000;
+/// them gets 410): a benchmark's 200 rollouts write a few thousand, and the objects they
+/// hold stay within some tens of megabytes.
+const LOG_CAPACITY: usize = 50_000;
 
 /// One change to an object, as a watch sends it.
 #[derive(Debug)]

@@ -1,7 +1,10 @@
 //! The Deployment controller: a ReplicaSet per pod template (reused, with the next
 //! revision, when a template comes back, as a rollback does), one replica moved per step
 //! from the old ReplicaSets to the new one, and the status and conditions
-//! (`pkg/controller/deployment/util/deployment_util.go`) written at each step.
+//! (`pkg/controller/deployment/util/deployment_util.go`) written at each step. A rollback
+//! (`kubectl rollout undo` writes an old ReplicaSet's template back into the Deployment,
+//! `staging/src/k8s.io/kubectl/pkg/polymorphichelpers/rollback.go`) finds that ReplicaSet
+//! by its template hash.
 
 use serde_json::{Value, json};
 use tokio::time::Instant;
