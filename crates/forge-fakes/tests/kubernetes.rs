@@ -460,6 +460,30 @@ fn condition<'a>(job: &'a Value, kind: &str) -> Option<&'a Value> {
         .find(|c| c["type"] == kind)
 }
 
+/// Creates `job`'s input ConfigMap (`<name>-input`, empty), then the Job.
+async fn start_job(client: &kube::Client, job: &Job) {
+    let name = job.metadata.name.clone().unwrap_or_default();
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), "app");
+    let input = json!({"metadata": {"name": format!("{name}-input")}});
+    let input: ConfigMap = serde_json::from_value(input).unwrap();
+    configmaps
+        .create(&PostParams::default(), &input)
+        .await
+        .expect("configmap");
+    let jobs: Api<Job> = Api::namespaced(client.clone(), "app");
+    jobs.create(&PostParams::default(), job).await.expect("job");
+}
+
+/// Waits for Job `name` to fail; returns it and its `Failed` reason.
+async fn failure(cluster: &Cluster, name: &str) -> (Value, String) {
+    let failed = until(cluster, "jobs", name, |j| condition(j, "Failed").is_some()).await;
+    let reason = condition(&failed, "Failed").unwrap()["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    (failed, reason)
+}
+
 #[tokio::test]
 async fn a_job_waits_for_its_configmap_runs_and_leaves_its_log_and_message() {
     let (cluster, _served, client) = cluster().await;
@@ -538,26 +562,9 @@ async fn a_failing_job_retries_up_to_its_backoff_limit_then_fails() {
     cluster.image("broken:1", |_| {
         PodOutcome::fails("boom\n", 2, Duration::from_millis(20))
     });
-    cluster.add_token("other", "someone", Rules::all());
-    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), "app");
-    let cm: ConfigMap =
-        serde_json::from_value(json!({"metadata": {"name": "fail-input"}, "data": {}})).unwrap();
-    configmaps
-        .create(&PostParams::default(), &cm)
-        .await
-        .expect("configmap");
-    let jobs: Api<Job> = Api::namespaced(client, "app");
-    jobs.create(&PostParams::default(), &job("fail", "broken:1", 2))
-        .await
-        .expect("create");
-    let failed = until(&cluster, "jobs", "fail", |j| {
-        condition(j, "Failed").is_some()
-    })
-    .await;
-    assert_eq!(
-        condition(&failed, "Failed").unwrap()["reason"],
-        "BackoffLimitExceeded"
-    );
+    start_job(&client, &job("fail", "broken:1", 2)).await;
+    let (failed, reason) = failure(&cluster, "fail").await;
+    assert_eq!(reason, "BackoffLimitExceeded");
     assert!(condition(&failed, "FailureTarget").is_some());
     assert_eq!(
         failed["status"]["failed"], 3,
@@ -572,20 +579,10 @@ async fn a_foreground_delete_leaves_no_pod_and_a_delete_without_policy_orphans_t
     cluster.image("runner:1", |_| {
         PodOutcome::succeeds("", Duration::from_secs(60))
     });
-    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), "app");
-    for name in ["a-input", "b-input"] {
-        let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
-        configmaps
-            .create(&PostParams::default(), &cm)
-            .await
-            .expect("configmap");
+    for name in ["a", "b"] {
+        start_job(&client, &job(name, "runner:1", 0)).await;
     }
     let jobs: Api<Job> = Api::namespaced(client, "app");
-    for name in ["a", "b"] {
-        jobs.create(&PostParams::default(), &job(name, "runner:1", 0))
-            .await
-            .expect("create");
-    }
     eventually("two pods", || cluster.list("pods", "app").len() >= 2).await;
     let marked = jobs
         .delete("a", &DeleteParams::foreground())
@@ -879,29 +876,11 @@ async fn a_job_past_its_deadline_fails_and_its_ttl_removes_it_with_its_pods() {
     cluster.image("slow:1", |_| {
         PodOutcome::succeeds("working\n", Duration::from_secs(60))
     });
-    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), "app");
-    let cm: ConfigMap =
-        serde_json::from_value(json!({"metadata": {"name": "slow-input"}})).unwrap();
-    configmaps
-        .create(&PostParams::default(), &cm)
-        .await
-        .expect("configmap");
     let mut slow = serde_json::to_value(job("slow", "slow:1", 6)).unwrap();
     slow["spec"]["activeDeadlineSeconds"] = json!(1);
     slow["spec"]["ttlSecondsAfterFinished"] = json!(1);
-    let jobs: Api<Job> = Api::namespaced(client.clone(), "app");
-    let slow: Job = serde_json::from_value(slow).unwrap();
-    jobs.create(&PostParams::default(), &slow)
-        .await
-        .expect("create");
-    let failed = until(&cluster, "jobs", "slow", |j| {
-        condition(j, "Failed").is_some()
-    })
-    .await;
-    assert_eq!(
-        condition(&failed, "Failed").unwrap()["reason"],
-        "DeadlineExceeded"
-    );
+    start_job(&client, &serde_json::from_value(slow).unwrap()).await;
+    assert_eq!(failure(&cluster, "slow").await.1, "DeadlineExceeded");
     let pod = &cluster.list("pods", "app")[0];
     assert_eq!(pod["status"]["phase"], "Failed", "the pod was killed");
     eventually("the Job and its pod gone after their ttl", || {
@@ -911,14 +890,7 @@ async fn a_job_past_its_deadline_fails_and_its_ttl_removes_it_with_its_pods() {
     assert!(cluster.orphaned_pods("app").is_empty());
 
     // An image nobody can pull never runs.
-    jobs.create(&PostParams::default(), &job("lost", "nowhere:1", 0))
-        .await
-        .expect("create");
-    let lost = serde_json::from_value::<ConfigMap>(json!({"metadata": {"name": "lost-input"}}));
-    configmaps
-        .create(&PostParams::default(), &lost.unwrap())
-        .await
-        .expect("configmap");
+    start_job(&client, &job("lost", "nowhere:1", 0)).await;
     eventually("ImagePullBackOff", || {
         cluster.list("pods", "app").iter().any(|p| {
             p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] == "ImagePullBackOff"
