@@ -698,6 +698,11 @@ async fn discovery_maps_a_manifests_kind_and_an_apply_in_yaml_creates_it() {
     assert_eq!(version.major, "1");
 
     // kubectl sends YAML to apply; the model reads it.
+    let listed = Api::<ConfigMap>::namespaced(client.clone(), "app")
+        .list(&ListParams::default())
+        .await
+        .expect("list");
+    let before: u64 = listed.metadata.resource_version.unwrap().parse().unwrap();
     let yaml =
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n  mode: fast\n";
     let http = raw_request(
@@ -709,10 +714,19 @@ async fn discovery_maps_a_manifests_kind_and_an_apply_in_yaml_creates_it() {
     )
     .await;
     assert!(http.starts_with("HTTP/1.1 201"), "{http}");
+    let settings = cluster.get("configmaps", "app", "settings").unwrap();
+    assert_eq!(settings["data"]["mode"], "fast");
+    let managed = &settings["metadata"]["managedFields"][0];
     assert_eq!(
-        cluster.get("configmaps", "app", "settings").unwrap()["data"]["mode"],
-        "fast"
+        (&managed["manager"], &managed["operation"]),
+        (&json!("baton"), &json!("Apply"))
     );
+    let created_at: u64 = settings["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(created_at, before + 1, "an apply that creates is one write");
     assert_eq!(
         cluster.writes("configmaps", "app", "settings")[0]
             .field_manager

@@ -137,12 +137,14 @@ pub(super) fn expired(rv: u64, floor: u64) -> Failure {
 }
 
 /// `POST`: stores a new object (named by `metadata.name`, or `generateName` and five
-/// characters), 409 when the name is taken.
+/// characters), 409 when the name is taken. `manager`, if any, owns every field it set,
+/// by `operation` (`Update`, or `Apply` for an apply that creates).
 pub(super) fn create(
     state: &mut State,
     target: &Target,
     mut body: Value,
     manager: Option<&str>,
+    operation: &'static str,
 ) -> Answer {
     let resource = target.resource;
     let meta = metadata(&mut body);
@@ -178,7 +180,7 @@ pub(super) fn create(
         let mut managers = patch::Managers::default();
         managers.take(
             manager,
-            "Update",
+            operation,
             &resource.api_version(),
             patch::leaves(&body).into_keys(),
         );
@@ -245,18 +247,9 @@ pub(super) fn patch(
         });
     };
     let Some(current) = state.store.get(&key).cloned() else {
-        let mut created = create(state, target, body, None)?;
-        let mut managers = patch::Managers::default();
-        managers.take(
-            manager,
-            "Apply",
-            &resource.api_version(),
-            patch::leaves(&created.1).into_keys(),
-        );
-        metadata(&mut created.1).insert("managedFields".into(), managers.to_json());
-        state.managers.insert(key.clone(), managers);
-        let stored = state.store.replace(key, created.1);
-        return Ok((201, stored));
+        let mut body = body;
+        metadata(&mut body).insert("name".into(), json!(name));
+        return create(state, target, body, Some(manager), "Apply");
     };
     let applied = patch::leaves(&body);
     let managers = state.managers.entry(key.clone()).or_default();

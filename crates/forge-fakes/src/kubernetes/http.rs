@@ -300,7 +300,7 @@ fn write(
         .or_else(|| body["metadata"]["name"].as_str().map(str::to_owned));
     let mut warning = None;
     let answer = match (verb, &target.name) {
-        ("create", None) => api::create(&mut state, target, body.clone(), manager),
+        ("create", None) => api::create(&mut state, target, body.clone(), manager, "Update"),
         ("update", Some(name)) => api::update(&mut state, target, name, body.clone(), manager),
         ("patch", Some(name)) => {
             let ct = content_type.as_deref().unwrap_or("");
