@@ -82,7 +82,9 @@ impl Store {
     /// A live feed of changes after now, and the changes after `since` already logged
     /// (taken together, so none is missed or sent twice).
     pub(super) fn subscribe(&self, since: u64) -> (broadcast::Receiver<Feed>, Vec<Arc<Event>>) {
-        let past = self.log.iter().filter(|e| e.rv > since).cloned().collect();
+        // The log is in resourceVersion order.
+        let start = self.log.partition_point(|e| e.rv <= since);
+        let past = self.log.range(start..).cloned().collect();
         (self.feed.subscribe(), past)
     }
 
