@@ -978,3 +978,25 @@ async fn a_watch_ends_at_its_timeout() {
         "{took:?}"
     );
 }
+
+#[tokio::test]
+async fn a_partitioned_statefulset_updates_only_the_ordinals_above_its_partition() {
+    let (cluster, _served, client) = cluster().await;
+    cluster.add_statefulset("app", "db", "db", "db:1", 3);
+    let api: Api<k8s_openapi::api::apps::v1::StatefulSet> = Api::namespaced(client, "app");
+    let patch = Patch::Merge(json!({"spec": {
+        "updateStrategy": {"rollingUpdate": {"partition": 2}},
+        "template": {"spec": {"containers": [{"name": "db", "image": "db:2"}]}}}}));
+    api.patch("db", &PatchParams::default(), &patch)
+        .await
+        .expect("patch");
+    eventually("the partitioned rollout done", || {
+        cluster.rollout_completed_at("app", "db").is_some()
+    })
+    .await;
+    let status = &cluster.get("statefulsets", "app", "db").unwrap()["status"];
+    assert_eq!(status["observedGeneration"], 2);
+    assert_eq!(status["updatedReplicas"], 1, "only ordinal 2");
+    assert_eq!(status["currentReplicas"], 2);
+    assert_ne!(status["currentRevision"], status["updateRevision"]);
+}
