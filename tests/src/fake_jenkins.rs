@@ -63,7 +63,8 @@ impl FakeJenkins {
     /// Starts it, accepting the API token `token` of `user`.
     pub fn start(user: &str, token: &str) -> Self {
         let state = Arc::new(Mutex::new(Controller {
-            credentials: base64::engine::general_purpose::STANDARD.encode(format!("{user}:{token}")),
+            credentials: base64::engine::general_purpose::STANDARD
+                .encode(format!("{user}:{token}")),
             next_queue_id: 800,
             ..Controller::default()
         }));
@@ -93,7 +94,14 @@ impl FakeJenkins {
 
     /// Adds the job `path` (folders as `a/b`) defining `parameters` (and `BATON_ATTEMPT`),
     /// whose builds run for `runs_for`, succeed and archive the file `name` holding `content`.
-    pub fn add_job(&self, path: &str, parameters: &[&str], runs_for: Duration, name: &str, content: &str) {
+    pub fn add_job(
+        &self,
+        path: &str,
+        parameters: &[&str],
+        runs_for: Duration,
+        name: &str,
+        content: &str,
+    ) {
         let mut parameters: Vec<String> = parameters.iter().map(|p| (*p).to_owned()).collect();
         parameters.push("BATON_ATTEMPT".to_owned());
         lock(&self.state).jobs.insert(
@@ -109,12 +117,15 @@ impl FakeJenkins {
 
     /// The parameters of each build of job `path` so far, oldest first.
     pub fn builds(&self, path: &str) -> Vec<BTreeMap<String, String>> {
-        lock(&self.state).jobs.get(path).map_or_else(Vec::new, |job| {
-            job.builds
-                .iter()
-                .map(|b| b.parameters.iter().cloned().collect())
-                .collect()
-        })
+        lock(&self.state)
+            .jobs
+            .get(path)
+            .map_or_else(Vec::new, |job| {
+                job.builds
+                    .iter()
+                    .map(|b| b.parameters.iter().cloned().collect())
+                    .collect()
+            })
     }
 }
 
@@ -130,7 +141,9 @@ fn now_ms() -> u64 {
 
 /// `job/a/job/b/` for the job path `a/b`.
 fn job_url_path(path: &str) -> String {
-    path.split('/').map(|segment| format!("job/{segment}/")).collect()
+    path.split('/')
+        .map(|segment| format!("job/{segment}/"))
+        .collect()
 }
 
 /// What a request names: a job (by its path) and what below it, or the queue.

@@ -14,8 +14,8 @@ use serde_json::Value;
 /// on each of its resources in each of its API groups (`""` is the core group; a
 /// subresource is written `pods/log`, as in RBAC).
 pub fn role_rules(path: &Path) -> Rules {
-    let text = std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     let mut rules = Rules::none();
     for document in serde_yaml_ng::Deserializer::from_str(&text) {
         let object = Value::deserialize(document)
@@ -84,9 +84,9 @@ pub fn set_progress_deadline(
         Duration::from_secs(10),
         "the controller observes the new deadline",
         || {
-            cluster.get("deployments", ns, name).is_some_and(|d| {
-                d["metadata"]["generation"] == d["status"]["observedGeneration"]
-            })
+            cluster
+                .get("deployments", ns, name)
+                .is_some_and(|d| d["metadata"]["generation"] == d["status"]["observedGeneration"])
         },
     );
 }

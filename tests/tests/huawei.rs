@@ -10,8 +10,8 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use baton_tests::forge::kubernetes::{Cluster, PodInput, PodOutcome, RolloutPlan, Rules};
 use baton_tests::forge::Served;
+use baton_tests::forge::kubernetes::{Cluster, PodInput, PodOutcome, RolloutPlan, Rules};
 use baton_tests::kubernetes::{role_rules, set_progress_deadline, template_image};
 use baton_tests::{FakeJenkins, Finished, Sandbox, repo_root, wait_with_deadline};
 use serde_json::{Value, json};
@@ -55,12 +55,18 @@ impl Example {
         let cluster = Cluster::new();
         cluster.add_namespace("app");
         cluster.add_deployment("app", "web", "web", OLD, 3);
-        cluster.add_token(SA_TOKEN, SERVICE_ACCOUNT, role_rules(&example.join("rbac.yaml")));
+        cluster.add_token(
+            SA_TOKEN,
+            SERVICE_ACCOUNT,
+            role_rules(&example.join("rbac.yaml")),
+        );
         cluster.add_token(ADMIN_TOKEN, "kubernetes-admin", Rules::all());
         let seen = Seen::default();
         let record = seen.clone();
         cluster.image(SMOKE, move |pod: &PodInput| smoke_check(pod, &record));
-        let served = cluster.serve_in_background().expect("serve the fake cluster");
+        let served = cluster
+            .serve_in_background()
+            .expect("serve the fake cluster");
         let kubeconfig = sb.path().join("kubeconfig.yaml");
         cluster
             .write_kubeconfig(&served, &kubeconfig, "huawei-prod", SA_TOKEN)
@@ -78,7 +84,10 @@ impl Example {
         let env = [
             ("BATON_ADAPTERS__JENKINS__URL", jenkins.url.as_str()),
             ("BATON_ADAPTERS__JENKINS__POLL_INITIAL", "200ms"),
-            ("BATON_ADAPTERS__PROD__KUBECONFIG", kubeconfig.to_str().unwrap()),
+            (
+                "BATON_ADAPTERS__PROD__KUBECONFIG",
+                kubeconfig.to_str().unwrap(),
+            ),
             ("JENKINS_TOKEN", JENKINS_TOKEN),
             ("BATON_PIPELINE_TOKEN", PIPELINE_TOKEN),
             ("BATON_RELEASE_TOKEN", RELEASE_TOKEN),
@@ -176,10 +185,20 @@ fn the_huawei_example_builds_waits_for_approval_deploys_and_checks_in_a_job() {
     );
     let build = stage(&waiting, "build");
     assert_eq!(build["outputs"]["properties"]["IMAGE"], NEW, "{build:#}");
-    let message = stage(&waiting, "release")["message"].as_str().unwrap_or_default();
-    assert!(message.contains(NEW), "the approval quotes the image: {waiting:#}");
+    let message = stage(&waiting, "release")["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        message.contains(NEW),
+        "the approval quotes the image: {waiting:#}"
+    );
     // Nothing reaches the cluster before someone approves.
-    assert!(example.cluster.writes("deployments", "app", "web").is_empty());
+    assert!(
+        example
+            .cluster
+            .writes("deployments", "app", "web")
+            .is_empty()
+    );
     let triggered = example.jenkins.builds("app/build");
     assert_eq!(triggered.len(), 1, "{triggered:?}");
     assert_eq!(triggered[0]["GIT_REF"], "release/2.3");
@@ -190,7 +209,13 @@ fn the_huawei_example_builds_waits_for_approval_deploys_and_checks_in_a_job() {
         &["runs", "approve", &run, "release", "--comment", "ship 2.3"],
         &[("BATON_URL", &server.url), ("BATON_TOKEN", RELEASE_TOKEN)],
     );
-    assert_eq!(approved.code, Some(0), "{}{}", approved.stdout, approved.stderr);
+    assert_eq!(
+        approved.code,
+        Some(0),
+        "{}{}",
+        approved.stdout,
+        approved.stderr
+    );
 
     let ended = server.run_ended(&run, PIPELINE_TOKEN);
     assert_eq!(ended["status"], "succeeded", "{ended:#}\n{}", server.log());

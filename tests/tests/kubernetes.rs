@@ -35,7 +35,9 @@ impl Setup {
         cluster.add_namespace("shop");
         cluster.add_deployment("shop", "web", "web", OLD, 3);
         cluster.add_token(TOKEN, "system:serviceaccount:ci:baton", Rules::all());
-        let served = cluster.serve_in_background().expect("serve the fake cluster");
+        let served = cluster
+            .serve_in_background()
+            .expect("serve the fake cluster");
         let sb = Sandbox::new();
         let kubeconfig = sb.path().join("kubeconfig.yaml");
         cluster
@@ -135,7 +137,10 @@ stages:
         .rollout_plan("shop", "web", RolloutPlan::completes().step(SLOW_STEP));
     let mut child = setup.start();
     Setup::kill_when(&mut child, "the image patch reaches the cluster", || {
-        !setup.cluster.writes("deployments", "shop", "web").is_empty()
+        !setup
+            .cluster
+            .writes("deployments", "shop", "web")
+            .is_empty()
     });
     assert!(
         !setup.rolled_out(),
@@ -221,13 +226,7 @@ stages:
       undo_on_failure: true
 "#
     ));
-    set_progress_deadline(
-        &setup.cluster,
-        &setup.served.url,
-        TOKEN,
-        ("shop", "web"),
-        1,
-    );
+    set_progress_deadline(&setup.cluster, &setup.served.url, TOKEN, ("shop", "web"), 1);
     setup
         .cluster
         .rollout_plan("shop", "web", RolloutPlan::completes().stalls());

@@ -183,7 +183,10 @@ fn run_round(settings: &Settings, cluster: &Cluster, dir: &std::path::Path, roun
         }
         succeeded += 1;
         let id = stage["id"].as_str().unwrap_or_default();
-        let Some((ns, name)) = id.split_once("-web-").map(|(ns, n)| (ns, format!("web-{n}"))) else {
+        let Some((ns, name)) = id
+            .split_once("-web-")
+            .map(|(ns, n)| (ns, format!("web-{n}")))
+        else {
             continue;
         };
         let (Some(completed), Some(finished)) = (
@@ -261,7 +264,10 @@ fn report(settings: &Settings, cluster: &Cluster, rounds: &[Round]) {
         "completing status write → stage end p99: {p99:.1} ms (target ≤ {P99_TARGET_MS} ms): {}",
         verdict(p99 <= P99_TARGET_MS)
     );
-    println!("watches open after the last round: {}", cluster.open_watches());
+    println!(
+        "watches open after the last round: {}",
+        cluster.open_watches()
+    );
 }
 
 fn quantiles(sorted: &[f64]) -> String {
