@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use baton_core::typed::{LONGEST_REQUEST, duration_or_default, unknown_key};
 use baton_core::{FieldError, HumanDuration, read_table};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 /// Whether template strings may stand where another type is expected.
@@ -167,8 +167,8 @@ fn is_object_name(name: &str) -> bool {
     name.len() <= 253 && name.split('.').all(is_dns_label)
 }
 
-/// The kinds of workload baton waits on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// The kinds of workload baton waits on (written as the API's kind names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum WorkloadKind {
     /// `apps/v1` Deployment.
     Deployment,
@@ -291,7 +291,13 @@ const SET_IMAGE_KEYS: [&str; 8] = [
     "image",
     "undo_on_failure",
 ];
-const APPLY_KEYS: [&str; 5] = ["action", "manifest", "namespace", "force", "undo_on_failure"];
+const APPLY_KEYS: [&str; 5] = [
+    "action",
+    "manifest",
+    "namespace",
+    "force",
+    "undo_on_failure",
+];
 /// The keys of a job stage beyond the `docker` adapter's.
 const JOB_KEYS: [&str; 6] = [
     "action",
@@ -318,7 +324,9 @@ pub fn parse_stage(with: &Value, mode: Mode) -> Result<Action, Vec<FieldError>> 
     let Value::Object(map) = with else {
         return Err(vec![FieldError::new(
             "action",
-            format!("missing: a kubernetes stage needs a `with:` table naming its `action` ({ACTIONS})"),
+            format!(
+                "missing: a kubernetes stage needs a `with:` table naming its `action` ({ACTIONS})"
+            ),
         )]);
     };
     match map.get("action").and_then(Value::as_str) {
@@ -358,9 +366,7 @@ impl<'a> Reader<'a> {
     /// absent or wrong (the latter reported with `expected`).
     fn text(&mut self, key: &str, valid: impl Fn(&str) -> bool, expected: &str) -> Option<String> {
         match self.map.get(key)? {
-            Value::String(text) if self.mode.is_template(text) || valid(text) => {
-                Some(text.clone())
-            }
+            Value::String(text) if self.mode.is_template(text) || valid(text) => Some(text.clone()),
             _ => {
                 self.errors.push(FieldError::new(key, expected));
                 None
@@ -417,13 +423,19 @@ impl<'a> Reader<'a> {
     }
 
     fn finish<T>(self, value: T) -> Result<T, Vec<FieldError>> {
-        let Self { map, mut errors, .. } = self;
+        let Self {
+            map, mut errors, ..
+        } = self;
         let position = |e: &FieldError| {
             let key = e.path.split(['.', '[']).next().unwrap_or_default();
             map.keys().position(|k| k == key).unwrap_or(map.len())
         };
         errors.sort_by_key(position);
-        if errors.is_empty() { Ok(value) } else { Err(errors) }
+        if errors.is_empty() {
+            Ok(value)
+        } else {
+            Err(errors)
+        }
     }
 }
 
@@ -456,8 +468,16 @@ fn set_image(map: &Map<String, Value>, mode: Mode) -> Result<SetImage, Vec<Field
             (WorkloadKind::Deployment, String::new())
         }
     };
-    let container = r.required("container", is_dns_label, "the container's name in the pod template");
-    let image = r.required("image", not_blank, "the new image, such as `reg/app@sha256:…`");
+    let container = r.required(
+        "container",
+        is_dns_label,
+        "the container's name in the pod template",
+    );
+    let image = r.required(
+        "image",
+        not_blank,
+        "the new image, such as `reg/app@sha256:…`",
+    );
     let undo_on_failure = r.flag("undo_on_failure");
     if undo_on_failure && kind != WorkloadKind::Deployment {
         r.errors.push(FieldError::new(
@@ -511,7 +531,11 @@ fn job(map: &Map<String, Value>, mode: Mode) -> Result<Job, Vec<FieldError>> {
     }
     let all_keys: Vec<&str> = JOB_KEYS
         .iter()
-        .chain(docker_keys.iter().filter(|k| !JOB_REFUSED.iter().any(|(r, _)| r == *k)))
+        .chain(
+            docker_keys
+                .iter()
+                .filter(|k| !JOB_REFUSED.iter().any(|(r, _)| r == *k)),
+        )
         .copied()
         .collect();
     let mut r = Reader::new(&own, mode, &all_keys);
@@ -532,16 +556,14 @@ fn job(map: &Map<String, Value>, mode: Mode) -> Result<Job, Vec<FieldError>> {
         is_object_name,
         "expected a service account's name",
     );
-    let component = match baton_adapter_docker::config::parse_stage(
-        &Value::Object(component_map),
-        mode,
-    ) {
-        Ok(spec) => spec,
-        Err(errors) => {
-            r.errors.extend(errors);
-            baton_adapter_docker::StageSpec::default()
-        }
-    };
+    let component =
+        match baton_adapter_docker::config::parse_stage(&Value::Object(component_map), mode) {
+            Ok(spec) => spec,
+            Err(errors) => {
+                r.errors.extend(errors);
+                baton_adapter_docker::StageSpec::default()
+            }
+        };
     let Reader { mut errors, .. } = r;
     let position = |e: &FieldError| {
         let key = e.path.split(['.', '[']).next().unwrap_or_default();
@@ -568,20 +590,42 @@ mod tests {
     use super::*;
 
     fn problems(result: Result<impl std::fmt::Debug, Vec<FieldError>>) -> Vec<String> {
-        result.unwrap_err().iter().map(ToString::to_string).collect()
+        result
+            .unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect()
     }
 
     #[test]
     fn an_instance_defaults_and_expands_home() {
-        let config = parse_instance(&json!({"kubeconfig": "~/k/config", "context": "prod"}), Some("/home/ci")).unwrap();
+        let config = parse_instance(
+            &json!({"kubeconfig": "~/k/config", "context": "prod"}),
+            Some("/home/ci"),
+        )
+        .unwrap();
         assert_eq!(
             config.source,
-            Source::Kubeconfig { path: Some("/home/ci/k/config".into()), context: Some("prod".into()) }
+            Source::Kubeconfig {
+                path: Some("/home/ci/k/config".into()),
+                context: Some("prod".into())
+            }
         );
         assert_eq!(config.request_timeout, DEFAULT_REQUEST_TIMEOUT);
         let empty = parse_instance(&Value::Null, None).unwrap();
-        assert_eq!(empty.source, Source::Kubeconfig { path: None, context: None });
-        assert_eq!(parse_instance(&json!({"in_cluster": true}), None).unwrap().source, Source::InCluster);
+        assert_eq!(
+            empty.source,
+            Source::Kubeconfig {
+                path: None,
+                context: None
+            }
+        );
+        assert_eq!(
+            parse_instance(&json!({"in_cluster": true}), None)
+                .unwrap()
+                .source,
+            Source::InCluster
+        );
     }
 
     #[test]
@@ -590,16 +634,34 @@ mod tests {
             &json!({"in_cluster": true, "kubeconfig": "/k", "context": "x", "namespace": "Bad_NS", "request_timeout": "0s", "cluster": 1}),
             None,
         ));
-        let paths: Vec<_> = found.iter().map(|p| p.split(':').next().unwrap().to_owned()).collect();
-        assert_eq!(paths, ["kubeconfig", "context", "namespace", "request_timeout", "cluster"], "{found:?}");
+        let paths: Vec<_> = found
+            .iter()
+            .map(|p| p.split(':').next().unwrap().to_owned())
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                "kubeconfig",
+                "context",
+                "namespace",
+                "request_timeout",
+                "cluster"
+            ],
+            "{found:?}"
+        );
         assert!(found[0].contains("in_cluster"), "{found:?}");
     }
 
     #[test]
     fn set_image_reads_and_checks() {
         let with = json!({"action": "set-image", "namespace": "app", "deployment": "web", "container": "web", "image": "reg/web@sha256:ab", "undo_on_failure": true});
-        let Action::SetImage(spec) = parse_stage(&with, Mode::Rendered).unwrap() else { panic!() };
-        assert_eq!((spec.kind, spec.name.as_str(), spec.undo_on_failure), (WorkloadKind::Deployment, "web", true));
+        let Action::SetImage(spec) = parse_stage(&with, Mode::Rendered).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (spec.kind, spec.name.as_str(), spec.undo_on_failure),
+            (WorkloadKind::Deployment, "web", true)
+        );
         let found = problems(parse_stage(
             &json!({"action": "set-image", "statefulset": "db", "daemonset": "d", "image": "", "undo_on_failure": "yes", "replicas": 3}),
             Mode::Rendered,
@@ -618,7 +680,10 @@ mod tests {
             &json!({"action": "set-image", "statefulset": "db", "container": "db", "image": "db:2", "undo_on_failure": true}),
             Mode::Rendered,
         ));
-        assert!(sts[0].starts_with("undo_on_failure: only for a deployment"), "{sts:?}");
+        assert!(
+            sts[0].starts_with("undo_on_failure: only for a deployment"),
+            "{sts:?}"
+        );
     }
 
     #[test]
@@ -633,28 +698,63 @@ mod tests {
     #[test]
     fn a_job_takes_the_docker_keys_and_refuses_the_machines() {
         let with = json!({"action": "job", "namespace": "ci", "image": "lint:1", "input": {"a": 1}, "memory": "64m", "backoff_limit": 2});
-        let Action::Job(job) = parse_stage(&with, Mode::Rendered).unwrap() else { panic!() };
+        let Action::Job(job) = parse_stage(&with, Mode::Rendered).unwrap() else {
+            panic!()
+        };
         assert_eq!(job.component.image, "lint:1");
         assert_eq!(job.component.input, json!({"a": 1}));
         assert_eq!(job.component.memory, Some(64 << 20));
-        assert_eq!((job.backoff_limit, job.ttl_seconds_after_finished, job.active_deadline_seconds), (2, DEFAULT_JOB_TTL, None));
+        assert_eq!(
+            (
+                job.backoff_limit,
+                job.ttl_seconds_after_finished,
+                job.active_deadline_seconds
+            ),
+            (2, DEFAULT_JOB_TTL, None)
+        );
         let found = problems(parse_stage(
             &json!({"action": "job", "image": "x:1", "network": "host", "mounts": [], "backoff_limit": -1, "cpus": 0}),
             Mode::Rendered,
         ));
         assert_eq!(found.len(), 4, "{found:?}");
-        assert!(found[0].starts_with("network: not for a Kubernetes job"), "{found:?}");
-        assert!(found[1].starts_with("mounts: not for a Kubernetes job"), "{found:?}");
-        assert!(found[2].starts_with("backoff_limit: expected a whole number"), "{found:?}");
+        assert!(
+            found[0].starts_with("network: not for a Kubernetes job"),
+            "{found:?}"
+        );
+        assert!(
+            found[1].starts_with("mounts: not for a Kubernetes job"),
+            "{found:?}"
+        );
+        assert!(
+            found[2].starts_with("backoff_limit: expected a whole number"),
+            "{found:?}"
+        );
         assert!(found[3].starts_with("cpus:"), "{found:?}");
-        assert_eq!(problems(parse_stage(&json!({"action": "job"}), Mode::Rendered))[0].split(':').next(), Some("image"));
+        assert_eq!(
+            problems(parse_stage(&json!({"action": "job"}), Mode::Rendered))[0]
+                .split(':')
+                .next(),
+            Some("image")
+        );
     }
 
     #[test]
     fn apply_and_unknown_actions() {
-        let Action::Apply(apply) = parse_stage(&json!({"action": "apply", "manifest": "deploy/app.yaml", "force": true}), Mode::Rendered).unwrap() else { panic!() };
-        assert_eq!((apply.manifest, apply.force), (PathBuf::from("deploy/app.yaml"), true));
-        assert_eq!(problems(parse_stage(&json!({"action": "deploy"}), Mode::Rendered)), ["action: expected one of set-image, apply, job"]);
+        let Action::Apply(apply) = parse_stage(
+            &json!({"action": "apply", "manifest": "deploy/app.yaml", "force": true}),
+            Mode::Rendered,
+        )
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (apply.manifest, apply.force),
+            (PathBuf::from("deploy/app.yaml"), true)
+        );
+        assert_eq!(
+            problems(parse_stage(&json!({"action": "deploy"}), Mode::Rendered)),
+            ["action: expected one of set-image, apply, job"]
+        );
         assert_eq!(problems(parse_stage(&json!([]), Mode::Rendered)).len(), 1);
     }
 }

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use baton_adapter_docker::config::Pull;
-use baton_core::component::{self, RESERVED_ENV};
 use baton_core::AttemptKey;
+use baton_core::component::{self, RESERVED_ENV};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Map, Value, json};
@@ -107,7 +107,10 @@ pub fn job_object(key: &AttemptKey, spec: &config::Job, timeout: Duration) -> Jo
         limits.insert("memory".into(), json!(bytes.to_string()));
     }
     if let Some(nano) = c.nano_cpus {
-        limits.insert("cpu".into(), json!(format!("{}m", (nano / 1_000_000).max(1))));
+        limits.insert(
+            "cpu".into(),
+            json!(format!("{}m", (nano / 1_000_000).max(1))),
+        );
     }
     if !limits.is_empty() {
         container["resources"] = json!({"limits": limits});
@@ -181,7 +184,11 @@ pub enum Ending {
 pub fn ending(job: &Job) -> Ending {
     let status = job.status.clone().unwrap_or_default();
     let conditions = status.conditions.unwrap_or_default();
-    let holds = |kind: &str| conditions.iter().find(|c| c.type_ == kind && c.status == "True");
+    let holds = |kind: &str| {
+        conditions
+            .iter()
+            .find(|c| c.type_ == kind && c.status == "True")
+    };
     if holds("Complete").is_some() {
         return Ending::Succeeded;
     }
@@ -265,7 +272,9 @@ pub fn outputs(log: &str, end: Option<&PodEnd>) -> Result<Map<String, Value>, St
 pub fn failure(reason: &str, message: &str, end: Option<&PodEnd>, log_tail: &str) -> String {
     let mut text = match reason {
         "DeadlineExceeded" => "timed out: the job ran past its active deadline".to_owned(),
-        "BackoffLimitExceeded" => "the job failed: its pods failed more often than backoff_limit allows".to_owned(),
+        "BackoffLimitExceeded" => {
+            "the job failed: its pods failed more often than backoff_limit allows".to_owned()
+        }
         "" => "the job failed".to_owned(),
         other => format!("the job failed ({other})"),
     };
@@ -347,11 +356,17 @@ mod tests {
         assert_eq!(name, job_name(&key));
         assert!(name.starts_with("baton-build-image-2-"), "{name}");
         assert!(config::is_dns_label(&name), "{name}");
-        assert_ne!(name, job_name(&AttemptKey::new("0190aa-run", "Build_Image", 3)));
+        assert_ne!(
+            name,
+            job_name(&AttemptKey::new("0190aa-run", "Build_Image", 3))
+        );
         // The readable part is cut, never the hash.
         let long = AttemptKey::new("r", &"s".repeat(200), 1);
         let name = job_name(&long);
-        assert!(name.len() <= 63 && name.ends_with(&key_hash(&long)) && config::is_dns_label(&name), "{name}");
+        assert!(
+            name.len() <= 63 && name.ends_with(&key_hash(&long)) && config::is_dns_label(&name),
+            "{name}"
+        );
         let odd = AttemptKey::new("r", "---", 1);
         assert!(config::is_dns_label(&job_name(&odd)), "{}", job_name(&odd));
     }
@@ -366,15 +381,24 @@ mod tests {
         assert_eq!(s["activeDeadlineSeconds"], 600);
         assert_eq!(s["ttlSecondsAfterFinished"], 3600);
         assert_eq!(value["metadata"]["labels"][ATTEMPT_LABEL], key_hash(&key));
-        assert_eq!(value["metadata"]["annotations"][ATTEMPT_ANNOTATION], "r1/lint/1");
+        assert_eq!(
+            value["metadata"]["annotations"][ATTEMPT_ANNOTATION],
+            "r1/lint/1"
+        );
         let pod = &s["template"]["spec"];
         assert_eq!(pod["restartPolicy"], "Never");
         assert_eq!(pod["serviceAccountName"], "builder");
         let c = &pod["containers"][0];
         assert_eq!(c["terminationMessagePath"], OUTPUT_PATH);
-        assert_eq!(c["resources"]["limits"], json!({"memory": "67108864", "cpu": "500m"}));
+        assert_eq!(
+            c["resources"]["limits"],
+            json!({"memory": "67108864", "cpu": "500m"})
+        );
         assert_eq!(c["args"], json!(["lint", "--all"]));
-        assert_eq!(c["securityContext"], json!({"runAsUser": 1000, "runAsGroup": 2000}));
+        assert_eq!(
+            c["securityContext"],
+            json!({"runAsUser": 1000, "runAsGroup": 2000})
+        );
         assert_eq!(c["volumeMounts"][0]["readOnly"], true);
         let env = env_of(&job);
         assert_eq!(env["CO_DATA"], r#"{"files":["a"]}"#);
@@ -383,7 +407,8 @@ mod tests {
         assert_eq!(env["LEVEL"], "3");
         let mut with_deadline = spec();
         with_deadline.active_deadline_seconds = Some(30);
-        let v = serde_json::to_value(job_object(&key, &with_deadline, Duration::from_secs(600))).unwrap();
+        let v = serde_json::to_value(job_object(&key, &with_deadline, Duration::from_secs(600)))
+            .unwrap();
         assert_eq!(v["spec"]["activeDeadlineSeconds"], 30);
     }
 
@@ -396,7 +421,8 @@ mod tests {
         assert_eq!(map["metadata"]["name"], format!("{}-input", job_name(&key)));
         assert_eq!(map["metadata"]["ownerReferences"][0]["uid"], "u-1");
         assert_eq!(map["data"][INPUT_KEY], r#"{"a":1}"#);
-        let volume = serde_json::to_value(&job).unwrap()["spec"]["template"]["spec"]["volumes"][0].clone();
+        let volume =
+            serde_json::to_value(&job).unwrap()["spec"]["template"]["spec"]["volumes"][0].clone();
         assert_eq!(volume["configMap"]["name"], map["metadata"]["name"]);
     }
 
@@ -407,26 +433,58 @@ mod tests {
     #[test]
     fn only_complete_and_failed_end_a_job() {
         let c = |kind: &str, status: &str, reason: &str| json!({"type": kind, "status": status, "reason": reason, "message": "m"});
-        assert_eq!(ending(&with_conditions(json!([c("Complete", "True", "")]))), Ending::Succeeded);
         assert_eq!(
-            ending(&with_conditions(json!([c("FailureTarget", "True", "DeadlineExceeded"), c("Failed", "True", "DeadlineExceeded")]))),
-            Ending::Failed { reason: "DeadlineExceeded".into(), message: "m".into() }
+            ending(&with_conditions(json!([c("Complete", "True", "")]))),
+            Ending::Succeeded
+        );
+        assert_eq!(
+            ending(&with_conditions(json!([
+                c("FailureTarget", "True", "DeadlineExceeded"),
+                c("Failed", "True", "DeadlineExceeded")
+            ]))),
+            Ending::Failed {
+                reason: "DeadlineExceeded".into(),
+                message: "m".into()
+            }
         );
         for interim in ["SuccessCriteriaMet", "FailureTarget", "SomethingNew"] {
-            assert!(matches!(ending(&with_conditions(json!([c(interim, "True", "")]))), Ending::Running(_)), "{interim}");
+            assert!(
+                matches!(
+                    ending(&with_conditions(json!([c(interim, "True", "")]))),
+                    Ending::Running(_)
+                ),
+                "{interim}"
+            );
         }
-        assert!(matches!(ending(&with_conditions(json!([c("Complete", "False", "")]))), Ending::Running(_)));
+        assert!(matches!(
+            ending(&with_conditions(json!([c("Complete", "False", "")]))),
+            Ending::Running(_)
+        ));
         assert!(matches!(ending(&Job::default()), Ending::Running(_)));
     }
 
     #[test]
     fn outputs_merge_cout_then_the_termination_message_then_the_exit_code() {
-        let end = PodEnd { pod: "p".into(), exit_code: Some(0), reason: Some("Completed".into()), message: Some(r#"{"version": "2", "b": true}"#.into()) };
+        let end = PodEnd {
+            pod: "p".into(),
+            exit_code: Some(0),
+            reason: Some("Completed".into()),
+            message: Some(r#"{"version": "2", "b": true}"#.into()),
+        };
         let out = outputs("noise\n[COUT] version = 1\n[COUT] a = x\n", Some(&end)).unwrap();
-        assert_eq!(Value::Object(out), json!({"version": "2", "a": "x", "b": true, "exit_code": 0}));
-        let bad = PodEnd { message: Some("not json".into()), ..end };
+        assert_eq!(
+            Value::Object(out),
+            json!({"version": "2", "a": "x", "b": true, "exit_code": 0})
+        );
+        let bad = PodEnd {
+            message: Some("not json".into()),
+            ..end
+        };
         assert!(outputs("", Some(&bad)).unwrap_err().contains("valid JSON"));
-        assert_eq!(Value::Object(outputs("", None).unwrap()), json!({"exit_code": null}));
+        assert_eq!(
+            Value::Object(outputs("", None).unwrap()),
+            json!({"exit_code": null})
+        );
     }
 
     #[test]
@@ -436,13 +494,32 @@ mod tests {
                 "status": {"containerStatuses": [{"name": CONTAINER, "image": "x", "imageID": "", "ready": false, "restartCount": 0, "state": state}]}})).unwrap()
         };
         let pods = [
-            pod("j-a", "2026-01-01T00:00:00Z", json!({"terminated": {"exitCode": 1, "reason": "Error"}})),
-            pod("j-b", "2026-01-01T00:01:00Z", json!({"terminated": {"exitCode": 3, "reason": "Error", "message": "{}"}})),
+            pod(
+                "j-a",
+                "2026-01-01T00:00:00Z",
+                json!({"terminated": {"exitCode": 1, "reason": "Error"}}),
+            ),
+            pod(
+                "j-b",
+                "2026-01-01T00:01:00Z",
+                json!({"terminated": {"exitCode": 3, "reason": "Error", "message": "{}"}}),
+            ),
         ];
         let end = last_pod(&pods).unwrap();
-        assert_eq!((end.pod.as_str(), end.exit_code, end.message.as_deref()), ("j-b", Some(3), Some("{}")));
-        let text = failure("BackoffLimitExceeded", "Job has reached the specified backoff limit", Some(&end), "a\nboom\n");
-        assert_eq!(text, "the job failed: its pods failed more often than backoff_limit allows: Job has reached the specified backoff limit; pod j-b exited with 3 (Error); log tail:\na\nboom");
+        assert_eq!(
+            (end.pod.as_str(), end.exit_code, end.message.as_deref()),
+            ("j-b", Some(3), Some("{}"))
+        );
+        let text = failure(
+            "BackoffLimitExceeded",
+            "Job has reached the specified backoff limit",
+            Some(&end),
+            "a\nboom\n",
+        );
+        assert_eq!(
+            text,
+            "the job failed: its pods failed more often than backoff_limit allows: Job has reached the specified backoff limit; pod j-b exited with 3 (Error); log tail:\na\nboom"
+        );
         assert!(failure("DeadlineExceeded", "", None, "").starts_with("timed out"));
         assert_eq!(tail("1\n2\n3\n", 2), "2\n3");
     }

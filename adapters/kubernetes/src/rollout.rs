@@ -47,7 +47,9 @@ pub fn deployment(object: &Deployment) -> Verdict {
         c.type_.as_deref() == Some("Progressing") && c.reason.as_deref() == Some(DEADLINE_REASON)
     });
     if deadline_passed {
-        return Verdict::Failed(format!("deployment {name:?} exceeded its progress deadline"));
+        return Verdict::Failed(format!(
+            "deployment {name:?} exceeded its progress deadline"
+        ));
     }
     let updated = status.updated_replicas.unwrap_or_default();
     let replicas = status.replicas.unwrap_or_default();
@@ -107,7 +109,10 @@ pub fn statefulset(object: &StatefulSet) -> Verdict {
     if let Some(wanted) = spec.replicas
         && ready < wanted
     {
-        return Verdict::Waiting(format!("Waiting for {} pods to be ready...", wanted - ready));
+        return Verdict::Waiting(format!(
+            "Waiting for {} pods to be ready...",
+            wanted - ready
+        ));
     }
     let updated = status.updated_replicas.unwrap_or_default();
     if let Some(rolling) = &strategy.rolling_update {
@@ -217,7 +222,8 @@ mod tests {
     #[test]
     fn deployment_table() {
         let selector = json!({"matchLabels": {"app": "web"}});
-        let spec = |replicas: i32| json!({"replicas": replicas, "selector": selector, "template": {}});
+        let spec =
+            |replicas: i32| json!({"replicas": replicas, "selector": selector, "template": {}});
         let deadline = json!([{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded"}]);
         let cases = [
             (
@@ -263,21 +269,41 @@ mod tests {
     #[test]
     fn a_paused_deployment_says_so_and_never_completes() {
         let base = json!({"replicas": 2, "paused": true, "selector": {}, "template": {}});
-        let moving = deploy(2, base.clone(), json!({"observedGeneration": 2, "replicas": 2, "updatedReplicas": 1, "availableReplicas": 2}));
-        let Verdict::Waiting(line) = deployment(&moving) else { panic!() };
-        assert!(line.starts_with("Waiting for deployment \"web\" rollout to finish: 1 out of 2"), "{line}");
+        let moving = deploy(
+            2,
+            base.clone(),
+            json!({"observedGeneration": 2, "replicas": 2, "updatedReplicas": 1, "availableReplicas": 2}),
+        );
+        let Verdict::Waiting(line) = deployment(&moving) else {
+            panic!()
+        };
+        assert!(
+            line.starts_with("Waiting for deployment \"web\" rollout to finish: 1 out of 2"),
+            "{line}"
+        );
         assert!(line.contains("paused"), "{line}");
-        let still = deploy(2, base, json!({"observedGeneration": 2, "replicas": 2, "updatedReplicas": 2, "availableReplicas": 2}));
+        let still = deploy(
+            2,
+            base,
+            json!({"observedGeneration": 2, "replicas": 2, "updatedReplicas": 2, "availableReplicas": 2}),
+        );
         assert!(matches!(deployment(&still), Verdict::Waiting(line) if line.contains("paused")));
     }
 
     #[test]
     fn replica_failure_is_a_diagnostic() {
-        let object = deploy(1, json!({"selector": {}, "template": {}}), json!({"conditions": [
-            {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate", "message": "exceeded quota"},
-            {"type": "ReplicaFailure", "status": "False", "reason": "Cleared"},
-        ]}));
-        assert_eq!(deployment_diagnostics(&object), ["FailedCreate: exceeded quota"]);
+        let object = deploy(
+            1,
+            json!({"selector": {}, "template": {}}),
+            json!({"conditions": [
+                {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate", "message": "exceeded quota"},
+                {"type": "ReplicaFailure", "status": "False", "reason": "Cleared"},
+            ]}),
+        );
+        assert_eq!(
+            deployment_diagnostics(&object),
+            ["FailedCreate: exceeded quota"]
+        );
     }
 
     fn sts(generation: i64, spec: Value, status: Value) -> StatefulSet {
@@ -285,7 +311,9 @@ mod tests {
         spec["selector"] = json!({});
         spec["template"] = json!({});
         spec["serviceName"] = json!("db");
-        parsed(json!({"metadata": {"name": "db", "generation": generation}, "spec": spec, "status": status}))
+        parsed(
+            json!({"metadata": {"name": "db", "generation": generation}, "spec": spec, "status": status}),
+        )
     }
 
     #[test]
@@ -332,11 +360,13 @@ mod tests {
 
     #[test]
     fn daemonset_table() {
-        let counts = |updated: i32, available: i32| json!({
-            "observedGeneration": 2, "desiredNumberScheduled": 3, "currentNumberScheduled": 3,
-            "numberMisscheduled": 0, "numberReady": available,
-            "updatedNumberScheduled": updated, "numberAvailable": available,
-        });
+        let counts = |updated: i32, available: i32| {
+            json!({
+                "observedGeneration": 2, "desiredNumberScheduled": 3, "currentNumberScheduled": 3,
+                "numberMisscheduled": 0, "numberReady": available,
+                "updatedNumberScheduled": updated, "numberAvailable": available,
+            })
+        };
         let mut behind = counts(3, 3);
         behind["observedGeneration"] = json!(1);
         let cases = [

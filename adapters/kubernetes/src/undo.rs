@@ -182,9 +182,20 @@ mod tests {
             // Same revision, another owner: never chosen.
             replica_set("other-1", "1", "evil:1", "someone-else"),
         ];
-        let plan = plan(&deployment("web:2", false), &sets, "1", &[("baton.dev/undone-by", "r/s/1")]).unwrap();
-        let Plan::Patch(patch) = plan else { panic!("{plan:?}") };
-        assert_eq!(patch[0], json!({"op": "replace", "path": "/spec/template", "value": template("web:1", None)}));
+        let plan = plan(
+            &deployment("web:2", false),
+            &sets,
+            "1",
+            &[("baton.dev/undone-by", "r/s/1")],
+        )
+        .unwrap();
+        let Plan::Patch(patch) = plan else {
+            panic!("{plan:?}")
+        };
+        assert_eq!(
+            patch[0],
+            json!({"op": "replace", "path": "/spec/template", "value": template("web:1", None)})
+        );
         assert_eq!(
             patch[1],
             json!({"op": "replace", "path": "/metadata/annotations", "value": {
@@ -200,7 +211,10 @@ mod tests {
     #[test]
     fn the_same_template_ignoring_the_hash_needs_nothing() {
         let sets = [replica_set("web-a", "1", "web:1", "d-1")];
-        assert_eq!(plan(&deployment("web:1", false), &sets, "1", &[]), Ok(Plan::AlreadyThere));
+        assert_eq!(
+            plan(&deployment("web:1", false), &sets, "1", &[]),
+            Ok(Plan::AlreadyThere)
+        );
     }
 
     #[test]
@@ -211,6 +225,9 @@ mod tests {
             Err(Refusal::Paused("web".into()))
         );
         let missing = plan(&deployment("web:2", false), &sets, "7", &[]).unwrap_err();
-        assert_eq!(missing.to_string(), "deployment \"web\" has no ReplicaSet at revision 7 to roll back to");
+        assert_eq!(
+            missing.to_string(),
+            "deployment \"web\" has no ReplicaSet at revision 7 to roll back to"
+        );
     }
 }
