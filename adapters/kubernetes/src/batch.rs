@@ -41,6 +41,23 @@ fn holds_key(job: &Job, key: &AttemptKey) -> bool {
         .is_some_and(|k| k == key.as_str())
 }
 
+/// The Job `namespace/name`, `None` when there is none.
+async fn get_job(
+    cluster: &Cluster,
+    key: &AttemptKey,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<Job>, AdapterError> {
+    let jobs: Api<Job> = Api::namespaced(cluster.client.clone(), namespace);
+    cluster
+        .call(
+            key,
+            jobs_call("get", namespace, Some(name)),
+            jobs.get_opt(name),
+        )
+        .await
+}
+
 /// Creates the attempt's Job (a 409 AlreadyExists adopts the one there, if it is this
 /// attempt's) and its input ConfigMap.
 pub(crate) async fn start(
@@ -62,13 +79,14 @@ pub(crate) async fn start(
     {
         Ok(created) => created,
         Err(e) if is_already_exists(&e) => {
-            let found = cluster
-                .call(
-                    key,
-                    jobs_call("get", &namespace, Some(&name)),
-                    jobs.get(&name),
-                )
-                .await?;
+            let found = get_job(cluster, key, &namespace, &name).await?;
+            // Deleted between the create and the read: the next try creates it again.
+            let found = found.ok_or_else(|| {
+                AdapterError::Transient(format!(
+                    "{}: the Job {namespace}/{name} existed, then did not",
+                    context(key)
+                ))
+            })?;
             adoptable(key, &namespace, found)?
         }
         Err(e) => {
@@ -144,15 +162,7 @@ pub(crate) async fn find(
         .clone()
         .unwrap_or_else(|| cluster.namespace.clone());
     let name = job::job_name(key);
-    let jobs: Api<Job> = Api::namespaced(cluster.client.clone(), &namespace);
-    let Some(found) = cluster
-        .call(
-            key,
-            jobs_call("get", &namespace, Some(&name)),
-            jobs.get_opt(&name),
-        )
-        .await?
-    else {
+    let Some(found) = get_job(cluster, key, &namespace, &name).await? else {
         return Ok(None);
     };
     let found = adoptable(key, &namespace, found)?;
@@ -179,14 +189,7 @@ async fn latest(
         return Ok(Some(parsed));
     }
     // Not listed yet, or not in the store yet (just created): the server decides.
-    let jobs: Api<Job> = Api::namespaced(cluster.client.clone(), &job.namespace);
-    cluster
-        .call(
-            key,
-            jobs_call("get", &job.namespace, Some(&job.name)),
-            jobs.get_opt(&job.name),
-        )
-        .await
+    get_job(cluster, key, &job.namespace, &job.name).await
 }
 
 /// Polls the Job. On its end the pod's log and termination message are read first, and the
@@ -350,17 +353,10 @@ pub(crate) async fn cancel(
     if job.ended.is_some() {
         return Ok(());
     }
-    let jobs: Api<Job> = Api::namespaced(cluster.client.clone(), &job.namespace);
-    let Some(found) = cluster
-        .call(
-            key,
-            jobs_call("get", &job.namespace, Some(&job.name)),
-            jobs.get_opt(&job.name),
-        )
-        .await?
-    else {
+    let Some(found) = get_job(cluster, key, &job.namespace, &job.name).await? else {
         return Ok(());
     };
+    let jobs: Api<Job> = Api::namespaced(cluster.client.clone(), &job.namespace);
     if !holds_key(&found, key) || !matches!(job::ending(&found), Ending::Running(_)) {
         return Ok(());
     }

@@ -205,6 +205,19 @@ struct Placed {
     workload: Option<WorkloadKind>,
 }
 
+impl Placed {
+    /// A request `verb` on this object, as RBAC sees it.
+    fn call(&self, verb: &'static str) -> Call<'_> {
+        Call {
+            verb,
+            group: &self.resource.group,
+            resource: &self.resource.plural,
+            namespace: &self.namespace,
+            name: Some(&self.name),
+        }
+    }
+}
+
 async fn place(
     cluster: &Cluster,
     key: &AttemptKey,
@@ -275,20 +288,13 @@ pub(crate) async fn apply(
 ) -> Result<Reference, AdapterError> {
     let placed = place(cluster, key, spec).await?;
     let mut targets = Vec::new();
-    for object in placed {
+    for mut object in placed {
         let api = cluster.api(&object.resource, &object.namespace);
-        let rbac = Call {
-            verb: "patch",
-            group: &object.resource.group,
-            resource: &object.resource.plural,
-            namespace: &object.namespace,
-            name: Some(&object.name),
-        };
         let before = match object.workload {
             Some(kind) => get(cluster, key, kind, &object.namespace, &object.name).await?,
             None => None,
         };
-        let mut document = object.document;
+        let mut document = std::mem::take(&mut object.document);
         document["metadata"]["namespace"] = json!(object.namespace);
         document["metadata"]["annotations"][ATTEMPT_ANNOTATION] = json!(key.as_str());
         if let (Some(kind), Some(before)) = (object.workload, &before)
@@ -318,7 +324,13 @@ pub(crate) async fn apply(
                     object.name
                 )));
             }
-            Err(e) => return Err(crate::errors::classify(&context(key), &rbac, e)),
+            Err(e) => {
+                return Err(crate::errors::classify(
+                    &context(key),
+                    &object.call("patch"),
+                    e,
+                ));
+            }
         };
         if let Some(kind) = object.workload {
             targets.push(target(kind, &object.namespace, &applied));
@@ -364,14 +376,9 @@ pub(crate) async fn find_apply(
     let mut targets = Vec::new();
     for object in place(cluster, key, spec).await? {
         let api = cluster.api(&object.resource, &object.namespace);
-        let rbac = Call {
-            verb: "get",
-            group: &object.resource.group,
-            resource: &object.resource.plural,
-            namespace: &object.namespace,
-            name: Some(&object.name),
-        };
-        let found = cluster.call(key, rbac, api.get_opt(&object.name)).await?;
+        let found = cluster
+            .call(key, object.call("get"), api.get_opt(&object.name))
+            .await?;
         let Some(found) = found.filter(|o| annotation(o, ATTEMPT_ANNOTATION) == Some(key.as_str()))
         else {
             return Ok(None);
