@@ -350,6 +350,9 @@ pub(crate) async fn cancel(
     key: &AttemptKey,
     job: &JobRef,
 ) -> Result<(), AdapterError> {
+    cluster
+        .watches
+        .release(Watched::Jobs, &job.namespace, &job.name, key);
     if job.ended.is_some() {
         return Ok(());
     }

@@ -681,6 +681,12 @@ pub(crate) async fn cancel(
 ) -> Result<Option<String>, AdapterError> {
     let mut notes = Vec::new();
     for target in &rollout.targets {
+        cluster.watches.release(
+            Watched::Workload(target.kind),
+            &target.namespace,
+            &target.name,
+            key,
+        );
         let Some(object) = get(cluster, key, target.kind, &target.namespace, &target.name).await?
         else {
             continue;

@@ -5,7 +5,7 @@
 //! the store, with no request once the watch has listed everything. Every event for an
 //! object wakes the attempts waiting on it, so the engine polls at once; the poll hint is
 //! only a safety net. A watch starts when a stage first waits in its namespace and stops
-//! once nobody has waited there for [`IDLE`]. kube's watcher lists again on 410 Gone and
+//! once no stage has looked there for [`IDLE`]. kube's watcher lists again on 410 Gone and
 //! after a dropped stream; its errors are logged (with its backoff between tries), never
 //! turned into stage failures.
 
@@ -193,9 +193,11 @@ impl Feed {
         }
     }
 
-    /// True when nobody waits and nobody looked for [`IDLE`].
+    /// True when nobody looked for [`IDLE`]: a waiting stage looks at least at every poll
+    /// hint, which is shorter, so waiters a stage left behind (its run was abandoned) do
+    /// not keep the watch open.
     fn idle(&self) -> bool {
-        locked(&self.waiters).is_empty() && locked(&self.wanted_at).elapsed() >= IDLE
+        locked(&self.wanted_at).elapsed() >= IDLE
     }
 }
 
