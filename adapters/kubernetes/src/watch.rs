@@ -274,3 +274,124 @@ fn apply(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn job(name: &str, generation: i64) -> DynamicObject {
+        serde_json::from_value(json!({
+            "apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": name, "namespace": "ci", "generation": generation},
+        }))
+        .unwrap()
+    }
+
+    fn generation(seen: Seen) -> Option<i64> {
+        match seen {
+            Seen::Synced(object) => object.and_then(|o| o.metadata.generation),
+            Seen::NotSynced => panic!("not synced"),
+        }
+    }
+
+    #[tokio::test]
+    async fn events_fill_the_store_and_wake_only_those_waiting_on_the_object() {
+        // A server nobody listens on: the feed's own watch only fails (and is logged); the
+        // events below are fed by hand.
+        let client =
+            kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap()))
+                .unwrap();
+        let woken = Arc::new(Mutex::new(Vec::new()));
+        let seen = woken.clone();
+        let waker = Waker::new(move |key: &AttemptKey| seen.lock().unwrap().push(key.clone()));
+        let watches = Watches::new(client, Arc::new(Mutex::new(Some(waker))));
+        let key = AttemptKey::new("r", "s", 1);
+        let other = AttemptKey::new("r", "t", 1);
+        assert!(matches!(
+            watches.look(Watched::Jobs, "ci", "a", &key),
+            Seen::NotSynced
+        ));
+        watches.look(Watched::Jobs, "ci", "b", &other);
+        // The same (resource, namespace) is one watch, whoever waits.
+        assert_eq!(watches.open(), 1);
+        let feed = watches.feed(Watched::Jobs, "ci");
+        let shared = &watches.shared;
+        let mut listing = None;
+        apply(shared, &feed, &mut listing, watcher::Event::Init);
+        apply(
+            shared,
+            &feed,
+            &mut listing,
+            watcher::Event::InitApply(job("a", 1)),
+        );
+        assert!(
+            woken.lock().unwrap().is_empty(),
+            "a listing wakes once it is complete"
+        );
+        apply(shared, &feed, &mut listing, watcher::Event::InitDone);
+        assert_eq!(
+            woken.lock().unwrap().len(),
+            2,
+            "every waiter, after a (re)list"
+        );
+        assert_eq!(
+            generation(watches.look(Watched::Jobs, "ci", "a", &key)),
+            Some(1)
+        );
+        assert_eq!(
+            generation(watches.look(Watched::Jobs, "ci", "b", &other)),
+            None
+        );
+
+        woken.lock().unwrap().clear();
+        apply(
+            shared,
+            &feed,
+            &mut listing,
+            watcher::Event::Apply(job("a", 2)),
+        );
+        apply(
+            shared,
+            &feed,
+            &mut listing,
+            watcher::Event::Apply(job("c", 1)),
+        );
+        assert_eq!(*woken.lock().unwrap(), [key.clone()]);
+        assert_eq!(
+            generation(watches.look(Watched::Jobs, "ci", "a", &key)),
+            Some(2)
+        );
+
+        woken.lock().unwrap().clear();
+        apply(
+            shared,
+            &feed,
+            &mut listing,
+            watcher::Event::Delete(job("a", 2)),
+        );
+        assert_eq!(*woken.lock().unwrap(), [key.clone()]);
+        assert_eq!(
+            generation(watches.look(Watched::Jobs, "ci", "a", &key)),
+            None
+        );
+
+        woken.lock().unwrap().clear();
+        watches.release(Watched::Jobs, "ci", "a", &key);
+        apply(
+            shared,
+            &feed,
+            &mut listing,
+            watcher::Event::Apply(job("a", 3)),
+        );
+        assert!(
+            woken.lock().unwrap().is_empty(),
+            "a released attempt is not woken"
+        );
+        // Another namespace or kind is another watch.
+        watches.look(Watched::Workload(WorkloadKind::Deployment), "ci", "a", &key);
+        watches.look(Watched::Jobs, "app", "a", &key);
+        assert_eq!(watches.open(), 3);
+    }
+}
