@@ -358,7 +358,7 @@ mod tests {
             &mut listing,
             watcher::Event::Apply(job("c", 1)),
         );
-        assert_eq!(*woken.lock().unwrap(), [key.clone()]);
+        assert_eq!(woken.lock().unwrap().as_slice(), std::slice::from_ref(&key));
         assert_eq!(
             generation(watches.look(Watched::Jobs, "ci", "a", &key)),
             Some(2)
@@ -371,7 +371,7 @@ mod tests {
             &mut listing,
             watcher::Event::Delete(job("a", 2)),
         );
-        assert_eq!(*woken.lock().unwrap(), [key.clone()]);
+        assert_eq!(woken.lock().unwrap().as_slice(), std::slice::from_ref(&key));
         assert_eq!(
             generation(watches.look(Watched::Jobs, "ci", "a", &key)),
             None
