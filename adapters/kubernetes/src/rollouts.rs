@@ -2,10 +2,13 @@
 //! shared watches, undoing them, recording a cancel on them, and reading their outputs.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use baton_core::{AdapterError, AttemptKey, ExternalState, PollOutcome};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DynamicObject, ListParams, Patch, PatchParams};
+use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::POLL_HINT;
@@ -164,7 +167,7 @@ fn containers(data: &Value) -> Vec<String> {
 pub(crate) fn manifest_documents(path: &Path, text: &str) -> Result<Vec<Value>, String> {
     let mut documents = Vec::new();
     for (i, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
-        let value = <Value as serde::Deserialize>::deserialize(document)
+        let value = Value::deserialize(document)
             .map_err(|e| format!("{}: document {}: {e}", path.display(), i + 1))?;
         if value.is_null() {
             continue;
@@ -400,7 +403,7 @@ async fn latest(
     cluster: &Cluster,
     key: &AttemptKey,
     target: &Target,
-) -> Result<Option<DynamicObject>, AdapterError> {
+) -> Result<Option<Arc<DynamicObject>>, AdapterError> {
     let seen = cluster.watches.look(
         Watched::Workload(target.kind),
         &target.namespace,
@@ -411,11 +414,15 @@ async fn latest(
         Seen::Synced(Some(object))
             if object.metadata.generation.unwrap_or_default() >= target.generation =>
         {
-            Ok(Some((*object).clone()))
+            Ok(Some(object))
         }
         // Not listed yet, gone, or older than baton's own write: the store may lag the
         // write, so the server decides.
-        _ => get(cluster, key, target.kind, &target.namespace, &target.name).await,
+        _ => Ok(
+            get(cluster, key, target.kind, &target.namespace, &target.name)
+                .await?
+                .map(Arc::new),
+        ),
     }
 }
 
@@ -470,13 +477,7 @@ fn progress(key: &AttemptKey, target: &Target, object: Option<&DynamicObject>) -
             undo: false,
         };
     }
-    let verdict = verdict(target.kind, object);
-    let diagnostics = match target.kind {
-        WorkloadKind::Deployment => parse::<Deployment>(object)
-            .map(|d| rollout::deployment_diagnostics(&d))
-            .unwrap_or_default(),
-        _ => Vec::new(),
-    };
+    let (verdict, diagnostics) = verdict(target.kind, object);
     match verdict {
         Verdict::Waiting(line) if diagnostics.is_empty() => Progress::Waiting(line),
         Verdict::Waiting(line) => Progress::Waiting(format!("{line} ({})", diagnostics.join("; "))),
@@ -488,24 +489,33 @@ fn progress(key: &AttemptKey, target: &Target, object: Option<&DynamicObject>) -
     }
 }
 
-fn parse<K: serde::de::DeserializeOwned>(object: &DynamicObject) -> Option<K> {
-    serde_json::to_value(object)
-        .ok()
-        .and_then(|v| serde_json::from_value(v).ok())
+/// The typed workload of a watched object, read from its JSON in place (every poll reads
+/// one, so no copy through text or a second tree).
+fn parse<K>(object: &DynamicObject) -> Option<K>
+where
+    K: serde::de::DeserializeOwned + k8s_openapi::Metadata<Ty = ObjectMeta>,
+{
+    let mut typed = K::deserialize(&object.data).ok()?;
+    *typed.metadata_mut() = object.metadata.clone();
+    Some(typed)
 }
 
-fn verdict(kind: WorkloadKind, object: &DynamicObject) -> Verdict {
+/// kubectl's verdict on a workload, and what else is worth saying while it waits.
+fn verdict(kind: WorkloadKind, object: &DynamicObject) -> (Verdict, Vec<String>) {
     let unreadable = || Verdict::Waiting(format!("the {} cannot be read yet", kind.key()));
     match kind {
-        WorkloadKind::Deployment => {
-            parse::<Deployment>(object).map_or_else(unreadable, |d| rollout::deployment(&d))
-        }
-        WorkloadKind::StatefulSet => {
-            parse::<StatefulSet>(object).map_or_else(unreadable, |s| rollout::statefulset(&s))
-        }
-        WorkloadKind::DaemonSet => {
-            parse::<DaemonSet>(object).map_or_else(unreadable, |d| rollout::daemonset(&d))
-        }
+        WorkloadKind::Deployment => match parse::<Deployment>(object) {
+            Some(d) => (rollout::deployment(&d), rollout::deployment_diagnostics(&d)),
+            None => (unreadable(), Vec::new()),
+        },
+        WorkloadKind::StatefulSet => (
+            parse::<StatefulSet>(object).map_or_else(unreadable, |s| rollout::statefulset(&s)),
+            Vec::new(),
+        ),
+        WorkloadKind::DaemonSet => (
+            parse::<DaemonSet>(object).map_or_else(unreadable, |d| rollout::daemonset(&d)),
+            Vec::new(),
+        ),
     }
 }
 
@@ -522,7 +532,7 @@ pub(crate) async fn poll(
     let mut cancelled = Vec::new();
     for target in &rollout.targets {
         let object = latest(cluster, key, target).await?;
-        match progress(key, target, object.as_ref()) {
+        match progress(key, target, object.as_deref()) {
             Progress::Waiting(line) => waiting.push(line),
             Progress::Done(line) => done.push(line),
             Progress::Undone(message) => failed.push(message),
