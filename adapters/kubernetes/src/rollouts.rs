@@ -701,14 +701,19 @@ pub(crate) async fn cancel(
         else {
             continue;
         };
-        match progress(key, target, Some(&object)) {
-            Progress::Waiting(_) => {}
+        let kind = target.kind.key();
+        let reason = match progress(key, target, Some(&object)) {
+            Progress::Waiting(_) => format!("{kind} {:?} was stopped by baton", target.name),
+            // Past its deadline, but no poll has seen it yet (the stage timed out first):
+            // the undo the failure calls for is still due.
+            Progress::Failed {
+                message,
+                undo: true,
+            } if rollout.undo_on_failure => message,
             // Finished one way or another: nothing to change.
             _ => continue,
-        }
-        let kind = target.kind.key();
+        };
         if rollout.undo_on_failure && target.kind == WorkloadKind::Deployment {
-            let reason = format!("{kind} {:?} was stopped by baton", target.name);
             if let Some(note) = undo_one(cluster, key, target, &object, &reason).await? {
                 let note = note.replacen(
                     "rolled back to",
