@@ -1,5 +1,6 @@
 //! In-process models of the forges baton drives: GitHub's REST API ([`github`]), GitLab's
-//! ([`gitlab`]) and Travis CI's API v3 ([`travis`]).
+//! ([`gitlab`]), Travis CI's API v3 ([`travis`]), Concourse's ATC API ([`concourse`]) and
+//! the Kubernetes API server with its controllers ([`kubernetes`]).
 //!
 //! Each model keeps state and follows `docs/adapters/github-actions.md`,
 //! `docs/adapters/gitlab-ci.md` and `docs/adapters/travis.md` (and the public API references
@@ -14,6 +15,7 @@
 pub mod concourse;
 pub mod github;
 pub mod gitlab;
+pub mod kubernetes;
 pub mod travis;
 pub mod travis_signing;
 
