@@ -100,15 +100,7 @@ impl Fixture {
                 Instant::now() < until,
                 "{key} did not end; messages: {messages:?}"
             );
-            let outcome = self
-                .adapter
-                .poll(&PollRequest {
-                    key,
-                    external: &external,
-                    signal: None,
-                })
-                .await
-                .unwrap();
+            let outcome = self.poll(key, &external).await;
             if let Some(replaced) = &outcome.external {
                 external = replaced.clone();
             }
@@ -122,6 +114,31 @@ impl Fixture {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// A Deployment `name` rolling out as `plan` says, and a set-image stage started on it
+    /// (to `<name>:2`).
+    async fn rolling(
+        &self,
+        name: &str,
+        plan: RolloutPlan,
+        undo: bool,
+    ) -> (AttemptKey, ExternalRef) {
+        self.deployment(name, plan);
+        let key = fresh_key("deploy");
+        let input = self.set_image(name, &format!("{name}:2"), undo);
+        let external = self.start(&key, input).await.unwrap();
+        (key, external)
+    }
+
+    /// One poll, as the engine makes it.
+    async fn poll(&self, key: &AttemptKey, external: &ExternalRef) -> PollOutcome {
+        let request = PollRequest {
+            key,
+            external,
+            signal: None,
+        };
+        self.adapter.poll(&request).await.unwrap()
     }
 
     fn set_image(&self, name: &str, image: &str, undo: bool) -> Value {
@@ -241,15 +258,13 @@ async fn job_passes_the_conformance_kit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn set_image_reports_kubectl_s_lines_and_is_woken_by_the_watch() {
     let f = Fixture::new().await;
-    f.deployment(
-        "web",
-        RolloutPlan::completes().step(Duration::from_millis(100)),
-    );
-    let key = fresh_key("deploy");
-    let external = f
-        .start(&key, f.set_image("web", "web:2", false))
-        .await
-        .unwrap();
+    let (key, external) = f
+        .rolling(
+            "web",
+            RolloutPlan::completes().step(Duration::from_millis(100)),
+            false,
+        )
+        .await;
     let (messages, outcome, external) = f.wait(&key, external).await;
     assert_eq!(outcome.state, ExternalState::Succeeded { warnings: false });
     assert_eq!(
@@ -296,17 +311,15 @@ async fn set_image_reports_kubectl_s_lines_and_is_woken_by_the_watch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_observation_and_slow_old_pods_are_waited_for() {
     let f = Fixture::new().await;
-    f.deployment(
-        "web",
-        RolloutPlan::completes()
-            .observed_after(Duration::from_millis(400))
-            .old_pods_terminate_after(Duration::from_millis(400)),
-    );
-    let key = fresh_key("deploy");
-    let external = f
-        .start(&key, f.set_image("web", "web:2", false))
-        .await
-        .unwrap();
+    let (key, external) = f
+        .rolling(
+            "web",
+            RolloutPlan::completes()
+                .observed_after(Duration::from_millis(400))
+                .old_pods_terminate_after(Duration::from_millis(400)),
+            false,
+        )
+        .await;
     let (messages, outcome, _) = f.wait(&key, external).await;
     assert_eq!(outcome.state, ExternalState::Succeeded { warnings: false });
     assert!(
@@ -369,15 +382,7 @@ async fn a_stalled_rollout_is_undone_to_the_revision_before() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // A poll after a crash knows the stage failed and was undone.
-    let again = f
-        .adapter
-        .poll(&PollRequest {
-            key: &key,
-            external: &external,
-            signal: None,
-        })
-        .await
-        .unwrap();
+    let again = f.poll(&key, &external).await;
     assert_eq!(again.state, ExternalState::Failed);
     assert!(
         again
@@ -390,15 +395,13 @@ async fn a_stalled_rollout_is_undone_to_the_revision_before() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_undoes_with_a_note_and_without_undo_it_is_recorded() {
     let f = Fixture::new().await;
-    f.deployment(
-        "web",
-        RolloutPlan::completes().step(Duration::from_secs(30)),
-    );
-    let key = fresh_key("deploy");
-    let external = f
-        .start(&key, f.set_image("web", "web:2", true))
-        .await
-        .unwrap();
+    let (key, external) = f
+        .rolling(
+            "web",
+            RolloutPlan::completes().step(Duration::from_secs(30)),
+            true,
+        )
+        .await;
     let note = f.adapter.cancel_explained(&key, &external).await.unwrap();
     assert_eq!(
         note.as_deref(),
@@ -406,15 +409,13 @@ async fn a_cancel_undoes_with_a_note_and_without_undo_it_is_recorded() {
     );
     assert_eq!(f.image_of("web"), "web:1");
 
-    f.deployment(
-        "api",
-        RolloutPlan::completes().step(Duration::from_secs(30)),
-    );
-    let key = fresh_key("deploy");
-    let external = f
-        .start(&key, f.set_image("api", "api:2", false))
-        .await
-        .unwrap();
+    let (key, external) = f
+        .rolling(
+            "api",
+            RolloutPlan::completes().step(Duration::from_secs(30)),
+            false,
+        )
+        .await;
     let note = f
         .adapter
         .cancel_explained(&key, &external)
@@ -427,15 +428,7 @@ async fn a_cancel_undoes_with_a_note_and_without_undo_it_is_recorded() {
         "api:2",
         "without undo the rollout goes on"
     );
-    let outcome = f
-        .adapter
-        .poll(&PollRequest {
-            key: &key,
-            external: &external,
-            signal: None,
-        })
-        .await
-        .unwrap();
+    let outcome = f.poll(&key, &external).await;
     assert_eq!(outcome.state, ExternalState::Cancelled);
 }
 
@@ -463,24 +456,14 @@ async fn find_adopts_without_a_second_patch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollout_completes_across_a_410_and_a_dropped_watch() {
     let f = Fixture::new().await;
-    f.deployment(
-        "web",
-        RolloutPlan::completes().step(Duration::from_millis(300)),
-    );
-    let key = fresh_key("deploy");
-    let external = f
-        .start(&key, f.set_image("web", "web:2", false))
-        .await
-        .unwrap();
-    let first = f
-        .adapter
-        .poll(&PollRequest {
-            key: &key,
-            external: &external,
-            signal: None,
-        })
-        .await
-        .unwrap();
+    let (key, external) = f
+        .rolling(
+            "web",
+            RolloutPlan::completes().step(Duration::from_millis(300)),
+            false,
+        )
+        .await;
+    let first = f.poll(&key, &external).await;
     assert!(!first.state.is_terminal());
     f.cluster.compact();
     f.cluster.drop_watches();
