@@ -309,8 +309,7 @@ pub fn tail(log: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// The env of a container of `job` by name, for tests and `find` (an adopted Job is the
-/// same component only if its input is the same).
+/// The environment the component's container of `job` gets, by variable name.
 pub fn env_of(job: &Job) -> BTreeMap<String, String> {
     job.spec
         .as_ref()
