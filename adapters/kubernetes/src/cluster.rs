@@ -26,6 +26,8 @@ pub(crate) struct Cluster {
     /// Kinds already mapped to resources by discovery: (apiVersion, kind) → the resource and
     /// whether it is namespaced.
     kinds: Mutex<HashMap<(String, String), (ApiResource, bool)>>,
+    /// The pods of long-waiting rollouts, looked at now and then.
+    pub(crate) pod_checks: crate::pods::Checks,
 }
 
 /// The context of errors about attempt `key`.
@@ -47,6 +49,7 @@ impl Cluster {
             namespace,
             request_timeout,
             kinds: Mutex::default(),
+            pod_checks: crate::pods::Checks::default(),
         }
     }
 

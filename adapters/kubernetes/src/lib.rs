@@ -41,7 +41,8 @@
 //!
 //! [`config`] checks blocks; [`rollout`], [`undo`] and [`job`] are pure; `client` reads the
 //! kubeconfig; `cluster` bounds and classifies requests (`errors`); `watch` shares watches;
-//! `rollouts` and `batch` carry out the actions; `reference` is what a stage stores.
+//! `rollouts` and `batch` carry out the actions (`pods` says why a rollout is stuck);
+//! `reference` is what a stage stores.
 
 mod batch;
 mod client;
@@ -49,6 +50,7 @@ mod cluster;
 pub mod config;
 mod errors;
 pub mod job;
+mod pods;
 mod reference;
 pub mod rollout;
 mod rollouts;

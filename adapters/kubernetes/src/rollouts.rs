@@ -533,7 +533,15 @@ pub(crate) async fn poll(
     for target in &rollout.targets {
         let object = latest(cluster, key, target).await?;
         match progress(key, target, object.as_deref()) {
-            Progress::Waiting(line) => waiting.push(line),
+            Progress::Waiting(line) => match (target.kind, &object) {
+                (WorkloadKind::Deployment, Some(object)) => {
+                    match cluster.pod_checks.diagnose(cluster, key, object).await {
+                        Some(pods) => waiting.push(format!("{line} ({pods})")),
+                        None => waiting.push(line),
+                    }
+                }
+                _ => waiting.push(line),
+            },
             Progress::Done(line) => done.push(line),
             Progress::Undone(message) => failed.push(message),
             Progress::Cancelled(message) => cancelled.push(message),
@@ -576,6 +584,7 @@ pub(crate) async fn poll(
             key,
         );
     }
+    cluster.pod_checks.forget(key);
     Ok(outcome)
 }
 
@@ -690,6 +699,7 @@ pub(crate) async fn cancel(
     rollout: &Rollout,
 ) -> Result<Option<String>, AdapterError> {
     let mut notes = Vec::new();
+    cluster.pod_checks.forget(key);
     for target in &rollout.targets {
         cluster.watches.release(
             Watched::Workload(target.kind),

@@ -661,3 +661,28 @@ async fn refused_credentials_say_so() {
         "{error:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_stuck_pulling_its_image_says_so_and_keeps_waiting() {
+    let f = Fixture::new().await;
+    let (key, external) = f
+        .rolling("web", RolloutPlan::completes().image_pull_backoff(), false)
+        .await;
+    let until = Instant::now() + DEADLINE;
+    let line = loop {
+        let outcome = f.poll(&key, &external).await;
+        assert!(!outcome.state.is_terminal(), "{outcome:?}");
+        let line = outcome.message.unwrap_or_default();
+        if line.contains("ImagePullBackOff") {
+            break line;
+        }
+        assert!(Instant::now() < until, "never said: {line}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        line.starts_with("Waiting for deployment \"web\" rollout to finish: "),
+        "{line}"
+    );
+    assert!(line.contains("(pod web-"), "{line}");
+    f.adapter.cancel(&key, &external).await.unwrap();
+}
