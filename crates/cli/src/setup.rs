@@ -27,6 +27,7 @@ pub(crate) fn kinds(exec_state_dir: &Path, secret_env: BTreeSet<String>) -> Kind
     kinds.register(Arc::new(baton_adapter_travis::TravisKind::default()));
     kinds.register(Arc::new(baton_adapter_concourse::ConcourseKind::default()));
     kinds.register(Arc::new(baton_adapter_registry::RegistryKind));
+    kinds.register(Arc::new(baton_adapter_kubernetes::KubernetesKind));
     kinds.register(Arc::new(
         baton_adapter_github_actions::GithubActionsKind::default(),
     ));

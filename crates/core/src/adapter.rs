@@ -12,7 +12,9 @@
 //!    unknown status is [`ExternalState::Unknown`], never terminal, never a panic. A poll
 //!    may also replace the reference (a Jenkins queue item that became a build).
 //! 5. On a terminal state the engine calls [`Adapter::outputs`] once.
-//! 6. [`Adapter::cancel`] stops the external work (on a run cancel, a `halt`, or a timeout).
+//! 6. [`Adapter::cancel`] stops the external work (on a run cancel, a `halt`, or a timeout);
+//!    the engine calls it through [`Adapter::cancel_explained`], whose note (an undone
+//!    rollout) ends up in the stage's message.
 //! 7. [`Adapter::logs`] points to the logs or returns their text.
 //! 8. [`Adapter::attach`] hands the adapter a [`Waker`]: when it learns of a completion
 //!    early (a child process exiting, a completion webhook), it wakes the engine, which
@@ -368,6 +370,18 @@ pub trait Adapter: Send + Sync + 'static {
 
     /// Stops the work. Stopping work that already finished is not an error.
     async fn cancel(&self, key: &AttemptKey, external: &ExternalRef) -> Result<(), AdapterError>;
+
+    /// Stops the work as [`Adapter::cancel`] does and says what stopping it did beyond that,
+    /// when that is worth a person's knowing (`rolled back deployment "web" to revision 3`):
+    /// the engine adds the note to the stage's `timed out after …` or `cancelled` message.
+    /// Default: `cancel`, and no note.
+    async fn cancel_explained(
+        &self,
+        key: &AttemptKey,
+        external: &ExternalRef,
+    ) -> Result<Option<String>, AdapterError> {
+        self.cancel(key, external).await.map(|()| None)
+    }
 
     /// Points to or reads the logs.
     async fn logs(&self, key: &AttemptKey, external: &ExternalRef) -> Result<Logs, AdapterError>;

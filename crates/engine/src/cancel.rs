@@ -61,6 +61,7 @@ impl Inner {
         };
         let call = self.config.call_timeout;
         let mut failure = None;
+        let mut explained = None;
         if let Some(adapter) = adapter {
             let external = match (external, phase) {
                 (Some(ext), _) => Some(ext),
@@ -84,12 +85,13 @@ impl Inner {
                         call,
                         adapter.kind(),
                         "cancel",
-                        adapter.cancel(&key, &external),
+                        adapter.cancel_explained(&key, &external),
                     )
                     .await
                     {
-                        Ok(()) => {
+                        Ok(note) => {
                             failure = None;
+                            explained = note;
                             break;
                         }
                         Err(e) => {
@@ -116,9 +118,11 @@ impl Inner {
                 .commit(&mut guard, vec![Self::done(task)], Vec::new())
                 .await;
         }
-        let note = failure
-            .map(|e| format!(" (the external system did not confirm the cancel: {e})"))
-            .unwrap_or_default();
+        let note = match (failure, explained) {
+            (Some(e), _) => format!(" (the external system did not confirm the cancel: {e})"),
+            (None, Some(said)) => format!("; {said}"),
+            (None, None) => String::new(),
+        };
         changes.push(Self::done(task));
         if record.reason.as_deref() == Some(reason::TIMING_OUT) {
             let message = format!(

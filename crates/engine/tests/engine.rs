@@ -181,6 +181,15 @@ impl Adapter for ScriptAdapter {
         self.0.cancels.lock().unwrap().push(key.to_string());
         Ok(())
     }
+    async fn cancel_explained(
+        &self,
+        key: &AttemptKey,
+        external: &ExternalRef,
+    ) -> Result<Option<String>, AdapterError> {
+        self.cancel(key, external).await?;
+        // `cancel_note`: what stopping the work did, as an adapter that undoes it says.
+        Ok(external.data["cancel_note"].as_str().map(str::to_owned))
+    }
     async fn logs(&self, _key: &AttemptKey, _external: &ExternalRef) -> Result<Logs, AdapterError> {
         Ok(Logs::default())
     }
@@ -618,6 +627,36 @@ async fn timeout_fails_the_stage_and_cancels_the_work() {
     assert!(
         *h.script.polls.lock().unwrap().values().next().unwrap() > 1,
         "an unknown state is not terminal: polling went on"
+    );
+}
+
+#[tokio::test]
+async fn what_a_cancel_undid_is_said_after_the_timeout_and_the_cancel() {
+    let h = harness().await;
+    let note = "rolled back deployment \"web\" to revision 3";
+    let run = h
+        .run(
+            json!({"deploy": {"uses": "script", "with": {"result": "hang", "cancel_note": note}, "timeout": "300ms"}}),
+            json!({}),
+        )
+        .await;
+    let s = stage(&run, "deploy");
+    assert_eq!(s.reason.as_deref(), Some("timed_out"));
+    assert_eq!(
+        s.message.as_deref(),
+        Some(format!("timed out after 300ms; {note}").as_str())
+    );
+    let id = h.engine.create_run(workflow(json!({"deploy": {"uses": "script", "with": {"result": "hang", "cancel_note": note}}})), json!({}), manual()).await.unwrap();
+    wait_for(|| h.script.starts_of("deploy") == 2).await;
+    h.engine.cancel_run(&id).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), h.engine.wait(&id))
+        .await
+        .unwrap()
+        .unwrap();
+    let run = h.engine.snapshot(&id).await.unwrap();
+    assert_eq!(
+        stage(&run, "deploy").message.as_deref(),
+        Some(format!("cancelled; {note}").as_str())
     );
 }
 
