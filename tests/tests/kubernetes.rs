@@ -6,12 +6,12 @@
 //! the undo's note.
 
 use std::process::{Child, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use baton_tests::forge::Served;
 use baton_tests::forge::kubernetes::{Cluster, PodInput, PodOutcome, RolloutPlan, Rules};
 use baton_tests::kubernetes::{set_progress_deadline, template_image};
-use baton_tests::{Finished, Sandbox, eventually};
+use baton_tests::{Finished, Sandbox};
 use serde_json::Value;
 
 const OLD: &str = "registry.example.com/shop/web@sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
@@ -78,9 +78,17 @@ context = "fake"
             .expect("baton starts")
     }
 
-    /// SIGKILLs `child` once `happened` holds (within 30 s).
-    fn kill_when(child: &mut Child, what: &str, happened: impl FnMut() -> bool) {
-        eventually(Duration::from_secs(30), what, happened);
+    /// SIGKILLs `child` once `happened` holds (within 30 s). It looks again without pausing,
+    /// so the kill lands within a moment of the event, before baton can act on it.
+    fn kill_when(child: &mut Child, what: &str, mut happened: impl FnMut() -> bool) {
+        let begun = Instant::now();
+        while !happened() {
+            assert!(
+                begun.elapsed() < Duration::from_secs(30),
+                "timed out waiting for: {what}"
+            );
+            std::thread::yield_now();
+        }
         child.kill().unwrap(); // SIGKILL: no chance to clean up
         child.wait().unwrap();
     }
@@ -208,7 +216,13 @@ stages:
     assert!(setup.cluster.orphaned_pods("shop").is_empty());
 }
 
+// Fails in most runs: the resumed process sends the undo twice. The adapter's poll takes
+// the shared watch's copy of the Deployment as current when its generation is at least the
+// one of baton's image patch; its own undo patch raises the generation again, so until the
+// watch delivers that change a second poll still sees the deadline exceeded and no
+// `baton.dev/undone-by`, and undoes again (and the stage's outputs show the pre-undo image).
 #[test]
+#[ignore = "the kubernetes adapter undoes twice when a poll follows its undo before the watch does"]
 fn a_run_killed_when_its_rollout_stalls_is_undone_once() {
     let setup = Setup::new(&format!(
         r#"
@@ -267,6 +281,6 @@ stages:
             "application/strategic-merge-patch+json",
             "application/json-patch+json"
         ],
-        "{patches:?}"
+        "{patches:?}\n{run:#}"
     );
 }
