@@ -124,22 +124,33 @@ context = "fake"
     }
 }
 
-fn only_stage(run: &Value) -> &Value {
-    &run["stages"][0]
-}
-
-#[test]
-fn a_run_killed_mid_rollout_resumes_and_patches_once() {
-    let setup = Setup::new(&format!(
+/// A workflow `release` whose one stage sets `NEW` on `shop/web`.
+fn set_image_workflow(undo_on_failure: bool) -> String {
+    format!(
         r#"
 name: release
 stages:
   deploy:
     uses: k8s
     timeout: 2m
-    with: {{ action: set-image, namespace: shop, deployment: web, container: web, image: "{NEW}" }}
+    with:
+      action: set-image
+      namespace: shop
+      deployment: web
+      container: web
+      image: "{NEW}"
+      undo_on_failure: {undo_on_failure}
 "#
-    ));
+    )
+}
+
+fn only_stage(run: &Value) -> &Value {
+    &run["stages"][0]
+}
+
+#[test]
+fn a_run_killed_mid_rollout_resumes_and_patches_once() {
+    let setup = Setup::new(&set_image_workflow(false));
     setup
         .cluster
         .rollout_plan("shop", "web", RolloutPlan::completes().step(SLOW_STEP));
@@ -224,22 +235,7 @@ stages:
 #[test]
 #[ignore = "the kubernetes adapter undoes twice when a poll follows its undo before the watch does"]
 fn a_run_killed_when_its_rollout_stalls_is_undone_once() {
-    let setup = Setup::new(&format!(
-        r#"
-name: release
-stages:
-  deploy:
-    uses: k8s
-    timeout: 2m
-    with:
-      action: set-image
-      namespace: shop
-      deployment: web
-      container: web
-      image: "{NEW}"
-      undo_on_failure: true
-"#
-    ));
+    let setup = Setup::new(&set_image_workflow(true));
     set_progress_deadline(&setup.cluster, &setup.served.url, TOKEN, ("shop", "web"), 1);
     setup
         .cluster

@@ -159,9 +159,12 @@ fn run_round(settings: &Settings, cluster: &Cluster, dir: &std::path::Path, roun
         .current_dir(dir)
         .env("BATON_LOG", "warn")
         .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
         .output()
         .expect("run baton");
+    // `baton run` prints its progress to stderr: shown only when the run went wrong.
+    if !out.status.success() {
+        eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    }
     let took = begun.elapsed();
     let requests = cluster.meter().total() - requests_before;
     let run: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
