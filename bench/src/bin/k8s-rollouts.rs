@@ -1,31 +1,39 @@
 //! What 200 concurrent rollouts cost one `kubernetes` instance: `NAMESPACES` (20) namespaces
-//! of `DEPLOYMENTS` (10) Deployments each, every one set to a new image at once by one
-//! workflow of set-image stages that the real `baton run` drives, against the in-process
-//! Kubernetes API server of `baton_forge_fakes::kubernetes` (its Deployment controller moves
-//! one replica every `STEP_MS` ms, `REPLICAS` (3) replicas each).
+//! of `DEPLOYMENTS` (10) Deployments each, every one set to a new image at once by the real
+//! `baton`, against the in-process Kubernetes API server of `baton_forge_fakes::kubernetes`
+//! (its Deployment controller moves one replica every `STEP_MS` ms, `REPLICAS` (3) replicas
+//! each).
 //!
 //! `k8s-rollouts BATON` (bench/k8s-rollouts/run.sh runs it); the environment also sets
-//! `ROUNDS` (3): each round is one `baton run` of the workflow with the next image, so the
-//! watches of one round end with its process.
+//! `ROUNDS` (3). Each round has two sides, one after the other, each setting the next image:
 //!
-//! Figures, each against its target:
+//! - **one run of all stages**: one `baton run --json` of one workflow with a set-image
+//!   stage per Deployment, none needing another;
+//! - **a run per rollout**: one `baton serve`, given one run of a one-stage workflow per
+//!   Deployment through its REST API (started one after the other, as fast as it answers),
+//!   read back once every run has ended.
+//!
+//! The watches of a side end with its process. Figures, each against its target:
 //!
 //! - **open watches at peak** (the API server's own count): one watch per namespace and
 //!   kind is 20 here; one per stage would be 200.
-//! - **requests per rollout**: every request the API server served during a round (reads,
+//! - **requests per rollout**: every request the API server served during a side (reads,
 //!   the patch, watch requests, relists) divided by the rollouts.
 //! - **completing status write → stage end**: from the moment the controller wrote the
 //!   status that completed a rollout (`Cluster::rollout_completed_at`) to the stage's
-//!   `finished_at` as the engine stored it (`baton run --json`), both on this machine's
-//!   clock: p50, p95, p99 and worst over every rollout of every round (target: p99 ≤ 50 ms).
+//!   `finished_at` as the engine stored it, both on this machine's clock: p50, p95, p99 and
+//!   worst over every rollout of every round (target: p99 ≤ 50 ms).
 
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use baton_bench::{env_or, quantile};
+use baton_bench::{Baton, client, env_or, get_json, quantile};
 use baton_forge_fakes::kubernetes::{Cluster, RolloutPlan, Rules};
-use serde_json::Value;
+use serde_json::{Value, json};
 
+/// The REST API token of the `baton serve` side.
+const API_TOKEN: &str = "bench-operator";
 /// The ServiceAccount token baton's kubeconfig carries.
 const TOKEN: &str = "bench-baton-token";
 /// The target for the p99 of completing status write → stage end.
@@ -110,35 +118,148 @@ fn main() {
         .expect("write the kubeconfig");
     std::fs::write(
         dir.path().join("baton.toml"),
-        format!(
-            r#"workflows = ["rollouts.yaml"]
+        config(
+            settings.rollouts(),
+            &kubeconfig,
+            "rollouts.yaml",
+            "sqlite://baton.db",
+        ),
+    )
+    .expect("write baton.toml");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+
+    let mut one_run = Vec::new();
+    let mut run_each = Vec::new();
+    for round in 1..=settings.rounds {
+        one_run.push(run_round(&settings, &cluster, dir.path(), 2 * round - 1));
+        run_each.push(runtime.block_on(serve_round(&settings, &cluster, &kubeconfig, 2 * round)));
+    }
+    report(&settings, &cluster, &one_run, &run_each);
+}
+
+/// A `baton.toml` with the instance `k8s`, the workflow file `workflow`, the store `store`
+/// and the REST API token of `serve_round`.
+fn config(stages: usize, kubeconfig: &Path, workflow: &str, store: &str) -> String {
+    format!(
+        r#"workflows = ["{workflow}"]
 
 [store]
-url = "sqlite://baton.db"
+url = "{store}"
 
 [engine]
 max_concurrency = {}
+
+[api]
+tokens = [{{ name = "bench", token = {{ env = "BENCH_API_TOKEN" }}, role = "operator" }}]
 
 [adapters.k8s]
 kind = "kubernetes"
 kubeconfig = "{}"
 context = "bench"
 "#,
-            settings.rollouts().max(1),
-            kubeconfig.display()
-        ),
+        stages.max(1),
+        kubeconfig.display()
     )
-    .expect("write baton.toml");
-
-    let mut rounds = Vec::new();
-    for round in 1..=settings.rounds {
-        rounds.push(run_round(&settings, &cluster, dir.path(), round));
-    }
-    report(&settings, &cluster, &rounds);
 }
 
-/// One `baton run` setting every Deployment to the image of `round`.
-fn run_round(settings: &Settings, cluster: &Cluster, dir: &std::path::Path, round: usize) -> Round {
+/// One `baton serve` given one run per Deployment through its REST API, each setting the
+/// image of `round`; the figures once every run has ended.
+async fn serve_round(
+    settings: &Settings,
+    cluster: &Cluster,
+    kubeconfig: &Path,
+    round: usize,
+) -> Round {
+    let workflow = "name: one\non: [{ source: manual }]\nstages:\n  deploy:\n    uses: k8s\n    timeout: 5m\n    with: { action: set-image, namespace: '${{ .event.namespace }}', deployment: '${{ .event.name }}', container: web, image: '${{ .event.image }}' }\n";
+    let baton = Baton::start(
+        &settings.baton,
+        "127.0.0.1:0",
+        &[("BENCH_API_TOKEN", API_TOKEN)],
+        |dir: &Path| {
+            let store = format!("sqlite://{}", dir.join("baton.db").display());
+            vec![
+                (
+                    "baton.toml".to_owned(),
+                    config(settings.rollouts(), kubeconfig, "one.yaml", &store),
+                ),
+                ("one.yaml".to_owned(), workflow.to_owned()),
+            ]
+        },
+    );
+    let http = client();
+    let requests_before = cluster.meter().total();
+    let begun = Instant::now();
+    let mut runs = Vec::new();
+    for i in 0..settings.namespaces {
+        for j in 0..settings.deployments {
+            let (ns, name) = (namespace(i), deployment(j));
+            let answer: Value = http
+                .post(format!("{}/api/v1/workflows/one/runs", baton.url))
+                .bearer_auth(API_TOKEN)
+                .json(&json!({"namespace": ns, "name": name, "image": image(round)}))
+                .send()
+                .await
+                .expect("start a run")
+                .json()
+                .await
+                .expect("the run");
+            let id = answer["run"].as_str().expect("a run id").to_owned();
+            runs.push((ns, name, id));
+        }
+    }
+    let mut ended: Vec<Option<Value>> = vec![None; runs.len()];
+    while ended.iter().any(Option::is_none) {
+        assert!(
+            begun.elapsed() < Duration::from_secs(300),
+            "round {round}: runs still going after 5 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for ((_, _, id), slot) in runs.iter().zip(ended.iter_mut()) {
+            if slot.is_none() {
+                let run =
+                    get_json(&http, &format!("{}/api/v1/runs/{id}", baton.url), API_TOKEN).await;
+                if run["finished_at"].is_number() {
+                    *slot = Some(run);
+                }
+            }
+        }
+    }
+    let took = begun.elapsed();
+    let requests = cluster.meter().total() - requests_before;
+    drop(baton);
+    let mut succeeded = 0;
+    let mut latencies = Vec::new();
+    for ((ns, name, _), run) in runs.iter().zip(ended.into_iter().flatten()) {
+        let stage = &run["stages"][0];
+        if stage["status"] != "succeeded" {
+            eprintln!(
+                "round {round}: {ns}/{name}: {}: {}",
+                stage["status"], stage["message"]
+            );
+            continue;
+        }
+        succeeded += 1;
+        if let (Some(completed), Some(finished)) = (
+            cluster.rollout_completed_at(ns, name),
+            stage["finished_at"].as_f64(),
+        ) {
+            latencies.push(finished - millis_since_epoch(completed));
+        }
+    }
+    latencies.sort_by(f64::total_cmp);
+    Round {
+        succeeded,
+        took,
+        requests,
+        latencies,
+    }
+}
+
+/// One `baton run` of one workflow setting every Deployment to the image of `round`.
+fn run_round(settings: &Settings, cluster: &Cluster, dir: &Path, round: usize) -> Round {
     let mut workflow = String::from("name: rollouts\nstages:\n");
     for i in 0..settings.namespaces {
         for j in 0..settings.deployments {
@@ -158,6 +279,7 @@ fn run_round(settings: &Settings, cluster: &Cluster, dir: &std::path::Path, roun
         .args(["run", "-c", "baton.toml", "rollouts", "--json"])
         .current_dir(dir)
         .env("BATON_LOG", "warn")
+        .env("BENCH_API_TOKEN", API_TOKEN)
         .stdin(Stdio::null())
         .output()
         .expect("run baton");
@@ -210,43 +332,50 @@ fn run_round(settings: &Settings, cluster: &Cluster, dir: &std::path::Path, roun
     }
 }
 
-fn report(settings: &Settings, cluster: &Cluster, rounds: &[Round]) {
+fn report(settings: &Settings, cluster: &Cluster, one_run: &[Round], run_each: &[Round]) {
     let rollouts = settings.rollouts();
     println!();
     println!(
-        "k8s-rollouts: {rollouts} rollouts at once ({} namespaces × {} Deployments of {} replicas, one replica every {} ms), {} rounds of one `baton run` each",
+        "k8s-rollouts: {rollouts} rollouts at once ({} namespaces × {} Deployments of {} replicas, one replica every {} ms), {} rounds of each side",
         settings.namespaces,
         settings.deployments,
         settings.replicas,
         settings.step.as_millis(),
-        rounds.len()
+        one_run.len()
     );
     println!();
     println!(
-        "| round | succeeded | run took | requests per rollout | write → end p50 | p95 | p99 | worst |"
+        "| side | round | succeeded | took | requests per rollout | write → end p50 | p95 | p99 | worst |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
-    let mut all = Vec::new();
-    for (n, round) in rounds.iter().enumerate() {
-        all.extend_from_slice(&round.latencies);
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let mut p99s = Vec::new();
+    for (side, rounds) in [
+        ("one run of all stages (`baton run`)", one_run),
+        ("a run per rollout (`baton serve`)", run_each),
+    ] {
+        let mut all = Vec::new();
+        for (n, round) in rounds.iter().enumerate() {
+            all.extend_from_slice(&round.latencies);
+            println!(
+                "| {side} | {} | {}/{rollouts} | {:.1} s | {:.1} | {} |",
+                n + 1,
+                round.succeeded,
+                round.took.as_secs_f64(),
+                round.requests as f64 / rollouts as f64,
+                quantiles(&round.latencies)
+            );
+        }
+        all.sort_by(f64::total_cmp);
+        let requests: u64 = rounds.iter().map(|r| r.requests).sum();
         println!(
-            "| {} | {}/{rollouts} | {:.1} s | {:.1} | {} |",
-            n + 1,
-            round.succeeded,
-            round.took.as_secs_f64(),
-            round.requests as f64 / rollouts as f64,
-            quantiles(&round.latencies)
+            "| {side} | all | {}/{} | | {:.1} | {} |",
+            rounds.iter().map(|r| r.succeeded).sum::<usize>(),
+            rollouts * rounds.len(),
+            requests as f64 / (rollouts * rounds.len()).max(1) as f64,
+            quantiles(&all)
         );
+        p99s.push((side, quantile(&all, 0.99)));
     }
-    all.sort_by(f64::total_cmp);
-    let requests: u64 = rounds.iter().map(|r| r.requests).sum();
-    println!(
-        "| all | {}/{} | | {:.1} | {} |",
-        rounds.iter().map(|r| r.succeeded).sum::<usize>(),
-        rollouts * rounds.len(),
-        requests as f64 / (rollouts * rounds.len()) as f64,
-        quantiles(&all)
-    );
     println!();
     let opened: u64 = (0..settings.namespaces)
         .map(|i| cluster.watches_opened("deployments", &namespace(i)))
@@ -257,16 +386,17 @@ fn report(settings: &Settings, cluster: &Cluster, rounds: &[Round]) {
         "open watches at peak: {peak} (target {target}: one per namespace and kind; one per stage would be {rollouts}): {}",
         verdict(peak <= target)
     );
+    let sides = one_run.len() + run_each.len();
     println!(
-        "deployment watch streams opened: {opened} in {} rounds ({:.1} per namespace and round)",
-        rounds.len(),
-        opened as f64 / (settings.namespaces * rounds.len()).max(1) as f64
+        "deployment watch streams opened: {opened} in {sides} rounds ({:.1} per namespace and round)",
+        opened as f64 / (settings.namespaces * sides).max(1) as f64
     );
-    let p99 = quantile(&all, 0.99);
-    println!(
-        "completing status write → stage end p99: {p99:.1} ms (target ≤ {P99_TARGET_MS} ms): {}",
-        verdict(p99 <= P99_TARGET_MS)
-    );
+    for (side, p99) in p99s {
+        println!(
+            "completing status write → stage end p99, {side}: {p99:.1} ms (target ≤ {P99_TARGET_MS} ms): {}",
+            verdict(p99 <= P99_TARGET_MS)
+        );
+    }
     println!(
         "watches open after the last round: {}",
         cluster.open_watches()
