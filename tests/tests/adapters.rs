@@ -56,6 +56,7 @@ fn every_built_in_kind_is_listed_with_a_summary_and_docs_that_exist() {
             "github-actions",
             "gitlab-ci",
             "jenkins",
+            "kubernetes",
             "registry",
             "travis"
         ]

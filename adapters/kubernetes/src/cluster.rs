@@ -28,6 +28,10 @@ pub(crate) struct Cluster {
     kinds: Mutex<HashMap<(String, String), (ApiResource, bool)>>,
     /// The pods of long-waiting rollouts, looked at now and then.
     pub(crate) pod_checks: crate::pods::Checks,
+    /// Held through an undo's read, plan and patch: a wake can start a second poll of the
+    /// same attempt while the first one undoes, and the second must read the first's mark
+    /// rather than undo again. Undos are rare, so one lock serves the instance.
+    pub(crate) undoing: tokio::sync::Mutex<()>,
 }
 
 /// The context of errors about attempt `key`.
@@ -50,6 +54,7 @@ impl Cluster {
             request_timeout,
             kinds: Mutex::default(),
             pod_checks: crate::pods::Checks::default(),
+            undoing: tokio::sync::Mutex::new(()),
         }
     }
 

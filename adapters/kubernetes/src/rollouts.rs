@@ -546,14 +546,14 @@ pub(crate) async fn poll(
             Progress::Undone(message) => failed.push(message),
             Progress::Cancelled(message) => cancelled.push(message),
             Progress::Failed { message, undo } => {
-                let message = match (undo && rollout.undo_on_failure, object) {
-                    (true, Some(object)) => {
-                        match undo_one(cluster, key, target, &object, &message).await? {
-                            Some(note) => format!("{message}; {note}"),
-                            None => message,
-                        }
-                    }
-                    _ => message,
+                let note = if undo && rollout.undo_on_failure {
+                    undo_one(cluster, key, target, &message).await?
+                } else {
+                    None
+                };
+                let message = match note {
+                    Some(note) => format!("{message}; {note}"),
+                    None => message,
                 };
                 failed.push(message);
             }
@@ -601,7 +601,6 @@ async fn undo_one(
     cluster: &Cluster,
     key: &AttemptKey,
     target: &Target,
-    object: &DynamicObject,
     reason: &str,
 ) -> Result<Option<String>, AdapterError> {
     if target.kind != WorkloadKind::Deployment {
@@ -613,7 +612,21 @@ async fn undo_one(
             target.name
         )));
     };
-    let Some(deployment) = parse::<Deployment>(object) else {
+    // The object a poll decided on may be the watch's copy from before this attempt's own
+    // undo (a poll that follows the undo before the watch does, or a baton resumed after
+    // one): the server's copy, read under the lock, decides whether the undo is still due,
+    // so it is done once.
+    let _one_at_a_time = cluster.undoing.lock().await;
+    let Some(fresh) = get(cluster, key, target.kind, &target.namespace, &target.name).await? else {
+        return Ok(Some(format!(
+            "not rolled back: deployment {:?} was deleted",
+            target.name
+        )));
+    };
+    if annotation(&fresh, UNDONE_BY_ANNOTATION) == Some(key.as_str()) {
+        return Ok(Some(format!("rolled back to revision {revision}")));
+    }
+    let Some(deployment) = parse::<Deployment>(&fresh) else {
         return Ok(Some(format!(
             "not rolled back: deployment {:?} cannot be read",
             target.name
@@ -724,7 +737,7 @@ pub(crate) async fn cancel(
             _ => continue,
         };
         if rollout.undo_on_failure && target.kind == WorkloadKind::Deployment {
-            if let Some(note) = undo_one(cluster, key, target, &object, &reason).await? {
+            if let Some(note) = undo_one(cluster, key, target, &reason).await? {
                 let note = note.replacen(
                     "rolled back to",
                     &format!("rolled back {kind} {:?} to", target.name),

@@ -350,6 +350,10 @@ async fn a_stalled_rollout_is_undone_to_the_revision_before() {
         outcome.message.as_deref(),
         Some("deployment \"web\" exceeded its progress deadline; rolled back to revision 1")
     );
+    // A poll at once, before the watch has seen the undo (as after a crash between the
+    // undo and the stored verdict), reports the same and writes nothing more.
+    let at_once = f.poll(&key, &external).await;
+    assert_eq!(at_once.message, outcome.message);
     assert_eq!(f.image_of("web"), "web:1");
     let undo = f
         .cluster
@@ -390,6 +394,74 @@ async fn a_stalled_rollout_is_undone_to_the_revision_before() {
             .unwrap()
             .ends_with("rolled back to revision 1")
     );
+    let kinds: Vec<_> = f
+        .cluster
+        .writes("deployments", NS, "web")
+        .into_iter()
+        .filter_map(|w| w.content_type)
+        // The fixture's own write (the short deadline) comes first.
+        .skip_while(|t| t != "application/strategic-merge-patch+json")
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "application/strategic-merge-patch+json",
+            "application/json-patch+json"
+        ],
+        "one patch to roll out, one to undo, nothing more"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_polls_at_once_undo_a_stall_once() {
+    let f = Fixture::new().await;
+    f.deployment("web", RolloutPlan::completes().stalls());
+    f.short_deadline("web").await;
+    let key = fresh_key("deploy");
+    let external = f
+        .start(&key, f.set_image("web", "web:2", true))
+        .await
+        .unwrap();
+    // No poll until the deadline has passed, then two at once (a wake arriving while the
+    // engine's poll runs).
+    let until = Instant::now() + DEADLINE;
+    while !f.cluster.get("deployments", NS, "web").unwrap()["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["reason"] == "ProgressDeadlineExceeded")
+    {
+        assert!(
+            Instant::now() < until,
+            "the rollout never passed its deadline"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (first, second) = tokio::join!(f.poll(&key, &external), f.poll(&key, &external));
+    for outcome in [&first, &second] {
+        assert_eq!(outcome.state, ExternalState::Failed);
+        assert!(
+            outcome
+                .message
+                .as_deref()
+                .unwrap()
+                .ends_with("rolled back to revision 1"),
+            "{outcome:?}"
+        );
+    }
+    let undos = f
+        .cluster
+        .writes("deployments", NS, "web")
+        .into_iter()
+        .filter(|w| {
+            w.content_type.as_deref() == Some("application/json-patch+json")
+                || w.content_type.as_deref() == Some("application/merge-patch+json")
+                    && w.body["metadata"]["annotations"]
+                        .get("baton.dev/undone-by")
+                        .is_some()
+        })
+        .count();
+    assert_eq!(undos, 1, "the stall is undone once");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
