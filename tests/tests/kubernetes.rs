@@ -227,13 +227,7 @@ stages:
     assert!(setup.cluster.orphaned_pods("shop").is_empty());
 }
 
-// Fails in most runs: the resumed process sends the undo twice. The adapter's poll takes
-// the shared watch's copy of the Deployment as current when its generation is at least the
-// one of baton's image patch; its own undo patch raises the generation again, so until the
-// watch delivers that change a second poll still sees the deadline exceeded and no
-// `baton.dev/undone-by`, and undoes again (and the stage's outputs show the pre-undo image).
 #[test]
-#[ignore = "the kubernetes adapter undoes twice when a poll follows its undo before the watch does"]
 fn a_run_killed_when_its_rollout_stalls_is_undone_once() {
     let setup = Setup::new(&set_image_workflow(true));
     set_progress_deadline(&setup.cluster, &setup.served.url, TOKEN, ("shop", "web"), 1);
