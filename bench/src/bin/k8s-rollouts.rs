@@ -230,32 +230,11 @@ async fn serve_round(
     let took = begun.elapsed();
     let requests = cluster.meter().total() - requests_before;
     drop(baton);
-    let mut succeeded = 0;
-    let mut latencies = Vec::new();
-    for ((ns, name, _), run) in runs.iter().zip(ended.into_iter().flatten()) {
-        let stage = &run["stages"][0];
-        if stage["status"] != "succeeded" {
-            eprintln!(
-                "round {round}: {ns}/{name}: {}: {}",
-                stage["status"], stage["message"]
-            );
-            continue;
-        }
-        succeeded += 1;
-        if let (Some(completed), Some(finished)) = (
-            cluster.rollout_completed_at(ns, name),
-            stage["finished_at"].as_f64(),
-        ) {
-            latencies.push(finished - millis_since_epoch(completed));
-        }
-    }
-    latencies.sort_by(f64::total_cmp);
-    Round {
-        succeeded,
-        took,
-        requests,
-        latencies,
-    }
+    let stages = runs
+        .iter()
+        .zip(ended.into_iter().flatten())
+        .map(|((ns, name, _), run)| (ns.clone(), name.clone(), run["stages"][0].clone()));
+    Round::tally(cluster, round, took, requests, stages)
 }
 
 /// One `baton run` of one workflow setting every Deployment to the image of `round`.
@@ -296,39 +275,53 @@ fn run_round(settings: &Settings, cluster: &Cluster, dir: &Path, round: usize) -
         )
     });
 
-    let mut succeeded = 0;
-    let mut latencies = Vec::new();
-    for stage in run["stages"].as_array().into_iter().flatten() {
-        if stage["status"] != "succeeded" {
-            eprintln!(
-                "round {round}: stage {} {}: {}",
-                stage["id"], stage["status"], stage["message"]
-            );
-            continue;
-        }
-        succeeded += 1;
+    // Stage ids are `<namespace>-<deployment>`, and every deployment's name is `web-NN`.
+    let stages = run["stages"].as_array().into_iter().flatten().map(|stage| {
         let id = stage["id"].as_str().unwrap_or_default();
-        let Some((ns, name)) = id
-            .split_once("-web-")
-            .map(|(ns, n)| (ns, format!("web-{n}")))
-        else {
-            continue;
-        };
-        let (Some(completed), Some(finished)) = (
-            cluster.rollout_completed_at(ns, &name),
-            stage["finished_at"].as_f64(),
-        ) else {
-            eprintln!("round {round}: stage {id}: no completing status write recorded");
-            continue;
-        };
-        latencies.push(finished - millis_since_epoch(completed));
-    }
-    latencies.sort_by(f64::total_cmp);
-    Round {
-        succeeded,
-        took,
-        requests,
-        latencies,
+        let (ns, n) = id.split_once("-web-").unwrap_or((id, ""));
+        (ns.to_owned(), format!("web-{n}"), stage.clone())
+    });
+    Round::tally(cluster, round, took, requests, stages)
+}
+
+impl Round {
+    /// The figures of a side whose stages were `stages` (namespace, Deployment, the stage
+    /// as stored), one per rollout.
+    fn tally(
+        cluster: &Cluster,
+        round: usize,
+        took: Duration,
+        requests: u64,
+        stages: impl Iterator<Item = (String, String, Value)>,
+    ) -> Self {
+        let mut succeeded = 0;
+        let mut latencies = Vec::new();
+        for (ns, name, stage) in stages {
+            if stage["status"] != "succeeded" {
+                eprintln!(
+                    "round {round}: {ns}/{name}: {}: {}",
+                    stage["status"], stage["message"]
+                );
+                continue;
+            }
+            succeeded += 1;
+            match (
+                cluster.rollout_completed_at(&ns, &name),
+                stage["finished_at"].as_f64(),
+            ) {
+                (Some(completed), Some(finished)) => {
+                    latencies.push(finished - millis_since_epoch(completed));
+                }
+                _ => eprintln!("round {round}: {ns}/{name}: no completing status write recorded"),
+            }
+        }
+        latencies.sort_by(f64::total_cmp);
+        Self {
+            succeeded,
+            took,
+            requests,
+            latencies,
+        }
     }
 }
 
