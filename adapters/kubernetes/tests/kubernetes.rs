@@ -131,6 +131,17 @@ impl Fixture {
         (key, external)
     }
 
+    /// A Deployment `name` whose next rollout stalls past a 1 s progress deadline, and a
+    /// set-image stage with `undo_on_failure` started on it (to `<name>:2`).
+    async fn stalling(&self, name: &str) -> (AttemptKey, ExternalRef) {
+        self.deployment(name, RolloutPlan::completes().stalls());
+        self.short_deadline(name).await;
+        let key = fresh_key("deploy");
+        let input = self.set_image(name, &format!("{name}:2"), true);
+        let external = self.start(&key, input).await.unwrap();
+        (key, external)
+    }
+
     /// One poll, as the engine makes it.
     async fn poll(&self, key: &AttemptKey, external: &ExternalRef) -> PollOutcome {
         let request = PollRequest {
@@ -337,13 +348,7 @@ async fn a_late_observation_and_slow_old_pods_are_waited_for() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_rollout_is_undone_to_the_revision_before() {
     let f = Fixture::new().await;
-    f.deployment("web", RolloutPlan::completes().stalls());
-    f.short_deadline("web").await;
-    let key = fresh_key("deploy");
-    let external = f
-        .start(&key, f.set_image("web", "web:2", true))
-        .await
-        .unwrap();
+    let (key, external) = f.stalling("web").await;
     let (_, outcome, _) = f.wait(&key, external.clone()).await;
     assert_eq!(outcome.state, ExternalState::Failed);
     assert_eq!(
@@ -415,13 +420,7 @@ async fn a_stalled_rollout_is_undone_to_the_revision_before() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_polls_at_once_undo_a_stall_once() {
     let f = Fixture::new().await;
-    f.deployment("web", RolloutPlan::completes().stalls());
-    f.short_deadline("web").await;
-    let key = fresh_key("deploy");
-    let external = f
-        .start(&key, f.set_image("web", "web:2", true))
-        .await
-        .unwrap();
+    let (key, external) = f.stalling("web").await;
     // No poll until the deadline has passed, then two at once (a wake arriving while the
     // engine's poll runs).
     let until = Instant::now() + DEADLINE;
