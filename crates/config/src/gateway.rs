@@ -12,12 +12,13 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
 /// The top-level keys of a gateway config, in the order the docs list them.
-pub const TOP_LEVEL_KEYS: [&str; 8] = [
+pub const TOP_LEVEL_KEYS: [&str; 9] = [
     "workflows",
     "server",
     "store",
     "api",
     "sources",
+    "relays",
     "adapters",
     "engine",
     "expressions",
@@ -37,6 +38,8 @@ pub struct GatewayConfig {
     pub api: ApiConfig,
     /// `[sources.<name>]`: inbound webhook sources, each at `POST /hooks/<name>`.
     pub sources: IndexMap<String, SourceConfig>,
+    /// `[relays.<name>]`: deliveries of some sources forwarded to other HTTP endpoints.
+    pub relays: IndexMap<String, RelayConfig>,
     /// `[adapters.<name>]`: adapter instances that workflow stages name in `uses:`.
     pub adapters: IndexMap<String, AdapterInstance>,
     /// `[engine]`: scheduling defaults and bounds.
@@ -56,6 +59,7 @@ impl Default for GatewayConfig {
             store: StoreConfig::default(),
             api: ApiConfig::default(),
             sources: IndexMap::new(),
+            relays: IndexMap::new(),
             adapters: IndexMap::new(),
             engine: EngineConfig::default(),
             expressions: ExpressionsConfig::default(),
@@ -482,6 +486,100 @@ pub enum DeliveryId {
     BodyHash,
     /// `delivery_id = { header = "X-Request-Id" }`: a request header.
     Header(String),
+}
+
+/// The delays between a relay message's tries when neither the relay nor the target sets
+/// `schedule`: the first try is at once, then 5 s, 5 min, 30 min, 2 h, 5 h, 10 h and 10 h
+/// later (eight tries over about 28 hours, so a receiver down for a day still gets it).
+pub const DEFAULT_RELAY_SCHEDULE: [Duration; 7] = [
+    Duration::from_secs(5),
+    Duration::from_secs(5 * 60),
+    Duration::from_secs(30 * 60),
+    Duration::from_secs(2 * 3600),
+    Duration::from_secs(5 * 3600),
+    Duration::from_secs(10 * 3600),
+    Duration::from_secs(10 * 3600),
+];
+
+/// `[relays.<name>]`: every delivery of the `from` sources that passes `if` is forwarded to
+/// each `to` target, at least once, on the target's retry schedule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RelayConfig {
+    /// `from`: the `[sources.*]` names whose deliveries this relay forwards (a name or a
+    /// list; at least one).
+    pub from: Vec<String>,
+    /// `if`: a jq condition on the payload, which also sees the request's headers at
+    /// `.headers` (lower-case names; secrets removed). `None`: every delivery.
+    pub condition: Option<Expr>,
+    /// `to`: the targets, at least one, each with a name unique in the relay.
+    pub to: Vec<RelayTarget>,
+}
+
+/// One `[[relays.<name>.to]]` target, with the relay's settings it inherits filled in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RelayTarget {
+    /// `name`: what the CLI, the API and the metrics call the target; unique in its relay.
+    /// Default: the URL's host, with its port when the URL gives one.
+    pub name: String,
+    /// `url`: where messages are POSTed; `http` or `https` only.
+    pub url: String,
+    /// `sign`: how messages are signed.
+    pub sign: RelaySign,
+    /// `headers`: extra request headers, by name, as written; values may be secret
+    /// references. They replace a passed-on header of the same name.
+    pub headers: Vec<(String, RelayHeaderValue)>,
+    /// `transform`: a jq expression on the payload whose first output is the body sent.
+    /// `None`: the delivery's body is sent byte for byte.
+    pub transform: Option<Expr>,
+    /// `timeout`: how long one try may take, from connecting to the end of the answer.
+    /// Default `15s`.
+    pub timeout: Duration,
+    /// `concurrency`: the most tries in flight to this target at once. Default 8.
+    pub concurrency: usize,
+    /// `rate`: the most tries started per period (`"50/s"`, `"600/min"`). Default: none.
+    pub rate: Option<RelayRate>,
+    /// `schedule`: the delays between tries after the first, which is immediate; after the
+    /// last the message is dead. The target's own, else the relay's, else
+    /// [`DEFAULT_RELAY_SCHEDULE`].
+    pub schedule: Vec<Duration>,
+    /// `ordered`: send this target's messages one at a time in the order of their
+    /// deliveries; the next waits until the one before is delivered or dead. Default false.
+    pub ordered: bool,
+    /// `allow_private`: let the URL's host be (or resolve to) a loopback, private,
+    /// link-local or other non-public address. Default false.
+    pub allow_private: bool,
+}
+
+/// `sign = { scheme, secret }`: how a relay target's messages are signed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RelaySign {
+    /// `scheme = "none"`: unsigned.
+    None,
+    /// `scheme = "github"`: `X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the body>`, as
+    /// GitHub signs its own webhooks.
+    Github(SecretRef),
+    /// `scheme = "standard-webhooks"`: `webhook-id`, `webhook-timestamp` and
+    /// `webhook-signature` (`v1,<base64 HMAC-SHA256 of "id.timestamp.body">`), as the
+    /// Standard Webhooks specification says. The secret is `whsec_<base64 key>`.
+    StandardWebhooks(SecretRef),
+}
+
+/// A relay target's extra header value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RelayHeaderValue {
+    /// Written in the config.
+    Plain(String),
+    /// `{ env = "…" }` or `{ file = "…" }`: read when the relay starts, never logged.
+    Secret(SecretRef),
+}
+
+/// `rate = "N/period"`: at most `count` tries started per `per`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayRate {
+    /// How many tries.
+    pub count: u32,
+    /// Per how long (`s`, `min` or `h`).
+    pub per: Duration,
 }
 
 /// `[adapters.<name>]`: one adapter instance.

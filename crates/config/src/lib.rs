@@ -37,10 +37,11 @@ mod tests;
 pub use diagnostic::{Diagnostic, Diagnostics};
 pub use document::{MAX_FILE_BYTES, MAX_YAML_DEPTH};
 pub use gateway::{
-    AdapterInstance, ApiConfig, ApiToken, BearerAuth, DeliveryId, EngineConfig, EventSelector,
-    ExpressionsConfig, GITHUB_API_URL, GITLAB_API_URL, GatewayConfig, GenericAuth, GenericSource,
-    GithubApp, GithubAuth, GithubSource, GitlabSource, HmacAlgorithm, HmacAuth, RegistryAuth,
-    RegistrySource, Role, ServerConfig, SourceConfig, StoreConfig, TOP_LEVEL_KEYS, TRAVIS_API_URL,
+    AdapterInstance, ApiConfig, ApiToken, BearerAuth, DEFAULT_RELAY_SCHEDULE, DeliveryId,
+    EngineConfig, EventSelector, ExpressionsConfig, GITHUB_API_URL, GITLAB_API_URL, GatewayConfig,
+    GenericAuth, GenericSource, GithubApp, GithubAuth, GithubSource, GitlabSource, HmacAlgorithm,
+    HmacAuth, RegistryAuth, RegistrySource, RelayConfig, RelayHeaderValue, RelayRate, RelaySign,
+    RelayTarget, Role, ServerConfig, SourceConfig, StoreConfig, TOP_LEVEL_KEYS, TRAVIS_API_URL,
     TravisSource,
 };
 pub use load::{

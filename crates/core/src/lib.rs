@@ -5,6 +5,7 @@
 //! texts HTTP adapters share, and how a ContainerOps component's outputs are read.
 
 pub mod adapter;
+pub mod address;
 pub mod component;
 pub mod context;
 pub mod decision;

@@ -29,6 +29,9 @@ pub struct PendingDelivery {
     pub delivery_id: String,
     /// Event type.
     pub event: String,
+    /// The request's headers as stored (JSON object text, secrets removed): relays pass
+    /// some on, and their `if` reads them.
+    pub headers: String,
     /// The body as received (JSON text).
     pub body: String,
     /// Asked for again through a replay: already matched once, so it is recorded on its
@@ -110,6 +113,7 @@ mod tests {
             source: "gh".into(),
             delivery_id: id.to_string(),
             event: "push".into(),
+            headers: "{}".into(),
             body: "{}".into(),
             replay: false,
         }

@@ -2,7 +2,8 @@
 //!
 //! Everything the engine knows about a run lives here, never only in memory: the run, its
 //! stages and attempts, the queue of due work ("tasks": advance the run, start, poll,
-//! time out or cancel a stage), and the commit statuses waiting to be reported ([`outbox`]).
+//! time out or cancel a stage), the commit statuses waiting to be reported ([`outbox`]), and
+//! the deliveries on their way to relay targets ([`relay`]).
 //! The engine changes state only through [`Store::commit`],
 //! which applies a batch of [`Change`]s atomically, so a process killed at any instant
 //! leaves either the whole step or none of it.
@@ -19,10 +20,15 @@ use serde_json::Value;
 mod feed;
 mod inbox;
 mod outbox;
+pub mod relay;
 mod sqlite;
 
 pub use feed::{DeliveryFeed, PendingDelivery};
 pub use outbox::{DueReport, ReportKey};
+pub use relay::{
+    DueRelay, NewRelayMessage, RelayAttemptRecord, RelayMessageFilter, RelayMessageRecord,
+    RelayNext, RelayOutcome, RelayReplay, RelayStatus, RelayStore, RelayTargetStats,
+};
 pub use sqlite::SqliteStore;
 
 /// Milliseconds since the Unix epoch.
@@ -488,6 +494,38 @@ pub enum Change {
         /// The reporter's own words for it; the store keeps them as they are.
         reference: String,
     },
+    /// Writes a relay message (see [`relay`]). The matcher puts it in the commit that marks
+    /// its delivery matched.
+    RelayEnqueue(NewRelayMessage),
+    /// Records a try of a relay message and what follows it: the try's row, and the
+    /// message's status, tries and due time. Its lease ends.
+    RelayAttempt {
+        /// The try.
+        attempt: RelayAttemptRecord,
+        /// What follows.
+        next: RelayNext,
+    },
+    /// Gives back a claimed relay message without a try (its target's circuit is open, the
+    /// process is stopping), due at `due_at`. Its lease ends.
+    RelayPostpone {
+        /// The message's key.
+        key: String,
+        /// When it is due.
+        due_at: Millis,
+    },
+    /// A target answered 410 Gone: it is disabled (the first disabling's time and reason are
+    /// kept), and every pending message of it is dead with `reason`. Applied again, it kills
+    /// the pending messages that came since.
+    RelayTargetDisabled {
+        /// The relay.
+        relay: String,
+        /// The target.
+        target: String,
+        /// When.
+        at: Millis,
+        /// Why, for people (the 410's message key and time).
+        reason: String,
+    },
 }
 
 /// A run with everything stored about it.
@@ -660,6 +698,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// What [`Change::ReportRef`] last recorded for `run_id` and `source`.
     async fn report_ref(&self, run_id: &str, source: &str) -> Result<Option<String>>;
+
+    /// The relay queue of this store (see [`relay`]); `None` when it has none, and relays
+    /// cannot run on it.
+    fn relays(&self) -> Option<&dyn RelayStore> {
+        None
+    }
 }
 
 /// Opens the store named by `url` (`sqlite://path`, `sqlite::memory:` is refused because a

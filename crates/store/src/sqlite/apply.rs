@@ -161,6 +161,13 @@ pub(super) fn apply_change(tx: &Transaction<'_>, change: &Change) -> Result<Opti
             source,
             reference,
         } => outbox::put_ref(tx, run_id, source, reference)?,
+        // PLACEHOLDER (issue 24): filled in by the store work.
+        Change::RelayEnqueue(_)
+        | Change::RelayAttempt { .. }
+        | Change::RelayPostpone { .. }
+        | Change::RelayTargetDisabled { .. } => {
+            return Err(StoreError::Url("relays: not in the store yet".into()));
+        }
     }
     Ok(None)
 }

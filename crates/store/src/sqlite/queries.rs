@@ -168,6 +168,7 @@ impl Store for SqliteStore {
                     event: row.get(3)?,
                     body: row.get(4)?,
                     replay: row.get::<_, String>(5)? == "replay",
+                    headers: row.get(6)?,
                 })
             };
             // Replays first (few, indexed), then the deliveries past the last pass: a range
@@ -175,11 +176,11 @@ impl Store for SqliteStore {
             rows(
                 conn,
                 "SELECT * FROM (
-                     SELECT seq, source, delivery_id, event, body, status FROM deliveries
+                     SELECT seq, source, delivery_id, event, body, status, headers FROM deliveries
                      WHERE status = 'replay' ORDER BY seq LIMIT ?1)
                  UNION ALL
                  SELECT * FROM (
-                     SELECT seq, source, delivery_id, event, body, status FROM deliveries
+                     SELECT seq, source, delivery_id, event, body, status, headers FROM deliveries
                      WHERE seq > (SELECT COALESCE(MAX(through_seq), 0) FROM delivery_passes)
                        AND status = 'received' ORDER BY seq LIMIT ?1)
                  LIMIT ?1",
@@ -255,6 +256,65 @@ impl Store for SqliteStore {
         let (run_id, source) = (run_id.to_owned(), source.to_owned());
         self.read(move |conn| super::outbox::load_ref(conn, &run_id, &source))
             .await
+    }
+
+    fn relays(&self) -> Option<&dyn RelayStore> {
+        Some(self)
+    }
+}
+
+// PLACEHOLDER (issue 24): the relay queries, filled in by the store work.
+#[async_trait]
+impl RelayStore for SqliteStore {
+    async fn claim_relays(
+        &self,
+        _relay: &str,
+        _target: &str,
+        _now: Millis,
+        _limit: u32,
+        _lease_until: Millis,
+        _ordered: bool,
+    ) -> Result<Vec<DueRelay>> {
+        Err(StoreError::Url("relays: not in the store yet".into()))
+    }
+
+    async fn next_relay_due(
+        &self,
+        _relay: &str,
+        _target: &str,
+        _now: Millis,
+    ) -> Result<Option<Millis>> {
+        Err(StoreError::Url("relays: not in the store yet".into()))
+    }
+
+    async fn release_relay_leases(&self) -> Result<()> {
+        Err(StoreError::Url("relays: not in the store yet".into()))
+    }
+
+    async fn relay_targets(&self) -> Result<Vec<RelayTargetStats>> {
+        Err(StoreError::Url("relays: not in the store yet".into()))
+    }
+
+    async fn relay_oldest_pending(&self) -> Result<Vec<(String, String, Millis)>> {
+        Err(StoreError::Url("relays: not in the store yet".into()))
+    }
+
+    async fn list_relay_messages(
+        &self,
+        _filter: &RelayMessageFilter,
+    ) -> Result<Vec<RelayMessageRecord>> {
+        Err(StoreError::Url("relays: not in the store yet".into()))
+    }
+
+    async fn load_relay_message(
+        &self,
+        _key: &str,
+    ) -> Result<Option<(RelayMessageRecord, Vec<RelayAttemptRecord>)>> {
+        Err(StoreError::Url("relays: not in the store yet".into()))
+    }
+
+    async fn replay_relays(&self, _replay: &RelayReplay, _now: Millis) -> Result<u64> {
+        Err(StoreError::Url("relays: not in the store yet".into()))
     }
 }
 

@@ -161,6 +161,7 @@ fn publish_stored(feed: &feed::FeedSender, op: Op, result: &Result<Answer>) {
             source: d.source,
             delivery_id: d.delivery_id,
             event: d.event,
+            headers: d.headers,
             body: d.body,
             replay: false,
         });

@@ -1,0 +1,1 @@
+//! Which relay messages a delivery makes.

@@ -1,0 +1,1 @@
+//! SKELETON (issue 24): the sender work fills it in.
