@@ -79,7 +79,11 @@ pub(crate) async fn relays(args: RelaysArgs) -> Result<ExitCode> {
             key: Some(key),
             ..
         } => {
-            let path = format!("/api/v1/relays/{}/messages/{}", segment(relay), segment(key));
+            let path = format!(
+                "/api/v1/relays/{}/messages/{}",
+                segment(relay),
+                segment(key)
+            );
             api.call(Method::GET, &path, None).await?
         }
         RelaysCommand::Show {
@@ -129,10 +133,7 @@ pub(crate) async fn relays(args: RelaysArgs) -> Result<ExitCode> {
             if let Some(target) = target {
                 body.insert("target".into(), json!(target));
             }
-            body.insert(
-                "status".into(),
-                json!(status.as_deref().unwrap_or("dead")),
-            );
+            body.insert("status".into(), json!(status.as_deref().unwrap_or("dead")));
             if let Some(since) = since {
                 body.insert("since".into(), json!(instant(since)?));
             }
@@ -170,7 +171,9 @@ fn instant(given: &str) -> Result<String> {
         return Ok(given.to_owned());
     }
     let Ok(ago) = HumanDuration::parse(given) else {
-        bail!("`{given}` is neither an RFC 3339 time (2026-12-06T10:00:00Z) nor a duration ago (2h)");
+        bail!(
+            "`{given}` is neither an RFC 3339 time (2026-12-06T10:00:00Z) nor a duration ago (2h)"
+        );
     };
     let at = chrono::Utc::now() - ago.0;
     Ok(at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
@@ -218,7 +221,9 @@ fn print_messages(v: &Value) {
             text(&m["target"]),
             text(&m["status"]),
             m["attempts"],
-            m["last_code"].as_u64().map_or("-".into(), |c| c.to_string()),
+            m["last_code"]
+                .as_u64()
+                .map_or("-".into(), |c| c.to_string()),
             time(&m["created_at"]),
             m["message"].as_str().unwrap_or("")
         );

@@ -9,7 +9,7 @@
 //! next is always the oldest pending.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -68,6 +68,8 @@ pub(crate) struct TargetShared {
     /// Free places in the queue of handed-over messages.
     pub(crate) room: AtomicUsize,
     handed: Mutex<Vec<DueRelay>>,
+    /// The store has messages for this target that no one leased: the worker claims them.
+    backlog: AtomicBool,
     wake: Notify,
     state: Mutex<TargetState>,
     attempts: [Counter; RelayOutcome::ALL.len()],
@@ -104,6 +106,7 @@ impl TargetShared {
         Self {
             room: AtomicUsize::new((target.concurrency * ROOM_PER_PLACE).max(MIN_ROOM)),
             handed: Mutex::new(Vec::new()),
+            backlog: AtomicBool::new(true),
             wake: Notify::new(),
             state: Mutex::new(state),
             attempts,
@@ -127,8 +130,15 @@ impl TargetShared {
         lock(&self.handed).push(message);
     }
 
-    /// Wakes the worker.
+    /// Wakes the worker for a message handed over.
     pub(crate) fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Wakes the worker to claim from the store: messages were written there unleased (its
+    /// queue was full, it is ordered, or they were replayed).
+    pub(crate) fn wake_for_store(&self) {
+        self.backlog.store(true, Ordering::Release);
         self.wake.notify_one();
     }
 
@@ -150,12 +160,13 @@ impl TargetShared {
         lock(&self.state).disabled = disabled;
     }
 
-    fn take_handed(&self, into: &mut VecDeque<DueRelay>) -> usize {
-        let taken = std::mem::take(&mut *lock(&self.handed));
-        let n = taken.len();
-        into.extend(taken);
+    /// Moves up to `max` handed-over messages, oldest first, into `into`.
+    fn take_handed(&self, into: &mut VecDeque<DueRelay>, max: usize) {
+        let mut handed = lock(&self.handed);
+        let n = handed.len().min(max);
+        into.extend(handed.drain(..n));
+        drop(handed);
         self.room.fetch_add(n, Ordering::AcqRel);
-        n
     }
 
     /// Decides what follows `sent`, a try of `message`, and updates the circuit, the pause
@@ -250,16 +261,18 @@ pub(crate) async fn work(shared: Arc<TargetShared>, store: Arc<dyn Store>, limit
         in_flight: 0,
         settling: 0,
         look_at: Some(Instant::now()),
+        claim_blocked: false,
         wake_at: None,
         outage: Outage::default(),
     };
     loop {
         worker.wake_at = None;
         worker.step().await;
+        let look_at = worker.look_at.filter(|_| !worker.claim_blocked);
         let sleep_until = worker
             .wake_at
             .into_iter()
-            .chain(worker.look_at)
+            .chain(look_at)
             .min()
             .unwrap_or_else(|| Instant::now() + SAFETY_LOOK);
         tokio::select! {
@@ -288,6 +301,8 @@ struct Worker {
     settling: usize,
     /// When to look at the store for due messages (`None`: only when woken).
     look_at: Option<Instant>,
+    /// No place is free to send what a look would claim: `look_at` waits for a try to end.
+    claim_blocked: bool,
     /// When the worker must step again, whatever else happens.
     wake_at: Option<Instant>,
     outage: Outage,
@@ -316,9 +331,16 @@ impl Worker {
     }
 
     async fn step(&mut self) {
-        let ordered = self.shared.target.ordered;
-        if !ordered {
-            self.shared.take_handed(&mut self.ready);
+        let target = &self.shared.target;
+        if !target.ordered {
+            // What the worker holds stays bounded while the target is slow, paused or
+            // its circuit open: the rest waits in the handed-over queue, which has a
+            // fixed room, and past that in the store.
+            let room = (target.concurrency * 2).saturating_sub(self.ready.len());
+            self.shared.take_handed(&mut self.ready, room);
+        }
+        if self.shared.backlog.swap(false, Ordering::AcqRel) {
+            self.look_at = Some(Instant::now());
         }
         let disabled = lock(&self.shared.state).disabled.clone();
         if let Some(disabled) = disabled {
@@ -359,12 +381,14 @@ impl Worker {
         let want = if target.ordered {
             // The oldest pending, once the one before is recorded.
             if self.in_flight + self.settling > 0 || !self.ready.is_empty() {
-                return;
+                0
+            } else {
+                ORDERED_CLAIM
             }
-            ORDERED_CLAIM
         } else {
             (target.concurrency * 2).saturating_sub(self.ready.len() + self.in_flight)
         };
+        self.claim_blocked = want == 0;
         if want == 0 {
             return;
         }
