@@ -613,3 +613,23 @@ to = [{ url = "https://x.example.net/", sign = 5, headers = "X-Team: db", schedu
     assert!(message_at(&err, "relays.none.from").contains("an empty list"));
     assert!(message_at(&err, "relays.none.to[0].headers").contains("a table of header names"));
 }
+
+#[test]
+fn the_documented_relay_loads_as_its_comments_say() {
+    let docs = include_str!("../../../../docs/config.md");
+    let section = &docs[docs
+        .find("### Relays")
+        .expect("docs/config.md has a Relays section")..];
+    let example = section
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("the Relays section has a TOML example");
+    let dir = fixture(&[("baton.toml", &format!("{SOURCES}{example}"))]);
+    let loaded = load_in(dir.path(), Some("baton.toml"), &[], no_env()).unwrap();
+    let mirror = &loaded.gateway.relays["mirror"];
+    let names: Vec<&str> = mirror.to.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["ci", "10.0.3.7-8080"]);
+    assert_eq!(mirror.to[0].schedule, [secs(5), secs(300)]);
+    assert_eq!((mirror.to[1].ordered, mirror.to[1].concurrency), (true, 1));
+}
