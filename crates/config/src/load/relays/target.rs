@@ -168,6 +168,7 @@ pub(super) fn read_target(
     };
     (name, Some(target))
 }
+
 /// Checks a target's `url`: `http` or `https`, no credentials, and a host that is not a
 /// private address unless `allow_private` is true (`None`: unknown, so not judged). The
 /// URL is read as the HTTP client reads it, so `http://2130706433/` is judged as the
