@@ -42,13 +42,25 @@ pub enum RelayError {
         source: SecretError,
     },
     /// A Standard Webhooks secret is not `whsec_<base64>`.
-    #[error("relays.{relay}.to `{target}`: sign.secret is not a Standard Webhooks secret: {reason}")]
+    #[error(
+        "relays.{relay}.to `{target}`: sign.secret is not a Standard Webhooks secret: {reason}"
+    )]
     StandardWebhooksSecret {
         /// The relay.
         relay: String,
         /// The target.
         target: String,
         /// What is wrong with it (never the secret itself).
+        reason: String,
+    },
+    /// A target's URL cannot be sent to.
+    #[error("relays.{relay}.to `{target}`: url cannot be used: {reason}")]
+    Url {
+        /// The relay.
+        relay: String,
+        /// The target.
+        target: String,
+        /// What is wrong with it.
         reason: String,
     },
     /// A header value from a secret cannot be sent in a header.
