@@ -375,6 +375,16 @@ pub enum RelayError {
         /// What is wrong with it (never the secret itself).
         reason: String,
     },
+    /// A target's URL cannot be sent to.
+    #[error("relays.{relay}.to `{target}`: url cannot be used: {reason}")]
+    Url {
+        /// The relay.
+        relay: String,
+        /// The target.
+        target: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A header value from a secret cannot be sent in a header.
     #[error("relays.{relay}.to `{target}`: headers.{name} cannot be sent: {reason}")]
     Header {
