@@ -94,9 +94,9 @@ impl Circuit {
         }
     }
 
-    /// The probe [`Circuit::gate`] let through was not sent after all (nothing was due,
-    /// the dispatcher is stopping): the next [`Circuit::gate`] lets one through again.
-    pub(crate) fn probe_not_sent(&mut self, now: Instant) {
+    /// The probe [`Circuit::gate`] let through told nothing (the receiver answered 429: it
+    /// is up, but wants to wait): the next [`Circuit::gate`] lets one through again.
+    pub(crate) fn probe_told_nothing(&mut self, now: Instant) {
         if self.probing == Some(Probing::InFlight) {
             self.probing = Some(Probing::At(now));
         }
@@ -165,8 +165,8 @@ mod tests {
         Succeed,
         /// The dispatcher asks at this second; the answer must be this.
         Ask(u64, Expect),
-        /// A probe let through was not sent, at this second.
-        NotSent(u64),
+        /// A probe let through told nothing (a 429), at this second.
+        ToldNothing(u64),
     }
 
     /// A gate answer, with times in seconds from the start.
@@ -187,7 +187,7 @@ mod tests {
             match *step {
                 Fail(t) => circuit.failed(at(t)),
                 Succeed => circuit.succeeded(),
-                NotSent(t) => circuit.probe_not_sent(at(t)),
+                ToldNothing(t) => circuit.probe_told_nothing(at(t)),
                 Ask(t, expected) => {
                     let got = match circuit.gate(at(t)) {
                         Gate::Open => Open,
@@ -334,7 +334,7 @@ mod tests {
     }
 
     #[test]
-    fn a_probe_not_sent_can_go_at_the_next_gate() {
+    fn a_probe_that_told_nothing_lets_another_go_at_the_next_gate() {
         run(
             &[10],
             &[
@@ -344,12 +344,12 @@ mod tests {
                 Fail(0),
                 Fail(0),
                 Ask(10, Probe),
-                NotSent(11),
+                ToldNothing(11),
                 Ask(11, Probe),
                 Ask(11, WaitForProbe),
-                // Not sent, but no probe was out: nothing changes.
+                // Told nothing, but no probe was out: nothing changes.
                 Succeed,
-                NotSent(12),
+                ToldNothing(12),
                 Ask(12, Open),
             ],
         );

@@ -213,6 +213,7 @@ impl TargetShared {
                 // this message is not held against the circuit.
                 let pause = sent.retry_after.unwrap_or(Duration::from_secs(1));
                 let until = now + pause;
+                state.circuit.probe_told_nothing(now);
                 state.paused_until = Some(state.paused_until.map_or(until, |p| p.max(until)));
                 (retry(), false)
             }
