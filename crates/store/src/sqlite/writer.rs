@@ -70,6 +70,7 @@ pub(super) enum Op {
         lease_until: Millis,
         ordered: bool,
     },
+    /// Clears every relay message's lease.
     ReleaseRelayLeases,
     /// Makes relay messages pending again (see [`RelayStore::replay_relays`]).
     ReplayRelays {
@@ -91,7 +92,9 @@ pub(super) enum Answer {
     Delivery(Intake),
     Deliveries(Vec<Intake>),
     Reports(Vec<DueReport>),
+    /// The relay messages claimed.
     Relays(Vec<DueRelay>),
+    /// How many relay messages a replay made pending again.
     Replayed(u64),
 }
 
