@@ -191,9 +191,9 @@ fn print_targets(v: &Value) {
                 text(&relay["name"]),
                 text(&t["name"]),
                 text(&t["state"]),
-                t["pending"],
-                t["delivered"],
-                t["dead"],
+                number(&t["pending"]),
+                number(&t["delivered"]),
+                number(&t["dead"]),
                 time(&t["oldest_pending_at"])
             );
             if let Some(reason) = t["disabled_reason"].as_str() {
@@ -262,14 +262,19 @@ fn print_message(v: &Value) {
             .replace('\n', " ");
         println!(
             "  {:>3}  {:<12} {:>5}ms  {:<12} {:>4}  {}",
-            a["attempt"],
+            number(&a["attempt"]),
             time(&a["at"]),
-            a["duration_ms"],
+            number(&a["duration_ms"]),
             text(&a["outcome"]),
-            a["code"].as_u64().map_or("-".into(), |c| c.to_string()),
+            number(&a["code"]),
             shorten(&answer, 80)
         );
     }
+}
+
+/// A whole number as text (so widths apply), or `-`.
+fn number(v: &Value) -> String {
+    v.as_u64().map_or_else(|| "-".into(), |n| n.to_string())
 }
 
 /// When a wall-clock time ahead comes, for people.
