@@ -522,8 +522,10 @@ impl Worker {
     }
 }
 
-/// Messages an ordered target claims at once: it sends them one by one anyway.
-const ORDERED_CLAIM: usize = 16;
+/// Messages an ordered target claims at once. One: if it fails, it goes back to the store
+/// with its next due time and is the oldest pending again, so the next claim returns it,
+/// not the message after it.
+const ORDERED_CLAIM: usize = 1;
 
 /// The [`Instant`] of a wall-clock time (now for a time past).
 fn instant_of(at: Millis) -> Instant {
@@ -614,3 +616,6 @@ async fn settle(store: &dyn Store, changes: Vec<Change>) -> bool {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

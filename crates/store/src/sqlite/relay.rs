@@ -204,19 +204,25 @@ pub(super) fn claim(
 
 /// The claim's query: `?1` relay, `?2` target, `?3` now, `?4` limit.
 pub(super) fn claim_sql(ordered: bool) -> String {
-    // Due ones follow the pending index (due time, then age); in order, a target's whole
-    // backlog is sorted by delivery, which only targets that ask for it pay. Named, because
-    // without statistics the planner prefers the by-target index's three equalities, and
-    // would sort the target's whole backlog for every claim.
-    let (due, order) = if ordered {
-        ("", "m.delivery, m.key")
+    // Due ones follow the pending index (due time, then age). In order, the by-target
+    // index's pending range is already in key order, which is the order the deliveries
+    // were matched in (keys are UUIDv7s made as each delivery is matched, in delivery
+    // order), so a claim reads the first rows of it and sorts nothing, however long the
+    // backlog of a target that has been down. Named, because without statistics the
+    // planner picks by its equalities.
+    let (index, due, order) = if ordered {
+        ("relay_messages_by_target", "", "m.key")
     } else {
-        ("AND m.due_at <= ?3", "m.due_at, m.created_at, m.key")
+        (
+            "relay_messages_pending",
+            "AND m.due_at <= ?3",
+            "m.due_at, m.created_at, m.key",
+        )
     };
     format!(
         "SELECT m.key, m.relay, m.target, m.tries, m.attempts, m.due_at, m.delivery,
                 d.source, d.delivery_id, d.event, d.headers, d.body
-         FROM relay_messages m INDEXED BY relay_messages_pending
+         FROM relay_messages m INDEXED BY {index}
          JOIN deliveries d ON d.seq = m.delivery
          WHERE m.relay = ?1 AND m.target = ?2 AND m.status = 'pending' {due}
            AND (m.lease_until IS NULL OR m.lease_until < ?3)

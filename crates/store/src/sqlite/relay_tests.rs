@@ -188,22 +188,22 @@ async fn a_claim_leases_due_messages_of_one_target_with_their_deliveries() {
 }
 
 #[tokio::test]
-async fn an_ordered_claim_takes_the_oldest_by_delivery_even_when_not_due() {
+async fn an_ordered_claim_takes_the_oldest_by_key_even_when_not_due() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir).await;
     let d1 = delivery(&store, "d1").await;
     let d2 = delivery(&store, "d2").await;
     let d3 = delivery(&store, "d3").await;
-    // Keys (and due times) in another order than the deliveries': the first delivery's
-    // message waits for a retry.
-    let mut waiting = message(3, "r", "a", d1, 30);
+    // Keys are made as deliveries are matched, so in their order; due times are not: the
+    // first delivery's message waits for a retry.
+    let mut waiting = message(1, "r", "a", d1, 30);
     waiting.due_at = 900;
     enqueue(
         &store,
         vec![
-            message(1, "r", "a", d3, 10),
-            message(2, "r", "a", d2, 20),
             waiting,
+            message(2, "r", "a", d2, 20),
+            message(3, "r", "a", d3, 10),
         ],
     )
     .await;
@@ -211,7 +211,7 @@ async fn an_ordered_claim_takes_the_oldest_by_delivery_even_when_not_due() {
         .claim_relays("r", "a", 50, 2, 1_000, true)
         .await
         .unwrap();
-    assert_eq!(keys(&ordered), [key(3), key(2)]);
+    assert_eq!(keys(&ordered), [key(1), key(2)]);
     assert_eq!(ordered[0].due_at, 900, "the caller waits for it");
     assert_eq!(
         keys(
@@ -220,7 +220,7 @@ async fn an_ordered_claim_takes_the_oldest_by_delivery_even_when_not_due() {
                 .await
                 .unwrap()
         ),
-        [key(1)]
+        [key(3)]
     );
 }
 
@@ -1084,8 +1084,13 @@ fn the_relay_queries_follow_their_indexes() {
     let pending = "INDEX relay_messages_pending";
     let cases: [(String, &str, &str, bool); 7] = [
         (claim_sql(false), "SEARCH m USING", pending, false),
-        // A target in order sorts its backlog: the price of the order it asked for.
-        (claim_sql(true), "SEARCH m USING", pending, true),
+        // A target in order reads its pending range in key (= delivery) order.
+        (
+            claim_sql(true),
+            "SEARCH m USING",
+            "INDEX relay_messages_by_target (relay=? AND target=? AND status=?)",
+            false,
+        ),
         (
             NEXT_DUE_SQL.into(),
             "SEARCH relay_messages USING",
