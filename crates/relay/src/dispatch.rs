@@ -26,11 +26,16 @@ use crate::rate::RateLimiter;
 use crate::schedule::retry_delay;
 use crate::target::{Sent, Target};
 
-/// How long a claimed or handed-over message stays leased to this process. A worker sends
-/// what it takes within moments (it takes only what its free places can send), and a
-/// process that owns the store releases every lease when it starts, so the lease matters
-/// only if a process stops without releasing it.
-pub(crate) const LEASE: Duration = Duration::from_secs(600);
+/// How long a claimed or handed-over message stays leased to this process: longer than a
+/// try can take (a target's `timeout` is at most 10 minutes) with its record
+/// ([`SETTLE_PATIENCE`]). A worker holds a message it cannot send yet (its target's circuit
+/// is open, a 429 paused it) for at most [`HOLD`], then gives it back, so it never holds
+/// one whose lease ended, which its own next claim could take a second time. A process
+/// that owns the store releases every lease when it starts.
+pub(crate) const LEASE: Duration = Duration::from_secs(30 * 60);
+
+/// The longest a worker holds a message it has not started to send.
+const HOLD: Duration = Duration::from_secs(10 * 60);
 
 /// How often a worker looks at the store when nothing woke it: a safety net behind the
 /// wake-ups the matcher, the records and the replays send.
@@ -160,11 +165,14 @@ impl TargetShared {
         lock(&self.state).disabled = disabled;
     }
 
-    /// Moves up to `max` handed-over messages, oldest first, into `into`.
-    fn take_handed(&self, into: &mut VecDeque<DueRelay>, max: usize) {
+    /// Moves up to `max` handed-over messages, oldest first, into `into`, taken `now`.
+    fn take_handed(&self, into: &mut VecDeque<Held>, max: usize, now: Instant) {
         let mut handed = lock(&self.handed);
         let n = handed.len().min(max);
-        into.extend(handed.drain(..n));
+        into.extend(handed.drain(..n).map(|message| Held {
+            message,
+            taken: now,
+        }));
         drop(handed);
         self.room.fetch_add(n, Ordering::AcqRel);
     }
@@ -263,6 +271,7 @@ pub(crate) async fn work(shared: Arc<TargetShared>, store: Arc<dyn Store>, limit
         settling: 0,
         look_at: Some(Instant::now()),
         claim_blocked: false,
+        sending_blocked: false,
         wake_at: None,
         outage: Outage::default(),
     };
@@ -288,14 +297,23 @@ pub(crate) async fn work(shared: Arc<TargetShared>, store: Arc<dyn Store>, limit
     }
 }
 
+/// A message a worker took and has not sent yet.
+struct Held {
+    message: DueRelay,
+    /// When the worker took it (its lease started no later).
+    taken: Instant,
+}
+
 struct Worker {
     shared: Arc<TargetShared>,
     store: Arc<dyn Store>,
     limits: Limits,
     events: mpsc::UnboundedSender<Event>,
-    /// Messages taken (handed over or claimed) and not yet sent; an ordered target's are in
-    /// delivery order.
-    ready: VecDeque<DueRelay>,
+    /// Messages taken (handed over or claimed) and not yet sent, oldest taken first.
+    ready: VecDeque<Held>,
+    /// The last launch stopped for the circuit, a pause or the rate, not for want of
+    /// places: claiming more would only hold more.
+    sending_blocked: bool,
     /// Requests under way.
     in_flight: usize,
     /// Tries whose record is not committed yet.
@@ -338,8 +356,10 @@ impl Worker {
             // its circuit open: the rest waits in the handed-over queue, which has a
             // fixed room, and past that in the store.
             let room = (target.concurrency * 2).saturating_sub(self.ready.len());
-            self.shared.take_handed(&mut self.ready, room);
+            self.shared
+                .take_handed(&mut self.ready, room, Instant::now());
         }
+        self.give_back_held_too_long().await;
         if self.shared.backlog.swap(false, Ordering::AcqRel) {
             self.look_at = Some(Instant::now());
         }
@@ -389,6 +409,13 @@ impl Worker {
         } else {
             (target.concurrency * 2).saturating_sub(self.ready.len() + self.in_flight)
         };
+        // While sending is blocked, claim only a message to probe or wait with, if none is
+        // held.
+        let want = match (self.sending_blocked, self.ready.is_empty()) {
+            (true, false) => 0,
+            (true, true) => want.min(1),
+            (false, _) => want,
+        };
         self.claim_blocked = want == 0;
         if want == 0 {
             return;
@@ -413,7 +440,10 @@ impl Worker {
             Ok(claimed) => {
                 self.recovered("claiming relay messages");
                 let full = claimed.len() == want;
-                self.ready.extend(claimed);
+                self.ready.extend(claimed.into_iter().map(|message| Held {
+                    message,
+                    taken: now,
+                }));
                 self.look_at = if full {
                     Some(now)
                 } else {
@@ -441,7 +471,8 @@ impl Worker {
     fn launch(&mut self) {
         let shared = self.shared.clone();
         let target = &shared.target;
-        while let Some(next) = self.ready.front() {
+        self.sending_blocked = false;
+        while let Some(Held { message: next, .. }) = self.ready.front() {
             if self.in_flight >= target.concurrency {
                 return;
             }
@@ -460,6 +491,7 @@ impl Worker {
                 if let Some(until) = state.paused_until {
                     if until > now {
                         drop(state);
+                        self.sending_blocked = true;
                         self.later(until);
                         return;
                     }
@@ -469,6 +501,7 @@ impl Worker {
                     && let Err(at) = rate.take(now)
                 {
                     drop(state);
+                    self.sending_blocked = true;
                     self.later(at);
                     return;
                 }
@@ -476,6 +509,7 @@ impl Worker {
                     Gate::Open | Gate::Probe => {}
                     Gate::Wait(at) => {
                         drop(state);
+                        self.sending_blocked = true;
                         if let Some(at) = at {
                             self.later(at);
                         }
@@ -483,7 +517,7 @@ impl Worker {
                     }
                 }
             }
-            let Some(message) = self.ready.pop_front() else {
+            let Some(Held { message, .. }) = self.ready.pop_front() else {
                 return;
             };
             self.in_flight += 1;
@@ -495,6 +529,41 @@ impl Worker {
                 message,
                 self.events.clone(),
             ));
+        }
+    }
+
+    /// Gives the messages held for [`HOLD`] back to the store, due as they were, so none is
+    /// held past its lease. The next look claims them again (leased anew).
+    async fn give_back_held_too_long(&mut self) {
+        let now = Instant::now();
+        if self
+            .ready
+            .front()
+            .is_none_or(|held| now.duration_since(held.taken) < HOLD)
+        {
+            if let Some(held) = self.ready.front() {
+                self.later(held.taken + HOLD);
+            }
+            return;
+        }
+        let (old, kept): (Vec<Held>, Vec<Held>) = self
+            .ready
+            .drain(..)
+            .partition(|held| now.duration_since(held.taken) >= HOLD);
+        self.ready.extend(kept);
+        let changes = old
+            .into_iter()
+            .map(|held| Change::RelayPostpone {
+                key: held.message.key,
+                due_at: held.message.due_at,
+            })
+            .collect();
+        match self.store.commit(changes).await {
+            Ok(_) => self.look_at = Some(now),
+            Err(e) => {
+                // They stay leased until their leases end, and are claimed again then.
+                self.failed("giving back relay messages held too long", &e);
+            }
         }
     }
 
