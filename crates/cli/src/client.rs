@@ -1,4 +1,5 @@
-//! `baton runs …` and `baton deliveries …`: the REST API of a running `baton serve`.
+//! `baton runs …` and `baton deliveries …`: the REST API of a running `baton serve` (and
+//! what `baton relays …` shares with them).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -115,13 +116,15 @@ pub(crate) struct DeliveriesArgs {
     remote: Remote,
 }
 
-struct Api {
+/// A client of the REST API.
+pub(crate) struct Api {
     http: reqwest::Client,
     remote: Remote,
 }
 
 impl Api {
-    fn new(remote: Remote) -> Result<Self> {
+    /// A client for `remote`.
+    pub(crate) fn new(remote: Remote) -> Result<Self> {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .build()?;
@@ -129,7 +132,7 @@ impl Api {
     }
 
     /// Calls the API; `Ok(Err(code))` is an answer the user must see as an error.
-    async fn call(
+    pub(crate) async fn call(
         &self,
         method: reqwest::Method,
         path: &str,
@@ -168,7 +171,8 @@ impl Api {
         Ok(Err(ExitCode::from(1)))
     }
 
-    fn print(&self, value: &Value, summary: impl FnOnce(&Value)) {
+    /// Prints `value` as JSON with `--json`, else as `summary` prints it.
+    pub(crate) fn print(&self, value: &Value, summary: impl FnOnce(&Value)) {
         if self.remote.json {
             println!(
                 "{}",
@@ -180,7 +184,8 @@ impl Api {
     }
 }
 
-fn time(ms: &Value) -> String {
+/// A wall-clock time past, for people (`12.3s ago`).
+pub(crate) fn time(ms: &Value) -> String {
     ms.as_i64().map_or_else(
         || "-".into(),
         |ms| {
@@ -192,7 +197,8 @@ fn time(ms: &Value) -> String {
     )
 }
 
-fn text(v: &Value) -> &str {
+/// A string value, or `-`.
+pub(crate) fn text(v: &Value) -> &str {
     v.as_str().unwrap_or("-")
 }
 

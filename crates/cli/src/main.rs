@@ -11,6 +11,7 @@ mod init;
 mod man;
 mod pipe;
 mod progress;
+mod relays;
 mod run;
 mod serve;
 mod setup;
@@ -54,6 +55,8 @@ enum Command {
     Runs(client::RunsArgs),
     /// List, show and replay webhook deliveries stored by a running `baton serve`.
     Deliveries(client::DeliveriesArgs),
+    /// List relay targets and messages of a running `baton serve`, and replay messages.
+    Relays(relays::RelaysArgs),
     /// List the adapter kinds built into this baton: what each does and where it is
     /// documented.
     Adapters(adapters::AdaptersArgs),
@@ -156,6 +159,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => run::block_on_with(args.workers, serve::serve(args)),
         Command::Runs(args) => run::block_on(client::runs(args)),
         Command::Deliveries(args) => run::block_on(client::deliveries(args)),
+        Command::Relays(args) => run::block_on(relays::relays(args)),
         Command::Adapters(args) => adapters::adapters(args),
         Command::Init(args) => init::init(args),
         Command::Completions(args) => completions::completions(args),
@@ -189,8 +193,19 @@ fn validate(args: ValidateArgs) -> ExitCode {
                 .iter()
                 .map(|w| w.workflow.stages.len())
                 .sum();
+            let relays = loaded.gateway.relays.len();
+            let targets: usize = loaded.gateway.relays.values().map(|r| r.to.len()).sum();
+            let relays = if relays == 0 {
+                String::new()
+            } else {
+                format!(
+                    ", {relays} relay{} ({targets} target{})",
+                    plural(relays),
+                    plural(targets)
+                )
+            };
             println!(
-                "ok: {} workflow{} ({stages} stage{}), {adapters} adapter instance{}, {sources} source{}",
+                "ok: {} workflow{} ({stages} stage{}), {adapters} adapter instance{}, {sources} source{}{relays}",
                 loaded.workflows.len(),
                 plural(loaded.workflows.len()),
                 plural(stages),

@@ -24,18 +24,21 @@ pub struct DeliveryOutcome {
 impl Engine {
     /// Records one matching pass in one commit: creates `runs`, marks every delivery of
     /// `outcomes` processed (with the ids of the runs it started) or failed, and, with
-    /// `through`, that every delivery up to that id was matched. A crash therefore either
-    /// keeps all of it or none, and cannot start a delivery's runs twice. Returns the ids
-    /// of the new runs, in the order of `runs`.
+    /// `through`, that every delivery up to that id was matched, with the pass's other
+    /// `writes` (its relay messages). A crash therefore either keeps all of it or none, and
+    /// cannot start a delivery's runs, or relay it, twice. Returns the ids of the new runs,
+    /// in the order of `runs`.
     pub async fn match_deliveries(
         &self,
         runs: Vec<NewRun>,
         outcomes: Vec<DeliveryOutcome>,
         through: Option<i64>,
+        writes: Vec<Change>,
     ) -> Result<Vec<String>, EngineError> {
         let now = now_millis();
         self.create_runs(runs, |ids| {
-            let mut changes = Vec::with_capacity(outcomes.len() + usize::from(through.is_some()));
+            let mut changes = writes;
+            changes.reserve(outcomes.len() + usize::from(through.is_some()));
             changes.extend(outcomes.into_iter().map(|o| Change::DeliveryProcessed {
                 seq: o.delivery,
                 runs: ids[o.runs].to_vec(),

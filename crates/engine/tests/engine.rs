@@ -891,6 +891,7 @@ async fn a_matching_pass_commits_its_runs_and_delivery_marks_together() {
                 },
             ],
             Some(seqs[2]),
+            Vec::new(),
         )
         .await
         .unwrap();

@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `POST /hooks/<source>` | verifies, stores and answers a webhook delivery ([`intake`]) |
 //! | `POST /hooks/adapters/<instance>` | an adapter's completion webhook (a hint to poll) |
-//! | `/api/v1/…` | the REST API ([`api`]); `GET /api/v1/openapi.json` describes it |
+//! | `/api/v1/…` | the REST API ([`api`], [`relays`]); `GET /api/v1/openapi.json` describes it |
 //! | `GET /healthz`, `GET /readyz` | alive; a delivery could be stored now |
 //! | `GET /metrics` | Prometheus metrics |
 
@@ -33,6 +33,7 @@ mod extract;
 mod intake;
 mod matcher;
 pub mod registry;
+mod relays;
 mod request_id;
 pub mod sources;
 mod travis;
@@ -59,6 +60,8 @@ pub struct AppState {
     pub expressions: Limits,
     /// Wakes the delivery matcher.
     pub matcher: Notify,
+    /// `[relays.*]`: the relay messages deliveries make, and the workers that send them.
+    pub relays: Arc<baton_relay::Relays>,
     metrics: Option<PrometheusHandle>,
     connections: connections::Limits,
 }
@@ -75,6 +78,9 @@ pub enum ServeError {
         #[source]
         source: SecretError,
     },
+    /// A relay could not be set up.
+    #[error(transparent)]
+    Relay(#[from] baton_relay::RelayError),
     /// The listener failed.
     #[error("listening failed: {0}")]
     Io(#[from] std::io::Error),
@@ -119,7 +125,14 @@ impl AppState {
                 })
             })
             .collect::<Result<_, ServeError>>()?;
+        let relays = baton_relay::Relays::new(
+            &gateway.relays,
+            secrets,
+            engine.store().clone(),
+            gateway.expressions.limits(),
+        )?;
         Ok(Self {
+            relays: Arc::new(relays),
             engine,
             sources,
             workflows: loaded
@@ -205,6 +218,17 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/deliveries", get(api::list_deliveries))
         .route("/api/v1/deliveries/{id}", get(api::get_delivery))
         .route("/api/v1/deliveries/{id}/replay", post(api::replay_delivery))
+        .route("/api/v1/relays", get(relays::list))
+        .route("/api/v1/relays/{relay}/messages", get(relays::messages))
+        .route(
+            "/api/v1/relays/{relay}/messages/{key}",
+            get(relays::message),
+        )
+        .route(
+            "/api/v1/relays/{relay}/messages/{key}/replay",
+            post(relays::replay_message),
+        )
+        .route("/api/v1/relays/{relay}/replay", post(relays::replay))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_page))
@@ -223,12 +247,16 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let engine = state.engine.clone();
+    // Before the matcher: it hands relay messages over leased, and starting the relays
+    // releases the leases an earlier process left.
+    let relays = state.relays.start().await;
     let matcher = tokio::spawn(matcher::run(state.clone()));
     // Around the router, not inside it: a layer inside wraps each route (and a route's service
     // is cloned per request), which cost as much as the layer's own work.
     let app = request_id::RequestIds::new().layer(router(state.clone()));
     connections::serve(listener, app, state.connections, shutdown).await;
     matcher.abort();
+    drop(relays);
     engine.shutdown(Duration::from_secs(10)).await;
     Ok(())
 }

@@ -1,9 +1,11 @@
 //! Turns stored deliveries into runs, after the sender got its answer.
 //!
 //! Every workflow with an `on:` entry that names the delivery's source and event, and whose
-//! `if` holds for the payload, gets one run. The runs and the record that the delivery was
-//! matched are one commit, so a crash in between cannot start a run twice; a restarted
-//! server picks up the deliveries past the last matched mark.
+//! `if` holds for the payload, gets one run; every relay that takes the delivery's source,
+//! and whose `if` holds, gets one message per target (see [`baton_relay`]). The runs, the
+//! relay messages and the record that the delivery was matched are one commit, so a crash
+//! in between cannot start a run, or relay a delivery, twice; a restarted server picks up
+//! the deliveries past the last matched mark.
 //!
 //! Deliveries come from the store's in-memory feed in commit order, so matching does not
 //! read back what the intake just wrote; the store is read at start, after a replay, when
@@ -20,7 +22,8 @@ use baton_core::expr::parse_val;
 use baton_core::expr_bound;
 use baton_core::outage::Outage;
 use baton_engine::{DeliveryOutcome, NewRun};
-use baton_store::PendingDelivery;
+use baton_relay::Routed;
+use baton_store::{Change, PendingDelivery, now_millis};
 use serde_json::Value;
 
 use crate::AppState;
@@ -177,9 +180,9 @@ fn recovered(outage: &mut Outage, what: &str) {
     }
 }
 
-/// What matching a batch decided: the runs to create, the deliveries' outcomes, and the
-/// new matched-through mark.
-type Matched = (Vec<NewRun>, Vec<DeliveryOutcome>, Option<i64>);
+/// What matching a batch decided: the runs to create, the deliveries' outcomes, the new
+/// matched-through mark, and the relay messages.
+type Matched = (Vec<NewRun>, Vec<DeliveryOutcome>, Option<i64>, Routed);
 
 /// Matches every delivery of `batch` above `through` (and every replay); returns the new
 /// matched-through mark if it moved. When a trigger has an `if`, the whole batch is matched
@@ -193,11 +196,12 @@ async fn process(
     Result<Option<i64>, baton_engine::EngineError>,
     Vec<PendingDelivery>,
 ) {
-    let conditional = state
-        .workflows
-        .iter()
-        .any(|w| w.triggers.iter().any(|t| t.condition.is_some()));
-    let (batch, (runs, outcomes, highest)) = if conditional {
+    let conditional = state.relays.has_conditions()
+        || state
+            .workflows
+            .iter()
+            .any(|w| w.triggers.iter().any(|t| t.condition.is_some()));
+    let (batch, (runs, outcomes, highest, routed)) = if conditional {
         let shared = state.clone();
         let job = expr_bound::offload(state.expressions, move |_| {
             let matched = match_all(&shared, &batch, through);
@@ -214,14 +218,25 @@ async fn process(
         let matched = match_all(state, &batch, through);
         (batch, matched)
     };
-    if highest.is_none() && outcomes.is_empty() {
+    if highest.is_none() && outcomes.is_empty() && routed.is_empty() {
         return (Ok(None), batch);
     }
     let created = runs.len();
-    let committed = state.engine.match_deliveries(runs, outcomes, highest).await;
+    let mut routed = routed;
+    let messages = std::mem::take(&mut routed.messages);
+    let relayed = messages.len();
+    let writes = messages.into_iter().map(Change::RelayEnqueue).collect();
+    let committed = state
+        .engine
+        .match_deliveries(runs, outcomes, highest, writes)
+        .await;
+    if committed.is_ok() {
+        state.relays.committed(routed);
+    }
     tracing::debug!(
         deliveries = batch.len(),
         runs = created,
+        relay_messages = relayed,
         "deliveries matched"
     );
     (committed.map(|_| highest), batch)
@@ -231,12 +246,15 @@ fn match_all(state: &AppState, batch: &[PendingDelivery], through: i64) -> Match
     let mut runs = Vec::new();
     let mut outcomes = Vec::new();
     let mut highest = None;
+    let mut routed = Routed::default();
+    let now = now_millis();
     for delivery in batch {
         if !delivery.replay && delivery.id <= through {
             continue; // read from the store already
         }
         let first = runs.len();
-        let problems = match_one(state, delivery, &mut runs);
+        let mut problems = match_one(state, delivery, &mut runs);
+        problems.extend(state.relays.route(delivery, now, &mut routed));
         if !delivery.replay {
             highest = Some(delivery.id);
         }
@@ -248,7 +266,7 @@ fn match_all(state: &AppState, batch: &[PendingDelivery], through: i64) -> Match
             });
         }
     }
-    (runs, outcomes, highest)
+    (runs, outcomes, highest, routed)
 }
 
 /// Adds a run to `runs` for every workflow `delivery` starts; returns the problems met.
