@@ -206,6 +206,22 @@ fn gap_ms(earlier: &Received, later: &Received) -> u128 {
     later.at.duration_since(earlier.at).as_millis()
 }
 
+/// `baton_relay_attempts_total` of `relay`'s `target` with `outcome` on `/metrics`, 0 when
+/// absent.
+fn attempts_counted(server: &Server, relay: &str, target: &str, outcome: &str) -> f64 {
+    let labels = [
+        format!("relay=\"{relay}\""),
+        format!("target=\"{target}\""),
+        format!("outcome=\"{outcome}\""),
+    ];
+    let page = server.request("GET", "/metrics", &[], None).body;
+    page.lines()
+        .filter(|l| l.starts_with("baton_relay_attempts_total{"))
+        .filter(|l| labels.iter().all(|label| l.contains(label.as_str())))
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// `baton ARGS` with the test's environment (the config's secrets), to its end.
 fn baton(sb: &Sandbox, args: &[&str]) -> Finished {
     let child = sb
@@ -394,6 +410,12 @@ fn failed_tries_follow_the_schedule_and_a_dead_message_is_replayed() {
     assert_eq!(shown["message"]["tries"], 4);
     std::thread::sleep(Duration::from_millis(1200));
     assert_eq!(down.count(), 4, "a dead message is not tried again");
+    assert_eq!(attempts_counted(&server, "mirror", "down", "failed"), 4.0);
+    assert_eq!(attempts_counted(&server, "mirror", "flaky", "failed"), 2.0);
+    assert_eq!(
+        attempts_counted(&server, "mirror", "flaky", "delivered"),
+        1.0
+    );
     let state = target_state(&server, "mirror", "down");
     assert_eq!(
         (state["dead"].clone(), state["pending"].clone()),
@@ -504,22 +526,25 @@ fn a_410_disables_its_target_until_a_replay() {
     );
     assert_eq!(target_state(&server, "mirror", "fine")["state"], "healthy");
 
-    // A later delivery's message for the disabled target is dead at once, never sent; the
-    // other target takes it as usual.
+    // A later delivery's message for the disabled target is dead as it comes, never sent;
+    // the other target takes it as usual.
     push(&server, "d-2", "main");
     fine.wait_for_keys(2, SOON);
-    let later = server.wait_for(
-        "/api/v1/relays/mirror/messages?target=gone",
+    let listed = server.wait_for(
+        "/api/v1/relays/mirror/messages?target=gone&status=dead",
         VIEWER,
-        "the second message for the disabled target",
+        "the second message for the disabled target to be dead",
         |page| page["messages"].as_array().is_some_and(|m| m.len() == 2),
     );
-    let later = later["messages"]
+    let later = listed["messages"]
         .as_array()
         .and_then(|m| m.iter().find(|m| m["key"] != json!(first)))
         .expect("the second message");
-    assert_eq!(later["status"], "dead", "{later}");
     assert_eq!(later["attempts"], 0, "{later}");
+    assert!(
+        later["message"].as_str().is_some_and(|m| m.contains("410")),
+        "{later}"
+    );
     std::thread::sleep(Duration::from_millis(600));
     assert_eq!(
         gone.count(),
@@ -636,7 +661,7 @@ fn a_target_failing_everything_has_its_circuit_opened_and_closed() {
     const MESSAGES: usize = 10;
     let sb = Sandbox::new();
     let down = Receiver::start(Signing::Nothing);
-    down.set(Behaviour::status(503));
+    down.set(Behaviour::status(500));
     // Without a breaker, each message would come back every second.
     let config = [
         relay(
@@ -832,6 +857,7 @@ fn a_sigkill_loses_no_acknowledged_delivery_and_duplicates_only_unrecorded_tries
     server.kill_when("a third of the deliveries acknowledged", || {
         acked.load(Ordering::Relaxed) >= DELIVERIES / 3
     });
+    let killed_at = Instant::now();
     let before = joined(senders);
     let relayed_before: Vec<usize> = receivers.iter().map(|(_, r, _)| r.count()).collect();
     eprintln!(
@@ -898,6 +924,10 @@ fn a_sigkill_loses_no_acknowledged_delivery_and_duplicates_only_unrecorded_tries
             .collect();
         eprintln!("{name}: {} keys received more than once", duplicated.len());
         for (key, received) in &duplicated {
+            assert!(
+                receiver.requests_for(key)[0].at < killed_at,
+                "{name}: {key} was first sent after the kill"
+            );
             let shown = message(&server, "fanout", key);
             let recorded = attempts(&shown, "code")
                 .iter()
@@ -909,12 +939,6 @@ fn a_sigkill_loses_no_acknowledged_delivery_and_duplicates_only_unrecorded_tries
                 "{name}: {key} arrived {received} times; {recorded} answers recorded: {shown:#}"
             );
         }
-        // At most the tries in flight when it died: the target's concurrency (default 8).
-        assert!(
-            duplicated.len() <= 8,
-            "{name}: {} duplicates",
-            duplicated.len()
-        );
     }
     eprintln!("the kill story took {:?}", begun.elapsed());
 }
