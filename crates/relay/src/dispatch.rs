@@ -360,12 +360,16 @@ impl Worker {
                 .take_handed(&mut self.ready, room, Instant::now());
         }
         self.give_back_held_too_long().await;
-        if self.shared.backlog.swap(false, Ordering::AcqRel) {
+        let backlog = self.shared.backlog.swap(false, Ordering::AcqRel);
+        if backlog {
             self.look_at = Some(Instant::now());
         }
         let disabled = lock(&self.shared.state).disabled.clone();
         if let Some(disabled) = disabled {
-            self.kill_pending(disabled).await;
+            // Only when messages came: a disabled target's worker otherwise writes nothing.
+            if backlog || !self.ready.is_empty() {
+                self.kill_pending(disabled).await;
+            }
             return;
         }
         self.claim().await;
@@ -386,6 +390,7 @@ impl Worker {
         };
         if let Err(e) = self.store.commit(vec![change]).await {
             self.failed("marking a disabled target's messages dead", &e);
+            self.shared.backlog.store(true, Ordering::Release);
             self.later(Instant::now() + Duration::from_secs(1));
         }
     }
