@@ -193,8 +193,19 @@ fn validate(args: ValidateArgs) -> ExitCode {
                 .iter()
                 .map(|w| w.workflow.stages.len())
                 .sum();
+            let relays = loaded.gateway.relays.len();
+            let targets: usize = loaded.gateway.relays.values().map(|r| r.to.len()).sum();
+            let relays = if relays == 0 {
+                String::new()
+            } else {
+                format!(
+                    ", {relays} relay{} ({targets} target{})",
+                    plural(relays),
+                    plural(targets)
+                )
+            };
             println!(
-                "ok: {} workflow{} ({stages} stage{}), {adapters} adapter instance{}, {sources} source{}",
+                "ok: {} workflow{} ({stages} stage{}), {adapters} adapter instance{}, {sources} source{}{relays}",
                 loaded.workflows.len(),
                 plural(loaded.workflows.len()),
                 plural(stages),

@@ -79,7 +79,11 @@ pub(crate) async fn relays(args: RelaysArgs) -> Result<ExitCode> {
             key: Some(key),
             ..
         } => {
-            let path = format!("/api/v1/relays/{}/messages/{}", segment(relay), segment(key));
+            let path = format!(
+                "/api/v1/relays/{}/messages/{}",
+                segment(relay),
+                segment(key)
+            );
             api.call(Method::GET, &path, None).await?
         }
         RelaysCommand::Show {
@@ -129,10 +133,7 @@ pub(crate) async fn relays(args: RelaysArgs) -> Result<ExitCode> {
             if let Some(target) = target {
                 body.insert("target".into(), json!(target));
             }
-            body.insert(
-                "status".into(),
-                json!(status.as_deref().unwrap_or("dead")),
-            );
+            body.insert("status".into(), json!(status.as_deref().unwrap_or("dead")));
             if let Some(since) = since {
                 body.insert("since".into(), json!(instant(since)?));
             }
@@ -170,7 +171,9 @@ fn instant(given: &str) -> Result<String> {
         return Ok(given.to_owned());
     }
     let Ok(ago) = HumanDuration::parse(given) else {
-        bail!("`{given}` is neither an RFC 3339 time (2026-12-06T10:00:00Z) nor a duration ago (2h)");
+        bail!(
+            "`{given}` is neither an RFC 3339 time (2026-12-06T10:00:00Z) nor a duration ago (2h)"
+        );
     };
     let at = chrono::Utc::now() - ago.0;
     Ok(at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
@@ -188,9 +191,9 @@ fn print_targets(v: &Value) {
                 text(&relay["name"]),
                 text(&t["name"]),
                 text(&t["state"]),
-                t["pending"],
-                t["delivered"],
-                t["dead"],
+                number(&t["pending"]),
+                number(&t["delivered"]),
+                number(&t["dead"]),
                 time(&t["oldest_pending_at"])
             );
             if let Some(reason) = t["disabled_reason"].as_str() {
@@ -218,7 +221,9 @@ fn print_messages(v: &Value) {
             text(&m["target"]),
             text(&m["status"]),
             m["attempts"],
-            m["last_code"].as_u64().map_or("-".into(), |c| c.to_string()),
+            m["last_code"]
+                .as_u64()
+                .map_or("-".into(), |c| c.to_string()),
             time(&m["created_at"]),
             m["message"].as_str().unwrap_or("")
         );
@@ -257,14 +262,19 @@ fn print_message(v: &Value) {
             .replace('\n', " ");
         println!(
             "  {:>3}  {:<12} {:>5}ms  {:<12} {:>4}  {}",
-            a["attempt"],
+            number(&a["attempt"]),
             time(&a["at"]),
-            a["duration_ms"],
+            number(&a["duration_ms"]),
             text(&a["outcome"]),
-            a["code"].as_u64().map_or("-".into(), |c| c.to_string()),
+            number(&a["code"]),
             shorten(&answer, 80)
         );
     }
+}
+
+/// A whole number as text (so widths apply), or `-`.
+fn number(v: &Value) -> String {
+    v.as_u64().map_or_else(|| "-".into(), |n| n.to_string())
 }
 
 /// When a wall-clock time ahead comes, for people.

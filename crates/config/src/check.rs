@@ -48,3 +48,23 @@ pub(crate) fn typed<T: DeserializeOwned>(
     }
     read.value.filter(|_| clean)
 }
+
+/// Reads `value` (found at key path `at`) as a `T` as far as it reads, reporting on `sink`
+/// every problem [`typed`] would. Returns the value with each key that failed dropped (its
+/// default standing in), so the checks after serde's can go on, and the key paths (relative
+/// to `at`) that failed, so those checks do not report a dropped key a second time; `None`
+/// when not even that could be read.
+pub(crate) fn typed_partial<T: DeserializeOwned>(
+    value: &Value,
+    at: &str,
+    shapes: Shapes,
+    sink: &mut Sink,
+) -> Option<(T, Vec<String>)> {
+    let read = read_partial::<T>(value, shapes);
+    let mut failed = Vec::with_capacity(read.problems.len());
+    for problem in read.problems {
+        sink.err(join(at, &problem.path), problem.message);
+        failed.push(problem.path);
+    }
+    read.value.map(|value| (value, failed))
+}

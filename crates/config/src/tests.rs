@@ -13,6 +13,8 @@ use serde_json::Value;
 
 use crate::*;
 
+mod relays;
+
 /// A fake adapter kind: `jenkins` needs `url` and a `token` reference and a stage `job`;
 /// `exec` needs `run` or `command`; `approval` needs `message`. `exec` and `approval` are
 /// instances without a block, and `approval` takes decisions.

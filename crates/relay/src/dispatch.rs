@@ -9,7 +9,7 @@
 //! next is always the oldest pending.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -26,11 +26,16 @@ use crate::rate::RateLimiter;
 use crate::schedule::retry_delay;
 use crate::target::{Sent, Target};
 
-/// How long a claimed or handed-over message stays leased to this process. A worker sends
-/// what it takes within moments (it takes only what its free places can send), and a
-/// process that owns the store releases every lease when it starts, so the lease matters
-/// only if a process stops without releasing it.
-pub(crate) const LEASE: Duration = Duration::from_secs(600);
+/// How long a claimed or handed-over message stays leased to this process: longer than a
+/// try can take (a target's `timeout` is at most 10 minutes) with its record
+/// ([`SETTLE_PATIENCE`]). A worker holds a message it cannot send yet (its target's circuit
+/// is open, a 429 paused it) for at most [`HOLD`], then gives it back, so it never holds
+/// one whose lease ended, which its own next claim could take a second time. A process
+/// that owns the store releases every lease when it starts.
+pub(crate) const LEASE: Duration = Duration::from_secs(30 * 60);
+
+/// The longest a worker holds a message it has not started to send.
+const HOLD: Duration = Duration::from_secs(10 * 60);
 
 /// How often a worker looks at the store when nothing woke it: a safety net behind the
 /// wake-ups the matcher, the records and the replays send.
@@ -68,6 +73,8 @@ pub(crate) struct TargetShared {
     /// Free places in the queue of handed-over messages.
     pub(crate) room: AtomicUsize,
     handed: Mutex<Vec<DueRelay>>,
+    /// The store has messages for this target that no one leased: the worker claims them.
+    backlog: AtomicBool,
     wake: Notify,
     state: Mutex<TargetState>,
     attempts: [Counter; RelayOutcome::ALL.len()],
@@ -104,6 +111,7 @@ impl TargetShared {
         Self {
             room: AtomicUsize::new((target.concurrency * ROOM_PER_PLACE).max(MIN_ROOM)),
             handed: Mutex::new(Vec::new()),
+            backlog: AtomicBool::new(true),
             wake: Notify::new(),
             state: Mutex::new(state),
             attempts,
@@ -127,8 +135,15 @@ impl TargetShared {
         lock(&self.handed).push(message);
     }
 
-    /// Wakes the worker.
+    /// Wakes the worker for a message handed over.
     pub(crate) fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Wakes the worker to claim from the store: messages were written there unleased (its
+    /// queue was full, it is ordered, or they were replayed).
+    pub(crate) fn wake_for_store(&self) {
+        self.backlog.store(true, Ordering::Release);
         self.wake.notify_one();
     }
 
@@ -150,12 +165,16 @@ impl TargetShared {
         lock(&self.state).disabled = disabled;
     }
 
-    fn take_handed(&self, into: &mut VecDeque<DueRelay>) -> usize {
-        let taken = std::mem::take(&mut *lock(&self.handed));
-        let n = taken.len();
-        into.extend(taken);
+    /// Moves up to `max` handed-over messages, oldest first, into `into`, taken `now`.
+    fn take_handed(&self, into: &mut VecDeque<Held>, max: usize, now: Instant) {
+        let mut handed = lock(&self.handed);
+        let n = handed.len().min(max);
+        into.extend(handed.drain(..n).map(|message| Held {
+            message,
+            taken: now,
+        }));
+        drop(handed);
         self.room.fetch_add(n, Ordering::AcqRel);
-        n
     }
 
     /// Decides what follows `sent`, a try of `message`, and updates the circuit, the pause
@@ -202,6 +221,7 @@ impl TargetShared {
                 // this message is not held against the circuit.
                 let pause = sent.retry_after.unwrap_or(Duration::from_secs(1));
                 let until = now + pause;
+                state.circuit.probe_told_nothing(now);
                 state.paused_until = Some(state.paused_until.map_or(until, |p| p.max(until)));
                 (retry(), false)
             }
@@ -250,16 +270,19 @@ pub(crate) async fn work(shared: Arc<TargetShared>, store: Arc<dyn Store>, limit
         in_flight: 0,
         settling: 0,
         look_at: Some(Instant::now()),
+        claim_blocked: false,
+        sending_blocked: false,
         wake_at: None,
         outage: Outage::default(),
     };
     loop {
         worker.wake_at = None;
         worker.step().await;
+        let look_at = worker.look_at.filter(|_| !worker.claim_blocked);
         let sleep_until = worker
             .wake_at
             .into_iter()
-            .chain(worker.look_at)
+            .chain(look_at)
             .min()
             .unwrap_or_else(|| Instant::now() + SAFETY_LOOK);
         tokio::select! {
@@ -274,20 +297,31 @@ pub(crate) async fn work(shared: Arc<TargetShared>, store: Arc<dyn Store>, limit
     }
 }
 
+/// A message a worker took and has not sent yet.
+struct Held {
+    message: DueRelay,
+    /// When the worker took it (its lease started no later).
+    taken: Instant,
+}
+
 struct Worker {
     shared: Arc<TargetShared>,
     store: Arc<dyn Store>,
     limits: Limits,
     events: mpsc::UnboundedSender<Event>,
-    /// Messages taken (handed over or claimed) and not yet sent; an ordered target's are in
-    /// delivery order.
-    ready: VecDeque<DueRelay>,
+    /// Messages taken (handed over or claimed) and not yet sent, oldest taken first.
+    ready: VecDeque<Held>,
+    /// The last launch stopped for the circuit, a pause or the rate, not for want of
+    /// places: claiming more would only hold more.
+    sending_blocked: bool,
     /// Requests under way.
     in_flight: usize,
     /// Tries whose record is not committed yet.
     settling: usize,
     /// When to look at the store for due messages (`None`: only when woken).
     look_at: Option<Instant>,
+    /// No place is free to send what a look would claim: `look_at` waits for a try to end.
+    claim_blocked: bool,
     /// When the worker must step again, whatever else happens.
     wake_at: Option<Instant>,
     outage: Outage,
@@ -316,9 +350,18 @@ impl Worker {
     }
 
     async fn step(&mut self) {
-        let ordered = self.shared.target.ordered;
-        if !ordered {
-            self.shared.take_handed(&mut self.ready);
+        let target = &self.shared.target;
+        if !target.ordered {
+            // What the worker holds stays bounded while the target is slow, paused or
+            // its circuit open: the rest waits in the handed-over queue, which has a
+            // fixed room, and past that in the store.
+            let room = (target.concurrency * 2).saturating_sub(self.ready.len());
+            self.shared
+                .take_handed(&mut self.ready, room, Instant::now());
+        }
+        self.give_back_held_too_long().await;
+        if self.shared.backlog.swap(false, Ordering::AcqRel) {
+            self.look_at = Some(Instant::now());
         }
         let disabled = lock(&self.shared.state).disabled.clone();
         if let Some(disabled) = disabled {
@@ -359,12 +402,21 @@ impl Worker {
         let want = if target.ordered {
             // The oldest pending, once the one before is recorded.
             if self.in_flight + self.settling > 0 || !self.ready.is_empty() {
-                return;
+                0
+            } else {
+                ORDERED_CLAIM
             }
-            ORDERED_CLAIM
         } else {
             (target.concurrency * 2).saturating_sub(self.ready.len() + self.in_flight)
         };
+        // While sending is blocked, claim only a message to probe or wait with, if none is
+        // held.
+        let want = match (self.sending_blocked, self.ready.is_empty()) {
+            (true, false) => 0,
+            (true, true) => want.min(1),
+            (false, _) => want,
+        };
+        self.claim_blocked = want == 0;
         if want == 0 {
             return;
         }
@@ -388,7 +440,10 @@ impl Worker {
             Ok(claimed) => {
                 self.recovered("claiming relay messages");
                 let full = claimed.len() == want;
-                self.ready.extend(claimed);
+                self.ready.extend(claimed.into_iter().map(|message| Held {
+                    message,
+                    taken: now,
+                }));
                 self.look_at = if full {
                     Some(now)
                 } else {
@@ -416,7 +471,8 @@ impl Worker {
     fn launch(&mut self) {
         let shared = self.shared.clone();
         let target = &shared.target;
-        while let Some(next) = self.ready.front() {
+        self.sending_blocked = false;
+        while let Some(Held { message: next, .. }) = self.ready.front() {
             if self.in_flight >= target.concurrency {
                 return;
             }
@@ -435,6 +491,7 @@ impl Worker {
                 if let Some(until) = state.paused_until {
                     if until > now {
                         drop(state);
+                        self.sending_blocked = true;
                         self.later(until);
                         return;
                     }
@@ -444,6 +501,7 @@ impl Worker {
                     && let Err(at) = rate.take(now)
                 {
                     drop(state);
+                    self.sending_blocked = true;
                     self.later(at);
                     return;
                 }
@@ -451,6 +509,7 @@ impl Worker {
                     Gate::Open | Gate::Probe => {}
                     Gate::Wait(at) => {
                         drop(state);
+                        self.sending_blocked = true;
                         if let Some(at) = at {
                             self.later(at);
                         }
@@ -458,7 +517,7 @@ impl Worker {
                     }
                 }
             }
-            let Some(message) = self.ready.pop_front() else {
+            let Some(Held { message, .. }) = self.ready.pop_front() else {
                 return;
             };
             self.in_flight += 1;
@@ -470,6 +529,41 @@ impl Worker {
                 message,
                 self.events.clone(),
             ));
+        }
+    }
+
+    /// Gives the messages held for [`HOLD`] back to the store, due as they were, so none is
+    /// held past its lease. The next look claims them again (leased anew).
+    async fn give_back_held_too_long(&mut self) {
+        let now = Instant::now();
+        if self
+            .ready
+            .front()
+            .is_none_or(|held| now.duration_since(held.taken) < HOLD)
+        {
+            if let Some(held) = self.ready.front() {
+                self.later(held.taken + HOLD);
+            }
+            return;
+        }
+        let (old, kept): (Vec<Held>, Vec<Held>) = self
+            .ready
+            .drain(..)
+            .partition(|held| now.duration_since(held.taken) >= HOLD);
+        self.ready.extend(kept);
+        let changes = old
+            .into_iter()
+            .map(|held| Change::RelayPostpone {
+                key: held.message.key,
+                due_at: held.message.due_at,
+            })
+            .collect();
+        match self.store.commit(changes).await {
+            Ok(_) => self.look_at = Some(now),
+            Err(e) => {
+                // They stay leased until their leases end, and are claimed again then.
+                self.failed("giving back relay messages held too long", &e);
+            }
         }
     }
 
@@ -497,8 +591,10 @@ impl Worker {
     }
 }
 
-/// Messages an ordered target claims at once: it sends them one by one anyway.
-const ORDERED_CLAIM: usize = 16;
+/// Messages an ordered target claims at once. One: if it fails, it goes back to the store
+/// with its next due time and is the oldest pending again, so the next claim returns it,
+/// not the message after it.
+const ORDERED_CLAIM: usize = 1;
 
 /// The [`Instant`] of a wall-clock time (now for a time past).
 fn instant_of(at: Millis) -> Instant {
@@ -589,3 +685,6 @@ async fn settle(store: &dyn Store, changes: Vec<Change>) -> bool {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -43,7 +43,8 @@ use baton_core::secret::SecretError;
 /// How often the metrics of pending messages and circuits are brought up to date.
 const METRICS_EVERY: Duration = Duration::from_secs(5);
 
-/// Every relay of the config, with one worker per target once [`Relays::run`] runs.
+/// Every relay of the config, with one worker per target once [`Relays::start`] started
+/// them.
 pub struct Relays {
     routes: Vec<Route>,
     store: Arc<dyn Store>,
@@ -90,8 +91,7 @@ pub struct CircuitView {
 
 impl Relays {
     /// Builds every relay of `config`: resolves the targets' secrets and builds their
-    /// clients. Which targets a 410 disabled is read from the store when [`Relays::run`]
-    /// starts.
+    /// clients. Which targets a 410 disabled is read from the store by [`Relays::start`].
     pub fn new(
         config: &IndexMap<String, RelayConfig>,
         secrets: &dyn SecretResolver,
@@ -132,20 +132,22 @@ impl Relays {
         self.routes.iter().any(|r| r.condition.is_some())
     }
 
-    /// Runs every target's worker, and keeps the metrics up to date, until the process
-    /// stops. Reads which targets a 410 disabled first. The process owns the store alone,
-    /// so leases left by an earlier one are released: their messages are sent again (at
-    /// least once).
-    pub async fn run(self: Arc<Self>) {
+    /// Starts every target's worker, and a task that keeps the metrics up to date; they
+    /// run until the returned guard is dropped. Reads which targets a 410 disabled first.
+    ///
+    /// The process owns the store alone, so leases an earlier process left are released
+    /// (their messages are sent again: at least once). Call it before the matcher starts,
+    /// so none of the leases released is one of its hand-overs.
+    pub async fn start(self: &Arc<Self>) -> RelayTasks {
+        let mut tasks = Vec::new();
         if self.routes.is_empty() {
-            return;
+            return RelayTasks(tasks);
         }
-        while let Err(e) = self.refresh().await {
+        if let Err(e) = self.refresh().await {
             tracing::error!(
                 error = &e as &dyn std::error::Error,
-                "reading the relay targets' state failed; trying again in a second"
+                "reading which relay targets are disabled failed; they are marked again at their next 410"
             );
-            tokio::time::sleep(Duration::from_secs(1)).await;
         }
         if let Some(queue) = self.store.relays()
             && let Err(e) = queue.release_relay_leases().await
@@ -157,17 +159,21 @@ impl Relays {
         }
         for route in &self.routes {
             for target in &route.targets {
-                tokio::spawn(dispatch::work(
+                tasks.push(tokio::spawn(dispatch::work(
                     target.clone(),
                     self.store.clone(),
                     self.limits,
-                ));
+                )));
             }
         }
-        loop {
-            self.update_metrics().await;
-            tokio::time::sleep(METRICS_EVERY).await;
-        }
+        let relays = self.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                relays.update_metrics().await;
+                tokio::time::sleep(METRICS_EVERY).await;
+            }
+        }));
+        RelayTasks(tasks)
     }
 
     async fn update_metrics(&self) {
@@ -243,7 +249,7 @@ impl Relays {
             }
         }
         for target in &wake {
-            target.wake();
+            target.wake_for_store();
         }
     }
 
@@ -315,10 +321,22 @@ impl Relays {
                         })
                     });
                 target.set_disabled(mark);
-                target.wake();
+                target.wake_for_store();
             }
         }
         Ok(())
+    }
+}
+
+/// The relays' tasks: dropped, they stop (tries under way are dropped too, and sent again
+/// after a restart).
+pub struct RelayTasks(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for RelayTasks {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
     }
 }
 
@@ -355,6 +373,16 @@ pub enum RelayError {
         /// The target.
         target: String,
         /// What is wrong with it (never the secret itself).
+        reason: String,
+    },
+    /// A target's URL cannot be sent to.
+    #[error("relays.{relay}.to `{target}`: url cannot be used: {reason}")]
+    Url {
+        /// The relay.
+        relay: String,
+        /// The target.
+        target: String,
+        /// What is wrong with it.
         reason: String,
     },
     /// A header value from a secret cannot be sent in a header.

@@ -36,7 +36,8 @@ pub struct Routed {
     pub messages: Vec<NewRelayMessage>,
     /// Leased messages for the workers, once the commit is done.
     pub(crate) handoffs: Vec<Handoff>,
-    /// Targets to wake after the commit (their messages wait in the store).
+    /// Targets to wake after the commit to claim from the store (their messages were
+    /// written unleased).
     pub(crate) wake: Vec<Arc<TargetShared>>,
 }
 

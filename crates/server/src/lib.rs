@@ -220,7 +220,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/deliveries/{id}/replay", post(api::replay_delivery))
         .route("/api/v1/relays", get(relays::list))
         .route("/api/v1/relays/{relay}/messages", get(relays::messages))
-        .route("/api/v1/relays/{relay}/messages/{key}", get(relays::message))
+        .route(
+            "/api/v1/relays/{relay}/messages/{key}",
+            get(relays::message),
+        )
         .route(
             "/api/v1/relays/{relay}/messages/{key}/replay",
             post(relays::replay_message),
@@ -244,14 +247,16 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let engine = state.engine.clone();
+    // Before the matcher: it hands relay messages over leased, and starting the relays
+    // releases the leases an earlier process left.
+    let relays = state.relays.start().await;
     let matcher = tokio::spawn(matcher::run(state.clone()));
-    let relays = tokio::spawn(state.relays.clone().run());
     // Around the router, not inside it: a layer inside wraps each route (and a route's service
     // is cloned per request), which cost as much as the layer's own work.
     let app = request_id::RequestIds::new().layer(router(state.clone()));
     connections::serve(listener, app, state.connections, shutdown).await;
     matcher.abort();
-    relays.abort();
+    drop(relays);
     engine.shutdown(Duration::from_secs(10)).await;
     Ok(())
 }

@@ -7,8 +7,7 @@ use axum::Json;
 use axum::extract::State;
 use baton_relay::RelayView;
 use baton_store::{
-    Millis, RelayMessageFilter, RelayReplay, RelayStatus, RelayStore, RelayTargetStats,
-    now_millis,
+    Millis, RelayMessageFilter, RelayReplay, RelayStatus, RelayStore, RelayTargetStats, now_millis,
 };
 use serde::{Deserialize, Deserializer};
 use serde_json::{Value, json};

@@ -306,9 +306,10 @@ pub struct RelayTargetStats {
 pub trait RelayStore: Send + Sync {
     /// Leases up to `limit` pending, unleased (or lease-expired) messages of one target
     /// until `lease_until`, with what their requests need from their deliveries (see
-    /// the module docs). Due ones (`due_at <= now`), oldest due first; with `ordered`, the oldest
-    /// pending by delivery whether due or not (the caller waits for each one's time), so a
-    /// target's messages can go out in their deliveries' order.
+    /// the module docs). Due ones (`due_at <= now`), oldest due first; with `ordered`, the
+    /// oldest pending by key whether due or not (the caller waits for each one's time). Keys
+    /// are made as deliveries are matched, in their order, so a target's messages go out in
+    /// their deliveries' order.
     async fn claim_relays(
         &self,
         relay: &str,

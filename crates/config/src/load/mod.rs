@@ -2,9 +2,9 @@
 //!
 //! [`load`] (here) reads the config file and the environment, then hands each part to its
 //! module: `sections` reads and checks the gateway config's sections, `sources` its
-//! `[sources.*]` blocks and `adapters` its `[adapters.*]` blocks; `workflows` finds, reads,
-//! compiles and checks the workflow files against what the config declares. The helpers
-//! here are shared by them.
+//! `[sources.*]` blocks, `relays` its `[relays.*]` blocks and `adapters` its `[adapters.*]`
+//! blocks; `workflows` finds, reads, compiles and checks the workflow files against what the
+//! config declares. The helpers here are shared by them.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -21,6 +21,7 @@ use crate::gateway::*;
 use crate::secrets::{EnvFileResolver, SecretUse, find_references};
 
 mod adapters;
+mod relays;
 mod sections;
 mod sources;
 mod workflows;

@@ -7,6 +7,7 @@ use baton_core::Kinds;
 use serde_json::{Map, Value};
 
 use super::adapters::read_adapter;
+use super::relays::read_relay;
 use super::sources::read_source;
 use super::{Declared, is_http_url, table};
 use crate::check::{check_keys, fields_of, type_name, typed};
@@ -69,6 +70,15 @@ pub(super) fn read_gateway(
             declared.sources.insert(name.clone(), source.clone());
             if let Some(source) = source {
                 config.sources.insert(name.clone(), source);
+            }
+        }
+    }
+    if let Some(v) = doc.get("relays")
+        && let Some(relays) = table(v, "relays", sink)
+    {
+        for (name, v) in relays {
+            if let Some(relay) = read_relay(name, v, &declared.sources, sink) {
+                config.relays.insert(name.clone(), relay);
             }
         }
     }

@@ -3,8 +3,8 @@
 use rusqlite::{Transaction, params};
 use serde_json::Value;
 
-use super::outbox;
 use super::rows::{TASK_COLUMNS, task_from_row, to_json};
+use super::{outbox, relay};
 use crate::*;
 
 pub(super) fn apply_change(tx: &Transaction<'_>, change: &Change) -> Result<Option<Task>> {
@@ -161,13 +161,15 @@ pub(super) fn apply_change(tx: &Transaction<'_>, change: &Change) -> Result<Opti
             source,
             reference,
         } => outbox::put_ref(tx, run_id, source, reference)?,
-        // PLACEHOLDER (issue 24): filled in by the store work.
-        Change::RelayEnqueue(_)
-        | Change::RelayAttempt { .. }
-        | Change::RelayPostpone { .. }
-        | Change::RelayTargetDisabled { .. } => {
-            return Err(StoreError::Url("relays: not in the store yet".into()));
-        }
+        Change::RelayEnqueue(message) => relay::enqueue(tx, message)?,
+        Change::RelayAttempt { attempt, next } => relay::attempt(tx, attempt, next)?,
+        Change::RelayPostpone { key, due_at } => relay::postpone(tx, key, *due_at)?,
+        Change::RelayTargetDisabled {
+            relay: name,
+            target,
+            at,
+            reason,
+        } => relay::disable_target(tx, name, target, *at, reason)?,
     }
     Ok(None)
 }

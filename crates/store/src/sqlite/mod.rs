@@ -13,7 +13,8 @@
 //!
 //! The parts: `schema` (migrations and connection settings), `writer` (the writer thread,
 //! its group commit and the operations it applies), `apply` (one engine [`Change`] as SQL),
-//! `checkpoint` (the thread that keeps the WAL short), `health` (whether the store can write
+//! `outbox` and `relay` (the report outbox's and the relay queue's tables), `checkpoint` (the
+//! thread that keeps the WAL short), `health` (whether the store can write
 //! now, for readiness, and failures logged once per outage), `queries` (the [`Store`] trait:
 //! writes sent to the writer, reads on the pool), `rows` (row decoding). This file opens a
 //! store.
@@ -35,10 +36,13 @@ mod checkpoint;
 mod health;
 mod outbox;
 mod queries;
+mod relay;
 mod rows;
 mod schema;
 mod writer;
 
+#[cfg(test)]
+mod relay_tests;
 #[cfg(test)]
 mod tests;
 
@@ -182,7 +186,11 @@ impl SqliteStore {
     async fn send_for_tasks(&self, op: Op) -> Result<Vec<Task>> {
         match self.send(op).await? {
             Answer::Tasks(tasks) => Ok(tasks),
-            Answer::Delivery(_) | Answer::Deliveries(_) | Answer::Reports(_) => Ok(Vec::new()),
+            Answer::Delivery(_)
+            | Answer::Deliveries(_)
+            | Answer::Reports(_)
+            | Answer::Relays(_)
+            | Answer::Replayed(_) => Ok(Vec::new()),
         }
     }
 

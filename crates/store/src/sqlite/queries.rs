@@ -138,7 +138,7 @@ impl Store for SqliteStore {
     async fn insert_delivery(&self, delivery: NewDelivery) -> Result<Intake> {
         match self.send(Op::InsertDelivery(delivery)).await? {
             Answer::Delivery(intake) => Ok(intake),
-            Answer::Tasks(_) | Answer::Deliveries(_) | Answer::Reports(_) => Err(corrupt(
+            _ => Err(corrupt(
                 "deliveries",
                 "the writer answered a delivery with something else",
             )),
@@ -151,7 +151,7 @@ impl Store for SqliteStore {
         }
         match self.send(Op::InsertDeliveries(deliveries)).await? {
             Answer::Deliveries(intakes) => Ok(intakes),
-            Answer::Tasks(_) | Answer::Delivery(_) | Answer::Reports(_) => Err(corrupt(
+            _ => Err(corrupt(
                 "deliveries",
                 "the writer answered deliveries with something else",
             )),
@@ -236,7 +236,7 @@ impl Store for SqliteStore {
         };
         match self.send(op).await? {
             Answer::Reports(reports) => Ok(reports),
-            Answer::Tasks(_) | Answer::Delivery(_) | Answer::Deliveries(_) => Err(corrupt(
+            _ => Err(corrupt(
                 "reports",
                 "the writer answered a claim of reports with something else",
             )),
@@ -263,58 +263,87 @@ impl Store for SqliteStore {
     }
 }
 
-// PLACEHOLDER (issue 24): the relay queries, filled in by the store work.
 #[async_trait]
 impl RelayStore for SqliteStore {
     async fn claim_relays(
         &self,
-        _relay: &str,
-        _target: &str,
-        _now: Millis,
-        _limit: u32,
-        _lease_until: Millis,
-        _ordered: bool,
+        relay: &str,
+        target: &str,
+        now: Millis,
+        limit: u32,
+        lease_until: Millis,
+        ordered: bool,
     ) -> Result<Vec<DueRelay>> {
-        Err(StoreError::Url("relays: not in the store yet".into()))
+        let op = Op::ClaimRelays {
+            relay: relay.to_owned(),
+            target: target.to_owned(),
+            now,
+            limit,
+            lease_until,
+            ordered,
+        };
+        match self.send(op).await? {
+            Answer::Relays(messages) => Ok(messages),
+            _ => Err(corrupt(
+                "relay_messages",
+                "the writer answered a claim of relay messages with something else",
+            )),
+        }
     }
 
     async fn next_relay_due(
         &self,
-        _relay: &str,
-        _target: &str,
-        _now: Millis,
+        relay: &str,
+        target: &str,
+        now: Millis,
     ) -> Result<Option<Millis>> {
-        Err(StoreError::Url("relays: not in the store yet".into()))
+        let (relay, target) = (relay.to_owned(), target.to_owned());
+        self.read(move |conn| super::relay::next_due(conn, &relay, &target, now))
+            .await
     }
 
     async fn release_relay_leases(&self) -> Result<()> {
-        Err(StoreError::Url("relays: not in the store yet".into()))
+        self.send(Op::ReleaseRelayLeases).await.map(|_| ())
     }
 
     async fn relay_targets(&self) -> Result<Vec<RelayTargetStats>> {
-        Err(StoreError::Url("relays: not in the store yet".into()))
+        self.read(super::relay::targets).await
     }
 
     async fn relay_oldest_pending(&self) -> Result<Vec<(String, String, Millis)>> {
-        Err(StoreError::Url("relays: not in the store yet".into()))
+        self.read(super::relay::oldest_pending).await
     }
 
     async fn list_relay_messages(
         &self,
-        _filter: &RelayMessageFilter,
+        filter: &RelayMessageFilter,
     ) -> Result<Vec<RelayMessageRecord>> {
-        Err(StoreError::Url("relays: not in the store yet".into()))
+        let limit = page_limit(filter.limit);
+        let filter = filter.clone();
+        self.read(move |conn| super::relay::list(conn, &filter, limit))
+            .await
     }
 
     async fn load_relay_message(
         &self,
-        _key: &str,
+        key: &str,
     ) -> Result<Option<(RelayMessageRecord, Vec<RelayAttemptRecord>)>> {
-        Err(StoreError::Url("relays: not in the store yet".into()))
+        let key = key.to_owned();
+        self.read(move |conn| super::relay::load(conn, &key)).await
     }
 
-    async fn replay_relays(&self, _replay: &RelayReplay, _now: Millis) -> Result<u64> {
-        Err(StoreError::Url("relays: not in the store yet".into()))
+    async fn replay_relays(&self, replay: &RelayReplay, now: Millis) -> Result<u64> {
+        let op = Op::ReplayRelays {
+            replay: replay.clone(),
+            now,
+        };
+        match self.send(op).await? {
+            Answer::Replayed(count) => Ok(count),
+            _ => Err(corrupt(
+                "relay_messages",
+                "the writer answered a replay of relay messages with something else",
+            )),
+        }
     }
 }
 

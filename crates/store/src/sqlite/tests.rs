@@ -191,6 +191,7 @@ async fn deliveries_are_stored_once_and_processed() {
         [first, second, third]
     );
     assert_eq!(pending[0].body, r#"{"ref": "main"}"#);
+    assert_eq!(pending[0].headers, r#"{"x-github-event":"push"}"#);
     assert!(!pending[0].replay);
     // A pass over the first two: the first started a run, the second nothing.
     store
@@ -238,6 +239,7 @@ async fn deliveries_are_stored_once_and_processed() {
     let pending = store.pending_deliveries(10).await.unwrap();
     assert_eq!(ids(pending.clone()), [first, third]);
     assert!(pending[0].replay && !pending[1].replay);
+    assert_eq!(pending[0].headers, r#"{"x-github-event":"push"}"#);
     assert_eq!(
         store.load_delivery(first).await.unwrap().unwrap().status,
         "received"
@@ -362,6 +364,7 @@ async fn the_feed_carries_stored_deliveries_in_order_once_taken() {
         ["a", "b", "c"]
     );
     assert_eq!(got[0].body, r#"{"ref": "main"}"#);
+    assert_eq!(got[0].headers, r#"{"x-github-event":"push"}"#);
     assert!(!feed.take_lagged());
 }
 

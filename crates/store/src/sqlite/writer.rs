@@ -61,6 +61,22 @@ pub(super) enum Op {
         lease_until: Millis,
     },
     ReleaseReportLeases,
+    /// Leases a target's relay messages (see [`RelayStore::claim_relays`]).
+    ClaimRelays {
+        relay: String,
+        target: String,
+        now: Millis,
+        limit: u32,
+        lease_until: Millis,
+        ordered: bool,
+    },
+    /// Clears every relay message's lease.
+    ReleaseRelayLeases,
+    /// Makes relay messages pending again (see [`RelayStore::replay_relays`]).
+    ReplayRelays {
+        replay: RelayReplay,
+        now: Millis,
+    },
     /// Readiness's test write (see [`probe`]).
     Probe,
     /// Caps the database at this many pages (SQLite's `max_page_count`, never below its size
@@ -69,13 +85,17 @@ pub(super) enum Op {
     MaxPages(Option<i64>),
 }
 
-/// What the writer answers: the tasks a commit claimed, where a delivery went, or the
-/// reports claimed.
+/// What the writer answers: the tasks a commit claimed, where a delivery went, the
+/// reports or relay messages claimed, or how many relay messages a replay selected.
 pub(super) enum Answer {
     Tasks(Vec<Task>),
     Delivery(Intake),
     Deliveries(Vec<Intake>),
     Reports(Vec<DueReport>),
+    /// The relay messages claimed.
+    Relays(Vec<DueRelay>),
+    /// How many relay messages a replay made pending again.
+    Replayed(u64),
 }
 
 pub(super) type Reply = oneshot::Sender<Result<Answer>>;
@@ -329,6 +349,21 @@ pub(super) fn apply(tx: &Transaction<'_>, op: &Op) -> Result<Answer> {
         } => super::outbox::claim(tx, *now, *limit, *lease_until).map(Answer::Reports),
         Op::ReleaseReportLeases => {
             super::outbox::release_all(tx).map(|()| Answer::Reports(Vec::new()))
+        }
+        Op::ClaimRelays {
+            relay,
+            target,
+            now,
+            limit,
+            lease_until,
+            ordered,
+        } => super::relay::claim(tx, relay, target, *now, *limit, *lease_until, *ordered)
+            .map(Answer::Relays),
+        Op::ReleaseRelayLeases => {
+            super::relay::release_all(tx).map(|()| Answer::Relays(Vec::new()))
+        }
+        Op::ReplayRelays { replay, now } => {
+            super::relay::replay(tx, replay, *now).map(Answer::Replayed)
         }
         Op::Probe => probe(tx).map(|()| Answer::Tasks(Vec::new())),
         #[cfg(test)]
