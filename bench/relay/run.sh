@@ -29,8 +29,12 @@
 #   time of an HTTP request on this machine under this load (intake-load's own latency
 #   would add the answer's way back).
 # p50 and p99 of each run, the median of the runs' p99 per side, the added p99 (relay minus
-# floor) and the ratio. Last, the check that every delivery answered 2xx reached both
-# receivers, and the duplicates each receiver saw (messages whose key came twice).
+# floor) and the ratio. Then where the relay's time goes, from the store's own clock
+# (milliseconds, so each part is ±1 ms): 202 read → the message made (`created_at`: the
+# matcher's pass over the delivery), → its first try started (`relay_attempts.at`: the
+# pass's commit and the hand-over to the target's worker), → the receiver's arrival (the
+# request). Last, the check that every delivery answered 2xx reached both receivers, and
+# the duplicates each receiver saw (messages whose key came twice).
 # Needs python3 and curl; installs nothing. BATON_BIN=path runs that baton binary instead.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -111,12 +115,12 @@ load() { # url rate seconds trace_file -> intake-load's JSON
   INTAKE_LOAD_LEAD_IN=$LEAD_IN INTAKE_LOAD_TRACE_IDS=$4 "$LOAD" "$1" "$2" "$3" "$CONNS" "$SECRET" "$BODY" 1
 }
 
-# One ramp step: load at `rate` into baton, then the relayed rate during it.
-# -> "relayed_msgs_per_s accepted_per_s failed drain_s"
+# One ramp step: load at `rate` into baton, then the relayed rate during it. It runs in a
+# subshell, so the caller adds the step's 2xx count to RELAYED_OK.
+# -> "relayed_msgs_per_s accepted_per_s failed ok"
 step() { # rate tag
-  local out ok window from to a b
+  local out from to a b
   out=$(load "$HOOK" "$1" "$STEP_SECS" "$D/ids.$2")
-  ok=$(field "$out" ok); RELAYED_OK=$((RELAYED_OK + ok))
   # The window: from the end of the lead-in to the last request sent, by the trace.
   read -r from to < <(python3 - "$D/ids.$2" "$LEAD_IN" <<'PY'
 import sys
@@ -126,7 +130,7 @@ PY
 )
   a=$(field "$(count "$GH_PORT" "$from" "$to")" window); b=$(field "$(count "$SW_PORT" "$from" "$to")" window)
   python3 -c "import sys; a,b,f,t=map(int,sys.argv[1:5]); print(f'{(a+b)/((t-f)/1e6):.0f}', end=' ')" "$a" "$b" "$from" "$to"
-  echo "$(field "$out" rate) $(( $(field "$out" non_2xx) + $(field "$out" errors) )) $(drain)"
+  echo "$(field "$out" rate) $(( $(field "$out" non_2xx) + $(field "$out" errors) )) $(field "$out" ok)"
 }
 
 median() { python3 -c "import statistics,sys; print(statistics.median(map(float, sys.argv[1:])))" "$@"; }
@@ -139,8 +143,8 @@ SAT=""; ACCEPTED_AT_SAT=""; FAILED=0
 for round in $(seq "$ROUNDS"); do
   rate=$START_RATE; best=0; best_accepted=0; line="round $round:"
   while :; do
-    read -r relayed accepted failed waited < <(step "$rate" "sat$round-$rate")
-    FAILED=$((FAILED + failed))
+    read -r relayed accepted failed ok < <(step "$rate" "sat$round-$rate")
+    FAILED=$((FAILED + failed)); RELAYED_OK=$((RELAYED_OK + ok)); waited=$(drain)
     line+=" $rate/s → ${relayed} msg/s (accepted ${accepted%.*}/s, drained in ${waited} s);"
     if [ "$relayed" -gt "$best" ]; then best=$relayed; best_accepted=$accepted; fi
     keeps_up=$(python3 -c "import sys; r,a=map(float,sys.argv[1:]); print(int(r >= 0.9 * 2 * a))" "$relayed" "$accepted")
@@ -179,7 +183,7 @@ GH_SUMMARY=$(count "$GH_PORT"); SW_SUMMARY=$(count "$SW_PORT")
 printf '\nwebhook relay, %s rounds, signed GitHub push (%d bytes), one relay to two targets (github, standard-webhooks signatures)\n' "$ROUNDS" "${#BODY}"
 echo "relayed messages/s at saturation, median: ${SAT_MEDIAN%.*} (each round: ${SAT% }); accepted deliveries/s at that step: ${ACCEPTED_MEDIAN%.*}"
 python3 - "$D" "$ROUNDS" "$LEAD_IN" "$HALF" "$SAT_MEDIAN" "$FAILED" "$GH_SUMMARY" "$SW_SUMMARY" <<'PY'
-import glob, json, os, statistics, sys
+import glob, json, os, sqlite3, statistics, sys
 d, rounds, lead_in, half, sat, failed = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]), int(sys.argv[6])
 summaries = {"github-signed": json.loads(sys.argv[7]), "standard-signed": json.loads(sys.argv[8])}
 
@@ -212,8 +216,10 @@ def measured(t):
     return {i: v for i, v in t.items() if v[0] >= start}
 
 relay_p50, relay_p99, floor_p50, floor_p99, missing = [], [], [], [], 0
+paced_relayed = {}
 for r in range(1, rounds + 1):
     t = measured(trace(os.path.join(d, f"ids.relay{r}")))
+    paced_relayed.update(t)
     lat = []
     for i, (_, answered) in t.items():
         for got in (gh_relayed, sw_relayed):
@@ -233,6 +239,25 @@ print(f"  relay, receiver arrival - 202 read:   p50 {med(relay_p50):.2f} ms, p99
 print(f"  floor, receiver arrival - POST sent:  p50 {med(floor_p50):.2f} ms, p99 {med(floor_p99):.2f} ms (each run's p99: {fmt(floor_p99)})")
 r99, f99 = med(relay_p99), med(floor_p99)
 print(f"relay p99 {r99:.2f} ms, floor p99 {f99:.2f} ms, added {r99 - f99:.2f} ms, ratio {r99 / f99:.1f}")
+
+# Where the time goes, per message of the paced relay runs, in ms.
+stored = sqlite3.connect(os.path.join(d, "baton.db")).execute(
+    "SELECT d.delivery_id, m.target, m.created_at, a.at FROM relay_messages m"
+    " JOIN deliveries d ON d.seq = m.delivery"
+    " JOIN relay_attempts a ON a.key = m.key AND a.attempt = 1")
+receivers = {"github-signed": gh_relayed, "standard-signed": sw_relayed}
+routed, started, sent = [], [], []
+for i, target, created, tried in stored:
+    if i in paced_relayed and i in receivers[target]:
+        answered_ms = paced_relayed[i][1] / 1e3
+        routed.append((created - answered_ms) * 1e3)
+        started.append((tried - created) * 1e3)
+        sent.append(receivers[target][i] - tried * 1e3)
+print(f"where the relay's time goes (the store's clock is in ms: each part ±1 ms), over {len(sent)} messages:")
+for name, values in (("202 read -> message made (matcher's pass)", routed),
+                     ("made -> first try started (commit, hand-over)", started),
+                     ("try started -> receiver's arrival (request)", sent)):
+    print(f"  {name:48s} p50 {pct(values, 0.5):6.2f} ms, p99 {pct(values, 0.99):6.2f} ms")
 
 sent_ok = set()
 for path in glob.glob(os.path.join(d, "ids.*")):

@@ -428,10 +428,10 @@ impl Server {
             conn.output.extend_from_slice(&answer);
         }
         let broken = conn.flush().is_err();
-        if closed || broken || (conn.closing && conn.output.is_empty()) {
-            if let Some(mut conn) = self.conns[slot].take() {
-                let _ = self.poll.registry().deregister(&mut conn.stream);
-            }
+        if (closed || broken || (conn.closing && conn.output.is_empty()))
+            && let Some(mut conn) = self.conns[slot].take()
+        {
+            let _ = self.poll.registry().deregister(&mut conn.stream);
         }
         Ok(())
     }
