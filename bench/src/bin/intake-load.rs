@@ -8,6 +8,11 @@
 //! "p99_ms", "max_ms"}`, where `measured` is how many answers the percentiles are taken over.
 //! With `INTAKE_LOAD_TRACE=FILE` it also writes each answered request's scheduled time from the
 //! start and its latency, in microseconds, one request per line: to see *when* a run was slow.
+//! With `INTAKE_LOAD_TRACE_IDS=FILE` it writes, for each request answered 2xx, its delivery id,
+//! the wall-clock time it was sent and the wall-clock time its answer was read, both in
+//! microseconds since the Unix epoch, one request per line (`ID SENT_US ANSWERED_US`): to
+//! follow each delivery to where it went next (`bench/relay` matches them with a receiver's
+//! arrivals).
 //!
 //! With `INTAKE_LOAD_LEAD_IN=S` it first sends at the same rate for S seconds more, on the
 //! same connections, and leaves those requests' latencies out of the percentiles (their
@@ -35,7 +40,7 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use hmac::Mac;
 use mio::net::TcpStream;
@@ -82,6 +87,7 @@ fn main() {
     let total = (rate * (lead_in + seconds)) as u64;
     let begun = Instant::now() + Duration::from_millis(50);
     let pid = u64::from(std::process::id());
+    let trace_ids = std::env::var_os("INTAKE_LOAD_TRACE_IDS").is_some();
     let workers: Vec<_> = (0..threads)
         .map(|t| {
             // Loop t owns connections t, t + threads, ... and requests t, t + threads, ...
@@ -98,7 +104,7 @@ fn main() {
             };
             let address = address.clone();
             std::thread::spawn(move || {
-                EventLoop::new(address, conns)
+                EventLoop::new(address, conns, trace_ids)
                     .and_then(|l| l.run(&schedule))
                     .expect("event loop")
             })
@@ -115,6 +121,14 @@ fn main() {
             out.push_str(&format!("{at} {latency}\n"));
         }
         std::fs::write(&file, out).expect("INTAKE_LOAD_TRACE file");
+    }
+    if let Ok(file) = std::env::var("INTAKE_LOAD_TRACE_IDS") {
+        let mut out = String::with_capacity(tally.answered_ids.len() * 64);
+        for t in &tally.answered_ids {
+            let id = std::str::from_utf8(&t.id).expect("ids are ASCII");
+            out.push_str(&format!("{id} {} {}\n", t.sent_us, t.answered_us));
+        }
+        std::fs::write(&file, out).expect("INTAKE_LOAD_TRACE_IDS file");
     }
     let measured_from = (lead_in * 1e6) as u32;
     let mut l: Vec<u32> = (tally.scheduled_us.iter().zip(&tally.latencies_us))
@@ -165,6 +179,29 @@ impl Schedule {
     }
 }
 
+/// One request answered 2xx, for `INTAKE_LOAD_TRACE_IDS`.
+struct AnsweredId {
+    /// Its delivery id.
+    id: [u8; ID_LEN],
+    /// Wall-clock microseconds since the Unix epoch when it was sent.
+    sent_us: u64,
+    /// The same when its answer was read.
+    answered_us: u64,
+}
+
+impl AnsweredId {
+    /// The request `conn` has just had its answer to.
+    fn of(conn: &Conn) -> Self {
+        let mut id = [0; ID_LEN];
+        id.copy_from_slice(&conn.request[conn.id_at..conn.id_at + ID_LEN]);
+        Self {
+            id,
+            sent_us: unix_micros(conn.sent_at),
+            answered_us: unix_micros(SystemTime::now()),
+        }
+    }
+}
+
 #[derive(Default)]
 struct Tally {
     ok: u64,
@@ -174,6 +211,8 @@ struct Tally {
     latencies_us: Vec<u32>,
     /// Each answered request's scheduled time from the start, in microseconds (same order).
     scheduled_us: Vec<u32>,
+    /// The requests answered 2xx, kept only with `INTAKE_LOAD_TRACE_IDS`.
+    answered_ids: Vec<AnsweredId>,
 }
 
 impl Tally {
@@ -183,6 +222,7 @@ impl Tally {
         self.errors += other.errors;
         self.latencies_us.extend(other.latencies_us);
         self.scheduled_us.extend(other.scheduled_us);
+        self.answered_ids.extend(other.answered_ids);
     }
 }
 
@@ -200,6 +240,8 @@ struct Conn {
     written: usize,
     /// When the request in flight was due.
     in_flight: Option<Instant>,
+    /// When the request in flight was sent, by the wall clock.
+    sent_at: SystemTime,
     response: Vec<u8>,
 }
 
@@ -213,6 +255,7 @@ impl Conn {
             sent: 0,
             written: 0,
             in_flight: None,
+            sent_at: SystemTime::UNIX_EPOCH,
             response: Vec::with_capacity(4096),
         }
     }
@@ -298,10 +341,12 @@ struct EventLoop {
     /// Connections with no request in flight.
     idle: Vec<usize>,
     tally: Tally,
+    /// Keep each 2xx request's id and wall-clock times (`INTAKE_LOAD_TRACE_IDS`).
+    trace_ids: bool,
 }
 
 impl EventLoop {
-    fn new(address: String, conns: Vec<Conn>) -> std::io::Result<Self> {
+    fn new(address: String, conns: Vec<Conn>, trace_ids: bool) -> std::io::Result<Self> {
         let poll = Poll::new()?;
         // SAFETY: timerfd_create has no preconditions; a non-negative result is a new fd we own.
         let fd = unsafe {
@@ -326,6 +371,7 @@ impl EventLoop {
             conns,
             idle,
             tally: Tally::default(),
+            trace_ids,
         })
     }
 
@@ -380,8 +426,10 @@ impl EventLoop {
         }
         let conn = &mut self.conns[c];
         let id_at = conn.id_at;
+        conn.sent_at = SystemTime::now();
         write_uuid_v1(
             &mut conn.request[id_at..id_at + ID_LEN],
+            conn.sent_at,
             conn.node,
             conn.sent,
         );
@@ -442,11 +490,14 @@ impl EventLoop {
             Ok(None) => {}
             Ok(Some((status, closes))) => {
                 conn.in_flight = None;
+                let traced =
+                    (self.trace_ids && (200..300).contains(&status)).then(|| AnsweredId::of(conn));
                 if closes {
                     self.disconnect(c);
                 }
                 if (200..300).contains(&status) {
                     self.tally.ok += 1;
+                    self.tally.answered_ids.extend(traced);
                 } else {
                     self.tally.non_2xx += 1;
                 }
@@ -505,10 +556,17 @@ impl EventLoop {
     }
 }
 
-/// A version 1 UUID from the current time, `node` and a clock sequence from `i` (so two
+/// Microseconds since the Unix epoch at `at`.
+fn unix_micros(at: SystemTime) -> u64 {
+    at.duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_micros() as u64
+}
+
+/// A version 1 UUID from the time `now`, `node` and a clock sequence from `i` (so two
 /// requests in the same 100 ns still differ), written into `out` without allocating.
-fn write_uuid_v1(out: &mut [u8], node: u64, i: u64) {
-    let since_unix = std::time::SystemTime::now()
+fn write_uuid_v1(out: &mut [u8], now: SystemTime, node: u64, i: u64) {
+    let since_unix = now
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     let ticks = (since_unix.as_nanos() / 100) as u64 + UUID_EPOCH_OFFSET;
