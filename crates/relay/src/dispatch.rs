@@ -670,6 +670,11 @@ fn outcome_index(outcome: RelayOutcome) -> usize {
 
 /// Commits `changes`, retrying while the store cannot write, for at most
 /// [`SETTLE_PATIENCE`].
+///
+/// Each try is a commit of its own, which the store's writer groups with whatever else is
+/// queued. Gathering every target's finished tries into one large commit holds the
+/// matcher's commits up behind it: in `bench/relay` the p99 from a message's commit to its
+/// first try was then 16–43 ms, against 5 ms this way.
 async fn settle(store: &dyn Store, changes: Vec<Change>) -> bool {
     let started = Instant::now();
     let mut pause = Duration::from_millis(100);
