@@ -132,7 +132,7 @@ fn declares_json(headers: &HeaderMap) -> bool {
 
 /// Reads a parameter from its text with `parse`, whose error says what was expected; the
 /// query and path deserializers add the parameter's name.
-fn from_text<'de, D, T>(
+pub(crate) fn from_text<'de, D, T>(
     deserializer: D,
     parse: fn(&str) -> Result<T, String>,
 ) -> Result<T, D::Error>

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use crate::AppState;
 use crate::api::{Operator, Viewer};
 use crate::error::ApiError;
-use crate::extract::{ApiJson, ApiPath, ApiQuery, JsonBody, Limit};
+use crate::extract::{ApiJson, ApiPath, ApiQuery, JsonBody, Limit, from_text};
 
 fn queue(state: &AppState) -> Result<&dyn RelayStore, ApiError> {
     state
@@ -114,11 +114,12 @@ pub(crate) struct StatusParam(RelayStatus);
 
 impl<'de> Deserialize<'de> for StatusParam {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        RelayStatus::parse(&text).map(Self).ok_or_else(|| {
-            serde::de::Error::custom(format!(
-                "`{text}` is not a relay message status: expected pending, delivered or dead"
-            ))
+        from_text(deserializer, |text| {
+            RelayStatus::parse(text).map(Self).ok_or_else(|| {
+                format!(
+                    "`{text}` is not a relay message status: expected pending, delivered or dead"
+                )
+            })
         })
     }
 }
@@ -218,15 +219,14 @@ impl Default for ReplayStatus {
 
 impl<'de> Deserialize<'de> for ReplayStatus {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        match text.as_str() {
+        from_text(deserializer, |text| match text {
             "dead" => Ok(Self(Some(RelayStatus::Dead))),
             "delivered" => Ok(Self(Some(RelayStatus::Delivered))),
             "any" => Ok(Self(None)),
-            _ => Err(serde::de::Error::custom(format!(
+            _ => Err(format!(
                 "`{text}` cannot be replayed: expected dead, delivered or any"
-            ))),
-        }
+            )),
+        })
     }
 }
 
@@ -235,14 +235,13 @@ pub(crate) struct Time(Millis);
 
 impl<'de> Deserialize<'de> for Time {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        chrono::DateTime::parse_from_rfc3339(&text)
-            .map(|t| Self(t.timestamp_millis()))
-            .map_err(|e| {
-                serde::de::Error::custom(format!(
-                    "`{text}` is not an RFC 3339 time such as 2026-12-06T10:00:00Z: {e}"
-                ))
-            })
+        from_text(deserializer, |text| {
+            chrono::DateTime::parse_from_rfc3339(text)
+                .map(|t| Self(t.timestamp_millis()))
+                .map_err(|e| {
+                    format!("`{text}` is not an RFC 3339 time such as 2026-12-06T10:00:00Z: {e}")
+                })
+        })
     }
 }
 
