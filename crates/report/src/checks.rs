@@ -701,6 +701,7 @@ mod tests {
 
     fn run(status: RunStatus, stages: Vec<StageRecord>) -> RunSnapshot {
         RunSnapshot {
+            version: 0,
             header: RunHeader {
                 id: "r1".into(),
                 workflow: "ci".into(),

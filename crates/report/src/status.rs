@@ -222,6 +222,7 @@ mod tests {
         build.status = StageStatus::Running;
         build.attempt = 2;
         let run = RunSnapshot {
+            version: 0,
             header: RunHeader {
                 id: "r1".into(),
                 workflow: "ci".into(),

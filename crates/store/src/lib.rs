@@ -8,8 +8,12 @@
 //! which applies a batch of [`Change`]s atomically, so a process killed at any instant
 //! leaves either the whole step or none of it.
 //!
-//! [`sqlite::SqliteStore`] is the embedded default (one file, WAL, `synchronous=FULL`, group
-//! commit). The trait leaves room for PostgreSQL.
+//! [`SqliteStore`] is the embedded default (one file, WAL, `synchronous=FULL`, group
+//! commit), owned by one process. [`PostgresStore`] is shared: any number of `baton serve`
+//! replicas use one database, claim work with `FOR UPDATE SKIP LOCKED` under leases that
+//! expire, and fence every write of a run with the run's version and the task's lease token
+//! ([`Change::Fence`]), so a replica that lost its lease cannot commit over the one that took
+//! it.
 
 use async_trait::async_trait;
 use baton_core::context::TriggerInfo;
@@ -17,14 +21,19 @@ use baton_core::{ExternalRef, RunStatus, StageStatus};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+#[cfg(test)]
+#[allow(dead_code)] // Filled as the store's tests move onto every backend.
+mod contract;
 mod feed;
 mod inbox;
 mod outbox;
+mod postgres;
 pub mod relay;
 mod sqlite;
 
 pub use feed::{DeliveryFeed, PendingDelivery};
 pub use outbox::{DueReport, ReportKey};
+pub use postgres::PostgresStore;
 pub use relay::{
     DueRelay, NewRelayMessage, RelayAttemptRecord, RelayMessageFilter, RelayMessageRecord,
     RelayNext, RelayOutcome, RelayReplay, RelayStatus, RelayStore, RelayTargetStats,
@@ -127,6 +136,18 @@ pub enum StoreError {
     /// The store's writer has stopped (the process is shutting down).
     #[error("store writer has stopped")]
     Closed,
+    /// The database cannot be reached now (PostgreSQL down, the network gone, no connection
+    /// free in time). Nothing was written; the same call works again once it is back.
+    #[error("store unavailable: {detail}")]
+    Unavailable {
+        /// What the driver said, without the password.
+        detail: String,
+    },
+    /// A commit was refused because another process now owns the work: the run's version or
+    /// the task's lease token is no longer the one the commit was made from
+    /// ([`Change::Fence`]). Nothing of the commit was written.
+    #[error("store: {0}")]
+    Fenced(String),
 }
 
 impl StoreError {
@@ -134,8 +155,17 @@ impl StoreError {
     /// ([`StoreError::Full`], [`StoreError::Storage`]): readiness reports these.
     pub fn cannot_write(&self) -> bool {
         match self {
-            Self::Full { .. } | Self::Storage { .. } => true,
+            Self::Full { .. } | Self::Storage { .. } | Self::Unavailable { .. } => true,
             Self::Commit(inner) => inner.cannot_write(),
+            _ => false,
+        }
+    }
+
+    /// True when the commit was refused by [`Change::Fence`]: another process owns the work.
+    pub fn is_fenced(&self) -> bool {
+        match self {
+            Self::Fenced(_) => true,
+            Self::Commit(inner) => inner.is_fenced(),
             _ => false,
         }
     }
@@ -379,11 +409,23 @@ pub struct TaskSpec {
     pub claim_until: Option<Millis>,
 }
 
+/// The claim on a task: its row and the token its claim was given. A claim made later (by
+/// this process or another) gets a new token, so an old claim can tell it was taken over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TaskLease {
+    /// The task's row id.
+    pub id: i64,
+    /// The claim's token.
+    pub token: i64,
+}
+
 /// A scheduled task as read back from the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Task {
     /// Row id.
     pub id: i64,
+    /// The token of the claim this task was handed out under ([`TaskLease`]).
+    pub lease: i64,
     /// Bumped each time the task is rescheduled; [`Change::Done`] only removes the version
     /// it names, so a task rescheduled while it ran is not lost.
     pub version: i64,
@@ -402,6 +444,19 @@ pub struct Task {
 /// One atomic piece of a state change.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
+    /// Refuses the whole commit with [`StoreError::Fenced`] unless the run is still at
+    /// `version` (then bumps it by one) and, with `lease`, the task still carries that claim's
+    /// token (an expired claim nobody took over still counts). The engine puts it first in
+    /// every commit of a step, made from the run as it loaded it, so a step computed from a
+    /// stale copy, or by a process whose lease was taken over, writes nothing.
+    Fence {
+        /// The run.
+        run_id: String,
+        /// The run's version the step was computed from ([`RunSnapshot::version`]).
+        version: i64,
+        /// The claim the step runs under, if it runs a task.
+        lease: Option<TaskLease>,
+    },
     /// Create a run.
     InsertRun(RunHeader, RunPayload),
     /// Write a run's mutable part.
@@ -433,7 +488,10 @@ pub enum Change {
     },
     /// Record that every delivery up to `through` was matched. Those without a
     /// [`Change::DeliveryProcessed`] of their own started nothing. One small write per
-    /// matching pass instead of one per delivery: the intake's hot path.
+    /// matching pass instead of one per delivery: the intake's hot path. On a shared store
+    /// it marks the deliveries this process was handed ([`Store::pending_deliveries`], the
+    /// feed) up to `through`, and is fenced like [`Change::Fence`] if another process has
+    /// claimed one of them since.
     DeliveriesMatched {
         /// The highest public id matched; every lower one was matched too.
         through: i64,
@@ -531,6 +589,8 @@ pub enum Change {
 /// A run with everything stored about it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunSnapshot {
+    /// The run's version: 0 when created, bumped by each [`Change::Fence`].
+    pub version: i64,
     /// The mutable part.
     pub header: RunHeader,
     /// The fixed part.
@@ -704,20 +764,143 @@ pub trait Store: Send + Sync + 'static {
     fn relays(&self) -> Option<&dyn RelayStore> {
         None
     }
+
+    /// True when several processes share this store (PostgreSQL): leases are then never
+    /// cleared at start (they belong to other replicas too) and end only by expiry, and a
+    /// claim is renewed while its work goes on ([`Store::renew`]).
+    fn shared(&self) -> bool {
+        false
+    }
+
+    /// Whether `task` is still claimed under its token ([`Task::lease`]), expired or not: false
+    /// when it was done, rescheduled or claimed again since. A store owned by one process
+    /// answers true: nobody else can take its work.
+    async fn holds(&self, task: &Task) -> Result<bool> {
+        let _ = task;
+        Ok(true)
+    }
+
+    /// Extends the leases of claims still held to `until`; answers the ids of those no longer
+    /// held (done, rescheduled or claimed again), whose work the caller should drop.
+    async fn renew(&self, leases: &[TaskLease], until: Millis) -> Result<Vec<i64>> {
+        let _ = (leases, until);
+        Ok(Vec::new())
+    }
+
+    /// Wakes when another process hands over `work` (PostgreSQL `LISTEN/NOTIFY`): the value
+    /// counts the notifications. `None` for a store no other process writes.
+    fn wakes(&self, work: Work) -> Option<tokio::sync::watch::Receiver<u64>> {
+        let _ = work;
+        None
+    }
+}
+
+/// Kinds of work another replica can hand over ([`Store::wakes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Work {
+    /// Engine tasks due now (a released claim, an API action's task).
+    Tasks,
+    /// Deliveries to match (a replay, a released claim).
+    Deliveries,
+    /// Commit statuses to report.
+    Reports,
+    /// Relay messages to send (a replay, a released claim).
+    Relays,
+}
+
+impl Work {
+    /// The name sent as the notification's payload.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tasks => "tasks",
+            Self::Deliveries => "deliveries",
+            Self::Reports => "reports",
+            Self::Relays => "relays",
+        }
+    }
+}
+
+/// How to open a store: [`open_with`].
+#[derive(Clone, Default)]
+pub struct StoreOptions {
+    /// `sqlite://PATH` or `postgres://user@host:port/db?sslmode=…`.
+    pub url: String,
+    /// The database password when the URL has none (a resolved secret reference).
+    pub password: Option<String>,
+    /// How long a claim lasts unless renewed; `None` for the store's default.
+    pub lease: Option<std::time::Duration>,
+}
+
+impl std::fmt::Debug for StoreOptions {
+    /// Never shows the password, nor one written in the URL.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreOptions")
+            .field("url", &redact_url(&self.url))
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("lease", &self.lease)
+            .finish()
+    }
+}
+
+/// `url` with any password in it replaced by `<redacted>`, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:<redacted>@{host}{tail}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
 }
 
 /// Opens the store named by `url` (`sqlite://path`, `sqlite::memory:` is refused because a
-/// durable engine needs a file).
+/// durable engine needs a file; or `postgres://…`).
 pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>> {
+    open_with(&StoreOptions {
+        url: url.to_owned(),
+        ..StoreOptions::default()
+    })
+    .await
+}
+
+/// Opens the store `options` name.
+pub async fn open_with(options: &StoreOptions) -> Result<std::sync::Arc<dyn Store>> {
+    let url = &options.url;
     if url.starts_with("sqlite:") {
         Ok(std::sync::Arc::new(SqliteStore::open(url).await?))
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        Err(StoreError::Url(format!(
-            "store url `{url}`: PostgreSQL is not in this build yet; use `sqlite://PATH`"
-        )))
+        PostgresStore::open_shared(options).await
     } else {
         Err(StoreError::Url(format!(
-            "store url `{url}`: expected `sqlite://PATH`"
+            "store url `{}`: expected `sqlite://PATH` or `postgres://USER@HOST/DB`",
+            redact_url(url)
         )))
+    }
+}
+
+#[cfg(test)]
+mod redact_tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_in_urls_are_hidden() {
+        assert_eq!(
+            redact_url("postgres://baton:s3cret@db:5432/baton?sslmode=require"),
+            "postgres://baton:<redacted>@db:5432/baton?sslmode=require"
+        );
+        assert_eq!(
+            redact_url("postgres://baton@db/baton"),
+            "postgres://baton@db/baton"
+        );
+        assert_eq!(redact_url("sqlite://baton.db"), "sqlite://baton.db");
+        assert_eq!(
+            redact_url("postgres://u:p@ss@h/db"),
+            "postgres://u:<redacted>@h/db"
+        );
     }
 }

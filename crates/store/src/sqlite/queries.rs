@@ -81,6 +81,7 @@ impl Store for SqliteStore {
                 attempt_from_row,
             )?;
             Ok(Some(RunSnapshot {
+                version: 0,
                 header: header?,
                 payload,
                 stages,

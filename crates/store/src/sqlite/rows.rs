@@ -36,6 +36,7 @@ pub(super) fn task_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Task>> {
     };
     Ok(Ok(Task {
         id: row.get("id")?,
+        lease: 0,
         version: row.get("version")?,
         run_id: row.get("run_id")?,
         stage_id: row.get("stage_id")?,
