@@ -9,7 +9,9 @@ use crate::*;
 
 pub(super) fn apply_change(tx: &Transaction<'_>, change: &Change) -> Result<Option<Task>> {
     match change {
-        Change::Fence { .. } => unimplemented!("fencing on SQLite"),
+        Change::Fence { .. } => {
+            return Err(StoreError::Fenced("not in the SQLite store yet".into()));
+        }
         Change::InsertRun(header, payload) => {
             tx.prepare_cached(
                 "INSERT INTO runs (id, workflow, status, spec, event, trigger_info, cancel_requested, message, created_at, started_at, finished_at)
