@@ -27,6 +27,7 @@ mod contract;
 mod feed;
 mod inbox;
 mod outbox;
+#[allow(dead_code)] // Being filled: the PostgreSQL store.
 mod postgres;
 pub mod relay;
 mod sqlite;
