@@ -27,7 +27,7 @@ mod contract;
 mod feed;
 mod inbox;
 mod outbox;
-#[allow(dead_code)] // Being filled: the PostgreSQL store.
+#[allow(dead_code, clippy::unused_async)] // Being filled: the PostgreSQL store.
 mod postgres;
 pub mod relay;
 mod sqlite;
