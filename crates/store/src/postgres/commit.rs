@@ -258,7 +258,7 @@ impl PostgresStore {
                         &run("UPDATE deliveries SET status = $3, processed_at = $4, message = $5,
                                   runs = CASE WHEN $6 = '[]' THEN runs ELSE (runs::jsonb || $6::jsonb)::text END,
                                   claim_until = NULL
-                              WHERE seq = $1 AND claim_token = $2").await?,
+                              WHERE seq = $1 AND claim_token IN ($2, $7)").await?,
                         &[
                             seq,
                             &self.deliveries.token,
@@ -266,6 +266,7 @@ impl PostgresStore {
                             now,
                             message,
                             &json(runs),
+                            &self.deliveries.taken,
                         ],
                     )
                     .await
@@ -295,8 +296,8 @@ impl PostgresStore {
                                   status = CASE WHEN status = 'received' THEN 'processed' ELSE status END,
                                   processed_at = CASE WHEN status = 'received' THEN $3 ELSE processed_at END,
                                   claim_until = NULL
-                              WHERE seq = ANY($1) AND claim_token = $2").await?,
-                        &[&held, &self.deliveries.token, now],
+                              WHERE seq = ANY($1) AND claim_token IN ($2, $4)").await?,
+                        &[&held, &self.deliveries.token, now, &self.deliveries.taken],
                     )
                     .await
                     .map_err(pg_error)?;

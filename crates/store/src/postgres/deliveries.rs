@@ -4,8 +4,9 @@
 //!   any of them a duplicate.
 //! - A delivery is claimed for matching by the replica that stored it, at insert, with that
 //!   process's token; another replica takes it over only once that claim has expired
-//!   ([`Store::pending_deliveries`]). Matching marks only deliveries still held under this
-//!   process's token, and fails as fenced if one was taken over.
+//!   ([`Store::pending_deliveries`]), under a second token of its own that marks it as taken
+//!   over. Matching marks only deliveries still held under one of this process's tokens, and
+//!   fails as fenced if one was taken over.
 //! - The feed must carry this process's deliveries in id order (the matcher skips feed
 //!   deliveries at or below the last id it matched). Ids a sequence gives inside concurrent
 //!   inserts come back in any order, so the store takes ids in blocks and hands them out
@@ -28,9 +29,13 @@ pub(super) const FEED_CAPACITY: usize = 4096;
 
 /// Deliveries as this process sees them.
 pub(super) struct Deliveries {
-    /// This process's claim token on deliveries: the one it stores them under and claims
-    /// them with. A restart takes a new one, so the old process's claims look foreign.
+    /// This process's claim token on the deliveries it stores. A restart takes a new one,
+    /// so the old process's claims look foreign.
     pub(super) token: i64,
+    /// This process's claim token on deliveries it took over from another process (or from
+    /// an earlier run of itself): they are told apart from its own because they were never
+    /// on its feed, so they are matched as replays, every time they are read.
+    pub(super) taken: i64,
     /// Ids taken from the sequence and not yet handed out, in order.
     ids: tokio::sync::Mutex<VecDeque<i64>>,
     /// Ids handed out and their stored deliveries waiting for lower ids.
@@ -48,9 +53,10 @@ struct Order {
 }
 
 impl Deliveries {
-    pub(super) fn new(token: i64) -> Self {
+    pub(super) fn new(token: i64, taken: i64) -> Self {
         Self {
             token,
+            taken,
             ids: tokio::sync::Mutex::new(VecDeque::new()),
             order: Mutex::new(Order::default()),
             held: Mutex::new(BTreeSet::new()),
@@ -255,11 +261,12 @@ impl PostgresStore {
                 "WITH c AS (
                      SELECT seq, claim_token AS was FROM deliveries
                      WHERE status IN ('received', 'replay')
-                       AND (claim_token = $1 OR claim_until IS NULL OR claim_until < $2)
+                       AND (claim_token IN ($1, $5) OR claim_until IS NULL OR claim_until < $2)
                      ORDER BY status = 'replay' DESC, seq LIMIT $3
                      FOR UPDATE SKIP LOCKED)
-                 UPDATE deliveries d SET claim_until = $4, claim_token = $1 FROM c
-                 WHERE d.seq = c.seq
+                 UPDATE deliveries d SET claim_until = $4,
+                     claim_token = CASE WHEN c.was = $1 THEN $1 ELSE $5 END
+                 FROM c WHERE d.seq = c.seq
                  RETURNING d.seq, d.source, d.delivery_id, d.event, d.headers, d.body,
                            d.status = 'replay' OR c.was <> $1",
             )
@@ -274,6 +281,7 @@ impl PostgresStore {
                     &now,
                     &i64::from(limit),
                     &(now + self.lease_millis()),
+                    &self.deliveries.taken,
                 ],
             )
             .await

@@ -107,11 +107,15 @@ async fn listen_once(
             }
         }
     });
-    if client
-        .batch_execute(&format!("LISTEN {CHANNEL}"))
-        .await
-        .is_err()
-    {
+    let listening = async {
+        let schema: String = client
+            .query_one("SELECT current_schema()", &[])
+            .await?
+            .try_get(0)?;
+        let channel = format!("{CHANNEL}:{schema}").replace('"', "\"\"");
+        client.batch_execute(&format!("LISTEN \"{channel}\"")).await
+    };
+    if listening.await.is_err() {
         driver.abort();
         return false;
     }

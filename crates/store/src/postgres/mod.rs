@@ -36,7 +36,9 @@ mod tls;
 #[cfg(test)]
 mod tests;
 
-/// The channel replicas `NOTIFY` each other on; the payload is a [`Work`] name.
+/// The channel replicas `NOTIFY` each other on, followed by `:` and the schema's name
+/// (notifications are per database, and stores in other schemas are not replicas of this
+/// one); the payload is a [`Work`] name.
 pub(super) const CHANNEL: &str = "baton_work";
 
 /// Connections kept per process. Each one is a PostgreSQL backend process on the server, so
@@ -188,13 +190,19 @@ impl PostgresStore {
             let mut client = get(&pool).await?;
             schema::migrate(&mut client).await?;
         }
-        let process_token = {
+        let (own, taken) = {
             let client = get(&pool).await?;
             let row = client
-                .query_one("SELECT nextval('lease_tokens')", &[])
+                .query_one(
+                    "SELECT nextval('lease_tokens'), nextval('lease_tokens')",
+                    &[],
+                )
                 .await
                 .map_err(pg_error)?;
-            row.try_get::<_, i64>(0).map_err(pg_error)?
+            (
+                row.try_get::<_, i64>(0).map_err(pg_error)?,
+                row.try_get::<_, i64>(1).map_err(pg_error)?,
+            )
         };
         let wakes = Arc::new(listen::Wakes::default());
         let listener =
@@ -202,7 +210,7 @@ impl PostgresStore {
         Ok(Self {
             pool,
             relay_leases: relay::Leases::default(),
-            deliveries: deliveries::Deliveries::new(process_token),
+            deliveries: deliveries::Deliveries::new(own, taken),
             probe: Mutex::new(None),
             lease: options.lease.unwrap_or(DEFAULT_LEASE),
             wakes,
@@ -274,7 +282,7 @@ pub(super) fn pg_error(e: tokio_postgres::Error) -> StoreError {
 /// Tells the other replicas, when the transaction commits, that `work` is waiting.
 pub(super) async fn notify(tx: &Transaction<'_>, work: Work) -> Result<()> {
     let statement = tx
-        .prepare_cached("SELECT pg_notify($1, $2)")
+        .prepare_cached("SELECT pg_notify($1 || ':' || current_schema(), $2)")
         .await
         .map_err(pg_error)?;
     tx.execute(&statement, &[&CHANNEL, &work.as_str()])
