@@ -8,6 +8,8 @@ use std::sync::Arc;
 
 use crate::*;
 
+mod fencing;
+
 /// Which backend a [`Backend`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
