@@ -136,8 +136,11 @@ impl Outbox {
     /// to the request timeout. Rows still waiting stay in the store for the next start.
     pub(crate) async fn follow(mut self, mut events: broadcast::Receiver<Event>) {
         tracing::info!(sources = ?self.reporter.sources(), "reporting run status to commits");
-        // This process owns the store: claims left by a killed one end now.
-        if let Err(e) = self.store.release_report_leases().await {
+        // A store this process owns: claims left by a killed one end now. A shared store's
+        // claims may be other replicas' reports under way: they end only by expiry.
+        if !self.store.shared()
+            && let Err(e) = self.store.release_report_leases().await
+        {
             tracing::warn!(
                 error = &e as &dyn std::error::Error,
                 "cannot clear the outbox's old claims; their reports wait for them to end"
