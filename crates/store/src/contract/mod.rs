@@ -12,6 +12,7 @@ use serde_json::json;
 
 use crate::*;
 
+mod fencing;
 mod tests;
 
 /// Which backend a [`Backend`] is.
