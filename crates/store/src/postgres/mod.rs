@@ -42,7 +42,9 @@ mod tests;
 pub(super) const CHANNEL: &str = "baton_work";
 
 /// Connections kept per process. Each one is a PostgreSQL backend process on the server, so
-/// the pool is small; 16 carried 128 concurrent intake connections (see `deliveries`).
+/// the pool is small: with 16, 128 concurrent inserts stored 3,600 deliveries/s (p99 72 ms)
+/// on a 2-core machine shared with other work, the database's flushes shared by its group
+/// commit (`insert_throughput` in the tests).
 const POOL_SIZE: usize = 16;
 
 /// How long opening a connection, or waiting for a free one, may take before the database
