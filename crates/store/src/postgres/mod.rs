@@ -271,9 +271,16 @@ pub(super) fn pg_error(e: tokio_postgres::Error) -> StoreError {
         }
         return StoreError::Postgres(e);
     }
+    // A certificate that is refused is a setting to fix, not an outage to wait out.
+    let io = std::error::Error::source(&e).and_then(|s| s.downcast_ref::<std::io::Error>());
+    if io
+        .and_then(std::io::Error::get_ref)
+        .is_some_and(|inner| inner.is::<rustls::Error>())
+    {
+        return StoreError::Postgres(e);
+    }
     // No answer from the server: the connection failed, closed or timed out.
-    let io = std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
-    if e.is_closed() || io || e.code().is_none() && e.to_string().contains("connect") {
+    if e.is_closed() || io.is_some() || e.code().is_none() && e.to_string().contains("connect") {
         return StoreError::Unavailable {
             detail: e.to_string(),
         };

@@ -419,6 +419,75 @@ async fn a_refused_connection_is_unavailable_at_once_and_names_no_password() {
     );
 }
 
+/// The test server's certificate (Debian's self-signed one, for `localhost`).
+const SERVER_CERT: &str = "/etc/ssl/certs/ssl-cert-snakeoil.pem";
+
+#[tokio::test]
+async fn tls_checks_what_sslmode_asks_for() {
+    if !std::path::Path::new(SERVER_CERT).exists() {
+        panic!("{SERVER_CERT} is missing: the test server's TLS certificate");
+    }
+    let (options, _schema) = postgres_schema().await;
+    let with = |host: &str, query: &str| StoreOptions {
+        url: format!("{}&{query}", options.url.replace("127.0.0.1", host)),
+        ..options.clone()
+    };
+    // Encrypted, whoever answers; then the chain; then the chain and the name.
+    for (host, query) in [
+        ("127.0.0.1", "sslmode=require".to_owned()),
+        (
+            "127.0.0.1",
+            format!("sslmode=verify-ca&sslrootcert={SERVER_CERT}"),
+        ),
+        (
+            "localhost",
+            format!("sslmode=verify-full&sslrootcert={SERVER_CERT}"),
+        ),
+    ] {
+        let store = PostgresStore::open(&with(host, &query))
+            .await
+            .unwrap_or_else(|e| panic!("{query}: {e:?}"));
+        let ssl: bool = store
+            .client()
+            .await
+            .unwrap()
+            .query_one(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(ssl, "{query}");
+    }
+    // The wrong name, or a chain to no trusted root (one unrelated root), is refused, and
+    // not as an outage.
+    let bundle = std::fs::read_to_string("/etc/ssl/certs/ca-certificates.crt").unwrap();
+    let end = "-----END CERTIFICATE-----";
+    let other_root = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        other_root.path(),
+        &bundle[..bundle.find(end).unwrap() + end.len()],
+    )
+    .unwrap();
+    for (host, query) in [
+        (
+            "127.0.0.1",
+            format!("sslmode=verify-full&sslrootcert={SERVER_CERT}"),
+        ),
+        (
+            "localhost",
+            format!(
+                "sslmode=verify-ca&sslrootcert={}",
+                other_root.path().display()
+            ),
+        ),
+    ] {
+        let e = PostgresStore::open(&with(host, &query)).await.unwrap_err();
+        assert!(matches!(e, StoreError::Postgres(_)), "{query}: {e:?}");
+    }
+}
+
 /// `insert_delivery` from 128 concurrent tasks, as the intake calls it at 128 connections:
 /// `cargo test -p baton-store --release -- --ignored --nocapture insert_throughput`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
