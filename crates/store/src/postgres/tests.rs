@@ -419,6 +419,54 @@ async fn a_refused_connection_is_unavailable_at_once_and_names_no_password() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_connections_are_replaced_and_the_listener_comes_back() {
+    let (options, schema) = postgres_schema().await;
+    let options = StoreOptions {
+        url: format!("{}&application_name={schema}", options.url),
+        ..options
+    };
+    let store = PostgresStore::open(&options).await.unwrap();
+    let mut wakes = store.wakes(Work::Tasks).unwrap();
+    store.insert_delivery(delivery("before")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    wakes.borrow_and_update();
+    let (killer, connection) = tokio_postgres::connect(&postgres_url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let killed: i64 = killer
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1",
+            &[&schema],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        killed >= 2,
+        "the pool's connection and the listener's: {killed}"
+    );
+    // A call may meet a connection that died under it (unavailable, nothing written);
+    // the next gets a new one.
+    let mut stored = false;
+    for _ in 0..3 {
+        match store.insert_delivery(delivery("after")).await {
+            Ok(_) => {
+                stored = true;
+                break;
+            }
+            Err(e) => assert!(matches!(e, StoreError::Unavailable { .. }), "{e:?}"),
+        }
+    }
+    assert!(stored);
+    // The listener reconnects, and wakes everyone for what it may have missed.
+    tokio::time::timeout(Duration::from_secs(5), wakes.changed())
+        .await
+        .expect("woken after reconnecting")
+        .unwrap();
+}
+
 /// The test server's certificate (Debian's self-signed one, for `localhost`).
 const SERVER_CERT: &str = "/etc/ssl/certs/ssl-cert-snakeoil.pem";
 
