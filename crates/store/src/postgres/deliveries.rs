@@ -21,7 +21,7 @@ use crate::*;
 
 use deadpool_postgres::GenericClient;
 
-use super::{PostgresStore, pg_error};
+use super::{CONNECT_TIMEOUT, PostgresStore, pg_error};
 
 /// Ids taken from the sequence at once: one round trip per this many deliveries.
 const ID_BLOCK: i64 = 128;
@@ -101,8 +101,20 @@ const INSERT: &str = "INSERT INTO deliveries
 const DUPLICATE: &str = "SELECT seq FROM deliveries WHERE source = $1 AND delivery_id = $2";
 
 impl PostgresStore {
-    /// Hands out `n` ids, noted in flight.
+    /// Hands out `n` ids, noted in flight. Callers queue for the ids while one of them takes
+    /// a block from the database: bounded, so that with the database away each answers
+    /// within [`CONNECT_TIMEOUT`] rather than after every caller ahead of it timed out.
     async fn take_ids(&self, n: usize) -> Result<Vec<i64>> {
+        tokio::time::timeout(CONNECT_TIMEOUT, self.take_ids_now(n))
+            .await
+            .unwrap_or_else(|_| {
+                Err(StoreError::Unavailable {
+                    detail: format!("no delivery id from PostgreSQL within {CONNECT_TIMEOUT:?}"),
+                })
+            })
+    }
+
+    async fn take_ids_now(&self, n: usize) -> Result<Vec<i64>> {
         let mut ids = self.deliveries.ids.lock().await;
         if ids.len() < n {
             let client = self.client().await?;

@@ -151,8 +151,10 @@ fn target(options: &StoreOptions) -> Result<Target> {
         config.connect_timeout(CONNECT_TIMEOUT);
     }
     // A database that vanishes without closing its connections (a partition, a killed VM)
-    // is noticed by keepalives rather than by the kernel's two hours.
+    // is noticed by keepalives on an idle connection, and by the unacknowledged-data limit
+    // on a busy one, rather than by the kernel's minutes of retransmissions.
     config.keepalives_idle(Duration::from_secs(10));
+    config.tcp_user_timeout(Duration::from_secs(10));
     if config.get_application_name().is_none() {
         config.application_name("baton");
     }
