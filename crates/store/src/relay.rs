@@ -357,3 +357,46 @@ pub trait RelayStore: Send + Sync {
     /// it selected. Pending messages are left as they are. Returns how many it selected.
     async fn replay_relays(&self, replay: &RelayReplay, now: Millis) -> Result<u64>;
 }
+
+/// The columns of a message both backends read, in the order their row readers take them.
+pub(crate) const MESSAGE_COLUMNS: &str = "key, relay, target, delivery, status, tries, \
+     attempts, created_at, due_at, finished_at, last_outcome, last_code, message";
+
+/// What a failed try says for people: its error, else its status code, else its outcome.
+pub(crate) fn try_problem(a: &RelayAttemptRecord) -> String {
+    match (&a.error, a.code) {
+        (Some(error), _) => error.clone(),
+        (None, Some(code)) => format!("HTTP {code}"),
+        (None, None) => a.outcome.as_str().to_owned(),
+    }
+}
+
+/// The start of an answer's body, at most [`ANSWER_SLICE_BYTES`] long, cut at a character
+/// boundary.
+pub(crate) fn answer_slice(body: &str) -> &str {
+    let mut end = body.len().min(ANSWER_SLICE_BYTES);
+    while !body.is_char_boundary(end) {
+        end -= 1;
+    }
+    &body[..end]
+}
+
+/// The stats of one target in `stats`, added with nothing counted when it is new.
+pub(crate) fn entry(
+    stats: &mut std::collections::BTreeMap<(String, String), RelayTargetStats>,
+    relay: String,
+    target: String,
+) -> &mut RelayTargetStats {
+    stats
+        .entry((relay.clone(), target.clone()))
+        .or_insert_with(|| RelayTargetStats {
+            relay,
+            target,
+            pending: 0,
+            delivered: 0,
+            dead: 0,
+            oldest_pending_at: None,
+            disabled_at: None,
+            disabled_reason: None,
+        })
+}
