@@ -8,6 +8,9 @@ use std::sync::Arc;
 
 use crate::*;
 
+mod outbox;
+mod relay;
+
 /// Which backend a [`Backend`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
@@ -63,3 +66,44 @@ pub(crate) async fn backends() -> Vec<Backend> {
     // PostgreSQL joins when its store is in the build.
     vec![sqlite().await]
 }
+
+impl Backend {
+    /// The store as a restarted process finds it: the old handle dropped first (one process
+    /// owns a SQLite file), then the store opened again.
+    pub(crate) async fn restarted(self) -> Self {
+        let Self {
+            kind,
+            store,
+            options,
+            _dir,
+        } = self;
+        drop(store);
+        let store = open_with(&options).await.unwrap();
+        Self {
+            kind,
+            store,
+            options,
+            _dir,
+        }
+    }
+}
+
+/// Tests that run once on every backend: each name is an `async fn name(Backend)` of the
+/// calling module, run by a `#[tokio::test]` of the same name in its `every_backend` module.
+macro_rules! every_backend {
+    ($($name:ident),* $(,)?) => {
+        mod every_backend {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    for backend in crate::contract::backends().await {
+                        // Shown with a failure's output: which backend failed.
+                        println!("on {:?}", backend.kind);
+                        super::$name(backend).await;
+                    }
+                }
+            )*
+        }
+    };
+}
+pub(crate) use every_backend;
