@@ -10,7 +10,7 @@
 use deadpool_postgres::Transaction;
 use tokio_postgres::Row;
 
-use super::PostgresStore;
+use super::{PostgresStore, pg_error};
 use crate::*;
 
 /// Applies an outbox change (`Report`, `ReportDone`, `ReportRetry`, `ReportRef`) inside a
@@ -26,9 +26,11 @@ pub(super) async fn apply(tx: &Transaction<'_>, change: &Change) -> Result<()> {
                          version = reports.version + 1, due_at = excluded.due_at, tries = 0,
                          first_try_at = NULL",
                 )
-                .await?;
+                .await
+                .map_err(pg_error)?;
             tx.execute(&want, &[&key.run_id, &key.source, &key.stage_id, due_at])
-                .await?;
+                .await
+                .map_err(pg_error)?;
         }
         Change::ReportDone { key, version } => {
             let done = tx
@@ -36,9 +38,11 @@ pub(super) async fn apply(tx: &Transaction<'_>, change: &Change) -> Result<()> {
                     "DELETE FROM reports
                      WHERE run_id = $1 AND source = $2 AND stage_id = $3 AND version = $4",
                 )
-                .await?;
+                .await
+                .map_err(pg_error)?;
             tx.execute(&done, &[&key.run_id, &key.source, &key.stage_id, version])
-                .await?;
+                .await
+                .map_err(pg_error)?;
             release(tx, key).await?;
         }
         Change::ReportRetry {
@@ -53,7 +57,8 @@ pub(super) async fn apply(tx: &Transaction<'_>, change: &Change) -> Result<()> {
                     "UPDATE reports SET due_at = $5, tries = $6, first_try_at = $7
                      WHERE run_id = $1 AND source = $2 AND stage_id = $3 AND version = $4",
                 )
-                .await?;
+                .await
+                .map_err(pg_error)?;
             let tries = i32::try_from(*tries).unwrap_or(i32::MAX);
             tx.execute(
                 &retry,
@@ -67,7 +72,8 @@ pub(super) async fn apply(tx: &Transaction<'_>, change: &Change) -> Result<()> {
                     first_try_at,
                 ],
             )
-            .await?;
+            .await
+            .map_err(pg_error)?;
             release(tx, key).await?;
         }
         Change::ReportRef {
@@ -80,8 +86,11 @@ pub(super) async fn apply(tx: &Transaction<'_>, change: &Change) -> Result<()> {
                     "INSERT INTO report_refs (run_id, source, reference) VALUES ($1, $2, $3)
                      ON CONFLICT (run_id, source) DO UPDATE SET reference = excluded.reference",
                 )
-                .await?;
-            tx.execute(&put, &[run_id, source, reference]).await?;
+                .await
+                .map_err(pg_error)?;
+            tx.execute(&put, &[run_id, source, reference])
+                .await
+                .map_err(pg_error)?;
         }
         _ => {}
     }
@@ -95,9 +104,11 @@ async fn release(tx: &Transaction<'_>, key: &ReportKey) -> Result<()> {
             "UPDATE reports SET lease_until = NULL
              WHERE run_id = $1 AND source = $2 AND stage_id = $3",
         )
-        .await?;
+        .await
+        .map_err(pg_error)?;
     tx.execute(&release, &[&key.run_id, &key.source, &key.stage_id])
-        .await?;
+        .await
+        .map_err(pg_error)?;
     Ok(())
 }
 
@@ -122,13 +133,20 @@ impl PostgresStore {
                  RETURNING r.run_id, r.source, r.stage_id, r.version, r.tries, r.first_try_at,
                            r.due_at",
             )
-            .await?;
+            .await
+            .map_err(pg_error)?;
         let limit = i64::from(limit);
         let mut claimed = client
             .query(&claim, &[&lease_until, &now, &limit])
-            .await?
+            .await
+            .map_err(pg_error)?
             .iter()
-            .map(|row| Ok((due_from_row(row)?, row.try_get::<_, Millis>(6)?)))
+            .map(|row| {
+                Ok((
+                    due_from_row(row)?,
+                    row.try_get::<_, Millis>(6).map_err(pg_error)?,
+                ))
+            })
             .collect::<Result<Vec<_>>>()?;
         // RETURNING promises no order.
         claimed.sort_by_key(|(_, due_at)| *due_at);
@@ -142,8 +160,14 @@ impl PostgresStore {
             .prepare_cached(
                 "SELECT MIN(due_at) FROM reports WHERE lease_until IS NULL OR lease_until < $1",
             )
-            .await?;
-        Ok(client.query_one(&next, &[&now]).await?.try_get(0)?)
+            .await
+            .map_err(pg_error)?;
+        client
+            .query_one(&next, &[&now])
+            .await
+            .map_err(pg_error)?
+            .try_get(0)
+            .map_err(pg_error)
     }
 
     /// [`Store::report_ref`].
@@ -155,9 +179,14 @@ impl PostgresStore {
         let client = self.client().await?;
         let load = client
             .prepare_cached("SELECT reference FROM report_refs WHERE run_id = $1 AND source = $2")
-            .await?;
-        match client.query_opt(&load, &[&run_id, &source]).await? {
-            Some(row) => Ok(Some(row.try_get(0)?)),
+            .await
+            .map_err(pg_error)?;
+        match client
+            .query_opt(&load, &[&run_id, &source])
+            .await
+            .map_err(pg_error)?
+        {
+            Some(row) => Ok(Some(row.try_get(0).map_err(pg_error)?)),
             None => Ok(None),
         }
     }
@@ -167,12 +196,12 @@ impl PostgresStore {
 fn due_from_row(row: &Row) -> Result<DueReport> {
     Ok(DueReport {
         key: ReportKey {
-            run_id: row.try_get(0)?,
-            source: row.try_get(1)?,
-            stage_id: row.try_get(2)?,
+            run_id: row.try_get(0).map_err(pg_error)?,
+            source: row.try_get(1).map_err(pg_error)?,
+            stage_id: row.try_get(2).map_err(pg_error)?,
         },
-        version: row.try_get(3)?,
-        tries: u32::try_from(row.try_get::<_, i32>(4)?).unwrap_or_default(),
-        first_try_at: row.try_get(5)?,
+        version: row.try_get(3).map_err(pg_error)?,
+        tries: u32::try_from(row.try_get::<_, i32>(4).map_err(pg_error)?).unwrap_or_default(),
+        first_try_at: row.try_get(5).map_err(pg_error)?,
     })
 }

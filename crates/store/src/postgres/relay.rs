@@ -23,7 +23,7 @@ use deadpool_postgres::Transaction;
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
-use super::{PostgresStore, notify};
+use super::{PostgresStore, notify, pg_error};
 use crate::relay::{MESSAGE_COLUMNS, answer_slice, entry, try_problem};
 use crate::*;
 
@@ -116,8 +116,13 @@ pub(super) async fn apply(
                     "UPDATE relay_messages SET due_at = $2, lease_until = NULL
                      WHERE key = $1 AND status = 'pending'",
                 )
-                .await?;
-            let given_back = tx.execute(&postpone, &[key, due_at]).await? > 0;
+                .await
+                .map_err(pg_error)?;
+            let given_back = tx
+                .execute(&postpone, &[key, due_at])
+                .await
+                .map_err(pg_error)?
+                > 0;
             if given_back && *due_at <= now_millis() {
                 notify(tx, Work::Relays).await?;
             }
@@ -136,8 +141,11 @@ pub(super) async fn apply(
                      VALUES ($1, $2, $3, $4)
                      ON CONFLICT (relay, target) DO NOTHING",
                 )
-                .await?;
-            tx.execute(&mark, &[relay, target, at, reason]).await?;
+                .await
+                .map_err(pg_error)?;
+            tx.execute(&mark, &[relay, target, at, reason])
+                .await
+                .map_err(pg_error)?;
             let kill = tx
                 .prepare_cached(
                     "UPDATE relay_messages
@@ -145,8 +153,11 @@ pub(super) async fn apply(
                          message = $4
                      WHERE relay = $1 AND target = $2 AND status = 'pending'",
                 )
-                .await?;
-            tx.execute(&kill, &[relay, target, at, reason]).await?;
+                .await
+                .map_err(pg_error)?;
+            tx.execute(&kill, &[relay, target, at, reason])
+                .await
+                .map_err(pg_error)?;
             Ok(())
         }
         _ => Ok(()),
@@ -165,7 +176,8 @@ async fn enqueue(tx: &Transaction<'_>, m: &NewRelayMessage, staged: &mut Staged)
                      CASE WHEN $6::BIGINT IS NULL THEN 0 ELSE nextval('lease_tokens') END)
              RETURNING lease_token",
         )
-        .await?;
+        .await
+        .map_err(pg_error)?;
     let row = tx
         .query_one(
             &insert,
@@ -179,23 +191,32 @@ async fn enqueue(tx: &Transaction<'_>, m: &NewRelayMessage, staged: &mut Staged)
                 &m.created_at,
             ],
         )
-        .await?;
+        .await
+        .map_err(pg_error)?;
     if m.lease_until.is_some() {
-        staged.claimed.push((m.key.clone(), row.try_get(0)?));
+        staged
+            .claimed
+            .push((m.key.clone(), row.try_get(0).map_err(pg_error)?));
     }
     Ok(())
 }
 
-/// Refuses the commit unless the message `key` is this process's to settle: its stored
-/// token is this process's claim's, or no claim was ever made on it. Answers this process's
-/// token, if it has one. Locks the row, so a claim cannot slip in before the commit.
+/// Refuses the commit when the message `key` is pending under another claim than this
+/// process's: its lease ran out and another process took it, whose record is the one that
+/// stands. A message never claimed, or settled already (a late try only adds its row to
+/// the history), passes. Answers this process's token, if it has one. Locks the row, so a
+/// claim cannot slip in before the commit.
 async fn fence(tx: &Transaction<'_>, leases: &Leases, key: &str) -> Result<Option<i64>> {
     let ours = leases.token(key);
     let read = tx
-        .prepare_cached("SELECT lease_token FROM relay_messages WHERE key = $1 FOR UPDATE")
-        .await?;
-    let stored: Option<i64> = match tx.query_opt(&read, &[&key]).await? {
-        Some(row) => Some(row.try_get(0)?),
+        .prepare_cached(
+            "SELECT lease_token FROM relay_messages
+             WHERE key = $1 AND status = 'pending' FOR UPDATE",
+        )
+        .await
+        .map_err(pg_error)?;
+    let stored: Option<i64> = match tx.query_opt(&read, &[&key]).await.map_err(pg_error)? {
+        Some(row) => Some(row.try_get(0).map_err(pg_error)?),
         None => None,
     };
     match stored {
@@ -223,7 +244,8 @@ async fn record(tx: &Transaction<'_>, a: &RelayAttemptRecord, next: &RelayNext) 
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
              ON CONFLICT (key, attempt) DO NOTHING",
         )
-        .await?;
+        .await
+        .map_err(pg_error)?;
     let number = int(a.attempt);
     let code = a.code.map(i32::from);
     let duration = i64::from(a.duration_ms);
@@ -241,7 +263,8 @@ async fn record(tx: &Transaction<'_>, a: &RelayAttemptRecord, next: &RelayNext) 
             &a.error,
         ],
     )
-    .await?;
+    .await
+    .map_err(pg_error)?;
     let finished_at = a.at + Millis::from(a.duration_ms);
     // `$1` key, `$2` number, `$3` outcome, `$4` code; the rest is `next`'s.
     let settle = |next: &str| {
@@ -256,24 +279,27 @@ async fn record(tx: &Transaction<'_>, a: &RelayAttemptRecord, next: &RelayNext) 
         RelayNext::Delivered => {
             let sql =
                 settle("status = 'delivered', due_at = NULL, finished_at = $5, message = NULL");
-            let stmt = tx.prepare_cached(&sql).await?;
+            let stmt = tx.prepare_cached(&sql).await.map_err(pg_error)?;
             tx.execute(&stmt, &[&head[..], &[&finished_at]].concat())
-                .await?;
+                .await
+                .map_err(pg_error)?;
         }
         RelayNext::Retry { due_at, tries } => {
             let sql = settle("due_at = $5, tries = $6, message = $7");
-            let stmt = tx.prepare_cached(&sql).await?;
+            let stmt = tx.prepare_cached(&sql).await.map_err(pg_error)?;
             let (tries, problem) = (int(*tries), try_problem(a));
             tx.execute(&stmt, &[&head[..], &[due_at, &tries, &problem]].concat())
-                .await?;
+                .await
+                .map_err(pg_error)?;
         }
         RelayNext::Dead { reason } => {
             let sql = settle(
                 "status = 'dead', due_at = NULL, finished_at = $5, message = $6, tries = tries + 1",
             );
-            let stmt = tx.prepare_cached(&sql).await?;
+            let stmt = tx.prepare_cached(&sql).await.map_err(pg_error)?;
             tx.execute(&stmt, &[&head[..], &[&finished_at, reason]].concat())
-                .await?;
+                .await
+                .map_err(pg_error)?;
         }
     }
     Ok(())
@@ -286,7 +312,7 @@ fn int(n: u32) -> i32 {
 
 /// A count read from an `INTEGER` column.
 fn count(row: &Row, index: usize) -> Result<u32> {
-    Ok(u32::try_from(row.try_get::<_, i32>(index)?).unwrap_or_default())
+    Ok(u32::try_from(row.try_get::<_, i32>(index).map_err(pg_error)?).unwrap_or_default())
 }
 
 /// The columns a claim answers (`m` the message, `d` its delivery), in [`due_from_row`]'s
@@ -298,20 +324,24 @@ const CLAIMED_COLUMNS: &str = "m.key, m.relay, m.target, m.tries, m.attempts, m.
 /// A claimed message of [`CLAIMED_COLUMNS`], with its claim's token and when it was made.
 fn due_from_row(row: &Row) -> Result<(DueRelay, i64, Millis)> {
     let due = DueRelay {
-        key: row.try_get(0)?,
-        relay: row.try_get(1)?,
-        target: row.try_get(2)?,
+        key: row.try_get(0).map_err(pg_error)?,
+        relay: row.try_get(1).map_err(pg_error)?,
+        target: row.try_get(2).map_err(pg_error)?,
         tries: count(row, 3)?,
         attempts: count(row, 4)?,
-        due_at: row.try_get(5)?,
-        delivery: row.try_get(6)?,
-        source: row.try_get(7)?,
-        delivery_id: row.try_get(8)?,
-        event: row.try_get(9)?,
-        headers: row.try_get(10)?,
-        body: row.try_get(11)?,
+        due_at: row.try_get(5).map_err(pg_error)?,
+        delivery: row.try_get(6).map_err(pg_error)?,
+        source: row.try_get(7).map_err(pg_error)?,
+        delivery_id: row.try_get(8).map_err(pg_error)?,
+        event: row.try_get(9).map_err(pg_error)?,
+        headers: row.try_get(10).map_err(pg_error)?,
+        body: row.try_get(11).map_err(pg_error)?,
     };
-    Ok((due, row.try_get(12)?, row.try_get(13)?))
+    Ok((
+        due,
+        row.try_get(12).map_err(pg_error)?,
+        row.try_get(13).map_err(pg_error)?,
+    ))
 }
 
 /// A page size: 50 when unset, at most 1000.
@@ -361,9 +391,11 @@ impl PostgresStore {
                  WHERE m.key = ANY($1) AND d.seq = m.delivery
                  RETURNING {CLAIMED_COLUMNS}"
             ))
-            .await?;
+            .await
+            .map_err(pg_error)?;
         tx.query(&lease, &[&keys, &lease_until])
-            .await?
+            .await
+            .map_err(pg_error)?
             .iter()
             .map(due_from_row)
             .collect()
@@ -383,7 +415,7 @@ impl RelayStore for PostgresStore {
     ) -> Result<Vec<DueRelay>> {
         self.relay_leases.claimed_as(relay, target, ordered);
         let mut client = self.client().await?;
-        let tx = client.transaction().await?;
+        let tx = client.transaction().await.map_err(pg_error)?;
         let limit = i64::from(limit);
         let keys: Vec<String> = if ordered {
             // The head and the messages after it, locked in key order (waiting for a claim
@@ -397,14 +429,19 @@ impl RelayStore for PostgresStore {
                      ORDER BY key LIMIT $3
                      FOR UPDATE",
                 )
-                .await?;
+                .await
+                .map_err(pg_error)?;
             let mut keys = Vec::new();
-            for row in tx.query(&head, &[&relay, &target, &limit]).await? {
-                let leased: Option<Millis> = row.try_get(1)?;
+            for row in tx
+                .query(&head, &[&relay, &target, &limit])
+                .await
+                .map_err(pg_error)?
+            {
+                let leased: Option<Millis> = row.try_get(1).map_err(pg_error)?;
                 if leased.is_some_and(|until| until >= now) {
                     break;
                 }
-                keys.push(row.try_get(0)?);
+                keys.push(row.try_get(0).map_err(pg_error)?);
             }
             keys
         } else {
@@ -416,19 +453,22 @@ impl RelayStore for PostgresStore {
                      ORDER BY due_at, created_at, key LIMIT $4
                      FOR UPDATE SKIP LOCKED",
                 )
-                .await?;
+                .await
+                .map_err(pg_error)?;
             tx.query(&due, &[&relay, &target, &now, &limit])
-                .await?
+                .await
+                .map_err(pg_error)?
                 .iter()
                 .map(|row| row.try_get(0))
-                .collect::<Result<_, _>>()?
+                .collect::<Result<_, _>>()
+                .map_err(pg_error)?
         };
         if keys.is_empty() {
-            tx.commit().await?;
+            tx.commit().await.map_err(pg_error)?;
             return Ok(Vec::new());
         }
         let mut claimed = Self::lease(&tx, &keys, lease_until).await?;
-        tx.commit().await?;
+        tx.commit().await.map_err(pg_error)?;
         // RETURNING promises no order.
         if ordered {
             claimed.sort_by(|a, b| a.0.key.cmp(&b.0.key));
@@ -458,11 +498,19 @@ impl RelayStore for PostgresStore {
                      WHERE relay = $1 AND target = $2 AND status = 'pending'
                      ORDER BY key LIMIT 1",
                 )
-                .await?;
-            let Some(row) = client.query_opt(&head, &[&relay, &target]).await? else {
+                .await
+                .map_err(pg_error)?;
+            let Some(row) = client
+                .query_opt(&head, &[&relay, &target])
+                .await
+                .map_err(pg_error)?
+            else {
                 return Ok(None);
             };
-            let (due_at, leased): (Millis, Option<Millis>) = (row.try_get(0)?, row.try_get(1)?);
+            let (due_at, leased): (Millis, Option<Millis>) = (
+                row.try_get(0).map_err(pg_error)?,
+                row.try_get(1).map_err(pg_error)?,
+            );
             return Ok(Some(match leased {
                 Some(until) if until >= now => due_at.max(until + 1),
                 _ => due_at,
@@ -477,12 +525,14 @@ impl RelayStore for PostgresStore {
                    AND (lease_until IS NULL OR lease_until < $3)
                  ORDER BY due_at LIMIT 1",
             )
-            .await?;
+            .await
+            .map_err(pg_error)?;
         let first: Option<Millis> = match client
             .query_opt(&unleased, &[&relay, &target, &now])
-            .await?
+            .await
+            .map_err(pg_error)?
         {
-            Some(row) => row.try_get(0)?,
+            Some(row) => row.try_get(0).map_err(pg_error)?,
             None => None,
         };
         if first.is_some_and(|due| due <= now) {
@@ -495,11 +545,14 @@ impl RelayStore for PostgresStore {
                  WHERE relay = $1 AND target = $2 AND status = 'pending'
                    AND due_at <= $3 AND lease_until >= $3",
             )
-            .await?;
+            .await
+            .map_err(pg_error)?;
         let ends: Option<Millis> = client
             .query_one(&leased, &[&relay, &target, &now])
-            .await?
-            .try_get(0)?;
+            .await
+            .map_err(pg_error)?
+            .try_get(0)
+            .map_err(pg_error)?;
         Ok(match (first, ends) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -519,11 +572,16 @@ impl RelayStore for PostgresStore {
                 "SELECT relay, target, status, COUNT(*) FROM relay_messages
                  GROUP BY relay, target, status",
             )
-            .await?;
-        for row in client.query(&counts, &[]).await? {
-            let status: String = row.try_get(2)?;
-            let n = u64::try_from(row.try_get::<_, i64>(3)?).unwrap_or_default();
-            let target = entry(&mut stats, row.try_get(0)?, row.try_get(1)?);
+            .await
+            .map_err(pg_error)?;
+        for row in client.query(&counts, &[]).await.map_err(pg_error)? {
+            let status: String = row.try_get(2).map_err(pg_error)?;
+            let n = u64::try_from(row.try_get::<_, i64>(3).map_err(pg_error)?).unwrap_or_default();
+            let target = entry(
+                &mut stats,
+                row.try_get(0).map_err(pg_error)?,
+                row.try_get(1).map_err(pg_error)?,
+            );
             match RelayStatus::parse(&status) {
                 Some(RelayStatus::Pending) => target.pending = n,
                 Some(RelayStatus::Delivered) => target.delivered = n,
@@ -536,11 +594,16 @@ impl RelayStore for PostgresStore {
         }
         let disabled = client
             .prepare_cached("SELECT relay, target, disabled_at, disabled_reason FROM relay_targets")
-            .await?;
-        for row in client.query(&disabled, &[]).await? {
-            let target = entry(&mut stats, row.try_get(0)?, row.try_get(1)?);
-            target.disabled_at = row.try_get(2)?;
-            target.disabled_reason = row.try_get(3)?;
+            .await
+            .map_err(pg_error)?;
+        for row in client.query(&disabled, &[]).await.map_err(pg_error)? {
+            let target = entry(
+                &mut stats,
+                row.try_get(0).map_err(pg_error)?,
+                row.try_get(1).map_err(pg_error)?,
+            );
+            target.disabled_at = row.try_get(2).map_err(pg_error)?;
+            target.disabled_reason = row.try_get(3).map_err(pg_error)?;
         }
         Ok(stats.into_values().collect())
     }
@@ -552,12 +615,20 @@ impl RelayStore for PostgresStore {
                 "SELECT relay, target, MIN(created_at) FROM relay_messages
                  WHERE status = 'pending' GROUP BY relay, target ORDER BY relay, target",
             )
-            .await?;
+            .await
+            .map_err(pg_error)?;
         client
             .query(&oldest, &[])
-            .await?
+            .await
+            .map_err(pg_error)?
             .iter()
-            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))
+            .map(|row| {
+                Ok((
+                    row.try_get(0).map_err(pg_error)?,
+                    row.try_get(1).map_err(pg_error)?,
+                    row.try_get(2).map_err(pg_error)?,
+                ))
+            })
             .collect()
     }
 
@@ -584,10 +655,11 @@ impl RelayStore for PostgresStore {
             "SELECT {MESSAGE_COLUMNS} FROM relay_messages {filter} ORDER BY key DESC LIMIT {limit}"
         );
         let client = self.client().await?;
-        let list = client.prepare_cached(&sql).await?;
+        let list = client.prepare_cached(&sql).await.map_err(pg_error)?;
         client
             .query(&list, &args.values)
-            .await?
+            .await
+            .map_err(pg_error)?
             .iter()
             .map(message_from_row)
             .collect()
@@ -602,8 +674,13 @@ impl RelayStore for PostgresStore {
             .prepare_cached(&format!(
                 "SELECT {MESSAGE_COLUMNS} FROM relay_messages WHERE key = $1"
             ))
-            .await?;
-        let Some(row) = client.query_opt(&message, &[&key]).await? else {
+            .await
+            .map_err(pg_error)?;
+        let Some(row) = client
+            .query_opt(&message, &[&key])
+            .await
+            .map_err(pg_error)?
+        else {
             return Ok(None);
         };
         let message = message_from_row(&row)?;
@@ -612,10 +689,12 @@ impl RelayStore for PostgresStore {
                 "SELECT key, attempt, at, duration_ms, outcome, code, body, error
                  FROM relay_attempts WHERE key = $1 ORDER BY attempt",
             )
-            .await?;
+            .await
+            .map_err(pg_error)?;
         let tries = client
             .query(&tries, &[&key])
-            .await?
+            .await
+            .map_err(pg_error)?
             .iter()
             .map(attempt_from_row)
             .collect::<Result<_>>()?;
@@ -652,29 +731,35 @@ impl RelayStore for PostgresStore {
             }
         };
         let mut client = self.client().await?;
-        let tx = client.transaction().await?;
+        let tx = client.transaction().await.map_err(pg_error)?;
         let sql = format!(
             "UPDATE relay_messages SET status = 'pending', due_at = {now_arg}, tries = 0,
                  lease_until = NULL, finished_at = NULL
              WHERE {selected}
              RETURNING relay, target"
         );
-        let replay = tx.prepare_cached(&sql).await?;
-        let returned = tx.query(&replay, &args.values).await?;
+        let replay = tx.prepare_cached(&sql).await.map_err(pg_error)?;
+        let returned = tx.query(&replay, &args.values).await.map_err(pg_error)?;
         let mut targets = BTreeSet::new();
         for row in &returned {
-            targets.insert((row.try_get::<_, String>(0)?, row.try_get::<_, String>(1)?));
+            targets.insert((
+                row.try_get::<_, String>(0).map_err(pg_error)?,
+                row.try_get::<_, String>(1).map_err(pg_error)?,
+            ));
         }
         let enable = tx
             .prepare_cached("DELETE FROM relay_targets WHERE relay = $1 AND target = $2")
-            .await?;
+            .await
+            .map_err(pg_error)?;
         for (relay, target) in &targets {
-            tx.execute(&enable, &[relay, target]).await?;
+            tx.execute(&enable, &[relay, target])
+                .await
+                .map_err(pg_error)?;
         }
         if !returned.is_empty() {
             notify(&tx, Work::Relays).await?;
         }
-        tx.commit().await?;
+        tx.commit().await.map_err(pg_error)?;
         Ok(returned.len() as u64)
     }
 }
@@ -689,55 +774,46 @@ fn corrupt(what: &str, detail: &str) -> StoreError {
 
 /// Reads a message row of [`MESSAGE_COLUMNS`].
 fn message_from_row(row: &Row) -> Result<RelayMessageRecord> {
-    let status: String = row.try_get(4)?;
-    let last_outcome: Option<String> = row.try_get(10)?;
-    let last_code: Option<i32> = row.try_get(11)?;
+    let status: String = row.try_get(4).map_err(pg_error)?;
+    let last_outcome: Option<String> = row.try_get(10).map_err(pg_error)?;
+    let last_code: Option<i32> = row.try_get(11).map_err(pg_error)?;
     Ok(RelayMessageRecord {
-        key: row.try_get(0)?,
-        relay: row.try_get(1)?,
-        target: row.try_get(2)?,
-        delivery: row.try_get(3)?,
+        key: row.try_get(0).map_err(pg_error)?,
+        relay: row.try_get(1).map_err(pg_error)?,
+        target: row.try_get(2).map_err(pg_error)?,
+        delivery: row.try_get(3).map_err(pg_error)?,
         status: RelayStatus::parse(&status)
             .ok_or_else(|| corrupt("relay_messages.status", &status))?,
         tries: count(row, 5)?,
         attempts: count(row, 6)?,
-        created_at: row.try_get(7)?,
-        due_at: row.try_get(8)?,
-        finished_at: row.try_get(9)?,
+        created_at: row.try_get(7).map_err(pg_error)?,
+        due_at: row.try_get(8).map_err(pg_error)?,
+        finished_at: row.try_get(9).map_err(pg_error)?,
         last_outcome: last_outcome
             .map(|o| outcome(&o, "relay_messages.last_outcome"))
             .transpose()?,
         last_code: last_code.and_then(|c| u16::try_from(c).ok()),
-        message: row.try_get(12)?,
+        message: row.try_get(12).map_err(pg_error)?,
     })
 }
 
 /// Reads a `relay_attempts` row.
 fn attempt_from_row(row: &Row) -> Result<RelayAttemptRecord> {
-    let outcome_text: String = row.try_get(4)?;
-    let code: Option<i32> = row.try_get(5)?;
+    let outcome_text: String = row.try_get(4).map_err(pg_error)?;
+    let code: Option<i32> = row.try_get(5).map_err(pg_error)?;
     Ok(RelayAttemptRecord {
-        key: row.try_get(0)?,
+        key: row.try_get(0).map_err(pg_error)?,
         attempt: count(row, 1)?,
-        at: row.try_get(2)?,
-        duration_ms: u32::try_from(row.try_get::<_, i64>(3)?).unwrap_or(u32::MAX),
+        at: row.try_get(2).map_err(pg_error)?,
+        duration_ms: u32::try_from(row.try_get::<_, i64>(3).map_err(pg_error)?).unwrap_or(u32::MAX),
         outcome: outcome(&outcome_text, "relay_attempts.outcome")?,
         code: code.and_then(|c| u16::try_from(c).ok()),
-        body: row.try_get(6)?,
-        error: row.try_get(7)?,
+        body: row.try_get(6).map_err(pg_error)?,
+        error: row.try_get(7).map_err(pg_error)?,
     })
 }
 
 /// Parses a stored outcome of column `what`.
 fn outcome(text: &str, what: &str) -> Result<RelayOutcome> {
     RelayOutcome::parse(text).ok_or_else(|| corrupt(what, text))
-}
-
-// Until the core's error mapping is merged: every driver error as `Unavailable`.
-impl From<tokio_postgres::Error> for StoreError {
-    fn from(e: tokio_postgres::Error) -> Self {
-        Self::Unavailable {
-            detail: e.to_string(),
-        }
-    }
 }
