@@ -179,3 +179,48 @@ every_backend!(
     a_retry_keeps_its_schedule_across_a_restart_unless_superseded,
     a_reference_is_kept_per_run_and_source_across_a_restart_and_replaced_by_the_next,
 );
+
+/// What only a shared store does: replicas on one PostgreSQL schema.
+mod shared {
+    use std::collections::HashSet;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::contract::postgres;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_replicas_never_claim_one_row() {
+        let b = postgres().await;
+        let (one, two) = (b.store.clone(), b.reopen().await);
+        one.commit(
+            (0..60)
+                .map(|n| want(&format!("stage{n}"), n.into()))
+                .collect(),
+        )
+        .await
+        .unwrap();
+        let drain = async |store: Arc<dyn Store>| {
+            let mut got = Vec::new();
+            loop {
+                let rows = store.claim_reports(1_000, 3, 100_000).await.unwrap();
+                if rows.is_empty() {
+                    return got;
+                }
+                got.extend(rows.into_iter().map(|r| r.key.stage_id));
+                tokio::task::yield_now().await;
+            }
+        };
+        let (from_one, from_two) = tokio::join!(
+            tokio::spawn(drain(one.clone())),
+            tokio::spawn(drain(two.clone()))
+        );
+        let (from_one, from_two) = (from_one.unwrap(), from_two.unwrap());
+        let all: HashSet<&String> = from_one.iter().chain(&from_two).collect();
+        assert_eq!(
+            (all.len(), from_one.len() + from_two.len()),
+            (60, 60),
+            "every row claimed once"
+        );
+        assert_eq!(two.next_report_due(1_000).await.unwrap(), None);
+    }
+}

@@ -1093,3 +1093,213 @@ every_backend!(
     a_target_disabled_without_messages_is_listed,
     messages_tries_and_disabled_marks_survive_reopening_the_store,
 );
+
+/// What only a shared store does: replicas on one PostgreSQL schema.
+mod shared {
+    use std::collections::HashSet;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::contract::postgres;
+
+    /// Claims `target`'s due messages in tens until none is left, answering their keys.
+    async fn drain(store: Arc<dyn Store>, target: &'static str) -> Vec<String> {
+        let mut got = Vec::new();
+        loop {
+            let claimed = q(&*store)
+                .claim_relays("r", target, 1_000, 3, 100_000, false)
+                .await
+                .unwrap();
+            if claimed.is_empty() {
+                return got;
+            }
+            got.extend(keys(&claimed));
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_replicas_never_claim_one_message() {
+        let b = postgres().await;
+        let (one, two) = (b.store.clone(), b.reopen().await);
+        let d = delivery(&*one, "d").await;
+        enqueue(
+            &*one,
+            (1..=90)
+                .map(|n| message(n, "r", "a", d, n.into()))
+                .collect(),
+        )
+        .await;
+        let (from_one, from_two) = tokio::join!(
+            tokio::spawn(drain(one.clone(), "a")),
+            tokio::spawn(drain(two.clone(), "a"))
+        );
+        let (from_one, from_two) = (from_one.unwrap(), from_two.unwrap());
+        let all: HashSet<&String> = from_one.iter().chain(&from_two).collect();
+        assert_eq!(
+            (all.len(), from_one.len() + from_two.len()),
+            (90, 90),
+            "every message claimed once"
+        );
+        // And each settles what it claimed, fenced by nothing.
+        for (store, claimed) in [(&one, &from_one), (&two, &from_two)] {
+            let changes = claimed
+                .iter()
+                .map(|key| Change::RelayPostpone {
+                    key: key.clone(),
+                    due_at: 5_000,
+                })
+                .collect();
+            store.commit(changes).await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_message_taken_over_fences_its_first_holders_try() {
+        let b = postgres().await;
+        let (one, two) = (b.store.clone(), b.reopen().await);
+        let d = delivery(&*one, "d").await;
+        // One is handed over leased to replica one, one claimed by it.
+        let mut handed = message(1, "r", "a", d, 10);
+        handed.lease_until = Some(100);
+        enqueue(&*one, vec![handed, message(2, "r", "a", d, 10)]).await;
+        assert_eq!(claim(&*one, "a", 10, 100).await, [key(2)]);
+        // Replica one stalls past its leases; two takes both over.
+        assert!(claim(&*two, "a", 100, 1_000).await.is_empty());
+        assert_eq!(claim(&*two, "a", 101, 1_000).await, [key(1), key(2)]);
+        let late = |n| Change::RelayAttempt {
+            attempt: attempt(n, 1, 50, RelayOutcome::Failed, Some(500)),
+            next: RelayNext::Retry {
+                due_at: 60,
+                tries: 1,
+            },
+        };
+        for n in [1, 2] {
+            let refused = one.commit(vec![late(n)]).await.unwrap_err();
+            assert!(refused.is_fenced(), "{refused}");
+        }
+        // Nothing of a refused commit is written, not even alongside other changes.
+        let refused = one
+            .commit(vec![
+                disable("b", 5, "410"),
+                Change::RelayPostpone {
+                    key: key(1),
+                    due_at: 0,
+                },
+            ])
+            .await
+            .unwrap_err();
+        assert!(refused.is_fenced(), "{refused}");
+        assert_eq!(target_stats(&*two, "r", "b").await, None);
+        for n in [1, 2] {
+            let (m, tries) = load(&*two, n).await;
+            assert_eq!((m.attempts, m.due_at, tries.len()), (0, Some(10), 0));
+        }
+        // The new holder's tries stand.
+        record(
+            &*two,
+            attempt(1, 1, 150, RelayOutcome::Delivered, Some(200)),
+            RelayNext::Delivered,
+        )
+        .await;
+        assert_eq!(load(&*two, 1).await.0.status, RelayStatus::Delivered);
+        // A late try of a message settled since only adds its row to the history.
+        one.commit(vec![late(1)]).await.unwrap();
+        let (m, tries) = load(&*two, 1).await;
+        assert_eq!(
+            (m.status, m.attempts, tries.len()),
+            (RelayStatus::Delivered, 1, 1)
+        );
+    }
+
+    #[tokio::test]
+    async fn an_ordered_target_held_by_one_replica_waits_on_the_other() {
+        let b = postgres().await;
+        let (one, two) = (b.store.clone(), b.reopen().await);
+        let d = delivery(&*one, "d").await;
+        enqueue(
+            &*one,
+            (1..=3).map(|n| message(n, "r", "a", d, 10)).collect(),
+        )
+        .await;
+        let head = q(&*one)
+            .claim_relays("r", "a", 20, 1, 500, true)
+            .await
+            .unwrap();
+        assert_eq!(keys(&head), [key(1)]);
+        let two = &*two;
+        let ordered = async |now| {
+            keys(
+                &q(two)
+                    .claim_relays("r", "a", now, 1, now + 500, true)
+                    .await
+                    .unwrap(),
+            )
+        };
+        assert!(ordered(20).await.is_empty());
+        assert_eq!(
+            q(two).next_relay_due("r", "a", 20).await.unwrap(),
+            Some(501)
+        );
+        // Once the head's try is recorded, the next goes to whoever claims.
+        record(
+            &*one,
+            attempt(1, 1, 30, RelayOutcome::Delivered, Some(200)),
+            RelayNext::Delivered,
+        )
+        .await;
+        assert_eq!(ordered(40).await, [key(2)]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_replay_and_a_give_back_wake_the_other_replicas() {
+        let b = postgres().await;
+        let (one, two) = (b.store.clone(), b.reopen().await);
+        let mut relays = two.wakes(Work::Relays).unwrap();
+        // The LISTEN connection starts beside open: give it a moment.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        relays.borrow_and_update();
+        let d = delivery(&*one, "d").await;
+        enqueue(&*one, vec![message(1, "r", "a", d, 10)]).await;
+        assert_eq!(claim(&*one, "a", 10, now_millis() + 60_000).await, [key(1)]);
+        // Given back due later: nobody needs waking.
+        let back = |due_at| Change::RelayPostpone {
+            key: key(1),
+            due_at,
+        };
+        one.commit(vec![back(now_millis() + 60_000)]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!relays.has_changed().unwrap(), "woken for nothing due");
+        // Given back due now: the others may take it.
+        assert_eq!(
+            claim(&*one, "a", now_millis() + 60_001, now_millis() + 120_000).await,
+            [key(1)]
+        );
+        one.commit(vec![back(now_millis())]).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), relays.changed())
+            .await
+            .expect("woken for a message given back")
+            .unwrap();
+        relays.borrow_and_update();
+        let now = now_millis();
+        assert_eq!(claim(&*two, "a", now, now + 60_000).await, [key(1)]);
+        record(
+            &*two,
+            attempt(1, 1, 30, RelayOutcome::Failed, Some(500)),
+            RelayNext::Dead {
+                reason: "gave up".into(),
+            },
+        )
+        .await;
+        let replayed = q(&*one)
+            .replay_relays(&RelayReplay::Message(key(1)), now_millis())
+            .await
+            .unwrap();
+        assert_eq!(replayed, 1);
+        tokio::time::timeout(Duration::from_secs(5), relays.changed())
+            .await
+            .expect("woken for a replay")
+            .unwrap();
+    }
+}
