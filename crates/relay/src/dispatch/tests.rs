@@ -421,3 +421,156 @@ async fn a_410_disables_the_target_and_kills_what_comes_later_until_a_replay() {
     assert!(targets["ci"].disabled_at.is_some());
     worker.abort();
 }
+
+/// Two stores on one fresh schema of the test PostgreSQL (`BATON_TEST_POSTGRES`, by default
+/// the server on 127.0.0.1:5432): two replicas; and the statement that drops the schema, on
+/// a connection of its own.
+async fn postgres_replicas() -> (
+    Arc<dyn Store>,
+    Arc<dyn Store>,
+    (tokio_postgres::Client, String),
+) {
+    let server = std::env::var("BATON_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let (client, connection) = tokio_postgres::connect(&server, tokio_postgres::NoTls)
+        .await
+        .expect("the test PostgreSQL");
+    tokio::spawn(connection);
+    let schema = format!("t_relay_{}", uuid::Uuid::now_v7().simple());
+    client
+        .batch_execute(&format!("CREATE SCHEMA {schema}"))
+        .await
+        .unwrap();
+    let separator = if server.contains('?') { '&' } else { '?' };
+    let url = format!("{server}{separator}options=-csearch_path%3D{schema}");
+    (
+        baton_store::open(&url).await.unwrap(),
+        baton_store::open(&url).await.unwrap(),
+        (client, format!("DROP SCHEMA {schema} CASCADE")),
+    )
+}
+
+/// A receiver that counts requests and answers each 200 once the test lets it go.
+async fn start_holding_receiver(requests: Arc<AtomicU32>, go: Arc<Notify>) -> String {
+    async fn hold(State((requests, go)): State<(Arc<AtomicU32>, Arc<Notify>)>) -> StatusCode {
+        requests.fetch_add(1, Ordering::SeqCst);
+        go.notified().await;
+        StatusCode::OK
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let app = Router::new()
+        .route("/hook", axum::routing::post(hold))
+        .with_state((requests, go));
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{address}/hook")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_try_of_a_message_another_replica_took_over_is_dropped_not_retried() {
+    let (one, two, (admin, drop_schema)) = postgres_replicas().await;
+    let requests = Arc::new(AtomicU32::new(0));
+    let go = Arc::new(Notify::new());
+    let url = start_holding_receiver(requests.clone(), go.clone()).await;
+    let t = shared(&url, &[50], false);
+    let mut handed = Vec::new();
+    for (i, key) in ["msg_a", "msg_b"].into_iter().enumerate() {
+        let stored = one
+            .insert_delivery(NewDelivery {
+                source: "github".into(),
+                delivery_id: format!("d-{i}"),
+                event: "push".into(),
+                headers: "{}".into(),
+                body: "{}".into(),
+                received_at: now_millis(),
+            })
+            .await
+            .unwrap();
+        let baton_store::Intake::Stored(delivery) = stored else {
+            panic!("a new delivery")
+        };
+        let now = now_millis();
+        one.commit(vec![Change::RelayEnqueue(baton_store::NewRelayMessage {
+            key: key.into(),
+            relay: "mirror".into(),
+            target: "ci".into(),
+            delivery,
+            created_at: now,
+            due_at: now,
+            lease_until: Some(now + 600_000),
+        })])
+        .await
+        .unwrap();
+        let mut message = message(key, 0);
+        message.delivery = delivery;
+        handed.push(message);
+    }
+    let worker = tokio::spawn(work(t.clone(), one.clone(), Limits::default()));
+    assert!(t.reserve_room());
+    t.hand_over(handed.remove(0));
+    t.wake();
+    eventually("msg_a sent", || async {
+        requests.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    // Replica one stalls past its lease while msg_a is under way; two takes it over.
+    let later = now_millis() + 700_000;
+    let taken = two
+        .relays()
+        .unwrap()
+        .claim_relays("mirror", "ci", later, 1, later + 600_000, false)
+        .await
+        .unwrap();
+    assert_eq!(taken[0].key, "msg_a");
+    go.notify_one();
+    // One's record of the try is refused, at once and for good: retrying cannot help.
+    let record = Change::RelayAttempt {
+        attempt: RelayAttemptRecord {
+            key: "msg_a".into(),
+            attempt: 1,
+            at: now_millis(),
+            duration_ms: 1,
+            outcome: RelayOutcome::Delivered,
+            code: Some(200),
+            body: None,
+            error: None,
+        },
+        next: RelayNext::Delivered,
+    };
+    let settled = tokio::time::timeout(Duration::from_secs(5), settle(&*one, vec![record]))
+        .await
+        .expect("a fenced record is not retried");
+    assert!(matches!(settled, Settled::Fenced(_)));
+    // The worker goes on with the next message; msg_a is two's, untouched by one.
+    assert!(t.reserve_room());
+    t.hand_over(handed.remove(0));
+    t.wake();
+    go.notify_one();
+    let status = |key: &'static str| {
+        let one = one.clone();
+        async move {
+            one.relays()
+                .unwrap()
+                .load_relay_message(key)
+                .await
+                .unwrap()
+                .unwrap()
+                .0
+        }
+    };
+    eventually("msg_b delivered", || async {
+        status("msg_b").await.status == RelayStatus::Delivered
+    })
+    .await;
+    let a = status("msg_a").await;
+    assert_eq!((a.status, a.attempts), (RelayStatus::Pending, 0));
+    assert_eq!(
+        requests.load(Ordering::SeqCst),
+        2,
+        "msg_a was not sent again"
+    );
+    worker.abort();
+    let _ = worker.await;
+    drop((one, two));
+    admin.batch_execute(&drop_schema).await.unwrap();
+}
