@@ -19,7 +19,9 @@ use std::sync::{Mutex, OnceLock};
 use crate::feed::{self, FeedSender};
 use crate::*;
 
-use super::{PostgresStore, pg_error};
+use deadpool_postgres::GenericClient;
+
+use super::{CONNECT_TIMEOUT, PostgresStore, pg_error};
 
 /// Ids taken from the sequence at once: one round trip per this many deliveries.
 const ID_BLOCK: i64 = 128;
@@ -91,19 +93,6 @@ impl Deliveries {
     }
 }
 
-/// A delivery as the matcher gets it.
-fn pending(d: NewDelivery, id: i64) -> PendingDelivery {
-    PendingDelivery {
-        id,
-        source: d.source,
-        delivery_id: d.delivery_id,
-        event: d.event,
-        headers: d.headers,
-        body: d.body,
-        replay: false,
-    }
-}
-
 const INSERT: &str = "INSERT INTO deliveries
         (seq, source, delivery_id, event, headers, body, received_at, status, claim_until, claim_token)
     VALUES ($1, $2, $3, $4, $5, $6, $7, 'received', $8, $9)
@@ -112,8 +101,20 @@ const INSERT: &str = "INSERT INTO deliveries
 const DUPLICATE: &str = "SELECT seq FROM deliveries WHERE source = $1 AND delivery_id = $2";
 
 impl PostgresStore {
-    /// Hands out `n` ids, noted in flight.
+    /// Hands out `n` ids, noted in flight. Callers queue for the ids while one of them takes
+    /// a block from the database: bounded, so that with the database away each answers
+    /// within [`CONNECT_TIMEOUT`] rather than after every caller ahead of it timed out.
     async fn take_ids(&self, n: usize) -> Result<Vec<i64>> {
+        tokio::time::timeout(CONNECT_TIMEOUT, self.take_ids_now(n))
+            .await
+            .unwrap_or_else(|_| {
+                Err(StoreError::Unavailable {
+                    detail: format!("no delivery id from PostgreSQL within {CONNECT_TIMEOUT:?}"),
+                })
+            })
+    }
+
+    async fn take_ids_now(&self, n: usize) -> Result<Vec<i64>> {
         let mut ids = self.deliveries.ids.lock().await;
         if ids.len() < n {
             let client = self.client().await?;
@@ -150,7 +151,7 @@ impl PostgresStore {
         let ids = self.take_ids(1).await?;
         let result = self.insert_one(&d, ids[0]).await;
         let stored = match result {
-            Ok(Intake::Stored(id)) => vec![pending(d, id)],
+            Ok(Intake::Stored(id)) => vec![PendingDelivery::stored(d, id)],
             _ => Vec::new(),
         };
         self.deliveries.finish(&ids, stored);
@@ -159,8 +160,20 @@ impl PostgresStore {
 
     async fn insert_one(&self, d: &NewDelivery, id: i64) -> Result<Intake> {
         let client = self.client().await?;
-        let insert = client.prepare_cached(INSERT).await.map_err(pg_error)?;
         let until = now_millis() + self.lease_millis();
+        self.store_one(&client, d, id, until).await
+    }
+
+    /// Inserts `d` as `id` on `client` (a connection or a transaction), unless its source
+    /// has its delivery id already: then answers the stored one's id.
+    async fn store_one(
+        &self,
+        client: &impl GenericClient,
+        d: &NewDelivery,
+        id: i64,
+        until: Millis,
+    ) -> Result<Intake> {
+        let insert = client.prepare_cached(INSERT).await.map_err(pg_error)?;
         let inserted = client
             .execute(
                 &insert,
@@ -201,7 +214,7 @@ impl PostgresStore {
                 .into_iter()
                 .zip(intakes)
                 .filter_map(|(d, intake)| match intake {
-                    Intake::Stored(id) => Some(pending(d, *id)),
+                    Intake::Stored(id) => Some(PendingDelivery::stored(d, *id)),
                     Intake::Duplicate(_) => None,
                 })
                 .collect(),
@@ -214,37 +227,10 @@ impl PostgresStore {
     async fn insert_batch(&self, batch: &[NewDelivery], ids: &[i64]) -> Result<Vec<Intake>> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_error)?;
-        let insert = tx.prepare_cached(INSERT).await.map_err(pg_error)?;
-        let duplicate = tx.prepare_cached(DUPLICATE).await.map_err(pg_error)?;
         let until = now_millis() + self.lease_millis();
         let mut intakes = Vec::with_capacity(batch.len());
         for (d, id) in batch.iter().zip(ids) {
-            let inserted = tx
-                .execute(
-                    &insert,
-                    &[
-                        id,
-                        &d.source,
-                        &d.delivery_id,
-                        &d.event,
-                        &d.headers,
-                        &d.body,
-                        &d.received_at,
-                        &until,
-                        &self.deliveries.token,
-                    ],
-                )
-                .await
-                .map_err(pg_error)?;
-            intakes.push(if inserted == 1 {
-                Intake::Stored(*id)
-            } else {
-                let row = tx
-                    .query_one(&duplicate, &[&d.source, &d.delivery_id])
-                    .await
-                    .map_err(pg_error)?;
-                Intake::Duplicate(row.try_get(0).map_err(pg_error)?)
-            });
+            intakes.push(self.store_one(&tx, d, *id, until).await?);
         }
         tx.commit().await.map_err(pg_error)?;
         Ok(intakes)

@@ -42,7 +42,9 @@ mod tests;
 pub(super) const CHANNEL: &str = "baton_work";
 
 /// Connections kept per process. Each one is a PostgreSQL backend process on the server, so
-/// the pool is small; 16 carried 128 concurrent intake connections (see `deliveries`).
+/// the pool is small: with 16, 128 concurrent inserts stored 3,600 deliveries/s (p99 72 ms)
+/// on a 2-core machine shared with other work, the database's flushes shared by its group
+/// commit (`insert_throughput` in the tests).
 const POOL_SIZE: usize = 16;
 
 /// How long opening a connection, or waiting for a free one, may take before the database
@@ -149,8 +151,10 @@ fn target(options: &StoreOptions) -> Result<Target> {
         config.connect_timeout(CONNECT_TIMEOUT);
     }
     // A database that vanishes without closing its connections (a partition, a killed VM)
-    // is noticed by keepalives rather than by the kernel's two hours.
+    // is noticed by keepalives on an idle connection, and by the unacknowledged-data limit
+    // on a busy one, rather than by the kernel's minutes of retransmissions.
     config.keepalives_idle(Duration::from_secs(10));
+    config.tcp_user_timeout(Duration::from_secs(10));
     if config.get_application_name().is_none() {
         config.application_name("baton");
     }
@@ -269,9 +273,16 @@ pub(super) fn pg_error(e: tokio_postgres::Error) -> StoreError {
         }
         return StoreError::Postgres(e);
     }
+    // A certificate that is refused is a setting to fix, not an outage to wait out.
+    let io = std::error::Error::source(&e).and_then(|s| s.downcast_ref::<std::io::Error>());
+    if io
+        .and_then(std::io::Error::get_ref)
+        .is_some_and(|inner| inner.is::<rustls::Error>())
+    {
+        return StoreError::Postgres(e);
+    }
     // No answer from the server: the connection failed, closed or timed out.
-    let io = std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
-    if e.is_closed() || io || e.code().is_none() && e.to_string().contains("connect") {
+    if e.is_closed() || io.is_some() || e.code().is_none() && e.to_string().contains("connect") {
         return StoreError::Unavailable {
             detail: e.to_string(),
         };

@@ -159,16 +159,19 @@ impl Store for PostgresStore {
     }
 
     /// Claims with `SKIP LOCKED`, each task under a new token, and keeps a run to one
-    /// replica: a task whose run has another task under a live lease waits.
+    /// replica: a task whose run has another task under a live lease waits, and so does one
+    /// whose run row is locked (a claim or a fenced commit of it under way elsewhere), which
+    /// keeps two concurrent claims from taking two tasks of one run. Fencing stays what
+    /// makes a stale write impossible; this only keeps it rare.
     async fn claim_due(&self, now: Millis, limit: u32, lease_until: Millis) -> Result<Vec<Task>> {
         let sql = format!(
             "WITH due AS (
-                 SELECT t.id FROM tasks t
+                 SELECT t.id FROM tasks t JOIN runs r ON r.id = t.run_id
                  WHERE t.due_at <= $1 AND (t.lease_until IS NULL OR t.lease_until < $1)
                    AND NOT EXISTS (SELECT 1 FROM tasks o WHERE o.run_id = t.run_id
                                    AND o.id <> t.id AND o.lease_until >= $1)
                  ORDER BY t.due_at LIMIT $2
-                 FOR UPDATE OF t SKIP LOCKED)
+                 FOR UPDATE OF t, r SKIP LOCKED)
              UPDATE tasks SET lease_until = $3, lease_token = nextval('lease_tokens')
              FROM due WHERE tasks.id = due.id
              RETURNING {}",

@@ -419,6 +419,123 @@ async fn a_refused_connection_is_unavailable_at_once_and_names_no_password() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_connections_are_replaced_and_the_listener_comes_back() {
+    let (options, schema) = postgres_schema().await;
+    let options = StoreOptions {
+        url: format!("{}&application_name={schema}", options.url),
+        ..options
+    };
+    let store = PostgresStore::open(&options).await.unwrap();
+    let mut wakes = store.wakes(Work::Tasks).unwrap();
+    store.insert_delivery(delivery("before")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    wakes.borrow_and_update();
+    let (killer, connection) = tokio_postgres::connect(&postgres_url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let killed: i64 = killer
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1",
+            &[&schema],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        killed >= 2,
+        "the pool's connection and the listener's: {killed}"
+    );
+    // A call may meet a connection that died under it (unavailable, nothing written);
+    // the next gets a new one.
+    let mut stored = false;
+    for _ in 0..3 {
+        match store.insert_delivery(delivery("after")).await {
+            Ok(_) => {
+                stored = true;
+                break;
+            }
+            Err(e) => assert!(matches!(e, StoreError::Unavailable { .. }), "{e:?}"),
+        }
+    }
+    assert!(stored);
+    // The listener reconnects, and wakes everyone for what it may have missed.
+    tokio::time::timeout(Duration::from_secs(5), wakes.changed())
+        .await
+        .expect("woken after reconnecting")
+        .unwrap();
+}
+
+/// The test server's certificate (Debian's self-signed one, for `localhost`).
+const SERVER_CERT: &str = "/etc/ssl/certs/ssl-cert-snakeoil.pem";
+
+#[tokio::test]
+async fn tls_checks_what_sslmode_asks_for() {
+    if !std::path::Path::new(SERVER_CERT).exists() {
+        panic!("{SERVER_CERT} is missing: the test server's TLS certificate");
+    }
+    let (options, _schema) = postgres_schema().await;
+    let with = |host: &str, query: &str| StoreOptions {
+        url: format!("{}&{query}", options.url.replace("127.0.0.1", host)),
+        ..options.clone()
+    };
+    // Encrypted, whoever answers; then the chain; then the chain and the name.
+    for (host, query) in [
+        ("127.0.0.1", "sslmode=require".to_owned()),
+        (
+            "127.0.0.1",
+            format!("sslmode=verify-ca&sslrootcert={SERVER_CERT}"),
+        ),
+        (
+            "localhost",
+            format!("sslmode=verify-full&sslrootcert={SERVER_CERT}"),
+        ),
+    ] {
+        let store = PostgresStore::open(&with(host, &query))
+            .await
+            .unwrap_or_else(|e| panic!("{query}: {e:?}"));
+        let ssl: bool = store
+            .client()
+            .await
+            .unwrap()
+            .query_one(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(ssl, "{query}");
+    }
+    // The wrong name, or a chain to no trusted root (one unrelated root), is refused, and
+    // not as an outage.
+    let bundle = std::fs::read_to_string("/etc/ssl/certs/ca-certificates.crt").unwrap();
+    let end = "-----END CERTIFICATE-----";
+    let other_root = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        other_root.path(),
+        &bundle[..bundle.find(end).unwrap() + end.len()],
+    )
+    .unwrap();
+    for (host, query) in [
+        (
+            "127.0.0.1",
+            format!("sslmode=verify-full&sslrootcert={SERVER_CERT}"),
+        ),
+        (
+            "localhost",
+            format!(
+                "sslmode=verify-ca&sslrootcert={}",
+                other_root.path().display()
+            ),
+        ),
+    ] {
+        let e = PostgresStore::open(&with(host, &query)).await.unwrap_err();
+        assert!(matches!(e, StoreError::Postgres(_)), "{query}: {e:?}");
+    }
+}
+
 /// `insert_delivery` from 128 concurrent tasks, as the intake calls it at 128 connections:
 /// `cargo test -p baton-store --release -- --ignored --nocapture insert_throughput`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
