@@ -270,7 +270,7 @@ async fn store_with_deliveries(dir: &tempfile::TempDir, n: usize) -> Arc<SqliteS
     store
 }
 
-async fn enqueue(store: &SqliteStore, key: &str, delivery: i64, leased: bool) {
+async fn enqueue(store: &dyn Store, key: &str, delivery: i64, leased: bool) {
     let now = now_millis();
     store
         .commit(vec![Change::RelayEnqueue(baton_store::NewRelayMessage {
@@ -314,8 +314,8 @@ async fn a_worker_sends_what_is_handed_over_and_what_waits_in_the_store() {
     let url = start_receiver(receiver.clone()).await;
     let t = shared(&url, &[50], false);
     // One written unleased (claimed from the store), one leased and handed over.
-    enqueue(&store, "msg_a", 1, false).await;
-    enqueue(&store, "msg_b", 2, true).await;
+    enqueue(&*store, "msg_a", 1, false).await;
+    enqueue(&*store, "msg_b", 2, true).await;
     assert!(t.reserve_room());
     let mut handed = message("msg_b", 0);
     handed.delivery = 2;
@@ -342,7 +342,7 @@ async fn a_failed_try_comes_back_on_its_schedule() {
     lock(&receiver.answers).extend([500, 503]);
     let url = start_receiver(receiver.clone()).await;
     let t = shared(&url, &[100, 100, 100], false);
-    enqueue(&store, "msg_a", 1, false).await;
+    enqueue(&*store, "msg_a", 1, false).await;
     let worker = tokio::spawn(work(t.clone(), store.clone(), Limits::default()));
     eventually("delivered on the third try", || async {
         status_of(&store, "msg_a").await == RelayStatus::Delivered
@@ -371,7 +371,7 @@ async fn an_ordered_target_sends_the_next_only_after_the_one_before_is_delivered
     let url = start_receiver(receiver.clone()).await;
     let t = shared(&url, &[100, 100, 100], true);
     for (key, delivery) in [("msg_a", 1), ("msg_b", 2), ("msg_c", 3)] {
-        enqueue(&store, key, delivery, false).await;
+        enqueue(&*store, key, delivery, false).await;
     }
     let worker = tokio::spawn(work(t.clone(), store.clone(), Limits::default()));
     eventually("all three delivered", || async {
@@ -395,14 +395,14 @@ async fn a_410_disables_the_target_and_kills_what_comes_later_until_a_replay() {
     lock(&receiver.answers).push(410);
     let url = start_receiver(receiver.clone()).await;
     let t = shared(&url, &[100], false);
-    enqueue(&store, "msg_a", 1, false).await;
+    enqueue(&*store, "msg_a", 1, false).await;
     let worker = tokio::spawn(work(t.clone(), store.clone(), Limits::default()));
     eventually("dead after the 410", || async {
         status_of(&store, "msg_a").await == RelayStatus::Dead
     })
     .await;
     assert!(t.condition().1.is_some(), "disabled");
-    enqueue(&store, "msg_b", 2, false).await;
+    enqueue(&*store, "msg_b", 2, false).await;
     t.wake_for_store();
     eventually("the later message dies unsent", || async {
         status_of(&store, "msg_b").await == RelayStatus::Dead
@@ -489,18 +489,7 @@ async fn a_try_of_a_message_another_replica_took_over_is_dropped_not_retried() {
         let baton_store::Intake::Stored(delivery) = stored else {
             panic!("a new delivery")
         };
-        let now = now_millis();
-        one.commit(vec![Change::RelayEnqueue(baton_store::NewRelayMessage {
-            key: key.into(),
-            relay: "mirror".into(),
-            target: "ci".into(),
-            delivery,
-            created_at: now,
-            due_at: now,
-            lease_until: Some(now + 600_000),
-        })])
-        .await
-        .unwrap();
+        enqueue(&*one, key, delivery, true).await;
         let mut message = message(key, 0);
         message.delivery = delivery;
         handed.push(message);
