@@ -309,7 +309,11 @@ pub trait RelayStore: Send + Sync {
     /// the module docs). Due ones (`due_at <= now`), oldest due first; with `ordered`, the
     /// oldest pending by key whether due or not (the caller waits for each one's time). Keys
     /// are made as deliveries are matched, in their order, so a target's messages go out in
-    /// their deliveries' order.
+    /// their deliveries' order. On a shared store ([`Store::shared`](crate::Store::shared))
+    /// an ordered claim starts at the target's oldest pending message or claims nothing, so
+    /// while one process holds it no other sends the ones after it; each claim there has a
+    /// token, and a try recorded after another process took the message over is refused
+    /// ([`StoreError::Fenced`](crate::StoreError::Fenced)).
     async fn claim_relays(
         &self,
         relay: &str,
@@ -320,7 +324,9 @@ pub trait RelayStore: Send + Sync {
         ordered: bool,
     ) -> Result<Vec<DueRelay>>;
 
-    /// The earliest due time of a target's pending, unleased (or lease-expired) message.
+    /// The earliest due time of a target's pending, unleased (or lease-expired) message. On a
+    /// shared store a leased message counts too, due when its lease ends (when another
+    /// process may take it over), and an ordered target's is its oldest pending message's.
     async fn next_relay_due(
         &self,
         relay: &str,
@@ -329,7 +335,8 @@ pub trait RelayStore: Send + Sync {
     ) -> Result<Option<Millis>>;
 
     /// Clears every relay message's lease: used by a dispatcher that owns the store alone,
-    /// at start.
+    /// at start. A shared store clears nothing: its leases may be other processes', and end
+    /// by expiry.
     async fn release_relay_leases(&self) -> Result<()>;
 
     /// Every target that has messages or was disabled, with its counts, by relay then
