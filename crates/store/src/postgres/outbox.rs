@@ -10,6 +10,7 @@
 use deadpool_postgres::Transaction;
 use tokio_postgres::Row;
 
+use super::relay::col;
 use super::{PostgresStore, pg_error};
 use crate::*;
 
@@ -141,12 +142,7 @@ impl PostgresStore {
             .await
             .map_err(pg_error)?
             .iter()
-            .map(|row| {
-                Ok((
-                    due_from_row(row)?,
-                    row.try_get::<_, Millis>(6).map_err(pg_error)?,
-                ))
-            })
+            .map(|row| Ok((due_from_row(row)?, col::<Millis>(row, 6)?)))
             .collect::<Result<Vec<_>>>()?;
         // RETURNING promises no order.
         claimed.sort_by_key(|(_, due_at)| *due_at);
@@ -186,7 +182,7 @@ impl PostgresStore {
             .await
             .map_err(pg_error)?
         {
-            Some(row) => Ok(Some(row.try_get(0).map_err(pg_error)?)),
+            Some(row) => Ok(Some(col(&row, 0)?)),
             None => Ok(None),
         }
     }
@@ -196,12 +192,12 @@ impl PostgresStore {
 fn due_from_row(row: &Row) -> Result<DueReport> {
     Ok(DueReport {
         key: ReportKey {
-            run_id: row.try_get(0).map_err(pg_error)?,
-            source: row.try_get(1).map_err(pg_error)?,
-            stage_id: row.try_get(2).map_err(pg_error)?,
+            run_id: col(row, 0)?,
+            source: col(row, 1)?,
+            stage_id: col(row, 2)?,
         },
-        version: row.try_get(3).map_err(pg_error)?,
-        tries: u32::try_from(row.try_get::<_, i32>(4).map_err(pg_error)?).unwrap_or_default(),
-        first_try_at: row.try_get(5).map_err(pg_error)?,
+        version: col(row, 3)?,
+        tries: u32::try_from(col::<i32>(row, 4)?).unwrap_or_default(),
+        first_try_at: col(row, 5)?,
     })
 }

@@ -21,7 +21,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use async_trait::async_trait;
 use deadpool_postgres::Transaction;
 use tokio_postgres::Row;
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{FromSql, ToSql};
 
 use super::{PostgresStore, notify, pg_error};
 use crate::relay::{MESSAGE_COLUMNS, answer_slice, entry, try_problem};
@@ -194,9 +194,7 @@ async fn enqueue(tx: &Transaction<'_>, m: &NewRelayMessage, staged: &mut Staged)
         .await
         .map_err(pg_error)?;
     if m.lease_until.is_some() {
-        staged
-            .claimed
-            .push((m.key.clone(), row.try_get(0).map_err(pg_error)?));
+        staged.claimed.push((m.key.clone(), col(&row, 0)?));
     }
     Ok(())
 }
@@ -216,7 +214,7 @@ async fn fence(tx: &Transaction<'_>, leases: &Leases, key: &str) -> Result<Optio
         .await
         .map_err(pg_error)?;
     let stored: Option<i64> = match tx.query_opt(&read, &[&key]).await.map_err(pg_error)? {
-        Some(row) => Some(row.try_get(0).map_err(pg_error)?),
+        Some(row) => Some(col(&row, 0)?),
         None => None,
     };
     match stored {
@@ -305,6 +303,11 @@ async fn record(tx: &Transaction<'_>, a: &RelayAttemptRecord, next: &RelayNext) 
     Ok(())
 }
 
+/// Column `index` of `row`.
+pub(super) fn col<'a, T: FromSql<'a>>(row: &'a Row, index: usize) -> Result<T> {
+    row.try_get(index).map_err(pg_error)
+}
+
 /// A count for an `INTEGER` column.
 fn int(n: u32) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
@@ -312,7 +315,7 @@ fn int(n: u32) -> i32 {
 
 /// A count read from an `INTEGER` column.
 fn count(row: &Row, index: usize) -> Result<u32> {
-    Ok(u32::try_from(row.try_get::<_, i32>(index).map_err(pg_error)?).unwrap_or_default())
+    Ok(u32::try_from(col::<i32>(row, index)?).unwrap_or_default())
 }
 
 /// The columns a claim answers (`m` the message, `d` its delivery), in [`due_from_row`]'s
@@ -324,24 +327,20 @@ const CLAIMED_COLUMNS: &str = "m.key, m.relay, m.target, m.tries, m.attempts, m.
 /// A claimed message of [`CLAIMED_COLUMNS`], with its claim's token and when it was made.
 fn due_from_row(row: &Row) -> Result<(DueRelay, i64, Millis)> {
     let due = DueRelay {
-        key: row.try_get(0).map_err(pg_error)?,
-        relay: row.try_get(1).map_err(pg_error)?,
-        target: row.try_get(2).map_err(pg_error)?,
+        key: col(row, 0)?,
+        relay: col(row, 1)?,
+        target: col(row, 2)?,
         tries: count(row, 3)?,
         attempts: count(row, 4)?,
-        due_at: row.try_get(5).map_err(pg_error)?,
-        delivery: row.try_get(6).map_err(pg_error)?,
-        source: row.try_get(7).map_err(pg_error)?,
-        delivery_id: row.try_get(8).map_err(pg_error)?,
-        event: row.try_get(9).map_err(pg_error)?,
-        headers: row.try_get(10).map_err(pg_error)?,
-        body: row.try_get(11).map_err(pg_error)?,
+        due_at: col(row, 5)?,
+        delivery: col(row, 6)?,
+        source: col(row, 7)?,
+        delivery_id: col(row, 8)?,
+        event: col(row, 9)?,
+        headers: col(row, 10)?,
+        body: col(row, 11)?,
     };
-    Ok((
-        due,
-        row.try_get(12).map_err(pg_error)?,
-        row.try_get(13).map_err(pg_error)?,
-    ))
+    Ok((due, col(row, 12)?, col(row, 13)?))
 }
 
 /// A page size: 50 when unset, at most 1000.
@@ -437,11 +436,11 @@ impl RelayStore for PostgresStore {
                 .await
                 .map_err(pg_error)?
             {
-                let leased: Option<Millis> = row.try_get(1).map_err(pg_error)?;
+                let leased: Option<Millis> = col(&row, 1)?;
                 if leased.is_some_and(|until| until >= now) {
                     break;
                 }
-                keys.push(row.try_get(0).map_err(pg_error)?);
+                keys.push(col(&row, 0)?);
             }
             keys
         } else {
@@ -507,10 +506,7 @@ impl RelayStore for PostgresStore {
             else {
                 return Ok(None);
             };
-            let (due_at, leased): (Millis, Option<Millis>) = (
-                row.try_get(0).map_err(pg_error)?,
-                row.try_get(1).map_err(pg_error)?,
-            );
+            let (due_at, leased): (Millis, Option<Millis>) = (col(&row, 0)?, col(&row, 1)?);
             return Ok(Some(match leased {
                 Some(until) if until >= now => due_at.max(until + 1),
                 _ => due_at,
@@ -532,7 +528,7 @@ impl RelayStore for PostgresStore {
             .await
             .map_err(pg_error)?
         {
-            Some(row) => row.try_get(0).map_err(pg_error)?,
+            Some(row) => col(&row, 0)?,
             None => None,
         };
         if first.is_some_and(|due| due <= now) {
@@ -575,13 +571,9 @@ impl RelayStore for PostgresStore {
             .await
             .map_err(pg_error)?;
         for row in client.query(&counts, &[]).await.map_err(pg_error)? {
-            let status: String = row.try_get(2).map_err(pg_error)?;
-            let n = u64::try_from(row.try_get::<_, i64>(3).map_err(pg_error)?).unwrap_or_default();
-            let target = entry(
-                &mut stats,
-                row.try_get(0).map_err(pg_error)?,
-                row.try_get(1).map_err(pg_error)?,
-            );
+            let status: String = col(&row, 2)?;
+            let n = u64::try_from(col::<i64>(&row, 3)?).unwrap_or_default();
+            let target = entry(&mut stats, col(&row, 0)?, col(&row, 1)?);
             match RelayStatus::parse(&status) {
                 Some(RelayStatus::Pending) => target.pending = n,
                 Some(RelayStatus::Delivered) => target.delivered = n,
@@ -597,13 +589,9 @@ impl RelayStore for PostgresStore {
             .await
             .map_err(pg_error)?;
         for row in client.query(&disabled, &[]).await.map_err(pg_error)? {
-            let target = entry(
-                &mut stats,
-                row.try_get(0).map_err(pg_error)?,
-                row.try_get(1).map_err(pg_error)?,
-            );
-            target.disabled_at = row.try_get(2).map_err(pg_error)?;
-            target.disabled_reason = row.try_get(3).map_err(pg_error)?;
+            let target = entry(&mut stats, col(&row, 0)?, col(&row, 1)?);
+            target.disabled_at = col(&row, 2)?;
+            target.disabled_reason = col(&row, 3)?;
         }
         Ok(stats.into_values().collect())
     }
@@ -622,13 +610,7 @@ impl RelayStore for PostgresStore {
             .await
             .map_err(pg_error)?
             .iter()
-            .map(|row| {
-                Ok((
-                    row.try_get(0).map_err(pg_error)?,
-                    row.try_get(1).map_err(pg_error)?,
-                    row.try_get(2).map_err(pg_error)?,
-                ))
-            })
+            .map(|row| Ok((col(row, 0)?, col(row, 1)?, col(row, 2)?)))
             .collect()
     }
 
@@ -742,10 +724,7 @@ impl RelayStore for PostgresStore {
         let returned = tx.query(&replay, &args.values).await.map_err(pg_error)?;
         let mut targets = BTreeSet::new();
         for row in &returned {
-            targets.insert((
-                row.try_get::<_, String>(0).map_err(pg_error)?,
-                row.try_get::<_, String>(1).map_err(pg_error)?,
-            ));
+            targets.insert((col::<String>(row, 0)?, col::<String>(row, 1)?));
         }
         let enable = tx
             .prepare_cached("DELETE FROM relay_targets WHERE relay = $1 AND target = $2")
@@ -774,42 +753,42 @@ fn corrupt(what: &str, detail: &str) -> StoreError {
 
 /// Reads a message row of [`MESSAGE_COLUMNS`].
 fn message_from_row(row: &Row) -> Result<RelayMessageRecord> {
-    let status: String = row.try_get(4).map_err(pg_error)?;
-    let last_outcome: Option<String> = row.try_get(10).map_err(pg_error)?;
-    let last_code: Option<i32> = row.try_get(11).map_err(pg_error)?;
+    let status: String = col(row, 4)?;
+    let last_outcome: Option<String> = col(row, 10)?;
+    let last_code: Option<i32> = col(row, 11)?;
     Ok(RelayMessageRecord {
-        key: row.try_get(0).map_err(pg_error)?,
-        relay: row.try_get(1).map_err(pg_error)?,
-        target: row.try_get(2).map_err(pg_error)?,
-        delivery: row.try_get(3).map_err(pg_error)?,
+        key: col(row, 0)?,
+        relay: col(row, 1)?,
+        target: col(row, 2)?,
+        delivery: col(row, 3)?,
         status: RelayStatus::parse(&status)
             .ok_or_else(|| corrupt("relay_messages.status", &status))?,
         tries: count(row, 5)?,
         attempts: count(row, 6)?,
-        created_at: row.try_get(7).map_err(pg_error)?,
-        due_at: row.try_get(8).map_err(pg_error)?,
-        finished_at: row.try_get(9).map_err(pg_error)?,
+        created_at: col(row, 7)?,
+        due_at: col(row, 8)?,
+        finished_at: col(row, 9)?,
         last_outcome: last_outcome
             .map(|o| outcome(&o, "relay_messages.last_outcome"))
             .transpose()?,
         last_code: last_code.and_then(|c| u16::try_from(c).ok()),
-        message: row.try_get(12).map_err(pg_error)?,
+        message: col(row, 12)?,
     })
 }
 
 /// Reads a `relay_attempts` row.
 fn attempt_from_row(row: &Row) -> Result<RelayAttemptRecord> {
-    let outcome_text: String = row.try_get(4).map_err(pg_error)?;
-    let code: Option<i32> = row.try_get(5).map_err(pg_error)?;
+    let outcome_text: String = col(row, 4)?;
+    let code: Option<i32> = col(row, 5)?;
     Ok(RelayAttemptRecord {
-        key: row.try_get(0).map_err(pg_error)?,
+        key: col(row, 0)?,
         attempt: count(row, 1)?,
-        at: row.try_get(2).map_err(pg_error)?,
-        duration_ms: u32::try_from(row.try_get::<_, i64>(3).map_err(pg_error)?).unwrap_or(u32::MAX),
+        at: col(row, 2)?,
+        duration_ms: u32::try_from(col::<i64>(row, 3)?).unwrap_or(u32::MAX),
         outcome: outcome(&outcome_text, "relay_attempts.outcome")?,
         code: code.and_then(|c| u16::try_from(c).ok()),
-        body: row.try_get(6).map_err(pg_error)?,
-        error: row.try_get(7).map_err(pg_error)?,
+        body: col(row, 6)?,
+        error: col(row, 7)?,
     })
 }
 
