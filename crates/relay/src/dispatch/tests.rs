@@ -12,7 +12,10 @@ use axum::http::{HeaderMap, StatusCode};
 use baton_config::{RelaySign, RelayTarget};
 use baton_core::secret::SecretError;
 use baton_core::{Secret, SecretRef, SecretResolver};
-use baton_store::{Change, DueRelay, NewDelivery, RelayStatus, SqliteStore, Store, now_millis};
+use baton_store::{
+    Change, DueRelay, Intake, NewDelivery, RelayStatus, SqliteStore, Store, now_millis,
+};
+use indexmap::IndexMap;
 
 use super::*;
 use crate::circuit::CircuitState;
@@ -286,7 +289,7 @@ async fn enqueue(store: &dyn Store, key: &str, delivery: i64, leased: bool) {
         .unwrap();
 }
 
-async fn status_of(store: &SqliteStore, key: &str) -> RelayStatus {
+async fn status_of(store: &dyn Store, key: &str) -> RelayStatus {
     store
         .relays()
         .unwrap()
@@ -322,8 +325,8 @@ async fn a_worker_sends_what_is_handed_over_and_what_waits_in_the_store() {
     t.hand_over(handed);
     let worker = tokio::spawn(work(t.clone(), store.clone(), Limits::default()));
     eventually("both delivered", || async {
-        status_of(&store, "msg_a").await == RelayStatus::Delivered
-            && status_of(&store, "msg_b").await == RelayStatus::Delivered
+        status_of(&*store, "msg_a").await == RelayStatus::Delivered
+            && status_of(&*store, "msg_b").await == RelayStatus::Delivered
     })
     .await;
     assert_eq!(
@@ -345,7 +348,7 @@ async fn a_failed_try_comes_back_on_its_schedule() {
     enqueue(&*store, "msg_a", 1, false).await;
     let worker = tokio::spawn(work(t.clone(), store.clone(), Limits::default()));
     eventually("delivered on the third try", || async {
-        status_of(&store, "msg_a").await == RelayStatus::Delivered
+        status_of(&*store, "msg_a").await == RelayStatus::Delivered
     })
     .await;
     let (_, attempts) = store
@@ -398,14 +401,14 @@ async fn a_410_disables_the_target_and_kills_what_comes_later_until_a_replay() {
     enqueue(&*store, "msg_a", 1, false).await;
     let worker = tokio::spawn(work(t.clone(), store.clone(), Limits::default()));
     eventually("dead after the 410", || async {
-        status_of(&store, "msg_a").await == RelayStatus::Dead
+        status_of(&*store, "msg_a").await == RelayStatus::Dead
     })
     .await;
     assert!(t.condition().1.is_some(), "disabled");
     enqueue(&*store, "msg_b", 2, false).await;
     t.wake_for_store();
     eventually("the later message dies unsent", || async {
-        status_of(&store, "msg_b").await == RelayStatus::Dead
+        status_of(&*store, "msg_b").await == RelayStatus::Dead
     })
     .await;
     assert_eq!(receiver.requests.load(Ordering::SeqCst), 1);
@@ -450,6 +453,25 @@ async fn postgres_replicas() -> (
     )
 }
 
+/// Stores a new delivery `id`; answers its public id.
+async fn stored_delivery(store: &dyn Store, id: &str) -> i64 {
+    let stored = store
+        .insert_delivery(NewDelivery {
+            source: "github".into(),
+            delivery_id: id.into(),
+            event: "push".into(),
+            headers: "{}".into(),
+            body: "{}".into(),
+            received_at: now_millis(),
+        })
+        .await
+        .unwrap();
+    let Intake::Stored(delivery) = stored else {
+        panic!("a new delivery")
+    };
+    delivery
+}
+
 /// A receiver that counts requests and answers each 200 once the test lets it go.
 async fn start_holding_receiver(requests: Arc<AtomicU32>, go: Arc<Notify>) -> String {
     async fn hold(State((requests, go)): State<(Arc<AtomicU32>, Arc<Notify>)>) -> StatusCode {
@@ -475,20 +497,7 @@ async fn a_try_of_a_message_another_replica_took_over_is_dropped_not_retried() {
     let t = shared(&url, &[50], false);
     let mut handed = Vec::new();
     for (i, key) in ["msg_a", "msg_b"].into_iter().enumerate() {
-        let stored = one
-            .insert_delivery(NewDelivery {
-                source: "github".into(),
-                delivery_id: format!("d-{i}"),
-                event: "push".into(),
-                headers: "{}".into(),
-                body: "{}".into(),
-                received_at: now_millis(),
-            })
-            .await
-            .unwrap();
-        let baton_store::Intake::Stored(delivery) = stored else {
-            panic!("a new delivery")
-        };
+        let delivery = stored_delivery(&*one, &format!("d-{i}")).await;
         enqueue(&*one, key, delivery, true).await;
         let mut message = message(key, 0);
         message.delivery = delivery;
@@ -561,5 +570,51 @@ async fn a_try_of_a_message_another_replica_took_over_is_dropped_not_retried() {
     worker.abort();
     let _ = worker.await;
     drop((one, two));
+    admin.batch_execute(&drop_schema).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_another_replica_gives_back_is_sent_without_waiting_for_a_look() {
+    let (one, two, (admin, drop_schema)) = postgres_replicas().await;
+    let receiver = Receiver::default();
+    let url = start_receiver(receiver.clone()).await;
+    let delivery = stored_delivery(&*one, "d-0").await;
+    enqueue(&*one, "msg_a", delivery, false).await;
+    let now = now_millis();
+    let held = one
+        .relays()
+        .unwrap()
+        .claim_relays("mirror", "ci", now, 1, now + 60_000, false)
+        .await
+        .unwrap();
+    assert_eq!(held.len(), 1);
+    // Replica two's workers start while one holds the message: nothing for them yet.
+    let mut relays = IndexMap::new();
+    relays.insert(
+        "mirror".to_owned(),
+        baton_config::RelayConfig {
+            from: vec!["github".into()],
+            condition: None,
+            to: vec![config(&url, &[50], false)],
+        },
+    );
+    let two_relays =
+        Arc::new(crate::Relays::new(&relays, &NoSecrets, two.clone(), Limits::default()).unwrap());
+    let tasks = two_relays.start().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(receiver.requests.load(Ordering::SeqCst), 0);
+    // One stops and gives it back, due now: two sends it at once, not at its next look.
+    one.commit(vec![Change::RelayPostpone {
+        key: "msg_a".into(),
+        due_at: now_millis(),
+    }])
+    .await
+    .unwrap();
+    eventually("msg_a delivered by two", || async {
+        status_of(&*two, "msg_a").await == RelayStatus::Delivered
+    })
+    .await;
+    drop(tasks);
+    drop((one, two, two_relays));
     admin.batch_execute(&drop_schema).await.unwrap();
 }
