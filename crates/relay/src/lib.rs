@@ -135,11 +135,12 @@ impl Relays {
     /// Starts every target's worker, and a task that keeps the metrics up to date; they
     /// run until the returned guard is dropped. Reads which targets a 410 disabled first.
     ///
-    /// A process that owns the store alone releases the leases an earlier process left
-    /// (their messages are sent again: at least once); call it before the matcher starts,
-    /// so none of the leases released is one of its hand-overs. On a shared store the
-    /// leases end by expiry, and every worker looks at the store when another process
-    /// gives messages back or replays them ([`Store::wakes`]).
+    /// On a store the process owns alone, leases an earlier process left are released
+    /// (their messages are sent again: at least once). Call it before the matcher starts,
+    /// so none of the leases released is one of its hand-overs. A shared store's leases may
+    /// be other replicas' sends under way: they end only by expiry; and every worker looks
+    /// at the store when another replica gives messages back or replays them
+    /// ([`Store::wakes`]).
     pub async fn start(self: &Arc<Self>) -> RelayTasks {
         let mut tasks = Vec::new();
         if self.routes.is_empty() {
@@ -151,7 +152,8 @@ impl Relays {
                 "reading which relay targets are disabled failed; they are marked again at their next 410"
             );
         }
-        if let Some(queue) = self.store.relays()
+        if !self.store.shared()
+            && let Some(queue) = self.store.relays()
             && let Err(e) = queue.release_relay_leases().await
         {
             tracing::error!(

@@ -12,6 +12,7 @@ use serde_json::json;
 
 use crate::*;
 
+mod fencing;
 mod outbox;
 mod relay;
 mod tests;
