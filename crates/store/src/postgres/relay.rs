@@ -151,13 +151,22 @@ pub(super) async fn apply(
                     "UPDATE relay_messages
                      SET status = 'dead', due_at = NULL, lease_until = NULL, finished_at = $3,
                          message = $4
-                     WHERE relay = $1 AND target = $2 AND status = 'pending'",
+                     WHERE relay = $1 AND target = $2 AND status = 'pending'
+                     RETURNING key",
                 )
                 .await
                 .map_err(pg_error)?;
-            tx.execute(&kill, &[relay, target, at, reason])
+            // The claims this process held on them end: their worker drops them untried.
+            for row in tx
+                .query(&kill, &[relay, target, at, reason])
                 .await
-                .map_err(pg_error)?;
+                .map_err(pg_error)?
+            {
+                let key: String = col(&row, 0)?;
+                if let Some(token) = leases.token(&key) {
+                    staged.ended.push((key, token));
+                }
+            }
             Ok(())
         }
         _ => Ok(()),
@@ -795,4 +804,103 @@ fn attempt_from_row(row: &Row) -> Result<RelayAttemptRecord> {
 /// Parses a stored outcome of column `what`.
 fn outcome(text: &str, what: &str) -> Result<RelayOutcome> {
     RelayOutcome::parse(text).ok_or_else(|| corrupt(what, text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contract::{delivery, postgres_schema};
+
+    /// How many claims the store remembers holding.
+    fn held(store: &PostgresStore) -> usize {
+        lock(&store.relay_leases.held).len()
+    }
+
+    #[tokio::test]
+    async fn a_claim_is_forgotten_once_settled_given_back_killed_or_lost() {
+        let (options, _schema) = postgres_schema().await;
+        let store = PostgresStore::open(&options).await.unwrap();
+        let Intake::Stored(d) = store.insert_delivery(delivery("d")).await.unwrap() else {
+            panic!("a new delivery")
+        };
+        let message = |n: u32, target: &str, lease_until| {
+            Change::RelayEnqueue(NewRelayMessage {
+                key: format!("msg_{n}"),
+                relay: "r".into(),
+                target: target.into(),
+                delivery: d,
+                created_at: 1,
+                due_at: 1,
+                lease_until,
+            })
+        };
+        store
+            .commit(vec![
+                message(1, "a", Some(100)),
+                message(2, "a", None),
+                message(3, "b", Some(100)),
+                message(4, "c", Some(100)),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(held(&store), 3);
+        assert_eq!(
+            store
+                .claim_relays("r", "a", 1, 10, 100, false)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        assert_eq!(held(&store), 4);
+        let attempt = RelayAttemptRecord {
+            key: "msg_1".into(),
+            attempt: 1,
+            at: 5,
+            duration_ms: 1,
+            outcome: RelayOutcome::Delivered,
+            code: Some(200),
+            body: None,
+            error: None,
+        };
+        store
+            .commit(vec![
+                Change::RelayAttempt {
+                    attempt,
+                    next: RelayNext::Delivered,
+                },
+                Change::RelayPostpone {
+                    key: "msg_2".into(),
+                    due_at: 50,
+                },
+                Change::RelayTargetDisabled {
+                    relay: "r".into(),
+                    target: "b".into(),
+                    at: 6,
+                    reason: "410".into(),
+                },
+            ])
+            .await
+            .unwrap();
+        assert_eq!(held(&store), 1);
+        // Another replica takes msg_4 over; this one's give-back is refused, and forgotten.
+        let other = PostgresStore::open(&options).await.unwrap();
+        assert_eq!(
+            other
+                .claim_relays("r", "c", 101, 10, 1_000, false)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        let refused = store
+            .commit(vec![Change::RelayPostpone {
+                key: "msg_4".into(),
+                due_at: 50,
+            }])
+            .await
+            .unwrap_err();
+        assert!(refused.is_fenced(), "{refused}");
+        assert_eq!(held(&store), 0);
+    }
 }
