@@ -3,9 +3,10 @@
 //!
 //! Replicas share the queue. A claim leases messages with `FOR UPDATE SKIP LOCKED` and gives
 //! each a new token from `lease_tokens`; [`Leases`] remembers the tokens of what this process
-//! holds, and a try or a give-back of a message whose stored token is another claim's is
-//! refused with [`StoreError::Fenced`]: its lease ran out and another replica took it, so
-//! that replica's record is the one that stands.
+//! holds, and a try or a give-back of a pending message whose stored token is another
+//! claim's is refused with [`StoreError::Fenced`]: its lease ran out and another replica
+//! took it, so that replica's record is the one that stands. A late try of a message settled
+//! since only adds its row to the history, as on SQLite.
 //!
 //! An ordered target is claimed only from its head (its oldest pending message by key):
 //! while another replica holds the head, nothing of the target is claimed, so two replicas
