@@ -6,7 +6,9 @@ use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::http::{HeaderValue, Method, header};
 use axum::response::{IntoResponse, Response};
+use baton_store::StoreError;
 use serde_json::json;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 /// An HTTP error answer.
 #[derive(Debug)]
@@ -21,7 +23,20 @@ pub(crate) struct ApiError {
     /// answer, and says so (`Connection: close`) so that a client does not send its next
     /// request on it.
     close: bool,
+    /// `Retry-After`, in seconds, for an answer that says "not now".
+    retry_after: Option<&'static str>,
 }
+
+/// `Retry-After` of a 503 given while the store cannot write: readiness checks it every
+/// second, and a database restart takes a few.
+const STORE_RETRY_AFTER_SECS: &str = "5";
+
+/// When a refusal for an unavailable store was last logged (ms since the epoch): one line
+/// per [`STORE_LOG_EVERY_MS`], not one per request, while an outage lasts.
+static STORE_LOGGED_AT: AtomicI64 = AtomicI64::new(0);
+
+/// How often a store outage is logged from requests at most.
+const STORE_LOG_EVERY_MS: i64 = 10_000;
 
 impl ApiError {
     /// An error with a status, a code and a message.
@@ -31,6 +46,7 @@ impl ApiError {
             code,
             message: message.into(),
             close: false,
+            retry_after: None,
         }
     }
 
@@ -103,6 +119,34 @@ impl ApiError {
         } else {
             Self::bad_request(message)
         }
+    }
+
+    /// 503 with `Retry-After` when the store cannot write now (its database unreachable,
+    /// its disk full): nothing was stored, and the same request works once the store is back,
+    /// so a sender retries rather than dropping it. Other store failures are 500.
+    pub(crate) fn store(error: StoreError) -> Self {
+        if !error.cannot_write() {
+            return Self::internal(error);
+        }
+        let now = baton_store::now_millis();
+        let last = STORE_LOGGED_AT.load(Ordering::Relaxed);
+        if now - last >= STORE_LOG_EVERY_MS
+            && STORE_LOGGED_AT
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                error = &error as &dyn std::error::Error,
+                "the store cannot write: requests get 503 until it can (logged at most every 10s)"
+            );
+        }
+        let mut answer = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            "nothing was stored: the store cannot write now; retry later",
+        );
+        answer.retry_after = Some(STORE_RETRY_AFTER_SECS);
+        answer
     }
 
     /// 500, for store failures; the detail goes to the log, not to the caller.
@@ -198,6 +242,11 @@ impl IntoResponse for ApiError {
             Json(json!({"error": {"code": self.code, "message": self.message}})),
         )
             .into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static(seconds));
+        }
         if self.close {
             response
                 .headers_mut()
@@ -213,13 +262,14 @@ impl From<baton_engine::EngineError> for ApiError {
         match e {
             E::NoSuchRun(_) | E::NoSuchStage { .. } => Self::not_found(e.to_string()),
             E::Conflict(_) => Self::conflict(e.to_string()),
-            E::Store(_) | E::BadWorkflow { .. } | E::Evaluation(_) => Self::internal(e),
+            E::Store(e) => Self::store(e),
+            E::BadWorkflow { .. } | E::Evaluation(_) => Self::internal(e),
         }
     }
 }
 
-impl From<baton_store::StoreError> for ApiError {
-    fn from(e: baton_store::StoreError) -> Self {
-        Self::internal(e)
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        Self::store(e)
     }
 }

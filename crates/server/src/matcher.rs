@@ -12,7 +12,16 @@
 //! the feed fell behind, and every few seconds as a safety net. A pass that starts nothing
 //! is recorded with one small write (the `through` mark of
 //! [`Engine::match_deliveries`](baton_engine::Engine::match_deliveries)), not one per delivery.
+//!
+//! On a store replicas share, the feed has this process's own deliveries and the store's
+//! pending deliveries are those no replica holds (another's whose claim expired, replays):
+//! the store is read every second and whenever another replica hands deliveries over
+//! ([`Store::wakes`](baton_store::Store::wakes)). Public ids then interleave across
+//! replicas, so what was matched is remembered by id rather than by a mark. A pass whose
+//! commit is fenced (another replica took one of its deliveries over) is dropped: that
+//! replica matches them.
 
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +32,7 @@ use baton_core::expr_bound;
 use baton_core::outage::Outage;
 use baton_engine::{DeliveryOutcome, NewRun};
 use baton_relay::Routed;
-use baton_store::{Change, PendingDelivery, now_millis};
+use baton_store::{Change, PendingDelivery, Work, now_millis};
 use serde_json::Value;
 
 use crate::AppState;
@@ -33,6 +42,72 @@ const PASS: usize = 256;
 
 /// How often the store is read even when nothing asked for it.
 const SAFETY_SCAN: Duration = Duration::from_secs(5);
+
+/// [`SAFETY_SCAN`] on a store replicas share: a dead replica's deliveries become pending
+/// there when their claim expires, which no notification announces.
+const SHARED_SCAN: Duration = Duration::from_secs(1);
+
+/// Delivery ids a shared store's matcher remembers as matched: far more than are ever in
+/// flight between a store read and the feed.
+const REMEMBERED: usize = 1 << 16;
+
+/// Which deliveries this process matched already, so one the feed and a store read both
+/// hand over is matched once.
+enum Matched {
+    /// A store one process owns: ids come in order, so everything up to the mark.
+    Through(i64),
+    /// A shared store: ids interleave across replicas, so the last [`REMEMBERED`] ids.
+    Ids {
+        /// The ids, for lookups.
+        set: HashSet<i64>,
+        /// The same ids, oldest first, for forgetting.
+        order: VecDeque<i64>,
+    },
+}
+
+impl Matched {
+    fn new(shared: bool) -> Self {
+        if shared {
+            Self::Ids {
+                set: HashSet::new(),
+                order: VecDeque::new(),
+            }
+        } else {
+            Self::Through(0)
+        }
+    }
+
+    /// True when `delivery` was matched by this process already (a replay never was).
+    fn has(&self, delivery: &PendingDelivery) -> bool {
+        if delivery.replay {
+            return false;
+        }
+        match self {
+            Self::Through(through) => delivery.id <= *through,
+            Self::Ids { set, .. } => set.contains(&delivery.id),
+        }
+    }
+
+    /// Records the deliveries of a committed pass.
+    fn add(&mut self, batch: &[PendingDelivery]) {
+        let ids = batch.iter().filter(|d| !d.replay).map(|d| d.id);
+        match self {
+            Self::Through(through) => *through = ids.fold(*through, i64::max),
+            Self::Ids { set, order } => {
+                for id in ids {
+                    if set.insert(id) {
+                        order.push_back(id);
+                    }
+                }
+                while order.len() > REMEMBERED {
+                    if let Some(old) = order.pop_front() {
+                        set.remove(&old);
+                    }
+                }
+            }
+        }
+    }
+}
 
 /// How long a pass waits for more deliveries once the first arrived. A pass that starts
 /// nothing is one small commit of its own; under load, waiting a little folds a hundred
@@ -56,9 +131,15 @@ pub(crate) async fn run(state: Arc<AppState>) {
     } else {
         GATHER_RELAYING
     };
-    // The highest delivery this process matched or read from the store: feed deliveries
-    // at or below it were in a store read already.
-    let mut through = 0_i64;
+    // What this process matched: feed deliveries among them were in a store read already.
+    let mut matched = Matched::new(store.shared());
+    let safety_scan = if store.shared() {
+        SHARED_SCAN
+    } else {
+        SAFETY_SCAN
+    };
+    // Another replica handing deliveries over (a replay, a released claim) wakes a read.
+    let mut handed = store.wakes(Work::Deliveries);
     let mut scan = true;
     let mut batch = Vec::with_capacity(PASS);
     // A store that cannot write (a full disk) fails every pass until it can again: logged
@@ -77,7 +158,7 @@ pub(crate) async fn run(state: Arc<AppState>) {
                     // A full page means more may wait.
                     scan = pending.len() == PASS;
                     if !pending.is_empty()
-                        && !pass(&state, pending, &mut through, &mut commits).await.0
+                        && !pass(&state, pending, &mut matched, &mut commits).await.0
                     {
                         scan = true;
                     }
@@ -96,8 +177,11 @@ pub(crate) async fn run(state: Arc<AppState>) {
         }
         let Some(f) = feed.as_mut() else {
             // No feed: read the store when asked, or every so often.
-            let _ =
-                tokio::time::timeout(Duration::from_millis(250), state.matcher.notified()).await;
+            tokio::select! {
+                () = state.matcher.notified() => {}
+                () = handed_over(&mut handed) => {}
+                () = tokio::time::sleep(Duration::from_millis(250)) => {}
+            }
             scan = true;
             continue;
         };
@@ -111,7 +195,8 @@ pub(crate) async fn run(state: Arc<AppState>) {
                 }
             }
             () = state.matcher.notified() => { scan = true; continue; }
-            () = tokio::time::sleep(SAFETY_SCAN) => { scan = true; continue; }
+            () = handed_over(&mut handed) => { scan = true; continue; }
+            () = tokio::time::sleep(safety_scan) => { scan = true; continue; }
         }
         if batch.len() < PASS {
             tokio::time::sleep(gather).await;
@@ -121,7 +206,7 @@ pub(crate) async fn run(state: Arc<AppState>) {
         let (ok, used) = pass(
             &state,
             std::mem::take(&mut batch),
-            &mut through,
+            &mut matched,
             &mut commits,
         )
         .await;
@@ -133,24 +218,49 @@ pub(crate) async fn run(state: Arc<AppState>) {
     }
 }
 
+/// Resolves when another replica hands deliveries over; never without a shared store (or
+/// once its notifications end).
+async fn handed_over(wakes: &mut Option<tokio::sync::watch::Receiver<u64>>) {
+    let Some(receiver) = wakes.as_mut() else {
+        return std::future::pending().await;
+    };
+    if receiver.changed().await.is_err() {
+        *wakes = None;
+        std::future::pending::<()>().await;
+    }
+}
+
 /// Matches `batch` and commits the result; false (after a pause) if the commit failed, so
 /// the caller reads the store again, which still has every delivery of the batch pending.
-/// Gives the batch back, for its room.
+/// A commit fenced because another replica took one of the deliveries over is dropped at
+/// once (false, no pause): that replica matches them, and a store read finds any this one
+/// still holds. Gives the batch back, for its room.
 async fn pass(
     state: &Arc<AppState>,
-    batch: Vec<PendingDelivery>,
-    through: &mut i64,
+    mut batch: Vec<PendingDelivery>,
+    matched: &mut Matched,
     outage: &mut Outage,
 ) -> (bool, Vec<PendingDelivery>) {
-    let (outcome, batch) = process(state, batch, *through).await;
+    batch.retain(|d| !matched.has(d));
+    if batch.is_empty() {
+        return (true, batch);
+    }
+    let (outcome, batch) = process(state, batch).await;
     let ok = match outcome {
-        Ok(highest) => {
+        Ok(()) => {
             recovered(outage, "matching deliveries");
-            if let Some(highest) = highest {
-                *through = highest;
-            }
+            matched.add(&batch);
             offer(state, &batch).await;
             true
+        }
+        Err(e) if is_fenced(&e) => {
+            metrics::counter!("baton_matcher_fenced_total").increment(1);
+            tracing::warn!(
+                deliveries = batch.len(),
+                error = &e as &dyn std::error::Error,
+                "another replica took over deliveries of this pass; leaving the pass to it"
+            );
+            false
         }
         Err(e) => {
             if outage.failed() {
@@ -192,22 +302,23 @@ fn recovered(outage: &mut Outage, what: &str) {
     }
 }
 
+/// True when a commit was refused by a fence: another process owns the work now.
+fn is_fenced(error: &baton_engine::EngineError) -> bool {
+    matches!(error, baton_engine::EngineError::Store(e) if e.is_fenced())
+}
+
 /// What matching a batch decided: the runs to create, the deliveries' outcomes, the new
 /// matched-through mark, and the relay messages.
-type Matched = (Vec<NewRun>, Vec<DeliveryOutcome>, Option<i64>, Routed);
+type Decided = (Vec<NewRun>, Vec<DeliveryOutcome>, Option<i64>, Routed);
 
-/// Matches every delivery of `batch` above `through` (and every replay); returns the new
-/// matched-through mark if it moved. When a trigger has an `if`, the whole batch is matched
-/// on an evaluation thread under `[expressions]` (one hand-off per pass), so a condition
-/// that runs long holds neither an async worker nor more than its bounds.
+/// Matches every delivery of `batch` (none matched before) and commits what it decided.
+/// When a trigger has an `if`, the whole batch is matched on an evaluation thread under
+/// `[expressions]` (one hand-off per pass), so a condition that runs long holds neither an
+/// async worker nor more than its bounds.
 async fn process(
     state: &Arc<AppState>,
     batch: Vec<PendingDelivery>,
-    through: i64,
-) -> (
-    Result<Option<i64>, baton_engine::EngineError>,
-    Vec<PendingDelivery>,
-) {
+) -> (Result<(), baton_engine::EngineError>, Vec<PendingDelivery>) {
     let conditional = state.relays.has_conditions()
         || state
             .workflows
@@ -216,8 +327,8 @@ async fn process(
     let (batch, (runs, outcomes, highest, routed)) = if conditional {
         let shared = state.clone();
         let job = expr_bound::offload(state.expressions, move |_| {
-            let matched = match_all(&shared, &batch, through);
-            (batch, matched)
+            let decided = match_all(&shared, &batch);
+            (batch, decided)
         });
         match job.await {
             Ok(done) => done,
@@ -227,11 +338,11 @@ async fn process(
             }
         }
     } else {
-        let matched = match_all(state, &batch, through);
-        (batch, matched)
+        let decided = match_all(state, &batch);
+        (batch, decided)
     };
     if highest.is_none() && outcomes.is_empty() && routed.is_empty() {
-        return (Ok(None), batch);
+        return (Ok(()), batch);
     }
     let created = runs.len();
     let mut routed = routed;
@@ -251,24 +362,22 @@ async fn process(
         relay_messages = relayed,
         "deliveries matched"
     );
-    (committed.map(|_| highest), batch)
+    (committed.map(|_| ()), batch)
 }
 
-fn match_all(state: &AppState, batch: &[PendingDelivery], through: i64) -> Matched {
+fn match_all(state: &AppState, batch: &[PendingDelivery]) -> Decided {
     let mut runs = Vec::new();
     let mut outcomes = Vec::new();
     let mut highest = None;
     let mut routed = Routed::default();
     let now = now_millis();
     for delivery in batch {
-        if !delivery.replay && delivery.id <= through {
-            continue; // read from the store already
-        }
         let first = runs.len();
         let mut problems = match_one(state, delivery, &mut runs);
         problems.extend(state.relays.route(delivery, now, &mut routed));
         if !delivery.replay {
-            highest = Some(delivery.id);
+            // The largest, not the last: on a shared store ids come in no order.
+            highest = highest.max(Some(delivery.id));
         }
         if delivery.replay || first < runs.len() || !problems.is_empty() {
             outcomes.push(DeliveryOutcome {
