@@ -273,3 +273,34 @@ impl From<StoreError> for ApiError {
         Self::store(e)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_store_that_cannot_write_is_503_with_retry_after_and_other_failures_500() {
+        let gone = ApiError::from(StoreError::Unavailable {
+            detail: "connection refused".into(),
+        })
+        .into_response();
+        assert_eq!(gone.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(gone.headers()[header::RETRY_AFTER], "5");
+        let full = ApiError::from(StoreError::Full {
+            detail: "disk full".into(),
+        });
+        assert_eq!(full.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(full.code, "store_unavailable");
+        let engine = ApiError::from(baton_engine::EngineError::Store(StoreError::Unavailable {
+            detail: "x".into(),
+        }));
+        assert_eq!(engine.status, StatusCode::SERVICE_UNAVAILABLE);
+        let other = ApiError::from(StoreError::Corrupt {
+            what: "runs".into(),
+            detail: "bad".into(),
+        })
+        .into_response();
+        assert_eq!(other.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(other.headers().get(header::RETRY_AFTER).is_none());
+    }
+}

@@ -434,3 +434,59 @@ fn match_one(state: &AppState, delivery: &PendingDelivery, runs: &mut Vec<NewRun
     }
     problems
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delivery(id: i64, replay: bool) -> PendingDelivery {
+        PendingDelivery {
+            id,
+            source: "github".into(),
+            delivery_id: format!("d-{id}"),
+            event: "push".into(),
+            headers: "{}".into(),
+            body: "{}".into(),
+            replay,
+        }
+    }
+
+    #[test]
+    fn one_process_remembers_a_mark_and_replicas_remember_ids() {
+        let mut own = Matched::new(false);
+        own.add(&[delivery(3, false), delivery(7, false), delivery(2, true)]);
+        assert!(own.has(&delivery(5, false)), "below the mark");
+        assert!(!own.has(&delivery(8, false)));
+        assert!(
+            !own.has(&delivery(3, true)),
+            "a replay is always matched again"
+        );
+
+        // Another replica's delivery 5, taken over after this one matched 7, is still new.
+        let mut shared = Matched::new(true);
+        shared.add(&[delivery(3, false), delivery(7, false), delivery(2, true)]);
+        assert!(shared.has(&delivery(7, false)));
+        assert!(!shared.has(&delivery(5, false)));
+        assert!(
+            !shared.has(&delivery(2, false)),
+            "a replay is not remembered"
+        );
+        assert!(!shared.has(&delivery(7, true)));
+    }
+
+    #[test]
+    fn replicas_forget_the_oldest_ids_beyond_the_bound() {
+        let mut shared = Matched::new(true);
+        let batch: Vec<_> = (1..=REMEMBERED as i64 + 10)
+            .map(|id| delivery(id, false))
+            .collect();
+        shared.add(&batch);
+        assert!(!shared.has(&delivery(10, false)));
+        assert!(shared.has(&delivery(11, false)));
+        assert!(shared.has(&delivery(REMEMBERED as i64 + 10, false)));
+        let Matched::Ids { set, order } = &shared else {
+            panic!("a shared store remembers ids");
+        };
+        assert_eq!((set.len(), order.len()), (REMEMBERED, REMEMBERED));
+    }
+}
