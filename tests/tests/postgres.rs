@@ -242,7 +242,7 @@ fn baton_run_works_on_postgres_and_its_run_is_served() {
 fn validate_prints_the_store_without_its_password() {
     let sb = Sandbox::new();
     let config = gateway(&sb, "postgres://baton:hunter2@db.example.com:5433/baton");
-    let out = sb.run(&["validate", "-c", &config]);
+    let out = sb.run(&["validate", "--secrets-elsewhere", "-c", &config]);
     assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
     assert!(
         out.stdout.contains(
@@ -252,4 +252,28 @@ fn validate_prints_the_store_without_its_password() {
         out.stdout
     );
     assert!(!out.stdout.contains("hunter2"), "{}", out.stdout);
+}
+
+/// The harness itself: the proxy passes queries, refuses and resets when cut, and passes
+/// them again on the same port when restored.
+#[test]
+fn the_proxy_cuts_the_database_off_and_restores_it() {
+    use baton_tests::postgres::Client;
+    let db = Database::new();
+    let proxy = Proxy::new(db.address());
+    let address = proxy.address.to_string();
+    let mut open = Client::connect(&address, "postgres", &db.name);
+    assert_eq!(open.query("SELECT 1")[0][0].as_deref(), Some("1"));
+
+    proxy.cut();
+    assert!(
+        std::net::TcpStream::connect(proxy.address).is_err(),
+        "refused while cut"
+    );
+    let reset = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| open.query("SELECT 1")));
+    assert!(reset.is_err(), "an open connection is reset");
+
+    proxy.restore();
+    let mut again = Client::connect(&address, "postgres", &db.name);
+    assert_eq!(again.query("SELECT 2")[0][0].as_deref(), Some("2"));
 }

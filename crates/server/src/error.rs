@@ -121,11 +121,11 @@ impl ApiError {
         }
     }
 
-    /// 503 with `Retry-After` when the store cannot write now (its database unreachable,
-    /// its disk full): nothing was stored, and the same request works once the store is back,
-    /// so a sender retries rather than dropping it. Other store failures are 500.
+    /// 503 with `Retry-After` when the store's database cannot be reached now: nothing was
+    /// stored, and the same request works once it is back, so a sender retries rather than
+    /// dropping it. Other store failures (a full disk among them) are 500.
     pub(crate) fn store(error: StoreError) -> Self {
-        if !error.cannot_write() {
+        if !unavailable(&error) {
             return Self::internal(error);
         }
         let now = baton_store::now_millis();
@@ -137,13 +137,13 @@ impl ApiError {
         {
             tracing::warn!(
                 error = &error as &dyn std::error::Error,
-                "the store cannot write: requests get 503 until it can (logged at most every 10s)"
+                "the store cannot be reached: requests get 503 until it can (logged at most every 10s)"
             );
         }
         let mut answer = Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "store_unavailable",
-            "nothing was stored: the store cannot write now; retry later",
+            "nothing was stored: the store cannot be reached now; retry later",
         );
         answer.retry_after = Some(STORE_RETRY_AFTER_SECS);
         answer
@@ -157,6 +157,16 @@ impl ApiError {
             "internal",
             "the server could not complete the request; see its log",
         )
+    }
+}
+
+/// True when `error` says the store's database cannot be reached ([`StoreError::Unavailable`],
+/// also when a group commit failed for that reason).
+pub(crate) fn unavailable(error: &StoreError) -> bool {
+    match error {
+        StoreError::Unavailable { .. } => true,
+        StoreError::Commit(inner) => unavailable(inner),
+        _ => false,
     }
 }
 
@@ -279,18 +289,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_store_that_cannot_write_is_503_with_retry_after_and_other_failures_500() {
+    fn an_unreachable_store_is_503_with_retry_after_and_other_failures_500() {
         let gone = ApiError::from(StoreError::Unavailable {
             detail: "connection refused".into(),
         })
         .into_response();
         assert_eq!(gone.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(gone.headers()[header::RETRY_AFTER], "5");
+        let grouped = ApiError::from(StoreError::Commit(std::sync::Arc::new(
+            StoreError::Unavailable {
+                detail: "connection reset".into(),
+            },
+        )));
+        assert_eq!(grouped.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(grouped.code, "store_unavailable");
+        // A full disk keeps its 500: the same database answers, and its log says why.
         let full = ApiError::from(StoreError::Full {
             detail: "disk full".into(),
         });
-        assert_eq!(full.status, StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(full.code, "store_unavailable");
+        assert_eq!(full.status, StatusCode::INTERNAL_SERVER_ERROR);
         let engine = ApiError::from(baton_engine::EngineError::Store(StoreError::Unavailable {
             detail: "x".into(),
         }));

@@ -319,10 +319,11 @@ pub(crate) async fn receive(
     Ok(envelope_answer(&delivery.source, &intakes))
 }
 
-/// The answer to a delivery the store did not take: 503 with `Retry-After` while it cannot
-/// write (counted as `unavailable`), never 202, since nothing was stored.
+/// The answer to a delivery the store did not take: 503 with `Retry-After` while its
+/// database cannot be reached (counted as `unavailable`), never 202, since nothing was
+/// stored.
 fn store_failed(source: &str, error: baton_store::StoreError) -> ApiError {
-    if error.cannot_write() {
+    if crate::error::unavailable(&error) {
         rejected(source, "unavailable");
     }
     ApiError::store(error)
