@@ -135,9 +135,10 @@ impl Relays {
     /// Starts every target's worker, and a task that keeps the metrics up to date; they
     /// run until the returned guard is dropped. Reads which targets a 410 disabled first.
     ///
-    /// The process owns the store alone, so leases an earlier process left are released
+    /// On a store the process owns alone, leases an earlier process left are released
     /// (their messages are sent again: at least once). Call it before the matcher starts,
-    /// so none of the leases released is one of its hand-overs.
+    /// so none of the leases released is one of its hand-overs. A shared store's leases may
+    /// be other replicas' sends under way: they end only by expiry.
     pub async fn start(self: &Arc<Self>) -> RelayTasks {
         let mut tasks = Vec::new();
         if self.routes.is_empty() {
@@ -149,7 +150,8 @@ impl Relays {
                 "reading which relay targets are disabled failed; they are marked again at their next 410"
             );
         }
-        if let Some(queue) = self.store.relays()
+        if !self.store.shared()
+            && let Some(queue) = self.store.relays()
             && let Err(e) = queue.release_relay_leases().await
         {
             tracing::error!(
