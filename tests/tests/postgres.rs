@@ -226,10 +226,20 @@ fn baton_run_works_on_postgres_and_its_run_is_served() {
     let db = Database::new();
     let sb = Sandbox::new();
     let config = gateway(&sb, &db.url());
-    let out = sb.run(&["run", "-c", &config, "build", "--json"]);
+    sb.write("event.json", PUSH);
+    let out = sb.run(&[
+        "run",
+        "-c",
+        &config,
+        "build",
+        "--event",
+        "event.json",
+        "--json",
+    ]);
     assert_eq!(out.code, Some(0), "{out:?}");
     let run = out.json();
     assert_eq!(run["status"], "succeeded", "{run:#}");
+    assert_eq!(run["stages"][0]["outputs"]["ref"], "refs/heads/main");
     let id = run["id"].as_str().expect("a run id").to_owned();
 
     let server = sb.serve(&config, ENV);
