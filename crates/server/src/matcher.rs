@@ -16,8 +16,11 @@
 //! On a store replicas share, the feed has this process's own deliveries and the store's
 //! pending deliveries are those no replica holds (another's whose claim expired, replays):
 //! the store is read every second and whenever another replica hands deliveries over
-//! ([`Store::wakes`](baton_store::Store::wakes)). Public ids then interleave across
-//! replicas, so what was matched is remembered by id rather than by a mark. A pass whose
+//! ([`Store::wakes`](baton_store::Store::wakes)). Such a read can bring this process's own
+//! delivery while a lower one is still being stored, so a pass from a read records each
+//! delivery on its own, only the feed (in id order) moves the mark, and what was matched is
+//! remembered by id, so the feed's later copy is skipped without skipping that lower one.
+//! A pass whose
 //! commit is fenced (another replica took one of its deliveries over) is dropped: that
 //! replica matches them.
 
@@ -158,7 +161,9 @@ pub(crate) async fn run(state: Arc<AppState>) {
                     // A full page means more may wait.
                     scan = pending.len() == PASS;
                     if !pending.is_empty()
-                        && !pass(&state, pending, &mut matched, &mut commits).await.0
+                        && !pass(&state, pending, Read::Store, &mut matched, &mut commits)
+                            .await
+                            .0
                     {
                         scan = true;
                     }
@@ -206,6 +211,7 @@ pub(crate) async fn run(state: Arc<AppState>) {
         let (ok, used) = pass(
             &state,
             std::mem::take(&mut batch),
+            Read::Feed,
             &mut matched,
             &mut commits,
         )
@@ -238,6 +244,7 @@ async fn handed_over(wakes: &mut Option<tokio::sync::watch::Receiver<u64>>) {
 async fn pass(
     state: &Arc<AppState>,
     mut batch: Vec<PendingDelivery>,
+    read: Read,
     matched: &mut Matched,
     outage: &mut Outage,
 ) -> (bool, Vec<PendingDelivery>) {
@@ -245,7 +252,12 @@ async fn pass(
     if batch.is_empty() {
         return (true, batch);
     }
-    let (outcome, batch) = process(state, batch).await;
+    // A shared store's read may return this process's own deliveries while a lower one is
+    // still being stored; a mark past it would cover that one before the feed brings it. So
+    // what a read of a shared store brings is recorded delivery by delivery, and only the
+    // feed, in id order, moves the mark.
+    let by_mark = read == Read::Feed || matches!(matched, Matched::Through(_));
+    let (outcome, batch) = process(state, batch, by_mark).await;
     let ok = match outcome {
         Ok(()) => {
             recovered(outage, "matching deliveries");
@@ -302,6 +314,15 @@ fn recovered(outage: &mut Outage, what: &str) {
     }
 }
 
+/// Where a pass's deliveries came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Read {
+    /// The store's feed: this process's deliveries, in id order.
+    Feed,
+    /// [`Store::pending_deliveries`](baton_store::Store::pending_deliveries).
+    Store,
+}
+
 /// True when a commit was refused by a fence: another process owns the work now.
 fn is_fenced(error: &baton_engine::EngineError) -> bool {
     matches!(error, baton_engine::EngineError::Store(e) if e.is_fenced())
@@ -311,13 +332,15 @@ fn is_fenced(error: &baton_engine::EngineError) -> bool {
 /// matched-through mark, and the relay messages.
 type Decided = (Vec<NewRun>, Vec<DeliveryOutcome>, Option<i64>, Routed);
 
-/// Matches every delivery of `batch` (none matched before) and commits what it decided.
-/// When a trigger has an `if`, the whole batch is matched on an evaluation thread under
+/// Matches every delivery of `batch` (none matched before) and commits what it decided: with
+/// `by_mark`, the deliveries that started nothing by the matched-through mark, else each
+/// with an outcome of its own. When a trigger has an `if`, the whole batch is matched on an evaluation thread under
 /// `[expressions]` (one hand-off per pass), so a condition that runs long holds neither an
 /// async worker nor more than its bounds.
 async fn process(
     state: &Arc<AppState>,
     batch: Vec<PendingDelivery>,
+    by_mark: bool,
 ) -> (Result<(), baton_engine::EngineError>, Vec<PendingDelivery>) {
     let conditional = state.relays.has_conditions()
         || state
@@ -327,7 +350,7 @@ async fn process(
     let (batch, (runs, outcomes, highest, routed)) = if conditional {
         let shared = state.clone();
         let job = expr_bound::offload(state.expressions, move |_| {
-            let decided = match_all(&shared, &batch);
+            let decided = match_all(&shared, &batch, by_mark);
             (batch, decided)
         });
         match job.await {
@@ -338,7 +361,7 @@ async fn process(
             }
         }
     } else {
-        let decided = match_all(state, &batch);
+        let decided = match_all(state, &batch, by_mark);
         (batch, decided)
     };
     if highest.is_none() && outcomes.is_empty() && routed.is_empty() {
@@ -365,7 +388,7 @@ async fn process(
     (committed.map(|_| ()), batch)
 }
 
-fn match_all(state: &AppState, batch: &[PendingDelivery]) -> Decided {
+fn match_all(state: &AppState, batch: &[PendingDelivery], by_mark: bool) -> Decided {
     let mut runs = Vec::new();
     let mut outcomes = Vec::new();
     let mut highest = None;
@@ -375,11 +398,12 @@ fn match_all(state: &AppState, batch: &[PendingDelivery]) -> Decided {
         let first = runs.len();
         let mut problems = match_one(state, delivery, &mut runs);
         problems.extend(state.relays.route(delivery, now, &mut routed));
-        if !delivery.replay {
+        let marked = by_mark && !delivery.replay;
+        if marked {
             // The largest, not the last: on a shared store ids come in no order.
             highest = highest.max(Some(delivery.id));
         }
-        if delivery.replay || first < runs.len() || !problems.is_empty() {
+        if !marked || first < runs.len() || !problems.is_empty() {
             outcomes.push(DeliveryOutcome {
                 delivery: delivery.id,
                 runs: first..runs.len(),
