@@ -287,3 +287,55 @@ fn the_proxy_cuts_the_database_off_and_restores_it() {
     let mut again = Client::connect(&address, "postgres", &db.name);
     assert_eq!(again.query("SELECT 2")[0][0].as_deref(), Some("2"));
 }
+
+#[test]
+fn deliveries_sent_to_two_replicas_at_once_each_start_one_run() {
+    let db = Database::new();
+    let (one, two) = (Sandbox::new(), Sandbox::new());
+    let replicas = [
+        one.serve(&gateway(&one, &db.url()), ENV),
+        two.serve(&gateway(&two, &db.url()), ENV),
+    ];
+    const SENDERS: usize = 4;
+    const EACH: usize = 15;
+    std::thread::scope(|scope| {
+        for sender in 0..SENDERS {
+            let replicas = &replicas;
+            scope.spawn(move || {
+                for n in 0..EACH {
+                    let server = &replicas[(sender + n) % 2];
+                    push(server, &format!("burst-{sender}-{n}"), 202);
+                }
+            });
+        }
+    });
+    let total = SENDERS * EACH;
+    let begun = Instant::now();
+    loop {
+        let reply = replicas[0].get("/api/v1/deliveries?limit=1000", OPERATOR);
+        let deliveries = reply.json()["deliveries"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let done = deliveries
+            .iter()
+            .filter(|d| d["status"] == "processed")
+            .count();
+        if done == total {
+            for d in &deliveries {
+                assert_eq!(d["runs"].as_array().map(Vec::len), Some(1), "{d:#}");
+            }
+            break;
+        }
+        assert!(
+            begun.elapsed() < Duration::from_secs(60),
+            "{done} of {total} processed:\n{}\n{}",
+            replicas[0].log(),
+            replicas[1].log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let reply = replicas[1].get("/api/v1/runs?workflow=build&limit=1000", OPERATOR);
+    let runs = reply.json()["runs"].as_array().cloned().unwrap_or_default();
+    assert_eq!(runs.len(), total, "one run per delivery");
+}
