@@ -1,6 +1,7 @@
 # The baton gateway in a small image: a Rust builder compiles `baton` (and the image's health
-# probe), and the runtime stage holds only them, the CA certificates and a state folder. The
-# runtime stage runs nothing at build time, so its base needs no shell or package manager.
+# probe), and the runtime stage adds only them, the CA certificates and a state folder to its
+# base. The runtime stage runs nothing at build time, so its base needs no package manager;
+# at run time the `exec` adapter runs commands under the base's /bin/sh.
 #
 #   docker build -t baton .
 #   docker run -p 8080:8080 -v "$PWD/baton.toml:/etc/baton/baton.toml:ro" baton
