@@ -517,29 +517,26 @@ fn the_runtime_image_serves_webhooks_on_postgres_read_only_as_a_non_root_user() 
     let delivery = serde_json::from_str::<Value>(&body).unwrap()["delivery"]
         .as_i64()
         .unwrap_or_else(|| panic!("no delivery id in {body}"));
-    let viewer = format!("Bearer {VIEWER_TOKEN}");
-    let stored = wait(limit, "the delivery to be processed", || {
-        let (status, body) = http(
+    let api = |path: &str| {
+        let viewer = format!("Bearer {VIEWER_TOKEN}");
+        let (_, body) = http(
             "GET",
-            &format!("{base_url}/api/v1/deliveries/{delivery}"),
+            &format!("{base_url}{path}"),
             &[("authorization", &viewer)],
             "",
         );
-        let value: Value = serde_json::from_str(&body).unwrap_or_default();
-        (status == 200 && value["status"] == "processed", value)
+        serde_json::from_str::<Value>(&body).unwrap_or_default()
+    };
+    let stored = wait(limit, "the delivery to be processed", || {
+        let value = api(&format!("/api/v1/deliveries/{delivery}"));
+        (value["status"] == "processed", value)
     });
     let run = stored["runs"][0]
         .as_str()
         .unwrap_or_else(|| panic!("no run started by {stored:#}"))
         .to_owned();
     let ended = wait(limit, "the run to end", || {
-        let (_, body) = http(
-            "GET",
-            &format!("{base_url}/api/v1/runs/{run}"),
-            &[("authorization", &viewer)],
-            "",
-        );
-        let value: Value = serde_json::from_str(&body).unwrap_or_default();
+        let value = api(&format!("/api/v1/runs/{run}"));
         (
             value["status"] == "succeeded" || value["status"] == "failed",
             value,
