@@ -12,11 +12,13 @@
 //! `builder` stage that holds what the real one leaves (`/out/bin/baton`,
 //! `/out/bin/baton-healthcheck` compiled from `deploy/docker/healthcheck.rs`, `/out/state/`,
 //! the CA bundle), with the legacy builder (`DOCKER_BUILDKIT=0`). The builder stage itself is
-//! checked as text.
+//! checked as text, and the build context it compiles (the repository less `.dockerignore`)
+//! by copying it into the busybox image of `BATON_BUSYBOX_IMAGE` and listing it.
 //!
 //! Needs the Docker engine of `BATON_DOCKER_HOST` (`scripts/containers.sh` starts it) and the
 //! PostgreSQL server of `BATON_TEST_POSTGRES` (default `postgres://postgres@127.0.0.1:5432/test`).
 
+use std::collections::BTreeSet;
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -579,4 +581,81 @@ fn the_runtime_image_serves_webhooks_on_postgres_read_only_as_a_non_root_user() 
     ]);
     assert_eq!(read_only, "true");
     drop(cleanup);
+}
+
+#[test]
+fn the_build_context_is_the_source_tree_without_build_outputs() {
+    let image = container_service("BATON_BUSYBOX_IMAGE");
+    let sb = Sandbox::new();
+    let tag = format!(
+        "baton-test/context:{}-{}",
+        std::process::id(),
+        sb.path()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .to_lowercase()
+    );
+    // The repository is the context, as for `docker build .`; only the Dockerfile differs.
+    let dockerfile = sb.write("Dockerfile", &format!("FROM {image}\nCOPY . /src\n"));
+    let root = repo_root();
+    docker_ok(&[
+        "build",
+        "-q",
+        "-f",
+        dockerfile.to_str().unwrap(),
+        "-t",
+        &tag,
+        root.to_str().unwrap(),
+    ]);
+    let listing = docker(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        &tag,
+        "find",
+        "/src",
+        "-maxdepth",
+        "3",
+    ]);
+    docker(&["rmi", "-f", &tag]);
+    assert!(listing.status.success(), "{listing:?}");
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    let present: BTreeSet<&str> = listing.lines().collect();
+    let manifest: toml::Table =
+        toml::from_str(&std::fs::read_to_string(root.join("Cargo.toml")).unwrap()).unwrap();
+    let members = manifest["workspace"]["members"].as_array().unwrap();
+    // What `cargo build --locked` reads: the workspace, its lock file and settings.
+    let needed = [
+        "Cargo.toml",
+        "Cargo.lock",
+        ".cargo/config.toml",
+        "deploy/docker",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .chain(
+        members
+            .iter()
+            .map(|m| format!("{}/Cargo.toml", m.as_str().unwrap())),
+    );
+    for path in needed {
+        let inside = format!("/src/{path}");
+        assert!(
+            present.contains(inside.as_str()),
+            "{inside} missing from the build context"
+        );
+    }
+    for ignored in [
+        "/src/target",
+        "/src/.git",
+        "/src/.containers",
+        "/src/Dockerfile",
+    ] {
+        assert!(
+            !present.contains(ignored),
+            "{ignored} is in the build context"
+        );
+    }
 }
