@@ -8,7 +8,8 @@
 #
 # The config must listen on all interfaces (`[server] listen = "0.0.0.0:8080"`). The process
 # runs as uid 10001; /var/lib/baton (a volume) is the only place it writes, so the container
-# can run with `--read-only`. See docs/deploy.md.
+# can run with `--read-only` and a SQLite database goes there
+# (`[store] url = "sqlite:///var/lib/baton/baton.db"`). See docs/deploy.md.
 
 # The toolchain the tree is built and tested with.
 ARG RUST_IMAGE=rust:1.95-bookworm
