@@ -16,9 +16,10 @@ async fn the_registry_adapter_passes_the_conformance_kit() {
     let host = authority(&url);
     let repo = pushed_image(&host, "conformance", "amd64", 1024);
     let promoted = unique("conformance-prod");
+    let config = json!({ "url": url, "poll_initial": "100ms", "poll_max": "1s" });
     run_conformance(Scenario {
         kind: Arc::new(RegistryKind),
-        adapter: adapter(json!({ "url": url, "poll_initial": "100ms", "poll_max": "1s" }), &[]),
+        adapter: adapter(config.clone(), &[]),
         valid_with: json!({"action": "promote", "from": "app:${{ .stages.build.outputs.tag }}", "to": "app-prod:stable"}),
         invalid_with: json!({"action": "promote", "from": "app", "image": "app:1"}),
         succeed: json!({"action": "promote", "from": format!("{repo}:v1"), "to": format!("{promoted}:stable")}),
@@ -28,6 +29,7 @@ async fn the_registry_adapter_passes_the_conformance_kit() {
         success_signal: None,
         failure_signal: None,
         side_effect_free: false,
+        replica: Some(adapter(config, &[])),
         deadline: Duration::from_secs(30),
     })
     .await;
