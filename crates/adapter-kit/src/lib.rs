@@ -430,10 +430,25 @@ pub async fn check_find_from_replica(
         found.id, started.id,
         "[conformance {kind}] the replica found another id for {key}"
     );
-    let (external, outcome) = poll_until_terminal(replica, &key, found, signal, deadline).await;
+    let what = format!("the replica's polls of {key}");
+    polls_to_success(replica, key, found, signal, deadline, &what).await
+}
+
+/// Polls `external` until a terminal state, which must be `Succeeded` (`what` names the
+/// work in the failure), then reads the outputs.
+async fn polls_to_success(
+    adapter: &dyn Adapter,
+    key: AttemptKey,
+    external: ExternalRef,
+    signal: Option<&Value>,
+    deadline: Duration,
+    what: &str,
+) -> Finished {
+    let kind = adapter.kind();
+    let (external, outcome) = poll_until_terminal(adapter, &key, external, signal, deadline).await;
     assert!(
         matches!(outcome.state, ExternalState::Succeeded { .. }),
-        "[conformance {kind}] the replica's polls of {key} ended {outcome:?}"
+        "[conformance {kind}] {what} ended {outcome:?}"
     );
     let finished = Finished {
         key,
@@ -441,7 +456,7 @@ pub async fn check_find_from_replica(
         outcome,
         signal: signal.cloned(),
     };
-    check_outputs(replica, &finished, deadline).await;
+    check_outputs(adapter, &finished, deadline).await;
     finished
 }
 
@@ -452,23 +467,11 @@ pub async fn check_succeeds(
     signal: Option<&Value>,
     deadline: Duration,
 ) -> Finished {
-    let kind = adapter.kind();
     let key = fresh_key("succeed");
     let external = start(adapter, &key, input, deadline).await;
     check_find_after_start(adapter, &key, input, &external, deadline).await;
-    let (external, outcome) = poll_until_terminal(adapter, &key, external, signal, deadline).await;
-    assert!(
-        matches!(outcome.state, ExternalState::Succeeded { .. }),
-        "[conformance {kind}] the succeeding input {input} ended {outcome:?}"
-    );
-    let finished = Finished {
-        key,
-        external,
-        outcome,
-        signal: signal.cloned(),
-    };
-    check_outputs(adapter, &finished, deadline).await;
-    finished
+    let what = format!("the succeeding input {input}");
+    polls_to_success(adapter, key, external, signal, deadline, &what).await
 }
 
 /// Outputs of finished work are readable and serialize as a JSON object.
