@@ -19,14 +19,12 @@ mod fake_jenkins;
 pub mod kubernetes;
 pub mod postgres;
 pub mod receiver;
-mod scratch_db;
 
 /// The stateful GitHub and GitLab models (`crates/forge-fakes`), for tests that run baton
 /// against them.
 pub use baton_forge_fakes as forges;
 pub use fake_github::{FakeGithub, StatusPost};
 pub use fake_jenkins::FakeJenkins;
-pub use scratch_db::{ScratchDatabase, postgres_url};
 
 /// The stateful models of GitHub and GitLab (`crates/forge-fakes`), for adapter tests.
 pub use baton_forge_fakes as forge;

@@ -25,7 +25,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use baton_tests::{Sandbox, ScratchDatabase, baton_bin, container_service, repo_root};
+use baton_tests::postgres::Database;
+use baton_tests::{Sandbox, baton_bin, container_service, repo_root};
 use serde_json::Value;
 
 const DEPLOY_TOKEN: &str = "deploy-token-in-the-container";
@@ -399,9 +400,9 @@ fn ids(pid: &str) -> (String, String) {
 
 #[test]
 fn the_runtime_image_serves_webhooks_on_postgres_read_only_as_a_non_root_user() {
-    let database = ScratchDatabase::create("baton_dockerfile");
+    let database = Database::new();
     let sb = Sandbox::new();
-    let unique = database.name().replace('_', "-");
+    let unique = database.name.replace('_', "-");
     let cleanup = Cleanup {
         container: unique.clone(),
         images: vec![
