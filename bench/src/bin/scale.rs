@@ -46,6 +46,8 @@ struct Settings {
     sample: Duration,
     wait: Duration,
     pg_url: String,
+    /// Clock ticks per second.
+    ticks: f64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -89,6 +91,7 @@ fn main() {
         wait: Duration::from_secs(env_or("WAIT_SECS", 900)),
         pg_url: std::env::var("PG_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned()),
+        ticks: clock_ticks(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -258,17 +261,24 @@ fn memory(pid: u32) -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-/// utime + stime of `pid`, in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
+/// The kernel's clock ticks per second, the unit of `/proc/PID/stat`'s times.
+fn clock_ticks() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// utime + stime of `pid`, in ticks.
+fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("proc stat");
     // The command name may hold spaces: fields are counted after its closing parenthesis.
     let rest = &stat[stat.rfind(')').expect("a stat line") + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 =
-        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
-    // SAFETY: sysconf reads a constant of the system and has no preconditions.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    ticks as f64 / per_second
+    fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
 }
 
 async fn side(s: &Settings, backend: Backend) -> Report {
@@ -318,9 +328,9 @@ async fn side(s: &Settings, backend: Backend) -> Report {
         s.sample.as_secs()
     );
     tokio::time::sleep(s.settle).await;
-    let (cpu0, req0, t0) = (cpu_seconds(pid), gitlab.meter().total(), Instant::now());
+    let (cpu0, req0, t0) = (cpu_ticks(pid), gitlab.meter().total(), Instant::now());
     tokio::time::sleep(s.sample).await;
-    let (cpu1, req1, sample) = (cpu_seconds(pid), gitlab.meter().total(), t0.elapsed());
+    let (cpu1, req1, sample) = (cpu_ticks(pid), gitlab.meter().total(), t0.elapsed());
     let (rss_wait_kb, rss_peak_kb) = memory(pid);
     let waiting_end = waiting(&store).await;
     drop(baton);
@@ -338,7 +348,7 @@ async fn side(s: &Settings, backend: Backend) -> Report {
         rss_idle_kb,
         rss_wait_kb,
         rss_peak_kb,
-        cpu: cpu1 - cpu0,
+        cpu: (cpu1 - cpu0) as f64 / s.ticks,
         requests: req1 - req0,
         sample,
     }
