@@ -114,7 +114,7 @@ impl Inner {
                         return Ok(found);
                     }
                     None => {
-                        tracing::info!(attempt = %key, "no work found for an interrupted start; starting it")
+                        tracing::info!(attempt = %key, "no work found for an interrupted start; starting it");
                     }
                 }
             }
