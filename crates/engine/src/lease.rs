@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use baton_store::{Change, Task, TaskKind, TaskLease, now_millis};
 
@@ -29,6 +29,17 @@ pub(crate) struct Flight {
     /// Fired when the claim is found lost, so an adapter call still under way (a `start`
     /// that has not sent yet) is dropped instead of doing work another replica now owns.
     pub(crate) abort: Arc<tokio::sync::Notify>,
+    /// Until when the claim is known to be this process's on its own monotonic clock: the
+    /// claim's start (or last renewal) plus the lease, less a sixth. A clock that jumped past
+    /// it (the process was paused) means another replica may own the task now.
+    pub(crate) held_until: Arc<std::sync::Mutex<Instant>>,
+}
+
+impl Inner {
+    /// The instant until which a claim taken or renewed now is surely held.
+    pub(crate) fn hold_from(&self, start: Instant) -> Instant {
+        start + self.config.lease - self.config.lease / 6
+    }
 }
 
 /// The flights of this process, by run.
@@ -80,6 +91,7 @@ impl Inner {
         {
             f.token = task.lease;
             f.superseded = false;
+            *f.held_until.lock().unwrap() = self.hold_from(Instant::now());
             return false;
         }
         run.push(Flight {
@@ -92,6 +104,7 @@ impl Inner {
             superseded: false,
             lost: false,
             abort: Arc::default(),
+            held_until: Arc::new(std::sync::Mutex::new(self.hold_from(Instant::now()))),
         });
         true
     }
@@ -204,6 +217,7 @@ impl Inner {
             }
             let leases: Vec<TaskLease> = held.iter().map(|(_, l)| *l).collect();
             let until = now_millis() + millis(self.config.lease);
+            let asked = Instant::now();
             let lost = match self.store.renew(&leases, until).await {
                 Ok(lost) => lost,
                 Err(e) => {
@@ -218,6 +232,20 @@ impl Inner {
             };
             if let Some((lasted, failures)) = outage.recovered() {
                 tracing::warn!(after = ?lasted, failed_tries = failures, "renewing leases works again");
+            }
+            {
+                let held_until = self.hold_from(asked);
+                let flights = self.flights.lock().unwrap();
+                for (run_id, lease) in held.iter().filter(|(_, l)| !lost.contains(&l.id)) {
+                    let renewed = flights.get(run_id).and_then(|run| {
+                        run.iter()
+                            .find(|f| (f.id, f.token) == (lease.id, lease.token))
+                    });
+                    if let Some(flight) = renewed {
+                        let mut until = flight.held_until.lock().unwrap();
+                        *until = (*until).max(held_until);
+                    }
+                }
             }
             for id in lost {
                 let Some((run_id, lease)) = held.iter().find(|(_, l)| l.id == id) else {

@@ -2,6 +2,8 @@
 //! `find` first when a previous process may already have started it.
 
 use std::sync::Arc;
+use std::task::Poll;
+use std::time::Instant;
 
 use baton_core::{AttemptKey, HumanDuration, StageStatus, StartRequest};
 use baton_store::{Change, Phase, Task, TaskKind, now_millis};
@@ -96,12 +98,12 @@ impl Inner {
         // the stage over, and starts or finds its work) must not start anything: asked right
         // before the call, and the call is dropped if the renewal finds the claim lost while
         // it is still preparing its request.
-        let abort = if self.store.shared() {
+        let guard = if self.store.shared() {
             if !self.store.holds(task).await? {
                 self.gone(task);
                 return Ok(());
             }
-            self.with_flight(task, |f| f.abort.clone())
+            self.with_flight(task, |f| (f.abort.clone(), f.held_until.clone()))
         } else {
             None
         };
@@ -120,11 +122,30 @@ impl Inner {
             }
             adapter.start(&request).await
         });
-        let outcome = match abort {
-            Some(abort) => tokio::select! {
-                outcome = starting => outcome,
-                () = abort.notified() => return Ok(()),
-            },
+        let outcome = match guard {
+            Some((abort, held_until)) => {
+                // Every poll of the call first looks at the monotonic clock: a process paused
+                // past its claim (SIGSTOP, a long GC-like stall) wakes inside the adapter's
+                // call, between its reads and its request, and must not send it; the renewal
+                // that would tell it so needs a round trip to the database first.
+                let mut starting = std::pin::pin!(starting);
+                let mut aborted = std::pin::pin!(abort.notified());
+                let outcome = std::future::poll_fn(|cx| {
+                    if Instant::now() >= *held_until.lock().unwrap()
+                        || aborted.as_mut().poll(cx).is_ready()
+                    {
+                        return Poll::Ready(None);
+                    }
+                    starting.as_mut().poll(cx).map(Some)
+                })
+                .await;
+                let Some(outcome) = outcome else {
+                    tracing::warn!(run = %task.run_id, stage = %task.stage_id,
+                        "the claim on this start may have passed to another process while this one was held up; not sending it");
+                    return Ok(());
+                };
+                outcome
+            }
             None => starting.await,
         };
 
