@@ -1,7 +1,8 @@
 //! A PostgreSQL database of its own for one test, created on the server the tests use and
 //! dropped when the test ends, so tests that run `baton serve` replicas on PostgreSQL run
 //! side by side without seeing each other's rows. The test reads what baton stored with
-//! plain SQL through it.
+//! plain SQL through it. With `BATON_TEST_KEEP_DB` set, the database is kept (and named)
+//! for a look after the test.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -64,6 +65,10 @@ impl ScratchDb {
 
 impl Drop for ScratchDb {
     fn drop(&mut self) {
+        if std::env::var_os("BATON_TEST_KEEP_DB").is_some() {
+            eprintln!("BATON_TEST_KEEP_DB: kept database {}", self.url);
+            return;
+        }
         // FORCE: replicas killed by the test may leave sessions behind for a moment.
         let _ = try_query(
             &self.admin,

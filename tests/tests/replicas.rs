@@ -110,27 +110,30 @@ stages:
     with: { run: 'true' }
 "#;
 
-/// One `baton serve` in a folder of its own (its own exec state), on `config`.
+/// One `baton serve` of the replicas. They share one folder, as replicas on one machine
+/// would: an `exec` stage's state is a local directory, which a replica on another machine
+/// could not take over.
 struct Replica {
-    _sandbox: Sandbox,
     server: Option<Server>,
     pid: u32,
     url: String,
 }
 
+/// Writes `baton.toml` (`config`) and `wf/<name>.yaml` for `workflows` into `sandbox`.
+fn lay_out(sandbox: &Sandbox, config: &str, workflows: &[(&str, &str)]) {
+    sandbox.write("baton.toml", config);
+    for (name, text) in workflows {
+        sandbox.write(&format!("wf/{name}.yaml"), text);
+    }
+}
+
 impl Replica {
-    fn start(config: &str, workflows: &[(&str, &str)]) -> Self {
-        let sandbox = Sandbox::new();
-        sandbox.write("baton.toml", config);
-        for (name, text) in workflows {
-            sandbox.write(&format!("wf/{name}.yaml"), text);
-        }
+    fn start(sandbox: &Sandbox) -> Self {
         let server = sandbox.serve("baton.toml", ENV);
         Self {
             pid: server.pid(),
             url: server.url.clone(),
             server: Some(server),
-            _sandbox: sandbox,
         }
     }
 
@@ -203,7 +206,12 @@ fn stored_deliveries(replica: &Replica) -> BTreeMap<String, Vec<Value>> {
 
 /// `status → count` of the runs in the database.
 fn run_statuses(db: &ScratchDb) -> BTreeMap<String, i64> {
-    db.rows("SELECT status, count(*) FROM runs GROUP BY status")
+    count_by(db, "SELECT status, count(*) FROM runs GROUP BY status")
+}
+
+/// The first column → the second, a count, of `sql`'s rows.
+fn count_by(db: &ScratchDb, sql: &str) -> BTreeMap<String, i64> {
+    db.rows(sql)
         .into_iter()
         .map(|row| {
             let status = row[0].clone().unwrap_or_default();
@@ -217,8 +225,14 @@ fn ended(status: &str) -> bool {
     matches!(status, "succeeded" | "failed" | "cancelled")
 }
 
-/// Waits until `check` holds, saying where things stand every ten seconds.
-fn wait_until(limit: Duration, what: &str, mut check: impl FnMut() -> Result<(), String>) {
+/// Waits until `check` holds, saying where things stand every ten seconds; fails with
+/// the last state and `logs` (the replicas' logs) after `limit`.
+fn wait_until(
+    limit: Duration,
+    what: &str,
+    logs: &dyn Fn() -> String,
+    mut check: impl FnMut() -> Result<(), String>,
+) {
     let begun = Instant::now();
     let mut said = Instant::now();
     loop {
@@ -227,7 +241,8 @@ fn wait_until(limit: Duration, what: &str, mut check: impl FnMut() -> Result<(),
             Err(state) => {
                 assert!(
                     begun.elapsed() < limit,
-                    "timed out after {limit:?} waiting for {what}: {state}"
+                    "timed out after {limit:?} waiting for {what}: {state}\n{}",
+                    logs()
                 );
                 if said.elapsed() > Duration::from_secs(10) {
                     eprintln!("[{:>5.1?}] waiting for {what}: {state}", begun.elapsed());
@@ -254,9 +269,9 @@ fn three_replicas_lose_nothing_and_do_nothing_twice_through_a_kill_and_a_freeze(
     ];
     let workflows: Vec<(&str, &str)> = workflows.iter().map(|(n, t)| (*n, t.as_str())).collect();
     let begun = Instant::now();
-    let mut replicas: Vec<Replica> = (0..3)
-        .map(|_| Replica::start(&config, &workflows))
-        .collect();
+    let sandbox = Sandbox::new();
+    lay_out(&sandbox, &config, &workflows);
+    let mut replicas: Vec<Replica> = (0..3).map(|_| Replica::start(&sandbox)).collect();
     eprintln!("three replicas up in {:?}", begun.elapsed());
 
     // A third of the pushes start a run: every `build_every`th of those a Buildbot build,
@@ -337,7 +352,14 @@ fn three_replicas_lose_nothing_and_do_nothing_twice_through_a_kill_and_a_freeze(
     // Everything is worked off by the two replicas left: every delivery matched, every run
     // ended.
     let survivor = &replicas[2];
-    wait_until(Duration::from_secs(240), "every run to end", || {
+    let logs = || {
+        replicas
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| Some(format!("--- replica {i}:\n{}", r.server.as_ref()?.log())))
+            .collect::<String>()
+    };
+    wait_until(Duration::from_secs(240), "every run to end", &logs, || {
         let statuses = run_statuses(&db);
         let total: i64 = statuses.values().sum();
         let open: i64 = statuses
@@ -348,24 +370,37 @@ fn three_replicas_lose_nothing_and_do_nothing_twice_through_a_kill_and_a_freeze(
         if total >= runs_wanted as i64 && open == 0 {
             Ok(())
         } else {
+            let open = count_by(
+                &db,
+                "SELECT r.workflow || ' ' || s.stage_id || ' ' || s.status || ' ' || COALESCE(s.phase, '-'), count(*)
+                 FROM runs r JOIN stages s ON s.run_id = r.id
+                 WHERE r.status NOT IN ('succeeded', 'failed', 'cancelled') GROUP BY 1",
+            );
+            let unmatched =
+                db.number("SELECT count(*) FROM deliveries WHERE status IN ('received', 'replay')");
             Err(format!(
-                "{total} of {runs_wanted} runs, by status {statuses:?}"
+                "{total} of {runs_wanted} runs, by status {statuses:?}; open stages {open:?}; {unmatched} deliveries unmatched"
             ))
         }
     });
-    wait_until(Duration::from_secs(60), "every delivery processed", || {
-        let stored = stored_deliveries(survivor);
-        let waiting = stored
-            .values()
-            .flatten()
-            .filter(|d| d["status"] != "processed")
-            .count();
-        if waiting == 0 {
-            Ok(())
-        } else {
-            Err(format!("{waiting} of {} not processed", stored.len()))
-        }
-    });
+    wait_until(
+        Duration::from_secs(60),
+        "every delivery processed",
+        &logs,
+        || {
+            let stored = stored_deliveries(survivor);
+            let waiting = stored
+                .values()
+                .flatten()
+                .filter(|d| d["status"] != "processed")
+                .count();
+            if waiting == 0 {
+                Ok(())
+            } else {
+                Err(format!("{waiting} of {} not processed", stored.len()))
+            }
+        },
+    );
     let worked_off = begun.elapsed();
 
     // Stored once: the database and the API agree, one row per delivery id.
@@ -402,7 +437,8 @@ fn three_replicas_lose_nothing_and_do_nothing_twice_through_a_kill_and_a_freeze(
     );
     if statuses.get("succeeded") != Some(&(runs_wanted as i64)) {
         let failed = db.rows(
-            "SELECT id, workflow, status, message FROM runs WHERE status <> 'succeeded' LIMIT 10",
+            "SELECT a.run_id, a.stage_id, a.attempt, a.status, a.message FROM attempts a
+             JOIN runs r ON r.id = a.run_id WHERE r.status <> 'succeeded' LIMIT 10",
         );
         panic!("not every run succeeded: {statuses:?}, e.g. {failed:?}");
     }
@@ -450,8 +486,32 @@ fn three_replicas_lose_nothing_and_do_nothing_twice_through_a_kill_and_a_freeze(
     );
 }
 
-#[test]
-fn a_build_forced_just_before_a_freeze_is_found_by_the_replica_that_takes_over() {
+/// Where replica A is frozen: at the answer to the request containing `marker`.
+struct Freeze {
+    /// Text of the request whose answer A does not get before it is frozen.
+    marker: &'static str,
+    /// Whether Buildbot has A's build when A freezes.
+    forced: bool,
+}
+
+/// The force itself (`{"method":"force",…}`): the build exists, A has not stored that.
+const AT_THE_FORCE: Freeze = Freeze {
+    marker: r#""method":"force""#,
+    forced: true,
+};
+
+/// The read of the force scheduler that comes just before the force: nothing exists yet,
+/// and A is about to send the force.
+const BEFORE_THE_FORCE: Freeze = Freeze {
+    marker: "GET /api/v2/forceschedulers/",
+    forced: false,
+};
+
+/// Replica A takes a push that runs a long Buildbot build and is frozen (SIGSTOP) at
+/// `freeze`; replica B, on the same config, takes the stage over when A's claim runs out
+/// and follows the run to its end; then A is resumed. Buildbot must show one build for
+/// the attempt, the one B reported, whatever A does after it wakes up.
+fn hand_over(freeze_at: &Freeze) {
     let buildbot = BuildbotApi::from_env();
     let upstream = buildbot
         .url
@@ -460,96 +520,120 @@ fn a_build_forced_just_before_a_freeze_is_found_by_the_replica_that_takes_over()
         .to_owned();
     let db = ScratchDb::create("baton_handover");
     let tag = unique("handover");
-    // Replica A is frozen the instant Buildbot's answer to its force comes back: the build
-    // exists, and A has not stored its reference.
     let frozen_pid = Arc::new(AtomicU32::new(0));
     let pid = frozen_pid.clone();
-    let tap = Tap::start(&upstream, "forceschedulers/", move || {
+    let tap = Tap::start(&upstream, freeze_at.marker, move || {
         freeze(pid.load(Ordering::SeqCst));
     });
     let config = gateway(&db, &tap.url);
     let workflow = build_workflow(&tag, 10);
     let workflows = [("build", workflow.as_str())];
-    let a = Replica::start(&config, &workflows);
+    let sandbox = Sandbox::new();
+    lay_out(&sandbox, &config, &workflows);
+    let a = Replica::start(&sandbox);
     frozen_pid.store(a.pid, Ordering::SeqCst);
-    let reply = a.server().github(
-        "github",
-        SECRET,
-        "push",
-        &tag,
-        &push(tag.clone(), "main").body,
-    );
+    let body = push(tag.clone(), "main").body;
+    let reply = a.server().github("github", SECRET, "push", &tag, &body);
     assert_eq!(reply.status, 202, "{reply:?}\n{}", a.server().log());
     let delivery = reply.json()["delivery"]
         .as_i64()
         .expect("a delivery number");
     eventually(
         Duration::from_secs(60),
-        "A's force to reach Buildbot",
+        "A to be frozen at its request",
         || tap.fired(),
     );
     let frozen = Instant::now();
     assert_eq!(baton_tests::tap::process_state(a.pid), Some('T'));
+    // What Buildbot has for the run while A is frozen.
+    let run = db.rows("SELECT id FROM runs")[0][0]
+        .clone()
+        .expect("A's run");
+    let sets = buildbot.buildsets_with_reason(&format!("[baton {run}/"));
+    assert_eq!(
+        sets.len(),
+        usize::from(freeze_at.forced),
+        "what Buildbot had when A froze: {sets:#?}"
+    );
 
     // B starts on the same config and takes the stage over once A's claim runs out.
-    let b = Replica::start(&config, &workflows);
+    let b = Replica::start(&sandbox);
     let record = b.server().wait_for(
         &format!("/api/v1/deliveries/{delivery}"),
         VIEWER,
         "the delivery's run",
         |d| d["runs"].as_array().is_some_and(|r| r.len() == 1),
     );
-    let run = record["runs"][0].as_str().expect("a run id").to_owned();
+    assert_eq!(record["runs"][0], run.as_str());
     let mut shown = Value::Null;
-    eventually(Duration::from_secs(90), "B to finish the run", || {
-        shown = b
-            .server()
-            .get(&format!("/api/v1/runs/{run}"), VIEWER)
-            .json();
-        shown["status"].as_str().is_some_and(ended)
-    });
-    eprintln!("A frozen → run ended on B after {:?}", frozen.elapsed());
-    assert_eq!(
-        shown["status"],
-        "succeeded",
-        "{shown:#}\n{}",
-        b.server().log()
+    let logs = || format!("--- B:\n{}", b.server().log());
+    wait_until(
+        Duration::from_secs(90),
+        "B to finish the run",
+        &logs,
+        || {
+            shown = b
+                .server()
+                .get(&format!("/api/v1/runs/{run}"), VIEWER)
+                .json();
+            if shown["status"].as_str().is_some_and(ended) {
+                Ok(())
+            } else {
+                Err(shown.to_string())
+            }
+        },
     );
+    eprintln!("A frozen → run ended on B after {:?}", frozen.elapsed());
+    assert_eq!(shown["status"], "succeeded", "{shown:#}\n{}", logs());
     let stage = shown["stages"]
         .as_array()
         .and_then(|s| s.iter().find(|s| s["id"] == "build"))
         .cloned()
         .unwrap_or_else(|| panic!("no build stage in {shown:#}"));
     assert_eq!(stage["attempt"], 1, "{stage:#}");
-
-    // Buildbot forced once for the attempt, and that build is the one B reported.
     let builds = buildbot.builds_tagged("sleep", &tag, &[]);
-    assert_eq!(builds.len(), 1, "one build: {builds:#?}");
+    assert_eq!(builds.len(), 1, "one build: {builds:#?}\n{}", logs());
     assert_eq!(
         stage["outputs"]["build_id"], builds[0]["buildid"],
         "{stage:#}"
     );
-    let buildsets = buildbot.buildsets_with_reason(&format!("[baton {run}/"));
-    assert_eq!(buildsets.len(), 1, "one force: {buildsets:#?}");
 
-    // A wakes up to a stage B owns: it drops its step instead of writing over B's.
+    // A wakes up to a stage B owns: it drops its step, and neither writes over B's
+    // record nor sends Buildbot anything more.
     thaw(a.pid);
     eventually(
         Duration::from_secs(30),
         "A to say it lost the lease",
         || a.lost_in_log() >= 1,
     );
-    eprintln!(
-        "A after SIGCONT: baton_engine_lost_leases_total {}",
-        a.counter("baton_engine_lost_leases_total")
-    );
-    assert!(a.counter("baton_engine_lost_leases_total") >= 1.0);
-    std::thread::sleep(Duration::from_secs(2));
+    std::thread::sleep(Duration::from_secs(3));
+    let lost = a.counter("baton_engine_lost_leases_total");
+    eprintln!("A after SIGCONT: baton_engine_lost_leases_total {lost}");
+    assert!(lost >= 1.0);
     let after: Value = b
         .server()
         .get(&format!("/api/v1/runs/{run}"), VIEWER)
         .json();
     assert_eq!(after["status"], "succeeded", "A changed nothing: {after:#}");
-    assert_eq!(buildbot.builds_tagged("sleep", &tag, &[]).len(), 1);
+    assert_eq!(after["stages"], shown["stages"], "A changed nothing");
+    let builds = buildbot.builds_tagged("sleep", &tag, &[]);
+    let sets = buildbot.buildsets_with_reason(&format!("[baton {run}/"));
+    assert!(
+        builds.len() == 1 && sets.len() == 1,
+        "A sent Buildbot nothing more: builds {builds:#?}\nbuildsets {sets:#?}\n--- A:\n{}\n{}",
+        a.server().log(),
+        logs()
+    );
     assert!(alive(a.pid as i32), "A stays up");
+}
+
+#[test]
+fn a_build_forced_just_before_a_freeze_is_found_by_the_replica_that_takes_over() {
+    hand_over(&AT_THE_FORCE);
+}
+
+#[test]
+#[ignore = "fails until the engine stops a step whose claim it lost before it calls the adapter (a second build is forced)"]
+fn a_replica_frozen_just_before_its_force_sends_nothing_once_it_wakes() {
+    hand_over(&BEFORE_THE_FORCE);
 }
