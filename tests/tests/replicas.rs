@@ -158,7 +158,7 @@ impl Replica {
         page.lines()
             .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+            .fold(0.0, |sum, n| sum + n)
     }
 
     /// How often the log says the replica lost a lease.
@@ -221,6 +221,20 @@ fn stored_deliveries(replica: &Replica) -> BTreeMap<String, Vec<Value>> {
             all.entry(id).or_default().push(record);
         }
     }
+}
+
+/// Task id → claim token of every task under a live claim.
+fn live_leases(db: &ScratchDb) -> BTreeMap<String, String> {
+    db.rows(
+        "SELECT id, lease_token FROM tasks
+         WHERE lease_until > (extract(epoch FROM clock_timestamp()) * 1000)::bigint",
+    )
+    .into_iter()
+    .map(|row| {
+        let cell = |i: usize| row[i].clone().unwrap_or_default();
+        (cell(0), cell(1))
+    })
+    .collect()
 }
 
 /// `status → count` of the runs in the database.
@@ -343,12 +357,21 @@ fn three_replicas_lose_nothing_and_do_nothing_twice_through_a_kill_and_a_freeze(
     let frozen_at = acknowledged.load(Ordering::Relaxed);
     freeze(replicas[1].pid);
     let frozen = Instant::now();
+    let leased = live_leases(&db);
     std::thread::sleep(LEASE * 3);
+    // Claims alive when replica 1 froze that have a new token now were taken over: replica
+    // 2 renews its own, so those were replica 1's.
+    let now_held = live_leases(&db);
+    let taken_over = leased
+        .iter()
+        .filter(|(id, token)| now_held.get(*id).is_some_and(|t| t != *token))
+        .count();
     thaw(replicas[1].pid);
     eprintln!(
-        "[{:>5.1?}] replica 1 frozen at {frozen_at} acknowledged for {:?}, then resumed",
+        "[{:>5.1?}] replica 1 frozen at {frozen_at} acknowledged for {:?}, then resumed; {taken_over} of the {} claims alive at the freeze were taken over meanwhile",
         begun.elapsed(),
-        frozen.elapsed()
+        frozen.elapsed(),
+        leased.len()
     );
 
     let sent: Vec<Sent> = sending.join().expect("the sender");
@@ -498,12 +521,13 @@ fn three_replicas_lose_nothing_and_do_nothing_twice_through_a_kill_and_a_freeze(
         replicas[2].counter("baton_engine_lost_leases_total"),
         replicas[2].lost_by_kind()
     );
-    assert!(
-        lost_counted >= 1.0 && lost_logged >= 1,
-        "the frozen replica held claims when it froze for {:?} (lease {LEASE:?}), so it must have lost some:\n{}",
-        LEASE * 3,
-        replicas[1].server().log()
-    );
+    if taken_over > 0 {
+        assert!(
+            lost_counted >= 1.0 && lost_logged >= 1,
+            "{taken_over} of the frozen replica's claims were taken over, so it must have lost some:\n{}",
+            replicas[1].server().log()
+        );
+    }
 }
 
 /// Where replica A is frozen: at the answer to the request containing `marker`.
