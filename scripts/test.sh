@@ -34,6 +34,12 @@ export BATON_BUILDBOT_AUTH_URL=http://127.0.0.1:${BUILDBOT_AUTH_WEB_PORT:-8011}
 scripts/containers.sh
 . .containers/env
 
+# PostgreSQL for the store's contract tests and the replica tests: the one this machine kind
+# runs on 127.0.0.1:5432 (trust auth, database `test`); installed and started when missing.
+# Each test works in a schema or database of its own, so runs never see each other.
+export BATON_TEST_POSTGRES=${BATON_TEST_POSTGRES:-postgres://postgres@127.0.0.1:5432/test}
+scripts/postgres.sh
+
 # Schemathesis (pinned), which the `api` end-to-end test runs against `baton serve`'s OpenAPI
 # document with each role's token; in a virtual environment of its own under the checkout.
 SCHEMATHESIS_VERSION=4.32.5

@@ -18,6 +18,7 @@ pub mod buildbot_api;
 mod fake_github;
 mod fake_jenkins;
 pub mod kubernetes;
+pub mod postgres;
 pub mod receiver;
 pub mod round_robin;
 pub mod scratch_db;

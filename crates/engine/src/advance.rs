@@ -13,9 +13,9 @@ use crate::{EngineError, Inner};
 
 impl Inner {
     pub(crate) async fn advance(self: &Arc<Self>, task: &Task) -> Result<(), EngineError> {
-        let mut guard = self.lock_run(&task.run_id).await?;
+        let mut guard = self.lock_task(task).await?;
         let Some(state) = guard.as_mut() else {
-            return self.finish_task(task).await;
+            return self.finish_task(&mut guard, task).await;
         };
         let mut changes = vec![Self::done(task)];
         let mut events = Vec::new();

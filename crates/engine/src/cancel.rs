@@ -9,12 +9,17 @@ use baton_store::{Change, Phase, Task, TaskKind, now_millis};
 use serde_json::Value;
 
 use crate::call::bounded;
+use crate::commit::refenced;
 use crate::plan::reason;
 use crate::{Engine, EngineError, Inner};
 
 impl Engine {
     /// Asks to cancel a run: pending stages are cancelled, running ones through their adapters.
     pub async fn cancel_run(&self, run_id: &str) -> Result<(), EngineError> {
+        refenced(|| self.cancel_run_once(run_id)).await
+    }
+
+    async fn cancel_run_once(&self, run_id: &str) -> Result<(), EngineError> {
         let mut guard = self.inner.lock_run(run_id).await?;
         let state = guard
             .as_mut()
@@ -41,7 +46,7 @@ impl Engine {
 impl Inner {
     pub(crate) async fn cancel_attempt(self: &Arc<Self>, task: &Task) -> Result<(), EngineError> {
         let key = AttemptKey::new(&task.run_id, &task.stage_id, task.attempt);
-        let guard = self.lock_run(&task.run_id).await?;
+        let mut guard = self.lock_task(task).await?;
         let target = guard.as_ref().and_then(|state| {
             let i = state.workflow.stage_index(&task.stage_id)?;
             let r = &state.stages[i];
@@ -55,10 +60,10 @@ impl Inner {
                 )
             })
         });
-        drop(guard);
         let Some((i, adapter, external, input, phase)) = target else {
-            return self.finish_task(task).await;
+            return self.finish_task(&mut guard, task).await;
         };
+        drop(guard);
         let call = self.config.call_timeout;
         let mut failure = None;
         let mut explained = None;
@@ -106,7 +111,7 @@ impl Inner {
                 }
             }
         }
-        let mut guard = self.lock_run(&task.run_id).await?;
+        let mut guard = self.lock_task(task).await?;
         let Some(state) = guard.as_mut() else {
             return Ok(());
         };

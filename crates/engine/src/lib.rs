@@ -28,8 +28,10 @@
 //!   delivery marks in one commit, replays), `retry` (a stage retried by hand), `signal`
 //!   (approval decisions and completion webhooks);
 //! - plumbing: `state` (the cached copy of a run and its per-run lock), `commit` (one
-//!   transaction a step, then events and dispatch of what it claimed), `events` (live
-//!   progress), `call` (adapter calls with a time bound and metrics).
+//!   transaction a step, fenced with the run's version and the step's claim, then events
+//!   and dispatch of what it claimed), `lease` (the claims of steps under way: renewed on a
+//!   shared store, and told apart when a commit is fenced), `events` (live progress),
+//!   `call` (adapter calls with a time bound and metrics).
 //!
 //! [`view`] turns a stored run into what the API shows.
 
@@ -55,6 +57,7 @@ mod commit;
 mod create;
 mod deliveries;
 mod events;
+mod lease;
 mod poll;
 mod report;
 mod retry;
@@ -137,6 +140,14 @@ pub enum EngineError {
     },
 }
 
+impl EngineError {
+    /// True when the store refused the commit because the run or the task moved on under
+    /// it ([`StoreError::Fenced`]).
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, Self::Store(e) if e.is_fenced())
+    }
+}
+
 /// A run to create.
 #[derive(Debug, Clone)]
 pub struct NewRun {
@@ -158,8 +169,8 @@ struct Inner {
     /// Attempts this process wrote ahead and has not started yet (see `start_inner`).
     fresh: Mutex<HashSet<AttemptKey>>,
     woken: Mutex<HashSet<AttemptKey>>,
-    /// Tasks (id, version) whose step failed on the store and is being tried again.
-    retrying: Mutex<HashSet<(i64, i64)>>,
+    /// The claimed tasks whose steps are dispatched, by run (see `lease`).
+    flights: Mutex<lease::Flights>,
     notify: Notify,
     permits: Arc<Semaphore>,
     events: broadcast::Sender<Event>,
@@ -191,7 +202,7 @@ impl Engine {
             starting: Mutex::default(),
             fresh: Mutex::default(),
             woken: Mutex::default(),
-            retrying: Mutex::default(),
+            flights: Mutex::default(),
             notify: Notify::new(),
             events,
             waiters: Mutex::default(),
@@ -210,10 +221,17 @@ impl Engine {
         Self { inner }
     }
 
-    /// Starts the scheduler loop. Clears leases left by a previous process first: the
-    /// store is owned by this process alone.
+    /// Starts the scheduler loop. On a store this process owns alone, clears the leases a
+    /// previous process left first. On a shared store leases belong to other replicas too and
+    /// end only by expiry; the claims of steps under way are renewed every third of
+    /// [`EngineConfig::lease`] instead.
     pub async fn start(&self) -> Result<tokio::task::JoinHandle<()>, EngineError> {
-        self.inner.store.release_leases().await?;
+        if self.inner.store.shared() {
+            let inner = self.inner.clone();
+            tokio::spawn(async move { inner.renew_loop().await });
+        } else {
+            self.inner.store.release_leases().await?;
+        }
         let inner = self.inner.clone();
         Ok(tokio::spawn(async move { inner.run_loop().await }))
     }

@@ -17,7 +17,7 @@ use crate::{EngineError, Inner};
 impl Inner {
     pub(crate) async fn poll_attempt(self: &Arc<Self>, task: &Task) -> Result<(), EngineError> {
         let key = AttemptKey::new(&task.run_id, &task.stage_id, task.attempt);
-        let guard = self.lock_run(&task.run_id).await?;
+        let mut guard = self.lock_task(task).await?;
         let valid = |state: &RunState, i: usize| {
             let r = &state.stages[i];
             r.attempt == task.attempt
@@ -40,8 +40,7 @@ impl Inner {
                 )
             })
         }) else {
-            drop(guard);
-            return self.finish_task(task).await;
+            return self.finish_task(&mut guard, task).await;
         };
         drop(guard);
         self.woken.lock().unwrap().remove(&key);
@@ -69,7 +68,7 @@ impl Inner {
             _ => None,
         };
 
-        let mut guard = self.lock_run(&task.run_id).await?;
+        let mut guard = self.lock_task(task).await?;
         let Some(state) = guard.as_mut() else {
             return Ok(());
         };

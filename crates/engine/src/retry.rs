@@ -3,6 +3,7 @@
 use baton_core::{RunStatus, StageStatus};
 use baton_store::{Change, Phase, TaskKind, now_millis};
 
+use crate::commit::refenced;
 use crate::plan::reason;
 use crate::{Engine, EngineError, Inner};
 
@@ -10,17 +11,14 @@ impl Engine {
     /// Runs a failed or cancelled stage again (a new attempt), and after it every stage
     /// downstream of it. A finished run is reopened.
     pub async fn retry_stage(&self, run_id: &str, stage_id: &str) -> Result<u32, EngineError> {
-        let mut guard = self.inner.lock_run(run_id).await?;
+        refenced(|| self.retry_stage_once(run_id, stage_id)).await
+    }
+
+    async fn retry_stage_once(&self, run_id: &str, stage_id: &str) -> Result<u32, EngineError> {
+        let (mut guard, i) = self.inner.lock_stage(run_id, stage_id).await?;
         let state = guard
             .as_mut()
             .ok_or_else(|| EngineError::NoSuchRun(run_id.to_owned()))?;
-        let i = state
-            .workflow
-            .stage_index(stage_id)
-            .ok_or_else(|| EngineError::NoSuchStage {
-                run: run_id.into(),
-                stage: stage_id.into(),
-            })?;
         let status = state.stages[i].status;
         if !matches!(status, StageStatus::Failed | StageStatus::Cancelled) {
             return Err(EngineError::Conflict(format!(

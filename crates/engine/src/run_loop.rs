@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use baton_store::{Task, TaskKind, now_millis};
+use baton_store::{Task, TaskKind, Work, now_millis};
 
 use crate::commit::millis;
 use crate::{EngineError, Inner};
@@ -18,11 +18,19 @@ const STEP_RETRY_FIRST: Duration = Duration::from_millis(250);
 /// writes again (space freed on a full disk), its steps go on within this.
 const STEP_RETRY_MAX: Duration = Duration::from_secs(5);
 
+/// How many times in a row a step whose commit was fenced while its claim was still held
+/// runs again at once; past that it waits like a step that failed on the store. Each rerun
+/// follows a write by another process to the same run, so a few cover any real contention.
+const STALE_RERUNS: u32 = 5;
+
 impl Inner {
     pub(crate) async fn run_loop(self: Arc<Self>) {
         const BATCH: u32 = 256;
         // Logged when claiming starts failing and when it works again, not every second.
         let mut claims = baton_core::outage::Outage::default();
+        // Another process's hand-over (a released claim, an API action's task) on a shared
+        // store wakes the loop at once instead of at its next look.
+        let mut handed = self.store.wakes(Work::Tasks);
         while !self.stopping.load(Ordering::SeqCst) {
             let now = now_millis();
             let claimed = match self
@@ -55,7 +63,25 @@ impl Inner {
                 _ => Duration::from_secs(1),
             };
             if !wait.is_zero() {
-                let _ = tokio::time::timeout(wait, self.notify.notified()).await;
+                let woken = async {
+                    match handed.as_mut() {
+                        Some(rx) => {
+                            if rx.changed().await.is_err() {
+                                // The store stopped listening: polling alone from here.
+                                handed = None;
+                                std::future::pending::<()>().await;
+                            }
+                        }
+                        None => std::future::pending().await,
+                    }
+                };
+                let _ = tokio::time::timeout(wait, async {
+                    tokio::select! {
+                        () = self.notify.notified() => {}
+                        () = woken => {}
+                    }
+                })
+                .await;
             }
         }
     }
@@ -63,13 +89,8 @@ impl Inner {
     pub(crate) fn dispatch_all(self: &Arc<Self>, tasks: Vec<Task>) {
         for task in tasks {
             // Claimed again because its lease ran out while this process retries it: the
-            // claim renewed the lease, and the retry goes on.
-            if self
-                .retrying
-                .lock()
-                .unwrap()
-                .contains(&(task.id, task.version))
-            {
+            // retry takes the new claim over and goes on.
+            if !self.take_off(&task) {
                 continue;
             }
             let inner = self.clone();
@@ -78,10 +99,14 @@ impl Inner {
     }
 
     /// Runs a task's step; a step that failed on the store runs again after a short wait,
-    /// until it succeeds or the engine stops.
+    /// until it succeeds or the engine stops. A step whose commit was fenced runs again at
+    /// once from the store while its claim is still held (its cached run was stale), and is
+    /// dropped when it is not (see `lease`).
     async fn run_task(self: Arc<Self>, task: Task) {
+        let mut task = task;
         let mut wait = STEP_RETRY_FIRST;
         let mut failures = 0u32;
+        let mut stale = 0u32;
         loop {
             let result = {
                 let Ok(_permit) = self.permits.clone().acquire_owned().await else {
@@ -95,8 +120,30 @@ impl Inner {
                 }
                 break;
             };
-            // The retry starts from what the store really holds.
-            self.runs.lock().unwrap().remove(&task.run_id);
+            // The retry starts from what the store really holds. The cached copy is cleared
+            // under the run's lock rather than its slot forgotten: a step of the run under way
+            // keeps the slot, and a new one beside it would let two steps of one run run at once.
+            let slot = self.runs.lock().unwrap().get(&task.run_id).cloned();
+            if let Some(slot) = slot {
+                *slot.lock().await = None;
+            }
+            if e.is_fenced() {
+                match self.store.holds(&task).await {
+                    Ok(true) if stale < STALE_RERUNS => {
+                        stale += 1;
+                        tracing::debug!(run = %task.run_id, task = task.kind.as_str(),
+                            "the cached run was stale; running the step again from the store");
+                        continue;
+                    }
+                    Ok(true) => {}
+                    Ok(false) => {
+                        self.gone(&task);
+                        break;
+                    }
+                    // Asked again after the wait below.
+                    Err(_) => {}
+                }
+            }
             let retry = matches!(e, EngineError::Store(_));
             if !retry {
                 // The task stays leased and is retried when the lease ends.
@@ -106,10 +153,7 @@ impl Inner {
             if failures == 0 {
                 tracing::error!(run = %task.run_id, task = task.kind.as_str(), error = &e as &dyn std::error::Error,
                     "engine step failed on the store; retrying until it works");
-                self.retrying
-                    .lock()
-                    .unwrap()
-                    .insert((task.id, task.version));
+                self.with_flight(&task, |f| f.retrying = true);
             }
             failures += 1;
             tokio::time::sleep(wait).await;
@@ -117,13 +161,20 @@ impl Inner {
             if self.stopping.load(Ordering::SeqCst) {
                 break;
             }
+            // A claim made meanwhile (the lease ran out) was handed to this retry.
+            let current = {
+                let flights = self.flights.lock().unwrap();
+                flights.get(&task.run_id).and_then(|run| {
+                    run.iter()
+                        .find(|f| f.retrying && (f.id, f.version) == (task.id, task.version))
+                        .map(|f| f.token)
+                })
+            };
+            if let Some(token) = current {
+                task.lease = token;
+            }
         }
-        if failures > 0 {
-            self.retrying
-                .lock()
-                .unwrap()
-                .remove(&(task.id, task.version));
-        }
+        self.land(&task);
     }
 
     pub(crate) async fn handle(self: &Arc<Self>, task: &Task) -> Result<(), EngineError> {

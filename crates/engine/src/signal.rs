@@ -8,6 +8,7 @@ use baton_core::{AttemptKey, SourceDelivery};
 use baton_store::{Change, Phase, TaskKind, now_millis};
 use serde_json::Value;
 
+use crate::commit::refenced;
 use crate::{Engine, EngineError, Inner};
 
 impl Engine {
@@ -18,35 +19,36 @@ impl Engine {
         stage_id: &str,
         signal: Value,
     ) -> Result<(), EngineError> {
-        let key =
-            {
-                let mut guard = self.inner.lock_run(run_id).await?;
-                let state = guard
-                    .as_mut()
-                    .ok_or_else(|| EngineError::NoSuchRun(run_id.to_owned()))?;
-                let i = state.workflow.stage_index(stage_id).ok_or_else(|| {
-                    EngineError::NoSuchStage {
-                        run: run_id.into(),
-                        stage: stage_id.into(),
-                    }
-                })?;
-                let stage = &mut state.stages[i];
-                if !stage.status.is_active() {
-                    return Err(EngineError::Conflict(format!(
-                        "stage `{stage_id}` of run `{run_id}` is {}, not waiting",
-                        stage.status
-                    )));
-                }
-                stage.signal = Some(signal);
-                let key = AttemptKey::new(run_id, stage_id, stage.attempt);
-                let change = Change::PutStage(stage.clone());
-                self.inner
-                    .commit(&mut guard, vec![change], Vec::new())
-                    .await?;
-                key
-            };
+        let key = refenced(|| self.signal_once(run_id, stage_id, signal.clone())).await?;
         self.inner.wake(key).await;
         Ok(())
+    }
+
+    /// Stores `signal` on the stage's current attempt; answers the attempt.
+    async fn signal_once(
+        &self,
+        run_id: &str,
+        stage_id: &str,
+        signal: Value,
+    ) -> Result<AttemptKey, EngineError> {
+        let (mut guard, i) = self.inner.lock_stage(run_id, stage_id).await?;
+        let state = guard
+            .as_mut()
+            .ok_or_else(|| EngineError::NoSuchRun(run_id.to_owned()))?;
+        let stage = &mut state.stages[i];
+        if !stage.status.is_active() {
+            return Err(EngineError::Conflict(format!(
+                "stage `{stage_id}` of run `{run_id}` is {}, not waiting",
+                stage.status
+            )));
+        }
+        stage.signal = Some(signal);
+        let key = AttemptKey::new(run_id, stage_id, stage.attempt);
+        let change = Change::PutStage(stage.clone());
+        self.inner
+            .commit(&mut guard, vec![change], Vec::new())
+            .await?;
+        Ok(key)
     }
 
     /// Polls an attempt now (a completion webhook arrived for it). Unknown or finished
@@ -73,19 +75,28 @@ impl Engine {
 impl Inner {
     pub(crate) async fn wake(self: &Arc<Self>, key: AttemptKey) {
         self.woken.lock().unwrap().insert(key.clone());
+        if let Err(e) = refenced(|| self.wake_once(&key)).await {
+            tracing::warn!(attempt = %key, error = &e as &dyn std::error::Error, "could not schedule a poll after a wake; polling goes on as planned");
+        }
+    }
+
+    /// Schedules, claimed, a poll of the attempt `key` now if it is started and active.
+    async fn wake_once(self: &Arc<Self>, key: &AttemptKey) -> Result<(), EngineError> {
         let Ok(mut guard) = self.lock_run(key.run_id()).await else {
-            return;
+            return Ok(());
         };
-        let Some(state) = guard.as_mut() else { return };
+        let Some(state) = guard.as_mut() else {
+            return Ok(());
+        };
         let Some(i) = state.workflow.stage_index(key.stage_id()) else {
-            return;
+            return Ok(());
         };
         let stage = &state.stages[i];
         if stage.attempt != key.attempt()
             || stage.phase != Some(Phase::Started)
             || !stage.status.is_active()
         {
-            return;
+            return Ok(());
         }
         let change = self.task(
             key.run_id(),
@@ -95,8 +106,6 @@ impl Inner {
             now_millis(),
             true,
         );
-        if let Err(e) = self.commit(&mut guard, vec![change], Vec::new()).await {
-            tracing::warn!(attempt = %key, error = &e as &dyn std::error::Error, "could not schedule a poll after a wake; polling goes on as planned");
-        }
+        self.commit(&mut guard, vec![change], Vec::new()).await
     }
 }

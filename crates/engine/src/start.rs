@@ -28,9 +28,9 @@ impl Inner {
         task: &Task,
         key: &AttemptKey,
     ) -> Result<(), EngineError> {
-        let mut guard = self.lock_run(&task.run_id).await?;
+        let mut guard = self.lock_task(task).await?;
         let Some(state) = guard.as_mut() else {
-            return self.finish_task(task).await;
+            return self.finish_task(&mut guard, task).await;
         };
         let Some(i) = state.workflow.stage_index(&task.stage_id) else {
             return self
@@ -79,7 +79,7 @@ impl Inner {
             self.commit(&mut guard, changes, events).await?;
         }
         let Some(adapter) = self.adapters.get(&stage.uses).cloned() else {
-            return self.finish_task(task).await;
+            return self.finish_task(&mut guard, task).await;
         };
         let state = guard
             .as_ref()
@@ -107,7 +107,7 @@ impl Inner {
         })
         .await;
 
-        let mut guard = self.lock_run(&task.run_id).await?;
+        let mut guard = self.lock_task(task).await?;
         let Some(state) = guard.as_mut() else {
             return Ok(());
         };

@@ -4,7 +4,9 @@ use std::sync::Arc;
 
 use baton_core::context::{StageView as ContextStage, stage_context};
 use baton_core::{StageStatus, TemplatedValue, Workflow, WorkflowSpec, expr_bound};
-use baton_store::{AttemptRecord, Change, Millis, RunHeader, RunPayload, RunSnapshot, StageRecord};
+use baton_store::{
+    AttemptRecord, Change, Millis, RunHeader, RunPayload, RunSnapshot, StageRecord, Task, TaskLease,
+};
 use serde_json::Value;
 use tokio::sync::OwnedMutexGuard;
 
@@ -13,6 +15,12 @@ use crate::{EngineError, Inner};
 
 /// The in-memory copy of a run being worked on; rebuilt from the store whenever in doubt.
 pub(crate) struct RunState {
+    /// The run's version in the store when this copy was loaded or last committed: every
+    /// commit is fenced with it ([`Change::Fence`]).
+    pub(crate) version: i64,
+    /// The claim of the task whose step holds the run's lock now; `None` for a request from
+    /// outside (cancel, approve, retry). Set by each lock.
+    pub(crate) lease: Option<TaskLease>,
     pub(crate) header: RunHeader,
     pub(crate) payload: RunPayload,
     pub(crate) workflow: Arc<Workflow>,
@@ -35,9 +43,42 @@ fn evaluates(workflow: &Workflow) -> bool {
 }
 
 impl Inner {
-    /// Locks a run, loading it from the store if it is not cached. `None` inside means the
-    /// store has no such run.
+    /// Locks a run for a request from outside (no task claim), loading it from the store if
+    /// it is not cached. `None` inside means the store has no such run.
     pub(crate) async fn lock_run(&self, run_id: &str) -> Result<RunGuard, EngineError> {
+        self.lock(run_id, None).await
+    }
+
+    /// Locks a run for a request about its stage `stage_id`; answers the stage's index.
+    pub(crate) async fn lock_stage(
+        &self,
+        run_id: &str,
+        stage_id: &str,
+    ) -> Result<(RunGuard, usize), EngineError> {
+        let guard = self.lock_run(run_id).await?;
+        let state = guard
+            .as_ref()
+            .ok_or_else(|| EngineError::NoSuchRun(run_id.to_owned()))?;
+        let i = state
+            .workflow
+            .stage_index(stage_id)
+            .ok_or_else(|| EngineError::NoSuchStage {
+                run: run_id.into(),
+                stage: stage_id.into(),
+            })?;
+        Ok((guard, i))
+    }
+
+    /// Locks a run for the step of `task`: its commits are fenced with the task's claim.
+    pub(crate) async fn lock_task(&self, task: &Task) -> Result<RunGuard, EngineError> {
+        let lease = TaskLease {
+            id: task.id,
+            token: task.lease,
+        };
+        self.lock(&task.run_id, Some(lease)).await
+    }
+
+    async fn lock(&self, run_id: &str, lease: Option<TaskLease>) -> Result<RunGuard, EngineError> {
         let slot = self
             .runs
             .lock()
@@ -50,6 +91,9 @@ impl Inner {
             && let Some(snapshot) = self.store.load_run(run_id).await?
         {
             *guard = Some(self.state_from(snapshot)?);
+        }
+        if let Some(state) = guard.as_mut() {
+            state.lease = lease;
         }
         Ok(guard)
     }
@@ -139,6 +183,8 @@ impl Inner {
             }
         }
         Ok(RunState {
+            version: snapshot.version,
+            lease: None,
             header: snapshot.header,
             payload: snapshot.payload,
             workflow,

@@ -19,7 +19,7 @@ use std::time::Duration;
 use baton_config::RelayConfig;
 use baton_core::SecretResolver;
 use baton_core::expr_bound::Limits;
-use baton_store::{Millis, PendingDelivery, Store, now_millis};
+use baton_store::{Millis, PendingDelivery, Store, Work, now_millis};
 use indexmap::IndexMap;
 
 use crate::circuit::CircuitState;
@@ -135,9 +135,12 @@ impl Relays {
     /// Starts every target's worker, and a task that keeps the metrics up to date; they
     /// run until the returned guard is dropped. Reads which targets a 410 disabled first.
     ///
-    /// The process owns the store alone, so leases an earlier process left are released
+    /// On a store the process owns alone, leases an earlier process left are released
     /// (their messages are sent again: at least once). Call it before the matcher starts,
-    /// so none of the leases released is one of its hand-overs.
+    /// so none of the leases released is one of its hand-overs. A shared store's leases may
+    /// be other replicas' sends under way: they end only by expiry; and every worker looks
+    /// at the store when another replica gives messages back or replays them
+    /// ([`Store::wakes`]).
     pub async fn start(self: &Arc<Self>) -> RelayTasks {
         let mut tasks = Vec::new();
         if self.routes.is_empty() {
@@ -149,7 +152,8 @@ impl Relays {
                 "reading which relay targets are disabled failed; they are marked again at their next 410"
             );
         }
-        if let Some(queue) = self.store.relays()
+        if !self.store.shared()
+            && let Some(queue) = self.store.relays()
             && let Err(e) = queue.release_relay_leases().await
         {
             tracing::error!(
@@ -165,6 +169,16 @@ impl Relays {
                     self.limits,
                 )));
             }
+        }
+        if let Some(mut wakes) = self.store.wakes(Work::Relays) {
+            let relays = self.clone();
+            tasks.push(tokio::spawn(async move {
+                while wakes.changed().await.is_ok() {
+                    for target in relays.routes.iter().flat_map(|r| &r.targets) {
+                        target.wake_for_store();
+                    }
+                }
+            }));
         }
         let relays = self.clone();
         tasks.push(tokio::spawn(async move {

@@ -136,8 +136,11 @@ impl Outbox {
     /// to the request timeout. Rows still waiting stay in the store for the next start.
     pub(crate) async fn follow(mut self, mut events: broadcast::Receiver<Event>) {
         tracing::info!(sources = ?self.reporter.sources(), "reporting run status to commits");
-        // This process owns the store: claims left by a killed one end now.
-        if let Err(e) = self.store.release_report_leases().await {
+        // A store this process owns: claims left by a killed one end now. A shared store's
+        // claims may be other replicas' reports under way: they end only by expiry.
+        if !self.store.shared()
+            && let Err(e) = self.store.release_report_leases().await
+        {
             tracing::warn!(
                 error = &e as &dyn std::error::Error,
                 "cannot clear the outbox's old claims; their reports wait for them to end"
@@ -1097,9 +1100,12 @@ mod tests {
 
     /// A store that counts the outbox's reads, fails reads, claims, reads of runs or
     /// settlements while told to, answers claims with nothing while told to (rows another
-    /// process took), and records the `now` and `lease_until` of every claim.
+    /// process took), and records the `now` and `lease_until` of every claim. With `shared`
+    /// it says other processes use it too, and counts releases of the outbox's leases.
     struct Flaky {
         inner: Arc<dyn Store>,
+        shared: AtomicBool,
+        releases: AtomicUsize,
         reads: AtomicUsize,
         fail_reads: AtomicBool,
         fail_claims: AtomicBool,
@@ -1113,6 +1119,8 @@ mod tests {
         fn new(inner: Arc<dyn Store>) -> Arc<Self> {
             Arc::new(Self {
                 inner,
+                shared: AtomicBool::new(false),
+                releases: AtomicUsize::new(0),
                 reads: AtomicUsize::new(0),
                 fail_reads: AtomicBool::new(false),
                 fail_claims: AtomicBool::new(false),
@@ -1217,7 +1225,11 @@ mod tests {
             self.inner.next_report_due(now).await
         }
         async fn release_report_leases(&self) -> baton_store::Result<()> {
+            self.releases.fetch_add(1, Ordering::SeqCst);
             self.inner.release_report_leases().await
+        }
+        fn shared(&self) -> bool {
+            self.shared.load(Ordering::SeqCst)
         }
         async fn report_ref(
             &self,
@@ -1245,6 +1257,30 @@ mod tests {
         store.reads();
         tokio::time::sleep(how_long).await;
         store.reads()
+    }
+
+    #[tokio::test]
+    async fn on_a_shared_store_rows_another_process_claimed_stay_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let flaky = Flaky::new(open(&dir).await);
+        flaky.shared.store(true, Ordering::SeqCst);
+        let store: Arc<dyn Store> = flaky.clone();
+        create(&store, "r1").await;
+        // Another replica claimed both rows and is posting them.
+        let now = now_millis();
+        let claimed = store
+            .claim_reports(now, BATCH, now + 3_600_000)
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 2);
+        let fake = Fake::new(None);
+        let (wake, task) = start(&store, &fake);
+        nudge(&wake);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(flaky.releases.load(Ordering::SeqCst), 0);
+        assert!(fake.posts().is_empty(), "{:?}", fake.posts());
+        drop(wake);
+        task.await.unwrap();
     }
 
     #[tokio::test]

@@ -39,6 +39,21 @@ pub struct PendingDelivery {
     pub replay: bool,
 }
 
+impl PendingDelivery {
+    /// `delivery`, just stored as `id`, as the matcher gets it.
+    pub(crate) fn stored(delivery: crate::NewDelivery, id: i64) -> Self {
+        Self {
+            id,
+            source: delivery.source,
+            delivery_id: delivery.delivery_id,
+            event: delivery.event,
+            headers: delivery.headers,
+            body: delivery.body,
+            replay: false,
+        }
+    }
+}
+
 /// The store's end of the feed.
 #[derive(Debug)]
 pub(crate) struct FeedSender {

@@ -27,7 +27,6 @@ mod contract;
 mod feed;
 mod inbox;
 mod outbox;
-#[allow(dead_code, clippy::unused_async)] // Being filled: the PostgreSQL store.
 mod postgres;
 pub mod relay;
 mod sqlite;
@@ -143,6 +142,19 @@ pub enum StoreError {
     Unavailable {
         /// What the driver said, without the password.
         detail: String,
+    },
+    /// PostgreSQL reported an error not covered by a more specific variant (a constraint,
+    /// a statement the server refused). Its text carries no password.
+    #[error("store: {0}")]
+    Postgres(#[source] tokio_postgres::Error),
+    /// A PostgreSQL schema migration failed; the schema is left as it was before it.
+    #[error("store migration {number} failed")]
+    PostgresMigration {
+        /// The migration's number (1-based).
+        number: usize,
+        /// What PostgreSQL said.
+        #[source]
+        source: tokio_postgres::Error,
     },
     /// A commit was refused because another process now owns the work: the run's version or
     /// the task's lease token is no longer the one the commit was made from

@@ -1,6 +1,6 @@
 //! One engine [`Change`] as SQL, inside the writer's transaction.
 
-use rusqlite::{Transaction, params};
+use rusqlite::{OptionalExtension, Transaction, params};
 use serde_json::Value;
 
 use super::rows::{TASK_COLUMNS, task_from_row, to_json};
@@ -9,9 +9,11 @@ use crate::*;
 
 pub(super) fn apply_change(tx: &Transaction<'_>, change: &Change) -> Result<Option<Task>> {
     match change {
-        Change::Fence { .. } => {
-            return Err(StoreError::Fenced("not in the SQLite store yet".into()));
-        }
+        Change::Fence {
+            run_id,
+            version,
+            lease,
+        } => fence(tx, run_id, *version, *lease)?,
         Change::InsertRun(header, payload) => {
             tx.prepare_cached(
                 "INSERT INTO runs (id, workflow, status, spec, event, trigger_info, cancel_requested, message, created_at, started_at, finished_at)
@@ -86,11 +88,12 @@ pub(super) fn apply_change(tx: &Transaction<'_>, change: &Change) -> Result<Opti
         Change::Schedule(t) => {
             let task = tx
                 .prepare_cached(&format!(
-                    "INSERT INTO tasks (run_id, stage_id, kind, attempt, due_at, lease_until, version)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0)
+                    "INSERT INTO tasks (run_id, stage_id, kind, attempt, due_at, lease_until, version, lease_token)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, 1)
                      ON CONFLICT (run_id, stage_id, kind) DO UPDATE SET
                          attempt = excluded.attempt, due_at = excluded.due_at,
-                         lease_until = excluded.lease_until, version = tasks.version + 1
+                         lease_until = excluded.lease_until, version = tasks.version + 1,
+                         lease_token = tasks.lease_token + 1
                      RETURNING {TASK_COLUMNS}"
                 ))?
                 .query_row(params![t.run_id, t.stage_id, t.kind.as_str(), t.attempt, t.due_at, t.claim_until], task_from_row)??;
@@ -175,4 +178,31 @@ pub(super) fn apply_change(tx: &Transaction<'_>, change: &Change) -> Result<Opti
         } => relay::disable_target(tx, name, target, *at, reason)?,
     }
     Ok(None)
+}
+
+/// [`Change::Fence`]: bumps the run's version if it is still `version`, and checks the task
+/// still carries the claim's token; refuses the whole commit otherwise.
+fn fence(tx: &Transaction<'_>, run_id: &str, version: i64, lease: Option<TaskLease>) -> Result<()> {
+    let bumped = tx
+        .prepare_cached("UPDATE runs SET version = version + 1 WHERE id = ?1 AND version = ?2")?
+        .execute(params![run_id, version])?;
+    if bumped == 0 {
+        return Err(StoreError::Fenced(format!(
+            "run `{run_id}` is no longer at version {version}"
+        )));
+    }
+    if let Some(lease) = lease {
+        let held = tx
+            .prepare_cached("SELECT 1 FROM tasks WHERE id = ?1 AND lease_token = ?2")?
+            .query_row(params![lease.id, lease.token], |_| Ok(()))
+            .optional()?
+            .is_some();
+        if !held {
+            return Err(StoreError::Fenced(format!(
+                "task {} of run `{run_id}` is no longer claimed under token {}",
+                lease.id, lease.token
+            )));
+        }
+    }
+    Ok(())
 }

@@ -190,7 +190,8 @@ impl SqliteStore {
             | Answer::Deliveries(_)
             | Answer::Reports(_)
             | Answer::Relays(_)
-            | Answer::Replayed(_) => Ok(Vec::new()),
+            | Answer::Replayed(_)
+            | Answer::Lost(_) => Ok(Vec::new()),
         }
     }
 

@@ -48,11 +48,12 @@ impl Store for SqliteStore {
     async fn load_run(&self, run_id: &str) -> Result<Option<RunSnapshot>> {
         let run_id = run_id.to_owned();
         self.read(move |conn| {
-            let Some((header, spec, event, trigger)) = conn
+            let Some((header, version, spec, event, trigger)) = conn
                 .prepare_cached("SELECT * FROM runs WHERE id = ?1")?
                 .query_row([&run_id], |row| {
                     Ok((
                         header_from_row(row),
+                        row.get::<_, i64>("version")?,
                         row.get::<_, String>("spec")?,
                         row.get::<_, String>("event")?,
                         row.get::<_, String>("trigger_info")?,
@@ -81,7 +82,7 @@ impl Store for SqliteStore {
                 attempt_from_row,
             )?;
             Ok(Some(RunSnapshot {
-                version: 0,
+                version,
                 header: header?,
                 payload,
                 stages,
@@ -261,6 +262,35 @@ impl Store for SqliteStore {
 
     fn relays(&self) -> Option<&dyn RelayStore> {
         Some(self)
+    }
+
+    async fn holds(&self, task: &Task) -> Result<bool> {
+        let (id, token) = (task.id, task.lease);
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached("SELECT 1 FROM tasks WHERE id = ?1 AND lease_token = ?2")?
+                .query_row(params![id, token], |_| Ok(()))
+                .optional()?
+                .is_some())
+        })
+        .await
+    }
+
+    async fn renew(&self, leases: &[TaskLease], until: Millis) -> Result<Vec<i64>> {
+        if leases.is_empty() {
+            return Ok(Vec::new());
+        }
+        let op = Op::Renew {
+            leases: leases.to_vec(),
+            until,
+        };
+        match self.send(op).await? {
+            Answer::Lost(lost) => Ok(lost),
+            _ => Err(corrupt(
+                "tasks",
+                "the writer answered a renewal with something else",
+            )),
+        }
     }
 }
 

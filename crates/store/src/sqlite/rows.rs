@@ -6,7 +6,8 @@ use serde_json::Value;
 
 use crate::*;
 
-pub(super) const TASK_COLUMNS: &str = "id, version, run_id, stage_id, kind, attempt, due_at";
+pub(super) const TASK_COLUMNS: &str =
+    "id, lease_token, version, run_id, stage_id, kind, attempt, due_at";
 
 pub(super) fn to_json<T: Serialize>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_else(|_| "null".to_owned())
@@ -36,7 +37,7 @@ pub(super) fn task_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Task>> {
     };
     Ok(Ok(Task {
         id: row.get("id")?,
-        lease: 0,
+        lease: row.get("lease_token")?,
         version: row.get("version")?,
         run_id: row.get("run_id")?,
         stage_id: row.get("stage_id")?,

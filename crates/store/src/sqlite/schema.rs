@@ -16,6 +16,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0005_write_probe.sql"),
     include_str!("../../migrations/sqlite/0006_report_refs.sql"),
     include_str!("../../migrations/sqlite/0007_relays.sql"),
+    include_str!("../../migrations/sqlite/0008_replicas.sql"),
 ];
 
 pub(super) fn open_connection(path: &Path, flags: OpenFlags) -> Result<Connection> {

@@ -55,6 +55,11 @@ pub(super) enum Op {
         lease_until: Millis,
     },
     ReleaseLeases,
+    /// Extends the claims still held (see [`Store::renew`]).
+    Renew {
+        leases: Vec<TaskLease>,
+        until: Millis,
+    },
     ClaimReports {
         now: Millis,
         limit: u32,
@@ -96,6 +101,8 @@ pub(super) enum Answer {
     Relays(Vec<DueRelay>),
     /// How many relay messages a replay made pending again.
     Replayed(u64),
+    /// The tasks whose claims were no longer held (a renewal).
+    Lost(Vec<i64>),
 }
 
 pub(super) type Reply = oneshot::Sender<Result<Answer>>;
@@ -325,7 +332,7 @@ pub(super) fn apply(tx: &Transaction<'_>, op: &Op) -> Result<Answer> {
             lease_until,
         } => {
             let mut stmt = tx.prepare_cached(&format!(
-                "UPDATE tasks SET lease_until = ?1 WHERE id IN (
+                "UPDATE tasks SET lease_until = ?1, lease_token = lease_token + 1 WHERE id IN (
                      SELECT id FROM tasks WHERE due_at <= ?2 AND (lease_until IS NULL OR lease_until < ?2)
                      ORDER BY due_at LIMIT ?3)
                  RETURNING {TASK_COLUMNS}"
@@ -341,6 +348,18 @@ pub(super) fn apply(tx: &Transaction<'_>, op: &Op) -> Result<Answer> {
                 [],
             )?;
             Ok(Answer::Tasks(Vec::new()))
+        }
+        Op::Renew { leases, until } => {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE tasks SET lease_until = ?3 WHERE id = ?1 AND lease_token = ?2",
+            )?;
+            let mut lost = Vec::new();
+            for lease in leases {
+                if stmt.execute(params![lease.id, lease.token, until])? == 0 {
+                    lost.push(lease.id);
+                }
+            }
+            Ok(Answer::Lost(lost))
         }
         Op::ClaimReports {
             now,
