@@ -81,8 +81,32 @@ fn execute(url: &str, sql: &str) {
     query(url, sql);
 }
 
+/// [`try_query`], tried again for a while: the replicas under test may hold every
+/// connection the server allows for a moment.
 fn query(url: &str, sql: &str) -> Vec<Vec<Option<String>>> {
-    try_query(url, sql).unwrap_or_else(|e| panic!("{sql}: {e} (PostgreSQL at {url})"))
+    let mut tries = 0;
+    loop {
+        match try_query(url, sql) {
+            Ok(rows) => return rows,
+            Err(e) if tries < 20 => {
+                tries += 1;
+                eprintln!(
+                    "{sql}: {} (PostgreSQL at {url}); trying again",
+                    describe(&e)
+                );
+                std::thread::sleep(std::time::Duration::from_millis(500));
+            }
+            Err(e) => panic!("{sql}: {} (PostgreSQL at {url})", describe(&e)),
+        }
+    }
+}
+
+/// The server's own message when there is one (`db error` alone says nothing).
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.code().code(), db.message()),
+        None => e.to_string(),
+    }
 }
 
 /// One connection per call: the tests read seldom, and a connection cannot outlive the

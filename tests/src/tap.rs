@@ -17,6 +17,7 @@ pub struct Tap {
     /// `http://127.0.0.1:PORT`: where baton is pointed instead of the upstream.
     pub url: String,
     fired: Arc<AtomicBool>,
+    ready: Arc<AtomicBool>,
     closed: Arc<AtomicBool>,
 }
 
@@ -25,15 +26,25 @@ impl Tap {
     /// after a request containing `marker` runs `hook` before it is passed on; later ones
     /// pass straight through.
     pub fn start(upstream: &str, marker: &str, hook: impl Fn() + Send + Sync + 'static) -> Self {
+        let tap = Self::disarmed(upstream, marker, hook);
+        tap.arm();
+        tap
+    }
+
+    /// [`Tap::start`], but requests go by unseen until [`Tap::arm`]: the hook runs for the
+    /// first matching request after that.
+    pub fn disarmed(upstream: &str, marker: &str, hook: impl Fn() + Send + Sync + 'static) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the tap");
         let url = format!("http://{}", listener.local_addr().expect("tap address"));
         let fired = Arc::new(AtomicBool::new(false));
+        let ready = Arc::new(AtomicBool::new(false));
         let closed = Arc::new(AtomicBool::new(false));
         let shared = Arc::new(Shared {
             upstream: upstream.to_owned(),
             marker: marker.as_bytes().to_vec(),
             hook: Box::new(hook),
             fired: fired.clone(),
+            ready: ready.clone(),
         });
         let stop = closed.clone();
         std::thread::spawn(move || {
@@ -46,7 +57,17 @@ impl Tap {
                 std::thread::spawn(move || relay(&shared, client));
             }
         });
-        Self { url, fired, closed }
+        Self {
+            url,
+            fired,
+            ready,
+            closed,
+        }
+    }
+
+    /// From now on, a request containing the marker arms its connection.
+    pub fn arm(&self) {
+        self.ready.store(true, Ordering::SeqCst);
     }
 
     /// Whether the hook ran.
@@ -70,6 +91,7 @@ struct Shared {
     marker: Vec<u8>,
     hook: Hook,
     fired: Arc<AtomicBool>,
+    ready: Arc<AtomicBool>,
 }
 
 /// Pumps one connection both ways until either side closes.
@@ -94,7 +116,7 @@ fn pump_requests(shared: &Shared, armed: &AtomicBool, mut from: TcpStream, mut t
     let mut seen: Vec<u8> = Vec::new();
     let mut buf = [0u8; 16 * 1024];
     while let Ok(n @ 1..) = from.read(&mut buf) {
-        if !shared.fired.load(Ordering::SeqCst) {
+        if shared.ready.load(Ordering::SeqCst) && !shared.fired.load(Ordering::SeqCst) {
             seen.extend_from_slice(&buf[..n]);
             if seen
                 .windows(shared.marker.len())
