@@ -309,7 +309,7 @@ fn three_replicas_lose_nothing_and_do_nothing_twice_through_a_kill_and_a_freeze(
         freeze(pid.load(Ordering::SeqCst));
     });
     sandbox.write("baton-1.toml", &gateway(&db, &tap.url));
-    let mut replicas = vec![
+    let mut replicas = [
         Replica::start(&sandbox),
         Replica::start_on(&sandbox, "baton-1.toml"),
         Replica::start(&sandbox),
