@@ -21,7 +21,6 @@ pub mod kubernetes;
 pub mod postgres;
 pub mod receiver;
 pub mod round_robin;
-pub mod scratch_db;
 pub mod tap;
 
 /// The stateful GitHub and GitLab models (`crates/forge-fakes`), for tests that run baton

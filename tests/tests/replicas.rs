@@ -25,8 +25,8 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use baton_tests::buildbot_api::BuildbotApi;
+use baton_tests::postgres::Database;
 use baton_tests::round_robin::{Delivery, RoundRobin, Sent, send_all};
-use baton_tests::scratch_db::ScratchDb;
 use baton_tests::tap::{Tap, freeze, thaw};
 use baton_tests::{Sandbox, Server, alive, eventually};
 use serde_json::Value;
@@ -61,7 +61,7 @@ fn unique(name: &str) -> String {
 
 /// `baton.toml` of every replica: the shared database, a short lease, the signed `github`
 /// source and the Buildbot adapter `bb` at `buildbot`.
-fn gateway(db: &ScratchDb, buildbot: &str) -> String {
+fn gateway(db: &Database, buildbot: &str) -> String {
     format!(
         r#"workflows = ["wf/*.yaml"]
 
@@ -229,14 +229,23 @@ fn stored_deliveries(replica: &Replica) -> BTreeMap<String, Vec<Value>> {
     }
 }
 
+/// The first column of the first row of `sql`, a whole number.
+fn number(db: &Database, sql: &str) -> i64 {
+    let rows = db.client().query(sql);
+    let cell = rows.first().and_then(|row| row.first()).cloned().flatten();
+    cell.and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("{sql}: no number in {rows:?}"))
+}
+
 /// `status → count` of the runs in the database.
-fn run_statuses(db: &ScratchDb) -> BTreeMap<String, i64> {
+fn run_statuses(db: &Database) -> BTreeMap<String, i64> {
     count_by(db, "SELECT status, count(*) FROM runs GROUP BY status")
 }
 
 /// The first column → the second, a count, of `sql`'s rows.
-fn count_by(db: &ScratchDb, sql: &str) -> BTreeMap<String, i64> {
-    db.rows(sql)
+fn count_by(db: &Database, sql: &str) -> BTreeMap<String, i64> {
+    db.client()
+        .query(sql)
         .into_iter()
         .map(|row| {
             let status = row[0].clone().unwrap_or_default();
@@ -285,7 +294,7 @@ fn three_replicas_lose_nothing_and_do_nothing_twice_through_a_kill_and_a_freeze(
     let build_every = setting("BATON_CHAOS_BUILD_EVERY", 25).max(1);
     let rate = setting("BATON_CHAOS_RATE", 60) as f64;
     let buildbot = BuildbotApi::from_env();
-    let db = ScratchDb::create("baton_chaos");
+    let db = Database::new();
     let tag = unique("chaos");
     let config = gateway(&db, &buildbot.url);
     let workflows = [
@@ -426,8 +435,10 @@ fn three_replicas_lose_nothing_and_do_nothing_twice_through_a_kill_and_a_freeze(
                  FROM runs r JOIN stages s ON s.run_id = r.id
                  WHERE r.status NOT IN ('succeeded', 'failed', 'cancelled') GROUP BY 1",
             );
-            let unmatched =
-                db.number("SELECT count(*) FROM deliveries WHERE status IN ('received', 'replay')");
+            let unmatched = number(
+                &db,
+                "SELECT count(*) FROM deliveries WHERE status IN ('received', 'replay')",
+            );
             Err(format!(
                 "{total} of {runs_wanted} runs, by status {statuses:?}; open stages {open:?}; {unmatched} deliveries unmatched"
             ))
@@ -454,9 +465,14 @@ fn three_replicas_lose_nothing_and_do_nothing_twice_through_a_kill_and_a_freeze(
     let worked_off = begun.elapsed();
 
     // Stored once: the database and the API agree, one row per delivery id.
-    let rows = db.number("SELECT count(*) FROM deliveries WHERE source = 'github'");
-    let distinct =
-        db.number("SELECT count(DISTINCT delivery_id) FROM deliveries WHERE source = 'github'");
+    let rows = number(
+        &db,
+        "SELECT count(*) FROM deliveries WHERE source = 'github'",
+    );
+    let distinct = number(
+        &db,
+        "SELECT count(DISTINCT delivery_id) FROM deliveries WHERE source = 'github'",
+    );
     assert_eq!((rows, distinct), (count as i64, count as i64));
     let stored = stored_deliveries(survivor);
     assert_eq!(stored.len(), count, "every delivery listed");
@@ -486,7 +502,7 @@ fn three_replicas_lose_nothing_and_do_nothing_twice_through_a_kill_and_a_freeze(
         "{statuses:?}"
     );
     if statuses.get("succeeded") != Some(&(runs_wanted as i64)) {
-        let failed = db.rows(
+        let failed = db.client().query(
             "SELECT a.run_id, a.stage_id, a.attempt, a.status, a.message FROM attempts a
              JOIN runs r ON r.id = a.run_id WHERE r.status <> 'succeeded' LIMIT 10",
         );
@@ -494,7 +510,10 @@ fn three_replicas_lose_nothing_and_do_nothing_twice_through_a_kill_and_a_freeze(
     }
 
     // Buildbot's own count: one build per build stage, each for a different delivery.
-    let stages = db.number("SELECT count(*) FROM attempts WHERE stage_id = 'build'");
+    let stages = number(
+        &db,
+        "SELECT count(*) FROM attempts WHERE stage_id = 'build'",
+    );
     let builds = buildbot.builds_tagged("sleep", &tag, &["greeting"]);
     let greetings: BTreeSet<String> = builds
         .iter()
@@ -567,7 +586,7 @@ fn hand_over(freeze_at: &Freeze) {
         .strip_prefix("http://")
         .expect("BATON_BUILDBOT_URL is http://host:port")
         .to_owned();
-    let db = ScratchDb::create("baton_handover");
+    let db = Database::new();
     let tag = unique("handover");
     let frozen_pid = Arc::new(AtomicU32::new(0));
     let pid = frozen_pid.clone();
@@ -595,7 +614,7 @@ fn hand_over(freeze_at: &Freeze) {
     let frozen = Instant::now();
     assert_eq!(baton_tests::tap::process_state(a.pid), Some('T'));
     // What Buildbot has for the run while A is frozen.
-    let run = db.rows("SELECT id FROM runs")[0][0]
+    let run = db.client().query("SELECT id FROM runs")[0][0]
         .clone()
         .expect("A's run");
     let sets = buildbot.buildsets_with_reason(&format!("[baton {run}/"));
