@@ -1,11 +1,11 @@
 //! PostgreSQL for end-to-end tests: a database of its own per test on the server at
 //! `$BATON_TEST_POSTGRES` (default `postgres://postgres@127.0.0.1:5432/test`, trust
-//! authentication), made and dropped through a few lines of the wire protocol, and a TCP
+//! authentication), made and dropped through tokio-postgres, and a TCP
 //! proxy a test can cut to make the database go away under a running baton.
 //!
 //! A server that cannot be reached fails the test, never skips it.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -36,115 +36,53 @@ fn server() -> Server {
     }
 }
 
-/// A simple-query connection: enough to make and drop databases and count rows.
+/// A simple-query connection (tokio-postgres on a runtime of its own, so the synchronous
+/// tests can use it): enough to make and drop databases and count rows.
 pub struct Client {
-    stream: TcpStream,
+    runtime: tokio::runtime::Runtime,
+    client: tokio_postgres::Client,
 }
 
 impl Client {
     /// Connects to `address` as `user` to `database`; the server must trust the user.
     pub fn connect(address: &str, user: &str, database: &str) -> Client {
-        let stream = TcpStream::connect(address).unwrap_or_else(|e| {
-            panic!("PostgreSQL at {address} cannot be reached ({e}); the tests need it running")
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a tokio runtime");
+        let url = format!("postgres://{user}@{address}/{database}?connect_timeout=10");
+        let client = runtime.block_on(async {
+            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "PostgreSQL at {address} cannot be reached ({e}); the tests need it running"
+                    )
+                });
+            tokio::spawn(connection);
+            client
         });
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .expect("read timeout");
-        let mut client = Client { stream };
-        let mut body = Vec::new();
-        body.extend_from_slice(&196_608_i32.to_be_bytes()); // protocol 3.0
-        for (key, value) in [("user", user), ("database", database)] {
-            body.extend_from_slice(key.as_bytes());
-            body.push(0);
-            body.extend_from_slice(value.as_bytes());
-            body.push(0);
-        }
-        body.push(0);
-        let mut message = ((body.len() + 4) as i32).to_be_bytes().to_vec();
-        message.extend_from_slice(&body);
-        client.stream.write_all(&message).expect("startup");
-        loop {
-            let (tag, payload) = client.read_message();
-            match tag {
-                b'R' => assert_eq!(
-                    &payload[..4],
-                    &[0, 0, 0, 0],
-                    "PostgreSQL asks for a password; the tests expect trust authentication"
-                ),
-                b'E' => panic!(
-                    "PostgreSQL refused the connection: {}",
-                    error_text(&payload)
-                ),
-                b'Z' => return client,
-                _ => {}
-            }
-        }
+        Client { runtime, client }
     }
 
     /// Runs `sql` (one or more statements) and returns the rows of its results as text.
     pub fn query(&mut self, sql: &str) -> Vec<Vec<Option<String>>> {
-        let mut message = vec![b'Q'];
-        message.extend_from_slice(&((sql.len() + 5) as i32).to_be_bytes());
-        message.extend_from_slice(sql.as_bytes());
-        message.push(0);
-        self.stream.write_all(&message).expect("query");
-        let mut rows = Vec::new();
-        let mut error = None;
-        loop {
-            let (tag, payload) = self.read_message();
-            match tag {
-                b'D' => rows.push(data_row(&payload)),
-                b'E' => error = Some(error_text(&payload)),
-                b'Z' => break,
-                _ => {}
-            }
-        }
-        if let Some(error) = error {
-            panic!("`{sql}` failed: {error}");
-        }
-        rows
+        let messages = self
+            .runtime
+            .block_on(self.client.simple_query(sql))
+            .unwrap_or_else(|e| panic!("`{sql}` failed: {e}"));
+        messages
+            .iter()
+            .filter_map(|message| match message {
+                tokio_postgres::SimpleQueryMessage::Row(row) => Some(
+                    (0..row.len())
+                        .map(|i| row.get(i).map(str::to_owned))
+                        .collect(),
+                ),
+                _ => None,
+            })
+            .collect()
     }
-
-    fn read_message(&mut self) -> (u8, Vec<u8>) {
-        let mut head = [0_u8; 5];
-        self.stream.read_exact(&mut head).expect("a message");
-        let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
-        let mut payload = vec![0; len - 4];
-        self.stream
-            .read_exact(&mut payload)
-            .expect("a message body");
-        (head[0], payload)
-    }
-}
-
-/// The columns of a `DataRow` message.
-fn data_row(payload: &[u8]) -> Vec<Option<String>> {
-    let count = u16::from_be_bytes([payload[0], payload[1]]) as usize;
-    let mut at = 2;
-    let mut columns = Vec::with_capacity(count);
-    for _ in 0..count {
-        let len = i32::from_be_bytes(payload[at..at + 4].try_into().expect("4 bytes"));
-        at += 4;
-        if len < 0 {
-            columns.push(None);
-        } else {
-            let end = at + len as usize;
-            columns.push(Some(
-                String::from_utf8_lossy(&payload[at..end]).into_owned(),
-            ));
-            at = end;
-        }
-    }
-    columns
-}
-
-/// The message (`M`) field of an `ErrorResponse`.
-fn error_text(payload: &[u8]) -> String {
-    payload
-        .split(|b| *b == 0)
-        .find_map(|field| field.strip_prefix(b"M"))
-        .map(|m| String::from_utf8_lossy(m).into_owned())
-        .unwrap_or_else(|| "an error without a message".to_owned())
 }
 
 /// A database made for one test, dropped (with its connections) when this is dropped.
