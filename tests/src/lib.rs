@@ -14,11 +14,14 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod buildbot_api;
 mod fake_github;
 mod fake_jenkins;
 pub mod kubernetes;
 pub mod postgres;
 pub mod receiver;
+pub mod round_robin;
+pub mod tap;
 
 /// The stateful GitHub and GitLab models (`crates/forge-fakes`), for tests that run baton
 /// against them.
