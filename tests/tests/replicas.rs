@@ -702,7 +702,6 @@ fn a_build_forced_just_before_a_freeze_is_found_by_the_replica_that_takes_over()
 }
 
 #[test]
-#[ignore = "fails until a start whose claim ran out during a pause inside the adapter's call sends nothing (a second build is forced)"]
 fn a_replica_frozen_just_before_its_force_sends_nothing_once_it_wakes() {
     hand_over(&BEFORE_THE_FORCE);
 }

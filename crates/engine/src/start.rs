@@ -140,8 +140,12 @@ impl Inner {
                 })
                 .await;
                 let Some(outcome) = outcome else {
-                    tracing::warn!(run = %task.run_id, stage = %task.stage_id,
-                        "the claim on this start may have passed to another process while this one was held up; not sending it");
+                    if self.store.holds(task).await? {
+                        tracing::warn!(run = %task.run_id, stage = %task.stage_id,
+                            "the claim on this start ran out while this process was held up; leaving the start to the next claim");
+                    } else {
+                        self.gone(task);
+                    }
                     return Ok(());
                 };
                 outcome
