@@ -24,6 +24,7 @@ use crate::*;
 
 mod commit;
 mod deliveries;
+mod intake;
 mod listen;
 #[allow(clippy::unused_async)] // Until the outbox's queries fill its seams.
 mod outbox;
@@ -68,8 +69,10 @@ pub struct PostgresStore {
     pool: Pool,
     /// Relay messages this process holds, with their claims' tokens (see `relay`).
     relay_leases: relay::Leases,
-    /// Deliveries: ids handed out, the ones held, and the feed.
-    deliveries: deliveries::Deliveries,
+    /// Deliveries: ids in flight, the ones held, and the feed.
+    deliveries: Arc<deliveries::Deliveries>,
+    /// Where deliveries queue to be stored.
+    intake: intake::Queue,
     /// The outcome of readiness's last probe, and when.
     probe: Mutex<Option<(Instant, Option<String>)>>,
     /// How long a claim lasts.
@@ -208,15 +211,23 @@ impl PostgresStore {
                 row.try_get::<_, i64>(1).map_err(pg_error)?,
             )
         };
+        let lease = options.lease.unwrap_or(DEFAULT_LEASE);
+        let deliveries = Arc::new(deliveries::Deliveries::new(own, taken));
+        let intake = intake::Queue::start(
+            pool.clone(),
+            deliveries.clone(),
+            lease.as_millis() as Millis,
+        );
         let wakes = Arc::new(listen::Wakes::default());
         let listener =
             tokio::spawn(listen::run(target.config, target.tls, wakes.clone())).abort_handle();
         Ok(Self {
             pool,
             relay_leases: relay::Leases::default(),
-            deliveries: deliveries::Deliveries::new(own, taken),
+            deliveries,
+            intake,
             probe: Mutex::new(None),
-            lease: options.lease.unwrap_or(DEFAULT_LEASE),
+            lease,
             wakes,
             listener,
         })
