@@ -121,6 +121,11 @@ impl Baton {
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
+
+    /// The process id of `baton serve` (to read its memory and CPU time from `/proc`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ use serde_json::Value;
 mod fake_github;
 mod fake_jenkins;
 pub mod kubernetes;
+pub mod postgres;
 pub mod receiver;
 
 /// The stateful GitHub and GitLab models (`crates/forge-fakes`), for tests that run baton

@@ -24,6 +24,8 @@ async fn approval_conforms() {
                 .to_signal(),
         ),
         side_effect_free: true,
+        // Everything an approval knows is in its reference and the signal.
+        replica: Some(Arc::new(ApprovalAdapter::new())),
         deadline: Duration::from_secs(10),
     })
     .await;

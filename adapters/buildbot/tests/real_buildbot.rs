@@ -137,6 +137,7 @@ async fn conforms() {
         success_signal: None,
         failure_signal: None,
         side_effect_free: false,
+        replica: Some(adapter()),
         deadline: DEADLINE,
     })
     .await;

@@ -32,6 +32,7 @@ async fn conformance(events: bool) {
         success_signal: None,
         failure_signal: None,
         side_effect_free: false,
+        replica: Some(lab.adapter(json!({"events": events}))),
         deadline: Duration::from_secs(20),
     })
     .await;

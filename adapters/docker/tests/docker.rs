@@ -608,10 +608,9 @@ async fn images_that_cannot_be_had_fail_in_words() {
 #[tokio::test]
 async fn the_adapter_passes_the_conformance_kit() {
     let state = tempfile::tempdir().unwrap();
-    let adapter = adapter(state.path());
     run_conformance(Scenario {
         kind: std::sync::Arc::new(DockerKind::new(state.path())),
-        adapter: std::sync::Arc::new(adapter),
+        adapter: std::sync::Arc::new(adapter(state.path())),
         valid_with: json!({"image": "${{ .event.image }}", "memory": "64m", "command": ["sh", "-c", "true"]}),
         invalid_with: json!({"image": "bb:1", "memory": "lots"}),
         succeed: shell("echo '[COUT] ok = 1'"),
@@ -620,6 +619,8 @@ async fn the_adapter_passes_the_conformance_kit() {
         success_signal: None,
         failure_signal: None,
         side_effect_free: false,
+        // Another process on this machine: the same engine and the same state folder.
+        replica: Some(std::sync::Arc::new(adapter(state.path()))),
         deadline: Duration::from_secs(30),
     })
     .await;

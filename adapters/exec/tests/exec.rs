@@ -635,6 +635,8 @@ async fn exec_conforms() {
         success_signal: None,
         failure_signal: None,
         side_effect_free: false,
+        // Another process on this machine, with the same state folder.
+        replica: Some(Arc::new(ExecAdapter::new(state.path()))),
         deadline: BOUND,
     })
     .await;

@@ -28,7 +28,8 @@ async fn the_github_actions_adapter_passes_the_conformance_kit() {
                 .run_name(title)
                 .runs_for(Duration::from_secs(300)),
         );
-    let adapter = gh.adapter(json!({"correlation_input": "baton_attempt", "stop_grace": "1s"}));
+    let config = json!({"correlation_input": "baton_attempt", "stop_grace": "1s"});
+    let adapter = gh.adapter(config.clone());
     run_conformance(Scenario {
         kind: Arc::new(GithubActionsKind::with_retry(fast_retry())),
         adapter,
@@ -40,6 +41,7 @@ async fn the_github_actions_adapter_passes_the_conformance_kit() {
         success_signal: None,
         failure_signal: None,
         side_effect_free: false,
+        replica: Some(gh.adapter(config)),
         deadline: Duration::from_secs(20),
     })
     .await;

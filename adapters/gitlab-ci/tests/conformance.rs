@@ -42,6 +42,7 @@ async fn the_gitlab_adapter_passes_the_conformance_kit() {
         success_signal: None,
         failure_signal: None,
         side_effect_free: false,
+        replica: Some(lab.adapter(json!({}))),
         deadline: Duration::from_secs(20),
     })
     .await;

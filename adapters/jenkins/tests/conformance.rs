@@ -30,9 +30,10 @@ async fn the_jenkins_adapter_passes_the_conformance_kit() {
         .queued_for(0)
         .forever()
         .create();
+    let config = json!({"poll_initial": "100ms", "poll_max": "1s"});
     run_conformance(Scenario {
         kind: std::sync::Arc::new(JenkinsKind::with_retry(fast_retry())),
-        adapter: adapter(&jenkins, json!({"poll_initial": "100ms", "poll_max": "1s"})),
+        adapter: adapter(&jenkins, config.clone()),
         valid_with: json!({"job": "conformance/ok", "parameters": {"WHAT": "${{ .event.what }}"}}),
         invalid_with: json!({"job": "", "parameters": {"WHAT": [1]}}),
         succeed: json!({"job": "conformance/ok", "parameters": {"WHAT": "it"}}),
@@ -41,6 +42,7 @@ async fn the_jenkins_adapter_passes_the_conformance_kit() {
         success_signal: None,
         failure_signal: None,
         side_effect_free: false,
+        replica: Some(adapter(&jenkins, config)),
         deadline: Duration::from_secs(20),
     })
     .await;

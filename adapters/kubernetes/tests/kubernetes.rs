@@ -26,8 +26,16 @@ struct Fixture {
     cluster: Cluster,
     _served: Served,
     dir: tempfile::TempDir,
+    /// The adapter's instance block, for building replicas.
+    config: Value,
     adapter: Arc<dyn Adapter>,
     wakes: Arc<Mutex<Vec<AttemptKey>>>,
+}
+
+fn build(config: &Value) -> Arc<dyn Adapter> {
+    KubernetesKind
+        .build("k8s", config, &TableSecrets::default())
+        .unwrap()
 }
 
 impl Fixture {
@@ -50,9 +58,7 @@ impl Fixture {
             .unwrap();
         let config = json!({"kubeconfig": path.to_str().unwrap(), "namespace": NS, "request_timeout": "10s"});
         assert!(KubernetesKind.validate_instance(&config).is_empty());
-        let adapter = KubernetesKind
-            .build("k8s", &config, &TableSecrets::default())
-            .unwrap();
+        let adapter = build(&config);
         let wakes = Arc::new(Mutex::new(Vec::new()));
         let seen = wakes.clone();
         adapter.attach(Waker::new(move |key| {
@@ -62,9 +68,16 @@ impl Fixture {
             cluster,
             _served: served,
             dir,
+            config,
             adapter,
             wakes,
         }
+    }
+
+    /// Another adapter built from the same instance block, as a second `baton serve` builds
+    /// it: it shares nothing with [`Self::adapter`] but the cluster.
+    fn replica(&self) -> Arc<dyn Adapter> {
+        build(&self.config)
     }
 
     /// A Deployment `name` of 3 replicas whose progress deadline is 1 s, rolling out as
@@ -227,6 +240,7 @@ async fn set_image_passes_the_conformance_kit() {
         success_signal: None,
         failure_signal: None,
         side_effect_free: false,
+        replica: Some(f.replica()),
         deadline: DEADLINE,
     })
     .await;
@@ -256,6 +270,7 @@ async fn job_passes_the_conformance_kit() {
         success_signal: None,
         failure_signal: None,
         side_effect_free: false,
+        replica: Some(f.replica()),
         deadline: DEADLINE,
     })
     .await;

@@ -28,6 +28,11 @@ async fn the_registry_adapter_passes_the_conformance_kit() {
         success_signal: None,
         failure_signal: None,
         side_effect_free: false,
+        // `find` knows only this process's attempts, by design: another instance starts the
+        // (repeatable) action again, or takes it up from a stored reference
+        // (docs/adapters/registry.md, "Correlation and restarts"; registry.rs checks the
+        // latter with a second adapter).
+        replica: None,
         deadline: Duration::from_secs(30),
     })
     .await;

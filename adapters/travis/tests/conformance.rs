@@ -39,6 +39,7 @@ async fn the_travis_adapter_passes_the_conformance_kit() {
         success_signal: None,
         failure_signal: None,
         side_effect_free: false,
+        replica: Some(lab.adapter(json!({}))),
         deadline: Duration::from_secs(20),
     })
     .await;

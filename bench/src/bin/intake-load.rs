@@ -4,6 +4,11 @@
 //!
 //! `intake-load URL RATE SECONDS CONNECTIONS SECRET BODY [THREADS]`
 //!
+//! URL may be several, comma-separated (replicas of one server): the connections are dealt
+//! out among them in turn, and each request goes out on the connection that has been idle
+//! longest, so every replica takes its share; with one URL the connection freed last is
+//! reused.
+//!
 //! Prints one line of JSON: `{"sent", "ok", "non_2xx", "errors", "rate", "measured", "p50_ms",
 //! "p99_ms", "max_ms"}`, where `measured` is how many answers the percentiles are taken over.
 //! With `INTAKE_LOAD_TRACE=FILE` it also writes each answered request's scheduled time from the
@@ -38,6 +43,7 @@
 // unsafe block states what makes its call sound.
 #![allow(unsafe_code)]
 
+use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant, SystemTime};
@@ -62,7 +68,7 @@ fn main() {
         eprintln!("usage: intake-load URL RATE SECONDS CONNECTIONS SECRET BODY [THREADS]");
         std::process::exit(2);
     }
-    let (address, path) = split_url(&args[0]);
+    let targets: Vec<(String, String)> = args[0].split(',').map(split_url).collect();
     let rate: f64 = args[1].parse().expect("RATE");
     let seconds: f64 = args[2].parse().expect("SECONDS");
     let connections: usize = args[3].parse().expect("CONNECTIONS");
@@ -74,13 +80,21 @@ fn main() {
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(args[4].as_bytes()).expect("key");
     mac.update(body.as_bytes());
     let signature = hex::encode(mac.finalize().into_bytes());
-    let prefix = format!(
-        "POST {path} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\n\
-         X-GitHub-Event: push\r\nX-Hub-Signature-256: sha256={signature}\r\n\
-         Content-Length: {}\r\nX-GitHub-Delivery: ",
-        body.len()
-    );
-    let request = format!("{prefix}{:ID_LEN$}\r\n\r\n{body}", "");
+    // Per target: its address, its request (the id left blank), where the id goes.
+    let requests: Vec<(String, String, usize)> = targets
+        .iter()
+        .map(|(address, path)| {
+            let prefix = format!(
+                "POST {path} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\n\
+                 X-GitHub-Event: push\r\nX-Hub-Signature-256: sha256={signature}\r\n\
+                 Content-Length: {}\r\nX-GitHub-Delivery: ",
+                body.len()
+            );
+            let request = format!("{prefix}{:ID_LEN$}\r\n\r\n{body}", "");
+            (address.clone(), request, prefix.len())
+        })
+        .collect();
+    let rotate = requests.len() > 1;
 
     let lead_in: f64 = std::env::var("INTAKE_LOAD_LEAD_IN")
         .map_or(0.0, |s| s.parse().expect("INTAKE_LOAD_LEAD_IN: seconds"));
@@ -91,9 +105,15 @@ fn main() {
     let workers: Vec<_> = (0..threads)
         .map(|t| {
             // Loop t owns connections t, t + threads, ... and requests t, t + threads, ...
+            // ... and its i-th connection goes to target i mod targets, so that each loop
+            // reaches every target.
             let conns: Vec<Conn> = (t..connections)
                 .step_by(threads)
-                .map(|c| Conn::new(request.as_bytes(), prefix.len(), (pid << 16) | c as u64))
+                .enumerate()
+                .map(|(i, c)| {
+                    let (address, request, id_at) = &requests[i % requests.len()];
+                    Conn::new(address, request.as_bytes(), *id_at, (pid << 16) | c as u64)
+                })
                 .collect();
             let schedule = Schedule {
                 begun,
@@ -102,9 +122,8 @@ fn main() {
                 step: threads as u64,
                 count: (total + (threads - 1 - t) as u64) / threads as u64,
             };
-            let address = address.clone();
             std::thread::spawn(move || {
-                EventLoop::new(address, conns, trace_ids)
+                EventLoop::new(conns, trace_ids, rotate)
                     .and_then(|l| l.run(&schedule))
                     .expect("event loop")
             })
@@ -228,6 +247,8 @@ impl Tally {
 
 /// A keep-alive connection and the one request it may have in flight.
 struct Conn {
+    /// The `host:port` it connects to.
+    address: String,
     stream: Option<TcpStream>,
     request: Vec<u8>,
     /// Where the delivery id sits in `request`.
@@ -246,8 +267,9 @@ struct Conn {
 }
 
 impl Conn {
-    fn new(request: &[u8], id_at: usize, node: u64) -> Self {
+    fn new(address: &str, request: &[u8], id_at: usize, node: u64) -> Self {
         Self {
+            address: address.to_owned(),
             stream: None,
             request: request.to_vec(),
             id_at,
@@ -332,21 +354,22 @@ impl Conn {
 
 /// One thread's connections, polled together with a timer for the next due request.
 struct EventLoop {
-    address: String,
     poll: Poll,
     timer: OwnedFd,
     /// The due time the timer is set for, if any.
     timer_set_for: Option<Instant>,
     conns: Vec<Conn>,
-    /// Connections with no request in flight.
-    idle: Vec<usize>,
+    /// Connections with no request in flight, the one freed last at the back.
+    idle: VecDeque<usize>,
+    /// Take the connection idle longest (several targets), not the one freed last.
+    rotate: bool,
     tally: Tally,
     /// Keep each 2xx request's id and wall-clock times (`INTAKE_LOAD_TRACE_IDS`).
     trace_ids: bool,
 }
 
 impl EventLoop {
-    fn new(address: String, conns: Vec<Conn>, trace_ids: bool) -> std::io::Result<Self> {
+    fn new(conns: Vec<Conn>, trace_ids: bool, rotate: bool) -> std::io::Result<Self> {
         let poll = Poll::new()?;
         // SAFETY: timerfd_create has no preconditions; a non-negative result is a new fd we own.
         let fd = unsafe {
@@ -364,12 +387,12 @@ impl EventLoop {
             .register(&mut SourceFd(&timer.as_raw_fd()), TIMER, Interest::READABLE)?;
         let idle = (0..conns.len()).rev().collect();
         Ok(Self {
-            address,
             poll,
             timer,
             timer_set_for: None,
             conns,
             idle,
+            rotate,
             tally: Tally::default(),
             trace_ids,
         })
@@ -387,7 +410,12 @@ impl EventLoop {
                 if due > now {
                     break;
                 }
-                let c = self.idle.pop().expect("an idle connection");
+                let c = if self.rotate {
+                    self.idle.pop_front()
+                } else {
+                    self.idle.pop_back()
+                }
+                .expect("an idle connection");
                 self.send(c, due);
                 next += 1;
             }
@@ -421,7 +449,7 @@ impl EventLoop {
             && let Err(_) = self.connect(c)
         {
             self.tally.errors += 1;
-            self.idle.push(c);
+            self.idle.push_back(c);
             return;
         }
         let conn = &mut self.conns[c];
@@ -443,7 +471,7 @@ impl EventLoop {
     }
 
     fn connect(&mut self, c: usize) -> std::io::Result<()> {
-        let std_stream = std::net::TcpStream::connect(&self.address)?;
+        let std_stream = std::net::TcpStream::connect(&self.conns[c].address)?;
         std_stream.set_nodelay(true)?;
         std_stream.set_nonblocking(true)?;
         let mut stream = TcpStream::from_std(std_stream);
@@ -469,7 +497,7 @@ impl EventLoop {
         self.disconnect(c);
         if self.conns[c].in_flight.take().is_some() {
             self.tally.errors += 1;
-            self.idle.push(c);
+            self.idle.push_back(c);
         }
     }
 
@@ -506,7 +534,7 @@ impl EventLoop {
                 self.tally
                     .scheduled_us
                     .push(micros(due.saturating_duration_since(begun)));
-                self.idle.push(c);
+                self.idle.push_back(c);
             }
             Err(_) => self.fail(c),
         }

@@ -27,6 +27,12 @@
 //! 7. A reference with garbage `data` never makes `poll` panic ([`check_garbage_ref`]).
 //! 8. `logs` answers `Ok` for finished work ([`check_logs`]).
 //! 9. [`ExternalState::Unknown`] is never terminal ([`check_unknown_is_not_terminal`]).
+//! 10. `find` works from another instance: the succeeding input, started by the adapter
+//!     under a key shaped as the engine makes them, is found by the
+//!     [replica](Scenario::replica) with the same id, and the replica polls what it found to
+//!     `Succeeded` and reads its outputs ([`check_find_from_replica`]). This is what a
+//!     `baton serve` replica does when it takes over a stage whose start another replica
+//!     sent but did not store.
 //!
 //! [`docs::check_doc_keys`] keeps an adapter's documented instance keys in step with the
 //! struct that declares them; [`harness`] holds what an adapter's own scenario tests share
@@ -85,6 +91,13 @@ pub struct Scenario {
     /// cancel itself. `cancel` must still be `Ok`, and the long input must still never
     /// report `Succeeded` after it.
     pub side_effect_free: bool,
+    /// A second instance, built from the same config against the same system, that has
+    /// seen nothing the first did: rule 10 runs against it.
+    ///
+    /// `None` only for an adapter whose `find` cannot reach what another instance started
+    /// (its work lives in one process); its documentation must then say what happens when
+    /// a replica takes over a stage it started.
+    pub replica: Option<Arc<dyn Adapter>>,
     /// The bound on every wait: one adapter call, or a whole run to a terminal state.
     pub deadline: Duration,
 }
@@ -112,12 +125,23 @@ pub async fn run_conformance(s: Scenario) {
         "[conformance] the kind and the adapter disagree on the kind name"
     );
     // The engine always attaches a waker; a wake for a malformed key would be lost.
-    adapter.attach(Waker::new(move |key: &AttemptKey| {
-        assert!(
-            AttemptKey::parse(key.as_str()).is_some(),
-            "[conformance {kind}] the adapter woke a malformed key `{key}`"
+    let waker = || {
+        Waker::new(move |key: &AttemptKey| {
+            assert!(
+                AttemptKey::parse(key.as_str()).is_some(),
+                "[conformance {kind}] the adapter woke a malformed key `{key}`"
+            );
+        })
+    };
+    adapter.attach(waker());
+    if let Some(replica) = &s.replica {
+        assert_eq!(
+            replica.kind(),
+            kind,
+            "[conformance] the replica is not of the adapter's kind"
         );
-    }));
+        replica.attach(waker());
+    }
 
     check_unknown_is_not_terminal();
     check_validate_stage(s.kind.as_ref(), &s.valid_with, &s.invalid_with);
@@ -133,6 +157,11 @@ pub async fn run_conformance(s: Scenario) {
 
     check_cancel_running(adapter, &s.long, s.side_effect_free, s.deadline).await;
     check_garbage_ref(s.adapter.clone(), Some(&ok), s.deadline).await;
+
+    if let Some(replica) = &s.replica {
+        let signal = s.success_signal.as_ref();
+        check_find_from_replica(adapter, replica.as_ref(), &s.succeed, signal, s.deadline).await;
+    }
 }
 
 /// A key no other test or run uses, so adapters with durable state never see a clash.
@@ -144,6 +173,27 @@ pub fn fresh_key(stage: &str) -> AttemptKey {
         .unwrap_or_default();
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     AttemptKey::new(&format!("conf{}x{nanos}x{n}", std::process::id()), stage, 1)
+}
+
+/// A key whose run id is shaped as the engine makes them (a UUIDv7 in its simple form,
+/// holding the run's creation time), unique as [`fresh_key`]'s are.
+///
+/// Adapters may bound a search by the time the run id holds
+/// ([`run_created_ms`](baton_core::wire::run_created_ms)); an instance that did not start
+/// the work has nothing else to go by, so the rule on replicas uses such keys.
+pub fn engine_key(stage: &str) -> AttemptKey {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let since_epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let ms = since_epoch.as_millis() as u64 & 0xffff_ffff_ffff;
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed) & 0xfff;
+    // The variant bits (`10`) lead the last 64; the process and the clock make the rest
+    // unique across test processes.
+    let tail = (1 << 63)
+        | ((u64::from(std::process::id()) & 0x3fff_ffff) << 32)
+        | u64::from(since_epoch.subsec_nanos());
+    AttemptKey::new(&format!("{ms:012x}7{n:03x}{tail:016x}"), stage, 1)
 }
 
 /// Rule 9: an unknown external status is never terminal.
@@ -341,21 +391,64 @@ pub async fn check_find_after_start(
     );
 }
 
-/// Rule 3: `input` starts, can be found, succeeds within `deadline`, and has object outputs.
-pub async fn check_succeeds(
+/// Rule 10: `input`, started by `adapter` under an [engine-shaped key](engine_key), is
+/// found by `replica` (another instance, built from the same config, that never saw the
+/// start) with the same id; the replica then polls what it found to `Succeeded` and reads
+/// its outputs, as a replica that takes over a stage does.
+///
+/// A transient error from `find` is asked again within `deadline`, as the engine retries
+/// it: a system may not show new work at once.
+pub async fn check_find_from_replica(
     adapter: &dyn Adapter,
+    replica: &dyn Adapter,
     input: &Value,
     signal: Option<&Value>,
     deadline: Duration,
 ) -> Finished {
     let kind = adapter.kind();
-    let key = fresh_key("succeed");
-    let external = start(adapter, &key, input, deadline).await;
-    check_find_after_start(adapter, &key, input, &external, deadline).await;
+    let key = engine_key("replica");
+    let started = start(adapter, &key, input, deadline).await;
+    let until = Instant::now() + deadline;
+    let found = loop {
+        let left = until.saturating_duration_since(Instant::now());
+        let answer = bounded(kind, "find on the replica", left, replica.find(&key, input)).await;
+        match answer {
+            Ok(found) => break found,
+            Err(e) if e.is_transient() && Instant::now() + KIT_POLL_INTERVAL < until => {
+                tokio::time::sleep(KIT_POLL_INTERVAL).await;
+            }
+            Err(e) => panic!("[conformance {kind}] find on the replica failed: {e:?}"),
+        }
+    };
+    let found = found.unwrap_or_else(|| {
+        panic!(
+            "[conformance {kind}] the replica's find of {key}, started by another instance, returned None: a replica taking over the stage would start it again"
+        )
+    });
+    let found = check_ref_round_trips(kind, &found);
+    assert_eq!(
+        found.id, started.id,
+        "[conformance {kind}] the replica found another id for {key}"
+    );
+    let what = format!("the replica's polls of {key}");
+    polls_to_success(replica, key, found, signal, deadline, &what).await
+}
+
+/// Polls `external` until a terminal state, which must be `Succeeded` (`what` names the
+/// work in the failure), then reads the outputs.
+async fn polls_to_success(
+    adapter: &dyn Adapter,
+    key: AttemptKey,
+    external: ExternalRef,
+    signal: Option<&Value>,
+    deadline: Duration,
+    what: &str,
+) -> Finished {
+    let kind = adapter.kind();
     let (external, outcome) = poll_until_terminal(adapter, &key, external, signal, deadline).await;
     assert!(
         matches!(outcome.state, ExternalState::Succeeded { .. }),
-        "[conformance {kind}] the succeeding input {input} ended {outcome:?}"
+        "[conformance {kind}] {what} ended {outcome:?}"
     );
     let finished = Finished {
         key,
@@ -365,6 +458,20 @@ pub async fn check_succeeds(
     };
     check_outputs(adapter, &finished, deadline).await;
     finished
+}
+
+/// Rule 3: `input` starts, can be found, succeeds within `deadline`, and has object outputs.
+pub async fn check_succeeds(
+    adapter: &dyn Adapter,
+    input: &Value,
+    signal: Option<&Value>,
+    deadline: Duration,
+) -> Finished {
+    let key = fresh_key("succeed");
+    let external = start(adapter, &key, input, deadline).await;
+    check_find_after_start(adapter, &key, input, &external, deadline).await;
+    let what = format!("the succeeding input {input}");
+    polls_to_success(adapter, key, external, signal, deadline, &what).await
 }
 
 /// Outputs of finished work are readable and serialize as a JSON object.

@@ -1,12 +1,14 @@
 //! The kit against a small in-memory adapter: a conforming one passes, and each kind of
 //! breakage is caught with a message naming the rule.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use baton_adapter_kit::{Scenario, check_garbage_ref, check_poll_hint, run_conformance};
+use baton_adapter_kit::{
+    Scenario, check_garbage_ref, check_poll_hint, engine_key, run_conformance,
+};
 use baton_core::{
     Adapter, AdapterError, AdapterKind, AttemptKey, ExternalRef, ExternalState, FieldError, Logs,
     PollOutcome, PollRequest, SecretResolver, StartRequest,
@@ -21,12 +23,29 @@ enum Flaw {
     PanicsOnGarbage,
     IgnoresCancel,
     HugeHint,
+    /// `find` answers from what this instance started, not from the system.
+    FindsOnlyItsOwn,
 }
+
+/// The toy's external system: key → (input, polls so far, cancelled). Shared by every
+/// instance built for it, as a CI server is by every replica.
+type System = Arc<Mutex<HashMap<String, (Value, u32, bool)>>>;
 
 struct Toy {
     flaw: Flaw,
-    /// key → (input, polls so far, cancelled)
-    work: Mutex<HashMap<String, (Value, u32, bool)>>,
+    work: System,
+    /// The keys this instance started.
+    started: Mutex<HashSet<String>>,
+}
+
+impl Toy {
+    fn new(flaw: Flaw, work: System) -> Self {
+        Self {
+            flaw,
+            work,
+            started: Mutex::default(),
+        }
+    }
 }
 
 #[async_trait]
@@ -41,6 +60,7 @@ impl Adapter for Toy {
             .unwrap()
             .entry(request.key.to_string())
             .or_insert((request.input.clone(), 0, false));
+        self.started.lock().unwrap().insert(request.key.to_string());
         Ok(ExternalRef {
             id: request.key.to_string(),
             url: None,
@@ -49,7 +69,11 @@ impl Adapter for Toy {
     }
 
     async fn find(&self, key: &AttemptKey, _: &Value) -> Result<Option<ExternalRef>, AdapterError> {
-        let known = self.work.lock().unwrap().contains_key(key.as_str());
+        let known = if self.flaw == Flaw::FindsOnlyItsOwn {
+            self.started.lock().unwrap().contains(key.as_str())
+        } else {
+            self.work.lock().unwrap().contains_key(key.as_str())
+        };
         Ok(
             (known || self.flaw == Flaw::FindsEverything).then(|| ExternalRef {
                 id: key.to_string(),
@@ -132,12 +156,10 @@ impl AdapterKind for ToyKind {
 }
 
 fn scenario(flaw: Flaw) -> Scenario {
+    let system = System::default();
     Scenario {
         kind: Arc::new(ToyKind),
-        adapter: Arc::new(Toy {
-            flaw,
-            work: Mutex::default(),
-        }),
+        adapter: Arc::new(Toy::new(flaw, system.clone())),
         valid_with: json!({"x": "y"}),
         invalid_with: json!({"x": 1}),
         succeed: json!("ok"),
@@ -146,6 +168,7 @@ fn scenario(flaw: Flaw) -> Scenario {
         success_signal: None,
         failure_signal: None,
         side_effect_free: false,
+        replica: Some(Arc::new(Toy::new(flaw, system))),
         deadline: Duration::from_secs(5),
     }
 }
@@ -180,6 +203,29 @@ async fn an_ignored_cancel_is_caught_within_the_deadline() {
 #[should_panic(expected = "outside (0, 1 h]")]
 async fn a_huge_hint_is_caught() {
     run_conformance(scenario(Flaw::HugeHint)).await;
+}
+
+#[tokio::test]
+#[should_panic(expected = "a replica taking over the stage would start it again")]
+async fn finding_only_what_this_instance_started_is_caught() {
+    run_conformance(scenario(Flaw::FindsOnlyItsOwn)).await;
+}
+
+#[test]
+fn engine_keys_hold_their_time_and_differ() {
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let (a, b) = (engine_key("s"), engine_key("s"));
+    assert_ne!(a, b);
+    assert_eq!(a.run_id().len(), 32, "{a}");
+    let created = baton_core::wire::run_created_ms(&a).expect("a UUIDv7 run id");
+    assert!(
+        created >= before && created < before + 5_000,
+        "{created} vs {before}"
+    );
+    assert_eq!(AttemptKey::parse(a.as_str()), Some(a));
 }
 
 #[test]

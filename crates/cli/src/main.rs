@@ -221,6 +221,9 @@ fn validate(args: ValidateArgs) -> ExitCode {
                     plural(n)
                 );
             }
+            if loaded.config_file.is_some() {
+                println!("{}", store_line(&loaded.gateway));
+            }
             ExitCode::SUCCESS
         }
         Err(problems) => {
@@ -230,6 +233,25 @@ fn validate(args: ValidateArgs) -> ExitCode {
             }
             ExitCode::from(1)
         }
+    }
+}
+
+/// What `validate` says of the store: its URL (password hidden) and, for a store replicas
+/// share, how long their claims last.
+fn store_line(gateway: &baton_config::GatewayConfig) -> String {
+    let url = baton_store::redact_url(&gateway.store_url());
+    if gateway.store.is_postgres() {
+        let password = if gateway.store.password.is_some() {
+            ", password from store.password"
+        } else {
+            ""
+        };
+        format!(
+            "store: {url} (shared by replicas, lease {}{password})",
+            baton_core::HumanDuration(gateway.store.lease())
+        )
+    } else {
+        format!("store: {url}")
     }
 }
 

@@ -370,7 +370,11 @@ pub(crate) async fn resume(args: ResumeArgs) -> Result<ExitCode> {
         &mut std::io::stdout()
     };
     if unfinished.is_empty() {
-        writeln!(out, "nothing to resume in {}", loaded.gateway.store_url())?;
+        writeln!(
+            out,
+            "nothing to resume in {}",
+            baton_store::redact_url(&loaded.gateway.store_url())
+        )?;
         if args.json {
             println!("[]");
         }

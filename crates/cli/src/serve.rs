@@ -104,7 +104,7 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<ExitCode> {
     eprintln!(
         "baton serve: listening on http://{address} ({} workflows, store {})",
         loaded.workflows.len(),
-        loaded.gateway.store_url()
+        baton_store::redact_url(&loaded.gateway.store_url())
     );
     tracing::info!(%address, "listening");
     baton_server::serve(state, listener, stop_signal()).await?;

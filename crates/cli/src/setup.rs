@@ -5,9 +5,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use baton_config::{Checked, Diagnostics, EnvFileResolver, Loaded, SecretsFrom};
-use baton_core::{Adapter, Kinds};
+use baton_config::{Checked, Diagnostics, EnvFileResolver, GatewayConfig, Loaded, SecretsFrom};
+use baton_core::{Adapter, Kinds, SecretResolver};
 use baton_engine::{Engine, EngineConfig};
+use baton_store::{StoreError, StoreOptions};
 
 /// Every adapter kind this build of baton has. Adding a kind is one line here: what the kind
 /// is (an instance without a block, whether it takes decisions) it declares itself.
@@ -113,10 +114,10 @@ pub(crate) async fn build_engine(loaded: &Loaded) -> Result<Engine> {
             .with_context(|| format!("adapter `{name}`"))?;
         adapters.insert(name, adapter);
     }
-    let url = gateway.store_url();
-    let store = baton_store::open(&url)
+    let options = store_options(gateway, &resolver)?;
+    let store = baton_store::open_with(&options)
         .await
-        .with_context(|| format!("opening the store {url}"))?;
+        .map_err(|e| store_open_error(&options.url, e))?;
     let expressions = gateway.expressions.limits();
     // Evaluations started outside the engine and the matcher (a generic source's `event`
     // expression) are bounded the same.
@@ -127,12 +128,90 @@ pub(crate) async fn build_engine(loaded: &Loaded) -> Result<Engine> {
         max_concurrency: gateway.engine.max_concurrency,
         defaults: gateway.stage_defaults(&kinds),
         expressions,
+        // A store owned by one process keeps the engine's own lease: its claims are never
+        // taken over, only left by a crash, and cleared at the next start.
+        lease: if store.shared() {
+            gateway.store.lease()
+        } else {
+            EngineConfig::default().lease
+        },
         ..EngineConfig::default()
     };
     Ok(Engine::new(store, adapters, config))
 }
 
+/// How to open the config's store: its URL, the password its reference names (read here,
+/// never logged), and the lease for a shared store.
+pub(crate) fn store_options(
+    gateway: &GatewayConfig,
+    secrets: &dyn SecretResolver,
+) -> Result<StoreOptions> {
+    let password = match &gateway.store.password {
+        Some(reference) => Some(
+            secrets
+                .resolve(reference)
+                .context("store.password cannot be read")?
+                .expose()
+                .to_owned(),
+        ),
+        None => None,
+    };
+    Ok(StoreOptions {
+        url: gateway.store_url(),
+        password,
+        lease: gateway.store.is_postgres().then(|| gateway.store.lease()),
+    })
+}
+
+/// The one-line error of a store that could not be opened, with the URL's password hidden:
+/// a database that cannot be reached says so and names its host, the rest say what failed.
+pub(crate) fn store_open_error(url: &str, error: StoreError) -> anyhow::Error {
+    let shown = baton_store::redact_url(url);
+    match &error {
+        StoreError::Unavailable { .. } => anyhow::anyhow!(
+            "the database at {} cannot be reached ({error}); baton does not start without its store ({shown})",
+            database_host(url)
+        ),
+        _ => anyhow::Error::new(error).context(format!("opening the store {shown}")),
+    }
+}
+
+/// `host:port` of a database URL, for messages (no user, no password).
+fn database_host(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = &rest[..rest.find(['/', '?']).unwrap_or(rest.len())];
+    authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host)
+}
+
 /// The instance names whose stages wait for a person's decision.
 pub(crate) fn decision_instances(loaded: &Loaded) -> BTreeSet<String> {
     loaded.gateway.decision_instances(&configured_kinds(loaded))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreachable_database_is_named_by_its_host_without_the_password() {
+        let url = "postgres://baton:hunter2@db.example.com:5433/baton?sslmode=require";
+        let error = store_open_error(
+            url,
+            StoreError::Unavailable {
+                detail: "connection refused".into(),
+            },
+        );
+        let text = format!("{error:#}");
+        assert!(
+            text.starts_with("the database at db.example.com:5433 cannot be reached"),
+            "{text}"
+        );
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(!text.contains('\n'), "{text}");
+        let other = format!("{:#}", store_open_error(url, StoreError::Url("bad".into())));
+        assert!(other.starts_with("opening the store postgres://baton:<redacted>@"));
+        assert_eq!(database_host("postgres://db/x"), "db");
+    }
 }

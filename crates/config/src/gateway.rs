@@ -203,18 +203,54 @@ impl Default for ServerConfig {
 
 /// `[store]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
     /// `sqlite://PATH` (a relative path is relative to the config file's directory) or
-    /// `postgres://user@host/db`. Default `sqlite://baton.db`. Use
+    /// `postgres://user@host[:port]/db[?sslmode=…]`. Default `sqlite://baton.db`. Use
     /// [`GatewayConfig::store_url`] for the resolved URL.
     pub url: String,
+    /// The PostgreSQL password, as a secret reference, when the URL carries none (one or
+    /// the other, never both). Default: none (the server's own authentication decides).
+    #[serde(deserialize_with = "baton_core::secret::deserialize_optional_reference")]
+    pub password: Option<SecretRef>,
+    /// How long a replica's claim on a piece of work lasts unless it renews it: after a
+    /// replica dies, its work waits this long before another takes it. PostgreSQL only;
+    /// default [`StoreConfig::DEFAULT_LEASE`], between [`StoreConfig::MIN_LEASE`] and
+    /// [`StoreConfig::MAX_LEASE`].
+    pub lease: Option<HumanDuration>,
+}
+
+impl StoreConfig {
+    /// The claim length on PostgreSQL when `lease` is not set.
+    pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+    /// The shortest `lease`: a claim is renewed every third of it, and a shorter one would
+    /// be lost to an ordinary pause (a slow query, a busy host).
+    pub const MIN_LEASE: Duration = Duration::from_secs(5);
+    /// The longest `lease`: the longest a dead replica's work may wait for another.
+    pub const MAX_LEASE: Duration = Duration::from_secs(3600);
+
+    /// True when the URL names PostgreSQL, whose store replicas share.
+    pub fn is_postgres(&self) -> bool {
+        is_postgres_url(&self.url)
+    }
+
+    /// The claim length: `lease`, else [`StoreConfig::DEFAULT_LEASE`].
+    pub fn lease(&self) -> Duration {
+        self.lease.map_or(Self::DEFAULT_LEASE, |l| l.0)
+    }
+}
+
+/// True for `postgres://…` and `postgresql://…`.
+pub(crate) fn is_postgres_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             url: "sqlite://baton.db".to_owned(),
+            password: None,
+            lease: None,
         }
     }
 }

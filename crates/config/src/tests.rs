@@ -14,6 +14,7 @@ use serde_json::Value;
 use crate::*;
 
 mod relays;
+mod store;
 
 /// A fake adapter kind: `jenkins` needs `url` and a `token` reference and a stage `job`;
 /// `exec` needs `run` or `command`; `approval` needs `message`. `exec` and `approval` are

@@ -26,6 +26,9 @@ pub(crate) struct Flight {
     superseded: bool,
     /// The store said another process holds the task now; already logged and counted.
     pub(crate) lost: bool,
+    /// Fired when the claim is found lost, so an adapter call still under way (a `start`
+    /// that has not sent yet) is dropped instead of doing work another replica now owns.
+    pub(crate) abort: Arc<tokio::sync::Notify>,
 }
 
 /// The flights of this process, by run.
@@ -88,6 +91,7 @@ impl Inner {
             retrying: false,
             superseded: false,
             lost: false,
+            abort: Arc::default(),
         });
         true
     }
@@ -230,6 +234,7 @@ impl Inner {
                     continue;
                 }
                 flight.lost = true;
+                flight.abort.notify_one();
                 let (stage_id, kind) = (flight.stage_id.clone(), flight.kind);
                 drop(flights);
                 lost_lease(&Task {

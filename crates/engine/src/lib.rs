@@ -28,8 +28,10 @@
 //!   delivery marks in one commit, replays), `retry` (a stage retried by hand), `signal`
 //!   (approval decisions and completion webhooks);
 //! - plumbing: `state` (the cached copy of a run and its per-run lock), `commit` (one
-//!   transaction a step, then events and dispatch of what it claimed), `events` (live
-//!   progress), `call` (adapter calls with a time bound and metrics).
+//!   transaction a step, fenced with the run's version and the step's claim, then events
+//!   and dispatch of what it claimed), `lease` (the claims of steps under way: renewed on a
+//!   shared store, and told apart when a commit is fenced), `events` (live progress),
+//!   `call` (adapter calls with a time bound and metrics).
 //!
 //! [`view`] turns a stored run into what the API shows.
 

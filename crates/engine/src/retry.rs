@@ -15,17 +15,10 @@ impl Engine {
     }
 
     async fn retry_stage_once(&self, run_id: &str, stage_id: &str) -> Result<u32, EngineError> {
-        let mut guard = self.inner.lock_run(run_id).await?;
+        let (mut guard, i) = self.inner.lock_stage(run_id, stage_id).await?;
         let state = guard
             .as_mut()
             .ok_or_else(|| EngineError::NoSuchRun(run_id.to_owned()))?;
-        let i = state
-            .workflow
-            .stage_index(stage_id)
-            .ok_or_else(|| EngineError::NoSuchStage {
-                run: run_id.into(),
-                stage: stage_id.into(),
-            })?;
         let status = state.stages[i].status;
         if !matches!(status, StageStatus::Failed | StageStatus::Cancelled) {
             return Err(EngineError::Conflict(format!(

@@ -120,8 +120,13 @@ impl Inner {
                 }
                 break;
             };
-            // The retry starts from what the store really holds.
-            self.runs.lock().unwrap().remove(&task.run_id);
+            // The retry starts from what the store really holds. The cached copy is cleared
+            // under the run's lock rather than its slot forgotten: a step of the run under way
+            // keeps the slot, and a new one beside it would let two steps of one run run at once.
+            let slot = self.runs.lock().unwrap().get(&task.run_id).cloned();
+            if let Some(slot) = slot {
+                *slot.lock().await = None;
+            }
             if e.is_fenced() {
                 match self.store.holds(&task).await {
                     Ok(true) if stale < STALE_RERUNS => {

@@ -31,17 +31,10 @@ impl Engine {
         stage_id: &str,
         signal: Value,
     ) -> Result<AttemptKey, EngineError> {
-        let mut guard = self.inner.lock_run(run_id).await?;
+        let (mut guard, i) = self.inner.lock_stage(run_id, stage_id).await?;
         let state = guard
             .as_mut()
             .ok_or_else(|| EngineError::NoSuchRun(run_id.to_owned()))?;
-        let i = state
-            .workflow
-            .stage_index(stage_id)
-            .ok_or_else(|| EngineError::NoSuchStage {
-                run: run_id.into(),
-                stage: stage_id.into(),
-            })?;
         let stage = &mut state.stages[i];
         if !stage.status.is_active() {
             return Err(EngineError::Conflict(format!(

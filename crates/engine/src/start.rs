@@ -92,20 +92,41 @@ impl Inner {
         };
         drop(guard);
 
+        // On a shared store, a claim lost while this process was paused (another replica took
+        // the stage over, and starts or finds its work) must not start anything: asked right
+        // before the call, and the call is dropped if the renewal finds the claim lost while
+        // it is still preparing its request.
+        let abort = if self.store.shared() {
+            if !self.store.holds(task).await? {
+                self.gone(task);
+                return Ok(());
+            }
+            self.with_flight(task, |f| f.abort.clone())
+        } else {
+            None
+        };
         let call = self.config.call_timeout;
-        let outcome = bounded(call, adapter.kind(), "start", async {
+        let starting = bounded(call, adapter.kind(), "start", async {
             if recovering {
                 match adapter.find(key, &request.input).await? {
                     Some(found) => {
                         tracing::info!(attempt = %key, external = %found.id, "adopted work started before a restart");
                         return Ok(found);
                     }
-                    None => tracing::info!(attempt = %key, "no work found for an interrupted start; starting it"),
+                    None => {
+                        tracing::info!(attempt = %key, "no work found for an interrupted start; starting it");
+                    }
                 }
             }
             adapter.start(&request).await
-        })
-        .await;
+        });
+        let outcome = match abort {
+            Some(abort) => tokio::select! {
+                outcome = starting => outcome,
+                () = abort.notified() => return Ok(()),
+            },
+            None => starting.await,
+        };
 
         let mut guard = self.lock_task(task).await?;
         let Some(state) = guard.as_mut() else {

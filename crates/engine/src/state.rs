@@ -49,6 +49,26 @@ impl Inner {
         self.lock(run_id, None).await
     }
 
+    /// Locks a run for a request about its stage `stage_id`; answers the stage's index.
+    pub(crate) async fn lock_stage(
+        &self,
+        run_id: &str,
+        stage_id: &str,
+    ) -> Result<(RunGuard, usize), EngineError> {
+        let guard = self.lock_run(run_id).await?;
+        let state = guard
+            .as_ref()
+            .ok_or_else(|| EngineError::NoSuchRun(run_id.to_owned()))?;
+        let i = state
+            .workflow
+            .stage_index(stage_id)
+            .ok_or_else(|| EngineError::NoSuchStage {
+                run: run_id.into(),
+                stage: stage_id.into(),
+            })?;
+        Ok((guard, i))
+    }
+
     /// Locks a run for the step of `task`: its commits are fenced with the task's claim.
     pub(crate) async fn lock_task(&self, task: &Task) -> Result<RunGuard, EngineError> {
         let lease = TaskLease {

@@ -4,22 +4,22 @@
 //! "hang" | "blocked", "polls": N, "outputs": {...}, "fail_times": N}`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use baton_core::context::TriggerInfo;
 use baton_core::{
     Adapter, AdapterError, AttemptKey, ExternalRef, ExternalState, Logs, PollOutcome, PollRequest,
     RunStatus, StageDefaults, StageStatus, StartRequest, Workflow, WorkflowSpec,
 };
 use baton_engine::{DeliveryOutcome, Engine, EngineConfig};
-use baton_store::{
-    Change, DeliveryFilter, DeliveryRecord, DueReport, Intake, Millis, NewDelivery,
-    PendingDelivery, RunFilter, RunHeader, RunSnapshot, SqliteStore, Store, StoreError, Task,
-};
+use baton_store::{Change, Intake, NewDelivery, RunSnapshot, SqliteStore, Store};
 use serde_json::{Map, Value, json};
+
+#[allow(dead_code)] // What only the fencing tests use of it.
+mod support;
+use support::{DyingStore, manual, workflow};
 
 #[derive(Default)]
 struct Script {
@@ -195,114 +195,6 @@ impl Adapter for ScriptAdapter {
     }
 }
 
-/// A store that can be made to fail every commit, as if the process died at that instant.
-/// It keeps the changes of every commit it passed on.
-struct DyingStore {
-    inner: Arc<SqliteStore>,
-    dead: AtomicBool,
-    commits_left: Mutex<Option<u32>>,
-    committed: Mutex<Vec<Vec<Change>>>,
-}
-
-impl DyingStore {
-    fn over(inner: Arc<SqliteStore>, commits_left: Option<u32>) -> Self {
-        Self {
-            inner,
-            dead: AtomicBool::new(false),
-            commits_left: Mutex::new(commits_left),
-            committed: Mutex::default(),
-        }
-    }
-}
-
-#[async_trait]
-impl Store for DyingStore {
-    async fn commit(&self, changes: Vec<Change>) -> Result<Vec<Task>, StoreError> {
-        {
-            let mut left = self.commits_left.lock().unwrap();
-            if let Some(n) = left.as_mut() {
-                if *n == 0 {
-                    self.dead.store(true, Ordering::SeqCst);
-                } else {
-                    *n -= 1;
-                }
-            }
-        }
-        if self.dead.load(Ordering::SeqCst) {
-            return Err(StoreError::Closed);
-        }
-        self.committed.lock().unwrap().push(changes.clone());
-        self.inner.commit(changes).await
-    }
-    async fn claim_due(
-        &self,
-        now: Millis,
-        limit: u32,
-        lease_until: Millis,
-    ) -> Result<Vec<Task>, StoreError> {
-        if self.dead.load(Ordering::SeqCst) {
-            return Err(StoreError::Closed);
-        }
-        self.inner.claim_due(now, limit, lease_until).await
-    }
-    async fn next_due(&self) -> Result<Option<Millis>, StoreError> {
-        self.inner.next_due().await
-    }
-    async fn release_leases(&self) -> Result<(), StoreError> {
-        self.inner.release_leases().await
-    }
-    async fn load_run(&self, run_id: &str) -> Result<Option<RunSnapshot>, StoreError> {
-        self.inner.load_run(run_id).await
-    }
-    async fn unfinished_runs(&self) -> Result<Vec<String>, StoreError> {
-        self.inner.unfinished_runs().await
-    }
-    async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunHeader>, StoreError> {
-        self.inner.list_runs(filter).await
-    }
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.inner.ping().await
-    }
-    async fn insert_delivery(&self, delivery: NewDelivery) -> Result<Intake, StoreError> {
-        self.inner.insert_delivery(delivery).await
-    }
-    async fn insert_deliveries(
-        &self,
-        deliveries: Vec<NewDelivery>,
-    ) -> Result<Vec<Intake>, StoreError> {
-        self.inner.insert_deliveries(deliveries).await
-    }
-    async fn pending_deliveries(&self, limit: u32) -> Result<Vec<PendingDelivery>, StoreError> {
-        self.inner.pending_deliveries(limit).await
-    }
-    async fn load_delivery(&self, id: i64) -> Result<Option<DeliveryRecord>, StoreError> {
-        self.inner.load_delivery(id).await
-    }
-    async fn list_deliveries(
-        &self,
-        filter: &DeliveryFilter,
-    ) -> Result<Vec<DeliveryRecord>, StoreError> {
-        self.inner.list_deliveries(filter).await
-    }
-    async fn claim_reports(
-        &self,
-        now: Millis,
-        limit: u32,
-        lease_until: Millis,
-    ) -> Result<Vec<DueReport>, StoreError> {
-        self.inner.claim_reports(now, limit, lease_until).await
-    }
-    async fn next_report_due(&self, now: Millis) -> Result<Option<Millis>, StoreError> {
-        self.inner.next_report_due(now).await
-    }
-    async fn release_report_leases(&self) -> Result<(), StoreError> {
-        self.inner.release_report_leases().await
-    }
-    async fn report_ref(&self, run_id: &str, source: &str) -> Result<Option<String>, StoreError> {
-        self.inner.report_ref(run_id, source).await
-    }
-}
-
 struct Harness {
     _dir: tempfile::TempDir,
     script: ScriptAdapter,
@@ -344,20 +236,6 @@ async fn harness_with(config: EngineConfig) -> Harness {
         _dir: dir,
         script,
         engine,
-    }
-}
-
-fn workflow(stages: Value) -> Arc<Workflow> {
-    let spec: WorkflowSpec =
-        serde_json::from_value(json!({"name": "t", "stages": stages})).unwrap();
-    Arc::new(Workflow::compile(spec, StageDefaults::default()).unwrap())
-}
-
-fn manual() -> TriggerInfo {
-    TriggerInfo {
-        source: "manual".into(),
-        event: "manual".into(),
-        delivery_id: None,
     }
 }
 

@@ -1,7 +1,8 @@
 //! Fenced commits in the engine, on a real SQLite store. Another process writing the same
 //! run is played by the test writing to the store directly (a `Change::Fence` of its own,
 //! or a claim of the task after its lease), since two engines cannot share one SQLite file;
-//! [`Shared`] makes the store say it is shared, so claims are renewed and losses counted.
+//! [`DyingStore::shared`] makes the store say it is shared, so claims are renewed and losses
+//! counted.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -9,19 +10,17 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use baton_core::context::TriggerInfo;
 use baton_core::{
     Adapter, AdapterError, AttemptKey, ExternalRef, ExternalState, Logs, PollOutcome, PollRequest,
-    RunStatus, StageDefaults, StageStatus, StartRequest, Workflow, WorkflowSpec,
+    RunStatus, StageStatus, StartRequest, Workflow,
 };
 use baton_engine::{Engine, EngineConfig};
-use baton_store::{
-    Change, DeliveryFilter, DeliveryRecord, DueReport, Intake, Millis, NewDelivery,
-    PendingDelivery, RunFilter, RunHeader, RunSnapshot, SqliteStore, Store, StoreError, Task,
-    TaskKind, TaskLease, TaskSpec, now_millis,
-};
+use baton_store::{Change, SqliteStore, Store, TaskKind, TaskSpec, now_millis};
 use serde_json::{Map, Value, json};
 use tokio::sync::Semaphore;
+
+mod support;
+use support::{DyingStore, manual, workflow};
 
 /// An adapter whose work is decided by its stage's `with`: `{"gate": true}` stays blocked
 /// until a signal approves it (polled again only after an hour); `{"slow": true}` makes
@@ -99,89 +98,6 @@ impl Default for Gate {
     }
 }
 
-/// A SQLite store that says it is shared, as PostgreSQL does.
-struct Shared(Arc<SqliteStore>);
-
-#[async_trait]
-impl Store for Shared {
-    async fn commit(&self, changes: Vec<Change>) -> Result<Vec<Task>, StoreError> {
-        self.0.commit(changes).await
-    }
-    async fn claim_due(
-        &self,
-        now: Millis,
-        limit: u32,
-        lease_until: Millis,
-    ) -> Result<Vec<Task>, StoreError> {
-        self.0.claim_due(now, limit, lease_until).await
-    }
-    async fn next_due(&self) -> Result<Option<Millis>, StoreError> {
-        self.0.next_due().await
-    }
-    async fn release_leases(&self) -> Result<(), StoreError> {
-        panic!("a shared store's leases are never released at start")
-    }
-    async fn load_run(&self, run_id: &str) -> Result<Option<RunSnapshot>, StoreError> {
-        self.0.load_run(run_id).await
-    }
-    async fn unfinished_runs(&self) -> Result<Vec<String>, StoreError> {
-        self.0.unfinished_runs().await
-    }
-    async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunHeader>, StoreError> {
-        self.0.list_runs(filter).await
-    }
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.0.ping().await
-    }
-    async fn insert_delivery(&self, delivery: NewDelivery) -> Result<Intake, StoreError> {
-        self.0.insert_delivery(delivery).await
-    }
-    async fn insert_deliveries(
-        &self,
-        deliveries: Vec<NewDelivery>,
-    ) -> Result<Vec<Intake>, StoreError> {
-        self.0.insert_deliveries(deliveries).await
-    }
-    async fn pending_deliveries(&self, limit: u32) -> Result<Vec<PendingDelivery>, StoreError> {
-        self.0.pending_deliveries(limit).await
-    }
-    async fn load_delivery(&self, id: i64) -> Result<Option<DeliveryRecord>, StoreError> {
-        self.0.load_delivery(id).await
-    }
-    async fn list_deliveries(
-        &self,
-        filter: &DeliveryFilter,
-    ) -> Result<Vec<DeliveryRecord>, StoreError> {
-        self.0.list_deliveries(filter).await
-    }
-    async fn claim_reports(
-        &self,
-        now: Millis,
-        limit: u32,
-        lease_until: Millis,
-    ) -> Result<Vec<DueReport>, StoreError> {
-        self.0.claim_reports(now, limit, lease_until).await
-    }
-    async fn next_report_due(&self, now: Millis) -> Result<Option<Millis>, StoreError> {
-        self.0.next_report_due(now).await
-    }
-    async fn release_report_leases(&self) -> Result<(), StoreError> {
-        self.0.release_report_leases().await
-    }
-    async fn report_ref(&self, run_id: &str, source: &str) -> Result<Option<String>, StoreError> {
-        self.0.report_ref(run_id, source).await
-    }
-    fn shared(&self) -> bool {
-        true
-    }
-    async fn holds(&self, task: &Task) -> Result<bool, StoreError> {
-        self.0.holds(task).await
-    }
-    async fn renew(&self, leases: &[TaskLease], until: Millis) -> Result<Vec<i64>, StoreError> {
-        self.0.renew(leases, until).await
-    }
-}
-
 struct Setup {
     _dir: tempfile::TempDir,
     /// The store as the other process sees it.
@@ -195,11 +111,11 @@ async fn setup(shared: bool, lease: Duration) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("t.db").display());
     let store = Arc::new(SqliteStore::open(&url).await.unwrap());
-    let engine_store: Arc<dyn Store> = if shared {
-        Arc::new(Shared(store.clone()))
+    let wrapped = Arc::new(if shared {
+        DyingStore::shared(store.clone())
     } else {
-        store.clone()
-    };
+        DyingStore::over(store.clone(), None)
+    });
     let gate = Arc::new(Gate::default());
     let mut adapters: HashMap<String, Arc<dyn Adapter>> = HashMap::new();
     adapters.insert("gate".into(), gate.clone());
@@ -210,8 +126,13 @@ async fn setup(shared: bool, lease: Duration) -> Setup {
         lease,
         ..EngineConfig::default()
     };
-    let engine = Engine::new(engine_store, adapters, config);
+    let engine = Engine::new(wrapped.clone(), adapters, config);
     engine.start().await.unwrap();
+    assert_eq!(
+        wrapped.releases.load(Ordering::SeqCst),
+        u32::from(!shared),
+        "leases are released at start only on a store this process owns"
+    );
     Setup {
         _dir: dir,
         store,
@@ -220,21 +141,9 @@ async fn setup(shared: bool, lease: Duration) -> Setup {
     }
 }
 
-fn workflow(with: Value) -> Arc<Workflow> {
-    let spec: WorkflowSpec = serde_json::from_value(json!({
-        "name": "t",
-        "stages": {"build": {"uses": "gate", "with": with, "timeout": "1h"}},
-    }))
-    .unwrap();
-    Arc::new(Workflow::compile(spec, StageDefaults::default()).unwrap())
-}
-
-fn manual() -> TriggerInfo {
-    TriggerInfo {
-        source: "manual".into(),
-        event: "manual".into(),
-        delivery_id: None,
-    }
+/// One stage on the gate, doing what `with` says.
+fn gated(with: Value) -> Arc<Workflow> {
+    workflow(json!({"build": {"uses": "gate", "with": with, "timeout": "1h"}}))
 }
 
 /// Waits (up to 10 s) until `done` holds.
@@ -258,7 +167,7 @@ async fn stage(store: &SqliteStore, run: &str) -> baton_store::StageRecord {
 async fn blocked_run(s: &Setup) -> String {
     let id = s
         .engine
-        .create_run(workflow(json!({"gate": true})), json!({}), manual())
+        .create_run(gated(json!({"gate": true})), json!({}), manual())
         .await
         .unwrap();
     until("the first poll", async || {
@@ -294,6 +203,20 @@ async fn approve_elsewhere(store: &SqliteStore, run: &str, poll_now: bool) {
         }));
     }
     store.commit(changes).await.unwrap();
+}
+
+/// A run whose poll is under way, waiting for the gate's `release`.
+async fn slow_run(s: &Setup) -> String {
+    let id = s
+        .engine
+        .create_run(gated(json!({"slow": true})), json!({}), manual())
+        .await
+        .unwrap();
+    until("the poll under way", async || {
+        s.gate.waiting.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    id
 }
 
 async fn finished(s: &Setup, run: &str) -> RunStatus {
@@ -372,15 +295,7 @@ async fn a_step_whose_claim_another_process_took_is_dropped_and_counted() {
     let lease = Duration::from_secs(2);
     let s = setup(true, lease).await;
     let before = lost_leases();
-    let id = s
-        .engine
-        .create_run(workflow(json!({"slow": true})), json!({}), manual())
-        .await
-        .unwrap();
-    until("the poll under way", async || {
-        s.gate.waiting.load(Ordering::SeqCst) == 1
-    })
-    .await;
+    let id = slow_run(&s).await;
     // Another process takes the poll over once the claim looks expired to it.
     let taken = s
         .store
@@ -408,15 +323,7 @@ async fn a_step_whose_claim_another_process_took_is_dropped_and_counted() {
 async fn a_renewed_claim_outlives_its_first_length() {
     let lease = Duration::from_millis(300);
     let s = setup(true, lease).await;
-    let id = s
-        .engine
-        .create_run(workflow(json!({"slow": true})), json!({}), manual())
-        .await
-        .unwrap();
-    until("the poll under way", async || {
-        s.gate.waiting.load(Ordering::SeqCst) == 1
-    })
-    .await;
+    let id = slow_run(&s).await;
     // Four lease lengths: without renewal another process could claim the poll after one.
     let deadline = Instant::now() + lease * 4;
     while Instant::now() < deadline {

@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 use baton_core::expr_bound::Limits;
 use baton_core::outage::Outage;
 use baton_store::{
-    Change, DueRelay, Millis, RelayAttemptRecord, RelayNext, RelayOutcome, Store, now_millis,
+    Change, DueRelay, Millis, RelayAttemptRecord, RelayNext, RelayOutcome, Store, StoreError,
+    now_millis,
 };
 use metrics::{Counter, Gauge};
 use tokio::sync::{Notify, mpsc};
@@ -572,7 +573,7 @@ impl Worker {
         }
     }
 
-    fn failed(&mut self, what: &str, e: &baton_store::StoreError) {
+    fn failed(&mut self, what: &str, e: &StoreError) {
         if self.outage.failed() {
             tracing::error!(
                 relay = %self.shared.target.relay,
@@ -644,15 +645,28 @@ async fn try_once(
             reason: disabled.reason,
         });
     }
-    let recorded = settle(&*store, changes).await;
-    if !recorded {
-        tracing::error!(
-            relay = %message.relay,
-            target = %message.target,
-            key = %message.key,
-            "a relay try could not be recorded for {SETTLE_PATIENCE:?}; the message will be sent again once its lease ends"
-        );
-    }
+    let recorded = match settle(&*store, changes).await {
+        Settled::Recorded => true,
+        Settled::Fenced(e) => {
+            tracing::warn!(
+                relay = %message.relay,
+                target = %message.target,
+                key = %message.key,
+                error = &e as &dyn std::error::Error,
+                "a relay try was not recorded: its lease ran out and another process took the message over, so this process drops it"
+            );
+            false
+        }
+        Settled::GaveUp => {
+            tracing::error!(
+                relay = %message.relay,
+                target = %message.target,
+                key = %message.key,
+                "a relay try could not be recorded for {SETTLE_PATIENCE:?}; the message will be sent again once its lease ends"
+            );
+            false
+        }
+    };
     let _ = events.send(Event::Settled {
         next_due: if recorded { next_due } else { None },
     });
@@ -668,6 +682,16 @@ fn outcome_index(outcome: RelayOutcome) -> usize {
         .unwrap_or_default()
 }
 
+/// How [`settle`] ended.
+enum Settled {
+    /// The record is committed.
+    Recorded,
+    /// Refused: another process took the message over ([`StoreError::is_fenced`]).
+    Fenced(StoreError),
+    /// The store could not write for [`SETTLE_PATIENCE`].
+    GaveUp,
+}
+
 /// Commits `changes`, retrying while the store cannot write, for at most
 /// [`SETTLE_PATIENCE`].
 ///
@@ -675,19 +699,23 @@ fn outcome_index(outcome: RelayOutcome) -> usize {
 /// queued. Gathering every target's finished tries into one large commit holds the
 /// matcher's commits up behind it: in `bench/relay` the p99 from a message's commit to its
 /// first try was then 16–43 ms, against 5 ms this way.
-async fn settle(store: &dyn Store, changes: Vec<Change>) -> bool {
+///
+/// A commit refused by fencing is not retried: the message is another process's now, and
+/// retrying would be refused the same way.
+async fn settle(store: &dyn Store, changes: Vec<Change>) -> Settled {
     let started = Instant::now();
     let mut pause = Duration::from_millis(100);
     loop {
         match store.commit(changes.clone()).await {
-            Ok(_) => return true,
+            Ok(_) => return Settled::Recorded,
+            Err(e) if e.is_fenced() => return Settled::Fenced(e),
             Err(e) => {
                 if started.elapsed() >= SETTLE_PATIENCE {
                     tracing::error!(
                         error = &e as &dyn std::error::Error,
                         "recording a relay try failed"
                     );
-                    return false;
+                    return Settled::GaveUp;
                 }
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(5));

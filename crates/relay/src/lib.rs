@@ -19,7 +19,7 @@ use std::time::Duration;
 use baton_config::RelayConfig;
 use baton_core::SecretResolver;
 use baton_core::expr_bound::Limits;
-use baton_store::{Millis, PendingDelivery, Store, now_millis};
+use baton_store::{Millis, PendingDelivery, Store, Work, now_millis};
 use indexmap::IndexMap;
 
 use crate::circuit::CircuitState;
@@ -138,7 +138,9 @@ impl Relays {
     /// On a store the process owns alone, leases an earlier process left are released
     /// (their messages are sent again: at least once). Call it before the matcher starts,
     /// so none of the leases released is one of its hand-overs. A shared store's leases may
-    /// be other replicas' sends under way: they end only by expiry.
+    /// be other replicas' sends under way: they end only by expiry; and every worker looks
+    /// at the store when another replica gives messages back or replays them
+    /// ([`Store::wakes`]).
     pub async fn start(self: &Arc<Self>) -> RelayTasks {
         let mut tasks = Vec::new();
         if self.routes.is_empty() {
@@ -167,6 +169,16 @@ impl Relays {
                     self.limits,
                 )));
             }
+        }
+        if let Some(mut wakes) = self.store.wakes(Work::Relays) {
+            let relays = self.clone();
+            tasks.push(tokio::spawn(async move {
+                while wakes.changed().await.is_ok() {
+                    for target in relays.routes.iter().flat_map(|r| &r.targets) {
+                        target.wake_for_store();
+                    }
+                }
+            }));
         }
         let relays = self.clone();
         tasks.push(tokio::spawn(async move {

@@ -6,7 +6,9 @@ use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::http::{HeaderValue, Method, header};
 use axum::response::{IntoResponse, Response};
+use baton_store::StoreError;
 use serde_json::json;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 /// An HTTP error answer.
 #[derive(Debug)]
@@ -21,7 +23,20 @@ pub(crate) struct ApiError {
     /// answer, and says so (`Connection: close`) so that a client does not send its next
     /// request on it.
     close: bool,
+    /// `Retry-After`, in seconds, for an answer that says "not now".
+    retry_after: Option<&'static str>,
 }
+
+/// `Retry-After` of a 503 given while the store cannot write: readiness checks it every
+/// second, and a database restart takes a few.
+const STORE_RETRY_AFTER_SECS: &str = "5";
+
+/// When a refusal for an unavailable store was last logged (ms since the epoch): one line
+/// per [`STORE_LOG_EVERY_MS`], not one per request, while an outage lasts.
+static STORE_LOGGED_AT: AtomicI64 = AtomicI64::new(0);
+
+/// How often a store outage is logged from requests at most.
+const STORE_LOG_EVERY_MS: i64 = 10_000;
 
 impl ApiError {
     /// An error with a status, a code and a message.
@@ -31,6 +46,7 @@ impl ApiError {
             code,
             message: message.into(),
             close: false,
+            retry_after: None,
         }
     }
 
@@ -105,6 +121,34 @@ impl ApiError {
         }
     }
 
+    /// 503 with `Retry-After` when the store's database cannot be reached now: nothing was
+    /// stored, and the same request works once it is back, so a sender retries rather than
+    /// dropping it. Other store failures (a full disk among them) are 500.
+    pub(crate) fn store(error: StoreError) -> Self {
+        if !unavailable(&error) {
+            return Self::internal(error);
+        }
+        let now = baton_store::now_millis();
+        let last = STORE_LOGGED_AT.load(Ordering::Relaxed);
+        if now - last >= STORE_LOG_EVERY_MS
+            && STORE_LOGGED_AT
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                error = &error as &dyn std::error::Error,
+                "the store cannot be reached: requests get 503 until it can (logged at most every 10s)"
+            );
+        }
+        let mut answer = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            "nothing was stored: the store cannot be reached now; retry later",
+        );
+        answer.retry_after = Some(STORE_RETRY_AFTER_SECS);
+        answer
+    }
+
     /// 500, for store failures; the detail goes to the log, not to the caller.
     pub(crate) fn internal(detail: impl std::fmt::Display) -> Self {
         tracing::error!(error = %detail, "request failed");
@@ -113,6 +157,16 @@ impl ApiError {
             "internal",
             "the server could not complete the request; see its log",
         )
+    }
+}
+
+/// True when `error` says the store's database cannot be reached ([`StoreError::Unavailable`],
+/// also when a group commit failed for that reason).
+pub(crate) fn unavailable(error: &StoreError) -> bool {
+    match error {
+        StoreError::Unavailable { .. } => true,
+        StoreError::Commit(inner) => unavailable(inner),
+        _ => false,
     }
 }
 
@@ -198,6 +252,11 @@ impl IntoResponse for ApiError {
             Json(json!({"error": {"code": self.code, "message": self.message}})),
         )
             .into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static(seconds));
+        }
         if self.close {
             response
                 .headers_mut()
@@ -213,13 +272,52 @@ impl From<baton_engine::EngineError> for ApiError {
         match e {
             E::NoSuchRun(_) | E::NoSuchStage { .. } => Self::not_found(e.to_string()),
             E::Conflict(_) => Self::conflict(e.to_string()),
-            E::Store(_) | E::BadWorkflow { .. } | E::Evaluation(_) => Self::internal(e),
+            E::Store(e) => Self::store(e),
+            E::BadWorkflow { .. } | E::Evaluation(_) => Self::internal(e),
         }
     }
 }
 
-impl From<baton_store::StoreError> for ApiError {
-    fn from(e: baton_store::StoreError) -> Self {
-        Self::internal(e)
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        Self::store(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreachable_store_is_503_with_retry_after_and_other_failures_500() {
+        let gone = ApiError::from(StoreError::Unavailable {
+            detail: "connection refused".into(),
+        })
+        .into_response();
+        assert_eq!(gone.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(gone.headers()[header::RETRY_AFTER], "5");
+        let grouped = ApiError::from(StoreError::Commit(std::sync::Arc::new(
+            StoreError::Unavailable {
+                detail: "connection reset".into(),
+            },
+        )));
+        assert_eq!(grouped.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(grouped.code, "store_unavailable");
+        // A full disk keeps its 500: the same database answers, and its log says why.
+        let full = ApiError::from(StoreError::Full {
+            detail: "disk full".into(),
+        });
+        assert_eq!(full.status, StatusCode::INTERNAL_SERVER_ERROR);
+        let engine = ApiError::from(baton_engine::EngineError::Store(StoreError::Unavailable {
+            detail: "x".into(),
+        }));
+        assert_eq!(engine.status, StatusCode::SERVICE_UNAVAILABLE);
+        let other = ApiError::from(StoreError::Corrupt {
+            what: "runs".into(),
+            detail: "bad".into(),
+        })
+        .into_response();
+        assert_eq!(other.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(other.headers().get(header::RETRY_AFTER).is_none());
     }
 }

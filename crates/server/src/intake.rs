@@ -291,7 +291,8 @@ pub(crate) async fn receive(
     let events = match delivery.events {
         Events::One(event) => {
             let new = stored(event, delivery.headers);
-            return match state.engine.store().insert_delivery(new).await? {
+            let intake = state.engine.store().insert_delivery(new).await;
+            return match intake.map_err(|e| store_failed(&source, e))? {
                 Intake::Stored(id) => {
                     // The store hands the delivery to the matcher itself, after the commit.
                     delivery.source.accepted.increment(1);
@@ -309,8 +310,23 @@ pub(crate) async fn receive(
         .into_iter()
         .map(|e| stored(e, delivery.headers.clone()))
         .collect();
-    let intakes = state.engine.store().insert_deliveries(batch).await?;
+    let intakes = state
+        .engine
+        .store()
+        .insert_deliveries(batch)
+        .await
+        .map_err(|e| store_failed(&source, e))?;
     Ok(envelope_answer(&delivery.source, &intakes))
+}
+
+/// The answer to a delivery the store did not take: 503 with `Retry-After` while its
+/// database cannot be reached (counted as `unavailable`), never 202, since nothing was
+/// stored.
+fn store_failed(source: &str, error: baton_store::StoreError) -> ApiError {
+    if crate::error::unavailable(&error) {
+        rejected(source, "unavailable");
+    }
+    ApiError::store(error)
 }
 
 /// The answer to an envelope whose events went where `intakes` say, counted: 202 when any

@@ -155,21 +155,37 @@ async fn healthz() -> impl IntoResponse {
     (StatusCode::OK, "ok\n")
 }
 
+/// How long `/readyz` waits for the store: a database that does not answer within it is
+/// as good as gone, and a probe must answer before its own timeout (Kubernetes' default is
+/// 1 s, but a store's cached answer comes at once; only a fresh probe can take this long).
+const READY_WITHIN: Duration = Duration::from_secs(3);
+
 /// Ready when a delivery could be stored now: the store can write (its recent commits
 /// succeeded, or a probe did) and be read. 503 says why not ("store cannot write: disk
-/// full (…)").
+/// full (…)", "store unavailable: …"); a store that does not answer within [`READY_WITHIN`]
+/// is not ready either.
 async fn readyz(
     axum::extract::State(state): axum::extract::State<Arc<AppState>>,
 ) -> impl IntoResponse {
     let store = state.engine.store();
-    if let Err(e) = store.writable().await {
-        return (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n"));
-    }
-    match store.ping().await {
-        Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
-        Err(e) => (
+    let checked = tokio::time::timeout(READY_WITHIN, async {
+        store.writable().await?;
+        store.ping().await
+    })
+    .await;
+    match checked {
+        Ok(Ok(())) => (StatusCode::OK, "ready\n".to_owned()),
+        Ok(Err(e)) if e.cannot_write() => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+        Ok(Err(e)) => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("store unreachable: {e}\n"),
+        ),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "store unreachable: no answer within {}s\n",
+                READY_WITHIN.as_secs()
+            ),
         ),
     }
 }

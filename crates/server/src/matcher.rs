@@ -12,7 +12,19 @@
 //! the feed fell behind, and every few seconds as a safety net. A pass that starts nothing
 //! is recorded with one small write (the `through` mark of
 //! [`Engine::match_deliveries`](baton_engine::Engine::match_deliveries)), not one per delivery.
+//!
+//! On a store replicas share, the feed has this process's own deliveries and the store's
+//! pending deliveries are those no replica holds (another's whose claim expired, replays):
+//! the store is read every second and whenever another replica hands deliveries over
+//! ([`Store::wakes`](baton_store::Store::wakes)). Such a read can bring this process's own
+//! delivery while a lower one is still being stored, so a pass from a read records each
+//! delivery on its own, only the feed (in id order) moves the mark, and what was matched is
+//! remembered by id, so the feed's later copy is skipped without skipping that lower one.
+//! A pass whose
+//! commit is fenced (another replica took one of its deliveries over) is dropped: that
+//! replica matches them.
 
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +35,7 @@ use baton_core::expr_bound;
 use baton_core::outage::Outage;
 use baton_engine::{DeliveryOutcome, NewRun};
 use baton_relay::Routed;
-use baton_store::{Change, PendingDelivery, now_millis};
+use baton_store::{Change, PendingDelivery, Work, now_millis};
 use serde_json::Value;
 
 use crate::AppState;
@@ -33,6 +45,72 @@ const PASS: usize = 256;
 
 /// How often the store is read even when nothing asked for it.
 const SAFETY_SCAN: Duration = Duration::from_secs(5);
+
+/// [`SAFETY_SCAN`] on a store replicas share: a dead replica's deliveries become pending
+/// there when their claim expires, which no notification announces.
+const SHARED_SCAN: Duration = Duration::from_secs(1);
+
+/// Delivery ids a shared store's matcher remembers as matched: far more than are ever in
+/// flight between a store read and the feed.
+const REMEMBERED: usize = 1 << 16;
+
+/// Which deliveries this process matched already, so one the feed and a store read both
+/// hand over is matched once.
+enum Matched {
+    /// A store one process owns: ids come in order, so everything up to the mark.
+    Through(i64),
+    /// A shared store: ids interleave across replicas, so the last [`REMEMBERED`] ids.
+    Ids {
+        /// The ids, for lookups.
+        set: HashSet<i64>,
+        /// The same ids, oldest first, for forgetting.
+        order: VecDeque<i64>,
+    },
+}
+
+impl Matched {
+    fn new(shared: bool) -> Self {
+        if shared {
+            Self::Ids {
+                set: HashSet::new(),
+                order: VecDeque::new(),
+            }
+        } else {
+            Self::Through(0)
+        }
+    }
+
+    /// True when `delivery` was matched by this process already (a replay never was).
+    fn has(&self, delivery: &PendingDelivery) -> bool {
+        if delivery.replay {
+            return false;
+        }
+        match self {
+            Self::Through(through) => delivery.id <= *through,
+            Self::Ids { set, .. } => set.contains(&delivery.id),
+        }
+    }
+
+    /// Records the deliveries of a committed pass.
+    fn add(&mut self, batch: &[PendingDelivery]) {
+        let ids = batch.iter().filter(|d| !d.replay).map(|d| d.id);
+        match self {
+            Self::Through(through) => *through = ids.fold(*through, i64::max),
+            Self::Ids { set, order } => {
+                for id in ids {
+                    if set.insert(id) {
+                        order.push_back(id);
+                    }
+                }
+                while order.len() > REMEMBERED {
+                    if let Some(old) = order.pop_front() {
+                        set.remove(&old);
+                    }
+                }
+            }
+        }
+    }
+}
 
 /// How long a pass waits for more deliveries once the first arrived. A pass that starts
 /// nothing is one small commit of its own; under load, waiting a little folds a hundred
@@ -56,9 +134,15 @@ pub(crate) async fn run(state: Arc<AppState>) {
     } else {
         GATHER_RELAYING
     };
-    // The highest delivery this process matched or read from the store: feed deliveries
-    // at or below it were in a store read already.
-    let mut through = 0_i64;
+    // What this process matched: feed deliveries among them were in a store read already.
+    let mut matched = Matched::new(store.shared());
+    let safety_scan = if store.shared() {
+        SHARED_SCAN
+    } else {
+        SAFETY_SCAN
+    };
+    // Another replica handing deliveries over (a replay, a released claim) wakes a read.
+    let mut handed = store.wakes(Work::Deliveries);
     let mut scan = true;
     let mut batch = Vec::with_capacity(PASS);
     // A store that cannot write (a full disk) fails every pass until it can again: logged
@@ -77,7 +161,9 @@ pub(crate) async fn run(state: Arc<AppState>) {
                     // A full page means more may wait.
                     scan = pending.len() == PASS;
                     if !pending.is_empty()
-                        && !pass(&state, pending, &mut through, &mut commits).await.0
+                        && !pass(&state, pending, Read::Store, &mut matched, &mut commits)
+                            .await
+                            .0
                     {
                         scan = true;
                     }
@@ -96,8 +182,11 @@ pub(crate) async fn run(state: Arc<AppState>) {
         }
         let Some(f) = feed.as_mut() else {
             // No feed: read the store when asked, or every so often.
-            let _ =
-                tokio::time::timeout(Duration::from_millis(250), state.matcher.notified()).await;
+            tokio::select! {
+                () = state.matcher.notified() => {}
+                () = handed_over(&mut handed) => {}
+                () = tokio::time::sleep(Duration::from_millis(250)) => {}
+            }
             scan = true;
             continue;
         };
@@ -111,7 +200,8 @@ pub(crate) async fn run(state: Arc<AppState>) {
                 }
             }
             () = state.matcher.notified() => { scan = true; continue; }
-            () = tokio::time::sleep(SAFETY_SCAN) => { scan = true; continue; }
+            () = handed_over(&mut handed) => { scan = true; continue; }
+            () = tokio::time::sleep(safety_scan) => { scan = true; continue; }
         }
         if batch.len() < PASS {
             tokio::time::sleep(gather).await;
@@ -121,7 +211,8 @@ pub(crate) async fn run(state: Arc<AppState>) {
         let (ok, used) = pass(
             &state,
             std::mem::take(&mut batch),
-            &mut through,
+            Read::Feed,
+            &mut matched,
             &mut commits,
         )
         .await;
@@ -133,24 +224,55 @@ pub(crate) async fn run(state: Arc<AppState>) {
     }
 }
 
+/// Resolves when another replica hands deliveries over; never without a shared store (or
+/// once its notifications end).
+async fn handed_over(wakes: &mut Option<tokio::sync::watch::Receiver<u64>>) {
+    let Some(receiver) = wakes.as_mut() else {
+        return std::future::pending().await;
+    };
+    if receiver.changed().await.is_err() {
+        *wakes = None;
+        std::future::pending::<()>().await;
+    }
+}
+
 /// Matches `batch` and commits the result; false (after a pause) if the commit failed, so
 /// the caller reads the store again, which still has every delivery of the batch pending.
-/// Gives the batch back, for its room.
+/// A commit fenced because another replica took one of the deliveries over is dropped at
+/// once (false, no pause): that replica matches them, and a store read finds any this one
+/// still holds. Gives the batch back, for its room.
 async fn pass(
     state: &Arc<AppState>,
-    batch: Vec<PendingDelivery>,
-    through: &mut i64,
+    mut batch: Vec<PendingDelivery>,
+    read: Read,
+    matched: &mut Matched,
     outage: &mut Outage,
 ) -> (bool, Vec<PendingDelivery>) {
-    let (outcome, batch) = process(state, batch, *through).await;
+    batch.retain(|d| !matched.has(d));
+    if batch.is_empty() {
+        return (true, batch);
+    }
+    // A shared store's read may return this process's own deliveries while a lower one is
+    // still being stored; a mark past it would cover that one before the feed brings it. So
+    // what a read of a shared store brings is recorded delivery by delivery, and only the
+    // feed, in id order, moves the mark.
+    let by_mark = read == Read::Feed || matches!(matched, Matched::Through(_));
+    let (outcome, batch) = process(state, batch, by_mark).await;
     let ok = match outcome {
-        Ok(highest) => {
+        Ok(()) => {
             recovered(outage, "matching deliveries");
-            if let Some(highest) = highest {
-                *through = highest;
-            }
+            matched.add(&batch);
             offer(state, &batch).await;
             true
+        }
+        Err(e) if is_fenced(&e) => {
+            metrics::counter!("baton_matcher_fenced_total").increment(1);
+            tracing::warn!(
+                deliveries = batch.len(),
+                error = &e as &dyn std::error::Error,
+                "another replica took over deliveries of this pass; leaving the pass to it"
+            );
+            false
         }
         Err(e) => {
             if outage.failed() {
@@ -192,22 +314,34 @@ fn recovered(outage: &mut Outage, what: &str) {
     }
 }
 
+/// Where a pass's deliveries came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Read {
+    /// The store's feed: this process's deliveries, in id order.
+    Feed,
+    /// [`Store::pending_deliveries`](baton_store::Store::pending_deliveries).
+    Store,
+}
+
+/// True when a commit was refused by a fence: another process owns the work now.
+fn is_fenced(error: &baton_engine::EngineError) -> bool {
+    matches!(error, baton_engine::EngineError::Store(e) if e.is_fenced())
+}
+
 /// What matching a batch decided: the runs to create, the deliveries' outcomes, the new
 /// matched-through mark, and the relay messages.
-type Matched = (Vec<NewRun>, Vec<DeliveryOutcome>, Option<i64>, Routed);
+type Decided = (Vec<NewRun>, Vec<DeliveryOutcome>, Option<i64>, Routed);
 
-/// Matches every delivery of `batch` above `through` (and every replay); returns the new
-/// matched-through mark if it moved. When a trigger has an `if`, the whole batch is matched
-/// on an evaluation thread under `[expressions]` (one hand-off per pass), so a condition
-/// that runs long holds neither an async worker nor more than its bounds.
+/// Matches every delivery of `batch` (none matched before) and commits what it decided: with
+/// `by_mark`, the deliveries that started nothing by the matched-through mark, else each
+/// with an outcome of its own. When a trigger has an `if`, the whole batch is matched on an evaluation thread under
+/// `[expressions]` (one hand-off per pass), so a condition that runs long holds neither an
+/// async worker nor more than its bounds.
 async fn process(
     state: &Arc<AppState>,
     batch: Vec<PendingDelivery>,
-    through: i64,
-) -> (
-    Result<Option<i64>, baton_engine::EngineError>,
-    Vec<PendingDelivery>,
-) {
+    by_mark: bool,
+) -> (Result<(), baton_engine::EngineError>, Vec<PendingDelivery>) {
     let conditional = state.relays.has_conditions()
         || state
             .workflows
@@ -216,8 +350,8 @@ async fn process(
     let (batch, (runs, outcomes, highest, routed)) = if conditional {
         let shared = state.clone();
         let job = expr_bound::offload(state.expressions, move |_| {
-            let matched = match_all(&shared, &batch, through);
-            (batch, matched)
+            let decided = match_all(&shared, &batch, by_mark);
+            (batch, decided)
         });
         match job.await {
             Ok(done) => done,
@@ -227,11 +361,11 @@ async fn process(
             }
         }
     } else {
-        let matched = match_all(state, &batch, through);
-        (batch, matched)
+        let decided = match_all(state, &batch, by_mark);
+        (batch, decided)
     };
     if highest.is_none() && outcomes.is_empty() && routed.is_empty() {
-        return (Ok(None), batch);
+        return (Ok(()), batch);
     }
     let created = runs.len();
     let mut routed = routed;
@@ -251,26 +385,25 @@ async fn process(
         relay_messages = relayed,
         "deliveries matched"
     );
-    (committed.map(|_| highest), batch)
+    (committed.map(|_| ()), batch)
 }
 
-fn match_all(state: &AppState, batch: &[PendingDelivery], through: i64) -> Matched {
+fn match_all(state: &AppState, batch: &[PendingDelivery], by_mark: bool) -> Decided {
     let mut runs = Vec::new();
     let mut outcomes = Vec::new();
     let mut highest = None;
     let mut routed = Routed::default();
     let now = now_millis();
     for delivery in batch {
-        if !delivery.replay && delivery.id <= through {
-            continue; // read from the store already
-        }
         let first = runs.len();
         let mut problems = match_one(state, delivery, &mut runs);
         problems.extend(state.relays.route(delivery, now, &mut routed));
-        if !delivery.replay {
-            highest = Some(delivery.id);
+        let marked = by_mark && !delivery.replay;
+        if marked {
+            // The largest, not the last: on a shared store ids come in no order.
+            highest = highest.max(Some(delivery.id));
         }
-        if delivery.replay || first < runs.len() || !problems.is_empty() {
+        if !marked || first < runs.len() || !problems.is_empty() {
             outcomes.push(DeliveryOutcome {
                 delivery: delivery.id,
                 runs: first..runs.len(),
@@ -324,4 +457,60 @@ fn match_one(state: &AppState, delivery: &PendingDelivery, runs: &mut Vec<NewRun
         }
     }
     problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delivery(id: i64, replay: bool) -> PendingDelivery {
+        PendingDelivery {
+            id,
+            source: "github".into(),
+            delivery_id: format!("d-{id}"),
+            event: "push".into(),
+            headers: "{}".into(),
+            body: "{}".into(),
+            replay,
+        }
+    }
+
+    #[test]
+    fn one_process_remembers_a_mark_and_replicas_remember_ids() {
+        let mut own = Matched::new(false);
+        own.add(&[delivery(3, false), delivery(7, false), delivery(2, true)]);
+        assert!(own.has(&delivery(5, false)), "below the mark");
+        assert!(!own.has(&delivery(8, false)));
+        assert!(
+            !own.has(&delivery(3, true)),
+            "a replay is always matched again"
+        );
+
+        // Another replica's delivery 5, taken over after this one matched 7, is still new.
+        let mut shared = Matched::new(true);
+        shared.add(&[delivery(3, false), delivery(7, false), delivery(2, true)]);
+        assert!(shared.has(&delivery(7, false)));
+        assert!(!shared.has(&delivery(5, false)));
+        assert!(
+            !shared.has(&delivery(2, false)),
+            "a replay is not remembered"
+        );
+        assert!(!shared.has(&delivery(7, true)));
+    }
+
+    #[test]
+    fn replicas_forget_the_oldest_ids_beyond_the_bound() {
+        let mut shared = Matched::new(true);
+        let batch: Vec<_> = (1..=REMEMBERED as i64 + 10)
+            .map(|id| delivery(id, false))
+            .collect();
+        shared.add(&batch);
+        assert!(!shared.has(&delivery(10, false)));
+        assert!(shared.has(&delivery(11, false)));
+        assert!(shared.has(&delivery(REMEMBERED as i64 + 10, false)));
+        let Matched::Ids { set, order } = &shared else {
+            panic!("a shared store remembers ids");
+        };
+        assert_eq!((set.len(), order.len()), (REMEMBERED, REMEMBERED));
+    }
 }

@@ -309,7 +309,11 @@ pub trait RelayStore: Send + Sync {
     /// the module docs). Due ones (`due_at <= now`), oldest due first; with `ordered`, the
     /// oldest pending by key whether due or not (the caller waits for each one's time). Keys
     /// are made as deliveries are matched, in their order, so a target's messages go out in
-    /// their deliveries' order.
+    /// their deliveries' order. On a shared store ([`Store::shared`](crate::Store::shared))
+    /// an ordered claim starts at the target's oldest pending message or claims nothing, so
+    /// while one process holds it no other sends the ones after it; each claim there has a
+    /// token, and a try recorded after another process took the message over is refused
+    /// ([`StoreError::Fenced`](crate::StoreError::Fenced)).
     async fn claim_relays(
         &self,
         relay: &str,
@@ -320,7 +324,9 @@ pub trait RelayStore: Send + Sync {
         ordered: bool,
     ) -> Result<Vec<DueRelay>>;
 
-    /// The earliest due time of a target's pending, unleased (or lease-expired) message.
+    /// The earliest due time of a target's pending, unleased (or lease-expired) message. On a
+    /// shared store a leased message counts too, due when its lease ends (when another
+    /// process may take it over), and an ordered target's is its oldest pending message's.
     async fn next_relay_due(
         &self,
         relay: &str,
@@ -329,7 +335,8 @@ pub trait RelayStore: Send + Sync {
     ) -> Result<Option<Millis>>;
 
     /// Clears every relay message's lease: used by a dispatcher that owns the store alone,
-    /// at start.
+    /// at start. A shared store clears nothing: its leases may be other processes', and end
+    /// by expiry.
     async fn release_relay_leases(&self) -> Result<()>;
 
     /// Every target that has messages or was disabled, with its counts, by relay then
@@ -356,4 +363,47 @@ pub trait RelayStore: Send + Sync {
     /// back to 0 (their past tries stay recorded), and enables every target whose message
     /// it selected. Pending messages are left as they are. Returns how many it selected.
     async fn replay_relays(&self, replay: &RelayReplay, now: Millis) -> Result<u64>;
+}
+
+/// The columns of a message both backends read, in the order their row readers take them.
+pub(crate) const MESSAGE_COLUMNS: &str = "key, relay, target, delivery, status, tries, \
+     attempts, created_at, due_at, finished_at, last_outcome, last_code, message";
+
+/// What a failed try says for people: its error, else its status code, else its outcome.
+pub(crate) fn try_problem(a: &RelayAttemptRecord) -> String {
+    match (&a.error, a.code) {
+        (Some(error), _) => error.clone(),
+        (None, Some(code)) => format!("HTTP {code}"),
+        (None, None) => a.outcome.as_str().to_owned(),
+    }
+}
+
+/// The start of an answer's body, at most [`ANSWER_SLICE_BYTES`] long, cut at a character
+/// boundary.
+pub(crate) fn answer_slice(body: &str) -> &str {
+    let mut end = body.len().min(ANSWER_SLICE_BYTES);
+    while !body.is_char_boundary(end) {
+        end -= 1;
+    }
+    &body[..end]
+}
+
+/// The stats of one target in `stats`, added with nothing counted when it is new.
+pub(crate) fn entry(
+    stats: &mut std::collections::BTreeMap<(String, String), RelayTargetStats>,
+    relay: String,
+    target: String,
+) -> &mut RelayTargetStats {
+    stats
+        .entry((relay.clone(), target.clone()))
+        .or_insert_with(|| RelayTargetStats {
+            relay,
+            target,
+            pending: 0,
+            delivered: 0,
+            dead: 0,
+            oldest_pending_at: None,
+            disabled_at: None,
+            disabled_reason: None,
+        })
 }

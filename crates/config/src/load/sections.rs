@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use baton_core::Kinds;
+use baton_core::{HumanDuration, Kinds};
 use serde_json::{Map, Value};
 
 use super::adapters::read_adapter;
@@ -45,16 +45,7 @@ pub(super) fn read_gateway(
         && let Some(store) =
             typed::<StoreConfig>(v, "store", &[("", fields_of::<StoreConfig>())], sink)
     {
-        let url = store.url.as_str();
-        if !(url.starts_with("sqlite:")
-            || url.starts_with("postgres://")
-            || url.starts_with("postgresql://"))
-        {
-            sink.err(
-                "store.url",
-                format!("`{url}` is not a store URL: expected `sqlite://PATH` or `postgres://user@host/db`"),
-            );
-        }
+        check_store(&store, sink);
         config.store = store;
     }
     if let Some(v) = doc.get("api")
@@ -114,6 +105,86 @@ pub(super) fn read_gateway(
         config.expressions = expressions;
     }
     (config, declared)
+}
+
+/// The `sslmode` values the PostgreSQL store knows (libpq's, less `allow`, which would try
+/// plain text first).
+const SSLMODES: [&str; 5] = ["disable", "prefer", "require", "verify-ca", "verify-full"];
+
+pub(super) fn check_store(store: &StoreConfig, sink: &mut Sink) {
+    let url = store.url.as_str();
+    if url.starts_with("sqlite:") {
+        if store.password.is_some() {
+            sink.err(
+                "store.password",
+                "a SQLite store has no password: remove `password`, or point `url` at PostgreSQL (`postgres://user@host/db`)",
+            );
+        }
+    } else if is_postgres_url(url) {
+        check_postgres_url(store, sink);
+    } else {
+        // Only the scheme is echoed: the rest may hold a password.
+        let scheme = url.split_once("://").map_or("", |(scheme, _)| scheme);
+        let shown = if scheme.is_empty() {
+            "this value".to_owned()
+        } else {
+            format!("a `{scheme}://` URL")
+        };
+        sink.err(
+            "store.url",
+            format!(
+                "{shown} is not a store URL: expected `sqlite://PATH` or `postgres://user@host/db`"
+            ),
+        );
+    }
+    if let Some(lease) = store.lease
+        && !(StoreConfig::MIN_LEASE..=StoreConfig::MAX_LEASE).contains(&lease.0)
+    {
+        sink.err(
+            "store.lease",
+            format!(
+                "`{lease}` is out of range: expected {} to {}",
+                HumanDuration(StoreConfig::MIN_LEASE),
+                HumanDuration(StoreConfig::MAX_LEASE)
+            ),
+        );
+    }
+}
+
+fn check_postgres_url(store: &StoreConfig, sink: &mut Sink) {
+    let parsed = match url::Url::parse(&store.url) {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            sink.err(
+                "store.url",
+                format!("not a PostgreSQL URL ({e}): expected `postgres://user@host[:port]/db`"),
+            );
+            return;
+        }
+    };
+    if parsed.host_str().is_none_or(str::is_empty) {
+        sink.err(
+            "store.url",
+            "the URL names no host: expected `postgres://user@host[:port]/db`",
+        );
+    }
+    if parsed.password().is_some() && store.password.is_some() {
+        sink.err(
+            "store.password",
+            "the URL carries a password too: give it in one place only, preferably here as a secret reference",
+        );
+    }
+    for (key, value) in parsed.query_pairs() {
+        if key == "sslmode" && !SSLMODES.contains(&value.as_ref()) {
+            sink.err(
+                "store.url",
+                format!(
+                    "`sslmode={value}` is not a TLS mode: expected one of {}",
+                    SSLMODES.join(", ")
+                ),
+            );
+        }
+    }
 }
 
 pub(super) fn check_expressions(expressions: &ExpressionsConfig, sink: &mut Sink) {

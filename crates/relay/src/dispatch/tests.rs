@@ -12,7 +12,10 @@ use axum::http::{HeaderMap, StatusCode};
 use baton_config::{RelaySign, RelayTarget};
 use baton_core::secret::SecretError;
 use baton_core::{Secret, SecretRef, SecretResolver};
-use baton_store::{Change, DueRelay, NewDelivery, RelayStatus, SqliteStore, Store, now_millis};
+use baton_store::{
+    Change, DueRelay, Intake, NewDelivery, RelayStatus, SqliteStore, Store, now_millis,
+};
+use indexmap::IndexMap;
 
 use super::*;
 use crate::circuit::CircuitState;
@@ -270,7 +273,7 @@ async fn store_with_deliveries(dir: &tempfile::TempDir, n: usize) -> Arc<SqliteS
     store
 }
 
-async fn enqueue(store: &SqliteStore, key: &str, delivery: i64, leased: bool) {
+async fn enqueue(store: &dyn Store, key: &str, delivery: i64, leased: bool) {
     let now = now_millis();
     store
         .commit(vec![Change::RelayEnqueue(baton_store::NewRelayMessage {
@@ -286,7 +289,7 @@ async fn enqueue(store: &SqliteStore, key: &str, delivery: i64, leased: bool) {
         .unwrap();
 }
 
-async fn status_of(store: &SqliteStore, key: &str) -> RelayStatus {
+async fn status_of(store: &dyn Store, key: &str) -> RelayStatus {
     store
         .relays()
         .unwrap()
@@ -314,16 +317,16 @@ async fn a_worker_sends_what_is_handed_over_and_what_waits_in_the_store() {
     let url = start_receiver(receiver.clone()).await;
     let t = shared(&url, &[50], false);
     // One written unleased (claimed from the store), one leased and handed over.
-    enqueue(&store, "msg_a", 1, false).await;
-    enqueue(&store, "msg_b", 2, true).await;
+    enqueue(&*store, "msg_a", 1, false).await;
+    enqueue(&*store, "msg_b", 2, true).await;
     assert!(t.reserve_room());
     let mut handed = message("msg_b", 0);
     handed.delivery = 2;
     t.hand_over(handed);
     let worker = tokio::spawn(work(t.clone(), store.clone(), Limits::default()));
     eventually("both delivered", || async {
-        status_of(&store, "msg_a").await == RelayStatus::Delivered
-            && status_of(&store, "msg_b").await == RelayStatus::Delivered
+        status_of(&*store, "msg_a").await == RelayStatus::Delivered
+            && status_of(&*store, "msg_b").await == RelayStatus::Delivered
     })
     .await;
     assert_eq!(
@@ -342,10 +345,10 @@ async fn a_failed_try_comes_back_on_its_schedule() {
     lock(&receiver.answers).extend([500, 503]);
     let url = start_receiver(receiver.clone()).await;
     let t = shared(&url, &[100, 100, 100], false);
-    enqueue(&store, "msg_a", 1, false).await;
+    enqueue(&*store, "msg_a", 1, false).await;
     let worker = tokio::spawn(work(t.clone(), store.clone(), Limits::default()));
     eventually("delivered on the third try", || async {
-        status_of(&store, "msg_a").await == RelayStatus::Delivered
+        status_of(&*store, "msg_a").await == RelayStatus::Delivered
     })
     .await;
     let (_, attempts) = store
@@ -371,7 +374,7 @@ async fn an_ordered_target_sends_the_next_only_after_the_one_before_is_delivered
     let url = start_receiver(receiver.clone()).await;
     let t = shared(&url, &[100, 100, 100], true);
     for (key, delivery) in [("msg_a", 1), ("msg_b", 2), ("msg_c", 3)] {
-        enqueue(&store, key, delivery, false).await;
+        enqueue(&*store, key, delivery, false).await;
     }
     let worker = tokio::spawn(work(t.clone(), store.clone(), Limits::default()));
     eventually("all three delivered", || async {
@@ -395,17 +398,17 @@ async fn a_410_disables_the_target_and_kills_what_comes_later_until_a_replay() {
     lock(&receiver.answers).push(410);
     let url = start_receiver(receiver.clone()).await;
     let t = shared(&url, &[100], false);
-    enqueue(&store, "msg_a", 1, false).await;
+    enqueue(&*store, "msg_a", 1, false).await;
     let worker = tokio::spawn(work(t.clone(), store.clone(), Limits::default()));
     eventually("dead after the 410", || async {
-        status_of(&store, "msg_a").await == RelayStatus::Dead
+        status_of(&*store, "msg_a").await == RelayStatus::Dead
     })
     .await;
     assert!(t.condition().1.is_some(), "disabled");
-    enqueue(&store, "msg_b", 2, false).await;
+    enqueue(&*store, "msg_b", 2, false).await;
     t.wake_for_store();
     eventually("the later message dies unsent", || async {
-        status_of(&store, "msg_b").await == RelayStatus::Dead
+        status_of(&*store, "msg_b").await == RelayStatus::Dead
     })
     .await;
     assert_eq!(receiver.requests.load(Ordering::SeqCst), 1);
@@ -420,4 +423,198 @@ async fn a_410_disables_the_target_and_kills_what_comes_later_until_a_replay() {
         .collect();
     assert!(targets["ci"].disabled_at.is_some());
     worker.abort();
+}
+
+/// Two stores on one fresh schema of the test PostgreSQL (`BATON_TEST_POSTGRES`, by default
+/// the server on 127.0.0.1:5432): two replicas; and the statement that drops the schema, on
+/// a connection of its own.
+async fn postgres_replicas() -> (
+    Arc<dyn Store>,
+    Arc<dyn Store>,
+    (tokio_postgres::Client, String),
+) {
+    let server = std::env::var("BATON_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let (client, connection) = tokio_postgres::connect(&server, tokio_postgres::NoTls)
+        .await
+        .expect("the test PostgreSQL");
+    tokio::spawn(connection);
+    let schema = format!("t_relay_{}", uuid::Uuid::now_v7().simple());
+    client
+        .batch_execute(&format!("CREATE SCHEMA {schema}"))
+        .await
+        .unwrap();
+    let separator = if server.contains('?') { '&' } else { '?' };
+    let url = format!("{server}{separator}options=-csearch_path%3D{schema}");
+    (
+        baton_store::open(&url).await.unwrap(),
+        baton_store::open(&url).await.unwrap(),
+        (client, format!("DROP SCHEMA {schema} CASCADE")),
+    )
+}
+
+/// Stores a new delivery `id`; answers its public id.
+async fn stored_delivery(store: &dyn Store, id: &str) -> i64 {
+    let stored = store
+        .insert_delivery(NewDelivery {
+            source: "github".into(),
+            delivery_id: id.into(),
+            event: "push".into(),
+            headers: "{}".into(),
+            body: "{}".into(),
+            received_at: now_millis(),
+        })
+        .await
+        .unwrap();
+    let Intake::Stored(delivery) = stored else {
+        panic!("a new delivery")
+    };
+    delivery
+}
+
+/// A receiver that counts requests and answers each 200 once the test lets it go.
+async fn start_holding_receiver(requests: Arc<AtomicU32>, go: Arc<Notify>) -> String {
+    async fn hold(State((requests, go)): State<(Arc<AtomicU32>, Arc<Notify>)>) -> StatusCode {
+        requests.fetch_add(1, Ordering::SeqCst);
+        go.notified().await;
+        StatusCode::OK
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let app = Router::new()
+        .route("/hook", axum::routing::post(hold))
+        .with_state((requests, go));
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{address}/hook")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_try_of_a_message_another_replica_took_over_is_dropped_not_retried() {
+    let (one, two, (admin, drop_schema)) = postgres_replicas().await;
+    let requests = Arc::new(AtomicU32::new(0));
+    let go = Arc::new(Notify::new());
+    let url = start_holding_receiver(requests.clone(), go.clone()).await;
+    let t = shared(&url, &[50], false);
+    let mut handed = Vec::new();
+    for (i, key) in ["msg_a", "msg_b"].into_iter().enumerate() {
+        let delivery = stored_delivery(&*one, &format!("d-{i}")).await;
+        enqueue(&*one, key, delivery, true).await;
+        let mut message = message(key, 0);
+        message.delivery = delivery;
+        handed.push(message);
+    }
+    let worker = tokio::spawn(work(t.clone(), one.clone(), Limits::default()));
+    assert!(t.reserve_room());
+    t.hand_over(handed.remove(0));
+    t.wake();
+    eventually("msg_a sent", || async {
+        requests.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    // Replica one stalls past its lease while msg_a is under way; two takes it over.
+    let later = now_millis() + 700_000;
+    let taken = two
+        .relays()
+        .unwrap()
+        .claim_relays("mirror", "ci", later, 1, later + 600_000, false)
+        .await
+        .unwrap();
+    assert_eq!(taken[0].key, "msg_a");
+    go.notify_one();
+    // One's record of the try is refused, at once and for good: retrying cannot help.
+    let record = Change::RelayAttempt {
+        attempt: RelayAttemptRecord {
+            key: "msg_a".into(),
+            attempt: 1,
+            at: now_millis(),
+            duration_ms: 1,
+            outcome: RelayOutcome::Delivered,
+            code: Some(200),
+            body: None,
+            error: None,
+        },
+        next: RelayNext::Delivered,
+    };
+    let settled = tokio::time::timeout(Duration::from_secs(5), settle(&*one, vec![record]))
+        .await
+        .expect("a fenced record is not retried");
+    assert!(matches!(settled, Settled::Fenced(_)));
+    // The worker goes on with the next message; msg_a is two's, untouched by one.
+    assert!(t.reserve_room());
+    t.hand_over(handed.remove(0));
+    t.wake();
+    go.notify_one();
+    let status = |key: &'static str| {
+        let one = one.clone();
+        async move {
+            one.relays()
+                .unwrap()
+                .load_relay_message(key)
+                .await
+                .unwrap()
+                .unwrap()
+                .0
+        }
+    };
+    eventually("msg_b delivered", || async {
+        status("msg_b").await.status == RelayStatus::Delivered
+    })
+    .await;
+    let a = status("msg_a").await;
+    assert_eq!((a.status, a.attempts), (RelayStatus::Pending, 0));
+    assert_eq!(
+        requests.load(Ordering::SeqCst),
+        2,
+        "msg_a was not sent again"
+    );
+    worker.abort();
+    let _ = worker.await;
+    drop((one, two));
+    admin.batch_execute(&drop_schema).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_another_replica_gives_back_is_sent_without_waiting_for_a_look() {
+    let (one, two, (admin, drop_schema)) = postgres_replicas().await;
+    let receiver = Receiver::default();
+    let url = start_receiver(receiver.clone()).await;
+    let delivery = stored_delivery(&*one, "d-0").await;
+    enqueue(&*one, "msg_a", delivery, false).await;
+    let now = now_millis();
+    let held = one
+        .relays()
+        .unwrap()
+        .claim_relays("mirror", "ci", now, 1, now + 60_000, false)
+        .await
+        .unwrap();
+    assert_eq!(held.len(), 1);
+    // Replica two's workers start while one holds the message: nothing for them yet.
+    let mut relays = IndexMap::new();
+    relays.insert(
+        "mirror".to_owned(),
+        baton_config::RelayConfig {
+            from: vec!["github".into()],
+            condition: None,
+            to: vec![config(&url, &[50], false)],
+        },
+    );
+    let two_relays =
+        Arc::new(crate::Relays::new(&relays, &NoSecrets, two.clone(), Limits::default()).unwrap());
+    let tasks = two_relays.start().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(receiver.requests.load(Ordering::SeqCst), 0);
+    // One stops and gives it back, due now: two sends it at once, not at its next look.
+    one.commit(vec![Change::RelayPostpone {
+        key: "msg_a".into(),
+        due_at: now_millis(),
+    }])
+    .await
+    .unwrap();
+    eventually("msg_a delivered by two", || async {
+        status_of(&*two, "msg_a").await == RelayStatus::Delivered
+    })
+    .await;
+    drop(tasks);
+    drop((one, two, two_relays));
+    admin.batch_execute(&drop_schema).await.unwrap();
 }

@@ -194,8 +194,11 @@ async fn renewing_extends_held_claims_and_names_the_lost_ones() {
         let claimed = store
             .commit(vec![
                 insert("r1"),
+                insert("r2"),
                 schedule("r1", "a", 10, Some(100)),
-                schedule("r1", "b", 10, Some(100)),
+                // Another run: a shared store never hands out a task of a run while another
+                // task of it is under a live claim.
+                schedule("r2", "b", 10, Some(100)),
             ])
             .await
             .unwrap();

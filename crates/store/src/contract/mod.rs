@@ -13,6 +13,8 @@ use serde_json::json;
 use crate::*;
 
 mod fencing;
+mod outbox;
+mod relay;
 mod tests;
 
 /// Which backend a [`Backend`] is.
@@ -55,8 +57,13 @@ impl Drop for Backend {
                     tokio_postgres::connect(&postgres_url(), tokio_postgres::NoTls).await
                 {
                     tokio::spawn(connection);
+                    // A test that failed inside a transaction leaves it open (its runtime
+                    // waits here, so the rollback is never sent): give up on its locks
+                    // rather than wait for them forever.
                     let _ = client
-                        .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+                        .batch_execute(&format!(
+                            "SET lock_timeout = '5s'; DROP SCHEMA IF EXISTS {schema} CASCADE"
+                        ))
                         .await;
                 }
             });
@@ -203,3 +210,41 @@ pub(crate) fn delivery(id: &str) -> NewDelivery {
         received_at: 5,
     }
 }
+
+impl Backend {
+    /// The store as a restarted process finds it: the old handle dropped first (one process
+    /// owns a SQLite file), then the store opened again.
+    pub(crate) async fn restarted(mut self) -> Self {
+        let (kind, options) = (self.kind, self.options.clone());
+        // Taken, so the old handle's drop keeps the folder and the schema.
+        let (dir, schema) = (self._dir.take(), self.schema.take());
+        drop(self);
+        Self {
+            kind,
+            store: open_with(&options).await.unwrap(),
+            options,
+            _dir: dir,
+            schema,
+        }
+    }
+}
+
+/// Tests that run once on every backend: each name is an `async fn name(Backend)` of the
+/// calling module, run by a `#[tokio::test]` of the same name in its `every_backend` module.
+macro_rules! every_backend {
+    ($($name:ident),* $(,)?) => {
+        mod every_backend {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    for backend in crate::contract::backends().await {
+                        // Shown with a failure's output: which backend failed.
+                        println!("on {:?}", backend.kind);
+                        super::$name(backend).await;
+                    }
+                }
+            )*
+        }
+    };
+}
+pub(crate) use every_backend;

@@ -61,6 +61,34 @@ impl PostgresStore {
         Ok(claimed)
     }
 
+    /// Forgets those of `seqs` that another process has claimed since this one was handed
+    /// them: they are that process's to match now. Without this a matching pass that was
+    /// fenced would hold them still, and every later pass up to them would be fenced again
+    /// while this process kept its other deliveries claimed.
+    async fn forget_taken_deliveries(&self, tx: &Transaction<'_>, seqs: &[i64]) -> Result<()> {
+        let taken = tx
+            .query(
+                &tx.prepare_cached(
+                    "SELECT seq FROM deliveries WHERE seq = ANY($1)
+                     AND (claim_token IS NULL OR claim_token NOT IN ($2, $3))",
+                )
+                .await
+                .map_err(pg_error)?,
+                &[&seqs, &self.deliveries.token, &self.deliveries.taken],
+            )
+            .await
+            .map_err(pg_error)?;
+        let mut held = self
+            .deliveries
+            .held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for row in &taken {
+            held.remove(&row.try_get::<_, i64>(0).map_err(pg_error)?);
+        }
+        Ok(())
+    }
+
     async fn apply(
         &self,
         tx: &Transaction<'_>,
@@ -272,6 +300,7 @@ impl PostgresStore {
                     .await
                     .map_err(pg_error)?;
                 if marked != 1 {
+                    self.forget_taken_deliveries(tx, &[*seq]).await?;
                     return Err(StoreError::Fenced(format!(
                         "delivery {seq} is no longer claimed by this process"
                     )));
@@ -302,6 +331,7 @@ impl PostgresStore {
                     .await
                     .map_err(pg_error)?;
                 if marked != held.len() as u64 {
+                    self.forget_taken_deliveries(tx, &held).await?;
                     return Err(StoreError::Fenced(format!(
                         "{} of the deliveries up to {through} were claimed by another process",
                         held.len() as u64 - marked

@@ -403,4 +403,8 @@ impl Store for PostgresStore {
     fn wakes(&self, work: Work) -> Option<tokio::sync::watch::Receiver<u64>> {
         Some(self.wakes.subscribe(work))
     }
+
+    fn relays(&self) -> Option<&dyn RelayStore> {
+        Some(self)
+    }
 }

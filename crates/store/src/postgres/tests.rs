@@ -35,6 +35,42 @@ fn run_with_task(id: &str, due: Millis) -> Vec<Change> {
     ]
 }
 
+#[tokio::test]
+async fn a_fenced_matching_pass_lets_go_of_what_was_taken_and_the_next_marks_the_rest() {
+    let (options, _schema) = postgres_schema().await;
+    let lease = Duration::from_millis(300);
+    let slow = replica(&options, lease).await;
+    let other = replica(&options, Duration::from_secs(30)).await;
+    let stored = |intake| match intake {
+        Intake::Stored(id) => id,
+        Intake::Duplicate(_) => panic!("stored"),
+    };
+    let first = stored(slow.insert_delivery(delivery("d0")).await.unwrap());
+    tokio::time::sleep(lease + Duration::from_millis(100)).await;
+    let later = [
+        stored(slow.insert_delivery(delivery("d1")).await.unwrap()),
+        stored(slow.insert_delivery(delivery("d2")).await.unwrap()),
+    ];
+    // The other replica takes over only the one whose claim ended.
+    let taken = other.pending_deliveries(10).await.unwrap();
+    assert_eq!(taken.iter().map(|d| d.id).collect::<Vec<_>>(), [first]);
+    let matched = || {
+        slow.commit(vec![Change::DeliveriesMatched {
+            through: later[1],
+            now: 5,
+        }])
+    };
+    assert!(matched().await.unwrap_err().is_fenced());
+    // Fenced once: the next pass covers what this replica still holds, and marks it.
+    matched().await.unwrap();
+    for id in later {
+        let d = slow.load_delivery(id).await.unwrap().unwrap();
+        assert_eq!(d.status, "processed", "{id}");
+    }
+    let d = slow.load_delivery(first).await.unwrap().unwrap();
+    assert_eq!(d.status, "received", "the other replica's to match");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_never_claim_the_same_task_or_delivery() {
     let (options, _schema) = postgres_schema().await;

@@ -10,12 +10,8 @@ use rusqlite::types::ToSql;
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 
 use super::rows::{corrupt, rows};
-use crate::relay::ANSWER_SLICE_BYTES;
+use crate::relay::{MESSAGE_COLUMNS, answer_slice, entry, try_problem};
 use crate::*;
-
-/// The columns [`message_from_row`] reads, in its order.
-const MESSAGE_COLUMNS: &str = "key, relay, target, delivery, status, tries, attempts, created_at, \
-     due_at, finished_at, last_outcome, last_code, message";
 
 /// Every status, for listings that take them one at a time.
 const STATUSES: [RelayStatus; 3] = [
@@ -106,25 +102,6 @@ pub(super) fn attempt(
             .execute(params![key, number, outcome, code, finished_at, reason])?,
     };
     Ok(())
-}
-
-/// What a failed try says for people: its error, else its status code, else its outcome.
-fn try_problem(a: &RelayAttemptRecord) -> String {
-    match (&a.error, a.code) {
-        (Some(error), _) => error.clone(),
-        (None, Some(code)) => format!("HTTP {code}"),
-        (None, None) => a.outcome.as_str().to_owned(),
-    }
-}
-
-/// The start of an answer's body, at most [`ANSWER_SLICE_BYTES`] long, cut at a character
-/// boundary.
-fn answer_slice(body: &str) -> &str {
-    let mut end = body.len().min(ANSWER_SLICE_BYTES);
-    while !body.is_char_boundary(end) {
-        end -= 1;
-    }
-    &body[..end]
 }
 
 /// [`Change::RelayPostpone`]: no try is counted.
@@ -476,26 +453,6 @@ pub(super) fn targets(conn: &Connection) -> Result<Vec<RelayTargetStats>> {
         target.disabled_reason = row.get(3)?;
     }
     Ok(stats.into_values().collect())
-}
-
-/// The stats of one target in `stats`, added with nothing counted when it is new.
-fn entry(
-    stats: &mut BTreeMap<(String, String), RelayTargetStats>,
-    relay: String,
-    target: String,
-) -> &mut RelayTargetStats {
-    stats
-        .entry((relay.clone(), target.clone()))
-        .or_insert_with(|| RelayTargetStats {
-            relay,
-            target,
-            pending: 0,
-            delivered: 0,
-            dead: 0,
-            oldest_pending_at: None,
-            disabled_at: None,
-            disabled_reason: None,
-        })
 }
 
 /// Reads a message row of [`MESSAGE_COLUMNS`].
