@@ -1,4 +1,5 @@
-//! Webhook deliveries on a shared store: their ids, their claims and the feed.
+//! Webhook deliveries on a shared store: their claims and the feed (the intake that stores
+//! them is `intake`).
 //!
 //! - Every replica takes webhooks; the unique (source, delivery id) makes a redelivery to
 //!   any of them a duplicate.
@@ -9,22 +10,17 @@
 //!   fails as fenced if one was taken over.
 //! - The feed must carry this process's deliveries in id order (the matcher skips feed
 //!   deliveries at or below the last id it matched). Ids a sequence gives inside concurrent
-//!   inserts come back in any order, so the store takes ids in blocks and hands them out
+//!   inserts come back in any order, so the intake takes ids in blocks and hands them out
 //!   itself: handing out and noting an id as in flight are one step, and a stored delivery
 //!   is published only once every lower id of this process has been stored or given up.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Mutex, OnceLock};
 
 use crate::feed::{self, FeedSender};
 use crate::*;
 
-use deadpool_postgres::GenericClient;
-
-use super::{CONNECT_TIMEOUT, PostgresStore, pg_error};
-
-/// Ids taken from the sequence at once: one round trip per this many deliveries.
-const ID_BLOCK: i64 = 128;
+use super::{PostgresStore, pg_error};
 
 /// Stored deliveries the feed holds for a matcher that is behind; past this it lags.
 pub(super) const FEED_CAPACITY: usize = 4096;
@@ -38,8 +34,6 @@ pub(super) struct Deliveries {
     /// an earlier run of itself): they are told apart from its own because they were never
     /// on its feed, so they are matched as replays, every time they are read.
     pub(super) taken: i64,
-    /// Ids taken from the sequence and not yet handed out, in order.
-    ids: tokio::sync::Mutex<VecDeque<i64>>,
     /// Ids handed out and their stored deliveries waiting for lower ids.
     order: Mutex<Order>,
     /// Deliveries this process holds: stored here or claimed, and not yet marked matched.
@@ -59,16 +53,24 @@ impl Deliveries {
         Self {
             token,
             taken,
-            ids: tokio::sync::Mutex::new(VecDeque::new()),
             order: Mutex::new(Order::default()),
             held: Mutex::new(BTreeSet::new()),
             feed: OnceLock::new(),
         }
     }
 
+    /// Notes `ids` in flight: handed out, in order, to inserts not yet ended.
+    pub(super) fn begin(&self, ids: &[i64]) {
+        self.order
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .in_flight
+            .extend(ids.iter().copied());
+    }
+
     /// Ends the inserts of `ids`: holds and publishes the stored ones, in id order after
     /// every lower id in flight.
-    fn finish(&self, ids: &[i64], stored: Vec<PendingDelivery>) {
+    pub(super) fn finish(&self, ids: &[i64], stored: Vec<PendingDelivery>) {
         if !stored.is_empty() {
             let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
             held.extend(stored.iter().map(|d| d.id));
@@ -93,149 +95,7 @@ impl Deliveries {
     }
 }
 
-const INSERT: &str = "INSERT INTO deliveries
-        (seq, source, delivery_id, event, headers, body, received_at, status, claim_until, claim_token)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, 'received', $8, $9)
-    ON CONFLICT (source, delivery_id) DO NOTHING";
-
-const DUPLICATE: &str = "SELECT seq FROM deliveries WHERE source = $1 AND delivery_id = $2";
-
 impl PostgresStore {
-    /// Hands out `n` ids, noted in flight. Callers queue for the ids while one of them takes
-    /// a block from the database: bounded, so that with the database away each answers
-    /// within [`CONNECT_TIMEOUT`] rather than after every caller ahead of it timed out.
-    async fn take_ids(&self, n: usize) -> Result<Vec<i64>> {
-        tokio::time::timeout(CONNECT_TIMEOUT, self.take_ids_now(n))
-            .await
-            .unwrap_or_else(|_| {
-                Err(StoreError::Unavailable {
-                    detail: format!("no delivery id from PostgreSQL within {CONNECT_TIMEOUT:?}"),
-                })
-            })
-    }
-
-    async fn take_ids_now(&self, n: usize) -> Result<Vec<i64>> {
-        let mut ids = self.deliveries.ids.lock().await;
-        if ids.len() < n {
-            let client = self.client().await?;
-            let statement = client
-                .prepare_cached(
-                    "SELECT nextval(pg_get_serial_sequence('deliveries', 'seq')) FROM generate_series(1, $1::BIGINT)",
-                )
-                .await
-                .map_err(pg_error)?;
-            let want = ID_BLOCK.max(n as i64);
-            let mut fresh = client
-                .query(&statement, &[&want])
-                .await
-                .map_err(pg_error)?
-                .iter()
-                .map(|row| row.try_get::<_, i64>(0))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(pg_error)?;
-            fresh.sort_unstable();
-            ids.extend(fresh);
-        }
-        let taken: Vec<i64> = ids.drain(..n).collect();
-        self.deliveries
-            .order
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .in_flight
-            .extend(taken.iter().copied());
-        Ok(taken)
-    }
-
-    /// [`Store::insert_delivery`].
-    pub(super) async fn insert_delivery_impl(&self, d: NewDelivery) -> Result<Intake> {
-        let ids = self.take_ids(1).await?;
-        let result = self.insert_one(&d, ids[0]).await;
-        let stored = match result {
-            Ok(Intake::Stored(id)) => vec![PendingDelivery::stored(d, id)],
-            _ => Vec::new(),
-        };
-        self.deliveries.finish(&ids, stored);
-        result
-    }
-
-    async fn insert_one(&self, d: &NewDelivery, id: i64) -> Result<Intake> {
-        let client = self.client().await?;
-        let until = now_millis() + self.lease_millis();
-        self.store_one(&client, d, id, until).await
-    }
-
-    /// Inserts `d` as `id` on `client` (a connection or a transaction), unless its source
-    /// has its delivery id already: then answers the stored one's id.
-    async fn store_one(
-        &self,
-        client: &impl GenericClient,
-        d: &NewDelivery,
-        id: i64,
-        until: Millis,
-    ) -> Result<Intake> {
-        let insert = client.prepare_cached(INSERT).await.map_err(pg_error)?;
-        let inserted = client
-            .execute(
-                &insert,
-                &[
-                    &id,
-                    &d.source,
-                    &d.delivery_id,
-                    &d.event,
-                    &d.headers,
-                    &d.body,
-                    &d.received_at,
-                    &until,
-                    &self.deliveries.token,
-                ],
-            )
-            .await
-            .map_err(pg_error)?;
-        if inserted == 1 {
-            return Ok(Intake::Stored(id));
-        }
-        let duplicate = client.prepare_cached(DUPLICATE).await.map_err(pg_error)?;
-        let row = client
-            .query_one(&duplicate, &[&d.source, &d.delivery_id])
-            .await
-            .map_err(pg_error)?;
-        Ok(Intake::Duplicate(row.try_get(0).map_err(pg_error)?))
-    }
-
-    /// [`Store::insert_deliveries`].
-    pub(super) async fn insert_deliveries_impl(
-        &self,
-        batch: Vec<NewDelivery>,
-    ) -> Result<Vec<Intake>> {
-        let ids = self.take_ids(batch.len()).await?;
-        let result = self.insert_batch(&batch, &ids).await;
-        let stored = match &result {
-            Ok(intakes) => batch
-                .into_iter()
-                .zip(intakes)
-                .filter_map(|(d, intake)| match intake {
-                    Intake::Stored(id) => Some(PendingDelivery::stored(d, *id)),
-                    Intake::Duplicate(_) => None,
-                })
-                .collect(),
-            Err(_) => Vec::new(),
-        };
-        self.deliveries.finish(&ids, stored);
-        result
-    }
-
-    async fn insert_batch(&self, batch: &[NewDelivery], ids: &[i64]) -> Result<Vec<Intake>> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(pg_error)?;
-        let until = now_millis() + self.lease_millis();
-        let mut intakes = Vec::with_capacity(batch.len());
-        for (d, id) in batch.iter().zip(ids) {
-            intakes.push(self.store_one(&tx, d, *id, until).await?);
-        }
-        tx.commit().await.map_err(pg_error)?;
-        Ok(intakes)
-    }
-
     /// [`Store::pending_deliveries`]: claims replays, deliveries this process holds, and
     /// those whose claim has expired, oldest first after replays. A delivery taken over
     /// from another process comes as a replay: it was never on this process's feed, and its

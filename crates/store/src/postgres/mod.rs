@@ -1,7 +1,7 @@
 //! The PostgreSQL store: shared by any number of `baton serve` replicas.
 //!
-//! Every write is one transaction on a pooled connection; PostgreSQL's own group commit
-//! shares the flushes of concurrent transactions, so the store needs no writer of its own.
+//! Every write is one transaction on a pooled connection, except webhook deliveries: the
+//! intake stores those in groups, one statement a group (`intake`).
 //! Work is claimed, never assigned: a task, a delivery, an outbox row or a relay message is
 //! taken with `FOR UPDATE SKIP LOCKED` under a lease that expires, and every claim carries a
 //! token the claimant's later writes check, so a replica paused past its lease writes
@@ -9,10 +9,10 @@
 //! with `NOTIFY` on [`CHANNEL`] when they hand work over.
 //!
 //! The parts: `tls` (rustls for tokio-postgres), `schema` (migrations under an advisory
-//! lock), `listen` (the `LISTEN` connection behind [`Store::wakes`]), `deliveries` (intake,
-//! claims of deliveries, and the feed in this process's order), `commit` (one [`Change`] as
-//! SQL), `queries` (the [`Store`] trait), `outbox` and `relay` (the report outbox's and the
-//! relay queue's tables). This file opens a store and maps the driver's errors.
+//! lock), `listen` (the `LISTEN` connection behind [`Store::wakes`]), `intake` (deliveries
+//! stored in groups), `deliveries` (claims of deliveries, and the feed in this process's
+//! order), `commit` (one [`Change`] as SQL), `queries` (the [`Store`] trait), `outbox` and
+//! `relay` (the report outbox's and the relay queue's tables). This file opens a store and maps the driver's errors.
 
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
@@ -24,6 +24,7 @@ use crate::*;
 
 mod commit;
 mod deliveries;
+mod intake;
 mod listen;
 #[allow(clippy::unused_async)] // Until the outbox's queries fill its seams.
 mod outbox;
@@ -42,9 +43,8 @@ mod tests;
 pub(super) const CHANNEL: &str = "baton_work";
 
 /// Connections kept per process. Each one is a PostgreSQL backend process on the server, so
-/// the pool is small: with 16, 128 concurrent inserts stored 3,600 deliveries/s (p99 72 ms)
-/// on a 2-core machine shared with other work, the database's flushes shared by its group
-/// commit (`insert_throughput` in the tests).
+/// the pool is small: deliveries, the busiest writes, take one connection for the intake's
+/// writer; the rest serve the engine's commits and claims and the API's reads.
 const POOL_SIZE: usize = 16;
 
 /// How long opening a connection, or waiting for a free one, may take before the database
@@ -68,8 +68,10 @@ pub struct PostgresStore {
     pool: Pool,
     /// Relay messages this process holds, with their claims' tokens (see `relay`).
     relay_leases: relay::Leases,
-    /// Deliveries: ids handed out, the ones held, and the feed.
-    deliveries: deliveries::Deliveries,
+    /// Deliveries: ids in flight, the ones held, and the feed.
+    deliveries: Arc<deliveries::Deliveries>,
+    /// Where deliveries queue to be stored.
+    intake: intake::Queue,
     /// The outcome of readiness's last probe, and when.
     probe: Mutex<Option<(Instant, Option<String>)>>,
     /// How long a claim lasts.
@@ -208,15 +210,23 @@ impl PostgresStore {
                 row.try_get::<_, i64>(1).map_err(pg_error)?,
             )
         };
+        let lease = options.lease.unwrap_or(DEFAULT_LEASE);
+        let deliveries = Arc::new(deliveries::Deliveries::new(own, taken));
+        let intake = intake::Queue::start(
+            pool.clone(),
+            deliveries.clone(),
+            lease.as_millis() as Millis,
+        );
         let wakes = Arc::new(listen::Wakes::default());
         let listener =
             tokio::spawn(listen::run(target.config, target.tls, wakes.clone())).abort_handle();
         Ok(Self {
             pool,
             relay_leases: relay::Leases::default(),
-            deliveries: deliveries::Deliveries::new(own, taken),
+            deliveries,
+            intake,
             probe: Mutex::new(None),
-            lease: options.lease.unwrap_or(DEFAULT_LEASE),
+            lease,
             wakes,
             listener,
         })

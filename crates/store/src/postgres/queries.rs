@@ -297,14 +297,14 @@ impl Store for PostgresStore {
     }
 
     async fn insert_delivery(&self, delivery: NewDelivery) -> Result<Intake> {
-        self.insert_delivery_impl(delivery).await
+        self.intake.one(delivery).await
     }
 
     async fn insert_deliveries(&self, deliveries: Vec<NewDelivery>) -> Result<Vec<Intake>> {
         if deliveries.is_empty() {
             return Ok(Vec::new());
         }
-        self.insert_deliveries_impl(deliveries).await
+        self.intake.many(deliveries).await
     }
 
     async fn pending_deliveries(&self, limit: u32) -> Result<Vec<PendingDelivery>> {

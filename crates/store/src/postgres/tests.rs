@@ -1,7 +1,7 @@
 //! PostgreSQL-specific tests: replicas on one schema, claims and fencing, wakes, migrations
 //! and a database that goes away.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -570,6 +570,134 @@ async fn tls_checks_what_sslmode_asks_for() {
         let e = PostgresStore::open(&with(host, &query)).await.unwrap_err();
         assert!(matches!(e, StoreError::Postgres(_)), "{query}: {e:?}");
     }
+}
+
+/// Inserts `names` from as many concurrent tasks, answering each name's intakes.
+async fn insert_at_once(store: &Arc<PostgresStore>, names: Vec<String>) -> Vec<(String, Intake)> {
+    let calls: Vec<_> = names
+        .into_iter()
+        .map(|name| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let intake = store.insert_delivery(delivery(&name)).await.unwrap();
+                (name, intake)
+            })
+        })
+        .collect();
+    let mut got = Vec::new();
+    for call in calls {
+        got.push(call.await.unwrap());
+    }
+    got
+}
+
+/// The id each name was stored under, checking that it was stored once and that every
+/// other answer for it names that id.
+fn stored_once(
+    answers: &[(String, Intake)],
+    before: &HashMap<String, i64>,
+) -> HashMap<String, i64> {
+    let mut ids = before.clone();
+    for (name, intake) in answers {
+        if let Intake::Stored(id) = intake {
+            assert!(
+                ids.insert(name.clone(), *id).is_none(),
+                "{name} stored twice"
+            );
+        }
+    }
+    for (name, intake) in answers {
+        assert!(
+            matches!(intake, Intake::Stored(id) | Intake::Duplicate(id) if ids.get(name) == Some(id)),
+            "{name}: {intake:?} against {:?}",
+            ids.get(name)
+        );
+    }
+    ids
+}
+
+async fn rows(store: &PostgresStore) -> i64 {
+    store
+        .client()
+        .await
+        .unwrap()
+        .query_one("SELECT count(*) FROM deliveries", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicates_in_one_group_and_across_groups_name_the_stored_delivery() {
+    let (options, _schema) = postgres_schema().await;
+    let store = Arc::new(replica(&options, Duration::from_secs(30)).await);
+    let mut feed = store.delivery_feed().unwrap();
+    let Intake::Stored(k0) = store.insert_delivery(delivery("k0")).await.unwrap() else {
+        panic!("stored")
+    };
+    let before = HashMap::from([("k0".to_owned(), k0)]);
+    // 300 callers at once over 20 names: the groups the writers gather hold several copies
+    // of a name, and repeat names that earlier groups stored.
+    let answers = insert_at_once(&store, (0..300).map(|i| format!("k{}", i % 20)).collect()).await;
+    let ids = stored_once(&answers, &before);
+    assert_eq!(ids.len(), 20);
+    assert_eq!(rows(&store).await, 20);
+    // The feed has each stored delivery once, in id order.
+    let mut got = Vec::new();
+    feed.try_recv_many(&mut got, 100);
+    let mut want: Vec<i64> = ids.values().copied().collect();
+    want.sort_unstable();
+    assert_eq!(got.iter().map(|d| d.id).collect::<Vec<_>>(), want);
+    assert!(!feed.take_lagged());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_storing_the_same_deliveries_at_once_store_each_once() {
+    let (options, _schema) = postgres_schema().await;
+    let a = Arc::new(replica(&options, Duration::from_secs(30)).await);
+    let b = Arc::new(replica(&options, Duration::from_secs(30)).await);
+    // In opposite orders, so their groups meet each other's rows both ways round.
+    let names: Vec<String> = (0..200).map(|i| format!("r{i}")).collect();
+    let reversed = names.iter().rev().cloned().collect();
+    let (from_a, from_b) = tokio::join!(insert_at_once(&a, names), insert_at_once(&b, reversed));
+    let all: Vec<_> = from_a.into_iter().chain(from_b).collect();
+    assert_eq!(stored_once(&all, &HashMap::new()).len(), 200);
+    assert_eq!(rows(&a).await, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_the_database_refuses_fails_only_its_caller() {
+    let (options, _schema) = postgres_schema().await;
+    let store = Arc::new(replica(&options, Duration::from_secs(30)).await);
+    // PostgreSQL text holds no NUL: these are refused, whichever group they land in.
+    let refused = |i: usize| i % 25 == 7;
+    let calls: Vec<_> = (0..200)
+        .map(|i| {
+            let store = store.clone();
+            let mut d = delivery(&format!("n{i}"));
+            if refused(i) {
+                d.body.push('\0');
+            }
+            tokio::spawn(async move { store.insert_delivery(d).await })
+        })
+        .collect();
+    for (i, call) in calls.into_iter().enumerate() {
+        let result = call.await.unwrap();
+        if refused(i) {
+            assert!(
+                matches!(result, Err(StoreError::Postgres(_))),
+                "{i}: {result:?}"
+            );
+        } else {
+            assert!(matches!(result, Ok(Intake::Stored(_))), "{i}: {result:?}");
+        }
+    }
+    assert_eq!(rows(&store).await, 192);
+    // A batch is stored whole or not at all.
+    let mut batch: Vec<_> = ["m1", "m2", "m3"].into_iter().map(delivery).collect();
+    batch[1].event.push('\0');
+    assert!(store.insert_deliveries(batch).await.is_err());
+    assert_eq!(rows(&store).await, 192);
 }
 
 /// `insert_delivery` from 128 concurrent tasks, as the intake calls it at 128 connections:
