@@ -130,8 +130,9 @@ LUA
 #   together (github.com's own example, 58474f00-b361-11eb-..., decodes to the second its
 #   delivery was made); here the clock is a counter stepping ~100 us per request;
 # - random UUIDs (version 4, as GitLab's X-Gitlab-Event-UUID): each lands on its own page.
-# Each run seeds from the clock and its prefix, so no two runs send the same ids.
-SEED='math.randomseed(os.time() * 1000 + #prefix * 7 + (tonumber(prefix:match("%d+")) or 0))'
+# Each run seeds from the clock and a hash of its whole prefix, so no two runs (nor the two
+# wrk of a replica pair, whose prefixes differ in their last letter) send the same ids.
+SEED='local seed = 0; for i = 1, #prefix do seed = (seed * 31 + prefix:byte(i)) % 2147483647 end; math.randomseed(os.time() * 1000 + seed)'
 sed -e 's|^  wrk.headers\["X-GitHub-Delivery"\] = .*|  wrk.headers["X-GitHub-Delivery"] = string.format("%08x-%04x-1%03x-%04x-%08x%04x", (low + counter * 1013) % 4294967296, mid, hi, clock, node_a, node_b)|' \
     -e "s|^function setup(thread)|$SEED\nlocal low, mid, hi, clock, node_a, node_b = math.random(0, 0x7fffffff), math.random(0, 0xffff), math.random(0, 0xfff), math.random(0x8000, 0xbfff), math.random(0, 0x7fffffff), math.random(0, 0xffff)\nfunction setup(thread)|" signed.lua > uuid1.lua
 sed -e 's|^  wrk.headers\["X-GitHub-Delivery"\] = .*|  wrk.headers["X-GitHub-Delivery"] = string.format("%08x-%04x-4%03x-%04x-%08x%04x", math.random(0, 0x7fffffff), math.random(0, 0xffff), math.random(0, 0xfff), math.random(0x8000, 0xbfff), math.random(0, 0x7fffffff), math.random(0, 0xffff))|' \
