@@ -231,13 +231,12 @@ fn bad_requests_are_refused_and_nothing_is_stored() {
         Some(b"{}"),
     );
     assert_eq!(bad_token.status, 401);
+    // Refusals that leave the body unread say the connection closes, so that a client that
+    // pools connections does not send its next request on one being closed.
     let big = format!(r#"{{"pad": "{}"}}"#, "x".repeat(5000));
-    assert_eq!(
-        server
-            .github("github", "new-secret", "push", "x-2", &big)
-            .status,
-        413
-    );
+    let too_large = server.github("github", "new-secret", "push", "x-2", &big);
+    assert_eq!(too_large.status, 413, "{too_large:?}");
+    assert_eq!(too_large.header("connection"), Some("close"));
     let garbage = server.github("github", "new-secret", "push", "x-3", "{not json");
     assert_eq!(garbage.status, 400);
     assert!(
@@ -247,12 +246,12 @@ fn bad_requests_are_refused_and_nothing_is_stored() {
             .contains("not JSON"),
         "{garbage:?}"
     );
-    assert_eq!(
-        server
-            .github("nowhere", "new-secret", "push", "x-4", body)
-            .status,
-        404
-    );
+    let unknown = server.github("nowhere", "new-secret", "push", "x-4", body);
+    assert_eq!(unknown.status, 404, "{unknown:?}");
+    assert_eq!(unknown.header("connection"), Some("close"));
+    let no_route = server.request("POST", "/nowhere", &[], Some(body.as_bytes()));
+    assert_eq!(no_route.status, 404, "{no_route:?}");
+    assert_eq!(no_route.header("connection"), Some("close"));
     let ping = server.github(
         "github",
         "new-secret",
@@ -260,7 +259,7 @@ fn bad_requests_are_refused_and_nothing_is_stored() {
         "x-5",
         r#"{"zen": "Keep it logically awesome."}"#,
     );
-    assert_eq!(ping.status, 200);
+    assert_eq!(ping.status, 200, "{ping:?}");
     let deliveries = server.get("/api/v1/deliveries", VIEWER).json();
     assert_eq!(
         deliveries["deliveries"],

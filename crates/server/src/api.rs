@@ -19,7 +19,7 @@ use subtle::ConstantTimeEq;
 use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::{
-    ApiJson, ApiPath, ApiQuery, DeliveryId, JsonBody, Limit, Offset, StatusParam, announces_body,
+    ApiJson, ApiPath, ApiQuery, DeliveryId, JsonBody, Limit, Offset, StatusParam,
 };
 
 /// A resolved API token.
@@ -70,14 +70,7 @@ impl<const MIN: u8> FromRequestParts<Arc<AppState>> for Caller<MIN> {
         parts: &mut Parts,
         state: &Arc<AppState>,
     ) -> Result<Self, ApiError> {
-        let refuse = |e: ApiError| {
-            // Refused before the body is read: the connection closes after the answer.
-            if announces_body(&parts.headers) {
-                e.closing()
-            } else {
-                e
-            }
-        };
+        let refuse = |e: ApiError| e.unread_body(&parts.headers);
         let given = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)

@@ -56,6 +56,17 @@ impl ApiError {
         self
     }
 
+    /// [`closing`](Self::closing) when the request announced a body that this answer leaves
+    /// unread: a client that pools connections would otherwise send its next request on one
+    /// the server is closing.
+    pub(crate) fn unread_body(self, request: &axum::http::HeaderMap) -> Self {
+        if crate::extract::announces_body(request) {
+            self.closing()
+        } else {
+            self
+        }
+    }
+
     /// 400.
     pub(crate) fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", message)

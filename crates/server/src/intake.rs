@@ -105,13 +105,14 @@ impl FromRequest<Arc<AppState>> for Delivery {
 
     async fn from_request(request: Request, state: &Arc<AppState>) -> Result<Self, ApiError> {
         let (mut parts, body) = request.into_parts();
-        let Path(name) = Path::<String>::from_request_parts(&mut parts, state)
-            .await
-            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let Path(name) = match Path::<String>::from_request_parts(&mut parts, state).await {
+            Ok(path) => path,
+            Err(e) => return Err(ApiError::bad_request(e.to_string()).unread_body(&parts.headers)),
+        };
         let Some(source) = state.sources.get(&name).cloned() else {
             rejected("(unknown)", "unknown_source");
             // Which sources exist is not the caller's business.
-            return Err(ApiError::not_found("unknown webhook source"));
+            return Err(ApiError::not_found("unknown webhook source").unread_body(&parts.headers));
         };
         let limit = state.max_body_bytes;
         let declared = parts
@@ -121,14 +122,14 @@ impl FromRequest<Arc<AppState>> for Delivery {
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > limit) {
             rejected(&name, "too_large");
-            return Err(ApiError::too_large(limit));
+            return Err(ApiError::too_large(limit).closing());
         }
         let bytes = match to_bytes(Body::new(body), limit as usize).await {
             Ok(bytes) => bytes,
             Err(e) => {
                 let (error, result) = unreadable_body(&e, limit);
                 rejected(&name, result);
-                return Err(error);
+                return Err(error.closing());
             }
         };
         let bytes = match source.authenticate(&parts.headers, bytes).await {

@@ -208,8 +208,9 @@ async fn openapi() -> impl IntoResponse {
     ([("content-type", "application/json")], OPENAPI)
 }
 
-async fn not_found() -> error::ApiError {
+async fn not_found(headers: axum::http::HeaderMap) -> error::ApiError {
     error::ApiError::not_found("no such route; the API is described at /api/v1/openapi.json")
+        .unread_body(&headers)
 }
 
 /// The router with every route. [`serve`] wraps it in [`request_id::RequestIds`].
