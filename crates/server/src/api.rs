@@ -32,7 +32,20 @@ pub struct Token {
     pub role: Role,
 }
 
-fn rank(role: Role) -> u8 {
+/// The token whose secret is `given`, compared against every token so that the time taken
+/// does not tell which one matched.
+pub(crate) fn find_token<'a>(tokens: &'a [Token], given: &[u8]) -> Option<&'a Token> {
+    let mut found = None;
+    for token in tokens {
+        if bool::from(token.secret.as_slice().ct_eq(given)) {
+            found = Some(token);
+        }
+    }
+    found
+}
+
+/// A role's rank: viewer 0, operator 1, approver 2.
+pub(crate) fn rank(role: Role) -> u8 {
     match role {
         Role::Viewer => VIEWER,
         Role::Operator => OPERATOR,
@@ -40,11 +53,14 @@ fn rank(role: Role) -> u8 {
     }
 }
 
-const VIEWER: u8 = 0;
-const OPERATOR: u8 = 1;
-const APPROVER: u8 = 2;
+/// The rank of a viewer.
+pub(crate) const VIEWER: u8 = 0;
+/// The rank of an operator.
+pub(crate) const OPERATOR: u8 = 1;
+/// The rank of an approver.
+pub(crate) const APPROVER: u8 = 2;
 /// The roles by rank.
-const ROLE_NAMES: [&str; 3] = ["viewer", "operator", "approver"];
+pub(crate) const ROLE_NAMES: [&str; 3] = ["viewer", "operator", "approver"];
 
 /// Who is calling, from `Authorization: Bearer <token>`, with a role of rank `MIN` or above.
 ///
@@ -78,14 +94,7 @@ impl<const MIN: u8> FromRequestParts<Arc<AppState>> for Caller<MIN> {
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim)
             .ok_or_else(|| refuse(ApiError::unauthorized("missing `Authorization: Bearer <token>`; tokens are configured in [api] tokens")))?;
-        // Compare against every token so the time does not tell which one matched.
-        let mut found = None;
-        for token in &state.tokens {
-            if bool::from(token.secret.as_slice().ct_eq(given.as_bytes())) {
-                found = Some(token);
-            }
-        }
-        let token = found.ok_or_else(|| refuse(ApiError::unauthorized("unknown token")))?;
+        let token = find_token(&state.tokens, given.as_bytes()).ok_or_else(|| refuse(ApiError::unauthorized("unknown token")))?;
         let held = rank(token.role);
         if held < MIN {
             return Err(refuse(ApiError::forbidden(format!(
@@ -126,6 +135,7 @@ pub(crate) async fn list_runs(
             status: q.status.map(|s| s.0),
             limit,
             offset,
+            before: None,
         })
         .await?;
     Ok(Json(
@@ -159,6 +169,19 @@ pub(crate) async fn start_run(
     ApiPath(name): ApiPath<String>,
     ApiJson(event): ApiJson<Event>,
 ) -> Result<Response, ApiError> {
+    let event = Value::Object(event.map(|e| e.0).unwrap_or_default());
+    let run = start_by_hand(&state, &name, event, &caller.name).await?;
+    Ok((StatusCode::CREATED, Json(json!({"run": run}))).into_response())
+}
+
+/// Starts workflow `name` by hand with `event`, for `by`; the run's id. The API and the UI
+/// both start runs through it.
+pub(crate) async fn start_by_hand(
+    state: &AppState,
+    name: &str,
+    event: Value,
+    by: &str,
+) -> Result<String, ApiError> {
     let Some(workflow) = state.workflows.iter().find(|w| w.name() == name).cloned() else {
         let names: Vec<&str> = state.workflows.iter().map(|w| w.name()).collect();
         return Err(ApiError::not_found(format!(
@@ -171,15 +194,14 @@ pub(crate) async fn start_run(
             "workflow `{name}` cannot be started by hand: add `{{ source: manual }}` to its `on:` list"
         )));
     }
-    let event = Value::Object(event.map(|e| e.0).unwrap_or_default());
     let trigger = TriggerInfo {
         source: "manual".into(),
         event: "manual".into(),
         delivery_id: None,
     };
     let run = state.engine.create_run(workflow, event, trigger).await?;
-    tracing::info!(workflow = %name, run = %run, by = %caller.name, "run started by hand");
-    Ok((StatusCode::CREATED, Json(json!({"run": run}))).into_response())
+    tracing::info!(workflow = %name, run = %run, by = %by, "run started by hand");
+    Ok(run)
 }
 
 /// `POST /api/v1/runs/{id}/cancel`.
@@ -223,15 +245,17 @@ impl JsonBody for DecisionBody {
     const EXPECTED: &'static str = r#"{"comment": "…"} (or no body)"#;
 }
 
-async fn decide(
+/// Sends `by`'s decision to stage `stage` of run `id`. The API and the UI both decide
+/// through it.
+pub(crate) async fn decide(
     state: &AppState,
-    caller: Approver,
-    (id, stage): (String, String),
+    by: &str,
+    (id, stage): (&str, &str),
     approve: bool,
-    body: Option<DecisionBody>,
-) -> Result<Response, ApiError> {
-    let snapshot = state.engine.snapshot(&id).await?;
-    let uses = snapshot.payload.spec["stages"][&stage]["uses"]
+    comment: Option<String>,
+) -> Result<(), ApiError> {
+    let snapshot = state.engine.snapshot(id).await?;
+    let uses = snapshot.payload.spec["stages"][stage]["uses"]
         .as_str()
         .map(str::to_owned);
     let Some(uses) = uses else {
@@ -245,19 +269,32 @@ async fn decide(
         )));
     }
     let mut decision = if approve {
-        Decision::approved(caller.name.clone())
+        Decision::approved(by.to_owned())
     } else {
-        Decision::rejected(caller.name.clone())
+        Decision::rejected(by.to_owned())
     };
-    if let Some(comment) = body.and_then(|b| b.comment) {
+    if let Some(comment) = comment {
         decision = decision.with_comment(comment);
     }
     state
         .engine
-        .signal(&id, &stage, decision.to_signal())
+        .signal(id, stage, decision.to_signal())
         .await?;
     let word = if approve { "approved" } else { "rejected" };
-    tracing::info!(run = %id, stage = %stage, by = %caller.name, decision = word, "decision sent to the stage");
+    tracing::info!(run = %id, stage = %stage, by = %by, decision = word, "decision sent to the stage");
+    Ok(())
+}
+
+async fn decided(
+    state: &AppState,
+    caller: Approver,
+    (id, stage): (String, String),
+    approve: bool,
+    body: Option<DecisionBody>,
+) -> Result<Response, ApiError> {
+    let comment = body.and_then(|b| b.comment);
+    decide(state, &caller.name, (&id, &stage), approve, comment).await?;
+    let word = if approve { "approved" } else { "rejected" };
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({"run": id, "stage": stage, "decision": word})),
@@ -272,7 +309,7 @@ pub(crate) async fn approve(
     ApiPath(path): ApiPath<(String, String)>,
     ApiJson(body): ApiJson<DecisionBody>,
 ) -> Result<Response, ApiError> {
-    decide(&state, caller, path, true, body).await
+    decided(&state, caller, path, true, body).await
 }
 
 /// `POST /api/v1/runs/{id}/stages/{stage}/reject`.
@@ -282,7 +319,7 @@ pub(crate) async fn reject(
     ApiPath(path): ApiPath<(String, String)>,
     ApiJson(body): ApiJson<DecisionBody>,
 ) -> Result<Response, ApiError> {
-    decide(&state, caller, path, false, body).await
+    decided(&state, caller, path, false, body).await
 }
 
 /// `?source=&limit=&offset=`.

@@ -260,12 +260,15 @@ impl Store for PostgresStore {
         self.rows(
             "SELECT id, workflow, status, cancel_requested, message, created_at, started_at, finished_at FROM runs
              WHERE ($1::TEXT IS NULL OR workflow = $1) AND ($2::TEXT IS NULL OR status = $2)
+               AND ($5::BIGINT IS NULL OR (created_at, id) < ($5, $6::TEXT))
              ORDER BY created_at DESC, id DESC LIMIT $3 OFFSET $4",
             &[
                 &filter.workflow,
                 &filter.status.map(RunStatus::as_str),
                 &page_limit(filter.limit),
                 &i64::from(filter.offset),
+                &filter.before.as_ref().map(|c| c.created_at),
+                &filter.before.as_ref().map(|c| c.id.as_str()),
             ],
         )
         .await?

@@ -112,8 +112,16 @@ impl Store for SqliteStore {
                 conn,
                 "SELECT id, workflow, status, cancel_requested, message, created_at, started_at, finished_at FROM runs
                  WHERE (?1 IS NULL OR workflow = ?1) AND (?2 IS NULL OR status = ?2)
+                   AND (?5 IS NULL OR (created_at, id) < (?5, ?6))
                  ORDER BY created_at DESC, id DESC LIMIT ?3 OFFSET ?4",
-                params![filter.workflow, filter.status.map(RunStatus::as_str), limit, filter.offset],
+                params![
+                    filter.workflow,
+                    filter.status.map(RunStatus::as_str),
+                    limit,
+                    filter.offset,
+                    filter.before.as_ref().map(|c| c.created_at),
+                    filter.before.as_ref().map(|c| c.id.as_str()),
+                ],
                 header_from_row,
             )
         })
