@@ -270,6 +270,13 @@ impl Engine {
             .ok_or_else(|| EngineError::NoSuchRun(run_id.to_owned()))
     }
 
+    /// The workflow a run runs: the one stored with it, compiled (and kept, so that runs of
+    /// one workflow compile it once).
+    pub fn workflow_of(&self, snapshot: &RunSnapshot) -> Result<Arc<Workflow>, EngineError> {
+        self.inner
+            .workflow_for(&snapshot.header.id, &snapshot.payload.spec)
+    }
+
     /// Runs, newest first.
     pub async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunHeader>, EngineError> {
         Ok(self.inner.store.list_runs(filter).await?)

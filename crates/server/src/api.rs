@@ -94,7 +94,8 @@ impl<const MIN: u8> FromRequestParts<Arc<AppState>> for Caller<MIN> {
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim)
             .ok_or_else(|| refuse(ApiError::unauthorized("missing `Authorization: Bearer <token>`; tokens are configured in [api] tokens")))?;
-        let token = find_token(&state.tokens, given.as_bytes()).ok_or_else(|| refuse(ApiError::unauthorized("unknown token")))?;
+        let token = find_token(&state.tokens, given.as_bytes())
+            .ok_or_else(|| refuse(ApiError::unauthorized("unknown token")))?;
         let held = rank(token.role);
         if held < MIN {
             return Err(refuse(ApiError::forbidden(format!(
@@ -276,10 +277,7 @@ pub(crate) async fn decide(
     if let Some(comment) = comment {
         decision = decision.with_comment(comment);
     }
-    state
-        .engine
-        .signal(id, stage, decision.to_signal())
-        .await?;
+    state.engine.signal(id, stage, decision.to_signal()).await?;
     let word = if approve { "approved" } else { "rejected" };
     tracing::info!(run = %id, stage = %stage, by = %by, decision = word, "decision sent to the stage");
     Ok(())

@@ -7,6 +7,7 @@
 //! | `/api/v1/…` | the REST API ([`api`], [`relays`]); `GET /api/v1/openapi.json` describes it |
 //! | `GET /healthz`, `GET /readyz` | alive; a delivery could be stored now |
 //! | `GET /metrics` | Prometheus metrics |
+//! | `/`, `/login`, `/runs`, … | the web UI ([`ui`]) |
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
@@ -37,6 +38,7 @@ mod relays;
 mod request_id;
 pub mod sources;
 mod travis;
+mod ui;
 
 /// The OpenAPI description of the REST API, served at `/api/v1/openapi.json`.
 pub const OPENAPI: &str = include_str!("../openapi.json");
@@ -249,6 +251,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_page))
+        .merge(ui::routes())
         .method_not_allowed_fallback(error::method_not_allowed)
         .fallback(not_found)
         .with_state(state)

@@ -1,0 +1,202 @@
+//! `/runs`: every run, newest first, filtered by workflow and status, paged by key, and
+//! refreshed while it is open.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::get;
+use baton_core::RunStatus;
+use baton_store::{RunCursor, RunFilter, RunHeader, now_millis};
+use maud::{Markup, html};
+use serde::Deserialize;
+
+use crate::AppState;
+
+use super::layout::{self, Nav};
+use super::session::{Session, encode_query};
+
+/// Runs on a page.
+const PAGE: u32 = 50;
+
+pub(crate) fn routes() -> Router<Arc<AppState>> {
+    Router::new().route("/runs", get(list))
+}
+
+/// `?workflow=&status=&before=&fragment=`.
+#[derive(Deserialize, Default)]
+pub(crate) struct ListQuery {
+    workflow: Option<String>,
+    status: Option<String>,
+    /// The last run of the previous page (`<created_at>.<id>`).
+    before: Option<String>,
+    /// `rows`: only the table's body, for a live refresh.
+    fragment: Option<String>,
+}
+
+impl ListQuery {
+    fn workflow(&self) -> Option<&str> {
+        self.workflow.as_deref().filter(|w| !w.is_empty())
+    }
+
+    fn status(&self) -> Option<RunStatus> {
+        self.status.as_deref().and_then(RunStatus::parse)
+    }
+
+    /// The query string of this list with `before` replaced.
+    fn address(&self, before: Option<&str>, fragment: bool) -> String {
+        let mut pairs = Vec::new();
+        if let Some(w) = self.workflow() {
+            pairs.push(format!("workflow={}", encode_query(w)));
+        }
+        if let Some(s) = self.status() {
+            pairs.push(format!("status={}", s.as_str()));
+        }
+        if let Some(b) = before {
+            pairs.push(format!("before={}", encode_query(b)));
+        }
+        if fragment {
+            pairs.push("fragment=rows".to_owned());
+        }
+        if pairs.is_empty() {
+            "/runs".to_owned()
+        } else {
+            format!("/runs?{}", pairs.join("&"))
+        }
+    }
+}
+
+/// `GET /runs`.
+async fn list(
+    State(state): State<Arc<AppState>>,
+    session: Session,
+    Query(q): Query<ListQuery>,
+) -> Response {
+    let before = q.before.as_deref().and_then(RunCursor::parse);
+    let filter = RunFilter {
+        workflow: q.workflow().map(str::to_owned),
+        status: q.status(),
+        limit: PAGE + 1,
+        offset: 0,
+        before: before.clone(),
+    };
+    let mut runs = match state.engine.list_runs(&filter).await {
+        Ok(runs) => runs,
+        Err(e) => {
+            return layout::error_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Runs unavailable",
+                &format!("The store could not list runs: {e}"),
+            );
+        }
+    };
+    let more = runs.len() > PAGE as usize;
+    runs.truncate(PAGE as usize);
+    let rows = rows(&runs, now_millis());
+    if q.fragment.as_deref() == Some("rows") {
+        return layout::fragment(rows);
+    }
+    let next = more
+        .then(|| runs.last().map(|r| RunCursor::after(r).to_text()))
+        .flatten();
+    let body = html! {
+        h1 { "Runs" }
+        form.filters method="get" action="/runs" {
+            label {
+                "Workflow"
+                select name="workflow" {
+                    option value="" { "any" }
+                    @for w in &state.workflows {
+                        @let name = w.name();
+                        option value=(name) selected[q.workflow() == Some(name)] { (name) }
+                    }
+                }
+            }
+            label {
+                "Status"
+                select name="status" {
+                    option value="" { "any" }
+                    @for s in RUN_STATUSES {
+                        option value=(s.as_str()) selected[q.status() == Some(s)] { (s.as_str()) }
+                    }
+                }
+            }
+            button type="submit" { "Filter" }
+            @if before.is_none() {
+                span.live-state data-live-state aria-live="polite" { }
+            }
+        }
+        div.table {
+            table {
+                thead {
+                    tr {
+                        th scope="col" { "Status" }
+                        th scope="col" { "Run" }
+                        th scope="col" { "Workflow" }
+                        th.wide scope="col" { "Trigger" }
+                        th.wide scope="col" { "Started" }
+                        th scope="col" { "Duration" }
+                    }
+                }
+                // Only the first page follows changes: a later page keeps its place.
+                @if before.is_none() {
+                    tbody data-live-events="/ui/events" data-live-src=(q.address(None, true)) { (rows) }
+                } @else {
+                    tbody { (rows) }
+                }
+            }
+        }
+        nav.pager aria-label="Pages" {
+            @if before.is_some() {
+                a href=(q.address(None, false)) { "← Newest" }
+            }
+            @if let Some(next) = &next {
+                a href=(q.address(Some(next), false)) rel="next" { "Older →" }
+            }
+        }
+    };
+    layout::page("Runs", Some(&session), Nav::Runs, body)
+}
+
+const RUN_STATUSES: [RunStatus; 5] = [
+    RunStatus::Queued,
+    RunStatus::Running,
+    RunStatus::Succeeded,
+    RunStatus::Failed,
+    RunStatus::Cancelled,
+];
+
+fn rows(runs: &[RunHeader], now: i64) -> Markup {
+    html! {
+        @if runs.is_empty() {
+            tr { td colspan="6" .muted { "No runs." } }
+        }
+        @for run in runs {
+            tr {
+                td { (layout::status_badge(run.status.as_str())) }
+                td.mono { a href={ "/runs/" (run.id) } { (run.id) } }
+                td { a href={ "/workflows/" (run.workflow) } { (run.workflow) } }
+                td.wide { (trigger(run)) }
+                td.wide {
+                    time datetime=(layout::iso(run.started_at.unwrap_or(run.created_at))) {
+                        (layout::when(run.started_at.unwrap_or(run.created_at)))
+                    }
+                }
+                td {
+                    @if let Some(started) = run.started_at {
+                        (layout::duration(run.finished_at.unwrap_or(now) - started))
+                    } @else {
+                        span.muted { "—" }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn trigger(run: &RunHeader) -> Markup {
+    let _ = run;
+    html! { span.muted { "—" } }
+}
