@@ -3,7 +3,8 @@
 # compiler (SQLite is compiled in), python3 (for the real Buildbot the Buildbot adapter's
 # tests drive; scripts/buildbot.sh installs it under .buildbot/ and starts it on 127.0.0.1;
 # and for Schemathesis, installed under .venv-schemathesis/), and root with apt-get for the
-# registry and Docker engine scripts/containers.sh installs and starts under .containers/.
+# registry and Docker engine scripts/containers.sh installs and starts under .containers/, and
+# for Debian's chromium and chromium-driver, which the web UI's browser tests drive.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -48,6 +49,15 @@ if ! .venv-schemathesis/bin/schemathesis --version 2>/dev/null | grep -qx "schem
     .venv-schemathesis/bin/pip install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
 fi
 export BATON_SCHEMATHESIS=$PWD/.venv-schemathesis/bin/schemathesis
+
+# Headless Chromium and chromedriver for the web UI's stories (tests/tests/ui.rs), from
+# Debian's packages when missing; the tests fail, naming this fix, without them.
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+    echo "test.sh: installing chromium and chromium-driver" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null \
+        || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null; }
+fi
+export BATON_CHROMEDRIVER=${BATON_CHROMEDRIVER:-$(command -v chromedriver)}
 
 # The end-to-end tests in tests/tests/ are baton-cli's integration tests: cargo builds the
 # `baton` binary they run from the current source first.

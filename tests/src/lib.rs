@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod browser;
 pub mod buildbot_api;
 mod fake_github;
 mod fake_jenkins;
