@@ -529,12 +529,17 @@ impl Server {
     }
 
     /// Sends SIGTERM and waits for a clean exit; returns the exit code.
-    pub fn terminate(mut self) -> Option<i32> {
+    pub fn terminate(self) -> Option<i32> {
+        self.terminate_with_log().0
+    }
+
+    /// [`Server::terminate`], with everything the server wrote to standard error.
+    pub fn terminate_with_log(mut self) -> (Option<i32>, String) {
         send_signal(self.child.id(), Signal::SIGTERM);
         let begun = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status.code();
+                return (status.code(), self.log());
             }
             assert!(
                 begun.elapsed() < Duration::from_secs(30),
