@@ -22,9 +22,10 @@ const ENV: &[(&str, &str)] = &[
     ("GH_SECRET", "hook-secret"),
 ];
 
-/// A gateway with a GitHub source and three workflows: `deliver` (three stages; its first
+/// A gateway with a GitHub source and four workflows: `deliver` (three stages; its first
 /// waits for the file the event's `gate` names, so a test decides when it ends), `release`
-/// (waits for a person's approval) and `nightly` (fails).
+/// (waits for a person's approval), `nightly` (fails) and `on-push` (started by GitHub's
+/// pushes; its output is the pushed ref).
 fn gateway(sb: &Sandbox) -> String {
     sb.write(
         "baton.toml",
@@ -90,6 +91,19 @@ stages:
   check:
     uses: exec
     with: { run: 'echo "disk almost full" >&2; exit 3' }
+"#,
+    );
+    sb.write(
+        "workflows/on-push.yaml",
+        r#"
+name: on-push
+on: [{ source: github, event: push }]
+stages:
+  note:
+    uses: exec
+    with:
+      run: 'echo "[COUT] ref = $REF"'
+      env: { REF: '${{ .event.ref }}' }
 "#,
     );
     sb.path().join("baton.toml").display().to_string()
@@ -281,12 +295,13 @@ fn a_form_on_another_site_cannot_act_for_a_signed_in_person() {
     let other = OtherSite::serve(&format!(
         r#"<!doctype html><title>Win a prize</title>
 <form method="post" action="{baton}/logout"><input type="hidden" name="csrf" value="{csrf}"><button id="sign-out">Claim</button></form>
-<form method="post" action="{baton}/login"><input type="hidden" name="token" value="{VIEWER}"><button id="sign-in">Claim more</button></form>"#,
+<form method="post" action="{baton}/login"><input type="hidden" name="token" value="{VIEWER}"><button id="sign-in">Claim more</button></form>
+<form method="post" action="{baton}/workflows/deliver/runs"><input type="hidden" name="csrf" value="{csrf}"><input type="hidden" name="event" value="{{}}"><button id="start">Claim all</button></form>"#,
         baton = server.url
     ));
     assert_ne!(other.url, format!("{}/", server.url));
 
-    for button in ["#sign-out", "#sign-in"] {
+    for button in ["#sign-out", "#sign-in", "#start"] {
         browser.goto(&other.url);
         browser.click(button);
         browser.wait_until("baton's answer", |b| b.path() != "/");
@@ -304,4 +319,264 @@ fn a_form_on_another_site_cannot_act_for_a_signed_in_person() {
     assert!(browser.text("form.who").contains("otto · operator"));
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(runs_of(&server, "deliver"), runs_before);
+}
+
+/// The box of stage `stage` in the run graph, when it shows `status`.
+fn stage_box(stage: &str, status: &str) -> String {
+    format!(".graph g.stage[data-stage='{stage}'][data-status='{status}']")
+}
+
+/// Waits through the REST API until stage `stage` of run `run` is `status`.
+fn wait_stage(server: &Server, run: &str, stage: &str, status: &str) {
+    server.wait_for(
+        &format!("/api/v1/runs/{run}"),
+        VIEWER,
+        &format!("stage {stage} to be {status}"),
+        |r| {
+            r["stages"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|s| s["id"] == stage && s["status"] == status))
+        },
+    );
+}
+
+#[test]
+fn an_operator_starts_a_run_and_watches_its_graph_turn_green() {
+    let sb = Sandbox::new();
+    let server = sb.serve(&gateway(&sb), ENV);
+    server.start_run("nightly", OPERATOR, "{}");
+    let browser = Browser::open(&server.url);
+    browser.sign_in(OPERATOR);
+
+    // From the navigation to the workflow, as a person finds it.
+    browser.click("header nav a[href='/workflows']");
+    browser.wait_until("the workflows", |b| b.path() == "/workflows");
+    for name in ["deliver", "release", "nightly", "on-push"] {
+        assert!(
+            browser.exists(&format!("main a[href='/workflows/{name}']")),
+            "{name}"
+        );
+    }
+    browser.screenshot("workflows");
+    browser.click("main a[href='/workflows/deliver']");
+    browser.wait_until("the workflow's page", |b| b.path() == "/workflows/deliver");
+    assert!(browser.exists("main svg"), "the workflow's graph");
+    let gate = sb.path().join("gate-story");
+    browser.fill(
+        "textarea[name=event]",
+        &json!({ "gate": gate.display().to_string() }).to_string(),
+    );
+    browser.screenshot("workflow");
+
+    // Starting asks first, then shows the new run.
+    browser.click("form[action='/workflows/deliver/runs'] button[type=submit]");
+    assert_eq!(browser.accept_confirm(), "Start a run of deliver?");
+    browser.wait_until("the new run's page", |b| b.path().starts_with("/runs/"));
+    let run = browser.path().trim_start_matches("/runs/").to_owned();
+    assert_eq!(runs_of(&server, "deliver"), 1);
+    browser.wait_for(&stage_box("build", "running"));
+    assert!(browser.exists(&stage_box("test", "pending")));
+    assert!(browser.exists(&stage_box("package", "pending")));
+    browser.wait_until("the page to go live", |b| b.text(".live-state") == "Live");
+
+    // The build ends: every box turns green in place, without a reload.
+    mark_page(&browser);
+    std::fs::write(&gate, "").unwrap();
+    for stage in ["build", "test", "package"] {
+        browser.wait_for(&stage_box(stage, "succeeded"));
+    }
+    browser.wait_until("the run's status to say it succeeded", |b| {
+        words(&b.text("dl.facts .badge")) == "✓ succeeded"
+    });
+    assert!(
+        page_was_not_reloaded(&browser),
+        "the page was updated in place"
+    );
+    assert_eq!(browser.path(), format!("/runs/{run}"));
+    assert_eq!(run_status(&server, &run), "succeeded");
+}
+
+#[test]
+fn an_approver_answers_a_waiting_stage_and_the_run_goes_on() {
+    let sb = Sandbox::new();
+    let server = sb.serve(&gateway(&sb), ENV);
+    let run = server.start_run("release", OPERATOR, r#"{"version": "1.4.2"}"#);
+    wait_stage(&server, &run, "approve", "waiting");
+    let browser = Browser::open(&server.url);
+    browser.sign_in(APPROVER);
+    browser.goto(&format!("/runs/{run}"));
+
+    // The graph says where the run stands in words and glyphs, not colour alone.
+    browser.wait_for(&stage_box("approve", "waiting"));
+    assert!(browser.exists(&stage_box("build", "succeeded")));
+    assert!(browser.exists(&stage_box("deploy", "pending")));
+    assert!(
+        words(&browser.text(&stage_box("approve", "waiting"))).contains("waiting"),
+        "the status is written in the box"
+    );
+    browser.wait_until("the page to go live", |b| b.text(".live-state") == "Live");
+    browser.screenshot("run");
+    mark_page(&browser);
+
+    // Cancel in the dialog sends nothing.
+    let approve = "form.decision[action$='/stages/approve/approve']";
+    browser.fill(&format!("{approve} input[name=comment]"), "ship it");
+    browser.click(&format!("{approve} button[type=submit]"));
+    let question = browser.dismiss_confirm();
+    assert_eq!(question, format!("Approve stage approve of run {run}?"));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(page_was_not_reloaded(&browser), "nothing was sent");
+    wait_stage(&server, &run, "approve", "waiting");
+
+    // OK sends the approval, and the page follows the run to its end.
+    browser.click(&format!("{approve} button[type=submit]"));
+    browser.accept_confirm();
+    browser.wait_until("the approval to be sent", |b| {
+        b.path().contains("done=approved")
+    });
+    assert_eq!(page_status(&browser), 200);
+    browser.wait_for(&stage_box("deploy", "succeeded"));
+    assert!(browser.exists(&stage_box("approve", "succeeded")));
+    assert_eq!(run_status(&server, &run), "succeeded");
+    let answered = server.get(&format!("/api/v1/runs/{run}"), VIEWER).json();
+    let approval = answered["stages"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["id"] == "approve"))
+        .cloned()
+        .expect("the approval stage");
+    assert_eq!(approval["outputs"]["by"], "anna");
+    assert_eq!(approval["outputs"]["comment"], "ship it");
+}
+
+/// `fetch` of a POST from the page itself, with a form body; answers `[status, text]`.
+const FETCH_POST: &str = "const done = arguments[arguments.length - 1];
+fetch(arguments[0], { method: 'POST', credentials: 'same-origin',
+  headers: { 'content-type': 'application/x-www-form-urlencoded' },
+  body: new URLSearchParams(arguments[1]) })
+  .then(async (r) => done([r.status, await r.text(), r.url]))
+  .catch((e) => done([0, String(e), '']));";
+
+#[test]
+fn a_viewer_sees_no_actions_and_a_forged_one_is_refused() {
+    let sb = Sandbox::new();
+    let server = sb.serve(&gateway(&sb), ENV);
+    let waiting = server.start_run("release", OPERATOR, r#"{"version": "2.0"}"#);
+    let failed = server.start_run("nightly", OPERATOR, "{}");
+    wait_stage(&server, &waiting, "approve", "waiting");
+    server.run_ended(&failed, VIEWER);
+    let browser = Browser::open(&server.url);
+    browser.sign_in(VIEWER);
+
+    // The pages show the state, and nothing a viewer may not do.
+    browser.goto(&format!("/runs/{waiting}"));
+    browser.wait_for(&stage_box("approve", "waiting"));
+    assert_eq!(browser.count("main form[method=post]"), 0, "no actions");
+    browser.goto(&format!("/runs/{failed}"));
+    browser.wait_for(&stage_box("check", "failed"));
+    assert_eq!(browser.count("main form[method=post]"), 0, "no retry");
+    browser.goto("/runs");
+    assert_eq!(browser.count("main form[method=post]"), 0);
+    browser.goto("/workflows/release");
+    assert!(browser.text("main").contains("needs the operator role"));
+    assert_eq!(browser.count("main form[method=post]"), 0, "no start form");
+
+    // Posting from the page anyway, with the viewer's own form token: refused by role.
+    let csrf = browser
+        .attr("meta[name=baton-csrf]", "content")
+        .expect("the form token");
+    for action in [
+        format!("/runs/{waiting}/stages/approve/approve"),
+        format!("/runs/{waiting}/cancel"),
+        format!("/runs/{failed}/stages/check/retry"),
+        "/workflows/release/runs".to_owned(),
+    ] {
+        let form = json!({ "csrf": csrf, "event": "{}" });
+        let answer = browser.script_async(FETCH_POST, vec![json!(action), form]);
+        assert_eq!(answer[0], 403, "{action}: {answer}");
+        assert!(
+            answer[1]
+                .as_str()
+                .is_some_and(|t| t.contains("Your role is viewer")),
+            "{action}: {answer}"
+        );
+    }
+    wait_stage(&server, &waiting, "approve", "waiting");
+    assert_eq!(run_status(&server, &waiting), "running", "not cancelled");
+    assert_eq!(run_status(&server, &failed), "failed", "not retried");
+    assert_eq!(runs_of(&server, "release"), 1, "none started");
+
+    // The same request from an operator's page does what it says: the refusal was the role's.
+    browser.sign_in(OPERATOR);
+    browser.goto(&format!("/runs/{waiting}"));
+    assert!(browser.exists(&format!("form[action='/runs/{waiting}/cancel']")));
+    let csrf = browser
+        .attr("meta[name=baton-csrf]", "content")
+        .expect("the form token");
+    let action = format!("/runs/{waiting}/cancel");
+    let answer = browser.script_async(FETCH_POST, vec![json!(action), json!({ "csrf": csrf })]);
+    assert_eq!(answer[0], 200, "{answer}");
+    assert_eq!(server.run_ended(&waiting, VIEWER)["status"], "cancelled");
+}
+
+#[test]
+fn a_delivery_carrying_markup_shows_it_as_text_and_runs_none_of_it() {
+    let sb = Sandbox::new();
+    let server = sb.serve(&gateway(&sb), ENV);
+    let script = "<script>window.pwned=1</script>";
+    let image = "<img src=x onerror=\"window.pwned=2\">";
+    let body = json!({
+        "ref": script,
+        "head_commit": { "message": image, "author": { "name": "Mallory" } },
+        "repository": { "full_name": "team/app" },
+    })
+    .to_string();
+    let signature = baton_tests::sign_sha256("hook-secret", body.as_bytes());
+    let sent = server.request(
+        "POST",
+        "/hooks/github",
+        &[
+            ("x-github-event", "push"),
+            ("x-github-delivery", "d-markup"),
+            ("x-hub-signature-256", &signature),
+            ("x-comment", image),
+            ("content-type", "application/json"),
+        ],
+        Some(body.as_bytes()),
+    );
+    assert_eq!(sent.status, 202, "{sent:?}");
+    let delivery = sent.json()["delivery"].as_i64().expect("a delivery id");
+    let stored = server.wait_for(
+        &format!("/api/v1/deliveries/{delivery}"),
+        VIEWER,
+        "the delivery to be processed",
+        |d| d["status"] == "processed",
+    );
+    let run = stored["runs"][0].as_str().expect("a run").to_owned();
+    server.run_ended(&run, VIEWER);
+    let browser = Browser::open(&server.url);
+    browser.sign_in(VIEWER);
+
+    let nothing_ran = "return typeof window.pwned === 'undefined' \
+        && document.querySelectorAll('main script, main img').length === 0;";
+    browser.goto(&format!("/deliveries/{delivery}"));
+    let payload = browser.text("main pre");
+    assert!(payload.contains(script), "{payload}");
+    assert!(payload.contains("window.pwned=2"), "{payload}");
+    assert!(browser.text("main table").contains("x-comment"));
+    assert_eq!(browser.script(nothing_ran, vec![]), json!(true));
+    // The signature was never stored; nothing on the page holds it.
+    assert!(!browser.html().contains(&signature));
+    browser.screenshot("delivery");
+
+    // The list of deliveries, and the run the push started, whose output is the ref.
+    browser.goto("/deliveries");
+    assert!(browser.exists(&format!("a[href='/deliveries/{delivery}']")));
+    assert_eq!(browser.script(nothing_ran, vec![]), json!(true));
+    browser.screenshot("deliveries");
+    browser.goto(&format!("/runs/{run}"));
+    browser.wait_for(&stage_box("note", "succeeded"));
+    // The stage's details are closed (it succeeded): their text is there, only not shown.
+    let shown = "return document.querySelector('main').textContent.includes(arguments[0]);";
+    assert_eq!(browser.script(shown, vec![json!(script)]), json!(true));
+    assert_eq!(browser.script(nothing_ran, vec![]), json!(true));
 }
