@@ -31,6 +31,7 @@ mod assets;
 mod form;
 mod layout;
 mod live;
+mod run;
 mod runs;
 mod session;
 
@@ -47,6 +48,7 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
         .route("/ui/assets/{name}", get(assets::serve))
         .route("/ui/events", get(live::events))
         .merge(runs::routes())
+        .merge(run::routes())
 }
 
 /// `?next=` of the sign-in page.
