@@ -44,6 +44,7 @@ const LOG_LINES: usize = 200;
 /// The longest comment a decision may carry.
 const MAX_COMMENT_CHARS: usize = 2000;
 
+/// The run page's routes: the page, its log, and its actions.
 pub(crate) fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/runs/{id}", get(show))
