@@ -34,6 +34,7 @@ mod live;
 mod run;
 mod runs;
 mod session;
+mod workflows;
 
 use form::Form;
 use layout::Nav;
@@ -49,6 +50,7 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
         .route("/ui/events", get(live::events))
         .merge(runs::routes())
         .merge(run::routes())
+        .merge(workflows::routes())
 }
 
 /// `?next=` of the sign-in page.
