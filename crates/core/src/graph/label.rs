@@ -55,16 +55,6 @@ impl Line {
             Self::Note | Self::Condition => NOTE_SIZE,
         }
     }
-
-    /// Presentation attributes beyond the size: the layout counts on them, so they travel
-    /// with the picture rather than with a stylesheet.
-    fn style(self) -> &'static str {
-        match self {
-            Self::Status => r#" font-weight="bold""#,
-            Self::Condition => r#" font-style="italic""#,
-            Self::Uses | Self::Note => "",
-        }
-    }
 }
 
 /// One box's text, already clipped.
@@ -205,7 +195,7 @@ impl Label {
         let mut baseline = y + PAD_Y + ID_SIZE * 0.8;
         let _ = writeln!(
             out,
-            r#"<text class="id" x="{tx}" y="{}" font-size="{}" font-weight="bold">{}</text>"#,
+            r#"<text class="id" x="{tx}" y="{}" font-size="{}">{}</text>"#,
             num(baseline),
             num(ID_SIZE),
             xml_escape(&self.id)
@@ -220,11 +210,10 @@ impl Label {
             };
             let _ = writeln!(
                 out,
-                r#"<text class="{}" x="{tx}" y="{}" font-size="{}"{}>{glyph}{}</text>"#,
+                r#"<text class="{}" x="{tx}" y="{}" font-size="{}">{glyph}{}</text>"#,
                 line.class(),
                 num(baseline - size * 0.2),
                 num(size),
-                line.style(),
                 xml_escape(text)
             );
         }

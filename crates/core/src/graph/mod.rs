@@ -70,14 +70,14 @@ pub fn to_svg(workflow: &Workflow, waits_for_person: impl Fn(&Stage) -> bool) ->
     Drawing::new(workflow, &waits_for_person, Medium::File).render()
 }
 
-/// The workflow as [`to_svg`] draws it, laid out the same way, for a run's page: inline SVG
+/// The workflow as [`to_svg`] draws it, laid out the same way, for a web page: inline SVG
 /// (no XML declaration, no `<style>`, no background: the page's stylesheet colours it, by
-/// the classes below). Each box shows its stage's `status` as a glyph and a word (the same
-/// glyphs as [`status_icon`]), is a group `<g class="stage status-<status>"
-/// data-stage="<id>" data-status="<status>">`, and sits in an `<a>` to `link`'s address when
-/// it gives one, named by the box's `<title>`. A stage for which `status` is `None` shows
-/// none.
-pub fn to_status_svg(
+/// the classes below). Each box is a group `<g class="stage …" data-stage="<id>">`; for a
+/// run's page it also shows its stage's `status` as a glyph and a word (the same glyphs as
+/// [`status_icon`]), with the class `status-<status>` and `data-status="<status>"`, and sits
+/// in an `<a>` to `link`'s address when it gives one, named by the box's `<title>`. A page
+/// about the workflow alone gives `None` for both.
+pub fn to_page_svg(
     workflow: &Workflow,
     waits_for_person: impl Fn(&Stage) -> bool,
     status: impl Fn(&Stage) -> Option<StageStatus>,

@@ -179,9 +179,10 @@ impl<'a> Drawing<'a> {
                 ".stage rect { fill: #f5f7fa; stroke: #4a5568; stroke-width: 1.2; }\n",
                 ".stage.approval rect { fill: #fff4d6; stroke: #b7791f; }\n",
                 ".stage.conditional rect { stroke-dasharray: 5 3; }\n",
-                ".id, .title { fill: #1a202c; }\n",
+                ".id, .title { font-weight: bold; fill: #1a202c; }\n",
                 ".uses, .legend { fill: #4a5568; }\n",
-                ".note, .cond { fill: #718096; }\n",
+                ".note { fill: #718096; }\n",
+                ".cond { fill: #718096; font-style: italic; }\n",
                 "</style>\n",
             ));
         }
@@ -194,7 +195,7 @@ impl<'a> Drawing<'a> {
         }
         let _ = writeln!(
             out,
-            r#"<text class="title" x="{}" y="{}" font-size="{}" font-weight="bold">{}</text>"#,
+            r#"<text class="title" x="{}" y="{}" font-size="{}">{}</text>"#,
             num(MARGIN),
             num(MARGIN + TITLE_SIZE),
             num(TITLE_SIZE),

@@ -7,7 +7,7 @@ use super::label::Mark;
 use super::layers::{Layers, edges};
 use super::svg::{CHAR_WIDTH, Drawing, ID_SIZE, Medium, STATUS_SIZE, text_width};
 use super::text::{num, xml_escape};
-use super::{layout, status_icon, to_dot, to_status_svg, to_svg};
+use super::{layout, status_icon, to_dot, to_page_svg, to_svg};
 use crate::state::StageStatus;
 use crate::workflow::{Stage, StageDefaults, Workflow, WorkflowSpec};
 
@@ -451,7 +451,7 @@ fn box_of<'a>(svg: &'a str, id: &str) -> &'a str {
 #[test]
 fn the_status_picture_marks_and_links_every_stage() {
     let wf = sample();
-    let svg = to_status_svg(&wf, approval, halfway, anchor);
+    let svg = to_page_svg(&wf, approval, halfway, anchor);
     let elements = check_xml(&svg);
     assert_eq!(elements[0], "svg", "inline: no XML declaration first");
     assert!(!svg.contains("<?xml"));
@@ -497,7 +497,7 @@ fn the_status_picture_marks_and_links_every_stage() {
     // The other marks stay.
     assert!(box_of(&svg, "release").contains("class=\"stage status-waiting approval\""));
     assert!(box_of(&svg, "deploy").contains("class=\"stage status-pending conditional\""));
-    assert_eq!(svg, to_status_svg(&sample(), approval, halfway, anchor));
+    assert_eq!(svg, to_page_svg(&sample(), approval, halfway, anchor));
 }
 
 #[test]
@@ -523,7 +523,7 @@ fn the_status_picture_is_laid_out_as_the_file_is() {
     }
     // A status word longer than the id widens the box to hold it.
     let short = workflow(json!({"name": "s", "stages": {"a": {"uses": "x"}}}));
-    let wide = to_status_svg(
+    let wide = to_page_svg(
         &short,
         |_| false,
         |_| Some(StageStatus::Cancelled),
@@ -542,7 +542,7 @@ fn the_status_picture_is_laid_out_as_the_file_is() {
 #[test]
 fn the_status_picture_escapes_links_and_shows_no_status_it_was_not_given() {
     let wf = sample();
-    let svg = to_status_svg(
+    let svg = to_page_svg(
         &wf,
         approval,
         |s| (s.id == "lint").then_some(StageStatus::Running),

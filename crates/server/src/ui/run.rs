@@ -22,7 +22,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use baton_core::graph::to_status_svg;
+use baton_core::graph::to_page_svg;
 use baton_core::{AdapterError, AttemptKey, ExternalRef, Logs, StageStatus, Workflow};
 use baton_store::{AttemptRecord, Millis, RunSnapshot, StageRecord, now_millis};
 use maud::{Markup, PreEscaped, html};
@@ -284,7 +284,7 @@ impl RunPage<'_> {
                 .find(|r| r.stage_id == stage.id)
                 .map(|r| r.status)
         };
-        let svg = to_status_svg(
+        let svg = to_page_svg(
             workflow,
             |stage| self.decisions.contains(&stage.uses),
             status,
