@@ -6,36 +6,16 @@
 use std::io::{BufRead, BufReader, Write};
 use std::time::{Duration, Instant};
 
-use baton_tests::{ALL_ROLES_GATEWAY, Reply, Sandbox, Server};
+use baton_tests::web::Browser;
+use baton_tests::{ALL_ROLES_ENV, ALL_ROLES_GATEWAY, DEPLOY_SOURCE, Sandbox, Server};
+// The roles' tokens, by the names these tests use.
+use baton_tests::{APPROVER_TOKEN as APPROVER, OPERATOR_TOKEN as OPERATOR, VIEWER_TOKEN as VIEWER};
 use serde_json::Value;
-
-const VIEWER: &str = "view-token-1";
-const OPERATOR: &str = "oper-token-2";
-const APPROVER: &str = "appr-token-3";
-
-const ENV: &[(&str, &str)] = &[
-    ("T_VIEWER", VIEWER),
-    ("T_OPERATOR", OPERATOR),
-    ("T_APPROVER", APPROVER),
-    ("DEPLOY_TOKEN", "deploy-token"),
-];
 
 /// Three tokens, a generic source, a workflow whose first stage prints outputs holding
 /// markup and whose second fails with markup on stderr, and one that waits for an approval.
 fn gateway(sb: &Sandbox) -> String {
-    sb.write(
-        "baton.toml",
-        &[
-            ALL_ROLES_GATEWAY,
-            r#"
-[sources.deploy]
-kind = "generic"
-bearer = { token = { env = "DEPLOY_TOKEN" } }
-event = { expr = ".type" }
-"#,
-        ]
-        .concat(),
-    );
+    sb.write("baton.toml", &[ALL_ROLES_GATEWAY, DEPLOY_SOURCE].concat());
     sb.write(
         "workflows/shown.yaml",
         r#"
@@ -73,66 +53,6 @@ stages:
     sb.path().join("baton.toml").display().to_string()
 }
 
-/// A browser signed in as one token: its session cookie and the form token of its pages.
-struct Browser<'a> {
-    server: &'a Server,
-    cookie: String,
-}
-
-impl<'a> Browser<'a> {
-    /// Signs in through the form, as a person does.
-    fn sign_in(server: &'a Server, token: &str) -> Self {
-        let reply = server.request(
-            "POST",
-            "/login",
-            &[("content-type", "application/x-www-form-urlencoded")],
-            Some(format!("token={token}&next=%2Fruns").as_bytes()),
-        );
-        assert_eq!(reply.status, 303, "{reply:?}");
-        let cookie = reply
-            .header("set-cookie")
-            .and_then(|c| c.split(';').next())
-            .unwrap_or_else(|| panic!("no session cookie: {reply:?}"))
-            .to_owned();
-        Self { server, cookie }
-    }
-
-    fn get(&self, path: &str) -> Reply {
-        self.server
-            .request("GET", path, &[("cookie", &self.cookie)], None)
-    }
-
-    /// Sends a form as a browser on this site does (`Sec-Fetch-Site: same-origin`), with
-    /// the headers in `instead` in place of those of the same name.
-    fn post(&self, path: &str, form: &str, instead: &[(&str, &str)]) -> Reply {
-        let mut headers = vec![
-            ("cookie", self.cookie.as_str()),
-            ("content-type", "application/x-www-form-urlencoded"),
-            ("sec-fetch-site", "same-origin"),
-        ];
-        headers.retain(|(name, _)| instead.iter().all(|(other, _)| other != name));
-        headers.extend_from_slice(instead);
-        self.server
-            .request("POST", path, &headers, Some(form.as_bytes()))
-    }
-
-    /// Sends a form that holds only the form token `csrf`: an action's button.
-    fn act(&self, path: &str, csrf: &str) -> Reply {
-        self.post(path, &format!("csrf={csrf}"), &[])
-    }
-
-    /// The form token on this session's pages.
-    fn csrf(&self) -> String {
-        let page = self.get("/runs");
-        assert_eq!(page.status, 200, "{page:?}");
-        let (_, rest) = page
-            .body
-            .split_once(r#"name="baton-csrf" content=""#)
-            .unwrap_or_else(|| panic!("no form token in {}", page.body));
-        rest.split('"').next().unwrap().to_owned()
-    }
-}
-
 /// Starts `workflow` by hand through the API and waits until `settled` holds for the run.
 fn start(server: &Server, workflow: &str, settled: impl Fn(&Value) -> bool) -> String {
     let run = server.start_run(workflow, OPERATOR, "{}");
@@ -167,7 +87,7 @@ fn details<'b>(page: &'b str, id: &str) -> &'b str {
 fn a_finished_run_shows_its_facts_graph_stages_and_logs_escaped() {
     let sb = Sandbox::new();
     let config = gateway(&sb);
-    let server = sb.serve(&config, ENV);
+    let server = sb.serve(&config, ALL_ROLES_ENV);
     let sent = server.request(
         "POST",
         "/hooks/deploy",
@@ -293,7 +213,7 @@ fn a_finished_run_shows_its_facts_graph_stages_and_logs_escaped() {
 fn an_approver_approves_and_the_page_follows_the_run() {
     let sb = Sandbox::new();
     let config = gateway(&sb);
-    let server = sb.serve(&config, ENV);
+    let server = sb.serve(&config, ALL_ROLES_ENV);
     let run = start(&server, "gated", |r| r["stages"][0]["status"] == "waiting");
     let anna = Browser::sign_in(&server, APPROVER);
     let page = anna.get(&format!("/runs/{run}"));
@@ -336,7 +256,7 @@ fn an_approver_approves_and_the_page_follows_the_run() {
     let csrf = anna.csrf();
     let approved = anna.post(
         &format!("/runs/{run}/stages/ok/approve"),
-        &format!("csrf={csrf}&comment=looks+%3Cgood%3E"),
+        &[("csrf", &csrf), ("comment", "looks <good>")],
         &[],
     );
     assert_eq!(approved.status, 303, "{approved:?}");
@@ -382,7 +302,11 @@ fn an_approver_approves_and_the_page_follows_the_run() {
     assert!(!after.body.contains("/approve\""), "nothing waits any more");
 
     // Approving again is a conflict, shown as such.
-    let again = anna.act(&format!("/runs/{run}/stages/ok/approve"), &csrf);
+    let again = anna.post(
+        &format!("/runs/{run}/stages/ok/approve"),
+        &[("csrf", &csrf)],
+        &[],
+    );
     assert_eq!(again.status, 409, "{again:?}");
     assert!(again.body.contains("not waiting"), "{}", again.body);
 }
@@ -391,7 +315,7 @@ fn an_approver_approves_and_the_page_follows_the_run() {
 fn actions_are_refused_without_the_role_the_form_token_or_this_site() {
     let sb = Sandbox::new();
     let config = gateway(&sb);
-    let server = sb.serve(&config, ENV);
+    let server = sb.serve(&config, ALL_ROLES_ENV);
     let run = start(&server, "gated", |r| r["stages"][0]["status"] == "waiting");
     let approve = format!("/runs/{run}/stages/ok/approve");
 
@@ -400,46 +324,40 @@ fn actions_are_refused_without_the_role_the_form_token_or_this_site() {
     let page = vera.get(&format!("/runs/{run}"));
     assert!(!page.body.contains(r#"action="/runs/"#), "{}", page.body);
     let own = vera.csrf();
-    let forged = vera.act(&approve, &own);
+    let forged = vera.post(&approve, &[("csrf", &own)], &[]);
     assert_eq!(forged.status, 403, "{forged:?}");
     assert!(forged.body.contains("viewer"), "{}", forged.body);
-    let cancel = vera.act(&format!("/runs/{run}/cancel"), &own);
+    let cancel = vera.post(&format!("/runs/{run}/cancel"), &[("csrf", &own)], &[]);
     assert_eq!(cancel.status, 403, "{cancel:?}");
 
     // An approver without the form token, with another session's, or from another site.
     let anna = Browser::sign_in(&server, APPROVER);
-    let missing = anna.post(&approve, "comment=x", &[]);
+    let missing = anna.post(&approve, &[("comment", "x")], &[]);
     assert_eq!(missing.status, 403, "{missing:?}");
-    let foreign = anna.act(&approve, &own);
+    let foreign = anna.post(&approve, &[("csrf", &own)], &[]);
     assert_eq!(foreign.status, 403, "{foreign:?}");
     let csrf = anna.csrf();
     let cross = anna.post(
         &approve,
-        &format!("csrf={csrf}"),
+        &[("csrf", &csrf)],
         &[("sec-fetch-site", "cross-site")],
     );
     assert_eq!(cross.status, 403, "{cross:?}");
-    let other_origin = server.request(
-        "POST",
+    let other_origin = anna.post(
         &approve,
-        &[
-            ("cookie", &anna.cookie),
-            ("content-type", "application/x-www-form-urlencoded"),
-            ("origin", "https://evil.example"),
-        ],
-        Some(format!("csrf={csrf}").as_bytes()),
+        &[("csrf", &csrf)],
+        &[("sec-fetch-site", ""), ("origin", "https://evil.example")],
     );
     assert_eq!(other_origin.status, 403, "{other_origin:?}");
     // Only approve and reject are decisions.
-    let odd = anna.act(&format!("/runs/{run}/stages/ok/explode"), &csrf);
+    let odd = anna.post(
+        &format!("/runs/{run}/stages/ok/explode"),
+        &[("csrf", &csrf)],
+        &[],
+    );
     assert_eq!(odd.status, 400, "{odd:?}");
     // Nor without a session at all: sent to sign in.
-    let anonymous = server.request(
-        "POST",
-        &approve,
-        &[("content-type", "application/x-www-form-urlencoded")],
-        Some(format!("csrf={csrf}").as_bytes()),
-    );
+    let anonymous = Browser::new(&server).post(&approve, &[("csrf", &csrf)], &[]);
     assert_eq!(anonymous.status, 303, "{anonymous:?}");
     assert!(
         anonymous
@@ -458,7 +376,7 @@ fn actions_are_refused_without_the_role_the_form_token_or_this_site() {
 fn an_operator_cancels_a_run_and_retries_a_stage() {
     let sb = Sandbox::new();
     let config = gateway(&sb);
-    let server = sb.serve(&config, ENV);
+    let server = sb.serve(&config, ALL_ROLES_ENV);
     let otto = Browser::sign_in(&server, OPERATOR);
     let csrf = otto.csrf();
 
@@ -472,7 +390,7 @@ fn an_operator_cancels_a_run_and_retries_a_stage() {
         !page.body.contains("/approve\""),
         "an operator does not decide"
     );
-    let cancelled = otto.act(&format!("/runs/{waiting}/cancel"), &csrf);
+    let cancelled = otto.post(&format!("/runs/{waiting}/cancel"), &[("csrf", &csrf)], &[]);
     assert_eq!(cancelled.status, 303, "{cancelled:?}");
     let ended = server.run_ended(&waiting, VIEWER);
     assert_eq!(ended["status"], "cancelled", "{ended:#}");
@@ -483,7 +401,7 @@ fn an_operator_cancels_a_run_and_retries_a_stage() {
         page.body
     );
     assert!(!page.body.contains("/cancel\""), "over: nothing to cancel");
-    let late = otto.act(&format!("/runs/{waiting}/cancel"), &csrf);
+    let late = otto.post(&format!("/runs/{waiting}/cancel"), &[("csrf", &csrf)], &[]);
     assert_eq!(late.status, 409, "{late:?}");
 
     let failed = start(&server, "shown", |r| r["status"] == "failed");
@@ -494,7 +412,7 @@ fn an_operator_cancels_a_run_and_retries_a_stage() {
         !details(&page.body, "build").contains("/retry"),
         "it succeeded"
     );
-    let retried = otto.act(&retry, &csrf);
+    let retried = otto.post(&retry, &[("csrf", &csrf)], &[]);
     assert_eq!(retried.status, 303, "{retried:?}");
     let again = wait(&server, &failed, "the second attempt to fail", |r| {
         r["status"] == "failed" && stage(r, "broken")["attempt"] == 2
@@ -515,7 +433,11 @@ fn an_operator_cancels_a_run_and_retries_a_stage() {
         );
     }
     // A stage that succeeded cannot be retried: a conflict, shown as such.
-    let conflict = otto.act(&format!("/runs/{failed}/stages/build/retry"), &csrf);
+    let conflict = otto.post(
+        &format!("/runs/{failed}/stages/build/retry"),
+        &[("csrf", &csrf)],
+        &[],
+    );
     assert_eq!(conflict.status, 409, "{conflict:?}");
     assert!(conflict.body.contains("only a failed or cancelled stage"));
 }
