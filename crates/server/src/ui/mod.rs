@@ -31,6 +31,7 @@ mod assets;
 mod form;
 mod layout;
 mod live;
+mod run;
 mod runs;
 mod session;
 mod workflows;
@@ -48,6 +49,7 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
         .route("/ui/assets/{name}", get(assets::serve))
         .route("/ui/events", get(live::events))
         .merge(runs::routes())
+        .merge(run::routes())
         .merge(workflows::routes())
 }
 
