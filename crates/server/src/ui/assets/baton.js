@@ -43,10 +43,24 @@ function live(element) {
       if (again) { again = false; refresh(); }
     }
   }
-  const source = new EventSource(events);
-  source.addEventListener("change", refresh);
-  source.addEventListener("open", () => { if (state) state.textContent = "Live"; });
-  source.addEventListener("error", () => { if (state) state.textContent = "Reconnecting…"; });
+  let source = null;
+  function connect() {
+    source = new EventSource(events);
+    source.addEventListener("change", refresh);
+    // What changed between the page's rendering (or a lost connection) and the stream's
+    // start sent no event: look once each time the stream opens.
+    source.addEventListener("open", () => { if (state) state.textContent = "Live"; refresh(); });
+    source.addEventListener("error", () => { if (state) state.textContent = "Reconnecting…"; });
+  }
+  connect();
+  // A page kept in the back/forward cache would keep its stream open, and a browser opens
+  // only six connections to a site: a few pages visited would leave none for the next one.
+  window.addEventListener("pagehide", () => {
+    if (source) { source.close(); source = null; }
+  });
+  window.addEventListener("pageshow", (event) => {
+    if (event.persisted && !source) connect();
+  });
 }
 
 // <details> the person opened or closed, by id: a refresh keeps their choice, and the
