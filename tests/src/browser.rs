@@ -2,17 +2,19 @@
 //! (WebDriver, with fantoccini), so a test clicks, types, waits and looks as a person would,
 //! with the UI's own script and CSP in force.
 //!
-//! Each [`Browser`] starts a `chromedriver --port=<free>` of its own on 127.0.0.1 and talks
+//! Each [`Chromium`] starts a `chromedriver --port=<free>` of its own on 127.0.0.1 and talks
 //! to it over plain http; dropping it ends the session and the driver's process group (the
 //! Chromium it started included). Only one browser runs at a time in a test process: on a
 //! small machine two Chromiums starve each other and bounded waits turn into flakes.
+//!
+//! [`crate::web::Browser`] is the other way in: plain HTTP, as a browser without JavaScript.
 //!
 //! Finding the driver: `$BATON_CHROMEDRIVER`, else `chromedriver` on the `PATH`; the browser
 //! is `$BATON_CHROMIUM` when set, else the one the driver finds (Debian's `chromium-driver`
 //! finds `chromium`). Without them a test fails with a message naming the fix;
 //! `scripts/test.sh` installs both.
 //!
-//! Screenshots: [`Browser::screenshot`] always takes one (so the path is tested) and writes it
+//! Screenshots: [`Chromium::screenshot`] always takes one (so the path is tested) and writes it
 //! to `docs/ui/<name>.png` only when `BATON_UI_SCREENSHOTS=1`, so that an ordinary test run
 //! leaves the committed pictures alone. `BATON_UI_SCREENSHOTS=1 cargo test -p baton-cli
 //! --test ui` takes them all again.
@@ -26,7 +28,7 @@ use fantoccini::wd::{Capabilities, WebDriverCompatibleCommand};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 
-/// Keys such as Tab and Enter, for [`Browser::press`].
+/// Keys such as Tab and Enter, for [`Chromium::press`].
 pub use fantoccini::key::Key;
 
 /// How long a wait for something on a page may last before the test fails.
@@ -35,14 +37,14 @@ pub const WAIT: Duration = Duration::from_secs(20);
 const COMMAND_LIMIT: Duration = Duration::from_secs(60);
 /// The window of every session: a laptop's.
 const WINDOW: (u32, u32) = (1280, 900);
-/// A phone's viewport, for [`Browser::phone`].
+/// A phone's viewport, for [`Chromium::phone`].
 const PHONE: (u32, u32) = (375, 812);
 
 /// One browser at a time per test process (see the module's text).
 static TURN: Mutex<()> = Mutex::new(());
 
 /// A headless Chromium looking at one baton.
-pub struct Browser {
+pub struct Chromium {
     runtime: tokio::runtime::Runtime,
     client: Option<Client>,
     driver: Child,
@@ -51,7 +53,7 @@ pub struct Browser {
     _turn: MutexGuard<'static, ()>,
 }
 
-impl Browser {
+impl Chromium {
     /// Starts chromedriver and a headless Chromium session for the baton at `base`
     /// (`http://127.0.0.1:PORT`, as [`crate::Server::url`]).
     pub fn open(base: &str) -> Self {
@@ -128,6 +130,12 @@ impl Browser {
     pub fn goto(&self, path: &str) {
         let url = self.url(path);
         self.must(&format!("loading {url}"), self.client().goto(&url));
+    }
+
+    /// Goes back one page in the history, as the browser's Back button does (the page may
+    /// come back from the back/forward cache, as it was, scripts and all).
+    pub fn back(&self) {
+        self.must("going back", self.client().back());
     }
 
     /// The address shown, as path and query (`/runs?status=failed`).
@@ -303,7 +311,7 @@ impl Browser {
         );
     }
 
-    /// Back to the laptop's window after [`Browser::phone`].
+    /// Back to the laptop's window after [`Chromium::phone`].
     pub fn laptop(&self) {
         self.devtools("Emulation.clearDeviceMetricsOverride", json!({}));
     }
@@ -362,7 +370,7 @@ impl Browser {
     }
 }
 
-impl Drop for Browser {
+impl Drop for Chromium {
     fn drop(&mut self) {
         if let Some(client) = self.client.take() {
             // Ends the session, so chromedriver closes Chromium and removes its profile.

@@ -7,20 +7,18 @@
 
 use std::time::Duration;
 
-use baton_tests::browser::{Browser, Key, OtherSite};
-use baton_tests::{ALL_ROLES_GATEWAY, Sandbox, Server};
+use baton_tests::browser::{Chromium, Key, OtherSite};
+use baton_tests::{
+    ALL_ROLES_ENV, ALL_ROLES_GATEWAY, APPROVER_TOKEN as APPROVER, OPERATOR_TOKEN as OPERATOR,
+    Sandbox, Server, VIEWER_TOKEN as VIEWER,
+};
 use serde_json::{Value, json};
 
-const VIEWER: &str = "view-token-1";
-const OPERATOR: &str = "oper-token-2";
-const APPROVER: &str = "appr-token-3";
-
-const ENV: &[(&str, &str)] = &[
-    ("T_VIEWER", VIEWER),
-    ("T_OPERATOR", OPERATOR),
-    ("T_APPROVER", APPROVER),
-    ("GH_SECRET", "hook-secret"),
-];
+/// Starts `baton serve` on [`gateway`], with the roles' tokens and the GitHub source's secret.
+fn serve(sb: &Sandbox) -> Server {
+    let env = [ALL_ROLES_ENV, &[("GH_SECRET", "hook-secret")]].concat();
+    sb.serve(&gateway(sb), &env)
+}
 
 /// A gateway with a GitHub source and four workflows: `deliver` (three stages; its first
 /// waits for the file the event's `gate` names, so a test decides when it ends), `release`
@@ -128,16 +126,16 @@ fn runs_of(server: &Server, workflow: &str) -> usize {
 
 /// Sets a mark on the page's `window`: it survives live updates and is gone after any
 /// navigation or reload.
-fn mark_page(browser: &Browser) {
+fn mark_page(browser: &Chromium) {
     browser.script("window.batonStoryMark = 'still here';", vec![]);
 }
 
-fn page_was_not_reloaded(browser: &Browser) -> bool {
+fn page_was_not_reloaded(browser: &Chromium) -> bool {
     browser.script("return window.batonStoryMark === 'still here';", vec![]) == json!(true)
 }
 
 /// The HTTP status the browser got for the page it shows (Navigation Timing).
-fn page_status(browser: &Browser) -> u64 {
+fn page_status(browser: &Chromium) -> u64 {
     browser
         .script(
             "return performance.getEntriesByType('navigation')[0].responseStatus;",
@@ -167,7 +165,7 @@ fn rgb(colour: &Value) -> [u32; 3] {
     [numbers[0], numbers[1], numbers[2]]
 }
 
-fn background(browser: &Browser) -> [u32; 3] {
+fn background(browser: &Chromium) -> [u32; 3] {
     rgb(&browser.script(
         "return getComputedStyle(document.body).backgroundColor;",
         vec![],
@@ -177,7 +175,7 @@ fn background(browser: &Browser) -> [u32; 3] {
 #[test]
 fn an_operator_signs_in_and_watches_the_runs_list_follow_the_runs() {
     let sb = Sandbox::new();
-    let server = sb.serve(&gateway(&sb), ENV);
+    let server = serve(&sb);
     let failed = server.start_run("nightly", OPERATOR, "{}");
     let done = server.start_run("deliver", OPERATOR, r#"{"gate": "baton.toml"}"#);
     let waiting = server.start_run("release", OPERATOR, r#"{"version": "1.4.2"}"#);
@@ -189,7 +187,7 @@ fn an_operator_signs_in_and_watches_the_runs_list_follow_the_runs() {
         "the release to wait for its approval",
         |r| r["status"] == "running",
     );
-    let browser = Browser::open(&server.url);
+    let browser = Chromium::open(&server.url);
 
     // Any page sends a stranger to the sign-in page, and back after it.
     browser.goto("/runs?status=failed");
@@ -242,6 +240,14 @@ fn an_operator_signs_in_and_watches_the_runs_list_follow_the_runs() {
         "the list was updated in place"
     );
 
+    // To a run and back: the list, as it was left, follows runs again.
+    browser.click(&format!("{row} a[href='/runs/{started}']"));
+    browser.wait_until("the run's page", |b| b.path() == format!("/runs/{started}"));
+    browser.back();
+    browser.wait_until("the list again", |b| b.path() == "/runs");
+    let again = server.start_run("nightly", OPERATOR, "{}");
+    browser.wait_for(&format!("tbody tr:has(a[href='/runs/{again}'])"));
+
     // Dark mode follows the system's setting.
     let light = background(&browser);
     browser.dark_mode(true);
@@ -282,8 +288,8 @@ fn an_operator_signs_in_and_watches_the_runs_list_follow_the_runs() {
 #[test]
 fn a_form_on_another_site_cannot_act_for_a_signed_in_person() {
     let sb = Sandbox::new();
-    let server = sb.serve(&gateway(&sb), ENV);
-    let browser = Browser::open(&server.url);
+    let server = serve(&sb);
+    let browser = Chromium::open(&server.url);
     browser.sign_in(OPERATOR);
     browser.goto("/runs");
     // The worst case: the other site even knows this session's form token.
@@ -343,9 +349,9 @@ fn wait_stage(server: &Server, run: &str, stage: &str, status: &str) {
 #[test]
 fn an_operator_starts_a_run_and_watches_its_graph_turn_green() {
     let sb = Sandbox::new();
-    let server = sb.serve(&gateway(&sb), ENV);
+    let server = serve(&sb);
     server.start_run("nightly", OPERATOR, "{}");
-    let browser = Browser::open(&server.url);
+    let browser = Chromium::open(&server.url);
     browser.sign_in(OPERATOR);
 
     // From the navigation to the workflow, as a person finds it.
@@ -399,10 +405,10 @@ fn an_operator_starts_a_run_and_watches_its_graph_turn_green() {
 #[test]
 fn an_approver_answers_a_waiting_stage_and_the_run_goes_on() {
     let sb = Sandbox::new();
-    let server = sb.serve(&gateway(&sb), ENV);
+    let server = serve(&sb);
     let run = server.start_run("release", OPERATOR, r#"{"version": "1.4.2"}"#);
     wait_stage(&server, &run, "approve", "waiting");
-    let browser = Browser::open(&server.url);
+    let browser = Chromium::open(&server.url);
     browser.sign_in(APPROVER);
     browser.goto(&format!("/runs/{run}"));
 
@@ -459,12 +465,12 @@ fetch(arguments[0], { method: 'POST', credentials: 'same-origin',
 #[test]
 fn a_viewer_sees_no_actions_and_a_forged_one_is_refused() {
     let sb = Sandbox::new();
-    let server = sb.serve(&gateway(&sb), ENV);
+    let server = serve(&sb);
     let waiting = server.start_run("release", OPERATOR, r#"{"version": "2.0"}"#);
     let failed = server.start_run("nightly", OPERATOR, "{}");
     wait_stage(&server, &waiting, "approve", "waiting");
     server.run_ended(&failed, VIEWER);
-    let browser = Browser::open(&server.url);
+    let browser = Chromium::open(&server.url);
     browser.sign_in(VIEWER);
 
     // The pages show the state, and nothing a viewer may not do.
@@ -521,7 +527,7 @@ fn a_viewer_sees_no_actions_and_a_forged_one_is_refused() {
 #[test]
 fn a_delivery_carrying_markup_shows_it_as_text_and_runs_none_of_it() {
     let sb = Sandbox::new();
-    let server = sb.serve(&gateway(&sb), ENV);
+    let server = serve(&sb);
     let script = "<script>window.pwned=1</script>";
     let image = "<img src=x onerror=\"window.pwned=2\">";
     let body = json!({
@@ -553,7 +559,7 @@ fn a_delivery_carrying_markup_shows_it_as_text_and_runs_none_of_it() {
     );
     let run = stored["runs"][0].as_str().expect("a run").to_owned();
     server.run_ended(&run, VIEWER);
-    let browser = Browser::open(&server.url);
+    let browser = Chromium::open(&server.url);
     browser.sign_in(VIEWER);
 
     let nothing_ran = "return typeof window.pwned === 'undefined' \
