@@ -116,48 +116,12 @@ impl GatewayConfig {
         all
     }
 
-    /// A `workflows` glob as an absolute pattern: relative ones under [`Self::base_dir`].
-    pub(crate) fn absolute_glob(&self, pattern: &str) -> String {
-        if Path::new(pattern).is_absolute() {
-            pattern.to_owned()
-        } else {
-            let dir = glob::Pattern::escape(&self.base_dir.to_string_lossy());
-            format!("{}/{pattern}", dir.trim_end_matches('/'))
+    /// The `workflows` globs, to place workflow files by.
+    pub fn workflow_globs(&self) -> WorkflowGlobs {
+        WorkflowGlobs {
+            patterns: self.workflows.clone(),
+            base_dir: self.base_dir.clone(),
         }
-    }
-
-    /// Whether a `workflows` glob matches `file`, so that a load finds it.
-    pub fn finds_workflow_file(&self, file: &Path) -> bool {
-        self.workflows.iter().any(|pattern| {
-            glob::Pattern::new(&self.absolute_glob(pattern)).is_ok_and(|p| p.matches_path(file))
-        })
-    }
-
-    /// Where a new workflow named `name` goes: `<name>.yaml` (or `.yml`) in the folder of
-    /// the first `workflows` glob (its part before the first wildcard), as long as the globs
-    /// find that file. `None` when there is no glob or they would not find it.
-    pub fn new_workflow_file(&self, name: &str) -> Option<PathBuf> {
-        let first = self.workflows.first()?;
-        let mut folder = PathBuf::new();
-        for part in Path::new(first)
-            .parent()
-            .into_iter()
-            .flat_map(Path::components)
-        {
-            if part
-                .as_os_str()
-                .to_string_lossy()
-                .contains(['*', '?', '[', ']'])
-            {
-                break;
-            }
-            folder.push(part);
-        }
-        let folder = self.base_dir.join(folder);
-        ["yaml", "yml"]
-            .into_iter()
-            .map(|extension| folder.join(format!("{name}.{extension}")))
-            .find(|file| self.finds_workflow_file(file))
     }
 
     /// The instance names whose kind takes decisions: the stages that name them wait for a
@@ -703,6 +667,62 @@ impl Default for EngineConfig {
             max_concurrency: 256,
             exec_state_dir: None,
         }
+    }
+}
+
+/// The `workflows` globs and the folder they are relative to: which files a load finds,
+/// and where a new workflow file goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkflowGlobs {
+    /// The globs, as written.
+    pub patterns: Vec<String>,
+    /// The config file's directory.
+    pub base_dir: PathBuf,
+}
+
+impl WorkflowGlobs {
+    /// A glob as an absolute pattern: a relative one under [`Self::base_dir`].
+    pub(crate) fn absolute(&self, pattern: &str) -> String {
+        if Path::new(pattern).is_absolute() {
+            pattern.to_owned()
+        } else {
+            let dir = glob::Pattern::escape(&self.base_dir.to_string_lossy());
+            format!("{}/{pattern}", dir.trim_end_matches('/'))
+        }
+    }
+
+    /// Whether a glob matches `file`, so that a load finds it.
+    pub fn finds(&self, file: &Path) -> bool {
+        self.patterns.iter().any(|pattern| {
+            glob::Pattern::new(&self.absolute(pattern)).is_ok_and(|p| p.matches_path(file))
+        })
+    }
+
+    /// Where a new workflow named `name` goes: `<name>.yaml` (or `.yml`) in the folder of
+    /// the first glob (its part before the first wildcard), as long as the globs find that
+    /// file. `None` when there is no glob or they would not find it.
+    pub fn new_file(&self, name: &str) -> Option<PathBuf> {
+        let first = self.patterns.first()?;
+        let mut folder = PathBuf::new();
+        for part in Path::new(first)
+            .parent()
+            .into_iter()
+            .flat_map(Path::components)
+        {
+            if part
+                .as_os_str()
+                .to_string_lossy()
+                .contains(['*', '?', '[', ']'])
+            {
+                break;
+            }
+            folder.push(part);
+        }
+        let folder = self.base_dir.join(folder);
+        ["yaml", "yml"]
+            .into_iter()
+            .map(|extension| folder.join(format!("{name}.{extension}")))
+            .find(|file| self.finds(file))
     }
 }
 

@@ -49,7 +49,7 @@ pub use gateway::{
     GenericAuth, GenericSource, GithubApp, GithubAuth, GithubSource, GitlabSource, HmacAlgorithm,
     HmacAuth, RegistryAuth, RegistrySource, RelayConfig, RelayHeaderValue, RelayRate, RelaySign,
     RelayTarget, Role, ServerConfig, SourceConfig, StoreConfig, TOP_LEVEL_KEYS, TRAVIS_API_URL,
-    TravisSource, UiConfig,
+    TravisSource, UiConfig, WorkflowGlobs,
 };
 pub use load::{
     Checked, ENVIRONMENT, Loaded, LoadedWorkflow, SecretsFrom, load, load_reading_secrets,

@@ -22,9 +22,10 @@ pub(super) fn workflow_paths(
     sink: &mut Sink,
 ) -> Vec<PathBuf> {
     let mut files = Vec::new();
+    let globs = config.workflow_globs();
     for (i, pattern) in config.workflows.iter().enumerate() {
         let at = format!("workflows[{i}]");
-        let full = config.absolute_glob(pattern);
+        let full = globs.absolute(pattern);
         let paths = match glob::glob(&full) {
             Ok(paths) => paths,
             Err(e) => {

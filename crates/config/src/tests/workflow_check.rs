@@ -150,21 +150,21 @@ fn saving_is_off_unless_the_ui_section_says_so() {
 #[test]
 fn a_new_workflow_file_goes_where_the_first_glob_finds_it() {
     let dir = fixture(&[("baton.toml", GATEWAY), ("flows/good.yaml", GOOD)]);
-    let gateway = loaded(dir.path()).gateway;
+    let globs = loaded(dir.path()).gateway.workflow_globs();
     assert_eq!(
-        gateway.new_workflow_file("fresh"),
+        globs.new_file("fresh"),
         Some(dir.path().join("flows/fresh.yaml"))
     );
-    assert!(gateway.finds_workflow_file(&dir.path().join("flows/good.yaml")));
-    assert!(!gateway.finds_workflow_file(&dir.path().join("good.yaml")));
-    let mut other = gateway;
-    other.workflows = vec!["deep/**/*.yml".into()];
+    assert!(globs.finds(&dir.path().join("flows/good.yaml")));
+    assert!(!globs.finds(&dir.path().join("good.yaml")));
+    let mut other = globs;
+    other.patterns = vec!["deep/**/*.yml".into()];
     assert_eq!(
-        other.new_workflow_file("fresh"),
+        other.new_file("fresh"),
         Some(dir.path().join("deep/fresh.yml"))
     );
-    other.workflows = vec!["only-this.yaml".into()];
-    assert_eq!(other.new_workflow_file("fresh"), None);
-    other.workflows.clear();
-    assert_eq!(other.new_workflow_file("fresh"), None);
+    other.patterns = vec!["only-this.yaml".into()];
+    assert_eq!(other.new_file("fresh"), None);
+    other.patterns.clear();
+    assert_eq!(other.new_file("fresh"), None);
 }
