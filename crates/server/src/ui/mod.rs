@@ -28,6 +28,7 @@ use crate::AppState;
 use crate::api::find_token;
 
 mod assets;
+mod editor;
 mod form;
 mod layout;
 mod live;
@@ -47,6 +48,7 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
         .route("/ui/assets/{name}", get(assets::serve))
         .route("/ui/events", get(live::events))
         .merge(runs::routes())
+        .merge(editor::routes())
 }
 
 /// `?next=` of the sign-in page.
