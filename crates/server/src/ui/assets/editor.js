@@ -116,6 +116,12 @@
       status.textContent = "✓ Valid";
     } else {
       problemsBox.append(el("h2", { text: problems.length + (problems.length === 1 ? " problem" : " problems") }));
+      const withStages = problems.length - general.length;
+      if (withStages > 0) {
+        problemsBox.append(el("p", { class: "muted", text: withStages === problems.length
+          ? "Each is shown with its stage above."
+          : withStages + " of them shown with their stage above." }));
+      }
       problemsBox.append(el("ul", {}, general.map(problemItem)));
       status.textContent = "✗ " + problems.length + (problems.length === 1 ? " problem" : " problems");
     }
