@@ -184,7 +184,9 @@ pub fn compose(original: Option<&str>, draft: &WorkflowDraft) -> Composed {
 
 /// What a draft changes in a file that parsed.
 struct Plan {
+    /// Whether `name` changes.
     name: bool,
+    /// Whether `on` changes.
     on: bool,
     /// Per draft stage: the original stage it keeps (by id, the first draft stage of an id
     /// only), and which of its keys change.
@@ -193,9 +195,13 @@ struct Plan {
 
 #[derive(Default)]
 struct StagePlan {
+    /// The stage as the file has it; `None` for a new stage.
     original: Option<Map<String, Value>>,
+    /// Whether `uses` changes.
     uses: bool,
+    /// Whether `needs` changes.
     needs: bool,
+    /// Whether `with` changes.
     with: bool,
 }
 
@@ -770,7 +776,9 @@ fn with_text(stage: &Map<String, Value>, id: &str, written: &[WrittenWith]) -> S
 
 /// A stage's `with` as the file writes it.
 struct WrittenWith {
+    /// The stage id.
     id: String,
+    /// Its `with` as written, dedented; empty when it has none.
     with: String,
 }
 

@@ -290,7 +290,9 @@ impl<'a> Lines<'a> {
 /// A step of a key path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Segment<'a> {
+    /// A key of a mapping.
     Key(&'a str),
+    /// An item of a sequence, from 0.
     Index(usize),
 }
 
@@ -466,6 +468,7 @@ fn starts_token(bytes: &[u8], i: usize) -> bool {
 /// original.
 #[derive(Debug, Default)]
 pub(crate) struct Edits {
+    /// Each change: the original lines it replaces and the lines that stand there instead.
     changes: Vec<(Range<usize>, Vec<String>)>,
 }
 

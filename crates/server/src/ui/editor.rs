@@ -42,6 +42,7 @@ use super::session::Session;
 /// The header the editor's script sends the form token in.
 const CSRF_HEADER: &str = "x-csrf-token";
 
+/// The editor's routes.
 pub(crate) fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/workflows/new", get(new_page).post(new_checked))
@@ -394,7 +395,13 @@ async fn save(
             replace_file(&base.file, &yaml).map(|()| base.file.clone())
         }
         None => {
-            let name = workflow_name(&yaml).unwrap_or_default();
+            let Some(name) = workflow_name(&yaml) else {
+                return layout::error_page(
+                    StatusCode::BAD_REQUEST,
+                    "No file name",
+                    "The workflow's name cannot name a file: use letters, digits, `_`, `-` and `.`, not starting with `.`.",
+                );
+            };
             let Some(file) = state.workflow_globs.new_file(&name) else {
                 return layout::error_page(
                     StatusCode::CONFLICT,

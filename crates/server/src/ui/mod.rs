@@ -7,7 +7,7 @@
 //! | `/login`, `/logout` | signing in with an API token ([`session`]) |
 //! | `/runs`, `/runs/{id}` | runs, and one run's graph and stages |
 //! | `/deliveries`, `/deliveries/{id}` | webhook deliveries |
-//! | `/workflows`, `/workflows/{name}`, `/workflows/new` | workflows and the editor |
+//! | `/workflows`, `/workflows/{name}`, `/workflows/new`, `/workflows/{name}/edit` | workflows and the editor ([`editor`]) |
 //! | `/ui/assets/{name}` | the stylesheet, scripts and icon ([`assets`]) |
 //! | `/ui/events` | server-sent events that tell a page something changed ([`live`]) |
 //!
