@@ -95,12 +95,8 @@ pub fn draft_of(text: &str) -> Result<WorkflowDraft, DraftError> {
             "expected a map with `name`, `on` and `stages` at the top".to_owned(),
         ));
     };
-    let name = match map.get("name") {
-        None | Some(Value::Null) => String::new(),
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Number(n)) => n.to_string(),
-        Some(_) => return Err(DraftError::Unsupported("a `name` that is not text".into())),
-    };
+    let name =
+        name_of(&map).ok_or_else(|| DraftError::Unsupported("a `name` that is not text".into()))?;
     let on = triggers_of(map.get("on"))
         .ok_or_else(|| DraftError::Unsupported("this `on` list".to_owned()))?;
     let lines = Lines::parse(text);
@@ -188,6 +184,8 @@ struct Plan {
     name: bool,
     /// Whether `on` changes.
     on: bool,
+    /// Whether the draft has no stage left of those the file has.
+    clear_stages: bool,
     /// Per draft stage: the original stage it keeps (by id, the first draft stage of an id
     /// only), and which of its keys change.
     stages: Vec<StagePlan>,
@@ -196,7 +194,7 @@ struct Plan {
 #[derive(Default)]
 struct StagePlan {
     /// The stage as the file has it; `None` for a new stage.
-    original: Option<Map<String, Value>>,
+    original: Option<Value>,
     /// Whether `uses` changes.
     uses: bool,
     /// Whether `needs` changes.
@@ -233,12 +231,14 @@ impl Plan {
                     uses: map.get("uses").and_then(Value::as_str).unwrap_or_default() != stage.uses,
                     needs: needs_of(map.get("needs")).as_deref() != Some(&stage.needs[..]),
                     with: normalize(&with_before) != normalize(&stage.with),
-                    original: Some(map),
+                    original: Some(original.clone()),
                 }
             })
             .collect();
         Self {
-            name: before.get("name").and_then(Value::as_str) != Some(draft.name.as_str()),
+            name: name_of(before).as_deref() != Some(draft.name.as_str()),
+            clear_stages: draft.stages.is_empty()
+                && stages_before.is_some_and(|stages| !stages.is_empty()),
             on: triggers_of(before.get("on")).as_deref() != Some(&draft.on[..]),
             stages,
         }
@@ -268,7 +268,18 @@ impl Plan {
         }
         let mut stages = Map::new();
         for (stage, plan) in draft.stages.iter().zip(&self.stages) {
-            let mut value = plan.original.clone().unwrap_or_default();
+            if let Some(original) = plan.original.as_ref().filter(|_| !plan.changed()) {
+                if stages.insert(stage.id.clone(), original.clone()).is_some() {
+                    return None;
+                }
+                continue;
+            }
+            let mut value = plan
+                .original
+                .as_ref()
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_default();
             if plan.original.is_none() || plan.uses {
                 value.insert("uses".into(), Value::String(stage.uses.clone()));
             }
@@ -290,7 +301,7 @@ impl Plan {
             }
             stages.insert(stage.id.clone(), Value::Object(value));
         }
-        if !draft.stages.is_empty() || before.contains_key("stages") {
+        if !draft.stages.is_empty() || self.clear_stages {
             expected.insert("stages".into(), Value::Object(stages));
         }
         Some(expected)
@@ -344,8 +355,11 @@ fn edit_in_place(text: &str, draft: &WorkflowDraft, plan: &Plan) -> Option<Strin
         None if draft.stages.is_empty() => return Some(edits.apply(&lines)),
         None => return None,
     };
-    if draft.stages.is_empty() {
+    if plan.clear_stages {
         set_inline(&lines, &stages_entry, "{}", &mut edits);
+        return Some(edits.apply(&lines));
+    }
+    if draft.stages.is_empty() {
         return Some(edits.apply(&lines));
     }
     let written = match lines.children(&stages_entry) {
@@ -399,7 +413,7 @@ fn edit_in_place(text: &str, draft: &WorkflowDraft, plan: &Plan) -> Option<Strin
             // Flow style, or no value: the stage is written out again.
             edits.replace(
                 entry.line..entry.end,
-                stage_lines(stage, Some(original), entry.indent, step),
+                stage_lines(stage, original.as_object(), entry.indent, step),
             );
             continue;
         };
@@ -433,7 +447,7 @@ fn edit_in_place(text: &str, draft: &WorkflowDraft, plan: &Plan) -> Option<Strin
             edits.insert(entry.line + 1, head);
         }
         if stage_plan.with {
-            let with = with_lines(&stage.with, inner);
+            let with = with_lines(&stage.with, inner, step);
             match (find(&children, "with"), with) {
                 (Some(c), Some(mut block)) => {
                     block[0] = keep_comment(&lines, &c, &block[0], block.len() == 1);
@@ -522,7 +536,7 @@ fn stage_lines(
                 out.push(format!("{pad}needs: {}", flow_list(&stage.needs)));
             }
             "uses" => out.push(format!("{pad}uses: {}", scalar(&stage.uses))),
-            "with" => out.extend(with_lines(&stage.with, inner).unwrap_or_default()),
+            "with" => out.extend(with_lines(&stage.with, inner, step).unwrap_or_default()),
             "needs" => {}
             other => {
                 if let Some(value) = original.and_then(|m| m.get(other)) {
@@ -535,15 +549,15 @@ fn stage_lines(
 }
 
 /// `with:` at `indent` holding the editor's text: on the key line when the text is one
-/// flow or scalar value (or starts one: `{ a: 1,` …, `|`), else indented below it. `None`
-/// when the text holds no value.
-fn with_lines(text: &str, indent: usize) -> Option<Vec<String>> {
+/// flow or scalar value (or starts one: `{ a: 1,` …, `|`), else indented `step` more below
+/// it. `None` when the text holds no value.
+fn with_lines(text: &str, indent: usize, step: usize) -> Option<Vec<String>> {
     let body: Vec<&str> = text.trim_end().lines().map(str::trim_end).collect();
     let first = body
         .iter()
         .position(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))?;
     let pad = " ".repeat(indent);
-    let deeper = " ".repeat(indent + 2);
+    let deeper = " ".repeat(indent + step);
     let start = body[first].trim_start();
     let single_plain = body.len() == 1 && !start.starts_with("- ") && key_like(start).is_none();
     let inline = first == 0
@@ -718,6 +732,17 @@ fn triggers_value(triggers: &[DraftTrigger]) -> Value {
 
 fn needs_value(needs: &[String]) -> Value {
     Value::Array(needs.iter().cloned().map(Value::String).collect())
+}
+
+/// The `name` as the editor shows it: text, a number as its digits, nothing as empty;
+/// `None` for anything else.
+fn name_of(map: &Map<String, Value>) -> Option<String> {
+    match map.get("name") {
+        None | Some(Value::Null) => Some(String::new()),
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        Some(_) => None,
+    }
 }
 
 /// The triggers of an `on` value; `None` when it holds anything the editor cannot show.

@@ -45,6 +45,8 @@ impl Line<'_> {
 /// YAML text split into lines.
 #[derive(Debug, Clone)]
 pub(crate) struct Lines<'a> {
+    /// The text.
+    source: &'a str,
     /// The lines.
     pub(crate) lines: Vec<Line<'a>>,
     /// Whether the text breaks lines with `\r\n`.
@@ -93,6 +95,7 @@ impl<'a> Lines<'a> {
                 .collect()
         };
         Self {
+            source: text,
             lines,
             crlf,
             final_break,
@@ -493,6 +496,9 @@ impl Edits {
     /// The text with every change made. Changes must not overlap; an insertion at the
     /// start of a replaced range goes before the replacement.
     pub(crate) fn apply(mut self, text: &Lines) -> String {
+        if self.changes.is_empty() {
+            return text.source.to_owned();
+        }
         let mut lines: Vec<String> = text.lines.iter().map(|l| l.text.to_owned()).collect();
         // From the bottom up, so that each range still names the original lines; at one
         // start, the longer change first, so an insertion there ends up above it.

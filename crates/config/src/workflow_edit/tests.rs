@@ -448,10 +448,55 @@ fn what_the_editor_cannot_show_is_said() {
     assert!(matches!(draft_of("- a\n"), Err(DraftError::Unreadable(_))));
 }
 
+/// A change a person makes in the editor.
+type Change = Box<dyn Fn(&mut WorkflowDraft)>;
+
+/// Changes that apply to any draft.
+fn changes() -> Vec<Change> {
+    vec![
+        Box::new(|d| d.name.push_str("-2")),
+        Box::new(|d| {
+            d.on.push(DraftTrigger {
+                source: "manual".into(),
+                ..DraftTrigger::default()
+            });
+        }),
+        Box::new(|d| {
+            if let Some(first) = d.stages.first_mut() {
+                first.uses = "other".into();
+                first.needs = vec!["zz".into()];
+                first.with = "run: changed\n".into();
+            }
+        }),
+        Box::new(|d| {
+            if !d.stages.is_empty() {
+                d.stages.remove(0);
+            }
+        }),
+        Box::new(|d| {
+            d.stages.push(DraftStage {
+                id: "zz-new".into(),
+                uses: "exec".into(),
+                with: "{ run: added }".into(),
+                needs: vec![],
+            });
+        }),
+    ]
+}
+
+/// Asserts that `text` reads back as `draft` (each `with` compared as YAML).
+fn assert_reads_as(text: &str, draft: &WorkflowDraft) {
+    let mut back = draft_of(text).unwrap_or_else(|e| panic!("{e}:\n{text}"));
+    for (stage, wanted) in back.stages.iter_mut().zip(&draft.stages) {
+        assert_eq!(with_value(&stage.with), with_value(&wanted.with), "{text}");
+        stage.with.clone_from(&wanted.with);
+    }
+    assert_eq!(&back, draft, "{text}");
+}
+
 #[test]
 fn every_single_stage_change_survives_the_round_trip() {
     // Each change alone, and the draft read back from the result is the changed draft.
-    type Change = Box<dyn Fn(&mut WorkflowDraft)>;
     let changes: Vec<Change> = vec![
         Box::new(|d| d.name = "renamed".into()),
         Box::new(|d| d.on.pop().map(drop).unwrap_or_default()),
@@ -481,16 +526,118 @@ fn every_single_stage_change_survives_the_round_trip() {
             "change {i}:\n{}",
             composed.text
         );
-        let mut back = draft_of(&composed.text).unwrap();
-        for (stage, wanted) in back.stages.iter_mut().zip(&draft.stages) {
-            // `with` text is compared as YAML: its layout may differ.
-            assert_eq!(
-                with_value(&stage.with),
-                with_value(&wanted.with),
-                "change {i}"
-            );
-            stage.with.clone_from(&wanted.with);
-        }
-        assert_eq!(back, draft, "change {i}:\n{}", composed.text);
+        assert_reads_as(&composed.text, &draft);
     }
+}
+
+#[test]
+fn other_layouts_are_edited_in_place_too() {
+    // A document marker, four-space indentation, comments on key lines, a block scalar.
+    let text = "\
+---
+name: four   # four spaces
+stages:
+    build:   # the build
+        uses: exec
+        with:
+            run: |
+                make
+                # part of the script
+                make install
+    test:
+        needs: build   # one id
+        uses: exec
+        with: { run: make test }
+";
+    let mut draft = draft_of(text).unwrap();
+    assert_eq!(
+        draft.stages[0].with,
+        "run: |\n    make\n    # part of the script\n    make install\n"
+    );
+    draft.stages[0].with = "run: |\n    make all\n".into();
+    draft.stages[1].uses = "ci".into();
+    draft.stages.push(DraftStage {
+        id: "ship".into(),
+        uses: "approval".into(),
+        with: "{ message: go? }".into(),
+        needs: vec!["test".into()],
+    });
+    let composed = compose(Some(text), &draft);
+    assert!(composed.comments_kept, "{}", composed.text);
+    assert_eq!(
+        composed.text,
+        "\
+---
+name: four   # four spaces
+stages:
+    build:   # the build
+        uses: exec
+        with:
+            run: |
+                make all
+    test:
+        needs: build   # one id
+        uses: ci
+        with: { run: make test }
+    ship:
+        needs: [test]
+        uses: approval
+        with: { message: go? }
+"
+    );
+    assert_eq!(
+        parsed(&composed.text)["stages"]["build"]["with"]["run"],
+        "make all\n"
+    );
+}
+
+#[test]
+fn any_readable_text_comes_back_unchanged_from_its_own_draft() {
+    // Every prefix of a few files, and each with one line dropped: whatever reads as a
+    // draft gives itself back, and nothing panics.
+    let texts = [
+        COMMENTED.to_owned(),
+        COMMENTED.replace('\n', "\r\n"),
+        "name: w\nstages:\n  a: { uses: exec, with: { run: x } }\n  b:\n    needs: a\n    uses: exec\n    with:\n      run: |\n        y\n".to_owned(),
+    ];
+    let mut variants = Vec::new();
+    for text in &texts {
+        for (i, _) in text.char_indices().step_by(3) {
+            variants.push(text[..i].to_owned());
+        }
+        let lines: Vec<&str> = text.split_inclusive('\n').collect();
+        for skip in 0..lines.len() {
+            let mut dropped = lines.clone();
+            dropped.remove(skip);
+            variants.push(dropped.concat());
+        }
+    }
+    let mut drafted = 0;
+    for text in &variants {
+        let lines = Lines::parse(text);
+        for path in [
+            "name",
+            "on[0].source",
+            "stages.unit.with.run",
+            "stages.b.needs",
+        ] {
+            let _ = lines.locate(path);
+        }
+        if let Ok(draft) = draft_of(text) {
+            drafted += 1;
+            let composed = compose(Some(text), &draft);
+            assert_eq!(&composed.text, text, "{text:?}");
+            for change in changes() {
+                let mut changed = draft.clone();
+                change(&mut changed);
+                let composed = compose(Some(text), &changed);
+                assert_reads_as(&composed.text, &changed);
+            }
+        }
+    }
+    assert!(
+        drafted > variants.len() / 4,
+        "{drafted} of {}",
+        variants.len()
+    );
 }
