@@ -7,7 +7,7 @@
 //! | `/login`, `/logout` | signing in with an API token ([`session`]) |
 //! | `/runs`, `/runs/{id}` | runs, and one run's graph and stages |
 //! | `/deliveries`, `/deliveries/{id}` | webhook deliveries |
-//! | `/workflows`, `/workflows/{name}`, `/workflows/new` | workflows and the editor |
+//! | `/workflows`, `/workflows/{name}`, `/workflows/new`, `/workflows/{name}/edit` | workflows and the editor ([`editor`]) |
 //! | `/ui/assets/{name}` | the stylesheet, scripts and icon ([`assets`]) |
 //! | `/ui/events` | server-sent events that tell a page something changed ([`live`]) |
 //!
@@ -28,6 +28,7 @@ use crate::AppState;
 use crate::api::find_token;
 
 mod assets;
+mod editor;
 mod form;
 mod layout;
 mod live;
@@ -51,6 +52,7 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
         .merge(runs::routes())
         .merge(run::routes())
         .merge(workflows::routes())
+        .merge(editor::routes())
 }
 
 /// `?next=` of the sign-in page.

@@ -92,6 +92,7 @@ async fn list(
     }
     let body = html! {
         h1 { "Workflows" }
+        p { a.button href="/workflows/new" { "New workflow" } }
         p.muted {
             (state.workflows.len()) " workflow" @if state.workflows.len() != 1 { "s" }
             " in the config. A workflow with a " code { "manual" }
@@ -320,6 +321,8 @@ impl Page<'_> {
                         " · "
                     }
                     a href=(download_address(name)) download { "Download YAML" }
+                    " · "
+                    a href={ "/workflows/" (name) "/edit" } { "Edit" }
                 }
                 dt { "Stages" }
                 dd { (self.workflow.stages.len()) }
