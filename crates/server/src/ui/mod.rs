@@ -30,6 +30,7 @@ use crate::api::find_token;
 mod assets;
 mod form;
 mod layout;
+mod list;
 mod live;
 mod runs;
 mod session;

@@ -16,24 +16,22 @@ use serde::Deserialize;
 use crate::AppState;
 
 use super::layout::{self, Nav};
-use super::session::{Session, encode_query};
+use super::list::{self, ListAddress, Paging};
+use super::session::Session;
 
-/// Runs on a page.
-const PAGE: u32 = 50;
-
+/// The routes of the runs list.
 pub(crate) fn routes() -> Router<Arc<AppState>> {
-    Router::new().route("/runs", get(list))
+    Router::new().route("/runs", get(list_page))
 }
 
-/// `?workflow=&status=&before=&fragment=`.
+/// `?workflow=&status=`; the page is in [`Paging`] (`before` is `<created_at>.<id>` of the
+/// previous page's last run).
 #[derive(Deserialize, Default)]
 pub(crate) struct ListQuery {
+    /// Only runs of this workflow.
     workflow: Option<String>,
+    /// Only runs in this status; an unknown one is no filter.
     status: Option<String>,
-    /// The last run of the previous page (`<created_at>.<id>`).
-    before: Option<String>,
-    /// `rows`: only the table's body, for a live refresh.
-    fragment: Option<String>,
 }
 
 impl ListQuery {
@@ -45,42 +43,29 @@ impl ListQuery {
         self.status.as_deref().and_then(RunStatus::parse)
     }
 
-    /// The query string of this list with `before` replaced.
-    fn address(&self, before: Option<&str>, fragment: bool) -> String {
-        let mut pairs = Vec::new();
-        if let Some(w) = self.workflow() {
-            pairs.push(format!("workflow={}", encode_query(w)));
-        }
-        if let Some(s) = self.status() {
-            pairs.push(format!("status={}", s.as_str()));
-        }
-        if let Some(b) = before {
-            pairs.push(format!("before={}", encode_query(b)));
-        }
-        if fragment {
-            pairs.push("fragment=rows".to_owned());
-        }
-        if pairs.is_empty() {
-            "/runs".to_owned()
-        } else {
-            format!("/runs?{}", pairs.join("&"))
-        }
+    /// This list's address with its filters.
+    fn address(&self) -> ListAddress {
+        ListAddress::new("/runs")
+            .filter("workflow", self.workflow())
+            .filter("status", self.status().map(RunStatus::as_str))
     }
 }
 
 /// `GET /runs`.
-async fn list(
+async fn list_page(
     State(state): State<Arc<AppState>>,
     session: Session,
     Query(q): Query<ListQuery>,
+    Query(paging): Query<Paging>,
 ) -> Response {
-    let before = q.before.as_deref().and_then(RunCursor::parse);
+    let before = paging.before().and_then(RunCursor::parse);
+    let first_page = before.is_none();
     let filter = RunFilter {
         workflow: q.workflow().map(str::to_owned),
         status: q.status(),
-        limit: PAGE + 1,
+        limit: list::FETCH,
         offset: 0,
-        before: before.clone(),
+        before,
     };
     let mut runs = match state.engine.list_runs(&filter).await {
         Ok(runs) => runs,
@@ -92,15 +77,19 @@ async fn list(
             );
         }
     };
-    let more = runs.len() > PAGE as usize;
-    runs.truncate(PAGE as usize);
+    let next = list::cut(&mut runs, |r| RunCursor::after(r).to_text());
     let rows = rows(&runs, now_millis());
-    if q.fragment.as_deref() == Some("rows") {
+    if paging.rows_only() {
         return layout::fragment(rows);
     }
-    let next = more
-        .then(|| runs.last().map(|r| RunCursor::after(r).to_text()))
-        .flatten();
+    let head = html! {
+        th scope="col" { "Status" }
+        th scope="col" { "Run" }
+        th scope="col" { "Workflow" }
+        th.wide scope="col" { "Trigger" }
+        th.wide scope="col" { "Started" }
+        th scope="col" { "Duration" }
+    };
     let body = html! {
         h1 { "Runs" }
         form.filters method="get" action="/runs" {
@@ -124,38 +113,9 @@ async fn list(
                 }
             }
             button type="submit" { "Filter" }
-            @if before.is_none() {
-                span.live-state data-live-state aria-live="polite" { }
-            }
+            (list::live_state(first_page))
         }
-        div.table {
-            table {
-                thead {
-                    tr {
-                        th scope="col" { "Status" }
-                        th scope="col" { "Run" }
-                        th scope="col" { "Workflow" }
-                        th.wide scope="col" { "Trigger" }
-                        th.wide scope="col" { "Started" }
-                        th scope="col" { "Duration" }
-                    }
-                }
-                // Only the first page follows changes: a later page keeps its place.
-                @if before.is_none() {
-                    tbody data-live-events="/ui/events" data-live-src=(q.address(None, true)) { (rows) }
-                } @else {
-                    tbody { (rows) }
-                }
-            }
-        }
-        nav.pager aria-label="Pages" {
-            @if before.is_some() {
-                a href=(q.address(None, false)) { "← Newest" }
-            }
-            @if let Some(next) = &next {
-                a href=(q.address(Some(next), false)) rel="next" { "Older →" }
-            }
-        }
+        (list::table(&q.address(), first_page, head, rows, next.as_deref()))
     };
     layout::page("Runs", Some(&session), Nav::Runs, body)
 }

@@ -1,0 +1,190 @@
+//! What the lists (`/runs`, `/deliveries`) share: a page of 50 rows paged by key, their
+//! addresses with filters, the pager, and a table body that follows changes on the first
+//! page only, so that a later page keeps its place while someone reads it.
+
+use maud::{Markup, html};
+use serde::Deserialize;
+
+use super::session::encode_query;
+
+/// Rows on a page.
+pub(crate) const PAGE: u32 = 50;
+
+/// How many rows a list asks the store for: one more than a page, to know whether an
+/// older page follows without counting.
+pub(crate) const FETCH: u32 = PAGE + 1;
+
+/// `?before=&fragment=`: where a page starts, and whether only its rows are wanted. Read
+/// beside a list's own filters (axum reads a query once per extractor).
+#[derive(Deserialize, Default)]
+pub(crate) struct Paging {
+    /// The key of the previous page's last row; none on the first page.
+    before: Option<String>,
+    /// `rows`: only the table's body, for a live refresh.
+    fragment: Option<String>,
+}
+
+impl Paging {
+    /// The page key as sent, if any.
+    pub(crate) fn before(&self) -> Option<&str> {
+        self.before.as_deref().filter(|b| !b.is_empty())
+    }
+
+    /// Whether only the table's rows are asked for.
+    pub(crate) fn rows_only(&self) -> bool {
+        self.fragment.as_deref() == Some("rows")
+    }
+}
+
+/// A list's address with its filters, to which a page key or the rows fragment is added.
+#[derive(Debug, Clone)]
+pub(crate) struct ListAddress {
+    /// `/runs`, `/deliveries`.
+    path: &'static str,
+    /// The filters in effect, already checked, in the order they are written.
+    filters: Vec<(&'static str, String)>,
+}
+
+impl ListAddress {
+    /// The list at `path` without filters.
+    pub(crate) fn new(path: &'static str) -> Self {
+        Self {
+            path,
+            filters: Vec::new(),
+        }
+    }
+
+    /// Adds filter `name` when it has a value.
+    pub(crate) fn filter(mut self, name: &'static str, value: Option<&str>) -> Self {
+        if let Some(value) = value.filter(|v| !v.is_empty()) {
+            self.filters.push((name, value.to_owned()));
+        }
+        self
+    }
+
+    /// The address of the page after the row whose key is `before` (`None`: the first page).
+    pub(crate) fn page(&self, before: Option<&str>) -> String {
+        self.build(before, false)
+    }
+
+    /// The address of the first page's rows alone.
+    pub(crate) fn rows(&self) -> String {
+        self.build(None, true)
+    }
+
+    fn build(&self, before: Option<&str>, rows: bool) -> String {
+        let mut pairs: Vec<String> = self
+            .filters
+            .iter()
+            .map(|(name, value)| format!("{name}={}", encode_query(value)))
+            .collect();
+        if let Some(before) = before {
+            pairs.push(format!("before={}", encode_query(before)));
+        }
+        if rows {
+            pairs.push("fragment=rows".to_owned());
+        }
+        if pairs.is_empty() {
+            self.path.to_owned()
+        } else {
+            format!("{}?{}", self.path, pairs.join("&"))
+        }
+    }
+}
+
+/// Cuts rows fetched [`FETCH`] at a time to a page; the key of its last row when an older
+/// page follows.
+pub(crate) fn cut<T>(rows: &mut Vec<T>, key: impl FnOnce(&T) -> String) -> Option<String> {
+    let more = rows.len() > PAGE as usize;
+    rows.truncate(PAGE as usize);
+    more.then(|| rows.last().map(key)).flatten()
+}
+
+/// Where the page says whether it follows changes (filled by the script).
+pub(crate) fn live_state(first_page: bool) -> Markup {
+    html! {
+        @if first_page {
+            span.live-state data-live-state aria-live="polite" { }
+        }
+    }
+}
+
+/// The table of a list: its head's cells, its rows, and below it the pager. The first
+/// page's body is fetched again from [`ListAddress::rows`] on each change.
+pub(crate) fn table(
+    address: &ListAddress,
+    first_page: bool,
+    head: Markup,
+    rows: Markup,
+    next: Option<&str>,
+) -> Markup {
+    html! {
+        div.table {
+            table {
+                thead { tr { (head) } }
+                @if first_page {
+                    tbody data-live-events="/ui/events" data-live-src=(address.rows()) { (rows) }
+                } @else {
+                    tbody { (rows) }
+                }
+            }
+        }
+        nav.pager aria-label="Pages" {
+            @if !first_page {
+                a href=(address.page(None)) { "← Newest" }
+            }
+            @if let Some(next) = next {
+                a href=(address.page(Some(next))) rel="next" { "Older →" }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_keep_filters_and_encode_them() {
+        let address = ListAddress::new("/deliveries")
+            .filter("source", Some("git hub&x"))
+            .filter("status", None)
+            .filter("event", Some(""));
+        assert_eq!(address.page(None), "/deliveries?source=git+hub%26x");
+        assert_eq!(
+            address.page(Some("41")),
+            "/deliveries?source=git+hub%26x&before=41"
+        );
+        assert_eq!(
+            address.rows(),
+            "/deliveries?source=git+hub%26x&fragment=rows"
+        );
+        let bare = ListAddress::new("/runs");
+        assert_eq!(bare.page(None), "/runs");
+        assert_eq!(bare.rows(), "/runs?fragment=rows");
+    }
+
+    #[test]
+    fn a_page_is_cut_and_keyed_only_when_more_follow() {
+        let mut full: Vec<u32> = (0..FETCH).collect();
+        assert_eq!(cut(&mut full, u32::to_string), Some("49".to_owned()));
+        assert_eq!(full.len(), PAGE as usize);
+        let mut exact: Vec<u32> = (0..PAGE).collect();
+        assert_eq!(cut(&mut exact, u32::to_string), None);
+        assert_eq!(exact.len(), PAGE as usize);
+        let mut empty: Vec<u32> = Vec::new();
+        assert_eq!(cut(&mut empty, u32::to_string), None);
+    }
+
+    #[test]
+    fn only_the_first_page_follows_changes() {
+        let address = ListAddress::new("/runs");
+        let first = table(&address, true, html! {}, html! {}, Some("k")).into_string();
+        assert!(first.contains(r#"data-live-src="/runs?fragment=rows""#));
+        assert!(first.contains(r#"href="/runs?before=k""#));
+        assert!(!first.contains("Newest"));
+        let later = table(&address, false, html! {}, html! {}, None).into_string();
+        assert!(!later.contains("data-live-src"));
+        assert!(later.contains("Newest") && !later.contains("Older"));
+    }
+}
