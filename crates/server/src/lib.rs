@@ -66,6 +66,10 @@ pub struct AppState {
     pub relays: Arc<baton_relay::Relays>,
     metrics: Option<PrometheusHandle>,
     connections: connections::Limits,
+    /// Turns true when the server starts shutting down: streams that never end by
+    /// themselves (the UI's server-sent events) end then, so the shutdown does not wait on
+    /// them.
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 /// A server could not be set up.
@@ -149,6 +153,7 @@ impl AppState {
             matcher: Notify::new(),
             metrics,
             connections: connections::Limits::new(&gateway.server),
+            closing: tokio::sync::watch::Sender::new(false),
         })
     }
 }
@@ -274,6 +279,11 @@ pub async fn serve(
     // Around the router, not inside it: a layer inside wraps each route (and a route's service
     // is cloned per request), which cost as much as the layer's own work.
     let app = request_id::RequestIds::new().layer(router(state.clone()));
+    let closing = state.clone();
+    let shutdown = async move {
+        shutdown.await;
+        closing.closing.send_replace(true);
+    };
     connections::serve(listener, app, state.connections, shutdown).await;
     matcher.abort();
     drop(relays);
