@@ -2,9 +2,12 @@
 //! addresses with filters, the pager, and a table body that follows changes on the first
 //! page only, so that a later page keeps its place while someone reads it.
 
+use axum::http::StatusCode;
+use axum::response::Response;
 use maud::{Markup, html};
 use serde::Deserialize;
 
+use super::layout;
 use super::session::encode_query;
 
 /// Rows on a page.
@@ -98,6 +101,19 @@ pub(crate) fn cut<T>(rows: &mut Vec<T>, key: impl FnOnce(&T) -> String) -> Optio
     let more = rows.len() > PAGE as usize;
     rows.truncate(PAGE as usize);
     more.then(|| rows.last().map(key)).flatten()
+}
+
+/// The page shown when the store could not list `what` (`runs`, `deliveries`).
+pub(crate) fn unavailable(what: &str, error: impl std::fmt::Display) -> Response {
+    let mut title = what.to_owned();
+    if let Some(first) = title.get_mut(..1) {
+        first.make_ascii_uppercase();
+    }
+    layout::error_page(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &format!("{title} unavailable"),
+        &format!("The store could not list {what}: {error}"),
+    )
 }
 
 /// Where the page says whether it follows changes (filled by the script).

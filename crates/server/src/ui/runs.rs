@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::get;
 use baton_core::RunStatus;
@@ -69,13 +68,7 @@ async fn list_page(
     };
     let mut runs = match state.engine.list_runs(&filter).await {
         Ok(runs) => runs,
-        Err(e) => {
-            return layout::error_page(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Runs unavailable",
-                &format!("The store could not list runs: {e}"),
-            );
-        }
+        Err(e) => return list::unavailable("runs", e),
     };
     let next = list::cut(&mut runs, |r| RunCursor::after(r).to_text());
     let rows = rows(&runs, now_millis());
