@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::get;
 use baton_core::RunStatus;
-use baton_store::{RunCursor, RunFilter, RunHeader, now_millis};
+use baton_store::{RunCursor, RunFilter, RunListing, now_millis};
 use maud::{Markup, html};
 use serde::Deserialize;
 
@@ -99,7 +99,7 @@ async fn list(
         return layout::fragment(rows);
     }
     let next = more
-        .then(|| runs.last().map(|r| RunCursor::after(r).to_text()))
+        .then(|| runs.last().map(|r| RunCursor::after(&r.header).to_text()))
         .flatten();
     let body = html! {
         h1 { "Runs" }
@@ -136,6 +136,7 @@ async fn list(
                         th scope="col" { "Run" }
                         th scope="col" { "Workflow" }
                         th.wide scope="col" { "Trigger" }
+                        th.wide scope="col" { "Commit" }
                         th.wide scope="col" { "Started" }
                         th scope="col" { "Duration" }
                     }
@@ -168,17 +169,19 @@ const RUN_STATUSES: [RunStatus; 5] = [
     RunStatus::Cancelled,
 ];
 
-fn rows(runs: &[RunHeader], now: i64) -> Markup {
+fn rows(runs: &[RunListing], now: i64) -> Markup {
     html! {
         @if runs.is_empty() {
-            tr { td colspan="6" .muted { "No runs." } }
+            tr { td colspan="7" .muted { "No runs." } }
         }
-        @for run in runs {
+        @for listing in runs {
+            @let run = &listing.header;
             tr {
                 td { (layout::status_badge(run.status.as_str())) }
                 td.mono { a href={ "/runs/" (run.id) } { (run.id) } }
                 td { a href={ "/workflows/" (run.workflow) } { (run.workflow) } }
-                td.wide { (trigger(run)) }
+                td.wide { (trigger(listing)) }
+                td.wide.mono { (commit(listing.commit.as_deref())) }
                 td.wide {
                     time datetime=(layout::iso(run.started_at.unwrap_or(run.created_at))) {
                         (layout::when(run.started_at.unwrap_or(run.created_at)))
@@ -196,7 +199,93 @@ fn rows(runs: &[RunHeader], now: i64) -> Markup {
     }
 }
 
-fn trigger(run: &RunHeader) -> Markup {
-    let _ = run;
-    html! { span.muted { "—" } }
+/// `source/event`, a link to the delivery that started the run when it is stored.
+fn trigger(run: &RunListing) -> Markup {
+    let trigger = &run.trigger;
+    html! {
+        (trigger.source) "/" (trigger.event)
+        @if let Some(id) = run.delivery {
+            " " a href={ "/deliveries/" (id) } title={ "delivery " (trigger.delivery_id.as_deref().unwrap_or_default()) } {
+                "#" (id)
+            }
+        }
+    }
+}
+
+/// Digits of a SHA shown in a list: enough to tell commits of one repository apart.
+const SHORT_SHA: usize = 10;
+
+/// The commit's short SHA, the full one in its title.
+fn commit(sha: Option<&str>) -> Markup {
+    html! {
+        @match sha {
+            Some(sha) => abbr title=(sha) { (sha.get(..SHORT_SHA).unwrap_or(sha)) },
+            None => span.muted { "—" },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use baton_core::context::TriggerInfo;
+    use baton_store::RunHeader;
+
+    use super::*;
+
+    const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
+
+    fn listing(trigger: TriggerInfo, delivery: Option<i64>, commit: Option<&str>) -> RunListing {
+        RunListing {
+            header: RunHeader {
+                id: "r1".into(),
+                workflow: "wf".into(),
+                status: RunStatus::Succeeded,
+                cancel_requested: false,
+                message: None,
+                created_at: 1,
+                started_at: Some(2),
+                finished_at: Some(3),
+            },
+            trigger,
+            delivery,
+            commit: commit.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn a_row_links_its_delivery_and_shortens_its_commit_all_escaped() {
+        let hooked = listing(
+            TriggerInfo {
+                source: "<gh>".into(),
+                event: "push&x".into(),
+                delivery_id: Some("\"d1".into()),
+            },
+            Some(42),
+            Some(SHA),
+        );
+        let html = rows(&[hooked], 10).into_string();
+        assert!(html.contains("&lt;gh&gt;/push&amp;x"), "{html}");
+        assert!(
+            html.contains(r#"<a href="/deliveries/42" title="delivery &quot;d1">#42</a>"#),
+            "{html}"
+        );
+        assert!(
+            html.contains(&format!(r#"<abbr title="{SHA}">0123456789</abbr>"#)),
+            "{html}"
+        );
+
+        let manual = listing(
+            TriggerInfo {
+                source: "manual".into(),
+                event: "manual".into(),
+                delivery_id: None,
+            },
+            None,
+            None,
+        );
+        let html = rows(&[manual], 10).into_string();
+        assert!(html.contains("manual/manual"), "{html}");
+        assert!(!html.contains("/deliveries/"), "{html}");
+        assert!(!html.contains("<abbr"), "{html}");
+    }
 }
