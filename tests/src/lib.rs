@@ -345,8 +345,11 @@ impl Sandbox {
             let _ = child.kill();
             panic!("baton serve did not start:\n{}", log.lock().unwrap());
         };
+        // Redirects are answers to check (the UI's sign-in sets its cookie on one), not
+        // to follow.
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
+            .max_redirects(0)
             .timeout_global(Some(Duration::from_secs(30)))
             .build()
             .into();

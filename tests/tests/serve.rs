@@ -804,3 +804,48 @@ fn the_cli_talks_to_a_running_server() {
         unreachable.stderr
     );
 }
+
+/// A browser tab left open on a live page holds a server-sent event stream that never ends by
+/// itself; stopping the server ends it instead of waiting on it.
+#[test]
+fn an_open_event_stream_does_not_hold_up_shutdown() {
+    use std::io::{BufRead, BufReader, Write};
+    let sb = Sandbox::new();
+    let config = gateway(&sb);
+    let server = sb.serve(&config, ENV);
+    let signed_in = server.request(
+        "POST",
+        "/login",
+        &[("content-type", "application/x-www-form-urlencoded")],
+        Some(format!("token={VIEWER}&next=%2Fruns").as_bytes()),
+    );
+    let cookie = signed_in
+        .header("set-cookie")
+        .and_then(|c| c.split(';').next())
+        .unwrap_or_else(|| panic!("no session cookie: {signed_in:?}"))
+        .to_owned();
+    let address = server.url.trim_start_matches("http://").to_owned();
+    let mut stream = std::net::TcpStream::connect(&address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET /ui/events HTTP/1.1\r\nHost: {address}\r\nCookie: {cookie}\r\nAccept: text/event-stream\r\n\r\n"
+    )
+    .unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut status = String::new();
+    reader.read_line(&mut status).unwrap();
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    let begun = std::time::Instant::now();
+    assert_eq!(server.terminate(), Some(0));
+    assert!(
+        begun.elapsed() < Duration::from_secs(5),
+        "shutdown took {:?} with a stream open",
+        begun.elapsed()
+    );
+    // The stream ended with the server.
+    let mut rest = String::new();
+    let _ = std::io::Read::read_to_string(&mut reader, &mut rest);
+}

@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,6 +52,9 @@ pub struct AppState {
     pub sources: HashMap<String, Arc<sources::Source>>,
     /// Every workflow of the config.
     pub workflows: Vec<Arc<Workflow>>,
+    /// Each workflow's name and the file it was loaded from, in the order of `workflows`:
+    /// the web UI names the file and serves its text as it is on disk.
+    pub workflow_files: Vec<(String, PathBuf)>,
     /// API tokens.
     pub tokens: Vec<api::Token>,
     /// Adapter instance names whose kind takes decisions: only their stages may be approved
@@ -66,6 +70,10 @@ pub struct AppState {
     pub relays: Arc<baton_relay::Relays>,
     metrics: Option<PrometheusHandle>,
     connections: connections::Limits,
+    /// Turns true when the server starts shutting down: streams that never end by
+    /// themselves (the UI's server-sent events) end then, so the shutdown does not wait on
+    /// them.
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 /// A server could not be set up.
@@ -142,6 +150,11 @@ impl AppState {
                 .iter()
                 .map(|w| Arc::new(w.workflow.clone()))
                 .collect(),
+            workflow_files: loaded
+                .workflows
+                .iter()
+                .map(|w| (w.workflow.name().to_owned(), w.file.clone()))
+                .collect(),
             tokens,
             decision_instances: gateway.decision_instances(kinds),
             max_body_bytes: gateway.server.max_body_bytes,
@@ -149,6 +162,7 @@ impl AppState {
             matcher: Notify::new(),
             metrics,
             connections: connections::Limits::new(&gateway.server),
+            closing: tokio::sync::watch::Sender::new(false),
         })
     }
 }
@@ -274,6 +288,11 @@ pub async fn serve(
     // Around the router, not inside it: a layer inside wraps each route (and a route's service
     // is cloned per request), which cost as much as the layer's own work.
     let app = request_id::RequestIds::new().layer(router(state.clone()));
+    let closing = state.clone();
+    let shutdown = async move {
+        shutdown.await;
+        closing.closing.send_replace(true);
+    };
     connections::serve(listener, app, state.connections, shutdown).await;
     matcher.abort();
     drop(relays);

@@ -39,6 +39,7 @@ struct Watch {
     run: Option<String>,
     check: Option<tokio::time::Interval>,
     version: Option<i64>,
+    closing: tokio::sync::watch::Receiver<bool>,
 }
 
 /// `GET /ui/events`.
@@ -60,6 +61,7 @@ pub(crate) async fn events(
     });
     let watch = Watch {
         events: state.engine.subscribe(),
+        closing: state.closing.subscribe(),
         state,
         run: scope.run,
         check,
@@ -74,7 +76,7 @@ pub(crate) async fn events(
 
 impl Watch {
     /// Waits for the next change that concerns this page: the run id, or `*` when a lagging
-    /// receiver cannot tell which. `None` ends the stream (the engine shut down).
+    /// receiver cannot tell which. `None` ends the stream: the server is shutting down.
     async fn next_change(&mut self) -> Option<String> {
         loop {
             let tick = async {
@@ -84,6 +86,7 @@ impl Watch {
                 }
             };
             tokio::select! {
+                () = async { drop(self.closing.wait_for(|closing| *closing).await) } => return None,
                 received = self.events.recv() => match received {
                     Ok(event) => {
                         let id = run_of(&event);

@@ -33,6 +33,7 @@ mod layout;
 mod live;
 mod runs;
 mod session;
+mod workflows;
 
 use form::Form;
 use layout::Nav;
@@ -47,6 +48,7 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
         .route("/ui/assets/{name}", get(assets::serve))
         .route("/ui/events", get(live::events))
         .merge(runs::routes())
+        .merge(workflows::routes())
 }
 
 /// `?next=` of the sign-in page.

@@ -128,27 +128,8 @@ async fn list(
                 span.live-state data-live-state aria-live="polite" { }
             }
         }
-        div.table {
-            table {
-                thead {
-                    tr {
-                        th scope="col" { "Status" }
-                        th scope="col" { "Run" }
-                        th scope="col" { "Workflow" }
-                        th.wide scope="col" { "Trigger" }
-                        th.wide scope="col" { "Commit" }
-                        th.wide scope="col" { "Started" }
-                        th scope="col" { "Duration" }
-                    }
-                }
-                // Only the first page follows changes: a later page keeps its place.
-                @if before.is_none() {
-                    tbody data-live-events="/ui/events" data-live-src=(q.address(None, true)) { (rows) }
-                } @else {
-                    tbody { (rows) }
-                }
-            }
-        }
+        // Only the first page follows changes: a later page keeps its place.
+        (table(rows, before.is_none().then(|| q.address(None, true)).as_deref()))
         nav.pager aria-label="Pages" {
             @if before.is_some() {
                 a href=(q.address(None, false)) { "← Newest" }
@@ -169,7 +150,36 @@ const RUN_STATUSES: [RunStatus; 5] = [
     RunStatus::Cancelled,
 ];
 
-fn rows(runs: &[RunListing], now: i64) -> Markup {
+/// A table of runs around `rows` (from [`rows`]). With `live_src`, the body is fetched again
+/// from that address each time a run changes.
+pub(super) fn table(rows: Markup, live_src: Option<&str>) -> Markup {
+    html! {
+        div.table {
+            table {
+                thead {
+                    tr {
+                        th scope="col" { "Status" }
+                        th scope="col" { "Run" }
+                        th scope="col" { "Workflow" }
+                        th.wide scope="col" { "Trigger" }
+                        th.wide scope="col" { "Commit" }
+                        th.wide scope="col" { "Started" }
+                        th scope="col" { "Duration" }
+                    }
+                }
+                @if let Some(src) = live_src {
+                    tbody data-live-events="/ui/events" data-live-src=(src) { (rows) }
+                } @else {
+                    tbody { (rows) }
+                }
+            }
+        }
+    }
+}
+
+/// One table row per run, linked to the run and its workflow; `now` ends the duration of a
+/// run that is still going.
+pub(super) fn rows(runs: &[RunListing], now: i64) -> Markup {
     html! {
         @if runs.is_empty() {
             tr { td colspan="7" .muted { "No runs." } }
