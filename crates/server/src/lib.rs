@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,6 +52,9 @@ pub struct AppState {
     pub sources: HashMap<String, Arc<sources::Source>>,
     /// Every workflow of the config.
     pub workflows: Vec<Arc<Workflow>>,
+    /// Each workflow's name and the file it was loaded from, in the order of `workflows`:
+    /// the web UI names the file and serves its text as it is on disk.
+    pub workflow_files: Vec<(String, PathBuf)>,
     /// API tokens.
     pub tokens: Vec<api::Token>,
     /// Adapter instance names whose kind takes decisions: only their stages may be approved
@@ -145,6 +149,11 @@ impl AppState {
                 .workflows
                 .iter()
                 .map(|w| Arc::new(w.workflow.clone()))
+                .collect(),
+            workflow_files: loaded
+                .workflows
+                .iter()
+                .map(|w| (w.workflow.name().to_owned(), w.file.clone()))
                 .collect(),
             tokens,
             decision_instances: gateway.decision_instances(kinds),

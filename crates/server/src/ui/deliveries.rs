@@ -9,7 +9,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use baton_store::{DeliveryFilter, DeliveryRecord};
+use baton_store::{DeliveryFilter, DeliveryRecord, DeliverySummary};
 use maud::{Markup, html};
 use serde::Deserialize;
 use serde_json::Value;
@@ -87,8 +87,9 @@ async fn list_page(
         source: q.source().map(str::to_owned),
         limit: list::FETCH,
         offset: 0,
+        before,
     };
-    let mut deliveries = match state.engine.store().list_deliveries(&filter).await {
+    let mut deliveries = match state.engine.store().list_delivery_summaries(&filter).await {
         Ok(deliveries) => deliveries,
         Err(e) => return list::unavailable("deliveries", e),
     };
@@ -127,12 +128,12 @@ async fn list_page(
             button type="submit" { "Filter" }
             (list::live_state(first_page))
         }
-        (list::table(&q.address(), first_page, head, rows, next.as_deref()))
+        (list::paged_table(&q.address(), first_page, head, rows, next.as_deref()))
     };
     layout::page("Deliveries", Some(&session), Nav::Deliveries, body)
 }
 
-fn rows(deliveries: &[DeliveryRecord]) -> Markup {
+fn rows(deliveries: &[DeliverySummary]) -> Markup {
     html! {
         @if deliveries.is_empty() {
             tr { td colspan="8" .muted { "No deliveries." } }

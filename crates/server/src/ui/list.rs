@@ -125,26 +125,26 @@ pub(crate) fn live_state(first_page: bool) -> Markup {
     }
 }
 
-/// The table of a list: its head's cells, its rows, and below it the pager. The first
-/// page's body is fetched again from [`ListAddress::rows`] on each change.
-pub(crate) fn table(
-    address: &ListAddress,
-    first_page: bool,
-    head: Markup,
-    rows: Markup,
-    next: Option<&str>,
-) -> Markup {
+/// A list's table: its head's cells and its rows. With `live_src`, the body is fetched
+/// again from that address each time something changes.
+pub(crate) fn table(head: Markup, rows: Markup, live_src: Option<&str>) -> Markup {
     html! {
         div.table {
             table {
                 thead { tr { (head) } }
-                @if first_page {
-                    tbody data-live-events="/ui/events" data-live-src=(address.rows()) { (rows) }
+                @if let Some(src) = live_src {
+                    tbody data-live-events="/ui/events" data-live-src=(src) { (rows) }
                 } @else {
                     tbody { (rows) }
                 }
             }
         }
+    }
+}
+
+/// The links to the newest page (from a later one) and to the next older page.
+pub(crate) fn pager(address: &ListAddress, first_page: bool, next: Option<&str>) -> Markup {
+    html! {
         nav.pager aria-label="Pages" {
             @if !first_page {
                 a href=(address.page(None)) { "← Newest" }
@@ -153,6 +153,21 @@ pub(crate) fn table(
                 a href=(address.page(Some(next))) rel="next" { "Older →" }
             }
         }
+    }
+}
+
+/// A page of a list: its table, which follows changes on the first page only (a later page
+/// keeps its place while someone reads it), and its pager.
+pub(crate) fn paged_table(
+    address: &ListAddress,
+    first_page: bool,
+    head: Markup,
+    rows: Markup,
+    next: Option<&str>,
+) -> Markup {
+    html! {
+        (table(head, rows, first_page.then(|| address.rows()).as_deref()))
+        (pager(address, first_page, next))
     }
 }
 
@@ -195,11 +210,11 @@ mod tests {
     #[test]
     fn only_the_first_page_follows_changes() {
         let address = ListAddress::new("/runs");
-        let first = table(&address, true, html! {}, html! {}, Some("k")).into_string();
+        let first = paged_table(&address, true, html! {}, html! {}, Some("k")).into_string();
         assert!(first.contains(r#"data-live-src="/runs?fragment=rows""#));
         assert!(first.contains(r#"href="/runs?before=k""#));
         assert!(!first.contains("Newest"));
-        let later = table(&address, false, html! {}, html! {}, None).into_string();
+        let later = paged_table(&address, false, html! {}, html! {}, None).into_string();
         assert!(!later.contains("data-live-src"));
         assert!(later.contains("Newest") && !later.contains("Older"));
     }

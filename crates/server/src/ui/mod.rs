@@ -37,6 +37,7 @@ mod live;
 mod relays;
 mod runs;
 mod session;
+mod workflows;
 
 use form::Form;
 use layout::Nav;
@@ -53,6 +54,7 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
         .merge(runs::routes())
         .merge(deliveries::routes())
         .merge(relays::routes())
+        .merge(workflows::routes())
 }
 
 /// `?next=` of the sign-in page.

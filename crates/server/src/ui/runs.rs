@@ -8,7 +8,7 @@ use axum::extract::{Query, State};
 use axum::response::Response;
 use axum::routing::get;
 use baton_core::RunStatus;
-use baton_store::{RunCursor, RunFilter, RunHeader, now_millis};
+use baton_store::{RunCursor, RunFilter, RunListing, now_millis};
 use maud::{Markup, html};
 use serde::Deserialize;
 
@@ -70,19 +70,11 @@ async fn list_page(
         Ok(runs) => runs,
         Err(e) => return list::unavailable("runs", e),
     };
-    let next = list::cut(&mut runs, |r| RunCursor::after(r).to_text());
+    let next = list::cut(&mut runs, |r| RunCursor::after(&r.header).to_text());
     let rows = rows(&runs, now_millis());
     if paging.rows_only() {
         return layout::fragment(rows);
     }
-    let head = html! {
-        th scope="col" { "Status" }
-        th scope="col" { "Run" }
-        th scope="col" { "Workflow" }
-        th.wide scope="col" { "Trigger" }
-        th.wide scope="col" { "Started" }
-        th scope="col" { "Duration" }
-    };
     let body = html! {
         h1 { "Runs" }
         form.filters method="get" action="/runs" {
@@ -108,7 +100,7 @@ async fn list_page(
             button type="submit" { "Filter" }
             (list::live_state(first_page))
         }
-        (list::table(&q.address(), first_page, head, rows, next.as_deref()))
+        (list::paged_table(&q.address(), first_page, head(), rows, next.as_deref()))
     };
     layout::page("Runs", Some(&session), Nav::Runs, body)
 }
@@ -121,17 +113,40 @@ const RUN_STATUSES: [RunStatus; 5] = [
     RunStatus::Cancelled,
 ];
 
-fn rows(runs: &[RunHeader], now: i64) -> Markup {
+/// A table of runs around `rows` (from [`rows`]). With `live_src`, the body is fetched again
+/// from that address each time a run changes.
+pub(super) fn table(rows: Markup, live_src: Option<&str>) -> Markup {
+    list::table(head(), rows, live_src)
+}
+
+/// The head's cells of a table of runs, in the order [`rows`] fills them.
+fn head() -> Markup {
+    html! {
+        th scope="col" { "Status" }
+        th scope="col" { "Run" }
+        th scope="col" { "Workflow" }
+        th.wide scope="col" { "Trigger" }
+        th.wide scope="col" { "Commit" }
+        th.wide scope="col" { "Started" }
+        th scope="col" { "Duration" }
+    }
+}
+
+/// One table row per run, linked to the run and its workflow; `now` ends the duration of a
+/// run that is still going.
+pub(super) fn rows(runs: &[RunListing], now: i64) -> Markup {
     html! {
         @if runs.is_empty() {
-            tr { td colspan="6" .muted { "No runs." } }
+            tr { td colspan="7" .muted { "No runs." } }
         }
-        @for run in runs {
+        @for listing in runs {
+            @let run = &listing.header;
             tr {
                 td { (layout::status_badge(run.status.as_str())) }
                 td.mono { a href={ "/runs/" (run.id) } { (run.id) } }
                 td { a href={ "/workflows/" (run.workflow) } { (run.workflow) } }
-                td.wide { (trigger(run)) }
+                td.wide { (trigger(listing)) }
+                td.wide.mono { (commit(listing.commit.as_deref())) }
                 td.wide {
                     time datetime=(layout::iso(run.started_at.unwrap_or(run.created_at))) {
                         (layout::when(run.started_at.unwrap_or(run.created_at)))
@@ -149,7 +164,93 @@ fn rows(runs: &[RunHeader], now: i64) -> Markup {
     }
 }
 
-fn trigger(run: &RunHeader) -> Markup {
-    let _ = run;
-    html! { span.muted { "—" } }
+/// `source/event`, a link to the delivery that started the run when it is stored.
+fn trigger(run: &RunListing) -> Markup {
+    let trigger = &run.trigger;
+    html! {
+        (trigger.source) "/" (trigger.event)
+        @if let Some(id) = run.delivery {
+            " " a href={ "/deliveries/" (id) } title={ "delivery " (trigger.delivery_id.as_deref().unwrap_or_default()) } {
+                "#" (id)
+            }
+        }
+    }
+}
+
+/// Digits of a SHA shown in a list: enough to tell commits of one repository apart.
+const SHORT_SHA: usize = 10;
+
+/// The commit's short SHA, the full one in its title.
+fn commit(sha: Option<&str>) -> Markup {
+    html! {
+        @match sha {
+            Some(sha) => abbr title=(sha) { (sha.get(..SHORT_SHA).unwrap_or(sha)) },
+            None => span.muted { "—" },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use baton_core::context::TriggerInfo;
+    use baton_store::RunHeader;
+
+    use super::*;
+
+    const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
+
+    fn listing(trigger: TriggerInfo, delivery: Option<i64>, commit: Option<&str>) -> RunListing {
+        RunListing {
+            header: RunHeader {
+                id: "r1".into(),
+                workflow: "wf".into(),
+                status: RunStatus::Succeeded,
+                cancel_requested: false,
+                message: None,
+                created_at: 1,
+                started_at: Some(2),
+                finished_at: Some(3),
+            },
+            trigger,
+            delivery,
+            commit: commit.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn a_row_links_its_delivery_and_shortens_its_commit_all_escaped() {
+        let hooked = listing(
+            TriggerInfo {
+                source: "<gh>".into(),
+                event: "push&x".into(),
+                delivery_id: Some("\"d1".into()),
+            },
+            Some(42),
+            Some(SHA),
+        );
+        let html = rows(&[hooked], 10).into_string();
+        assert!(html.contains("&lt;gh&gt;/push&amp;x"), "{html}");
+        assert!(
+            html.contains(r#"<a href="/deliveries/42" title="delivery &quot;d1">#42</a>"#),
+            "{html}"
+        );
+        assert!(
+            html.contains(&format!(r#"<abbr title="{SHA}">0123456789</abbr>"#)),
+            "{html}"
+        );
+
+        let manual = listing(
+            TriggerInfo {
+                source: "manual".into(),
+                event: "manual".into(),
+                delivery_id: None,
+            },
+            None,
+            None,
+        );
+        let html = rows(&[manual], 10).into_string();
+        assert!(html.contains("manual/manual"), "{html}");
+        assert!(!html.contains("/deliveries/"), "{html}");
+        assert!(!html.contains("<abbr"), "{html}");
+    }
 }
