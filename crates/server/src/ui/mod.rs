@@ -35,6 +35,7 @@ mod layout;
 mod list;
 mod live;
 mod relays;
+mod run;
 mod runs;
 mod session;
 mod workflows;
@@ -54,6 +55,7 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
         .merge(runs::routes())
         .merge(deliveries::routes())
         .merge(relays::routes())
+        .merge(run::routes())
         .merge(workflows::routes())
 }
 
