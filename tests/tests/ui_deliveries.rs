@@ -6,20 +6,21 @@
 use std::time::Duration;
 
 use baton_tests::receiver::{Receiver, Signing};
-use baton_tests::{ALL_ROLES_GATEWAY, Sandbox, Server, eventually, sign_sha256};
+use baton_tests::web::Browser;
+use baton_tests::{
+    ALL_ROLES_ENV, ALL_ROLES_GATEWAY, OPERATOR_TOKEN as OPERATOR, Sandbox, Server,
+    VIEWER_TOKEN as VIEWER, eventually, sign_sha256,
+};
 use serde_json::Value;
 
-const VIEWER: &str = "view-token-1";
-const OPERATOR: &str = "oper-token-2";
-const APPROVER: &str = "appr-token-3";
 const GITHUB_SECRET: &str = "gh-intake-secret";
 
-const ENV: &[(&str, &str)] = &[
-    ("T_VIEWER", VIEWER),
-    ("T_OPERATOR", OPERATOR),
-    ("T_APPROVER", APPROVER),
-    ("GH_SECRET", GITHUB_SECRET),
-];
+/// Every role's token and the sources' secret.
+fn env() -> Vec<(&'static str, &'static str)> {
+    let mut env = ALL_ROLES_ENV.to_vec();
+    env.push(("GH_SECRET", GITHUB_SECRET));
+    env
+}
 
 /// The masked value's dots.
 const MASK: &str = "••••••";
@@ -61,112 +62,11 @@ stages:
     sb.path().join("baton.toml").display().to_string()
 }
 
-/// A browser without JavaScript: it keeps the session cookie and follows no redirect, so a
-/// test sees each answer.
-struct Browser<'a> {
-    server: &'a Server,
-    agent: ureq::Agent,
-    cookie: String,
-}
-
-/// An answer as the browser got it.
-#[derive(Debug)]
-struct Page {
-    status: u16,
-    location: Option<String>,
-    body: String,
-}
-
-impl<'a> Browser<'a> {
-    fn new(server: &'a Server) -> Self {
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .max_redirects(0)
-            .timeout_global(Some(Duration::from_secs(30)))
-            .build()
-            .into();
-        Self {
-            server,
-            agent,
-            cookie: String::new(),
-        }
-    }
-
-    /// Signs in with an API token through the sign-in form.
-    fn signed_in(server: &'a Server, token: &str) -> Self {
-        let mut browser = Self::new(server);
-        let body = format!("token={token}&next=%2Fdeliveries");
-        let page = browser.send("POST", "/login", &[], Some(&body));
-        assert_eq!(page.status, 303, "{page:?}");
-        assert_eq!(page.location.as_deref(), Some("/deliveries"));
-        assert!(!browser.cookie.is_empty(), "no session cookie");
-        browser
-    }
-
-    fn send(
-        &mut self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        form: Option<&str>,
-    ) -> Page {
-        let mut request = ureq::http::Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.server.url));
-        if !self.cookie.is_empty() {
-            request = request.header("cookie", &self.cookie);
-        }
-        if form.is_some() {
-            request = request.header("content-type", "application/x-www-form-urlencoded");
-        }
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        let request = request
-            .body(form.unwrap_or_default().as_bytes().to_vec())
-            .expect("a request");
-        let mut response = self.agent.run(request).expect("an answer");
-        let header = |name: &str| {
-            response
-                .headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        };
-        if let Some(set) = header("set-cookie") {
-            self.cookie = set.split(';').next().unwrap_or_default().to_owned();
-        }
-        let location = header("location");
-        Page {
-            status: response.status().as_u16(),
-            location,
-            body: response.body_mut().read_to_string().unwrap_or_default(),
-        }
-    }
-
-    fn get(&mut self, path: &str) -> Page {
-        let page = self.send("GET", path, &[], None);
-        assert_eq!(page.status, 200, "GET {path}: {page:?}");
-        page
-    }
-
-    /// Posts a form with these fields, as a page of this site would.
-    fn post(&mut self, path: &str, fields: &[(&str, &str)], headers: &[(&str, &str)]) -> Page {
-        let body: String = form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(fields)
-            .finish();
-        self.send("POST", path, headers, Some(&body))
-    }
-}
-
-/// The session's form token, from the page's `<meta name="baton-csrf">`.
-fn csrf(page: &Page) -> String {
-    let after = page
-        .body
-        .split(r#"<meta name="baton-csrf" content=""#)
-        .nth(1)
-        .unwrap_or_else(|| panic!("no form token on the page: {}", page.body));
-    after.split('"').next().unwrap_or_default().to_owned()
+/// `GET path` as `browser`, which must succeed.
+fn page(browser: &Browser, path: &str) -> String {
+    let reply = browser.get(path);
+    assert_eq!(reply.status, 200, "GET {path}: {reply:?}");
+    reply.body
 }
 
 /// The numbers of the deliveries a page links to, in order, each once.
@@ -231,7 +131,7 @@ fn pushed_to_main(server: &Server, sent_as: &str) -> (i64, String) {
 #[test]
 fn deliveries_are_listed_newest_first_and_paged_by_key() {
     let sb = Sandbox::new();
-    let server = sb.serve(&gateway(&sb, ""), ENV);
+    let server = sb.serve(&gateway(&sb, ""), &env());
     let mut sent = Vec::new();
     for n in 0..53 {
         let body = format!(r#"{{"action": "opened", "n": {n}}}"#);
@@ -249,57 +149,46 @@ fn deliveries_are_listed_newest_first_and_paged_by_key() {
     let mut all: Vec<i64> = sent.iter().chain(&mirrored).copied().collect();
     all.sort_unstable_by(|a, b| b.cmp(a));
 
-    let mut browser = Browser::signed_in(&server, VIEWER);
-    let first = browser.get("/deliveries");
-    assert!(first.body.contains("<h1>Deliveries</h1>"), "{}", first.body);
-    let first_ids = delivery_links(&first.body);
-    assert_eq!(first_ids, all[..50], "the newest 50, newest first");
+    let browser = Browser::sign_in(&server, VIEWER);
+    let first = page(&browser, "/deliveries");
+    assert!(first.contains("<h1>Deliveries</h1>"), "{first}");
+    assert_eq!(
+        delivery_links(&first),
+        all[..50],
+        "the newest 50, newest first"
+    );
     assert!(
-        first
-            .body
-            .contains(r#"data-live-src="/deliveries?fragment=rows""#),
+        first.contains(r#"data-live-src="/deliveries?fragment=rows""#),
         "the first page follows changes"
     );
-    assert!(first.body.contains("gh-52") && first.body.contains("issues"));
-    assert!(
-        !first.body.contains(r#"href="/relays""#),
-        "no relays configured"
-    );
+    assert!(first.contains("gh-52") && first.contains("issues"));
+    assert!(!first.contains(r#"href="/relays""#), "no relays configured");
 
-    let next = older(&first.body).expect("an Older link");
+    let next = older(&first).expect("an Older link");
     assert_eq!(next, format!("/deliveries?before={}", all[49]));
-    let second = browser.get(&next);
-    assert_eq!(
-        delivery_links(&second.body),
-        all[50..],
-        "the rest, none twice"
-    );
-    assert!(older(&second.body).is_none(), "the last page");
+    let second = page(&browser, &next);
+    assert_eq!(delivery_links(&second), all[50..], "the rest, none twice");
+    assert!(older(&second).is_none(), "the last page");
     assert!(
-        !second.body.contains("data-live-src"),
+        !second.contains("data-live-src"),
         "a later page keeps its place"
     );
-    assert!(second.body.contains("← Newest"), "a way back to the newest");
+    assert!(second.contains("← Newest"), "a way back to the newest");
 
-    let only_mirror = browser.get("/deliveries?source=mirror");
+    let only_mirror = page(&browser, "/deliveries?source=mirror");
     let mut expected = mirrored;
     expected.reverse();
-    assert_eq!(delivery_links(&only_mirror.body), expected);
-    assert!(
-        only_mirror
-            .body
-            .contains(r#"data-live-src="/deliveries?source=mirror&amp;fragment=rows""#)
-    );
+    assert_eq!(delivery_links(&only_mirror), expected);
+    assert!(only_mirror.contains(r#"data-live-src="/deliveries?source=mirror&amp;fragment=rows""#));
 
-    let rows = browser.get("/deliveries?fragment=rows");
-    assert!(rows.body.starts_with("<tr>") && !rows.body.contains("<html"));
-    assert_eq!(delivery_links(&rows.body), all[..50]);
+    let rows = page(&browser, "/deliveries?fragment=rows");
+    assert!(rows.starts_with("<tr>") && !rows.contains("<html"));
+    assert_eq!(delivery_links(&rows), all[..50]);
 
-    let mut stranger = Browser::new(&server);
-    let refused = stranger.send("GET", "/deliveries?source=mirror", &[], None);
+    let refused = Browser::new(&server).get("/deliveries?source=mirror");
     assert_eq!(refused.status, 303);
     assert_eq!(
-        refused.location.as_deref(),
+        refused.header("location"),
         Some("/login?next=%2Fdeliveries%3Fsource%3Dmirror")
     );
 }
@@ -307,7 +196,7 @@ fn deliveries_are_listed_newest_first_and_paged_by_key() {
 #[test]
 fn a_delivery_shows_its_headers_masked_its_payload_escaped_and_its_runs() {
     let sb = Sandbox::new();
-    let server = sb.serve(&gateway(&sb, ""), ENV);
+    let server = sb.serve(&gateway(&sb, ""), &env());
     let body = r#"{"ref": "refs/heads/main", "x": "<script>alert(1)</script>"}"#;
     let signature = sign_sha256(GITHUB_SECRET, body.as_bytes());
     let reply = server.request(
@@ -330,9 +219,8 @@ fn a_delivery_shows_its_headers_masked_its_payload_escaped_and_its_runs() {
     let stored = processed_with(&server, id, 1);
     let run = stored["runs"][0].as_str().unwrap().to_owned();
 
-    let mut browser = Browser::signed_in(&server, VIEWER);
-    let page = browser.get(&format!("/deliveries/{id}"));
-    let html = &page.body;
+    let browser = Browser::sign_in(&server, VIEWER);
+    let html = page(&browser, &format!("/deliveries/{id}"));
     for secret in [
         signature.as_str(),
         "tok-never-shown-77",
@@ -354,42 +242,35 @@ fn a_delivery_shows_its_headers_masked_its_payload_escaped_and_its_runs() {
     assert!(html.contains(&format!(
         r#"data-live-src="/deliveries/{id}?fragment=live""#
     )));
-    let live = browser.get(&format!("/deliveries/{id}?fragment=live"));
-    assert!(!live.body.contains("<html") && live.body.contains(&run));
+    let live = page(&browser, &format!("/deliveries/{id}?fragment=live"));
+    assert!(!live.contains("<html") && live.contains(&run));
 
-    let listed = browser.get("/deliveries");
-    assert!(listed.body.contains(&format!(r#"href="/runs/{run}""#)));
+    let listed = page(&browser, "/deliveries");
+    assert!(listed.contains(&format!(r#"href="/runs/{run}""#)));
 
-    assert_eq!(
-        browser.send("GET", "/deliveries/999999", &[], None).status,
-        404
-    );
-    assert_eq!(
-        browser.send("GET", "/deliveries/nope", &[], None).status,
-        404
-    );
+    assert_eq!(browser.get("/deliveries/999999").status, 404);
+    assert_eq!(browser.get("/deliveries/nope").status, 404);
 }
 
 #[test]
 fn an_operator_replays_a_delivery_and_the_workflow_starts_again() {
     let sb = Sandbox::new();
-    let server = sb.serve(&gateway(&sb, ""), ENV);
+    let server = sb.serve(&gateway(&sb, ""), &env());
     let (id, first_run) = pushed_to_main(&server, "d-replay");
 
-    let mut operator = Browser::signed_in(&server, OPERATOR);
-    let page = operator.get(&format!("/deliveries/{id}"));
+    let operator = Browser::sign_in(&server, OPERATOR);
+    let html = page(&operator, &format!("/deliveries/{id}"));
     let action = format!(r#"action="/deliveries/{id}/replay""#);
-    assert!(page.body.contains(&action), "{}", page.body);
-    assert!(page.body.contains("data-confirm="));
-    let token = csrf(&page);
+    assert!(html.contains(&action), "{html}");
+    assert!(html.contains("data-confirm="));
     let done = operator.post(
         &format!("/deliveries/{id}/replay"),
-        &[("csrf", &token)],
-        &[("sec-fetch-site", "same-origin")],
+        &[("csrf", &operator.csrf())],
+        &[],
     );
     assert_eq!(done.status, 303, "{done:?}");
     assert_eq!(
-        done.location.as_deref(),
+        done.header("location"),
         Some(format!("/deliveries/{id}?done=replayed").as_str())
     );
     let replayed = processed_with(&server, id, 2);
@@ -400,10 +281,10 @@ fn an_operator_replays_a_delivery_and_the_workflow_starts_again() {
         .filter_map(Value::as_str)
         .collect();
     assert!(runs.contains(&first_run.as_str()));
-    let after = operator.get(&format!("/deliveries/{id}?done=replayed"));
-    assert!(after.body.contains("Replayed"), "{}", after.body);
+    let after = page(&operator, &format!("/deliveries/{id}?done=replayed"));
+    assert!(after.contains("Replayed"), "{after}");
     for run in &runs {
-        assert!(after.body.contains(&format!(r#"href="/runs/{run}""#)));
+        assert!(after.contains(&format!(r#"href="/runs/{run}""#)));
     }
     assert!(server.log().contains("delivery replayed"));
 }
@@ -411,20 +292,20 @@ fn an_operator_replays_a_delivery_and_the_workflow_starts_again() {
 #[test]
 fn a_viewer_cannot_replay_and_refused_forms_change_nothing() {
     let sb = Sandbox::new();
-    let server = sb.serve(&gateway(&sb, ""), ENV);
+    let server = sb.serve(&gateway(&sb, ""), &env());
     let (id, _) = pushed_to_main(&server, "d-refuse");
     let replay = format!("/deliveries/{id}/replay");
 
-    let mut viewer = Browser::signed_in(&server, VIEWER);
-    let page = viewer.get(&format!("/deliveries/{id}"));
-    assert!(!page.body.contains(&replay), "a viewer sees no Replay");
-    let own = csrf(&page);
+    let viewer = Browser::sign_in(&server, VIEWER);
+    let html = page(&viewer, &format!("/deliveries/{id}"));
+    assert!(!html.contains(&replay), "a viewer sees no Replay");
+    let own = viewer.csrf();
     let refused = viewer.post(&replay, &[("csrf", &own)], &[]);
     assert_eq!(refused.status, 403, "{refused:?}");
     assert!(refused.body.contains("viewer"), "{}", refused.body);
 
-    let mut operator = Browser::signed_in(&server, OPERATOR);
-    let token = csrf(&operator.get(&format!("/deliveries/{id}")));
+    let operator = Browser::sign_in(&server, OPERATOR);
+    let token = operator.csrf();
     let refusals = [
         ("no form token", operator.post(&replay, &[], &[])),
         (
@@ -444,15 +325,14 @@ fn a_viewer_cannot_replay_and_refused_forms_change_nothing() {
             operator.post(
                 &replay,
                 &[("csrf", &token)],
-                &[("origin", "https://evil.example")],
+                &[("sec-fetch-site", ""), ("origin", "https://evil.example")],
             ),
         ),
     ];
-    for (why, page) in refusals {
-        assert_eq!(page.status, 403, "{why}: {page:?}");
+    for (why, reply) in refusals {
+        assert_eq!(reply.status, 403, "{why}: {reply:?}");
     }
-    let mut stranger = Browser::new(&server);
-    let anonymous = stranger.post(&replay, &[("csrf", &token)], &[]);
+    let anonymous = Browser::new(&server).post(&replay, &[("csrf", &token)], &[]);
     assert_eq!(anonymous.status, 303, "signed out: to the sign-in page");
 
     // A replay marks the delivery before it answers: had one gone through, it would show.
@@ -472,7 +352,7 @@ fn relays_show_targets_and_messages_and_an_operator_sends_one_again() {
         "\n[relays.mirror-out]\nfrom = \"github\"\n\n[[relays.mirror-out.to]]\nname = \"ci\"\nurl = \"{}\"\nsign = {{ scheme = \"none\" }}\nallow_private = true\n",
         receiver.url
     );
-    let server = sb.serve(&gateway(&sb, &relays), ENV);
+    let server = sb.serve(&gateway(&sb, &relays), &env());
     let id = deliver(&server, "github", "issues", "d-relay", r#"{"n": 1}"#);
     processed_with(&server, id, 0);
     receiver.wait_for_requests(1, Duration::from_secs(20));
@@ -483,48 +363,40 @@ fn relays_show_targets_and_messages_and_an_operator_sends_one_again() {
         |m| m["messages"][0]["status"] == "delivered",
     );
 
-    let mut viewer = Browser::signed_in(&server, VIEWER);
-    let list = viewer.get("/deliveries");
-    assert!(list.body.contains(r#"href="/relays""#), "a Relays link");
-    let page = viewer.get("/relays");
-    let page_of_viewer = viewer.get("/relays");
+    let viewer = Browser::sign_in(&server, VIEWER);
+    assert!(
+        page(&viewer, "/deliveries").contains(r#"href="/relays""#),
+        "a Relays link"
+    );
+    let seen = page(&viewer, "/relays");
     for text in ["mirror-out", "ci", "healthy", "delivered", &receiver.url] {
-        assert!(page.body.contains(text), "{text} missing:\n{}", page.body);
+        assert!(seen.contains(text), "{text} missing:\n{seen}");
     }
-    assert!(page.body.contains(&format!(r#"href="/deliveries/{id}""#)));
-    assert!(!page.body.contains("/replay"), "a viewer sees no Replay");
+    assert!(seen.contains(&format!(r#"href="/deliveries/{id}""#)));
+    assert!(!seen.contains("/replay"), "a viewer sees no Replay");
 
-    let mut operator = Browser::signed_in(&server, OPERATOR);
-    let page = operator.get("/relays");
-    let action = page
-        .body
+    let operator = Browser::sign_in(&server, OPERATOR);
+    let seen = page(&operator, "/relays");
+    let action = seen
         .split(r#"action=""#)
         .map(|a| a.split('"').next().unwrap_or_default())
         .find(|a| a.starts_with("/relays/mirror-out/messages/msg_") && a.ends_with("/replay"))
-        .unwrap_or_else(|| panic!("no Replay form:\n{}", page.body))
+        .unwrap_or_else(|| panic!("no Replay form:\n{seen}"))
         .to_owned();
-    let token = csrf(&page);
-    let viewer_token = csrf(&page_of_viewer);
-    let refused = viewer.post(&action, &[("csrf", &viewer_token)], &[]);
+    let refused = viewer.post(&action, &[("csrf", &viewer.csrf())], &[]);
     assert_eq!(refused.status, 403);
-    let done = operator.post(&action, &[("csrf", &token)], &[]);
+    let done = operator.post(&action, &[("csrf", &operator.csrf())], &[]);
     assert_eq!(done.status, 303, "{done:?}");
-    assert_eq!(done.location.as_deref(), Some("/relays?done=replayed"));
+    assert_eq!(done.header("location"), Some("/relays?done=replayed"));
     receiver.wait_for_requests(2, Duration::from_secs(20));
     eventually(
         Duration::from_secs(20),
         "the replay to be delivered",
         || {
-            operator
-                .get("/relays")
-                .body
-                .matches("status-delivered")
-                .count()
-                >= 1
-                && server
-                    .get("/api/v1/relays/mirror-out/messages", VIEWER)
-                    .json()["messages"][0]["attempts"]
-                    == 2
+            server
+                .get("/api/v1/relays/mirror-out/messages", VIEWER)
+                .json()["messages"][0]["attempts"]
+                == 2
         },
     );
     assert_eq!(receiver.count(), 2, "the first send and the replay");
