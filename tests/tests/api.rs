@@ -289,6 +289,119 @@ fn a_delivery_id_that_is_not_a_number_gets_the_documented_json_error() {
     }
 }
 
+/// Follows `next` from `list` (a query string without `before`) until it is null; answers
+/// every page.
+fn follow_pages(server: &Server, list: &str) -> Vec<Value> {
+    let mut pages = Vec::new();
+    let mut address = list.to_owned();
+    loop {
+        let reply = server.get(&address, VIEWER);
+        assert_eq!(reply.status, 200, "{address}: {reply:?}");
+        let page = reply.json();
+        let next = page["next"].clone();
+        pages.push(page);
+        match next {
+            Value::Null => return pages,
+            Value::String(cursor) => address = format!("{list}&before={cursor}"),
+            Value::Number(id) => address = format!("{list}&before={id}"),
+            other => panic!("next is {other}"),
+        }
+        assert!(pages.len() < 20, "{address} never ends");
+    }
+}
+
+#[test]
+fn runs_and_deliveries_page_by_key_with_next() {
+    let sb = Sandbox::new();
+    let server = sb.serve(&gateway(&sb), ENV);
+    let doc = openapi(&server);
+    let sha = "0123456789abcdef0123456789abcdef01234567";
+    let deliveries: Vec<i64> = (0..3)
+        .map(|n| {
+            delivery(
+                &server,
+                &format!(r#"{{"type": "push", "n": {n}, "sha": "{sha}"}}"#),
+            )
+        })
+        .collect();
+    let manual = failed_run(&server);
+
+    // Runs: pages of two, each page's `next` the cursor of its last run; no run twice.
+    let pages = follow_pages(&server, "/api/v1/runs?limit=2");
+    let runs: Vec<&Value> = pages
+        .iter()
+        .flat_map(|p| p["runs"].as_array().unwrap())
+        .collect();
+    assert_eq!(pages.len(), 3, "two full pages and an empty one: {pages:?}");
+    assert_eq!(pages[2]["runs"], Value::Array(Vec::new()));
+    let ids: Vec<&str> = runs.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    let mut unique = ids.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!((ids.len(), unique.len()), (4, 4), "{ids:?}");
+    let last = &pages[0]["runs"][1];
+    assert_eq!(
+        pages[0]["next"],
+        format!("{}.{}", last["created_at"], last["id"].as_str().unwrap())
+    );
+    // The newest run is the one started by hand: no delivery, no commit.
+    assert_eq!(ids[0], manual);
+    assert_eq!(
+        (
+            &runs[0]["trigger"]["source"],
+            &runs[0]["delivery"],
+            &runs[0]["commit"]
+        ),
+        (&Value::from("manual"), &Value::Null, &Value::Null)
+    );
+    // The others came from the deliveries, newest first, each linked to its own.
+    for (run, delivery) in runs[1..].iter().zip(deliveries.iter().rev()) {
+        assert_eq!(run["workflow"], "hooked", "{run}");
+        assert_eq!(
+            (&run["trigger"]["source"], &run["trigger"]["event"]),
+            (&Value::from("deploy"), &Value::from("push"))
+        );
+        assert_eq!(run["delivery"], *delivery, "{run}");
+        assert_eq!(run["commit"], sha, "{run}");
+    }
+    // An offset counts from the cursor; a filter keeps to its runs.
+    let cursor = pages[0]["next"].as_str().unwrap();
+    let skipped = server.get(&format!("/api/v1/runs?before={cursor}&offset=1"), VIEWER);
+    assert_eq!(skipped.json()["runs"][0]["id"], ids[3], "{skipped:?}");
+    let hooked = server.get(
+        &format!("/api/v1/runs?workflow=hooked&limit=5&before={cursor}"),
+        VIEWER,
+    );
+    assert_eq!(hooked.json()["runs"].as_array().unwrap().len(), 2);
+    assert_eq!(hooked.json()["next"], Value::Null, "a page not full ends");
+
+    // Deliveries page the same way by their ids.
+    let pages = follow_pages(&server, "/api/v1/deliveries?limit=2");
+    let listed: Vec<i64> = pages
+        .iter()
+        .flat_map(|p| p["deliveries"].as_array().unwrap())
+        .map(|d| d["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(listed, deliveries.iter().rev().copied().collect::<Vec<_>>());
+    assert_eq!(pages[0]["next"], deliveries[1]);
+    let offset = server.get("/api/v1/deliveries?offset=1&limit=1", VIEWER);
+    assert_eq!(offset.json()["deliveries"][0]["id"], deliveries[1]);
+
+    // A cursor that is not one is refused as documented, naming the parameter.
+    for (list, bad) in [
+        ("/api/v1/runs", "abc"),
+        ("/api/v1/runs", "12"),
+        ("/api/v1/runs", "x.run"),
+        ("/api/v1/deliveries", "abc"),
+        ("/api/v1/deliveries", "0"),
+    ] {
+        let reply = server.get(&format!("{list}?before={bad}"), VIEWER);
+        assert_eq!(reply.status, 400, "{list}?before={bad}: {reply:?}");
+        let message = documented_error(&doc, "GET", list, &reply, "bad_request");
+        assert!(message.contains("before"), "{message}");
+    }
+}
+
 #[test]
 fn an_approval_body_that_is_not_an_object_is_refused_as_documented() {
     let sb = Sandbox::new();
@@ -601,4 +714,81 @@ fn schemathesis_finds_no_failure_with_any_role() {
             "not every operation was tested as {role}:\n{report}"
         );
     }
+}
+
+#[test]
+fn validating_a_workflow_needs_any_token_and_answers_as_documented() {
+    let sb = Sandbox::new();
+    let server = sb.serve(&gateway(&sb), ENV);
+    let doc = openapi(&server);
+    let path = "/api/v1/workflows/validate";
+    let yaml = "name: gated\nstages:\n  a: { uses: exec, with: { run: 'true' } }\n";
+    let send = |headers: &[(&str, &str)], body: &str| {
+        server.request("POST", path, headers, Some(body.as_bytes()))
+    };
+    let none = send(&[("content-type", "application/yaml")], yaml);
+    assert_eq!(none.status, 401, "{none:?}");
+    documented_error(&doc, "POST", path, &none, "unauthorized");
+    let unknown = send(
+        &[
+            ("authorization", "Bearer not-a-token"),
+            ("content-type", "application/yaml"),
+        ],
+        yaml,
+    );
+    assert_eq!(unknown.status, 401, "{unknown:?}");
+    // Every role may check: it changes nothing.
+    for token in [VIEWER, OPERATOR, APPROVER] {
+        let bearer = auth(token);
+        let reply = send(
+            &[
+                ("authorization", &bearer),
+                ("content-type", "application/yaml"),
+            ],
+            yaml,
+        );
+        assert_eq!(reply.status, 200, "{reply:?}");
+        // `gated` is loaded: a new workflow may not take its name, an edit of it may.
+        assert_eq!(reply.json()["valid"], false, "{reply:?}");
+        assert_eq!(reply.json()["problems"][0]["path"], "name");
+        let edit = server.request(
+            "POST",
+            &format!("{path}?editing=gated"),
+            &[
+                ("authorization", &bearer),
+                ("content-type", "application/yaml"),
+            ],
+            Some(yaml.as_bytes()),
+        );
+        assert_eq!(
+            edit.json(),
+            serde_json::json!({"valid": true, "problems": []})
+        );
+    }
+    let bearer = auth(VIEWER);
+    for (content_type, body, status, code) in [
+        ("text/plain", yaml, 415, "unsupported_media_type"),
+        ("application/json", "[1]", 400, "bad_request"),
+        ("application/json", "{", 400, "bad_request"),
+    ] {
+        let reply = send(
+            &[("authorization", &bearer), ("content-type", content_type)],
+            body,
+        );
+        assert_eq!(reply.status, status, "{content_type} {body}: {reply:?}");
+        documented_error(&doc, "POST", path, &reply, code);
+    }
+    let big = format!("name: {}\n", "x".repeat(5000));
+    let reply = send(
+        &[
+            ("authorization", &bearer),
+            ("content-type", "application/yaml"),
+        ],
+        &big,
+    );
+    assert_eq!(reply.status, 413, "{reply:?}");
+    documented_error(&doc, "POST", path, &reply, "too_large");
+    let reply = server.request("GET", path, &[("authorization", &bearer)], None);
+    assert_eq!(reply.status, 405, "{reply:?}");
+    assert_eq!(reply.header("allow"), Some("POST"));
 }

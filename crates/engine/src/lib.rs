@@ -42,7 +42,7 @@ use std::time::Duration;
 use baton_core::context::TriggerInfo;
 use baton_core::expr_bound::Limits;
 use baton_core::{Adapter, AttemptKey, StageDefaults, Waker, Workflow};
-use baton_store::{RunFilter, RunHeader, RunSnapshot, Store, StoreError};
+use baton_store::{RunFilter, RunHeader, RunListing, RunSnapshot, Store, StoreError};
 use serde_json::Value;
 use tokio::sync::{Notify, Semaphore, broadcast};
 
@@ -277,8 +277,8 @@ impl Engine {
             .workflow_for(&snapshot.header.id, &snapshot.payload.spec)
     }
 
-    /// Runs, newest first.
-    pub async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunHeader>, EngineError> {
+    /// Runs, newest first, with what started them and their commit.
+    pub async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunListing>, EngineError> {
         Ok(self.inner.store.list_runs(filter).await?)
     }
 

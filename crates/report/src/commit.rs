@@ -1,5 +1,6 @@
 //! Finding the commit a run reports to in the event that started it.
 
+use baton_core::context::commit_of;
 use serde_json::Value;
 
 /// A commit on GitHub: the repository, the SHA, and the App installation to act as.
@@ -32,21 +33,6 @@ pub(crate) struct GitlabCommit {
     pub pipeline_id: Option<u64>,
 }
 
-/// A full commit SHA: 40 hex digits (SHA-1), or 64 (SHA-256 repositories). Anything else
-/// (a short SHA, a branch deletion's zeros, a value that could change the URL) is refused.
-fn sha_at(event: &Value, pointer: &str) -> Option<String> {
-    let sha = event.pointer(pointer)?.as_str()?;
-    let ok = matches!(sha.len(), 40 | 64)
-        && sha.bytes().all(|b| b.is_ascii_hexdigit())
-        && sha.bytes().any(|b| b != b'0');
-    ok.then(|| sha.to_ascii_lowercase())
-}
-
-/// The first full SHA at one of `pointers`.
-fn first_sha(event: &Value, pointers: &[&str]) -> Option<String> {
-    pointers.iter().find_map(|p| sha_at(event, p))
-}
-
 /// A repository owner or name as GitHub allows them: letters, digits, `-`, `_`, `.`.
 fn github_name(name: &str) -> bool {
     !name.is_empty()
@@ -57,30 +43,12 @@ fn github_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
-/// The commit of a GitHub event: `pull_request.head.sha` for pull requests, `after` (or
-/// `head_commit.id`) for pushes, then the `head_sha`/`sha` of check, workflow, deployment
-/// and status events; the repository from `repository.full_name`. `None` when the event has
-/// no commit (a manual run, a deleted branch) or no repository.
+/// The commit of a GitHub event ([`commit_of`]: `pull_request.head.sha` for pull requests,
+/// `after` or `head_commit.id` for pushes, then the `head_sha`/`sha` of check, workflow,
+/// deployment and status events); the repository from `repository.full_name`. `None` when the
+/// event has no commit (a manual run, a deleted branch) or no repository.
 pub(crate) fn github_commit(event: &Value) -> Option<GithubCommit> {
-    let sha = first_sha(
-        event,
-        &[
-            "/pull_request/head/sha",
-            "/after",
-            "/head_commit/id",
-            "/check_suite/head_sha",
-            "/check_run/head_sha",
-            "/workflow_run/head_sha",
-            "/workflow_job/head_sha",
-            "/merge_group/head_sha",
-            "/deployment/sha",
-            "/sha",
-        ],
-    )?;
-    // A deleted branch's push has `after` all zeros and no `head_commit`: nothing to report.
-    if event.pointer("/deleted").and_then(Value::as_bool) == Some(true) {
-        return None;
-    }
+    let sha = commit_of(event)?;
     let (owner, repo) = match event
         .pointer("/repository/full_name")
         .and_then(Value::as_str)
@@ -116,8 +84,8 @@ fn short_ref(git_ref: &str) -> &str {
         .unwrap_or(git_ref)
 }
 
-/// The commit of a GitLab event: merge requests' `object_attributes.last_commit.id` in the
-/// source project on the source branch; pushes' `checkout_sha` (or `after`) on `ref`;
+/// The commit of a GitLab event ([`commit_of`]): merge requests' `object_attributes.last_commit.id`
+/// in the source project on the source branch; pushes' `checkout_sha` (or `after`) on `ref`;
 /// pipelines' `object_attributes.sha` on `object_attributes.ref`; jobs' `sha`. The project is
 /// `project.id` (or `project_id`, or `project.path_with_namespace`); pipeline and job events
 /// also name their pipeline. `None` when the event has no commit or no project.
@@ -125,9 +93,9 @@ pub(crate) fn gitlab_commit(event: &Value) -> Option<GitlabCommit> {
     let merge_request = event.pointer("/object_kind").and_then(Value::as_str)
         == Some("merge_request")
         || event.pointer("/object_attributes/last_commit/id").is_some();
-    let (sha, project, git_ref) = if merge_request {
+    let sha = commit_of(event)?;
+    let (project, git_ref) = if merge_request {
         (
-            sha_at(event, "/object_attributes/last_commit/id")?,
             event
                 .pointer("/object_attributes/source_project_id")
                 .and_then(Value::as_u64)
@@ -138,16 +106,6 @@ pub(crate) fn gitlab_commit(event: &Value) -> Option<GitlabCommit> {
         )
     } else {
         (
-            first_sha(
-                event,
-                &[
-                    "/checkout_sha",
-                    "/object_attributes/sha",
-                    "/after",
-                    "/sha",
-                    "/commit/sha",
-                ],
-            )?,
             None,
             event
                 .pointer("/object_attributes/ref")

@@ -574,8 +574,8 @@ mod tests {
     use baton_core::context::TriggerInfo;
     use baton_core::{RunStatus, StageStatus};
     use baton_store::{
-        DeliveryFilter, DeliveryRecord, Intake, NewDelivery, RunFilter, RunHeader, RunPayload,
-        SqliteStore, StageRecord, StoreError, Task,
+        DeliveryFilter, DeliveryRecord, DeliverySummary, Intake, NewDelivery, RunFilter, RunHeader,
+        RunListing, RunPayload, SqliteStore, StageRecord, StoreError, Task,
     };
     use serde_json::json;
 
@@ -1172,7 +1172,7 @@ mod tests {
         async fn unfinished_runs(&self) -> baton_store::Result<Vec<String>> {
             self.inner.unfinished_runs().await
         }
-        async fn list_runs(&self, filter: &RunFilter) -> baton_store::Result<Vec<RunHeader>> {
+        async fn list_runs(&self, filter: &RunFilter) -> baton_store::Result<Vec<RunListing>> {
             self.inner.list_runs(filter).await
         }
         async fn ping(&self) -> baton_store::Result<()> {
@@ -1201,6 +1201,12 @@ mod tests {
             filter: &DeliveryFilter,
         ) -> baton_store::Result<Vec<DeliveryRecord>> {
             self.inner.list_deliveries(filter).await
+        }
+        async fn list_delivery_summaries(
+            &self,
+            filter: &DeliveryFilter,
+        ) -> baton_store::Result<Vec<DeliverySummary>> {
+            self.inner.list_delivery_summaries(filter).await
         }
         async fn claim_reports(
             &self,

@@ -11,7 +11,7 @@ use baton_config::Role;
 use baton_core::Decision;
 use baton_core::context::TriggerInfo;
 use baton_engine::RunView;
-use baton_store::{DeliveryFilter, DeliveryRecord, RunFilter, now_millis};
+use baton_store::{DeliveryFilter, DeliveryRecord, RunCursor, RunFilter, now_millis};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use subtle::ConstantTimeEq;
@@ -19,7 +19,7 @@ use subtle::ConstantTimeEq;
 use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::{
-    ApiJson, ApiPath, ApiQuery, DeliveryId, JsonBody, Limit, Offset, StatusParam,
+    ApiJson, ApiPath, ApiQuery, DeliveryId, JsonBody, Limit, Offset, StatusParam, from_text,
 };
 
 /// A resolved API token.
@@ -111,7 +111,7 @@ impl<const MIN: u8> FromRequestParts<Arc<AppState>> for Caller<MIN> {
     }
 }
 
-/// `?workflow=&status=&limit=&offset=`.
+/// `?workflow=&status=&limit=&offset=&before=`.
 #[derive(Deserialize)]
 pub(crate) struct RunQuery {
     workflow: Option<String>,
@@ -120,9 +120,25 @@ pub(crate) struct RunQuery {
     limit: Limit,
     #[serde(default)]
     offset: Offset,
+    before: Option<RunCursorParam>,
 }
 
-/// `GET /api/v1/runs`.
+/// `before`: the last run of the previous page, as `<created_at>.<id>` ([`RunCursor`]).
+pub(crate) struct RunCursorParam(RunCursor);
+
+impl<'de> Deserialize<'de> for RunCursorParam {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        from_text(deserializer, |text| {
+            RunCursor::parse(text).map(Self).ok_or_else(|| {
+                format!(
+                    "`{text}` is not a run cursor: expected `<created_at>.<id>`, a page's `next`"
+                )
+            })
+        })
+    }
+}
+
+/// `GET /api/v1/runs`: a page of runs, and when it is full the cursor of the next one.
 pub(crate) async fn list_runs(
     State(state): State<Arc<AppState>>,
     _caller: Viewer,
@@ -136,12 +152,20 @@ pub(crate) async fn list_runs(
             status: q.status.map(|s| s.0),
             limit,
             offset,
-            before: None,
+            before: q.before.map(|b| b.0),
         })
         .await?;
+    let next = full_page(&runs, limit).map(|last| RunCursor::after(&last.header).to_text());
     Ok(Json(
-        json!({"runs": runs, "limit": limit, "offset": offset}),
+        json!({"runs": runs, "limit": limit, "offset": offset, "next": next}),
     ))
+}
+
+/// The last item of `page` when it holds `limit` items, so there may be more after it.
+fn full_page<T>(page: &[T], limit: u32) -> Option<&T> {
+    (page.len() >= limit as usize)
+        .then(|| page.last())
+        .flatten()
 }
 
 /// `GET /api/v1/runs/{id}`.
@@ -320,7 +344,7 @@ pub(crate) async fn reject(
     decided(&state, caller, path, false, body).await
 }
 
-/// `?source=&limit=&offset=`.
+/// `?source=&limit=&offset=&before=`.
 #[derive(Deserialize)]
 pub(crate) struct DeliveryQuery {
     source: Option<String>,
@@ -328,9 +352,12 @@ pub(crate) struct DeliveryQuery {
     limit: Limit,
     #[serde(default)]
     offset: Offset,
+    /// The last delivery of the previous page.
+    before: Option<DeliveryId>,
 }
 
-/// `GET /api/v1/deliveries`.
+/// `GET /api/v1/deliveries`: a page of deliveries, and when it is full the cursor of the
+/// next one.
 pub(crate) async fn list_deliveries(
     State(state): State<Arc<AppState>>,
     _caller: Viewer,
@@ -344,10 +371,12 @@ pub(crate) async fn list_deliveries(
             source: q.source,
             limit,
             offset,
+            before: q.before.map(|b| b.0),
         })
         .await?;
+    let next = full_page(&deliveries, limit).map(|last| last.id);
     Ok(Json(
-        json!({"deliveries": deliveries, "limit": limit, "offset": offset}),
+        json!({"deliveries": deliveries, "limit": limit, "offset": offset, "next": next}),
     ))
 }
 
@@ -372,15 +401,22 @@ pub(crate) async fn replay_delivery(
     caller: Operator,
     ApiPath(id): ApiPath<DeliveryId>,
 ) -> Result<Response, ApiError> {
-    if state.engine.store().load_delivery(id.0).await?.is_none() {
-        return Err(ApiError::not_found(format!("no delivery {id}")));
-    }
-    state.engine.replay_delivery(id.0).await?;
-    state.matcher.notify_one();
-    tracing::info!(delivery = id.0, by = %caller.name, "delivery replayed");
+    replay(&state, id.0, &caller.name).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({"delivery": id, "status": "replaying"})),
     )
         .into_response())
+}
+
+/// Marks stored delivery `id` for matching again, for `by`, and wakes the matcher, which
+/// starts the runs it matches. The API and the UI both replay through it.
+pub(crate) async fn replay(state: &AppState, id: i64, by: &str) -> Result<(), ApiError> {
+    if state.engine.store().load_delivery(id).await?.is_none() {
+        return Err(ApiError::not_found(format!("no delivery {id}")));
+    }
+    state.engine.replay_delivery(id).await?;
+    state.matcher.notify_one();
+    tracing::info!(delivery = id, by = %by, "delivery replayed");
+    Ok(())
 }

@@ -26,12 +26,14 @@ use serde_json::Value;
 mod contract;
 mod feed;
 mod inbox;
+mod listing;
 mod outbox;
 mod postgres;
 pub mod relay;
 mod sqlite;
 
 pub use feed::{DeliveryFeed, PendingDelivery};
+pub use listing::{DeliverySummary, RunListing};
 pub use outbox::{DueReport, ReportKey};
 pub use postgres::PostgresStore;
 pub use relay::{
@@ -726,6 +728,9 @@ pub struct DeliveryFilter {
     pub limit: u32,
     /// Skip this many.
     pub offset: u32,
+    /// Only deliveries with a lower public id than this one: the next page by key, after
+    /// the last delivery of the previous page.
+    pub before: Option<i64>,
 }
 
 /// The durable state behind the engine.
@@ -750,8 +755,8 @@ pub trait Store: Send + Sync + 'static {
     /// Ids of runs that are not finished, oldest first.
     async fn unfinished_runs(&self) -> Result<Vec<String>>;
 
-    /// Runs, newest first.
-    async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunHeader>>;
+    /// Runs, newest first, with what started them and their commit.
+    async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunListing>>;
 
     /// Checks that the store answers.
     async fn ping(&self) -> Result<()>;
@@ -789,6 +794,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deliveries, newest first.
     async fn list_deliveries(&self, filter: &DeliveryFilter) -> Result<Vec<DeliveryRecord>>;
+
+    /// Deliveries, newest first, without their headers and bodies.
+    async fn list_delivery_summaries(
+        &self,
+        filter: &DeliveryFilter,
+    ) -> Result<Vec<DeliverySummary>>;
 
     /// Leases up to `limit` due, unleased outbox rows until `lease_until`, oldest due first
     /// (see [`outbox`]).

@@ -7,9 +7,9 @@ use async_trait::async_trait;
 use baton_core::context::TriggerInfo;
 use baton_core::{StageDefaults, Workflow, WorkflowSpec};
 use baton_store::{
-    Change, DeliveryFilter, DeliveryRecord, DueReport, Intake, Millis, NewDelivery,
-    PendingDelivery, RunFilter, RunHeader, RunSnapshot, SqliteStore, Store, StoreError, Task,
-    TaskLease,
+    Change, DeliveryFilter, DeliveryRecord, DeliverySummary, DueReport, Intake, Millis,
+    NewDelivery, PendingDelivery, RunFilter, RunListing, RunSnapshot, SqliteStore, Store,
+    StoreError, Task, TaskLease,
 };
 use serde_json::{Value, json};
 
@@ -106,7 +106,7 @@ impl Store for DyingStore {
     async fn unfinished_runs(&self) -> Result<Vec<String>, StoreError> {
         self.inner.unfinished_runs().await
     }
-    async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunHeader>, StoreError> {
+    async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunListing>, StoreError> {
         self.inner.list_runs(filter).await
     }
     async fn ping(&self) -> Result<(), StoreError> {
@@ -132,6 +132,12 @@ impl Store for DyingStore {
         filter: &DeliveryFilter,
     ) -> Result<Vec<DeliveryRecord>, StoreError> {
         self.inner.list_deliveries(filter).await
+    }
+    async fn list_delivery_summaries(
+        &self,
+        filter: &DeliveryFilter,
+    ) -> Result<Vec<DeliverySummary>, StoreError> {
+        self.inner.list_delivery_summaries(filter).await
     }
     async fn claim_reports(
         &self,

@@ -5,35 +5,32 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::get;
 use baton_core::RunStatus;
-use baton_store::{RunCursor, RunFilter, RunHeader, now_millis};
+use baton_store::{RunCursor, RunFilter, RunListing, now_millis};
 use maud::{Markup, html};
 use serde::Deserialize;
 
 use crate::AppState;
 
 use super::layout::{self, Nav};
-use super::session::{Session, encode_query};
+use super::list::{self, ListAddress, Paging};
+use super::session::Session;
 
-/// Runs on a page.
-const PAGE: u32 = 50;
-
+/// The routes of the runs list.
 pub(crate) fn routes() -> Router<Arc<AppState>> {
-    Router::new().route("/runs", get(list))
+    Router::new().route("/runs", get(list_page))
 }
 
-/// `?workflow=&status=&before=&fragment=`.
+/// `?workflow=&status=`; the page is in [`Paging`] (`before` is `<created_at>.<id>` of the
+/// previous page's last run).
 #[derive(Deserialize, Default)]
 pub(crate) struct ListQuery {
+    /// Only runs of this workflow.
     workflow: Option<String>,
+    /// Only runs in this status; an unknown one is no filter.
     status: Option<String>,
-    /// The last run of the previous page (`<created_at>.<id>`).
-    before: Option<String>,
-    /// `rows`: only the table's body, for a live refresh.
-    fragment: Option<String>,
 }
 
 impl ListQuery {
@@ -45,62 +42,39 @@ impl ListQuery {
         self.status.as_deref().and_then(RunStatus::parse)
     }
 
-    /// The query string of this list with `before` replaced.
-    fn address(&self, before: Option<&str>, fragment: bool) -> String {
-        let mut pairs = Vec::new();
-        if let Some(w) = self.workflow() {
-            pairs.push(format!("workflow={}", encode_query(w)));
-        }
-        if let Some(s) = self.status() {
-            pairs.push(format!("status={}", s.as_str()));
-        }
-        if let Some(b) = before {
-            pairs.push(format!("before={}", encode_query(b)));
-        }
-        if fragment {
-            pairs.push("fragment=rows".to_owned());
-        }
-        if pairs.is_empty() {
-            "/runs".to_owned()
-        } else {
-            format!("/runs?{}", pairs.join("&"))
-        }
+    /// This list's address with its filters.
+    fn address(&self) -> ListAddress {
+        ListAddress::new("/runs")
+            .filter("workflow", self.workflow())
+            .filter("status", self.status().map(RunStatus::as_str))
     }
 }
 
 /// `GET /runs`.
-async fn list(
+async fn list_page(
     State(state): State<Arc<AppState>>,
     session: Session,
     Query(q): Query<ListQuery>,
+    Query(paging): Query<Paging>,
 ) -> Response {
-    let before = q.before.as_deref().and_then(RunCursor::parse);
+    let before = paging.before().and_then(RunCursor::parse);
+    let first_page = before.is_none();
     let filter = RunFilter {
         workflow: q.workflow().map(str::to_owned),
         status: q.status(),
-        limit: PAGE + 1,
+        limit: list::FETCH,
         offset: 0,
-        before: before.clone(),
+        before,
     };
     let mut runs = match state.engine.list_runs(&filter).await {
         Ok(runs) => runs,
-        Err(e) => {
-            return layout::error_page(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Runs unavailable",
-                &format!("The store could not list runs: {e}"),
-            );
-        }
+        Err(e) => return list::unavailable("runs", e),
     };
-    let more = runs.len() > PAGE as usize;
-    runs.truncate(PAGE as usize);
+    let next = list::cut(&mut runs, |r| RunCursor::after(&r.header).to_text());
     let rows = rows(&runs, now_millis());
-    if q.fragment.as_deref() == Some("rows") {
+    if paging.rows_only() {
         return layout::fragment(rows);
     }
-    let next = more
-        .then(|| runs.last().map(|r| RunCursor::after(r).to_text()))
-        .flatten();
     let body = html! {
         h1 { "Runs" }
         form.filters method="get" action="/runs" {
@@ -124,20 +98,9 @@ async fn list(
                 }
             }
             button type="submit" { "Filter" }
-            @if before.is_none() {
-                span.live-state data-live-state aria-live="polite" { }
-            }
+            (list::live_state(first_page))
         }
-        // Only the first page follows changes: a later page keeps its place.
-        (table(rows, before.is_none().then(|| q.address(None, true)).as_deref()))
-        nav.pager aria-label="Pages" {
-            @if before.is_some() {
-                a href=(q.address(None, false)) { "← Newest" }
-            }
-            @if let Some(next) = &next {
-                a href=(q.address(Some(next), false)) rel="next" { "Older →" }
-            }
-        }
+        (list::paged_table(&q.address(), first_page, head(), rows, next.as_deref()))
     };
     layout::page("Runs", Some(&session), Nav::Runs, body)
 }
@@ -153,42 +116,37 @@ const RUN_STATUSES: [RunStatus; 5] = [
 /// A table of runs around `rows` (from [`rows`]). With `live_src`, the body is fetched again
 /// from that address each time a run changes.
 pub(super) fn table(rows: Markup, live_src: Option<&str>) -> Markup {
+    list::table(head(), rows, live_src)
+}
+
+/// The head's cells of a table of runs, in the order [`rows`] fills them.
+fn head() -> Markup {
     html! {
-        div.table {
-            table {
-                thead {
-                    tr {
-                        th scope="col" { "Status" }
-                        th scope="col" { "Run" }
-                        th scope="col" { "Workflow" }
-                        th.wide scope="col" { "Trigger" }
-                        th.wide scope="col" { "Started" }
-                        th scope="col" { "Duration" }
-                    }
-                }
-                @if let Some(src) = live_src {
-                    tbody data-live-events="/ui/events" data-live-src=(src) { (rows) }
-                } @else {
-                    tbody { (rows) }
-                }
-            }
-        }
+        th scope="col" { "Status" }
+        th scope="col" { "Run" }
+        th scope="col" { "Workflow" }
+        th.wide scope="col" { "Trigger" }
+        th.wide scope="col" { "Commit" }
+        th.wide scope="col" { "Started" }
+        th scope="col" { "Duration" }
     }
 }
 
 /// One table row per run, linked to the run and its workflow; `now` ends the duration of a
 /// run that is still going.
-pub(super) fn rows(runs: &[RunHeader], now: i64) -> Markup {
+pub(super) fn rows(runs: &[RunListing], now: i64) -> Markup {
     html! {
         @if runs.is_empty() {
-            tr { td colspan="6" .muted { "No runs." } }
+            tr { td colspan="7" .muted { "No runs." } }
         }
-        @for run in runs {
+        @for listing in runs {
+            @let run = &listing.header;
             tr {
                 td { (layout::status_badge(run.status.as_str())) }
                 td.mono { a href={ "/runs/" (run.id) } { (run.id) } }
                 td { a href={ "/workflows/" (run.workflow) } { (run.workflow) } }
-                td.wide { (trigger(run)) }
+                td.wide { (trigger(listing)) }
+                td.wide.mono { (commit(listing.commit.as_deref())) }
                 td.wide {
                     time datetime=(layout::iso(run.started_at.unwrap_or(run.created_at))) {
                         (layout::when(run.started_at.unwrap_or(run.created_at)))
@@ -206,7 +164,93 @@ pub(super) fn rows(runs: &[RunHeader], now: i64) -> Markup {
     }
 }
 
-fn trigger(run: &RunHeader) -> Markup {
-    let _ = run;
-    html! { span.muted { "—" } }
+/// `source/event`, a link to the delivery that started the run when it is stored.
+fn trigger(run: &RunListing) -> Markup {
+    let trigger = &run.trigger;
+    html! {
+        (trigger.source) "/" (trigger.event)
+        @if let Some(id) = run.delivery {
+            " " a href={ "/deliveries/" (id) } title={ "delivery " (trigger.delivery_id.as_deref().unwrap_or_default()) } {
+                "#" (id)
+            }
+        }
+    }
+}
+
+/// Digits of a SHA shown in a list: enough to tell commits of one repository apart.
+const SHORT_SHA: usize = 10;
+
+/// The commit's short SHA, the full one in its title.
+fn commit(sha: Option<&str>) -> Markup {
+    html! {
+        @match sha {
+            Some(sha) => abbr title=(sha) { (sha.get(..SHORT_SHA).unwrap_or(sha)) },
+            None => span.muted { "—" },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use baton_core::context::TriggerInfo;
+    use baton_store::RunHeader;
+
+    use super::*;
+
+    const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
+
+    fn listing(trigger: TriggerInfo, delivery: Option<i64>, commit: Option<&str>) -> RunListing {
+        RunListing {
+            header: RunHeader {
+                id: "r1".into(),
+                workflow: "wf".into(),
+                status: RunStatus::Succeeded,
+                cancel_requested: false,
+                message: None,
+                created_at: 1,
+                started_at: Some(2),
+                finished_at: Some(3),
+            },
+            trigger,
+            delivery,
+            commit: commit.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn a_row_links_its_delivery_and_shortens_its_commit_all_escaped() {
+        let hooked = listing(
+            TriggerInfo {
+                source: "<gh>".into(),
+                event: "push&x".into(),
+                delivery_id: Some("\"d1".into()),
+            },
+            Some(42),
+            Some(SHA),
+        );
+        let html = rows(&[hooked], 10).into_string();
+        assert!(html.contains("&lt;gh&gt;/push&amp;x"), "{html}");
+        assert!(
+            html.contains(r#"<a href="/deliveries/42" title="delivery &quot;d1">#42</a>"#),
+            "{html}"
+        );
+        assert!(
+            html.contains(&format!(r#"<abbr title="{SHA}">0123456789</abbr>"#)),
+            "{html}"
+        );
+
+        let manual = listing(
+            TriggerInfo {
+                source: "manual".into(),
+                event: "manual".into(),
+                delivery_id: None,
+            },
+            None,
+            None,
+        );
+        let html = rows(&[manual], 10).into_string();
+        assert!(html.contains("manual/manual"), "{html}");
+        assert!(!html.contains("/deliveries/"), "{html}");
+        assert!(!html.contains("<abbr"), "{html}");
+    }
 }

@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use baton_core::workflow::TriggerSpec;
 use baton_core::{HumanDuration, OnFailure, Workflow};
-use baton_store::{RunFilter, RunHeader, now_millis};
+use baton_store::{RunFilter, RunListing, now_millis};
 use maud::{Markup, PreEscaped, html};
 use serde::Deserialize;
 use serde_json::Value;
@@ -92,6 +92,7 @@ async fn list(
     }
     let body = html! {
         h1 { "Workflows" }
+        p { a.button href="/workflows/new" { "New workflow" } }
         p.muted {
             (state.workflows.len()) " workflow" @if state.workflows.len() != 1 { "s" }
             " in the config. A workflow with a " code { "manual" }
@@ -126,7 +127,7 @@ async fn list_rows(state: &AppState) -> Markup {
                 td {
                     @match last {
                         Ok(runs) => @match runs.first() {
-                            Some(run) => a href={ "/runs/" (run.id) } { (layout::status_badge(run.status.as_str())) },
+                            Some(run) => a href={ "/runs/" (run.header.id) } { (layout::status_badge(run.header.status.as_str())) },
                             None => span.muted { "never run" },
                         },
                         Err(e) => span.muted title=(e.to_string()) { "unavailable" },
@@ -320,6 +321,8 @@ impl Page<'_> {
                         " · "
                     }
                     a href=(download_address(name)) download { "Download YAML" }
+                    " · "
+                    a href={ "/workflows/" (name) "/edit" } { "Edit" }
                 }
                 dt { "Stages" }
                 dd { (self.workflow.stages.len()) }
@@ -499,7 +502,7 @@ fn triggers_table(on: &[TriggerSpec]) -> Markup {
     }
 }
 
-fn recent_runs_table(name: &str, recent_runs: &[RunHeader]) -> Markup {
+fn recent_runs_table(name: &str, recent_runs: &[RunListing]) -> Markup {
     let live = format!("{}?fragment=runs", page_address(name));
     html! {
         (runs::table(runs::rows(recent_runs, now_millis()), Some(&live)))

@@ -152,6 +152,65 @@ pub(crate) async fn postgres() -> Backend {
     }
 }
 
+/// A store of `kind` as a build that knew only the first `version` migrations left it,
+/// with `script` (SQL both backends run) applied to it then, opened by this build (which
+/// migrates it the rest of the way).
+pub(crate) async fn migrated_from(kind: Kind, version: usize, script: &str) -> Backend {
+    match kind {
+        Kind::Sqlite => {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("t.db");
+            let mut conn = rusqlite::Connection::open(&path).unwrap();
+            let tx = conn.transaction().unwrap();
+            for sql in &sqlite::schema::MIGRATIONS[..version] {
+                tx.execute_batch(sql).unwrap();
+            }
+            tx.execute_batch(script).unwrap();
+            tx.pragma_update(None, "user_version", version as i64)
+                .unwrap();
+            tx.commit().unwrap();
+            drop(conn);
+            let options = StoreOptions {
+                url: format!("sqlite://{}", path.display()),
+                ..StoreOptions::default()
+            };
+            Backend {
+                kind,
+                store: open_with(&options).await.unwrap(),
+                options,
+                _dir: Some(dir),
+                schema: None,
+            }
+        }
+        Kind::Postgres => {
+            let (options, schema) = postgres_schema().await;
+            let (client, connection) =
+                tokio_postgres::connect(&postgres_url(), tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
+            tokio::spawn(connection);
+            let mut all = format!(
+                "BEGIN; SET LOCAL search_path = {schema}; \
+                 CREATE TABLE baton_schema (version BIGINT NOT NULL); \
+                 INSERT INTO baton_schema VALUES ({version});"
+            );
+            for sql in &postgres::schema::MIGRATIONS[..version] {
+                all.push_str(sql);
+            }
+            all.push_str(script);
+            all.push_str("; COMMIT;");
+            client.batch_execute(&all).await.unwrap();
+            Backend {
+                kind,
+                store: open_with(&options).await.unwrap(),
+                options,
+                _dir: None,
+                schema: Some(schema),
+            }
+        }
+    }
+}
+
 /// One fresh store per backend, SQLite first.
 pub(crate) async fn backends() -> Vec<Backend> {
     vec![sqlite().await, postgres().await]

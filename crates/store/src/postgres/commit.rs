@@ -1,5 +1,6 @@
 //! [`Store::commit`]: every [`Change`] of a commit in one transaction, in order.
 
+use baton_core::context::commit_of;
 use deadpool_postgres::Transaction;
 use serde_json::Value;
 
@@ -138,8 +139,9 @@ impl PostgresStore {
             }
             Change::InsertRun(header, payload) => {
                 tx.execute(
-                    &run("INSERT INTO runs (id, workflow, status, spec, event, trigger_info, cancel_requested, message, created_at, started_at, finished_at)
-                          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)").await?,
+                    &run("INSERT INTO runs (id, workflow, status, spec, event, trigger_info, cancel_requested, message, created_at, started_at, finished_at,
+                                            trigger_source, trigger_event, trigger_delivery, commit_sha)
+                          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)").await?,
                     &[
                         &header.id,
                         &header.workflow,
@@ -152,6 +154,10 @@ impl PostgresStore {
                         &header.created_at,
                         &header.started_at,
                         &header.finished_at,
+                        &payload.trigger.source,
+                        &payload.trigger.event,
+                        &payload.trigger.delivery_id,
+                        &commit_of(&payload.event),
                     ],
                 )
                 .await

@@ -31,7 +31,7 @@ mod outbox;
 mod queries;
 #[allow(clippy::unused_async)] // Until the relay queue's queries fill its seams.
 mod relay;
-mod schema;
+pub(crate) mod schema;
 mod tls;
 
 #[cfg(test)]

@@ -6,8 +6,10 @@ use async_trait::async_trait;
 use baton_core::{RunStatus, StageStatus};
 use serde_json::Value;
 use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
 
 use super::{PROBE_TIMEOUT, PROBE_TTL, PostgresStore, pg_error};
+use crate::listing;
 use crate::*;
 
 /// The columns [`task_from_row`] reads.
@@ -119,21 +121,72 @@ fn delivery_from_row(row: &Row) -> Result<DeliveryRecord> {
     })
 }
 
-/// A page size: 50 when unset, at most 1000.
-fn page_limit(asked: u32) -> i64 {
-    i64::from(if asked == 0 { 50 } else { asked.min(1000) })
+/// A delivery as people see it, without headers and body.
+const SUMMARY_COLUMNS: &str = "seq, source, delivery_id, event, received_at,
+    CASE WHEN status = 'replay' THEN 'received' ELSE status END AS status,
+    runs, message, processed_at";
+
+fn summary_from_row(row: &Row) -> Result<DeliverySummary> {
+    Ok(DeliverySummary {
+        id: row.try_get("seq").map_err(pg_error)?,
+        source: row.try_get("source").map_err(pg_error)?,
+        delivery_id: row.try_get("delivery_id").map_err(pg_error)?,
+        event: row.try_get("event").map_err(pg_error)?,
+        received_at: row.try_get("received_at").map_err(pg_error)?,
+        status: row.try_get("status").map_err(pg_error)?,
+        runs: json_col(row, "runs")?.unwrap_or_default(),
+        message: row.try_get("message").map_err(pg_error)?,
+        processed_at: row.try_get("processed_at").map_err(pg_error)?,
+    })
+}
+
+/// Reads a [`RunListing`] ([`listing::RUN_LISTING_COLUMNS`]).
+fn listing_from_row(row: &Row) -> Result<RunListing> {
+    Ok(RunListing {
+        header: header_from_row(row)?,
+        trigger: TriggerInfo {
+            source: row.try_get("trigger_source").map_err(pg_error)?,
+            event: row.try_get("trigger_event").map_err(pg_error)?,
+            delivery_id: row.try_get("trigger_delivery").map_err(pg_error)?,
+        },
+        delivery: row.try_get("delivery").map_err(pg_error)?,
+        commit: row.try_get("commit_sha").map_err(pg_error)?,
+    })
+}
+
+/// A page size as PostgreSQL takes it ([`listing::page_limit`]).
+pub(super) fn page_limit(asked: u32) -> i64 {
+    i64::from(listing::page_limit(asked))
 }
 
 impl PostgresStore {
     /// Runs `sql` (prepared once per connection) and returns its rows.
-    async fn rows(
-        &self,
-        sql: &str,
-        args: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> Result<Vec<Row>> {
+    async fn rows(&self, sql: &str, args: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>> {
         let client = self.client().await?;
         let statement = client.prepare_cached(sql).await.map_err(pg_error)?;
         client.query(&statement, args).await.map_err(pg_error)
+    }
+
+    /// A page of deliveries: `columns` of the rows `filter` picks.
+    async fn deliveries_page(&self, filter: &DeliveryFilter, columns: &str) -> Result<Vec<Row>> {
+        let sql = listing::deliveries_page_sql(
+            columns,
+            "deliveries",
+            filter.source.is_some(),
+            filter.before.is_some(),
+            '$',
+        );
+        let (limit, offset) = (page_limit(filter.limit), i64::from(filter.offset));
+        let mut args: Vec<&(dyn ToSql + Sync)> = Vec::new();
+        if let Some(source) = &filter.source {
+            args.push(source);
+        }
+        if let Some(before) = &filter.before {
+            args.push(before);
+        }
+        args.push(&limit);
+        args.push(&offset);
+        self.rows(&sql, &args).await
     }
 
     /// Readiness's probe: `SELECT 1` within [`PROBE_TIMEOUT`].
@@ -216,7 +269,7 @@ impl Store for PostgresStore {
             ),
         )
         .map_err(pg_error)?;
-        let args: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&run_id];
+        let args: [&(dyn ToSql + Sync); 1] = [&run_id];
         let (run, stages, attempts) = futures::try_join!(
             client.query_opt(&run, &args),
             client.query(&stages, &args),
@@ -256,25 +309,28 @@ impl Store for PostgresStore {
         .collect()
     }
 
-    async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunHeader>> {
-        self.rows(
-            "SELECT id, workflow, status, cancel_requested, message, created_at, started_at, finished_at FROM runs
-             WHERE ($1::TEXT IS NULL OR workflow = $1) AND ($2::TEXT IS NULL OR status = $2)
-               AND ($5::BIGINT IS NULL OR (created_at, id) < ($5, $6::TEXT))
-             ORDER BY created_at DESC, id DESC LIMIT $3 OFFSET $4",
-            &[
-                &filter.workflow,
-                &filter.status.map(RunStatus::as_str),
-                &page_limit(filter.limit),
-                &i64::from(filter.offset),
-                &filter.before.as_ref().map(|c| c.created_at),
-                &filter.before.as_ref().map(|c| c.id.as_str()),
-            ],
-        )
-        .await?
-        .iter()
-        .map(header_from_row)
-        .collect()
+    async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunListing>> {
+        let sql = listing::runs_page_sql(filter, '$');
+        let status = filter.status.map(RunStatus::as_str);
+        let (limit, offset) = (page_limit(filter.limit), i64::from(filter.offset));
+        let mut args: Vec<&(dyn ToSql + Sync)> = Vec::new();
+        if let Some(workflow) = &filter.workflow {
+            args.push(workflow);
+        }
+        if let Some(status) = &status {
+            args.push(status);
+        }
+        if let Some(cursor) = &filter.before {
+            args.push(&cursor.created_at);
+            args.push(&cursor.id);
+        }
+        args.push(&limit);
+        args.push(&offset);
+        self.rows(&sql, &args)
+            .await?
+            .iter()
+            .map(listing_from_row)
+            .collect()
     }
 
     async fn ping(&self) -> Result<()> {
@@ -328,22 +384,22 @@ impl Store for PostgresStore {
     }
 
     async fn list_deliveries(&self, filter: &DeliveryFilter) -> Result<Vec<DeliveryRecord>> {
-        let sql = format!(
-            "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE ($1::TEXT IS NULL OR source = $1)
-             ORDER BY seq DESC LIMIT $2 OFFSET $3"
-        );
-        self.rows(
-            &sql,
-            &[
-                &filter.source,
-                &page_limit(filter.limit),
-                &i64::from(filter.offset),
-            ],
-        )
-        .await?
-        .iter()
-        .map(delivery_from_row)
-        .collect()
+        self.deliveries_page(filter, DELIVERY_COLUMNS)
+            .await?
+            .iter()
+            .map(delivery_from_row)
+            .collect()
+    }
+
+    async fn list_delivery_summaries(
+        &self,
+        filter: &DeliveryFilter,
+    ) -> Result<Vec<DeliverySummary>> {
+        self.deliveries_page(filter, SUMMARY_COLUMNS)
+            .await?
+            .iter()
+            .map(summary_from_row)
+            .collect()
     }
 
     async fn claim_reports(

@@ -24,6 +24,7 @@ use deadpool_postgres::Transaction;
 use tokio_postgres::Row;
 use tokio_postgres::types::{FromSql, ToSql};
 
+use super::queries::page_limit;
 use super::{PostgresStore, notify, pg_error};
 use crate::relay::{MESSAGE_COLUMNS, answer_slice, entry, try_problem};
 use crate::*;
@@ -351,15 +352,6 @@ fn due_from_row(row: &Row) -> Result<(DueRelay, i64, Millis)> {
         body: col(row, 11)?,
     };
     Ok((due, col(row, 12)?, col(row, 13)?))
-}
-
-/// A page size: 50 when unset, at most 1000.
-fn page_limit(asked: u32) -> i64 {
-    if asked == 0 {
-        50
-    } else {
-        i64::from(asked.min(1000))
-    }
 }
 
 /// Positional arguments of a query built from the terms a filter has.

@@ -6,7 +6,7 @@ use crate::*;
 use super::pg_error;
 
 /// Schema migrations, applied in order; `baton_schema.version` records how many ran.
-pub(super) const MIGRATIONS: &[&str] = &[
+pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0001_init.sql"),
     include_str!("../../migrations/postgres/0002_deliveries.sql"),
     include_str!("../../migrations/postgres/0003_delivery_passes.sql"),
@@ -15,6 +15,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0006_report_refs.sql"),
     include_str!("../../migrations/postgres/0007_relays.sql"),
     include_str!("../../migrations/postgres/0008_replicas.sql"),
+    include_str!("../../migrations/postgres/0009_ui.sql"),
 ];
 
 /// The advisory lock's key: "baton" in ASCII, so it is recognisable in `pg_locks`.

@@ -1,5 +1,6 @@
 //! One engine [`Change`] as SQL, inside the writer's transaction.
 
+use baton_core::context::commit_of;
 use rusqlite::{OptionalExtension, Transaction, params};
 use serde_json::Value;
 
@@ -16,8 +17,9 @@ pub(super) fn apply_change(tx: &Transaction<'_>, change: &Change) -> Result<Opti
         } => fence(tx, run_id, *version, *lease)?,
         Change::InsertRun(header, payload) => {
             tx.prepare_cached(
-                "INSERT INTO runs (id, workflow, status, spec, event, trigger_info, cancel_requested, message, created_at, started_at, finished_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                "INSERT INTO runs (id, workflow, status, spec, event, trigger_info, cancel_requested, message, created_at, started_at, finished_at,
+                                   trigger_source, trigger_event, trigger_delivery, commit_sha)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
             )?
             .execute(params![
                 header.id,
@@ -31,6 +33,10 @@ pub(super) fn apply_change(tx: &Transaction<'_>, change: &Change) -> Result<Opti
                 header.created_at,
                 header.started_at,
                 header.finished_at,
+                payload.trigger.source,
+                payload.trigger.event,
+                payload.trigger.delivery_id,
+                commit_of(&payload.event),
             ])?;
         }
         Change::PutRun(header) => {

@@ -38,7 +38,7 @@ mod outbox;
 mod queries;
 mod relay;
 mod rows;
-mod schema;
+pub(crate) mod schema;
 mod writer;
 
 #[cfg(test)]

@@ -1,15 +1,17 @@
 //! The [`Store`] trait for [`SqliteStore`]: writes go to the writer, reads to the pool.
 
 use async_trait::async_trait;
-use baton_core::RunStatus;
-use rusqlite::{OptionalExtension, Row, params};
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{OptionalExtension, Row, params, params_from_iter};
 
 use super::health::Verdict;
 use super::rows::{
-    attempt_from_row, corrupt, delivery_from_row, header_from_row, rows, stage_from_row,
+    attempt_from_row, corrupt, delivery_from_row, header_from_row, listing_from_row, rows,
+    stage_from_row, summary_from_row,
 };
 use super::writer::{Answer, Op};
 use super::{FEED_CAPACITY, SqliteStore};
+use crate::listing;
 use crate::*;
 
 #[async_trait]
@@ -104,28 +106,19 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunHeader>> {
-        let limit = page_limit(filter.limit);
-        let filter = filter.clone();
-        self.read(move |conn| {
-            rows(
-                conn,
-                "SELECT id, workflow, status, cancel_requested, message, created_at, started_at, finished_at FROM runs
-                 WHERE (?1 IS NULL OR workflow = ?1) AND (?2 IS NULL OR status = ?2)
-                   AND (?5 IS NULL OR (created_at, id) < (?5, ?6))
-                 ORDER BY created_at DESC, id DESC LIMIT ?3 OFFSET ?4",
-                params![
-                    filter.workflow,
-                    filter.status.map(RunStatus::as_str),
-                    limit,
-                    filter.offset,
-                    filter.before.as_ref().map(|c| c.created_at),
-                    filter.before.as_ref().map(|c| c.id.as_str()),
-                ],
-                header_from_row,
-            )
-        })
-        .await
+    async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunListing>> {
+        let sql = listing::runs_page_sql(filter, '?');
+        let mut args: Vec<SqlValue> = Vec::new();
+        args.extend(filter.workflow.clone().map(SqlValue::Text));
+        args.extend(filter.status.map(|s| SqlValue::Text(s.as_str().to_owned())));
+        if let Some(cursor) = &filter.before {
+            args.push(SqlValue::Integer(cursor.created_at));
+            args.push(SqlValue::Text(cursor.id.clone()));
+        }
+        args.push(SqlValue::Integer(listing::page_limit(filter.limit).into()));
+        args.push(SqlValue::Integer(filter.offset.into()));
+        self.read(move |conn| rows(conn, &sql, params_from_iter(args), listing_from_row))
+            .await
     }
 
     async fn ping(&self) -> Result<()> {
@@ -220,17 +213,19 @@ impl Store for SqliteStore {
     }
 
     async fn list_deliveries(&self, filter: &DeliveryFilter) -> Result<Vec<DeliveryRecord>> {
-        let limit = page_limit(filter.limit);
-        let filter = filter.clone();
-        self.read(move |conn| {
-            rows(
-                conn,
-                "SELECT * FROM deliveries_seen WHERE (?1 IS NULL OR source = ?1) ORDER BY seq DESC LIMIT ?2 OFFSET ?3",
-                params![filter.source, limit, filter.offset],
-                delivery_from_row,
-            )
-        })
-        .await
+        self.deliveries_page(filter, "*", delivery_from_row).await
+    }
+
+    async fn list_delivery_summaries(
+        &self,
+        filter: &DeliveryFilter,
+    ) -> Result<Vec<DeliverySummary>> {
+        let columns = format!(
+            "{}, status, processed_at",
+            listing::DELIVERY_SUMMARY_COLUMNS
+        );
+        self.deliveries_page(filter, &columns, summary_from_row)
+            .await
     }
 
     async fn claim_reports(
@@ -357,7 +352,7 @@ impl RelayStore for SqliteStore {
         &self,
         filter: &RelayMessageFilter,
     ) -> Result<Vec<RelayMessageRecord>> {
-        let limit = page_limit(filter.limit);
+        let limit = listing::page_limit(filter.limit);
         let filter = filter.clone();
         self.read(move |conn| super::relay::list(conn, &filter, limit))
             .await
@@ -386,7 +381,28 @@ impl RelayStore for SqliteStore {
     }
 }
 
-/// A page size: 50 when unset, at most 1000.
-fn page_limit(asked: u32) -> u32 {
-    if asked == 0 { 50 } else { asked.min(1000) }
+impl SqliteStore {
+    /// A page of deliveries as people see them (`deliveries_seen`): `columns`, each row
+    /// read with `from_row`.
+    async fn deliveries_page<T: Send + 'static>(
+        &self,
+        filter: &DeliveryFilter,
+        columns: &str,
+        from_row: fn(&Row<'_>) -> Result<T>,
+    ) -> Result<Vec<T>> {
+        let sql = listing::deliveries_page_sql(
+            columns,
+            "deliveries_seen",
+            filter.source.is_some(),
+            filter.before.is_some(),
+            '?',
+        );
+        let mut args: Vec<SqlValue> = Vec::new();
+        args.extend(filter.source.clone().map(SqlValue::Text));
+        args.extend(filter.before.map(SqlValue::Integer));
+        args.push(SqlValue::Integer(listing::page_limit(filter.limit).into()));
+        args.push(SqlValue::Integer(filter.offset.into()));
+        self.read(move |conn| rows(conn, &sql, params_from_iter(args), from_row))
+            .await
+    }
 }

@@ -1,5 +1,6 @@
 //! Decoding rows into the store's records.
 
+use baton_core::context::TriggerInfo;
 use baton_core::{RunStatus, StageStatus};
 use rusqlite::{Connection, Row};
 use serde_json::Value;
@@ -126,6 +127,35 @@ pub(super) fn delivery_from_row(row: &Row<'_>) -> Result<DeliveryRecord> {
         headers: json_col(row, "headers")?.unwrap_or(Value::Null),
         // Bodies were checked to be JSON before they were stored; keep text that is not.
         body: serde_json::from_str(&body).unwrap_or(Value::String(body)),
+        received_at: row.get("received_at")?,
+        status: row.get("status")?,
+        runs: json_col(row, "runs")?.unwrap_or_default(),
+        message: row.get("message")?,
+        processed_at: row.get("processed_at")?,
+    })
+}
+
+/// Reads a [`RunListing`] ([`crate::listing::RUN_LISTING_COLUMNS`]).
+pub(super) fn listing_from_row(row: &Row<'_>) -> Result<RunListing> {
+    Ok(RunListing {
+        header: header_from_row(row)?,
+        trigger: TriggerInfo {
+            source: row.get("trigger_source")?,
+            event: row.get("trigger_event")?,
+            delivery_id: row.get("trigger_delivery")?,
+        },
+        delivery: row.get("delivery")?,
+        commit: row.get("commit_sha")?,
+    })
+}
+
+/// Reads a [`DeliverySummary`].
+pub(super) fn summary_from_row(row: &Row<'_>) -> Result<DeliverySummary> {
+    Ok(DeliverySummary {
+        id: row.get("seq")?,
+        source: row.get("source")?,
+        delivery_id: row.get("delivery_id")?,
+        event: row.get("event")?,
         received_at: row.get("received_at")?,
         status: row.get("status")?,
         runs: json_col(row, "runs")?.unwrap_or_default(),

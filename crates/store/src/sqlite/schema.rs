@@ -8,7 +8,7 @@ use rusqlite::{Connection, OpenFlags};
 use crate::*;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
-pub(super) const MIGRATIONS: &[&str] = &[
+pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0001_init.sql"),
     include_str!("../../migrations/sqlite/0002_deliveries.sql"),
     include_str!("../../migrations/sqlite/0003_delivery_passes.sql"),
@@ -17,6 +17,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0006_report_refs.sql"),
     include_str!("../../migrations/sqlite/0007_relays.sql"),
     include_str!("../../migrations/sqlite/0008_replicas.sql"),
+    include_str!("../../migrations/sqlite/0009_ui.sql"),
 ];
 
 pub(super) fn open_connection(path: &Path, flags: OpenFlags) -> Result<Connection> {
