@@ -183,6 +183,17 @@ impl Chromium {
         self.must(&format!("reading {name} of {css}"), element.attr(name))
     }
 
+    /// The current value of the field matching `css` (what was typed or chosen, where the
+    /// `value` attribute holds only what the page came with).
+    pub fn value(&self, css: &str) -> String {
+        let element = self.element(css);
+        self.must(
+            &format!("reading the value of {css}"),
+            element.prop("value"),
+        )
+        .unwrap_or_default()
+    }
+
     /// Clicks the first element matching `css`.
     pub fn click(&self, css: &str) {
         let element = self.element(css);
@@ -194,6 +205,16 @@ impl Chromium {
         let element = self.element(css);
         self.must(&format!("clearing {css}"), element.clear());
         self.must(&format!("typing into {css}"), element.send_keys(text));
+    }
+
+    /// Moves the keyboard focus to the first element matching `css`, as Tab would.
+    pub fn focus(&self, css: &str) {
+        let found = self.script(
+            "const e = document.querySelector(arguments[0]); if (e) e.focus(); \
+             return e !== null && document.activeElement === e;",
+            vec![json!(css)],
+        );
+        assert_eq!(found, json!(true), "{css} cannot take the focus");
     }
 
     /// Presses `key` in whatever has the keyboard focus.
@@ -301,6 +322,14 @@ impl Chromium {
             &format!("DevTools {command}"),
             self.client().issue_cmd(request),
         )
+    }
+
+    /// Saves what pages download into `dir`, without asking.
+    pub fn download_into(&self, dir: &std::path::Path) {
+        self.devtools(
+            "Browser.setDownloadBehavior",
+            json!({ "behavior": "allow", "downloadPath": dir.display().to_string() }),
+        );
     }
 
     /// Shows pages as a phone does: 375 CSS pixels wide, touch, twice the pixels.

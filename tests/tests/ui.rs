@@ -124,6 +124,29 @@ fn runs_of(server: &Server, workflow: &str) -> usize {
         .map_or(0, Vec::len)
 }
 
+/// Sends a signed GitHub push with extra headers, waits until baton has processed it, and
+/// returns its id and what the REST API says of it.
+fn push(server: &Server, id: &str, body: &str, extra: &[(&str, &str)]) -> (i64, Value) {
+    let signature = baton_tests::sign_sha256("hook-secret", body.as_bytes());
+    let mut headers = vec![
+        ("x-github-event", "push"),
+        ("x-github-delivery", id),
+        ("x-hub-signature-256", signature.as_str()),
+        ("content-type", "application/json"),
+    ];
+    headers.extend_from_slice(extra);
+    let sent = server.request("POST", "/hooks/github", &headers, Some(body.as_bytes()));
+    assert_eq!(sent.status, 202, "{sent:?}");
+    let delivery = sent.json()["delivery"].as_i64().expect("a delivery id");
+    let stored = server.wait_for(
+        &format!("/api/v1/deliveries/{delivery}"),
+        VIEWER,
+        "the delivery to be processed",
+        |d| d["status"] == "processed",
+    );
+    (delivery, stored)
+}
+
 /// Sets a mark on the page's `window`: it survives live updates and is gone after any
 /// navigation or reload.
 fn mark_page(browser: &Chromium) {
@@ -468,6 +491,7 @@ fn a_viewer_sees_no_actions_and_a_forged_one_is_refused() {
     let server = serve(&sb);
     let waiting = server.start_run("release", OPERATOR, r#"{"version": "2.0"}"#);
     let failed = server.start_run("nightly", OPERATOR, "{}");
+    let (delivery, _) = push(&server, "d-viewer", r#"{"ref": "refs/heads/main"}"#, &[]);
     wait_stage(&server, &waiting, "approve", "waiting");
     server.run_ended(&failed, VIEWER);
     let browser = Chromium::open(&server.url);
@@ -485,16 +509,21 @@ fn a_viewer_sees_no_actions_and_a_forged_one_is_refused() {
     browser.goto("/workflows/release");
     assert!(browser.text("main").contains("needs the operator role"));
     assert_eq!(browser.count("main form[method=post]"), 0, "no start form");
+    browser.goto(&format!("/deliveries/{delivery}"));
+    assert!(browser.text("main").contains("needs the operator role"));
+    assert_eq!(browser.count("main form[method=post]"), 0, "no replay");
 
     // Posting from the page anyway, with the viewer's own form token: refused by role.
     let csrf = browser
         .attr("meta[name=baton-csrf]", "content")
         .expect("the form token");
+    let before = (runs_of(&server, "release"), runs_of(&server, "on-push"));
     for action in [
         format!("/runs/{waiting}/stages/approve/approve"),
         format!("/runs/{waiting}/cancel"),
         format!("/runs/{failed}/stages/check/retry"),
         "/workflows/release/runs".to_owned(),
+        format!("/deliveries/{delivery}/replay"),
     ] {
         let form = json!({ "csrf": csrf, "event": "{}" });
         let answer = browser.script_async(FETCH_POST, vec![json!(action), form]);
@@ -509,7 +538,8 @@ fn a_viewer_sees_no_actions_and_a_forged_one_is_refused() {
     wait_stage(&server, &waiting, "approve", "waiting");
     assert_eq!(run_status(&server, &waiting), "running", "not cancelled");
     assert_eq!(run_status(&server, &failed), "failed", "not retried");
-    assert_eq!(runs_of(&server, "release"), 1, "none started");
+    let after = (runs_of(&server, "release"), runs_of(&server, "on-push"));
+    assert_eq!(after, before, "none started, none replayed");
 
     // The same request from an operator's page does what it says: the refusal was the role's.
     browser.sign_in(OPERATOR);
@@ -536,27 +566,9 @@ fn a_delivery_carrying_markup_shows_it_as_text_and_runs_none_of_it() {
         "repository": { "full_name": "team/app" },
     })
     .to_string();
+    let extra = [("x-comment", image), ("x-api-token", "hunter2-secret")];
+    let (delivery, stored) = push(&server, "d-markup", &body, &extra);
     let signature = baton_tests::sign_sha256("hook-secret", body.as_bytes());
-    let sent = server.request(
-        "POST",
-        "/hooks/github",
-        &[
-            ("x-github-event", "push"),
-            ("x-github-delivery", "d-markup"),
-            ("x-hub-signature-256", &signature),
-            ("x-comment", image),
-            ("content-type", "application/json"),
-        ],
-        Some(body.as_bytes()),
-    );
-    assert_eq!(sent.status, 202, "{sent:?}");
-    let delivery = sent.json()["delivery"].as_i64().expect("a delivery id");
-    let stored = server.wait_for(
-        &format!("/api/v1/deliveries/{delivery}"),
-        VIEWER,
-        "the delivery to be processed",
-        |d| d["status"] == "processed",
-    );
     let run = stored["runs"][0].as_str().expect("a run").to_owned();
     server.run_ended(&run, VIEWER);
     let browser = Chromium::open(&server.url);
@@ -570,8 +582,19 @@ fn a_delivery_carrying_markup_shows_it_as_text_and_runs_none_of_it() {
     assert!(payload.contains("window.pwned=2"), "{payload}");
     assert!(browser.text("main table").contains("x-comment"));
     assert_eq!(browser.script(nothing_ran, vec![]), json!(true));
-    // The signature was never stored; nothing on the page holds it.
-    assert!(!browser.html().contains(&signature));
+    // The signature was never stored; a header named like a secret is masked.
+    let html = browser.html();
+    assert!(!html.contains(&signature) && !html.contains("hunter2-secret"));
+    assert!(
+        words(&browser.text("main table")).contains("x-api-token •••••• (masked)"),
+        "the masked header"
+    );
+    // The picture shows the headers and the payload, as text.
+    browser.script(
+        "[...document.querySelectorAll('main h2')].find((h) => h.textContent === 'Headers')\
+         .scrollIntoView();",
+        vec![],
+    );
     browser.screenshot("delivery");
 
     // The list of deliveries, and the run the push started, whose output is the ref.
@@ -585,4 +608,109 @@ fn a_delivery_carrying_markup_shows_it_as_text_and_runs_none_of_it() {
     let shown = "return document.querySelector('main').textContent.includes(arguments[0]);";
     assert_eq!(browser.script(shown, vec![json!(script)]), json!(true));
     assert_eq!(browser.script(nothing_ran, vec![]), json!(true));
+}
+
+#[test]
+fn a_workflow_drawn_in_the_editor_downloads_validates_and_runs() {
+    let sb = Sandbox::new();
+    let server = serve(&sb);
+    let browser = Chromium::open(&server.url);
+    browser.sign_in(OPERATOR);
+    browser.goto("/workflows");
+    browser.click("main a[href='/workflows/new']");
+    browser.wait_for("#workflow-name");
+    browser.fill("#workflow-name", "drawn");
+
+    // Three stages, each adding its name to a file, so the order they ran in shows.
+    for stage in ["fetch", "build", "ship"] {
+        browser.fill("#new-stage-id", stage);
+        browser.click("#add-stage");
+        let with = format!("#stage-{stage}-with");
+        browser.wait_for(&with);
+        assert_eq!(browser.value(&format!("#stage-{stage}-uses")), "exec");
+        browser.fill(&with, &format!("run: echo {stage} >> order"));
+    }
+    // fetch → build drawn with the mouse, build → ship with the keyboard.
+    browser.click("#handle-fetch");
+    browser.click("#node-build");
+    browser.wait_for("#edge-fetch-build");
+    browser.focus("#handle-build");
+    browser.press(Key::Enter);
+    browser.focus("#node-ship");
+    browser.press(Key::Enter);
+    browser.wait_for("#edge-build-ship");
+    assert_eq!(browser.text("#canvas-hint"), "ship now needs build.");
+
+    // The server writes the YAML and checks it as it is drawn.
+    browser.wait_until("the server to find the workflow valid", |b| {
+        b.text("#editor-status") == "✓ Valid"
+    });
+    let yaml = browser.script(
+        "return document.getElementById('workflow-yaml').value;",
+        vec![],
+    );
+    let yaml = yaml.as_str().expect("the YAML").to_owned();
+    let parsed: Value = serde_yaml_ng::from_str(&yaml).expect("YAML");
+    assert_eq!(parsed["name"], "drawn");
+    assert_eq!(parsed["stages"]["build"]["needs"], json!(["fetch"]));
+    assert_eq!(parsed["stages"]["ship"]["needs"], json!(["build"]));
+    browser.screenshot("editor");
+
+    // A mistyped `with` is named next to its stage, then mended.
+    browser.fill("#stage-ship-with", "runn: echo ship");
+    browser.wait_until("the problem to show with its stage", |b| {
+        b.exists("#stage-ship.has-problems") && b.count("#stage-ship-problems li") > 0
+    });
+    assert!(browser.text("#stage-ship-problems").contains("runn"));
+    assert_eq!(browser.count("#stage-build-problems li"), 0);
+    browser.fill("#stage-ship-with", "run: echo ship >> order");
+    browser.wait_until("the workflow to be valid again", |b| {
+        b.text("#editor-status") == "✓ Valid"
+    });
+
+    // Download it, and baton takes the file as it is.
+    let downloads = sb.path().join("downloads");
+    std::fs::create_dir_all(&downloads).unwrap();
+    browser.download_into(&downloads);
+    browser.click("#download-button");
+    let file = downloads.join("drawn.yaml");
+    baton_tests::eventually(baton_tests::browser::WAIT, "the download", || {
+        std::fs::read_to_string(&file).is_ok_and(|text| text.contains("ship"))
+    });
+    let downloaded = std::fs::read_to_string(&file).unwrap();
+    let parsed_download: Value = serde_yaml_ng::from_str(&downloaded).expect("YAML");
+    assert_eq!(parsed_download, parsed, "the file is the workflow shown");
+
+    let mut validate = sb.baton(&["validate", "-c", "baton.toml", &file.display().to_string()]);
+    validate
+        .envs(ALL_ROLES_ENV.iter().copied())
+        .env("GH_SECRET", "hook-secret");
+    let checked = baton_tests::wait_with_deadline(
+        validate
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("baton validate"),
+        Duration::from_secs(60),
+    );
+    assert_eq!(checked.code, Some(0), "{checked:?}");
+
+    // On its own, in a folder of its own: a lone file of exec stages needs no config.
+    let elsewhere = sb.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let ran = baton_tests::wait_with_deadline(
+        sb.baton(&["run", &file.display().to_string(), "--json"])
+            .current_dir(&elsewhere)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("baton run"),
+        Duration::from_secs(120),
+    );
+    assert_eq!(ran.code, Some(0), "{ran:?}");
+    assert_eq!(ran.json()["status"], "succeeded");
+    assert_eq!(
+        std::fs::read_to_string(elsewhere.join("order")).unwrap(),
+        "fetch\nbuild\nship\n"
+    );
 }
