@@ -157,6 +157,12 @@ impl Chromium {
         });
     }
 
+    /// The form token of the page's session (`<meta name="baton-csrf">`).
+    pub fn form_token(&self) -> String {
+        self.attr("meta[name=baton-csrf]", "content")
+            .unwrap_or_else(|| panic!("the page has no form token\n{}", self.whereabouts()))
+    }
+
     /// True when an element matches `css`.
     pub fn exists(&self, css: &str) -> bool {
         self.count(css) > 0

@@ -316,9 +316,7 @@ fn a_form_on_another_site_cannot_act_for_a_signed_in_person() {
     browser.sign_in(OPERATOR);
     browser.goto("/runs");
     // The worst case: the other site even knows this session's form token.
-    let csrf = browser
-        .attr("meta[name=baton-csrf]", "content")
-        .expect("the page carries its form token");
+    let csrf = browser.form_token();
     let runs_before = runs_of(&server, "deliver");
 
     let other = OtherSite::serve(&format!(
@@ -514,9 +512,7 @@ fn a_viewer_sees_no_actions_and_a_forged_one_is_refused() {
     assert_eq!(browser.count("main form[method=post]"), 0, "no replay");
 
     // Posting from the page anyway, with the viewer's own form token: refused by role.
-    let csrf = browser
-        .attr("meta[name=baton-csrf]", "content")
-        .expect("the form token");
+    let csrf = browser.form_token();
     let before = (runs_of(&server, "release"), runs_of(&server, "on-push"));
     for action in [
         format!("/runs/{waiting}/stages/approve/approve"),
@@ -545,9 +541,7 @@ fn a_viewer_sees_no_actions_and_a_forged_one_is_refused() {
     browser.sign_in(OPERATOR);
     browser.goto(&format!("/runs/{waiting}"));
     assert!(browser.exists(&format!("form[action='/runs/{waiting}/cancel']")));
-    let csrf = browser
-        .attr("meta[name=baton-csrf]", "content")
-        .expect("the form token");
+    let csrf = browser.form_token();
     let action = format!("/runs/{waiting}/cancel");
     let answer = browser.script_async(FETCH_POST, vec![json!(action), json!({ "csrf": csrf })]);
     assert_eq!(answer[0], 200, "{answer}");
