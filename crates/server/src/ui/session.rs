@@ -369,4 +369,85 @@ mod tests {
         assert_eq!(safe_next(Some("https://evil.example/")), "/runs");
         assert_eq!(safe_next(None), "/runs");
     }
+
+    #[test]
+    fn the_cookie_lasts_a_working_day_and_is_secure_behind_https() {
+        let plain = set_cookie("v", &HeaderMap::new());
+        let plain = plain.to_str().unwrap();
+        assert!(plain.contains("Max-Age=43200"), "{plain}");
+        assert!(plain.contains("HttpOnly") && plain.contains("SameSite=Strict"));
+        assert!(!plain.contains("Secure"), "{plain}");
+        let mut proxied = HeaderMap::new();
+        proxied.insert("x-forwarded-proto", HeaderValue::from_static("HTTPS"));
+        assert!(
+            set_cookie("v", &proxied)
+                .to_str()
+                .unwrap()
+                .ends_with("; Secure")
+        );
+        proxied.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        assert!(
+            !set_cookie("v", &proxied)
+                .to_str()
+                .unwrap()
+                .contains("Secure")
+        );
+    }
+
+    #[test]
+    fn refusals_send_the_browser_to_sign_in_or_say_why() {
+        let sign_in = Refusal::SignIn {
+            next: "/runs/a b?x=1".into(),
+        }
+        .into_response();
+        assert_eq!(sign_in.status(), StatusCode::SEE_OTHER);
+        assert_eq!(
+            sign_in.headers()[header::LOCATION],
+            "/login?next=%2Fruns%2Fa+b%3Fx%3D1"
+        );
+        for refusal in [
+            Refusal::CrossSite,
+            Refusal::FormToken,
+            Refusal::Role {
+                held: "viewer",
+                needed: "operator",
+            },
+        ] {
+            assert_eq!(refusal.into_response().status(), StatusCode::FORBIDDEN);
+        }
+    }
+
+    #[test]
+    fn a_session_names_its_role() {
+        let tokens = [
+            token("v", "1", Role::Viewer),
+            token("o", "2", Role::Operator),
+            token("a", "3", Role::Approver),
+        ];
+        let names: Vec<_> = tokens
+            .iter()
+            .map(|t| open(&tokens, &seal(t, 10), 1).unwrap().role_name())
+            .collect();
+        assert_eq!(names, ["viewer", "operator", "approver"]);
+    }
+
+    #[test]
+    fn the_session_cookie_is_found_among_others() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(cookie(&headers, COOKIE), None);
+        headers.append(header::COOKIE, HeaderValue::from_static("theme=dark"));
+        headers.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; baton_session=abc.1.x; baton_session2=no"),
+        );
+        assert_eq!(cookie(&headers, COOKIE), Some("abc.1.x"));
+        assert_eq!(cookie(&headers, "theme"), Some("dark"));
+        assert_eq!(cookie(&headers, "baton"), None);
+    }
+
+    #[test]
+    fn now_is_after_the_epoch() {
+        // 2020-09-13: a clock this far behind would open every expired session.
+        assert!(unix_now() > 1_600_000_000);
+    }
 }
