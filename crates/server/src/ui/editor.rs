@@ -19,7 +19,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::Router;
 use axum::extract::{Path as UrlPath, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use baton_config::{Problem, WorkflowDraft, compose, draft_of};
@@ -302,21 +302,7 @@ async fn download(
     let name = workflow_name(&yaml)
         .or_else(|| base.as_ref().map(|b| b.name.clone()))
         .unwrap_or_else(|| "workflow".to_owned());
-    let mut response = yaml.into_response();
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/yaml; charset=utf-8"),
-    );
-    if let Ok(value) = HeaderValue::from_str(&format!("attachment; filename=\"{name}.yaml\"")) {
-        headers.insert(header::CONTENT_DISPOSITION, value);
-    }
-    headers.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
+    layout::yaml_attachment(yaml, &format!("{name}.yaml"))
 }
 
 /// The `name` of a workflow's YAML when it is one a file may be called by: letters,

@@ -50,6 +50,25 @@ pub(crate) fn fragment(markup: Markup) -> Response {
     respond(StatusCode::OK, markup)
 }
 
+/// A YAML file to save as `filename`: never shown inline, never cached.
+pub(crate) fn yaml_attachment(body: impl IntoResponse, filename: &str) -> Response {
+    let mut response = body.into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/yaml; charset=utf-8"),
+    );
+    if let Ok(value) = HeaderValue::from_str(&format!("attachment; filename=\"{filename}\"")) {
+        headers.insert(header::CONTENT_DISPOSITION, value);
+    }
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
 fn respond(status: StatusCode, markup: Markup) -> Response {
     let mut response = (status, markup).into_response();
     let headers = response.headers_mut();
