@@ -22,6 +22,7 @@ pub mod postgres;
 pub mod receiver;
 pub mod round_robin;
 pub mod tap;
+pub mod web;
 
 /// The stateful GitHub and GitLab models (`crates/forge-fakes`), for tests that run baton
 /// against them.
@@ -63,6 +64,31 @@ tokens = [
   { name = "otto", token = { env = "T_OPERATOR" }, role = "operator" },
   { name = "anna", token = { env = "T_APPROVER" }, role = "approver" },
 ]
+"#;
+
+/// vera's token (viewer) in [`ALL_ROLES_ENV`].
+pub const VIEWER_TOKEN: &str = "view-token-1";
+/// otto's token (operator) in [`ALL_ROLES_ENV`].
+pub const OPERATOR_TOKEN: &str = "oper-token-2";
+/// anna's token (approver) in [`ALL_ROLES_ENV`].
+pub const APPROVER_TOKEN: &str = "appr-token-3";
+
+/// The environment of a server with [`ALL_ROLES_GATEWAY`] and [`DEPLOY_SOURCE`]: the three
+/// roles' tokens, and `deploy-token` for the source.
+pub const ALL_ROLES_ENV: &[(&str, &str)] = &[
+    ("T_VIEWER", VIEWER_TOKEN),
+    ("T_OPERATOR", OPERATOR_TOKEN),
+    ("T_APPROVER", APPROVER_TOKEN),
+    ("DEPLOY_TOKEN", "deploy-token"),
+];
+
+/// A generic webhook source `deploy` to append to [`ALL_ROLES_GATEWAY`]: a delivery sent with
+/// `Authorization: Bearer deploy-token` has its body's `.type` as its event.
+pub const DEPLOY_SOURCE: &str = r#"
+[sources.deploy]
+kind = "generic"
+bearer = { token = { env = "DEPLOY_TOKEN" } }
+event = { expr = ".type" }
 "#;
 
 /// The `baton` binary under test: `$BATON_BIN` if set, else the one cargo built for this
@@ -528,12 +554,17 @@ impl Server {
     }
 
     /// Sends SIGTERM and waits for a clean exit; returns the exit code.
-    pub fn terminate(mut self) -> Option<i32> {
+    pub fn terminate(self) -> Option<i32> {
+        self.terminate_with_log().0
+    }
+
+    /// [`Server::terminate`], with everything the server wrote to standard error.
+    pub fn terminate_with_log(mut self) -> (Option<i32>, String) {
         send_signal(self.child.id(), Signal::SIGTERM);
         let begun = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status.code();
+                return (status.code(), self.log());
             }
             assert!(
                 begun.elapsed() < Duration::from_secs(30),

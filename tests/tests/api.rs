@@ -715,3 +715,80 @@ fn schemathesis_finds_no_failure_with_any_role() {
         );
     }
 }
+
+#[test]
+fn validating_a_workflow_needs_any_token_and_answers_as_documented() {
+    let sb = Sandbox::new();
+    let server = sb.serve(&gateway(&sb), ENV);
+    let doc = openapi(&server);
+    let path = "/api/v1/workflows/validate";
+    let yaml = "name: gated\nstages:\n  a: { uses: exec, with: { run: 'true' } }\n";
+    let send = |headers: &[(&str, &str)], body: &str| {
+        server.request("POST", path, headers, Some(body.as_bytes()))
+    };
+    let none = send(&[("content-type", "application/yaml")], yaml);
+    assert_eq!(none.status, 401, "{none:?}");
+    documented_error(&doc, "POST", path, &none, "unauthorized");
+    let unknown = send(
+        &[
+            ("authorization", "Bearer not-a-token"),
+            ("content-type", "application/yaml"),
+        ],
+        yaml,
+    );
+    assert_eq!(unknown.status, 401, "{unknown:?}");
+    // Every role may check: it changes nothing.
+    for token in [VIEWER, OPERATOR, APPROVER] {
+        let bearer = auth(token);
+        let reply = send(
+            &[
+                ("authorization", &bearer),
+                ("content-type", "application/yaml"),
+            ],
+            yaml,
+        );
+        assert_eq!(reply.status, 200, "{reply:?}");
+        // `gated` is loaded: a new workflow may not take its name, an edit of it may.
+        assert_eq!(reply.json()["valid"], false, "{reply:?}");
+        assert_eq!(reply.json()["problems"][0]["path"], "name");
+        let edit = server.request(
+            "POST",
+            &format!("{path}?editing=gated"),
+            &[
+                ("authorization", &bearer),
+                ("content-type", "application/yaml"),
+            ],
+            Some(yaml.as_bytes()),
+        );
+        assert_eq!(
+            edit.json(),
+            serde_json::json!({"valid": true, "problems": []})
+        );
+    }
+    let bearer = auth(VIEWER);
+    for (content_type, body, status, code) in [
+        ("text/plain", yaml, 415, "unsupported_media_type"),
+        ("application/json", "[1]", 400, "bad_request"),
+        ("application/json", "{", 400, "bad_request"),
+    ] {
+        let reply = send(
+            &[("authorization", &bearer), ("content-type", content_type)],
+            body,
+        );
+        assert_eq!(reply.status, status, "{content_type} {body}: {reply:?}");
+        documented_error(&doc, "POST", path, &reply, code);
+    }
+    let big = format!("name: {}\n", "x".repeat(5000));
+    let reply = send(
+        &[
+            ("authorization", &bearer),
+            ("content-type", "application/yaml"),
+        ],
+        &big,
+    );
+    assert_eq!(reply.status, 413, "{reply:?}");
+    documented_error(&doc, "POST", path, &reply, "too_large");
+    let reply = server.request("GET", path, &[("authorization", &bearer)], None);
+    assert_eq!(reply.status, 405, "{reply:?}");
+    assert_eq!(reply.header("allow"), Some("POST"));
+}

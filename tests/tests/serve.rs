@@ -839,7 +839,8 @@ fn an_open_event_stream_does_not_hold_up_shutdown() {
     reader.read_line(&mut status).unwrap();
     assert!(status.starts_with("HTTP/1.1 200"), "{status}");
     let begun = std::time::Instant::now();
-    assert_eq!(server.terminate(), Some(0));
+    let (code, log) = server.terminate_with_log();
+    assert_eq!(code, Some(0), "{log}");
     assert!(
         begun.elapsed() < Duration::from_secs(5),
         "shutdown took {:?} with a stream open",

@@ -2,19 +2,11 @@
 //! one workflow's graph, triggers, stages and recent runs, starting a run by hand from the
 //! form, and downloading the workflow's file.
 
-use baton_tests::{ALL_ROLES_GATEWAY, Reply, Sandbox, Server};
+use baton_tests::web::{Browser, between};
+use baton_tests::{ALL_ROLES_ENV, ALL_ROLES_GATEWAY, DEPLOY_SOURCE, Sandbox, Server};
+// The roles' tokens, by the names these tests use.
+use baton_tests::{OPERATOR_TOKEN as OPERATOR, VIEWER_TOKEN as VIEWER};
 use serde_json::Value;
-
-const VIEWER: &str = "view-token-1";
-const OPERATOR: &str = "oper-token-2";
-const APPROVER: &str = "appr-token-3";
-
-const ENV: &[(&str, &str)] = &[
-    ("T_VIEWER", VIEWER),
-    ("T_OPERATOR", OPERATOR),
-    ("T_APPROVER", APPROVER),
-    ("DEPLOY_TOKEN", "deploy-token"),
-];
 
 /// `ship`'s file, comments and all: the download must return it unchanged.
 const SHIP: &str = r#"# Ships a build. Comments stay in the download.
@@ -46,19 +38,7 @@ stages:
 /// A generic source and two workflows: `ship` (by hand, or on a release) and `hooked` (only
 /// on a push, never by hand).
 fn gateway(sb: &Sandbox) -> String {
-    sb.write(
-        "baton.toml",
-        &[
-            ALL_ROLES_GATEWAY,
-            r#"
-[sources.deploy]
-kind = "generic"
-bearer = { token = { env = "DEPLOY_TOKEN" } }
-event = { expr = ".type" }
-"#,
-        ]
-        .concat(),
-    );
+    sb.write("baton.toml", &[ALL_ROLES_GATEWAY, DEPLOY_SOURCE].concat());
     sb.write("workflows/ship.yaml", SHIP);
     sb.write(
         "workflows/hooked.yaml",
@@ -78,105 +58,8 @@ stages:
 fn serve() -> (Sandbox, Server) {
     let sb = Sandbox::new();
     let config = gateway(&sb);
-    let server = sb.serve(&config, ENV);
+    let server = sb.serve(&config, ALL_ROLES_ENV);
     (sb, server)
-}
-
-/// A browser signed in with one token: it keeps the session cookie, follows no redirect
-/// (so a test sees each one), and sends what a browser sends for a same-site form.
-struct Browser<'a> {
-    server: &'a Server,
-    agent: ureq::Agent,
-    cookie: String,
-}
-
-impl<'a> Browser<'a> {
-    /// A browser that has not signed in.
-    fn new(server: &'a Server) -> Self {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .max_redirects(0)
-            .timeout_global(Some(std::time::Duration::from_secs(30)))
-            .build()
-            .into();
-        Self {
-            server,
-            agent,
-            cookie: String::new(),
-        }
-    }
-
-    /// Signs in through `POST /login` with `token`.
-    fn sign_in(server: &'a Server, token: &str) -> Self {
-        let mut browser = Self::new(server);
-        let signed_in = browser.post("/login", &[("token", token), ("next", "/workflows")], &[]);
-        assert_eq!(signed_in.status, 303, "{signed_in:?}");
-        assert_eq!(signed_in.header("location"), Some("/workflows"));
-        let set = signed_in.header("set-cookie").expect("a session cookie");
-        browser.cookie = set.split(';').next().unwrap().to_owned();
-        assert!(browser.cookie.starts_with("baton_session="), "{set}");
-        browser
-    }
-
-    fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Reply {
-        let mut request = ureq::http::Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.server.url));
-        if !self.cookie.is_empty() {
-            request = request.header("cookie", &self.cookie);
-        }
-        for (k, v) in headers {
-            request = request.header(*k, *v);
-        }
-        let mut response = self
-            .agent
-            .run(request.body(body).unwrap())
-            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
-        Reply {
-            status: response.status().as_u16(),
-            headers: response
-                .headers()
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_owned()))
-                .collect(),
-            body: response.body_mut().read_to_string().unwrap_or_default(),
-        }
-    }
-
-    fn get(&self, path: &str) -> Reply {
-        self.send("GET", path, &[("sec-fetch-site", "none")], Vec::new())
-    }
-
-    /// A form sent from this site, plus `headers`.
-    fn post(&self, path: &str, fields: &[(&str, &str)], headers: &[(&str, &str)]) -> Reply {
-        let body = form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(fields)
-            .finish();
-        let mut all = vec![
-            ("content-type", "application/x-www-form-urlencoded"),
-            ("sec-fetch-site", "same-origin"),
-        ];
-        all.retain(|(k, _)| !headers.iter().any(|(h, _)| h == k));
-        all.extend_from_slice(headers);
-        // An empty value leaves the header out, as a browser that does not send it.
-        all.retain(|(_, v)| !v.is_empty());
-        self.send("POST", path, &all, body.into_bytes())
-    }
-
-    /// This session's form token, from a page's `<meta name="baton-csrf">`.
-    fn csrf(&self) -> String {
-        let page = self.get("/workflows");
-        between(&page.body, r#"<meta name="baton-csrf" content=""#, "\"")
-            .unwrap_or_else(|| panic!("no form token in {}", page.body))
-            .to_owned()
-    }
-}
-
-/// The text between the first `start` and the next `end`.
-fn between<'t>(text: &'t str, start: &str, end: &str) -> Option<&'t str> {
-    let from = text.find(start)? + start.len();
-    let len = text[from..].find(end)?;
-    Some(&text[from..from + len])
 }
 
 /// The runs of `workflow`, through the REST API.

@@ -32,24 +32,28 @@ pub(crate) struct ServeArgs {
     pub workers: Option<usize>,
 }
 
-/// Resolves when SIGTERM or Ctrl-C arrives.
-async fn stop_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// A future that resolves when SIGTERM or Ctrl-C arrives. SIGTERM's handler is installed
+/// here, before the future is first polled, so a SIGTERM sent as soon as the server says it
+/// listens stops it cleanly instead of killing it.
+fn stop_signal() -> impl Future<Output = ()> {
     #[cfg(unix)]
-    {
-        let Ok(mut term) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        else {
-            return std::future::pending().await;
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let Some(mut term) = term else {
+                return std::future::pending().await;
+            };
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
         }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!("stopping: no new requests; finishing those under way");
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("stopping: no new requests; finishing those under way");
 }
 
 /// Runs the gateway until SIGTERM or Ctrl-C.
@@ -100,6 +104,7 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<ExitCode> {
         tokio::spawn(reporter.run(engine.clone()))
     });
     engine.start().await?;
+    let stop = stop_signal();
     // Tests and scripts read this line to find the port.
     eprintln!(
         "baton serve: listening on http://{address} ({} workflows, store {})",
@@ -107,7 +112,7 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<ExitCode> {
         baton_store::redact_url(&loaded.gateway.store_url())
     );
     tracing::info!(%address, "listening");
-    baton_server::serve(state, listener, stop_signal()).await?;
+    baton_server::serve(state, listener, stop).await?;
     if let Some(reports) = reports {
         reports.abort();
     }

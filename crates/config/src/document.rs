@@ -58,13 +58,7 @@ fn read_text(path: &Path, sink: &mut Sink) -> Option<String> {
         return None;
     }
     if bytes.len() as u64 > MAX_FILE_BYTES {
-        sink.err(
-            "",
-            format!(
-                "the file is larger than {} MiB; baton refuses to read it",
-                MAX_FILE_BYTES >> 20
-            ),
-        );
+        too_large(sink);
         return None;
     }
     match String::from_utf8(bytes) {
@@ -83,6 +77,26 @@ fn read_text(path: &Path, sink: &mut Sink) -> Option<String> {
             None
         }
     }
+}
+
+fn too_large(sink: &mut Sink) {
+    sink.err(
+        "",
+        format!(
+            "the file is larger than {} MiB; baton refuses to read it",
+            MAX_FILE_BYTES >> 20
+        ),
+    );
+}
+
+/// Parses YAML text that did not come from a file (the editor's, an API request's) with
+/// the bounds a file has; every problem is reported on `sink` with an empty key path.
+pub(crate) fn parse_yaml(text: &str, sink: &mut Sink) -> Option<Value> {
+    if text.len() as u64 > MAX_FILE_BYTES {
+        too_large(sink);
+        return None;
+    }
+    parse_document(text.strip_prefix('\u{feff}').unwrap_or(text), false, sink)
 }
 
 /// Parses TOML or YAML text into JSON.

@@ -12,7 +12,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
 /// The top-level keys of a gateway config, in the order the docs list them.
-pub const TOP_LEVEL_KEYS: [&str; 9] = [
+pub const TOP_LEVEL_KEYS: [&str; 10] = [
     "workflows",
     "server",
     "store",
@@ -22,6 +22,7 @@ pub const TOP_LEVEL_KEYS: [&str; 9] = [
     "adapters",
     "engine",
     "expressions",
+    "ui",
 ];
 
 /// The whole gateway config.
@@ -46,6 +47,8 @@ pub struct GatewayConfig {
     pub engine: EngineConfig,
     /// `[expressions]`: bounds on every jq evaluation.
     pub expressions: ExpressionsConfig,
+    /// `[ui]`: what the web UI may do beyond reading and acting on runs.
+    pub ui: UiConfig,
     /// The directory relative paths are resolved against: the config file's directory, or the
     /// current directory when there is no config file. Always absolute after a load.
     pub base_dir: PathBuf,
@@ -63,6 +66,7 @@ impl Default for GatewayConfig {
             adapters: IndexMap::new(),
             engine: EngineConfig::default(),
             expressions: ExpressionsConfig::default(),
+            ui: UiConfig::default(),
             base_dir: PathBuf::from("."),
         }
     }
@@ -110,6 +114,14 @@ impl GatewayConfig {
                 });
         }
         all
+    }
+
+    /// The `workflows` globs, to place workflow files by.
+    pub fn workflow_globs(&self) -> WorkflowGlobs {
+        WorkflowGlobs {
+            patterns: self.workflows.clone(),
+            base_dir: self.base_dir.clone(),
+        }
     }
 
     /// The instance names whose kind takes decisions: the stages that name them wait for a
@@ -656,6 +668,72 @@ impl Default for EngineConfig {
             exec_state_dir: None,
         }
     }
+}
+
+/// The `workflows` globs and the folder they are relative to: which files a load finds,
+/// and where a new workflow file goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkflowGlobs {
+    /// The globs, as written.
+    pub patterns: Vec<String>,
+    /// The config file's directory.
+    pub base_dir: PathBuf,
+}
+
+impl WorkflowGlobs {
+    /// A glob as an absolute pattern: a relative one under [`Self::base_dir`].
+    pub(crate) fn absolute(&self, pattern: &str) -> String {
+        if Path::new(pattern).is_absolute() {
+            pattern.to_owned()
+        } else {
+            let dir = glob::Pattern::escape(&self.base_dir.to_string_lossy());
+            format!("{}/{pattern}", dir.trim_end_matches('/'))
+        }
+    }
+
+    /// Whether a glob matches `file`, so that a load finds it.
+    pub fn finds(&self, file: &Path) -> bool {
+        self.patterns.iter().any(|pattern| {
+            glob::Pattern::new(&self.absolute(pattern)).is_ok_and(|p| p.matches_path(file))
+        })
+    }
+
+    /// Where a new workflow named `name` goes: `<name>.yaml` (or `.yml`) in the folder of
+    /// the first glob (its part before the first wildcard), as long as the globs find that
+    /// file. `None` when there is no glob or they would not find it.
+    pub fn new_file(&self, name: &str) -> Option<PathBuf> {
+        let first = self.patterns.first()?;
+        let mut folder = PathBuf::new();
+        for part in Path::new(first)
+            .parent()
+            .into_iter()
+            .flat_map(Path::components)
+        {
+            if part
+                .as_os_str()
+                .to_string_lossy()
+                .contains(['*', '?', '[', ']'])
+            {
+                break;
+            }
+            folder.push(part);
+        }
+        let folder = self.base_dir.join(folder);
+        ["yaml", "yml"]
+            .into_iter()
+            .map(|extension| folder.join(format!("{name}.{extension}")))
+            .find(|file| self.finds(file))
+    }
+}
+
+/// `[ui]`: the web UI's settings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UiConfig {
+    /// Whether an operator may save a workflow from the editor into the workflow files:
+    /// back to the file it came from, or a new file beside those the first `workflows`
+    /// glob matches. Default false: the editor only downloads.
+    pub save_workflows: bool,
 }
 
 /// `[expressions]`: bounds on every jq evaluation (trigger and stage `if`, `with`

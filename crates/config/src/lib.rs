@@ -9,6 +9,10 @@
 //! from another. It never stops at the first problem: a failed load returns
 //! [`Diagnostics`], every problem with its file and key path.
 //!
+//! [`WorkflowCheck`] runs the same checks on one workflow given as text (the web editor's),
+//! and [`compose`] writes the editor's [`WorkflowDraft`] into a workflow file, editing an
+//! existing file's text in place so that its comments stay.
+//!
 //! # Environment overrides
 //!
 //! `BATON_SERVER__LISTEN=0.0.0.0:8080` sets `server.listen`: the name after `BATON_` is split
@@ -30,6 +34,9 @@ mod env;
 mod gateway;
 mod load;
 mod secrets;
+mod workflow_check;
+mod workflow_edit;
+mod yaml_lines;
 
 #[cfg(test)]
 mod tests;
@@ -42,9 +49,13 @@ pub use gateway::{
     GenericAuth, GenericSource, GithubApp, GithubAuth, GithubSource, GitlabSource, HmacAlgorithm,
     HmacAuth, RegistryAuth, RegistrySource, RelayConfig, RelayHeaderValue, RelayRate, RelaySign,
     RelayTarget, Role, ServerConfig, SourceConfig, StoreConfig, TOP_LEVEL_KEYS, TRAVIS_API_URL,
-    TravisSource,
+    TravisSource, UiConfig, WorkflowGlobs,
 };
 pub use load::{
     Checked, ENVIRONMENT, Loaded, LoadedWorkflow, SecretsFrom, load, load_reading_secrets,
 };
 pub use secrets::{EnvFileResolver, MAX_SECRET_FILE_BYTES, SecretUse};
+pub use workflow_check::{Problem, WorkflowCheck};
+pub use workflow_edit::{
+    Composed, DraftError, DraftStage, DraftTrigger, WorkflowDraft, compose, draft_of,
+};

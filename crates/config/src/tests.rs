@@ -15,6 +15,7 @@ use crate::*;
 
 mod relays;
 mod store;
+mod workflow_check;
 
 /// A fake adapter kind: `jenkins` needs `url` and a `token` reference and a stage `job`;
 /// `exec` needs `run` or `command`; `approval` needs `message`. `exec` and `approval` are

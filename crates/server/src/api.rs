@@ -401,15 +401,22 @@ pub(crate) async fn replay_delivery(
     caller: Operator,
     ApiPath(id): ApiPath<DeliveryId>,
 ) -> Result<Response, ApiError> {
-    if state.engine.store().load_delivery(id.0).await?.is_none() {
-        return Err(ApiError::not_found(format!("no delivery {id}")));
-    }
-    state.engine.replay_delivery(id.0).await?;
-    state.matcher.notify_one();
-    tracing::info!(delivery = id.0, by = %caller.name, "delivery replayed");
+    replay(&state, id.0, &caller.name).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({"delivery": id, "status": "replaying"})),
     )
         .into_response())
+}
+
+/// Marks stored delivery `id` for matching again, for `by`, and wakes the matcher, which
+/// starts the runs it matches. The API and the UI both replay through it.
+pub(crate) async fn replay(state: &AppState, id: i64, by: &str) -> Result<(), ApiError> {
+    if state.engine.store().load_delivery(id).await?.is_none() {
+        return Err(ApiError::not_found(format!("no delivery {id}")));
+    }
+    state.engine.replay_delivery(id).await?;
+    state.matcher.notify_one();
+    tracing::info!(delivery = id, by = %by, "delivery replayed");
+    Ok(())
 }

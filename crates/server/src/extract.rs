@@ -6,6 +6,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use axum::Json;
+use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::HeaderMap;
 use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
@@ -59,30 +60,7 @@ impl<T: JsonBody> FromRequest<Arc<AppState>> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &Arc<AppState>) -> Result<Self, ApiError> {
-        let limit = state.max_body_bytes;
-        let (parts, body) = request.into_parts();
-        let declared = parts
-            .headers
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > limit) {
-            return Err(ApiError::too_large(limit).closing());
-        }
-        let bytes = match Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
-            .collect()
-            .await
-        {
-            Ok(collected) => collected.to_bytes(),
-            Err(e) if e.is::<LengthLimitError>() => {
-                return Err(ApiError::too_large(limit).closing());
-            }
-            Err(e) => {
-                return Err(
-                    ApiError::bad_request(format!("the body could not be read: {e}")).closing(),
-                );
-            }
-        };
+        let (parts, bytes) = read_body(request, state.max_body_bytes).await?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(Self(None));
         }
@@ -106,6 +84,28 @@ impl<T: JsonBody> FromRequest<Arc<AppState>> for ApiJson<T> {
     }
 }
 
+/// The request's head and its whole body, at most `limit` bytes: a larger one is refused
+/// with 413 (before it is read when `Content-Length` says so).
+pub(crate) async fn read_body(request: Request, limit: u64) -> Result<(Parts, Bytes), ApiError> {
+    let (parts, body) = request.into_parts();
+    let declared = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::too_large(limit).closing());
+    }
+    match Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
+        .collect()
+        .await
+    {
+        Ok(collected) => Ok((parts, collected.to_bytes())),
+        Err(e) if e.is::<LengthLimitError>() => Err(ApiError::too_large(limit).closing()),
+        Err(e) => Err(ApiError::bad_request(format!("the body could not be read: {e}")).closing()),
+    }
+}
+
 /// True when the request says a body follows: one the server closes the connection on when it
 /// answers without reading it.
 pub(crate) fn announces_body(headers: &HeaderMap) -> bool {
@@ -116,7 +116,7 @@ pub(crate) fn announces_body(headers: &HeaderMap) -> bool {
 }
 
 /// `Content-Type: application/json`, or any `application/…+json`, with or without parameters.
-fn declares_json(headers: &HeaderMap) -> bool {
+pub(crate) fn declares_json(headers: &HeaderMap) -> bool {
     let Some(value) = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
         return false;
     };

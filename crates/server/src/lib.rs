@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `POST /hooks/<source>` | verifies, stores and answers a webhook delivery ([`intake`]) |
 //! | `POST /hooks/adapters/<instance>` | an adapter's completion webhook (a hint to poll) |
-//! | `/api/v1/…` | the REST API ([`api`], [`relays`]); `GET /api/v1/openapi.json` describes it |
+//! | `/api/v1/…` | the REST API ([`api`], [`relays`], [`workflows_api`]); `GET /api/v1/openapi.json` describes it |
 //! | `GET /healthz`, `GET /readyz` | alive; a delivery could be stored now |
 //! | `GET /metrics` | Prometheus metrics |
 //! | `/`, `/login`, `/runs`, … | the web UI ([`ui`]) |
@@ -40,6 +40,7 @@ mod request_id;
 pub mod sources;
 mod travis;
 mod ui;
+mod workflows_api;
 
 /// The OpenAPI description of the REST API, served at `/api/v1/openapi.json`.
 pub const OPENAPI: &str = include_str!("../openapi.json");
@@ -68,6 +69,15 @@ pub struct AppState {
     pub matcher: Notify,
     /// `[relays.*]`: the relay messages deliveries make, and the workers that send them.
     pub relays: Arc<baton_relay::Relays>,
+    /// Every adapter instance a stage may name (built-ins included), with its kind, in
+    /// config order: what the workflow editor offers for `uses`.
+    pub instances: Vec<(String, String)>,
+    /// The checks `baton validate` makes of a workflow file, for a workflow given as text.
+    pub workflow_check: baton_config::WorkflowCheck,
+    /// The `workflows` globs: where the editor may save a workflow file.
+    pub workflow_globs: baton_config::WorkflowGlobs,
+    /// `ui.save_workflows`: whether an operator may save from the editor.
+    pub save_workflows: bool,
     metrics: Option<PrometheusHandle>,
     connections: connections::Limits,
     /// Turns true when the server starts shutting down: streams that never end by
@@ -156,6 +166,14 @@ impl AppState {
                 .map(|w| (w.workflow.name().to_owned(), w.file.clone()))
                 .collect(),
             tokens,
+            instances: gateway
+                .instances(kinds)
+                .into_iter()
+                .map(|(name, instance)| (name, instance.kind))
+                .collect(),
+            workflow_check: baton_config::WorkflowCheck::new(loaded, kinds),
+            workflow_globs: gateway.workflow_globs(),
+            save_workflows: gateway.ui.save_workflows,
             decision_instances: gateway.decision_instances(kinds),
             max_body_bytes: gateway.server.max_body_bytes,
             expressions: gateway.expressions.limits(),
@@ -248,6 +266,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(api::approve),
         )
         .route("/api/v1/runs/{id}/stages/{stage}/reject", post(api::reject))
+        .route("/api/v1/workflows/validate", post(workflows_api::validate))
         .route("/api/v1/deliveries", get(api::list_deliveries))
         .route("/api/v1/deliveries/{id}", get(api::get_delivery))
         .route("/api/v1/deliveries/{id}/replay", post(api::replay_delivery))

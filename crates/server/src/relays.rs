@@ -17,7 +17,8 @@ use crate::api::{Operator, Viewer};
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, ApiQuery, JsonBody, Limit, from_text};
 
-fn queue(state: &AppState) -> Result<&dyn RelayStore, ApiError> {
+/// The store's relay queue; 404 on a store that keeps none.
+pub(crate) fn queue(state: &AppState) -> Result<&dyn RelayStore, ApiError> {
     state
         .engine
         .store()
@@ -169,9 +170,22 @@ pub(crate) async fn replay_message(
     caller: Operator,
     ApiPath((relay, key)): ApiPath<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    let queue = queue(&state)?;
+    let replayed = replay_one(&state, &relay, &key, &caller.name).await?;
+    Ok(Json(json!({"replayed": replayed})))
+}
+
+/// Sends message `key` of `relay` again, for `by`: 404 when the relay has no such message,
+/// 409 while it is pending. How many messages it made pending (1). The API and the UI both
+/// replay a message through it.
+pub(crate) async fn replay_one(
+    state: &AppState,
+    relay: &str,
+    key: &str,
+    by: &str,
+) -> Result<u64, ApiError> {
+    let queue = queue(state)?;
     let Some((message, _)) = queue
-        .load_relay_message(&key)
+        .load_relay_message(key)
         .await?
         .filter(|(m, _)| m.relay == relay)
     else {
@@ -185,11 +199,11 @@ pub(crate) async fn replay_message(
         )));
     }
     let replayed = queue
-        .replay_relays(&RelayReplay::Message(key.clone()), now_millis())
+        .replay_relays(&RelayReplay::Message(key.to_owned()), now_millis())
         .await?;
     state.relays.refresh().await?;
-    tracing::info!(%relay, %key, by = %caller.name, "relay message replayed");
-    Ok(Json(json!({"replayed": replayed})))
+    tracing::info!(%relay, %key, by = %by, "relay message replayed");
+    Ok(replayed)
 }
 
 /// The body of `POST /api/v1/relays/{relay}/replay`.

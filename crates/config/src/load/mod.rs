@@ -27,7 +27,8 @@ mod sources;
 mod workflows;
 
 use sections::read_gateway;
-use workflows::{Context, read_workflow, workflow_paths};
+pub(crate) use workflows::{Context, check_workflow};
+use workflows::{read_workflow, workflow_paths};
 
 /// The `file` of problems with `BATON_*` variables (and of config problems when there is no
 /// config file, so every setting came from the environment).
@@ -223,7 +224,7 @@ fn load_with(
         &mut Sink::new(&config_path, &mut out),
     );
     let context = Context {
-        kinds,
+        kinds: kinds.clone(),
         declared,
         defaults: gateway.stage_defaults(kinds),
         has_config: config_file.is_some(),
@@ -235,13 +236,7 @@ fn load_with(
         let (name, workflow) = read_workflow(&file, &context, &mut sink);
         if let Some(name) = name {
             if let Some(earlier) = names.get(&name) {
-                sink.err(
-                    "name",
-                    format!(
-                        "workflow `{name}` is also defined in {}; names must be unique",
-                        earlier.display()
-                    ),
-                );
+                sink.err("name", duplicate_name(&name, earlier));
             } else {
                 names.insert(name, file.clone());
             }
@@ -261,6 +256,14 @@ fn load_with(
         Err(Diagnostics(out))
     };
     Checked { loaded, warnings }
+}
+
+/// The problem of a workflow named like one loaded from `earlier`.
+pub(crate) fn duplicate_name(name: &str, earlier: &Path) -> String {
+    format!(
+        "workflow `{name}` is also defined in {}; names must be unique",
+        earlier.display()
+    )
 }
 
 /// Appends the variable to problems with a value an override set.
@@ -284,12 +287,30 @@ fn valid_name(name: &str) -> bool {
 
 /// What the config declares, broken entries included, so that workflows naming a broken
 /// entry get no second, misleading problem.
-#[derive(Debug, Default)]
-struct Declared {
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Declared {
     /// Source names, with the source when it is valid.
-    sources: IndexMap<String, Option<SourceConfig>>,
+    pub(crate) sources: IndexMap<String, Option<SourceConfig>>,
     /// Adapter instance names, with the kind when this baton knows it.
-    adapters: IndexMap<String, Option<String>>,
+    pub(crate) adapters: IndexMap<String, Option<String>>,
+}
+
+impl Declared {
+    /// What a config that loaded without a problem declares: each of its entries is valid.
+    pub(crate) fn of(gateway: &GatewayConfig) -> Self {
+        Self {
+            sources: gateway
+                .sources
+                .iter()
+                .map(|(name, source)| (name.clone(), Some(source.clone())))
+                .collect(),
+            adapters: gateway
+                .adapters
+                .iter()
+                .map(|(name, instance)| (name.clone(), Some(instance.kind.clone())))
+                .collect(),
+        }
+    }
 }
 
 /// Returns the map in `value`, or reports that a table was expected.

@@ -104,6 +104,12 @@ pub(super) fn read_gateway(
         check_expressions(&expressions, sink);
         config.expressions = expressions;
     }
+    if let Some(v) = doc.get("ui")
+        && table(v, "ui", sink).is_some()
+        && let Some(ui) = typed::<UiConfig>(v, "ui", &[("", fields_of::<UiConfig>())], sink)
+    {
+        config.ui = ui;
+    }
     (config, declared)
 }
 

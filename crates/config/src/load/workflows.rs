@@ -22,14 +22,10 @@ pub(super) fn workflow_paths(
     sink: &mut Sink,
 ) -> Vec<PathBuf> {
     let mut files = Vec::new();
+    let globs = config.workflow_globs();
     for (i, pattern) in config.workflows.iter().enumerate() {
         let at = format!("workflows[{i}]");
-        let full = if Path::new(pattern).is_absolute() {
-            pattern.clone()
-        } else {
-            let dir = glob::Pattern::escape(&config.base_dir.to_string_lossy());
-            format!("{}/{pattern}", dir.trim_end_matches('/'))
-        };
+        let full = globs.absolute(pattern);
         let paths = match glob::glob(&full) {
             Ok(paths) => paths,
             Err(e) => {
@@ -67,12 +63,14 @@ pub(super) fn workflow_paths(
     files
 }
 
-/// What a workflow is checked against.
-pub(super) struct Context<'a> {
-    pub(super) kinds: &'a Kinds,
-    pub(super) declared: Declared,
-    pub(super) defaults: StageDefaults,
-    pub(super) has_config: bool,
+/// What a workflow is checked against: the adapter kinds and what the gateway config
+/// declares.
+#[derive(Clone)]
+pub(crate) struct Context {
+    pub(crate) kinds: Kinds,
+    pub(crate) declared: Declared,
+    pub(crate) defaults: StageDefaults,
+    pub(crate) has_config: bool,
 }
 
 /// Reads, checks and compiles one workflow file. Returns its name when it could be read (for
@@ -82,29 +80,42 @@ pub(super) fn read_workflow(
     context: &Context,
     sink: &mut Sink,
 ) -> (Option<String>, Option<Workflow>) {
+    match read_document(file, sink) {
+        None => (None, None),
+        Some(document) => check_workflow(&document, context, sink),
+    }
+}
+
+/// Checks and compiles one workflow read from a file or from the editor: every check
+/// `baton validate` makes of a workflow file once it is parsed. Returns the workflow's name
+/// when it could be read and the workflow when it has no problem.
+pub(crate) fn check_workflow(
+    document: &Value,
+    context: &Context,
+    sink: &mut Sink,
+) -> (Option<String>, Option<Workflow>) {
     let before = sink.count();
-    let map = match read_document(file, sink) {
-        None => return (None, None),
-        Some(Value::Object(map)) => map,
-        Some(Value::Null) => {
+    let map = match document {
+        Value::Object(map) => map,
+        Value::Null => {
             sink.err(
                 "",
                 "the file is empty: a workflow needs `name` and `stages`",
             );
             return (None, None);
         }
-        Some(other) => {
+        other => {
             sink.err(
                 "",
                 format!(
                     "expected a workflow (a map with `name`, `on`, `stages`) at the top of the file, found {}",
-                    type_name(&other)
+                    type_name(other)
                 ),
             );
             return (None, None);
         }
     };
-    check_keys(&map, "", fields_of::<WorkflowSpec>(), sink);
+    check_keys(map, "", fields_of::<WorkflowSpec>(), sink);
     // Paths whose problems were already reported; compile errors under them are noise.
     let mut reported: Vec<String> = Vec::new();
 

@@ -84,9 +84,10 @@ impl Legend {
             }
             let _ = writeln!(
                 out,
-                r#"<text class="legend" x="{}" y="{}">{}</text>"#,
+                r#"<text class="legend" x="{}" y="{}" font-size="{}">{}</text>"#,
                 num(x + 30.0),
                 num(y + 11.0),
+                num(NOTE_SIZE),
                 xml_escape(text)
             );
             x += Self::entry_width(text);

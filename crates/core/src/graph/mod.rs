@@ -14,6 +14,8 @@
 //! - `layers` computes the layered layout: columns, placeholders, row order.
 //! - `svg` places a box per stage on those layers (`label` gives each box its text, size
 //!   and markup), draws the edges between them, and adds a title and the `legend`.
+//! - `status` holds the glyph of each status, which the run page's boxes and the web UI's
+//!   badges share.
 //! - `text` holds what both pictures share: a stage's notes, XML escaping, clipping and
 //!   short numbers.
 
@@ -21,12 +23,18 @@ mod dot;
 mod label;
 mod layers;
 mod legend;
+mod status;
 mod svg;
 #[cfg(test)]
 mod tests;
 mod text;
 
+pub use status::status_icon;
+
+use crate::state::StageStatus;
 use crate::workflow::{Stage, Workflow};
+use label::Mark;
+use svg::{Drawing, Medium};
 
 /// The workflow as a Graphviz digraph, left to right: one node per stage, labelled with its
 /// id, its `uses` and (smaller) its own timeout, retry and failure policy; an edge from each
@@ -59,5 +67,25 @@ pub fn layout(workflow: &Workflow) -> Vec<(usize, usize)> {
 /// dependents, a dashed border for stages with an `if:`, an amber fill for stages for which
 /// `waits_for_person` is true, and a legend. Every box has a tooltip with its full text.
 pub fn to_svg(workflow: &Workflow, waits_for_person: impl Fn(&Stage) -> bool) -> String {
-    svg::Drawing::new(workflow, &waits_for_person).render()
+    Drawing::new(workflow, &waits_for_person, Medium::File).render()
+}
+
+/// The workflow as [`to_svg`] draws it, laid out the same way, for a web page: inline SVG
+/// (no XML declaration, no `<style>`, no background: the page's stylesheet colours it, by
+/// the classes below). Each box is a group `<g class="stage …" data-stage="<id>">`; for a
+/// run's page it also shows its stage's `status` as a glyph and a word (the same glyphs as
+/// [`status_icon`]), with the class `status-<status>` and `data-status="<status>"`, and sits
+/// in an `<a>` to `link`'s address when it gives one, named by the box's `<title>`. A page
+/// about the workflow alone gives `None` for both.
+pub fn to_page_svg(
+    workflow: &Workflow,
+    waits_for_person: impl Fn(&Stage) -> bool,
+    status: impl Fn(&Stage) -> Option<StageStatus>,
+    link: impl Fn(&Stage) -> Option<String>,
+) -> String {
+    let mark = |stage: &Stage| Mark {
+        status: status(stage),
+        link: link(stage),
+    };
+    Drawing::new(workflow, &waits_for_person, Medium::Page(&mark)).render()
 }

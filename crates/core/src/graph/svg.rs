@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use super::label::Label;
+use super::label::{Label, Mark};
 use super::layers::Layers;
 use super::legend::Legend;
 use super::text::{num, xml_escape};
@@ -21,6 +21,8 @@ pub(super) const MIN_BOX_WIDTH: f64 = 96.0;
 pub(super) const ID_SIZE: f64 = 13.0;
 pub(super) const USES_SIZE: f64 = 12.0;
 pub(super) const NOTE_SIZE: f64 = 11.0;
+pub(super) const STATUS_SIZE: f64 = 12.0;
+const TITLE_SIZE: f64 = 14.0;
 const LEGEND_GAP: f64 = 28.0;
 pub(super) const CHAR_WIDTH: f64 = 0.6;
 const FONT: &str = "ui-monospace, SFMono-Regular, Menlo, Consolas, 'DejaVu Sans Mono', monospace";
@@ -30,9 +32,20 @@ pub(super) fn text_width(text: &str, size: f64) -> f64 {
     text.chars().count() as f64 * size * CHAR_WIDTH
 }
 
+/// Where a picture is shown.
+pub(super) enum Medium<'a> {
+    /// A file of its own: an XML declaration, its own stylesheet, a white background.
+    File,
+    /// Inline in a page whose stylesheet colours it (a page's CSP forbids a `<style>`
+    /// element), with what the page adds to each box.
+    Page(&'a dyn Fn(&Stage) -> Mark),
+}
+
 /// A laid-out picture.
 pub(super) struct Drawing<'a> {
     workflow: &'a Workflow,
+    /// A file of its own, rather than inline in a page.
+    standalone: bool,
     layers: Layers,
     labels: Vec<Label>,
     /// Top-left corner and size of each vertex (placeholders have width 0).
@@ -46,13 +59,21 @@ pub(super) struct Drawing<'a> {
 }
 
 impl<'a> Drawing<'a> {
-    pub(super) fn new(workflow: &'a Workflow, waits_for_person: &dyn Fn(&Stage) -> bool) -> Self {
+    pub(super) fn new(
+        workflow: &'a Workflow,
+        waits_for_person: &dyn Fn(&Stage) -> bool,
+        medium: Medium<'_>,
+    ) -> Self {
         let layers = Layers::new(workflow);
         let n = workflow.stages.len();
+        let mark = |s: &Stage| match &medium {
+            Medium::File => None,
+            Medium::Page(mark) => Some(mark(s)),
+        };
         let labels: Vec<Label> = workflow
             .stages
             .iter()
-            .map(|s| Label::new(workflow, s, waits_for_person(s)))
+            .map(|s| Label::new(workflow, s, waits_for_person(s), mark(s)))
             .collect();
         let size = |v: usize| -> (f64, f64) {
             if v < n {
@@ -113,10 +134,11 @@ impl<'a> Drawing<'a> {
 
         let legend = Legend::new(workflow, &labels);
         let legend_width = legend.width();
-        let title_width = text_width(&title(workflow), 14.0);
+        let title_width = text_width(&title(workflow), TITLE_SIZE);
         let width = graph_width.max(legend_width).max(title_width) + 2.0 * MARGIN;
         Self {
             workflow,
+            standalone: matches!(medium, Medium::File),
             layers,
             labels,
             boxes,
@@ -130,7 +152,9 @@ impl<'a> Drawing<'a> {
     pub(super) fn render(&self) -> String {
         let height = (self.graph_bottom + LEGEND_GAP + 22.0 + MARGIN).ceil();
         let mut out = String::new();
-        let _ = writeln!(out, r#"<?xml version="1.0" encoding="UTF-8"?>"#);
+        if self.standalone {
+            let _ = writeln!(out, r#"<?xml version="1.0" encoding="UTF-8"?>"#);
+        }
         let _ = writeln!(
             out,
             r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="{FONT}">"#,
@@ -146,30 +170,35 @@ impl<'a> Drawing<'a> {
             "<defs>\n",
             "<marker id=\"arrow\" viewBox=\"0 0 10 10\" refX=\"9\" refY=\"5\" markerWidth=\"8\" ",
             "markerHeight=\"8\" markerUnits=\"userSpaceOnUse\" orient=\"auto\">",
-            "<polygon points=\"0,1 10,5 0,9\" fill=\"#718096\"/></marker>\n",
-            "<style>\n",
-            ".edge { fill: none; stroke: #a0aec0; stroke-width: 1.5; }\n",
-            ".stage rect { fill: #f5f7fa; stroke: #4a5568; stroke-width: 1.2; }\n",
-            ".stage.approval rect { fill: #fff4d6; stroke: #b7791f; }\n",
-            ".stage.conditional rect { stroke-dasharray: 5 3; }\n",
-            ".id { font-size: 13px; font-weight: bold; fill: #1a202c; }\n",
-            ".uses { font-size: 12px; fill: #4a5568; }\n",
-            ".note { font-size: 11px; fill: #718096; }\n",
-            ".cond { font-size: 11px; fill: #718096; font-style: italic; }\n",
-            ".title { font-size: 14px; font-weight: bold; fill: #1a202c; }\n",
-            ".legend { font-size: 11px; fill: #4a5568; }\n",
-            "</style>\n",
-            "</defs>\n",
+            "<polygon class=\"arrowhead\" points=\"0,1 10,5 0,9\" fill=\"#718096\"/></marker>\n",
         ));
+        if self.standalone {
+            out.push_str(concat!(
+                "<style>\n",
+                ".edge { fill: none; stroke: #a0aec0; stroke-width: 1.5; }\n",
+                ".stage rect { fill: #f5f7fa; stroke: #4a5568; stroke-width: 1.2; }\n",
+                ".stage.approval rect { fill: #fff4d6; stroke: #b7791f; }\n",
+                ".stage.conditional rect { stroke-dasharray: 5 3; }\n",
+                ".id, .title { font-weight: bold; fill: #1a202c; }\n",
+                ".uses, .legend { fill: #4a5568; }\n",
+                ".note { fill: #718096; }\n",
+                ".cond { fill: #718096; font-style: italic; }\n",
+                "</style>\n",
+            ));
+        }
+        out.push_str("</defs>\n");
+        if self.standalone {
+            let _ = writeln!(
+                out,
+                r##"<rect width="100%" height="100%" fill="#ffffff"/>"##
+            );
+        }
         let _ = writeln!(
             out,
-            r##"<rect width="100%" height="100%" fill="#ffffff"/>"##
-        );
-        let _ = writeln!(
-            out,
-            r#"<text class="title" x="{}" y="{}">{}</text>"#,
+            r#"<text class="title" x="{}" y="{}" font-size="{}">{}</text>"#,
             num(MARGIN),
-            num(MARGIN + 14.0),
+            num(MARGIN + TITLE_SIZE),
+            num(TITLE_SIZE),
             xml_escape(&title(self.workflow))
         );
         self.render_edges(&mut out);

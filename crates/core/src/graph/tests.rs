@@ -3,10 +3,12 @@
 use serde_json::{Value, json};
 
 use super::dot::dot_quote;
+use super::label::Mark;
 use super::layers::{Layers, edges};
-use super::svg::{CHAR_WIDTH, Drawing, ID_SIZE};
+use super::svg::{CHAR_WIDTH, Drawing, ID_SIZE, Medium, STATUS_SIZE, text_width};
 use super::text::{num, xml_escape};
-use super::{layout, to_dot, to_svg};
+use super::{layout, status_icon, to_dot, to_page_svg, to_svg};
+use crate::state::StageStatus;
 use crate::workflow::{Stage, StageDefaults, Workflow, WorkflowSpec};
 
 fn workflow(value: Value) -> Workflow {
@@ -324,7 +326,7 @@ fn a_wide_fan_out_and_in() {
     check_xml(&svg);
     assert_eq!(svg.matches("<path").count(), 40);
     // Boxes in one column do not overlap.
-    let d = Drawing::new(&wf, &approval);
+    let d = Drawing::new(&wf, &approval, Medium::File);
     let mut ys: Vec<(f64, f64)> = leaves
         .iter()
         .map(|id| {
@@ -365,7 +367,7 @@ fn a_deep_chain_and_long_ids() {
     ));
     assert!(svg.contains(">a-very-long-stage-id-that-goes-on-and-o…</text>"));
     assert_eq!(svg.matches("<path").count(), 30);
-    let d = Drawing::new(&wf, &approval);
+    let d = Drawing::new(&wf, &approval, Medium::File);
     let first = d.boxes[wf.stage_index(long).unwrap()];
     assert!(first.2 < 45.0 * ID_SIZE * CHAR_WIDTH, "the box is bounded");
 }
@@ -420,4 +422,166 @@ fn the_caller_says_which_stages_wait_for_a_person() {
         "no box and no legend entry"
     );
     assert!(!to_dot(&wf, |_| false).contains("hexagon"));
+}
+
+/// A run of [`sample`] half-way: checkout and lint done, unit failed, release waiting, deploy
+/// not yet reached.
+fn halfway(stage: &Stage) -> Option<StageStatus> {
+    Some(match stage.id.as_str() {
+        "checkout" | "lint" => StageStatus::Succeeded,
+        "unit" => StageStatus::Failed,
+        "release" => StageStatus::Waiting,
+        _ => StageStatus::Pending,
+    })
+}
+
+fn anchor(stage: &Stage) -> Option<String> {
+    Some(format!("#stage-{}", stage.id))
+}
+
+/// The markup of the box of stage `id`: from its link to the link's end.
+fn box_of<'a>(svg: &'a str, id: &str) -> &'a str {
+    let start = svg
+        .find(&format!("<a href=\"#stage-{id}\">"))
+        .unwrap_or_else(|| panic!("no link for {id}:\n{svg}"));
+    let end = svg[start..].find("</a>").expect("the link ends") + start;
+    &svg[start..end]
+}
+
+#[test]
+fn the_status_picture_marks_and_links_every_stage() {
+    let wf = sample();
+    let svg = to_page_svg(&wf, approval, halfway, anchor);
+    let elements = check_xml(&svg);
+    assert_eq!(elements[0], "svg", "inline: no XML declaration first");
+    assert!(!svg.contains("<?xml"));
+    // A page's CSP refuses inline styles: colours come from the page's stylesheet.
+    assert!(!svg.contains("<style") && !svg.contains(" style="), "{svg}");
+    assert!(
+        !svg.contains("fill=\"#ffffff\""),
+        "no background of its own"
+    );
+    for stage in &wf.stages {
+        let status = halfway(stage).unwrap().as_str();
+        let markup = box_of(&svg, &stage.id);
+        // The link is named by its title, which says the status in words.
+        assert!(
+            markup.starts_with(&format!(
+                "<a href=\"#stage-{}\"><title>{}: {status}\n",
+                stage.id, stage.id
+            )),
+            "{markup}"
+        );
+        assert!(
+            markup.contains(&format!(
+                "data-stage=\"{}\" data-status=\"{status}\">",
+                stage.id
+            )),
+            "{markup}"
+        );
+        assert!(
+            markup.contains(&format!("<g class=\"stage status-{status}")),
+            "{markup}"
+        );
+        // Drawn in the box: the glyph and the word, not a colour alone.
+        assert!(
+            markup.contains(&format!(
+                "<tspan class=\"icon\">{}</tspan> {status}</text>",
+                status_icon(status)
+            )),
+            "{markup}"
+        );
+    }
+    assert_eq!(svg.matches("<a href=").count(), wf.stages.len());
+    assert_eq!(svg.matches("<title>").count(), 1 + wf.stages.len() + 6);
+    // The other marks stay.
+    assert!(box_of(&svg, "release").contains("class=\"stage status-waiting approval\""));
+    assert!(box_of(&svg, "deploy").contains("class=\"stage status-pending conditional\""));
+    assert_eq!(svg, to_page_svg(&sample(), approval, halfway, anchor));
+}
+
+#[test]
+fn the_status_picture_is_laid_out_as_the_file_is() {
+    let wf = sample();
+    let file = Drawing::new(&wf, &approval, Medium::File);
+    let marks = |s: &Stage| Mark {
+        status: halfway(s),
+        link: anchor(s),
+    };
+    let page = Drawing::new(&wf, &approval, Medium::Page(&marks));
+    let order = |d: &Drawing<'_>| {
+        let mut v: Vec<(i64, i64, usize)> = (0..wf.stages.len())
+            .map(|i| (d.boxes[i].0 as i64, d.boxes[i].1 as i64, i))
+            .collect();
+        v.sort_unstable();
+        v.into_iter().map(|(_, _, i)| i).collect::<Vec<_>>()
+    };
+    assert_eq!(order(&file), order(&page), "same columns and rows");
+    for i in 0..wf.stages.len() {
+        // One more line in each box, for the status.
+        assert!(page.boxes[i].3 > file.boxes[i].3, "{}", wf.stages[i].id);
+    }
+    // A status word longer than the id widens the box to hold it.
+    let short = workflow(json!({"name": "s", "stages": {"a": {"uses": "x"}}}));
+    let wide = to_page_svg(
+        &short,
+        |_| false,
+        |_| Some(StageStatus::Cancelled),
+        |_| None,
+    );
+    let width: f64 = wide
+        .split("<rect x=\"")
+        .nth(1)
+        .and_then(|r| r.split("width=\"").nth(1))
+        .and_then(|w| w.split('"').next())
+        .and_then(|w| w.parse().ok())
+        .unwrap();
+    assert!(width >= text_width("⊘ cancelled", STATUS_SIZE), "{wide}");
+}
+
+#[test]
+fn the_status_picture_escapes_links_and_shows_no_status_it_was_not_given() {
+    let wf = sample();
+    let svg = to_page_svg(
+        &wf,
+        approval,
+        |s| (s.id == "lint").then_some(StageStatus::Running),
+        |s| (s.id != "unit").then(|| format!("/x?a=1&b=\"<{}>\"", s.id)),
+    );
+    check_xml(&svg);
+    assert!(
+        svg.contains("<a href=\"/x?a=1&amp;b=&quot;&lt;lint&gt;&quot;\"><title>lint: running\n")
+    );
+    assert!(svg.contains("<tspan class=\"icon\">▶</tspan> running</text>"));
+    assert_eq!(svg.matches("class=\"status\"").count(), 1, "{svg}");
+    assert_eq!(svg.matches("<a href=").count(), wf.stages.len() - 1);
+    // Without a link, the title stays in the box's group.
+    assert!(
+        svg.contains("<g class=\"stage\" data-stage=\"unit\">\n<title>unit\nuses:"),
+        "{svg}"
+    );
+    // The picture for files has none of it.
+    let file = to_svg(&wf, approval);
+    for absent in ["<a ", "data-stage", "status-", "class=\"status\""] {
+        assert!(!file.contains(absent), "{absent}");
+    }
+    assert!(file.starts_with("<?xml") && file.contains("<style>"));
+}
+
+#[test]
+fn every_status_has_its_own_glyph() {
+    let statuses = [
+        StageStatus::Pending,
+        StageStatus::Running,
+        StageStatus::Waiting,
+        StageStatus::Succeeded,
+        StageStatus::Failed,
+        StageStatus::Cancelled,
+        StageStatus::Skipped,
+    ];
+    let glyphs: std::collections::BTreeSet<&str> =
+        statuses.iter().map(|s| status_icon(s.as_str())).collect();
+    assert_eq!(glyphs.len(), statuses.len(), "{glyphs:?}");
+    assert!(!glyphs.contains(status_icon("no-such-status")));
+    assert_eq!(status_icon("processed"), status_icon("succeeded"));
 }

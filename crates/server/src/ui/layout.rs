@@ -130,19 +130,8 @@ pub(crate) fn status_badge(status: &str) -> Markup {
     }
 }
 
-/// The glyph drawn beside a status; the graph uses the same ones.
-pub(crate) fn status_icon(status: &str) -> &'static str {
-    match status {
-        "succeeded" | "processed" => "✓",
-        "failed" => "✗",
-        "running" => "▶",
-        "waiting" => "⏸",
-        "pending" | "queued" | "received" | "replay" => "…",
-        "cancelled" => "⊘",
-        "skipped" => "↷",
-        _ => "•",
-    }
-}
+/// The glyph drawn beside a status: the run graph's boxes draw the same ones.
+pub(crate) use baton_core::graph::status_icon;
 
 /// Milliseconds since the epoch as `2026-12-06 07:42:10 UTC`.
 pub(crate) fn when(millis: i64) -> String {

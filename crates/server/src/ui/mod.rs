@@ -7,7 +7,8 @@
 //! | `/login`, `/logout` | signing in with an API token ([`session`]) |
 //! | `/runs`, `/runs/{id}` | runs, and one run's graph and stages |
 //! | `/deliveries`, `/deliveries/{id}` | webhook deliveries |
-//! | `/workflows`, `/workflows/{name}`, `/workflows/new` | workflows and the editor |
+//! | `/relays` | where deliveries are forwarded, and how each message fared |
+//! | `/workflows`, `/workflows/{name}`, `/workflows/new`, `/workflows/{name}/edit` | workflows and the editor ([`editor`]) |
 //! | `/ui/assets/{name}` | the stylesheet, scripts and icon ([`assets`]) |
 //! | `/ui/events` | server-sent events that tell a page something changed ([`live`]) |
 //!
@@ -28,9 +29,14 @@ use crate::AppState;
 use crate::api::find_token;
 
 mod assets;
+mod deliveries;
+mod editor;
 mod form;
 mod layout;
+mod list;
 mod live;
+mod relays;
+mod run;
 mod runs;
 mod session;
 mod workflows;
@@ -48,7 +54,11 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
         .route("/ui/assets/{name}", get(assets::serve))
         .route("/ui/events", get(live::events))
         .merge(runs::routes())
+        .merge(deliveries::routes())
+        .merge(relays::routes())
+        .merge(run::routes())
         .merge(workflows::routes())
+        .merge(editor::routes())
 }
 
 /// `?next=` of the sign-in page.

@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::get;
 use baton_core::RunStatus;
@@ -16,24 +15,22 @@ use serde::Deserialize;
 use crate::AppState;
 
 use super::layout::{self, Nav};
-use super::session::{Session, encode_query};
+use super::list::{self, ListAddress, Paging};
+use super::session::Session;
 
-/// Runs on a page.
-const PAGE: u32 = 50;
-
+/// The routes of the runs list.
 pub(crate) fn routes() -> Router<Arc<AppState>> {
-    Router::new().route("/runs", get(list))
+    Router::new().route("/runs", get(list_page))
 }
 
-/// `?workflow=&status=&before=&fragment=`.
+/// `?workflow=&status=`; the page is in [`Paging`] (`before` is `<created_at>.<id>` of the
+/// previous page's last run).
 #[derive(Deserialize, Default)]
 pub(crate) struct ListQuery {
+    /// Only runs of this workflow.
     workflow: Option<String>,
+    /// Only runs in this status; an unknown one is no filter.
     status: Option<String>,
-    /// The last run of the previous page (`<created_at>.<id>`).
-    before: Option<String>,
-    /// `rows`: only the table's body, for a live refresh.
-    fragment: Option<String>,
 }
 
 impl ListQuery {
@@ -45,62 +42,39 @@ impl ListQuery {
         self.status.as_deref().and_then(RunStatus::parse)
     }
 
-    /// The query string of this list with `before` replaced.
-    fn address(&self, before: Option<&str>, fragment: bool) -> String {
-        let mut pairs = Vec::new();
-        if let Some(w) = self.workflow() {
-            pairs.push(format!("workflow={}", encode_query(w)));
-        }
-        if let Some(s) = self.status() {
-            pairs.push(format!("status={}", s.as_str()));
-        }
-        if let Some(b) = before {
-            pairs.push(format!("before={}", encode_query(b)));
-        }
-        if fragment {
-            pairs.push("fragment=rows".to_owned());
-        }
-        if pairs.is_empty() {
-            "/runs".to_owned()
-        } else {
-            format!("/runs?{}", pairs.join("&"))
-        }
+    /// This list's address with its filters.
+    fn address(&self) -> ListAddress {
+        ListAddress::new("/runs")
+            .filter("workflow", self.workflow())
+            .filter("status", self.status().map(RunStatus::as_str))
     }
 }
 
 /// `GET /runs`.
-async fn list(
+async fn list_page(
     State(state): State<Arc<AppState>>,
     session: Session,
     Query(q): Query<ListQuery>,
+    Query(paging): Query<Paging>,
 ) -> Response {
-    let before = q.before.as_deref().and_then(RunCursor::parse);
+    let before = paging.before().and_then(RunCursor::parse);
+    let first_page = before.is_none();
     let filter = RunFilter {
         workflow: q.workflow().map(str::to_owned),
         status: q.status(),
-        limit: PAGE + 1,
+        limit: list::FETCH,
         offset: 0,
-        before: before.clone(),
+        before,
     };
     let mut runs = match state.engine.list_runs(&filter).await {
         Ok(runs) => runs,
-        Err(e) => {
-            return layout::error_page(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Runs unavailable",
-                &format!("The store could not list runs: {e}"),
-            );
-        }
+        Err(e) => return list::unavailable("runs", e),
     };
-    let more = runs.len() > PAGE as usize;
-    runs.truncate(PAGE as usize);
+    let next = list::cut(&mut runs, |r| RunCursor::after(&r.header).to_text());
     let rows = rows(&runs, now_millis());
-    if q.fragment.as_deref() == Some("rows") {
+    if paging.rows_only() {
         return layout::fragment(rows);
     }
-    let next = more
-        .then(|| runs.last().map(|r| RunCursor::after(&r.header).to_text()))
-        .flatten();
     let body = html! {
         h1 { "Runs" }
         form.filters method="get" action="/runs" {
@@ -124,20 +98,9 @@ async fn list(
                 }
             }
             button type="submit" { "Filter" }
-            @if before.is_none() {
-                span.live-state data-live-state aria-live="polite" { }
-            }
+            (list::live_state(first_page))
         }
-        // Only the first page follows changes: a later page keeps its place.
-        (table(rows, before.is_none().then(|| q.address(None, true)).as_deref()))
-        nav.pager aria-label="Pages" {
-            @if before.is_some() {
-                a href=(q.address(None, false)) { "← Newest" }
-            }
-            @if let Some(next) = &next {
-                a href=(q.address(Some(next), false)) rel="next" { "Older →" }
-            }
-        }
+        (list::paged_table(&q.address(), first_page, head(), rows, next.as_deref()))
     };
     layout::page("Runs", Some(&session), Nav::Runs, body)
 }
@@ -153,27 +116,19 @@ const RUN_STATUSES: [RunStatus; 5] = [
 /// A table of runs around `rows` (from [`rows`]). With `live_src`, the body is fetched again
 /// from that address each time a run changes.
 pub(super) fn table(rows: Markup, live_src: Option<&str>) -> Markup {
+    list::table(head(), rows, live_src)
+}
+
+/// The head's cells of a table of runs, in the order [`rows`] fills them.
+fn head() -> Markup {
     html! {
-        div.table {
-            table {
-                thead {
-                    tr {
-                        th scope="col" { "Status" }
-                        th scope="col" { "Run" }
-                        th scope="col" { "Workflow" }
-                        th.wide scope="col" { "Trigger" }
-                        th.wide scope="col" { "Commit" }
-                        th.wide scope="col" { "Started" }
-                        th scope="col" { "Duration" }
-                    }
-                }
-                @if let Some(src) = live_src {
-                    tbody data-live-events="/ui/events" data-live-src=(src) { (rows) }
-                } @else {
-                    tbody { (rows) }
-                }
-            }
-        }
+        th scope="col" { "Status" }
+        th scope="col" { "Run" }
+        th scope="col" { "Workflow" }
+        th.wide scope="col" { "Trigger" }
+        th.wide scope="col" { "Commit" }
+        th.wide scope="col" { "Started" }
+        th scope="col" { "Duration" }
     }
 }
 
