@@ -33,7 +33,7 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use baton_bench::{Baton, env_or, quantile};
+use baton_bench::{Backend, Baton, drop_pg_database, env_or, fresh_pg_database, quantile};
 use baton_core::context::TriggerInfo;
 use baton_core::{ExternalRef, RunStatus, StageStatus, WorkflowSpec};
 use baton_store::{
@@ -70,21 +70,6 @@ struct Settings {
     warmup: usize,
     live_samples: usize,
     pg_url: String,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-impl Backend {
-    fn name(self) -> &'static str {
-        match self {
-            Self::Sqlite => "sqlite",
-            Self::Postgres => "postgres",
-        }
-    }
 }
 
 fn main() {
@@ -131,16 +116,7 @@ async fn bench(s: &Settings) {
         ),
         Backend::Postgres => {
             let name = format!("baton_ui_{}", std::process::id());
-            let admin = pg_connect(&format!("{}/postgres", s.pg_url)).await;
-            admin
-                .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                .await
-                .expect("drop an old bench database");
-            admin
-                .batch_execute(&format!("CREATE DATABASE {name}"))
-                .await
-                .expect("create the bench database");
-            (format!("{}/{name}", s.pg_url), Some(name))
+            (fresh_pg_database(&s.pg_url, &name).await, Some(name))
         }
     };
     let begun = Instant::now();
@@ -213,10 +189,7 @@ async fn bench(s: &Settings) {
     }
     drop(baton);
     if let Some(name) = database {
-        let admin = pg_connect(&format!("{}/postgres", s.pg_url)).await;
-        let _ = admin
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .await;
+        drop_pg_database(&s.pg_url, &name).await;
     }
     report(s, &measured, &lives);
 }
@@ -830,12 +803,4 @@ fn report(s: &Settings, measured: &[(&str, &str, (Side, Side))], lives: &[Live])
     println!(
         "  page target: p95 ≤ {PAGE_TARGET_MS:.0} ms each; ratio = UI p95 / API p95 (the API answers JSON of the same query)"
     );
-}
-
-async fn pg_connect(url: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap_or_else(|e| panic!("connect to {}: {e}", baton_store::redact_url(url)));
-    tokio::spawn(connection);
-    client
 }
