@@ -53,6 +53,59 @@ pub fn quantile(sorted: &[f64], q: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
+/// The store backend a benchmark runs baton on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// A SQLite file in the scratch folder.
+    Sqlite,
+    /// A fresh PostgreSQL database ([`fresh_pg_database`]).
+    Postgres,
+}
+
+impl Backend {
+    /// As the command line and the figures name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Sqlite => "sqlite",
+            Self::Postgres => "postgres",
+        }
+    }
+}
+
+/// A client of the PostgreSQL database at `url`; panics, naming the server, when it cannot
+/// connect.
+pub async fn pg_connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {}: {e}", baton_store::redact_url(url)));
+    tokio::spawn(connection);
+    client
+}
+
+/// Creates database `name` on the server `pg_url` (`postgres://user@host:port`), dropping
+/// one of that name left by an earlier run first; answers the new database's URL.
+pub async fn fresh_pg_database(pg_url: &str, name: &str) -> String {
+    let admin = pg_connect(&format!("{pg_url}/postgres")).await;
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .await
+        .expect("drop an old bench database");
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .expect("create the bench database");
+    format!("{pg_url}/{name}")
+}
+
+/// Drops database `name` on the server `pg_url`; a failure leaves it for the next run's
+/// [`fresh_pg_database`].
+pub async fn drop_pg_database(pg_url: &str, name: &str) {
+    let admin = pg_connect(&format!("{pg_url}/postgres")).await;
+    let _ = admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .await;
+}
+
 /// A `baton serve` in a scratch folder, killed when dropped.
 pub struct Baton {
     child: Child,

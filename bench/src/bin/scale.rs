@@ -22,7 +22,9 @@
 
 use std::time::{Duration, Instant};
 
-use baton_bench::{Baton, client, env_or};
+use baton_bench::{
+    Backend, Baton, client, drop_pg_database, env_or, fresh_pg_database, pg_connect,
+};
 use baton_forge_fakes::gitlab::{GitLab, JobPlan, PipelinePlan};
 use serde_json::{Value, json};
 
@@ -48,21 +50,6 @@ struct Settings {
     pg_url: String,
     /// Clock ticks per second.
     ticks: f64,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-impl Backend {
-    fn name(self) -> &'static str {
-        match self {
-            Self::Sqlite => "sqlite",
-            Self::Postgres => "postgres",
-        }
-    }
 }
 
 fn main() {
@@ -196,29 +183,12 @@ async fn fresh_store(s: &Settings, backend: Backend, dir: &std::path::Path) -> S
         },
         Backend::Postgres => {
             let name = format!("baton_scale_{}", std::process::id());
-            let admin = pg_connect(&format!("{}/postgres", s.pg_url)).await;
-            admin
-                .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                .await
-                .expect("drop an old scale database");
-            admin
-                .batch_execute(&format!("CREATE DATABASE {name}"))
-                .await
-                .expect("create the scale database");
             Store {
-                url: format!("{}/{name}", s.pg_url),
+                url: fresh_pg_database(&s.pg_url, &name).await,
                 database: Some(name),
             }
         }
     }
-}
-
-async fn pg_connect(url: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap_or_else(|e| panic!("connect to {}: {e}", baton_store::redact_url(url)));
-    tokio::spawn(connection);
-    client
 }
 
 /// Stages running with their pipeline's reference stored: runs that wait on the CI.
@@ -336,10 +306,7 @@ async fn side(s: &Settings, backend: Backend) -> Report {
     drop(baton);
     drop(served);
     if let Some(name) = &store.database {
-        let admin = pg_connect(&format!("{}/postgres", s.pg_url)).await;
-        let _ = admin
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .await;
+        drop_pg_database(&s.pg_url, name).await;
     }
     Report {
         backend,
