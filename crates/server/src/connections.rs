@@ -512,6 +512,9 @@ pub(crate) async fn serve<S>(
             Ok((stream, _)) => {
                 trouble.accepted();
                 backoff = ACCEPT_BACKOFF_MIN;
+                // A server-sent event is a small write after a pause: with Nagle's algorithm
+                // it waited for the client's delayed acknowledgement, up to 40 ms (bench/ui).
+                let _ = stream.set_nodelay(true);
                 let conn = shared.register();
                 tokio::spawn(run(conn, stream, app.clone()));
             }
