@@ -8,7 +8,8 @@ pub fn status_icon(status: &str) -> &'static str {
         "succeeded" | "processed" => "✓",
         "failed" => "✗",
         "running" => "▶",
-        "waiting" => "⏸",
+        // Not U+23F8 (pause): common Linux fonts lack it and a browser draws a box.
+        "waiting" => "‖",
         "pending" | "queued" | "received" | "replay" => "…",
         "cancelled" => "⊘",
         "skipped" => "↷",
