@@ -62,12 +62,74 @@ impl<'a> Browser<'a> {
         self.send("POST", path, &all, body.as_bytes())
     }
 
+    /// Opens the server-sent event stream at `path` (`/ui/events?…`) as a page does, and
+    /// reads it up to its first event.
+    pub fn events(&self, path: &str) -> Events {
+        use std::io::{BufRead, Write};
+        let address = self.server.url.trim_start_matches("http://").to_owned();
+        let stream = std::net::TcpStream::connect(&address).expect("connect");
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(15)))
+            .expect("read timeout");
+        let mut reader = std::io::BufReader::new(stream);
+        write!(
+            reader.get_mut(),
+            "GET {path} HTTP/1.1\r\nHost: {address}\r\nCookie: {}\r\nAccept: text/event-stream\r\n\r\n",
+            self.cookie
+        )
+        .expect("send");
+        let mut status = String::new();
+        reader.read_line(&mut status).expect("a status line");
+        assert!(status.starts_with("HTTP/1.1 200"), "{path}: {status}");
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).expect("headers");
+            if line == "\r\n" {
+                break;
+            }
+        }
+        Events { reader }
+    }
+
     /// This session's form token, from a page's `<meta name="baton-csrf">`.
     pub fn csrf(&self) -> String {
         let page = self.get("/runs");
         between(&page.body, r#"<meta name="baton-csrf" content=""#, "\"")
             .unwrap_or_else(|| panic!("no form token in {}", page.body))
             .to_owned()
+    }
+}
+
+/// An open server-sent event stream.
+pub struct Events {
+    reader: std::io::BufReader<std::net::TcpStream>,
+}
+
+impl Events {
+    /// The data of the next `change` event; panics when none comes within 15 s.
+    pub fn next_change(&mut self) -> String {
+        use std::io::BufRead;
+        let begun = std::time::Instant::now();
+        let mut change = false;
+        loop {
+            // Keep-alive comments arrive every 15 s: the wait is bounded here, not by them.
+            assert!(
+                begun.elapsed() < std::time::Duration::from_secs(15),
+                "no change within 15 s"
+            );
+            let mut line = String::new();
+            self.reader
+                .read_line(&mut line)
+                .expect("an event within 15 s");
+            assert!(!line.is_empty(), "the stream ended");
+            let line = line.trim_end();
+            // Chunked encoding: only the event's own lines count.
+            if line == "event: change" {
+                change = true;
+            } else if let Some(data) = line.strip_prefix("data: ").filter(|_| change) {
+                return data.to_owned();
+            }
+        }
     }
 }
 

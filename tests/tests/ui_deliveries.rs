@@ -401,3 +401,26 @@ fn relays_show_targets_and_messages_and_an_operator_sends_one_again() {
     );
     assert_eq!(receiver.count(), 2, "the first send and the replay");
 }
+
+/// A delivery that starts no run changes no run: an open deliveries page is still told.
+#[test]
+fn an_open_deliveries_page_hears_of_a_delivery_that_starts_nothing() {
+    let sb = Sandbox::new();
+    let server = sb.serve(&gateway(&sb, ""), &env());
+    let viewer = Browser::sign_in(&server, VIEWER);
+    let page = page(&viewer, "/deliveries");
+    assert!(
+        page.contains(r#"data-live-events="/ui/events?deliveries=1""#),
+        "{page}"
+    );
+    let mut events = viewer.events("/ui/events?deliveries=1");
+    let id = deliver(
+        &server,
+        "github",
+        "push",
+        "to-a-branch",
+        r#"{"ref": "refs/heads/elsewhere"}"#,
+    );
+    assert_eq!(events.next_change(), "*");
+    processed_with(&server, id, 0);
+}

@@ -80,6 +80,9 @@ pub struct AppState {
     pub save_workflows: bool,
     metrics: Option<PrometheusHandle>,
     connections: connections::Limits,
+    /// Counts the matcher's committed passes: the UI's delivery pages follow it, since a
+    /// delivery that starts no run changes no run.
+    deliveries_matched: tokio::sync::watch::Sender<u64>,
     /// Turns true when the server starts shutting down: streams that never end by
     /// themselves (the UI's server-sent events) end then, so the shutdown does not wait on
     /// them.
@@ -180,6 +183,7 @@ impl AppState {
             matcher: Notify::new(),
             metrics,
             connections: connections::Limits::new(&gateway.server),
+            deliveries_matched: tokio::sync::watch::Sender::new(0),
             closing: tokio::sync::watch::Sender::new(false),
         })
     }

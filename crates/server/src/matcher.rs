@@ -262,6 +262,7 @@ async fn pass(
         Ok(()) => {
             recovered(outage, "matching deliveries");
             matched.add(&batch);
+            state.deliveries_matched.send_modify(|passes| *passes += 1);
             offer(state, &batch).await;
             true
         }

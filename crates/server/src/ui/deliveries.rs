@@ -14,6 +14,9 @@ use maud::{Markup, html};
 use serde::Deserialize;
 use serde_json::Value;
 
+/// The event stream delivery pages follow: every run's changes and each matched delivery.
+const DELIVERY_EVENTS: &str = "/ui/events?deliveries=1";
+
 use crate::AppState;
 use crate::api::{self, OPERATOR};
 
@@ -70,7 +73,9 @@ impl ListQuery {
 
     /// This list's address with its filters.
     fn address(&self) -> ListAddress {
-        ListAddress::new("/deliveries").filter("source", self.source())
+        ListAddress::new("/deliveries")
+            .following(DELIVERY_EVENTS)
+            .filter("source", self.source())
     }
 }
 
@@ -198,7 +203,7 @@ async fn delivery_page(
                 "Replayed: the delivery is matched again, and the runs it starts are listed below."
             }
         }
-        div data-live-events="/ui/events" data-live-src={ "/deliveries/" (id) "?fragment=live" } {
+        div data-live-events=(DELIVERY_EVENTS) data-live-src={ "/deliveries/" (id) "?fragment=live" } {
             (live)
         }
         @if session.may(OPERATOR) {

@@ -46,6 +46,8 @@ pub(crate) struct ListAddress {
     path: &'static str,
     /// The filters in effect, already checked, in the order they are written.
     filters: Vec<(&'static str, String)>,
+    /// The event stream the first page follows.
+    events: &'static str,
 }
 
 impl ListAddress {
@@ -54,7 +56,14 @@ impl ListAddress {
         Self {
             path,
             filters: Vec::new(),
+            events: "/ui/events",
         }
+    }
+
+    /// Follows `events` instead of every run's changes (`/ui/events?deliveries`).
+    pub(crate) fn following(mut self, events: &'static str) -> Self {
+        self.events = events;
+        self
     }
 
     /// Adds filter `name` when it has a value.
@@ -125,15 +134,16 @@ pub(crate) fn live_state(first_page: bool) -> Markup {
     }
 }
 
-/// A list's table: its head's cells and its rows. With `live_src`, the body is fetched
-/// again from that address each time something changes.
-pub(crate) fn table(head: Markup, rows: Markup, live_src: Option<&str>) -> Markup {
+/// A list's table: its head's cells and its rows. With `live`, an event stream and an
+/// address, the body is fetched again from the address each time the stream says something
+/// changed.
+pub(crate) fn table(head: Markup, rows: Markup, live: Option<(&str, &str)>) -> Markup {
     html! {
         div.table {
             table {
                 thead { tr { (head) } }
-                @if let Some(src) = live_src {
-                    tbody data-live-events="/ui/events" data-live-src=(src) { (rows) }
+                @if let Some((events, src)) = live {
+                    tbody data-live-events=(events) data-live-src=(src) { (rows) }
                 } @else {
                     tbody { (rows) }
                 }
@@ -166,7 +176,11 @@ pub(crate) fn paged_table(
     next: Option<&str>,
 ) -> Markup {
     html! {
-        (table(head, rows, first_page.then(|| address.rows()).as_deref()))
+        @if first_page {
+            (table(head, rows, Some((address.events, &address.rows()))))
+        } @else {
+            (table(head, rows, None))
+        }
         (pager(address, first_page, next))
     }
 }

@@ -1,7 +1,10 @@
-//! `GET /ui/events[?run=<id>]`: server-sent events that tell an open page to fetch its
-//! fragment again. Each event is `change` with the run id as data.
+//! `GET /ui/events[?run=<id>|?deliveries]`: server-sent events that tell an open page to
+//! fetch its fragment again. Each event is `change` with the run id as data (`*` when it
+//! is not one run's).
 //!
-//! A change made by this process's engine is sent the moment its commit is stored. On a
+//! A change made by this process's engine is sent the moment its commit is stored; with
+//! `deliveries`, so is each pass of this process's delivery matcher (a delivery that starts
+//! no run changes no run). On a
 //! store other processes share (PostgreSQL replicas), a run's page also compares the run's
 //! version every [`SHARED_RUN_CHECK`] and a list is told to look again every
 //! [`SHARED_LIST_CHECK`], since another replica's steps publish nothing here.
@@ -26,11 +29,13 @@ const SHARED_RUN_CHECK: Duration = Duration::from_secs(2);
 /// How often a list on a shared store is told to look again.
 const SHARED_LIST_CHECK: Duration = Duration::from_secs(5);
 
-/// `?run=`.
+/// `?run=` or `?deliveries`.
 #[derive(Deserialize)]
 pub(crate) struct Scope {
     /// Only changes of this run.
     run: Option<String>,
+    /// Present for a deliveries page: matched deliveries count as changes too.
+    deliveries: Option<String>,
 }
 
 struct Watch {
@@ -40,6 +45,7 @@ struct Watch {
     check: Option<tokio::time::Interval>,
     version: Option<i64>,
     closing: tokio::sync::watch::Receiver<bool>,
+    matched: Option<tokio::sync::watch::Receiver<u64>>,
 }
 
 /// `GET /ui/events`.
@@ -62,6 +68,10 @@ pub(crate) async fn events(
     let watch = Watch {
         events: state.engine.subscribe(),
         closing: state.closing.subscribe(),
+        matched: scope
+            .deliveries
+            .is_some()
+            .then(|| state.deliveries_matched.subscribe()),
         state,
         run: scope.run,
         check,
@@ -85,8 +95,17 @@ impl Watch {
                     None => std::future::pending().await,
                 }
             };
+            let matched = async {
+                let Some(passes) = self.matched.as_mut() else {
+                    return std::future::pending().await;
+                };
+                if passes.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            };
             tokio::select! {
                 () = async { drop(self.closing.wait_for(|closing| *closing).await) } => return None,
+                () = matched => return Some("*".to_owned()),
                 received = self.events.recv() => match received {
                     Ok(event) => {
                         let id = run_of(&event);

@@ -116,7 +116,7 @@ const RUN_STATUSES: [RunStatus; 5] = [
 /// A table of runs around `rows` (from [`rows`]). With `live_src`, the body is fetched again
 /// from that address each time a run changes.
 pub(super) fn table(rows: Markup, live_src: Option<&str>) -> Markup {
-    list::table(head(), rows, live_src)
+    list::table(head(), rows, live_src.map(|src| ("/ui/events", src)))
 }
 
 /// The head's cells of a table of runs, in the order [`rows`] fills them.
