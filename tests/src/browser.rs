@@ -179,31 +179,59 @@ impl Chromium {
 
     /// The text shown in the first element matching `css`.
     pub fn text(&self, css: &str) -> String {
-        let element = self.element(css);
-        self.must(&format!("reading the text of {css}"), element.text())
+        self.read(css, &format!("reading the text of {css}"), |e| async move {
+            e.text().await
+        })
     }
 
     /// Attribute `name` of the first element matching `css`.
     pub fn attr(&self, css: &str, name: &str) -> Option<String> {
-        let element = self.element(css);
-        self.must(&format!("reading {name} of {css}"), element.attr(name))
+        self.read(css, &format!("reading {name} of {css}"), |e| async move {
+            e.attr(name).await
+        })
+    }
+
+    /// Finds the first element matching `css` and reads it with `read`. A live page replaces
+    /// its parts while they are read, which leaves a found element stale: it is found again,
+    /// within the usual bounded wait.
+    fn read<T, F>(
+        &self,
+        css: &str,
+        what: &str,
+        read: impl Fn(fantoccini::elements::Element) -> F,
+    ) -> T
+    where
+        F: Future<Output = Result<T, fantoccini::error::CmdError>>,
+    {
+        let begun = Instant::now();
+        loop {
+            let element = self.element(css);
+            match self.block_on(what, read(element)) {
+                Ok(value) => return value,
+                Err(e) if e.to_string().contains("stale element") && begun.elapsed() < WAIT => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => panic!("{what}: {e}\n{}", self.whereabouts()),
+            }
+        }
     }
 
     /// The current value of the field matching `css` (what was typed or chosen, where the
     /// `value` attribute holds only what the page came with).
     pub fn value(&self, css: &str) -> String {
-        let element = self.element(css);
-        self.must(
+        self.read(
+            css,
             &format!("reading the value of {css}"),
-            element.prop("value"),
+            |e| async move { e.prop("value").await },
         )
         .unwrap_or_default()
     }
 
     /// Clicks the first element matching `css`.
     pub fn click(&self, css: &str) {
-        let element = self.element(css);
-        self.must(&format!("clicking {css}"), element.click());
+        self.read(css, &format!("clicking {css}"), |e| async move {
+            e.click().await.map(drop)
+        });
     }
 
     /// Replaces the text of the field matching `css` with `text`, typed key by key.
