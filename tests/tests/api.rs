@@ -603,9 +603,13 @@ values = [{deliveries}]
 include-path-regex = '^/api/v1/runs/\{{id\}}'
 parameters = {{ "path.id" = {{ dictionary = "runs", probability = 0.7 }}, "path.stage" = {{ dictionary = "stages", probability = 0.7 }} }}
 
+# A run started by hand has `delivery: null`. The stateful phase infers a link from a run to
+# its delivery and then sends the text `None` as the id, which is no delivery id: the API's
+# documented 400 (a_delivery_id_that_is_not_a_number_gets_the_documented_json_error).
 [[operations]]
 include-path-regex = '^/api/v1/deliveries/'
 parameters = {{ "path.id" = {{ dictionary = "deliveries", probability = 0.7 }} }}
+checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", "400", "401", "403", "404", "409", "429", "5xx"]
 
 [[operations]]
 include-path = "/api/v1/workflows/{{name}}/runs"
